@@ -1,0 +1,41 @@
+// Reads one gateway YAML file into validated plain structs (espresso/config/types.h).
+//
+// Called once at start-up (and on reload) from an ordinary thread; never from a packet path.
+// Every problem is reported as a config_error naming file:line:column, the field, what was expected
+// and how to fix it. Unknown keys are errors.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "espresso/config/types.h"
+
+namespace espresso::config {
+
+class config_error : public std::runtime_error {
+public:
+    config_error(std::string file, int line, int column, std::string field, std::string problem,
+                 std::string fix);
+
+    const std::string& file() const noexcept { return file_; }
+    int line() const noexcept { return line_; }     // 1-based; 0 when unknown
+    int column() const noexcept { return column_; } // 1-based; 0 when unknown
+    const std::string& field() const noexcept { return field_; }
+    const std::string& problem() const noexcept { return problem_; }
+    const std::string& fix() const noexcept { return fix_; }
+
+private:
+    std::string file_;
+    int line_;
+    int column_;
+    std::string field_;
+    std::string problem_;
+    std::string fix_;
+};
+
+// Throws config_error.
+gateway_config load_file(const std::string& path);
+gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>");
+
+} // namespace espresso::config

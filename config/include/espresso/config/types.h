@@ -1,0 +1,109 @@
+// Plain, validated configuration structs. No yaml-cpp here: the data plane and the control plane
+// include this header without linking the parser.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "espresso/config/algorithms.h"
+
+namespace espresso::config {
+
+struct ip_address {
+    uint8_t family = 0;              // 4 or 6; 0 = unset
+    std::array<uint8_t, 16> bytes{}; // network order; IPv4 uses the first 4 bytes
+
+    bool is_v4() const noexcept { return family == 4; }
+    bool is_v6() const noexcept { return family == 6; }
+    bool operator==(const ip_address&) const = default;
+};
+
+struct ip_prefix {
+    ip_address address;
+    uint8_t length = 0;
+    bool operator==(const ip_prefix&) const = default;
+};
+
+// "192.0.2.1", "2001:db8::1" -> address; nullopt on anything else.
+std::optional<ip_address> parse_address(std::string_view text);
+// "192.0.2.0/24", "2001:db8::/32", or a bare address (full-length prefix). Host bits must be zero.
+std::optional<ip_prefix> parse_prefix(std::string_view text);
+std::string to_string(const ip_address& address);
+std::string to_string(const ip_prefix& prefix);
+
+enum class direction : uint8_t { outbound, inbound };
+enum class ipsec_protocol : uint8_t { esp, ah };
+enum class ipsec_mode : uint8_t { tunnel, transport };
+
+// Tunnel-mode outer header construction (RFC 4301 §5.1.2, RFC 6040).
+enum class df_mode : uint8_t { copy, set, clear };
+enum class dscp_mode : uint8_t { copy, set };
+
+struct udp_encapsulation {
+    uint16_t source_port = 4500;
+    uint16_t destination_port = 4500;
+};
+
+struct lifetime_limits {
+    uint64_t bytes = 0;   // hard limit, 0 = unlimited
+    uint64_t packets = 0; // hard limit, 0 = unlimited
+    // Soft limits raise an event (rekey) before the hard limit stops the SA. 0 = derived from the
+    // hard limit (90 %), or unlimited when the hard limit is.
+    uint64_t soft_bytes = 0;
+    uint64_t soft_packets = 0;
+};
+
+inline constexpr uint32_t max_replay_window = 4096;
+inline constexpr size_t max_cipher_key_bytes = 32 + 4; // AES-256 + salt
+inline constexpr size_t max_integ_key_bytes = 64;      // HMAC-SHA-512
+
+// One security association, as the operator (static SA) or the control plane (IKE) describes it.
+struct sa_config {
+    uint32_t spi = 0;
+    direction dir = direction::outbound;
+    ipsec_protocol protocol = ipsec_protocol::esp;
+    ipsec_mode mode = ipsec_mode::tunnel;
+    ip_address source;      // outer source (tunnel mode); ignored in transport mode
+    ip_address destination; // outer destination (tunnel mode)
+
+    cipher_alg cipher = cipher_alg::null;
+    uint8_t cipher_key_bytes = 0; // AES key size (16/24/32); 0 for null
+    std::array<uint8_t, max_cipher_key_bytes> cipher_key{}; // key || salt
+    uint8_t cipher_key_length = 0;                          // bytes used in cipher_key (with salt)
+    integ_alg integ = integ_alg::none;
+    std::array<uint8_t, max_integ_key_bytes> integ_key{};
+    uint8_t integ_key_length = 0;
+
+    bool esn = false;
+    uint32_t replay_window = 128; // 0 = anti-replay off
+    std::optional<udp_encapsulation> udp;
+    ip_prefix local;  // selectors: protected traffic, local side
+    ip_prefix remote; // selectors: protected traffic, remote side
+    lifetime_limits lifetime;
+
+    // Tunnel outer header options.
+    df_mode df = df_mode::copy;
+    dscp_mode dscp = dscp_mode::copy;
+    uint8_t dscp_value = 0; // when dscp == set
+    uint8_t ttl = 64;       // outer TTL / hop limit
+    // RFC 4303 §2.7 traffic flow confidentiality: pad inner packets up to this many bytes (0 = off).
+    uint16_t tfc_pad_to = 0;
+    // First sequence number minus one; lets tests start an SA near 2^32 or 2^64. Not for operators.
+    uint64_t initial_sequence = 0;
+
+    // Where in the file this SA was defined, for messages ("sas.yaml:12:5").
+    std::string origin;
+};
+
+// Key material must not outlive its use: wipes both key arrays (explicit_bzero cannot be elided).
+void wipe_keys(sa_config& sa) noexcept;
+
+struct gateway_config {
+    std::string file;
+    std::vector<sa_config> security_associations;
+};
+
+} // namespace espresso::config

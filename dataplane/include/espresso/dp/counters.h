@@ -1,0 +1,107 @@
+// Every per-SA counter and every drop reason, declared once. The X-macros generate the enum, the
+// names shown to the operator (`show crypto ipsec sa`, JSON) and the storage, so a new drop reason
+// cannot be added without a name and a counter.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+
+namespace espresso::dp {
+
+// Why a packet was not forwarded. `none` = forwarded.
+#define ESPRESSO_DROP_REASONS(X)                                                                    \
+    X(none, "none")                                                                                \
+    X(no_sa, "no SA for SPI")                                                                      \
+    X(replay, "replayed")                                                                          \
+    X(too_old, "too old (left of replay window)")                                                  \
+    X(icv, "ICV check failed")                                                                     \
+    X(bad_padding, "bad padding")                                                                  \
+    X(truncated, "truncated")                                                                      \
+    X(bad_length, "bad length")                                                                    \
+    X(bad_next_header, "bad next header")                                                          \
+    X(bad_udp, "bad UDP encapsulation header")                                                     \
+    X(bad_ip, "malformed IP header")                                                               \
+    X(seq_exhausted, "sequence number exhausted")                                                  \
+    X(lifetime_expired, "hard lifetime expired")                                                   \
+    X(selector_mismatch, "inner packet outside SA selectors")                                      \
+    X(no_headroom, "no mbuf headroom/tailroom")                                                    \
+    X(crypto_error, "crypto engine error")                                                         \
+    X(sa_dead, "SA being deleted")
+
+enum class drop_reason : uint8_t {
+#define X(id, text) id,
+    ESPRESSO_DROP_REASONS(X)
+#undef X
+        count
+};
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(drop_reason::count)> drop_reason_names = {
+#define X(id, text) std::string_view{#id},
+    ESPRESSO_DROP_REASONS(X)
+#undef X
+};
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(drop_reason::count)> drop_reason_texts = {
+#define X(id, text) std::string_view{text},
+    ESPRESSO_DROP_REASONS(X)
+#undef X
+};
+
+// The Cisco set (`#pkts encaps: … encrypt: … digest: …`) plus bytes. "digest" counts packets whose ICV
+// was computed, "verify" packets whose ICV verified.
+#define ESPRESSO_SA_COUNTERS(X)                                                                     \
+    X(encaps)                                                                                      \
+    X(encrypt)                                                                                     \
+    X(digest)                                                                                      \
+    X(decaps)                                                                                      \
+    X(decrypt)                                                                                     \
+    X(verify)                                                                                      \
+    X(packets)                                                                                     \
+    X(bytes)
+
+enum class sa_counter : uint8_t {
+#define X(id) id,
+    ESPRESSO_SA_COUNTERS(X)
+#undef X
+        count
+};
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(sa_counter::count)> sa_counter_names = {
+#define X(id) std::string_view{#id},
+    ESPRESSO_SA_COUNTERS(X)
+#undef X
+};
+
+// Counters of one SA. Several workers may use one SA, so they are relaxed atomics, added once per run
+// of packets on the same SA (not once per packet). Readers (CLI, telemetry) may read at any time.
+struct sa_stats {
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(sa_counter::count)> counters{};
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(drop_reason::count)> drops{};
+
+    void add(sa_counter c, uint64_t n) noexcept {
+        if (n != 0) {
+            counters[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed);
+        }
+    }
+    void drop(drop_reason r, uint64_t n = 1) noexcept {
+        drops[static_cast<size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    }
+    uint64_t get(sa_counter c) const noexcept {
+        return counters[static_cast<size_t>(c)].load(std::memory_order_relaxed);
+    }
+    uint64_t get(drop_reason r) const noexcept {
+        return drops[static_cast<size_t>(r)].load(std::memory_order_relaxed);
+    }
+    void clear() noexcept {
+        for (auto& c : counters) {
+            c.store(0, std::memory_order_relaxed);
+        }
+        for (auto& d : drops) {
+            d.store(0, std::memory_order_relaxed);
+        }
+    }
+};
+
+} // namespace espresso::dp

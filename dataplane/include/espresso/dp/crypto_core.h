@@ -1,0 +1,55 @@
+// One Intel IPsec-MB manager per worker core, plus the per-core event queue the packet functions
+// report to (soft/hard expiry, sequence exhaustion).
+//
+// Thread safety: a crypto_core belongs to exactly one thread. Never share one between lcores.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "espresso/config/types.h"
+
+struct IMB_MGR;
+
+namespace espresso::dp {
+
+enum class sa_event_kind : uint8_t { soft_expire, hard_expire, seq_exhausted };
+
+struct sa_event {
+    sa_event_kind kind;
+    config::direction dir;
+    uint32_t spi;
+};
+
+class crypto_core {
+public:
+    // Allocates and initialises the manager for the best instruction set this CPU has
+    // (init_mb_mgr_auto). Throws std::runtime_error on failure: start-up only.
+    crypto_core();
+    ~crypto_core();
+    crypto_core(const crypto_core&) = delete;
+    crypto_core& operator=(const crypto_core&) = delete;
+
+    IMB_MGR* mgr() const noexcept { return mgr_; }
+    // "AVX512 (AESNI VAES VPCLMULQDQ SHANI GFNI)", for the start-up log.
+    const std::string& description() const noexcept { return description_; }
+
+    // Events are rare (once per SA and kind); a small fixed queue drained by the owner between
+    // bursts. When it is full the event is counted as lost, never blocks.
+    void post(const sa_event& e) noexcept;
+    // Moves up to out.size() events into out; returns how many.
+    size_t drain(std::span<sa_event> out) noexcept;
+    uint64_t events_lost() const noexcept { return lost_; }
+
+private:
+    IMB_MGR* mgr_ = nullptr;
+    std::string description_;
+    std::array<sa_event, 64> events_{};
+    size_t head_ = 0;
+    size_t count_ = 0;
+    uint64_t lost_ = 0;
+};
+
+} // namespace espresso::dp

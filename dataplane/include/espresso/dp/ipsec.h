@@ -1,0 +1,53 @@
+// The packet engine: burst in, burst out, a verdict per packet.
+//
+// Conventions for every function here (the DPDK lib/ipsec convention):
+//  - mbufs are single-segment and their data starts at an IP header (the caller strips/adds L2);
+//  - the return value `k` is the number of good packets, which are moved to pkts[0..k); the bad ones
+//    are moved to pkts[k..n) with their reason in reasons[k..n); the caller frees or counts them
+//    (they are already counted in the SA's drop counters);
+//  - no allocation, no locks, no exceptions; one IPsec-MB burst per call.
+// Thread safety: see sa.h (outbound SAs: any workers; inbound SAs: one worker at a time); each
+// worker passes its own crypto_core.
+#pragma once
+
+#include <rte_mbuf.h>
+
+#include <cstdint>
+
+#include "espresso/dp/counters.h"
+#include "espresso/dp/crypto_core.h"
+#include "espresso/dp/sa.h"
+
+namespace espresso::dp {
+
+inline constexpr uint16_t max_burst = 64;
+
+// Outbound ESP or AH, tunnel or transport. Input: the plaintext IP packet. Output: the protected
+// packet starting at its (outer) IP header, with UDP encapsulation when the SA has it.
+uint16_t outbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
+                          drop_reason* reasons) noexcept;
+
+// Inbound ESP or AH for packets already matched to `sa` (see classify_inbound). Output, tunnel
+// mode: the inner IP packet; transport mode: the IP packet with the IPsec header removed.
+uint16_t inbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
+                         drop_reason* reasons) noexcept;
+
+// What an IP packet addressed to the gateway is, before any SA lookup.
+enum class inbound_kind : uint8_t {
+    esp,             // ESP (protocol 50) or ESP-in-UDP with a non-zero SPI: look up `spi`
+    ah,              // AH (protocol 51): look up `spi`
+    control,         // UDP 4500 with the non-ESP marker (IKE) or a NAT-keepalive: to control plane
+    other,           // not IPsec: not for this engine
+    malformed,       // `reason` says why; drop
+};
+
+struct inbound_class {
+    inbound_kind kind;
+    drop_reason reason; // for malformed
+    uint32_t spi;       // host order, for esp/ah
+};
+
+// `udp_encap_port`: the local UDP port on which ESP-in-UDP is accepted (RFC 3948: 4500).
+inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port = 4500) noexcept;
+
+} // namespace espresso::dp

@@ -1,0 +1,51 @@
+// Anti-replay window and ESN inference, RFC 4303 §3.4.3 and Appendix A.
+//
+// Thread safety: one writer. An inbound SA's window is owned by the single worker that processes that
+// SA (the data plane steers an inbound SPI to one core); readers on other threads may only read
+// `highest()` for display.
+//
+// Use, per packet: `check()` before the ICV is verified (cheap early rejection and, with ESN, the
+// inference of the high 32 bits that the ICV covers); then, only after the ICV verified, `accept()`,
+// which checks again (two copies of one packet in one burst both pass `check()`) and moves the window.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "espresso/config/types.h"
+#include "espresso/dp/counters.h"
+
+namespace espresso::dp {
+
+class replay_window {
+public:
+    // size: 0 = anti-replay off (sequence numbers are still tracked for ESN inference); otherwise
+    // rounded up to a multiple of 64, at most config::max_replay_window.
+    replay_window(uint32_t size, bool esn) noexcept;
+
+    struct verdict {
+        drop_reason reason; // none, replay or too_old
+        uint64_t seq;       // full 64-bit sequence number (high bits inferred with ESN)
+    };
+
+    // RFC 4303 Appendix A2.2 for ESN; §3.4.3 otherwise. Does not modify the window.
+    verdict check(uint32_t seq_low) const noexcept;
+
+    // Marks `seq` as received after its ICV verified. Returns replay/too_old if it was received in
+    // the meantime (or fell out of the window), none otherwise.
+    drop_reason accept(uint64_t seq) noexcept;
+
+    uint64_t highest() const noexcept { return top_; }
+    uint32_t size() const noexcept { return size_; }
+    bool esn() const noexcept { return esn_; }
+
+private:
+    static constexpr uint32_t words = config::max_replay_window / 64 + 1; // one spare word for sliding
+
+    uint64_t top_ = 0;  // highest authenticated sequence number (0 = none yet)
+    uint32_t size_;     // window size in packets (0 = off)
+    bool esn_;
+    std::array<uint64_t, words> bits_{}; // ring of bits; bit (seq % (words*64)) set when seen
+};
+
+} // namespace espresso::dp

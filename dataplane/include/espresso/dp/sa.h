@@ -1,0 +1,94 @@
+// The runtime form of a security association: everything a worker needs per packet, precomputed
+// once at install time (expanded keys, HMAC inner/outer states, outer header template, flag bits).
+// The control record (config::sa_config, with its keys wiped) rides along for display only.
+//
+// Lifetime and threads: created and destroyed by the management thread (`make_sa`, `sa_ptr` deleter
+// wipes every key byte). Workers only use an SA between the moment it is published to them and the
+// moment they acknowledge its removal. Outbound SAs may be used by several workers at once (sequence
+// numbers are reserved per burst with one atomic operation); an inbound SA is processed by one worker
+// at a time (its replay window has one writer).
+#pragma once
+
+#include <intel-ipsec-mb.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "espresso/config/types.h"
+#include "espresso/dp/counters.h"
+#include "espresso/dp/replay.h"
+
+namespace espresso::dp {
+
+class crypto_core;
+
+enum sa_flag : uint16_t {
+    sa_outbound = 1U << 0,
+    sa_tunnel = 1U << 1,
+    sa_outer_v6 = 1U << 2, // tunnel outer header is IPv6
+    sa_esn = 1U << 3,
+    sa_udp = 1U << 4, // RFC 3948 UDP encapsulation
+    sa_ah = 1U << 5,
+    sa_aead = 1U << 6, // GCM: ICV from the cipher
+    sa_gmac = 1U << 7, // RFC 4543: no encryption, whole payload authenticated as AAD
+    sa_cbc = 1U << 8,  // block cipher with an explicit 16-byte IV
+};
+
+struct alignas(64) sa_runtime {
+    // --- read-only after install, read on every packet -------------------------------------------
+    uint32_t spi = 0;    // host order
+    uint32_t spi_be = 0; // network order, as written on the wire
+    uint16_t flags = 0;
+    uint8_t iv_bytes = 0;    // explicit IV in the packet
+    uint8_t block_bytes = 4; // padding alignment
+    uint8_t icv_bytes = 0;
+    uint8_t outer_bytes = 0; // bytes of outer_header (IP [+ UDP])
+    uint8_t ttl = 64;
+    uint8_t dscp_value = 0;
+    config::df_mode df = config::df_mode::copy;
+    config::dscp_mode dscp = config::dscp_mode::copy;
+    uint16_t tfc_pad_to = 0;
+    IMB_CIPHER_MODE cipher_mode = IMB_CIPHER_NULL;
+    IMB_HASH_ALG hash_alg = IMB_AUTH_NULL;
+    IMB_KEY_SIZE_BYTES key_size = IMB_KEY_128_BYTES;
+    uint8_t hash_full_bytes = 0; // untruncated HMAC output (for the job's output buffer)
+    uint32_t salt = 0;           // RFC 4106 §4 nonce salt (network byte order as bytes)
+    // Outer IPv4/IPv6 header (+ UDP header) with addresses, protocol and TTL filled in; lengths,
+    // checksum, DSCP/ECN/DF are set per packet.
+    alignas(16) uint8_t outer_header[48]{};
+
+    // --- key material (wiped by the deleter) -----------------------------------------------------
+    alignas(16) uint32_t enc_keys[60]{}; // AES expanded encryption keys (CBC)
+    alignas(16) uint32_t dec_keys[60]{}; // AES expanded decryption keys (CBC)
+    alignas(64) imb_gcm_key_data gcm_key{};
+    alignas(16) uint8_t ipad[64]{}; // HMAC H(K ^ ipad) state, as IPsec-MB wants it
+    alignas(16) uint8_t opad[64]{}; // HMAC H(K ^ opad) state
+
+    // --- mutable state ---------------------------------------------------------------------------
+    alignas(64) std::atomic<uint64_t> seq{0}; // outbound: last sequence number used
+    std::atomic<uint8_t> expired{0};          // bit 0 soft event sent, bit 1 hard, bit 2 exhausted
+    alignas(64) replay_window replay;         // inbound: owned by one worker
+    uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0; // 0 = none
+    alignas(64) sa_stats stats;
+
+    // --- control record, for display only (keys wiped) -------------------------------------------
+    config::sa_config config;
+
+    explicit sa_runtime(const config::sa_config& c) noexcept;
+
+    bool outbound() const noexcept { return (flags & sa_outbound) != 0; }
+    uint64_t seq_limit() const noexcept { return (flags & sa_esn) ? UINT64_MAX : UINT32_MAX; }
+};
+
+struct sa_deleter {
+    void operator()(sa_runtime* sa) const noexcept; // wipes keys, then frees
+};
+using sa_ptr = std::unique_ptr<sa_runtime, sa_deleter>;
+
+// Validates the combination (AH with a cipher, ESP without integrity and without AEAD, key lengths,
+// ...) and expands the keys with `core`'s manager. Throws std::invalid_argument with a message an
+// operator can act on. The caller's copy of the keys is not touched; wipe it yourself.
+sa_ptr make_sa(const config::sa_config& config, crypto_core& core);
+
+} // namespace espresso::dp
