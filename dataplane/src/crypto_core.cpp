@@ -1,1 +1,99 @@
-// placeholder: being written
+#include "espresso/dp/crypto_core.h"
+
+#include <intel-ipsec-mb.h>
+
+#include <stdexcept>
+
+namespace espresso::dp {
+
+namespace {
+
+const char* arch_name(IMB_ARCH arch)
+{
+    switch (arch) {
+    case IMB_ARCH_NOAESNI:
+        return "NO-AESNI";
+    case IMB_ARCH_SSE:
+        return "SSE";
+    case IMB_ARCH_AVX:
+        return "AVX";
+    case IMB_ARCH_AVX2:
+        return "AVX2";
+    case IMB_ARCH_AVX512:
+        return "AVX512";
+    default:
+        return "unknown";
+    }
+}
+
+std::string describe(IMB_ARCH arch, uint64_t features)
+{
+    std::string text = arch_name(arch);
+    text += " (IPsec-MB ";
+    text += imb_get_version_str();
+    text += ";";
+    const struct {
+        uint64_t bit;
+        const char* name;
+    } names[] = {{IMB_FEATURE_AESNI, "AESNI"},     {IMB_FEATURE_PCLMULQDQ, "PCLMULQDQ"},
+                 {IMB_FEATURE_AVX512_SKX, "AVX512"}, {IMB_FEATURE_VAES, "VAES"},
+                 {IMB_FEATURE_VPCLMULQDQ, "VPCLMULQDQ"}, {IMB_FEATURE_SHANI, "SHANI"},
+                 {IMB_FEATURE_GFNI, "GFNI"}};
+    for (const auto& n : names) {
+        if ((features & n.bit) == n.bit) {
+            text += " ";
+            text += n.name;
+        }
+    }
+    text += ")";
+    return text;
+}
+
+} // namespace
+
+crypto_core::crypto_core()
+{
+    mgr_ = alloc_mb_mgr(0);
+    if (mgr_ == nullptr) {
+        throw std::runtime_error("IPsec-MB: alloc_mb_mgr failed");
+    }
+    IMB_ARCH arch = IMB_ARCH_NONE;
+    init_mb_mgr_auto(mgr_, &arch);
+    int err = imb_get_errno(mgr_);
+    if (err != 0) {
+        free_mb_mgr(mgr_);
+        mgr_ = nullptr;
+        throw std::runtime_error(std::string("IPsec-MB: init_mb_mgr_auto failed: ") + imb_get_strerror(err));
+    }
+    description_ = describe(arch, mgr_->features);
+}
+
+crypto_core::~crypto_core()
+{
+    if (mgr_ != nullptr) {
+        free_mb_mgr(mgr_);
+    }
+}
+
+void crypto_core::post(const sa_event& e) noexcept
+{
+    if (count_ == events_.size()) {
+        ++lost_;
+        return;
+    }
+    events_[(head_ + count_) % events_.size()] = e;
+    ++count_;
+}
+
+size_t crypto_core::drain(std::span<sa_event> out) noexcept
+{
+    size_t n = 0;
+    while (n < out.size() && count_ > 0) {
+        out[n++] = events_[head_];
+        head_ = (head_ + 1) % events_.size();
+        --count_;
+    }
+    return n;
+}
+
+} // namespace espresso::dp

@@ -1,1 +1,378 @@
-// placeholder: being written
+// Outbound ESP (RFC 4303 §3.1, §3.3), tunnel and transport mode, optional UDP encapsulation
+// (RFC 3948). One IPsec-MB burst per call.
+//
+// Packet layout built here (tunnel mode; transport keeps the packet's own IP header in front):
+//   [outer IP][UDP]? [SPI][Seq][IV][ inner packet | TFC pad | pad 1,2,3.. | pad len | next hdr ][ICV]
+//                    ^esp          ^-------------- encrypted ("payload") ---------------------^
+#include <rte_ip.h>
+#include <rte_mbuf.h>
+#include <rte_udp.h>
+
+#include <cstring>
+
+#include "espresso/dp/ipsec.h"
+#include "packet.h"
+#include "sa_accounting.h"
+
+namespace espresso::dp {
+
+// ah.cpp: sets reasons[i] for each packet, does not partition.
+void ah_outbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons) noexcept;
+
+namespace {
+
+// CBC IVs must be unpredictable (RFC 3602 §2.3). Instead of drawing random bytes per packet we
+// encrypt a unique counter block under the SA key (NIST SP 800-38A appendix C, method 1): the packet
+// carries the counter block as the first "plaintext" block and is CBC-encrypted with a zero IV, so the
+// first ciphertext block E_K(counter) becomes the IV the receiver uses for the rest. No extra job.
+alignas(16) constexpr uint8_t zero_iv[16] = {};
+
+struct out_packet {
+    uint8_t* esp;         // start of the ESP header
+    uint32_t payload;     // bytes from the end of the IV to the ICV (block-aligned)
+    uint64_t seq;
+    uint32_t inner_bytes; // for counters
+    alignas(16) uint8_t nonce[16]; // GCM/GMAC: salt || IV
+    uint8_t aad[12];      // GCM with ESN: SPI || seq hi || seq lo (RFC 4106 §5)
+    uint8_t saved[4];     // GMAC with ESN: bytes borrowed in front of the ESP header
+};
+
+void fill_outer(const sa_runtime& sa, rte_mbuf* m, uint8_t inner_tos, bool inner_df, uint64_t seq) noexcept
+{
+    uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
+    const uint32_t total = rte_pktmbuf_data_len(m);
+    std::memcpy(p, sa.outer_header, sa.outer_bytes);
+    // RFC 4301 §5.1.2.1: DSCP copied (or set by policy); RFC 6040 §4.1 normal mode: ECN copied.
+    uint8_t dscp = sa.dscp == config::dscp_mode::copy ? (inner_tos & 0xfc) : static_cast<uint8_t>(sa.dscp_value << 2);
+    uint8_t tos = static_cast<uint8_t>(dscp | (inner_tos & 0x03));
+    uint32_t ip_len = 0;
+    if ((sa.flags & sa_outer_v6) == 0) {
+        ip_len = 20;
+        p[1] = tos;
+        store_be16(p + 2, static_cast<uint16_t>(total));
+        store_be16(p + 4, static_cast<uint16_t>(seq)); // unique per SA for 2^16 packets (RFC 6864)
+        bool df = sa.df == config::df_mode::set || (sa.df == config::df_mode::copy && inner_df);
+        store_be16(p + 6, df ? 0x4000 : 0);
+        ipv4_set_checksum(p);
+    } else {
+        ip_len = 40;
+        store_be32(p, 0x60000000U | (static_cast<uint32_t>(tos) << 20));
+        store_be16(p + 4, static_cast<uint16_t>(total - 40));
+    }
+    if ((sa.flags & sa_udp) != 0) {
+        store_be16(p + ip_len + 4, static_cast<uint16_t>(total - ip_len));
+        store_be16(p + ip_len + 6, 0); // RFC 3948 §2.1: zero checksum over IPv4; IPv6 fixed below
+    }
+}
+
+// Transport mode: the packet keeps its IP header; fix protocol, lengths and checksum.
+void fill_transport(const sa_runtime& sa, rte_mbuf* m, uint16_t ip_header) noexcept
+{
+    uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
+    const uint32_t total = rte_pktmbuf_data_len(m);
+    uint8_t proto = (sa.flags & sa_udp) != 0 ? proto_udp : proto_esp;
+    if ((p[0] >> 4) == 4) {
+        p[9] = proto;
+        store_be16(p + 2, static_cast<uint16_t>(total));
+        ipv4_set_checksum(p);
+    } else {
+        p[6] = proto;
+        store_be16(p + 4, static_cast<uint16_t>(total - 40));
+    }
+    if ((sa.flags & sa_udp) != 0) {
+        std::memcpy(p + ip_header, sa.outer_header, 4); // ports
+        store_be16(p + ip_header + 4, static_cast<uint16_t>(total - ip_header));
+        store_be16(p + ip_header + 6, 0);
+    }
+}
+
+// IPv6 forbids a zero UDP checksum in general (RFC 8200 §8.1); compute it over the finished packet.
+void fix_udp6_checksum(rte_mbuf* m, uint32_t udp_offset) noexcept
+{
+    uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
+    auto* udp = reinterpret_cast<rte_udp_hdr*>(p + udp_offset);
+    udp->dgram_cksum = 0;
+    udp->dgram_cksum = rte_ipv6_udptcp_cksum(reinterpret_cast<const rte_ipv6_hdr*>(p), udp);
+}
+
+void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons) noexcept
+{
+    out_packet info[max_burst];
+    uint16_t index[max_burst]; // packets that reach the crypto engine
+    uint16_t n_jobs = 0;
+
+    uint16_t allowed = lifetime_allowance(sa, n);
+    uint64_t first_seq = 0;
+    uint16_t reserved = allowed == 0 ? 0 : reserve_sequence(core, sa, allowed, first_seq);
+
+    const bool tunnel = (sa.flags & sa_tunnel) != 0;
+    const bool esn = (sa.flags & sa_esn) != 0;
+    const uint32_t iv = sa.iv_bytes;
+    const uint32_t icv = sa.icv_bytes;
+    const uint32_t block = sa.block_bytes;
+
+    for (uint16_t i = 0; i < n; ++i) {
+        reasons[i] = drop_reason::none;
+        if (i >= allowed) {
+            reasons[i] = drop_reason::lifetime_expired;
+            continue;
+        }
+        if (i >= reserved) {
+            reasons[i] = drop_reason::seq_exhausted;
+            continue;
+        }
+        rte_mbuf* m = pkts[i];
+        if (m->nb_segs > 1 && rte_pktmbuf_linearize(m) != 0) {
+            reasons[i] = drop_reason::no_headroom;
+            continue;
+        }
+        uint8_t* data = rte_pktmbuf_mtod(m, uint8_t*);
+        ip_view ip;
+        drop_reason r = parse_ip(data, rte_pktmbuf_data_len(m), ip);
+        if (r == drop_reason::none && !tunnel && ip.fragment) {
+            r = drop_reason::bad_ip; // RFC 4301 §7: transport mode cannot carry fragments
+        }
+        if (r != drop_reason::none) [[unlikely]] {
+            reasons[i] = r;
+            continue;
+        }
+        // Drop link-layer padding behind the IP packet.
+        rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - ip.total));
+
+        const uint32_t payload_in = tunnel ? ip.total : ip.total - ip.header;
+        const uint32_t tfc = sa.tfc_pad_to > ip.total ? sa.tfc_pad_to - ip.total : 0;
+        const uint32_t padded = RTE_ALIGN_CEIL(payload_in + tfc + 2, block);
+        const uint32_t pad = padded - payload_in - tfc - 2;
+        const uint32_t head = sa.outer_bytes + 8 + iv; // transport: outer_bytes = UDP or 0
+        const uint32_t tail = tfc + pad + 2 + icv;
+        if (rte_pktmbuf_headroom(m) < head || rte_pktmbuf_tailroom(m) < tail ||
+            rte_pktmbuf_data_len(m) + head + tail > UINT16_MAX) [[unlikely]] {
+            reasons[i] = drop_reason::no_headroom;
+            continue;
+        }
+        const uint8_t inner_tos = ip.tos;
+        const bool inner_df = ip.dont_fragment;
+        const uint8_t next_header = tunnel ? (ip.version == 4 ? proto_ipv4 : proto_ipv6) : ip.protocol;
+
+        uint8_t* start = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, static_cast<uint16_t>(head)));
+        uint8_t* trailer = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, static_cast<uint16_t>(tail)));
+        uint8_t* esp = nullptr;
+        if (tunnel) {
+            esp = start + sa.outer_bytes;
+        } else {
+            std::memmove(start, start + head, ip.header);
+            esp = start + ip.header + sa.outer_bytes;
+        }
+        // RFC 4303 §2.4: TFC padding (zeros), then monotonic padding 1, 2, 3, ..., pad length, next header.
+        std::memset(trailer, 0, tfc);
+        uint8_t* pad_start = trailer + tfc;
+        for (uint32_t k = 0; k < pad; ++k) {
+            pad_start[k] = static_cast<uint8_t>(k + 1);
+        }
+        pad_start[pad] = static_cast<uint8_t>(pad);
+        pad_start[pad + 1] = next_header;
+
+        const uint64_t seq = first_seq + i;
+        std::memcpy(esp, &sa.spi_be, 4);
+        store_be32(esp + 4, static_cast<uint32_t>(seq));
+
+        out_packet& o = info[i];
+        o.esp = esp;
+        o.payload = padded;
+        o.seq = seq;
+        o.inner_bytes = ip.total;
+        if ((sa.flags & (sa_aead | sa_gmac)) != 0) {
+            // RFC 4106 §3.1: the 8-byte IV must never repeat under one key; the sequence number
+            // (64-bit with or without ESN) is unique per SA.
+            store_be64(esp + 8, seq);
+            std::memcpy(o.nonce, &sa.salt, 4);
+            std::memcpy(o.nonce + 4, esp + 8, 8);
+        } else if ((sa.flags & sa_cbc) != 0) {
+            store_be64(esp + 8, seq);
+            std::memcpy(esp + 16, &sa.spi_be, 4);
+            std::memset(esp + 20, 0, 4);
+        }
+        if (tunnel) {
+            fill_outer(sa, m, inner_tos, inner_df, seq);
+        } else {
+            fill_transport(sa, m, ip.header);
+        }
+        index[n_jobs++] = i;
+    }
+
+    if (n_jobs == 0) {
+        return;
+    }
+
+    IMB_MGR* mgr = core.mgr();
+    IMB_JOB* jobs[max_burst];
+    uint32_t got = IMB_GET_NEXT_BURST(mgr, n_jobs, jobs);
+    if (got < n_jobs) [[unlikely]] {
+        // Cannot happen: every call flushes the manager completely. Drain and report, never block.
+        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
+        for (uint16_t j = 0; j < n_jobs; ++j) {
+            reasons[index[j]] = drop_reason::crypto_error;
+        }
+        return;
+    }
+    for (uint16_t j = 0; j < n_jobs; ++j) {
+        out_packet& o = info[index[j]];
+        IMB_JOB* job = jobs[j];
+        uint8_t* esp = o.esp;
+        const uint32_t seq_hi = static_cast<uint32_t>(o.seq >> 32);
+        job->cipher_direction = IMB_DIR_ENCRYPT;
+        job->chain_order = IMB_ORDER_CIPHER_HASH;
+        job->key_len_in_bytes = sa.key_size;
+        job->src = esp;
+        job->dst = esp;
+        job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(index[j]));
+        job->cipher_mode = sa.cipher_mode;
+        job->hash_alg = sa.hash_alg;
+        if ((sa.flags & sa_aead) != 0) {
+            job->enc_keys = &sa.gcm_key;
+            job->dec_keys = &sa.gcm_key;
+            job->cipher_start_src_offset_in_bytes = 16;
+            job->msg_len_to_cipher_in_bytes = o.payload;
+            job->hash_start_src_offset_in_bytes = 16;
+            job->msg_len_to_hash_in_bytes = o.payload;
+            job->iv = o.nonce;
+            job->iv_len_in_bytes = 12;
+            if (esn) {
+                std::memcpy(o.aad, esp, 4);
+                store_be32(o.aad + 4, seq_hi);
+                std::memcpy(o.aad + 8, esp + 4, 4);
+                job->u.GCM.aad = o.aad;
+                job->u.GCM.aad_len_in_bytes = 12;
+            } else {
+                job->u.GCM.aad = esp;
+                job->u.GCM.aad_len_in_bytes = 8;
+            }
+            job->auth_tag_output = esp + 16 + o.payload;
+            job->auth_tag_output_len_in_bytes = 16;
+            continue;
+        }
+        if ((sa.flags & sa_gmac) != 0) {
+            // RFC 4543 §3.3: AAD = SPI || [seq hi] || seq || IV || payload. With ESN the high half
+            // goes between SPI and seq: borrow the 4 bytes in front of the ESP header (outer header,
+            // restored after the job) so the AAD is contiguous.
+            const uint8_t* aad = esp;
+            uint32_t aad_len = 16 + o.payload;
+            if (esn) {
+                std::memcpy(o.saved, esp - 4, 4);
+                std::memcpy(esp - 4, esp, 4);
+                store_be32(esp, seq_hi);
+                aad = esp - 4;
+                aad_len += 4;
+            }
+            job->cipher_mode = IMB_CIPHER_NULL;
+            job->src = aad;
+            job->dst = const_cast<uint8_t*>(aad);
+            job->cipher_start_src_offset_in_bytes = 0;
+            job->msg_len_to_cipher_in_bytes = 0;
+            job->hash_start_src_offset_in_bytes = 0;
+            job->msg_len_to_hash_in_bytes = aad_len;
+            job->u.GMAC._key = &sa.gcm_key;
+            job->u.GMAC._iv = o.nonce;
+            job->u.GMAC.iv_len_in_bytes = 12;
+            job->auth_tag_output = esp + 16 + o.payload;
+            job->auth_tag_output_len_in_bytes = 16;
+            continue;
+        }
+        // AES-CBC or NULL, with or without HMAC.
+        job->enc_keys = sa.enc_keys;
+        job->dec_keys = sa.dec_keys;
+        job->cipher_start_src_offset_in_bytes = 8;
+        job->msg_len_to_cipher_in_bytes = iv + o.payload; // CBC: counter block + payload
+        job->iv = zero_iv;
+        job->iv_len_in_bytes = iv;
+        if (sa.hash_alg != IMB_AUTH_NULL) {
+            uint32_t hash_len = 8 + iv + o.payload;
+            if (esn) {
+                // RFC 4303 §3.3.2.1: seq hi is authenticated as if appended to the payload; it sits
+                // in the ICV slot until the ICV overwrites it.
+                store_be32(esp + hash_len, seq_hi);
+                hash_len += 4;
+            }
+            job->hash_start_src_offset_in_bytes = 0;
+            job->msg_len_to_hash_in_bytes = hash_len;
+            job->u.HMAC._hashed_auth_key_xor_ipad = sa.ipad;
+            job->u.HMAC._hashed_auth_key_xor_opad = sa.opad;
+            job->auth_tag_output = esp + 8 + iv + o.payload;
+            job->auth_tag_output_len_in_bytes = icv;
+        } else {
+            job->hash_start_src_offset_in_bytes = 0;
+            job->msg_len_to_hash_in_bytes = 0;
+            job->auth_tag_output = nullptr;
+            job->auth_tag_output_len_in_bytes = 0;
+        }
+    }
+
+    uint32_t done = IMB_SUBMIT_BURST(mgr, n_jobs, jobs);
+    if (done == 0 && imb_get_errno(mgr) != 0) [[unlikely]] {
+        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
+        for (uint16_t j = 0; j < n_jobs; ++j) {
+            reasons[index[j]] = drop_reason::crypto_error;
+        }
+        return;
+    }
+    if (done < n_jobs) {
+        done += IMB_FLUSH_BURST(mgr, n_jobs - done, jobs + done);
+    }
+
+    uint64_t good = 0;
+    uint64_t bytes = 0;
+    for (uint32_t j = 0; j < done; ++j) {
+        auto i = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
+        out_packet& o = info[i];
+        if ((sa.flags & sa_gmac) != 0 && esn) {
+            std::memcpy(o.esp, o.esp - 4, 4);
+            std::memcpy(o.esp - 4, o.saved, 4);
+        }
+        if (jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
+            reasons[i] = drop_reason::crypto_error;
+            continue;
+        }
+        rte_mbuf* m = pkts[i];
+        if ((sa.flags & sa_udp) != 0) {
+            uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
+            if ((p[0] >> 4) == 6) {
+                fix_udp6_checksum(m, static_cast<uint32_t>(o.esp - p) - 8);
+            }
+        }
+        ++good;
+        bytes += o.inner_bytes;
+    }
+    sa.stats.add(sa_counter::encaps, good);
+    if (sa.cipher_mode != IMB_CIPHER_NULL) {
+        sa.stats.add(sa_counter::encrypt, good);
+    }
+    if (icv != 0) {
+        sa.stats.add(sa_counter::digest, good);
+    }
+    sa.stats.add(sa_counter::packets, good);
+    sa.stats.add(sa_counter::bytes, bytes);
+    lifetime_account(core, sa, good, bytes);
+}
+
+} // namespace
+
+uint16_t outbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
+                          drop_reason* reasons) noexcept
+{
+    for (uint16_t off = 0; off < n; off += max_burst) {
+        auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst, n - off));
+        if ((sa.flags & sa_ah) != 0) {
+            ah_outbound(core, sa, pkts + off, len, reasons + off);
+        } else {
+            outbound_chunk(core, sa, pkts + off, len, reasons + off);
+        }
+    }
+    for (uint16_t i = 0; i < n; ++i) {
+        if (reasons[i] != drop_reason::none) {
+            sa.stats.drop(reasons[i]);
+        }
+    }
+    return partition_by_verdict(pkts, reasons, n);
+}
+
+} // namespace espresso::dp

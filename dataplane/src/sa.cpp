@@ -1,1 +1,270 @@
-// placeholder: being written
+// SA installation: validation, key expansion and outer header template, done once so the packet
+// path only reads precomputed state (STYLE.md: "the per-SA function is chosen once").
+#include "espresso/dp/sa.h"
+
+#include <rte_ip.h>
+#include <rte_udp.h>
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "espresso/dp/crypto_core.h"
+#include "hmac_keys.h"
+#include "packet.h"
+
+namespace espresso::dp {
+
+using config::cipher_alg;
+using config::integ_alg;
+
+sa_runtime::sa_runtime(const config::sa_config& c) noexcept
+    : replay(c.replay_window, c.esn), config(c)
+{
+}
+
+namespace {
+
+[[noreturn]] void refuse(const config::sa_config& c, const std::string& why)
+{
+    std::string where = c.origin.empty() ? std::string() : c.origin + ": ";
+    char spi[16];
+    std::snprintf(spi, sizeof(spi), "0x%08x", c.spi);
+    throw std::invalid_argument(where + "SA " + spi + ": " + why);
+}
+
+IMB_KEY_SIZE_BYTES imb_key_size(uint8_t bytes)
+{
+    switch (bytes) {
+    case 16:
+        return IMB_KEY_128_BYTES;
+    case 24:
+        return IMB_KEY_192_BYTES;
+    default:
+        return IMB_KEY_256_BYTES;
+    }
+}
+
+void validate(const config::sa_config& c)
+{
+    if (c.spi < 256) {
+        refuse(c, "SPI values 0-255 are reserved (RFC 4303 §2.1)");
+    }
+    bool aead = c.cipher == cipher_alg::aes_gcm16 || c.cipher == cipher_alg::aes_gmac;
+    if (aead && c.integ != integ_alg::none) {
+        refuse(c, "an AEAD transform carries its own ICV; set integrity to none");
+    }
+    if (c.protocol == config::ipsec_protocol::ah) {
+        if (c.cipher != cipher_alg::null && c.cipher != cipher_alg::aes_gmac) {
+            refuse(c, "AH authenticates only; use an integrity algorithm (or aes*gmac), no encryption");
+        }
+        if (c.cipher == cipher_alg::null && c.integ == integ_alg::none) {
+            refuse(c, "AH needs an integrity algorithm");
+        }
+        if (c.udp) {
+            refuse(c, "UDP encapsulation (RFC 3948) is defined for ESP only");
+        }
+    } else if (c.cipher == cipher_alg::null && c.integ == integ_alg::none) {
+        refuse(c, "ESP with neither encryption nor integrity is forbidden (RFC 4303 §3.2)");
+    }
+    if (c.cipher != cipher_alg::null) {
+        if (c.cipher_key_bytes != 16 && c.cipher_key_bytes != 24 && c.cipher_key_bytes != 32) {
+            refuse(c, "AES key must be 16, 24 or 32 bytes");
+        }
+        const auto& ci = config::info(c.cipher, c.cipher_key_bytes);
+        if (c.cipher_key_length != ci.key_bytes + ci.salt_bytes) {
+            refuse(c, std::string(ci.name) + " needs " + std::to_string(ci.key_bytes + ci.salt_bytes) +
+                          " key bytes, got " + std::to_string(c.cipher_key_length));
+        }
+    }
+    if (c.integ != integ_alg::none) {
+        const auto& ii = config::info(c.integ);
+        if (c.integ_key_length != ii.key_bytes) {
+            refuse(c, std::string(ii.name) + " needs a " + std::to_string(ii.key_bytes) + "-byte key, got " +
+                          std::to_string(c.integ_key_length));
+        }
+    }
+    if (c.replay_window > config::max_replay_window) {
+        refuse(c, "replay window larger than " + std::to_string(config::max_replay_window));
+    }
+    if (c.mode == config::ipsec_mode::tunnel) {
+        if (!(c.source.is_v4() || c.source.is_v6()) || c.source.family != c.destination.family) {
+            refuse(c, "tunnel mode needs outer source and destination of one address family");
+        }
+    }
+}
+
+void build_outer_header(sa_runtime& sa, const config::sa_config& c)
+{
+    uint8_t* p = sa.outer_header;
+    uint8_t proto = c.protocol == config::ipsec_protocol::ah ? proto_ah : proto_esp;
+    if (c.udp) {
+        proto = proto_udp;
+    }
+    uint8_t ip_len = 0;
+    if (c.mode == config::ipsec_mode::tunnel) {
+        if (c.source.is_v4()) {
+            p[0] = 0x45;
+            p[8] = c.ttl;
+            p[9] = proto;
+            std::memcpy(p + 12, c.source.bytes.data(), 4);
+            std::memcpy(p + 16, c.destination.bytes.data(), 4);
+            ip_len = 20;
+        } else {
+            p[0] = 0x60;
+            p[6] = proto;
+            p[7] = c.ttl;
+            std::memcpy(p + 8, c.source.bytes.data(), 16);
+            std::memcpy(p + 24, c.destination.bytes.data(), 16);
+            ip_len = 40;
+            sa.flags |= sa_outer_v6;
+        }
+    }
+    // In transport mode the template holds only the UDP header; the IP header is the packet's own.
+    if (c.udp) {
+        store_be16(p + ip_len, c.udp->source_port);
+        store_be16(p + ip_len + 2, c.udp->destination_port);
+        sa.outer_bytes = static_cast<uint8_t>(ip_len + sizeof(rte_udp_hdr));
+    } else {
+        sa.outer_bytes = ip_len;
+    }
+}
+
+} // namespace
+
+void sa_deleter::operator()(sa_runtime* sa) const noexcept
+{
+    if (sa == nullptr) {
+        return;
+    }
+    explicit_bzero(sa->enc_keys, sizeof(sa->enc_keys));
+    explicit_bzero(sa->dec_keys, sizeof(sa->dec_keys));
+    explicit_bzero(&sa->gcm_key, sizeof(sa->gcm_key));
+    explicit_bzero(sa->ipad, sizeof(sa->ipad));
+    explicit_bzero(sa->opad, sizeof(sa->opad));
+    explicit_bzero(&sa->salt, sizeof(sa->salt));
+    config::wipe_keys(sa->config);
+    sa->~sa_runtime();
+    ::operator delete(sa, std::align_val_t{alignof(sa_runtime)});
+}
+
+sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
+{
+    validate(c);
+    void* mem = ::operator new(sizeof(sa_runtime), std::align_val_t{alignof(sa_runtime)});
+    sa_ptr sa(new (mem) sa_runtime(c));
+    IMB_MGR* mgr = core.mgr();
+
+    sa->spi = c.spi;
+    sa->spi_be = rte_cpu_to_be_32(c.spi);
+    if (c.dir == config::direction::outbound) {
+        sa->flags |= sa_outbound;
+    }
+    if (c.mode == config::ipsec_mode::tunnel) {
+        sa->flags |= sa_tunnel;
+    }
+    if (c.esn) {
+        sa->flags |= sa_esn;
+    }
+    if (c.udp) {
+        sa->flags |= sa_udp;
+    }
+    if (c.protocol == config::ipsec_protocol::ah) {
+        sa->flags |= sa_ah;
+    }
+    sa->ttl = c.ttl;
+    sa->df = c.df;
+    sa->dscp = c.dscp;
+    sa->dscp_value = c.dscp_value;
+    sa->tfc_pad_to = c.mode == config::ipsec_mode::tunnel ? c.tfc_pad_to : 0;
+    sa->seq.store(c.initial_sequence, std::memory_order_relaxed);
+
+    const uint8_t* key = c.cipher_key.data();
+    switch (c.cipher) {
+    case cipher_alg::aes_gcm16:
+    case cipher_alg::aes_gmac: {
+        sa->key_size = imb_key_size(c.cipher_key_bytes);
+        switch (c.cipher_key_bytes) {
+        case 16:
+            IMB_AES128_GCM_PRE(mgr, key, &sa->gcm_key);
+            break;
+        case 24:
+            IMB_AES192_GCM_PRE(mgr, key, &sa->gcm_key);
+            break;
+        default:
+            IMB_AES256_GCM_PRE(mgr, key, &sa->gcm_key);
+            break;
+        }
+        std::memcpy(&sa->salt, key + c.cipher_key_bytes, 4);
+        sa->iv_bytes = 8;
+        sa->block_bytes = 4;
+        sa->icv_bytes = 16;
+        if (c.cipher == cipher_alg::aes_gcm16) {
+            sa->flags |= sa_aead;
+            sa->cipher_mode = IMB_CIPHER_GCM;
+            sa->hash_alg = IMB_AUTH_AES_GMAC;
+        } else {
+            sa->flags |= sa_gmac;
+            sa->cipher_mode = IMB_CIPHER_NULL;
+            sa->hash_alg = c.cipher_key_bytes == 16   ? IMB_AUTH_AES_GMAC_128
+                           : c.cipher_key_bytes == 24 ? IMB_AUTH_AES_GMAC_192
+                                                      : IMB_AUTH_AES_GMAC_256;
+        }
+        break;
+    }
+    case cipher_alg::aes_cbc:
+        sa->key_size = imb_key_size(c.cipher_key_bytes);
+        switch (c.cipher_key_bytes) {
+        case 16:
+            IMB_AES_KEYEXP_128(mgr, key, sa->enc_keys, sa->dec_keys);
+            break;
+        case 24:
+            IMB_AES_KEYEXP_192(mgr, key, sa->enc_keys, sa->dec_keys);
+            break;
+        default:
+            IMB_AES_KEYEXP_256(mgr, key, sa->enc_keys, sa->dec_keys);
+            break;
+        }
+        sa->flags |= sa_cbc;
+        sa->cipher_mode = IMB_CIPHER_CBC;
+        sa->iv_bytes = 16;
+        sa->block_bytes = 16;
+        break;
+    case cipher_alg::null:
+        sa->cipher_mode = IMB_CIPHER_NULL;
+        sa->iv_bytes = 0;
+        sa->block_bytes = 4;
+        break;
+    }
+    if (c.integ != integ_alg::none) {
+        sa->hash_alg = imb_hash_alg(c.integ);
+        sa->icv_bytes = config::info(c.integ).icv_bytes;
+        sa->hash_full_bytes = hash_output_bytes(c.integ);
+        hmac_precompute(mgr, c.integ, c.integ_key.data(), c.integ_key_length, sa->ipad, sa->opad);
+    }
+    if ((sa->flags & sa_ah) != 0) {
+        // AH carries no cipher; GMAC's IV travels in the AH ICV field per RFC 4543 §3.
+        sa->block_bytes = 4;
+    }
+    if (c.lifetime.bytes != 0) {
+        sa->hard_bytes = c.lifetime.bytes;
+        sa->soft_bytes = c.lifetime.soft_bytes != 0 ? c.lifetime.soft_bytes : c.lifetime.bytes / 10 * 9;
+    } else {
+        sa->soft_bytes = c.lifetime.soft_bytes;
+    }
+    if (c.lifetime.packets != 0) {
+        sa->hard_packets = c.lifetime.packets;
+        sa->soft_packets =
+            c.lifetime.soft_packets != 0 ? c.lifetime.soft_packets : c.lifetime.packets / 10 * 9;
+    } else {
+        sa->soft_packets = c.lifetime.soft_packets;
+    }
+    build_outer_header(*sa, c);
+    // The runtime has its own expanded keys; the display copy keeps none.
+    config::wipe_keys(sa->config);
+    return sa;
+}
+
+} // namespace espresso::dp

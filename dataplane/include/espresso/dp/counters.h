@@ -28,6 +28,8 @@ namespace espresso::dp {
     X(selector_mismatch, "inner packet outside SA selectors")                                      \
     X(no_headroom, "no mbuf headroom/tailroom")                                                    \
     X(crypto_error, "crypto engine error")                                                         \
+    X(dummy, "TFC dummy packet (next header 59)")                                                 \
+    X(ecn, "outer CE on not-ECT inner packet (RFC 6040)")                                          \
     X(sa_dead, "SA being deleted")
 
 enum class drop_reason : uint8_t {

@@ -61,7 +61,7 @@ struct alignas(64) sa_runtime {
     // --- key material (wiped by the deleter) -----------------------------------------------------
     alignas(16) uint32_t enc_keys[60]{}; // AES expanded encryption keys (CBC)
     alignas(16) uint32_t dec_keys[60]{}; // AES expanded decryption keys (CBC)
-    alignas(64) imb_gcm_key_data gcm_key{};
+    alignas(64) gcm_key_data gcm_key{};
     alignas(16) uint8_t ipad[64]{}; // HMAC H(K ^ ipad) state, as IPsec-MB wants it
     alignas(16) uint8_t opad[64]{}; // HMAC H(K ^ opad) state
 
@@ -69,6 +69,10 @@ struct alignas(64) sa_runtime {
     alignas(64) std::atomic<uint64_t> seq{0}; // outbound: last sequence number used
     std::atomic<uint8_t> expired{0};          // bit 0 soft event sent, bit 1 hard, bit 2 exhausted
     alignas(64) replay_window replay;         // inbound: owned by one worker
+    // Lifetime accounting (RFC 4301 §4.4.2.1), apart from the display counters so that
+    // `clear counters` cannot extend an SA's life.
+    std::atomic<uint64_t> life_bytes{0};
+    std::atomic<uint64_t> life_packets{0};
     uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0; // 0 = none
     alignas(64) sa_stats stats;
 

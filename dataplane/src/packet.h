@@ -1,0 +1,167 @@
+// Small wire helpers shared by the ESP and AH paths. Everything here works on memory the caller has
+// already bounds-checked; the parse functions are the ones that do the checking.
+#pragma once
+
+#include <rte_byteorder.h>
+#include <rte_ip.h>
+#include <rte_mbuf.h>
+#include <rte_udp.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "espresso/config/types.h"
+#include "espresso/dp/counters.h"
+
+namespace espresso::dp {
+
+inline constexpr uint8_t proto_ipv4 = 4;  // IP-in-IP, ESP next header for tunnel mode IPv4
+inline constexpr uint8_t proto_tcp = 6;
+inline constexpr uint8_t proto_udp = 17;
+inline constexpr uint8_t proto_ipv6 = 41;
+inline constexpr uint8_t proto_esp = 50;
+inline constexpr uint8_t proto_ah = 51;
+inline constexpr uint8_t proto_none = 59; // RFC 4303 §2.6: dummy packet (TFC)
+
+inline uint32_t load_be32(const uint8_t* p) noexcept
+{
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return rte_be_to_cpu_32(v);
+}
+inline uint16_t load_be16(const uint8_t* p) noexcept
+{
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return rte_be_to_cpu_16(v);
+}
+inline void store_be32(uint8_t* p, uint32_t v) noexcept
+{
+    v = rte_cpu_to_be_32(v);
+    std::memcpy(p, &v, 4);
+}
+inline void store_be16(uint8_t* p, uint16_t v) noexcept
+{
+    v = rte_cpu_to_be_16(v);
+    std::memcpy(p, &v, 2);
+}
+inline void store_be64(uint8_t* p, uint64_t v) noexcept
+{
+    v = rte_cpu_to_be_64(v);
+    std::memcpy(p, &v, 8);
+}
+
+// The IP header at the start of a packet, validated against the mbuf.
+struct ip_view {
+    uint8_t version = 0;   // 4 or 6
+    uint16_t header = 0;   // IPv4 IHL*4 or 40
+    uint32_t total = 0;    // IP total length (IPv6: 40 + payload length)
+    uint8_t protocol = 0;  // IPv4 protocol / IPv6 next header
+    uint8_t tos = 0;       // IPv4 TOS / IPv6 traffic class (DSCP << 2 | ECN)
+    bool fragment = false; // IPv4 MF set or offset != 0
+    bool dont_fragment = false;
+};
+
+// Parses and checks the IP header at `p` with `avail` bytes available. Fails (bad_ip / truncated /
+// bad_length) when the header or its length fields do not fit.
+inline drop_reason parse_ip(const uint8_t* p, uint32_t avail, ip_view& ip) noexcept
+{
+    if (avail < 1) {
+        return drop_reason::truncated;
+    }
+    ip.version = p[0] >> 4;
+    if (ip.version == 4) {
+        if (avail < sizeof(rte_ipv4_hdr)) {
+            return drop_reason::truncated;
+        }
+        ip.header = static_cast<uint16_t>((p[0] & 0x0f) * 4);
+        ip.total = load_be16(p + 2);
+        if (ip.header < 20 || ip.total < ip.header) {
+            return drop_reason::bad_ip;
+        }
+        if (ip.total > avail) {
+            return drop_reason::truncated;
+        }
+        uint16_t frag = load_be16(p + 6);
+        ip.fragment = (frag & 0x3fff) != 0;
+        ip.dont_fragment = (frag & 0x4000) != 0;
+        ip.protocol = p[9];
+        ip.tos = p[1];
+        return drop_reason::none;
+    }
+    if (ip.version == 6) {
+        if (avail < sizeof(rte_ipv6_hdr)) {
+            return drop_reason::truncated;
+        }
+        ip.header = 40;
+        ip.total = 40U + load_be16(p + 4);
+        if (ip.total > avail) {
+            return drop_reason::truncated;
+        }
+        ip.protocol = p[6];
+        ip.tos = static_cast<uint8_t>((load_be16(p) >> 4) & 0xff);
+        ip.fragment = false;
+        ip.dont_fragment = true; // routers never fragment IPv6
+        return drop_reason::none;
+    }
+    return drop_reason::bad_ip;
+}
+
+inline void ipv4_set_checksum(uint8_t* p) noexcept
+{
+    auto* h = reinterpret_cast<rte_ipv4_hdr*>(p);
+    h->hdr_checksum = 0;
+    h->hdr_checksum = rte_ipv4_cksum(h);
+}
+
+inline void set_tos(uint8_t* ip, uint8_t tos) noexcept
+{
+    if ((ip[0] >> 4) == 4) {
+        ip[1] = tos;
+    } else {
+        ip[0] = static_cast<uint8_t>((ip[0] & 0xf0) | (tos >> 4));
+        ip[1] = static_cast<uint8_t>((ip[1] & 0x0f) | (tos << 4));
+    }
+}
+
+// Does `addr` (4 or 16 bytes, network order) fall in `prefix`? An unset prefix (family 0) matches all.
+inline bool prefix_contains(const config::ip_prefix& prefix, uint8_t version, const uint8_t* addr) noexcept
+{
+    if (prefix.address.family == 0) {
+        return true;
+    }
+    if (prefix.address.family != version) {
+        return false;
+    }
+    unsigned bits = prefix.length;
+    const uint8_t* net = prefix.address.bytes.data();
+    unsigned whole = bits / 8;
+    if (std::memcmp(net, addr, whole) != 0) {
+        return false;
+    }
+    unsigned rest = bits % 8;
+    if (rest == 0) {
+        return true;
+    }
+    auto mask = static_cast<uint8_t>(0xff << (8 - rest));
+    return (net[whole] & mask) == (addr[whole] & mask);
+}
+
+inline const uint8_t* ip_src(const uint8_t* ip) noexcept { return (ip[0] >> 4) == 4 ? ip + 12 : ip + 8; }
+inline const uint8_t* ip_dst(const uint8_t* ip) noexcept { return (ip[0] >> 4) == 4 ? ip + 16 : ip + 24; }
+
+// Constant-time comparison of an ICV (no early exit on the first difference).
+inline bool icv_equal(const uint8_t* a, const uint8_t* b, unsigned n) noexcept
+{
+    uint8_t diff = 0;
+    for (unsigned i = 0; i < n; ++i) {
+        diff = static_cast<uint8_t>(diff | (a[i] ^ b[i]));
+    }
+    return diff == 0;
+}
+
+// Moves bad packets behind good ones, keeping both groups in order (DPDK lib/ipsec convention).
+// `bad[i]` != none marks packet i bad. Returns the number of good packets.
+uint16_t partition_by_verdict(rte_mbuf** pkts, drop_reason* reasons, uint16_t n) noexcept;
+
+} // namespace espresso::dp
