@@ -248,6 +248,7 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
             job->enc_keys = &sa.gcm_key;
             job->dec_keys = &sa.gcm_key;
             job->cipher_start_src_offset_in_bytes = 16;
+            job->dst = esp + 16; // IPsec-MB applies the offset to src only
             job->msg_len_to_cipher_in_bytes = in.payload;
             job->hash_start_src_offset_in_bytes = 16;
             job->msg_len_to_hash_in_bytes = in.payload;
@@ -291,6 +292,7 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
         job->enc_keys = sa.enc_keys;
         job->dec_keys = sa.dec_keys;
         job->cipher_start_src_offset_in_bytes = 8 + iv;
+        job->dst = esp + 8 + iv; // IPsec-MB applies the offset to src only
         job->msg_len_to_cipher_in_bytes = in.payload;
         job->iv = esp + 8;
         job->iv_len_in_bytes = iv;

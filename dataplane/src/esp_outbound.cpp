@@ -232,6 +232,7 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
             job->enc_keys = &sa.gcm_key;
             job->dec_keys = &sa.gcm_key;
             job->cipher_start_src_offset_in_bytes = 16;
+            job->dst = esp + 16; // IPsec-MB applies the offset to src only
             job->msg_len_to_cipher_in_bytes = o.payload;
             job->hash_start_src_offset_in_bytes = 16;
             job->msg_len_to_hash_in_bytes = o.payload;
@@ -282,6 +283,7 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         job->enc_keys = sa.enc_keys;
         job->dec_keys = sa.dec_keys;
         job->cipher_start_src_offset_in_bytes = 8;
+        job->dst = esp + 8; // IPsec-MB applies the offset to src only
         job->msg_len_to_cipher_in_bytes = iv + o.payload; // CBC: counter block + payload
         job->iv = zero_iv;
         job->iv_len_in_bytes = iv;

@@ -65,8 +65,8 @@ std::vector<uint8_t> from_hex(std::string_view hex)
 int main(int argc, char** argv)
 {
     ::testing::InitGoogleTest(&argc, argv);
-    const char* eal_args[] = {"espresso-tests", "--no-huge", "--no-pci", "--in-memory", "-l", "0",
-                              "-m", "256", "--log-level", "lib.eal:error", "--no-telemetry"};
+    const char* eal_args[] = {"espresso-tests", "--no-huge", "--no-pci", "--no-shconf", "-l", "0",
+                              "-m", "256", "--log-level=lib.eal:error", "--no-telemetry"};
     int eal_argc = static_cast<int>(sizeof(eal_args) / sizeof(eal_args[0]));
     if (rte_eal_init(eal_argc, const_cast<char**>(eal_args)) < 0) {
         std::fprintf(stderr, "rte_eal_init failed\n");
