@@ -101,9 +101,67 @@ struct sa_config {
 // Key material must not outlive its use: wipes both key arrays (explicit_bzero cannot be elided).
 void wipe_keys(sa_config& sa) noexcept;
 
+using mac_address = std::array<uint8_t, 6>;
+
+// `dataplane:` section (espresso-dp process settings).
+enum class idle_mode : uint8_t { adaptive, poll };
+struct dataplane_config {
+    uint32_t workers = 1;         // worker lcores; the main lcore manages
+    std::vector<std::string> eal; // extra EAL arguments, passed through verbatim
+    bool hugepages = true;        // false = --no-huge with a small pool
+    idle_mode idle = idle_mode::adaptive;
+    std::string control_socket = "/run/espresso/espresso.sock";
+};
+
+// `interfaces:` one DPDK port each.
+struct interface_config {
+    std::string name;            // operator's name ("outside")
+    std::string device;          // PCI address or a vdev spec ("net_af_packet0,iface=wan0")
+    ip_address address;          // the gateway's address on this link
+    uint8_t prefix_length = 0;   // the link's subnet length
+    std::optional<mac_address> mac; // override the port's MAC address
+    uint16_t mtu = 1500;
+    std::string origin;
+};
+
+// `routes:` static routes; `via` unset = directly connected through `interface`.
+struct route_config {
+    ip_prefix destination;
+    ip_address via;
+    std::string interface; // optional when `via` is on a connected subnet
+    std::string origin;
+};
+
+// `neighbors:` static ARP entries.
+struct neighbor_config {
+    ip_address address;
+    mac_address mac{};
+    std::string interface;
+    std::string origin;
+};
+
+// `policies:` explicit SPD entries (RFC 4301 §4.4.1) besides those the SAs imply.
+enum class policy_action : uint8_t { protect, bypass, discard };
+struct policy_config {
+    ip_prefix local;
+    ip_prefix remote;
+    uint8_t protocol = 0; // 0 = any
+    uint16_t local_port_min = 0, local_port_max = 65535;
+    uint16_t remote_port_min = 0, remote_port_max = 65535;
+    policy_action action = policy_action::bypass;
+    uint32_t priority = 0; // lower wins; equal priority: order in the file
+    uint32_t spi = 0;      // protect: the outbound SA to use
+    std::string origin;
+};
+
 struct gateway_config {
     std::string file;
     std::vector<sa_config> security_associations;
+    dataplane_config dataplane;
+    std::vector<interface_config> interfaces;
+    std::vector<route_config> routes;
+    std::vector<neighbor_config> neighbors;
+    std::vector<policy_config> policies;
 };
 
 } // namespace espresso::config
