@@ -1,0 +1,115 @@
+// What the management side of espresso-dp (control socket, DPDK telemetry) may ask of the gateway.
+//
+// Threads: every method is called on the main lcore only (the management thread that also runs the
+// control socket). Mutating calls return only after every worker applied the change (ARCHITECTURE.md:
+// "SA installed" means usable on every core), or with an error. Snapshot calls read counters that
+// workers update concurrently (relaxed atomics): values are consistent per counter, not across them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "espresso/config/types.h"
+#include "espresso/dp/counters.h"
+#include "espresso/dp/crypto_core.h"
+
+namespace espresso::dp {
+
+// Drops that happen outside an SA (no SA to charge them to), per worker.
+#define ESPRESSO_GATEWAY_DROPS(X)                                                                   \
+    X(not_ip, "not IPv4/IPv6/ARP")                                                                 \
+    X(malformed, "malformed packet")                                                               \
+    X(no_sa, "ESP/AH for an unknown SPI")                                                          \
+    X(no_route, "no route")                                                                        \
+    X(no_neighbor, "next hop unresolved")                                                          \
+    X(spd_discard, "discarded by policy")                                                          \
+    X(unprotected, "cleartext matching an inbound protect policy")                                 \
+    X(ttl_exceeded, "TTL/hop limit exceeded")                                                      \
+    X(too_big, "too big after encapsulation (ICMP sent)")                                          \
+    X(ring_full, "internal ring full")                                                             \
+    X(tx_full, "transmit queue full")                                                              \
+    X(exception_full, "exception path queue full")
+
+enum class gateway_drop : uint8_t {
+#define X(id, text) id,
+    ESPRESSO_GATEWAY_DROPS(X)
+#undef X
+        count
+};
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(gateway_drop::count)> gateway_drop_names = {
+#define X(id, text) std::string_view{#id},
+    ESPRESSO_GATEWAY_DROPS(X)
+#undef X
+};
+
+struct sa_snapshot {
+    config::sa_config config; // keys wiped
+    std::array<uint64_t, static_cast<size_t>(sa_counter::count)> counters{};
+    std::array<uint64_t, static_cast<size_t>(drop_reason::count)> drops{};
+    uint64_t sequence = 0;     // outbound: last sequence number sent; inbound: highest received
+    uint64_t life_bytes = 0;   // for the remaining-lifetime display
+    uint64_t life_packets = 0;
+    std::string interface;     // the interface the SA's traffic leaves/arrives on ("" if unknown)
+};
+
+struct policy_snapshot {
+    uint32_t id = 0;
+    config::policy_config config;
+    uint64_t matches = 0;
+    bool implied = false; // derived from an SA's selectors rather than the `policies:` list
+};
+
+struct interface_snapshot {
+    std::string name;
+    std::string device;
+    uint16_t port = 0;
+    config::mac_address mac{};
+    config::ip_address address;
+    uint8_t prefix_length = 0;
+    uint16_t mtu = 0;
+    bool link_up = false;
+    std::string tap; // kernel-side exception interface
+    uint64_t rx_packets = 0, rx_bytes = 0, tx_packets = 0, tx_bytes = 0;
+    uint64_t rx_missed = 0, rx_errors = 0, tx_errors = 0;
+};
+
+struct worker_snapshot {
+    unsigned lcore = 0;
+    uint64_t rx_packets = 0;
+    uint64_t tx_packets = 0;
+    uint64_t to_exception = 0; // handed to the main lcore (ARP, traffic to the gateway)
+    double busy_percent = 0;   // share of recent polls that found packets
+    std::array<uint64_t, static_cast<size_t>(gateway_drop::count)> drops{};
+};
+
+struct gateway_event {
+    enum class kind : uint8_t { soft_expire, hard_expire, seq_exhausted, acquire } what;
+    config::direction dir = config::direction::outbound;
+    uint32_t spi = 0;
+    // acquire: the packet's addresses and protocol, to start IKE (later issue)
+    config::ip_address source, destination;
+    uint8_t protocol = 0;
+};
+
+class gateway_api {
+public:
+    virtual ~gateway_api() = default;
+
+    // Returns "" on success or an operator-readable error.
+    virtual std::string add_sa(const config::sa_config& sa) = 0;
+    virtual std::string delete_sa(config::direction dir, uint32_t spi) = 0;
+    virtual std::string add_policy(const config::policy_config& policy, uint32_t& id) = 0;
+    virtual std::string delete_policy(uint32_t id) = 0;
+    virtual void flush() = 0; // all SAs and explicit policies
+
+    virtual std::vector<sa_snapshot> sas() const = 0;
+    virtual std::vector<policy_snapshot> policies() const = 0;
+    virtual std::vector<interface_snapshot> interfaces() const = 0;
+    virtual std::vector<worker_snapshot> workers() const = 0;
+    virtual void clear_counters() = 0;
+};
+
+} // namespace espresso::dp
