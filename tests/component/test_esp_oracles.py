@@ -161,7 +161,7 @@ def outbound_batch(report, wd, label, sas, linktype=oracle.LINKTYPE_RAW, burst=3
                 problems.append('encaps counter %s, expected %d' % (c.get('encaps'), len(want)))
         name = 'outbound %s %s' % (label, sa.name())
         if not sa.tshark_can_check():
-            name += ' (no tshark: %s)' % ('ESN' if sa.esn else 'GMAC')
+            name += ' (no tshark: %s)' % ('AH' if sa.proto == 'ah' else 'ESN' if sa.esn else 'GMAC')
         report.case(name, problems)
 
 
