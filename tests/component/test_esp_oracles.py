@@ -165,6 +165,42 @@ def outbound_batch(report, wd, label, sas, linktype=oracle.LINKTYPE_RAW, burst=3
         report.case(name, problems)
 
 
+def sequence_edges(report, wd):
+    """Sequence numbers near 2^32 (config `initial-sequence`, a testing aid): with ESN the high half
+    becomes 1 and enters the ICV/AAD (RFC 4303 section 2.2.1); without ESN the SA must stop at
+    2^32 - 1 (section 3.3.3) and count seq_exhausted."""
+    start = 2 ** 32 - 3
+    for n, (cipher, integ, esn) in enumerate([('aes128gcm16', 'none', True), ('aes256', 'sha256', True),
+                                               ('aes128gmac', 'none', True), ('aes128', 'sha1', False)]):
+        sa = Sa(spi=0x50000 + n, direction='outbound', cipher=cipher, integ=integ, esn=esn,
+                net_id=0x500 + n, extra_yaml={'initial-sequence': start})
+        pts = oracle.plaintexts(sa, lengths=[10, 20, 30, 40, 50])[:5]
+
+        def check(sa=sa, pts=pts, esn=esn):
+            res = oracle.run_tool(wd, [sa], 'outbound', pts, name='seq-%x' % sa.spi)
+            problems = []
+            want_out = 5 if esn else 2
+            if len(res.packets) != want_out:
+                problems.append('%d packets out, expected %d; drops %s' % (len(res.packets), want_out,
+                                                                           res.drops()))
+            if not esn and res.drops() != {'seq_exhausted': 3}:
+                problems.append('drops %s, expected seq_exhausted 3' % res.drops())
+            for i, (g, w) in enumerate(zip(res.packets, pts)):
+                seq = start + 1 + i
+                problems += ['seq %d: %s' % (seq, p) for p in oracle.check_outer(sa, g, seq)]
+                try:
+                    plain = sa.unprotect(g, esn_high=seq >> 32)
+                except Exception as e:
+                    problems.append('seq %d (high %d): oracle rejects it: %s' % (seq, seq >> 32, e))
+                    continue
+                d = oracle.diff_bytes(plain, w)
+                if d:
+                    problems.append('seq %d: %s' % (seq, d))
+            return problems
+        report.run('outbound %s sequence from 2^32-2 (%s)' % (sa.name(), 'ESN wraps into high half'
+                                                              if esn else 'must stop at 2^32-1'), check)
+
+
 def main():
     report = Report('esp oracles')
     wd = oracle.workdir()
@@ -184,6 +220,7 @@ def main():
         sas_out = make_cases('aes128gcm16', 'none', REDUCED, base + 0x180, 'outbound')
         inbound_batch(report, wd, 'burst1', sas_in, burst=1)
         outbound_batch(report, wd, 'burst1', sas_out, burst=1)
+        sequence_edges(report, wd)
     finally:
         oracle.cleanup(wd)
     return report.finish()
