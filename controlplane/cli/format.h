@@ -1,0 +1,25 @@
+// Text output of the `espresso` CLI, from the JSON results of the control socket
+// (docs/control-api.md). Pure functions, so tests can check the layout line by line.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace espresso::cp::cli {
+
+// `show crypto ipsec sa` in the layout of Cisco IOS, from the result of list-sas ({"sas": [...]}).
+// An outbound and an inbound SA whose selectors and tunnel endpoints mirror each other are shown
+// as one crypto session; any other SA gets a block of its own.
+std::string format_crypto_ipsec_sa(const nlohmann::json& list_sas_result);
+
+// `show interfaces`, from the result of show-interfaces ({"interfaces": [...]}).
+std::string format_interfaces(const nlohmann::json& show_interfaces_result);
+
+// `show dataplane`, from the result of show-dataplane ({"workers": [...]}).
+std::string format_dataplane(const nlohmann::json& show_dataplane_result);
+
+// "192.168.1.0/24" -> "192.168.1.0/255.255.255.0"; IPv6 prefixes stay "2001:db8::/32".
+std::string address_and_mask(const std::string& prefix);
+
+} // namespace espresso::cp::cli

@@ -1,0 +1,81 @@
+// The espresso-dp control socket protocol: framing and names shared by the server (espresso-dp),
+// the client library (CLI, IKE daemon) and the tests. docs/control-api.md is the reference.
+//
+// Framing: every message is a 4-byte big-endian length followed by that many bytes of one JSON
+// object (UTF-8). Requests carry {"version":1,"id":<integer>,"op":"<name>","args":{...}}; replies
+// echo the id: {"version":1,"id":N,"ok":true,"result":...} or {"version":1,"id":N,"ok":false,
+// "error":"..."}. After `subscribe`, the server also sends unsolicited events
+// {"version":1,"event":"soft-expire", ...}, which carry no "id".
+//
+// Header-only and free of DPDK: the client side links nothing but the standard library.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace espresso::dp::control {
+
+inline constexpr int protocol_version = 1;
+
+// A request larger than this is refused and its connection closed: the server never buffers more
+// than one such request per client.
+inline constexpr uint32_t max_request_bytes = 1u << 20; // 1 MiB
+// Replies may be larger (list-sas on a gateway with many thousand SAs); clients accept up to this.
+inline constexpr uint32_t max_reply_bytes = 64u << 20; // 64 MiB
+
+inline constexpr size_t length_prefix_bytes = 4;
+
+// Every operation the server knows, in the order docs/control-api.md lists them.
+inline constexpr std::array<std::string_view, 13> operations{
+    "add-sa",        "delete-sa",       "list-sas",      "add-policy",     "delete-policy",
+    "list-policies", "flush",           "show-interfaces", "show-dataplane", "clear-counters",
+    "subscribe",     "unsubscribe",     "ping",
+};
+
+inline bool is_operation(std::string_view op) noexcept {
+    for (auto known : operations) {
+        if (known == op) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Event names ("event" key of unsolicited messages).
+inline constexpr std::string_view event_soft_expire = "soft-expire";
+inline constexpr std::string_view event_hard_expire = "hard-expire";
+inline constexpr std::string_view event_seq_exhausted = "seq-exhausted";
+inline constexpr std::string_view event_acquire = "acquire";
+
+inline std::array<std::byte, length_prefix_bytes> encode_length(uint32_t length) noexcept {
+    return {std::byte(length >> 24), std::byte(length >> 16), std::byte(length >> 8), std::byte(length)};
+}
+
+// The length announced by a frame header; nullopt while fewer than 4 bytes are available.
+inline std::optional<uint32_t> decode_length(std::span<const std::byte> bytes) noexcept {
+    if (bytes.size() < length_prefix_bytes) {
+        return std::nullopt;
+    }
+    return (std::to_integer<uint32_t>(bytes[0]) << 24) | (std::to_integer<uint32_t>(bytes[1]) << 16) |
+           (std::to_integer<uint32_t>(bytes[2]) << 8) | std::to_integer<uint32_t>(bytes[3]);
+}
+
+inline std::optional<uint32_t> decode_length(std::string_view bytes) noexcept {
+    return decode_length(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
+}
+
+// Appends one frame (length prefix + body) to `out`.
+inline void append_frame(std::string& out, std::string_view body) {
+    const auto prefix = encode_length(static_cast<uint32_t>(body.size()));
+    for (auto b : prefix) {
+        out.push_back(static_cast<char>(std::to_integer<uint8_t>(b)));
+    }
+    out.append(body);
+}
+
+} // namespace espresso::dp::control

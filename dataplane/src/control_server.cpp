@@ -1,0 +1,643 @@
+// Control socket server (control_server.h). Framing and validation here; SA/policy JSON in sa_json.cpp.
+#include "control_server.h"
+
+#include <poll.h>
+#include <string.h> // explicit_bzero
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+
+#include "espresso/dp/control_protocol.h"
+#include "sa_json.h"
+
+namespace espresso::dp {
+
+using nlohmann::json;
+
+namespace {
+
+// A request that fails validation; the message names the field.
+class request_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+std::string errno_text(int error) {
+    return std::strerror(error);
+}
+
+// Creates every missing directory of `dir` with mode 0700 (only root, the data plane's user, needs
+// to reach the socket). Existing directories are left as they are.
+void make_directories(const std::string& dir) {
+    if (dir.empty()) {
+        return;
+    }
+    struct stat st{};
+    if (::stat(dir.c_str(), &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            throw std::runtime_error("control socket directory " + dir + " exists and is not a directory");
+        }
+        return;
+    }
+    const size_t slash = dir.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) {
+        make_directories(dir.substr(0, slash));
+    }
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+        throw std::runtime_error("cannot create the control socket directory " + dir + ": " + errno_text(errno));
+    }
+}
+
+sockaddr_un socket_address(const std::string& path) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof(address.sun_path)) {
+        throw std::runtime_error("control socket path \"" + path + "\" must be 1 to " +
+                                 std::to_string(sizeof(address.sun_path) - 1) +
+                                 " characters (dataplane.control-socket)");
+    }
+    std::memcpy(address.sun_path, path.data(), path.size());
+    return address;
+}
+
+// A socket file at `path` from an earlier run: refuse if something still answers on it, else remove.
+void remove_stale_socket(const std::string& path, const sockaddr_un& address) {
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) != 0) {
+        return;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        throw std::runtime_error("control socket path " + path +
+                                 " exists and is not a socket; remove it or choose another dataplane.control-socket");
+    }
+    const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+        const bool alive = ::connect(probe, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0;
+        ::close(probe);
+        if (alive) {
+            throw std::runtime_error("another process (espresso-dp?) is serving the control socket " + path);
+        }
+    }
+    ::unlink(path.c_str());
+}
+
+json error_reply(const json& id, std::string message) {
+    return {{"version", control::protocol_version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
+}
+
+json ok_reply(const json& id, json result) {
+    return {{"version", control::protocol_version}, {"id", id}, {"ok", true}, {"result", std::move(result)}};
+}
+
+// Which keys each operation's "args" may carry. Anything else is refused by name, so a typo never
+// silently becomes a default.
+struct op_args {
+    std::string_view op;
+    std::array<std::string_view, 2> keys;
+};
+constexpr std::array<op_args, control::operations.size()> allowed_args{{
+    {"add-sa", {"sa", ""}},
+    {"delete-sa", {"direction", "spi"}},
+    {"list-sas", {"direction", "spi"}},
+    {"add-policy", {"policy", ""}},
+    {"delete-policy", {"id", ""}},
+    {"list-policies", {"", ""}},
+    {"flush", {"", ""}},
+    {"show-interfaces", {"", ""}},
+    {"show-dataplane", {"", ""}},
+    {"clear-counters", {"", ""}},
+    {"subscribe", {"", ""}},
+    {"unsubscribe", {"", ""}},
+    {"ping", {"", ""}},
+}};
+
+void check_arg_names(const std::string& op, const json& args) {
+    for (const auto& entry : allowed_args) {
+        if (entry.op != op) {
+            continue;
+        }
+        for (const auto& [key, value] : args.items()) {
+            if (key.empty() || std::find(entry.keys.begin(), entry.keys.end(), key) == entry.keys.end()) {
+                std::string expected;
+                for (auto k : entry.keys) {
+                    if (!k.empty()) {
+                        expected += (expected.empty() ? "" : ", ") + std::string(k);
+                    }
+                }
+                throw request_error("args." + key + ": unknown argument for " + op +
+                                    (expected.empty() ? " (it takes none)" : "; expected " + expected));
+            }
+        }
+        return;
+    }
+}
+
+const json& require(const json& args, std::string_view name, std::string_view expected) {
+    const auto it = args.find(name);
+    if (it == args.end()) {
+        throw request_error("args." + std::string(name) + ": missing; expected " + std::string(expected));
+    }
+    return *it;
+}
+
+config::direction parse_direction(const json& value) {
+    if (value.is_string()) {
+        if (value.get_ref<const std::string&>() == "outbound") {
+            return config::direction::outbound;
+        }
+        if (value.get_ref<const std::string&>() == "inbound") {
+            return config::direction::inbound;
+        }
+    }
+    throw request_error("args.direction: expected \"outbound\" or \"inbound\"");
+}
+
+uint32_t parse_spi(const json& value) {
+    uint64_t spi = 0;
+    bool ok = false;
+    if (value.is_number_unsigned()) {
+        spi = value.get<uint64_t>();
+        ok = true;
+    } else if (value.is_number_integer()) {
+        ok = value.get<int64_t>() >= 0;
+        spi = static_cast<uint64_t>(value.get<int64_t>());
+    } else if (value.is_string()) {
+        std::string_view text = value.get_ref<const std::string&>();
+        int base = 10;
+        if (text.starts_with("0x") || text.starts_with("0X")) {
+            text.remove_prefix(2);
+            base = 16;
+        }
+        const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), spi, base);
+        ok = !text.empty() && error == std::errc{} && end == text.data() + text.size();
+    }
+    if (!ok || spi > UINT32_MAX) {
+        throw request_error("args.spi: expected a 32-bit SPI as a number or a \"0x\"-prefixed hex string");
+    }
+    return static_cast<uint32_t>(spi);
+}
+
+// Overwrites frame bytes that may have carried keys before they are released.
+void wipe_prefix(std::string& buffer, size_t bytes) noexcept {
+    explicit_bzero(buffer.data(), std::min(bytes, buffer.size()));
+    buffer.erase(0, bytes);
+}
+
+} // namespace
+
+control_server::control_server(gateway_api& gateway, std::string path) : gateway_(gateway), path_(std::move(path)) {
+    const sockaddr_un address = socket_address(path_);
+    const size_t slash = path_.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) {
+        make_directories(path_.substr(0, slash));
+    }
+    remove_stale_socket(path_, address);
+
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (listen_fd_ < 0) {
+        throw std::runtime_error("cannot create the control socket: " + errno_text(errno));
+    }
+    // The socket file is created by bind(): the umask keeps it 0600 from the first instant, so there
+    // is no window in which another user could connect before the chmod.
+    const mode_t old_mask = ::umask(0177);
+    const int bound = ::bind(listen_fd_, reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+    const int bind_error = errno;
+    ::umask(old_mask);
+    if (bound != 0) {
+        ::close(listen_fd_);
+        listen_fd_ = -1;
+        throw std::runtime_error("cannot bind the control socket " + path_ + ": " + errno_text(bind_error));
+    }
+    ::chmod(path_.c_str(), 0600);
+    struct stat st{};
+    if (::stat(path_.c_str(), &st) == 0) {
+        socket_dev_ = st.st_dev;
+        socket_ino_ = st.st_ino;
+    }
+    if (::listen(listen_fd_, 16) != 0) {
+        const int error = errno;
+        ::close(listen_fd_);
+        ::unlink(path_.c_str());
+        listen_fd_ = -1;
+        throw std::runtime_error("cannot listen on the control socket " + path_ + ": " + errno_text(error));
+    }
+    clients_.reserve(max_clients);
+}
+
+control_server::~control_server() {
+    for (auto& c : clients_) {
+        close_client(c);
+    }
+    if (listen_fd_ >= 0) {
+        ::close(listen_fd_);
+        // Unlink only our own socket: a second instance may have replaced it since.
+        struct stat st{};
+        if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
+            ::unlink(path_.c_str());
+        }
+    }
+}
+
+void control_server::close_client(client& c) noexcept {
+    if (c.fd >= 0) {
+        ::close(c.fd);
+        c.fd = -1;
+    }
+    explicit_bzero(c.in.data(), c.in.size());
+    c.dead = true;
+}
+
+void control_server::poll() noexcept {
+    // One poll(2) for the listener and every client: an idle control socket costs one system call.
+    std::array<pollfd, max_clients + 1> fds{};
+    fds[0] = {listen_fd_, POLLIN, 0};
+    for (size_t i = 0; i < clients_.size(); ++i) {
+        const auto& c = clients_[i];
+        short events = c.closing ? 0 : POLLIN;
+        if (c.out.size() > c.out_offset) {
+            events |= POLLOUT;
+        }
+        fds[i + 1] = {c.fd, events, 0};
+    }
+    const size_t count = clients_.size() + 1;
+    if (::poll(fds.data(), count, 0) < 0) {
+        for (auto& p : fds) {
+            p.revents = 0; // EINTR: nothing new to read, but queued frames are still handled
+        }
+    }
+    for (size_t i = 0; i < clients_.size(); ++i) {
+        auto& c = clients_[i];
+        const short revents = fds[i + 1].revents;
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) != 0 && !c.closing) {
+            read_client(c);
+        }
+        if (!c.dead && (revents & POLLERR) != 0) {
+            close_client(c);
+        }
+        if (!c.dead) {
+            process_frames(c);
+        }
+        if (!c.dead) {
+            flush_client(c);
+        }
+    }
+    std::erase_if(clients_, [](const client& c) { return c.dead; });
+    if ((fds[0].revents & POLLIN) != 0) {
+        accept_clients();
+    }
+}
+
+void control_server::accept_clients() noexcept {
+    for (;;) {
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            return; // EAGAIN, or a transient error: try again at the next poll
+        }
+        // The socket file is 0600, but check the peer too: only root or our own user may drive the
+        // data plane (a file mode can be loosened by accident; SO_PEERCRED cannot lie).
+        ucred peer{};
+        socklen_t length = sizeof(peer);
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0 ||
+            (peer.uid != 0 && peer.uid != ::geteuid())) {
+            ::close(fd);
+            continue;
+        }
+        try {
+            if (clients_.size() >= max_clients) {
+                client refused{fd};
+                queue(refused, error_reply(nullptr, "too many control connections (limit " +
+                                                        std::to_string(max_clients) + "); try again later"));
+                flush_client(refused);
+                if (!refused.dead) {
+                    ::close(fd);
+                }
+                continue;
+            }
+            clients_.push_back(client{fd});
+        } catch (...) {
+            ::close(fd);
+        }
+    }
+}
+
+void control_server::read_client(client& c) noexcept {
+    // Read at most one maximal request per poll: enough to make progress, bounded so that one client
+    // cannot keep the loop here.
+    const size_t budget = control::max_request_bytes + control::length_prefix_bytes;
+    size_t taken = 0;
+    try {
+        char chunk[16384];
+        while (taken < budget) {
+            const ssize_t n = ::recv(c.fd, chunk, sizeof(chunk), 0);
+            if (n > 0) {
+                c.in.append(chunk, static_cast<size_t>(n));
+                explicit_bzero(chunk, static_cast<size_t>(n));
+                taken += static_cast<size_t>(n);
+                continue;
+            }
+            if (n == 0) {
+                // Peer closed. A partial frame is simply dropped (nothing to answer); whole frames
+                // already read are still answered as far as the socket takes it.
+                c.closing = true;
+                return;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                close_client(c);
+            }
+            return;
+        }
+    } catch (...) {
+        close_client(c); // out of memory: lose this client, not the gateway
+    }
+}
+
+void control_server::process_frames(client& c) noexcept {
+    size_t handled = 0;
+    while (!c.dead && handled < max_requests_per_poll) {
+        const auto length = control::decode_length(c.in);
+        if (!length) {
+            break;
+        }
+        if (*length > control::max_request_bytes) {
+            queue(c, error_reply(nullptr, "frame: message of " + std::to_string(*length) +
+                                               " bytes exceeds the limit of " +
+                                               std::to_string(control::max_request_bytes) +
+                                               " bytes; closing the connection"));
+            wipe_prefix(c.in, c.in.size());
+            c.closing = true;
+            break;
+        }
+        if (c.in.size() < control::length_prefix_bytes + *length) {
+            break; // wait for the rest of the frame
+        }
+        effects effect;
+        json reply = handle(std::string_view(c.in).substr(control::length_prefix_bytes, *length), effect);
+        wipe_prefix(c.in, control::length_prefix_bytes + *length);
+        if (effect.subscribe) {
+            c.subscribed = true;
+        }
+        if (effect.unsubscribe) {
+            c.subscribed = false;
+        }
+        queue(c, reply);
+        ++handled;
+    }
+}
+
+void control_server::queue(client& c, const json& message) noexcept {
+    if (c.dead) {
+        return;
+    }
+    try {
+        const std::string body = message.dump(-1, ' ', false, json::error_handler_t::replace);
+        const size_t pending = c.out.size() - c.out_offset;
+        if (pending > 0 && pending + body.size() > max_pending_output) {
+            // The client does not read what it asked for (or its events): drop it rather than grow.
+            close_client(c);
+            return;
+        }
+        if (c.out_offset > 0 && c.out_offset == c.out.size()) {
+            c.out.clear();
+            c.out_offset = 0;
+        }
+        control::append_frame(c.out, body);
+    } catch (...) {
+        close_client(c);
+    }
+}
+
+void control_server::flush_client(client& c) noexcept {
+    while (c.out_offset < c.out.size()) {
+        const ssize_t n = ::send(c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset,
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c.out_offset += static_cast<size_t>(n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return; // the rest goes at a later poll
+        }
+        close_client(c);
+        return;
+    }
+    c.out.clear();
+    c.out_offset = 0;
+    if (c.closing) {
+        close_client(c);
+    }
+}
+
+void control_server::publish(const gateway_event& event) noexcept {
+    try {
+        const json message = to_json(event);
+        for (auto& c : clients_) {
+            if (c.subscribed && !c.dead && !c.closing) {
+                queue(c, message);
+                if (!c.dead) {
+                    flush_client(c);
+                }
+            }
+        }
+        std::erase_if(clients_, [](const client& c) { return c.dead; });
+    } catch (...) {
+        // Out of memory while formatting: the event is lost; the IKE daemon also polls list-sas.
+    }
+}
+
+json control_server::handle(std::string_view body, effects& effect) noexcept {
+    json id = nullptr;
+    json request;
+    try {
+        request = json::parse(body, nullptr, false);
+        if (request.is_discarded()) {
+            return error_reply(nullptr, "message: not valid JSON");
+        }
+        if (!request.is_object()) {
+            return error_reply(nullptr, "message: expected a JSON object");
+        }
+        // The id first, so that every later error can be matched to its request.
+        const auto id_it = request.find("id");
+        if (id_it == request.end()) {
+            return error_reply(nullptr, "id: missing; expected an integer that the reply echoes");
+        }
+        if (!id_it->is_number_integer()) {
+            return error_reply(nullptr, "id: expected an integer, got " + std::string(id_it->type_name()));
+        }
+        id = *id_it;
+        const auto version = request.find("version");
+        if (version == request.end()) {
+            return error_reply(id, "version: missing; this server speaks version " +
+                                       std::to_string(control::protocol_version));
+        }
+        if (!version->is_number_integer() || version->get<int64_t>() != control::protocol_version) {
+            return error_reply(id, "version: unsupported version " + version->dump() + "; this server speaks " +
+                                       std::to_string(control::protocol_version));
+        }
+        const auto op = request.find("op");
+        if (op == request.end() || !op->is_string()) {
+            return error_reply(id, op == request.end() ? "op: missing" : "op: expected a string");
+        }
+        const std::string& name = op->get_ref<const std::string&>();
+        if (!control::is_operation(name)) {
+            std::string known;
+            for (auto o : control::operations) {
+                known += (known.empty() ? "" : ", ") + std::string(o);
+            }
+            return error_reply(id, "op: unknown operation \"" + name + "\"; expected one of " + known);
+        }
+        for (const auto& [key, value] : request.items()) {
+            if (key != "version" && key != "id" && key != "op" && key != "args") {
+                return error_reply(id, key + ": unknown key; a request has version, id, op and args");
+            }
+        }
+        json args = json::object();
+        if (const auto it = request.find("args"); it != request.end()) {
+            if (!it->is_object() && !it->is_null()) {
+                return error_reply(id, "args: expected an object");
+            }
+            if (it->is_object()) {
+                args = std::move(*it);
+            }
+        }
+        json reply;
+        try {
+            check_arg_names(name, args);
+            reply = ok_reply(id, dispatch(name, args, effect));
+        } catch (const request_error& e) {
+            reply = error_reply(id, e.what());
+        }
+        if (auto sa = args.find("sa"); sa != args.end()) {
+            wipe_json_secrets(*sa);
+        }
+        return reply;
+    } catch (const std::exception& e) {
+        return error_reply(id, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return error_reply(id, "internal error");
+    }
+}
+
+json control_server::dispatch(const std::string& op, json& args, effects& effect) {
+    if (op == "add-sa") {
+        const json& sa_json = require(args, "sa", "an object with the keys of a security-associations item");
+        auto parsed_sa = sa_from_json(sa_json);
+        if (!parsed_sa.value) {
+            throw request_error(parsed_sa.error);
+        }
+        config::sa_config& sa = *parsed_sa.value;
+        const std::string error = gateway_.add_sa(sa);
+        const json result = {{"spi", sa.spi}, {"direction", direction_name(sa.dir)}};
+        config::wipe_keys(sa);
+        if (!error.empty()) {
+            throw request_error(error);
+        }
+        return result;
+    }
+    if (op == "delete-sa") {
+        const auto dir = parse_direction(require(args, "direction", "\"outbound\" or \"inbound\""));
+        const auto spi = parse_spi(require(args, "spi", "the SPI"));
+        if (const std::string error = gateway_.delete_sa(dir, spi); !error.empty()) {
+            throw request_error(error);
+        }
+        return {{"spi", spi}, {"direction", direction_name(dir)}};
+    }
+    if (op == "list-sas") {
+        std::optional<config::direction> dir;
+        std::optional<uint32_t> spi;
+        if (const auto it = args.find("direction"); it != args.end()) {
+            dir = parse_direction(*it);
+        }
+        if (const auto it = args.find("spi"); it != args.end()) {
+            spi = parse_spi(*it);
+        }
+        json list = json::array();
+        for (const auto& sa : gateway_.sas()) {
+            if ((!dir || sa.config.dir == *dir) && (!spi || sa.config.spi == *spi)) {
+                list.push_back(to_json(sa));
+            }
+        }
+        return {{"sas", std::move(list)}};
+    }
+    if (op == "add-policy") {
+        const json& policy_json = require(args, "policy", "an object {local, remote, action, ...}");
+        const auto policy = policy_from_json(policy_json);
+        if (!policy.value) {
+            throw request_error(policy.error);
+        }
+        uint32_t id = 0;
+        if (const std::string error = gateway_.add_policy(*policy.value, id); !error.empty()) {
+            throw request_error(error);
+        }
+        return {{"id", id}};
+    }
+    if (op == "delete-policy") {
+        const json& id = require(args, "id", "the policy id from add-policy or list-policies");
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > UINT32_MAX) {
+            throw request_error("args.id: expected a policy id (a non-negative integer)");
+        }
+        if (const std::string error = gateway_.delete_policy(static_cast<uint32_t>(id.get<int64_t>()));
+            !error.empty()) {
+            throw request_error(error);
+        }
+        return {{"id", id}};
+    }
+    if (op == "list-policies") {
+        json list = json::array();
+        for (const auto& p : gateway_.policies()) {
+            list.push_back(to_json(p));
+        }
+        return {{"policies", std::move(list)}};
+    }
+    if (op == "flush") {
+        gateway_.flush();
+        return json::object();
+    }
+    if (op == "show-interfaces") {
+        json list = json::array();
+        for (const auto& i : gateway_.interfaces()) {
+            list.push_back(to_json(i));
+        }
+        return {{"interfaces", std::move(list)}};
+    }
+    if (op == "show-dataplane") {
+        json list = json::array();
+        for (const auto& w : gateway_.workers()) {
+            list.push_back(to_json(w));
+        }
+        return {{"workers", std::move(list)}};
+    }
+    if (op == "clear-counters") {
+        gateway_.clear_counters();
+        return json::object();
+    }
+    if (op == "subscribe") {
+        effect.subscribe = true;
+        return {{"subscribed", true}};
+    }
+    if (op == "unsubscribe") {
+        effect.unsubscribe = true;
+        return {{"subscribed", false}};
+    }
+    if (op == "ping") {
+        return {{"version", control::protocol_version}};
+    }
+    // is_operation() and this chain disagree: a programming error, reported rather than crashing.
+    throw request_error("op: \"" + op + "\" is known but not implemented");
+}
+
+} // namespace espresso::dp

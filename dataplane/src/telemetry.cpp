@@ -1,0 +1,257 @@
+// DPDK telemetry commands over a cache the main loop refreshes (telemetry.h).
+#include "telemetry.h"
+
+#include <rte_telemetry.h>
+
+#include <charconv>
+#include <cstdio>
+#include <mutex>
+#include <string>
+
+#include "sa_json.h"
+
+namespace espresso::dp {
+
+using nlohmann::json;
+
+namespace {
+
+struct telemetry_cache {
+    std::mutex lock;
+    json sas = json::array();
+    json interfaces = json::array();
+    json workers = json::array();
+};
+
+telemetry_cache& cache() {
+    static telemetry_cache instance;
+    return instance;
+}
+
+std::optional<uint32_t> parse_spi_text(std::string_view text) {
+    int base = 10;
+    if (text.starts_with("0x") || text.starts_with("0X")) {
+        text.remove_prefix(2);
+        base = 16;
+    }
+    uint64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value, base);
+    if (text.empty() || error != std::errc{} || end != text.data() + text.size() || value > UINT32_MAX) {
+        return std::nullopt;
+    }
+    return static_cast<uint32_t>(value);
+}
+
+// One SA's telemetry: counters, non-zero drops, and what identifies it.
+json sa_counters(const json& sa) {
+    json out = {{"spi", sa["spi"]},
+                {"encryption", sa["encryption"]},
+                {"integrity", sa["integrity"]},
+                {"sequence", sa["sequence"]},
+                {"interface", sa["interface"]}};
+    for (const auto& [name, value] : sa["counters"].items()) {
+        out[name] = value;
+    }
+    for (const auto& [name, value] : sa["drops"].items()) {
+        out["drop_" + name] = value;
+    }
+    return out;
+}
+
+std::string scalar_text(const json& value) {
+    if (value.is_string()) {
+        return value.get<std::string>();
+    }
+    if (value.is_number_float()) {
+        char text[32];
+        std::snprintf(text, sizeof(text), "%.1f", value.get<double>());
+        return text;
+    }
+    return value.dump();
+}
+
+// Fills a container (one level: rte_telemetry containers may not nest further).
+rte_tel_data* make_container(const json& value) {
+    rte_tel_data* c = rte_tel_data_alloc();
+    if (c == nullptr) {
+        return nullptr;
+    }
+    if (value.is_array()) {
+        bool all_unsigned = true;
+        for (const auto& v : value) {
+            all_unsigned = all_unsigned && v.is_number_unsigned();
+        }
+        if (all_unsigned) {
+            rte_tel_data_start_array(c, RTE_TEL_U64_VAL);
+            for (const auto& v : value) {
+                rte_tel_data_add_array_u64(c, v.get<uint64_t>());
+            }
+        } else {
+            for (const auto& v : value) {
+                rte_tel_data_add_array_string(c, scalar_text(v).c_str());
+            }
+        }
+        return c;
+    }
+    rte_tel_data_start_dict(c);
+    for (const auto& [name, v] : value.items()) {
+        if (v.is_number_unsigned()) {
+            rte_tel_data_add_dict_u64(c, name.c_str(), v.get<uint64_t>());
+        } else if (v.is_boolean()) {
+            rte_tel_data_add_dict_u64(c, name.c_str(), v.get<bool>() ? 1 : 0);
+        } else {
+            rte_tel_data_add_dict_string(c, name.c_str(), scalar_text(v).c_str());
+        }
+    }
+    return c;
+}
+
+// json object -> rte_tel_data dict; nested objects/arrays become containers.
+void fill(rte_tel_data* d, const json& value) {
+    if (value.is_array()) {
+        rte_tel_data_start_array(d, RTE_TEL_U64_VAL);
+        for (const auto& v : value) {
+            if (v.is_number_unsigned()) {
+                rte_tel_data_add_array_u64(d, v.get<uint64_t>());
+            }
+        }
+        return;
+    }
+    rte_tel_data_start_dict(d);
+    for (const auto& [name, v] : value.items()) {
+        if (v.is_object() || v.is_array()) {
+            if (rte_tel_data* c = make_container(v)) {
+                if (rte_tel_data_add_dict_container(d, name.c_str(), c, 0) != 0) {
+                    rte_tel_data_free(c);
+                }
+            }
+        } else if (v.is_number_unsigned()) {
+            rte_tel_data_add_dict_u64(d, name.c_str(), v.get<uint64_t>());
+        } else if (v.is_boolean()) {
+            rte_tel_data_add_dict_u64(d, name.c_str(), v.get<bool>() ? 1 : 0);
+        } else {
+            rte_tel_data_add_dict_string(d, name.c_str(), scalar_text(v).c_str());
+        }
+    }
+}
+
+int telemetry_callback(const char* command, const char* params, rte_tel_data* d) {
+    try {
+        const auto result = telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
+        if (!result) {
+            return -EINVAL;
+        }
+        fill(d, *result);
+        return 0;
+    } catch (...) {
+        return -ENOMEM;
+    }
+}
+
+} // namespace
+
+std::optional<json> telemetry_query(std::string_view command, std::string_view params) {
+    auto& c = cache();
+    const std::lock_guard guard(c.lock);
+    if (command == "/espresso/sa") {
+        if (params.empty()) {
+            json result = {{"outbound", json::array()}, {"inbound", json::array()}};
+            for (const auto& sa : c.sas) {
+                auto& list = result[sa["direction"].get<std::string>()];
+                if (list.size() < RTE_TEL_MAX_ARRAY_ENTRIES) {
+                    list.push_back(sa["spi"]);
+                }
+            }
+            return result;
+        }
+        std::string_view direction;
+        if (params.starts_with("in:")) {
+            direction = "inbound";
+            params.remove_prefix(3);
+        } else if (params.starts_with("out:")) {
+            direction = "outbound";
+            params.remove_prefix(4);
+        }
+        const auto spi = parse_spi_text(params);
+        if (!spi) {
+            return std::nullopt;
+        }
+        json result = json::object();
+        for (const auto& sa : c.sas) {
+            const auto& dir = sa["direction"].get_ref<const std::string&>();
+            if (sa["spi"].get<uint32_t>() == *spi && (direction.empty() || dir == direction)) {
+                result[dir] = sa_counters(sa);
+            }
+        }
+        if (result.empty()) {
+            return std::nullopt;
+        }
+        return result;
+    }
+    if (command == "/espresso/interfaces") {
+        json result = json::object();
+        for (const auto& i : c.interfaces) {
+            result[i["name"].get<std::string>()] = {
+                {"port", i["port"]},
+                {"link_up", i["link-up"]},
+                {"mtu", i["mtu"]},
+                {"rx_packets", i["rx"]["packets"]},
+                {"rx_bytes", i["rx"]["bytes"]},
+                {"rx_missed", i["rx"]["missed"]},
+                {"rx_errors", i["rx"]["errors"]},
+                {"tx_packets", i["tx"]["packets"]},
+                {"tx_bytes", i["tx"]["bytes"]},
+                {"tx_errors", i["tx"]["errors"]},
+            };
+        }
+        return result;
+    }
+    if (command == "/espresso/workers") {
+        json result = json::object();
+        for (const auto& w : c.workers) {
+            json entry = {{"rx_packets", w["rx-packets"]},
+                          {"tx_packets", w["tx-packets"]},
+                          {"to_exception", w["to-exception"]},
+                          {"busy_percent", w["busy-percent"]}};
+            for (const auto& [name, value] : w["drops"].items()) {
+                entry["drop_" + name] = value;
+            }
+            result["lcore" + std::to_string(w["lcore"].get<unsigned>())] = std::move(entry);
+        }
+        return result;
+    }
+    return std::nullopt;
+}
+
+void refresh_telemetry(const gateway_api& gateway) {
+    // Build outside the lock: the telemetry thread waits only for the swap.
+    json sas = json::array();
+    for (const auto& sa : gateway.sas()) {
+        sas.push_back(to_json(sa));
+    }
+    json interfaces = json::array();
+    for (const auto& i : gateway.interfaces()) {
+        interfaces.push_back(to_json(i));
+    }
+    json workers = json::array();
+    for (const auto& w : gateway.workers()) {
+        workers.push_back(to_json(w));
+    }
+    auto& c = cache();
+    const std::lock_guard guard(c.lock);
+    c.sas.swap(sas);
+    c.interfaces.swap(interfaces);
+    c.workers.swap(workers);
+}
+
+void register_telemetry(gateway_api& gateway) {
+    refresh_telemetry(gateway);
+    rte_telemetry_register_cmd("/espresso/sa", telemetry_callback,
+                               "SPIs of all SAs; with parameter [in:|out:]SPI: that SA's counters and drops");
+    rte_telemetry_register_cmd("/espresso/interfaces", telemetry_callback,
+                               "Per interface: link, MTU, rx/tx packets, bytes, errors. No parameters");
+    rte_telemetry_register_cmd("/espresso/workers", telemetry_callback,
+                               "Per worker lcore: rx, tx, busy percent, drops. No parameters");
+}
+
+} // namespace espresso::dp

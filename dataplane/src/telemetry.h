@@ -1,0 +1,34 @@
+// espresso-dp's commands on the DPDK telemetry socket (usertools/dpdk-telemetry.py):
+//
+//   /espresso/sa                 {"outbound": [spi, ...], "inbound": [spi, ...]}
+//   /espresso/sa,<spi>           counters and drops of the SA(s) with that SPI, per direction;
+//                                <spi> is decimal or 0x-hex, optionally "in:" / "out:" prefixed
+//   /espresso/interfaces         per interface: rx/tx packets, bytes, errors, link
+//   /espresso/workers            per worker lcore: rx, tx, busy, drops
+//
+// Threads: DPDK runs telemetry callbacks on its own telemetry thread, never on the main lcore, and
+// gateway_api may only be used on the main lcore. So the main loop copies what telemetry shows into
+// a cache every ~500 ms (refresh_telemetry), and the callbacks read only that cache, under a mutex
+// (neither side is a packet path). Values are therefore up to one refresh period old.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway_api.h"
+
+namespace espresso::dp {
+
+// Registers the /espresso/* commands (after rte_eal_init) and fills the cache once. Main lcore.
+void register_telemetry(gateway_api& gateway);
+
+// Copies the current SA, interface and worker snapshots (never keys) into the cache. Main lcore.
+void refresh_telemetry(const gateway_api& gateway);
+
+// What a command returns, as JSON, from the cache; nullopt for an unknown command or SPI. Any
+// thread. The telemetry callbacks convert this to rte_tel_data; tests call it directly.
+std::optional<nlohmann::json> telemetry_query(std::string_view command, std::string_view params);
+
+} // namespace espresso::dp

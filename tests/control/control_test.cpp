@@ -1,0 +1,841 @@
+// Control socket server + client against a fake gateway_api; SA JSON; telemetry cache; CLI layouts.
+#include <gtest/gtest.h>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "control_server.h"
+#include "espresso/config/types.h"
+#include "espresso/dp/control_client.h"
+#include "espresso/dp/control_protocol.h"
+#include "format.h"
+#include "sa_json.h"
+#include "telemetry.h"
+
+namespace espresso::dp {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+namespace cli = espresso::cp::cli;
+
+// --- fake gateway -------------------------------------------------------------------------------
+
+class fake_gateway : public gateway_api {
+public:
+    std::string add_sa(const config::sa_config& sa) override {
+        const std::lock_guard guard(lock);
+        if (!refuse.empty()) {
+            return refuse;
+        }
+        added.push_back(sa);
+        return "";
+    }
+    std::string delete_sa(config::direction dir, uint32_t spi) override {
+        const std::lock_guard guard(lock);
+        deleted.emplace_back(dir, spi);
+        return spi == 0xdead ? "no outbound SA with SPI 0x0000dead" : "";
+    }
+    std::string add_policy(const config::policy_config& policy, uint32_t& id) override {
+        const std::lock_guard guard(lock);
+        added_policies.push_back(policy);
+        id = static_cast<uint32_t>(added_policies.size());
+        return "";
+    }
+    std::string delete_policy(uint32_t id) override { return id == 7 ? "" : "no policy " + std::to_string(id); }
+    void flush() override {
+        const std::lock_guard guard(lock);
+        ++flushes;
+    }
+    std::vector<sa_snapshot> sas() const override {
+        const std::lock_guard guard(lock);
+        return snapshots;
+    }
+    std::vector<policy_snapshot> policies() const override { return {}; }
+    std::vector<interface_snapshot> interfaces() const override {
+        const std::lock_guard guard(lock);
+        return ports;
+    }
+    std::vector<worker_snapshot> workers() const override {
+        const std::lock_guard guard(lock);
+        return worker_list;
+    }
+    void clear_counters() override {
+        const std::lock_guard guard(lock);
+        ++clears;
+    }
+
+    mutable std::mutex lock;
+    std::string refuse;
+    std::vector<config::sa_config> added;
+    std::vector<std::pair<config::direction, uint32_t>> deleted;
+    std::vector<config::policy_config> added_policies;
+    std::vector<sa_snapshot> snapshots;
+    std::vector<interface_snapshot> ports;
+    std::vector<worker_snapshot> worker_list;
+    int flushes = 0;
+    int clears = 0;
+};
+
+config::ip_address addr(const char* text) {
+    return *config::parse_address(text);
+}
+config::ip_prefix prefix(const char* text) {
+    return *config::parse_prefix(text);
+}
+
+sa_snapshot make_sa(uint32_t spi, config::direction dir, const char* src, const char* dst) {
+    sa_snapshot s;
+    s.config.spi = spi;
+    s.config.dir = dir;
+    s.config.source = addr(src);
+    s.config.destination = addr(dst);
+    s.config.cipher = config::cipher_alg::aes_gcm16;
+    s.config.cipher_key_bytes = 16;
+    s.config.cipher_key_length = 20;
+    s.config.local = prefix("192.168.1.0/24");
+    s.config.remote = prefix("192.168.2.0/24");
+    s.interface = "outside";
+    return s;
+}
+
+// --- a server polled by its own thread, as the main lcore would ----------------------------------
+
+class server_fixture : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char dir_template[] = "/tmp/espresso-ctl-XXXXXX";
+        ASSERT_NE(mkdtemp(dir_template), nullptr);
+        dir = dir_template;
+        path = dir + "/run/espresso/test.sock"; // two missing levels: created 0700
+        server = std::make_unique<control_server>(gateway, path);
+        thread = std::thread([this] {
+            while (!stop.load()) {
+                std::vector<std::function<void()>> todo;
+                {
+                    const std::lock_guard guard(tasks_lock);
+                    todo.swap(tasks);
+                }
+                for (auto& task : todo) {
+                    task();
+                }
+                server->poll();
+                std::this_thread::sleep_for(200us);
+            }
+        });
+    }
+    void TearDown() override {
+        stop = true;
+        thread.join();
+        server.reset();
+        std::filesystem::remove_all(dir);
+    }
+    // Runs `task` on the polling thread (publish() and client_count() are main-lcore calls).
+    template <typename F>
+    auto on_server(F task) {
+        std::packaged_task<decltype(task())()> packaged(std::move(task));
+        auto result = packaged.get_future();
+        {
+            const std::lock_guard guard(tasks_lock);
+            tasks.emplace_back([&packaged] { packaged(); });
+        }
+        return result.get();
+    }
+
+    fake_gateway gateway;
+    std::string dir;
+    std::string path;
+    std::unique_ptr<control_server> server;
+    std::thread thread;
+    std::atomic<bool> stop{false};
+    std::mutex tasks_lock;
+    std::vector<std::function<void()>> tasks;
+};
+
+// A raw connection for sending broken frames and reading replies byte-exactly.
+class raw_connection {
+public:
+    explicit raw_connection(const std::string& path) {
+        fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+        EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    }
+    ~raw_connection() { close(); }
+    void close() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+            fd_ = -1;
+        }
+    }
+    void send(std::string_view bytes) { ASSERT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), ssize_t(bytes.size())); }
+    void send_frame(std::string_view body) {
+        std::string frame;
+        control::append_frame(frame, body);
+        send(frame);
+    }
+    // Next frame as JSON; nullopt on EOF or timeout (eof() tells which).
+    std::optional<json> read(std::chrono::milliseconds timeout = 3000ms) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            if (const auto length = control::decode_length(buffer_);
+                length && buffer_.size() >= control::length_prefix_bytes + *length) {
+                json message = json::parse(buffer_.substr(control::length_prefix_bytes, *length));
+                buffer_.erase(0, control::length_prefix_bytes + *length);
+                return message;
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+                                                                                    std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                return std::nullopt;
+            }
+            pollfd p{fd_, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+                continue;
+            }
+            char chunk[4096];
+            const ssize_t n = ::recv(fd_, chunk, sizeof(chunk), 0);
+            if (n <= 0) {
+                eof_ = true;
+                return std::nullopt;
+            }
+            buffer_.append(chunk, static_cast<size_t>(n));
+        }
+    }
+    bool eof() const { return eof_; }
+
+private:
+    int fd_ = -1;
+    std::string buffer_;
+    bool eof_ = false;
+};
+
+json good_sa_json() {
+    return json::parse(R"({
+        "spi": "0x1001", "direction": "outbound", "protocol": "esp", "mode": "tunnel",
+        "source": "198.51.100.1", "destination": "203.0.113.1",
+        "encryption": "aes128gcm16", "key": "0x00112233445566778899aabbccddeeff01020304",
+        "integrity": "none", "esn": false, "replay-window": 128,
+        "selectors": {"local": "192.168.1.0/24", "remote": "192.168.2.0/24"},
+        "lifetime": {"bytes": 0, "packets": 1000000}
+    })");
+}
+
+// --- server + client ----------------------------------------------------------------------------
+
+TEST_F(server_fixture, SocketAndDirectoryArePrivate) {
+    struct stat st{};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    ASSERT_EQ(::stat((dir + "/run/espresso").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+}
+
+TEST_F(server_fixture, SecondServerOnALiveSocketIsRefused) {
+    EXPECT_THROW(control_server(gateway, path), std::runtime_error);
+}
+
+TEST_F(server_fixture, AddSaReachesTheGatewayWithTheRightConfig) {
+    auto client = control_client::connect(path);
+    const json reply = client.request("add-sa", {{"sa", good_sa_json()}});
+    ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
+    EXPECT_EQ(reply["version"], 1);
+    EXPECT_EQ(reply["result"]["spi"], 0x1001);
+    EXPECT_EQ(reply["result"]["direction"], "outbound");
+    EXPECT_EQ(reply.dump().find("0011223344"), std::string::npos);
+
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.added.size(), 1u);
+    const auto& sa = gateway.added[0];
+    EXPECT_EQ(sa.spi, 0x1001u);
+    EXPECT_EQ(sa.dir, config::direction::outbound);
+    EXPECT_EQ(sa.mode, config::ipsec_mode::tunnel);
+    EXPECT_EQ(sa.source, addr("198.51.100.1"));
+    EXPECT_EQ(sa.destination, addr("203.0.113.1"));
+    EXPECT_EQ(sa.cipher, config::cipher_alg::aes_gcm16);
+    EXPECT_EQ(sa.cipher_key_bytes, 16);
+    EXPECT_EQ(sa.cipher_key_length, 20);
+    EXPECT_EQ(sa.cipher_key[0], 0x00);
+    EXPECT_EQ(sa.cipher_key[1], 0x11);
+    EXPECT_EQ(sa.cipher_key[19], 0x04);
+    EXPECT_EQ(sa.local, prefix("192.168.1.0/24"));
+    EXPECT_EQ(sa.remote, prefix("192.168.2.0/24"));
+    EXPECT_EQ(sa.lifetime.packets, 1000000u);
+    EXPECT_EQ(sa.origin, "control socket");
+}
+
+TEST_F(server_fixture, AddSaAcceptsDecimalSpi) {
+    auto client = control_client::connect(path);
+    json sa = good_sa_json();
+    sa["spi"] = 4097;
+    const json reply = client.request("add-sa", {{"sa", sa}});
+    ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.added.size(), 1u);
+    EXPECT_EQ(gateway.added[0].spi, 4097u);
+}
+
+TEST_F(server_fixture, AddSaWithAShortKeyNamesTheField) {
+    auto client = control_client::connect(path);
+    json sa = good_sa_json();
+    sa["key"] = "0x0011223344";
+    const json reply = client.request("add-sa", {{"sa", sa}});
+    EXPECT_FALSE(reply["ok"].get<bool>());
+    EXPECT_EQ(reply["id"], 1);
+    const std::string error = reply_error(reply);
+    EXPECT_NE(error.find("sa.key"), std::string::npos) << error;
+    EXPECT_EQ(error.find("security-associations"), std::string::npos) << error;
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_TRUE(gateway.added.empty());
+}
+
+TEST_F(server_fixture, AddSaErrorsNameTheirFields) {
+    auto client = control_client::connect(path);
+    struct bad {
+        const char* key;
+        json value;
+        const char* field;
+    };
+    const std::vector<bad> cases{
+        {"encryption", "aes128gcm", "sa.encryption"},
+        {"spi", 5, "sa.spi"},
+        {"direction", "sideways", "sa.direction"},
+        {"replay-window", "many", "sa.replay-window"},
+        {"selectors", json{{"local", "192.168.1.1/24"}, {"remote", "192.168.2.0/24"}}, "sa.selectors.local"},
+        {"bogus-key", 1, "bogus-key"},
+    };
+    for (const auto& c : cases) {
+        json sa = good_sa_json();
+        sa[c.key] = c.value;
+        const json reply = client.request("add-sa", {{"sa", sa}});
+        EXPECT_FALSE(reply["ok"].get<bool>()) << c.key;
+        EXPECT_NE(reply_error(reply).find(c.field), std::string::npos) << reply_error(reply);
+    }
+    const json missing = client.request("add-sa", json::object());
+    EXPECT_NE(reply_error(missing).find("args.sa"), std::string::npos) << reply_error(missing);
+    const json not_object = client.request("add-sa", {{"sa", "spi: 1"}});
+    EXPECT_NE(reply_error(not_object).find("sa:"), std::string::npos) << reply_error(not_object);
+}
+
+TEST_F(server_fixture, GatewayRefusalIsAnErrorReply) {
+    gateway.refuse = "SA table full";
+    auto client = control_client::connect(path);
+    const json reply = client.request("add-sa", {{"sa", good_sa_json()}});
+    EXPECT_EQ(reply_error(reply), "SA table full");
+}
+
+TEST_F(server_fixture, DeleteSaValidatesItsArguments) {
+    auto client = control_client::connect(path);
+    EXPECT_EQ(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", "0x2001"}})), "");
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "outbound"}, {"spi", 0xdead}})).find("0x0000dead"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "up"}, {"spi", 1}})).find("args.direction"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", "zz"}})).find("args.spi"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}})).find("args.spi: missing"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", 1}, {"x", 1}}))
+                  .find("args.x"),
+              std::string::npos);
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.deleted.size(), 2u);
+    EXPECT_EQ(gateway.deleted[0], std::make_pair(config::direction::inbound, 0x2001u));
+}
+
+TEST_F(server_fixture, PoliciesAreValidated) {
+    auto client = control_client::connect(path);
+    const json good = {{"local", "192.168.1.0/24"}, {"remote", "192.168.2.0/24"}, {"protocol", "tcp"},
+                       {"local-ports", "1024-65535"}, {"remote-ports", 443}, {"action", "protect"},
+                       {"priority", 10}, {"spi", "0x1001"}};
+    const json reply = client.request("add-policy", {{"policy", good}});
+    ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
+    EXPECT_EQ(reply["result"]["id"], 1);
+    {
+        const std::lock_guard guard(gateway.lock);
+        ASSERT_EQ(gateway.added_policies.size(), 1u);
+        const auto& p = gateway.added_policies[0];
+        EXPECT_EQ(p.protocol, 6);
+        EXPECT_EQ(p.local_port_min, 1024);
+        EXPECT_EQ(p.local_port_max, 65535);
+        EXPECT_EQ(p.remote_port_min, 443);
+        EXPECT_EQ(p.remote_port_max, 443);
+        EXPECT_EQ(p.action, config::policy_action::protect);
+        EXPECT_EQ(p.priority, 10u);
+        EXPECT_EQ(p.spi, 0x1001u);
+    }
+    for (const auto& [key, value, field] : std::vector<std::tuple<std::string, json, std::string>>{
+             {"action", "encrypt", "policy.action"},
+             {"local", "10.0.0.1/8", "policy.local"},
+             {"local-ports", "9-1", "policy.local-ports"},
+             {"spi", 5, "policy.spi"},
+             {"colour", "red", "policy.colour"}}) {
+        json bad = good;
+        bad[key] = value;
+        const std::string error = reply_error(client.request("add-policy", {{"policy", bad}}));
+        EXPECT_NE(error.find(field), std::string::npos) << key << ": " << error;
+    }
+    EXPECT_EQ(reply_error(client.request("delete-policy", {{"id", 7}})), "");
+    EXPECT_NE(reply_error(client.request("delete-policy", {{"id", "7"}})).find("args.id"), std::string::npos);
+}
+
+TEST_F(server_fixture, ListSasNeverContainsKeys) {
+    {
+        const std::lock_guard guard(gateway.lock);
+        auto sa = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
+        // Even if a snapshot still carried key bytes, the reply must not show them.
+        for (size_t i = 0; i < 20; ++i) {
+            sa.config.cipher_key[i] = 0xab;
+        }
+        sa.config.integ = config::integ_alg::hmac_sha256_128;
+        sa.config.integ_key_length = 32;
+        for (size_t i = 0; i < 32; ++i) {
+            sa.config.integ_key[i] = 0xcd;
+        }
+        gateway.snapshots.push_back(sa);
+    }
+    auto client = control_client::connect(path);
+    const json reply = client.request("list-sas");
+    ASSERT_TRUE(reply["ok"].get<bool>());
+    const std::string text = reply.dump();
+    EXPECT_EQ(text.find("abab"), std::string::npos);
+    EXPECT_EQ(text.find("ABAB"), std::string::npos);
+    EXPECT_EQ(text.find("cdcd"), std::string::npos);
+    EXPECT_EQ(text.find("\"key\""), std::string::npos);
+    EXPECT_EQ(text.find("integrity-key"), std::string::npos);
+    ASSERT_EQ(reply["result"]["sas"].size(), 1u);
+    EXPECT_EQ(reply["result"]["sas"][0]["spi"], 0x1001);
+    EXPECT_EQ(reply["result"]["sas"][0]["encryption"], "aes128gcm16");
+    // Filters.
+    EXPECT_EQ(client.request("list-sas", {{"direction", "inbound"}})["result"]["sas"].size(), 0u);
+    EXPECT_EQ(client.request("list-sas", {{"spi", 0x1001}})["result"]["sas"].size(), 1u);
+}
+
+TEST_F(server_fixture, OtherOperations) {
+    auto client = control_client::connect(path);
+    EXPECT_TRUE(client.request("flush")["ok"].get<bool>());
+    EXPECT_TRUE(client.request("clear-counters")["ok"].get<bool>());
+    EXPECT_TRUE(client.request("show-interfaces")["result"]["interfaces"].is_array());
+    EXPECT_TRUE(client.request("show-dataplane")["result"]["workers"].is_array());
+    EXPECT_TRUE(client.request("list-policies")["result"]["policies"].is_array());
+    EXPECT_EQ(client.request("ping")["result"]["version"], 1);
+    EXPECT_NE(reply_error(client.request("flush", {{"all", true}})).find("args.all"), std::string::npos);
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_EQ(gateway.flushes, 1);
+    EXPECT_EQ(gateway.clears, 1);
+}
+
+TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField) {
+    raw_connection c(path);
+    struct expectation {
+        std::string body;
+        std::string error_part;
+        json id;
+    };
+    const std::vector<expectation> cases{
+        {R"({"version":2,"id":5,"op":"ping"})", "version: unsupported", 5},
+        {R"({"id":5,"op":"ping"})", "version: missing", 5},
+        {R"({"version":1,"id":6,"op":"reboot"})", "op: unknown operation \"reboot\"", 6},
+        {R"({"version":1,"id":6})", "op: missing", 6},
+        {R"({"version":1,"id":6,"op":7})", "op: expected a string", 6},
+        {R"({"version":1,"op":"ping"})", "id: missing", nullptr},
+        {R"({"version":1,"id":"7","op":"ping"})", "id: expected an integer", nullptr},
+        {R"({"version":1,"id":8,"op":"ping","extra":1})", "extra: unknown key", 8},
+        {R"({"version":1,"id":9,"op":"add-sa","args":[1]})", "args: expected an object", 9},
+        {R"([1,2,3])", "expected a JSON object", nullptr},
+        {R"(not json at all)", "not valid JSON", nullptr},
+        {R"({"version":1,"id":10,"op":"add-sa","args":{"sa":)", "not valid JSON", nullptr},
+        {"", "not valid JSON", nullptr},
+    };
+    for (const auto& e : cases) {
+        c.send_frame(e.body);
+        const auto reply = c.read();
+        ASSERT_TRUE(reply.has_value()) << e.body;
+        EXPECT_FALSE((*reply)["ok"].get<bool>()) << e.body;
+        EXPECT_EQ((*reply)["id"], e.id) << e.body;
+        EXPECT_NE((*reply)["error"].get<std::string>().find(e.error_part), std::string::npos)
+            << e.body << " -> " << (*reply)["error"];
+    }
+    // The connection survives all of that.
+    c.send_frame(R"({"version":1,"id":11,"op":"ping"})");
+    const auto pong = c.read();
+    ASSERT_TRUE(pong.has_value());
+    EXPECT_TRUE((*pong)["ok"].get<bool>());
+}
+
+TEST_F(server_fixture, OversizedFrameGetsAnErrorAndTheConnectionCloses) {
+    raw_connection c(path);
+    const auto prefix = control::encode_length(control::max_request_bytes + 1);
+    c.send(std::string_view(reinterpret_cast<const char*>(prefix.data()), prefix.size()));
+    const auto reply = c.read();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_FALSE((*reply)["ok"].get<bool>());
+    EXPECT_NE((*reply)["error"].get<std::string>().find("exceeds the limit"), std::string::npos);
+    EXPECT_FALSE(c.read().has_value());
+    EXPECT_TRUE(c.eof());
+    // Others are unaffected.
+    auto client = control_client::connect(path);
+    EXPECT_TRUE(client.request("ping")["ok"].get<bool>());
+}
+
+TEST_F(server_fixture, TruncatedFramesAndAbruptClosesAreHarmless) {
+    {
+        raw_connection c(path);
+        c.send(std::string("\x00\x00\x00\x64{\"version\":1", 16)); // announces 100 bytes, sends 12
+    }
+    {
+        raw_connection c(path);
+        c.send(std::string("\x00\x00", 2)); // half a length prefix
+    }
+    {
+        raw_connection c(path);
+        c.send_frame(R"({"version":1,"id":1,"op":"list-sas"})");
+        // closes without reading the reply
+    }
+    std::this_thread::sleep_for(20ms);
+    auto client = control_client::connect(path);
+    EXPECT_TRUE(client.request("ping")["ok"].get<bool>());
+    EXPECT_EQ(on_server([this] { return server->client_count(); }), 1u);
+}
+
+TEST_F(server_fixture, FramesSplitAcrossWritesAndPipelinedRequests) {
+    raw_connection c(path);
+    std::string frames;
+    control::append_frame(frames, R"({"version":1,"id":1,"op":"ping"})");
+    control::append_frame(frames, R"({"version":1,"id":2,"op":"ping"})");
+    for (char ch : frames) {
+        c.send(std::string_view(&ch, 1));
+    }
+    EXPECT_EQ((*c.read())["id"], 1);
+    EXPECT_EQ((*c.read())["id"], 2);
+}
+
+TEST_F(server_fixture, SeveralClientsAtOnce) {
+    auto a = control_client::connect(path);
+    auto b = control_client::connect(path);
+    auto c = control_client::connect(path);
+    for (int i = 0; i < 20; ++i) {
+        EXPECT_TRUE(a.request("ping")["ok"].get<bool>());
+        EXPECT_TRUE(b.request("list-sas")["ok"].get<bool>());
+        EXPECT_TRUE(c.request("show-dataplane")["ok"].get<bool>());
+    }
+}
+
+TEST_F(server_fixture, SubscribersReceivePublishedEvents) {
+    auto subscriber = control_client::connect(path);
+    auto other = control_client::connect(path);
+    ASSERT_TRUE(subscriber.request("subscribe")["ok"].get<bool>());
+    ASSERT_TRUE(other.request("ping")["ok"].get<bool>());
+
+    gateway_event soft{gateway_event::kind::soft_expire};
+    soft.dir = config::direction::outbound;
+    soft.spi = 0x1001;
+    gateway_event acquire{gateway_event::kind::acquire};
+    acquire.source = addr("192.168.1.5");
+    acquire.destination = addr("192.168.2.9");
+    acquire.protocol = 6;
+    on_server([&] {
+        server->publish(soft);
+        server->publish(acquire);
+        return 0;
+    });
+    const auto first = subscriber.next_event(2000ms);
+    ASSERT_TRUE(first.has_value());
+    EXPECT_EQ((*first)["version"], 1);
+    EXPECT_EQ((*first)["event"], "soft-expire");
+    EXPECT_EQ((*first)["direction"], "outbound");
+    EXPECT_EQ((*first)["spi"], 0x1001);
+    EXPECT_FALSE(first->contains("id"));
+    const auto second = subscriber.next_event(2000ms);
+    ASSERT_TRUE(second.has_value());
+    EXPECT_EQ((*second)["event"], "acquire");
+    EXPECT_EQ((*second)["source"], "192.168.1.5");
+    EXPECT_EQ((*second)["destination"], "192.168.2.9");
+    EXPECT_EQ((*second)["protocol"], 6);
+    // Not subscribed: nothing.
+    EXPECT_FALSE(other.next_event(100ms).has_value());
+    // Events interleaved with a request are queued, the reply still found.
+    on_server([&] {
+        server->publish(soft);
+        return 0;
+    });
+    std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(subscriber.request("ping")["ok"].get<bool>());
+    EXPECT_TRUE(subscriber.next_event(0ms).has_value());
+    ASSERT_TRUE(subscriber.request("unsubscribe")["ok"].get<bool>());
+    on_server([&] {
+        server->publish(soft);
+        return 0;
+    });
+    EXPECT_FALSE(subscriber.next_event(100ms).has_value());
+}
+
+TEST_F(server_fixture, ASubscriberThatNeverReadsIsDroppedNotBuffered) {
+    raw_connection slow(path);
+    slow.send_frame(R"({"version":1,"id":1,"op":"subscribe"})");
+    std::this_thread::sleep_for(20ms);
+    auto fast = control_client::connect(path);
+    EXPECT_TRUE(fast.request("ping")["ok"].get<bool>());
+    ASSERT_EQ(on_server([this] { return server->client_count(); }), 2u);
+    gateway_event e{gateway_event::kind::soft_expire};
+    e.spi = 0x1001;
+    const auto started = std::chrono::steady_clock::now();
+    on_server([&] {
+        // ~80 bytes each: well past the socket buffer and max_pending_output.
+        for (size_t i = 0; i < 2 * control_server::max_pending_output / 64; ++i) {
+            server->publish(e);
+        }
+        return 0;
+    });
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 10s);
+    EXPECT_EQ(on_server([this] { return server->client_count(); }), 1u);
+    EXPECT_TRUE(fast.request("ping")["ok"].get<bool>());
+}
+
+TEST(control_client, ConnectErrorSaysWhatToCheck) {
+    try {
+        control_client::connect("/nonexistent-espresso/hq.sock");
+        FAIL() << "connect succeeded";
+    } catch (const control_client_error& e) {
+        EXPECT_EQ(e.what_kind(), control_client_error::kind::connect);
+        EXPECT_EQ(std::string(e.what()),
+                  "cannot connect to /nonexistent-espresso/hq.sock: No such file or directory \u2014 is espresso-dp "
+                  "running?");
+    }
+}
+
+TEST(control_server, RemovesAStaleSocketAndUnlinksOnExit) {
+    char dir_template[] = "/tmp/espresso-ctl-XXXXXX";
+    ASSERT_NE(mkdtemp(dir_template), nullptr);
+    const std::string path = std::string(dir_template) + "/dp.sock";
+    // A socket file nobody listens on, as a crashed espresso-dp leaves behind.
+    {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+        ::close(fd);
+    }
+    fake_gateway gateway;
+    {
+        control_server server(gateway, path);
+        EXPECT_TRUE(std::filesystem::exists(path));
+    }
+    EXPECT_FALSE(std::filesystem::exists(path));
+    EXPECT_THROW(control_server(gateway, std::string(dir_template) + "/" + std::string(120, 'x')), std::runtime_error);
+    std::filesystem::remove_all(dir_template);
+}
+
+// --- telemetry cache ----------------------------------------------------------------------------
+
+TEST(telemetry, QueriesReadTheRefreshedCache) {
+    fake_gateway gateway;
+    auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
+    out.counters[static_cast<size_t>(sa_counter::encaps)] = 10;
+    auto in = make_sa(0x1001, config::direction::inbound, "203.0.113.1", "198.51.100.1");
+    in.drops[static_cast<size_t>(drop_reason::replay)] = 2;
+    gateway.snapshots = {out, in};
+    interface_snapshot port;
+    port.name = "outside";
+    port.rx_packets = 5;
+    gateway.ports = {port};
+    worker_snapshot worker;
+    worker.lcore = 3;
+    worker.rx_packets = 9;
+    gateway.worker_list = {worker};
+    refresh_telemetry(gateway);
+
+    const auto list = telemetry_query("/espresso/sa", "");
+    ASSERT_TRUE(list.has_value());
+    EXPECT_EQ((*list)["outbound"], json::array({0x1001}));
+    EXPECT_EQ((*list)["inbound"], json::array({0x1001}));
+    const auto both = telemetry_query("/espresso/sa", "0x1001");
+    ASSERT_TRUE(both.has_value());
+    EXPECT_EQ((*both)["outbound"]["encaps"], 10);
+    EXPECT_EQ((*both)["inbound"]["drop_replay"], 2);
+    const auto one = telemetry_query("/espresso/sa", "in:4097");
+    ASSERT_TRUE(one.has_value());
+    EXPECT_FALSE(one->contains("outbound"));
+    EXPECT_FALSE(telemetry_query("/espresso/sa", "0x9999").has_value());
+    EXPECT_FALSE(telemetry_query("/espresso/sa", "junk").has_value());
+    EXPECT_EQ((*telemetry_query("/espresso/interfaces", ""))["outside"]["rx_packets"], 5);
+    EXPECT_EQ((*telemetry_query("/espresso/workers", ""))["lcore3"]["rx_packets"], 9);
+    EXPECT_FALSE(telemetry_query("/espresso/nothing", "").has_value());
+}
+
+// --- SA JSON ------------------------------------------------------------------------------------
+
+TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys) {
+    auto snapshot = make_sa(0x2001, config::direction::inbound, "203.0.113.1", "198.51.100.1");
+    snapshot.config.udp = config::udp_encapsulation{4500, 4500};
+    json sa = to_json(snapshot);
+    // list-sas output plus a key is a valid add-sa argument once the runtime fields are removed.
+    for (const char* runtime : {"spi-hex", "origin", "interface", "sequence", "consumed", "counters", "drops"}) {
+        sa.erase(runtime);
+    }
+    sa["key"] = "0x00112233445566778899aabbccddeeff01020304";
+    const auto parsed = sa_from_json(sa);
+    ASSERT_TRUE(parsed.value.has_value()) << parsed.error;
+    EXPECT_EQ(parsed.value->spi, 0x2001u);
+    EXPECT_EQ(parsed.value->dir, config::direction::inbound);
+    ASSERT_TRUE(parsed.value->udp.has_value());
+    EXPECT_EQ(parsed.value->udp->destination_port, 4500);
+    wipe_json_secrets(sa);
+    EXPECT_EQ(sa["key"].get<std::string>().find("0011"), std::string::npos);
+}
+
+// --- CLI layouts --------------------------------------------------------------------------------
+
+std::vector<std::string> lines(const std::string& text) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start < text.size()) {
+        const size_t end = text.find('\n', start);
+        out.push_back(text.substr(start, end - start));
+        start = end == std::string::npos ? text.size() : end + 1;
+    }
+    return out;
+}
+
+TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession) {
+    auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
+    auto in = make_sa(0x2001, config::direction::inbound, "203.0.113.1", "198.51.100.1");
+    for (auto c : {sa_counter::encaps, sa_counter::encrypt, sa_counter::digest}) {
+        out.counters[static_cast<size_t>(c)] = 10;
+    }
+    for (auto c : {sa_counter::decaps, sa_counter::decrypt, sa_counter::verify}) {
+        in.counters[static_cast<size_t>(c)] = 10;
+    }
+    in.drops[static_cast<size_t>(drop_reason::replay)] = 2;
+    in.drops[static_cast<size_t>(drop_reason::icv)] = 1;
+    const json result = {{"sas", json::array({to_json(in), to_json(out)})}};
+    const std::string expected = R"(interface: outside
+    Crypto map tag: espresso, local addr 198.51.100.1
+
+   protected vrf: (none)
+   local  ident (addr/mask/prot/port): (192.168.1.0/255.255.255.0/0/0)
+   remote ident (addr/mask/prot/port): (192.168.2.0/255.255.255.0/0/0)
+   current_peer 203.0.113.1 port 500
+     PERMIT, flags={origin_is_acl,}
+    #pkts encaps: 10, #pkts encrypt: 10, #pkts digest: 10
+    #pkts decaps: 10, #pkts decrypt: 10, #pkts verify: 10
+    #pkts compressed: 0, #pkts decompressed: 0
+    #pkts not compressed: 0, #pkts compr. failed: 0
+    #pkts not decompressed: 0, #pkts decompress failed: 0
+    #send errors 0, #recv errors 3
+    #pkts replay failed: 2
+    #pkts ICV failed: 1
+
+     local crypto endpt.: 198.51.100.1, remote crypto endpt.: 203.0.113.1
+     current outbound spi: 0x1001(4097)
+
+     inbound esp sas:
+      spi: 0x2001(8193)
+        transform: esp-aes-gcm 128 ,
+        in use settings ={Tunnel, }
+        sa timing: remaining key lifetime (k/packets): (unlimited/unlimited)
+        replay detection support: Y, window 128
+        Status: ACTIVE
+     inbound ah sas:
+     outbound esp sas:
+      spi: 0x1001(4097)
+        transform: esp-aes-gcm 128 ,
+        in use settings ={Tunnel, }
+        sa timing: remaining key lifetime (k/packets): (unlimited/unlimited)
+        replay detection support: N
+        Status: ACTIVE
+     outbound ah sas:
+
+)";
+    EXPECT_EQ(cli::format_crypto_ipsec_sa(result), expected);
+}
+
+TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart) {
+    auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
+    auto in = make_sa(0x3001, config::direction::inbound, "203.0.113.7", "198.51.100.1"); // other peer
+    in.config.cipher = config::cipher_alg::aes_cbc;
+    in.config.cipher_key_bytes = 32;
+    in.config.integ = config::integ_alg::hmac_sha256_128;
+    in.config.udp = config::udp_encapsulation{4500, 4500};
+    in.config.lifetime.bytes = 1u << 30;
+    in.config.lifetime.packets = 1000;
+    in.life_bytes = 1u << 20;
+    in.life_packets = 10;
+    const auto text = cli::format_crypto_ipsec_sa({{"sas", json::array({to_json(out), to_json(in)})}});
+    const auto all = lines(text);
+    EXPECT_EQ(std::count(all.begin(), all.end(), "   protected vrf: (none)"), 2);
+    EXPECT_EQ(std::count(all.begin(), all.end(), "interface: outside"), 1);
+    EXPECT_NE(text.find("current_peer 203.0.113.7 port 4500"), std::string::npos) << text;
+    EXPECT_NE(text.find("transform: esp-256-aes esp-sha256-hmac ,"), std::string::npos) << text;
+    EXPECT_NE(text.find("in use settings ={Tunnel UDP-Encaps, }"), std::string::npos) << text;
+    EXPECT_NE(text.find("(k/packets): (1047552/990)"), std::string::npos) << text;
+    EXPECT_NE(text.find("current outbound spi: 0x0(0)"), std::string::npos) << text;
+    EXPECT_EQ(cli::format_crypto_ipsec_sa({{"sas", json::array()}}), "No IPsec SAs installed.\n");
+    // Garbage in does not throw.
+    EXPECT_NO_THROW(cli::format_crypto_ipsec_sa({{"sas", json::array({1, "x", nullptr})}}));
+    EXPECT_NO_THROW(cli::format_crypto_ipsec_sa(json("nonsense")));
+}
+
+TEST(cli_format, AddressAndMask) {
+    EXPECT_EQ(cli::address_and_mask("192.168.1.0/24"), "192.168.1.0/255.255.255.0");
+    EXPECT_EQ(cli::address_and_mask("0.0.0.0/0"), "0.0.0.0/0.0.0.0");
+    EXPECT_EQ(cli::address_and_mask("10.1.2.3/32"), "10.1.2.3/255.255.255.255");
+    EXPECT_EQ(cli::address_and_mask("2001:db8::/32"), "2001:db8::/32");
+}
+
+TEST(cli_format, InterfacesAndDataplane) {
+    interface_snapshot port;
+    port.name = "outside";
+    port.device = "net_af_packet0,iface=wan0";
+    port.mac = {0x02, 0, 0, 0, 0, 0x01};
+    port.address = addr("198.51.100.1");
+    port.prefix_length = 24;
+    port.mtu = 1500;
+    port.link_up = true;
+    port.tap = "dtap0";
+    port.rx_packets = 10;
+    port.rx_bytes = 1000;
+    port.tx_packets = 9;
+    port.tx_bytes = 900;
+    const std::string interfaces = cli::format_interfaces({{"interfaces", json::array({to_json(port)})}});
+    EXPECT_EQ(interfaces, "outside is up\n"
+                          "  Device net_af_packet0,iface=wan0 (port 0), address is 02:00:00:00:00:01\n"
+                          "  Internet address is 198.51.100.1/24\n"
+                          "  MTU 1500 bytes\n"
+                          "  Exception path: dtap0\n"
+                          "  10 packets input, 1000 bytes, 0 missed, 0 input errors\n"
+                          "  9 packets output, 900 bytes, 0 output errors\n");
+
+    worker_snapshot worker;
+    worker.lcore = 1;
+    worker.rx_packets = 100;
+    worker.tx_packets = 97;
+    worker.to_exception = 1;
+    worker.busy_percent = 3.25;
+    worker.drops[static_cast<size_t>(gateway_drop::no_route)] = 2;
+    const std::string dataplane = cli::format_dataplane({{"workers", json::array({to_json(worker)})}});
+    EXPECT_EQ(dataplane, "Worker  Lcore  RX packets      TX packets      To kernel     Busy\n"
+                         "0       1      100             97              1             3.2%\n"
+                         "        drops: no_route 2\n"
+                         "Total          100             97              1\n");
+}
+
+} // namespace
+} // namespace espresso::dp
