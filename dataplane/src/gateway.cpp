@@ -1,0 +1,1005 @@
+// Gateway set-up (ports, TAP exception interfaces, tables, workers), the management loop on the main
+// lcore (exception path: ARP, TAP, pending resolutions, ICMP; worker events) and the gateway_api.
+#include "gateway.h"
+
+#include <rte_arp.h>
+#include <rte_bus.h>
+#include <rte_cycles.h>
+#include <rte_dev.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_icmp.h>
+#include <rte_ip.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_mbuf_dyn.h>
+#include <rte_pause.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+#include "espresso/dp/ipsec.h"
+#include "packet.h"
+
+namespace espresso::dp {
+
+namespace {
+
+constexpr uint16_t ring_size = 1024;
+constexpr uint32_t implied_priority = 1000; // explicit policies (default priority 0) win
+constexpr size_t max_pending_per_hop = 16;
+
+uint32_t be32_of(const config::ip_address& a)
+{
+    uint32_t v = 0;
+    std::memcpy(&v, a.bytes.data(), 4);
+    return v;
+}
+
+std::string device_name(const std::string& spec)
+{
+    return spec.substr(0, spec.find(','));
+}
+
+std::string mac_text(const rte_ether_addr& mac)
+{
+    char buf[RTE_ETHER_ADDR_FMT_SIZE];
+    rte_ether_format_addr(buf, sizeof(buf), &mac);
+    return buf;
+}
+
+std::string ip_text(uint32_t be)
+{
+    config::ip_address a;
+    a.family = 4;
+    std::memcpy(a.bytes.data(), &be, 4);
+    return config::to_string(a);
+}
+
+// Interface names reach a shell command line (`ip`): allow only what Linux allows in a name and
+// nothing a shell interprets.
+bool safe_ifname(const std::string& name)
+{
+    if (name.empty() || name.size() > 15) {
+        return false;
+    }
+    return std::all_of(name.begin(), name.end(),
+                       [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_'; });
+}
+
+int run_ip(const std::string& args)
+{
+    std::string cmd = "ip " + args + " 2>&1";
+    int rc = std::system(cmd.c_str());
+    if (rc != 0) {
+        std::fprintf(stderr, "espresso-dp: warning: `%s` failed (%d)\n", cmd.c_str(), rc);
+    }
+    return rc;
+}
+
+uint64_t sad_key(const config::sa_config& c)
+{
+    uint8_t proto = c.protocol == config::ipsec_protocol::ah ? proto_ah : proto_esp;
+    return uint64_t{c.spi} | (uint64_t{proto} << 32);
+}
+
+} // namespace
+
+std::vector<std::string> eal_arguments(const config::gateway_config& c, const std::string& program)
+{
+    std::vector<std::string> args{program};
+    args.push_back("-l");
+    args.push_back("0-" + std::to_string(c.dataplane.workers));
+    // Two gateways on one host (tests, the demo) need separate runtime directories.
+    std::string prefix = c.dataplane.control_socket;
+    std::replace(prefix.begin(), prefix.end(), '/', '_');
+    args.push_back("--file-prefix=espresso" + prefix);
+    if (!c.dataplane.hugepages) {
+        args.push_back("--no-huge");
+        args.push_back("-m");
+        args.push_back("512");
+        args.push_back("--no-shconf");
+    }
+    bool any_pci = false;
+    for (const auto& i : c.interfaces) {
+        if (i.device.rfind("net_", 0) == 0) {
+            std::string spec = i.device;
+            // af_packet: one queue pair per worker plus one for the main lcore's transmissions.
+            if (spec.rfind("net_af_packet", 0) == 0 && spec.find("qpairs=") == std::string::npos) {
+                spec += ",qpairs=" + std::to_string(c.dataplane.workers + 1);
+            }
+            args.push_back("--vdev=" + spec);
+        } else {
+            args.push_back("-a");
+            args.push_back(i.device);
+            any_pci = true;
+        }
+    }
+    if (!any_pci && std::find(c.dataplane.eal.begin(), c.dataplane.eal.end(), "--no-pci") == c.dataplane.eal.end()) {
+        args.push_back("--no-pci");
+    }
+    for (const auto& e : c.dataplane.eal) {
+        args.push_back(e);
+    }
+    return args;
+}
+
+gateway::gateway(const config::gateway_config& config) : config_(config)
+{
+    if (rte_lcore_count() < config_.dataplane.workers + 1) {
+        throw std::runtime_error("need " + std::to_string(config_.dataplane.workers + 1) +
+                                 " lcores (main + workers), EAL gave " + std::to_string(rte_lcore_count()));
+    }
+    shared_.port_index.fill(-1);
+    shared_.adaptive_idle = config_.dataplane.idle == config::idle_mode::adaptive;
+    static const rte_mbuf_dynfield meta_desc = {"espresso_exception_meta", sizeof(exception_meta),
+                                                alignof(exception_meta), 0};
+    shared_.meta_offset = rte_mbuf_dynfield_register(&meta_desc);
+    if (shared_.meta_offset < 0) {
+        throw std::runtime_error(std::string("mbuf dynfield: ") + rte_strerror(rte_errno));
+    }
+    const unsigned mbufs = 8191 + 4096 * static_cast<unsigned>(config_.interfaces.size()) * (config_.dataplane.workers + 1);
+    pool_ = rte_pktmbuf_pool_create("espresso_mbufs", mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                    static_cast<int>(rte_socket_id()));
+    if (pool_ == nullptr) {
+        throw std::runtime_error(std::string("mbuf pool: ") + rte_strerror(rte_errno) +
+                                 (config_.dataplane.hugepages ? " (reserve hugepages or set dataplane.hugepages: false)" : ""));
+    }
+    main_core_ = std::make_unique<crypto_core>();
+    std::printf("espresso-dp: IPsec-MB %s\n", main_core_->description().c_str());
+    setup_ports();
+
+    std::vector<route_table::connected> links;
+    std::vector<std::string> names;
+    for (const auto& p : shared_.ports) {
+        links.push_back({p.port, p.address_be, p.prefix_length});
+        names.push_back(p.name);
+        shared_.local_addresses.emplace_back(p.address_be, p.port);
+    }
+    shared_.routes = std::make_unique<route_table>(links, config_.routes, names);
+    shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh");
+    for (const auto& n : config_.neighbors) {
+        auto it = std::find(names.begin(), names.end(), n.interface);
+        if (it == names.end() || !n.address.is_v4()) {
+            throw std::runtime_error(n.origin + ": neighbor needs an IPv4 address and a known interface");
+        }
+        rte_ether_addr mac;
+        std::memcpy(mac.addr_bytes, n.mac.data(), 6);
+        shared_.neighbors->set(shared_.ports[static_cast<size_t>(it - names.begin())].port, be32_of(n.address), mac, true);
+    }
+    shared_.exceptions = rte_ring_create("espresso_exc", 4096, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
+    shared_.events = rte_ring_create_elem("espresso_events", sizeof(gateway_event), 1024,
+                                          static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
+    if (shared_.exceptions == nullptr || shared_.events == nullptr) {
+        throw std::runtime_error("cannot create exception/event rings");
+    }
+    setup_workers();
+    setup_taps();
+
+    for (const auto& sa : config_.security_associations) {
+        std::string err = add_sa(sa);
+        if (!err.empty()) {
+            throw std::runtime_error(err);
+        }
+    }
+    for (const auto& p : config_.policies) {
+        uint32_t id = 0;
+        std::string err = add_policy(p, id);
+        if (!err.empty()) {
+            throw std::runtime_error(p.origin + ": " + err);
+        }
+    }
+}
+
+gateway::~gateway()
+{
+    for (auto& [key, p] : pending_) {
+        for (auto* m : p.packets) {
+            rte_pktmbuf_free(m);
+        }
+    }
+    for (const auto& p : shared_.ports) {
+        rte_eth_dev_stop(p.port);
+        rte_eth_dev_close(p.port);
+        if (p.has_tap) {
+            rte_eth_dev_stop(p.tap_port);
+            rte_eth_dev_close(p.tap_port);
+        }
+    }
+    for (auto& w : workers_) {
+        rte_ring_free(w->updates);
+        rte_ring_free(w->handoff);
+        rte_hash_free(w->sad);
+    }
+    sas_.clear(); // sa_deleter wipes every key
+    spd_.reset();
+    retired_spds_.clear();
+    rte_ring_free(shared_.exceptions);
+    rte_ring_free(shared_.events);
+}
+
+void gateway::setup_ports()
+{
+    const uint16_t workers = static_cast<uint16_t>(config_.dataplane.workers);
+    for (const auto& ic : config_.interfaces) {
+        if (!ic.address.is_v4()) {
+            throw std::runtime_error(ic.origin + ": interface " + ic.name +
+                                     ": only IPv4 interface addresses are supported by this data plane yet");
+        }
+        port_state ps;
+        ps.name = ic.name;
+        ps.device = ic.device;
+        ps.address_be = be32_of(ic.address);
+        ps.prefix_length = ic.prefix_length;
+        ps.mtu = ic.mtu;
+        const std::string name = device_name(ic.device);
+        if (rte_eth_dev_get_port_by_name(name.c_str(), &ps.port) != 0) {
+            throw std::runtime_error(ic.origin + ": interface " + ic.name + ": no DPDK port \"" + name +
+                                     "\" (check the device spec, the driver, and that the device exists)");
+        }
+        rte_eth_dev_info info{};
+        if (rte_eth_dev_info_get(ps.port, &info) != 0) {
+            throw std::runtime_error("interface " + ic.name + ": cannot read device info");
+        }
+        // RSS spreads inner flows only on devices that have it; others get one RX queue.
+        ps.rx_queues = info.flow_type_rss_offloads != 0 ? std::min<uint16_t>(workers, info.max_rx_queues) : 1;
+        ps.tx_queues = static_cast<uint16_t>(workers + 1);
+        if (info.max_tx_queues < ps.tx_queues) {
+            throw std::runtime_error("interface " + ic.name + ": device has " + std::to_string(info.max_tx_queues) +
+                                     " TX queues, need " + std::to_string(ps.tx_queues) +
+                                     " (one per worker plus one for the main lcore)");
+        }
+        rte_eth_conf conf{};
+        if (ps.rx_queues > 1) {
+            conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = RTE_ETH_RSS_IP & info.flow_type_rss_offloads;
+        }
+        if (rte_eth_dev_configure(ps.port, ps.rx_queues, ps.tx_queues, &conf) != 0) {
+            throw std::runtime_error("interface " + ic.name + ": rte_eth_dev_configure failed");
+        }
+        uint16_t rxd = 1024;
+        uint16_t txd = 1024;
+        rte_eth_dev_adjust_nb_rx_tx_desc(ps.port, &rxd, &txd);
+        const int socket = rte_eth_dev_socket_id(ps.port);
+        for (uint16_t q = 0; q < ps.rx_queues; ++q) {
+            if (rte_eth_rx_queue_setup(ps.port, q, rxd, socket, nullptr, pool_) != 0) {
+                throw std::runtime_error("interface " + ic.name + ": RX queue setup failed");
+            }
+        }
+        for (uint16_t q = 0; q < ps.tx_queues; ++q) {
+            if (rte_eth_tx_queue_setup(ps.port, q, txd, socket, nullptr) != 0) {
+                throw std::runtime_error("interface " + ic.name + ": TX queue setup failed");
+            }
+        }
+        if (ic.mac) {
+            rte_ether_addr mac;
+            std::memcpy(mac.addr_bytes, ic.mac->data(), 6);
+            if (rte_eth_dev_default_mac_addr_set(ps.port, &mac) != 0) {
+                std::fprintf(stderr, "espresso-dp: %s: device refused MAC override, using promiscuous mode\n",
+                             ic.name.c_str());
+            }
+        }
+        if (rte_eth_dev_set_mtu(ps.port, ic.mtu) != 0) {
+            std::fprintf(stderr, "espresso-dp: %s: device did not accept MTU %u; enforcing it in software\n",
+                         ic.name.c_str(), ic.mtu);
+        }
+        if (rte_eth_dev_start(ps.port) != 0) {
+            throw std::runtime_error("interface " + ic.name + ": cannot start port");
+        }
+        rte_eth_promiscuous_enable(ps.port);
+        if (ic.mac) {
+            std::memcpy(ps.mac.addr_bytes, ic.mac->data(), 6);
+        } else {
+            rte_eth_macaddr_get(ps.port, &ps.mac);
+        }
+        shared_.port_index[ps.port] = static_cast<int16_t>(shared_.ports.size());
+        std::printf("espresso-dp: interface %s = port %u (%s) %s/%u mac %s, %u rx / %u tx queues\n", ic.name.c_str(),
+                    ps.port, ic.device.c_str(), ip_text(ps.address_be).c_str(), ps.prefix_length,
+                    mac_text(ps.mac).c_str(), ps.rx_queues, ps.tx_queues);
+        shared_.ports.push_back(ps);
+    }
+}
+
+void gateway::setup_taps()
+{
+    for (size_t i = 0; i < shared_.ports.size(); ++i) {
+        port_state& ps = shared_.ports[i];
+        std::string tap = "dp-" + ps.name;
+        if (tap.size() > 15) {
+            tap.resize(15);
+        }
+        if (!safe_ifname(tap)) {
+            throw std::runtime_error("interface name " + ps.name + " cannot name a kernel interface");
+        }
+        const std::string vdev = "net_tap_espresso" + std::to_string(i);
+        const std::string spec = vdev + ",iface=" + tap + ",mac=" + mac_text(ps.mac);
+        if (rte_dev_probe(spec.c_str()) != 0) {
+            std::fprintf(stderr, "espresso-dp: %s: no TAP exception interface (%s); traffic to the gateway is dropped\n",
+                         ps.name.c_str(), spec.c_str());
+            continue;
+        }
+        if (rte_eth_dev_get_port_by_name(vdev.c_str(), &ps.tap_port) != 0) {
+            continue;
+        }
+        rte_eth_conf conf{};
+        if (rte_eth_dev_configure(ps.tap_port, 1, 1, &conf) != 0 ||
+            rte_eth_rx_queue_setup(ps.tap_port, 0, 512, rte_eth_dev_socket_id(ps.tap_port), nullptr, pool_) != 0 ||
+            rte_eth_tx_queue_setup(ps.tap_port, 0, 512, rte_eth_dev_socket_id(ps.tap_port), nullptr) != 0 ||
+            rte_eth_dev_start(ps.tap_port) != 0) {
+            throw std::runtime_error("interface " + ps.name + ": cannot start TAP " + tap);
+        }
+        ps.has_tap = true;
+        ps.tap_name = tap;
+        shared_.port_index[ps.tap_port] = -1;
+        // The kernel side carries the gateway's address (and routes) so IKE, ping and every other
+        // protocol to the gateway use the ordinary Linux stack (ARCHITECTURE.md, exception path).
+        run_ip("link set dev " + tap + " mtu " + std::to_string(ps.mtu) + " up");
+        run_ip("addr replace " + ip_text(ps.address_be) + "/" + std::to_string(ps.prefix_length) + " dev " + tap);
+    }
+    for (const auto& r : config_.routes) {
+        uint16_t port = 0;
+        uint32_t nh = 0;
+        if (!r.via.is_v4() || !shared_.routes->lookup(be32_of(r.via), port, nh)) {
+            continue;
+        }
+        int16_t pos = shared_.port_index[port];
+        if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+            run_ip("route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) + " dev " +
+                   shared_.ports[static_cast<size_t>(pos)].tap_name);
+        }
+    }
+}
+
+void gateway::setup_workers()
+{
+    const unsigned n = config_.dataplane.workers;
+    unsigned lcore = rte_get_next_lcore(-1, 1, 0);
+    for (unsigned i = 0; i < n; ++i) {
+        auto w = std::make_unique<worker_state>();
+        w->index = i;
+        w->lcore = lcore;
+        lcore = rte_get_next_lcore(lcore, 1, 0);
+        const int socket = static_cast<int>(rte_lcore_to_socket_id(w->lcore));
+        std::string name = "esp_upd" + std::to_string(i);
+        w->updates = rte_ring_create_elem(name.c_str(), sizeof(update_msg), ring_size, socket,
+                                          RING_F_SP_ENQ | RING_F_SC_DEQ);
+        name = "esp_hand" + std::to_string(i);
+        w->handoff = rte_ring_create(name.c_str(), 4096, socket, RING_F_SC_DEQ);
+        name = "esp_sad" + std::to_string(i);
+        rte_hash_parameters hp{};
+        hp.name = name.c_str();
+        hp.entries = 1 << 20;
+        hp.key_len = sizeof(uint64_t);
+        hp.socket_id = socket;
+        w->sad = rte_hash_create(&hp);
+        if (w->updates == nullptr || w->handoff == nullptr || w->sad == nullptr) {
+            throw std::runtime_error("cannot create worker tables: " + std::string(rte_strerror(rte_errno)));
+        }
+        shared_.workers.push_back(w.get());
+        workers_.push_back(std::move(w));
+    }
+    // RX queues round-robin over workers.
+    unsigned next = 0;
+    for (const auto& p : shared_.ports) {
+        for (uint16_t q = 0; q < p.rx_queues; ++q) {
+            workers_[next % n]->rx.emplace_back(p.port, q);
+            ++next;
+        }
+    }
+}
+
+unsigned gateway::owner_of(uint32_t spi) const noexcept
+{
+    return spi % static_cast<unsigned>(workers_.size());
+}
+
+bool gateway::post(unsigned worker, const update_msg& msg)
+{
+    for (int tries = 0; tries < 100000; ++tries) {
+        if (rte_ring_sp_enqueue_elem(workers_[worker]->updates, const_cast<update_msg*>(&msg), sizeof(msg)) == 0) {
+            return true;
+        }
+        rte_pause();
+    }
+    return false;
+}
+
+bool gateway::wait_applied(const std::vector<unsigned>& which, uint64_t generation)
+{
+    if (!running_) {
+        return true; // applied by each worker before its first burst
+    }
+    const uint64_t deadline = rte_get_tsc_cycles() + 2 * rte_get_tsc_hz();
+    for (unsigned w : which) {
+        while (workers_[w]->applied.load(std::memory_order_acquire) < generation) {
+            if (rte_get_tsc_cycles() > deadline) {
+                return false;
+            }
+            rte_pause();
+        }
+    }
+    return true;
+}
+
+std::string gateway::rebuild_spd()
+{
+    std::vector<spd_entry> entries;
+    for (const auto& p : policies_) {
+        spd_entry e;
+        e.policy = p.policy;
+        e.id = p.id;
+        if (p.policy.action == config::policy_action::protect) {
+            auto it = sas_.find({static_cast<int>(config::direction::outbound), p.policy.spi});
+            e.sa = it == sas_.end() ? nullptr : it->second.sa.get();
+        }
+        entries.push_back(e);
+    }
+    for (const auto& [key, entry] : sas_) {
+        const auto& c = entry.sa->config;
+        spd_entry e;
+        e.policy.local = c.local;
+        e.policy.remote = c.remote;
+        e.policy.priority = implied_priority;
+        e.policy.action = config::policy_action::protect;
+        e.policy.spi = c.spi;
+        if (c.dir == config::direction::outbound) {
+            e.sa = entry.sa.get();
+        } else {
+            e.inbound_check = true;
+        }
+        entries.push_back(e);
+    }
+    std::unique_ptr<compiled_spd> spd;
+    try {
+        spd = std::make_unique<compiled_spd>(entries, ++generation_);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    const uint64_t gen = ++generation_;
+    std::vector<unsigned> all;
+    for (unsigned w = 0; w < workers_.size(); ++w) {
+        if (!post(w, {update_msg::set_spd, 0, 0, spd.get(), gen})) {
+            return "worker update ring full";
+        }
+        all.push_back(w);
+    }
+    if (!wait_applied(all, gen)) {
+        // Keep the new SPD alive: a slow worker may still switch to it.
+        retired_spds_.push_back(std::move(spd_));
+        spd_ = std::move(spd);
+        return "workers did not acknowledge the policy update within 2 s";
+    }
+    retired_spds_.clear();
+    spd_ = std::move(spd);
+    return {};
+}
+
+std::string gateway::add_sa(const config::sa_config& c)
+{
+    const auto key = std::make_pair(static_cast<int>(c.dir), c.spi);
+    if (sas_.count(key) != 0) {
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), "SA 0x%08x (%s) already exists", c.spi,
+                      c.dir == config::direction::inbound ? "inbound" : "outbound");
+        return buf;
+    }
+    if (c.mode == config::ipsec_mode::tunnel && !c.source.is_v4()) {
+        return "IPv6 tunnel endpoints are not supported by this data plane yet (the engine has them)";
+    }
+    sa_ptr sa;
+    try {
+        sa = make_sa(c, *main_core_);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    sa_runtime* raw = sa.get();
+    sas_[key] = {std::move(sa), c.origin};
+    if (c.dir == config::direction::inbound) {
+        const unsigned owner = owner_of(c.spi);
+        const uint64_t gen = ++generation_;
+        if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen}) || !wait_applied({owner}, gen)) {
+            return "worker did not acknowledge the SA install";
+        }
+    }
+    return rebuild_spd();
+}
+
+std::string gateway::delete_sa(config::direction dir, uint32_t spi)
+{
+    auto it = sas_.find({static_cast<int>(dir), spi});
+    if (it == sas_.end()) {
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), "no %s SA 0x%08x", dir == config::direction::inbound ? "inbound" : "outbound", spi);
+        return buf;
+    }
+    sa_ptr victim = std::move(it->second.sa);
+    sas_.erase(it);
+    std::string err = rebuild_spd();
+    if (dir == config::direction::inbound) {
+        const unsigned owner = owner_of(spi);
+        const uint64_t gen = ++generation_;
+        if (!post(owner, {update_msg::remove_inbound, 0, sad_key(victim->config), nullptr, gen}) ||
+            !wait_applied({owner}, gen)) {
+            // Never free what a worker may still use.
+            (void)victim.release();
+            return "worker did not acknowledge the SA removal; SA memory kept";
+        }
+    }
+    if (!err.empty()) {
+        (void)victim.release();
+        return err;
+    }
+    return {}; // victim's deleter wipes the keys now that no worker can reach it
+}
+
+std::string gateway::add_policy(const config::policy_config& policy, uint32_t& id)
+{
+    id = next_policy_id_++;
+    policies_.push_back({policy, id});
+    std::string err = rebuild_spd();
+    if (!err.empty()) {
+        policies_.pop_back();
+    }
+    return err;
+}
+
+std::string gateway::delete_policy(uint32_t id)
+{
+    auto it = std::find_if(policies_.begin(), policies_.end(), [&](const policy_entry& p) { return p.id == id; });
+    if (it == policies_.end()) {
+        return "no policy " + std::to_string(id);
+    }
+    policies_.erase(it);
+    return rebuild_spd();
+}
+
+void gateway::flush()
+{
+    policies_.clear();
+    std::vector<std::pair<int, uint32_t>> keys;
+    for (const auto& [k, v] : sas_) {
+        keys.push_back(k);
+    }
+    for (const auto& k : keys) {
+        delete_sa(static_cast<config::direction>(k.first), k.second);
+    }
+    rebuild_spd();
+}
+
+std::vector<sa_snapshot> gateway::sas() const
+{
+    std::vector<sa_snapshot> out;
+    for (const auto& [key, entry] : sas_) {
+        const sa_runtime& sa = *entry.sa;
+        sa_snapshot s;
+        s.config = sa.config;
+        for (size_t i = 0; i < s.counters.size(); ++i) {
+            s.counters[i] = sa.stats.counters[i].load(std::memory_order_relaxed);
+        }
+        for (size_t i = 0; i < s.drops.size(); ++i) {
+            s.drops[i] = sa.stats.drops[i].load(std::memory_order_relaxed);
+        }
+        s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
+        s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
+        s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
+        // The interface whose address is this SA's local tunnel endpoint.
+        const config::ip_address& local = sa.outbound() ? sa.config.source : sa.config.destination;
+        for (const auto& p : shared_.ports) {
+            if (local.is_v4() && be32_of(local) == p.address_be) {
+                s.interface = p.name;
+            }
+        }
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+std::vector<policy_snapshot> gateway::policies() const
+{
+    std::vector<policy_snapshot> out;
+    for (const auto& p : policies_) {
+        out.push_back({p.id, p.policy, 0, false});
+    }
+    for (const auto& [key, entry] : sas_) {
+        const auto& c = entry.sa->config;
+        policy_snapshot s;
+        s.config.local = c.local;
+        s.config.remote = c.remote;
+        s.config.action = config::policy_action::protect;
+        s.config.priority = implied_priority;
+        s.config.spi = c.spi;
+        s.implied = true;
+        if (c.dir == config::direction::outbound) {
+            out.push_back(s);
+        }
+    }
+    return out;
+}
+
+std::vector<interface_snapshot> gateway::interfaces() const
+{
+    std::vector<interface_snapshot> out;
+    for (const auto& p : shared_.ports) {
+        interface_snapshot s;
+        s.name = p.name;
+        s.device = p.device;
+        s.port = p.port;
+        std::memcpy(s.mac.data(), p.mac.addr_bytes, 6);
+        s.address.family = 4;
+        std::memcpy(s.address.bytes.data(), &p.address_be, 4);
+        s.prefix_length = p.prefix_length;
+        s.mtu = p.mtu;
+        s.tap = p.tap_name;
+        rte_eth_link link{};
+        if (rte_eth_link_get_nowait(p.port, &link) == 0) {
+            s.link_up = link.link_status == RTE_ETH_LINK_UP;
+        }
+        rte_eth_stats st{};
+        if (rte_eth_stats_get(p.port, &st) == 0) {
+            s.rx_packets = st.ipackets;
+            s.rx_bytes = st.ibytes;
+            s.tx_packets = st.opackets;
+            s.tx_bytes = st.obytes;
+            s.rx_missed = st.imissed;
+            s.rx_errors = st.ierrors;
+            s.tx_errors = st.oerrors;
+        }
+        out.push_back(s);
+    }
+    return out;
+}
+
+std::vector<worker_snapshot> gateway::workers() const
+{
+    std::vector<worker_snapshot> out;
+    for (const auto& w : workers_) {
+        worker_snapshot s;
+        s.lcore = w->lcore;
+        s.rx_packets = w->rx_packets.load(std::memory_order_relaxed);
+        s.tx_packets = w->tx_packets.load(std::memory_order_relaxed);
+        s.to_exception = w->to_exception.load(std::memory_order_relaxed);
+        const uint64_t polls = w->polls.load(std::memory_order_relaxed);
+        const uint64_t busy = w->busy_polls.load(std::memory_order_relaxed);
+        s.busy_percent = polls == 0 ? 0.0 : 100.0 * static_cast<double>(busy) / static_cast<double>(polls);
+        for (size_t i = 0; i < s.drops.size(); ++i) {
+            s.drops[i] = w->drops[i].load(std::memory_order_relaxed);
+        }
+        out.push_back(s);
+    }
+    // The main lcore's own drops (exception path) are reported as one more row.
+    worker_snapshot m;
+    m.lcore = rte_get_main_lcore();
+    for (size_t i = 0; i < m.drops.size(); ++i) {
+        m.drops[i] = main_drops_[i].load(std::memory_order_relaxed);
+    }
+    out.push_back(m);
+    return out;
+}
+
+void gateway::clear_counters()
+{
+    for (auto& [key, entry] : sas_) {
+        entry.sa->stats.clear();
+    }
+    for (auto& w : workers_) {
+        w->rx_packets = 0;
+        w->tx_packets = 0;
+        w->to_exception = 0;
+        w->polls = 0;
+        w->busy_polls = 0;
+        for (auto& d : w->drops) {
+            d = 0;
+        }
+    }
+    for (auto& d : main_drops_) {
+        d = 0;
+    }
+    for (const auto& p : shared_.ports) {
+        rte_eth_stats_reset(p.port);
+    }
+}
+
+// ---- management loop ------------------------------------------------------------------------------
+
+void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<void()>& tick,
+                  const std::function<void(const gateway_event&)>& event)
+{
+    std::vector<worker_launch> launches;
+    launches.reserve(workers_.size());
+    for (auto& w : workers_) {
+        launches.push_back({w.get(), &shared_});
+    }
+    running_ = true;
+    for (auto& l : launches) {
+        if (rte_eal_remote_launch(worker_main, &l, l.worker->lcore) != 0) {
+            shared_.stop = true;
+            rte_eal_mp_wait_lcore();
+            throw std::runtime_error("cannot launch worker on lcore " + std::to_string(l.worker->lcore));
+        }
+    }
+    std::printf("espresso-dp: running with %zu worker(s)\n", workers_.size());
+    std::fflush(stdout);
+    while (stop == 0) {
+        tick();
+        main_exceptions();
+        main_taps();
+        main_events(event);
+        main_pending_timeouts();
+        usleep(100);
+    }
+    shared_.stop = true;
+    rte_eal_mp_wait_lcore();
+    running_ = false;
+}
+
+void gateway::transmit_main(uint16_t port_pos, rte_mbuf* m)
+{
+    const port_state& ps = shared_.ports[port_pos];
+    if (rte_eth_tx_burst(ps.port, static_cast<uint16_t>(ps.tx_queues - 1), &m, 1) != 1) {
+        main_drops_[static_cast<size_t>(gateway_drop::tx_full)]++;
+        rte_pktmbuf_free(m);
+    }
+}
+
+void gateway::main_exceptions()
+{
+    rte_mbuf* pkts[64];
+    unsigned n = rte_ring_sc_dequeue_burst(shared_.exceptions, reinterpret_cast<void**>(pkts), 64, nullptr);
+    for (unsigned i = 0; i < n; ++i) {
+        rte_mbuf* m = pkts[i];
+        const exception_meta meta = *RTE_MBUF_DYNFIELD(m, shared_.meta_offset, exception_meta*);
+        const int16_t pos = shared_.port_index[m->port];
+        switch (meta.what) {
+        case exception_meta::arp:
+            handle_arp(m);
+            break;
+        case exception_meta::to_us:
+            if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+                if (rte_eth_tx_burst(shared_.ports[static_cast<size_t>(pos)].tap_port, 0, &m, 1) == 1) {
+                    break;
+                }
+            }
+            main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+            rte_pktmbuf_free(m);
+            break;
+        case exception_meta::resolve: {
+            const uint64_t key = uint64_t{meta.port} << 32 | meta.value;
+            rte_ether_addr mac;
+            const int16_t out = shared_.port_index[meta.port];
+            if (out < 0) {
+                rte_pktmbuf_free(m);
+                break;
+            }
+            if (shared_.neighbors->lookup(meta.port, meta.value, mac)) {
+                auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+                eth->dst_addr = mac;
+                eth->src_addr = shared_.ports[static_cast<size_t>(out)].mac;
+                transmit_main(static_cast<uint16_t>(out), m);
+                break;
+            }
+            pending& p = pending_[key];
+            const uint64_t now = rte_get_tsc_cycles();
+            if (p.packets.empty()) {
+                p.first_tsc = now;
+            }
+            if (p.packets.size() >= max_pending_per_hop) {
+                main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
+                rte_pktmbuf_free(m);
+            } else {
+                p.packets.push_back(m);
+            }
+            if (now - p.requested_tsc > rte_get_tsc_hz() / 2) {
+                p.requested_tsc = now;
+                ++p.tries;
+                send_arp_request(static_cast<uint16_t>(out), meta.value);
+            }
+            break;
+        }
+        case exception_meta::too_big:
+            send_icmp_too_big(m, meta);
+            rte_pktmbuf_free(m);
+            break;
+        }
+    }
+}
+
+void gateway::main_pending_timeouts()
+{
+    const uint64_t now = rte_get_tsc_cycles();
+    for (auto it = pending_.begin(); it != pending_.end();) {
+        pending& p = it->second;
+        if (!p.packets.empty() && now - p.first_tsc > 3 * rte_get_tsc_hz()) {
+            main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)] += p.packets.size();
+            for (auto* m : p.packets) {
+                rte_pktmbuf_free(m);
+            }
+            it = pending_.erase(it);
+            continue;
+        }
+        if (!p.packets.empty() && now - p.requested_tsc > rte_get_tsc_hz()) {
+            p.requested_tsc = now;
+            const int16_t out = shared_.port_index[static_cast<uint16_t>(it->first >> 32)];
+            if (out >= 0) {
+                send_arp_request(static_cast<uint16_t>(out), static_cast<uint32_t>(it->first));
+            }
+        }
+        ++it;
+    }
+}
+
+void gateway::resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac)
+{
+    auto it = pending_.find(uint64_t{port} << 32 | ip_be);
+    if (it == pending_.end()) {
+        return;
+    }
+    const int16_t pos = shared_.port_index[port];
+    for (auto* m : it->second.packets) {
+        auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+        eth->dst_addr = mac;
+        eth->src_addr = shared_.ports[static_cast<size_t>(pos)].mac;
+        transmit_main(static_cast<uint16_t>(pos), m);
+    }
+    pending_.erase(it);
+}
+
+void gateway::handle_arp(rte_mbuf* m)
+{
+    const int16_t pos = shared_.port_index[m->port];
+    if (pos < 0 || rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) {
+        main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    port_state& ps = shared_.ports[static_cast<size_t>(pos)];
+    auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+    auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
+    if (arp->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
+        arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != 6 || arp->arp_plen != 4) {
+        main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    const uint32_t sip = arp->arp_data.arp_sip;
+    const uint32_t tip = arp->arp_data.arp_tip;
+    const uint32_t mask = ps.prefix_length == 0 ? 0 : rte_cpu_to_be_32(~uint32_t{0} << (32 - ps.prefix_length));
+    const rte_ether_addr sha = arp->arp_data.arp_sha;
+    // RFC 826: learn the sender if it is on our subnet (and not a spoof of our own address).
+    if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask)) {
+        shared_.neighbors->set(ps.port, sip, sha, false);
+        resolved(ps.port, sip, sha);
+    }
+    if (arp->arp_opcode == rte_cpu_to_be_16(RTE_ARP_OP_REQUEST) && tip == ps.address_be) {
+        arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REPLY);
+        arp->arp_data.arp_tha = sha;
+        arp->arp_data.arp_tip = sip;
+        arp->arp_data.arp_sha = ps.mac;
+        arp->arp_data.arp_sip = ps.address_be;
+        eth->dst_addr = sha;
+        eth->src_addr = ps.mac;
+        transmit_main(static_cast<uint16_t>(pos), m);
+        return;
+    }
+    if (arp->arp_opcode == rte_cpu_to_be_16(RTE_ARP_OP_REPLY) && ps.has_tap) {
+        // The kernel behind the TAP resolves its own next hops (for IKE, ICMP replies): give it the
+        // replies too.
+        if (rte_eth_tx_burst(ps.tap_port, 0, &m, 1) == 1) {
+            return;
+        }
+    }
+    rte_pktmbuf_free(m);
+}
+
+void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be)
+{
+    const port_state& ps = shared_.ports[port_pos];
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
+    std::memset(&eth->dst_addr, 0xff, sizeof(eth->dst_addr));
+    eth->src_addr = ps.mac;
+    eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_ARP);
+    auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
+    arp->arp_hardware = rte_cpu_to_be_16(RTE_ARP_HRD_ETHER);
+    arp->arp_protocol = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+    arp->arp_hlen = 6;
+    arp->arp_plen = 4;
+    arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REQUEST);
+    arp->arp_data.arp_sha = ps.mac;
+    arp->arp_data.arp_sip = ps.address_be;
+    std::memset(&arp->arp_data.arp_tha, 0, sizeof(arp->arp_data.arp_tha));
+    arp->arp_data.arp_tip = target_be;
+    transmit_main(port_pos, m);
+}
+
+// RFC 792 / RFC 1191: Destination Unreachable, Fragmentation Needed, with the next-hop MTU, sent to
+// the source of the too-big packet from the address of the interface it came in on.
+void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
+{
+    const int16_t in_pos = shared_.port_index[orig->port];
+    if (in_pos < 0 || rte_pktmbuf_data_len(orig) < sizeof(rte_ether_hdr) + 20) {
+        return;
+    }
+    const auto* oip = rte_pktmbuf_mtod_offset(orig, const uint8_t*, sizeof(rte_ether_hdr));
+    const uint32_t ihl = (oip[0] & 0x0fU) * 4;
+    const uint32_t quote = std::min<uint32_t>(ihl + 8, rte_pktmbuf_data_len(orig) - sizeof(rte_ether_hdr));
+    uint32_t src_be = 0;
+    std::memcpy(&src_be, oip + 12, 4);
+    uint16_t out_port = 0;
+    uint32_t nh = 0;
+    if (!shared_.routes->lookup(src_be, out_port, nh)) {
+        return;
+    }
+    const int16_t out_pos = shared_.port_index[out_port];
+    rte_ether_addr mac;
+    if (out_pos < 0 || !shared_.neighbors->lookup(out_port, nh, mac)) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
+        return;
+    }
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    const uint32_t len = 20 + 8 + quote;
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + len)));
+    eth->dst_addr = mac;
+    eth->src_addr = shared_.ports[static_cast<size_t>(out_pos)].mac;
+    eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+    auto* ip = reinterpret_cast<uint8_t*>(eth + 1);
+    std::memset(ip, 0, 28);
+    ip[0] = 0x45;
+    store_be16(ip + 2, static_cast<uint16_t>(len));
+    ip[8] = 64;
+    ip[9] = 1; // ICMP
+    std::memcpy(ip + 12, &shared_.ports[static_cast<size_t>(in_pos)].address_be, 4);
+    std::memcpy(ip + 16, &src_be, 4);
+    ipv4_set_checksum(ip);
+    uint8_t* icmp = ip + 20;
+    icmp[0] = 3; // destination unreachable
+    icmp[1] = 4; // fragmentation needed and DF set
+    store_be16(icmp + 6, static_cast<uint16_t>(meta.value));
+    std::memcpy(icmp + 8, oip, quote);
+    uint16_t ck = rte_raw_cksum(icmp, 8 + quote);
+    ck = static_cast<uint16_t>(~ck);
+    std::memcpy(icmp + 2, &ck, 2);
+    transmit_main(static_cast<uint16_t>(out_pos), m);
+}
+
+void gateway::main_taps()
+{
+    for (size_t i = 0; i < shared_.ports.size(); ++i) {
+        const port_state& ps = shared_.ports[i];
+        if (!ps.has_tap) {
+            continue;
+        }
+        rte_mbuf* pkts[32];
+        uint16_t n = rte_eth_rx_burst(ps.tap_port, 0, pkts, 32);
+        if (n == 0) {
+            continue;
+        }
+        uint16_t sent = rte_eth_tx_burst(ps.port, static_cast<uint16_t>(ps.tx_queues - 1), pkts, n);
+        for (uint16_t k = sent; k < n; ++k) {
+            main_drops_[static_cast<size_t>(gateway_drop::tx_full)]++;
+            rte_pktmbuf_free(pkts[k]);
+        }
+    }
+}
+
+void gateway::main_events(const std::function<void(const gateway_event&)>& event)
+{
+    gateway_event ev[16];
+    unsigned n = rte_ring_sc_dequeue_burst_elem(shared_.events, ev, sizeof(gateway_event), 16, nullptr);
+    for (unsigned i = 0; i < n; ++i) {
+        event(ev[i]);
+    }
+}
+
+} // namespace espresso::dp

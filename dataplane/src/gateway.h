@@ -1,0 +1,195 @@
+// espresso-dp's gateway: ports, worker lcores and the management (main lcore) loop.
+//
+// Threads and ownership (ARCHITECTURE.md):
+//  - Workers own their SAD (inbound SPI -> SA) and the pointer to the compiled SPD they use. Nothing
+//    else touches them: changes arrive as messages on the worker's single-producer/single-consumer
+//    update ring and are applied between bursts; the worker then publishes the generation it reached.
+//  - The main lcore owns everything else: the SA registry, building SPDs, ARP, the TAP exception path,
+//    the control socket. A mutating gateway_api call returns after every affected worker published
+//    the generation of that change, so "installed" means usable on every core.
+//  - Inbound SAs are processed by one owner worker (owner = SPI % workers); a worker that receives a
+//    packet for an SA it does not own hands it to the owner through the owner's handoff ring. This
+//    keeps each replay window single-writer whatever RSS does (decision recorded in docs/ARCHITECTURE.md).
+#pragma once
+
+#include <rte_ether.h>
+#include <rte_hash.h>
+#include <rte_mbuf.h>
+#include <rte_ring.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "espresso/config/types.h"
+#include "espresso/dp/crypto_core.h"
+#include "espresso/dp/sa.h"
+#include "gateway_api.h"
+#include "routing.h"
+#include "spd.h"
+
+namespace espresso::dp {
+
+inline constexpr uint16_t rx_burst_size = 32;
+
+struct port_state {
+    std::string name;   // interface name from the config
+    std::string device; // device spec
+    uint16_t port = 0;
+    uint16_t rx_queues = 1;
+    uint16_t tx_queues = 1;
+    rte_ether_addr mac{};
+    uint32_t address_be = 0;
+    uint8_t prefix_length = 0;
+    uint16_t mtu = 1500;
+    bool has_tap = false;
+    uint16_t tap_port = 0;
+    std::string tap_name;
+};
+
+// Metadata a worker attaches to a packet it hands to the main lcore (an mbuf dynamic field).
+struct exception_meta {
+    enum kind : uint8_t { arp, to_us, resolve, too_big } what;
+    uint8_t pad;
+    uint16_t port;   // resolve: egress port
+    uint32_t value;  // resolve: next hop (network order); too_big: MTU to report
+};
+
+struct update_msg {
+    enum op : uint32_t { add_inbound, remove_inbound, set_spd } what;
+    uint32_t pad;
+    uint64_t key;        // add/remove_inbound: SAD key
+    void* ptr;           // sa_runtime* or const compiled_spd*
+    uint64_t generation;
+};
+
+struct alignas(64) worker_state {
+    unsigned index = 0;
+    unsigned lcore = 0;
+    std::vector<std::pair<uint16_t, uint16_t>> rx; // (port, queue)
+    rte_ring* updates = nullptr; // SP/SC, update_msg elements
+    rte_ring* handoff = nullptr; // MP/SC, rte_mbuf* of inbound IPsec this worker owns
+    rte_hash* sad = nullptr;     // key: spi | protocol << 32 -> sa_runtime*
+    const compiled_spd* spd = nullptr;
+    alignas(64) std::atomic<uint64_t> applied{0};
+    alignas(64) std::atomic<uint64_t> rx_packets{0};
+    std::atomic<uint64_t> tx_packets{0};
+    std::atomic<uint64_t> to_exception{0};
+    std::atomic<uint64_t> polls{0};
+    std::atomic<uint64_t> busy_polls{0};
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> drops{};
+
+    void drop(gateway_drop d, uint64_t n = 1) noexcept
+    {
+        drops[static_cast<size_t>(d)].fetch_add(n, std::memory_order_relaxed);
+    }
+};
+
+class gateway final : public gateway_api {
+public:
+    // EAL must be initialised. Sets up ports, TAPs, tables, static SAs and policies; throws
+    // std::runtime_error with an operator-readable message on failure.
+    explicit gateway(const config::gateway_config& config);
+    ~gateway() override;
+
+    // Launches the workers and runs the management loop on the calling (main) lcore until `stop`.
+    // `tick` is called every loop iteration (control socket, telemetry); `event` for each SA event.
+    void run(const volatile std::sig_atomic_t& stop, const std::function<void()>& tick,
+             const std::function<void(const gateway_event&)>& event);
+
+    // gateway_api
+    std::string add_sa(const config::sa_config& sa) override;
+    std::string delete_sa(config::direction dir, uint32_t spi) override;
+    std::string add_policy(const config::policy_config& policy, uint32_t& id) override;
+    std::string delete_policy(uint32_t id) override;
+    void flush() override;
+    std::vector<sa_snapshot> sas() const override;
+    std::vector<policy_snapshot> policies() const override;
+    std::vector<interface_snapshot> interfaces() const override;
+    std::vector<worker_snapshot> workers() const override;
+    void clear_counters() override;
+
+    // Used by the worker loop (worker.cpp).
+    struct shared {
+        std::vector<port_state> ports; // indexed by position; port_index maps DPDK port -> position
+        std::array<int16_t, RTE_MAX_ETHPORTS> port_index{};
+        std::unique_ptr<route_table> routes;
+        std::unique_ptr<neighbor_table> neighbors;
+        rte_ring* exceptions = nullptr; // MP/SC rte_mbuf* to the main lcore
+        rte_ring* events = nullptr;     // MP/SC gateway_event elements to the main lcore
+        std::vector<worker_state*> workers;
+        int meta_offset = -1; // mbuf dynfield offset of exception_meta
+        bool adaptive_idle = true;
+        std::atomic<bool> stop{false};
+        std::vector<std::pair<uint32_t, uint16_t>> local_addresses; // (address, port)
+    };
+
+private:
+    struct sa_entry {
+        sa_ptr sa;
+        std::string origin;
+    };
+    struct policy_entry {
+        config::policy_config policy;
+        uint32_t id;
+    };
+
+    void setup_ports();
+    void setup_taps();
+    void setup_workers();
+    std::string rebuild_spd();
+    bool wait_applied(const std::vector<unsigned>& workers, uint64_t generation);
+    bool post(unsigned worker, const update_msg& msg);
+    void main_exceptions();
+    void main_taps();
+    void main_events(const std::function<void(const gateway_event&)>& event);
+    void main_pending_timeouts();
+    void handle_arp(rte_mbuf* m);
+    void send_arp_request(uint16_t port_pos, uint32_t target_be);
+    void send_icmp_too_big(rte_mbuf* m, const exception_meta& meta);
+    void transmit_main(uint16_t port_pos, rte_mbuf* m);
+    void resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac);
+    unsigned owner_of(uint32_t spi) const noexcept;
+
+    config::gateway_config config_;
+    shared shared_;
+    std::vector<std::unique_ptr<worker_state>> workers_;
+    rte_mempool* pool_ = nullptr;
+    std::unique_ptr<crypto_core> main_core_; // key expansion at install time
+    std::map<std::pair<int, uint32_t>, sa_entry> sas_; // (direction, spi)
+    std::vector<policy_entry> policies_;
+    uint32_t next_policy_id_ = 1;
+    uint64_t generation_ = 0;
+    bool running_ = false; // workers launched: updates must be acknowledged
+    std::unique_ptr<compiled_spd> spd_;
+    std::vector<std::unique_ptr<compiled_spd>> retired_spds_;
+    std::map<uint32_t, uint64_t> policy_matches_;
+
+    struct pending {
+        std::vector<rte_mbuf*> packets;
+        uint64_t requested_tsc = 0;
+        uint64_t first_tsc = 0;
+        unsigned tries = 0;
+    };
+    std::unordered_map<uint64_t, pending> pending_; // (port << 32 | ip) -> packets waiting for ARP
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> main_drops_{};
+};
+
+// The EAL command line for a gateway: lcores, file prefix, hugepages, one --vdev/-a per interface
+// (af_packet gets one queue pair per worker plus one for the main lcore), then the config's extras.
+std::vector<std::string> eal_arguments(const config::gateway_config& config, const std::string& program);
+
+// worker.cpp: the per-lcore poll loop (rte_eal_remote_launch entry point, arg = worker_state*).
+struct worker_launch {
+    worker_state* worker;
+    gateway::shared* shared;
+};
+int worker_main(void* arg);
+
+} // namespace espresso::dp

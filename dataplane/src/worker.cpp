@@ -1,0 +1,504 @@
+// The worker lcore's poll loop: RX burst -> classify -> (inbound: SAD -> ESP/AH decap) or
+// (transit: SPD -> ESP/AH encap | bypass | discard) -> FIB -> neighbor -> TX. Slow-path packets (ARP,
+// traffic to the gateway that is not fast-path IPsec, unresolved next hops, ICMP to generate) go to
+// the main lcore's exception ring. Every drop is counted, either on the SA (engine) or on the worker.
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_ip.h>
+#include <rte_mbuf_dyn.h>
+#include <rte_pause.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "espresso/dp/ipsec.h"
+#include "gateway.h"
+#include "packet.h"
+
+namespace espresso::dp {
+
+namespace {
+
+constexpr uint16_t max_vector = 64; // rx burst + handoff packets processed in one pass
+
+// Packets grouped by the SA that processes them, within one pass (a burst has few distinct SAs).
+struct sa_groups {
+    static constexpr unsigned max_groups = 16;
+    sa_runtime* sa[max_groups];
+    rte_mbuf* pkts[max_groups][max_vector];
+    uint16_t count[max_groups];
+    unsigned n = 0;
+
+    // Returns false when the group table is full (caller processes and retries).
+    bool add(sa_runtime* s, rte_mbuf* m) noexcept
+    {
+        for (unsigned g = 0; g < n; ++g) {
+            if (sa[g] == s) {
+                pkts[g][count[g]++] = m;
+                return true;
+            }
+        }
+        if (n == max_groups) {
+            return false;
+        }
+        sa[n] = s;
+        count[n] = 0;
+        pkts[n][count[n]++] = m;
+        ++n;
+        return true;
+    }
+};
+
+class worker_loop {
+public:
+    worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s) {}
+
+    int run() noexcept
+    {
+        unsigned idle = 0;
+        while (!s_.stop.load(std::memory_order_relaxed)) {
+            apply_updates();
+            unsigned got = 0;
+            for (const auto& [port, queue] : w_.rx) {
+                rte_mbuf* pkts[rx_burst_size];
+                uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_burst_size);
+                if (n != 0) {
+                    w_.rx_packets.fetch_add(n, std::memory_order_relaxed);
+                    process(pkts, n, false);
+                    got += n;
+                }
+            }
+            rte_mbuf* handed[rx_burst_size];
+            unsigned h = rte_ring_dequeue_burst(w_.handoff, reinterpret_cast<void**>(handed), rx_burst_size, nullptr);
+            if (h != 0) {
+                process(handed, static_cast<uint16_t>(h), true);
+                got += h;
+            }
+            drain_events();
+            w_.polls.fetch_add(1, std::memory_order_relaxed);
+            if (got != 0) {
+                w_.busy_polls.fetch_add(1, std::memory_order_relaxed);
+                idle = 0;
+            } else if (s_.adaptive_idle) {
+                // Back off: spin briefly, then pause, then sleep in short steps (an idle gateway
+                // should not burn its cores; latency cost is bounded by the sleep step).
+                ++idle;
+                if (idle > 2000) {
+                    usleep(idle > 20000 ? 1000 : 100);
+                } else if (idle > 100) {
+                    rte_pause();
+                }
+            }
+        }
+        return 0;
+    }
+
+private:
+    exception_meta& meta(rte_mbuf* m) noexcept { return *RTE_MBUF_DYNFIELD(m, s_.meta_offset, exception_meta*); }
+
+    void apply_updates() noexcept
+    {
+        update_msg msg;
+        while (rte_ring_sc_dequeue_elem(w_.updates, &msg, sizeof(msg)) == 0) {
+            switch (msg.what) {
+            case update_msg::add_inbound:
+                rte_hash_add_key_data(w_.sad, &msg.key, msg.ptr);
+                break;
+            case update_msg::remove_inbound:
+                rte_hash_del_key(w_.sad, &msg.key);
+                break;
+            case update_msg::set_spd:
+                w_.spd = static_cast<const compiled_spd*>(msg.ptr);
+                break;
+            }
+            w_.applied.store(msg.generation, std::memory_order_release);
+        }
+    }
+
+    void drain_events() noexcept
+    {
+        sa_event ev[8];
+        size_t n = core_.drain(ev);
+        for (size_t i = 0; i < n; ++i) {
+            gateway_event g{};
+            g.what = ev[i].kind == sa_event_kind::soft_expire   ? gateway_event::kind::soft_expire
+                     : ev[i].kind == sa_event_kind::hard_expire ? gateway_event::kind::hard_expire
+                                                                : gateway_event::kind::seq_exhausted;
+            g.dir = ev[i].dir;
+            g.spi = ev[i].spi;
+            if (rte_ring_mp_enqueue_elem(s_.events, &g, sizeof(g)) != 0) {
+                w_.drop(gateway_drop::ring_full);
+            }
+        }
+    }
+
+    void to_exception(rte_mbuf* m, exception_meta::kind k, uint16_t port = 0, uint32_t value = 0) noexcept
+    {
+        exception_meta& md = meta(m);
+        md.what = k;
+        md.port = port;
+        md.value = value;
+        if (rte_ring_mp_enqueue(s_.exceptions, m) != 0) {
+            w_.drop(gateway_drop::exception_full);
+            rte_pktmbuf_free(m);
+            return;
+        }
+        w_.to_exception.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    void drop(rte_mbuf* m, gateway_drop why) noexcept
+    {
+        w_.drop(why);
+        rte_pktmbuf_free(m);
+    }
+
+    bool is_local(uint32_t dst_be) const noexcept
+    {
+        for (const auto& [addr, port] : s_.local_addresses) {
+            if (addr == dst_be) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // One pass over a burst. `handed` = packets another worker passed to us (already L3, owned SAs).
+    void process(rte_mbuf** pkts, uint16_t n, bool handed) noexcept
+    {
+        rte_mbuf* transit[max_vector];
+        uint16_t n_transit = 0;
+        rte_mbuf* inbound[max_vector];
+        uint64_t inbound_keys[max_vector];
+        uint16_t n_inbound = 0;
+        const unsigned workers = static_cast<unsigned>(s_.workers.size());
+
+        for (uint16_t i = 0; i < n; ++i) {
+            rte_mbuf* m = pkts[i];
+            if (i + 3 < n) {
+                rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 3], void*));
+            }
+            if (!handed) {
+                if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) || m->nb_segs > 1) {
+                    drop(m, gateway_drop::malformed);
+                    continue;
+                }
+                const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+                const uint16_t type = rte_be_to_cpu_16(eth->ether_type);
+                if (type == RTE_ETHER_TYPE_ARP) {
+                    to_exception(m, exception_meta::arp);
+                    continue;
+                }
+                if (type != RTE_ETHER_TYPE_IPV4) {
+                    drop(m, gateway_drop::not_ip);
+                    continue;
+                }
+                rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
+            }
+            const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+            ip_view v;
+            if (parse_ip(ip, rte_pktmbuf_data_len(m), v) != drop_reason::none || v.version != 4) {
+                drop(m, gateway_drop::malformed);
+                continue;
+            }
+            uint32_t dst_be = 0;
+            std::memcpy(&dst_be, ip + 16, 4);
+            if (!is_local(dst_be)) {
+                if (handed) {
+                    drop(m, gateway_drop::malformed);
+                    continue;
+                }
+                transit[n_transit++] = m;
+                continue;
+            }
+            inbound_class c = classify_inbound(m);
+            if (c.kind == inbound_kind::esp || c.kind == inbound_kind::ah) {
+                unsigned owner = c.spi % workers;
+                if (owner != w_.index) {
+                    if (rte_ring_mp_enqueue(s_.workers[owner]->handoff, m) != 0) {
+                        drop(m, gateway_drop::ring_full);
+                    }
+                    continue;
+                }
+                inbound_keys[n_inbound] = uint64_t{c.spi} | (uint64_t{c.kind == inbound_kind::ah ? proto_ah : proto_esp} << 32);
+                inbound[n_inbound++] = m;
+                continue;
+            }
+            if (c.kind == inbound_kind::malformed) {
+                drop(m, gateway_drop::malformed);
+                continue;
+            }
+            // IKE, ICMP echo, anything else for the gateway: to the kernel through the TAP.
+            rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+            to_exception(m, exception_meta::to_us);
+        }
+
+        rte_mbuf* forward[max_vector * 2];
+        uint16_t n_forward = 0;
+        if (n_inbound != 0) {
+            decapsulate(inbound, inbound_keys, n_inbound, forward, n_forward);
+        }
+        if (n_transit != 0) {
+            protect(transit, n_transit, forward, n_forward);
+        }
+        if (n_forward != 0) {
+            route_and_send(forward, n_forward);
+        }
+    }
+
+    void decapsulate(rte_mbuf** pkts, const uint64_t* keys, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
+    {
+        const void* key_ptrs[max_vector];
+        void* data[max_vector];
+        for (uint16_t i = 0; i < n; ++i) {
+            key_ptrs[i] = &keys[i];
+        }
+        uint64_t hits = 0;
+        rte_hash_lookup_bulk_data(w_.sad, key_ptrs, n, &hits, data);
+        sa_groups groups;
+        for (uint16_t i = 0; i < n; ++i) {
+            if ((hits & (uint64_t{1} << i)) == 0) {
+                drop(pkts[i], gateway_drop::no_sa);
+                continue;
+            }
+            auto* sa = static_cast<sa_runtime*>(data[i]);
+            if (!groups.add(sa, pkts[i])) {
+                run_inbound(groups, forward, n_forward);
+                groups.n = 0;
+                groups.add(sa, pkts[i]);
+            }
+        }
+        run_inbound(groups, forward, n_forward);
+    }
+
+    void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
+    {
+        for (unsigned g = 0; g < groups.n; ++g) {
+            drop_reason reasons[max_vector];
+            uint16_t good = inbound_process(core_, *groups.sa[g], groups.pkts[g], groups.count[g], reasons);
+            for (uint16_t k = 0; k < groups.count[g]; ++k) {
+                if (k < good) {
+                    forward[n_forward++] = groups.pkts[g][k];
+                } else {
+                    rte_pktmbuf_free(groups.pkts[g][k]); // counted on the SA by the engine
+                }
+            }
+        }
+    }
+
+    // Cleartext transit: TTL, SPD, then encapsulation for protected traffic.
+    void protect(rte_mbuf** pkts, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
+    {
+        spd_key keys[max_vector];
+        const spd_key* key_ptrs[max_vector];
+        uint16_t kept = 0;
+        for (uint16_t i = 0; i < n; ++i) {
+            rte_mbuf* m = pkts[i];
+            auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
+            if (ip[8] <= 1) {
+                drop(m, gateway_drop::ttl_exceeded);
+                continue;
+            }
+            // RFC 1624 incremental checksum update for TTL - 1.
+            --ip[8];
+            uint32_t sum = static_cast<uint32_t>(load_be16(ip + 10)) + 0x0100;
+            sum = (sum & 0xffff) + (sum >> 16);
+            store_be16(ip + 10, static_cast<uint16_t>(sum));
+            spd_key& k = keys[kept];
+            k = {};
+            k.protocol = ip[9];
+            std::memcpy(&k.source, ip + 12, 4);
+            std::memcpy(&k.destination, ip + 16, 4);
+            const uint32_t ihl = (ip[0] & 0x0fU) * 4;
+            const bool first_fragment = (load_be16(ip + 6) & 0x1fff) == 0;
+            if ((k.protocol == proto_tcp || k.protocol == proto_udp) && first_fragment &&
+                rte_pktmbuf_data_len(m) >= ihl + 4) {
+                std::memcpy(&k.source_port, ip + ihl, 2);
+                std::memcpy(&k.destination_port, ip + ihl + 2, 2);
+            }
+            key_ptrs[kept] = &keys[kept];
+            pkts[kept++] = m;
+        }
+        if (kept == 0) {
+            return;
+        }
+        uint32_t out_rule[max_vector];
+        uint32_t in_match[max_vector];
+        const compiled_spd* spd = w_.spd;
+        if (spd == nullptr) {
+            std::fill(out_rule, out_rule + kept, 0U);
+            std::fill(in_match, in_match + kept, 0U);
+        } else {
+            spd->classify(key_ptrs, out_rule, in_match, kept);
+        }
+        sa_groups groups;
+        for (uint16_t i = 0; i < kept; ++i) {
+            rte_mbuf* m = pkts[i];
+            if (out_rule[i] == 0) {
+                if (in_match[i] != 0) {
+                    // RFC 4301 §5.2: cleartext that an inbound SA should have carried.
+                    drop(m, gateway_drop::unprotected);
+                    continue;
+                }
+                forward[n_forward++] = m; // no policy: forwarded like a router
+                continue;
+            }
+            const spd_rule& rule = spd->rule(out_rule[i]);
+            if (rule.action == config::policy_action::bypass) {
+                forward[n_forward++] = m;
+                continue;
+            }
+            if (rule.action == config::policy_action::discard || rule.sa == nullptr) {
+                // A protect policy without an SA: IKE would be asked (acquire, later issue).
+                drop(m, gateway_drop::spd_discard);
+                continue;
+            }
+            if (!fits_after_encapsulation(m, *rule.sa)) {
+                continue;
+            }
+            if (!groups.add(rule.sa, m)) {
+                run_outbound(groups, forward, n_forward);
+                groups.n = 0;
+                groups.add(rule.sa, m);
+            }
+        }
+        run_outbound(groups, forward, n_forward);
+    }
+
+    // RFC 4301 §8 / RFC 1191: a DF packet that will not fit the egress MTU once encapsulated gets an
+    // ICMP "fragmentation needed" with the MTU that does fit (built by the main lcore).
+    bool fits_after_encapsulation(rte_mbuf* m, const sa_runtime& sa) noexcept
+    {
+        const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+        uint32_t dst_be = 0;
+        if ((sa.flags & sa_tunnel) != 0 && (sa.flags & sa_outer_v6) == 0) {
+            std::memcpy(&dst_be, sa.outer_header + 16, 4);
+        } else {
+            std::memcpy(&dst_be, ip + 16, 4);
+        }
+        uint16_t port = 0;
+        uint32_t nh = 0;
+        if (!s_.routes->lookup(dst_be, port, nh)) {
+            return true; // dropped later as no_route, counted there
+        }
+        const int16_t pos = s_.port_index[port];
+        const uint32_t mtu = pos >= 0 ? s_.ports[static_cast<size_t>(pos)].mtu : 1500;
+        // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
+        const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
+        const uint32_t total = load_be16(ip + 2);
+        if (total + esp_overhead <= mtu) {
+            return true;
+        }
+        if ((load_be16(ip + 6) & 0x4000) != 0) {
+            const uint32_t fits = mtu > esp_overhead ? (mtu - esp_overhead) & ~3U : 68;
+            rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+            to_exception(m, exception_meta::too_big, m->port, fits);
+            w_.drop(gateway_drop::too_big);
+            return false;
+        }
+        // Without DF the packet would have to be fragmented before encryption (RFC 4301 §8.1);
+        // not implemented yet: count it.
+        drop(m, gateway_drop::too_big);
+        return false;
+    }
+
+    void run_outbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
+    {
+        for (unsigned g = 0; g < groups.n; ++g) {
+            drop_reason reasons[max_vector];
+            uint16_t good = outbound_process(core_, *groups.sa[g], groups.pkts[g], groups.count[g], reasons);
+            for (uint16_t k = 0; k < groups.count[g]; ++k) {
+                if (k < good) {
+                    forward[n_forward++] = groups.pkts[g][k];
+                } else {
+                    rte_pktmbuf_free(groups.pkts[g][k]);
+                }
+            }
+        }
+    }
+
+    // FIB -> neighbor -> Ethernet header -> per-port TX burst.
+    void route_and_send(rte_mbuf** pkts, uint16_t n) noexcept
+    {
+        static constexpr unsigned max_ports = 8;
+        rte_mbuf* tx[max_ports][max_vector * 2];
+        uint16_t tx_n[max_ports] = {};
+        uint32_t dst[max_vector * 2];
+        uint64_t hops[max_vector * 2];
+        for (uint16_t i = 0; i < n; ++i) {
+            const auto* ip = rte_pktmbuf_mtod(pkts[i], const uint8_t*);
+            dst[i] = load_be32(ip + 16);
+        }
+        s_.routes->lookup_bulk(dst, hops, n);
+        for (uint16_t i = 0; i < n; ++i) {
+            rte_mbuf* m = pkts[i];
+            if (hops[i] == route_table::no_route) {
+                drop(m, gateway_drop::no_route);
+                continue;
+            }
+            const next_hop& h = s_.routes->hop(hops[i]);
+            const uint32_t nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
+            const int16_t pos = s_.port_index[h.port];
+            if (pos < 0 || static_cast<unsigned>(pos) >= max_ports) {
+                drop(m, gateway_drop::no_route);
+                continue;
+            }
+            const port_state& ps = s_.ports[static_cast<size_t>(pos)];
+            if (rte_pktmbuf_data_len(m) > ps.mtu) {
+                // Cleartext or encapsulated packet larger than the egress MTU (no DF handling
+                // possible here): count, never send an oversized frame.
+                drop(m, gateway_drop::too_big);
+                continue;
+            }
+            rte_ether_addr mac;
+            if (!s_.neighbors->lookup(h.port, nh_be, mac)) {
+                // Main lcore queues it, sends ARP, and transmits once resolved.
+                auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
+                if (eth == nullptr) {
+                    drop(m, gateway_drop::malformed);
+                    continue;
+                }
+                eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+                to_exception(m, exception_meta::resolve, h.port, nh_be);
+                continue;
+            }
+            auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
+            if (eth == nullptr) {
+                drop(m, gateway_drop::malformed);
+                continue;
+            }
+            eth->dst_addr = mac;
+            eth->src_addr = ps.mac;
+            eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+            tx[pos][tx_n[pos]++] = m;
+        }
+        for (unsigned p = 0; p < max_ports && p < s_.ports.size(); ++p) {
+            if (tx_n[p] == 0) {
+                continue;
+            }
+            const port_state& ps = s_.ports[p];
+            const uint16_t queue = static_cast<uint16_t>(w_.index % ps.tx_queues);
+            uint16_t sent = rte_eth_tx_burst(ps.port, queue, tx[p], tx_n[p]);
+            w_.tx_packets.fetch_add(sent, std::memory_order_relaxed);
+            for (uint16_t k = sent; k < tx_n[p]; ++k) {
+                drop(tx[p][k], gateway_drop::tx_full);
+            }
+        }
+    }
+
+    worker_state& w_;
+    gateway::shared& s_;
+    crypto_core core_;
+};
+
+} // namespace
+
+int worker_main(void* arg)
+{
+    auto* launch = static_cast<worker_launch*>(arg);
+    worker_loop loop(*launch->worker, *launch->shared);
+    return loop.run();
+}
+
+} // namespace espresso::dp
