@@ -10,9 +10,10 @@
 //  - both sides refill every mbuf before every burst (rte_pktmbuf_reset + memcpy of the plaintext or
 //    of a pre-encrypted ESP packet), because the engine rewrites packets in place. Neither side
 //    subtracts it; the refill alone is measured and reported as `refill_cycles_per_pkt`;
-//  - ESP and raw run in interleaved chunks of 2 ms (--chunk-ms) for --seconds per side, and the
-//    fastest chunk of each side is kept: on a shared 2-core machine most chunks are slowed by other
-//    processes, the fastest ones are not, and both sides are sampled under the same conditions;
+//  - ESP and raw run in interleaved chunks of 2 ms (--chunk-ms) for --seconds per side; every burst
+//    is timed and the median burst of each side is reported: on a shared 2-core machine some bursts
+//    are hit by preemption or cache pollution from other processes, the median ignores them, and
+//    both sides are sampled under the same conditions;
 //  - the decrypt benchmark replays a fixed pool of ciphertexts, so the inbound SA has anti-replay
 //    off (replay_window = 0). Everything else (ICV check, padding check, selector check) is on.
 //
@@ -490,40 +491,53 @@ struct working_set {
     size_t cursor = 0;                          // next burst starts here (kept across chunks)
 };
 
-struct sample {
+// Cycles of every timed burst of one side (refill + processing of `burst` packets).
+struct burst_times {
+    std::vector<uint32_t> cycles;
     uint64_t packets = 0;
-    uint64_t cycles = 0;
-    double cycles_per_pkt() const { return packets ? static_cast<double>(cycles) / packets : 0; }
+
+    // Median burst / packets per burst. Bursts hit by a preemption or a context switch are the
+    // slow tail and do not move the median; the fast tail cannot be faster than the work itself.
+    double cycles_per_pkt(uint16_t burst) {
+        if (cycles.empty()) {
+            return 0;
+        }
+        auto mid = cycles.begin() + static_cast<std::ptrdiff_t>(cycles.size() / 2);
+        std::nth_element(cycles.begin(), mid, cycles.end());
+        return static_cast<double>(*mid) / burst;
+    }
 };
 
 // Runs `process(pkts, inner, n)` on consecutive bursts of the working set, refilling each mbuf first,
-// until `cycles_budget` TSC cycles have passed.
+// until `cycles_budget` TSC cycles have passed; records each burst's cycles into `times`.
 template <class Process>
-sample run_for(working_set& ws, uint16_t burst, uint64_t cycles_budget, Process&& process) {
-    sample s;
+uint64_t run_for(working_set& ws, uint16_t burst, uint64_t cycles_budget, Process&& process,
+                 burst_times* times = nullptr) {
     const size_t ws_size = ws.mbufs.size();
     size_t cursor = ws.cursor;
     const uint64_t start = rte_rdtsc();
+    uint64_t prev = start;
     uint64_t now = start;
     do {
-        for (int b = 0; b < 4; ++b) {
-            rte_mbuf* pkts[dp::max_burst];
-            for (uint16_t i = 0; i < burst; ++i) {
-                pkts[i] = ws.mbufs[cursor + i];
-                refill(pkts[i], *ws.source[cursor + i]);
-            }
-            process(pkts, &ws.inner[cursor], burst);
-            s.packets += burst;
-            cursor += burst;
-            if (cursor >= ws_size) {
-                cursor = 0;
-            }
+        rte_mbuf* pkts[dp::max_burst];
+        for (uint16_t i = 0; i < burst; ++i) {
+            pkts[i] = ws.mbufs[cursor + i];
+            refill(pkts[i], *ws.source[cursor + i]);
+        }
+        process(pkts, &ws.inner[cursor], burst);
+        cursor += burst;
+        if (cursor >= ws_size) {
+            cursor = 0;
         }
         now = rte_rdtsc();
+        if (times != nullptr) {
+            times->cycles.push_back(static_cast<uint32_t>(std::min<uint64_t>(now - prev, UINT32_MAX)));
+            times->packets += burst;
+        }
+        prev = now;
     } while (now - start < cycles_budget);
-    s.cycles = now - start;
     ws.cursor = cursor;
-    return s;
+    return now - start;
 }
 
 struct point {
@@ -532,6 +546,7 @@ struct point {
     int size;
     double mpps = 0, gbps = 0, cycles_per_pkt = 0, raw_mpps = 0, raw_cycles_per_pkt = 0, ratio = 0;
     double refill_cycles_per_pkt = 0;
+    uint64_t packets = 0; // timed, both sides
     uint64_t errors = 0;
     std::string error_text;
 };
@@ -586,13 +601,13 @@ public:
         };
         auto copy_only = [](rte_mbuf**, const uint16_t*, uint16_t) {};
 
-        // Interleave short chunks of refill-only, raw and ESP work and keep the fastest chunk of each.
-        // A compile on the other core (or this one) preempts some chunks; a 2 ms chunk is short
-        // enough that many are not preempted, so the fastest one is the uncontended speed, and
-        // both sides are sampled under the same conditions.
-        const double hz_d = static_cast<double>(hz_);
-        const auto chunk = static_cast<uint64_t>(opt_.chunk_ms * 1e-3 * hz_d) + 1;
-        const auto budget = static_cast<uint64_t>(opt_.seconds * hz_d);
+        // Interleave short chunks of refill-only, raw and ESP work, time every burst, and report the
+        // median burst of each side. Other processes on this 2-core machine preempt us and pollute
+        // the caches now and then; interleaving exposes both sides to the same disturbance, and the
+        // median ignores the bursts it hits.
+        const double hz = static_cast<double>(hz_);
+        const auto chunk = static_cast<uint64_t>(opt_.chunk_ms * 1e-3 * hz) + 1;
+        const auto budget = static_cast<uint64_t>(opt_.seconds * hz);
         for (int w = 0; w < 5; ++w) { // warm-up: caches, TLB, first touch of every mbuf
             run_for(ws_, opt_.burst, chunk, copy_only);
             run_for(ws_, opt_.burst, chunk, raw);
@@ -600,33 +615,26 @@ public:
                 run_for(ws_, opt_.burst, chunk, esp);
             }
         }
-        sample best_raw, best_esp, best_copy;
+        burst_times t_raw, t_esp, t_copy;
         uint64_t spent_raw = 0;
-        auto keep_best = [](const sample& s, sample& best) {
-            if (best.packets == 0 || s.cycles_per_pkt() < best.cycles_per_pkt()) {
-                best = s;
-            }
-        };
         for (unsigned round = 0; spent_raw < budget; ++round) {
             if (round % 4 == 0) {
-                keep_best(run_for(ws_, opt_.burst, chunk, copy_only), best_copy);
+                run_for(ws_, opt_.burst, chunk, copy_only, &t_copy);
             }
-            sample s = run_for(ws_, opt_.burst, chunk, raw);
-            spent_raw += s.cycles;
-            keep_best(s, best_raw);
+            spent_raw += run_for(ws_, opt_.burst, chunk, raw, &t_raw);
             if (!opt_.raw_only) {
-                keep_best(run_for(ws_, opt_.burst, chunk, esp), best_esp);
+                run_for(ws_, opt_.burst, chunk, esp, &t_esp);
             }
         }
-        const double hz = static_cast<double>(hz_);
-        p.raw_cycles_per_pkt = best_raw.cycles_per_pkt();
+        p.raw_cycles_per_pkt = t_raw.cycles_per_pkt(opt_.burst);
         p.raw_mpps = hz / p.raw_cycles_per_pkt / 1e6;
-        p.refill_cycles_per_pkt = best_copy.cycles_per_pkt();
+        p.refill_cycles_per_pkt = t_copy.cycles_per_pkt(opt_.burst);
+        p.packets = t_raw.packets + t_esp.packets;
         if (opt_.raw_only) {
             p.cycles_per_pkt = p.raw_cycles_per_pkt;
             p.mpps = p.raw_mpps;
         } else {
-            p.cycles_per_pkt = best_esp.cycles_per_pkt();
+            p.cycles_per_pkt = t_esp.cycles_per_pkt(opt_.burst);
             p.mpps = hz / p.cycles_per_pkt / 1e6;
         }
         p.gbps = mean_inner_bytes(size) * 8 * p.mpps / 1000;
@@ -854,8 +862,8 @@ int main(int argc, char** argv) {
                 }
             }
             if (opt.table) {
-                std::printf("\n# IPsec-MB %s, %s, TSC %.3f GHz, burst %u, working set %u, fastest %.1f ms chunk "
-                            "of %.2f s per side\n",
+                std::printf("\n# IPsec-MB %s, %s, TSC %.3f GHz, burst %u, working set %u, median burst of "
+                            "%.1f ms chunks, %.2f s per side\n",
                             IMB_VERSION_STR, b.core().description().c_str(), rte_get_tsc_hz() / 1e9, opt.burst,
                             opt.working_set, opt.chunk_ms, opt.seconds);
                 print_table(points);
