@@ -135,19 +135,6 @@ void fill(rte_tel_data* d, const json& value) {
     }
 }
 
-int telemetry_callback(const char* command, const char* params, rte_tel_data* d) {
-    try {
-        const auto result = telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
-        if (!result) {
-            return -EINVAL;
-        }
-        fill(d, *result);
-        return 0;
-    } catch (...) {
-        return -ENOMEM;
-    }
-}
-
 } // namespace
 
 std::optional<json> telemetry_query(std::string_view command, std::string_view params) {
@@ -223,6 +210,19 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
     return std::nullopt;
 }
 
+int telemetry_callback(const char* command, const char* params, rte_tel_data* d) {
+    try {
+        const auto result = telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
+        if (!result) {
+            return -EINVAL;
+        }
+        fill(d, *result);
+        return 0;
+    } catch (...) {
+        return -ENOMEM;
+    }
+}
+
 void refresh_telemetry(const gateway_api& gateway) {
     // Build outside the lock: the telemetry thread waits only for the swap.
     json sas = json::array();
@@ -245,7 +245,11 @@ void refresh_telemetry(const gateway_api& gateway) {
 }
 
 void register_telemetry(gateway_api& gateway) {
+    register_telemetry();
     refresh_telemetry(gateway);
+}
+
+void register_telemetry() {
     rte_telemetry_register_cmd("/espresso/sa", telemetry_callback,
                                "SPIs of all SAs; with parameter [in:|out:]SPI: that SA's counters and drops");
     rte_telemetry_register_cmd("/espresso/interfaces", telemetry_callback,

@@ -19,9 +19,13 @@
 
 #include "gateway_api.h"
 
+struct rte_tel_data;
+
 namespace espresso::dp {
 
-// Registers the /espresso/* commands (after rte_eal_init) and fills the cache once. Main lcore.
+// Registers the /espresso/* commands (after rte_eal_init). Main lcore. The cache is empty until the
+// first refresh_telemetry(); the second form refreshes it once right away.
+void register_telemetry();
 void register_telemetry(gateway_api& gateway);
 
 // Copies the current SA, interface and worker snapshots (never keys) into the cache. Main lcore.
@@ -30,5 +34,9 @@ void refresh_telemetry(const gateway_api& gateway);
 // What a command returns, as JSON, from the cache; nullopt for an unknown command or SPI. Any
 // thread. The telemetry callbacks convert this to rte_tel_data; tests call it directly.
 std::optional<nlohmann::json> telemetry_query(std::string_view command, std::string_view params);
+
+// The callback registered for every /espresso/* command: telemetry_query() converted to rte_tel_data
+// (dicts of u64/strings, one level of containers). Returns 0, or -EINVAL for an unknown command/SPI.
+int telemetry_callback(const char* command, const char* params, rte_tel_data* data);
 
 } // namespace espresso::dp

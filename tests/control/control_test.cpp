@@ -26,6 +26,8 @@
 #include "sa_json.h"
 #include "telemetry.h"
 
+#include <rte_telemetry.h>
+
 namespace espresso::dp {
 namespace {
 
@@ -678,6 +680,21 @@ TEST(telemetry, QueriesReadTheRefreshedCache) {
     EXPECT_EQ((*telemetry_query("/espresso/interfaces", ""))["outside"]["rx_packets"], 5);
     EXPECT_EQ((*telemetry_query("/espresso/workers", ""))["lcore3"]["rx_packets"], 9);
     EXPECT_FALSE(telemetry_query("/espresso/nothing", "").has_value());
+
+    // The conversion to DPDK's telemetry data (what dpdk-telemetry.py sees) accepts every shape.
+    for (const auto& [command, params, rc] : std::vector<std::tuple<const char*, const char*, int>>{
+             {"/espresso/sa", "", 0},
+             {"/espresso/sa", "0x1001", 0},
+             {"/espresso/sa", "out:0x1001", 0},
+             {"/espresso/sa", "0x9999", -EINVAL},
+             {"/espresso/interfaces", nullptr, 0},
+             {"/espresso/workers", "", 0}}) {
+        rte_tel_data* data = rte_tel_data_alloc();
+        ASSERT_NE(data, nullptr);
+        EXPECT_EQ(telemetry_callback(command, params, data), rc) << command << " " << (params ? params : "");
+        rte_tel_data_free(data);
+    }
+    register_telemetry(gateway); // registration outside EAL must not crash either
 }
 
 // --- SA JSON ------------------------------------------------------------------------------------
