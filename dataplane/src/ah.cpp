@@ -13,7 +13,7 @@
 // the saved copy written back once the job is done. The ESN bytes go to the mbuf tailroom, behind the
 // packet's last byte, so nothing on the wire changes.
 //
-// Choices (document them to operators):
+// Choices the RFC leaves open or this engine narrows, written down here:
 //  - IPv4 options (transport mode): kept in front of AH; RFC 4302 Appendix A.1 immutable options are
 //    hashed as they are, every other option is zeroed in full for the ICV; malformed options: bad_ip.
 //  - IPv6: AH goes right behind the fixed 40-byte header, as ESP does (extension headers are not
@@ -24,7 +24,12 @@
 //    Inbound accepts either alignment for IPv4 because Linux pads IPv4 AH to 8 bytes unless the SA
 //    has `flag align4`; the padding is hashed as received.
 //  - Outer DSCP/ECN/DF/ID (tunnel): the same rules as ESP's fill_outer (esp_outbound.cpp), duplicated
-//    in fill_outer_ah below rather than shared, to keep this change inside this file.
+//    in fill_outer_ah below rather than shared (as is ecn_decapsulate from esp_inbound.cpp); a shared
+//    helper in packet.h would remove both copies.
+//  - AES-GMAC (RFC 4543 §5): the 8-byte IV (the 64-bit sequence number) sits between the sequence
+//    number and the 16-byte ICV and is hashed as sent; only the ICV is zeroed. With ESN the high half
+//    is appended as for HMAC. No second implementation was available to check this against (scapy
+//    has no AH GMAC); the HMAC paths match scapy byte for byte.
 #include <rte_ip.h>
 #include <rte_mbuf.h>
 
