@@ -61,8 +61,8 @@ config_error::config_error(std::string file, int line, int column, std::string f
 
 namespace {
 
-// Top-level sections that later modules will read. They are accepted and skipped for now, so one file
-// can already carry them; any other top-level key is an error.
+// Top-level sections. All are read except `ike`, which the IKEv2 daemon will read in a later release:
+// it is accepted and skipped so one file can already carry it. Any other top-level key is an error.
 constexpr std::array<std::string_view, 7> top_level_keys{
     "security-associations", "dataplane", "interfaces", "routes", "neighbors", "policies", "ike",
 };
@@ -74,6 +74,24 @@ constexpr std::array<std::string_view, 20> sa_keys{
 };
 
 constexpr std::array<std::string_view, 2> udp_keys{"source-port", "destination-port"};
+
+constexpr std::array<std::string_view, 5> dataplane_keys{"workers", "eal", "hugepages", "idle", "control-socket"};
+constexpr std::array<std::string_view, 5> interface_keys{"name", "device", "address", "mac", "mtu"};
+constexpr std::array<std::string_view, 3> route_keys{"destination", "via", "interface"};
+constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "interface"};
+constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
+                                                      "remote-ports", "action", "priority", "spi"};
+
+constexpr uint32_t max_workers = 64;
+// "dp-" + name must fit a kernel interface name: IFNAMSIZ is 16 bytes with the NUL, so 15 - 3.
+constexpr size_t max_interface_name = 12;
+// sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+constexpr size_t max_socket_path = 107;
+// RFC 791: every IPv4 host must accept 576-byte datagrams, so no IPv4 link may be smaller; 9000 is
+// the common jumbo-frame limit of the NICs and vdevs we drive.
+constexpr uint64_t min_mtu_v4 = 576;
+constexpr uint64_t min_mtu_v6 = 1280; // RFC 8200 §5
+constexpr uint64_t max_mtu = 9000;
 constexpr std::array<std::string_view, 2> selector_keys{"local", "remote"};
 constexpr std::array<std::string_view, 4> lifetime_keys{"bytes", "packets", "soft-bytes", "soft-packets"};
 
@@ -92,8 +110,10 @@ std::string lowercase(std::string_view text) {
     return out;
 }
 
-// Levenshtein distance, case-insensitive; only used to suggest a spelling.
+// Edit distance, case-insensitive, counting a swap of two neighbouring letters as one edit (optimal
+// string alignment), since "mut" for "mtu" is the commonest typo; only used to suggest a spelling.
 size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<size_t> before(b.size() + 1);
     std::vector<size_t> previous(b.size() + 1);
     std::vector<size_t> current(b.size() + 1);
     for (size_t j = 0; j <= b.size(); ++j) {
@@ -104,7 +124,12 @@ size_t edit_distance(std::string_view a, std::string_view b) {
         for (size_t j = 1; j <= b.size(); ++j) {
             const size_t substitution = previous[j - 1] + (ascii_lower(a[i - 1]) == ascii_lower(b[j - 1]) ? 0 : 1);
             current[j] = std::min({previous[j] + 1, current[j - 1] + 1, substitution});
+            if (i > 1 && j > 1 && ascii_lower(a[i - 1]) == ascii_lower(b[j - 2]) &&
+                ascii_lower(a[i - 2]) == ascii_lower(b[j - 1])) {
+                current[j] = std::min(current[j], before[j - 2] + 1);
+            }
         }
+        std::swap(before, previous);
         std::swap(previous, current);
     }
     return previous[b.size()];
@@ -211,6 +236,65 @@ int hex_digit(char c) noexcept {
         return c - 'a' + 10;
     }
     return -1;
+}
+
+std::string_view family_name(uint8_t family) {
+    return family == 6 ? "IPv6" : "IPv4";
+}
+
+bool is_hex(char c) noexcept {
+    return (c >= '0' && c <= '9') || (ascii_lower(c) >= 'a' && ascii_lower(c) <= 'f');
+}
+
+// "DDDD:BB:DD.F" or "BB:DD.F" (DPDK's PCI address syntax): domain, bus and device in hex, function
+// 0..7; device numbers stop at 0x1f (5 bits). Returns the full form, lowercase, or empty.
+std::string pci_address(std::string_view text) {
+    std::string full;
+    if (text.size() == 7) {
+        full = "0000:" + lowercase(text);
+    } else if (text.size() == 12 && text[4] == ':') {
+        full = lowercase(text);
+    } else {
+        return {};
+    }
+    // 0000:03:00.0
+    if (full[7] != ':' || full[10] != '.') {
+        return {};
+    }
+    for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+        if (!is_hex(full[i])) {
+            return {};
+        }
+    }
+    const int device = hex_digit(full[8]) * 16 + hex_digit(full[9]);
+    if (device > 0x1f || full[11] < '0' || full[11] > '7') {
+        return {};
+    }
+    return full;
+}
+
+// Characters allowed in a device spec. The spec ends up in EAL's argument vector (--vdev= or -a),
+// and operators copy it into shell scripts, so no spaces, quotes or shell metacharacters.
+bool device_char_allowed(char c) noexcept {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("_.,:=/+-@").find(c) != std::string_view::npos;
+}
+
+// How a character looks in a message: printable ones quoted, others by name or code.
+std::string describe_char(char c) {
+    if (c == ' ') {
+        return "a space";
+    }
+    if (c == '\t') {
+        return "a tab";
+    }
+    const auto code = static_cast<unsigned char>(c);
+    if (code < 0x20 || code >= 0x7f) {
+        char buffer[16];
+        std::snprintf(buffer, sizeof(buffer), "byte 0x%02x", code);
+        return buffer;
+    }
+    return "'" + std::string(1, c) + "'";
 }
 
 struct hex_problem {
@@ -377,6 +461,22 @@ private:
     sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
     void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
                       const std::vector<std::string>& paths) const;
+    void parse_security_associations(const field& f, gateway_config& config) const;
+
+    const YAML::Node& sequence(const field& f, std::string_view what, std::string_view fix) const;
+    uint32_t spi(const field& f) const;
+    mac_address mac(const field& f) const;
+    std::pair<ip_address, uint8_t> interface_address(const field& f) const;
+    std::pair<uint16_t, uint16_t> port_range(const field& f) const;
+    const interface_config& interface_named(const field& f, const std::vector<interface_config>& interfaces) const;
+
+    dataplane_config parse_dataplane(const field& f) const;
+    interface_config parse_interface(const YAML::Node& node, const std::string& path, const gateway_config& config) const;
+    route_config parse_route(const YAML::Node& node, const std::string& path, const gateway_config& config) const;
+    neighbor_config parse_neighbor(const YAML::Node& node, const std::string& path, const gateway_config& config) const;
+    policy_config parse_policy(const YAML::Node& node, const std::string& path, const gateway_config& config,
+                               bool check_spi) const;
+    void check_sa_endpoints(const field& sas, const gateway_config& config) const;
 
     std::string_view source_;
     const std::string& file_;
@@ -634,27 +734,30 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
     sa.integ_key_length = integ.key_bytes;
 }
 
-// Who and where: SPI, direction, protocol, mode and the outer addresses.
-void loader::parse_identity(const mapping& m, sa_config& sa) const {
+uint32_t loader::spi(const field& f) const {
     // RFC 4303 §2.1: SPI 0 is reserved for local use, 1..255 are reserved by IANA.
-    const field& spi = require(m, "spi", "add spi: a number from 0x100 to 0xffffffff");
-    const std::string spi_text = text(spi, "a 32-bit SPI");
+    const std::string spi_text = text(f, "a 32-bit SPI");
     const auto spi_value = parse_uint(spi_text);
     if (!spi_value) {
-        fail(spi, quoted(spi_text) + " is not a number", "write the SPI in decimal or as 0x-prefixed hex");
+        fail(f, quoted(spi_text) + " is not a number", "write the SPI in decimal or as 0x-prefixed hex");
     }
     if (*spi_value == 0) {
-        fail(spi, "SPI 0 is reserved for local use and never sent on the wire (RFC 4303 §2.1)",
+        fail(f, "SPI 0 is reserved for local use and never sent on the wire (RFC 4303 §2.1)",
              "use a value from 0x100 to 0xffffffff");
     }
     if (*spi_value < 256) {
-        fail(spi, "SPI " + std::to_string(*spi_value) + " is in the range 1..255 reserved by IANA (RFC 4303 §2.1)",
+        fail(f, "SPI " + std::to_string(*spi_value) + " is in the range 1..255 reserved by IANA (RFC 4303 §2.1)",
              "use a value from 0x100 to 0xffffffff");
     }
     if (*spi_value > UINT32_MAX) {
-        fail(spi, "SPI " + quoted(spi_text) + " does not fit in 32 bits", "use a value from 0x100 to 0xffffffff");
+        fail(f, "SPI " + quoted(spi_text) + " does not fit in 32 bits", "use a value from 0x100 to 0xffffffff");
     }
-    sa.spi = static_cast<uint32_t>(*spi_value);
+    return static_cast<uint32_t>(*spi_value);
+}
+
+// Who and where: SPI, direction, protocol, mode and the outer addresses.
+void loader::parse_identity(const mapping& m, sa_config& sa) const {
+    sa.spi = spi(require(m, "spi", "add spi: a number from 0x100 to 0xffffffff"));
 
     sa.dir = choice<direction>(require(m, "direction", "add direction: outbound or direction: inbound"),
                                {{"outbound", direction::outbound}, {"inbound", direction::inbound}});
@@ -903,6 +1006,676 @@ void loader::check_unique(const std::vector<sa_config>& sas, const std::vector<Y
     }
 }
 
+void loader::parse_security_associations(const field& f, gateway_config& config) const {
+    if (!f.value.IsSequence()) {
+        fail(f, "expected a list of security associations, got " + std::string(node_kind(f.value)),
+             "start each SA with \"- spi: ...\", or write [] for none");
+    }
+    auto& sas = config.security_associations;
+    // Reserve up front: a reallocation would leave copies of keys in freed memory.
+    sas.reserve(f.value.size());
+    std::vector<YAML::Node> spi_nodes;
+    std::vector<std::string> paths;
+    size_t index = 0;
+    for (const auto& item : f.value) {
+        std::string path = "security-associations[" + std::to_string(index++) + "]";
+        sas.push_back(parse_sa(item, path));
+        spi_nodes.push_back(item["spi"]);
+        paths.push_back(std::move(path));
+    }
+    check_unique(sas, spi_nodes, paths);
+}
+
+// --- Helpers for the dataplane, interfaces, routes, neighbors and policies sections ----------------
+
+const YAML::Node& loader::sequence(const field& f, std::string_view what, std::string_view fix) const {
+    if (!f.value.IsSequence()) {
+        fail(f, "expected a list of " + std::string(what) + ", got " + std::string(node_kind(f.value)),
+             std::string(fix) + ", or write [] for none");
+    }
+    return f.value;
+}
+
+mac_address loader::mac(const field& f) const {
+    const std::string value = text(f, "a MAC address such as 02:00:00:00:00:01");
+    const auto parsed = parse_mac(value);
+    if (!parsed) {
+        fail(f, quoted(value) + " is not a MAC address",
+             "write six two-digit hex bytes separated by colons, e.g. \"02:00:00:00:00:01\" (quote it)");
+    }
+    const mac_address& mac = *parsed;
+    if (mac == mac_address{}) {
+        fail(f, "00:00:00:00:00:00 is not a station address", "use the port's real address or a locally "
+                                                             "administered one such as 02:00:00:00:00:01");
+    }
+    // IEEE 802: the lowest bit of the first octet marks group (multicast and broadcast) addresses.
+    if ((mac[0] & 0x01) != 0) {
+        mac_address unicast = mac;
+        unicast[0] = static_cast<uint8_t>(unicast[0] & ~0x01);
+        fail(f, quoted(value) + " is a multicast address (the lowest bit of the first byte is set)",
+             "use a unicast address, e.g. " + quoted(to_string(unicast)));
+    }
+    return mac;
+}
+
+std::pair<ip_address, uint8_t> loader::interface_address(const field& f) const {
+    const std::string value = text(f, "an address with its subnet length, such as 198.51.100.1/24");
+    const auto slash = value.find('/');
+    const auto address = parse_address(std::string_view(value).substr(0, slash));
+    if (!address) {
+        fail(f, quoted(value) + " is not an IPv4 or IPv6 address with a subnet length",
+             "write e.g. 198.51.100.1/24 or 2001:db8::1/64");
+    }
+    const unsigned width = address->is_v4() ? 32 : 128;
+    if (slash == std::string::npos) {
+        fail(f, quoted(value) + " has no subnet length",
+             "write the address with its subnet length, e.g. " + value + (address->is_v4() ? "/24" : "/64"));
+    }
+    const std::string_view length_text = std::string_view(value).substr(slash + 1);
+    const auto length = parse_uint(length_text);
+    if (!length || *length < 1 || *length > width || length_text.starts_with("0x") || length_text.starts_with("0X")) {
+        fail(f, quoted(value) + " has an invalid subnet length",
+             "the length after '/' must be 1.." + std::to_string(width));
+    }
+    const auto bits = static_cast<uint8_t>(*length);
+    const ip_prefix subnet = network_of(*address, bits);
+    // The address is this gateway's own, so it must be usable as a host address on the link. /31 and /32
+    // (RFC 3021) and IPv6 /127 and /128 (RFC 6164) have no network or broadcast address to avoid.
+    if (bits < width - 1) {
+        if (*address == subnet.address) {
+            ip_address first = subnet.address;
+            first.bytes[width / 8 - 1] |= 1;
+            fail(f,
+                 quoted(value) + " is the " +
+                     (address->is_v4() ? std::string("network address") : "subnet-router anycast address (RFC 4291 §2.6.1)") +
+                     " of " + to_string(subnet) + ", not a host address",
+                 "write this gateway's own address on the link with the subnet length, e.g. " + to_string(first) + "/" +
+                     std::to_string(bits));
+        }
+        if (address->is_v4()) {
+            ip_address broadcast = subnet.address;
+            for (unsigned bit = bits; bit < width; ++bit) {
+                broadcast.bytes[bit / 8] = static_cast<uint8_t>(broadcast.bytes[bit / 8] | (0x80u >> (bit % 8)));
+            }
+            if (*address == broadcast) {
+                ip_address last = broadcast;
+                last.bytes[3] = static_cast<uint8_t>(last.bytes[3] & ~1u);
+                fail(f, quoted(value) + " is the broadcast address of " + to_string(subnet) + ", not a host address",
+                     "write this gateway's own address on the link, e.g. " + to_string(last) + "/" +
+                         std::to_string(bits));
+            }
+        }
+    }
+    return {*address, bits};
+}
+
+std::pair<uint16_t, uint16_t> loader::port_range(const field& f) const {
+    const std::string value = text(f, "a port (80) or a range (\"1000-2000\")");
+    const auto dash = value.find('-');
+    const std::string fix = "write a port 0..65535 such as 80, or a range such as \"1000-2000\"";
+    if (dash == std::string::npos) {
+        const auto port = parse_uint(value);
+        if (!port || *port > 65535) {
+            fail(f, quoted(value) + " is not a port", fix);
+        }
+        return {static_cast<uint16_t>(*port), static_cast<uint16_t>(*port)};
+    }
+    const auto low = parse_uint(std::string_view(value).substr(0, dash));
+    const auto high = parse_uint(std::string_view(value).substr(dash + 1));
+    if (!low || !high || *low > 65535 || *high > 65535) {
+        fail(f, quoted(value) + " is not a port range", fix);
+    }
+    if (*low > *high) {
+        fail(f, "the range " + quoted(value) + " runs backwards",
+             "write the lower port first: \"" + std::to_string(*high) + "-" + std::to_string(*low) + "\"");
+    }
+    return {static_cast<uint16_t>(*low), static_cast<uint16_t>(*high)};
+}
+
+const interface_config& loader::interface_named(const field& f,
+                                                const std::vector<interface_config>& interfaces) const {
+    const std::string name = text(f, "the name of an interface");
+    std::vector<std::string_view> names;
+    for (const auto& interface : interfaces) {
+        if (interface.name == name) {
+            return interface;
+        }
+        names.push_back(interface.name);
+    }
+    if (names.empty()) {
+        fail(f, "no interface named " + quoted(name) + ": the file defines no interfaces",
+             "define it under interfaces: (name, device, address)");
+    }
+    const auto suggestion = closest(name, names);
+    fail(f, "no interface named " + quoted(name),
+         suggestion.empty() ? "use one of: " + join(names, ", ") + ", or define it under interfaces:"
+                            : "did you mean " + quoted(suggestion) + "?");
+}
+
+// "198.51.100.0/24 (outside), 192.168.1.0/24 (inside)" for fixes that point at the connected subnets.
+std::string subnet_list(const std::vector<interface_config>& interfaces, uint8_t family) {
+    std::string out;
+    for (const auto& interface : interfaces) {
+        if (interface.address.family != family) {
+            continue;
+        }
+        if (!out.empty()) {
+            out += ", ";
+        }
+        out += to_string(subnet_of(interface)) + " (" + interface.name + ")";
+    }
+    return out;
+}
+
+// "198.51.100.1 (outside), 192.168.1.1 (inside)".
+std::string address_list(const std::vector<interface_config>& interfaces, uint8_t family) {
+    std::string out;
+    for (const auto& interface : interfaces) {
+        if (interface.address.family != family) {
+            continue;
+        }
+        if (!out.empty()) {
+            out += ", ";
+        }
+        out += to_string(interface.address) + " (" + interface.name + ")";
+    }
+    return out;
+}
+
+// --- dataplane ------------------------------------------------------------------------------------
+
+dataplane_config loader::parse_dataplane(const field& f) const {
+    const mapping m = read_mapping(f.value, f.path, dataplane_keys, "data plane process settings");
+    dataplane_config dp;
+    if (const field* workers = m.find("workers")) {
+        dp.workers = static_cast<uint32_t>(number(*workers, 1, max_workers));
+    }
+    if (const field* eal = m.find("eal")) {
+        const YAML::Node& list =
+            sequence(*eal, "EAL arguments", "write them as a list of strings, e.g. eal: [\"--log-level=7\"]");
+        size_t index = 0;
+        for (const auto& item : list) {
+            const field arg{"eal", eal->path + "[" + std::to_string(index++) + "]", item, item};
+            const std::string value = text(arg, "one EAL argument as a string");
+            if (value.empty()) {
+                fail(arg, "an empty EAL argument", "remove it");
+            }
+            for (char c : value) {
+                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+                    fail(arg, "the argument contains " + describe_char(c), "write one argument per list item");
+                }
+            }
+            // These duplicate settings espresso derives itself; two sources would disagree.
+            if (value == "--no-huge") {
+                fail(arg, "--no-huge is set by hugepages: false, which also sizes the memory pool to match",
+                     "remove it and write hugepages: false");
+            }
+            if (value == "--vdev" || value.starts_with("--vdev=")) {
+                fail(arg, "virtual devices are created from interfaces[].device",
+                     "remove it and add an interface with device: net_...");
+            }
+            dp.eal.push_back(value);
+        }
+    }
+    if (const field* hugepages = m.find("hugepages")) {
+        dp.hugepages = boolean(*hugepages);
+    }
+    if (const field* idle = m.find("idle")) {
+        dp.idle = choice<idle_mode>(*idle, {{"adaptive", idle_mode::adaptive}, {"poll", idle_mode::poll}});
+    }
+    if (const field* socket = m.find("control-socket")) {
+        const std::string value = text(*socket, "an absolute path such as /run/espresso/espresso.sock");
+        if (!value.starts_with("/")) {
+            fail(*socket, quoted(value) + " is not an absolute path",
+                 "write a path starting with '/', e.g. /run/espresso/espresso.sock (abstract sockets are not supported)");
+        }
+        if (value.back() == '/') {
+            fail(*socket, quoted(value) + " names a directory", "add the socket's file name, e.g. " + value + "espresso.sock");
+        }
+        if (value.size() > max_socket_path) {
+            fail(*socket,
+                 "the path has " + std::to_string(value.size()) + " bytes; a Unix socket path holds at most " +
+                     std::to_string(max_socket_path) + " (sockaddr_un.sun_path is 108 bytes with the NUL)",
+                 "use a shorter path, e.g. under /run/espresso/");
+        }
+        for (char c : value) {
+            if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+                fail(*socket, "the path contains " + describe_char(c), "remove it");
+            }
+        }
+        dp.control_socket = value;
+    }
+    return dp;
+}
+
+// --- interfaces -----------------------------------------------------------------------------------
+
+interface_config loader::parse_interface(const YAML::Node& node, const std::string& path,
+                                         const gateway_config& config) const {
+    const mapping m = read_mapping(node, path, interface_keys, "one interface");
+    interface_config ic;
+    ic.origin = origin(node);
+
+    const field& name = require(m, "name", "add name: a short name such as outside");
+    ic.name = text(name, "an interface name");
+    if (ic.name.empty() || ic.name.size() > max_interface_name) {
+        fail(name, "the name " + quoted(ic.name) + " has " + std::to_string(ic.name.size()) +
+                       " characters; names have 1.." + std::to_string(max_interface_name) +
+                       " because the kernel TAP interface \"dp-<name>\" must fit in 15 characters",
+             "use a shorter name such as outside or lan0");
+    }
+    for (char c : ic.name) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+        if (!ok) {
+            fail(name, "the name " + quoted(ic.name) + " contains " + describe_char(c),
+                 "use only letters, digits, '_' and '-' (it becomes part of a kernel interface name)");
+        }
+    }
+    for (const auto& earlier : config.interfaces) {
+        if (earlier.name == ic.name) {
+            fail(name, "interface name " + quoted(ic.name) + " is already used at " + earlier.origin,
+                 "give each interface its own name");
+        }
+    }
+
+    const field& device = require(m, "device", "add device: a PCI address (0000:03:00.0) or a vdev such as "
+                                               "net_af_packet0,iface=eth0");
+    ic.device = text(device, "a PCI address or a DPDK vdev spec");
+    const std::string device_fix = "write a PCI address such as 0000:03:00.0 or a DPDK vdev such as "
+                                   "net_af_packet0,iface=eth0";
+    if (ic.device.empty()) {
+        fail(device, "the device is empty", device_fix);
+    }
+    for (char c : ic.device) {
+        if (!device_char_allowed(c)) {
+            fail(device,
+                 quoted(ic.device) + " contains " + describe_char(c) +
+                     "; device specs are passed to DPDK's EAL as arguments",
+                 "use only letters, digits and _ . , : = / + - @ (no spaces, quotes or shell metacharacters)");
+        }
+    }
+    // The device's identity is what comes before the first ',' (the rest are driver arguments).
+    const std::string_view device_name = std::string_view(ic.device).substr(0, ic.device.find(','));
+    std::string identity;
+    bool pci = false;
+    if (device_name.starts_with("net_")) {
+        if (device_name.size() == 4) {
+            fail(device, quoted(ic.device) + " names no driver after net_", device_fix);
+        }
+        identity = device_name;
+    } else {
+        identity = pci_address(device_name);
+        pci = !identity.empty();
+        if (!pci) {
+            std::string fix = device_fix;
+            if (device_name.starts_with("eth_")) {
+                fix = "DPDK names virtual devices net_...: did you mean " + quoted("net_" + ic.device.substr(4)) + "?";
+            } else if (device_name.find_first_of(":=.") == std::string_view::npos) {
+                fix = "to attach to the kernel interface " + quoted(device_name) +
+                      ", write net_af_packet0,iface=" + std::string(device_name) + " (each vdev needs its own number)";
+            }
+            fail(device, quoted(ic.device) + " is neither a PCI address (DDDD:BB:DD.F or BB:DD.F) nor a DPDK vdev "
+                         "(net_...)",
+                 fix);
+        }
+        const auto& eal = config.dataplane.eal;
+        if (std::find(eal.begin(), eal.end(), "--no-pci") != eal.end()) {
+            fail(device, "PCI device " + identity + " cannot be probed: dataplane.eal contains --no-pci",
+                 "remove --no-pci from dataplane.eal; espresso adds it by itself when no interface is a PCI device");
+        }
+    }
+    for (const auto& earlier : config.interfaces) {
+        const std::string_view other = std::string_view(earlier.device).substr(0, earlier.device.find(','));
+        const std::string other_identity = pci ? pci_address(other) : std::string(other);
+        if (other_identity == identity) {
+            fail(device, "device " + quoted(identity) + " is already used by interface " + quoted(earlier.name) +
+                             " at " + earlier.origin,
+                 "give each interface its own device (vdevs need distinct numbers: net_af_packet0, net_af_packet1)");
+        }
+    }
+
+    const field& address = require(m, "address", "add address: this gateway's address with the subnet length, "
+                                                 "e.g. 198.51.100.1/24");
+    std::tie(ic.address, ic.prefix_length) = interface_address(address);
+    const ip_prefix subnet = subnet_of(ic);
+    for (const auto& earlier : config.interfaces) {
+        if (earlier.address == ic.address) {
+            fail(address, "address " + to_string(ic.address) + " is already used by interface " +
+                              quoted(earlier.name) + " at " + earlier.origin,
+                 "give each interface its own address");
+        }
+        const ip_prefix other = subnet_of(earlier);
+        if (prefixes_overlap(subnet, other)) {
+            fail(address,
+                 "subnet " + to_string(subnet) + " overlaps subnet " + to_string(other) + " of interface " +
+                     quoted(earlier.name) + " (" + earlier.origin + "); a destination on both could not be "
+                     "routed",
+                 "give each interface its own subnet, and reach networks beyond a link with routes:");
+        }
+    }
+
+    if (const field* f = m.find("mac")) {
+        ic.mac = mac(*f);
+    }
+    if (const field* f = m.find("mtu")) {
+        const uint64_t min = ic.address.is_v6() ? min_mtu_v6 : min_mtu_v4;
+        const std::string value = text(*f, "a number");
+        const auto parsed = parse_uint(value);
+        if (parsed && *parsed < min && *parsed >= min_mtu_v4) {
+            fail(*f, "an IPv6 link needs an MTU of at least 1280 (RFC 8200 §5)", "use an mtu of 1280..9000");
+        }
+        if (parsed && *parsed < min) {
+            fail(*f, quoted(value) + " is below the IPv4 minimum of 576: every IPv4 host must accept 576-byte "
+                                     "datagrams (RFC 791)",
+                 "use an mtu of " + std::to_string(min) + ".." + std::to_string(max_mtu));
+        }
+        ic.mtu = static_cast<uint16_t>(number(*f, min, max_mtu));
+    }
+    return ic;
+}
+
+// --- routes ---------------------------------------------------------------------------------------
+
+route_config loader::parse_route(const YAML::Node& node, const std::string& path, const gateway_config& config) const {
+    const mapping m = read_mapping(node, path, route_keys, "one static route");
+    route_config route;
+    route.origin = origin(node);
+    const field& destination =
+        require(m, "destination", "add destination: the network this route reaches, e.g. 203.0.113.0/24");
+    route.destination = prefix(destination);
+    const uint8_t family = route.destination.address.family;
+    for (const auto& earlier : config.routes) {
+        if (earlier.destination == route.destination) {
+            fail(destination, "a route to " + to_string(route.destination) + " is already defined at " + earlier.origin,
+                 "keep one route per destination");
+        }
+    }
+
+    const field* via = m.find("via");
+    const field* interface = m.find("interface");
+    if (via == nullptr && interface == nullptr) {
+        fail(m.node(), m.path(), "a route needs via (the next-hop address) or interface (for a directly connected "
+                                 "destination)",
+             "add via: the next-hop router's address on one of the interface subnets");
+    }
+    const interface_config* out = nullptr;
+    if (interface != nullptr) {
+        out = &interface_named(*interface, config.interfaces);
+        route.interface = out->name;
+    }
+    if (via == nullptr) {
+        // Directly connected: hosts in `destination` are resolved by ARP/ND on `out`, which needs a
+        // source address of the same family there.
+        if (out->address.family != family) {
+            fail(*interface,
+                 "interface " + quoted(out->name) + " has an " + std::string(family_name(out->address.family)) +
+                     " address, so it cannot reach " + std::string(family_name(family)) + " destination " +
+                     to_string(route.destination) + " directly",
+                 "add via: a next hop, or name an interface with an " + std::string(family_name(family)) + " address");
+        }
+        return route;
+    }
+
+    route.via = address(*via);
+    if (route.via.family != family) {
+        fail(*via, "the next hop is " + std::string(family_name(route.via.family)) + " but the destination " +
+                       to_string(route.destination) + " is " + std::string(family_name(family)),
+             "use an " + std::string(family_name(family)) + " next-hop address");
+    }
+    for (const auto& ic : config.interfaces) {
+        if (ic.address == route.via) {
+            fail(*via, "next hop " + to_string(route.via) + " is this gateway's own address on interface " +
+                           quoted(ic.name),
+                 "use the address of the next router on that link");
+        }
+    }
+    if (out != nullptr) {
+        if (!prefix_contains(subnet_of(*out), route.via)) {
+            fail(*via, "next hop " + to_string(route.via) + " is not on interface " + quoted(out->name) + "'s subnet " +
+                           to_string(subnet_of(*out)),
+                 "use a next hop in " + to_string(subnet_of(*out)) + ", or name the interface whose subnet holds it");
+        }
+        return route;
+    }
+    for (const auto& ic : config.interfaces) {
+        if (prefix_contains(subnet_of(ic), route.via)) {
+            return route;
+        }
+    }
+    const std::string subnets = subnet_list(config.interfaces, family);
+    fail(*via, "next hop " + to_string(route.via) + " is not on any interface's subnet, so it cannot be reached",
+         subnets.empty() ? "define the interface on the next hop's link under interfaces: (no interface has an " +
+                               std::string(family_name(family)) + " address)"
+                         : "use a next hop on a connected subnet: " + subnets);
+}
+
+// --- neighbors ------------------------------------------------------------------------------------
+
+neighbor_config loader::parse_neighbor(const YAML::Node& node, const std::string& path,
+                                       const gateway_config& config) const {
+    const mapping m = read_mapping(node, path, neighbor_keys, "one static neighbor entry");
+    neighbor_config neighbor;
+    neighbor.origin = origin(node);
+    const field& address_field = require(m, "address", "add address: the neighbor's IP address");
+    const field& mac_field = require(m, "mac", "add mac: the neighbor's MAC address, e.g. \"02:00:00:00:00:fe\"");
+    const field& interface = require(m, "interface", "add interface: the name of the link the neighbor is on");
+    neighbor.address = address(address_field);
+    neighbor.mac = mac(mac_field);
+    const interface_config& on = interface_named(interface, config.interfaces);
+    neighbor.interface = on.name;
+    const ip_prefix subnet = subnet_of(on);
+    if (on.address == neighbor.address) {
+        fail(address_field, to_string(neighbor.address) + " is this gateway's own address on " + quoted(on.name),
+             "a neighbor entry is for another host on the link");
+    }
+    if (!prefix_contains(subnet, neighbor.address)) {
+        const std::string subnets = subnet_list(config.interfaces, neighbor.address.family);
+        fail(address_field,
+             to_string(neighbor.address) + " is not on interface " + quoted(on.name) + "'s subnet " + to_string(subnet),
+             "use an address in " + to_string(subnet) + ", or name the interface whose subnet holds it (" +
+                 (subnets.empty() ? std::string("none has an ") + std::string(family_name(neighbor.address.family)) +
+                                        " address"
+                                  : subnets) +
+                 ")");
+    }
+    for (const auto& earlier : config.neighbors) {
+        if (earlier.address == neighbor.address) {
+            fail(address_field, "a neighbor entry for " + to_string(neighbor.address) + " is already defined at " +
+                                    earlier.origin,
+                 "keep one entry per address");
+        }
+    }
+    return neighbor;
+}
+
+// --- policies -------------------------------------------------------------------------------------
+
+struct protocol_name {
+    std::string_view name;
+    uint8_t number;
+};
+// Names as in /etc/protocols (IANA protocol numbers); "any" is our 0.
+constexpr std::array<protocol_name, 9> protocol_names{{{"any", 0},
+                                                       {"icmp", 1},
+                                                       {"tcp", 6},
+                                                       {"udp", 17},
+                                                       {"gre", 47},
+                                                       {"esp", 50},
+                                                       {"ah", 51},
+                                                       {"icmpv6", 58},
+                                                       {"sctp", 132}}};
+
+bool has_ports(uint8_t protocol) noexcept {
+    return protocol == 6 || protocol == 17 || protocol == 132; // RFC 4301 §4.4.1.1
+}
+
+policy_config loader::parse_policy(const YAML::Node& node, const std::string& path, const gateway_config& config,
+                                   bool check_spi) const {
+    const mapping m = read_mapping(node, path, policy_keys, "one security policy");
+    policy_config policy;
+    policy.origin = origin(node);
+    const field& local = require(m, "local", "add local: the prefix on this gateway's side (0.0.0.0/0 for any)");
+    const field& remote = require(m, "remote", "add remote: the prefix on the far side (0.0.0.0/0 for any)");
+    policy.local = prefix(local);
+    policy.remote = prefix(remote);
+    const uint8_t family = policy.local.address.family;
+    if (policy.remote.address.family != family) {
+        fail(remote,
+             "local is " + std::string(family_name(family)) + " but remote is " +
+                 std::string(family_name(policy.remote.address.family)),
+             "use two prefixes of the same family; write separate policies for IPv4 and IPv6");
+    }
+
+    const field* protocol = m.find("protocol");
+    if (protocol != nullptr) {
+        const std::string value = text(*protocol, "a protocol name or number 0..255");
+        std::vector<std::string_view> names;
+        bool found = false;
+        for (const auto& entry : protocol_names) {
+            names.push_back(entry.name);
+            if (entry.name == value) {
+                policy.protocol = entry.number;
+                found = true;
+            }
+        }
+        if (!found) {
+            const auto number = parse_uint(value);
+            const std::string expected = join(names, ", ") + " or a number 0..255";
+            if (number && *number > 255) {
+                fail(*protocol, quoted(value) + " is out of range", "use " + expected);
+            }
+            if (!number) {
+                const std::string lower = lowercase(value);
+                const auto suggestion = closest(lower, names);
+                fail(*protocol, "unknown protocol " + quoted(value) + "; expected " + expected,
+                     suggestion.empty() ? "use " + expected : "did you mean " + quoted(suggestion) + "?");
+            }
+            policy.protocol = static_cast<uint8_t>(*number);
+        }
+        if (policy.protocol == 1 && family == 6) {
+            fail(*protocol, "protocol 1 (icmp) is ICMP for IPv4; these selectors are IPv6",
+                 "write icmpv6 (protocol 58)");
+        }
+        if (policy.protocol == 58 && family == 4) {
+            fail(*protocol, "protocol 58 (icmpv6) is ICMP for IPv6; these selectors are IPv4", "write icmp (protocol 1)");
+        }
+    }
+    for (const auto& [name, low, high] :
+         {std::tuple<std::string_view, uint16_t*, uint16_t*>{"local-ports", &policy.local_port_min, &policy.local_port_max},
+          std::tuple<std::string_view, uint16_t*, uint16_t*>{"remote-ports", &policy.remote_port_min,
+                                                             &policy.remote_port_max}}) {
+        const field* f = m.find(name);
+        if (f == nullptr) {
+            continue;
+        }
+        if (!has_ports(policy.protocol)) {
+            fail(*f,
+                 "ports apply only to tcp, udp and sctp (RFC 4301 §4.4.1.1)" +
+                     std::string(protocol == nullptr ? "; this policy matches any protocol" : ""),
+                 "add protocol: tcp (or udp), or remove " + std::string(name));
+        }
+        std::tie(*low, *high) = port_range(*f);
+    }
+
+    policy.action = choice<policy_action>(
+        require(m, "action", "add action: protect, bypass or discard"),
+        {{"protect", policy_action::protect}, {"bypass", policy_action::bypass}, {"discard", policy_action::discard}});
+    if (const field* f = m.find("priority")) {
+        policy.priority = static_cast<uint32_t>(number(*f, 0, UINT32_MAX));
+    }
+
+    const field* spi_field = m.find("spi");
+    if (policy.action != policy_action::protect) {
+        if (spi_field != nullptr) {
+            fail(*spi_field, "only protect policies name an SA", "remove spi, or write action: protect");
+        }
+        return policy;
+    }
+    if (spi_field == nullptr) {
+        fail(m.node(), m.path(), "required key \"spi\" is missing; a protect policy names the outbound SA to use",
+             "add spi: the SPI of an outbound SA in security-associations, e.g. spi: 0x1001");
+    }
+    policy.spi = spi(*spi_field);
+    if (!check_spi) {
+        return policy;
+    }
+    const sa_config* sa = nullptr;
+    for (const auto& candidate : config.security_associations) {
+        if (candidate.dir == direction::outbound && candidate.spi == policy.spi) {
+            sa = &candidate;
+        }
+    }
+    if (sa == nullptr) {
+        std::vector<std::string> outbound;
+        for (const auto& candidate : config.security_associations) {
+            if (candidate.dir == direction::outbound) {
+                outbound.push_back(hex32(candidate.spi));
+            }
+        }
+        std::string list;
+        for (const auto& s : outbound) {
+            list += (list.empty() ? "" : ", ") + s;
+        }
+        fail(*spi_field, "no outbound SA with SPI " + hex32(policy.spi) + " in security-associations",
+             outbound.empty() ? std::string("define the outbound SA under security-associations:")
+                              : "use the SPI of an outbound SA (" + list + "), or define one with this SPI");
+    }
+    // The peer checks decrypted packets against the SA's selectors (RFC 4301 §5.2), so a policy wider
+    // than its SA would send traffic the peer drops.
+    if (!prefix_contains(sa->local, policy.local)) {
+        fail(local,
+             "protect policy local " + to_string(policy.local) + " is not inside local selector " +
+                 to_string(sa->local) + " of SA " + hex32(sa->spi) + " (" + sa->origin + ")",
+             "narrow the policy to " + to_string(sa->local) + ", or widen the SA's selectors on both gateways");
+    }
+    if (!prefix_contains(sa->remote, policy.remote)) {
+        fail(remote,
+             "protect policy remote " + to_string(policy.remote) + " is not inside remote selector " +
+                 to_string(sa->remote) + " of SA " + hex32(sa->spi) + " (" + sa->origin + ")",
+             "narrow the policy to " + to_string(sa->remote) + ", or widen the SA's selectors on both gateways");
+    }
+    return policy;
+}
+
+bool same_traffic(const policy_config& a, const policy_config& b) noexcept {
+    return a.local == b.local && a.remote == b.remote && a.protocol == b.protocol &&
+           a.local_port_min == b.local_port_min && a.local_port_max == b.local_port_max &&
+           a.remote_port_min == b.remote_port_min && a.remote_port_max == b.remote_port_max;
+}
+
+// Tunnel endpoints must be this gateway's own addresses: the outer source of what we send, the outer
+// destination of what we receive.
+void loader::check_sa_endpoints(const field& sas, const gateway_config& config) const {
+    if (config.interfaces.empty()) {
+        return;
+    }
+    for (size_t i = 0; i < config.security_associations.size(); ++i) {
+        const sa_config& sa = config.security_associations[i];
+        const bool outbound = sa.dir == direction::outbound;
+        const ip_address& ours = outbound ? sa.source : sa.destination;
+        if (ours.family == 0) {
+            continue; // transport mode without explicit addresses
+        }
+        bool found = false;
+        for (const auto& ic : config.interfaces) {
+            found = found || ic.address == ours;
+        }
+        if (found) {
+            continue;
+        }
+        const std::string_view key = outbound ? "source" : "destination";
+        const std::string addresses = address_list(config.interfaces, ours.family);
+        fail(sas.value[i][std::string(key)],
+             "security-associations[" + std::to_string(i) + "]." + std::string(key),
+             std::string(outbound ? "outbound SA source " : "inbound SA destination ") + to_string(ours) +
+                 " is not an address of any interface",
+             addresses.empty() ? "add an interface with this address (no interface has an " +
+                                     std::string(family_name(ours.family)) + " address)"
+                               : "use one of this gateway's interface addresses: " + addresses +
+                                     ", or add an interface with this address");
+    }
+}
+
 gateway_config loader::run() {
     std::vector<YAML::Node> documents;
     try {
@@ -925,30 +1698,60 @@ gateway_config loader::run() {
 
     gateway_config config;
     config.file = file_;
-    const field* sas_field = top.find("security-associations");
-    if (sas_field == nullptr) {
-        return config;
-    }
-    if (!sas_field->value.IsSequence()) {
-        fail(*sas_field, "expected a list of security associations, got " + std::string(node_kind(sas_field->value)),
-             "start each SA with \"- spi: ...\", or write [] for none");
-    }
-    auto& sas = config.security_associations;
-    // Reserve up front: a reallocation would leave copies of keys in freed memory.
-    sas.reserve(sas_field->value.size());
-    std::vector<YAML::Node> spi_nodes;
-    std::vector<std::string> paths;
     try {
-        size_t index = 0;
-        for (const auto& item : sas_field->value) {
-            std::string path = "security-associations[" + std::to_string(index++) + "]";
-            sas.push_back(parse_sa(item, path));
-            spi_nodes.push_back(item["spi"]);
-            paths.push_back(std::move(path));
+        const field* sas = top.find("security-associations");
+        if (sas != nullptr) {
+            parse_security_associations(*sas, config);
         }
-        check_unique(sas, spi_nodes, paths);
+        if (const field* f = top.find("dataplane")) {
+            config.dataplane = parse_dataplane(*f);
+        }
+        if (const field* f = top.find("interfaces")) {
+            size_t index = 0;
+            for (const auto& item : sequence(*f, "interfaces", "start each interface with \"- name: ...\"")) {
+                config.interfaces.push_back(
+                    parse_interface(item, "interfaces[" + std::to_string(index++) + "]", config));
+            }
+        }
+        if (const field* f = top.find("routes")) {
+            size_t index = 0;
+            for (const auto& item : sequence(*f, "routes", "write each route as - { destination: ..., via: ... }")) {
+                config.routes.push_back(parse_route(item, "routes[" + std::to_string(index++) + "]", config));
+            }
+        }
+        if (const field* f = top.find("neighbors")) {
+            size_t index = 0;
+            for (const auto& item :
+                 sequence(*f, "neighbors", "write each entry as - { address: ..., mac: ..., interface: ... }")) {
+                config.neighbors.push_back(parse_neighbor(item, "neighbors[" + std::to_string(index++) + "]", config));
+            }
+        }
+        if (const field* f = top.find("policies")) {
+            // A file that holds nothing but policies is a fragment (the control socket's add-policy builds
+            // one): its protect SPIs name SAs of the running gateway, which the gateway checks itself.
+            const bool fragment = top.node().size() == 1;
+            size_t index = 0;
+            for (const auto& item :
+                 sequence(*f, "policies", "write each policy as - { local: ..., remote: ..., action: ... }")) {
+                const std::string path = "policies[" + std::to_string(index++) + "]";
+                policy_config policy = parse_policy(item, path, config, !fragment);
+                for (const auto& earlier : config.policies) {
+                    if (same_traffic(earlier, policy)) {
+                        fail(item, path,
+                             "this policy matches exactly the same traffic as the one at " + earlier.origin +
+                                 ", so one of them never applies",
+                             "remove one of them, or make their selectors differ");
+                    }
+                }
+                config.policies.push_back(std::move(policy));
+            }
+        }
+        // `ike:` is reserved for the IKEv2 daemon's settings (a later release); accepted, not read.
+        if (sas != nullptr) {
+            check_sa_endpoints(*sas, config);
+        }
     } catch (...) {
-        for (auto& sa : sas) {
+        for (auto& sa : config.security_associations) {
             wipe_keys(sa);
         }
         throw;

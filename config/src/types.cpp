@@ -5,6 +5,8 @@
 #include <netinet/in.h>
 #include <string.h> // explicit_bzero (glibc, not in <cstring>'s std namespace)
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace espresso::config {
@@ -110,6 +112,85 @@ void wipe_keys(sa_config& sa) noexcept {
     // explicit_bzero, unlike memset, may not be removed as a dead store by the optimiser.
     explicit_bzero(sa.cipher_key.data(), sa.cipher_key.size());
     explicit_bzero(sa.integ_key.data(), sa.integ_key.size());
+}
+
+std::optional<mac_address> parse_mac(std::string_view text) {
+    // Exactly "xx:xx:xx:xx:xx:xx": 17 characters, one separator kind throughout.
+    if (text.size() != 17) {
+        return std::nullopt;
+    }
+    const char separator = text[2];
+    if (separator != ':' && separator != '-') {
+        return std::nullopt;
+    }
+    auto nibble = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        if (c >= 'a' && c <= 'f') {
+            return c - 'a' + 10;
+        }
+        if (c >= 'A' && c <= 'F') {
+            return c - 'A' + 10;
+        }
+        return -1;
+    };
+    mac_address mac{};
+    for (size_t i = 0; i < mac.size(); ++i) {
+        const size_t at = i * 3;
+        if (i > 0 && text[at - 1] != separator) {
+            return std::nullopt;
+        }
+        const int high = nibble(text[at]);
+        const int low = nibble(text[at + 1]);
+        if (high < 0 || low < 0) {
+            return std::nullopt;
+        }
+        mac[i] = static_cast<uint8_t>((high << 4) | low);
+    }
+    return mac;
+}
+
+std::string to_string(const mac_address& mac) {
+    char buffer[18];
+    std::snprintf(buffer, sizeof(buffer), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4],
+                  mac[5]);
+    return buffer;
+}
+
+ip_prefix network_of(const ip_address& address, uint8_t length) {
+    const unsigned width = address.is_v4() ? 32 : address.is_v6() ? 128 : 0;
+    const unsigned bits = std::min<unsigned>(length, width);
+    ip_prefix prefix{address, static_cast<uint8_t>(bits)};
+    for (unsigned bit = bits; bit < width; ++bit) {
+        prefix.address.bytes[bit / 8] = static_cast<uint8_t>(prefix.address.bytes[bit / 8] & ~(0x80u >> (bit % 8)));
+    }
+    return prefix;
+}
+
+bool prefix_contains(const ip_prefix& prefix, const ip_address& address) noexcept {
+    if (prefix.address.family == 0 || prefix.address.family != address.family) {
+        return false;
+    }
+    for (unsigned bit = 0; bit < prefix.length; ++bit) {
+        const uint8_t mask = static_cast<uint8_t>(0x80u >> (bit % 8));
+        if ((prefix.address.bytes[bit / 8] & mask) != (address.bytes[bit / 8] & mask)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool prefix_contains(const ip_prefix& outer, const ip_prefix& inner) noexcept {
+    return outer.length <= inner.length && prefix_contains(outer, inner.address);
+}
+
+bool prefixes_overlap(const ip_prefix& a, const ip_prefix& b) noexcept {
+    return prefix_contains(a, b) || prefix_contains(b, a);
+}
+
+ip_prefix subnet_of(const interface_config& interface) {
+    return network_of(interface.address, interface.prefix_length);
 }
 
 } // namespace espresso::config

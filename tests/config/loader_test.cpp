@@ -209,8 +209,8 @@ TEST(loader, loads_integrity_only_esp_and_ah) {
     EXPECT_EQ(ah_gmac.integ, integ_alg::none);
 }
 
-TEST(loader, accepts_reserved_top_level_sections_and_empty_lists) {
-    const auto config = load_string(R"(dataplane: { cores: 4 }
+TEST(loader, accepts_empty_sections_and_ignores_ike) {
+    const auto config = load_string(R"(dataplane: {}
 interfaces: []
 routes: []
 neighbors: []
@@ -219,7 +219,9 @@ ike: { anything: [1, 2] }
 security-associations: []
 )");
     EXPECT_TRUE(config.security_associations.empty());
-    EXPECT_TRUE(load_string("dataplane: {}\n").security_associations.empty());
+    EXPECT_TRUE(config.interfaces.empty());
+    EXPECT_EQ(config.dataplane.workers, 1u);
+    EXPECT_TRUE(load_string("ike: whatever\n").security_associations.empty());
 }
 
 TEST(loader, error_message_format) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "espresso/config/algorithms.h"
@@ -163,5 +164,23 @@ struct gateway_config {
     std::vector<neighbor_config> neighbors;
     std::vector<policy_config> policies;
 };
+
+// --- Helpers for the interface, route and neighbor checks ---------------------------------------
+
+// "02:00:00:00:00:01": six bytes, two hex digits each, separated by ':' (or '-'); nullopt otherwise.
+std::optional<mac_address> parse_mac(std::string_view text);
+std::string to_string(const mac_address& mac); // "02:00:00:00:00:01", lowercase
+
+// The prefix of `length` bits holding `address` (host bits cleared): network_of(198.51.100.1, 24)
+// is 198.51.100.0/24. `length` is clamped to the family's width.
+ip_prefix network_of(const ip_address& address, uint8_t length);
+// Same family and the first prefix.length bits equal.
+bool prefix_contains(const ip_prefix& prefix, const ip_address& address) noexcept;
+// Every address of `inner` lies in `outer`.
+bool prefix_contains(const ip_prefix& outer, const ip_prefix& inner) noexcept;
+// Some address lies in both (same family, and one contains the other).
+bool prefixes_overlap(const ip_prefix& a, const ip_prefix& b) noexcept;
+// The link's subnet: network_of(interface.address, interface.prefix_length).
+ip_prefix subnet_of(const interface_config& interface);
 
 } // namespace espresso::config
