@@ -53,7 +53,8 @@ void fill_outer(const sa_runtime& sa, rte_mbuf* m, uint8_t inner_tos, bool inner
         store_be16(p + 4, static_cast<uint16_t>(seq)); // unique per SA for 2^16 packets (RFC 6864)
         bool df = sa.df == config::df_mode::set || (sa.df == config::df_mode::copy && inner_df);
         store_be16(p + 6, df ? 0x4000 : 0);
-        ipv4_set_checksum(p);
+        const uint32_t sum = sa.outer_sum + tos + total + static_cast<uint16_t>(seq) + (df ? 0x4000U : 0U);
+        store_be16(p + 10, fold_checksum(sum));
     } else {
         ip_len = 40;
         store_be32(p, 0x60000000U | (static_cast<uint32_t>(tos) << 20));

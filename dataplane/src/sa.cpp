@@ -262,6 +262,11 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
         sa->soft_packets = c.lifetime.soft_packets;
     }
     build_outer_header(*sa, c);
+    if ((sa->flags & sa_tunnel) != 0 && (sa->flags & sa_outer_v6) == 0) {
+        // Length, id, TOS and flags are zero in the template: per packet only they are added
+        // (RFC 1624 style), instead of summing the whole header again.
+        sa->outer_sum = ones_sum(sa->outer_header, 20);
+    }
     // The runtime has its own expanded keys; the display copy keeps none.
     config::wipe_keys(sa->config);
     return sa;

@@ -54,6 +54,7 @@ struct alignas(64) sa_runtime {
     IMB_KEY_SIZE_BYTES key_size = IMB_KEY_128_BYTES;
     uint8_t hash_full_bytes = 0; // untruncated HMAC output (for the job's output buffer)
     uint32_t salt = 0;           // RFC 4106 §4 nonce salt (network byte order as bytes)
+    uint32_t outer_sum = 0;      // IPv4 outer template's one's-complement sum without per-packet fields
     // Outer IPv4/IPv6 header (+ UDP header) with addresses, protocol and TTL filled in; lengths,
     // checksum, DSCP/ECN/DF are set per packet.
     alignas(16) uint8_t outer_header[48]{};
