@@ -44,7 +44,8 @@ struct command {
     std::string (*format)(const json&);
 };
 
-const std::vector<command>& commands() {
+const std::vector<command>& commands()
+{
     static const std::vector<command> table{
         {{"show", "crypto", "ipsec", "sa"}, "list-sas", cli::format_crypto_ipsec_sa},
         {{"show", "interfaces"}, "show-interfaces", cli::format_interfaces},
@@ -54,14 +55,16 @@ const std::vector<command>& commands() {
     return table;
 }
 
-int usage_error(const std::string& message) {
+int usage_error(const std::string& message)
+{
     std::cerr << "espresso: " << message << "\n\n" << usage_text;
     return exit_usage;
 }
 
 } // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv)
+{
     std::string socket_path;
     std::string config_path;
     bool as_json = false;
@@ -139,7 +142,7 @@ int main(int argc, char** argv) {
     } catch (const espresso::dp::control_client_error& e) {
         std::cerr << "espresso: " << e.what() << "\n";
         return e.what_kind() == espresso::dp::control_client_error::kind::connect ? exit_cannot_connect
-                                                                                   : exit_refused;
+                                                                                  : exit_refused;
     } catch (const std::exception& e) {
         std::cerr << "espresso: " << e.what() << "\n";
         return exit_refused;

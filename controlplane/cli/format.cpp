@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <tuple>
 #include <optional>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "espresso/dp/counters.h"
@@ -18,7 +18,8 @@ using nlohmann::json;
 
 namespace {
 
-uint64_t number(const json& object, std::string_view key) {
+uint64_t number(const json& object, std::string_view key)
+{
     if (!object.is_object()) {
         return 0;
     }
@@ -35,7 +36,8 @@ uint64_t number(const json& object, std::string_view key) {
     return static_cast<uint64_t>(it->get<double>());
 }
 
-std::string text(const json& object, std::string_view key) {
+std::string text(const json& object, std::string_view key)
+{
     if (!object.is_object()) {
         return "";
     }
@@ -43,7 +45,8 @@ std::string text(const json& object, std::string_view key) {
     return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
-const json& member(const json& object, std::string_view key) {
+const json& member(const json& object, std::string_view key)
+{
     static const json empty = json::object();
     if (!object.is_object()) {
         return empty;
@@ -52,23 +55,23 @@ const json& member(const json& object, std::string_view key) {
     return it == object.end() ? empty : *it;
 }
 
-std::string spi_text(uint64_t spi) {
+std::string spi_text(uint64_t spi)
+{
     char buffer[40];
     std::snprintf(buffer, sizeof(buffer), "0x%llX(%llu)", static_cast<unsigned long long>(spi),
                   static_cast<unsigned long long>(spi));
     return buffer;
 }
 
-std::string without_length(const std::string& prefix) {
-    return prefix.substr(0, prefix.find('/'));
-}
+std::string without_length(const std::string& prefix) { return prefix.substr(0, prefix.find('/')); }
 
 struct session {
     const json* outbound = nullptr;
     const json* inbound = nullptr;
 
     const json& any() const { return outbound != nullptr ? *outbound : *inbound; }
-    std::string interface() const {
+    std::string interface() const
+    {
         std::string name = outbound != nullptr ? text(*outbound, "interface") : "";
         if (name.empty() && inbound != nullptr) {
             name = text(*inbound, "interface");
@@ -77,19 +80,22 @@ struct session {
     }
     bool tunnel() const { return text(any(), "mode") != "transport"; }
     // This gateway's end of the tunnel: the outbound SA's source, or the inbound SA's destination.
-    std::string local_endpoint() const {
+    std::string local_endpoint() const
+    {
         if (!tunnel()) {
             return without_length(text(member(any(), "selectors"), "local"));
         }
         return outbound != nullptr ? text(*outbound, "source") : text(*inbound, "destination");
     }
-    std::string remote_endpoint() const {
+    std::string remote_endpoint() const
+    {
         if (!tunnel()) {
             return without_length(text(member(any(), "selectors"), "remote"));
         }
         return outbound != nullptr ? text(*outbound, "destination") : text(*inbound, "source");
     }
-    uint64_t peer_port() const {
+    uint64_t peer_port() const
+    {
         if (outbound != nullptr && member(*outbound, "udp-encapsulation").is_object()) {
             return number(member(*outbound, "udp-encapsulation"), "destination-port");
         }
@@ -102,7 +108,8 @@ struct session {
 
 // RFC 4301 §4.4.1: the inbound SA of a pair carries the same selectors (local stays local), and its
 // outer addresses are the outbound SA's reversed.
-bool mirrors(const json& out, const json& in) {
+bool mirrors(const json& out, const json& in)
+{
     const json& so = member(out, "selectors");
     const json& si = member(in, "selectors");
     if (text(so, "local") != text(si, "local") || text(so, "remote") != text(si, "remote")) {
@@ -117,7 +124,8 @@ bool mirrors(const json& out, const json& in) {
     return text(out, "source") == text(in, "destination") && text(out, "destination") == text(in, "source");
 }
 
-std::string transform(const json& sa) {
+std::string transform(const json& sa)
+{
     const std::string protocol = text(sa, "protocol") == "ah" ? "ah" : "esp";
     const std::string cipher = text(sa, "encryption");
     const std::string integ = text(sa, "integrity");
@@ -143,14 +151,16 @@ std::string transform(const json& sa) {
     return out;
 }
 
-std::string remaining(uint64_t limit, uint64_t used, uint64_t divisor) {
+std::string remaining(uint64_t limit, uint64_t used, uint64_t divisor)
+{
     if (limit == 0) {
         return "unlimited";
     }
     return std::to_string((limit > used ? limit - used : 0) / divisor);
 }
 
-void append_sa(std::string& out, const json& sa) {
+void append_sa(std::string& out, const json& sa)
+{
     const json& lifetime = member(sa, "lifetime");
     const json& consumed = member(sa, "consumed");
     const bool inbound = text(sa, "direction") == "inbound";
@@ -183,7 +193,8 @@ void append_sa(std::string& out, const json& sa) {
 }
 
 // Cisco's names where it has one, else ours ("#pkts bad padding: 3").
-std::string drop_label(std::string_view id) {
+std::string drop_label(std::string_view id)
+{
     if (id == "replay") {
         return "#pkts replay failed";
     }
@@ -201,7 +212,8 @@ std::string drop_label(std::string_view id) {
     return "#pkts " + std::string(id);
 }
 
-void append_session(std::string& out, const session& s) {
+void append_session(std::string& out, const session& s)
+{
     const json& any = s.any();
     const json& selectors = member(any, "selectors");
     const json empty = json::object();
@@ -209,8 +221,10 @@ void append_session(std::string& out, const session& s) {
     const json& in_counters = s.inbound != nullptr ? member(*s.inbound, "counters") : empty;
 
     out += "   protected vrf: (none)\n";
-    out += "   local  ident (addr/mask/prot/port): (" + address_and_mask(text(selectors, "local")) + "/0/0)\n";
-    out += "   remote ident (addr/mask/prot/port): (" + address_and_mask(text(selectors, "remote")) + "/0/0)\n";
+    out +=
+        "   local  ident (addr/mask/prot/port): (" + address_and_mask(text(selectors, "local")) + "/0/0)\n";
+    out +=
+        "   remote ident (addr/mask/prot/port): (" + address_and_mask(text(selectors, "remote")) + "/0/0)\n";
     out += "   current_peer " + s.remote_endpoint() + " port " + std::to_string(s.peer_port()) + "\n";
     out += "     PERMIT, flags={origin_is_acl,}\n";
     out += "    #pkts encaps: " + std::to_string(number(out_counters, "encaps")) +
@@ -261,8 +275,10 @@ void append_session(std::string& out, const session& s) {
         }
     }
     out += "\n";
-    out += "     local crypto endpt.: " + s.local_endpoint() + ", remote crypto endpt.: " + s.remote_endpoint() + "\n";
-    out += "     current outbound spi: " + spi_text(s.outbound != nullptr ? number(*s.outbound, "spi") : 0) + "\n";
+    out += "     local crypto endpt.: " + s.local_endpoint() +
+           ", remote crypto endpt.: " + s.remote_endpoint() + "\n";
+    out += "     current outbound spi: " + spi_text(s.outbound != nullptr ? number(*s.outbound, "spi") : 0) +
+           "\n";
     out += "\n";
     for (const auto& [heading, sa, is_ah] :
          {std::tuple<std::string_view, const json*, bool>{"inbound esp sas:", s.inbound, false},
@@ -277,7 +293,8 @@ void append_session(std::string& out, const session& s) {
     out += "\n";
 }
 
-std::string pad(std::string s, size_t width) {
+std::string pad(std::string s, size_t width)
+{
     if (s.size() < width) {
         s.append(width - s.size(), ' ');
     }
@@ -286,7 +303,8 @@ std::string pad(std::string s, size_t width) {
 
 } // namespace
 
-std::string address_and_mask(const std::string& prefix) {
+std::string address_and_mask(const std::string& prefix)
+{
     const size_t slash = prefix.find('/');
     if (prefix.empty()) {
         return "0.0.0.0/0.0.0.0";
@@ -306,7 +324,8 @@ std::string address_and_mask(const std::string& prefix) {
     return address + "/" + buffer;
 }
 
-std::string format_crypto_ipsec_sa(const json& result) {
+std::string format_crypto_ipsec_sa(const json& result)
+{
     const json& sas = member(result, "sas");
     if (!sas.is_array() || sas.empty()) {
         return "No IPsec SAs installed.\n";
@@ -359,7 +378,8 @@ std::string format_crypto_ipsec_sa(const json& result) {
     return out;
 }
 
-std::string format_interfaces(const json& result) {
+std::string format_interfaces(const json& result)
+{
     const json& interfaces = member(result, "interfaces");
     if (!interfaces.is_array() || interfaces.empty()) {
         return "No interfaces.\n";
@@ -370,17 +390,18 @@ std::string format_interfaces(const json& result) {
         const json& rx = member(i, "rx");
         const json& tx = member(i, "tx");
         out += text(i, "name") + " is " + (up ? "up" : "down") + "\n";
-        out += "  Device " + text(i, "device") + " (port " + std::to_string(number(i, "port")) + "), address is " +
-               text(i, "mac") + "\n";
+        out += "  Device " + text(i, "device") + " (port " + std::to_string(number(i, "port")) +
+               "), address is " + text(i, "mac") + "\n";
         if (!text(i, "address").empty()) {
-            out += "  Internet address is " + text(i, "address") + "/" + std::to_string(number(i, "prefix-length")) +
-                   "\n";
+            out += "  Internet address is " + text(i, "address") + "/" +
+                   std::to_string(number(i, "prefix-length")) + "\n";
         }
         out += "  MTU " + std::to_string(number(i, "mtu")) + " bytes\n";
-        out += "  Exception path: " + (text(i, "tap").empty() ? std::string("(none)") : text(i, "tap")) + "\n";
-        out += "  " + std::to_string(number(rx, "packets")) + " packets input, " + std::to_string(number(rx, "bytes")) +
-               " bytes, " + std::to_string(number(rx, "missed")) + " missed, " + std::to_string(number(rx, "errors")) +
-               " input errors\n";
+        out +=
+            "  Exception path: " + (text(i, "tap").empty() ? std::string("(none)") : text(i, "tap")) + "\n";
+        out += "  " + std::to_string(number(rx, "packets")) + " packets input, " +
+               std::to_string(number(rx, "bytes")) + " bytes, " + std::to_string(number(rx, "missed")) +
+               " missed, " + std::to_string(number(rx, "errors")) + " input errors\n";
         out += "  " + std::to_string(number(tx, "packets")) + " packets output, " +
                std::to_string(number(tx, "bytes")) + " bytes, " + std::to_string(number(tx, "errors")) +
                " output errors\n";
@@ -388,7 +409,8 @@ std::string format_interfaces(const json& result) {
     return out;
 }
 
-std::string format_dataplane(const json& result) {
+std::string format_dataplane(const json& result)
+{
     const json& workers = member(result, "workers");
     if (!workers.is_array() || workers.empty()) {
         return "No workers.\n";

@@ -14,13 +14,12 @@ namespace espresso::dp {
 
 namespace {
 
-std::string errno_text(int error) {
-    return std::strerror(error);
-}
+std::string errno_text(int error) { return std::strerror(error); }
 
 } // namespace
 
-control_client control_client::connect(const std::string& path) {
+control_client control_client::connect(const std::string& path)
+{
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof(address.sun_path)) {
@@ -51,9 +50,11 @@ control_client control_client::connect(const std::string& path) {
 
 control_client::control_client(control_client&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)), next_id_(other.next_id_),
-      buffer_(std::move(other.buffer_)), events_(std::move(other.events_)) {}
+      buffer_(std::move(other.buffer_)), events_(std::move(other.events_))
+{}
 
-control_client& control_client::operator=(control_client&& other) noexcept {
+control_client& control_client::operator=(control_client&& other) noexcept
+{
     if (this != &other) {
         if (fd_ >= 0) {
             ::close(fd_);
@@ -67,13 +68,15 @@ control_client& control_client::operator=(control_client&& other) noexcept {
     return *this;
 }
 
-control_client::~control_client() {
+control_client::~control_client()
+{
     if (fd_ >= 0) {
         ::close(fd_);
     }
 }
 
-void control_client::send_raw(std::string_view bytes) {
+void control_client::send_raw(std::string_view bytes)
+{
     while (!bytes.empty()) {
         const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
         if (n < 0) {
@@ -87,7 +90,8 @@ void control_client::send_raw(std::string_view bytes) {
     }
 }
 
-std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_clock::time_point deadline) {
+std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_clock::time_point deadline)
+{
     for (;;) {
         if (const auto length = control::decode_length(buffer_)) {
             if (*length > control::max_reply_bytes) {
@@ -140,7 +144,9 @@ std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_c
     }
 }
 
-nlohmann::json control_client::request(std::string_view op, const json& args, std::chrono::milliseconds timeout) {
+nlohmann::json control_client::request(std::string_view op, const json& args,
+                                       std::chrono::milliseconds timeout)
+{
     const int64_t id = next_id_++;
     json message = {{"version", control::protocol_version}, {"id", id}, {"op", op}};
     if (!args.is_null()) {
@@ -179,7 +185,8 @@ nlohmann::json control_client::request(std::string_view op, const json& args, st
     }
 }
 
-std::optional<nlohmann::json> control_client::next_event(std::chrono::milliseconds timeout) {
+std::optional<nlohmann::json> control_client::next_event(std::chrono::milliseconds timeout)
+{
     if (!events_.empty()) {
         json event = std::move(events_.front());
         events_.pop_front();
@@ -198,7 +205,8 @@ std::optional<nlohmann::json> control_client::next_event(std::chrono::millisecon
     }
 }
 
-std::string reply_error(const nlohmann::json& reply) {
+std::string reply_error(const nlohmann::json& reply)
+{
     if (reply.is_object() && reply.value("ok", false)) {
         return "";
     }

@@ -31,17 +31,16 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-std::string errno_text(int error) {
-    return std::strerror(error);
-}
+std::string errno_text(int error) { return std::strerror(error); }
 
 // Creates every missing directory of `dir` with mode 0700 (only root, the data plane's user, needs
 // to reach the socket). Existing directories are left as they are.
-void make_directories(const std::string& dir) {
+void make_directories(const std::string& dir)
+{
     if (dir.empty()) {
         return;
     }
-    struct stat st{};
+    struct stat st {};
     if (::stat(dir.c_str(), &st) == 0) {
         if (!S_ISDIR(st.st_mode)) {
             throw std::runtime_error("control socket directory " + dir + " exists and is not a directory");
@@ -53,11 +52,13 @@ void make_directories(const std::string& dir) {
         make_directories(dir.substr(0, slash));
     }
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-        throw std::runtime_error("cannot create the control socket directory " + dir + ": " + errno_text(errno));
+        throw std::runtime_error("cannot create the control socket directory " + dir + ": " +
+                                 errno_text(errno));
     }
 }
 
-sockaddr_un socket_address(const std::string& path) {
+sockaddr_un socket_address(const std::string& path)
+{
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof(address.sun_path)) {
@@ -70,18 +71,21 @@ sockaddr_un socket_address(const std::string& path) {
 }
 
 // A socket file at `path` from an earlier run: refuse if something still answers on it, else remove.
-void remove_stale_socket(const std::string& path, const sockaddr_un& address) {
-    struct stat st{};
+void remove_stale_socket(const std::string& path, const sockaddr_un& address)
+{
+    struct stat st {};
     if (::lstat(path.c_str(), &st) != 0) {
         return;
     }
     if (!S_ISSOCK(st.st_mode)) {
-        throw std::runtime_error("control socket path " + path +
-                                 " exists and is not a socket; remove it or choose another dataplane.control-socket");
+        throw std::runtime_error(
+            "control socket path " + path +
+            " exists and is not a socket; remove it or choose another dataplane.control-socket");
     }
     const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe >= 0) {
-        const bool alive = ::connect(probe, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0;
+        const bool alive =
+            ::connect(probe, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0;
         ::close(probe);
         if (alive) {
             throw std::runtime_error("another process (espresso-dp?) is serving the control socket " + path);
@@ -90,11 +94,13 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& address) {
     ::unlink(path.c_str());
 }
 
-json error_reply(const json& id, std::string message) {
+json error_reply(const json& id, std::string message)
+{
     return {{"version", control::protocol_version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
 }
 
-json ok_reply(const json& id, json result) {
+json ok_reply(const json& id, json result)
+{
     return {{"version", control::protocol_version}, {"id", id}, {"ok", true}, {"result", std::move(result)}};
 }
 
@@ -120,7 +126,8 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"ping", {"", ""}},
 }};
 
-void check_arg_names(const std::string& op, const json& args) {
+void check_arg_names(const std::string& op, const json& args)
+{
     for (const auto& entry : allowed_args) {
         if (entry.op != op) {
             continue;
@@ -141,7 +148,8 @@ void check_arg_names(const std::string& op, const json& args) {
     }
 }
 
-const json& require(const json& args, std::string_view name, std::string_view expected) {
+const json& require(const json& args, std::string_view name, std::string_view expected)
+{
     const auto it = args.find(name);
     if (it == args.end()) {
         throw request_error("args." + std::string(name) + ": missing; expected " + std::string(expected));
@@ -149,7 +157,8 @@ const json& require(const json& args, std::string_view name, std::string_view ex
     return *it;
 }
 
-config::direction parse_direction(const json& value) {
+config::direction parse_direction(const json& value)
+{
     if (value.is_string()) {
         if (value.get_ref<const std::string&>() == "outbound") {
             return config::direction::outbound;
@@ -161,7 +170,8 @@ config::direction parse_direction(const json& value) {
     throw request_error("args.direction: expected \"outbound\" or \"inbound\"");
 }
 
-uint32_t parse_spi(const json& value) {
+uint32_t parse_spi(const json& value)
+{
     uint64_t spi = 0;
     bool ok = false;
     if (value.is_number_unsigned()) {
@@ -187,14 +197,17 @@ uint32_t parse_spi(const json& value) {
 }
 
 // Overwrites frame bytes that may have carried keys before they are released.
-void wipe_prefix(std::string& buffer, size_t bytes) noexcept {
+void wipe_prefix(std::string& buffer, size_t bytes) noexcept
+{
     explicit_bzero(buffer.data(), std::min(bytes, buffer.size()));
     buffer.erase(0, bytes);
 }
 
 } // namespace
 
-control_server::control_server(gateway_api& gateway, std::string path) : gateway_(gateway), path_(std::move(path)) {
+control_server::control_server(gateway_api& gateway, std::string path)
+    : gateway_(gateway), path_(std::move(path))
+{
     const sockaddr_un address = socket_address(path_);
     const size_t slash = path_.find_last_of('/');
     if (slash != std::string::npos && slash > 0) {
@@ -218,7 +231,7 @@ control_server::control_server(gateway_api& gateway, std::string path) : gateway
         throw std::runtime_error("cannot bind the control socket " + path_ + ": " + errno_text(bind_error));
     }
     ::chmod(path_.c_str(), 0600);
-    struct stat st{};
+    struct stat st {};
     if (::stat(path_.c_str(), &st) == 0) {
         socket_dev_ = st.st_dev;
         socket_ino_ = st.st_ino;
@@ -233,21 +246,23 @@ control_server::control_server(gateway_api& gateway, std::string path) : gateway
     clients_.reserve(max_clients);
 }
 
-control_server::~control_server() {
+control_server::~control_server()
+{
     for (auto& c : clients_) {
         close_client(c);
     }
     if (listen_fd_ >= 0) {
         ::close(listen_fd_);
         // Unlink only our own socket: a second instance may have replaced it since.
-        struct stat st{};
+        struct stat st {};
         if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
             ::unlink(path_.c_str());
         }
     }
 }
 
-void control_server::close_client(client& c) noexcept {
+void control_server::close_client(client& c) noexcept
+{
     if (c.fd >= 0) {
         ::close(c.fd);
         c.fd = -1;
@@ -256,7 +271,8 @@ void control_server::close_client(client& c) noexcept {
     c.dead = true;
 }
 
-void control_server::poll() noexcept {
+void control_server::poll() noexcept
+{
     // One poll(2) for the listener and every client: an idle control socket costs one system call.
     std::array<pollfd, max_clients + 1> fds{};
     fds[0] = {listen_fd_, POLLIN, 0};
@@ -296,7 +312,8 @@ void control_server::poll() noexcept {
     }
 }
 
-void control_server::accept_clients() noexcept {
+void control_server::accept_clients() noexcept
+{
     for (;;) {
         const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -329,7 +346,8 @@ void control_server::accept_clients() noexcept {
     }
 }
 
-void control_server::read_client(client& c) noexcept {
+void control_server::read_client(client& c) noexcept
+{
     // Read at most one maximal request per poll: enough to make progress, bounded so that one client
     // cannot keep the loop here.
     const size_t budget = control::max_request_bytes + control::length_prefix_bytes;
@@ -363,7 +381,8 @@ void control_server::read_client(client& c) noexcept {
     }
 }
 
-void control_server::process_frames(client& c) noexcept {
+void control_server::process_frames(client& c) noexcept
+{
     size_t handled = 0;
     while (!c.dead && handled < max_requests_per_poll) {
         const auto length = control::decode_length(c.in);
@@ -372,9 +391,9 @@ void control_server::process_frames(client& c) noexcept {
         }
         if (*length > control::max_request_bytes) {
             queue(c, error_reply(nullptr, "frame: message of " + std::to_string(*length) +
-                                               " bytes exceeds the limit of " +
-                                               std::to_string(control::max_request_bytes) +
-                                               " bytes; closing the connection"));
+                                              " bytes exceeds the limit of " +
+                                              std::to_string(control::max_request_bytes) +
+                                              " bytes; closing the connection"));
             wipe_prefix(c.in, c.in.size());
             c.closing = true;
             break;
@@ -396,12 +415,24 @@ void control_server::process_frames(client& c) noexcept {
     }
 }
 
-void control_server::queue(client& c, const json& message) noexcept {
+void control_server::queue(client& c, const json& message) noexcept
+{
     if (c.dead) {
         return;
     }
     try {
-        const std::string body = message.dump(-1, ' ', false, json::error_handler_t::replace);
+        queue_body(c, message.dump(-1, ' ', false, json::error_handler_t::replace));
+    } catch (...) {
+        close_client(c);
+    }
+}
+
+void control_server::queue_body(client& c, std::string_view body) noexcept
+{
+    if (c.dead) {
+        return;
+    }
+    try {
         const size_t pending = c.out.size() - c.out_offset;
         if (pending > 0 && pending + body.size() > max_pending_output) {
             // The client does not read what it asked for (or its events): drop it rather than grow.
@@ -418,7 +449,8 @@ void control_server::queue(client& c, const json& message) noexcept {
     }
 }
 
-void control_server::flush_client(client& c) noexcept {
+void control_server::flush_client(client& c) noexcept
+{
     while (c.out_offset < c.out.size()) {
         const ssize_t n = ::send(c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset,
                                  MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -430,7 +462,13 @@ void control_server::flush_client(client& c) noexcept {
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return; // the rest goes at a later poll
+            // The rest goes at a later poll. Drop what was sent so that a client that keeps up, but
+            // only just, does not make the buffer grow without bound.
+            if (c.out_offset >= 65536) {
+                c.out.erase(0, c.out_offset);
+                c.out_offset = 0;
+            }
+            return;
         }
         close_client(c);
         return;
@@ -442,12 +480,13 @@ void control_server::flush_client(client& c) noexcept {
     }
 }
 
-void control_server::publish(const gateway_event& event) noexcept {
+void control_server::publish(const gateway_event& event) noexcept
+{
     try {
-        const json message = to_json(event);
+        const std::string body = to_json(event).dump();
         for (auto& c : clients_) {
             if (c.subscribed && !c.dead && !c.closing) {
-                queue(c, message);
+                queue_body(c, body);
                 if (!c.dead) {
                     flush_client(c);
                 }
@@ -459,7 +498,8 @@ void control_server::publish(const gateway_event& event) noexcept {
     }
 }
 
-json control_server::handle(std::string_view body, effects& effect) noexcept {
+json control_server::handle(std::string_view body, effects& effect) noexcept
+{
     json id = nullptr;
     json request;
     try {
@@ -485,8 +525,8 @@ json control_server::handle(std::string_view body, effects& effect) noexcept {
                                        std::to_string(control::protocol_version));
         }
         if (!version->is_number_integer() || version->get<int64_t>() != control::protocol_version) {
-            return error_reply(id, "version: unsupported version " + version->dump() + "; this server speaks " +
-                                       std::to_string(control::protocol_version));
+            return error_reply(id, "version: unsupported version " + version->dump() +
+                                       "; this server speaks " + std::to_string(control::protocol_version));
         }
         const auto op = request.find("op");
         if (op == request.end() || !op->is_string()) {
@@ -532,7 +572,8 @@ json control_server::handle(std::string_view body, effects& effect) noexcept {
     }
 }
 
-json control_server::dispatch(const std::string& op, json& args, effects& effect) {
+json control_server::dispatch(const std::string& op, json& args, effects& effect)
+{
     if (op == "add-sa") {
         const json& sa_json = require(args, "sa", "an object with the keys of a security-associations item");
         auto parsed_sa = sa_from_json(sa_json);

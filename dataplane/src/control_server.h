@@ -76,6 +76,7 @@ private:
     void process_frames(client& c) noexcept;
     void flush_client(client& c) noexcept;
     void queue(client& c, const nlohmann::json& message) noexcept;
+    void queue_body(client& c, std::string_view body) noexcept; // one frame, or drop the client
     void close_client(client& c) noexcept;
 
     nlohmann::json dispatch(const std::string& op, nlohmann::json& args, effects& effect);

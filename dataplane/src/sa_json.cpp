@@ -20,7 +20,8 @@ namespace {
 // The loader's message for a one-item document, re-rooted at the argument name: the path
 // "security-associations[0].key" becomes "sa.key". Line and column are left out: they point into
 // the one-line document we built, not into anything the client wrote.
-std::string rerooted_message(const config::config_error& e, std::string_view list_path, std::string_view root) {
+std::string rerooted_message(const config::config_error& e, std::string_view list_path, std::string_view root)
+{
     std::string field = e.field();
     if (field.starts_with(list_path)) {
         field = std::string(root) + field.substr(list_path.size());
@@ -41,7 +42,8 @@ std::string rerooted_message(const config::config_error& e, std::string_view lis
 }
 
 // Runs `body` (a JSON object) through the config loader as the single item of `section`.
-config::gateway_config load_one(std::string_view section, const json& body) {
+config::gateway_config load_one(std::string_view section, const json& body)
+{
     // JSON is YAML flow syntax (YAML 1.2 §1.3); nlohmann's compact dump is accepted by yaml-cpp.
     std::string yaml = std::string(section) + ": [" + body.dump() + "]\n";
     struct wipe_on_exit {
@@ -51,28 +53,37 @@ config::gateway_config load_one(std::string_view section, const json& body) {
     return config::load_string(yaml, "control");
 }
 
-std::string prefix_text(const config::ip_prefix& prefix) {
+std::string prefix_text(const config::ip_prefix& prefix)
+{
     return prefix.address.family == 0 ? std::string() : config::to_string(prefix);
 }
 
-std::string address_text(const config::ip_address& address) {
+std::string address_text(const config::ip_address& address)
+{
     return address.family == 0 ? std::string() : config::to_string(address);
 }
 
 // --- policies: validated here until the config loader reads the `policies:` section -------------
 
-constexpr std::array<std::string_view, 8> policy_keys{"local", "remote", "protocol", "local-ports",
+constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
 
 struct protocol_name {
     std::string_view name;
     uint8_t number;
 };
-constexpr std::array<protocol_name, 9> protocol_names{{{"any", 0}, {"icmp", 1}, {"tcp", 6}, {"udp", 17},
-                                                       {"gre", 47}, {"esp", 50}, {"ah", 51}, {"icmpv6", 58},
+constexpr std::array<protocol_name, 9> protocol_names{{{"any", 0},
+                                                       {"icmp", 1},
+                                                       {"tcp", 6},
+                                                       {"udp", 17},
+                                                       {"gre", 47},
+                                                       {"esp", 50},
+                                                       {"ah", 51},
+                                                       {"icmpv6", 58},
                                                        {"sctp", 132}}};
 
-std::optional<uint64_t> parse_number_text(std::string_view text) {
+std::optional<uint64_t> parse_number_text(std::string_view text)
+{
     uint64_t value = 0;
     int base = 10;
     if (text.starts_with("0x") || text.starts_with("0X")) {
@@ -90,7 +101,8 @@ std::optional<uint64_t> parse_number_text(std::string_view text) {
 }
 
 // An integer given as a JSON number or a decimal/0x-hex string.
-std::optional<uint64_t> json_number(const json& value) {
+std::optional<uint64_t> json_number(const json& value)
+{
     if (value.is_number_unsigned()) {
         return value.get<uint64_t>();
     }
@@ -108,7 +120,8 @@ struct port_range {
     uint16_t min = 0, max = 65535;
 };
 
-std::optional<port_range> parse_ports(const json& value) {
+std::optional<port_range> parse_ports(const json& value)
+{
     if (const auto single = json_number(value)) {
         if (*single > 65535) {
             return std::nullopt;
@@ -131,11 +144,10 @@ std::optional<port_range> parse_ports(const json& value) {
     return port_range{static_cast<uint16_t>(*low), static_cast<uint16_t>(*high)};
 }
 
-parsed<config::policy_config> policy_error(std::string message) {
-    return {std::nullopt, std::move(message)};
-}
+parsed<config::policy_config> policy_error(std::string message) { return {std::nullopt, std::move(message)}; }
 
-parsed<config::policy_config> parse_policy_locally(const json& p) {
+parsed<config::policy_config> parse_policy_locally(const json& p)
+{
     for (const auto& [key, value] : p.items()) {
         bool known = false;
         for (auto k : policy_keys) {
@@ -149,21 +161,24 @@ parsed<config::policy_config> parse_policy_locally(const json& p) {
     }
     config::policy_config policy;
     policy.origin = "control socket";
-    for (const auto& [name, target] : {std::pair<std::string_view, config::ip_prefix*>{"local", &policy.local},
-                                       std::pair<std::string_view, config::ip_prefix*>{"remote", &policy.remote}}) {
+    for (const auto& [name, target] :
+         {std::pair<std::string_view, config::ip_prefix*>{"local", &policy.local},
+          std::pair<std::string_view, config::ip_prefix*>{"remote", &policy.remote}}) {
         const auto it = p.find(name);
         if (it == p.end()) {
             return policy_error("policy." + std::string(name) + ": missing. Fix: add \"" + std::string(name) +
                                 "\": \"<prefix>\" (0.0.0.0/0 for everything).");
         }
         if (!it->is_string()) {
-            return policy_error("policy." + std::string(name) + ": expected a prefix string such as \"192.0.2.0/24\".");
+            return policy_error("policy." + std::string(name) +
+                                ": expected a prefix string such as \"192.0.2.0/24\".");
         }
         const auto prefix = config::parse_prefix(it->get_ref<const std::string&>());
         if (!prefix) {
-            return policy_error("policy." + std::string(name) + ": \"" + it->get<std::string>() +
-                                "\" is not a prefix. Fix: write an address or a prefix with zero host bits, such "
-                                "as \"192.0.2.0/24\".");
+            return policy_error(
+                "policy." + std::string(name) + ": \"" + it->get<std::string>() +
+                "\" is not a prefix. Fix: write an address or a prefix with zero host bits, such "
+                "as \"192.0.2.0/24\".");
         }
         *target = *prefix;
     }
@@ -180,8 +195,9 @@ parsed<config::policy_config> parse_policy_locally(const json& p) {
             }
         }
         if (!number || *number > 255) {
-            return policy_error("policy.protocol: expected an IP protocol number 0..255 or one of any, icmp, tcp, "
-                                "udp, gre, esp, ah, icmpv6, sctp.");
+            return policy_error(
+                "policy.protocol: expected an IP protocol number 0..255 or one of any, icmp, tcp, "
+                "udp, gre, esp, ah, icmpv6, sctp.");
         }
         policy.protocol = static_cast<uint8_t>(*number);
     }
@@ -201,16 +217,18 @@ parsed<config::policy_config> parse_policy_locally(const json& p) {
                                 ": expected a port (80) or a range \"low-high\" with low <= high <= 65535.");
         }
         if (!has_ports && (range->min != 0 || range->max != 65535)) {
-            return policy_error("policy." + std::string(name) +
-                                ": ports apply only to protocol tcp, udp or sctp (RFC 4301 §4.4.1.1). Fix: set "
-                                "protocol, or remove the ports.");
+            return policy_error(
+                "policy." + std::string(name) +
+                ": ports apply only to protocol tcp, udp or sctp (RFC 4301 §4.4.1.1). Fix: set "
+                "protocol, or remove the ports.");
         }
         *low = range->min;
         *high = range->max;
     }
     const auto action = p.find("action");
     if (action == p.end()) {
-        return policy_error("policy.action: missing. Fix: add \"action\": \"protect\", \"bypass\" or \"discard\".");
+        return policy_error(
+            "policy.action: missing. Fix: add \"action\": \"protect\", \"bypass\" or \"discard\".");
     }
     const std::string action_text = action->is_string() ? action->get<std::string>() : std::string();
     if (action_text == "protect") {
@@ -232,7 +250,8 @@ parsed<config::policy_config> parse_policy_locally(const json& p) {
     const auto spi = p.find("spi");
     if (policy.action == config::policy_action::protect) {
         if (spi == p.end()) {
-            return policy_error("policy.spi: missing. Fix: a protect policy names its outbound SA: add \"spi\".");
+            return policy_error(
+                "policy.spi: missing. Fix: a protect policy names its outbound SA: add \"spi\".");
         }
         const auto value = json_number(*spi);
         if (!value || *value < 256 || *value > UINT32_MAX) {
@@ -245,7 +264,8 @@ parsed<config::policy_config> parse_policy_locally(const json& p) {
     return {policy, {}};
 }
 
-json drops_json(std::span<const uint64_t> counts, std::span<const std::string_view> names, size_t first) {
+json drops_json(std::span<const uint64_t> counts, std::span<const std::string_view> names, size_t first)
+{
     json drops = json::object();
     for (size_t i = first; i < counts.size() && i < names.size(); ++i) {
         drops[std::string(names[i])] = counts[i];
@@ -255,7 +275,8 @@ json drops_json(std::span<const uint64_t> counts, std::span<const std::string_vi
 
 } // namespace
 
-parsed<config::sa_config> sa_from_json(const json& sa) {
+parsed<config::sa_config> sa_from_json(const json& sa)
+{
     if (!sa.is_object()) {
         return {std::nullopt, "sa: expected an object with the keys of a security-associations item"};
     }
@@ -277,7 +298,8 @@ parsed<config::sa_config> sa_from_json(const json& sa) {
     return result;
 }
 
-parsed<config::policy_config> policy_from_json(const json& policy) {
+parsed<config::policy_config> policy_from_json(const json& policy)
+{
     if (!policy.is_object()) {
         return policy_error("policy: expected an object");
     }
@@ -296,7 +318,8 @@ parsed<config::policy_config> policy_from_json(const json& policy) {
     return parse_policy_locally(policy);
 }
 
-void wipe_json_secrets(json& sa) noexcept {
+void wipe_json_secrets(json& sa) noexcept
+{
     if (!sa.is_object()) {
         return;
     }
@@ -309,32 +332,35 @@ void wipe_json_secrets(json& sa) noexcept {
     }
 }
 
-std::string spi_hex(uint32_t spi) {
+std::string spi_hex(uint32_t spi)
+{
     char text[16];
     std::snprintf(text, sizeof(text), "0x%08x", spi);
     return text;
 }
 
-std::string direction_name(config::direction dir) {
+std::string direction_name(config::direction dir)
+{
     return dir == config::direction::inbound ? "inbound" : "outbound";
 }
 
-std::string cipher_name(const config::sa_config& sa) {
+std::string cipher_name(const config::sa_config& sa)
+{
     return std::string(config::info(sa.cipher, sa.cipher_key_bytes).name);
 }
 
-std::string integ_name(const config::sa_config& sa) {
-    return std::string(config::info(sa.integ).name);
-}
+std::string integ_name(const config::sa_config& sa) { return std::string(config::info(sa.integ).name); }
 
-std::string mac_text(const config::mac_address& mac) {
+std::string mac_text(const config::mac_address& mac)
+{
     char text[24];
     std::snprintf(text, sizeof(text), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4],
                   mac[5]);
     return text;
 }
 
-std::string action_name(config::policy_action action) {
+std::string action_name(config::policy_action action)
+{
     switch (action) {
     case config::policy_action::protect:
         return "protect";
@@ -346,7 +372,8 @@ std::string action_name(config::policy_action action) {
     return "bypass";
 }
 
-json to_json(const sa_snapshot& s) {
+json to_json(const sa_snapshot& s)
+{
     const auto& c = s.config;
     json sa = {
         {"spi", c.spi},
@@ -366,7 +393,9 @@ json to_json(const sa_snapshot& s) {
           {"packets", c.lifetime.packets},
           {"soft-bytes", c.lifetime.soft_bytes},
           {"soft-packets", c.lifetime.soft_packets}}},
-        {"df", c.df == config::df_mode::set ? "set" : c.df == config::df_mode::clear ? "clear" : "copy"},
+        {"df", c.df == config::df_mode::set     ? "set"
+               : c.df == config::df_mode::clear ? "clear"
+                                                : "copy"},
         {"ttl", c.ttl},
         {"tfc-pad", c.tfc_pad_to},
         {"origin", c.origin},
@@ -375,7 +404,8 @@ json to_json(const sa_snapshot& s) {
         {"consumed", {{"bytes", s.life_bytes}, {"packets", s.life_packets}}},
     };
     sa["udp-encapsulation"] =
-        c.udp ? json{{"source-port", c.udp->source_port}, {"destination-port", c.udp->destination_port}} : json(nullptr);
+        c.udp ? json{{"source-port", c.udp->source_port}, {"destination-port", c.udp->destination_port}}
+              : json(nullptr);
     sa["dscp"] = c.dscp == config::dscp_mode::set ? json(c.dscp_value) : json("copy");
     json counters = json::object();
     for (size_t i = 0; i < s.counters.size(); ++i) {
@@ -387,7 +417,8 @@ json to_json(const sa_snapshot& s) {
     return sa;
 }
 
-json to_json(const policy_snapshot& p) {
+json to_json(const policy_snapshot& p)
+{
     const auto& c = p.config;
     auto ports = [](uint16_t low, uint16_t high) { return std::to_string(low) + "-" + std::to_string(high); };
     json policy = {
@@ -409,7 +440,8 @@ json to_json(const policy_snapshot& p) {
     return policy;
 }
 
-json to_json(const interface_snapshot& i) {
+json to_json(const interface_snapshot& i)
+{
     return {
         {"name", i.name},
         {"device", i.device},
@@ -420,12 +452,17 @@ json to_json(const interface_snapshot& i) {
         {"mtu", i.mtu},
         {"link-up", i.link_up},
         {"tap", i.tap},
-        {"rx", {{"packets", i.rx_packets}, {"bytes", i.rx_bytes}, {"missed", i.rx_missed}, {"errors", i.rx_errors}}},
+        {"rx",
+         {{"packets", i.rx_packets},
+          {"bytes", i.rx_bytes},
+          {"missed", i.rx_missed},
+          {"errors", i.rx_errors}}},
         {"tx", {{"packets", i.tx_packets}, {"bytes", i.tx_bytes}, {"errors", i.tx_errors}}},
     };
 }
 
-json to_json(const worker_snapshot& w) {
+json to_json(const worker_snapshot& w)
+{
     return {
         {"lcore", w.lcore},
         {"rx-packets", w.rx_packets},
@@ -436,7 +473,8 @@ json to_json(const worker_snapshot& w) {
     };
 }
 
-json to_json(const gateway_event& e) {
+json to_json(const gateway_event& e)
+{
     std::string_view name;
     switch (e.what) {
     case gateway_event::kind::soft_expire:

@@ -41,8 +41,8 @@ void wipe_json_secrets(nlohmann::json& sa) noexcept;
 
 std::string spi_hex(uint32_t spi); // "0x00001001"
 std::string direction_name(config::direction dir);
-std::string cipher_name(const config::sa_config& sa);  // "aes128gcm16"
-std::string integ_name(const config::sa_config& sa);   // "sha256", "none"
+std::string cipher_name(const config::sa_config& sa); // "aes128gcm16"
+std::string integ_name(const config::sa_config& sa);  // "sha256", "none"
 std::string mac_text(const config::mac_address& mac); // "02:00:00:00:00:01"
 std::string action_name(config::policy_action action);
 

@@ -23,12 +23,14 @@ struct telemetry_cache {
     json workers = json::array();
 };
 
-telemetry_cache& cache() {
+telemetry_cache& cache()
+{
     static telemetry_cache instance;
     return instance;
 }
 
-std::optional<uint32_t> parse_spi_text(std::string_view text) {
+std::optional<uint32_t> parse_spi_text(std::string_view text)
+{
     int base = 10;
     if (text.starts_with("0x") || text.starts_with("0X")) {
         text.remove_prefix(2);
@@ -43,7 +45,8 @@ std::optional<uint32_t> parse_spi_text(std::string_view text) {
 }
 
 // One SA's telemetry: counters, non-zero drops, and what identifies it.
-json sa_counters(const json& sa) {
+json sa_counters(const json& sa)
+{
     json out = {{"spi", sa["spi"]},
                 {"encryption", sa["encryption"]},
                 {"integrity", sa["integrity"]},
@@ -58,7 +61,8 @@ json sa_counters(const json& sa) {
     return out;
 }
 
-std::string scalar_text(const json& value) {
+std::string scalar_text(const json& value)
+{
     if (value.is_string()) {
         return value.get<std::string>();
     }
@@ -71,7 +75,8 @@ std::string scalar_text(const json& value) {
 }
 
 // Fills a container (one level: rte_telemetry containers may not nest further).
-rte_tel_data* make_container(const json& value) {
+rte_tel_data* make_container(const json& value)
+{
     rte_tel_data* c = rte_tel_data_alloc();
     if (c == nullptr) {
         return nullptr;
@@ -107,7 +112,8 @@ rte_tel_data* make_container(const json& value) {
 }
 
 // json object -> rte_tel_data dict; nested objects/arrays become containers.
-void fill(rte_tel_data* d, const json& value) {
+void fill(rte_tel_data* d, const json& value)
+{
     if (value.is_array()) {
         rte_tel_data_start_array(d, RTE_TEL_U64_VAL);
         for (const auto& v : value) {
@@ -137,7 +143,8 @@ void fill(rte_tel_data* d, const json& value) {
 
 } // namespace
 
-std::optional<json> telemetry_query(std::string_view command, std::string_view params) {
+std::optional<json> telemetry_query(std::string_view command, std::string_view params)
+{
     auto& c = cache();
     const std::lock_guard guard(c.lock);
     if (command == "/espresso/sa") {
@@ -210,9 +217,11 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
     return std::nullopt;
 }
 
-int telemetry_callback(const char* command, const char* params, rte_tel_data* d) {
+int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
+{
     try {
-        const auto result = telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
+        const auto result =
+            telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
         if (!result) {
             return -EINVAL;
         }
@@ -223,7 +232,8 @@ int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
     }
 }
 
-void refresh_telemetry(const gateway_api& gateway) {
+void refresh_telemetry(const gateway_api& gateway)
+{
     // Build outside the lock: the telemetry thread waits only for the swap.
     json sas = json::array();
     for (const auto& sa : gateway.sas()) {
@@ -244,12 +254,14 @@ void refresh_telemetry(const gateway_api& gateway) {
     c.workers.swap(workers);
 }
 
-void register_telemetry(gateway_api& gateway) {
+void register_telemetry(gateway_api& gateway)
+{
     register_telemetry();
     refresh_telemetry(gateway);
 }
 
-void register_telemetry() {
+void register_telemetry()
+{
     rte_telemetry_register_cmd("/espresso/sa", telemetry_callback,
                                "SPIs of all SAs; with parameter [in:|out:]SPI: that SA's counters and drops");
     rte_telemetry_register_cmd("/espresso/interfaces", telemetry_callback,

@@ -26,6 +26,10 @@
 #include "sa_json.h"
 #include "telemetry.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include <rte_telemetry.h>
 
 namespace espresso::dp {
@@ -39,7 +43,8 @@ namespace cli = espresso::cp::cli;
 
 class fake_gateway : public gateway_api {
 public:
-    std::string add_sa(const config::sa_config& sa) override {
+    std::string add_sa(const config::sa_config& sa) override
+    {
         const std::lock_guard guard(lock);
         if (!refuse.empty()) {
             return refuse;
@@ -47,36 +52,46 @@ public:
         added.push_back(sa);
         return "";
     }
-    std::string delete_sa(config::direction dir, uint32_t spi) override {
+    std::string delete_sa(config::direction dir, uint32_t spi) override
+    {
         const std::lock_guard guard(lock);
         deleted.emplace_back(dir, spi);
         return spi == 0xdead ? "no outbound SA with SPI 0x0000dead" : "";
     }
-    std::string add_policy(const config::policy_config& policy, uint32_t& id) override {
+    std::string add_policy(const config::policy_config& policy, uint32_t& id) override
+    {
         const std::lock_guard guard(lock);
         added_policies.push_back(policy);
         id = static_cast<uint32_t>(added_policies.size());
         return "";
     }
-    std::string delete_policy(uint32_t id) override { return id == 7 ? "" : "no policy " + std::to_string(id); }
-    void flush() override {
+    std::string delete_policy(uint32_t id) override
+    {
+        return id == 7 ? "" : "no policy " + std::to_string(id);
+    }
+    void flush() override
+    {
         const std::lock_guard guard(lock);
         ++flushes;
     }
-    std::vector<sa_snapshot> sas() const override {
+    std::vector<sa_snapshot> sas() const override
+    {
         const std::lock_guard guard(lock);
         return snapshots;
     }
     std::vector<policy_snapshot> policies() const override { return {}; }
-    std::vector<interface_snapshot> interfaces() const override {
+    std::vector<interface_snapshot> interfaces() const override
+    {
         const std::lock_guard guard(lock);
         return ports;
     }
-    std::vector<worker_snapshot> workers() const override {
+    std::vector<worker_snapshot> workers() const override
+    {
         const std::lock_guard guard(lock);
         return worker_list;
     }
-    void clear_counters() override {
+    void clear_counters() override
+    {
         const std::lock_guard guard(lock);
         ++clears;
     }
@@ -93,14 +108,11 @@ public:
     int clears = 0;
 };
 
-config::ip_address addr(const char* text) {
-    return *config::parse_address(text);
-}
-config::ip_prefix prefix(const char* text) {
-    return *config::parse_prefix(text);
-}
+config::ip_address addr(const char* text) { return *config::parse_address(text); }
+config::ip_prefix prefix(const char* text) { return *config::parse_prefix(text); }
 
-sa_snapshot make_sa(uint32_t spi, config::direction dir, const char* src, const char* dst) {
+sa_snapshot make_sa(uint32_t spi, config::direction dir, const char* src, const char* dst)
+{
     sa_snapshot s;
     s.config.spi = spi;
     s.config.dir = dir;
@@ -119,7 +131,8 @@ sa_snapshot make_sa(uint32_t spi, config::direction dir, const char* src, const 
 
 class server_fixture : public ::testing::Test {
 protected:
-    void SetUp() override {
+    void SetUp() override
+    {
         char dir_template[] = "/tmp/espresso-ctl-XXXXXX";
         ASSERT_NE(mkdtemp(dir_template), nullptr);
         dir = dir_template;
@@ -140,7 +153,8 @@ protected:
             }
         });
     }
-    void TearDown() override {
+    void TearDown() override
+    {
         stop = true;
         thread.join();
         server.reset();
@@ -148,7 +162,8 @@ protected:
     }
     // Runs `task` on the polling thread (publish() and client_count() are main-lcore calls).
     template <typename F>
-    auto on_server(F task) {
+    auto on_server(F task)
+    {
         std::packaged_task<decltype(task())()> packaged(std::move(task));
         auto result = packaged.get_future();
         {
@@ -171,7 +186,8 @@ protected:
 // A raw connection for sending broken frames and reading replies byte-exactly.
 class raw_connection {
 public:
-    explicit raw_connection(const std::string& path) {
+    explicit raw_connection(const std::string& path)
+    {
         fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
         sockaddr_un address{};
         address.sun_family = AF_UNIX;
@@ -179,20 +195,26 @@ public:
         EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
     }
     ~raw_connection() { close(); }
-    void close() {
+    void close()
+    {
         if (fd_ >= 0) {
             ::close(fd_);
             fd_ = -1;
         }
     }
-    void send(std::string_view bytes) { ASSERT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), ssize_t(bytes.size())); }
-    void send_frame(std::string_view body) {
+    void send(std::string_view bytes)
+    {
+        ASSERT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), ssize_t(bytes.size()));
+    }
+    void send_frame(std::string_view body)
+    {
         std::string frame;
         control::append_frame(frame, body);
         send(frame);
     }
     // Next frame as JSON; nullopt on EOF or timeout (eof() tells which).
-    std::optional<json> read(std::chrono::milliseconds timeout = 3000ms) {
+    std::optional<json> read(std::chrono::milliseconds timeout = 3000ms)
+    {
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
             if (const auto length = control::decode_length(buffer_);
@@ -201,8 +223,8 @@ public:
                 buffer_.erase(0, control::length_prefix_bytes + *length);
                 return message;
             }
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                                    std::chrono::steady_clock::now());
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
             if (left.count() <= 0) {
                 return std::nullopt;
             }
@@ -227,7 +249,8 @@ private:
     bool eof_ = false;
 };
 
-json good_sa_json() {
+json good_sa_json()
+{
     return json::parse(R"({
         "spi": "0x1001", "direction": "outbound", "protocol": "esp", "mode": "tunnel",
         "source": "198.51.100.1", "destination": "203.0.113.1",
@@ -240,8 +263,9 @@ json good_sa_json() {
 
 // --- server + client ----------------------------------------------------------------------------
 
-TEST_F(server_fixture, SocketAndDirectoryArePrivate) {
-    struct stat st{};
+TEST_F(server_fixture, SocketAndDirectoryArePrivate)
+{
+    struct stat st {};
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_mode & 0777, 0600u);
@@ -249,11 +273,13 @@ TEST_F(server_fixture, SocketAndDirectoryArePrivate) {
     EXPECT_EQ(st.st_mode & 0777, 0700u);
 }
 
-TEST_F(server_fixture, SecondServerOnALiveSocketIsRefused) {
+TEST_F(server_fixture, SecondServerOnALiveSocketIsRefused)
+{
     EXPECT_THROW(control_server(gateway, path), std::runtime_error);
 }
 
-TEST_F(server_fixture, AddSaReachesTheGatewayWithTheRightConfig) {
+TEST_F(server_fixture, AddSaReachesTheGatewayWithTheRightConfig)
+{
     auto client = control_client::connect(path);
     const json reply = client.request("add-sa", {{"sa", good_sa_json()}});
     ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
@@ -282,7 +308,8 @@ TEST_F(server_fixture, AddSaReachesTheGatewayWithTheRightConfig) {
     EXPECT_EQ(sa.origin, "control socket");
 }
 
-TEST_F(server_fixture, AddSaAcceptsDecimalSpi) {
+TEST_F(server_fixture, AddSaAcceptsDecimalSpi)
+{
     auto client = control_client::connect(path);
     json sa = good_sa_json();
     sa["spi"] = 4097;
@@ -293,7 +320,8 @@ TEST_F(server_fixture, AddSaAcceptsDecimalSpi) {
     EXPECT_EQ(gateway.added[0].spi, 4097u);
 }
 
-TEST_F(server_fixture, AddSaWithAShortKeyNamesTheField) {
+TEST_F(server_fixture, AddSaWithAShortKeyNamesTheField)
+{
     auto client = control_client::connect(path);
     json sa = good_sa_json();
     sa["key"] = "0x0011223344";
@@ -307,7 +335,8 @@ TEST_F(server_fixture, AddSaWithAShortKeyNamesTheField) {
     EXPECT_TRUE(gateway.added.empty());
 }
 
-TEST_F(server_fixture, AddSaErrorsNameTheirFields) {
+TEST_F(server_fixture, AddSaErrorsNameTheirFields)
+{
     auto client = control_client::connect(path);
     struct bad {
         const char* key;
@@ -335,22 +364,27 @@ TEST_F(server_fixture, AddSaErrorsNameTheirFields) {
     EXPECT_NE(reply_error(not_object).find("sa:"), std::string::npos) << reply_error(not_object);
 }
 
-TEST_F(server_fixture, GatewayRefusalIsAnErrorReply) {
+TEST_F(server_fixture, GatewayRefusalIsAnErrorReply)
+{
     gateway.refuse = "SA table full";
     auto client = control_client::connect(path);
     const json reply = client.request("add-sa", {{"sa", good_sa_json()}});
     EXPECT_EQ(reply_error(reply), "SA table full");
 }
 
-TEST_F(server_fixture, DeleteSaValidatesItsArguments) {
+TEST_F(server_fixture, DeleteSaValidatesItsArguments)
+{
     auto client = control_client::connect(path);
     EXPECT_EQ(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", "0x2001"}})), "");
-    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "outbound"}, {"spi", 0xdead}})).find("0x0000dead"),
+    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "outbound"}, {"spi", 0xdead}}))
+                  .find("0x0000dead"),
               std::string::npos);
-    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "up"}, {"spi", 1}})).find("args.direction"),
-              std::string::npos);
-    EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", "zz"}})).find("args.spi"),
-              std::string::npos);
+    EXPECT_NE(
+        reply_error(client.request("delete-sa", {{"direction", "up"}, {"spi", 1}})).find("args.direction"),
+        std::string::npos);
+    EXPECT_NE(
+        reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", "zz"}})).find("args.spi"),
+        std::string::npos);
     EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}})).find("args.spi: missing"),
               std::string::npos);
     EXPECT_NE(reply_error(client.request("delete-sa", {{"direction", "inbound"}, {"spi", 1}, {"x", 1}}))
@@ -361,11 +395,17 @@ TEST_F(server_fixture, DeleteSaValidatesItsArguments) {
     EXPECT_EQ(gateway.deleted[0], std::make_pair(config::direction::inbound, 0x2001u));
 }
 
-TEST_F(server_fixture, PoliciesAreValidated) {
+TEST_F(server_fixture, PoliciesAreValidated)
+{
     auto client = control_client::connect(path);
-    const json good = {{"local", "192.168.1.0/24"}, {"remote", "192.168.2.0/24"}, {"protocol", "tcp"},
-                       {"local-ports", "1024-65535"}, {"remote-ports", 443}, {"action", "protect"},
-                       {"priority", 10}, {"spi", "0x1001"}};
+    const json good = {{"local", "192.168.1.0/24"},
+                       {"remote", "192.168.2.0/24"},
+                       {"protocol", "tcp"},
+                       {"local-ports", "1024-65535"},
+                       {"remote-ports", 443},
+                       {"action", "protect"},
+                       {"priority", 10},
+                       {"spi", "0x1001"}};
     const json reply = client.request("add-policy", {{"policy", good}});
     ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
     EXPECT_EQ(reply["result"]["id"], 1);
@@ -382,12 +422,12 @@ TEST_F(server_fixture, PoliciesAreValidated) {
         EXPECT_EQ(p.priority, 10u);
         EXPECT_EQ(p.spi, 0x1001u);
     }
-    for (const auto& [key, value, field] : std::vector<std::tuple<std::string, json, std::string>>{
-             {"action", "encrypt", "policy.action"},
-             {"local", "10.0.0.1/8", "policy.local"},
-             {"local-ports", "9-1", "policy.local-ports"},
-             {"spi", 5, "policy.spi"},
-             {"colour", "red", "policy.colour"}}) {
+    for (const auto& [key, value, field] :
+         std::vector<std::tuple<std::string, json, std::string>>{{"action", "encrypt", "policy.action"},
+                                                                 {"local", "10.0.0.1/8", "policy.local"},
+                                                                 {"local-ports", "9-1", "policy.local-ports"},
+                                                                 {"spi", 5, "policy.spi"},
+                                                                 {"colour", "red", "policy.colour"}}) {
         json bad = good;
         bad[key] = value;
         const std::string error = reply_error(client.request("add-policy", {{"policy", bad}}));
@@ -397,7 +437,8 @@ TEST_F(server_fixture, PoliciesAreValidated) {
     EXPECT_NE(reply_error(client.request("delete-policy", {{"id", "7"}})).find("args.id"), std::string::npos);
 }
 
-TEST_F(server_fixture, ListSasNeverContainsKeys) {
+TEST_F(server_fixture, ListSasNeverContainsKeys)
+{
     {
         const std::lock_guard guard(gateway.lock);
         auto sa = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
@@ -429,7 +470,8 @@ TEST_F(server_fixture, ListSasNeverContainsKeys) {
     EXPECT_EQ(client.request("list-sas", {{"spi", 0x1001}})["result"]["sas"].size(), 1u);
 }
 
-TEST_F(server_fixture, OtherOperations) {
+TEST_F(server_fixture, OtherOperations)
+{
     auto client = control_client::connect(path);
     EXPECT_TRUE(client.request("flush")["ok"].get<bool>());
     EXPECT_TRUE(client.request("clear-counters")["ok"].get<bool>());
@@ -443,7 +485,8 @@ TEST_F(server_fixture, OtherOperations) {
     EXPECT_EQ(gateway.clears, 1);
 }
 
-TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField) {
+TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField)
+{
     raw_connection c(path);
     struct expectation {
         std::string body;
@@ -481,7 +524,8 @@ TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField) {
     EXPECT_TRUE((*pong)["ok"].get<bool>());
 }
 
-TEST_F(server_fixture, OversizedFrameGetsAnErrorAndTheConnectionCloses) {
+TEST_F(server_fixture, OversizedFrameGetsAnErrorAndTheConnectionCloses)
+{
     raw_connection c(path);
     const auto prefix = control::encode_length(control::max_request_bytes + 1);
     c.send(std::string_view(reinterpret_cast<const char*>(prefix.data()), prefix.size()));
@@ -496,7 +540,8 @@ TEST_F(server_fixture, OversizedFrameGetsAnErrorAndTheConnectionCloses) {
     EXPECT_TRUE(client.request("ping")["ok"].get<bool>());
 }
 
-TEST_F(server_fixture, TruncatedFramesAndAbruptClosesAreHarmless) {
+TEST_F(server_fixture, TruncatedFramesAndAbruptClosesAreHarmless)
+{
     {
         raw_connection c(path);
         c.send(std::string("\x00\x00\x00\x64{\"version\":1", 16)); // announces 100 bytes, sends 12
@@ -516,7 +561,8 @@ TEST_F(server_fixture, TruncatedFramesAndAbruptClosesAreHarmless) {
     EXPECT_EQ(on_server([this] { return server->client_count(); }), 1u);
 }
 
-TEST_F(server_fixture, FramesSplitAcrossWritesAndPipelinedRequests) {
+TEST_F(server_fixture, FramesSplitAcrossWritesAndPipelinedRequests)
+{
     raw_connection c(path);
     std::string frames;
     control::append_frame(frames, R"({"version":1,"id":1,"op":"ping"})");
@@ -528,7 +574,8 @@ TEST_F(server_fixture, FramesSplitAcrossWritesAndPipelinedRequests) {
     EXPECT_EQ((*c.read())["id"], 2);
 }
 
-TEST_F(server_fixture, SeveralClientsAtOnce) {
+TEST_F(server_fixture, SeveralClientsAtOnce)
+{
     auto a = control_client::connect(path);
     auto b = control_client::connect(path);
     auto c = control_client::connect(path);
@@ -539,7 +586,8 @@ TEST_F(server_fixture, SeveralClientsAtOnce) {
     }
 }
 
-TEST_F(server_fixture, SubscribersReceivePublishedEvents) {
+TEST_F(server_fixture, SubscribersReceivePublishedEvents)
+{
     auto subscriber = control_client::connect(path);
     auto other = control_client::connect(path);
     ASSERT_TRUE(subscriber.request("subscribe")["ok"].get<bool>());
@@ -588,7 +636,8 @@ TEST_F(server_fixture, SubscribersReceivePublishedEvents) {
     EXPECT_FALSE(subscriber.next_event(100ms).has_value());
 }
 
-TEST_F(server_fixture, ASubscriberThatNeverReadsIsDroppedNotBuffered) {
+TEST_F(server_fixture, ASubscriberThatNeverReadsIsDroppedNotBuffered)
+{
     raw_connection slow(path);
     slow.send_frame(R"({"version":1,"id":1,"op":"subscribe"})");
     std::this_thread::sleep_for(20ms);
@@ -597,32 +646,33 @@ TEST_F(server_fixture, ASubscriberThatNeverReadsIsDroppedNotBuffered) {
     ASSERT_EQ(on_server([this] { return server->client_count(); }), 2u);
     gateway_event e{gateway_event::kind::soft_expire};
     e.spi = 0x1001;
-    const auto started = std::chrono::steady_clock::now();
     on_server([&] {
-        // ~80 bytes each: well past the socket buffer and max_pending_output.
-        for (size_t i = 0; i < 2 * control_server::max_pending_output / 64; ++i) {
+        // ~70 bytes each: well past the socket buffer and max_pending_output. Had publish() blocked
+        // on the full socket, this would never return.
+        for (size_t i = 0; i < control_server::max_pending_output / 50; ++i) {
             server->publish(e);
         }
         return 0;
     });
-    EXPECT_LT(std::chrono::steady_clock::now() - started, 10s);
     EXPECT_EQ(on_server([this] { return server->client_count(); }), 1u);
     EXPECT_TRUE(fast.request("ping")["ok"].get<bool>());
 }
 
-TEST(control_client, ConnectErrorSaysWhatToCheck) {
+TEST(control_client, ConnectErrorSaysWhatToCheck)
+{
     try {
         control_client::connect("/nonexistent-espresso/hq.sock");
         FAIL() << "connect succeeded";
     } catch (const control_client_error& e) {
         EXPECT_EQ(e.what_kind(), control_client_error::kind::connect);
-        EXPECT_EQ(std::string(e.what()),
-                  "cannot connect to /nonexistent-espresso/hq.sock: No such file or directory \u2014 is espresso-dp "
-                  "running?");
+        EXPECT_EQ(std::string(e.what()), "cannot connect to /nonexistent-espresso/hq.sock: No such file or "
+                                         "directory \u2014 is espresso-dp "
+                                         "running?");
     }
 }
 
-TEST(control_server, RemovesAStaleSocketAndUnlinksOnExit) {
+TEST(control_server, RemovesAStaleSocketAndUnlinksOnExit)
+{
     char dir_template[] = "/tmp/espresso-ctl-XXXXXX";
     ASSERT_NE(mkdtemp(dir_template), nullptr);
     const std::string path = std::string(dir_template) + "/dp.sock";
@@ -641,13 +691,15 @@ TEST(control_server, RemovesAStaleSocketAndUnlinksOnExit) {
         EXPECT_TRUE(std::filesystem::exists(path));
     }
     EXPECT_FALSE(std::filesystem::exists(path));
-    EXPECT_THROW(control_server(gateway, std::string(dir_template) + "/" + std::string(120, 'x')), std::runtime_error);
+    EXPECT_THROW(control_server(gateway, std::string(dir_template) + "/" + std::string(120, 'x')),
+                 std::runtime_error);
     std::filesystem::remove_all(dir_template);
 }
 
 // --- telemetry cache ----------------------------------------------------------------------------
 
-TEST(telemetry, QueriesReadTheRefreshedCache) {
+TEST(telemetry, QueriesReadTheRefreshedCache)
+{
     fake_gateway gateway;
     auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
     out.counters[static_cast<size_t>(sa_counter::encaps)] = 10;
@@ -682,13 +734,18 @@ TEST(telemetry, QueriesReadTheRefreshedCache) {
     EXPECT_FALSE(telemetry_query("/espresso/nothing", "").has_value());
 
     // The conversion to DPDK's telemetry data (what dpdk-telemetry.py sees) accepts every shape.
-    for (const auto& [command, params, rc] : std::vector<std::tuple<const char*, const char*, int>>{
-             {"/espresso/sa", "", 0},
-             {"/espresso/sa", "0x1001", 0},
-             {"/espresso/sa", "out:0x1001", 0},
-             {"/espresso/sa", "0x9999", -EINVAL},
-             {"/espresso/interfaces", nullptr, 0},
-             {"/espresso/workers", "", 0}}) {
+    for (const auto& [command, params, rc] :
+         std::vector<std::tuple<const char*, const char*, int>>{{"/espresso/sa", "", 0},
+                                                                {"/espresso/sa", "0x1001", 0},
+                                                                {"/espresso/sa", "out:0x1001", 0},
+                                                                {"/espresso/sa", "0x9999", -EINVAL},
+                                                                {"/espresso/interfaces", nullptr, 0},
+                                                                {"/espresso/workers", "", 0}}) {
+#if defined(__SANITIZE_ADDRESS__)
+        // DPDK frees the containers inside `data` when it writes them to the telemetry socket, not
+        // in rte_tel_data_free(); called directly, they would be reported as leaks.
+        const __lsan::ScopedDisabler not_ours;
+#endif
         rte_tel_data* data = rte_tel_data_alloc();
         ASSERT_NE(data, nullptr);
         EXPECT_EQ(telemetry_callback(command, params, data), rc) << command << " " << (params ? params : "");
@@ -699,12 +756,14 @@ TEST(telemetry, QueriesReadTheRefreshedCache) {
 
 // --- SA JSON ------------------------------------------------------------------------------------
 
-TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys) {
+TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
+{
     auto snapshot = make_sa(0x2001, config::direction::inbound, "203.0.113.1", "198.51.100.1");
     snapshot.config.udp = config::udp_encapsulation{4500, 4500};
     json sa = to_json(snapshot);
     // list-sas output plus a key is a valid add-sa argument once the runtime fields are removed.
-    for (const char* runtime : {"spi-hex", "origin", "interface", "sequence", "consumed", "counters", "drops"}) {
+    for (const char* runtime :
+         {"spi-hex", "origin", "interface", "sequence", "consumed", "counters", "drops"}) {
         sa.erase(runtime);
     }
     sa["key"] = "0x00112233445566778899aabbccddeeff01020304";
@@ -720,7 +779,8 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys) {
 
 // --- CLI layouts --------------------------------------------------------------------------------
 
-std::vector<std::string> lines(const std::string& text) {
+std::vector<std::string> lines(const std::string& text)
+{
     std::vector<std::string> out;
     size_t start = 0;
     while (start < text.size()) {
@@ -731,7 +791,8 @@ std::vector<std::string> lines(const std::string& text) {
     return out;
 }
 
-TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession) {
+TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession)
+{
     auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
     auto in = make_sa(0x2001, config::direction::inbound, "203.0.113.1", "198.51.100.1");
     for (auto c : {sa_counter::encaps, sa_counter::encrypt, sa_counter::digest}) {
@@ -784,7 +845,8 @@ TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession) {
     EXPECT_EQ(cli::format_crypto_ipsec_sa(result), expected);
 }
 
-TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart) {
+TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart)
+{
     auto out = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
     auto in = make_sa(0x3001, config::direction::inbound, "203.0.113.7", "198.51.100.1"); // other peer
     in.config.cipher = config::cipher_alg::aes_cbc;
@@ -810,14 +872,16 @@ TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart) {
     EXPECT_NO_THROW(cli::format_crypto_ipsec_sa(json("nonsense")));
 }
 
-TEST(cli_format, AddressAndMask) {
+TEST(cli_format, AddressAndMask)
+{
     EXPECT_EQ(cli::address_and_mask("192.168.1.0/24"), "192.168.1.0/255.255.255.0");
     EXPECT_EQ(cli::address_and_mask("0.0.0.0/0"), "0.0.0.0/0.0.0.0");
     EXPECT_EQ(cli::address_and_mask("10.1.2.3/32"), "10.1.2.3/255.255.255.255");
     EXPECT_EQ(cli::address_and_mask("2001:db8::/32"), "2001:db8::/32");
 }
 
-TEST(cli_format, InterfacesAndDataplane) {
+TEST(cli_format, InterfacesAndDataplane)
+{
     interface_snapshot port;
     port.name = "outside";
     port.device = "net_af_packet0,iface=wan0";

@@ -32,12 +32,13 @@ inline constexpr size_t length_prefix_bytes = 4;
 
 // Every operation the server knows, in the order docs/control-api.md lists them.
 inline constexpr std::array<std::string_view, 13> operations{
-    "add-sa",        "delete-sa",       "list-sas",      "add-policy",     "delete-policy",
-    "list-policies", "flush",           "show-interfaces", "show-dataplane", "clear-counters",
-    "subscribe",     "unsubscribe",     "ping",
+    "add-sa", "delete-sa",       "list-sas",       "add-policy",     "delete-policy", "list-policies",
+    "flush",  "show-interfaces", "show-dataplane", "clear-counters", "subscribe",     "unsubscribe",
+    "ping",
 };
 
-inline bool is_operation(std::string_view op) noexcept {
+inline bool is_operation(std::string_view op) noexcept
+{
     for (auto known : operations) {
         if (known == op) {
             return true;
@@ -52,12 +53,14 @@ inline constexpr std::string_view event_hard_expire = "hard-expire";
 inline constexpr std::string_view event_seq_exhausted = "seq-exhausted";
 inline constexpr std::string_view event_acquire = "acquire";
 
-inline std::array<std::byte, length_prefix_bytes> encode_length(uint32_t length) noexcept {
+inline std::array<std::byte, length_prefix_bytes> encode_length(uint32_t length) noexcept
+{
     return {std::byte(length >> 24), std::byte(length >> 16), std::byte(length >> 8), std::byte(length)};
 }
 
 // The length announced by a frame header; nullopt while fewer than 4 bytes are available.
-inline std::optional<uint32_t> decode_length(std::span<const std::byte> bytes) noexcept {
+inline std::optional<uint32_t> decode_length(std::span<const std::byte> bytes) noexcept
+{
     if (bytes.size() < length_prefix_bytes) {
         return std::nullopt;
     }
@@ -65,12 +68,14 @@ inline std::optional<uint32_t> decode_length(std::span<const std::byte> bytes) n
            (std::to_integer<uint32_t>(bytes[2]) << 8) | std::to_integer<uint32_t>(bytes[3]);
 }
 
-inline std::optional<uint32_t> decode_length(std::string_view bytes) noexcept {
+inline std::optional<uint32_t> decode_length(std::string_view bytes) noexcept
+{
     return decode_length(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
 }
 
 // Appends one frame (length prefix + body) to `out`.
-inline void append_frame(std::string& out, std::string_view body) {
+inline void append_frame(std::string& out, std::string_view body)
+{
     const auto prefix = encode_length(static_cast<uint32_t>(body.size()));
     for (auto b : prefix) {
         out.push_back(static_cast<char>(std::to_integer<uint8_t>(b)));
