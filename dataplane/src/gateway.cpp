@@ -249,6 +249,11 @@ void gateway::setup_ports()
         }
         // RSS spreads inner flows only on devices that have it; others get one RX queue.
         ps.rx_queues = info.flow_type_rss_offloads != 0 ? std::min<uint16_t>(workers, info.max_rx_queues) : 1;
+        if (name.rfind("net_af_packet", 0) == 0) {
+            // af_packet spreads frames over its queue pairs (PACKET_FANOUT): every RX queue it has
+            // must be polled or the frames hashed to it are lost.
+            ps.rx_queues = info.max_rx_queues;
+        }
         ps.tx_queues = static_cast<uint16_t>(workers + 1);
         if (info.max_tx_queues < ps.tx_queues) {
             throw std::runtime_error("interface " + ic.name + ": device has " + std::to_string(info.max_tx_queues) +

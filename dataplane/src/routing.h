@@ -27,7 +27,7 @@ struct next_hop {
 
 class route_table {
 public:
-    static constexpr uint64_t no_route = UINT32_MAX;
+    static constexpr uint64_t no_route = 0x7fffffff; // DIR-24-8 with 4-byte entries keeps 31 bits
 
     struct connected {
         uint16_t port;

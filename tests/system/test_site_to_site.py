@@ -195,7 +195,7 @@ def main():
             assert not cleartext, f"cleartext LAN packets on the internet: {cleartext[:3]}"
             assert all(l[2] == "50" for l in tunnel), {l[2] for l in tunnel}
             cfg = open(topo.hq_config).read()
-            keys = [l.split(":", 1)[1].strip() for l in cfg.splitlines() if l.strip().startswith("key:")]
+            keys = [l.split(":", 1)[1].split("#")[0].strip() for l in cfg.splitlines() if l.strip().startswith("key:")]
             uat = []
             for (src, dst, spi), k in zip((("198.51.100.1", "203.0.113.1", "0x00001001"),
                                            ("203.0.113.1", "198.51.100.1", "0x00002001")), keys):
@@ -211,31 +211,34 @@ def main():
 
         @case("replayed and tampered ESP injected on the internet segment is dropped and counted")
         def _():
-            inject = os.path.join(topo.dir, "inject.py")
-            with open(inject, "w") as f:
-                f.write(f'''
+            inject = write_script(topo, "inject.py", f"""
+import sys
 from scapy.all import rdpcap, sendp, Ether, IP
+dst_mac = sys.argv[1]
 pkts = [p for p in rdpcap("{capture}") if IP in p and p[IP].proto == 50 and p[IP].dst == "203.0.113.1"]
-old = pkts[len(pkts)//2]
-sendp(old, iface="inet-branch", count=3, verbose=False)       # replays
-bad = Ether(bytes(old)); raw = bytearray(bytes(bad)); raw[-5] ^= 0xff
-newest = pkts[-1]; raw2 = bytearray(bytes(newest)); raw2[60] ^= 0x01
-sendp(Ether(bytes(raw2)), iface="inet-branch", verbose=False)  # tampered (ICV must fail)
-''')
+recent = pkts[-3]
+recent[Ether].dst = dst_mac
+sendp(recent, iface="inet-branch", count=3, verbose=False)     # three replays of a received packet
+old = pkts[len(pkts) // 2]
+old[Ether].dst = dst_mac
+sendp(old, iface="inet-branch", verbose=False)                 # left of the replay window
+raw = bytearray(bytes(pkts[-1]))
+seq = int.from_bytes(raw[38:42], "big") + 1000                 # an unused sequence number ...
+raw[38:42] = seq.to_bytes(4, "big")                            # ... which the ICV does not cover
+bad = Ether(bytes(raw)); bad.dst = dst_mac
+sendp(bad, iface="inet-branch", verbose=False)
+""")
             before = sa_counters(topo, "gw-branch")[("inbound", 0x1001)]
-            # The inet router rewrites MACs when routing; inject with the branch gateway's MAC.
-            sh(f"/usr/bin/python3 - <<'EOF'\nimport re\nEOF", check=False)
-            mac = sh("ip neigh show 203.0.113.1 dev inet-branch", ns=topo.ns["inet"], capture=True).stdout.split()
-            fix = open(inject).read().replace('sendp(old,', f'old[Ether].dst = "{mac[mac.index("lladdr") + 1]}"\nsendp(old,')
-            fix = fix.replace("sendp(Ether(bytes(raw2))", f'e2 = Ether(bytes(raw2)); e2.dst = "{mac[mac.index("lladdr") + 1]}"\nsendp(e2')
-            with open(inject, "w") as f:
-                f.write(fix)
-            sh(f"/usr/bin/python3 {inject}", ns=topo.ns["inet"])
+            neigh = sh("ip neigh show 203.0.113.1", ns=topo.ns["inet"], capture=True).stdout.split()
+            assert "lladdr" in neigh, f"inet has no ARP entry for the branch gateway: {neigh}"
+            sh(f"/usr/bin/python3 {inject} {neigh[neigh.index('lladdr') + 1]}", ns=topo.ns["inet"])
             time.sleep(1)
             after = sa_counters(topo, "gw-branch")[("inbound", 0x1001)]
             replays = counter(after, "replay") - counter(before, "replay")
             icv = counter(after, "icv") - counter(before, "icv")
+            too_old = counter(after, "too_old") - counter(before, "too_old")
             assert replays == 3, f"replay counter +{replays}, expected +3: {after}"
+            assert too_old == 1, f"too_old counter +{too_old}, expected +1: {after}"
             assert icv == 1, f"ICV counter +{icv}, expected +1: {after}"
         _()
 
