@@ -110,9 +110,11 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     for (const auto& i : c.interfaces) {
         if (i.device.rfind("net_", 0) == 0) {
             std::string spec = i.device;
-            // af_packet: one queue pair per worker plus one for the main lcore's transmissions.
+            // af_packet: one queue pair per worker. (More queues than workers would be worse than
+            // useless: the kernel's fanout rolls frames over to busy sockets' neighbours, reordering
+            // ESP beyond the replay window.)
             if (spec.rfind("net_af_packet", 0) == 0 && spec.find("qpairs=") == std::string::npos) {
-                spec += ",qpairs=" + std::to_string(c.dataplane.workers + 1);
+                spec += ",qpairs=" + std::to_string(c.dataplane.workers);
             }
             args.push_back("--vdev=" + spec);
         } else {
@@ -176,7 +178,9 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
     shared_.exceptions = rte_ring_create("espresso_exc", 4096, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     shared_.events = rte_ring_create_elem("espresso_events", sizeof(gateway_event), 1024,
                                           static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
-    if (shared_.exceptions == nullptr || shared_.events == nullptr) {
+    shared_.main_tx = rte_ring_create("espresso_main_tx", 1024, static_cast<int>(rte_socket_id()),
+                                      RING_F_SP_ENQ | RING_F_SC_DEQ);
+    if (shared_.exceptions == nullptr || shared_.events == nullptr || shared_.main_tx == nullptr) {
         throw std::runtime_error("cannot create exception/event rings");
     }
     setup_workers();
@@ -222,6 +226,11 @@ gateway::~gateway()
     retired_spds_.clear();
     rte_ring_free(shared_.exceptions);
     rte_ring_free(shared_.events);
+    rte_mbuf* left = nullptr;
+    while (shared_.main_tx != nullptr && rte_ring_dequeue(shared_.main_tx, reinterpret_cast<void**>(&left)) == 0) {
+        rte_pktmbuf_free(left);
+    }
+    rte_ring_free(shared_.main_tx);
 }
 
 void gateway::setup_ports()
@@ -254,11 +263,14 @@ void gateway::setup_ports()
             // must be polled or the frames hashed to it are lost.
             ps.rx_queues = info.max_rx_queues;
         }
-        ps.tx_queues = static_cast<uint16_t>(workers + 1);
+        // One TX queue per worker; the main lcore's few transmissions (ARP, ICMP, kernel replies from
+        // the TAP) go through worker 0's queue via the main_tx ring, so devices with as many queues
+        // as workers suffice.
+        ps.tx_queues = workers;
         if (info.max_tx_queues < ps.tx_queues) {
             throw std::runtime_error("interface " + ic.name + ": device has " + std::to_string(info.max_tx_queues) +
                                      " TX queues, need " + std::to_string(ps.tx_queues) +
-                                     " (one per worker plus one for the main lcore)");
+                                     " (one per worker)");
         }
         rte_eth_conf conf{};
         if (ps.rx_queues > 1) {
@@ -745,8 +757,8 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
 
 void gateway::transmit_main(uint16_t port_pos, rte_mbuf* m)
 {
-    const port_state& ps = shared_.ports[port_pos];
-    if (rte_eth_tx_burst(ps.port, static_cast<uint16_t>(ps.tx_queues - 1), &m, 1) != 1) {
+    m->port = shared_.ports[port_pos].port;
+    if (rte_ring_sp_enqueue(shared_.main_tx, m) != 0) {
         main_drops_[static_cast<size_t>(gateway_drop::tx_full)]++;
         rte_pktmbuf_free(m);
     }
@@ -990,10 +1002,8 @@ void gateway::main_taps()
         if (n == 0) {
             continue;
         }
-        uint16_t sent = rte_eth_tx_burst(ps.port, static_cast<uint16_t>(ps.tx_queues - 1), pkts, n);
-        for (uint16_t k = sent; k < n; ++k) {
-            main_drops_[static_cast<size_t>(gateway_drop::tx_full)]++;
-            rte_pktmbuf_free(pkts[k]);
+        for (uint16_t k = 0; k < n; ++k) {
+            transmit_main(static_cast<uint16_t>(i), pkts[k]);
         }
     }
 }

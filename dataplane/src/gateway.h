@@ -123,6 +123,7 @@ public:
         std::unique_ptr<neighbor_table> neighbors;
         rte_ring* exceptions = nullptr; // MP/SC rte_mbuf* to the main lcore
         rte_ring* events = nullptr;     // MP/SC gateway_event elements to the main lcore
+        rte_ring* main_tx = nullptr;    // SP/SC: frames the main lcore sends (m->port = DPDK port), sent by worker 0
         std::vector<worker_state*> workers;
         int meta_offset = -1; // mbuf dynfield offset of exception_meta
         bool adaptive_idle = true;

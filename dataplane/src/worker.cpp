@@ -76,6 +76,9 @@ public:
                 process(handed, static_cast<uint16_t>(h), true);
                 got += h;
             }
+            if (w_.index == 0) {
+                got += send_main_tx();
+            }
             drain_events();
             w_.polls.fetch_add(1, std::memory_order_relaxed);
             if (got != 0) {
@@ -115,6 +118,24 @@ private:
             }
             w_.applied.store(msg.generation, std::memory_order_release);
         }
+    }
+
+    // Frames from the main lcore (ARP, ICMP, the kernel's replies from the TAP): worker 0 owns
+    // queue 0 of every port, so the main lcore never needs a TX queue of its own.
+    unsigned send_main_tx() noexcept
+    {
+        rte_mbuf* pkts[rx_burst_size];
+        unsigned n = rte_ring_sc_dequeue_burst(s_.main_tx, reinterpret_cast<void**>(pkts), rx_burst_size, nullptr);
+        for (unsigned i = 0; i < n; ++i) {
+            const int16_t pos = s_.port_index[pkts[i]->port];
+            const uint16_t queue = pos >= 0 ? static_cast<uint16_t>(w_.index % s_.ports[static_cast<size_t>(pos)].tx_queues) : 0;
+            if (pos < 0 || rte_eth_tx_burst(pkts[i]->port, queue, &pkts[i], 1) != 1) {
+                drop(pkts[i], gateway_drop::tx_full);
+            } else {
+                w_.tx_packets.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+        return n;
     }
 
     void drain_events() noexcept
