@@ -4,7 +4,6 @@
 #include <string.h> // explicit_bzero
 
 #include <array>
-#include <charconv>
 #include <cstdio>
 #include <string_view>
 
@@ -63,207 +62,6 @@ std::string address_text(const config::ip_address& address)
     return address.family == 0 ? std::string() : config::to_string(address);
 }
 
-// --- policies: validated here until the config loader reads the `policies:` section -------------
-
-constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
-                                                      "remote-ports", "action", "priority", "spi"};
-
-struct protocol_name {
-    std::string_view name;
-    uint8_t number;
-};
-constexpr std::array<protocol_name, 9> protocol_names{{{"any", 0},
-                                                       {"icmp", 1},
-                                                       {"tcp", 6},
-                                                       {"udp", 17},
-                                                       {"gre", 47},
-                                                       {"esp", 50},
-                                                       {"ah", 51},
-                                                       {"icmpv6", 58},
-                                                       {"sctp", 132}}};
-
-std::optional<uint64_t> parse_number_text(std::string_view text)
-{
-    uint64_t value = 0;
-    int base = 10;
-    if (text.starts_with("0x") || text.starts_with("0X")) {
-        text.remove_prefix(2);
-        base = 16;
-    }
-    if (text.empty()) {
-        return std::nullopt;
-    }
-    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value, base);
-    if (error != std::errc{} || end != text.data() + text.size()) {
-        return std::nullopt;
-    }
-    return value;
-}
-
-// An integer given as a JSON number or a decimal/0x-hex string.
-std::optional<uint64_t> json_number(const json& value)
-{
-    if (value.is_number_unsigned()) {
-        return value.get<uint64_t>();
-    }
-    if (value.is_number_integer()) {
-        const int64_t v = value.get<int64_t>();
-        return v < 0 ? std::nullopt : std::optional<uint64_t>(static_cast<uint64_t>(v));
-    }
-    if (value.is_string()) {
-        return parse_number_text(value.get_ref<const std::string&>());
-    }
-    return std::nullopt;
-}
-
-struct port_range {
-    uint16_t min = 0, max = 65535;
-};
-
-std::optional<port_range> parse_ports(const json& value)
-{
-    if (const auto single = json_number(value)) {
-        if (*single > 65535) {
-            return std::nullopt;
-        }
-        return port_range{static_cast<uint16_t>(*single), static_cast<uint16_t>(*single)};
-    }
-    if (!value.is_string()) {
-        return std::nullopt;
-    }
-    const std::string_view text = value.get_ref<const std::string&>();
-    const size_t dash = text.find('-');
-    if (dash == std::string_view::npos) {
-        return std::nullopt;
-    }
-    const auto low = parse_number_text(text.substr(0, dash));
-    const auto high = parse_number_text(text.substr(dash + 1));
-    if (!low || !high || *low > 65535 || *high > 65535 || *low > *high) {
-        return std::nullopt;
-    }
-    return port_range{static_cast<uint16_t>(*low), static_cast<uint16_t>(*high)};
-}
-
-parsed<config::policy_config> policy_error(std::string message) { return {std::nullopt, std::move(message)}; }
-
-parsed<config::policy_config> parse_policy_locally(const json& p)
-{
-    for (const auto& [key, value] : p.items()) {
-        bool known = false;
-        for (auto k : policy_keys) {
-            known = known || k == key;
-        }
-        if (!known) {
-            return policy_error("policy." + key +
-                                ": unknown key. Fix: use local, remote, protocol, local-ports, remote-ports, "
-                                "action, priority, spi.");
-        }
-    }
-    config::policy_config policy;
-    policy.origin = "control socket";
-    for (const auto& [name, target] :
-         {std::pair<std::string_view, config::ip_prefix*>{"local", &policy.local},
-          std::pair<std::string_view, config::ip_prefix*>{"remote", &policy.remote}}) {
-        const auto it = p.find(name);
-        if (it == p.end()) {
-            return policy_error("policy." + std::string(name) + ": missing. Fix: add \"" + std::string(name) +
-                                "\": \"<prefix>\" (0.0.0.0/0 for everything).");
-        }
-        if (!it->is_string()) {
-            return policy_error("policy." + std::string(name) +
-                                ": expected a prefix string such as \"192.0.2.0/24\".");
-        }
-        const auto prefix = config::parse_prefix(it->get_ref<const std::string&>());
-        if (!prefix) {
-            return policy_error(
-                "policy." + std::string(name) + ": \"" + it->get<std::string>() +
-                "\" is not a prefix. Fix: write an address or a prefix with zero host bits, such "
-                "as \"192.0.2.0/24\".");
-        }
-        *target = *prefix;
-    }
-    if (policy.local.address.family != policy.remote.address.family) {
-        return policy_error("policy.remote: local and remote must both be IPv4 or both IPv6.");
-    }
-    if (const auto it = p.find("protocol"); it != p.end()) {
-        std::optional<uint64_t> number = json_number(*it);
-        if (!number && it->is_string()) {
-            for (const auto& entry : protocol_names) {
-                if (entry.name == it->get_ref<const std::string&>()) {
-                    number = entry.number;
-                }
-            }
-        }
-        if (!number || *number > 255) {
-            return policy_error(
-                "policy.protocol: expected an IP protocol number 0..255 or one of any, icmp, tcp, "
-                "udp, gre, esp, ah, icmpv6, sctp.");
-        }
-        policy.protocol = static_cast<uint8_t>(*number);
-    }
-    const bool has_ports = policy.protocol == 6 || policy.protocol == 17 || policy.protocol == 132;
-    for (const auto& [name, low, high] :
-         {std::tuple<std::string_view, uint16_t*, uint16_t*>{"local-ports", &policy.local_port_min,
-                                                             &policy.local_port_max},
-          std::tuple<std::string_view, uint16_t*, uint16_t*>{"remote-ports", &policy.remote_port_min,
-                                                             &policy.remote_port_max}}) {
-        const auto it = p.find(name);
-        if (it == p.end()) {
-            continue;
-        }
-        const auto range = parse_ports(*it);
-        if (!range) {
-            return policy_error("policy." + std::string(name) +
-                                ": expected a port (80) or a range \"low-high\" with low <= high <= 65535.");
-        }
-        if (!has_ports && (range->min != 0 || range->max != 65535)) {
-            return policy_error(
-                "policy." + std::string(name) +
-                ": ports apply only to protocol tcp, udp or sctp (RFC 4301 §4.4.1.1). Fix: set "
-                "protocol, or remove the ports.");
-        }
-        *low = range->min;
-        *high = range->max;
-    }
-    const auto action = p.find("action");
-    if (action == p.end()) {
-        return policy_error(
-            "policy.action: missing. Fix: add \"action\": \"protect\", \"bypass\" or \"discard\".");
-    }
-    const std::string action_text = action->is_string() ? action->get<std::string>() : std::string();
-    if (action_text == "protect") {
-        policy.action = config::policy_action::protect;
-    } else if (action_text == "bypass") {
-        policy.action = config::policy_action::bypass;
-    } else if (action_text == "discard") {
-        policy.action = config::policy_action::discard;
-    } else {
-        return policy_error("policy.action: expected \"protect\", \"bypass\" or \"discard\".");
-    }
-    if (const auto it = p.find("priority"); it != p.end()) {
-        const auto priority = json_number(*it);
-        if (!priority || *priority > UINT32_MAX) {
-            return policy_error("policy.priority: expected a number 0..4294967295 (lower wins).");
-        }
-        policy.priority = static_cast<uint32_t>(*priority);
-    }
-    const auto spi = p.find("spi");
-    if (policy.action == config::policy_action::protect) {
-        if (spi == p.end()) {
-            return policy_error(
-                "policy.spi: missing. Fix: a protect policy names its outbound SA: add \"spi\".");
-        }
-        const auto value = json_number(*spi);
-        if (!value || *value < 256 || *value > UINT32_MAX) {
-            return policy_error("policy.spi: expected an SPI from 0x100 to 0xffffffff (RFC 4303 §2.1).");
-        }
-        policy.spi = static_cast<uint32_t>(*value);
-    } else if (spi != p.end()) {
-        return policy_error("policy.spi: only protect policies name an SA. Fix: remove \"spi\".");
-    }
-    return {policy, {}};
-}
-
 json drops_json(std::span<const uint64_t> counts, std::span<const std::string_view> names, size_t first)
 {
     json drops = json::object();
@@ -301,21 +99,20 @@ parsed<config::sa_config> sa_from_json(const json& sa)
 parsed<config::policy_config> policy_from_json(const json& policy)
 {
     if (!policy.is_object()) {
-        return policy_error("policy: expected an object");
+        return {std::nullopt, "policy: expected an object with the keys of a policies item"};
     }
-    // One validation path when the loader knows `policies:`; until it does it accepts and ignores the
-    // section, and the checks above stand in.
+    config::gateway_config loaded;
     try {
-        const auto loaded = load_one("policies", policy);
-        if (loaded.policies.size() == 1) {
-            parsed<config::policy_config> result{loaded.policies.front(), {}};
-            result.value->origin = "control socket";
-            return result;
-        }
+        loaded = load_one("policies", policy);
     } catch (const config::config_error& e) {
-        return policy_error(rerooted_message(e, "policies[0]", "policy"));
+        return {std::nullopt, rerooted_message(e, "policies[0]", "policy")};
     }
-    return parse_policy_locally(policy);
+    if (loaded.policies.size() != 1) {
+        return {std::nullopt, "policy: expected exactly one policy"};
+    }
+    parsed<config::policy_config> result{loaded.policies.front(), {}};
+    result.value->origin = "control socket";
+    return result;
 }
 
 void wipe_json_secrets(json& sa) noexcept

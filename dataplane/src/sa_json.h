@@ -31,8 +31,8 @@ struct parsed {
 // `sa` are left untouched; see wipe_json_secrets().
 parsed<config::sa_config> sa_from_json(const nlohmann::json& sa);
 
-// The "policy" argument of add-policy: {local, remote, protocol, local-ports, remote-ports, action,
-// priority, spi}.
+// The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,
+// local-ports, remote-ports, action, priority, spi}), validated by the config loader too.
 parsed<config::policy_config> policy_from_json(const nlohmann::json& policy);
 
 // Overwrites the "key" and "integrity-key" strings of an SA object (best effort: the JSON library
