@@ -365,7 +365,7 @@ void gateway::setup_taps()
         if (!r.via.is_v4() || !shared_.routes->lookup(be32_of(r.via), port, nh)) {
             continue;
         }
-        int16_t pos = shared_.port_index[port];
+        int16_t pos = shared_.position(port);
         if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
             run_ip("route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) + " dev " +
                    shared_.ports[static_cast<size_t>(pos)].tap_name);
@@ -771,7 +771,7 @@ void gateway::main_exceptions()
     for (unsigned i = 0; i < n; ++i) {
         rte_mbuf* m = pkts[i];
         const exception_meta meta = *RTE_MBUF_DYNFIELD(m, shared_.meta_offset, exception_meta*);
-        const int16_t pos = shared_.port_index[m->port];
+        const int16_t pos = shared_.position(m->port);
         switch (meta.what) {
         case exception_meta::arp:
             handle_arp(m);
@@ -788,7 +788,7 @@ void gateway::main_exceptions()
         case exception_meta::resolve: {
             const uint64_t key = uint64_t{meta.port} << 32 | meta.value;
             rte_ether_addr mac;
-            const int16_t out = shared_.port_index[meta.port];
+            const int16_t out = shared_.position(meta.port);
             if (out < 0) {
                 rte_pktmbuf_free(m);
                 break;
@@ -841,7 +841,7 @@ void gateway::main_pending_timeouts()
         }
         if (!p.packets.empty() && now - p.requested_tsc > rte_get_tsc_hz()) {
             p.requested_tsc = now;
-            const int16_t out = shared_.port_index[static_cast<uint16_t>(it->first >> 32)];
+            const int16_t out = shared_.position(static_cast<uint16_t>(it->first >> 32));
             if (out >= 0) {
                 send_arp_request(static_cast<uint16_t>(out), static_cast<uint32_t>(it->first));
             }
@@ -856,7 +856,7 @@ void gateway::resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac)
     if (it == pending_.end()) {
         return;
     }
-    const int16_t pos = shared_.port_index[port];
+    const int16_t pos = shared_.position(port);
     for (auto* m : it->second.packets) {
         auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
         eth->dst_addr = mac;
@@ -868,7 +868,7 @@ void gateway::resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac)
 
 void gateway::handle_arp(rte_mbuf* m)
 {
-    const int16_t pos = shared_.port_index[m->port];
+    const int16_t pos = shared_.position(m->port);
     if (pos < 0 || rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) {
         main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
         rte_pktmbuf_free(m);
@@ -941,7 +941,7 @@ void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be)
 // the source of the too-big packet from the address of the interface it came in on.
 void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
 {
-    const int16_t in_pos = shared_.port_index[orig->port];
+    const int16_t in_pos = shared_.position(orig->port);
     if (in_pos < 0 || rte_pktmbuf_data_len(orig) < sizeof(rte_ether_hdr) + 20) {
         return;
     }
@@ -955,7 +955,7 @@ void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
     if (!shared_.routes->lookup(src_be, out_port, nh)) {
         return;
     }
-    const int16_t out_pos = shared_.port_index[out_port];
+    const int16_t out_pos = shared_.position(out_port);
     rte_ether_addr mac;
     if (out_pos < 0 || !shared_.neighbors->lookup(out_port, nh, mac)) {
         main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;

@@ -81,6 +81,7 @@ struct alignas(64) worker_state {
     alignas(64) std::atomic<uint64_t> rx_packets{0};
     std::atomic<uint64_t> tx_packets{0};
     std::atomic<uint64_t> to_exception{0};
+    std::atomic<uint64_t> fragmented{0}; // packets split before encryption (RFC 4301 §8.1)
     std::atomic<uint64_t> polls{0};
     std::atomic<uint64_t> busy_polls{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> drops{};
@@ -119,6 +120,9 @@ public:
     struct shared {
         std::vector<port_state> ports; // indexed by position; port_index maps DPDK port -> position
         std::array<int16_t, RTE_MAX_ETHPORTS> port_index{};
+        // Position in `ports` of a DPDK port id, -1 for unknown ids (mbufs that came from no port
+        // carry RTE_MBUF_PORT_INVALID).
+        int16_t position(uint16_t port) const noexcept { return port < port_index.size() ? port_index[port] : -1; }
         std::unique_ptr<route_table> routes;
         std::unique_ptr<neighbor_table> neighbors;
         rte_ring* exceptions = nullptr; // MP/SC rte_mbuf* to the main lcore

@@ -105,8 +105,11 @@ int main(int argc, char** argv)
         gw.run(
             g_stop,
             [&] {
-                control.poll();
-                if (++ticks % 2000 == 0) { // ~ every 200 ms at the loop's 100 us pace
+                ++ticks;
+                if (ticks % 10 == 0) { // ~ every 1 ms at the loop's 100 us pace
+                    control.poll();
+                }
+                if (ticks % 2000 == 0) { // ~ every 200 ms
                     espresso::dp::refresh_telemetry(gw);
                 }
             },

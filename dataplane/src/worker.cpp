@@ -3,6 +3,7 @@
 // traffic to the gateway that is not fast-path IPsec, unresolved next hops, ICMP to generate) go to
 // the main lcore's exception ring. Every drop is counted, either on the SA (engine) or on the worker.
 #include <rte_cycles.h>
+#include <rte_ip_frag.h>
 #include <rte_ethdev.h>
 #include <rte_ip.h>
 #include <rte_mbuf_dyn.h>
@@ -36,6 +37,9 @@ struct sa_groups {
     {
         for (unsigned g = 0; g < n; ++g) {
             if (sa[g] == s) {
+                if (count[g] == max_vector) {
+                    return false;
+                }
                 pkts[g][count[g]++] = m;
                 return true;
             }
@@ -127,7 +131,7 @@ private:
         rte_mbuf* pkts[rx_burst_size];
         unsigned n = rte_ring_sc_dequeue_burst(s_.main_tx, reinterpret_cast<void**>(pkts), rx_burst_size, nullptr);
         for (unsigned i = 0; i < n; ++i) {
-            const int16_t pos = s_.port_index[pkts[i]->port];
+            const int16_t pos = s_.position(pkts[i]->port);
             const uint16_t queue = pos >= 0 ? static_cast<uint16_t>(w_.index % s_.ports[static_cast<size_t>(pos)].tx_queues) : 0;
             if (pos < 0 || rte_eth_tx_burst(pkts[i]->port, queue, &pkts[i], 1) != 1) {
                 drop(pkts[i], gateway_drop::tx_full);
@@ -375,21 +379,27 @@ private:
                 drop(m, gateway_drop::spd_discard);
                 continue;
             }
-            if (!fits_after_encapsulation(m, *rule.sa)) {
-                continue;
-            }
-            if (!groups.add(rule.sa, m)) {
-                run_outbound(groups, forward, n_forward);
-                groups.n = 0;
-                groups.add(rule.sa, m);
+            rte_mbuf* frags[max_fragments];
+            const int parts = fit_for_encapsulation(m, *rule.sa, frags);
+            for (int f = 0; f < parts; ++f) {
+                if (!groups.add(rule.sa, frags[f])) {
+                    run_outbound(groups, forward, n_forward);
+                    groups.n = 0;
+                    groups.add(rule.sa, frags[f]);
+                }
             }
         }
         run_outbound(groups, forward, n_forward);
     }
 
+    static constexpr int max_fragments = 16;
+
     // RFC 4301 §8 / RFC 1191: a DF packet that will not fit the egress MTU once encapsulated gets an
-    // ICMP "fragmentation needed" with the MTU that does fit (built by the main lcore).
-    bool fits_after_encapsulation(rte_mbuf* m, const sa_runtime& sa) noexcept
+    // ICMP "fragmentation needed" with the MTU that does fit (built by the main lcore); a packet
+    // without DF is fragmented before encryption (RFC 4301 §8.1, "pre-fragmentation"), so every
+    // fragment travels in its own ESP packet and the receiver need not reassemble ESP.
+    // Returns how many packets to encapsulate (written to out; 0 = consumed/dropped, counted).
+    int fit_for_encapsulation(rte_mbuf* m, const sa_runtime& sa, rte_mbuf** out) noexcept
     {
         const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
         uint32_t dst_be = 0;
@@ -400,28 +410,40 @@ private:
         }
         uint16_t port = 0;
         uint32_t nh = 0;
+        out[0] = m;
         if (!s_.routes->lookup(dst_be, port, nh)) {
-            return true; // dropped later as no_route, counted there
+            return 1; // dropped later as no_route, counted there
         }
-        const int16_t pos = s_.port_index[port];
+        const int16_t pos = s_.position(port);
         const uint32_t mtu = pos >= 0 ? s_.ports[static_cast<size_t>(pos)].mtu : 1500;
         // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
         const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
         const uint32_t total = load_be16(ip + 2);
         if (total + esp_overhead <= mtu) {
-            return true;
+            return 1;
         }
-        if ((load_be16(ip + 6) & 0x4000) != 0) {
-            const uint32_t fits = mtu > esp_overhead ? (mtu - esp_overhead) & ~3U : 68;
+        const uint32_t fits = mtu > esp_overhead + 68 ? (mtu - esp_overhead) & ~7U : 68;
+        if ((load_be16(ip + 6) & 0x4000) != 0 || (sa.flags & sa_tunnel) == 0) {
+            // DF set (or transport mode, which cannot carry fragments): tell the source.
             rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
             to_exception(m, exception_meta::too_big, m->port, fits);
             w_.drop(gateway_drop::too_big);
-            return false;
+            return 0;
         }
-        // Without DF the packet would have to be fragmented before encryption (RFC 4301 §8.1);
-        // not implemented yet: count it.
-        drop(m, gateway_drop::too_big);
-        return false;
+        const int32_t n = rte_ipv4_fragment_copy_nonseg_packet(m, out, max_fragments, static_cast<uint16_t>(fits),
+                                                                m->pool);
+        const uint16_t in_port = m->port;
+        rte_pktmbuf_free(m);
+        if (n <= 0) {
+            w_.drop(gateway_drop::too_big);
+            return 0;
+        }
+        for (int32_t f = 0; f < n; ++f) {
+            out[f]->port = in_port;
+            ipv4_set_checksum(rte_pktmbuf_mtod(out[f], uint8_t*)); // the library leaves it to us
+        }
+        w_.fragmented.fetch_add(1, std::memory_order_relaxed);
+        return n;
     }
 
     void run_outbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
@@ -460,7 +482,7 @@ private:
             }
             const next_hop& h = s_.routes->hop(hops[i]);
             const uint32_t nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
-            const int16_t pos = s_.port_index[h.port];
+            const int16_t pos = s_.position(h.port);
             if (pos < 0 || static_cast<unsigned>(pos) >= max_ports) {
                 drop(m, gateway_drop::no_route);
                 continue;
