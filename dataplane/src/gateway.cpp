@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
@@ -94,8 +95,19 @@ uint64_t sad_key(const config::sa_config& c)
 std::vector<std::string> eal_arguments(const config::gateway_config& c, const std::string& program)
 {
     std::vector<std::string> args{program};
-    args.push_back("-l");
-    args.push_back("0-" + std::to_string(c.dataplane.workers));
+    // lcore i runs on CPU i when the machine has enough of them; otherwise lcores share CPUs
+    // round-robin (correct, just slower: useful for tests and small VMs).
+    const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
+    if (c.dataplane.workers + 1 <= cpus) {
+        args.push_back("-l");
+        args.push_back("0-" + std::to_string(c.dataplane.workers));
+    } else {
+        std::string map;
+        for (unsigned l = 0; l <= c.dataplane.workers; ++l) {
+            map += (l == 0 ? "" : ",") + std::to_string(l) + "@" + std::to_string(l % cpus);
+        }
+        args.push_back("--lcores=" + map);
+    }
     // Two gateways on one host (tests, the demo) need separate runtime directories.
     std::string prefix = c.dataplane.control_socket;
     std::replace(prefix.begin(), prefix.end(), '/', '_');
@@ -557,6 +569,12 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
 
 std::string gateway::add_policy(const config::policy_config& policy, uint32_t& id)
 {
+    if (policy.action == config::policy_action::protect &&
+        sas_.count({static_cast<int>(config::direction::outbound), policy.spi}) == 0) {
+        char buf[96];
+        std::snprintf(buf, sizeof(buf), "protect policy names SPI 0x%08x, but no outbound SA has it", policy.spi);
+        return buf;
+    }
     id = next_policy_id_++;
     policies_.push_back({policy, id});
     std::string err = rebuild_spd();

@@ -126,7 +126,20 @@ def tcp_transfer(topo, src_ns, dst_ns, dst_ip, port, nbytes):
 
 
 def main():
-    topo = Topology(BUILD, prefix=f"espt{os.getpid() % 10000}")
+    # ESPRESSO_WORKERS=N runs both gateways with N worker lcores (more lcores than CPUs share them):
+    # inbound SAs are then owned by one worker and packets are handed over between workers.
+    workers = int(os.environ.get("ESPRESSO_WORKERS", "1"))
+    configs = {}
+    if workers != 1:
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="espresso-cfg-")
+        for side in ("hq", "branch"):
+            src = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"../../config/examples/site-to-site-{side}.yaml")
+            text = open(src).read().replace("workers: 1 ", f"workers: {workers} ", 1)
+            path = os.path.join(tmp, f"{side}.yaml")
+            open(path, "w").write(text)
+            configs[f"{side}_config"] = path
+    topo = Topology(BUILD, prefix=f"espt{os.getpid() % 10000}", **configs)
     try:
         topo.create()
         topo.start_gateways()
