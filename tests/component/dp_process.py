@@ -1,0 +1,147 @@
+"""Helpers to run espresso-dp (and other DPDK processes) in network namespaces made by the caller,
+read its counters through the `espresso` CLI and stop it cleanly. Everything is by PID and namespace
+name; nothing here touches a process or namespace it did not create.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+
+BUILD = os.environ.get("ESPRESSO_BUILD",
+                       os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build"))
+
+
+def sh(cmd, check=True, ns=None, capture=True, timeout=60):
+    if ns:
+        cmd = f"ip netns exec {ns} {cmd}"
+    r = subprocess.run(cmd, shell=True, text=True, capture_output=capture, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"command failed ({r.returncode}): {cmd}\n{r.stdout or ''}{r.stderr or ''}")
+    return r
+
+
+def netns_add(name):
+    netns_del(name)
+    sh(f"ip netns add {name}")
+    sh("ip link set lo up", ns=name)
+    # The TAP exception interfaces would otherwise emit IPv6 router solicitations and MLD reports,
+    # which the gateway (rightly) sends out of its ports: keep the captured outputs to the test's traffic.
+    sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1", ns=name, check=False)
+    sh("sysctl -qw net.ipv6.conf.default.disable_ipv6=1", ns=name, check=False)
+
+
+def netns_del(name):
+    r = sh(f"ip netns pids {name}", check=False)
+    for pid in (r.stdout or "").split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh(f"ip netns del {name}", check=False)
+
+
+class Process:
+    """A background process (own session, so it can be signalled as a group) with a log file."""
+
+    def __init__(self, argv, log_path, ns=None):
+        self.log_path = log_path
+        full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+        self.log_file = open(log_path, "w")
+        self.proc = subprocess.Popen(full, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.PIPE, start_new_session=True)
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_for(self, text, timeout):
+        deadline = time.time() + timeout
+        while text not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited ({self.proc.returncode}) before '{text}':\n{self.log()[-3000:]}")
+            if time.time() > deadline:
+                raise RuntimeError(f"no '{text}' within {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        """Signals the process group; returns the exit status (SIGKILL after `timeout`)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode
+
+
+def dataplane_binary():
+    return os.path.join(BUILD, "dataplane", "espresso-dp")
+
+
+def cli(socket_path, args, check=True):
+    binary = os.path.join(BUILD, "controlplane", "espresso")
+    r = subprocess.run([binary, "--socket", socket_path, *args.split()], capture_output=True, text=True, timeout=20)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"espresso {args}: {r.returncode} {r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def cli_json(socket_path, args):
+    return json.loads(cli(socket_path, "--json " + args))
+
+
+def sa_table(socket_path):
+    """{(direction, spi): sa-json} from `show crypto ipsec sa`."""
+    out = cli_json(socket_path, "show crypto ipsec sa")
+    sas = out["sas"] if isinstance(out, dict) and "sas" in out else out
+    return {(s["direction"], int(s["spi"], 0) if isinstance(s["spi"], str) else s["spi"]): s for s in sas}
+
+
+def sa_count(sa, name):
+    if name in sa.get("counters", {}):
+        return sa["counters"][name]
+    return sa.get("drops", {}).get(name, 0)
+
+
+def dataplane_drops(socket_path):
+    """Sum over every worker row (and the main lcore's row) of each gateway drop counter."""
+    out = cli_json(socket_path, "show dataplane")
+    total = {}
+    for w in out["workers"]:
+        for k, v in w.get("drops", {}).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def dataplane_rx(socket_path):
+    out = cli_json(socket_path, "show dataplane")
+    return sum(w.get("rx-packets", 0) for w in out["workers"])
+
+
+def wait_stable(read, timeout=20, quiet=1.0):
+    """Polls read() until its value has not changed for `quiet` seconds; returns the last value."""
+    deadline = time.time() + timeout
+    last = read()
+    since = time.time()
+    while time.time() < deadline:
+        time.sleep(0.2)
+        now = read()
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return now
+    return last
+
+
+def shutil_rmtree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
