@@ -145,3 +145,13 @@ def wait_stable(read, timeout=20, quiet=1.0):
 def shutil_rmtree(path):
     import shutil
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_runtime_dir(control_socket=None, file_prefix=None):
+    """Removes the DPDK runtime directory a process of ours left under /var/run/dpdk (espresso-dp
+    names it after its control socket: gateway.cpp eal_arguments)."""
+    import shutil
+    if control_socket is not None:
+        file_prefix = "espresso" + control_socket.replace("/", "_")
+    if file_prefix and "/" not in file_prefix and file_prefix not in (".", ".."):
+        shutil.rmtree(os.path.join("/var/run/dpdk", file_prefix), ignore_errors=True)

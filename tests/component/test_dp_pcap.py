@@ -361,6 +361,7 @@ def main():
         if proc is not None:
             proc.stop(timeout=5)
         dp.netns_del(ns)
+        dp.remove_runtime_dir(control_socket=sock)
         if report.failed and proc is not None:
             print("--- espresso-dp log ---\n" + proc.log()[-3000:])
         if os.environ.get("ESPRESSO_KEEP_TMP") == "1":
