@@ -25,6 +25,7 @@ namespace espresso::dp {
     X(no_route, "no route")                                                                        \
     X(no_neighbor, "next hop unresolved")                                                          \
     X(spd_discard, "discarded by policy")                                                          \
+    X(no_outbound_sa, "protect policy without an SA (acquire raised)")                             \
     X(unprotected, "cleartext matching an inbound protect policy")                                 \
     X(ttl_exceeded, "TTL/hop limit exceeded")                                                      \
     X(too_big, "too big after encapsulation (ICMP sent)")                                          \

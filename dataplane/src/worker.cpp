@@ -159,6 +159,27 @@ private:
         }
     }
 
+    void acquire(const rte_mbuf* m) noexcept
+    {
+        const uint64_t now = rte_get_tsc_cycles();
+        if (now - last_acquire_ < rte_get_tsc_hz()) {
+            return;
+        }
+        last_acquire_ = now;
+        const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+        gateway_event g{};
+        g.what = gateway_event::kind::acquire;
+        g.dir = config::direction::outbound;
+        g.source.family = 4;
+        std::memcpy(g.source.bytes.data(), ip + 12, 4);
+        g.destination.family = 4;
+        std::memcpy(g.destination.bytes.data(), ip + 16, 4);
+        g.protocol = ip[9];
+        if (rte_ring_mp_enqueue_elem(s_.events, &g, sizeof(g)) != 0) {
+            w_.drop(gateway_drop::ring_full);
+        }
+    }
+
     void to_exception(rte_mbuf* m, exception_meta::kind k, uint16_t port = 0, uint32_t value = 0) noexcept
     {
         exception_meta& md = meta(m);
@@ -374,9 +395,15 @@ private:
                 forward[n_forward++] = m;
                 continue;
             }
-            if (rule.action == config::policy_action::discard || rule.sa == nullptr) {
-                // A protect policy without an SA: IKE would be asked (acquire, later issue).
+            if (rule.action == config::policy_action::discard) {
                 drop(m, gateway_drop::spd_discard);
+                continue;
+            }
+            if (rule.sa == nullptr) {
+                // RFC 4301 §5.1: no SA for a protect policy: ask the control plane (acquire), at most
+                // once a second per worker, and drop the packet meanwhile.
+                acquire(m);
+                drop(m, gateway_drop::no_outbound_sa);
                 continue;
             }
             rte_mbuf* frags[max_fragments];
@@ -533,6 +560,7 @@ private:
     worker_state& w_;
     gateway::shared& s_;
     crypto_core core_;
+    uint64_t last_acquire_ = 0;
 };
 
 } // namespace
