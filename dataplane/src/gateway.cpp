@@ -468,6 +468,13 @@ std::string gateway::rebuild_spd()
             e.sa = it == sas_.end() ? nullptr : it->second.sa.get();
         }
         entries.push_back(e);
+        // RFC 4301 §4.4.1: a policy covers both directions. The mirrored entry decides what to do
+        // with cleartext arriving for it: bypass admits it, discard drops it, protect means it
+        // should have come encrypted.
+        spd_entry in = e;
+        in.sa = nullptr;
+        in.inbound_check = true;
+        entries.push_back(in);
     }
     for (const auto& [key, entry] : sas_) {
         const auto& c = entry.sa->config;

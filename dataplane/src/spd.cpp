@@ -127,7 +127,7 @@ void compiled_spd::classify(const spd_key* const* keys, uint32_t* outbound, uint
                          len, categories);
         for (uint32_t i = 0; i < len; ++i) {
             outbound[off + i] = results[i * categories];
-            inbound_match[off + i] = results[i * categories + 1] != 0 ? 1U : 0U;
+            inbound_match[off + i] = results[i * categories + 1];
         }
     }
 }

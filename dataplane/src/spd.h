@@ -42,7 +42,7 @@ struct spd_rule {
 struct spd_entry {
     config::policy_config policy;
     sa_runtime* sa = nullptr;  // protect (outbound) only
-    bool inbound_check = false; // category 1: mirrored selectors of an inbound SA
+    bool inbound_check = false; // category 1: checks cleartext arriving (mirrored selectors)
     uint32_t id = 0;
 };
 
@@ -54,7 +54,7 @@ public:
     compiled_spd(const compiled_spd&) = delete;
     compiled_spd& operator=(const compiled_spd&) = delete;
 
-    // results[i]: outbound rule index + 1 (0 = no policy) and inbound-check match (0/1).
+    // results[i]: outbound rule index + 1 and inbound-check rule index + 1 (0 = no policy).
     void classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
     const spd_rule& rule(uint32_t index_plus_one) const noexcept { return rules_[index_plus_one - 1]; }
     bool empty() const noexcept { return ctx_ == nullptr; }

@@ -383,11 +383,18 @@ private:
             rte_mbuf* m = pkts[i];
             if (out_rule[i] == 0) {
                 if (in_match[i] != 0) {
-                    // RFC 4301 §5.2: cleartext that an inbound SA should have carried.
-                    drop(m, gateway_drop::unprotected);
-                    continue;
+                    const spd_rule& in = spd->rule(in_match[i]);
+                    if (in.action == config::policy_action::discard) {
+                        drop(m, gateway_drop::spd_discard);
+                        continue;
+                    }
+                    if (in.action == config::policy_action::protect) {
+                        // RFC 4301 §5.2: cleartext that an inbound SA should have carried.
+                        drop(m, gateway_drop::unprotected);
+                        continue;
+                    }
                 }
-                forward[n_forward++] = m; // no policy: forwarded like a router
+                forward[n_forward++] = m; // bypass, or no policy: forwarded like a router
                 continue;
             }
             const spd_rule& rule = spd->rule(out_rule[i]);
