@@ -104,7 +104,12 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     } else {
         std::string map;
         for (unsigned l = 0; l <= c.dataplane.workers; ++l) {
-            map += (l == 0 ? "" : ",") + std::to_string(l) + "@" + std::to_string(l % cpus);
+            if (l != 0) {
+                map += ',';
+            }
+            map += std::to_string(l);
+            map += '@';
+            map += std::to_string(l % cpus);
         }
         args.push_back("--lcores=" + map);
     }
