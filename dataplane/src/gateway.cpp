@@ -772,13 +772,15 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
     }
     std::printf("espresso-dp: running with %zu worker(s)\n", workers_.size());
     std::fflush(stdout);
+    unsigned quiet = 0;
     while (stop == 0) {
         tick();
-        main_exceptions();
-        main_taps();
-        main_events(event);
+        const unsigned work = main_exceptions() + main_taps() + main_events(event);
         main_pending_timeouts();
-        usleep(100);
+        // The management loop needs no line rate: 100 us naps while there is work, 1 ms once it
+        // has been quiet for a while (an idle gateway should cost next to nothing).
+        quiet = work != 0 ? 0 : quiet + 1;
+        usleep(quiet > 100 ? 1000 : 100);
     }
     shared_.stop = true;
     rte_eal_mp_wait_lcore();
@@ -794,7 +796,7 @@ void gateway::transmit_main(uint16_t port_pos, rte_mbuf* m)
     }
 }
 
-void gateway::main_exceptions()
+unsigned gateway::main_exceptions()
 {
     rte_mbuf* pkts[64];
     unsigned n = rte_ring_sc_dequeue_burst(shared_.exceptions, reinterpret_cast<void**>(pkts), 64, nullptr);
@@ -854,6 +856,7 @@ void gateway::main_exceptions()
             break;
         }
     }
+    return n;
 }
 
 void gateway::main_pending_timeouts()
@@ -1020,8 +1023,9 @@ void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
     transmit_main(static_cast<uint16_t>(out_pos), m);
 }
 
-void gateway::main_taps()
+unsigned gateway::main_taps()
 {
+    unsigned total = 0;
     for (size_t i = 0; i < shared_.ports.size(); ++i) {
         const port_state& ps = shared_.ports[i];
         if (!ps.has_tap) {
@@ -1029,6 +1033,7 @@ void gateway::main_taps()
         }
         rte_mbuf* pkts[32];
         uint16_t n = rte_eth_rx_burst(ps.tap_port, 0, pkts, 32);
+        total += n;
         if (n == 0) {
             continue;
         }
@@ -1036,15 +1041,17 @@ void gateway::main_taps()
             transmit_main(static_cast<uint16_t>(i), pkts[k]);
         }
     }
+    return total;
 }
 
-void gateway::main_events(const std::function<void(const gateway_event&)>& event)
+unsigned gateway::main_events(const std::function<void(const gateway_event&)>& event)
 {
     gateway_event ev[16];
     unsigned n = rte_ring_sc_dequeue_burst_elem(shared_.events, ev, sizeof(gateway_event), 16, nullptr);
     for (unsigned i = 0; i < n; ++i) {
         event(ev[i]);
     }
+    return n;
 }
 
 } // namespace espresso::dp

@@ -151,9 +151,9 @@ private:
     std::string rebuild_spd();
     bool wait_applied(const std::vector<unsigned>& workers, uint64_t generation);
     bool post(unsigned worker, const update_msg& msg);
-    void main_exceptions();
-    void main_taps();
-    void main_events(const std::function<void(const gateway_event&)>& event);
+    unsigned main_exceptions();
+    unsigned main_taps();
+    unsigned main_events(const std::function<void(const gateway_event&)>& event);
     void main_pending_timeouts();
     void handle_arp(rte_mbuf* m);
     void send_arp_request(uint16_t port_pos, uint32_t target_be);

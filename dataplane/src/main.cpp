@@ -106,10 +106,10 @@ int main(int argc, char** argv)
             g_stop,
             [&] {
                 ++ticks;
-                if (ticks % 10 == 0) { // ~ every 1 ms at the loop's 100 us pace
+                if (ticks % 2 == 0) { // every 0.2-2 ms, with the loop's pace
                     control.poll();
                 }
-                if (ticks % 2000 == 0) { // ~ every 200 ms
+                if (ticks % 500 == 0) { // every 50-500 ms
                     espresso::dp::refresh_telemetry(gw);
                 }
             },
