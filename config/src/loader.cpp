@@ -1676,7 +1676,60 @@ void loader::check_sa_endpoints(const field& sas, const gateway_config& config) 
     }
 }
 
+// yaml-cpp 0.7 can loop forever allocating on some malformed tag/flow inputs (found by
+// tests/fuzz/config_fuzz.cpp: " !x\n, !"), and anchors/aliases let a small file expand without bound.
+// An Espresso config needs none of tags, anchors or aliases, so they are refused before yaml-cpp sees
+// the text. The scan knows quotes and comments, so '!', '&' and '*' inside strings and comments are fine.
+void refuse_yaml_features(std::string_view text, const std::string& file) {
+    int line = 1;
+    int column = 0;
+    char quote = 0;
+    bool comment = false;
+    char previous = '\n';
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        ++column;
+        if (c == '\n') {
+            ++line;
+            column = 0;
+            comment = false;
+            if (quote == '\'') {
+                // single-quoted scalars may span lines; keep the state
+            }
+            previous = c;
+            continue;
+        }
+        if (comment) {
+            continue;
+        }
+        if (quote != 0) {
+            if (quote == '"' && c == '\\' && i + 1 < text.size()) {
+                ++i;
+                ++column;
+            } else if (c == quote) {
+                quote = 0;
+            }
+            previous = c;
+            continue;
+        }
+        const bool token_start = previous == '\n' || previous == ' ' || previous == '\t' || previous == '[' ||
+                                 previous == '{' || previous == ',' || previous == ':' || previous == '-';
+        if (c == '#' && (previous == ' ' || previous == '\t' || previous == '\n')) {
+            comment = true;
+        } else if ((c == '"' || c == '\'') && token_start) {
+            quote = c;
+        } else if (token_start && (c == '!' || c == '&' || c == '*')) {
+            throw config_error(file, line, column, "",
+                               c == '!' ? "YAML tags ('!') are not used in Espresso configurations"
+                                        : "YAML anchors and aliases ('&', '*') are not used in Espresso configurations",
+                               "write the value out, or quote it if the character belongs to the value");
+        }
+        previous = c;
+    }
+}
+
 gateway_config loader::run() {
+    refuse_yaml_features(source_, file_);
     std::vector<YAML::Node> documents;
     try {
         std::string text(source_);

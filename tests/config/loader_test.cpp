@@ -675,3 +675,24 @@ TEST(loader, example_static_sas_loads) {
 
 } // namespace
 } // namespace espresso::config
+
+namespace espresso::config {
+namespace {
+
+// yaml-cpp 0.7 never returns on this input (found by the config fuzzer); tags are refused first.
+TEST(loader, refuses_yaml_tags_anchors_and_aliases_before_parsing) {
+    for (const char* text : {" !x\n, !", "security-associations: !!seq []\n", "a: &x 1\nb: *x\n"}) {
+        try {
+            load_string(text, "t.yaml");
+            FAIL() << "accepted: " << text;
+        } catch (const config_error& e) {
+            EXPECT_NE(std::string(e.what()).find("not used in Espresso configurations"), std::string::npos) << e.what();
+            EXPECT_GE(e.line(), 1);
+        }
+    }
+    // Inside quotes and comments the characters are just characters.
+    EXPECT_NO_THROW(load_string("# a comment with ! and & and *\nsecurity-associations: []\n", "t.yaml"));
+}
+
+} // namespace
+} // namespace espresso::config
