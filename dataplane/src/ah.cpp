@@ -23,9 +23,7 @@
 //  - ICV padding: outbound pads AH to 4 bytes for IPv4 and 8 bytes for IPv6 (RFC 4302 §3.3.3.2.1).
 //    Inbound accepts either alignment for IPv4 because Linux pads IPv4 AH to 8 bytes unless the SA
 //    has `flag align4`; the padding is hashed as received.
-//  - Outer DSCP/ECN/DF/ID (tunnel): the same rules as ESP's fill_outer (esp_outbound.cpp), duplicated
-//    in fill_outer_ah below rather than shared (as is ecn_decapsulate from esp_inbound.cpp); a shared
-//    helper in packet.h would remove both copies.
+//  - Outer DSCP/ECN/DF/ID and tunnel decapsulation: shared with ESP (tunnel_header.h).
 //  - AES-GMAC (RFC 4543 §5): the 8-byte IV (the 64-bit sequence number) sits between the sequence
 //    number and the 16-byte ICV and is hashed as sent; only the ICV is zeroed. With ESN the high half
 //    is appended as for HMAC. No second implementation was available to check this against (scapy
@@ -39,6 +37,7 @@
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
 #include "sa_accounting.h"
+#include "tunnel_header.h"
 
 namespace espresso::dp {
 
@@ -153,47 +152,6 @@ void zero_mutable(uint8_t* ip, uint16_t header) noexcept
         ip[3] = 0;
         ip[7] = 0;
     }
-}
-
-// Tunnel outer header: the rules of esp_outbound.cpp's fill_outer (RFC 4301 §5.1.2.1 DSCP, RFC 6040
-// §4.1 ECN, DF per policy), duplicated here.
-void fill_outer_ah(const sa_runtime& sa, uint8_t* p, uint32_t total, uint8_t inner_tos, bool inner_df,
-                   uint64_t seq) noexcept
-{
-    std::memcpy(p, sa.outer_header, sa.outer_bytes);
-    uint8_t dscp = sa.dscp == config::dscp_mode::copy ? (inner_tos & 0xfc) : static_cast<uint8_t>(sa.dscp_value << 2);
-    uint8_t tos = static_cast<uint8_t>(dscp | (inner_tos & 0x03));
-    if ((sa.flags & sa_outer_v6) == 0) {
-        p[1] = tos;
-        store_be16(p + 2, static_cast<uint16_t>(total));
-        store_be16(p + 4, static_cast<uint16_t>(seq)); // unique per SA for 2^16 packets (RFC 6864)
-        bool df = sa.df == config::df_mode::set || (sa.df == config::df_mode::copy && inner_df);
-        store_be16(p + 6, df ? 0x4000 : 0);
-        ipv4_set_checksum(p);
-    } else {
-        store_be32(p, 0x60000000U | (static_cast<uint32_t>(tos) << 20));
-        store_be16(p + 4, static_cast<uint16_t>(total - 40));
-    }
-}
-
-// RFC 6040 §4.2, as in esp_inbound.cpp (duplicated): CE on a not-ECT inner packet is dropped.
-drop_reason ecn_decapsulate(uint8_t outer_tos, uint8_t* inner) noexcept
-{
-    if ((outer_tos & 0x03) != 0x03) {
-        return drop_reason::none;
-    }
-    bool v4 = (inner[0] >> 4) == 4;
-    uint8_t tos = v4 ? inner[1] : static_cast<uint8_t>((load_be16(inner) >> 4) & 0xff);
-    if ((tos & 0x03) == 0) {
-        return drop_reason::ecn;
-    }
-    if ((tos & 0x03) != 0x03) {
-        set_tos(inner, static_cast<uint8_t>(tos | 0x03));
-        if (v4) {
-            ipv4_set_checksum(inner);
-        }
-    }
-    return drop_reason::none;
 }
 
 // Fills in one job: HMAC or GMAC over [ip, ip + hash_len), tag to `tag_out`.
@@ -317,7 +275,7 @@ void ah_outbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
         ah_packet& a = info[i];
         if (tunnel) {
             a.ip_header = static_cast<uint16_t>(sa.outer_bytes);
-            fill_outer_ah(sa, start, total, ip.tos, ip.dont_fragment, first_seq + i);
+            fill_outer_header(sa, start, total, ip.tos, ip.dont_fragment, first_seq + i);
         } else {
             // RFC 4302 §3.1.1: AH goes after the IP header (IPv4 options stay in front of it).
             a.ip_header = ip.header;
@@ -415,29 +373,7 @@ drop_reason finish_inbound(sa_runtime& sa, rte_mbuf* m, ah_packet& a, uint32_t& 
     const uint32_t head = a.ip_header + a.ah_len;
     const uint32_t payload_len = a.outer.total - head;
     if ((sa.flags & sa_tunnel) != 0) {
-        if (next_header != proto_ipv4 && next_header != proto_ipv6) {
-            return drop_reason::bad_next_header;
-        }
-        ip_view inner;
-        r = parse_ip(payload, payload_len, inner);
-        if (r != drop_reason::none) {
-            return r == drop_reason::truncated ? drop_reason::bad_length : r;
-        }
-        if ((next_header == proto_ipv4) != (inner.version == 4)) {
-            return drop_reason::bad_next_header;
-        }
-        if (!prefix_contains(sa.config.remote, inner.version, ip_src(payload)) ||
-            !prefix_contains(sa.config.local, inner.version, ip_dst(payload))) {
-            return drop_reason::selector_mismatch;
-        }
-        r = ecn_decapsulate(a.outer.tos, payload);
-        if (r != drop_reason::none) {
-            return r;
-        }
-        rte_pktmbuf_adj(m, static_cast<uint16_t>(head));
-        rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - inner.total));
-        inner_bytes = inner.total;
-        return drop_reason::none;
+        return decapsulate_tunnel(sa, m, a.outer.tos, next_header, payload, payload_len, head, inner_bytes);
     }
     if (!prefix_contains(sa.config.remote, a.outer.version, ip_src(data)) ||
         !prefix_contains(sa.config.local, a.outer.version, ip_dst(data))) {

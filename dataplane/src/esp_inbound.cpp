@@ -10,6 +10,7 @@
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
 #include "sa_accounting.h"
+#include "tunnel_header.h"
 
 namespace espresso::dp {
 
@@ -64,27 +65,6 @@ drop_reason parse_outer(const sa_runtime& sa, rte_mbuf* m, ip_view& ip, uint32_t
     return drop_reason::none;
 }
 
-// RFC 6040 §4.2 decapsulation: propagate CE to an ECN-capable inner packet; a CE outer on a
-// not-ECT inner packet must be dropped.
-drop_reason ecn_decapsulate(uint8_t outer_tos, uint8_t* inner) noexcept
-{
-    if ((outer_tos & 0x03) != 0x03) {
-        return drop_reason::none;
-    }
-    bool v4 = (inner[0] >> 4) == 4;
-    uint8_t tos = v4 ? inner[1] : static_cast<uint8_t>((load_be16(inner) >> 4) & 0xff);
-    if ((tos & 0x03) == 0) {
-        return drop_reason::ecn;
-    }
-    if ((tos & 0x03) != 0x03) {
-        set_tos(inner, static_cast<uint8_t>(tos | 0x03));
-        if (v4) {
-            ipv4_set_checksum(inner);
-        }
-    }
-    return drop_reason::none;
-}
-
 // After the ICV verified: window update, trailer checks, decapsulation.
 drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& inner_bytes) noexcept
 {
@@ -112,31 +92,7 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     }
     const auto head = static_cast<uint32_t>(payload - data);
     if ((sa.flags & sa_tunnel) != 0) {
-        if (next_header != proto_ipv4 && next_header != proto_ipv6) {
-            return drop_reason::bad_next_header;
-        }
-        ip_view inner;
-        r = parse_ip(payload, inner_len, inner);
-        if (r != drop_reason::none) {
-            return r == drop_reason::truncated ? drop_reason::bad_length : r;
-        }
-        if ((next_header == proto_ipv4) != (inner.version == 4)) {
-            return drop_reason::bad_next_header;
-        }
-        // RFC 4301 §5.2: the decapsulated packet must match the SA's selectors.
-        if (!prefix_contains(sa.config.remote, inner.version, ip_src(payload)) ||
-            !prefix_contains(sa.config.local, inner.version, ip_dst(payload))) {
-            return drop_reason::selector_mismatch;
-        }
-        r = ecn_decapsulate(in.outer.tos, payload);
-        if (r != drop_reason::none) {
-            return r;
-        }
-        rte_pktmbuf_adj(m, static_cast<uint16_t>(head));
-        // Everything behind the inner packet (TFC padding, trailer, ICV) goes.
-        rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - inner.total));
-        inner_bytes = inner.total;
-        return drop_reason::none;
+        return decapsulate_tunnel(sa, m, in.outer.tos, next_header, payload, inner_len, head, inner_bytes);
     }
     // Transport: slide the IP header up to the payload and restore its protocol and length.
     const uint16_t ip_header = in.outer.header;

@@ -13,6 +13,7 @@
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
 #include "sa_accounting.h"
+#include "tunnel_header.h"
 
 namespace espresso::dp {
 
@@ -41,26 +42,9 @@ void fill_outer(const sa_runtime& sa, rte_mbuf* m, uint8_t inner_tos, bool inner
 {
     uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
     const uint32_t total = rte_pktmbuf_data_len(m);
-    std::memcpy(p, sa.outer_header, sa.outer_bytes);
-    // RFC 4301 §5.1.2.1: DSCP copied (or set by policy); RFC 6040 §4.1 normal mode: ECN copied.
-    uint8_t dscp = sa.dscp == config::dscp_mode::copy ? (inner_tos & 0xfc) : static_cast<uint8_t>(sa.dscp_value << 2);
-    uint8_t tos = static_cast<uint8_t>(dscp | (inner_tos & 0x03));
-    uint32_t ip_len = 0;
-    if ((sa.flags & sa_outer_v6) == 0) {
-        ip_len = 20;
-        p[1] = tos;
-        store_be16(p + 2, static_cast<uint16_t>(total));
-        store_be16(p + 4, static_cast<uint16_t>(seq)); // unique per SA for 2^16 packets (RFC 6864)
-        bool df = sa.df == config::df_mode::set || (sa.df == config::df_mode::copy && inner_df);
-        store_be16(p + 6, df ? 0x4000 : 0);
-        const uint32_t sum = sa.outer_sum + tos + total + static_cast<uint16_t>(seq) + (df ? 0x4000U : 0U);
-        store_be16(p + 10, fold_checksum(sum));
-    } else {
-        ip_len = 40;
-        store_be32(p, 0x60000000U | (static_cast<uint32_t>(tos) << 20));
-        store_be16(p + 4, static_cast<uint16_t>(total - 40));
-    }
+    fill_outer_header(sa, p, total, inner_tos, inner_df, seq);
     if ((sa.flags & sa_udp) != 0) {
+        const uint32_t ip_len = (sa.flags & sa_outer_v6) != 0 ? 40 : 20;
         store_be16(p + ip_len + 4, static_cast<uint16_t>(total - ip_len));
         store_be16(p + ip_len + 6, 0); // RFC 3948 §2.1: zero checksum over IPv4; IPv6 fixed below
     }
