@@ -1680,6 +1680,11 @@ void loader::check_sa_endpoints(const field& sas, const gateway_config& config) 
 // tests/fuzz/config_fuzz.cpp: " !x\n, !"), and anchors/aliases let a small file expand without bound.
 // An Espresso config needs none of tags, anchors or aliases, so they are refused before yaml-cpp sees
 // the text. The scan knows quotes and comments, so '!', '&' and '*' inside strings and comments are fine.
+std::string hex_byte(unsigned char b) {
+    static const char digits[] = "0123456789abcdef";
+    return {digits[b >> 4], digits[b & 15]};
+}
+
 void refuse_yaml_features(std::string_view text, const std::string& file) {
     int line = 1;
     int column = 0;
@@ -1689,6 +1694,13 @@ void refuse_yaml_features(std::string_view text, const std::string& file) {
     for (size_t i = 0; i < text.size(); ++i) {
         const char c = text[i];
         ++column;
+        // YAML 1.2 §5.1: a stream is printable characters only; C0 controls (but tab, LF, CR) and DEL
+        // are not YAML, and yaml-cpp 0.7 has been seen to loop on them (fuzzer: ",\x1b ").
+        const auto u = static_cast<unsigned char>(c);
+        if ((u < 0x20 && c != '\n' && c != '\t' && c != '\r') || u == 0x7f) {
+            throw config_error(file, line, column, "", "control character 0x" + hex_byte(u) + " in the file",
+                               "remove it (YAML files hold printable text only)");
+        }
         if (c == '\n') {
             ++line;
             column = 0;

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
@@ -203,6 +204,9 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
     setup_workers();
     setup_taps();
 
+    // Static SAs and policies go through the same path as the control socket's, but the SPD is
+    // compiled once at the end instead of once per entry (start-up with 100k SAs stays linear).
+    defer_spd_ = true;
     for (const auto& sa : config_.security_associations) {
         std::string err = add_sa(sa);
         if (!err.empty()) {
@@ -215,6 +219,10 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
         if (!err.empty()) {
             throw std::runtime_error(p.origin + ": " + err);
         }
+    }
+    defer_spd_ = false;
+    if (std::string err = rebuild_spd(); !err.empty()) {
+        throw std::runtime_error(err);
     }
 }
 
@@ -463,6 +471,9 @@ bool gateway::wait_applied(const std::vector<unsigned>& which, uint64_t generati
 
 std::string gateway::rebuild_spd()
 {
+    if (defer_spd_) {
+        return {};
+    }
     std::vector<spd_entry> entries;
     for (const auto& p : policies_) {
         spd_entry e;
@@ -496,6 +507,24 @@ std::string gateway::rebuild_spd()
         }
         entries.push_back(e);
     }
+    // Inbound SAs that share selectors (rekeys, several SAs per tunnel) leave the SPD as it is:
+    // recompiling rte_acl for them would only cost install rate.
+    std::vector<std::tuple<std::string, int, uint32_t, const void*, bool, uint32_t>> signature;
+    signature.reserve(entries.size());
+    for (const auto& e : entries) {
+        const auto& p = e.policy;
+        signature.emplace_back(config::to_string(p.local) + ">" + config::to_string(p.remote) + ":" +
+                                   std::to_string(p.protocol) + ":" + std::to_string(p.local_port_min) + "-" +
+                                   std::to_string(p.local_port_max) + ":" + std::to_string(p.remote_port_min) + "-" +
+                                   std::to_string(p.remote_port_max),
+                               static_cast<int>(p.action), p.priority, e.sa, e.inbound_check, e.id);
+    }
+    std::sort(signature.begin(), signature.end());
+    signature.erase(std::unique(signature.begin(), signature.end()), signature.end());
+    if (spd_ && signature == spd_signature_) {
+        return {};
+    }
+    spd_signature_ = std::move(signature);
     std::unique_ptr<compiled_spd> spd;
     try {
         spd = std::make_unique<compiled_spd>(entries, ++generation_);
