@@ -1690,6 +1690,7 @@ void refuse_yaml_features(std::string_view text, const std::string& file) {
     int column = 0;
     char quote = 0;
     bool comment = false;
+    int flow_depth = 0;
     char previous = '\n';
     for (size_t i = 0; i < text.size(); ++i) {
         const char c = text[i];
@@ -1730,6 +1731,17 @@ void refuse_yaml_features(std::string_view text, const std::string& file) {
             comment = true;
         } else if ((c == '"' || c == '\'') && token_start) {
             quote = c;
+        } else if ((c == '[' || c == '{') && (token_start || flow_depth > 0)) {
+            ++flow_depth;
+        } else if ((c == ']' || c == '}') && flow_depth > 0) {
+            --flow_depth;
+        } else if (flow_depth == 0 && ((token_start && (c == ']' || c == '}')) ||
+                                       (c == ',' && (token_start || previous == '"' || previous == '\'' ||
+                                                     previous == ']' || previous == '}')))) {
+            // A flow indicator outside any flow collection is a syntax error that yaml-cpp 0.7 can
+            // loop on (fuzzer: ", ").
+            throw config_error(file, line, column, "", std::string("unexpected '") + c + "' outside [ ] or { }",
+                               "quote the value, or open the list/map with [ or {");
         } else if (token_start && (c == '!' || c == '&' || c == '*')) {
             throw config_error(file, line, column, "",
                                c == '!' ? "YAML tags ('!') are not used in Espresso configurations"

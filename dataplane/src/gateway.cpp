@@ -951,8 +951,10 @@ void gateway::handle_arp(rte_mbuf* m)
     const rte_ether_addr sha = arp->arp_data.arp_sha;
     // RFC 826: learn the sender if it is on our subnet (and not a spoof of our own address).
     if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask)) {
-        shared_.neighbors->set(ps.port, sip, sha, false);
+        // Queue the packets that waited for this neighbor before publishing it, so workers cannot
+        // send newer packets ahead of them (ESP sequence numbers were assigned in arrival order).
         resolved(ps.port, sip, sha);
+        shared_.neighbors->set(ps.port, sip, sha, false);
     }
     if (arp->arp_opcode == rte_cpu_to_be_16(RTE_ARP_OP_REQUEST) && tip == ps.address_be) {
         arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REPLY);

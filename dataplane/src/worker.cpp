@@ -65,6 +65,11 @@ public:
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
             unsigned got = 0;
+            if (w_.index == 0) {
+                // Before this iteration's RX: frames released by the main lcore (e.g. packets that
+                // waited for ARP) leave ahead of anything newer.
+                got += send_main_tx();
+            }
             for (const auto& [port, queue] : w_.rx) {
                 rte_mbuf* pkts[rx_burst_size];
                 uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_burst_size);
@@ -79,9 +84,6 @@ public:
             if (h != 0) {
                 process(handed, static_cast<uint16_t>(h), true);
                 got += h;
-            }
-            if (w_.index == 0) {
-                got += send_main_tx();
             }
             drain_events();
             w_.polls.fetch_add(1, std::memory_order_relaxed);

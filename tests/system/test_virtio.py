@@ -225,7 +225,9 @@ def main():
             rows = [l.split("\t") for l in r.stdout.splitlines() if l.strip()]
             assert len(rows) == n, f"{len(rows)} ESP packets captured, want {n}"
             assert all(x[1] == "1" for x in rows), f"ICV not good: {[x for x in rows if x[1] != '1'][:3]}"
-            assert [int(x[0]) for x in rows] == list(range(1, n + 1)), "sequence numbers not 1..n in order"
+            # Every number exactly once. The first packets wait for ARP at the gateway and may leave a
+            # little after later ones (the receiver's replay window absorbs that, RFC 4303 §3.4.3).
+            assert sorted(int(x[0]) for x in rows) == list(range(1, n + 1)), "sequence numbers not 1..n"
             assert all(x[3] == "40020" and "192.168.1.10" in x[2] for x in rows), rows[:2]
         case("UDP from the host over virtio leaves as ESP that tshark decrypts (ICV good, seq 1..n)", host_to_tunnel)
 
