@@ -36,6 +36,7 @@
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
+#include "imb_burst.h"
 #include "sa_accounting.h"
 #include "tunnel_header.h"
 
@@ -183,31 +184,6 @@ void prepare_job(const sa_runtime& sa, IMB_JOB* job, uint8_t* ip, ah_packet& a, 
         job->u.HMAC._hashed_auth_key_xor_ipad = sa.ipad;
         job->u.HMAC._hashed_auth_key_xor_opad = sa.opad;
     }
-}
-
-// Gets n jobs, lets `fill` prepare them, submits and flushes. Returns the number of completed jobs in
-// `jobs` (any order; user_data holds the packet index), or -1 when the engine refused the burst.
-template <typename Fill>
-int run_burst(IMB_MGR* mgr, IMB_JOB** jobs, uint16_t n, Fill&& fill) noexcept
-{
-    uint32_t got = IMB_GET_NEXT_BURST(mgr, n, jobs);
-    if (got < n) [[unlikely]] {
-        // Cannot happen: every call flushes the manager completely. Drain and report, never block.
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
-        return -1;
-    }
-    for (uint16_t j = 0; j < n; ++j) {
-        fill(j, jobs[j]);
-    }
-    uint32_t done = IMB_SUBMIT_BURST(mgr, n, jobs);
-    if (done == 0 && imb_get_errno(mgr) != 0) [[unlikely]] {
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
-        return -1;
-    }
-    if (done < n) {
-        done += IMB_FLUSH_BURST(mgr, n - done, jobs + done);
-    }
-    return static_cast<int>(done);
 }
 
 } // namespace

@@ -9,6 +9,7 @@
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
+#include "imb_burst.h"
 #include "sa_accounting.h"
 #include "tunnel_header.h"
 
@@ -171,19 +172,9 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
         return;
     }
 
-    IMB_MGR* mgr = core.mgr();
     IMB_JOB* jobs[max_burst];
-    uint32_t got = IMB_GET_NEXT_BURST(mgr, n_jobs, jobs);
-    if (got < n_jobs) [[unlikely]] {
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
-        for (uint16_t j = 0; j < n_jobs; ++j) {
-            reasons[index[j]] = drop_reason::crypto_error;
-        }
-        return;
-    }
-    for (uint16_t j = 0; j < n_jobs; ++j) {
+    const int done = run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
         in_packet& in = info[index[j]];
-        IMB_JOB* job = jobs[j];
         uint8_t* esp = in.esp;
         const uint32_t seq_hi = static_cast<uint32_t>(in.seq >> 32);
         job->cipher_direction = IMB_DIR_DECRYPT;
@@ -220,7 +211,7 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
                 job->u.GCM.aad = esp;
                 job->u.GCM.aad_len_in_bytes = 8;
             }
-            continue;
+            return;
         }
         if ((sa.flags & sa_gmac) != 0) {
             const uint8_t* aad = esp;
@@ -243,7 +234,7 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
             job->u.GMAC._key = &sa.gcm_key;
             job->u.GMAC._iv = in.nonce;
             job->u.GMAC.iv_len_in_bytes = 12;
-            continue;
+            return;
         }
         job->enc_keys = sa.enc_keys;
         job->dec_keys = sa.dec_keys;
@@ -269,24 +260,18 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
             job->msg_len_to_hash_in_bytes = 0;
             job->auth_tag_output = nullptr;
         }
-    }
-
-    uint32_t done = IMB_SUBMIT_BURST(mgr, n_jobs, jobs);
-    if (done == 0 && imb_get_errno(mgr) != 0) [[unlikely]] {
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
+    });
+    if (done < 0) [[unlikely]] {
         for (uint16_t j = 0; j < n_jobs; ++j) {
             reasons[index[j]] = drop_reason::crypto_error;
         }
         return;
     }
-    if (done < n_jobs) {
-        done += IMB_FLUSH_BURST(mgr, n_jobs - done, jobs + done);
-    }
 
     uint64_t good = 0;
     uint64_t bytes = 0;
     uint64_t verified = 0;
-    for (uint32_t j = 0; j < done; ++j) {
+    for (int j = 0; j < done; ++j) {
         auto i = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
         in_packet& in = info[i];
         const uint8_t* received = in.esp + 8 + iv + in.payload;

@@ -12,6 +12,7 @@
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
+#include "imb_burst.h"
 #include "sa_accounting.h"
 #include "tunnel_header.h"
 
@@ -189,20 +190,9 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         return;
     }
 
-    IMB_MGR* mgr = core.mgr();
     IMB_JOB* jobs[max_burst];
-    uint32_t got = IMB_GET_NEXT_BURST(mgr, n_jobs, jobs);
-    if (got < n_jobs) [[unlikely]] {
-        // Cannot happen: every call flushes the manager completely. Drain and report, never block.
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
-        for (uint16_t j = 0; j < n_jobs; ++j) {
-            reasons[index[j]] = drop_reason::crypto_error;
-        }
-        return;
-    }
-    for (uint16_t j = 0; j < n_jobs; ++j) {
+    const int done = run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
         out_packet& o = info[index[j]];
-        IMB_JOB* job = jobs[j];
         uint8_t* esp = o.esp;
         const uint32_t seq_hi = static_cast<uint32_t>(o.seq >> 32);
         job->cipher_direction = IMB_DIR_ENCRYPT;
@@ -235,7 +225,7 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
             }
             job->auth_tag_output = esp + 16 + o.payload;
             job->auth_tag_output_len_in_bytes = 16;
-            continue;
+            return;
         }
         if ((sa.flags & sa_gmac) != 0) {
             // RFC 4543 §3.3: AAD = SPI || [seq hi] || seq || IV || payload. With ESN the high half
@@ -262,7 +252,7 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
             job->u.GMAC.iv_len_in_bytes = 12;
             job->auth_tag_output = esp + 16 + o.payload;
             job->auth_tag_output_len_in_bytes = 16;
-            continue;
+            return;
         }
         // AES-CBC or NULL, with or without HMAC.
         job->enc_keys = sa.enc_keys;
@@ -292,23 +282,17 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
             job->auth_tag_output = nullptr;
             job->auth_tag_output_len_in_bytes = 0;
         }
-    }
-
-    uint32_t done = IMB_SUBMIT_BURST(mgr, n_jobs, jobs);
-    if (done == 0 && imb_get_errno(mgr) != 0) [[unlikely]] {
-        IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
+    });
+    if (done < 0) [[unlikely]] {
         for (uint16_t j = 0; j < n_jobs; ++j) {
             reasons[index[j]] = drop_reason::crypto_error;
         }
         return;
     }
-    if (done < n_jobs) {
-        done += IMB_FLUSH_BURST(mgr, n_jobs - done, jobs + done);
-    }
 
     uint64_t good = 0;
     uint64_t bytes = 0;
-    for (uint32_t j = 0; j < done; ++j) {
+    for (int j = 0; j < done; ++j) {
         auto i = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
         out_packet& o = info[i];
         if ((sa.flags & sa_gmac) != 0 && esn) {
