@@ -1685,6 +1685,44 @@ std::string hex_byte(unsigned char b) {
     return {digits[b >> 4], digits[b & 15]};
 }
 
+// Length of the UTF-8 sequence starting at text[i], or 0 when it is not valid UTF-8 (RFC 3629:
+// no overlongs, no surrogates, nothing above U+10FFFF).
+size_t utf8_length(std::string_view text, size_t i) {
+    const auto b0 = static_cast<unsigned char>(text[i]);
+    if (b0 < 0x80) {
+        return 1;
+    }
+    size_t n = 0;
+    uint32_t cp = 0;
+    if ((b0 & 0xe0) == 0xc0) {
+        n = 2;
+        cp = b0 & 0x1fU;
+    } else if ((b0 & 0xf0) == 0xe0) {
+        n = 3;
+        cp = b0 & 0x0fU;
+    } else if ((b0 & 0xf8) == 0xf0) {
+        n = 4;
+        cp = b0 & 0x07U;
+    } else {
+        return 0;
+    }
+    if (i + n > text.size()) {
+        return 0;
+    }
+    for (size_t k = 1; k < n; ++k) {
+        const auto b = static_cast<unsigned char>(text[i + k]);
+        if ((b & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = cp << 6 | (b & 0x3fU);
+    }
+    static constexpr uint32_t min_for_length[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_for_length[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return n;
+}
+
 void refuse_yaml_features(std::string_view text, const std::string& file) {
     int line = 1;
     int column = 0;
@@ -1698,6 +1736,18 @@ void refuse_yaml_features(std::string_view text, const std::string& file) {
         // YAML 1.2 §5.1: a stream is printable characters only; C0 controls (but tab, LF, CR) and DEL
         // are not YAML, and yaml-cpp 0.7 has been seen to loop on them (fuzzer: ",\x1b ").
         const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x80) {
+            // YAML 1.2 §5.2: the stream is Unicode; yaml-cpp 0.7 has been seen to loop on invalid
+            // UTF-8 (fuzzer). Multi-byte characters are skipped whole.
+            const size_t len = utf8_length(text, i);
+            if (len == 0) {
+                throw config_error(file, line, column, "", "the file is not valid UTF-8 here",
+                                   "save the file as UTF-8 text");
+            }
+            i += len - 1;
+            previous = 'a';
+            continue;
+        }
         if ((u < 0x20 && c != '\n' && c != '\t' && c != '\r') || u == 0x7f) {
             throw config_error(file, line, column, "", "control character 0x" + hex_byte(u) + " in the file",
                                "remove it (YAML files hold printable text only)");
@@ -1742,6 +1792,11 @@ void refuse_yaml_features(std::string_view text, const std::string& file) {
             // loop on (fuzzer: ", ").
             throw config_error(file, line, column, "", std::string("unexpected '") + c + "' outside [ ] or { }",
                                "quote the value, or open the list/map with [ or {");
+        } else if (token_start && c == '?' && i + 1 < text.size() &&
+                   (text[i + 1] == ' ' || text[i + 1] == '\n' || text[i + 1] == '\t')) {
+            // Explicit (complex) keys: never needed here, and yaml-cpp 0.7 loops on some (fuzzer).
+            throw config_error(file, line, column, "", "YAML explicit keys ('? ') are not used in Espresso configurations",
+                               "write the key as a plain `key: value`");
         } else if (token_start && (c == '!' || c == '&' || c == '*')) {
             throw config_error(file, line, column, "",
                                c == '!' ? "YAML tags ('!') are not used in Espresso configurations"
