@@ -1,0 +1,1 @@
+#include "espresso/cp/ike_crypto.h"
