@@ -155,6 +155,13 @@ struct policy_config {
     std::string origin;
 };
 
+} // namespace espresso::config
+
+// The `ike:` section's structs use the address types above; ike.h explains the include order.
+#include "espresso/config/ike.h"
+
+namespace espresso::config {
+
 struct gateway_config {
     std::string file;
     std::vector<sa_config> security_associations;
@@ -163,6 +170,7 @@ struct gateway_config {
     std::vector<route_config> routes;
     std::vector<neighbor_config> neighbors;
     std::vector<policy_config> policies;
+    ike_config ike; // read by the IKEv2 daemon; the data plane ignores it
 };
 
 // --- Helpers for the interface, route and neighbor checks ---------------------------------------
