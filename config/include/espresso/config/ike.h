@@ -59,16 +59,27 @@ struct ike_proposal_config {
 //   - IKE without an explicit prf: one PRF per integrity algorithm, in that order (sha256 ->
 //     prfsha256). An AEAD IKE proposal has no integrity algorithm, so it needs an explicit prf
 //     ("aes256gcm16-prfsha256-ecp256"); strongSwan refuses it too ("a PRF algorithm is mandatory").
-//   - AEAD and non-AEAD encryption must not be mixed; non-AEAD needs integrity; integrity
-//     with AEAD is refused (strongSwan silently drops it; we say so instead).
+//   - AEAD and non-AEAD encryption must not be mixed. With AEAD, integrity algorithms are dropped
+//     after the PRFs were derived from them ("aes256gcm16-sha256-ecp256" = AES_GCM_16_256 /
+//     PRF_HMAC_SHA2_256 / ECP_256), as strongSwan does. Non-AEAD needs integrity, for IKE (as
+//     strongSwan) and for ESP (stricter than strongSwan: no encryption-only ESP, RFC 8221 §3).
 //   - IKE needs a DH group; ESP DH groups are optional (PFS). prf is refused in ESP.
 //   - ESP: "esn"/"noesn" set the ESN transforms; neither means {0}.
 //   - Legacy transforms (modp768/1024/1536, modp1024s160/2048s224/2048s256, des, 3des, md5)
 //     are refused unless allow_legacy, with the reason (RFC 8247 / RFC 8221). sha1 is not legacy.
-// On failure returns nullopt and sets `error` to one sentence naming the bad token, e.g.
-// `unknown transform "aes257"; expected one of: ...`.
+// On failure returns nullopt and sets `error` to "<problem>; <fix>" naming the bad token, e.g.
+// `unknown transform "aes257" in "aes257-sha256-modp2048"; expected one of: ...; did you mean "aes256"?`.
 std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, bool esp, bool allow_legacy,
                                                       std::string& error);
+
+// The same, with the problem and the fix apart (the loader builds "file:line:col: ... Fix: ...").
+struct proposal_error {
+    std::string problem;
+    std::string fix;
+    bool legacy = false; // refused only because allow_legacy is false
+};
+std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, bool esp, bool allow_legacy,
+                                                      proposal_error& error);
 
 // "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048", strongSwan's log spelling; several
 // alternatives of one type are joined by '/', in order. For negotiation diagnostics.
@@ -81,7 +92,7 @@ std::string_view ike_proposal_tokens(bool esp) noexcept;
 enum class ike_id_kind : uint8_t { any, ipv4, ipv6, fqdn, email, dn };
 struct ike_identity {
     ike_id_kind kind = ike_id_kind::any;
-    std::string text; // ipv4/ipv6: the address as written; fqdn without a leading '@'
+    std::string text; // ipv4/ipv6: the address in canonical form; fqdn without a leading '@'; any: "%any"
     bool operator==(const ike_identity&) const = default;
 };
 // strongSwan rules: IP literal -> ipv4/ipv6; "@host" -> fqdn "host"; "user@host" -> email;

@@ -1,1 +1,0 @@
-#include "espresso/cp/ike_crypto.h"
