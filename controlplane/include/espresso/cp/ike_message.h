@@ -278,4 +278,22 @@ std::string notify_name(uint16_t type);
 // "HDR, SA, KE, No, N(NAT_DETECTION_SOURCE_IP)" for debug logs (`espresso debug ike`).
 std::string describe(const message& msg);
 
+// Structural equality (added for round-trip tests and the fuzz target; the daemon may use it too).
+// Compares every field, including sk_payload::aad_size and ike_header::length.
+bool operator==(const ike_header& a, const ike_header& b);
+bool operator==(const sa_payload& a, const sa_payload& b);
+bool operator==(const ke_payload& a, const ke_payload& b);
+bool operator==(const id_payload& a, const id_payload& b);
+bool operator==(const auth_payload& a, const auth_payload& b);
+bool operator==(const cert_payload& a, const cert_payload& b);
+bool operator==(const nonce_payload& a, const nonce_payload& b);
+bool operator==(const notify_payload& a, const notify_payload& b);
+bool operator==(const delete_payload& a, const delete_payload& b);
+bool operator==(const vendor_payload& a, const vendor_payload& b);
+bool operator==(const ts_payload& a, const ts_payload& b);
+bool operator==(const sk_payload& a, const sk_payload& b);
+bool operator==(const unknown_payload& a, const unknown_payload& b);
+bool operator==(const payload& a, const payload& b);
+bool operator==(const message& a, const message& b);
+
 } // namespace espresso::cp
