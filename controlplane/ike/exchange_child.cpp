@@ -1,0 +1,143 @@
+// CREATE_CHILD_SA (RFC 7296 §1.3): additional Child SAs and Child SA rekeying, make-before-break
+// (new inbound, new outbound, then delete the old pair; ARCHITECTURE.md). IKE SA rekeying (§1.3.2)
+// is refused with NO_PROPOSAL_CHOSEN for now, which makes a peer re-authenticate instead.
+#include <algorithm>
+#include <memory>
+
+#include "ike_sa.h"
+
+namespace espresso::cp {
+namespace {
+
+payload notify(notify_type type, bytes data = {}, uint8_t protocol = 0, bytes spi = {})
+{
+    notify_payload n;
+    n.protocol = protocol;
+    n.spi = std::move(spi);
+    n.type = static_cast<uint16_t>(type);
+    n.data = std::move(data);
+    return payload{payload_type::notify, false, std::move(n)};
+}
+
+bytes be32(uint32_t v)
+{
+    return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
+}
+
+} // namespace
+
+void ike_sa::start_child(const std::string& tunnel)
+{
+    auto offer_opt = make_child_offer(tunnel, true);
+    if (!offer_opt) {
+        return;
+    }
+    auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
+    pending_request r;
+    r.exchange = exchange_type::create_child_sa;
+    r.build = [offer] { return offer->payloads; };
+    r.on_reply = [this, offer](const std::vector<payload>& reply) {
+        const auto* np = find_payload(reply, payload_type::nonce);
+        bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
+        if (np == nullptr && find_payload(reply, payload_type::sa) != nullptr) {
+            log(log_level::error, "CREATE_CHILD_SA answer without a nonce");
+            return;
+        }
+        bool ok = complete_child(*offer, reply, nullptr, offer->nonce, nr);
+        if (offer->rekeys) {
+            uint32_t old = *offer->rekeys;
+            if (ok) {
+                delete_child(old, true);
+            } else {
+                for (auto& c : children_) {
+                    if (c.spi_in == old) {
+                        c.st = child_sa::state::installed; // try again at the next deadline
+                        c.rekey_at = io_.now() + std::chrono::seconds(30);
+                    }
+                }
+            }
+        }
+    };
+    r.on_timeout = [this] {
+        fail("peer " + peer_.name + " did not answer CREATE_CHILD_SA.", "check the path to the peer and its log.");
+    };
+    queue_request(std::move(r));
+}
+
+void ike_sa::rekey_child(uint32_t spi_in)
+{
+    auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_in == spi_in; });
+    if (it == children_.end() || it->st != child_sa::state::installed) {
+        return;
+    }
+    auto offer_opt = make_child_offer(it->tunnel, true);
+    if (!offer_opt) {
+        return;
+    }
+    it->st = child_sa::state::rekeyed;
+    offer_opt->rekeys = spi_in;
+    // §1.3.3: REKEY_SA names the SA being rekeyed by the SPI the peer uses to send to us (our inbound).
+    offer_opt->payloads.insert(offer_opt->payloads.begin(),
+                               notify(notify_type::rekey_sa, {}, static_cast<uint8_t>(protocol_id::esp), be32(spi_in)));
+    log(log_level::info, "rekeying Child SA " + it->tunnel);
+    auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
+    pending_request r;
+    r.exchange = exchange_type::create_child_sa;
+    r.build = [offer] { return offer->payloads; };
+    r.on_reply = [this, offer](const std::vector<payload>& reply) {
+        const auto* np = find_payload(reply, payload_type::nonce);
+        bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
+        bool ok = np != nullptr && complete_child(*offer, reply, nullptr, offer->nonce, nr);
+        uint32_t old = *offer->rekeys;
+        if (ok) {
+            delete_child(old, true);
+            return;
+        }
+        for (auto& c : children_) {
+            if (c.spi_in == old) {
+                c.st = child_sa::state::installed;
+                c.rekey_at = io_.now() + std::chrono::seconds(30);
+            }
+        }
+    };
+    r.on_timeout = [this] {
+        fail("peer " + peer_.name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
+    };
+    queue_request(std::move(r));
+}
+
+void ike_sa::on_soft_expire(uint32_t spi_in)
+{
+    rekey_child(spi_in);
+}
+
+void ike_sa::process_create_child_request(uint32_t message_id, const std::vector<payload>& payloads)
+{
+    const auto* sap = find_payload(payloads, payload_type::sa);
+    if (sap != nullptr) {
+        const auto& sa = std::get<sa_payload>(sap->body);
+        if (!sa.proposals.empty() && sa.proposals.front().protocol == static_cast<uint8_t>(protocol_id::ike)) {
+            log(log_level::warning, "peer asked to rekey the IKE SA; not implemented, answered NO_PROPOSAL_CHOSEN");
+            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::no_proposal_chosen)});
+            return;
+        }
+    }
+    std::optional<uint32_t> rekeys;
+    if (const auto* n = find_notify(payloads, notify_type::rekey_sa)) {
+        if (n->spi.size() != 4) {
+            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+            return;
+        }
+        uint32_t spi = (uint32_t{n->spi[0]} << 24) | (uint32_t{n->spi[1]} << 16) | (uint32_t{n->spi[2]} << 8) | n->spi[3];
+        auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_out == spi; });
+        if (it == children_.end()) {
+            send_response(exchange_type::create_child_sa, message_id,
+                          {notify(notify_type::child_sa_not_found, {}, static_cast<uint8_t>(protocol_id::esp), n->spi)});
+            return;
+        }
+        rekeys = spi;
+    }
+    send_response(exchange_type::create_child_sa, message_id, accept_child(payloads, true, rekeys));
+}
+
+} // namespace espresso::cp

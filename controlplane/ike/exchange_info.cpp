@@ -1,0 +1,150 @@
+// INFORMATIONAL (RFC 7296 §1.4): Delete of Child SAs and of the IKE SA, and liveness checks (§2.4).
+#include <algorithm>
+
+#include "ike_sa.h"
+
+namespace espresso::cp {
+namespace {
+
+bytes be32(uint32_t v)
+{
+    return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
+}
+
+uint32_t read_be32(const bytes& b)
+{
+    return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+}
+
+} // namespace
+
+void ike_sa::process_informational_request(uint32_t message_id, const std::vector<payload>& payloads)
+{
+    std::vector<bytes> our_spis;
+    for (const auto& p : payloads) {
+        const auto* d = std::get_if<delete_payload>(&p.body);
+        if (d == nullptr) {
+            continue;
+        }
+        if (d->protocol == static_cast<uint8_t>(protocol_id::ike)) {
+            // §1.4.1: the IKE SA and all its Child SAs go; the answer is empty.
+            log(log_level::info, "peer deleted the IKE SA");
+            send_response(exchange_type::informational, message_id, {});
+            shutdown_local();
+            state_ = state::dead;
+            return;
+        }
+        if (d->protocol != static_cast<uint8_t>(protocol_id::esp)) {
+            continue;
+        }
+        for (const auto& spi : d->spis) {
+            if (spi.size() != 4) {
+                continue;
+            }
+            uint32_t theirs = read_be32(spi);
+            auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_out == theirs; });
+            if (it == children_.end()) {
+                continue;
+            }
+            // §1.4.1: answer with the SPIs of our half of each pair; unless we are deleting it ourselves
+            // already (a simultaneous delete), in which case the answer omits it.
+            if (it->st != child_sa::state::deleting) {
+                our_spis.push_back(be32(it->spi_in));
+            }
+            log(log_level::info, "peer deleted Child SA " + it->tunnel);
+            remove_child_from_dataplane(*it);
+            children_.erase(it);
+        }
+    }
+    std::vector<payload> reply;
+    if (!our_spis.empty()) {
+        delete_payload d;
+        d.protocol = static_cast<uint8_t>(protocol_id::esp);
+        d.spis = std::move(our_spis);
+        reply.push_back(payload{payload_type::del, false, std::move(d)});
+    }
+    send_response(exchange_type::informational, message_id, reply);
+}
+
+void ike_sa::send_dpd()
+{
+    pending_request r;
+    r.exchange = exchange_type::informational;
+    r.build = [] { return std::vector<payload>{}; };
+    r.on_reply = [](const std::vector<payload>&) {};
+    r.on_timeout = [this] {
+        fail("peer " + peer_.name + " (" + to_string(remote_) + ") stopped answering liveness checks (DPD).",
+             "the peer is down or unreachable; the tunnel is " +
+                 std::string(peer_.dpd_action == config::ike_dpd_action::restart ? "being re-established"
+                             : peer_.dpd_action == config::ike_dpd_action::hold   ? "held until traffic needs it"
+                                                                                  : "cleared") + ".");
+        restart_requested_ = peer_.dpd_action == config::ike_dpd_action::restart;
+    };
+    queue_request(std::move(r));
+}
+
+void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
+{
+    auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_in == spi_in; });
+    if (it == children_.end()) {
+        return;
+    }
+    if (!send_delete) {
+        remove_child_from_dataplane(*it);
+        children_.erase(it);
+        return;
+    }
+    it->st = child_sa::state::deleting;
+    pending_request r;
+    r.exchange = exchange_type::informational;
+    r.build = [spi_in] {
+        delete_payload d;
+        d.protocol = static_cast<uint8_t>(protocol_id::esp);
+        d.spis.push_back(be32(spi_in));
+        return std::vector<payload>{payload{payload_type::del, false, std::move(d)}};
+    };
+    auto finish = [this, spi_in] {
+        auto c = std::find_if(children_.begin(), children_.end(), [&](const child_sa& x) { return x.spi_in == spi_in; });
+        if (c != children_.end()) {
+            log(log_level::info, "Child SA " + c->tunnel + " deleted");
+            remove_child_from_dataplane(*c);
+            children_.erase(c);
+        }
+    };
+    r.on_reply = [finish](const std::vector<payload>&) { finish(); };
+    r.on_timeout = [this, finish] {
+        finish();
+        fail("peer " + peer_.name + " did not answer a Delete.", "the peer may be down.");
+    };
+    queue_request(std::move(r));
+}
+
+void ike_sa::delete_sa()
+{
+    if (state_ != state::established) {
+        shutdown_local();
+        state_ = state::dead;
+        return;
+    }
+    state_ = state::deleting;
+    queue_.clear();
+    pending_request r;
+    r.exchange = exchange_type::informational;
+    r.build = [] {
+        delete_payload d;
+        d.protocol = static_cast<uint8_t>(protocol_id::ike);
+        return std::vector<payload>{payload{payload_type::del, false, std::move(d)}};
+    };
+    r.on_reply = [this](const std::vector<payload>&) {
+        log(log_level::info, "IKE SA deleted");
+        shutdown_local();
+        state_ = state::dead;
+    };
+    r.on_timeout = [this] {
+        shutdown_local();
+        state_ = state::dead;
+    };
+    queue_request(std::move(r));
+}
+
+} // namespace espresso::cp

@@ -1,0 +1,55 @@
+// Everything an IKE SA does to the outside world goes through these interfaces (ARCHITECTURE.md:
+// injected side effects), so two in-process peers can run whole exchanges in unit tests with a mock
+// installer, a deterministic rng and a manual clock, and so the daemon can run without a data plane.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "espresso/config/types.h"
+#include "espresso/cp/ike_crypto.h"
+
+namespace espresso::cp {
+
+struct endpoint {
+    config::ip_address address;
+    uint16_t port = 0;
+    bool operator==(const endpoint&) const = default;
+};
+std::string to_string(const endpoint& e);
+
+// Installs and removes Child SAs in the data plane. install() returns "" on success, else the reason.
+// Called in the order the RFC's make-before-break needs: inbound before outbound.
+class sa_installer {
+public:
+    virtual ~sa_installer() = default;
+    virtual std::string install(const config::sa_config& sa) = 0;
+    virtual std::string remove(config::direction dir, uint32_t spi) = 0;
+};
+
+enum class log_level : uint8_t { error, warning, info, debug };
+
+// Why a negotiation failed, in one sentence with the fix (`espresso show crypto ike failures`).
+struct negotiation_failure {
+    std::chrono::system_clock::time_point when;
+    std::string peer;   // configured peer name, or the address when none matched
+    std::string remote; // address:port
+    std::string cause;  // one sentence
+    std::string fix;    // what to change
+};
+
+class ike_io {
+public:
+    virtual ~ike_io() = default;
+    // Sends one IKE message (without the RFC 3948 non-ESP marker; the transport adds it on 4500).
+    virtual void send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message) = 0;
+    virtual std::chrono::steady_clock::time_point now() = 0;
+    virtual rng& random() = 0;
+    virtual sa_installer& installer() = 0;
+    virtual void log(log_level level, const std::string& sa_name, const std::string& text) = 0;
+    virtual void failure(negotiation_failure failure) = 0;
+};
+
+} // namespace espresso::cp

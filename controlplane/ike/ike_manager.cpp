@@ -1,0 +1,307 @@
+#include "ike_manager.h"
+
+#include <algorithm>
+
+namespace espresso::cp {
+
+ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit)
+    : io_(io), config_(std::move(config)), retransmit_(retransmit)
+{
+}
+
+uint64_t ike_manager::new_spi()
+{
+    uint64_t spi = 0;
+    do {
+        uint8_t b[8];
+        io_.random().fill(b);
+        spi = 0;
+        for (uint8_t x : b) {
+            spi = (spi << 8) | x;
+        }
+    } while (spi == 0 || sas_.count(spi) != 0);
+    return spi;
+}
+
+void ike_manager::record_failure(negotiation_failure f)
+{
+    failures_.push_back(std::move(f));
+    while (failures_.size() > 100) {
+        failures_.pop_front();
+    }
+}
+
+ike_sa& ike_manager::create_initiator(const config::ike_peer_config& peer, std::vector<std::string> tunnels)
+{
+    uint64_t spi = new_spi();
+    endpoint local{peer.local_address, peer.local_port};
+    endpoint remote{*peer.remote_address, peer.remote_port};
+    auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::initiator, spi, 0, local, remote, retransmit_);
+    auto& ref = *sa;
+    sas_[spi] = std::move(sa);
+    ref.initiate(std::move(tunnels));
+    return ref;
+}
+
+void ike_manager::start()
+{
+    for (const auto& peer : config_.peers) {
+        std::vector<std::string> tunnels;
+        for (const auto& t : peer.tunnels) {
+            if (t.start == config::ike_start_action::immediately) {
+                tunnels.push_back(t.name);
+            }
+        }
+        if (!tunnels.empty() && peer.remote_address) {
+            create_initiator(peer, std::move(tunnels));
+        }
+    }
+}
+
+std::string ike_manager::initiate(const std::string& name)
+{
+    for (const auto& peer : config_.peers) {
+        std::vector<std::string> tunnels;
+        if (name == peer.name) {
+            for (const auto& t : peer.tunnels) {
+                tunnels.push_back(t.name);
+            }
+        } else {
+            for (const auto& t : peer.tunnels) {
+                if (name == t.name || name == peer.name + "/" + t.name) {
+                    tunnels.push_back(t.name);
+                }
+            }
+        }
+        if (tunnels.empty()) {
+            continue;
+        }
+        if (!peer.remote_address) {
+            return "peer " + peer.name + " has remote-address any; it can only respond";
+        }
+        // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
+        for (auto& [spi, sa] : sas_) {
+            if (&sa->peer() != &peer && sa->peer().name != peer.name) {
+                continue;
+            }
+            if (sa->sa_state() == ike_sa::state::established) {
+                for (const auto& t : tunnels) {
+                    bool up = std::any_of(sa->children().begin(), sa->children().end(),
+                                          [&](const child_sa& c) { return c.tunnel == t; });
+                    if (!up) {
+                        sa->start_child(t);
+                    }
+                }
+                return "";
+            }
+            if (!sa->dead()) {
+                return ""; // being negotiated
+            }
+        }
+        create_initiator(peer, std::move(tunnels));
+        return "";
+    }
+    return "no peer or tunnel named '" + name + "'";
+}
+
+size_t ike_manager::clear(const std::string& peer)
+{
+    size_t n = 0;
+    for (auto& [spi, sa] : sas_) {
+        if (peer.empty() || sa->peer().name == peer || config::to_string(sa->remote().address) == peer) {
+            sa->delete_sa();
+            ++n;
+        }
+    }
+    reap();
+    return n;
+}
+
+void ike_manager::shutdown()
+{
+    for (auto& [spi, sa] : sas_) {
+        sa->delete_sa();    // sends the Delete once (best effort)
+        sa->shutdown_local(); // and removes the Child SAs now
+    }
+    sas_.clear();
+    half_open_.clear();
+}
+
+const config::ike_peer_config* ike_manager::find_peer_for(const endpoint& local, const endpoint& remote) const
+{
+    // Exact remote address first, then `any`.
+    for (int pass = 0; pass < 2; ++pass) {
+        for (const auto& p : config_.peers) {
+            if (!(p.local_address == local.address)) {
+                continue;
+            }
+            if (pass == 0 ? (p.remote_address && *p.remote_address == remote.address) : !p.remote_address) {
+                return &p;
+            }
+        }
+    }
+    return nullptr;
+}
+
+void ike_manager::receive(const endpoint& local, const endpoint& remote, std::span<const uint8_t> datagram)
+{
+    ++counters_.received;
+    auto parsed = parse_message(datagram);
+    if (auto* err = std::get_if<parse_error>(&parsed)) {
+        ++counters_.malformed;
+        io_.log(log_level::debug, "-", "dropped a malformed message from " + to_string(remote) + ": " + err->what);
+        return;
+    }
+    auto& msg = std::get<message>(parsed);
+    const auto& h = msg.header;
+    bool init = h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init);
+    io_.log(log_level::debug, "-", "received " + describe(msg) + " from " + to_string(remote));
+
+    if (init && !h.is_response() && h.spi_r == 0 && h.message_id == 0) {
+        auto key = std::make_pair(h.spi_i, to_string(remote));
+        if (auto it = half_open_.find(key); it != half_open_.end()) {
+            if (auto sa = sas_.find(it->second); sa != sas_.end()) {
+                sa->second->handle(msg, datagram, local, remote); // retransmission: cached response
+                return;
+            }
+        }
+        const auto* peer = find_peer_for(local, remote);
+        if (peer == nullptr) {
+            ++counters_.no_peer;
+            record_failure({std::chrono::system_clock::now(), config::to_string(remote.address), to_string(remote),
+                            "IKE_SA_INIT from " + to_string(remote) + " to " + to_string(local) +
+                                ": no peer is configured for this address.",
+                            "add a peer with local-address " + config::to_string(local.address) + " and remote-address " +
+                                config::to_string(remote.address) + " (or any)."});
+            io_.log(log_level::warning, "-", failures_.back().cause);
+            return;
+        }
+        size_t half_open = static_cast<size_t>(std::count_if(sas_.begin(), sas_.end(), [](const auto& kv) {
+            return kv.second->sa_role() == ike_sa::role::responder && kv.second->sa_state() == ike_sa::state::init_done;
+        }));
+        if (half_open >= config_.cookie_threshold * 10u) {
+            ++counters_.half_open_refused;
+            return;
+        }
+        uint64_t spi = new_spi();
+        auto sa = std::make_unique<ike_sa>(io_, *peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
+        auto& ref = *sa;
+        sas_[spi] = std::move(sa);
+        half_open_[key] = spi;
+        ref.respond_init(msg, datagram);
+        reap();
+        return;
+    }
+
+    // §2.1: the responder's SPI names the SA for the responder, the initiator's for the initiator.
+    uint64_t ours = h.from_initiator() ? h.spi_r : h.spi_i;
+    auto it = sas_.find(ours);
+    if (it == sas_.end() || (h.from_initiator() ? it->second->spi_i() != h.spi_i : false)) {
+        ++counters_.unknown_spi;
+        io_.log(log_level::debug, "-", "dropped a message for an unknown IKE SA from " + to_string(remote));
+        return;
+    }
+    it->second->handle(msg, datagram, local, remote);
+    reap();
+}
+
+void ike_manager::tick()
+{
+    for (auto& [spi, sa] : sas_) {
+        if (sa->next_deadline() <= io_.now()) {
+            sa->tick();
+        }
+    }
+    reap();
+}
+
+steady_time ike_manager::next_deadline() const
+{
+    steady_time next = steady_time::max();
+    for (const auto& [spi, sa] : sas_) {
+        next = std::min(next, sa->next_deadline());
+    }
+    return next;
+}
+
+void ike_manager::reap()
+{
+    std::vector<const config::ike_peer_config*> restart;
+    for (auto it = sas_.begin(); it != sas_.end();) {
+        if (it->second->dead()) {
+            if (it->second->restart_requested()) {
+                restart.push_back(&it->second->peer());
+            }
+            for (auto h = half_open_.begin(); h != half_open_.end();) {
+                h = h->second == it->first ? half_open_.erase(h) : std::next(h);
+            }
+            it = sas_.erase(it);
+        } else {
+            if (it->second->sa_state() == ike_sa::state::established) {
+                for (auto h = half_open_.begin(); h != half_open_.end();) {
+                    h = h->second == it->first ? half_open_.erase(h) : std::next(h);
+                }
+            }
+            ++it;
+        }
+    }
+    for (const auto* peer : restart) {
+        for (const auto& p : config_.peers) {
+            if (p.name == peer->name && p.remote_address) {
+                std::vector<std::string> tunnels;
+                for (const auto& t : p.tunnels) {
+                    tunnels.push_back(t.name);
+                }
+                create_initiator(p, std::move(tunnels));
+            }
+        }
+    }
+}
+
+void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
+{
+    for (const auto& p : config_.peers) {
+        for (const auto& t : p.tunnels) {
+            if (t.start != config::ike_start_action::on_traffic) {
+                continue;
+            }
+            auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
+                return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
+                    if (p.address.family != x.address.family || p.length > x.length) {
+                        return false;
+                    }
+                    for (unsigned bit = 0; bit < p.length; ++bit) {
+                        uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
+                        if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
+                            return false;
+                        }
+                    }
+                    return true;
+                });
+            };
+            if (covers(t.local_ts, local) && covers(t.remote_ts, remote)) {
+                initiate(p.name + "/" + t.name);
+                return;
+            }
+        }
+    }
+}
+
+void ike_manager::on_expire(config::direction dir, uint32_t spi, bool hard)
+{
+    for (auto& [ike_spi, sa] : sas_) {
+        for (const auto& c : sa->children()) {
+            uint32_t match = dir == config::direction::inbound ? c.spi_in : c.spi_out;
+            if (match == spi) {
+                if (!hard) {
+                    sa->on_soft_expire(c.spi_in);
+                } else {
+                    sa->rekey_child(c.spi_in);
+                }
+                return;
+            }
+        }
+    }
+}
+
+} // namespace espresso::cp

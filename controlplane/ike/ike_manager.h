@@ -1,0 +1,72 @@
+// The IKE SAs of one daemon: demultiplexes datagrams to IKE SAs by SPI (RFC 7296 §2.1), creates
+// responder SAs for new IKE_SA_INIT requests (bounded: half-open limit, §2.6), starts configured
+// tunnels, and answers the operator (status, failures, initiate, clear). Transport-agnostic: the
+// daemon feeds it datagrams and calls tick() at next_deadline(); tests drive two of them in memory.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "espresso/config/ike.h"
+#include "ike_io.h"
+#include "ike_sa.h"
+
+namespace espresso::cp {
+
+struct manager_counters {
+    uint64_t received = 0;
+    uint64_t malformed = 0;          // failed parse_message
+    uint64_t unknown_spi = 0;        // no IKE SA for the SPI
+    uint64_t no_peer = 0;            // IKE_SA_INIT from an address no peer accepts
+    uint64_t half_open_refused = 0;  // over the half-open limit
+    uint64_t sent = 0;
+};
+
+class ike_manager {
+public:
+    ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit = {});
+
+    // Initiates every tunnel with `start: immediately`.
+    void start();
+    // One IKE message as received (non-ESP marker already stripped).
+    void receive(const endpoint& local, const endpoint& remote, std::span<const uint8_t> datagram);
+    void tick();
+    steady_time next_deadline() const;
+
+    // Operator: initiate a peer (all its tunnels) or one tunnel ("peer" or "peer/tunnel" or tunnel name).
+    // Returns "" or the reason it cannot.
+    std::string initiate(const std::string& name);
+    // Deletes the IKE SAs of one peer (by name or address), or all when empty. Returns how many.
+    size_t clear(const std::string& peer);
+    // Deletes every SA locally (data plane) and tells peers, best effort: daemon shutdown.
+    void shutdown();
+    // Data plane events: acquire for a protect policy without SA; soft/hard expiry of an SA.
+    void on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote);
+    void on_expire(config::direction dir, uint32_t spi, bool hard);
+
+    const std::map<uint64_t, std::unique_ptr<ike_sa>>& sas() const noexcept { return sas_; }
+    const std::deque<negotiation_failure>& failures() const noexcept { return failures_; }
+    const manager_counters& counters() const noexcept { return counters_; }
+    const config::ike_config& config() const noexcept { return config_; }
+    void record_failure(negotiation_failure f);
+
+private:
+    const config::ike_peer_config* find_peer_for(const endpoint& local, const endpoint& remote) const;
+    ike_sa& create_initiator(const config::ike_peer_config& peer, std::vector<std::string> tunnels);
+    uint64_t new_spi();
+    void reap();
+
+    ike_io& io_;
+    config::ike_config config_;
+    retransmit_policy retransmit_;
+    std::map<uint64_t, std::unique_ptr<ike_sa>> sas_;      // by our SPI
+    std::map<std::pair<uint64_t, std::string>, uint64_t> half_open_; // (SPIi, remote) -> our SPI, for retransmitted IKE_SA_INIT
+    std::deque<negotiation_failure> failures_;
+    manager_counters counters_;
+};
+
+} // namespace espresso::cp

@@ -1,0 +1,354 @@
+#include "ike_sa.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace espresso::cp {
+
+std::string to_string(const endpoint& e)
+{
+    return config::to_string(e.address) + ":" + std::to_string(e.port);
+}
+
+ike_sa::ike_sa(ike_io& io, const config::ike_peer_config& peer, role r, uint64_t spi_i, uint64_t spi_r, endpoint local,
+               endpoint remote, retransmit_policy retransmit)
+    : io_(io), peer_(peer), role_(r), state_(r == role::initiator ? state::init_sent : state::init_done), spi_i_(spi_i),
+      spi_r_(spi_r), local_(local), remote_(remote), retransmit_(retransmit),
+      created_wall_(std::chrono::system_clock::now())
+{
+    last_heard_ = io_.now();
+    // A half-open SA that never authenticates is dropped (RFC 7296 §2.6 spirit: bounded state).
+    half_open_deadline_ = last_heard_ + std::chrono::seconds(30);
+}
+
+ike_sa::~ike_sa() = default;
+
+std::string ike_sa::name() const
+{
+    char spi[20];
+    std::snprintf(spi, sizeof(spi), "%016llx", static_cast<unsigned long long>(local_spi()));
+    return peer_.name + "[" + spi + "]";
+}
+
+void ike_sa::log(log_level level, const std::string& text)
+{
+    io_.log(level, name(), text);
+}
+
+uint32_t ike_sa::random_u32()
+{
+    uint8_t b[4];
+    io_.random().fill(b);
+    return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+}
+
+void ike_sa::fail(const std::string& cause, const std::string& fix)
+{
+    failure_cause_ = cause;
+    io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_), cause, fix});
+    log(log_level::error, cause + " Fix: " + fix);
+    shutdown_local();
+    state_ = state::dead;
+}
+
+void ike_sa::set_established()
+{
+    state_ = state::established;
+    established_wall_ = std::chrono::system_clock::now();
+    auto now = io_.now();
+    if (peer_.dpd_interval != 0) {
+        next_dpd_ = now + std::chrono::seconds(peer_.dpd_interval);
+    }
+    log(log_level::info, "IKE SA established with " + to_string(remote_) + " (" + remote_id_text_ + "), " +
+                             describe(ike_transforms_, protocol_id::ike) +
+                             (nat_detected() ? ", NAT detected, UDP encapsulation" : ""));
+}
+
+void ike_sa::shutdown_local()
+{
+    for (const auto& c : children_) {
+        remove_child_from_dataplane(c);
+    }
+    children_.clear();
+    outstanding_.reset();
+    queue_.clear();
+}
+
+// ---- sending -----------------------------------------------------------------------------------
+
+bytes ike_sa::seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads)
+{
+    payload_type first = payload_type::none;
+    bytes inner = serialize_payloads(payloads, first);
+    size_t sealed = out_->sealed_size(inner.size());
+    bytes datagram(header_size + generic_payload_header_size + sealed);
+    ike_header h;
+    h.spi_i = spi_i_;
+    h.spi_r = spi_r_;
+    h.next = payload_type::sk;
+    h.exchange = static_cast<uint8_t>(exchange);
+    h.flags = static_cast<uint8_t>((role_ == role::initiator ? flag_initiator : 0) | (response ? flag_response : 0));
+    h.message_id = message_id;
+    h.length = static_cast<uint32_t>(datagram.size());
+    write_header(h, std::span<uint8_t, header_size>(datagram.data(), header_size));
+    uint8_t* g = datagram.data() + header_size;
+    g[0] = static_cast<uint8_t>(first);
+    g[1] = 0;
+    uint16_t sk_len = static_cast<uint16_t>(generic_payload_header_size + sealed);
+    g[2] = static_cast<uint8_t>(sk_len >> 8);
+    g[3] = static_cast<uint8_t>(sk_len);
+    std::span<const uint8_t> aad(datagram.data(), header_size + generic_payload_header_size);
+    std::span<uint8_t> out(datagram.data() + aad.size(), sealed);
+    if (!out_->seal(aad, inner, out, io_.random())) {
+        log(log_level::error, "sealing the SK payload failed (OpenSSL)");
+        return {};
+    }
+    return datagram;
+}
+
+void ike_sa::send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads)
+{
+    bytes datagram = seal_message(exchange, true, message_id, payloads);
+    if (datagram.empty()) {
+        return;
+    }
+    io_.send(local_, remote_, datagram);
+    last_response_ = std::move(datagram);
+    last_response_id_ = message_id;
+    expected_request_id_ = message_id + 1;
+}
+
+void ike_sa::send_request_plain(bytes datagram)
+{
+    io_.send(local_, remote_, datagram);
+    outstanding o;
+    o.message_id = 0;
+    o.datagram = std::move(datagram);
+    o.sent = 1;
+    o.deadline = io_.now() + retransmit_.base;
+    o.plain = true;
+    o.on_timeout = [this] {
+        fail("peer " + peer_.name + " (" + to_string(remote_) + ") did not answer IKE_SA_INIT after " +
+                 std::to_string(retransmit_.tries + 1) + " tries: peer unreachable.",
+             "check that the peer is reachable on UDP " + std::to_string(remote_.port) +
+                 ", that its IKE daemon runs and has a connection for " + config::to_string(local_.address) +
+                 ", and routes/firewalls between the gateways.");
+    };
+    outstanding_ = std::move(o);
+}
+
+void ike_sa::queue_request(pending_request request)
+{
+    queue_.push_back(std::move(request));
+    pump_requests();
+}
+
+void ike_sa::pump_requests()
+{
+    if (outstanding_ || queue_.empty() || !out_ || state_ == state::dead) {
+        return;
+    }
+    if (state_ != state::established && state_ != state::deleting && queue_.front().exchange != exchange_type::ike_auth) {
+        return;
+    }
+    pending_request r = std::move(queue_.front());
+    queue_.pop_front();
+    uint32_t id = next_request_id_++;
+    bytes datagram = seal_message(r.exchange, false, id, r.build());
+    if (datagram.empty()) {
+        return;
+    }
+    io_.send(local_, remote_, datagram);
+    outstanding o;
+    o.message_id = id;
+    o.datagram = std::move(datagram);
+    o.sent = 1;
+    o.deadline = io_.now() + retransmit_.base;
+    o.on_reply = std::move(r.on_reply);
+    o.on_timeout = std::move(r.on_timeout);
+    outstanding_ = std::move(o);
+}
+
+// ---- receiving ---------------------------------------------------------------------------------
+
+std::optional<std::vector<payload>> ike_sa::open_message(const message& msg, std::span<const uint8_t> raw)
+{
+    if (!in_ || msg.payloads.empty()) {
+        return std::nullopt;
+    }
+    const auto* sk = std::get_if<sk_payload>(&msg.payloads.back().body);
+    if (sk == nullptr || msg.payloads.back().type != payload_type::sk) {
+        log(log_level::debug, "dropped " + describe(msg) + ": not encrypted");
+        return std::nullopt;
+    }
+    std::string error;
+    auto plain = in_->open(raw.first(sk->aad_size), sk->body, error);
+    if (!plain) {
+        // §2.21.2: messages that fail integrity checks are dropped silently (and counted).
+        log(log_level::warning, "dropped " + to_string(static_cast<exchange_type>(msg.header.exchange)) +
+                                    " message " + std::to_string(msg.header.message_id) + ": " + error);
+        return std::nullopt;
+    }
+    auto parsed = parse_payloads(sk->first_inner, *plain);
+    if (auto* err = std::get_if<parse_error>(&parsed)) {
+        log(log_level::warning, "dropped a message with malformed encrypted payloads: " + err->what);
+        return std::nullopt;
+    }
+    return std::get<std::vector<payload>>(std::move(parsed));
+}
+
+void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endpoint& local, const endpoint& remote)
+{
+    if (state_ == state::dead) {
+        return;
+    }
+    const auto& h = msg.header;
+    if (h.is_response()) {
+        if (!outstanding_ || outstanding_->message_id != h.message_id) {
+            log(log_level::debug, "dropped an unexpected response " + std::to_string(h.message_id));
+            return;
+        }
+        if (outstanding_->plain) {
+            last_heard_ = io_.now();
+            process_init_response(msg, raw);
+            return;
+        }
+        auto payloads = open_message(msg, raw);
+        if (!payloads) {
+            return;
+        }
+        last_heard_ = io_.now();
+        // §2.23: the port may float only on an authenticated message.
+        remote_ = remote;
+        local_ = local;
+        auto done = std::move(outstanding_);
+        outstanding_.reset();
+        if (done->on_reply) {
+            done->on_reply(*payloads);
+        }
+        pump_requests();
+        return;
+    }
+
+    // A request from the peer.
+    if (last_response_id_ && h.message_id == *last_response_id_) {
+        // §2.1: a retransmitted request gets the same response, without processing it again.
+        if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init) || open_message(msg, raw)) {
+            io_.send(local_, remote_, last_response_);
+        }
+        return;
+    }
+    if (h.message_id != expected_request_id_) {
+        log(log_level::debug, "dropped request " + std::to_string(h.message_id) + " (expected " +
+                                  std::to_string(expected_request_id_) + ")");
+        return;
+    }
+    if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init)) {
+        return; // only the first one creates an SA (ike_manager)
+    }
+    auto payloads = open_message(msg, raw);
+    if (!payloads) {
+        return;
+    }
+    last_heard_ = io_.now();
+    remote_ = remote;
+    local_ = local;
+    switch (static_cast<exchange_type>(h.exchange)) {
+    case exchange_type::ike_auth:
+        if (role_ == role::responder && state_ == state::init_done) {
+            process_auth_request(msg, h.message_id, *payloads);
+        }
+        break;
+    case exchange_type::create_child_sa:
+        if (state_ == state::established) {
+            process_create_child_request(h.message_id, *payloads);
+        }
+        break;
+    case exchange_type::informational:
+        if (state_ == state::established || state_ == state::deleting) {
+            process_informational_request(h.message_id, *payloads);
+        }
+        break;
+    default:
+        log(log_level::debug, "ignored exchange type " + std::to_string(h.exchange));
+        break;
+    }
+    pump_requests();
+}
+
+// ---- time --------------------------------------------------------------------------------------
+
+steady_time ike_sa::next_deadline() const
+{
+    steady_time next = steady_time::max();
+    if (outstanding_) {
+        next = std::min(next, outstanding_->deadline);
+    }
+    if (state_ == state::established) {
+        if (next_dpd_ != steady_time{}) {
+            next = std::min(next, next_dpd_);
+        }
+        for (const auto& c : children_) {
+            if (c.rekey_at != steady_time{} && c.st == child_sa::state::installed) {
+                next = std::min(next, c.rekey_at);
+            }
+        }
+    } else if (state_ != state::dead && state_ != state::deleting) {
+        next = std::min(next, half_open_deadline_);
+    }
+    return next;
+}
+
+void ike_sa::tick()
+{
+    if (state_ == state::dead) {
+        return;
+    }
+    auto now = io_.now();
+    if (outstanding_ && now >= outstanding_->deadline) {
+        if (outstanding_->sent > retransmit_.tries) {
+            auto on_timeout = std::move(outstanding_->on_timeout);
+            outstanding_.reset();
+            if (on_timeout) {
+                on_timeout();
+            } else {
+                fail("peer " + peer_.name + " stopped answering.", "check the peer and the path to it.");
+            }
+            if (state_ == state::dead) {
+                return;
+            }
+        } else {
+            io_.send(local_, remote_, outstanding_->datagram);
+            // §2.1: retransmissions back off exponentially.
+            outstanding_->deadline = now + retransmit_.base * (1u << std::min(outstanding_->sent, 10u));
+            ++outstanding_->sent;
+            log(log_level::debug, "retransmit " + std::to_string(outstanding_->message_id) + " (" +
+                                      std::to_string(outstanding_->sent) + ")");
+        }
+    }
+    if (state_ != state::established && state_ != state::deleting && state_ != state::dead && now >= half_open_deadline_ &&
+        !outstanding_) {
+        fail("IKE SA with " + to_string(remote_) + " did not complete within 30 s.",
+             "check the peer's logs; it may have rejected our messages silently.");
+        return;
+    }
+    if (state_ != state::established) {
+        return;
+    }
+    for (auto& c : children_) {
+        if (c.rekey_at != steady_time{} && c.st == child_sa::state::installed && now >= c.rekey_at) {
+            c.rekey_at = steady_time{};
+            rekey_child(c.spi_in);
+        }
+    }
+    if (peer_.dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {
+        auto interval = std::chrono::seconds(peer_.dpd_interval);
+        if (!outstanding_ && queue_.empty() && now - last_heard_ >= interval) {
+            send_dpd();
+        }
+        next_dpd_ = now + interval;
+    }
+    pump_requests();
+}
+
+} // namespace espresso::cp

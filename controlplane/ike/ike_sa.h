@@ -1,0 +1,221 @@
+// One IKE SA (RFC 7296) and its Child SAs, in either role.
+//
+// Exchanges are split by file: exchange_init.cpp (IKE_SA_INIT), exchange_auth.cpp (IKE_AUTH and the
+// first Child SA), exchange_child.cpp (CREATE_CHILD_SA: more Child SAs and Child rekey),
+// exchange_info.cpp (INFORMATIONAL: delete and liveness). This file's .cpp holds what they share:
+// message IDs, the window of one (§2.3), retransmission (§2.1), the cached response for duplicate
+// requests, and sealing/opening the SK payload.
+//
+// Threads: an ike_sa belongs to the thread of its ike_manager; nothing here is shared.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "espresso/config/ike.h"
+#include "espresso/cp/ike_crypto.h"
+#include "espresso/cp/ike_message.h"
+#include "ike_io.h"
+#include "proposals.h"
+
+namespace espresso::cp {
+
+using steady_time = std::chrono::steady_clock::time_point;
+
+// Retransmission schedule (RFC 7296 §2.1 leaves it to the implementation): `base` doubled each try.
+struct retransmit_policy {
+    std::chrono::milliseconds base{1000};
+    unsigned tries = 5; // retransmissions after the first send; then the peer is unreachable
+};
+
+struct child_sa {
+    enum class state : uint8_t { installed, rekeyed, deleting };
+    std::string tunnel;      // configured tunnel name
+    uint32_t spi_in = 0;     // ours: the peer sends with it
+    uint32_t spi_out = 0;    // theirs
+    chosen_transforms transforms;
+    config::ip_prefix local, remote;
+    config::ipsec_mode mode = config::ipsec_mode::tunnel;
+    bool udp = false;
+    state st = state::installed;
+    steady_time established{};
+    steady_time rekey_at{};  // steady_time{} = never
+    std::chrono::system_clock::time_point established_wall{};
+};
+
+class ike_sa {
+public:
+    enum class role : uint8_t { initiator, responder };
+    enum class state : uint8_t { init_sent, init_done, auth_sent, established, deleting, dead };
+
+    ike_sa(ike_io& io, const config::ike_peer_config& peer, role r, uint64_t spi_i, uint64_t spi_r,
+           endpoint local, endpoint remote, retransmit_policy retransmit = {});
+    ~ike_sa();
+    ike_sa(const ike_sa&) = delete;
+    ike_sa& operator=(const ike_sa&) = delete;
+
+    // Initiator: sends IKE_SA_INIT; `tunnels` come up with IKE_AUTH (the first) and CREATE_CHILD_SA.
+    void initiate(std::vector<std::string> tunnels);
+    // Responder: the first IKE_SA_INIT request (already parsed; `raw` as received).
+    void respond_init(const message& request, std::span<const uint8_t> raw);
+    // Any later message for this SA. `local`/`remote` as received (ports may float, §2.23).
+    void handle(const message& msg, std::span<const uint8_t> raw, const endpoint& local, const endpoint& remote);
+    // Retransmissions, liveness, rekeying. Call at next_deadline() or later.
+    void tick();
+    steady_time next_deadline() const;
+
+    // Operator/daemon requests.
+    void start_child(const std::string& tunnel); // CREATE_CHILD_SA (queued behind other requests)
+    void rekey_child(uint32_t spi_in);
+    void delete_sa();                           // INFORMATIONAL with Delete(IKE), then dead
+    void shutdown_local();                      // remove Child SAs from the data plane, no message
+
+    // Data plane events.
+    void on_soft_expire(uint32_t spi_in);
+
+    uint64_t spi_i() const noexcept { return spi_i_; }
+    uint64_t spi_r() const noexcept { return spi_r_; }
+    uint64_t local_spi() const noexcept { return role_ == role::initiator ? spi_i_ : spi_r_; }
+    role sa_role() const noexcept { return role_; }
+    state sa_state() const noexcept { return state_; }
+    const config::ike_peer_config& peer() const noexcept { return peer_; }
+    const endpoint& local() const noexcept { return local_; }
+    const endpoint& remote() const noexcept { return remote_; }
+    const chosen_transforms& transforms() const noexcept { return ike_transforms_; }
+    const std::vector<child_sa>& children() const noexcept { return children_; }
+    bool nat_detected() const noexcept { return nat_local_ || nat_remote_; }
+    bool nat_local() const noexcept { return nat_local_; }   // we are behind a NAT
+    bool nat_remote() const noexcept { return nat_remote_; } // the peer is
+    std::chrono::system_clock::time_point created() const noexcept { return created_wall_; }
+    std::optional<std::chrono::system_clock::time_point> established_at() const noexcept { return established_wall_; }
+    std::string name() const; // "branch[3]" for logs
+    const std::string& failure_cause() const noexcept { return failure_cause_; }
+    std::string remote_identity() const { return remote_id_text_; }
+    // Called when the SA was replaced (rekey) or must go: the manager erases dead SAs.
+    bool dead() const noexcept { return state_ == state::dead; }
+    // DPD found the peer gone and dpd action is restart: the manager initiates a new IKE SA.
+    bool restart_requested() const noexcept { return restart_requested_; }
+
+private:
+    // ---- shared machinery (ike_sa.cpp) ----
+    struct pending_request {
+        exchange_type exchange;
+        std::function<std::vector<payload>()> build;              // runs when the window opens
+        std::function<void(const std::vector<payload>&)> on_reply; // decrypted reply payloads
+        std::function<void()> on_timeout;
+    };
+    struct outstanding {
+        uint32_t message_id = 0;
+        bytes datagram;
+        unsigned sent = 0;
+        steady_time deadline{};
+        std::function<void(const std::vector<payload>&)> on_reply;
+        std::function<void()> on_timeout;
+        bool plain = false; // IKE_SA_INIT
+    };
+
+    void queue_request(pending_request request);
+    void pump_requests();
+    void send_request_plain(bytes datagram);
+    bytes seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads);
+    void send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads);
+    std::optional<std::vector<payload>> open_message(const message& msg, std::span<const uint8_t> raw);
+    void fail(const std::string& cause, const std::string& fix);
+    void log(log_level level, const std::string& text);
+    void set_established();
+    uint32_t random_u32();
+
+    // ---- IKE_SA_INIT (exchange_init.cpp) ----
+    std::vector<payload> build_init_request();
+    void process_init_response(const message& msg, std::span<const uint8_t> raw);
+    std::vector<payload> nat_detection_payloads(uint64_t spi_r_for_hash);
+    void check_nat_detection(const std::vector<payload>& payloads);
+    bool derive_keys(const secret_bytes& g_ir);
+
+    // ---- IKE_AUTH (exchange_auth.cpp) ----
+    void send_auth_request();
+    void process_auth_request(const message& msg, uint32_t message_id, const std::vector<payload>& payloads);
+    void process_auth_response(const std::vector<payload>& payloads);
+    id_payload own_id() const;
+    bytes own_auth(const id_payload& id) const;
+    bool verify_peer_auth(const std::vector<payload>& payloads, std::string& why);
+
+    // ---- Child SAs (exchange_auth.cpp / exchange_child.cpp) ----
+    struct child_offer {
+        std::string tunnel;
+        uint32_t spi_in = 0;
+        std::vector<payload> payloads; // SA, [Ni, KE,] TSi, TSr, [N(USE_TRANSPORT_MODE)]
+        std::unique_ptr<key_exchange> kex;
+        bytes nonce;
+        std::optional<uint32_t> rekeys; // spi_in of the Child SA this one replaces
+    };
+    const config::ike_tunnel_config* find_tunnel(const std::string& name) const;
+    std::optional<child_offer> make_child_offer(const std::string& tunnel, bool with_nonce_and_pfs);
+    // Responder side of a Child SA request (IKE_AUTH or CREATE_CHILD_SA). Returns the reply payloads,
+    // or an error notify; installs on success.
+    // `create_child_sa`: the request carries Ni (and KE for PFS) and the reply Nr (and KE); in IKE_AUTH
+    // the IKE SA's nonces are used and no PFS group is negotiated (§1.2).
+    std::vector<payload> accept_child(const std::vector<payload>& request, bool create_child_sa,
+                                      std::optional<uint32_t> rekeys);
+    bool complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,
+                        std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r);
+    bool install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated);
+    void remove_child_from_dataplane(const child_sa& child);
+    void schedule_rekey(child_sa& child, const config::ike_tunnel_config& tunnel);
+
+    // ---- CREATE_CHILD_SA (exchange_child.cpp) ----
+    void process_create_child_request(uint32_t message_id, const std::vector<payload>& payloads);
+
+    // ---- INFORMATIONAL (exchange_info.cpp) ----
+    void process_informational_request(uint32_t message_id, const std::vector<payload>& payloads);
+    void send_dpd();
+    void delete_child(uint32_t spi_in, bool send_delete);
+
+    ike_io& io_;
+    config::ike_peer_config peer_;
+    role role_;
+    state state_;
+    uint64_t spi_i_, spi_r_;
+    endpoint local_, remote_;
+    retransmit_policy retransmit_;
+    std::chrono::system_clock::time_point created_wall_;
+    std::optional<std::chrono::system_clock::time_point> established_wall_;
+
+    // IKE_SA_INIT state.
+    std::vector<std::string> pending_tunnels_;
+    std::unique_ptr<key_exchange> kex_;
+    uint16_t kex_group_ = 0;
+    bytes nonce_i_, nonce_r_;
+    bytes init_request_, init_response_; // exactly as sent/received: signed by AUTH (§2.15)
+    bytes cookie_;
+    unsigned init_attempts_ = 0;
+    bool nat_local_ = false, nat_remote_ = false;
+
+    chosen_transforms ike_transforms_;
+    secret_bytes sk_d_, sk_pi_, sk_pr_;
+    std::optional<sk_cipher> out_, in_;
+
+    // Message IDs (§2.2) and the window of one.
+    uint32_t next_request_id_ = 0;      // our next request
+    uint32_t expected_request_id_ = 0;  // the peer's next request
+    std::optional<uint32_t> last_response_id_;
+    bytes last_response_;               // resent on a duplicate request
+    std::optional<outstanding> outstanding_;
+    std::deque<pending_request> queue_;
+    steady_time last_heard_{};
+    steady_time next_dpd_{};
+    steady_time ike_rekey_at_{};
+
+    std::vector<child_sa> children_;
+    std::string failure_cause_;
+    std::string remote_id_text_;
+    bool restart_requested_ = false;
+    steady_time half_open_deadline_{};
+};
+
+} // namespace espresso::cp
