@@ -193,6 +193,9 @@ parse_result<proposal> parse_proposal_body(byte_reader r)
         }
         p.transforms.push_back(std::get<transform>(std::move(t)));
     }
+    if (p.transforms.empty()) {
+        return syntax("proposal without transforms");
+    }
     if (marker != transform_last) {
         return syntax("last transform not marked last");
     }

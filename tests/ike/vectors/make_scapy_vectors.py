@@ -63,8 +63,10 @@ def ike_sa_init():
 def ike_auth_chain():
     # The plaintext inside an IKE_AUTH request's SK payload (§1.2): IDi, AUTH, SA, TSi, TSr; first = IDi.
     esp = (transform(False, 1, 20, 256) / transform(True, 5, 0))  # AES-GCM-16-256, no ESN
-    prop = IKEv2_payload_Proposal(next_payload=0, proposal=1, proto=3, SPI=bytes.fromhex("c0ffee01"), trans_nb=2,
-                                  trans=esp)
+    # SPIsize is given: scapy 2.5 computes the proposal length before it fills SPIsize in, and so leaves the
+    # SPI out of the length (the first version of these vectors had that bug; our parser refused it).
+    prop = IKEv2_payload_Proposal(next_payload=0, proposal=1, proto=3, SPIsize=4, SPI=bytes.fromhex("c0ffee01"),
+                                  trans_nb=2, trans=esp)
     # scapy 2.5's IDi computes its length from a field it does not have ("load"), so it is given here.
     chain = (IKEv2_payload_IDi(next_payload=AUTH, IDtype=2, ID=b"left.example.org", length=8 + 16) /
              IKEv2_payload_AUTH(next_payload=SA, auth_type=2, load=bytes(range(0x80, 0xA0))) /
