@@ -167,13 +167,15 @@ TEST(PrfHmac, Rfc4231AndRfc2202Vectors)
         }
     }
     // RFC 4231 §4.7 (test case 7): large key and large data.
-    const bytes data7 = text("This is a test using a larger than block-size key and a larger than block-size data. "
-                             "The key needs to be hashed before being used by the HMAC algorithm.");
+    const bytes data7 =
+        text("This is a test using a larger than block-size key and a larger than block-size data. "
+             "The key needs to be hashed before being used by the HMAC algorithm.");
     EXPECT_EQ(prf(prf_id::hmac_sha2_256, repeat(0xaa, 131), data7),
               hex("9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"));
-    EXPECT_EQ(prf(prf_id::hmac_sha2_512, repeat(0xaa, 131), data7),
-              hex("e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15"
-                  "134676fb6de0446065c97440fa8c6a58"));
+    EXPECT_EQ(
+        prf(prf_id::hmac_sha2_512, repeat(0xaa, 131), data7),
+        hex("e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15"
+            "134676fb6de0446065c97440fa8c6a58"));
     // RFC 4231 §4.6 (test case 5) gives only the first 128 bits.
     const bytes mac5 = prf(prf_id::hmac_sha2_256, repeat(0x0c, 20), text("Test With Truncation"));
     EXPECT_EQ(bytes(mac5.begin(), mac5.begin() + 16), hex("a3b6167473100ee06e0c796c2955552b"));
@@ -197,7 +199,8 @@ TEST(PrfPlus, IteratesWithOneOctetCounter)
 
 struct kdf_vector {
     prf_id prf;
-    std::string_view ni, nr, g_ir, g_ir_new, spi_i, spi_r, skeyseed, dkm, dkm_child, dkm_child_dh, skeyseed_rekey;
+    std::string_view ni, nr, g_ir, g_ir_new, spi_i, spi_r, skeyseed, dkm, dkm_child, dkm_child_dh,
+        skeyseed_rekey;
 };
 
 uint64_t spi_from_hex(std::string_view s)
@@ -211,14 +214,18 @@ uint64_t spi_from_hex(std::string_view s)
 
 // SHA-1, CAVP: from Cisco's fips_kdf_ikev2.c (test_ikev2_kdf), 1024-bit g^ir, 1056-bit DKMs.
 const kdf_vector cavp_sha1_a = {
-    prf_id::hmac_sha1, "3651fef5c9c35e93", "c09a8b90a3f04d59",
+    prf_id::hmac_sha1,
+    "3651fef5c9c35e93",
+    "c09a8b90a3f04d59",
     "d084a30166a50fb7325c3960874a839449ef9741c2f4f947d0201dd8c1269273d79509f37e3ca3eb4fa2fe2a28254e28"
     "9cd3f34dad4eb4df1a07685a4b8a94fa61e2491f7598b3ce65547ff133b3f63d1ac4175eaa695033f3cedb026a6873a3"
     "6455172a8540b8a5d23a0143bed0390ee49b168269d75fffee9fb62be965993c",
     "52f00ab174c25d5b7139ae5ff4e8e9eddee5992d2e36adf8a559ffd90dab1442e4fbe429d320c0f33552a17d1557fa41"
     "ea70e8fb916c4fa27ed52b5f8ebd8461afa78f1159159a64055ac5f6319e29c28eae58cbc6847770f32c3fed1d047504"
     "84f854790f95e9ec01bc5bc461f24966462e359511329305038e94deb6dd42c2",
-    "8e5c3ae507221684", "b1f201bb155c3acd", "cd2e8050137832245f1dbacc6e4f0a92f94d45d6",
+    "8e5c3ae507221684",
+    "b1f201bb155c3acd",
+    "cd2e8050137832245f1dbacc6e4f0a92f94d45d6",
     "6f1b12cad3cbe097b35430356d869d54cddb0198ec859174d53ceb92dddedbe2436db69f60977c58fa63bbb667f8d369"
     "20b109baae8f6c61a9ac49feda01843225d080ec5539d5881a25521ffb2a0a91874a9c0a27fcc2d717eb8963a9e3a89c"
     "7ab264757284c28cf8c3ca40576f4220b052b1fb8e9ad60ba3c80557323331a8cbb89f20",
@@ -233,9 +240,13 @@ const kdf_vector cavp_sha1_a = {
 // SHA-1, CAVP: from libreswan (lib/libswan/ike_alg_test_prf.c "CAVP: IKEv2 key derivation with
 // HMAC-SHA1", child DKMs from programs/cavp's output for the same inputs), 256-bit g^ir.
 const kdf_vector cavp_sha1_b = {
-    prf_id::hmac_sha1, "32b50d5f4a3763f3", "9206a04b26564cb1",
+    prf_id::hmac_sha1,
+    "32b50d5f4a3763f3",
+    "9206a04b26564cb1",
     "4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52",
-    "863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330", "34c9e7c188868785", "3ff77d760d2b2199",
+    "863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330",
+    "34c9e7c188868785",
+    "3ff77d760d2b2199",
     "a9a7b222b59f8f48645f28a1db5b5f5d7479cba7",
     "a14293677cc80ff8f9cc0eee30d895da9d8f405666e30ef0dfcb63c634a46002a2a63080e514a062768b76606f9fa5e9"
     "92204fc5a670bde3f10d6b027113936a5c55b648a194ae587b0088d52204b702c979fa280870d2ed41efa9c549fd1119"
@@ -250,25 +261,37 @@ const kdf_vector cavp_sha1_b = {
 
 // SHA-256, NIST samples: NSS gtests/common/testvectors/ike-sha256-vectors.h (cases 6, 7, 8).
 const kdf_vector cavp_sha256 = {
-    prf_id::hmac_sha2_256, "3f302be1abcb28e1", "8c332ee006064c9b",
+    prf_id::hmac_sha2_256,
+    "3f302be1abcb28e1",
+    "8c332ee006064c9b",
     "0f4d257d7a58fc4545c7d7a88119eee5d5c9690c5b4c989171d3abbfd99d1d29",
-    "25f3b12d6f282739256e39bf54eda53b60ffcf379bb7bcc90c27b4c4c578616c", "40dac39e1e1a8640", "8619a1cf9a6e4c07",
+    "25f3b12d6f282739256e39bf54eda53b60ffcf379bb7bcc90c27b4c4c578616c",
+    "40dac39e1e1a8640",
+    "8619a1cf9a6e4c07",
     "5f00d1bd2c58ec224b1e6b71fa0f19a1faa7a193952c444411b47c1a9d8ba6fe",
     "0b137d669b0947d7d026d593f0305ad401ff0c471357d695778a9c7f4b4869ece98aca531188d16041b3bb936d2dbb3b"
     "4993a6e768a809160de45d0283f273a6cdf6854379e31be72b8d3d1fa990cf9c5b015ca9f918a7df6253c958114a09d4"
     "e1c19bdcd4db14b29d98db1a74ad405c588662c14a04d0d36aa4ab55e90f8986d12d4aad",
-    "", "", "2d63f6debc92048b4fef3889c4c99ca67d6496e0fac14a2bca9a2d6566ff2398"};
+    "",
+    "",
+    "2d63f6debc92048b4fef3889c4c99ca67d6496e0fac14a2bca9a2d6566ff2398"};
 
 // SHA-384, NIST samples: NSS gtests/common/testvectors/ike-sha384-vectors.h (cases 6, 7, 8).
 const kdf_vector cavp_sha384 = {
-    prf_id::hmac_sha2_384, "fd1b572a8e735591", "6013b0ef88dacd3d",
+    prf_id::hmac_sha2_384,
+    "fd1b572a8e735591",
+    "6013b0ef88dacd3d",
     "d3288cd87565101e88fe3bad918f31939d8dd26ff1071f8b2d7f447524e58d7c",
-    "3358f620539473aee8d07e779764c4c6a9aabddc79a28e136b3bac021dbde44a", "2116ad07ce61f749", "24880e55f11a65b7",
+    "3358f620539473aee8d07e779764c4c6a9aabddc79a28e136b3bac021dbde44a",
+    "2116ad07ce61f749",
+    "24880e55f11a65b7",
     "69fe7a1ac94adaeb711295f5fe004b1a8d6a0b65d05692758ce8ad2f7a45f59d7d0b596f51f7dfcf3330061888f6a94f",
     "4f904c2025c90c817ea5ff9b662a6fdb445a73b57cdf09eacd379b95e1f03cacb04cd6deeda4f952191dd9bc1f7a9502"
     "471a648d74dc06d38112de48a42501f6b1a3ad55c2099cd9a648e5f17e5bf3e34bf9b5953decb768a34f875fe2b78dca"
     "0c2fcca81ec1a412006dfaed38fa06882e61f4c148105fb8e231fdb33c4d484c001721d4",
-    "", "", "e0548c1682e13bce454026b3b1bdf42985b24e4e7408095a7c529de38c3d1fcb04c9fe6868042a34c9614c6c99e3fcea"};
+    "",
+    "",
+    "e0548c1682e13bce454026b3b1bdf42985b24e4e7408095a7c529de38c3d1fcb04c9fe6868042a34c9614c6c99e3fcea"};
 
 bytes join_keys(const ike_sa_keys& k)
 {
@@ -294,12 +317,14 @@ void check_kdf_vector(const kdf_vector& v)
         const size_t rest = (dkm.size() - fixed) / 2;
         ike_key_sizes sizes{v.prf, rest / 2, rest - rest / 2};
         const ike_sa_keys keys = derive_ike_sa_keys(sizes, ni, nr, g_ir, spi_i, spi_r);
-        EXPECT_EQ(join_keys(keys), bytes(dkm.begin(), dkm.begin() + static_cast<std::ptrdiff_t>(fixed + 2 * rest)));
+        EXPECT_EQ(join_keys(keys),
+                  bytes(dkm.begin(), dkm.begin() + static_cast<std::ptrdiff_t>(fixed + 2 * rest)));
         EXPECT_EQ(keys.sk_d.size(), prf_size);
         EXPECT_EQ(keys.sk_pr.size(), prf_size);
     } else {
         const ike_sa_keys keys = derive_ike_sa_keys({v.prf, 0, 0}, ni, nr, g_ir, spi_i, spi_r);
-        EXPECT_EQ(to_bytes(keys.sk_d.view()), bytes(dkm.begin(), dkm.begin() + static_cast<std::ptrdiff_t>(prf_size)));
+        EXPECT_EQ(to_bytes(keys.sk_d.view()),
+                  bytes(dkm.begin(), dkm.begin() + static_cast<std::ptrdiff_t>(prf_size)));
     }
     const bytes sk_d(dkm.begin(), dkm.begin() + static_cast<std::ptrdiff_t>(prf_size));
 
@@ -307,15 +332,17 @@ void check_kdf_vector(const kdf_vector& v)
     if (!v.dkm_child.empty()) {
         EXPECT_EQ(to_bytes(derive_child_keymat(v.prf, sk_d, {}, ni, nr, hex(v.dkm_child).size()).view()),
                   hex(v.dkm_child));
-        EXPECT_EQ(to_bytes(derive_child_keymat(v.prf, sk_d, g_ir_new, ni, nr, hex(v.dkm_child_dh).size()).view()),
-                  hex(v.dkm_child_dh));
+        EXPECT_EQ(
+            to_bytes(derive_child_keymat(v.prf, sk_d, g_ir_new, ni, nr, hex(v.dkm_child_dh).size()).view()),
+            hex(v.dkm_child_dh));
     }
 
     // SKEYSEED (rekey) = prf(SK_d (old), g^ir (new) | Ni | Nr); the new SA's keys are prf+ of it.
     const bytes skeyseed_rekey = hex(v.skeyseed_rekey);
     EXPECT_EQ(prf(v.prf, sk_d, cat({g_ir_new, ni, nr})), skeyseed_rekey);
     const ike_key_sizes sizes{v.prf, 16, 32};
-    const ike_sa_keys rekeyed = derive_rekeyed_ike_sa_keys(v.prf, sk_d, sizes, g_ir_new, ni, nr, spi_i, spi_r);
+    const ike_sa_keys rekeyed =
+        derive_rekeyed_ike_sa_keys(v.prf, sk_d, sizes, g_ir_new, ni, nr, spi_i, spi_r);
     const size_t total = 3 * prf_size + 2 * 16 + 2 * 32;
     EXPECT_EQ(join_keys(rekeyed), to_bytes(prf_plus(v.prf, skeyseed_rekey, seed, total).view()));
 }
@@ -332,12 +359,14 @@ TEST(PrfIkev2Kdf, CavpSha384Vector) { check_kdf_vector(cavp_sha384); }
 
 TEST(PrfIkev2Kdf, RekeyUsesOldPrfForSkeyseedAndNewPrfForPrfPlus)
 {
-    const bytes old_sk_d = repeat(0x11, 20), g_ir = repeat(0x22, 32), ni = repeat(0x33, 16), nr = repeat(0x44, 16);
+    const bytes old_sk_d = repeat(0x11, 20), g_ir = repeat(0x22, 32), ni = repeat(0x33, 16),
+                nr = repeat(0x44, 16);
     const ike_key_sizes sizes{prf_id::hmac_sha2_256, 32, 32};
     const auto keys = derive_rekeyed_ike_sa_keys(prf_id::hmac_sha1, old_sk_d, sizes, g_ir, ni, nr, 1, 2);
     const bytes skeyseed = prf(prf_id::hmac_sha1, old_sk_d, cat({g_ir, ni, nr}));
     const bytes seed = cat({ni, nr, hex("0000000000000001"), hex("0000000000000002")});
-    EXPECT_EQ(join_keys(keys), to_bytes(prf_plus(prf_id::hmac_sha2_256, skeyseed, seed, 3 * 32 + 4 * 32).view()));
+    EXPECT_EQ(join_keys(keys),
+              to_bytes(prf_plus(prf_id::hmac_sha2_256, skeyseed, seed, 3 * 32 + 4 * 32).view()));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -347,8 +376,8 @@ bytes q_hmac(const char* digest, std::span<const uint8_t> key, std::span<const u
 {
     std::array<uint8_t, 64> out{};
     size_t n = 0;
-    EXPECT_NE(EVP_Q_mac(nullptr, "HMAC", nullptr, digest, nullptr, key.data(), key.size(), data.data(), data.size(),
-                        out.data(), out.size(), &n),
+    EXPECT_NE(EVP_Q_mac(nullptr, "HMAC", nullptr, digest, nullptr, key.data(), key.size(), data.data(),
+                        data.size(), out.data(), out.size(), &n),
               nullptr);
     return bytes(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(n));
 }
@@ -410,19 +439,26 @@ const std::array<ecp_vector, 3> rfc5903 = {{
      "DCFBEC7AACF3196472169E838430367F66EEBE3C6E70C416DD5F0C68759DD1FFF83FA40142209DFF5EAAD96DB9E6386C",
      "11187331C279962D93D604243FD592CB9D0A926F422E47187521287E7156C5C4D603135569B9E9D09CF5D4A270F59746"},
     {21,
-     "0037ADE9319A89F4DABDB3EF411AACCCA5123C61ACAB57B5393DCE47608172A095AA85A30FE1C2952C6771D937BA9777F5957B2639"
+     "0037ADE9319A89F4DABDB3EF411AACCCA5123C61ACAB57B5393DCE47608172A095AA85A30FE1C2952C6771D937BA9777F5957B2"
+     "639"
      "BAB072462F68C27A57382D4A52",
-     "0015417E84DBF28C0AD3C278713349DC7DF153C897A1891BD98BAB4357C9ECBEE1E3BF42E00B8E380AEAE57C2D107564941885942A"
+     "0015417E84DBF28C0AD3C278713349DC7DF153C897A1891BD98BAB4357C9ECBEE1E3BF42E00B8E380AEAE57C2D1075649418859"
+     "42A"
      "F5A7F4601723C4195D176CED3E",
-     "017CAE20B6641D2EEB695786D8C946146239D099E18E1D5A514C739D7CB4A10AD8A788015AC405D7799DC75E7B7D5B6CF2261A6A7F"
+     "017CAE20B6641D2EEB695786D8C946146239D099E18E1D5A514C739D7CB4A10AD8A788015AC405D7799DC75E7B7D5B6CF2261A6"
+     "A7F"
      "1507438BF01BEB6CA3926F9582",
-     "0145BA99A847AF43793FDD0E872E7CDFA16BE30FDC780F97BCCC3F078380201E9C677D600B343757A3BDBF2A3163E4C2F869CCA745"
+     "0145BA99A847AF43793FDD0E872E7CDFA16BE30FDC780F97BCCC3F078380201E9C677D600B343757A3BDBF2A3163E4C2F869CCA"
+     "745"
      "8AA4A4EFFC311F5CB151685EB9",
-     "00D0B3975AC4B799F5BEA16D5E13E9AF971D5E9B984C9F39728B5E5739735A219B97C356436ADC6E95BB0352F6BE64A6C2912D4EF2"
+     "00D0B3975AC4B799F5BEA16D5E13E9AF971D5E9B984C9F39728B5E5739735A219B97C356436ADC6E95BB0352F6BE64A6C2912D4"
+     "EF2"
      "D0433CED2B6171640012D9460F",
-     "015C68226383956E3BD066E797B623C27CE0EAC2F551A10C2C724D9852077B87220B6536C5C408A1D2AEBB8E86D678AE49CB57091F"
+     "015C68226383956E3BD066E797B623C27CE0EAC2F551A10C2C724D9852077B87220B6536C5C408A1D2AEBB8E86D678AE49CB570"
+     "91F"
      "4732296579AB44FCD17F0FC56A",
-     "01144C7D79AE6956BC8EDB8E7C787C4521CB086FA64407F97894E5E6B2D79B04D1427E73CA4BAA240A34786859810C06B3C715A3A8"
+     "01144C7D79AE6956BC8EDB8E7C787C4521CB086FA64407F97894E5E6B2D79B04D1427E73CA4BAA240A34786859810C06B3C715A"
+     "3A8"
      "CC3151F2BEE417996D19F3DDEA"},
 }};
 
@@ -524,13 +560,13 @@ TEST(DhCurve25519, RefusesSmallOrderAndBadLength)
 }
 
 // RFC 3526 §3, the 2048-bit MODP group's prime.
-const bytes modp2048_p = hex(
-    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
-    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
-    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
-    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
-    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
-    "15728E5A8AACAA68FFFFFFFFFFFFFFFF");
+const bytes modp2048_p =
+    hex("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+        "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+        "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+        "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+        "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+        "15728E5A8AACAA68FFFFFFFFFFFFFFFF");
 
 TEST(DhModp, TwoExchangesAgreeAndValuesArePadded)
 {
@@ -619,8 +655,8 @@ std::vector<sk_combo> all_combos()
 {
     std::vector<sk_combo> out;
     for (uint16_t bits : {128, 192, 256}) {
-        for (integ_id integ : {integ_id::hmac_sha1_96, integ_id::hmac_sha2_256_128, integ_id::hmac_sha2_384_192,
-                               integ_id::hmac_sha2_512_256}) {
+        for (integ_id integ : {integ_id::hmac_sha1_96, integ_id::hmac_sha2_256_128,
+                               integ_id::hmac_sha2_384_192, integ_id::hmac_sha2_512_256}) {
             out.push_back({encr_id::aes_cbc, bits, integ});
         }
         for (encr_id gcm : {encr_id::aes_gcm_8, encr_id::aes_gcm_12, encr_id::aes_gcm_16}) {
@@ -685,7 +721,8 @@ TEST(SkCipher, RefusesTampering)
         bytes sealed(cipher.sealed_size(plain.size()));
         ASSERT_TRUE(cipher.seal(test_aad, plain, sealed, system_rng()));
         std::string error;
-        for (size_t pos : {size_t{0}, cipher.iv_size(), sealed.size() - cipher.icv_size() - 1, sealed.size() - 1}) {
+        for (size_t pos :
+             {size_t{0}, cipher.iv_size(), sealed.size() - cipher.icv_size() - 1, sealed.size() - 1}) {
             bytes bad = sealed;
             bad[pos] ^= 0x01;
             EXPECT_FALSE(cipher.open(test_aad, bad, error)) << "flipped byte " << pos;
@@ -705,7 +742,8 @@ TEST(SkCipher, RefusesBadTransformsAndKeys)
     EXPECT_FALSE(sk_cipher::create(encr_id::aes_cbc, 256, integ_id::none, bytes(32), {}));
     EXPECT_FALSE(sk_cipher::create(encr_id::aes_cbc, 256, integ_id::hmac_sha2_256_128, bytes(31), bytes(32)));
     EXPECT_FALSE(sk_cipher::create(encr_id::aes_cbc, 256, integ_id::hmac_sha2_256_128, bytes(32), bytes(20)));
-    EXPECT_FALSE(sk_cipher::create(encr_id::aes_gcm_16, 256, integ_id::hmac_sha2_256_128, bytes(36), bytes(32)));
+    EXPECT_FALSE(
+        sk_cipher::create(encr_id::aes_gcm_16, 256, integ_id::hmac_sha2_256_128, bytes(36), bytes(32)));
     EXPECT_FALSE(sk_cipher::create(encr_id::aes_gcm_16, 256, integ_id::none, bytes(32), {}));
     EXPECT_FALSE(sk_cipher::create(encr_id::aes_gcm_16, 64, integ_id::none, bytes(12), {}));
     EXPECT_TRUE(sk_cipher::create(encr_id::aes_gcm_16, 256, integ_id::none, bytes(36), {}));
@@ -713,7 +751,8 @@ TEST(SkCipher, RefusesBadTransformsAndKeys)
 
 // Independent path: the same SK payload built here with EVP directly, from RFC 7296 §3.14 / RFC 5282.
 bytes reference_seal(const sk_combo& c, std::span<const uint8_t> encr_key, std::span<const uint8_t> integ_key,
-                     std::span<const uint8_t> aad, std::span<const uint8_t> plain, std::span<const uint8_t> iv)
+                     std::span<const uint8_t> aad, std::span<const uint8_t> plain,
+                     std::span<const uint8_t> iv)
 {
     const bool gcm = is_aead(c.encr);
     const std::string name = "AES-" + std::to_string(c.bits) + (gcm ? "-GCM" : "-CBC");

@@ -67,7 +67,8 @@ int main(int argc, char** argv)
             usage("bad argument");
         }
     }
-    for (const char* required : {"encr", "key-bits", "integ", "sk-e", "spi-i", "spi-r", "first-payload", "payloads"}) {
+    for (const char* required :
+         {"encr", "key-bits", "integ", "sk-e", "spi-i", "spi-r", "first-payload", "payloads"}) {
         if (opt.count(required) == 0) {
             usage((std::string("missing --") + required).c_str());
         }
@@ -92,8 +93,9 @@ int main(int argc, char** argv)
     if (!sk_e || !sk_a || !spi_i || !spi_r || !payloads || spi_i->size() != 8 || spi_r->size() != 8) {
         usage("bad hex (SPIs are 8 bytes)");
     }
-    const auto cipher = sk_cipher::create(encrs.at(opt["encr"]), static_cast<uint16_t>(std::stoi(opt["key-bits"])),
-                                          integs.at(opt["integ"]), *sk_e, *sk_a);
+    const auto cipher =
+        sk_cipher::create(encrs.at(opt["encr"]), static_cast<uint16_t>(std::stoi(opt["key-bits"])),
+                          integs.at(opt["integ"]), *sk_e, *sk_a);
     if (!cipher) {
         usage("transform or key length refused by sk_cipher::create");
     }
@@ -107,10 +109,10 @@ int main(int argc, char** argv)
     //  Exchange Type | Flags | Message ID (4) | Length (4)
     bytes msg(spi_i->begin(), spi_i->end());
     msg.insert(msg.end(), spi_r->begin(), spi_r->end());
-    msg.push_back(46);                           // Next Payload: Encrypted and Authenticated (SK)
-    msg.push_back(0x20);                         // version 2.0
-    msg.push_back(35);                           // IKE_AUTH
-    msg.push_back(response ? 0x20 : 0x08);       // Response, or Initiator
+    msg.push_back(46);                     // Next Payload: Encrypted and Authenticated (SK)
+    msg.push_back(0x20);                   // version 2.0
+    msg.push_back(35);                     // IKE_AUTH
+    msg.push_back(response ? 0x20 : 0x08); // Response, or Initiator
     put_be(msg, opt.count("message-id") != 0 ? std::stoul(opt["message-id"]) : 1, 4);
     put_be(msg, total, 4);
     // §3.14 SK payload: generic header (Next Payload = first inner payload), then IV | ... | ICV.

@@ -28,7 +28,7 @@ struct group_info {
     group_kind kind;
     const char* openssl_name; // group name for OSSL_PKEY_PARAM_GROUP_NAME, or the key type for X25519
     const char* ike_name;
-    size_t public_size;       // KE payload data length
+    size_t public_size; // KE payload data length
 };
 
 // IANA "Transform Type 4 - Key Exchange Method Transform IDs".
@@ -83,9 +83,8 @@ evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, c
     if (pub_bn != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, pub_bn) != 1) {
         return nullptr;
     }
-    if (!pub_octets.empty() &&
-        OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, pub_octets.data(), pub_octets.size()) !=
-            1) {
+    if (!pub_octets.empty() && OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
+                                                                pub_octets.data(), pub_octets.size()) != 1) {
         return nullptr;
     }
     params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
@@ -170,8 +169,7 @@ class modp_exchange final : public key_exchange {
 public:
     modp_exchange(const group_info& g, evp_pkey_ptr key, bn_ptr prime)
         : group_(g), key_(std::move(key)), prime_(std::move(prime))
-    {
-    }
+    {}
 
     static std::unique_ptr<key_exchange> make(const group_info& g, evp_pkey_ptr key)
     {
@@ -182,11 +180,13 @@ public:
         return std::make_unique<modp_exchange>(g, std::move(key), bn_ptr(p));
     }
 
-    static std::unique_ptr<key_exchange> with_private_key(const group_info& g, std::span<const uint8_t> x_bytes)
+    static std::unique_ptr<key_exchange> with_private_key(const group_info& g,
+                                                          std::span<const uint8_t> x_bytes)
     {
         // The group parameters first, to compute y = 2^x mod p ourselves: EVP_PKEY_fromdata does not
         // derive the public half from a private DH key.
-        evp_pkey_ptr params = key_from_data("DH", EVP_PKEY_KEY_PARAMETERS, g.openssl_name, nullptr, nullptr, {});
+        evp_pkey_ptr params =
+            key_from_data("DH", EVP_PKEY_KEY_PARAMETERS, g.openssl_name, nullptr, nullptr, {});
         BIGNUM* p_raw = nullptr;
         BIGNUM* g_raw = nullptr;
         if (!params || EVP_PKEY_get_bn_param(params.get(), OSSL_PKEY_PARAM_FFC_P, &p_raw) != 1) {
@@ -200,7 +200,8 @@ public:
         bn_ptr x(BN_secure_new());
         bn_ptr y(BN_new());
         bn_ctx_ptr bn_ctx(BN_CTX_secure_new());
-        if (!x || !y || !bn_ctx || x_bytes.empty() || x_bytes.size() > static_cast<size_t>(BN_num_bytes(p.get())) ||
+        if (!x || !y || !bn_ctx || x_bytes.empty() ||
+            x_bytes.size() > static_cast<size_t>(BN_num_bytes(p.get())) ||
             BN_bin2bn(x_bytes.data(), static_cast<int>(x_bytes.size()), x.get()) == nullptr) {
             return nullptr;
         }
@@ -234,7 +235,8 @@ public:
         return out;
     }
 
-    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public, std::string& error) override
+    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public,
+                                              std::string& error) override
     {
         if (peer_public.size() != group_.public_size) {
             error = length_error(group_, peer_public.size());
@@ -251,7 +253,8 @@ public:
             error = "key exchange: " + std::string(group_.ike_name) + " public value out of range";
             return std::nullopt;
         }
-        evp_pkey_ptr peer = key_from_data("DH", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, y.get(), {});
+        evp_pkey_ptr peer =
+            key_from_data("DH", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, y.get(), {});
         if (!peer) {
             error = "key exchange: " + std::string(group_.ike_name) + " public value refused";
             return std::nullopt;
@@ -278,10 +281,12 @@ class ecp_exchange final : public key_exchange {
 public:
     ecp_exchange(const group_info& g, evp_pkey_ptr key) : group_(g), key_(std::move(key)) {}
 
-    static std::unique_ptr<key_exchange> with_private_key(const group_info& g, std::span<const uint8_t> d_bytes)
+    static std::unique_ptr<key_exchange> with_private_key(const group_info& g,
+                                                          std::span<const uint8_t> d_bytes)
     {
         // EVP_PKEY_fromdata keeps an EC private key without its public point: compute Q = d*G.
-        std::unique_ptr<EC_GROUP, ec_group_free_fn> curve(EC_GROUP_new_by_curve_name(EC_curve_nist2nid(g.openssl_name)));
+        std::unique_ptr<EC_GROUP, ec_group_free_fn> curve(
+            EC_GROUP_new_by_curve_name(EC_curve_nist2nid(g.openssl_name)));
         bn_ptr d(BN_secure_new());
         bn_ctx_ptr bn_ctx(BN_CTX_secure_new());
         if (!curve || !d || !bn_ctx || d_bytes.empty() || d_bytes.size() > g.public_size / 2 ||
@@ -298,8 +303,8 @@ public:
             return nullptr;
         }
         bytes encoded(1 + g.public_size);
-        if (EC_POINT_point2oct(curve.get(), q.get(), POINT_CONVERSION_UNCOMPRESSED, encoded.data(), encoded.size(),
-                               bn_ctx.get()) != encoded.size()) {
+        if (EC_POINT_point2oct(curve.get(), q.get(), POINT_CONVERSION_UNCOMPRESSED, encoded.data(),
+                               encoded.size(), bn_ctx.get()) != encoded.size()) {
             return nullptr;
         }
         evp_pkey_ptr key = key_from_data("EC", EVP_PKEY_KEYPAIR, g.openssl_name, d.get(), nullptr, encoded);
@@ -316,15 +321,16 @@ public:
     {
         std::array<uint8_t, 1 + 132> encoded{};
         size_t size = 0;
-        if (EVP_PKEY_get_octet_string_param(key_.get(), OSSL_PKEY_PARAM_PUB_KEY, encoded.data(), encoded.size(),
-                                            &size) != 1 ||
+        if (EVP_PKEY_get_octet_string_param(key_.get(), OSSL_PKEY_PARAM_PUB_KEY, encoded.data(),
+                                            encoded.size(), &size) != 1 ||
             size != 1 + group_.public_size || encoded[0] != POINT_CONVERSION_UNCOMPRESSED) {
             detail::crypto_fatal("EC key without an uncompressed public point");
         }
         return bytes(encoded.begin() + 1, encoded.begin() + static_cast<std::ptrdiff_t>(size));
     }
 
-    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public, std::string& error) override
+    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public,
+                                              std::string& error) override
     {
         if (peer_public.size() != group_.public_size) {
             error = length_error(group_, peer_public.size());
@@ -336,14 +342,17 @@ public:
         encoded.insert(encoded.end(), peer_public.begin(), peer_public.end());
         // Loading decodes the point and refuses one that is not on the curve; the public check then
         // also refuses coordinates >= p and the point at infinity (RFC 5903 §7, SP 800-56A 5.6.2.3).
-        evp_pkey_ptr peer = key_from_data("EC", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, nullptr, encoded);
+        evp_pkey_ptr peer =
+            key_from_data("EC", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, nullptr, encoded);
         if (!peer) {
-            error = "key exchange: " + std::string(group_.ike_name) + " public value is not a point on the curve";
+            error =
+                "key exchange: " + std::string(group_.ike_name) + " public value is not a point on the curve";
             return std::nullopt;
         }
         evp_pkey_ctx_ptr check(EVP_PKEY_CTX_new_from_pkey(nullptr, peer.get(), nullptr));
         if (!check || EVP_PKEY_public_check(check.get()) != 1) {
-            error = "key exchange: " + std::string(group_.ike_name) + " public value fails the public key check";
+            error =
+                "key exchange: " + std::string(group_.ike_name) + " public value fails the public key check";
             return std::nullopt;
         }
         auto secret = derive(key_.get(), peer.get(), false, error);
@@ -379,14 +388,15 @@ public:
         return out;
     }
 
-    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public, std::string& error) override
+    std::optional<secret_bytes> shared_secret(std::span<const uint8_t> peer_public,
+                                              std::string& error) override
     {
         if (peer_public.size() != group_.public_size) {
             error = length_error(group_, peer_public.size());
             return std::nullopt;
         }
-        evp_pkey_ptr peer(
-            EVP_PKEY_new_raw_public_key_ex(nullptr, "X25519", nullptr, peer_public.data(), peer_public.size()));
+        evp_pkey_ptr peer(EVP_PKEY_new_raw_public_key_ex(nullptr, "X25519", nullptr, peer_public.data(),
+                                                         peer_public.size()));
         if (!peer) {
             error = "key exchange: CURVE_25519 public value refused";
             return std::nullopt;
@@ -398,7 +408,8 @@ public:
             return std::nullopt;
         }
         static constexpr std::array<uint8_t, 32> zero{};
-        if (secret->size() != zero.size() || CRYPTO_memcmp(secret->view().data(), zero.data(), zero.size()) == 0) {
+        if (secret->size() != zero.size() ||
+            CRYPTO_memcmp(secret->view().data(), zero.data(), zero.size()) == 0) {
             error = "key exchange: CURVE_25519 shared secret is all zero";
             return std::nullopt;
         }
@@ -449,8 +460,8 @@ std::unique_ptr<key_exchange> key_exchange::create_with_private_key(uint16_t gro
         if (private_key.size() != 32) {
             return nullptr;
         }
-        evp_pkey_ptr key(
-            EVP_PKEY_new_raw_private_key_ex(nullptr, "X25519", nullptr, private_key.data(), private_key.size()));
+        evp_pkey_ptr key(EVP_PKEY_new_raw_private_key_ex(nullptr, "X25519", nullptr, private_key.data(),
+                                                         private_key.size()));
         return key ? std::make_unique<x25519_exchange>(*g, std::move(key)) : nullptr;
     }
     }

@@ -45,8 +45,8 @@ using bn_ctx_ptr = std::unique_ptr<BN_CTX, bn_ctx_free_fn>;
 
 // HMAC(key, part1 | part2 | ...) with the named digest ("SHA256", ...). `out` must hold the full
 // digest; returns the digest size.
-size_t hmac(const char* digest, std::span<const uint8_t> key, std::initializer_list<std::span<const uint8_t>> parts,
-            std::span<uint8_t> out);
+size_t hmac(const char* digest, std::span<const uint8_t> key,
+            std::initializer_list<std::span<const uint8_t>> parts, std::span<uint8_t> out);
 
 // The largest digest we use (SHA-512).
 inline constexpr size_t max_digest_size = 64;

@@ -40,8 +40,8 @@ EVP_MAC* hmac_algorithm()
 
 } // namespace
 
-size_t hmac(const char* digest, std::span<const uint8_t> key, std::initializer_list<std::span<const uint8_t>> parts,
-            std::span<uint8_t> out)
+size_t hmac(const char* digest, std::span<const uint8_t> key,
+            std::initializer_list<std::span<const uint8_t>> parts, std::span<uint8_t> out)
 {
     evp_mac_ctx_ptr ctx(EVP_MAC_CTX_new(hmac_algorithm()));
     if (!ctx) {
@@ -97,7 +97,8 @@ const char* checked_prf_digest(prf_id id) noexcept
 }
 
 // prf(key, parts...) into a fixed buffer; returns the output size.
-size_t prf_into(prf_id id, std::span<const uint8_t> key, std::initializer_list<std::span<const uint8_t>> parts,
+size_t prf_into(prf_id id, std::span<const uint8_t> key,
+                std::initializer_list<std::span<const uint8_t>> parts,
                 std::span<uint8_t, detail::max_digest_size> out)
 {
     return detail::hmac(checked_prf_digest(id), key, parts, out);
@@ -266,8 +267,8 @@ secret_bytes prf_plus(prf_id id, std::span<const uint8_t> key, std::span<const u
     size_t written = 0;
     for (unsigned counter = 1; written < size; ++counter) {
         const uint8_t n = static_cast<uint8_t>(counter);
-        t_size = prf_into(id, key, {std::span<const uint8_t>(t.data(), t_size), seed, std::span<const uint8_t>(&n, 1)},
-                          t);
+        t_size = prf_into(
+            id, key, {std::span<const uint8_t>(t.data(), t_size), seed, std::span<const uint8_t>(&n, 1)}, t);
         const size_t chunk = std::min(t_size, size - written);
         std::copy_n(t.begin(), chunk, out.mutable_view().begin() + static_cast<std::ptrdiff_t>(written));
         written += chunk;
@@ -276,8 +277,9 @@ secret_bytes prf_plus(prf_id id, std::span<const uint8_t> key, std::span<const u
     return out;
 }
 
-ike_sa_keys derive_ike_sa_keys(const ike_key_sizes& sizes, std::span<const uint8_t> ni, std::span<const uint8_t> nr,
-                               std::span<const uint8_t> g_ir, uint64_t spi_i, uint64_t spi_r)
+ike_sa_keys derive_ike_sa_keys(const ike_key_sizes& sizes, std::span<const uint8_t> ni,
+                               std::span<const uint8_t> nr, std::span<const uint8_t> g_ir, uint64_t spi_i,
+                               uint64_t spi_r)
 {
     // SKEYSEED = prf(Ni | Nr, g^ir)   (§2.14); the nonces are public, only g^ir and SKEYSEED are secret.
     bytes nonces(ni.begin(), ni.end());
@@ -290,9 +292,10 @@ ike_sa_keys derive_ike_sa_keys(const ike_key_sizes& sizes, std::span<const uint8
     return keys;
 }
 
-ike_sa_keys derive_rekeyed_ike_sa_keys(prf_id old_prf, std::span<const uint8_t> old_sk_d, const ike_key_sizes& sizes,
-                                       std::span<const uint8_t> g_ir, std::span<const uint8_t> ni,
-                                       std::span<const uint8_t> nr, uint64_t spi_i, uint64_t spi_r)
+ike_sa_keys derive_rekeyed_ike_sa_keys(prf_id old_prf, std::span<const uint8_t> old_sk_d,
+                                       const ike_key_sizes& sizes, std::span<const uint8_t> g_ir,
+                                       std::span<const uint8_t> ni, std::span<const uint8_t> nr,
+                                       uint64_t spi_i, uint64_t spi_r)
 {
     // SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with the old SA's PRF   (§2.18)
     std::array<uint8_t, detail::max_digest_size> skeyseed{};
@@ -303,8 +306,9 @@ ike_sa_keys derive_rekeyed_ike_sa_keys(prf_id old_prf, std::span<const uint8_t> 
     return keys;
 }
 
-secret_bytes derive_child_keymat(prf_id id, std::span<const uint8_t> sk_d, std::span<const uint8_t> g_ir_or_empty,
-                                 std::span<const uint8_t> ni, std::span<const uint8_t> nr, size_t size)
+secret_bytes derive_child_keymat(prf_id id, std::span<const uint8_t> sk_d,
+                                 std::span<const uint8_t> g_ir_or_empty, std::span<const uint8_t> ni,
+                                 std::span<const uint8_t> nr, size_t size)
 {
     // KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr)   (§2.17); the seed holds g^ir, so it is wiped.
     secret_bytes seed(g_ir_or_empty.size() + ni.size() + nr.size());

@@ -93,7 +93,8 @@ bool fits_int(size_t n) noexcept { return n <= static_cast<size_t>(INT_MAX); }
 } // namespace
 
 std::optional<sk_cipher> sk_cipher::create(encr_id encr, uint16_t key_bits, integ_id integ,
-                                           std::span<const uint8_t> encr_key, std::span<const uint8_t> integ_key)
+                                           std::span<const uint8_t> encr_key,
+                                           std::span<const uint8_t> integ_key)
 {
     const size_t keymat = encr_keymat_size(encr, key_bits);
     if (keymat == 0 || encr_key.size() != keymat) {
@@ -118,7 +119,10 @@ std::optional<sk_cipher> sk_cipher::create(encr_id encr, uint16_t key_bits, inte
 
 size_t sk_cipher::iv_size() const noexcept { return is_aead(encr_) ? gcm_iv_size : cbc_iv_size; }
 
-size_t sk_cipher::icv_size() const noexcept { return is_aead(encr_) ? gcm_icv_size(encr_) : integ_icv_size(integ_); }
+size_t sk_cipher::icv_size() const noexcept
+{
+    return is_aead(encr_) ? gcm_icv_size(encr_) : integ_icv_size(integ_);
+}
 
 size_t sk_cipher::sealed_size(size_t plaintext_size) const noexcept
 {
@@ -163,8 +167,10 @@ bool sk_cipher::seal(std::span<const uint8_t> aad, std::span<const uint8_t> plai
         std::copy(iv.begin(), iv.end(), nonce.begin() + gcm_salt_size);
         // The default GCM IV length is 12 bytes, our nonce's size.
         if (EVP_EncryptInit_ex2(ctx.get(), cipher, key.data(), nonce.data(), nullptr) != 1 ||
-            (!aad.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1) ||
-            EVP_EncryptUpdate(ctx.get(), body.data(), &len, body.data(), static_cast<int>(body.size())) != 1 ||
+            (!aad.empty() &&
+             EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1) ||
+            EVP_EncryptUpdate(ctx.get(), body.data(), &len, body.data(), static_cast<int>(body.size())) !=
+                1 ||
             EVP_EncryptFinal_ex(ctx.get(), body.data() + len, &len) != 1) {
             return false;
         }
@@ -177,7 +183,8 @@ bool sk_cipher::seal(std::span<const uint8_t> aad, std::span<const uint8_t> plai
     if (EVP_EncryptInit_ex2(ctx.get(), cipher, key.data(), iv.data(), nullptr) != 1 ||
         EVP_CIPHER_CTX_set_padding(ctx.get(), 0) != 1 ||
         EVP_EncryptUpdate(ctx.get(), body.data(), &len, body.data(), static_cast<int>(body.size())) != 1 ||
-        static_cast<size_t>(len) != body.size() || EVP_EncryptFinal_ex(ctx.get(), body.data() + len, &len) != 1) {
+        static_cast<size_t>(len) != body.size() ||
+        EVP_EncryptFinal_ex(ctx.get(), body.data() + len, &len) != 1) {
         return false;
     }
     std::array<uint8_t, detail::max_digest_size> mac{};
@@ -230,7 +237,8 @@ std::optional<bytes> sk_cipher::open(std::span<const uint8_t> aad, std::span<con
             OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag.data(), icvs),
             OSSL_PARAM_construct_end()};
         if (EVP_DecryptInit_ex2(ctx.get(), cipher, key.data(), nonce.data(), nullptr) != 1 ||
-            (!aad.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1) ||
+            (!aad.empty() &&
+             EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1) ||
             EVP_DecryptUpdate(ctx.get(), out.data(), &len, body.data(), static_cast<int>(body.size())) != 1 ||
             EVP_CIPHER_CTX_set_params(ctx.get(), params.data()) != 1) {
             error = "SK payload decryption failed";
@@ -254,7 +262,8 @@ std::optional<bytes> sk_cipher::open(std::span<const uint8_t> aad, std::span<con
         if (EVP_DecryptInit_ex2(ctx.get(), cipher, key.data(), iv.data(), nullptr) != 1 ||
             EVP_CIPHER_CTX_set_padding(ctx.get(), 0) != 1 ||
             EVP_DecryptUpdate(ctx.get(), out.data(), &len, body.data(), static_cast<int>(body.size())) != 1 ||
-            static_cast<size_t>(len) != body.size() || EVP_DecryptFinal_ex(ctx.get(), out.data() + len, &len) != 1) {
+            static_cast<size_t>(len) != body.size() ||
+            EVP_DecryptFinal_ex(ctx.get(), out.data() + len, &len) != 1) {
             error = "SK payload decryption failed";
             return std::nullopt;
         }
