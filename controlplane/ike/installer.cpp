@@ -1,0 +1,122 @@
+#include "installer.h"
+
+#include <openssl/crypto.h>
+
+#include <cstdio>
+
+namespace espresso::cp {
+namespace {
+
+std::string hex(const uint8_t* data, size_t size)
+{
+    static const char digits[] = "0123456789abcdef";
+    std::string s = "0x";
+    for (size_t i = 0; i < size; ++i) {
+        s += digits[data[i] >> 4];
+        s += digits[data[i] & 15];
+    }
+    return s;
+}
+
+void wipe_string(std::string& s)
+{
+    OPENSSL_cleanse(s.data(), s.size());
+}
+
+} // namespace
+
+nlohmann::json sa_to_json(const config::sa_config& sa)
+{
+    char spi[16];
+    std::snprintf(spi, sizeof(spi), "0x%08x", sa.spi);
+    nlohmann::json j = {
+        {"spi", spi},
+        {"direction", sa.dir == config::direction::inbound ? "inbound" : "outbound"},
+        {"protocol", sa.protocol == config::ipsec_protocol::ah ? "ah" : "esp"},
+        {"mode", sa.mode == config::ipsec_mode::transport ? "transport" : "tunnel"},
+        {"source", config::to_string(sa.source)},
+        {"destination", config::to_string(sa.destination)},
+        {"encryption", std::string(config::info(sa.cipher, sa.cipher_key_bytes).name)},
+        {"key", hex(sa.cipher_key.data(), sa.cipher_key_length)},
+        {"integrity", std::string(config::info(sa.integ).name)},
+        {"esn", sa.esn},
+        {"selectors", {{"local", config::to_string(sa.local)}, {"remote", config::to_string(sa.remote)}}},
+        {"lifetime",
+         {{"bytes", sa.lifetime.bytes},
+          {"packets", sa.lifetime.packets},
+          {"soft-bytes", sa.lifetime.soft_bytes},
+          {"soft-packets", sa.lifetime.soft_packets}}},
+    };
+    if (sa.integ != config::integ_alg::none) {
+        j["integrity-key"] = hex(sa.integ_key.data(), sa.integ_key_length);
+    }
+    if (sa.dir == config::direction::inbound) {
+        j["replay-window"] = sa.replay_window;
+    }
+    if (sa.udp) {
+        j["udp-encapsulation"] = {{"source-port", sa.udp->source_port}, {"destination-port", sa.udp->destination_port}};
+    }
+    return j;
+}
+
+dataplane_installer::dataplane_installer(std::string socket_path) : path_(std::move(socket_path)) {}
+
+std::string dataplane_installer::connect()
+{
+    if (client_) {
+        return "";
+    }
+    try {
+        client_.emplace(dp::control_client::connect(path_));
+    } catch (const dp::control_client_error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+std::string dataplane_installer::install(const config::sa_config& sa)
+{
+    if (auto err = connect(); !err.empty()) {
+        return err;
+    }
+    nlohmann::json args = {{"sa", sa_to_json(sa)}};
+    std::string error;
+    try {
+        auto reply = client_->request("add-sa", args);
+        if (!reply.value("ok", false)) {
+            error = reply.value("error", std::string("refused"));
+        }
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        error = e.what();
+    }
+    // Best effort: the JSON library holds the key strings; overwrite them before they are freed.
+    for (const char* k : {"key", "integrity-key"}) {
+        if (args["sa"].contains(k)) {
+            wipe_string(args["sa"][k].get_ref<std::string&>());
+        }
+    }
+    return error;
+}
+
+std::string dataplane_installer::remove(config::direction dir, uint32_t spi)
+{
+    if (auto err = connect(); !err.empty()) {
+        return err;
+    }
+    char text[16];
+    std::snprintf(text, sizeof(text), "0x%08x", spi);
+    try {
+        auto reply = client_->request("delete-sa", {{"direction", dir == config::direction::inbound ? "inbound" : "outbound"},
+                                                    {"spi", text}});
+        if (!reply.value("ok", false)) {
+            return reply.value("error", std::string("refused"));
+        }
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        return e.what();
+    }
+    return "";
+}
+
+} // namespace espresso::cp

@@ -1,0 +1,38 @@
+// sa_installer implementations: the data plane over its control socket (docs/control-api.md), and a
+// null installer that only logs, so espresso-ike runs (and is testable) without espresso-dp.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "espresso/dp/control_client.h"
+#include "ike_io.h"
+
+namespace espresso::cp {
+
+// The add-sa arguments for an SA (keys as "0x..." strings; the caller wipes the JSON afterwards).
+nlohmann::json sa_to_json(const config::sa_config& sa);
+
+class dataplane_installer final : public sa_installer {
+public:
+    explicit dataplane_installer(std::string socket_path);
+    std::string install(const config::sa_config& sa) override;
+    std::string remove(config::direction dir, uint32_t spi) override;
+    // Connects if not connected; "" or the reason.
+    std::string connect();
+
+private:
+    std::string path_;
+    std::optional<dp::control_client> client_;
+};
+
+class null_installer final : public sa_installer {
+public:
+    std::string install(const config::sa_config&) override { return ""; }
+    std::string remove(config::direction, uint32_t) override { return ""; }
+};
+
+} // namespace espresso::cp
