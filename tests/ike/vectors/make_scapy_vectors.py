@@ -121,8 +121,11 @@ def main():
         print(cxx_hex(name, data))
         if "--seeds" in sys.argv:
             os.makedirs(SEEDS, exist_ok=True)
-            # The IKE_AUTH chain is a plaintext chain, not a message: its seed gets an IKE header in front.
+            # The IKE_AUTH chain is a plaintext chain, not a message: one seed as the fuzz target's chain
+            # input (byte 0 = first payload type, IDi), one with an IKE header in front.
             if name == "scapy_ike_auth_chain":
+                with open(os.path.join(SEEDS, "chain-ike-auth"), "wb") as f:
+                    f.write(bytes([IDI]) + data)
                 data = bytes(IKEv2(init_SPI=SPI_I, resp_SPI=SPI_R, next_payload=IDI, exch_type=35, id=1)) + data
                 data = data[:24] + struct.pack("!I", len(data)) + data[28:]
             with open(os.path.join(SEEDS, name.replace("scapy_", "").replace("_", "-")), "wb") as f:
