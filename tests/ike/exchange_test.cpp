@@ -1,0 +1,495 @@
+// Whole IKEv2 exchanges between two in-process peers (ARCHITECTURE.md: mock installer, rng, clock
+// and network), asserting SA states, installed keys and the operator-facing failure causes.
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <map>
+#include <random>
+
+#include "espresso/config/loader.h"
+#include "ike_manager.h"
+
+namespace espresso::cp {
+namespace {
+
+struct test_rng final : rng {
+    std::mt19937_64 gen;
+    explicit test_rng(uint64_t seed) : gen(seed) {}
+    void fill(std::span<uint8_t> out) override
+    {
+        for (auto& b : out) {
+            b = static_cast<uint8_t>(gen());
+        }
+    }
+};
+
+struct recording_installer final : sa_installer {
+    std::map<std::pair<int, uint32_t>, config::sa_config> sas; // (direction, spi)
+    std::vector<std::string> events;
+    std::string refuse; // non-empty: refuse every install with this
+    std::string install(const config::sa_config& sa) override
+    {
+        if (!refuse.empty()) {
+            return refuse;
+        }
+        events.push_back(std::string(sa.dir == config::direction::inbound ? "+in " : "+out ") + std::to_string(sa.spi));
+        sas[{static_cast<int>(sa.dir), sa.spi}] = sa;
+        return "";
+    }
+    std::string remove(config::direction dir, uint32_t spi) override
+    {
+        events.push_back(std::string(dir == config::direction::inbound ? "-in " : "-out ") + std::to_string(spi));
+        sas.erase({static_cast<int>(dir), spi});
+        return "";
+    }
+    size_t count(config::direction dir) const
+    {
+        size_t n = 0;
+        for (const auto& [k, v] : sas) {
+            n += k.first == static_cast<int>(dir);
+        }
+        return n;
+    }
+};
+
+struct datagram {
+    endpoint from, to;
+    bytes data;
+};
+
+struct network;
+
+struct peer_io final : ike_io {
+    network* net = nullptr;
+    steady_time* clock = nullptr;
+    test_rng random_gen;
+    recording_installer inst;
+    std::vector<negotiation_failure> failures;
+    std::vector<std::string> logs;
+    explicit peer_io(uint64_t seed) : random_gen(seed) {}
+    void send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message) override;
+    steady_time now() override { return *clock; }
+    rng& random() override { return random_gen; }
+    sa_installer& installer() override { return inst; }
+    void log(log_level, const std::string& sa, const std::string& text) override { logs.push_back(sa + ": " + text); }
+    void failure(negotiation_failure f) override { failures.push_back(std::move(f)); }
+};
+
+// Two peers and a wire between them, optionally with a NAT in front of peer A.
+struct network {
+    std::deque<datagram> wire;
+    std::function<bool(const datagram&)> drop; // true: lose it
+    bool nat = false;
+    config::ip_address a_private, a_public;
+    std::map<uint16_t, uint16_t> nat_ports{{500, 40000}, {4500, 40500}};
+    size_t delivered = 0;
+
+    void send(const endpoint& from, const endpoint& to, std::span<const uint8_t> data)
+    {
+        datagram d{from, to, bytes(data.begin(), data.end())};
+        if (nat && from.address == a_private) {
+            d.from = endpoint{a_public, nat_ports.at(from.port)};
+        }
+        if (nat && to.address == a_public) {
+            for (const auto& [inside, outside] : nat_ports) {
+                if (outside == to.port) {
+                    d.to = endpoint{a_private, inside};
+                }
+            }
+        }
+        wire.push_back(std::move(d));
+    }
+};
+
+void peer_io::send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message)
+{
+    net->send(local, remote, message);
+}
+
+config::ip_address addr(const char* text)
+{
+    return *config::parse_address(text);
+}
+
+std::string peer_yaml(const std::string& local, const std::string& remote, const std::string& extra_peer,
+                      const std::string& tunnel)
+{
+    return "ike:\n"
+           "  peers:\n"
+           "    - name: p\n"
+           "      local-address: " + local + "\n"
+           "      remote-address: " + remote + "\n" + extra_peer + tunnel;
+}
+
+const std::string default_tunnel_a = "      tunnels:\n"
+                                     "        - name: lan\n"
+                                     "          local-ts: [192.168.1.0/24]\n"
+                                     "          remote-ts: [192.168.2.0/24]\n"
+                                     "          esp-proposals: [aes256gcm16]\n"
+                                     "          start: immediately\n";
+const std::string default_tunnel_b = "      tunnels:\n"
+                                     "        - name: lan\n"
+                                     "          local-ts: [192.168.2.0/24]\n"
+                                     "          remote-ts: [192.168.1.0/24]\n"
+                                     "          esp-proposals: [aes256gcm16]\n";
+const std::string psk = "      auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }\n";
+
+struct pair_fixture {
+    steady_time clock = steady_time{} + std::chrono::hours(1);
+    network net;
+    peer_io io_a{1}, io_b{2};
+    std::unique_ptr<ike_manager> a, b;
+    config::ip_address addr_a = addr("198.51.100.1"), addr_b = addr("203.0.113.1");
+
+    pair_fixture(const std::string& yaml_a, const std::string& yaml_b)
+    {
+        io_a.net = io_b.net = &net;
+        io_a.clock = io_b.clock = &clock;
+        a = std::make_unique<ike_manager>(io_a, config::load_string(yaml_a, "a.yaml").ike);
+        b = std::make_unique<ike_manager>(io_b, config::load_string(yaml_b, "b.yaml").ike);
+    }
+
+    // Delivers until the wire is quiet (bounded).
+    void pump(size_t limit = 200)
+    {
+        for (size_t i = 0; i < limit && !net.wire.empty(); ++i) {
+            datagram d = std::move(net.wire.front());
+            net.wire.pop_front();
+            if (net.drop && net.drop(d)) {
+                continue;
+            }
+            ++net.delivered;
+            bool to_a = d.to.address == (net.nat ? net.a_private : addr_a);
+            (to_a ? *a : *b).receive(d.to, d.from, d.data);
+        }
+    }
+
+    void advance(std::chrono::milliseconds ms)
+    {
+        clock += ms;
+        a->tick();
+        b->tick();
+        pump();
+    }
+
+    const ike_sa* only_sa(ike_manager& m)
+    {
+        return m.sas().size() == 1 ? m.sas().begin()->second.get() : nullptr;
+    }
+};
+
+// A's outbound key must be B's inbound key for the same SPI, and the other way round.
+void expect_mirrored(const recording_installer& x, const recording_installer& y)
+{
+    size_t pairs = 0;
+    for (const auto& [key, sa] : x.sas) {
+        if (key.first != static_cast<int>(config::direction::outbound)) {
+            continue;
+        }
+        auto it = y.sas.find({static_cast<int>(config::direction::inbound), sa.spi});
+        ASSERT_NE(it, y.sas.end()) << "no inbound twin for SPI " << sa.spi;
+        const auto& in = it->second;
+        EXPECT_EQ(sa.cipher, in.cipher);
+        EXPECT_EQ(sa.cipher_key_length, in.cipher_key_length);
+        EXPECT_TRUE(std::equal(sa.cipher_key.begin(), sa.cipher_key.begin() + sa.cipher_key_length, in.cipher_key.begin()));
+        EXPECT_EQ(sa.integ, in.integ);
+        EXPECT_TRUE(std::equal(sa.integ_key.begin(), sa.integ_key.begin() + sa.integ_key_length, in.integ_key.begin()));
+        EXPECT_EQ(sa.source, in.source);
+        EXPECT_EQ(sa.destination, in.destination);
+        EXPECT_EQ(sa.local, in.remote);
+        EXPECT_EQ(sa.remote, in.local);
+        ++pairs;
+    }
+    EXPECT_GT(pairs, 0u);
+}
+
+TEST(ExchangeTest, PskEstablishesIkeAndChildSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      proposals: [aes256-sha256-modp2048]\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      proposals: [aes256-sha256-modp2048]\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    const auto* sa_a = f.only_sa(*f.a);
+    const auto* sa_b = f.only_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr);
+    ASSERT_NE(sa_b, nullptr);
+    EXPECT_EQ(sa_a->sa_state(), ike_sa::state::established) << (f.io_a.logs.empty() ? "" : f.io_a.logs.back());
+    EXPECT_EQ(sa_b->sa_state(), ike_sa::state::established) << (f.io_b.logs.empty() ? "" : f.io_b.logs.back());
+    EXPECT_EQ(sa_a->spi_r(), sa_b->spi_r());
+    EXPECT_FALSE(sa_a->nat_detected());
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    ASSERT_EQ(sa_b->children().size(), 1u);
+    EXPECT_EQ(sa_a->children()[0].spi_in, sa_b->children()[0].spi_out);
+    EXPECT_EQ(f.io_a.inst.count(config::direction::inbound), 1u);
+    EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 1u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    // Inbound is installed before outbound on both sides.
+    ASSERT_GE(f.io_b.inst.events.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.events[0].substr(0, 3), "+in");
+    EXPECT_EQ(f.io_a.inst.events[0].substr(0, 3), "+in");
+    const auto& sa = f.io_a.inst.sas.begin()->second;
+    EXPECT_EQ(sa.cipher, config::cipher_alg::aes_gcm16);
+    EXPECT_EQ(sa.cipher_key_length, 36); // AES-256 + 4-byte salt
+    EXPECT_FALSE(sa.udp.has_value());
+    EXPECT_TRUE(f.io_a.failures.empty());
+    EXPECT_TRUE(f.io_b.failures.empty());
+}
+
+TEST(ExchangeTest, CbcSha256ChildAndEcp256)
+{
+    std::string t_a = default_tunnel_a, t_b = default_tunnel_b;
+    for (auto* t : {&t_a, &t_b}) {
+        t->replace(t->find("aes256gcm16"), 11, "aes128-sha256");
+    }
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      proposals: [aes128-sha256-ecp256]\n", t_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      proposals: [aes128-sha256-ecp256]\n", t_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    const auto& sa = f.io_b.inst.sas.begin()->second;
+    EXPECT_EQ(sa.cipher, config::cipher_alg::aes_cbc);
+    EXPECT_EQ(sa.integ, config::integ_alg::hmac_sha256_128);
+    EXPECT_EQ(sa.integ_key_length, 32);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(ExchangeTest, PskMismatchIsReportedOnBothSides)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", "      auth: { method: psk, secret: \"another-secret\" }\n",
+                             default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_FALSE(f.io_b.failures.empty());
+    EXPECT_NE(f.io_b.failures.back().cause.find("pre-shared key mismatch"), std::string::npos) << f.io_b.failures.back().cause;
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("AUTHENTICATION_FAILED"), std::string::npos) << f.io_a.failures.back().cause;
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+    for (const auto& l : f.io_a.logs) {
+        EXPECT_EQ(l.find("Sup3rS3cr3tK3y"), std::string::npos);
+    }
+}
+
+TEST(ExchangeTest, DhGroupMismatchNamesTheGroup)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      proposals: [aes256-sha256-modp2048]\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      proposals: [aes256-sha256-ecp256]\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_FALSE(f.io_b.failures.empty());
+    const auto& cause = f.io_b.failures.back().cause;
+    EXPECT_NE(cause.find("no common DH group"), std::string::npos) << cause;
+    EXPECT_NE(cause.find("MODP_2048"), std::string::npos) << cause;
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("NO_PROPOSAL_CHOSEN"), std::string::npos);
+}
+
+TEST(ExchangeTest, InvalidKePayloadRetryWithTheResponderGroup)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1",
+                             psk + "      proposals: [aes256-sha256-modp2048, aes256-sha256-ecp256]\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      proposals: [aes256-sha256-ecp256]\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(f.only_sa(*f.a)->transforms().dh, 19);
+    EXPECT_EQ(f.b->sas().size(), 1u); // the refused first attempt left nothing behind
+}
+
+TEST(ExchangeTest, SelectorsNotMirroredKeepTheIkeSa)
+{
+    std::string t_b = default_tunnel_b;
+    t_b.replace(t_b.find("192.168.1.0/24"), 14, "10.1.0.0/16");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, t_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    EXPECT_TRUE(f.only_sa(*f.a)->children().empty());
+    ASSERT_FALSE(f.io_b.failures.empty());
+    EXPECT_NE(f.io_b.failures.back().cause.find("selectors not mirrored"), std::string::npos) << f.io_b.failures.back().cause;
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("TS_UNACCEPTABLE"), std::string::npos) << f.io_a.failures.back().cause;
+}
+
+TEST(ExchangeTest, ResponderNarrowsToItsSubnet)
+{
+    std::string t_a = default_tunnel_a;
+    t_a.replace(t_a.find("192.168.2.0/24"), 14, "192.168.0.0/16");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, t_a), peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(config::to_string(f.only_sa(*f.a)->children()[0].remote), "192.168.2.0/24");
+}
+
+TEST(ExchangeTest, LostMessagesAreRetransmittedAndDuplicatesAnsweredFromCache)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    int dropped = 0;
+    // Lose the first IKE_AUTH response once; the initiator resends, the responder answers from cache.
+    f.net.drop = [&](const datagram& d) {
+        auto h = parse_header(d.data);
+        if (h && h->exchange == static_cast<uint8_t>(exchange_type::ike_auth) && h->is_response() && dropped == 0) {
+            ++dropped;
+            return true;
+        }
+        return false;
+    };
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(dropped, 1);
+    EXPECT_NE(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    f.advance(std::chrono::milliseconds(1100));
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u); // installed once, not twice
+}
+
+TEST(ExchangeTest, UnreachablePeerIsReported)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.net.drop = [](const datagram&) { return true; };
+    f.a->start();
+    for (int i = 0; i < 70; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("peer unreachable"), std::string::npos) << f.io_a.failures.back().cause;
+    EXPECT_TRUE(f.a->sas().empty());
+}
+
+TEST(ExchangeTest, NatIsDetectedAndEspIsUdpEncapsulated)
+{
+    pair_fixture f(peer_yaml("10.0.0.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      remote-id: 10.0.0.1\n", default_tunnel_b));
+    f.net.nat = true;
+    f.net.a_private = addr("10.0.0.1");
+    f.net.a_public = addr("198.51.100.1");
+    f.a->start();
+    f.pump();
+    const auto* sa_a = f.only_sa(*f.a);
+    const auto* sa_b = f.only_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr);
+    ASSERT_NE(sa_b, nullptr);
+    EXPECT_EQ(sa_a->sa_state(), ike_sa::state::established);
+    EXPECT_TRUE(sa_a->nat_local());
+    EXPECT_TRUE(sa_b->nat_remote());
+    EXPECT_EQ(sa_a->local().port, 4500);
+    EXPECT_EQ(sa_b->remote().port, 40500); // floated, NAT-translated
+    for (const auto& [key, sa] : f.io_b.inst.sas) {
+        ASSERT_TRUE(sa.udp.has_value());
+        if (sa.dir == config::direction::outbound) {
+            EXPECT_EQ(sa.udp->source_port, 4500);
+            EXPECT_EQ(sa.udp->destination_port, 40500);
+        }
+    }
+}
+
+TEST(ExchangeTest, ChildRekeyIsMakeBeforeBreak)
+{
+    std::string t_a = default_tunnel_a + "          rekey-time: 60s\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", t_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
+    f.io_a.inst.events.clear();
+    f.advance(std::chrono::seconds(61));
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->children()[0].spi_in, old_in);
+    // New inbound, new outbound, then the old pair goes.
+    ASSERT_EQ(f.io_a.inst.events.size(), 4u);
+    EXPECT_EQ(f.io_a.inst.events[0].substr(0, 3), "+in");
+    EXPECT_EQ(f.io_a.inst.events[1].substr(0, 4), "+out");
+    EXPECT_EQ(f.io_a.inst.events[2].substr(0, 4), "-out");
+    EXPECT_EQ(f.io_a.inst.events[3], "-in " + std::to_string(old_in));
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+TEST(ExchangeTest, ChildRekeyWithPfs)
+{
+    std::string t_a = default_tunnel_a + "          rekey-time: 60s\n", t_b = default_tunnel_b;
+    t_a.replace(t_a.find("aes256gcm16"), 11, "aes256gcm16-ecp256");
+    t_b.replace(t_b.find("aes256gcm16"), 11, "aes256gcm16-ecp256");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, t_a), peer_yaml("203.0.113.1", "198.51.100.1", psk, t_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    f.advance(std::chrono::seconds(61));
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].transforms.dh, 19);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    f.net.drop = [](const datagram&) { return true; }; // B dies
+    for (int i = 0; i < 90; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    EXPECT_TRUE(f.a->sas().empty());
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("DPD"), std::string::npos);
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+}
+
+TEST(ExchangeTest, DeleteFromEitherSideRemovesEverything)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.b->clear(""), 1u);
+    f.pump();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+}
+
+TEST(ExchangeTest, UnknownPeerAddressIsRecorded)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.99", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    EXPECT_TRUE(f.b->sas().empty());
+    ASSERT_FALSE(f.b->failures().empty());
+    EXPECT_NE(f.b->failures().back().cause.find("no peer is configured"), std::string::npos);
+}
+
+TEST(ExchangeTest, GarbageIsCountedNotFatal)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    bytes junk(40, 0xab);
+    f.b->receive(endpoint{f.addr_b, 500}, endpoint{f.addr_a, 500}, junk);
+    EXPECT_EQ(f.b->counters().malformed, 1u);
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.only_sa(*f.b)->sa_state(), ike_sa::state::established);
+}
+
+} // namespace
+} // namespace espresso::cp
