@@ -8,6 +8,7 @@
 #include "espresso/config/loader.h"
 
 #include <string.h> // explicit_bzero
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -61,8 +62,8 @@ config_error::config_error(std::string file, int line, int column, std::string f
 
 namespace {
 
-// Top-level sections. All are read except `ike`, which the IKEv2 daemon will read in a later release:
-// it is accepted and skipped so one file can already carry it. Any other top-level key is an error.
+// Top-level sections. `ike` is for the IKEv2 daemon (the data plane ignores it) but is checked here
+// like the rest. Any other top-level key is an error.
 constexpr std::array<std::string_view, 7> top_level_keys{
     "security-associations", "dataplane", "interfaces", "routes", "neighbors", "policies", "ike",
 };
@@ -81,6 +82,17 @@ constexpr std::array<std::string_view, 3> route_keys{"destination", "via", "inte
 constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "interface"};
 constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
+
+constexpr std::array<std::string_view, 3> ike_keys{"cookie-threshold", "log-file", "peers"};
+constexpr std::array<std::string_view, 14> ike_peer_keys{
+    "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
+    "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "tunnels"};
+constexpr std::array<std::string_view, 6> ike_auth_keys{"method",      "secret",      "secret-file",
+                                                        "certificate", "private-key", "ca"};
+constexpr std::array<std::string_view, 2> ike_dpd_keys{"interval", "action"};
+constexpr std::array<std::string_view, 10> ike_tunnel_keys{"name",          "local-ts",    "remote-ts",   "mode",
+                                                           "esp-proposals", "rekey-time",  "rekey-bytes", "rekey-packets",
+                                                           "start",         "replay-window"};
 
 constexpr uint32_t max_workers = 64;
 // "dp-" + name must fit a kernel interface name: IFNAMSIZ is 16 bytes with the NUL, so 15 - 3.
@@ -477,6 +489,20 @@ private:
     policy_config parse_policy(const YAML::Node& node, const std::string& path, const gateway_config& config,
                                bool check_spi) const;
     void check_sa_endpoints(const field& sas, const gateway_config& config) const;
+
+    uint64_t duration(const field& f, uint64_t max) const;
+    std::string ike_name(const field& f, std::string_view what) const;
+    std::vector<ike_proposal_config> ike_proposals(const field& f, bool esp, bool allow_legacy) const;
+    ike_identity ike_id(const field& f) const;
+    std::string ike_path(const field& f, std::string_view expected) const;
+    void check_secret_file(const field& f, const std::string& path, std::string_view what) const;
+    void check_readable_file(const field& f, const std::string& path, std::string_view what) const;
+    void parse_ike_auth(const field& f, ike_auth_config& auth) const;
+    void parse_ike_tunnel(const YAML::Node& node, const std::string& path, const ike_peer_config& peer,
+                          ike_tunnel_config& tunnel) const;
+    void parse_ike_peer(const YAML::Node& node, const std::string& path, const gateway_config& config,
+                        ike_peer_config& peer) const;
+    void parse_ike(const field& f, gateway_config& config) const;
 
     std::string_view source_;
     const std::string& file_;
@@ -1676,6 +1702,480 @@ void loader::check_sa_endpoints(const field& sas, const gateway_config& config) 
     }
 }
 
+// --- ike ------------------------------------------------------------------------------------------
+// The IKEv2 daemon's settings. The data plane ignores them; they are checked here all the same, so a
+// file is either valid for every process that reads it or for none.
+
+// "lan", "branch-1": names the operator types in commands and reads in logs.
+constexpr size_t max_ike_name = 32;
+
+// "90s", "30m", "4h", "1d" or a plain number of seconds.
+uint64_t loader::duration(const field& f, uint64_t max) const {
+    const std::string expected = "a duration such as 90s, 30m, 4h or 1d, or a number of seconds";
+    const std::string value = text(f, expected);
+    std::string_view digits = value;
+    uint64_t unit = 1;
+    if (!digits.empty()) {
+        switch (digits.back()) {
+        case 's':
+            unit = 1;
+            break;
+        case 'm':
+            unit = 60;
+            break;
+        case 'h':
+            unit = 3600;
+            break;
+        case 'd':
+            unit = 86400;
+            break;
+        default:
+            unit = 0;
+            break;
+        }
+        if (unit != 0) {
+            digits.remove_suffix(1);
+        } else {
+            unit = 1;
+        }
+    }
+    const bool decimal = !digits.empty() && digits.size() <= 19 &&
+                         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!decimal) {
+        fail(f, quoted(value) + " is not a duration", "write " + expected);
+    }
+    const uint64_t count = std::stoull(std::string(digits));
+    if (count > max / unit) {
+        fail(f, quoted(value) + " is too long", "use at most " + std::to_string(max) + " seconds");
+    }
+    return count * unit;
+}
+
+std::string loader::ike_name(const field& f, std::string_view what) const {
+    const std::string value = text(f, "a name such as \"branch\"");
+    if (value.empty() || value.size() > max_ike_name) {
+        fail(f, std::string(what) + " name must have 1.." + std::to_string(max_ike_name) + " characters",
+             "use a short name such as \"branch\"");
+    }
+    for (char c : value) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                        c == '_' || c == '.';
+        if (!ok) {
+            fail(f, std::string(what) + " name " + quoted(value) + " contains " + describe_char(c),
+                 "use letters, digits, '-', '_' and '.' only");
+        }
+    }
+    return value;
+}
+
+std::vector<ike_proposal_config> loader::ike_proposals(const field& f, bool esp, bool allow_legacy) const {
+    const YAML::Node& list = sequence(
+        f, "proposal strings", esp ? "write e.g. esp-proposals: [aes256gcm16]" : "write e.g. proposals: [aes256-sha256-modp2048]");
+    if (list.size() == 0) {
+        fail(f, "the list is empty, so nothing could ever be negotiated",
+             "list at least one proposal, or remove " + std::string(f.name) + " to use the defaults");
+    }
+    std::vector<ike_proposal_config> out;
+    size_t index = 0;
+    for (const auto& item : list) {
+        const field entry{f.name, f.path + "[" + std::to_string(index++) + "]", item, item};
+        const std::string value = text(entry, "a proposal string such as aes256-sha256-modp2048");
+        proposal_error error;
+        auto parsed = parse_ike_proposal(value, esp, allow_legacy, error);
+        if (!parsed) {
+            fail(entry, error.problem, error.fix);
+        }
+        for (const auto& earlier : out) {
+            if (earlier.text == value) {
+                fail(entry, "proposal " + quoted(value) + " is listed twice", "keep only one of them");
+            }
+        }
+        out.push_back(std::move(*parsed));
+    }
+    return out;
+}
+
+ike_identity loader::ike_id(const field& f) const {
+    const std::string value = text(f, "an identity: an address, a host name, user@host, a DN, or %any");
+    const ike_identity id = ::espresso::config::parse_identity(value);
+    if ((id.kind == ike_id_kind::fqdn || id.kind == ike_id_kind::email) && (id.text.empty() || id.text.back() == '@')) {
+        fail(f, "identity " + quoted(value) + " has no host name", "write e.g. @vpn.example.com or user@example.com");
+    }
+    for (char c : value) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+            fail(f, "the identity contains " + describe_char(c), "remove it");
+        }
+    }
+    return id;
+}
+
+// Relative paths are relative to the configuration file's directory, so a file and its secrets can
+// move together; "<string>" (load_string) has none and uses the working directory.
+std::string loader::ike_path(const field& f, std::string_view expected) const {
+    const std::string value = text(f, expected);
+    if (value.empty()) {
+        fail(f, "the path is empty", "write the file's path");
+    }
+    if (value.front() == '/') {
+        return value;
+    }
+    const auto slash = file_.rfind('/');
+    return slash == std::string::npos ? value : file_.substr(0, slash + 1) + value;
+}
+
+// A file that holds a secret (PSK, private key): must exist, be a regular file, and be closed to
+// group and others, or any local user could impersonate this gateway.
+void loader::check_secret_file(const field& f, const std::string& path, std::string_view what) const {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        const int error = errno;
+        fail(f, std::string(what) + " " + quoted(path) + " cannot be read: " + std::strerror(error),
+             "check the path and its permissions");
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fail(f, std::string(what) + " " + quoted(path) + " is not a regular file", "point at the file itself");
+    }
+    if ((st.st_mode & 077) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        fail(f,
+             std::string(what) + " " + quoted(path) + " is accessible to group or others (mode " + mode +
+                 "), so other local users can read the secret",
+             "chmod 600 " + path);
+    }
+}
+
+void loader::check_readable_file(const field& f, const std::string& path, std::string_view what) const {
+    std::ifstream in(path, std::ios::binary);
+    struct stat st {};
+    if (!in || ::stat(path.c_str(), &st) != 0) {
+        const int error = errno;
+        fail(f, std::string(what) + " " + quoted(path) + " cannot be read: " + std::strerror(error),
+             "check the path and its permissions");
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fail(f, std::string(what) + " " + quoted(path) + " is not a regular file", "point at the PEM file itself");
+    }
+}
+
+// Nothing here may put the secret into a message: errors name the field, the file and the length,
+// never the value.
+void loader::parse_ike_auth(const field& f, ike_auth_config& auth) const {
+    // read_mapping quotes unknown keys; here a misplaced secret could be the "key", so say less.
+    if (f.value.IsMap()) {
+        for (auto it = f.value.begin(); it != f.value.end(); ++it) {
+            const bool known = it->first.IsScalar() &&
+                               std::find(ike_auth_keys.begin(), ike_auth_keys.end(), it->first.Scalar()) != ike_auth_keys.end();
+            if (!known) {
+                fail(it->first, f.path, "unknown key (not repeated here, as it may be the secret)",
+                     "valid keys here are: " + join(ike_auth_keys, ", "));
+            }
+        }
+    }
+    const mapping m = read_mapping(f.value, f.path, ike_auth_keys, "how this gateway and the peer authenticate");
+    if (const field* method = m.find("method")) {
+        auth.method = choice<ike_auth_method>(*method, {{"psk", ike_auth_method::psk}, {"pubkey", ike_auth_method::pubkey}});
+    }
+    const field* secret = m.find("secret");
+    const field* secret_file = m.find("secret-file");
+    if (auth.method == ike_auth_method::psk) {
+        for (std::string_view key : {"certificate", "private-key", "ca"}) {
+            if (const field* other = m.find(key)) {
+                fail(*other, std::string(key) + " applies to method: pubkey; this peer uses a pre-shared key",
+                     "remove " + std::string(key) + ", or write method: pubkey");
+            }
+        }
+        if (secret != nullptr && secret_file != nullptr) {
+            fail(*secret_file, "both secret and secret-file are given", "keep one of them (secret-file keeps the "
+                                                                        "key out of the configuration file)");
+        }
+        if (secret == nullptr && secret_file == nullptr) {
+            fail(m.node(), m.path(), "a pre-shared key is needed: neither secret nor secret-file is given",
+                 "add secret-file: /etc/espresso/<peer>.psk (mode 600), or secret: \"...\"");
+        }
+        if (secret != nullptr) {
+            if (secret->value.IsNull() || !secret->value.IsScalar()) {
+                fail(*secret, "expected the pre-shared key as a string, got " + std::string(node_kind(secret->value)),
+                     "write secret: \"...\" (quoted)");
+            }
+            auth.psk = secret->value.Scalar();
+            if (auth.psk.empty()) {
+                fail(*secret, "the pre-shared key is empty", "write a long random secret, e.g. from openssl rand -base64 24");
+            }
+            return;
+        }
+        const std::string path = ike_path(*secret_file, "the path of a file holding the pre-shared key");
+        check_secret_file(*secret_file, path, "secret file");
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+            const int error = errno;
+            fail(*secret_file, "secret file " + quoted(path) + " cannot be read: " + std::strerror(error),
+                 "check the path and its permissions");
+        }
+        constexpr size_t max_secret = 1024;
+        std::string contents(max_secret + 1, '\0');
+        const wipe_on_exit wipe{contents};
+        in.read(contents.data(), static_cast<std::streamsize>(contents.size()));
+        size_t size = static_cast<size_t>(in.gcount());
+        if (size > max_secret) {
+            fail(*secret_file, "secret file " + quoted(path) + " is longer than " + std::to_string(max_secret) + " bytes",
+                 "write only the key into the file");
+        }
+        // One trailing line ending is the editor's, not the key's.
+        if (size > 0 && contents[size - 1] == '\n') {
+            --size;
+            if (size > 0 && contents[size - 1] == '\r') {
+                --size;
+            }
+        }
+        if (size == 0) {
+            fail(*secret_file, "secret file " + quoted(path) + " is empty", "write the pre-shared key into it");
+        }
+        auth.psk.assign(contents.data(), size);
+        return;
+    }
+    for (const field* psk_field : {secret, secret_file}) {
+        if (psk_field != nullptr) {
+            fail(*psk_field, std::string(psk_field->name) + " applies to method: psk; this peer uses certificates",
+                 "remove " + std::string(psk_field->name) + ", or write method: psk");
+        }
+    }
+    const field& certificate = require(m, "certificate", "add certificate: the PEM file of this gateway's certificate");
+    auth.certificate = ike_path(certificate, "the path of a PEM certificate");
+    check_readable_file(certificate, auth.certificate, "certificate");
+    const field& key = require(m, "private-key", "add private-key: the PEM file of this gateway's private key (mode 600)");
+    auth.private_key = ike_path(key, "the path of a PEM private key");
+    check_secret_file(key, auth.private_key, "private key");
+    check_readable_file(key, auth.private_key, "private key");
+    const field& ca = require(m, "ca", "add ca: [the PEM files of the CAs that sign the peer's certificate]");
+    const YAML::Node& list = sequence(ca, "PEM files", "write e.g. ca: [/etc/espresso/ca.pem]");
+    if (list.size() == 0) {
+        fail(ca, "no CA, so no peer certificate could be verified", "list the CA certificates that sign the peer's certificate");
+    }
+    size_t index = 0;
+    for (const auto& item : list) {
+        const field entry{"ca", ca.path + "[" + std::to_string(index++) + "]", item, item};
+        auth.ca.push_back(ike_path(entry, "the path of a PEM CA certificate"));
+        check_readable_file(entry, auth.ca.back(), "CA certificate");
+    }
+}
+
+void loader::parse_ike_tunnel(const YAML::Node& node, const std::string& path, const ike_peer_config& peer,
+                              ike_tunnel_config& tunnel) const {
+    const mapping m = read_mapping(node, path, ike_tunnel_keys, "one tunnel (CHILD_SA)");
+    tunnel.origin = origin(node);
+    tunnel.name = ike_name(require(m, "name", "add name: a short name for this tunnel, e.g. lan"), "tunnel");
+    for (const auto& earlier : peer.tunnels) {
+        if (&earlier != &tunnel && earlier.name == tunnel.name) {
+            fail(m.find("name")->value, m.child_path("name"),
+                 "peer " + quoted(peer.name) + " already has a tunnel named " + quoted(tunnel.name) + " at " +
+                     earlier.origin,
+                 "give each tunnel of a peer its own name");
+        }
+    }
+    std::array<uint8_t, 2> families[2]{}; // [side][v4, v6] seen
+    for (int side = 0; side < 2; ++side) {
+        const std::string_view key = side == 0 ? "local-ts" : "remote-ts";
+        const field& f = require(m, key,
+                                 side == 0 ? "add local-ts: the prefixes behind this gateway, e.g. [192.168.1.0/24]"
+                                           : "add remote-ts: the prefixes behind the peer, e.g. [192.168.2.0/24]");
+        const YAML::Node& list = sequence(f, "prefixes", "write e.g. " + std::string(key) + ": [192.168.1.0/24]");
+        if (list.size() == 0) {
+            fail(f, "no traffic selector", "list at least one prefix (0.0.0.0/0 for any IPv4)");
+        }
+        auto& out = side == 0 ? tunnel.local_ts : tunnel.remote_ts;
+        size_t index = 0;
+        for (const auto& item : list) {
+            const field entry{f.name, f.path + "[" + std::to_string(index++) + "]", item, item};
+            const ip_prefix p = prefix(entry);
+            for (const auto& earlier : out) {
+                if (earlier == p) {
+                    fail(entry, to_string(p) + " is listed twice", "keep only one of them");
+                }
+            }
+            families[side][p.address.is_v4() ? 0 : 1] = 1;
+            out.push_back(p);
+        }
+    }
+    // RFC 7296 §2.9: each side's selectors are narrowed per family; a family on one side only can
+    // never match any packet.
+    for (int fam = 0; fam < 2; ++fam) {
+        if (families[0][fam] != families[1][fam]) {
+            const std::string name = fam == 0 ? "IPv4" : "IPv6";
+            const bool local_has = families[0][fam] != 0;
+            const field* f = m.find(local_has ? "remote-ts" : "local-ts");
+            fail(*f,
+                 std::string(local_has ? "local-ts" : "remote-ts") + " has " + name + " prefixes but " +
+                     (local_has ? "remote-ts" : "local-ts") + " has none, so that traffic could never match",
+                 "add " + name + " prefixes to " + (local_has ? "remote-ts" : "local-ts") + ", or remove the " + name +
+                     " ones from " + (local_has ? "local-ts" : "remote-ts"));
+        }
+    }
+    if (const field* f = m.find("mode")) {
+        tunnel.mode = choice<ipsec_mode>(*f, {{"tunnel", ipsec_mode::tunnel}, {"transport", ipsec_mode::transport}});
+    }
+    if (const field* f = m.find("esp-proposals")) {
+        tunnel.esp_proposals = ike_proposals(*f, true, peer.allow_legacy);
+    } else {
+        for (std::string_view text : {"aes256gcm16", "aes256-sha256"}) {
+            std::string error;
+            tunnel.esp_proposals.push_back(*parse_ike_proposal(text, true, false, error));
+        }
+    }
+    if (const field* f = m.find("rekey-time")) {
+        tunnel.rekey_time = static_cast<uint32_t>(duration(*f, UINT32_MAX / 11 * 10)); // hard limit = 110 %
+    }
+    if (const field* f = m.find("rekey-bytes")) {
+        tunnel.rekey_bytes = number(*f, 0, UINT64_MAX);
+    }
+    if (const field* f = m.find("rekey-packets")) {
+        tunnel.rekey_packets = number(*f, 0, UINT64_MAX);
+    }
+    if (const field* f = m.find("start")) {
+        tunnel.start = choice<ike_start_action>(*f, {{"none", ike_start_action::none},
+                                                     {"immediately", ike_start_action::immediately},
+                                                     {"on-traffic", ike_start_action::on_traffic}});
+        if (!peer.remote_address && tunnel.start != ike_start_action::none) {
+            fail(*f,
+                 "peer " + quoted(peer.name) + " has remote-address: any, so this gateway cannot initiate (start: " +
+                     text(*f, "") + ")",
+                 "write start: none (the peer initiates), or set the peer's remote-address");
+        }
+    }
+    if (const field* f = m.find("replay-window")) {
+        tunnel.replay_window = static_cast<uint32_t>(number(*f, 0, max_replay_window));
+    }
+}
+
+void loader::parse_ike_peer(const YAML::Node& node, const std::string& path, const gateway_config& config,
+                            ike_peer_config& peer) const {
+    const mapping m = read_mapping(node, path, ike_peer_keys, "one IKE peer");
+    peer.origin = origin(node);
+    const field& name = require(m, "name", "add name: a short name for this peer, e.g. branch");
+    peer.name = ike_name(name, "peer");
+    for (const auto& earlier : config.ike.peers) {
+        if (&earlier != &peer && earlier.name == peer.name) {
+            fail(name, "a peer named " + quoted(peer.name) + " is already defined at " + earlier.origin,
+                 "give each peer its own name");
+        }
+    }
+    if (const field* f = m.find("version")) {
+        const std::string value = text(*f, "2");
+        if (value == "1") {
+            fail(*f, "IKEv1 is not supported yet", "use version: 2 (IKEv2, RFC 7296) on both gateways");
+        }
+        if (value != "2") {
+            fail(*f, "unknown IKE version " + quoted(value), "write version: 2");
+        }
+    }
+    const field& local = require(m, "local-address", "add local-address: this gateway's address for IKE, e.g. 198.51.100.1");
+    peer.local_address = address(local);
+    if (!config.interfaces.empty()) {
+        const bool found = std::any_of(config.interfaces.begin(), config.interfaces.end(),
+                                       [&](const interface_config& ic) { return ic.address == peer.local_address; });
+        if (!found) {
+            const std::string addresses = address_list(config.interfaces, peer.local_address.family);
+            fail(local, to_string(peer.local_address) + " is not an address of any interface",
+                 addresses.empty() ? "add an interface with this address (no interface has an " +
+                                         std::string(family_name(peer.local_address.family)) + " address)"
+                                   : "use one of this gateway's interface addresses: " + addresses);
+        }
+    }
+    const field& remote = require(m, "remote-address",
+                                  "add remote-address: the peer's address, or \"any\" to accept it from anywhere "
+                                  "(responder only)");
+    if (text(remote, "an address or any") != "any") {
+        peer.remote_address = address(remote);
+        if (peer.remote_address->family != peer.local_address.family) {
+            fail(remote,
+                 "remote-address is " + std::string(family_name(peer.remote_address->family)) +
+                     " but local-address is " + std::string(family_name(peer.local_address.family)),
+                 "use two addresses of the same family");
+        }
+    }
+    if (const field* f = m.find("local-port")) {
+        peer.local_port = static_cast<uint16_t>(number(*f, 1, 65535));
+    }
+    if (const field* f = m.find("remote-port")) {
+        peer.remote_port = static_cast<uint16_t>(number(*f, 1, 65535));
+    }
+    if (const field* f = m.find("allow-legacy")) {
+        peer.allow_legacy = boolean(*f); // read before the proposals it applies to
+    }
+    if (const field* f = m.find("proposals")) {
+        peer.proposals = ike_proposals(*f, false, peer.allow_legacy);
+    } else {
+        for (std::string_view text : {"aes256gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"}) {
+            std::string error;
+            peer.proposals.push_back(*parse_ike_proposal(text, false, false, error));
+        }
+    }
+    if (const field* f = m.find("local-id")) {
+        peer.local_id = ike_id(*f);
+        if (peer.local_id.kind == ike_id_kind::any) {
+            fail(*f, "this gateway must send a definite identity, not %any", "remove local-id to use local-address");
+        }
+    } else {
+        peer.local_id = ::espresso::config::parse_identity(to_string(peer.local_address));
+    }
+    if (const field* f = m.find("remote-id")) {
+        peer.remote_id = ike_id(*f);
+    } else if (peer.remote_address) {
+        peer.remote_id = ::espresso::config::parse_identity(to_string(*peer.remote_address));
+    } else {
+        peer.remote_id = ::espresso::config::parse_identity("%any");
+    }
+    parse_ike_auth(require(m, "auth", "add auth: { method: psk, secret-file: /etc/espresso/" + peer.name + ".psk }"),
+                   peer.auth);
+    if (const field* f = m.find("rekey-time")) {
+        peer.rekey_time = static_cast<uint32_t>(duration(*f, UINT32_MAX));
+    }
+    if (const field* f = m.find("dpd")) {
+        const mapping dpd = read_mapping(f->value, f->path, ike_dpd_keys, "dead peer detection (RFC 7296 §2.4)");
+        if (const field* interval = dpd.find("interval")) {
+            peer.dpd_interval = static_cast<uint32_t>(duration(*interval, UINT32_MAX));
+        }
+        if (const field* action = dpd.find("action")) {
+            peer.dpd_action = choice<ike_dpd_action>(*action, {{"clear", ike_dpd_action::clear},
+                                                               {"restart", ike_dpd_action::restart},
+                                                               {"hold", ike_dpd_action::hold}});
+        }
+    }
+    if (const field* f = m.find("tunnels")) {
+        const YAML::Node& list = sequence(*f, "tunnels", "start each tunnel with \"- name: ...\"");
+        peer.tunnels.reserve(list.size());
+        size_t index = 0;
+        for (const auto& item : list) {
+            parse_ike_tunnel(item, f->path + "[" + std::to_string(index++) + "]", peer, peer.tunnels.emplace_back());
+        }
+    }
+}
+
+// Peers are parsed in place (reserved up front, never moved) so that run() can wipe every PSK read so
+// far when a later check fails.
+void loader::parse_ike(const field& f, gateway_config& config) const {
+    const mapping m = read_mapping(f.value, f.path, ike_keys, "the IKEv2 daemon's settings");
+    if (const field* threshold = m.find("cookie-threshold")) {
+        config.ike.cookie_threshold = static_cast<uint32_t>(number(*threshold, 0, UINT32_MAX));
+    }
+    if (const field* log = m.find("log-file")) {
+        const std::string value = text(*log, "an absolute path such as /var/log/espresso-ike.log");
+        if (!value.starts_with("/") || value.back() == '/') {
+            fail(*log, quoted(value) + " is not an absolute file path", "write e.g. /var/log/espresso-ike.log");
+        }
+        config.ike.log_file = value;
+    }
+    if (const field* peers = m.find("peers")) {
+        const YAML::Node& list = sequence(*peers, "IKE peers", "start each peer with \"- name: ...\"");
+        config.ike.peers.reserve(list.size());
+        size_t index = 0;
+        for (const auto& item : list) {
+            parse_ike_peer(item, peers->path + "[" + std::to_string(index++) + "]", config,
+                           config.ike.peers.emplace_back());
+        }
+    }
+}
+
 // yaml-cpp 0.7 can loop forever allocating on some malformed tag/flow inputs (found by
 // tests/fuzz/config_fuzz.cpp: " !x\n, !"), and anchors/aliases let a small file expand without bound.
 // An Espresso config needs none of tags, anchors or aliases, so they are refused before yaml-cpp sees
@@ -1878,13 +2378,18 @@ gateway_config loader::run() {
                 config.policies.push_back(std::move(policy));
             }
         }
-        // `ike:` is reserved for the IKEv2 daemon's settings (a later release); accepted, not read.
+        if (const field* f = top.find("ike")) {
+            parse_ike(*f, config); // after interfaces: local-address must be one of theirs
+        }
         if (sas != nullptr) {
             check_sa_endpoints(*sas, config);
         }
     } catch (...) {
         for (auto& sa : config.security_associations) {
             wipe_keys(sa);
+        }
+        for (auto& peer : config.ike.peers) {
+            explicit_bzero(peer.auth.psk.data(), peer.auth.psk.size());
         }
         throw;
     }

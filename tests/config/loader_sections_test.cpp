@@ -69,7 +69,7 @@ security-associations:
     encryption: aes128gcm16
     key: 0xffeeddccbbaa99887766554433221100a0b0c0d0
     selectors: { local: 192.168.1.0/24, remote: 192.168.2.0/24 }
-ike: { reserved: true }
+ike: { cookie-threshold: 500 }
 )";
 
 // The SA selectors above must be valid prefixes: fix the /16 typo once, here.
