@@ -109,7 +109,8 @@ bytes cat(std::initializer_list<bytes> parts)
 sa_payload sample_sa()
 {
     proposal p1{1, static_cast<uint8_t>(protocol_id::ike), {}, {}};
-    p1.transforms = {{transform_type::encr, 20, 256}, {transform_type::prf, 5, {}}, {transform_type::dh, 19, {}}};
+    p1.transforms = {
+        {transform_type::encr, 20, 256}, {transform_type::prf, 5, {}}, {transform_type::dh, 19, {}}};
     proposal p2{2, static_cast<uint8_t>(protocol_id::ike), {}, {}};
     p2.transforms = {{transform_type::encr, 12, 128},
                      {transform_type::prf, 6, {}},
@@ -123,7 +124,8 @@ std::vector<payload> every_payload()
 {
     proposal esp{1, static_cast<uint8_t>(protocol_id::esp), {0xc0, 0xff, 0xee, 0x01}, {}};
     esp.transforms = {{transform_type::encr, 20, 256}, {transform_type::esn, 0, {}}};
-    proposal rekey{1, static_cast<uint8_t>(protocol_id::ike), seq(0x40, 8), {{transform_type::encr, 20, 128}}};
+    proposal rekey{
+        1, static_cast<uint8_t>(protocol_id::ike), seq(0x40, 8), {{transform_type::encr, 20, 128}}};
     traffic_selector v4{7, 0, 0, 65535, {10, 0, 0, 0}, {10, 0, 255, 255}};
     traffic_selector v6{8, 17, 500, 4500, seq(0x20, 16), seq(0x30, 16)};
     return {
@@ -135,7 +137,8 @@ std::vector<payload> every_payload()
         {payload_type::idr, false, id_payload{static_cast<uint8_t>(id_type::ipv4_addr), {192, 0, 2, 1}}},
         {payload_type::cert, false, cert_payload{4, seq(0x10, 40)}},
         {payload_type::certreq, false, cert_payload{4, seq(0x60, 20)}},
-        {payload_type::auth, false, auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), seq(0x80, 32)}},
+        {payload_type::auth, false,
+         auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), seq(0x80, 32)}},
         {payload_type::nonce, false, nonce_payload{seq(0xa0, 32)}},
         {payload_type::notify, false, notify_payload{0, {}, 16388, seq(0x30, 20)}},
         {payload_type::notify, false, notify_payload{3, {1, 2, 3, 4}, 16393, {}}},
@@ -166,7 +169,8 @@ TEST(IkeMessageRoundTrip, EveryPayloadType)
     auto& sk = std::get<sk_payload>(payloads.back().body);
     sk.aad_size = wire.size() - sk.body.size();
     for (size_t i = 0; i < payloads.size(); ++i) {
-        EXPECT_EQ(m.payloads[i], payloads[i]) << "payload " << i << " (" << payload_name(payloads[i].type) << ")";
+        EXPECT_EQ(m.payloads[i], payloads[i])
+            << "payload " << i << " (" << payload_name(payloads[i].type) << ")";
     }
     EXPECT_EQ(serialize_message(m.header, m.payloads), wire);
 }
@@ -232,7 +236,8 @@ TEST(IkeMessageSk, AadSizeCoversHeaderAndEarlierPayloads)
 TEST(IkeMessageSk, MustBeLast)
 {
     // SK (next = IDi, the first inner payload) followed by bytes of another payload.
-    bytes chain = from_hex("23000008aabbccdd" "00000008000000000");
+    bytes chain = from_hex("23000008aabbccdd"
+                           "00000008000000000");
     chain.pop_back();
     auto e = err(parse_message(message_bytes(payload_type::sk, chain)));
     EXPECT_EQ(e.notify, notify_type::invalid_syntax);
@@ -294,7 +299,8 @@ TEST(IkeWireHeader, LengthMustMatchDatagram)
 {
     bytes wire = message_bytes(payload_type::nonce, raw(0, 0, seq(0, 16)));
     ASSERT_FALSE(std::holds_alternative<parse_error>(parse_message(wire)));
-    for (uint32_t length : {0u, 27u, 28u, uint32_t(wire.size() - 1), uint32_t(wire.size() + 1), 0xffffffffu}) {
+    for (uint32_t length :
+         {0u, 27u, 28u, uint32_t(wire.size() - 1), uint32_t(wire.size() + 1), 0xffffffffu}) {
         bytes w = wire;
         w[24] = uint8_t(length >> 24);
         w[25] = uint8_t(length >> 16);
@@ -310,7 +316,8 @@ TEST(IkeWireHeader, LengthMustMatchDatagram)
     const auto& m = ok(parse_message(message_bytes(payload_type::none, {})));
     EXPECT_TRUE(m.payloads.empty());
     // next = none but bytes follow.
-    EXPECT_TRUE(std::holds_alternative<parse_error>(parse_message(message_bytes(payload_type::none, {0, 0, 0, 4}))));
+    EXPECT_TRUE(
+        std::holds_alternative<parse_error>(parse_message(message_bytes(payload_type::none, {0, 0, 0, 4}))));
 }
 
 // ---- every prefix of a valid message fails cleanly ------------------------------------------------
@@ -345,7 +352,8 @@ TEST(IkeWireTruncation, EveryPrefixOfADecryptedChainFails)
     payload_type first{};
     bytes chain = serialize_payloads(payloads, first);
     for (size_t n = 0; n < chain.size(); ++n) {
-        EXPECT_TRUE(std::holds_alternative<parse_error>(parse_payloads(first, std::span(chain).first(n)))) << n;
+        EXPECT_TRUE(std::holds_alternative<parse_error>(parse_payloads(first, std::span(chain).first(n))))
+            << n;
     }
 }
 
@@ -374,41 +382,93 @@ const bad_input bad_inputs[] = {
     {"proposal length past the SA", payload_type::sa, "0000000c0000000d01010000", "exceeds"},
     {"proposal marker 1", payload_type::sa, "0000000c0100000801010000", "Last Substruc 1"},
     {"proposal without transforms", payload_type::sa, "0000000c0000000801010000", "without transforms"},
-    {"last proposal marked more", payload_type::sa, "00000014" "0200001001010001" "0000000801000014",
+    {"last proposal marked more", payload_type::sa,
+     "00000014"
+     "0200001001010001"
+     "0000000801000014",
      "not marked last"},
     {"proposal after the last", payload_type::sa,
-     "00000024" "0000001001010001" "0000000801000014" "0000001002010001" "0000000801000014",
+     "00000024"
+     "0000001001010001"
+     "0000000801000014"
+     "0000001002010001"
+     "0000000801000014",
      "after the proposal marked last"},
-    {"proposal number 0", payload_type::sa, "00000014" "0000001000010001" "0000000801000014", "number 0"},
+    {"proposal number 0", payload_type::sa,
+     "00000014"
+     "0000001000010001"
+     "0000000801000014",
+     "number 0"},
     {"proposal numbers 1, 3", payload_type::sa,
-     "00000024" "0200001001010001" "0000000801000014" "0000001003010001" "0000000801000014", "not 1, 2"},
+     "00000024"
+     "0200001001010001"
+     "0000000801000014"
+     "0000001003010001"
+     "0000000801000014",
+     "not 1, 2"},
     {"proposal numbers 2, 3", payload_type::sa,
-     "00000024" "0200001002010001" "0000000801000014" "0000001003010001" "0000000801000014", "not 1, 2"},
+     "00000024"
+     "0200001002010001"
+     "0000000801000014"
+     "0000001003010001"
+     "0000000801000014",
+     "not 1, 2"},
     {"IKE SPI size 4", payload_type::sa, "000000100000000c01010400aabbccdd", "SPI size 4"},
     {"ESP SPI size 0", payload_type::sa, "0000000c0000000801030000", "SPI size 0"},
     {"ESP SPI size 8", payload_type::sa, "000000140000001001030800aabbccddaabbccdd", "SPI size 8"},
     {"SPI past the proposal", payload_type::sa, "0000000c0000000801090400", "exceeds the proposal"},
-    {"Num Transforms 2, one present", payload_type::sa, "000000140000001001010002" "0000000801000014",
+    {"Num Transforms 2, one present", payload_type::sa,
+     "000000140000001001010002"
+     "0000000801000014",
      "Num Transforms 2"},
     {"Num Transforms 1, two present", payload_type::sa,
-     "0000001c0000001801010001" "0300000801000014" "0000000802000005", "more transforms"},
-    {"transform length 7", payload_type::sa, "000000140000001001010001" "0000000701000014", "below 8"},
-    {"transform length past the proposal", payload_type::sa, "000000140000001001010001" "0000000c01000014",
+     "0000001c0000001801010001"
+     "0300000801000014"
+     "0000000802000005",
+     "more transforms"},
+    {"transform length 7", payload_type::sa,
+     "000000140000001001010001"
+     "0000000701000014",
+     "below 8"},
+    {"transform length past the proposal", payload_type::sa,
+     "000000140000001001010001"
+     "0000000c01000014",
      "exceeds the proposal"},
-    {"transform marker 2", payload_type::sa, "000000140000001001010001" "0200000801000014", "Last Substruc 2"},
-    {"last transform marked more", payload_type::sa, "000000140000001001010001" "0300000801000014",
+    {"transform marker 2", payload_type::sa,
+     "000000140000001001010001"
+     "0200000801000014",
+     "Last Substruc 2"},
+    {"last transform marked more", payload_type::sa,
+     "000000140000001001010001"
+     "0300000801000014",
      "not marked last"},
-    {"transform after the last", payload_type::sa, "0000001c0000001801010002" "0000000801000014"
-     "0000000802000005", "after the transform marked last"},
-    {"attribute truncated", payload_type::sa, "000000160000001201010001" "0000000a010000148000", "TV attribute"},
-    {"TLV attribute past the transform", payload_type::sa, "000000180000001401010001" "0000000c01000014000f0001",
+    {"transform after the last", payload_type::sa,
+     "0000001c0000001801010002"
+     "0000000801000014"
+     "0000000802000005",
+     "after the transform marked last"},
+    {"attribute truncated", payload_type::sa,
+     "000000160000001201010001"
+     "0000000a010000148000",
+     "TV attribute"},
+    {"TLV attribute past the transform", payload_type::sa,
+     "000000180000001401010001"
+     "0000000c01000014000f0001",
      "TLV attribute length"},
-    {"Key Length as TLV", payload_type::sa, "0000001a0000001601010001" "0000000e01000014000e00020100",
+    {"Key Length as TLV", payload_type::sa,
+     "0000001a0000001601010001"
+     "0000000e01000014000e00020100",
      "must be TV"},
-    {"Key Length twice", payload_type::sa, "0000001c0000001801010001" "0000001001000014800e0080800e0100",
+    {"Key Length twice", payload_type::sa,
+     "0000001c0000001801010001"
+     "0000001001000014800e0080800e0100",
      "twice"},
     {"proposal length without the SPI (scapy 2.5 bug)", payload_type::sa,
-     "00000024" "0000001c01030402c0ffee01" "0300000c01000014800e0100" "0000000805000000", "transform length 8 exceeds the proposal"},
+     "00000024"
+     "0000001c01030402c0ffee01"
+     "0300000c01000014800e0100"
+     "0000000805000000",
+     "transform length 8 exceeds the proposal"},
     {"65 transforms", payload_type::sa, "0000000c0000000801010041", "65 transforms"},
     // KE (§3.4)
     {"KE without data", payload_type::ke, "0000000800130000", "without key exchange data"},
@@ -432,17 +492,33 @@ const bad_input bad_inputs[] = {
     {"delete protocol 0", payload_type::del, "0000000800000000", "protocol 0"},
     // TS (§3.13)
     {"TS count 2, one selector", payload_type::tsi,
-     "0000001802000000" "0700001000000ffff0a0000000a0000ff", "truncated"},
+     "0000001802000000"
+     "0700001000000ffff0a0000000a0000ff",
+     "truncated"},
     {"TS count 0 with a selector", payload_type::tsi,
-     "0000001800000000" "070000100000ffff0a0000000a0000ff", "after the last traffic selector"},
-    {"TS v4 length 20", payload_type::tsi, "0000001c01000000" "070000140000ffff0a0000000a0000ff00000000",
+     "0000001800000000"
+     "070000100000ffff0a0000000a0000ff",
+     "after the last traffic selector"},
+    {"TS v4 length 20", payload_type::tsi,
+     "0000001c01000000"
+     "070000140000ffff0a0000000a0000ff00000000",
      "length 20"},
-    {"TS v6 length 20 (scapy's default)", payload_type::tsr, "0000001c01000000" "080000140000ffff0a0000000a0000ff00000000",
+    {"TS v6 length 20 (scapy's default)", payload_type::tsr,
+     "0000001c01000000"
+     "080000140000ffff0a0000000a0000ff00000000",
      "length 20"},
-    {"TS v4 type with v6 length", payload_type::tsr, "0000001801000000" "070000280000ffff0a0000000a0000ff",
+    {"TS v4 type with v6 length", payload_type::tsr,
+     "0000001801000000"
+     "070000280000ffff0a0000000a0000ff",
      "length 40"},
-    {"TS unknown type 9", payload_type::tsr, "0000001801000000" "090000100000ffff0a0000000a0000ff", "type 9"},
-    {"TS v6 truncated", payload_type::tsr, "0000001801000000" "080000280000ffff0a0000000a0000ff", "truncated"},
+    {"TS unknown type 9", payload_type::tsr,
+     "0000001801000000"
+     "090000100000ffff0a0000000a0000ff",
+     "type 9"},
+    {"TS v6 truncated", payload_type::tsr,
+     "0000001801000000"
+     "080000280000ffff0a0000000a0000ff",
+     "truncated"},
     {"65 selectors", payload_type::tsi, "0000000841000000", "65 selectors"},
     {"TS header truncated", payload_type::tsi, "00000007010000", "shorter than 8"},
 };
@@ -469,8 +545,14 @@ TEST(IkeWireLengths, UnknownAttributesSkipped)
 {
     // Transform ENCR 20 with an unknown TV attribute (type 99), an unknown TLV (type 100, 3 bytes of
     // value), then Key Length 256 (RFC 7296 §3.3.5).
-    bytes chain = from_hex("00000023" "0000001f01010001"
-                           "0000001701000014" "80630005" "0064" "0003" "aabbcc" "800e0100");
+    bytes chain = from_hex("00000023"
+                           "0000001f01010001"
+                           "0000001701000014"
+                           "80630005"
+                           "0064"
+                           "0003"
+                           "aabbcc"
+                           "800e0100");
     const auto& m = ok(parse_message(message_bytes(payload_type::sa, chain)));
     ASSERT_EQ(m.payloads.size(), 1u);
     const auto& sa = std::get<sa_payload>(m.payloads[0].body);
@@ -482,7 +564,9 @@ TEST(IkeWireLengths, UnknownAttributesSkipped)
 TEST(IkeWireLengths, ResponseCarriesTheAcceptedProposalNumber)
 {
     // §3.3.1: a responder returns the proposal it chose with its original number.
-    bytes chain = from_hex("00000014" "0000001003010001" "0000000801000014");
+    bytes chain = from_hex("00000014"
+                           "0000001003010001"
+                           "0000000801000014");
     const auto& m = ok(parse_message(message_bytes(payload_type::sa, chain)));
     ASSERT_EQ(m.payloads.size(), 1u);
     EXPECT_EQ(std::get<sa_payload>(m.payloads[0].body).proposals.at(0).number, 3);
@@ -508,7 +592,8 @@ TEST(IkeWireLimits, Proposals)
     std::vector<payload> p = {{payload_type::sa, false, sa}};
     EXPECT_EQ(std::get<sa_payload>(ok(parse_message(serialize_message(sample_header(), p))).payloads[0].body),
               sa);
-    std::get<sa_payload>(p[0].body).proposals.push_back(proposal{65, 1, {}, {{transform_type::encr, 20, 128}}});
+    std::get<sa_payload>(p[0].body).proposals.push_back(
+        proposal{65, 1, {}, {{transform_type::encr, 20, 128}}});
     EXPECT_NE(err(parse_message(serialize_message(sample_header(), p))).what.find("more than 64 proposals"),
               std::string::npos);
 }
@@ -537,11 +622,14 @@ TEST(IkeWireLimits, NonceBounds)
 {
     for (size_t n : {16u, 256u}) {
         std::vector<payload> p = {{payload_type::nonce, false, nonce_payload{bytes(n, 7)}}};
-        EXPECT_FALSE(std::holds_alternative<parse_error>(parse_message(serialize_message(sample_header(), p)))) << n;
+        EXPECT_FALSE(
+            std::holds_alternative<parse_error>(parse_message(serialize_message(sample_header(), p))))
+            << n;
     }
     for (size_t n : {15u, 257u}) {
         std::vector<payload> p = {{payload_type::nonce, false, nonce_payload{bytes(n, 7)}}};
-        EXPECT_TRUE(std::holds_alternative<parse_error>(parse_message(serialize_message(sample_header(), p)))) << n;
+        EXPECT_TRUE(std::holds_alternative<parse_error>(parse_message(serialize_message(sample_header(), p))))
+            << n;
     }
 }
 
@@ -578,8 +666,9 @@ TEST(IkeMessageNames, NamesAndDescribe)
                   {payload_type::nonce, false, nonce_payload{seq(0, 16)}},
                   {payload_type::notify, false, notify_payload{0, {}, 16388, {}}},
                   {payload_type::notify, false, notify_payload{0, {}, 16389, {}}}};
-    EXPECT_EQ(describe(m),
-              "IKE_SA_INIT request 0 [ SA KE No N(NAT_DETECTION_SOURCE_IP) N(NAT_DETECTION_DESTINATION_IP) ]");
+    EXPECT_EQ(
+        describe(m),
+        "IKE_SA_INIT request 0 [ SA KE No N(NAT_DETECTION_SOURCE_IP) N(NAT_DETECTION_DESTINATION_IP) ]");
     m.header.exchange = static_cast<uint8_t>(exchange_type::ike_auth);
     m.header.flags = flag_response;
     m.header.message_id = 1;
@@ -653,8 +742,9 @@ TEST(IkeWireScapy, IkeSaInit)
     EXPECT_EQ(natd_s.type, static_cast<uint16_t>(notify_type::nat_detection_source_ip));
     EXPECT_EQ(natd_s.data, seq(0x30, 20));
     EXPECT_EQ(find_notify(m.payloads, notify_type::nat_detection_destination_ip)->data, seq(0x50, 20));
-    EXPECT_EQ(describe(m),
-              "IKE_SA_INIT request 0 [ SA KE No N(NAT_DETECTION_SOURCE_IP) N(NAT_DETECTION_DESTINATION_IP) ]");
+    EXPECT_EQ(
+        describe(m),
+        "IKE_SA_INIT request 0 [ SA KE No N(NAT_DETECTION_SOURCE_IP) N(NAT_DETECTION_DESTINATION_IP) ]");
 
     EXPECT_EQ(serialize_message(m.header, m.payloads), wire);
 }
@@ -732,7 +822,8 @@ TEST(IkeWireTruncation, EveryPrefixOfTheScapyMessagesFails)
     }
     bytes chain = from_hex(scapy_ike_auth_chain);
     for (size_t n = 0; n < chain.size(); ++n) {
-        EXPECT_TRUE(std::holds_alternative<parse_error>(parse_payloads(payload_type::idi, std::span(chain).first(n))))
+        EXPECT_TRUE(
+            std::holds_alternative<parse_error>(parse_payloads(payload_type::idi, std::span(chain).first(n))))
             << n;
     }
 }

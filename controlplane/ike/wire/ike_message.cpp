@@ -24,34 +24,25 @@ constexpr size_t max_proposals = 64;
 constexpr size_t max_transforms = 64;
 constexpr size_t max_selectors = 64;
 
-constexpr uint8_t critical_bit = 0x80;       // RFC 7296 §3.2
-constexpr uint8_t proposal_last = 0;         // §3.3.1
-constexpr uint8_t proposal_more = 2;         // §3.3.1
-constexpr uint8_t transform_last = 0;        // §3.3.2
-constexpr uint8_t transform_more = 3;        // §3.3.2
-constexpr uint16_t attribute_tv = 0x8000;    // §3.3.5 AF bit
+constexpr uint8_t critical_bit = 0x80;        // RFC 7296 §3.2
+constexpr uint8_t proposal_last = 0;          // §3.3.1
+constexpr uint8_t proposal_more = 2;          // §3.3.1
+constexpr uint8_t transform_last = 0;         // §3.3.2
+constexpr uint8_t transform_more = 3;         // §3.3.2
+constexpr uint16_t attribute_tv = 0x8000;     // §3.3.5 AF bit
 constexpr uint16_t attribute_key_length = 14; // §3.3.5
-constexpr size_t nonce_min = 16;             // §3.9
+constexpr size_t nonce_min = 16;              // §3.9
 constexpr size_t nonce_max = 256;
 constexpr size_t ts_v4_length = 16; // §3.13.1
 constexpr size_t ts_v6_length = 40;
 
 // ---- parse helpers -------------------------------------------------------------------------------
 
-parse_error syntax(std::string what)
-{
-    return parse_error{std::move(what), notify_type::invalid_syntax, 0};
-}
+parse_error syntax(std::string what) { return parse_error{std::move(what), notify_type::invalid_syntax, 0}; }
 
-bytes to_bytes(std::span<const uint8_t> s)
-{
-    return bytes(s.begin(), s.end());
-}
+bytes to_bytes(std::span<const uint8_t> s) { return bytes(s.begin(), s.end()); }
 
-std::string num(size_t v)
-{
-    return std::to_string(v);
-}
+std::string num(size_t v) { return std::to_string(v); }
 
 // ---- payload bodies --------------------------------------------------------------------------------
 
@@ -409,8 +400,8 @@ parse_result<payload_body> parse_ts(byte_reader r)
 // +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 // | Next Payload  |C|  RESERVED   |         Payload Length        |
 // +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<const uint8_t> chain, size_t base,
-                                               bool allow_sk)
+parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<const uint8_t> chain,
+                                               size_t base, bool allow_sk)
 {
     std::vector<payload> out;
     byte_reader r(chain);
@@ -497,8 +488,8 @@ parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<con
         default:
             // §2.5: an unknown payload is skipped, unless it is critical.
             if (critical) {
-                return parse_error{where() + "unsupported critical payload", notify_type::unsupported_critical_payload,
-                                   static_cast<uint8_t>(type)};
+                return parse_error{where() + "unsupported critical payload",
+                                   notify_type::unsupported_critical_payload, static_cast<uint8_t>(type)};
             }
             parsed = payload_body{unknown_payload{static_cast<uint8_t>(type), to_bytes(*body)}};
             break;
@@ -509,8 +500,8 @@ parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<con
         }
         if (auto* u = std::get_if<unknown_payload>(&std::get<payload_body>(parsed)); u && critical) {
             // CP, EAP, SKF and the like: known to the RFC but not supported here.
-            return parse_error{where() + "unsupported critical payload", notify_type::unsupported_critical_payload,
-                               u->type};
+            return parse_error{where() + "unsupported critical payload",
+                               notify_type::unsupported_critical_payload, u->type};
         }
         out.push_back(payload{type, critical, std::get<payload_body>(std::move(parsed))});
         if (last) {
@@ -522,7 +513,8 @@ parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<con
         }
     }
     if (!r.empty()) {
-        return syntax(num(r.remaining()) + " bytes after the last payload at offset " + num(base + r.offset()));
+        return syntax(num(r.remaining()) + " bytes after the last payload at offset " +
+                      num(base + r.offset()));
     }
     return out;
 }
@@ -639,10 +631,7 @@ void write_body(byte_writer& w, const cert_payload& cert)
     w.append(cert.data);
 }
 
-void write_body(byte_writer& w, const nonce_payload& nonce)
-{
-    w.append(nonce.data);
-}
+void write_body(byte_writer& w, const nonce_payload& nonce) { w.append(nonce.data); }
 
 void write_body(byte_writer& w, const notify_payload& n)
 {
@@ -672,10 +661,7 @@ void write_body(byte_writer& w, const delete_payload& d)
     }
 }
 
-void write_body(byte_writer& w, const vendor_payload& v)
-{
-    w.append(v.id);
-}
+void write_body(byte_writer& w, const vendor_payload& v) { w.append(v.id); }
 
 void write_body(byte_writer& w, const ts_payload& ts)
 {
@@ -694,15 +680,9 @@ void write_body(byte_writer& w, const ts_payload& ts)
     }
 }
 
-void write_body(byte_writer& w, const sk_payload& sk)
-{
-    w.append(sk.body);
-}
+void write_body(byte_writer& w, const sk_payload& sk) { w.append(sk.body); }
 
-void write_body(byte_writer& w, const unknown_payload& u)
-{
-    w.append(u.body);
-}
+void write_body(byte_writer& w, const unknown_payload& u) { w.append(u.body); }
 
 const char* exchange_name(uint8_t type)
 {
@@ -737,8 +717,8 @@ std::optional<ike_header> parse_header(std::span<const uint8_t> datagram)
     if (!length) { // the last field: all the others were read too
         return std::nullopt;
     }
-    return ike_header{*spi_i, *spi_r, static_cast<payload_type>(*next), *version, *exchange, *flags, *message_id,
-                      *length};
+    return ike_header{*spi_i,      *spi_r, static_cast<payload_type>(*next), *version, *exchange, *flags,
+                      *message_id, *length};
 }
 
 parse_result<message> parse_message(std::span<const uint8_t> datagram)
@@ -750,7 +730,8 @@ parse_result<message> parse_message(std::span<const uint8_t> datagram)
     // §2.5: a major version we do not speak is answered with INVALID_MAJOR_VERSION (the caller decides:
     // never in response to a response, and IKEv1 is simply dropped).
     if ((header->version >> 4) != 2) {
-        return parse_error{"major version " + num(header->version >> 4), notify_type::invalid_major_version, 0};
+        return parse_error{"major version " + num(header->version >> 4), notify_type::invalid_major_version,
+                           0};
     }
     if (header->length != datagram.size()) {
         return syntax("header length " + num(header->length) + " but datagram of " + num(datagram.size()) +
@@ -844,7 +825,8 @@ std::vector<const notify_payload*> find_notifies(std::span<const payload> payloa
 const notify_payload* find_notify(std::span<const payload> payloads, notify_type type)
 {
     for (const auto& p : payloads) {
-        if (const auto* n = std::get_if<notify_payload>(&p.body); n && n->type == static_cast<uint16_t>(type)) {
+        if (const auto* n = std::get_if<notify_payload>(&p.body);
+            n && n->type == static_cast<uint16_t>(type)) {
             return n;
         }
     }
@@ -983,8 +965,8 @@ std::string describe(const message& msg)
         if (const auto* n = std::get_if<notify_payload>(&p.body)) {
             out += "N(" + notify_name(n->type) + ")";
         } else if (const auto* u = std::get_if<unknown_payload>(&p.body); u && p.type != payload_type::cp &&
-                                                                      p.type != payload_type::eap &&
-                                                                      p.type != payload_type::skf) {
+                                                                          p.type != payload_type::eap &&
+                                                                          p.type != payload_type::skf) {
             out += "UNKNOWN(" + num(u->type) + ")";
         } else {
             out += payload_name(p.type);
@@ -999,20 +981,12 @@ std::string describe(const message& msg)
 bool operator==(const ike_header& a, const ike_header& b)
 {
     return a.spi_i == b.spi_i && a.spi_r == b.spi_r && a.next == b.next && a.version == b.version &&
-           a.exchange == b.exchange && a.flags == b.flags && a.message_id == b.message_id && a.length == b.length;
+           a.exchange == b.exchange && a.flags == b.flags && a.message_id == b.message_id &&
+           a.length == b.length;
 }
-bool operator==(const sa_payload& a, const sa_payload& b)
-{
-    return a.proposals == b.proposals;
-}
-bool operator==(const ke_payload& a, const ke_payload& b)
-{
-    return a.group == b.group && a.data == b.data;
-}
-bool operator==(const id_payload& a, const id_payload& b)
-{
-    return a.type == b.type && a.data == b.data;
-}
+bool operator==(const sa_payload& a, const sa_payload& b) { return a.proposals == b.proposals; }
+bool operator==(const ke_payload& a, const ke_payload& b) { return a.group == b.group && a.data == b.data; }
+bool operator==(const id_payload& a, const id_payload& b) { return a.type == b.type && a.data == b.data; }
 bool operator==(const auth_payload& a, const auth_payload& b)
 {
     return a.method == b.method && a.data == b.data;
@@ -1021,10 +995,7 @@ bool operator==(const cert_payload& a, const cert_payload& b)
 {
     return a.encoding == b.encoding && a.data == b.data;
 }
-bool operator==(const nonce_payload& a, const nonce_payload& b)
-{
-    return a.data == b.data;
-}
+bool operator==(const nonce_payload& a, const nonce_payload& b) { return a.data == b.data; }
 bool operator==(const notify_payload& a, const notify_payload& b)
 {
     return a.protocol == b.protocol && a.spi == b.spi && a.type == b.type && a.data == b.data;
@@ -1033,14 +1004,8 @@ bool operator==(const delete_payload& a, const delete_payload& b)
 {
     return a.protocol == b.protocol && a.spis == b.spis;
 }
-bool operator==(const vendor_payload& a, const vendor_payload& b)
-{
-    return a.id == b.id;
-}
-bool operator==(const ts_payload& a, const ts_payload& b)
-{
-    return a.selectors == b.selectors;
-}
+bool operator==(const vendor_payload& a, const vendor_payload& b) { return a.id == b.id; }
+bool operator==(const ts_payload& a, const ts_payload& b) { return a.selectors == b.selectors; }
 bool operator==(const sk_payload& a, const sk_payload& b)
 {
     return a.first_inner == b.first_inner && a.body == b.body && a.aad_size == b.aad_size;
