@@ -9,6 +9,7 @@
 #include <rte_errno.h>
 #include <rte_ethdev.h>
 #include <rte_icmp.h>
+#include <rte_ip_frag.h>
 #include <rte_ip.h>
 #include <rte_launch.h>
 #include <rte_lcore.h>
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 #include <tuple>
 
@@ -93,6 +95,63 @@ uint64_t sad_key(const config::sa_config& c)
 
 } // namespace
 
+namespace {
+
+// The value of `key=` in a DPDK device string ("name,key=value,key=value"), or "" when absent.
+std::string device_arg(const std::string& spec, std::string_view key)
+{
+    size_t pos = spec.find(',');
+    while (pos != std::string::npos) {
+        const size_t start = pos + 1;
+        const size_t end = spec.find(',', start);
+        const std::string item = spec.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (item.size() > key.size() && item.compare(0, key.size(), key) == 0 && item[key.size()] == '=') {
+            return item.substr(key.size() + 1);
+        }
+        pos = end;
+    }
+    return {};
+}
+
+bool is_af_packet(const std::string& spec)
+{
+    return spec.rfind("net_af_packet", 0) == 0 || spec.rfind("eth_af_packet", 0) == 0;
+}
+
+} // namespace
+
+std::string af_packet_device_spec(const std::string& spec, unsigned workers)
+{
+    if (!is_af_packet(spec)) {
+        return spec;
+    }
+    std::string out = spec;
+    // One queue pair per worker. (More queues than workers would be worse than useless: the kernel's
+    // fanout rolls frames over to busy sockets' neighbours, reordering ESP beyond the replay window.)
+    if (device_arg(spec, "qpairs").empty()) {
+        out += ",qpairs=" + std::to_string(workers);
+    }
+    // The operator's geometry wins as a whole: mixing it with ours could make an invalid ring.
+    if (device_arg(spec, "framesz").empty() && device_arg(spec, "blocksz").empty() &&
+        device_arg(spec, "framecnt").empty()) {
+        out += ",framesz=" + std::to_string(af_packet_frame_size) + ",blocksz=" +
+               std::to_string(af_packet_frame_size) + ",framecnt=" + std::to_string(af_packet_frame_count);
+    }
+    return out;
+}
+
+unsigned af_packet_frame_bytes(const std::string& spec)
+{
+    if (!is_af_packet(spec)) {
+        return 0;
+    }
+    const std::string value = device_arg(spec, "framesz");
+    if (value.empty()) {
+        return af_packet_default_frame_size;
+    }
+    return static_cast<unsigned>(std::strtoul(value.c_str(), nullptr, 10));
+}
+
 std::vector<std::string> eal_arguments(const config::gateway_config& c, const std::string& program)
 {
     std::vector<std::string> args{program};
@@ -127,14 +186,7 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     bool any_pci = false;
     for (const auto& i : c.interfaces) {
         if (i.device.rfind("net_", 0) == 0) {
-            std::string spec = i.device;
-            // af_packet: one queue pair per worker. (More queues than workers would be worse than
-            // useless: the kernel's fanout rolls frames over to busy sockets' neighbours, reordering
-            // ESP beyond the replay window.)
-            if (spec.rfind("net_af_packet", 0) == 0 && spec.find("qpairs=") == std::string::npos) {
-                spec += ",qpairs=" + std::to_string(c.dataplane.workers);
-            }
-            args.push_back("--vdev=" + spec);
+            args.push_back("--vdev=" + af_packet_device_spec(i.device, c.dataplane.workers));
         } else {
             args.push_back("-a");
             args.push_back(i.device);
@@ -170,6 +222,32 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
     if (pool_ == nullptr) {
         throw std::runtime_error(std::string("mbuf pool: ") + rte_strerror(rte_errno) +
                                  (config_.dataplane.hugepages ? " (reserve hugepages or set dataplane.hugepages: false)" : ""));
+    }
+    // af_packet copies each ring frame into one mbuf (no scatter) and refuses a pool whose mbufs are
+    // smaller than its frames, so its RX queues get a pool of frame-sized mbufs. The PMD allocates an
+    // mbuf per received packet (nothing is pre-posted per descriptor) and every path frees or
+    // transmits it within a few loop iterations, so the pool only has to cover packets in flight
+    // (bursts, the exception and handoff rings, ARP queues); when it runs dry the frames wait in the
+    // kernel's ring.
+    unsigned frame = 0;
+    unsigned af_queues = 0;
+    for (const auto& i : config_.interfaces) {
+        const std::string spec = af_packet_device_spec(i.device, config_.dataplane.workers);
+        if (const unsigned f = af_packet_frame_bytes(spec); f != 0) {
+            frame = std::max(frame, f);
+            const std::string q = device_arg(spec, "qpairs");
+            af_queues += q.empty() ? 1U : static_cast<unsigned>(std::strtoul(q.c_str(), nullptr, 10));
+        }
+    }
+    if (frame > RTE_MBUF_DEFAULT_DATAROOM) {
+        const unsigned count = 1023 + 512 * af_queues;
+        rx_jumbo_ = rte_pktmbuf_pool_create("espresso_rx_jumbo", count, 64, 0,
+                                            static_cast<uint16_t>(RTE_PKTMBUF_HEADROOM + frame),
+                                            static_cast<int>(rte_socket_id()));
+        if (rx_jumbo_ == nullptr) {
+            throw std::runtime_error(std::string("af_packet mbuf pool (") + std::to_string(count) + " x " +
+                                     std::to_string(frame) + " bytes): " + rte_strerror(rte_errno));
+        }
     }
     main_core_ = std::make_unique<crypto_core>();
     std::printf("espresso-dp: IPsec-MB %s\n", main_core_->description().c_str());
@@ -297,6 +375,7 @@ void gateway::setup_ports()
                                      " TX queues, need " + std::to_string(ps.tx_queues) +
                                      " (one per worker)");
         }
+        ps.rx_pool = is_af_packet(name) && rx_jumbo_ != nullptr ? rx_jumbo_ : pool_;
         rte_eth_conf conf{};
         if (ps.rx_queues > 1) {
             conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
@@ -310,7 +389,7 @@ void gateway::setup_ports()
         rte_eth_dev_adjust_nb_rx_tx_desc(ps.port, &rxd, &txd);
         const int socket = rte_eth_dev_socket_id(ps.port);
         for (uint16_t q = 0; q < ps.rx_queues; ++q) {
-            if (rte_eth_rx_queue_setup(ps.port, q, rxd, socket, nullptr, pool_) != 0) {
+            if (rte_eth_rx_queue_setup(ps.port, q, rxd, socket, nullptr, ps.rx_pool) != 0) {
                 throw std::runtime_error("interface " + ic.name + ": RX queue setup failed");
             }
         }
@@ -375,6 +454,12 @@ void gateway::setup_taps()
             rte_eth_tx_queue_setup(ps.tap_port, 0, 512, rte_eth_dev_socket_id(ps.tap_port), nullptr) != 0 ||
             rte_eth_dev_start(ps.tap_port) != 0) {
             throw std::runtime_error("interface " + ps.name + ": cannot start TAP " + tap);
+        }
+        // The TAP PMD writes frames up to its own MTU (1500: ethdev caps the TAP at a 1522-byte frame,
+        // rte_eth_dev_set_mtu refuses more); larger datagrams to the gateway are fragmented for it
+        // (to_tap).
+        if (rte_eth_dev_get_mtu(ps.tap_port, &ps.tap_mtu) != 0) {
+            ps.tap_mtu = RTE_ETHER_MTU;
         }
         ps.has_tap = true;
         ps.tap_name = tap;
@@ -839,9 +924,8 @@ unsigned gateway::main_exceptions()
             break;
         case exception_meta::to_us:
             if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
-                if (rte_eth_tx_burst(shared_.ports[static_cast<size_t>(pos)].tap_port, 0, &m, 1) == 1) {
-                    break;
-                }
+                to_tap(shared_.ports[static_cast<size_t>(pos)], m);
+                break;
             }
             main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
             rte_pktmbuf_free(m);
@@ -886,6 +970,52 @@ unsigned gateway::main_exceptions()
         }
     }
     return n;
+}
+
+// The TAP PMD writes at most tap_mtu bytes of IP per frame, but af_packet delivers datagrams that the
+// kernel reassembled (PACKET_FANOUT_FLAG_DEFRAG) whole, up to the ring's frame size. Those are split
+// again here (RFC 791 §2.3) and the kernel behind the TAP reassembles them as it would from the wire.
+// DF is cleared first: it forbids fragmenting on the way, and this is the last hop to the destination.
+void gateway::to_tap(const port_state& ps, rte_mbuf* m)
+{
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    if (len <= sizeof(rte_ether_hdr) + ps.tap_mtu) {
+        if (rte_eth_tx_burst(ps.tap_port, 0, &m, 1) != 1) {
+            main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+            rte_pktmbuf_free(m);
+        }
+        return;
+    }
+    const rte_ether_hdr eth = *rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
+    auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
+    if (eth.ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) || (ip[0] >> 4) != 4) {
+        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++; // only IPv4 reaches the TAP today
+        rte_pktmbuf_free(m);
+        return;
+    }
+    if (const uint16_t flags = load_be16(ip + 6); (flags & 0x4000) != 0) {
+        store_be16(ip + 6, static_cast<uint16_t>(flags & ~0x4000));
+        ipv4_set_checksum(ip);
+    }
+    constexpr uint16_t max_fragments = 64; // 16 KiB frames in 1500-byte fragments need 12
+    rte_mbuf* frags[max_fragments];
+    const int32_t n = rte_ipv4_fragment_copy_nonseg_packet(m, frags, max_fragments, ps.tap_mtu, pool_);
+    rte_pktmbuf_free(m);
+    if (n <= 0) {
+        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
+        return;
+    }
+    for (int32_t f = 0; f < n; ++f) {
+        ipv4_set_checksum(rte_pktmbuf_mtod(frags[f], uint8_t*)); // the library leaves it to us
+        auto* h = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(frags[f], sizeof(rte_ether_hdr)));
+        *h = eth; // the fragment's headroom always has room for it
+    }
+    const uint16_t sent = rte_eth_tx_burst(ps.tap_port, 0, frags, static_cast<uint16_t>(n));
+    if (sent < n) {
+        main_drops_[static_cast<size_t>(gateway_drop::exception_full)] += static_cast<uint64_t>(n - sent);
+        rte_pktmbuf_free_bulk(frags + sent, static_cast<unsigned>(n - sent));
+    }
 }
 
 void gateway::main_pending_timeouts()

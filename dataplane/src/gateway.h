@@ -51,7 +51,9 @@ struct port_state {
     uint16_t mtu = 1500;
     bool has_tap = false;
     uint16_t tap_port = 0;
+    uint16_t tap_mtu = 1500; // the TAP PMD's MTU: largest IP packet it writes to the kernel
     std::string tap_name;
+    rte_mempool* rx_pool = nullptr; // af_packet ports: mbufs that hold a whole ring frame
 };
 
 // Metadata a worker attaches to a packet it hands to the main lcore (an mbuf dynamic field).
@@ -160,13 +162,15 @@ private:
     void send_arp_request(uint16_t port_pos, uint32_t target_be);
     void send_icmp_too_big(rte_mbuf* m, const exception_meta& meta);
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
+    void to_tap(const port_state& ps, rte_mbuf* m);
     void resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac);
     unsigned owner_of(uint32_t spi) const noexcept;
 
     config::gateway_config config_;
     shared shared_;
     std::vector<std::unique_ptr<worker_state>> workers_;
-    rte_mempool* pool_ = nullptr;
+    rte_mempool* pool_ = nullptr;      // everything but af_packet RX (TAP RX, ARP/ICMP, fragments of pool_ mbufs)
+    rte_mempool* rx_jumbo_ = nullptr;  // af_packet RX: one mbuf holds one whole ring frame
     std::unique_ptr<crypto_core> main_core_; // key expansion at install time
     std::map<std::pair<int, uint32_t>, sa_entry> sas_; // (direction, spi)
     std::vector<policy_entry> policies_;
@@ -188,6 +192,26 @@ private:
     std::unordered_map<uint64_t, pending> pending_; // (port << 32 | ip) -> packets waiting for ARP
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> main_drops_{};
 };
+
+// af_packet ring geometry (PACKET_MMAP, TPACKET_V2) the gateway asks for when an interface's device
+// string does not set framesz/blocksz/framecnt itself. The PMD sets PACKET_FANOUT_FLAG_DEFRAG, so the
+// kernel reassembles IP fragments before the data plane sees them; the reassembled datagram must fit
+// one frame or it arrives truncated. 16 KiB frames take datagrams up to 16 318 bytes with Ethernet
+// header (IKE_AUTH with certificates, 9000-byte jumbo frames). One frame per block: the PMD assumes
+// frames are contiguous across blocks, and the kernel allocates blocks in powers of two pages, so
+// 16 KiB blocks waste nothing (a 10 KiB frame would need 20 KiB blocks, allocated as 32 KiB).
+// 256 frames: 4 MiB per ring, RX and TX ring per queue pair.
+inline constexpr unsigned af_packet_frame_size = 16384;
+inline constexpr unsigned af_packet_frame_count = 256;
+// The PMD's own default frame size (when a device string sets blocksz/framecnt but not framesz).
+inline constexpr unsigned af_packet_default_frame_size = 2048;
+
+// An af_packet device string as the gateway passes it to the EAL: `qpairs=` (one per worker) and the
+// ring geometry above appended unless the string sets them. Other devices are returned unchanged.
+std::string af_packet_device_spec(const std::string& spec, unsigned workers);
+// The frame size an af_packet device string (after af_packet_device_spec) gives its rings; 0 for
+// other devices.
+unsigned af_packet_frame_bytes(const std::string& spec);
 
 // The EAL command line for a gateway: lcores, file prefix, hugepages, one --vdev/-a per interface
 // (af_packet gets one queue pair per worker plus one for the main lcore), then the config's extras.

@@ -21,6 +21,7 @@ namespace espresso::dp {
 #define ESPRESSO_GATEWAY_DROPS(X)                                                                   \
     X(not_ip, "not IPv4/IPv6/ARP")                                                                 \
     X(malformed, "malformed packet")                                                               \
+    X(truncated, "IP length beyond the bytes received (frame larger than the port's buffers)")      \
     X(no_sa, "ESP/AH for an unknown SPI")                                                          \
     X(no_route, "no route")                                                                        \
     X(no_neighbor, "next hop unresolved")                                                          \

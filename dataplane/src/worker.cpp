@@ -246,8 +246,12 @@ private:
             }
             const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
             ip_view v;
-            if (parse_ip(ip, rte_pktmbuf_data_len(m), v) != drop_reason::none || v.version != 4) {
-                drop(m, gateway_drop::malformed);
+            const uint32_t avail = rte_pktmbuf_data_len(m);
+            if (const drop_reason r = parse_ip(ip, avail, v); r != drop_reason::none || v.version != 4) [[unlikely]] {
+                // A whole IPv4 header whose total length runs past the frame: the packet was cut
+                // (af_packet: a reassembled datagram larger than the ring's frames), not built wrong.
+                const bool cut = r == drop_reason::truncated && v.version == 4 && avail >= sizeof(rte_ipv4_hdr);
+                drop(m, cut ? gateway_drop::truncated : gateway_drop::malformed);
                 continue;
             }
             uint32_t dst_be = 0;
