@@ -1,4 +1,6 @@
-"""Site-to-site demo: two espresso-dp gateways with static SAs between two LANs (see scripts/demo)."""
+"""Site-to-site demo: two Espresso gateways (espresso-dp + espresso-ike) bring up an IKEv2 tunnel
+between two LANs and carry traffic through it (see scripts/demo)."""
+import json
 import os
 import subprocess
 import sys
@@ -37,17 +39,48 @@ def step(text):
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
+def wait_for_tunnel(topo, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = topo.cli("gw-hq", "--json show crypto ikev2 sa", check=False)
+        try:
+            sas = json.loads(out)["ike-sas"]
+        except (ValueError, KeyError):
+            sas = []
+        if any(sa["state"] == "READY" and sa["children"] for sa in sas):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def main():
-    topo = Topology(BUILD, prefix="demo")
+    hq = os.path.join(ROOT, "config/examples/ike-hq.yaml")
+    branch = os.path.join(ROOT, "config/examples/ike-branch.yaml")
+    topo = Topology(BUILD, prefix="demo", hq_config=hq, branch_config=branch)
+    ok = False
     try:
         step("network namespaces: host-hq -- gw-hq -- inet -- gw-branch -- host-branch")
         topo.create()
-        step("starting espresso-dp on both gateways (config/examples/site-to-site-{hq,branch}.yaml)")
+        step("starting espresso-dp on both gateways (config/examples/ike-{hq,branch}.yaml)")
         topo.start_gateways()
         for g in ("gw-hq", "gw-branch"):
             for line in topo.log(g).splitlines():
                 if line.startswith("espresso-dp:"):
                     print(f"  [{g}] {line}")
+        step("starting espresso-ike on both gateways: HQ initiates IKEv2 (PSK, aes256-sha256-modp2048, ESP aes256gcm16)")
+        topo.start_ike()
+        t0 = time.time()
+        if not wait_for_tunnel(topo):
+            print(topo.log("ike-gw-hq")[-3000:])
+            print(topo.cli("gw-hq", "show crypto ike failures", check=False))
+            raise RuntimeError("the IKEv2 tunnel did not come up within 30 s")
+        print(f"  tunnel up in {time.time() - t0:.2f} s")
+        for line in topo.log("ike-gw-hq").splitlines():
+            if " info " in line and ("established" in line or "installed" in line):
+                print(f"  [gw-hq] {line}")
+        for g in ("gw-hq", "gw-branch"):
+            step(f"{g}: espresso show crypto isakmp sa")
+            print(topo.cli(g, "show crypto isakmp sa"))
 
         step("ping 192.168.2.10 from host-hq (192.168.1.10), through the tunnel")
         print(sh("ping -c 4 -i 0.3 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False).stdout)

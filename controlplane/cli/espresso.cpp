@@ -1,4 +1,5 @@
-// espresso: the operator's command line (docs/cli.md). Talks to espresso-dp over its control socket.
+// espresso: the operator's command line (docs/cli.md). Talks to espresso-dp over its control socket
+// and to espresso-ike over its operator socket (same framing).
 //
 // Exit codes: 0 ok, 1 the data plane refused or failed the request, 2 usage (or unreadable --config),
 // 3 cannot connect to the control socket.
@@ -8,8 +9,13 @@
 #include <vector>
 
 #include "espresso/config/loader.h"
+#include <chrono>
+#include <thread>
+
+#include "espresso/cp/ike_control.h"
 #include "espresso/dp/control_client.h"
 #include "format.h"
+#include "format_ike.h"
 
 namespace {
 
@@ -22,26 +28,39 @@ constexpr int exit_usage = 2;
 constexpr int exit_cannot_connect = 3;
 
 constexpr const char* usage_text =
-    "usage: espresso [--socket PATH | --config FILE] [--json] COMMAND\n"
+    "usage: espresso [--socket PATH | --config FILE] [--ike-socket PATH] [--json] COMMAND\n"
     "\n"
-    "commands:\n"
-    "  show crypto ipsec sa   IPsec SAs with counters, in the layout of Cisco IOS\n"
-    "  show interfaces        data plane ports: MAC, address, MTU, link, packet counters\n"
-    "  show dataplane         worker lcores: packets, busy share, drops\n"
-    "  clear counters         zero every SA, interface and worker counter\n"
+    "data plane (espresso-dp):\n"
+    "  show crypto ipsec sa        IPsec SAs with counters, in the layout of Cisco IOS\n"
+    "  show interfaces             data plane ports: MAC, address, MTU, link, packet counters\n"
+    "  show dataplane              worker lcores: packets, busy share, drops\n"
+    "  clear counters              zero every SA, interface and worker counter\n"
+    "IKE (espresso-ike):\n"
+    "  show crypto isakmp sa       IKE SAs: dst src state conn-id status\n"
+    "  show crypto ikev2 sa        IKE SAs with proposal, lifetime, SPIs, NAT-T\n"
+    "  show crypto session         IKE SAs and the flows their Child SAs protect\n"
+    "  show crypto ike failures    why negotiations failed, each with the fix\n"
+    "  initiate NAME               bring up a peer or tunnel (\"peer\", \"tunnel\" or \"peer/tunnel\")\n"
+    "  clear crypto sa [PEER]      delete IKE SAs (all, or one peer's by name or address)\n"
+    "  debug ike                   follow the IKE daemon's negotiation log (Ctrl-C to stop)\n"
     "\n"
     "options:\n"
-    "  --socket PATH   control socket of espresso-dp (default /run/espresso/espresso.sock)\n"
-    "  --config FILE   read the socket path from FILE's dataplane.control-socket\n"
-    "  --json          print the data plane's JSON result instead of text\n"
-    "  --help          this text\n"
+    "  --socket PATH      control socket of espresso-dp (default /run/espresso/espresso.sock)\n"
+    "  --config FILE      read the socket path from FILE's dataplane.control-socket\n"
+    "  --ike-socket PATH  espresso-ike's socket (default: the data plane's, NAME.sock -> NAME-ike.sock)\n"
+    "  --json             print the JSON result instead of text\n"
+    "  --help             this text\n"
     "\n"
-    "exit codes: 0 ok, 1 refused by the data plane, 2 usage, 3 cannot connect\n";
+    "exit codes: 0 ok, 1 refused, 2 usage, 3 cannot connect\n";
+
+enum class daemon : uint8_t { dataplane, ike };
 
 struct command {
     std::vector<std::string> words;
     std::string op;
     std::string (*format)(const json&);
+    daemon target = daemon::dataplane;
+    int args = 0; // trailing words: 0 none, 1 exactly one, -1 at most one
 };
 
 const std::vector<command>& commands()
@@ -51,6 +70,13 @@ const std::vector<command>& commands()
         {{"show", "interfaces"}, "show-interfaces", cli::format_interfaces},
         {{"show", "dataplane"}, "show-dataplane", cli::format_dataplane},
         {{"clear", "counters"}, "clear-counters", nullptr},
+        {{"show", "crypto", "isakmp", "sa"}, "list-ike-sas", cli::format_isakmp_sa, daemon::ike},
+        {{"show", "crypto", "ikev2", "sa"}, "list-ike-sas", cli::format_ikev2_sa, daemon::ike},
+        {{"show", "crypto", "session"}, "list-ike-sas", cli::format_crypto_session, daemon::ike},
+        {{"show", "crypto", "ike", "failures"}, "failures", cli::format_ike_failures, daemon::ike},
+        {{"initiate"}, "initiate", nullptr, daemon::ike, 1},
+        {{"clear", "crypto", "sa"}, "clear", nullptr, daemon::ike, -1},
+        {{"debug", "ike"}, "log", nullptr, daemon::ike},
     };
     return table;
 }
@@ -67,6 +93,7 @@ int main(int argc, char** argv)
 {
     std::string socket_path;
     std::string config_path;
+    std::string ike_socket_path;
     bool as_json = false;
     std::vector<std::string> words;
     for (int i = 1; i < argc; ++i) {
@@ -82,6 +109,11 @@ int main(int argc, char** argv)
                 return usage_error(arg + " needs a value");
             }
             (arg == "--socket" ? socket_path : config_path) = argv[++i];
+        } else if (arg == "--ike-socket") {
+            if (i + 1 >= argc) {
+                return usage_error(arg + " needs a value");
+            }
+            ike_socket_path = argv[++i];
         } else if (arg.starts_with("--socket=")) {
             socket_path = arg.substr(9);
         } else if (arg.starts_with("--config=")) {
@@ -96,9 +128,15 @@ int main(int argc, char** argv)
         return usage_error("give either --socket or --config, not both");
     }
     const command* chosen = nullptr;
+    std::vector<std::string> extra;
     for (const auto& c : commands()) {
-        if (c.words == words) {
+        if (words.size() < c.words.size() || !std::equal(c.words.begin(), c.words.end(), words.begin())) {
+            continue;
+        }
+        size_t rest = words.size() - c.words.size();
+        if ((c.args == 0 && rest == 0) || (c.args == 1 && rest == 1) || (c.args == -1 && rest <= 1)) {
             chosen = &c;
+            extra.assign(words.begin() + static_cast<long>(c.words.size()), words.end());
         }
     }
     if (chosen == nullptr) {
@@ -124,10 +162,36 @@ int main(int argc, char** argv)
     if (socket_path.empty()) {
         socket_path = espresso::config::dataplane_config{}.control_socket;
     }
+    json args = nullptr;
+    if (chosen->target == daemon::ike) {
+        socket_path = !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path);
+        if (chosen->op == "initiate") {
+            args = {{"name", extra.at(0)}};
+        } else if (chosen->op == "clear" && !extra.empty()) {
+            args = {{"peer", extra.at(0)}};
+        }
+    }
 
     try {
         auto client = espresso::dp::control_client::connect(socket_path);
-        const json reply = client.request(chosen->op);
+        if (chosen->op == "log") {
+            // `debug ike`: print the recent log, then follow it.
+            uint64_t since = 0;
+            for (;;) {
+                const json reply = client.request("log", {{"since", since}});
+                if (const std::string error = espresso::dp::reply_error(reply); !error.empty()) {
+                    std::cerr << "espresso: " << error << "\n";
+                    return exit_refused;
+                }
+                for (const auto& line : reply["result"]["lines"]) {
+                    std::cout << (as_json ? line.dump() + "\n" : cli::format_log_line(line));
+                }
+                std::cout.flush();
+                since = reply["result"].value("next", since);
+                std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            }
+        }
+        const json reply = client.request(chosen->op, args);
         if (const std::string error = espresso::dp::reply_error(reply); !error.empty()) {
             std::cerr << "espresso: " << error << "\n";
             return exit_refused;
@@ -137,6 +201,10 @@ int main(int argc, char** argv)
             std::cout << result.dump(2) << "\n";
         } else if (chosen->format != nullptr) {
             std::cout << chosen->format(result);
+        } else if (chosen->op == "initiate") {
+            std::cout << "initiating " << extra.at(0) << "\n";
+        } else if (chosen->op == "clear") {
+            std::cout << "deleting " << result.value("cleared", 0) << " IKE SA(s)\n";
         }
         return exit_ok;
     } catch (const espresso::dp::control_client_error& e) {

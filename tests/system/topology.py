@@ -96,6 +96,25 @@ class Topology:
                     raise RuntimeError(f"{name} did not start within {timeout}s:\n{self.log(name)}")
                 time.sleep(0.2)
 
+    def start_ike(self, timeout=30, extra_args=()):
+        """Starts espresso-ike in both gateway namespaces on the gateways' config files (their `ike:`
+        sections); waits until each is ready. Logs: <dir>/ike-<gw>.log."""
+        ike = os.path.join(self.build, "controlplane", "espresso-ike")
+        for name, cfg in (("gw-hq", self.hq_config), ("gw-branch", self.branch_config)):
+            log = open(os.path.join(self.dir, f"ike-{name}.log"), "w")
+            self.procs[f"ike-{name}"] = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns[name], ike, "--config", cfg, *extra_args],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        for name in ("gw-hq", "gw-branch"):
+            while "espresso-ike ready" not in self.log(f"ike-{name}"):
+                p = self.procs[f"ike-{name}"]
+                if p.poll() is not None:
+                    raise RuntimeError(f"espresso-ike on {name} exited ({p.returncode}):\n{self.log(f'ike-{name}')}")
+                if time.time() > deadline:
+                    raise RuntimeError(f"espresso-ike on {name} not ready within {timeout}s:\n{self.log(f'ike-{name}')}")
+                time.sleep(0.2)
+
     def log(self, name):
         try:
             with open(os.path.join(self.dir, f"{name}.log")) as f:
@@ -104,15 +123,20 @@ class Topology:
             return ""
 
     def stop_gateways(self):
-        for name, p in self.procs.items():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for name, p in self.procs.items():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        # IKE daemons first: they delete their SAs from the data planes on the way out.
+        for phase in (True, False):
+            names = [n for n in self.procs if n.startswith("ike-") == phase]
+            for name in names:
+                p = self.procs[name]
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            for name in names:
+                p = self.procs[name]
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
         self.procs = {}
 
     def cli(self, gateway, args, check=True):

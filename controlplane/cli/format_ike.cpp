@@ -1,0 +1,124 @@
+#include "format_ike.h"
+
+#include <cstdio>
+
+namespace espresso::cp::cli {
+namespace {
+
+using nlohmann::json;
+
+std::string str(const json& j, const char* key, const std::string& fallback = "")
+{
+    if (j.is_object() && j.contains(key) && j[key].is_string()) {
+        return j[key].get<std::string>();
+    }
+    return fallback;
+}
+
+std::string host(const std::string& endpoint)
+{
+    auto colon = endpoint.rfind(':');
+    return colon == std::string::npos ? endpoint : endpoint.substr(0, colon);
+}
+
+std::string pad(std::string s, size_t width)
+{
+    if (s.size() < width) {
+        s.append(width - s.size(), ' ');
+    }
+    return s;
+}
+
+const json& sas_of(const json& result)
+{
+    static const json empty = json::array();
+    return result.is_object() && result.contains("ike-sas") && result["ike-sas"].is_array() ? result["ike-sas"] : empty;
+}
+
+} // namespace
+
+std::string format_isakmp_sa(const json& result)
+{
+    std::string out = "IPv4 Crypto ISAKMP SA\n";
+    out += "dst             src             state          conn-id status\n";
+    for (const auto& sa : sas_of(result)) {
+        char line[160];
+        std::string status = str(sa, "state") == "READY" ? "ACTIVE" : str(sa, "state");
+        std::snprintf(line, sizeof(line), "%s %s %s %7lld %s\n", pad(host(str(sa, "remote")), 15).c_str(),
+                      pad(host(str(sa, "local")), 15).c_str(), pad(str(sa, "isakmp-state"), 14).c_str(),
+                      static_cast<long long>(sa.value("conn-id", 0)), status.c_str());
+        out += line;
+    }
+    out += "\nIPv6 Crypto ISAKMP SA\n";
+    return out;
+}
+
+std::string format_ikev2_sa(const json& result)
+{
+    std::string out = " IPv4 Crypto IKEv2  SA\n\n";
+    int id = 0;
+    for (const auto& sa : sas_of(result)) {
+        ++id;
+        char line[256];
+        std::snprintf(line, sizeof(line), "Tunnel-id Local                 Remote                fvrf/ivrf            Status\n"
+                                          "%-9d %-21s %-21s none/none            %s\n",
+                      id, str(sa, "local").c_str(), str(sa, "remote").c_str(), str(sa, "state").c_str());
+        out += line;
+        out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") + "\n";
+        out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: PSK, Auth verify: PSK\n";
+        long long life = sa.value("lifetime-seconds", 0LL);
+        out += "      Life: " + std::to_string(life) + " sec, established " + str(sa, "established", "-") + "\n";
+        out += "      Local spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-i" : "spi-r") +
+               "       Remote spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-r" : "spi-i") + "\n";
+        const auto& nat = sa.contains("nat") ? sa["nat"] : json::object();
+        bool nat_local = nat.value("local-behind-nat", false), nat_remote = nat.value("remote-behind-nat", false);
+        out += std::string("      NAT-T is ") +
+               (nat_local || nat_remote ? std::string("detected ") + (nat_local ? "inside" : "outside") : "not detected") + "\n";
+        out += "      Child SAs: " + std::to_string(sa.contains("children") ? sa["children"].size() : 0) + "\n\n";
+    }
+    return out;
+}
+
+std::string format_crypto_session(const json& result)
+{
+    std::string out = "Crypto session current status\n\n";
+    for (const auto& sa : sas_of(result)) {
+        out += "Interface: outside\n";
+        out += "Profile: " + str(sa, "peer") + "\n";
+        out += "Session status: " + std::string(str(sa, "state") == "READY" ? "UP-ACTIVE" : "UP-NO-IKE") + "\n";
+        out += "Peer: " + host(str(sa, "remote")) + " port " + str(sa, "remote").substr(str(sa, "remote").rfind(':') + 1) + "\n";
+        out += "  IKEv2 SA: local " + str(sa, "local") + " remote " + str(sa, "remote") + " " +
+               (str(sa, "state") == "READY" ? "Active" : str(sa, "state")) + "\n";
+        if (sa.contains("children")) {
+            for (const auto& c : sa["children"]) {
+                out += "  IPSEC FLOW: permit ip " + str(c, "local") + " " + str(c, "remote") + "\n";
+                out += "        Active SAs: 2, origin: " + std::string(str(sa, "role") == "initiator" ? "crypto map" : "dynamic") +
+                       ", tunnel " + str(c, "tunnel") + ", spi in " + str(c, "spi-in") + " out " + str(c, "spi-out") + "\n";
+            }
+        }
+        out += "\n";
+    }
+    return out;
+}
+
+std::string format_ike_failures(const json& result)
+{
+    std::string out;
+    if (!result.is_object() || !result.contains("failures") || result["failures"].empty()) {
+        return "No IKE negotiation failures recorded.\n";
+    }
+    for (const auto& f : result["failures"]) {
+        out += str(f, "time") + "  peer " + str(f, "peer") + " (" + str(f, "remote") + ")\n";
+        out += "  Cause: " + str(f, "cause") + "\n";
+        out += "  Fix:   " + str(f, "fix") + "\n\n";
+    }
+    return out;
+}
+
+std::string format_log_line(const json& line)
+{
+    std::string sa = str(line, "sa");
+    return str(line, "time") + " " + pad(str(line, "level"), 7) + " " + (sa.empty() || sa == "-" ? "" : sa + ": ") + str(line, "text") + "\n";
+}
+
+} // namespace espresso::cp::cli

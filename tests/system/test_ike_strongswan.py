@@ -1,0 +1,267 @@
+#!/usr/bin/python3
+"""IKEv2 interop: espresso-ike + espresso-dp on gw-hq against strongSwan 5.9.8 (kernel-libipsec) on
+gw-branch, with traffic between host-hq and host-branch through both (tests/system/ike_topology.py).
+
+strongSwan's kernel-libipsec fakes NAT detection, so every run here also exercises NAT-T: the float
+to UDP 4500 with the non-ESP marker and UDP-encapsulated ESP in espresso-dp (ORACLES.md).
+
+Scenarios (each a fresh IKE SA on one topology):
+  responder   strongSwan initiates; PSK; aes256-sha256-modp2048 / esp aes256gcm16
+  initiator   espresso-ike initiates (start: immediately); ecp256 / esp aes256-sha256
+  x25519      strongSwan initiates with curve25519 and aes256gcm16-prfsha256 IKE
+  rekey       Child SA rekey (espresso initiates it, short rekey-time) under continuous ping: no loss
+  delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
+  mismatch    PSK and DH group mismatch: `failures` names the cause
+Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
+from topology import sh  # noqa: E402
+
+BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build")))
+IKE_BIN = os.path.join(BUILD, "controlplane", "espresso-ike")
+CLI = os.path.join(BUILD, "controlplane", "espresso")
+
+
+def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
+             dpd="0"):
+    return f"""ike:
+  peers:
+    - name: branch
+      local-address: 198.51.100.1
+      remote-address: 203.0.113.1
+      proposals: [{proposals}]
+      auth: {{ method: psk, secret: "{secret}" }}
+      dpd: {{ interval: {dpd}, action: clear }}
+      tunnels:
+        - name: lan
+          local-ts: [192.168.1.0/24]
+          remote-ts: [192.168.2.0/24]
+          esp-proposals: [{esp}]
+          rekey-time: {rekey}
+          start: {start}
+"""
+
+
+class Run:
+    def __init__(self, topo, workdir):
+        self.topo = topo
+        self.dir = workdir
+        self.n = 0
+
+    def ike_socket(self):
+        return os.path.join(self.dir, "hq-ike.sock")
+
+    def start_ike(self, yaml_text):
+        """(Re)writes the gw-hq config's ike: section and starts espresso-ike on it."""
+        self.n += 1
+        cfg = trimmed_hq_config(self.dir, ike_yaml=yaml_text)
+        self.topo.hq_config = cfg
+        name = f"ike{self.n}"
+        self.topo.start_process(name, "gw-hq", [IKE_BIN, "--config", cfg, "--log-level", "debug", "--retransmit-ms", "500"],
+                                wait_for="espresso-ike ready", timeout=30)
+        self.ike = name
+        return name
+
+    def stop_ike(self):
+        rc = self.topo.stop_process(self.ike)
+        return rc
+
+    def ike_request(self, op, args=None):
+        out = sh(f"{CLI} --ike-socket {self.ike_socket()} --json raw-ike {op} '{json.dumps(args or {})}'",
+                 capture=True, check=False)
+        return out
+
+    def cli(self, args, check=True):
+        return sh(f"{CLI} --config {self.topo.hq_config} {args}", capture=True, check=check).stdout
+
+
+def ping(topo, src, dst, count=5, interval=0.2, timeout=30):
+    r = sh(f"ping -c {count} -i {interval} -W 2 {dst}", ns=topo.ns[src], capture=True, check=False, timeout=timeout)
+    m = re.search(r"(\d+) received", r.stdout)
+    return int(m.group(1)) if m else 0
+
+
+def wait(predicate, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ike_sas(run):
+    out = run.cli("show crypto ikev2 sa --json", check=False)
+    try:
+        return json.loads(out)["ike-sas"]
+    except (ValueError, KeyError):
+        return []
+
+
+def ready_sa(run):
+    for sa in ike_sas(run):
+        if sa["state"] == "READY" and sa["children"]:
+            return sa
+    return None
+
+
+def ipsec_counters(run):
+    sas = json.loads(run.cli("show crypto ipsec sa --json"))
+    return sas
+
+
+def scenario_responder(topo, run, br):
+    run.start_ike(ike_yaml())
+    br.load(site_conf("gw-branch"))
+    br.initiate("net", timeout=30)
+    child = br.wait_for_child("net", timeout=30)
+    assert child.get("encap") == "yes", f"kernel-libipsec should encapsulate: {child}"
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert sa["role"] == "responder", sa
+    assert sa["nat"]["remote-behind-nat"], sa
+    assert "AES_CBC_256" in sa["proposal"] and "MODP_2048" in sa["proposal"], sa
+    c = sa["children"][0]
+    assert c["udp-encapsulation"] and "AES_GCM_16_256" in c["transforms"], c
+    # strongSwan's SPIs are ours mirrored.
+    assert int(c["spi-in"], 16) == int(child["spi-out"], 16), (c, child)
+    assert int(c["spi-out"], 16) == int(child["spi-in"], 16), (c, child)
+    got = ping(topo, "host-hq", "192.168.2.10", count=10)
+    assert got >= 9, f"ping host-hq -> host-branch: {got}/10"
+    got = ping(topo, "host-branch", "192.168.1.10", count=10)
+    assert got >= 9, f"ping host-branch -> host-hq: {got}/10"
+    text = run.cli("show crypto ipsec sa")
+    m = re.search(r"#pkts encaps: (\d+)", text)
+    assert m and int(m.group(1)) >= 18, text
+    m = re.search(r"#pkts decaps: (\d+)", text)
+    assert m and int(m.group(1)) >= 18, text
+    isakmp = run.cli("show crypto isakmp sa")
+    assert "QM_IDLE" in isakmp and "203.0.113.1" in isakmp, isakmp
+    print(isakmp + run.cli("show crypto ikev2 sa") + run.cli("show crypto session") + text, flush=True)
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "espresso to drop the IKE SA after strongSwan's delete")
+    assert "No SAs" in run.cli("show crypto ipsec sa") or not json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), \
+        "data plane still holds SAs after delete"
+    run.stop_ike()
+
+
+def scenario_initiator(topo, run, br):
+    br.load(site_conf("gw-branch", proposals="aes128-sha256-ecp256", esp_proposals="aes256-sha256", start_action="none"))
+    run.start_ike(ike_yaml(proposals="aes128-sha256-ecp256", esp="aes256-sha256", start="immediately"))
+    child = br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert sa["role"] == "initiator", sa
+    assert "ECP_256" in sa["proposal"], sa
+    assert "HMAC_SHA2_256_128" in sa["children"][0]["transforms"], sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=10) >= 9
+    assert ping(topo, "host-branch", "192.168.1.10", count=10) >= 9
+    # espresso deletes: strongSwan must drop its SAs.
+    out = run.cli("clear crypto sa")
+    wait(lambda: not br.list_sas(), 15, "strongSwan to drop the IKE SA after espresso's delete")
+    run.stop_ike()
+
+
+def scenario_x25519(topo, run, br):
+    run.start_ike(ike_yaml(proposals="aes256gcm16-prfsha256-x25519", esp="aes128gcm16"))
+    br.load(site_conf("gw-branch", proposals="aes256gcm16-prfsha256-x25519", esp_proposals="aes128gcm16"))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert "CURVE_25519" in sa["proposal"] and "AES_GCM_16_256" in sa["proposal"], sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "IKE SA gone")
+    run.stop_ike()
+
+
+def scenario_rekey(topo, run, br):
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="immediately", rekey="8s"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    first_spi = sa["children"][0]["spi-in"]
+    # Continuous traffic across two rekeys: not one ping lost.
+    r = sh("ping -c 100 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
+    m = re.search(r"(\d+) received", r.stdout)
+    got = int(m.group(1)) if m else 0
+    sa = ready_sa(run)
+    assert sa and sa["children"][0]["spi-in"] != first_spi, f"no rekey happened: {sa}"
+    assert len(sa["children"]) == 1, sa
+    log = run.topo.process_log(run.ike)
+    assert log.count("rekeying Child SA") >= 2, "expected two rekeys in 20 s"
+    assert got == 100, f"lost {100 - got} of 100 pings across Child SA rekeys"
+    kids = br.children("net")
+    assert len([c for c in kids if c.get("state") == "INSTALLED"]) == 1, kids
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
+def scenario_mismatch(topo, run, br):
+    run.start_ike(ike_yaml(secret="not-the-same-key"))
+    br.load(site_conf("gw-branch"))
+    br.initiate("net", timeout=20, check=False)
+    out = run.cli("show crypto ike failures")
+    assert "pre-shared key mismatch" in out, out
+    assert "Fix:" in out or "fix" in out.lower(), out
+    run.stop_ike()
+    run.start_ike(ike_yaml(proposals="aes256-sha256-ecp384"))
+    br.initiate("net", timeout=20, check=False)
+    out = run.cli("show crypto ike failures")
+    assert "no common DH group" in out and "MODP_2048" in out, out
+    run.stop_ike()
+
+
+SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
+             "rekey": scenario_rekey, "mismatch": scenario_mismatch}
+
+
+def main():
+    wanted = sys.argv[1:] or list(SCENARIOS)
+    workdir = tempfile.mkdtemp(prefix="espresso-ike-")
+    topo = IkeTopology(BUILD, prefix=f"iks{os.getpid() % 1000}", workdir=workdir,
+                       hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))
+    failed = 0
+    try:
+        topo.create()
+        topo.start_gateways()
+        br = topo.start_charon("gw-branch")
+        run = Run(topo, workdir)
+        for name in wanted:
+            t0 = time.time()
+            try:
+                SCENARIOS[name](topo, run, br)
+                print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
+            except Exception:  # noqa: BLE001
+                failed += 1
+                print(f"FAIL {name}", flush=True)
+                traceback.print_exc()
+                if getattr(run, "ike", None):
+                    print(f"--- espresso-ike log ({run.ike}) ---\n{topo.process_log(run.ike)[-6000:]}")
+                print(f"--- charon log ---\n{br.log()[-4000:]}")
+                try:
+                    br.terminate(ike="s2s", check=False, force=True)
+                except Exception:  # noqa: BLE001
+                    pass
+                try:
+                    run.stop_ike()
+                except Exception:  # noqa: BLE001
+                    pass
+    finally:
+        topo.teardown()
+    print(f"{len(wanted) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
