@@ -714,7 +714,7 @@ std::optional<ike_header> parse_header(std::span<const uint8_t> datagram)
     auto flags = r.read_u8();
     auto message_id = r.read_be32();
     auto length = r.read_be32();
-    if (!length) { // the last field: all the others were read too
+    if (!spi_i || !spi_r || !next || !version || !exchange || !flags || !message_id || !length) {
         return std::nullopt;
     }
     return ike_header{*spi_i,      *spi_r, static_cast<payload_type>(*next), *version, *exchange, *flags,
