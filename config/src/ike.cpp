@@ -87,26 +87,31 @@ constexpr std::string_view esp_token_list =
 struct legacy_entry {
     transform_type type;
     uint16_t id;
-    std::string_view reason; // problem
+    std::string_view reason;  // problem
     std::string_view instead; // the modern replacement, for the fix
 };
 
 constexpr std::array legacy_table{
-    legacy_entry{transform_type::encr, ike_encr_des,
-                 "DES has a 56-bit key that can be searched exhaustively (RFC 8247 §2.1 and RFC 8221 §5: MUST NOT)",
-                 "aes256gcm16 or aes256"},
-    legacy_entry{transform_type::encr, ike_encr_3des,
-                 "3DES has a 64-bit block open to Sweet32 collisions (CVE-2016-2183); RFC 8221 §5 says SHOULD NOT "
-                 "and RFC 8247 §2.1 keeps it only as MAY for old peers",
-                 "aes256gcm16 or aes256"},
+    legacy_entry{
+        transform_type::encr, ike_encr_des,
+        "DES has a 56-bit key that can be searched exhaustively (RFC 8247 §2.1 and RFC 8221 §5: MUST NOT)",
+        "aes256gcm16 or aes256"},
+    legacy_entry{
+        transform_type::encr, ike_encr_3des,
+        "3DES has a 64-bit block open to Sweet32 collisions (CVE-2016-2183); RFC 8221 §5 says SHOULD NOT "
+        "and RFC 8247 §2.1 keeps it only as MAY for old peers",
+        "aes256gcm16 or aes256"},
     legacy_entry{transform_type::integ, 1, "HMAC-MD5-96 is broken (RFC 8247 §2.3 and RFC 8221 §6: MUST NOT)",
                  "sha256"},
     legacy_entry{transform_type::prf, 1, "PRF-HMAC-MD5 is broken (RFC 8247 §2.2: MUST NOT)", "prfsha256"},
-    legacy_entry{transform_type::dh, 1, "the 768-bit MODP group (1) is far too small (RFC 8247 §2.4: MUST NOT)",
+    legacy_entry{transform_type::dh, 1,
+                 "the 768-bit MODP group (1) is far too small (RFC 8247 §2.4: MUST NOT)",
                  "modp2048 or ecp256"},
-    legacy_entry{transform_type::dh, 2, "the 1024-bit MODP group (2) is too small (RFC 8247 §2.4: SHOULD NOT)",
+    legacy_entry{transform_type::dh, 2,
+                 "the 1024-bit MODP group (2) is too small (RFC 8247 §2.4: SHOULD NOT)",
                  "modp2048 or ecp256"},
-    legacy_entry{transform_type::dh, 5, "the 1536-bit MODP group (5) is too small (RFC 8247 §2.4: SHOULD NOT)",
+    legacy_entry{transform_type::dh, 5,
+                 "the 1536-bit MODP group (5) is too small (RFC 8247 §2.4: SHOULD NOT)",
                  "modp2048 or ecp256"},
     legacy_entry{transform_type::dh, 22,
                  "the RFC 5114 group 22 (1024-bit MODP, 160-bit subgroup) is too small and its primes are of "
@@ -171,7 +176,8 @@ struct integ_prf {
 constexpr std::array integ_prf_map{integ_prf{1, 1}, integ_prf{2, 2}, integ_prf{12, 5}, integ_prf{13, 6},
                                    integ_prf{14, 7}};
 
-std::string_view type_name(transform_type type) {
+std::string_view type_name(transform_type type)
+{
     switch (type) {
     case transform_type::encr:
         return "encryption algorithm";
@@ -187,15 +193,12 @@ std::string_view type_name(transform_type type) {
     return "transform";
 }
 
-std::string quoted(std::string_view text) {
-    return "\"" + std::string(text) + "\"";
-}
+std::string quoted(std::string_view text) { return "\"" + std::string(text) + "\""; }
 
-char ascii_lower(char c) noexcept {
-    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
+char ascii_lower(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
-size_t edit_distance(std::string_view a, std::string_view b) {
+size_t edit_distance(std::string_view a, std::string_view b)
+{
     std::vector<size_t> row(b.size() + 1);
     for (size_t j = 0; j <= b.size(); ++j) {
         row[j] = j;
@@ -213,14 +216,16 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 }
 
 // The accepted token nearest to a typo ("aes257" -> "aes256"), or empty when nothing is close.
-std::string_view closest_token(std::string_view word, bool esp) {
+std::string_view closest_token(std::string_view word, bool esp)
+{
     std::string_view best;
     size_t best_distance = 3; // more than two edits is not a typo
     for (const auto& entry : token_table) {
         const bool legacy = std::any_of(legacy_table.begin(), legacy_table.end(), [&](const legacy_entry& l) {
             return l.type == entry.type && l.id == entry.id;
         });
-        if (legacy || (esp && entry.type == transform_type::prf) || (!esp && entry.type == transform_type::esn)) {
+        if (legacy || (esp && entry.type == transform_type::prf) ||
+            (!esp && entry.type == transform_type::esn)) {
             continue;
         }
         const size_t d = edit_distance(word, entry.token);
@@ -232,7 +237,8 @@ std::string_view closest_token(std::string_view word, bool esp) {
     return best;
 }
 
-const token_entry* find_token(std::string_view token) {
+const token_entry* find_token(std::string_view token)
+{
     for (const auto& entry : token_table) {
         if (entry.token == token) {
             return &entry;
@@ -241,7 +247,8 @@ const token_entry* find_token(std::string_view token) {
     return nullptr;
 }
 
-const legacy_entry* find_legacy(transform_type type, uint16_t id) {
+const legacy_entry* find_legacy(transform_type type, uint16_t id)
+{
     for (const auto& entry : legacy_table) {
         if (entry.type == type && entry.id == id) {
             return &entry;
@@ -250,7 +257,8 @@ const legacy_entry* find_legacy(transform_type type, uint16_t id) {
     return nullptr;
 }
 
-std::string transform_name(transform_type type, uint16_t id) {
+std::string transform_name(transform_type type, uint16_t id)
+{
     for (const auto& entry : name_table) {
         if (entry.type == type && entry.id == id) {
             return std::string(entry.name);
@@ -260,22 +268,23 @@ std::string transform_name(transform_type type, uint16_t id) {
 }
 
 template <typename T>
-bool contains(const std::vector<T>& list, const T& value) {
+bool contains(const std::vector<T>& list, const T& value)
+{
     return std::find(list.begin(), list.end(), value) != list.end();
 }
 
 } // namespace
 
-bool is_aead(uint16_t encr_id) noexcept {
+bool is_aead(uint16_t encr_id) noexcept
+{
     return encr_id == ike_encr_aes_gcm8 || encr_id == ike_encr_aes_gcm12 || encr_id == ike_encr_aes_gcm16;
 }
 
-std::string_view ike_proposal_tokens(bool esp) noexcept {
-    return esp ? esp_token_list : ike_token_list;
-}
+std::string_view ike_proposal_tokens(bool esp) noexcept { return esp ? esp_token_list : ike_token_list; }
 
 std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, bool esp, bool allow_legacy,
-                                                      proposal_error& error) {
+                                                      proposal_error& error)
+{
     error = {};
     const std::string_view protocol = esp ? "ESP" : "IKE";
     const std::string accepted = "use " + std::string(ike_proposal_tokens(esp)) + ", joined by '-'";
@@ -295,7 +304,8 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
     size_t start = 0;
     while (start <= text.size()) {
         const size_t dash = text.find('-', start);
-        const std::string_view token = text.substr(start, dash == std::string_view::npos ? text.npos : dash - start);
+        const std::string_view token =
+            text.substr(start, dash == std::string_view::npos ? text.npos : dash - start);
         start = dash == std::string_view::npos ? text.size() + 1 : dash + 1;
         if (token.empty()) {
             return refuse("empty transform name in " + quoted(text) + " (two '-' in a row, or one at an end)",
@@ -310,24 +320,26 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
                               "write " + quoted(lower));
             }
             const std::string_view suggestion = closest_token(lower, esp);
-            return refuse("unknown transform " + quoted(token) + " in " + quoted(text) + "; expected one of: " +
-                              std::string(ike_proposal_tokens(esp)),
+            return refuse("unknown transform " + quoted(token) + " in " + quoted(text) +
+                              "; expected one of: " + std::string(ike_proposal_tokens(esp)),
                           suggestion.empty() ? accepted : "did you mean " + quoted(suggestion) + "?");
         }
         if (esp && entry->type == transform_type::prf) {
             // strongSwan drops PRFs from ESP proposals silently; a PRF there is a sign of a pasted
             // IKE proposal, so say so.
-            return refuse("PRF " + quoted(token) + " in an ESP proposal; a PRF is negotiated for the IKE SA only",
+            return refuse("PRF " + quoted(token) +
+                              " in an ESP proposal; a PRF is negotiated for the IKE SA only",
                           "remove " + quoted(token) + " from the ESP proposal");
         }
         if (!esp && entry->type == transform_type::esn) {
             return refuse(quoted(token) + " in an IKE proposal; extended sequence numbers apply to ESP only",
                           "remove " + quoted(token) + ", or move it to esp-proposals");
         }
-        if (const legacy_entry* legacy = find_legacy(entry->type, entry->id); legacy != nullptr && !allow_legacy) {
+        if (const legacy_entry* legacy = find_legacy(entry->type, entry->id);
+            legacy != nullptr && !allow_legacy) {
             error.legacy = true;
-            return refuse("legacy " + std::string(type_name(entry->type)) + " " + quoted(token) + " refused: " +
-                              std::string(legacy->reason),
+            return refuse("legacy " + std::string(type_name(entry->type)) + " " + quoted(token) +
+                              " refused: " + std::string(legacy->reason),
                           "use " + std::string(legacy->instead) +
                               ", or set allow-legacy: true on this peer if the peer cannot do better");
         }
@@ -375,8 +387,8 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
     // RFC 7296 §3.3: a proposal with an AEAD cipher must not carry integrity transforms, so the two
     // kinds cannot share one proposal. strongSwan refuses this as well.
     if (any_aead && !all_aead) {
-        return refuse("AEAD (gcm16) and non-AEAD encryption mixed in " + std::string(protocol) + " proposal " +
-                          quoted(text),
+        return refuse("AEAD (gcm16) and non-AEAD encryption mixed in " + std::string(protocol) +
+                          " proposal " + quoted(text),
                       "write two proposals, e.g. [aes256gcm16" + std::string(esp ? "" : "-prfsha256-ecp256") +
                           ", aes256-sha256" + std::string(esp ? "" : "-modp2048") + "]");
     }
@@ -406,13 +418,15 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
     if (!esp && p.prf.empty()) {
         // strongSwan: "a PRF algorithm is mandatory in IKE proposals" - an AEAD IKE proposal gets no
         // default PRF.
-        return refuse("IKE proposal " + quoted(text) + " has no PRF: an AEAD cipher has no integrity algorithm "
-                                                        "to derive one from",
+        return refuse("IKE proposal " + quoted(text) +
+                          " has no PRF: an AEAD cipher has no integrity algorithm "
+                          "to derive one from",
                       "add one, e.g. aes256gcm16-prfsha256-ecp256");
     }
     if (!esp && p.dh.empty()) {
         // RFC 7296 §1.2: IKE_SA_INIT always performs a Diffie-Hellman exchange.
-        return refuse("IKE proposal " + quoted(text) + " has no DH group; IKE_SA_INIT needs one (RFC 7296 §1.2)",
+        return refuse("IKE proposal " + quoted(text) +
+                          " has no DH group; IKE_SA_INIT needs one (RFC 7296 §1.2)",
                       "add one at the end, e.g. " + std::string(text) + "-ecp256");
     }
     if (esp && !any_esn) {
@@ -422,14 +436,16 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
 }
 
 std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, bool esp, bool allow_legacy,
-                                                      std::string& error) {
+                                                      std::string& error)
+{
     proposal_error detail;
     auto result = parse_ike_proposal(text, esp, allow_legacy, detail);
     error = result ? std::string() : detail.problem + "; " + detail.fix;
     return result;
 }
 
-std::string describe_transforms(const ike_proposal_config& p) {
+std::string describe_transforms(const ike_proposal_config& p)
+{
     std::string out;
     auto add = [&out](const std::string& name) {
         if (!out.empty()) {
@@ -438,7 +454,8 @@ std::string describe_transforms(const ike_proposal_config& p) {
         out += name;
     };
     for (const auto& e : p.encryption) {
-        add(transform_name(transform_type::encr, e.id) + (e.key_bits != 0 ? "_" + std::to_string(e.key_bits) : ""));
+        add(transform_name(transform_type::encr, e.id) +
+            (e.key_bits != 0 ? "_" + std::to_string(e.key_bits) : ""));
     }
     for (const uint16_t id : p.integrity) {
         add(transform_name(transform_type::integ, id));
@@ -455,7 +472,8 @@ std::string describe_transforms(const ike_proposal_config& p) {
     return out;
 }
 
-ike_identity parse_identity(std::string_view text) {
+ike_identity parse_identity(std::string_view text)
+{
     // Same order as strongSwan's identification_create_from_string().
     if (text.empty() || text == "%any") {
         return {ike_id_kind::any, "%any"};
@@ -475,7 +493,8 @@ ike_identity parse_identity(std::string_view text) {
     return {ike_id_kind::email, std::string(text)};
 }
 
-std::string_view to_string(ike_id_kind kind) noexcept {
+std::string_view to_string(ike_id_kind kind) noexcept
+{
     switch (kind) {
     case ike_id_kind::any:
         return "any";

@@ -20,7 +20,8 @@ namespace {
 
 using ids = std::vector<uint16_t>;
 
-ike_proposal_config good_proposal(std::string_view text, bool esp, bool allow_legacy = false) {
+ike_proposal_config good_proposal(std::string_view text, bool esp, bool allow_legacy = false)
+{
     std::string error;
     auto p = parse_ike_proposal(text, esp, allow_legacy, error);
     if (!p) {
@@ -31,13 +32,15 @@ ike_proposal_config good_proposal(std::string_view text, bool esp, bool allow_le
     return *p;
 }
 
-std::string proposal_error_text(std::string_view text, bool esp, bool allow_legacy = false) {
+std::string proposal_error_text(std::string_view text, bool esp, bool allow_legacy = false)
+{
     std::string error;
     EXPECT_FALSE(parse_ike_proposal(text, esp, allow_legacy, error).has_value()) << text;
     return error;
 }
 
-bool contains(const std::string& text, const std::string& part) {
+bool contains(const std::string& text, const std::string& part)
+{
     return text.find(part) != std::string::npos;
 }
 
@@ -46,7 +49,8 @@ bool contains(const std::string& text, const std::string& part) {
 
 // --- proposals ------------------------------------------------------------------------------------
 
-TEST(ike_proposal, ike_strings_map_to_iana_ids) {
+TEST(ike_proposal, ike_strings_map_to_iana_ids)
+{
     struct row {
         std::string_view text;
         std::vector<ike_encr> encryption;
@@ -80,7 +84,8 @@ TEST(ike_proposal, ike_strings_map_to_iana_ids) {
     }
 }
 
-TEST(ike_proposal, esp_strings_map_to_iana_ids) {
+TEST(ike_proposal, esp_strings_map_to_iana_ids)
+{
     struct row {
         std::string_view text;
         std::vector<ike_encr> encryption;
@@ -105,15 +110,18 @@ TEST(ike_proposal, esp_strings_map_to_iana_ids) {
     }
 }
 
-TEST(ike_proposal, describe_uses_strongswan_names) {
+TEST(ike_proposal, describe_uses_strongswan_names)
+{
     EXPECT_EQ(describe_transforms(good_proposal("aes256-sha256-modp2048", false)),
               "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048");
     EXPECT_EQ(describe_transforms(good_proposal("aes256gcm16-prfsha384-ecp384", false)),
               "AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384");
-    EXPECT_EQ(describe_transforms(good_proposal("aes128-aes256-sha256-sha1-modp2048-ecp256", false)),
-              "AES_CBC_128/AES_CBC_256/HMAC_SHA2_256_128/HMAC_SHA1_96/PRF_HMAC_SHA2_256/PRF_HMAC_SHA1/MODP_2048/"
-              "ECP_256");
-    EXPECT_EQ(describe_transforms(good_proposal("aes128gcm16-ecp256-esn", true)), "AES_GCM_16_128/ECP_256/EXT_SEQ");
+    EXPECT_EQ(
+        describe_transforms(good_proposal("aes128-aes256-sha256-sha1-modp2048-ecp256", false)),
+        "AES_CBC_128/AES_CBC_256/HMAC_SHA2_256_128/HMAC_SHA1_96/PRF_HMAC_SHA2_256/PRF_HMAC_SHA1/MODP_2048/"
+        "ECP_256");
+    EXPECT_EQ(describe_transforms(good_proposal("aes128gcm16-ecp256-esn", true)),
+              "AES_GCM_16_128/ECP_256/EXT_SEQ");
     EXPECT_EQ(describe_transforms(good_proposal("3des-md5-modp1024", false, true)),
               "3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_1024");
     ike_proposal_config odd;
@@ -121,14 +129,15 @@ TEST(ike_proposal, describe_uses_strongswan_names) {
     EXPECT_EQ(describe_transforms(odd), "UNKNOWN_4_99");
 }
 
-TEST(ike_proposal, bad_tokens_are_named_with_the_accepted_ones) {
+TEST(ike_proposal, bad_tokens_are_named_with_the_accepted_ones)
+{
     EXPECT_EQ(proposal_error_text("aes257-sha256-modp2048", false),
               "unknown transform \"aes257\" in \"aes257-sha256-modp2048\"; expected one of: " +
                   std::string(ike_proposal_tokens(false)) + "; did you mean \"aes256\"?");
     EXPECT_EQ(proposal_error_text("aes256-sha256-bogus", false),
               "unknown transform \"bogus\" in \"aes256-sha256-bogus\"; expected one of: " +
-                  std::string(ike_proposal_tokens(false)) + "; use " + std::string(ike_proposal_tokens(false)) +
-                  ", joined by '-'");
+                  std::string(ike_proposal_tokens(false)) + "; use " +
+                  std::string(ike_proposal_tokens(false)) + ", joined by '-'");
     EXPECT_EQ(proposal_error_text("AES256-sha256-modp2048", false),
               "unknown transform \"AES256\"; transform names are lowercase; write \"aes256\"");
     EXPECT_CONTAINS(proposal_error_text("aes256--sha256-modp2048", false), "empty transform name");
@@ -139,39 +148,49 @@ TEST(ike_proposal, bad_tokens_are_named_with_the_accepted_ones) {
     // Not offered: the data plane implements the 16-octet GCM ICV only.
     EXPECT_CONTAINS(proposal_error_text("aes256gcm12", true), "unknown transform \"aes256gcm12\"");
     // Tokens in the wrong protocol.
-    EXPECT_EQ(proposal_error_text("aes256gcm16-prfsha256", true),
-              "PRF \"prfsha256\" in an ESP proposal; a PRF is negotiated for the IKE SA only; remove \"prfsha256\" "
-              "from the ESP proposal");
+    EXPECT_EQ(
+        proposal_error_text("aes256gcm16-prfsha256", true),
+        "PRF \"prfsha256\" in an ESP proposal; a PRF is negotiated for the IKE SA only; remove \"prfsha256\" "
+        "from the ESP proposal");
     EXPECT_CONTAINS(proposal_error_text("aes256-sha256-modp2048-esn", false), "apply to ESP only");
     // The ESP error lists ESP tokens.
     EXPECT_CONTAINS(proposal_error_text("aes256-sha265", true), std::string(ike_proposal_tokens(true)));
     EXPECT_CONTAINS(proposal_error_text("aes256-sha265", true), "did you mean \"sha256\"?");
 }
 
-TEST(ike_proposal, structural_rules_follow_strongswan) {
+TEST(ike_proposal, structural_rules_follow_strongswan)
+{
     // No PRF can be derived for AEAD without integrity: strongSwan's "a PRF algorithm is mandatory".
-    EXPECT_EQ(proposal_error_text("aes256gcm16-ecp256", false),
-              "IKE proposal \"aes256gcm16-ecp256\" has no PRF: an AEAD cipher has no integrity algorithm to derive "
-              "one from; add one, e.g. aes256gcm16-prfsha256-ecp256");
+    EXPECT_EQ(
+        proposal_error_text("aes256gcm16-ecp256", false),
+        "IKE proposal \"aes256gcm16-ecp256\" has no PRF: an AEAD cipher has no integrity algorithm to derive "
+        "one from; add one, e.g. aes256gcm16-prfsha256-ecp256");
     EXPECT_EQ(proposal_error_text("aes256-sha256", false),
-              "IKE proposal \"aes256-sha256\" has no DH group; IKE_SA_INIT needs one (RFC 7296 §1.2); add one at the "
+              "IKE proposal \"aes256-sha256\" has no DH group; IKE_SA_INIT needs one (RFC 7296 §1.2); add "
+              "one at the "
               "end, e.g. aes256-sha256-ecp256");
-    EXPECT_CONTAINS(proposal_error_text("aes256-modp2048", false), "has non-AEAD encryption but no integrity algorithm");
-    EXPECT_CONTAINS(proposal_error_text("aes256", true), "has non-AEAD encryption but no integrity algorithm");
+    EXPECT_CONTAINS(proposal_error_text("aes256-modp2048", false),
+                    "has non-AEAD encryption but no integrity algorithm");
+    EXPECT_CONTAINS(proposal_error_text("aes256", true),
+                    "has non-AEAD encryption but no integrity algorithm");
     EXPECT_CONTAINS(proposal_error_text("sha256-modp2048", false), "no encryption algorithm");
     EXPECT_CONTAINS(proposal_error_text("sha256", true), "no encryption algorithm");
 }
 
-TEST(ike_proposal, aead_and_classic_encryption_do_not_mix) {
-    EXPECT_EQ(proposal_error_text("aes256gcm16-aes256-sha256-modp2048", false),
-              "AEAD (gcm16) and non-AEAD encryption mixed in IKE proposal \"aes256gcm16-aes256-sha256-modp2048\"; "
-              "write two proposals, e.g. [aes256gcm16-prfsha256-ecp256, aes256-sha256-modp2048]");
-    EXPECT_EQ(proposal_error_text("aes256-aes128gcm16-sha256", true),
-              "AEAD (gcm16) and non-AEAD encryption mixed in ESP proposal \"aes256-aes128gcm16-sha256\"; write two "
-              "proposals, e.g. [aes256gcm16, aes256-sha256]");
+TEST(ike_proposal, aead_and_classic_encryption_do_not_mix)
+{
+    EXPECT_EQ(
+        proposal_error_text("aes256gcm16-aes256-sha256-modp2048", false),
+        "AEAD (gcm16) and non-AEAD encryption mixed in IKE proposal \"aes256gcm16-aes256-sha256-modp2048\"; "
+        "write two proposals, e.g. [aes256gcm16-prfsha256-ecp256, aes256-sha256-modp2048]");
+    EXPECT_EQ(
+        proposal_error_text("aes256-aes128gcm16-sha256", true),
+        "AEAD (gcm16) and non-AEAD encryption mixed in ESP proposal \"aes256-aes128gcm16-sha256\"; write two "
+        "proposals, e.g. [aes256gcm16, aes256-sha256]");
 }
 
-TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed) {
+TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed)
+{
     struct row {
         std::string_view text;
         bool esp;
@@ -210,7 +229,8 @@ TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed) {
 
 // --- identities -----------------------------------------------------------------------------------
 
-TEST(ike_identity, strongswan_rules) {
+TEST(ike_identity, strongswan_rules)
+{
     struct row {
         std::string_view text;
         ike_id_kind kind;
@@ -285,7 +305,8 @@ ike:
         - { name: lan, local-ts: [0.0.0.0/0], remote-ts: [10.99.0.0/16] }
 )";
 
-std::string with(std::string text, const std::string& from, const std::string& to) {
+std::string with(std::string text, const std::string& from, const std::string& to)
+{
     const auto at = text.find(from);
     if (at == std::string::npos) {
         throw std::logic_error("test bug: \"" + from + "\" not in the YAML");
@@ -293,7 +314,8 @@ std::string with(std::string text, const std::string& from, const std::string& t
     return text.replace(at, from.size(), to);
 }
 
-config_error load_error(const std::string& yaml, const std::string& file = "gw.yaml") {
+config_error load_error(const std::string& yaml, const std::string& file = "gw.yaml")
+{
     try {
         load_string(yaml, file);
     } catch (const config_error& e) {
@@ -302,11 +324,13 @@ config_error load_error(const std::string& yaml, const std::string& file = "gw.y
     throw std::logic_error("expected a config_error for:\n" + yaml);
 }
 
-std::string error_text(const std::string& from, const std::string& to) {
+std::string error_text(const std::string& from, const std::string& to)
+{
     return load_error(with(gateway, from, to)).what();
 }
 
-TEST(ike_loader, loads_every_field) {
+TEST(ike_loader, loads_every_field)
+{
     const auto config = load_string(gateway, "gw.yaml");
     const ike_config& ike = config.ike;
     EXPECT_EQ(ike.cookie_threshold, 500u);
@@ -322,7 +346,8 @@ TEST(ike_loader, loads_every_field) {
     EXPECT_EQ(p.local_port, 500);
     EXPECT_EQ(p.remote_port, 4500);
     ASSERT_EQ(p.proposals.size(), 2u);
-    EXPECT_EQ(describe_transforms(p.proposals[0]), "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048");
+    EXPECT_EQ(describe_transforms(p.proposals[0]),
+              "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048");
     EXPECT_EQ(p.proposals[1].text, "aes256gcm16-prfsha384-ecp384");
     EXPECT_FALSE(p.allow_legacy);
     EXPECT_EQ(p.local_id.kind, ike_id_kind::fqdn);
@@ -339,7 +364,8 @@ TEST(ike_loader, loads_every_field) {
     const ike_tunnel_config& t = p.tunnels[0];
     EXPECT_EQ(t.name, "lan");
     EXPECT_EQ(t.local_ts, (std::vector<ip_prefix>{*parse_prefix("192.168.1.0/24")}));
-    EXPECT_EQ(t.remote_ts, (std::vector<ip_prefix>{*parse_prefix("192.168.2.0/24"), *parse_prefix("10.0.0.0/8")}));
+    EXPECT_EQ(t.remote_ts,
+              (std::vector<ip_prefix>{*parse_prefix("192.168.2.0/24"), *parse_prefix("10.0.0.0/8")}));
     EXPECT_EQ(t.mode, ipsec_mode::tunnel);
     ASSERT_EQ(t.esp_proposals.size(), 2u);
     EXPECT_EQ(describe_transforms(t.esp_proposals[1]), "AES_CBC_128/HMAC_SHA1_96/EXT_SEQ");
@@ -378,73 +404,94 @@ TEST(ike_loader, loads_every_field) {
     EXPECT_EQ(rw.tunnels[0].name, "lan");
 }
 
-TEST(ike_loader, durations) {
-    const std::pair<std::string, uint32_t> rows[] = {{"90s", 90}, {"30m", 1800}, {"4h", 14400}, {"1d", 86400},
-                                                     {"7200", 7200}, {"0", 0}};
+TEST(ike_loader, durations)
+{
+    const std::pair<std::string, uint32_t> rows[] = {{"90s", 90},   {"30m", 1800},  {"4h", 14400},
+                                                     {"1d", 86400}, {"7200", 7200}, {"0", 0}};
     for (const auto& [text, seconds] : rows) {
         const auto config = load_string(with(gateway, "rekey-time: 4h", "rekey-time: " + text));
         EXPECT_EQ(config.ike.peers[0].rekey_time, seconds) << text;
     }
     EXPECT_EQ(error_text("rekey-time: 4h", "rekey-time: 4w"),
-              "gw.yaml:19:19: ike.peers[0].rekey-time: \"4w\" is not a duration. Fix: write a duration such as 90s, "
+              "gw.yaml:19:19: ike.peers[0].rekey-time: \"4w\" is not a duration. Fix: write a duration such "
+              "as 90s, "
               "30m, 4h or 1d, or a number of seconds.");
     EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: 99999999999d"), "is too long");
     EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: h"), "is not a duration");
     EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: -1"), "is not a duration");
 }
 
-TEST(ike_loader, exact_error_messages) {
+TEST(ike_loader, exact_error_messages)
+{
     const std::pair<std::pair<std::string, std::string>, std::string> rows[] = {
         {{"    - name: roadwarriors", "    - name: branch"},
-         "gw.yaml:35:13: ike.peers[1].name: a peer named \"branch\" is already defined at gw.yaml:8:7. Fix: give each "
+         "gw.yaml:35:13: ike.peers[1].name: a peer named \"branch\" is already defined at gw.yaml:8:7. Fix: "
+         "give each "
          "peer its own name."},
         {{"        - name: dmz", "        - name: lan"},
          "gw.yaml:32:17: ike.peers[0].tunnels[1].name: peer \"branch\" already has a tunnel named \"lan\" at "
          "gw.yaml:22:11. Fix: give each tunnel of a peer its own name."},
         {{"proposals: [aes256-sha256-modp2048,", "proposals: [aes256-sha256-modp1024,"},
-         "gw.yaml:14:19: ike.peers[0].proposals[0]: legacy DH group \"modp1024\" refused: the 1024-bit MODP group (2) "
-         "is too small (RFC 8247 §2.4: SHOULD NOT). Fix: use modp2048 or ecp256, or set allow-legacy: true on this "
+         "gw.yaml:14:19: ike.peers[0].proposals[0]: legacy DH group \"modp1024\" refused: the 1024-bit MODP "
+         "group (2) "
+         "is too small (RFC 8247 §2.4: SHOULD NOT). Fix: use modp2048 or ecp256, or set allow-legacy: true "
+         "on this "
          "peer if the peer cannot do better."},
         {{"esp-proposals: [aes256gcm16,", "esp-proposals: [aes265gcm16,"},
          "gw.yaml:26:27: ike.peers[0].tunnels[0].esp-proposals[0]: unknown transform \"aes265gcm16\" in "
          "\"aes265gcm16\"; expected one of: " +
              std::string(ike_proposal_tokens(true)) + ". Fix: did you mean \"aes256gcm16\"?"},
         {{"version: 2", "version: 1"},
-         "gw.yaml:9:16: ike.peers[0].version: IKEv1 is not supported yet. Fix: use version: 2 (IKEv2, RFC 7296) on "
+         "gw.yaml:9:16: ike.peers[0].version: IKEv1 is not supported yet. Fix: use version: 2 (IKEv2, RFC "
+         "7296) on "
          "both gateways."},
-        {{"local-address: 198.51.100.1\n      remote-address: 203", "local-address: 198.51.100.2\n      remote-address: 203"},
-         "gw.yaml:10:22: ike.peers[0].local-address: 198.51.100.2 is not an address of any interface. Fix: use one "
+        {{"local-address: 198.51.100.1\n      remote-address: 203",
+          "local-address: 198.51.100.2\n      remote-address: 203"},
+         "gw.yaml:10:22: ike.peers[0].local-address: 198.51.100.2 is not an address of any interface. Fix: "
+         "use one "
          "of this gateway's interface addresses: 198.51.100.1 (outside), 192.168.1.1 (inside)."},
         {{"remote-address: 203.0.113.1", "remote-address: 2001:db8::1"},
-         "gw.yaml:11:23: ike.peers[0].remote-address: remote-address is IPv6 but local-address is IPv4. Fix: use two "
+         "gw.yaml:11:23: ike.peers[0].remote-address: remote-address is IPv6 but local-address is IPv4. Fix: "
+         "use two "
          "addresses of the same family."},
         {{"remote-ts: [192.168.2.0/24, 10.0.0.0/8]", "remote-ts: [\"2001:db8::/64\"]"},
-         "gw.yaml:24:22: ike.peers[0].tunnels[0].remote-ts: local-ts has IPv4 prefixes but remote-ts has none, so "
-         "that traffic could never match. Fix: add IPv4 prefixes to remote-ts, or remove the IPv4 ones from local-ts."},
-        {{"remote-address: any", "remote-address: any\n      tunnels: [{ name: x, local-ts: [0.0.0.0/0], remote-ts: "
-                                 "[10.1.0.0/16], start: immediately }]\n      x-unused: 1"},
-         "gw.yaml:39:7: ike.peers[1].x-unused: unknown key \"x-unused\". Fix: valid keys here are: name, version, "
-         "local-address, remote-address, local-port, remote-port, proposals, allow-legacy, local-id, remote-id, auth, "
+         "gw.yaml:24:22: ike.peers[0].tunnels[0].remote-ts: local-ts has IPv4 prefixes but remote-ts has "
+         "none, so "
+         "that traffic could never match. Fix: add IPv4 prefixes to remote-ts, or remove the IPv4 ones from "
+         "local-ts."},
+        {{"remote-address: any",
+          "remote-address: any\n      tunnels: [{ name: x, local-ts: [0.0.0.0/0], remote-ts: "
+          "[10.1.0.0/16], start: immediately }]\n      x-unused: 1"},
+         "gw.yaml:39:7: ike.peers[1].x-unused: unknown key \"x-unused\". Fix: valid keys here are: name, "
+         "version, "
+         "local-address, remote-address, local-port, remote-port, proposals, allow-legacy, local-id, "
+         "remote-id, auth, "
          "rekey-time, dpd, tunnels."},
         {{"        - { name: lan, local-ts: [0.0.0.0/0], remote-ts: [10.99.0.0/16] }",
           "        - { name: lan, local-ts: [0.0.0.0/0], remote-ts: [10.99.0.0/16], start: immediately }"},
-         "gw.yaml:40:81: ike.peers[1].tunnels[0].start: peer \"roadwarriors\" has remote-address: any, so this "
-         "gateway cannot initiate (start: immediately). Fix: write start: none (the peer initiates), or set the "
+         "gw.yaml:40:81: ike.peers[1].tunnels[0].start: peer \"roadwarriors\" has remote-address: any, so "
+         "this "
+         "gateway cannot initiate (start: immediately). Fix: write start: none (the peer initiates), or set "
+         "the "
          "peer's remote-address."},
         {{"dpd: { interval: 30s, action: hold }", "dpd: { interval: 30s, action: reset }"},
-         "gw.yaml:20:37: ike.peers[0].dpd.action: unknown value \"reset\"; expected one of: clear | restart | hold. "
+         "gw.yaml:20:37: ike.peers[0].dpd.action: unknown value \"reset\"; expected one of: clear | restart "
+         "| hold. "
          "Fix: use one of: clear | restart | hold."},
         {{"auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", "auth: { method: psk }"},
-         "gw.yaml:18:13: ike.peers[0].auth: a pre-shared key is needed: neither secret nor secret-file is given. Fix: "
+         "gw.yaml:18:13: ike.peers[0].auth: a pre-shared key is needed: neither secret nor secret-file is "
+         "given. Fix: "
          "add secret-file: /etc/espresso/<peer>.psk (mode 600), or secret: \"...\"."},
         {{"auth: { secret: \"An0th3rS3cr3t\" }", "auth: { secret: \"\" }"},
-         "gw.yaml:38:23: ike.peers[1].auth.secret: the pre-shared key is empty. Fix: write a long random secret, e.g. "
+         "gw.yaml:38:23: ike.peers[1].auth.secret: the pre-shared key is empty. Fix: write a long random "
+         "secret, e.g. "
          "from openssl rand -base64 24."},
         {{"log-file: /var/log/espresso-ike.log", "log-file: espresso-ike.log"},
          "gw.yaml:6:13: ike.log-file: \"espresso-ike.log\" is not an absolute file path. Fix: write e.g. "
          "/var/log/espresso-ike.log."},
         {{"    - name: branch", "    - name: \"bad name\""},
-         "gw.yaml:8:13: ike.peers[0].name: peer name \"bad name\" contains a space. Fix: use letters, digits, '-', '_' "
+         "gw.yaml:8:13: ike.peers[0].name: peer name \"bad name\" contains a space. Fix: use letters, "
+         "digits, '-', '_' "
          "and '.' only."},
     };
     for (const auto& [edit, expected] : rows) {
@@ -452,8 +499,9 @@ TEST(ike_loader, exact_error_messages) {
         EXPECT_EQ(load_error(with(gateway, edit.first, edit.second)).what(), expected);
     }
     // on-traffic is fine with a known remote address.
-    EXPECT_EQ(load_string(with(gateway, "start: immediately", "start: on-traffic")).ike.peers[0].tunnels[0].start,
-              ike_start_action::on_traffic);
+    EXPECT_EQ(
+        load_string(with(gateway, "start: immediately", "start: on-traffic")).ike.peers[0].tunnels[0].start,
+        ike_start_action::on_traffic);
     // Legacy allowed per peer; allow-legacy may come after the proposals it applies to.
     const auto legacy = load_string(with(with(gateway, "allow-legacy: false", "allow-legacy: true"),
                                          "esp-proposals: [aes256gcm16,", "esp-proposals: [3des-md5,"));
@@ -466,30 +514,38 @@ TEST(ike_loader, exact_error_messages) {
               *parse_address("198.51.100.77"));
 }
 
-TEST(ike_loader, more_checks) {
-    EXPECT_CONTAINS(error_text("proposals: [aes256-sha256-modp2048, aes256gcm16-prfsha384-ecp384]", "proposals: []"),
-                    "the list is empty");
-    EXPECT_CONTAINS(error_text("aes256gcm16-prfsha384-ecp384]", "aes256-sha256-modp2048]"), "is listed twice");
+TEST(ike_loader, more_checks)
+{
+    EXPECT_CONTAINS(
+        error_text("proposals: [aes256-sha256-modp2048, aes256gcm16-prfsha384-ecp384]", "proposals: []"),
+        "the list is empty");
+    EXPECT_CONTAINS(error_text("aes256gcm16-prfsha384-ecp384]", "aes256-sha256-modp2048]"),
+                    "is listed twice");
     EXPECT_CONTAINS(error_text("local-id: \"@hq.example.com\"", "local-id: \"%any\""), "not %any");
     EXPECT_CONTAINS(error_text("local-id: \"@hq.example.com\"", "local-id: \"@\""), "has no host name");
-    EXPECT_CONTAINS(error_text("remote-ts: [192.168.2.0/24, 10.0.0.0/8]", "remote-ts: []"), "no traffic selector");
-    EXPECT_CONTAINS(error_text("remote-ts: [192.168.2.0/24, 10.0.0.0/8]", "remote-ts: [10.0.0.0/8, 10.0.0.0/8]"),
-                    "10.0.0.0/8 is listed twice");
+    EXPECT_CONTAINS(error_text("remote-ts: [192.168.2.0/24, 10.0.0.0/8]", "remote-ts: []"),
+                    "no traffic selector");
+    EXPECT_CONTAINS(
+        error_text("remote-ts: [192.168.2.0/24, 10.0.0.0/8]", "remote-ts: [10.0.0.0/8, 10.0.0.0/8]"),
+        "10.0.0.0/8 is listed twice");
     EXPECT_CONTAINS(error_text("replay-window: 256", "replay-window: 5000"), "out of range");
     EXPECT_CONTAINS(error_text("local-port: 500", "local-port: 0"), "out of range");
     EXPECT_CONTAINS(error_text("mode: tunnel", "mode: beet"), "unknown value \"beet\"");
-    EXPECT_CONTAINS(error_text("auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", "auth: { method: pubkey }"),
-                    "required key \"certificate\" is missing");
+    EXPECT_CONTAINS(
+        error_text("auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", "auth: { method: pubkey }"),
+        "required key \"certificate\" is missing");
     EXPECT_CONTAINS(error_text("      auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }\n", ""),
                     "required key \"auth\" is missing");
-    EXPECT_CONTAINS(error_text("    - name: roadwarriors\n", "    - version: 2\n"), "required key \"name\" is missing");
+    EXPECT_CONTAINS(error_text("    - name: roadwarriors\n", "    - version: 2\n"),
+                    "required key \"name\" is missing");
     EXPECT_CONTAINS(error_text("cookie-threshold: 500", "cookie-treshold: 500"),
                     "did you mean \"cookie-threshold\"?");
     EXPECT_CONTAINS(error_text("version: 2", "version: 3"), "unknown IKE version \"3\"");
 }
 
 // Every way of getting the auth section wrong: the message must never contain the key.
-TEST(ike_loader, the_secret_never_appears_in_an_error) {
+TEST(ike_loader, the_secret_never_appears_in_an_error)
+{
     const std::string auth = "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }";
     const std::vector<std::string> bad_auth = {
         "auth: { method: pubkey, secret: \"Sup3rS3cr3tK3y\" }",
@@ -529,33 +585,39 @@ TEST(ike_loader, the_secret_never_appears_in_an_error) {
 
 class secret_file_test : public ::testing::Test {
 protected:
-    void SetUp() override {
+    void SetUp() override
+    {
         char pattern[] = "/tmp/espresso-ike-test-XXXXXX";
         ASSERT_NE(mkdtemp(pattern), nullptr);
         dir_ = pattern;
     }
-    void TearDown() override {
+    void TearDown() override
+    {
         for (const auto& f : files_) {
             std::remove(f.c_str());
         }
         rmdir(dir_.c_str());
     }
-    std::string write(const std::string& name, const std::string& contents, mode_t mode) {
+    std::string write(const std::string& name, const std::string& contents, mode_t mode)
+    {
         const std::string path = dir_ + "/" + name;
         std::ofstream(path, std::ios::binary) << contents;
         chmod(path.c_str(), mode);
         files_.push_back(path);
         return path;
     }
-    std::string yaml_with_file(const std::string& path) const {
-        return with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", "auth: { secret-file: " + path + " }");
+    std::string yaml_with_file(const std::string& path) const
+    {
+        return with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }",
+                    "auth: { secret-file: " + path + " }");
     }
 
     std::string dir_;
     std::vector<std::string> files_;
 };
 
-TEST_F(secret_file_test, reads_the_key_without_the_line_ending) {
+TEST_F(secret_file_test, reads_the_key_without_the_line_ending)
+{
     const std::string path = write("branch.psk", secret + "\n", 0600);
     EXPECT_EQ(load_string(yaml_with_file(path)).ike.peers[0].auth.psk, secret);
     write("crlf.psk", secret + "\r\n", 0400);
@@ -564,26 +626,30 @@ TEST_F(secret_file_test, reads_the_key_without_the_line_ending) {
     EXPECT_EQ(load_string(yaml_with_file(dir_ + "/raw.psk")).ike.peers[0].auth.psk, secret);
 }
 
-TEST_F(secret_file_test, relative_paths_are_relative_to_the_config_file) {
+TEST_F(secret_file_test, relative_paths_are_relative_to_the_config_file)
+{
     write("branch.psk", secret + "\n", 0600);
     const std::string config = write("gw.yaml", yaml_with_file("branch.psk"), 0600);
     EXPECT_EQ(load_file(config).ike.peers[0].auth.psk, secret);
 }
 
-TEST_F(secret_file_test, refuses_open_permissions_with_a_chmod_fix) {
+TEST_F(secret_file_test, refuses_open_permissions_with_a_chmod_fix)
+{
     const std::string path = write("open.psk", secret + "\n", 0644);
     const auto e = load_error(yaml_with_file(path));
-    EXPECT_EQ(std::string(e.what()),
-              "gw.yaml:18:28: ike.peers[0].auth.secret-file: secret file \"" + path +
-                  "\" is accessible to group or others (mode 0644), so other local users can read the secret. Fix: "
-                  "chmod 600 " +
-                  path + ".");
+    EXPECT_EQ(
+        std::string(e.what()),
+        "gw.yaml:18:28: ike.peers[0].auth.secret-file: secret file \"" + path +
+            "\" is accessible to group or others (mode 0644), so other local users can read the secret. Fix: "
+            "chmod 600 " +
+            path + ".");
     EXPECT_FALSE(contains(e.what(), secret));
     write("group.psk", secret, 0640);
     EXPECT_CONTAINS(std::string(load_error(yaml_with_file(dir_ + "/group.psk")).what()), "mode 0640");
 }
 
-TEST_F(secret_file_test, refuses_empty_missing_and_odd_files) {
+TEST_F(secret_file_test, refuses_empty_missing_and_odd_files)
+{
     const std::string empty = write("empty.psk", "\n", 0600);
     EXPECT_CONTAINS(std::string(load_error(yaml_with_file(empty)).what()), "is empty");
     const auto missing = std::string(load_error(yaml_with_file(dir_ + "/missing.psk")).what());
@@ -593,15 +659,18 @@ TEST_F(secret_file_test, refuses_empty_missing_and_odd_files) {
     const auto too_big = std::string(load_error(yaml_with_file(big)).what());
     EXPECT_CONTAINS(too_big, "longer than 1024 bytes");
     EXPECT_FALSE(contains(too_big, "kkkk"));
-    const std::string both = with(gateway, "secret: \"Sup3rS3cr3tK3y\"", "secret: \"Sup3rS3cr3tK3y\", secret-file: " + empty);
+    const std::string both =
+        with(gateway, "secret: \"Sup3rS3cr3tK3y\"", "secret: \"Sup3rS3cr3tK3y\", secret-file: " + empty);
     EXPECT_CONTAINS(std::string(load_error(both).what()), "both secret and secret-file are given");
 }
 
-TEST_F(secret_file_test, pubkey_files_are_checked) {
+TEST_F(secret_file_test, pubkey_files_are_checked)
+{
     const std::string cert = write("gw.pem", "-----BEGIN CERTIFICATE-----\n", 0644);
     const std::string key = write("gw.key", "-----BEGIN PRIVATE KEY-----\n", 0600);
     const std::string ca = write("ca.pem", "-----BEGIN CERTIFICATE-----\n", 0644);
-    const std::string auth = "auth: { method: pubkey, certificate: " + cert + ", private-key: " + key + ", ca: [" + ca + "] }";
+    const std::string auth =
+        "auth: { method: pubkey, certificate: " + cert + ", private-key: " + key + ", ca: [" + ca + "] }";
     const auto config = load_string(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", auth));
     const ike_auth_config& a = config.ike.peers[0].auth;
     EXPECT_EQ(a.method, ike_auth_method::pubkey);
@@ -611,26 +680,33 @@ TEST_F(secret_file_test, pubkey_files_are_checked) {
     EXPECT_TRUE(a.psk.empty());
 
     chmod(key.c_str(), 0644);
-    EXPECT_CONTAINS(std::string(load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", auth)).what()),
-                    "private key \"" + key + "\" is accessible to group or others (mode 0644)");
+    EXPECT_CONTAINS(
+        std::string(
+            load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", auth)).what()),
+        "private key \"" + key + "\" is accessible to group or others (mode 0644)");
     chmod(key.c_str(), 0600);
     const std::string missing_ca = with(auth, ca, dir_ + "/nope.pem");
     EXPECT_CONTAINS(
-        std::string(load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", missing_ca)).what()),
+        std::string(load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", missing_ca))
+                        .what()),
         "CA certificate \"" + dir_ + "/nope.pem\" cannot be read");
     const std::string no_ca = with(auth, "[" + ca + "]", "[]");
-    EXPECT_CONTAINS(std::string(load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", no_ca)).what()),
-                    "no CA");
+    EXPECT_CONTAINS(
+        std::string(
+            load_error(with(gateway, "auth: { method: psk, secret: \"Sup3rS3cr3tK3y\" }", no_ca)).what()),
+        "no CA");
 }
 
 // --- examples -------------------------------------------------------------------------------------
 
-std::string example(const std::string& name) {
+std::string example(const std::string& name)
+{
     const char* root = std::getenv("ESPRESSO_SOURCE_ROOT");
     return root == nullptr ? std::string() : std::string(root) + "/config/examples/" + name;
 }
 
-TEST(ike_loader, ike_examples_load_and_mirror_each_other) {
+TEST(ike_loader, ike_examples_load_and_mirror_each_other)
+{
     if (example("").empty()) {
         GTEST_SKIP() << "ESPRESSO_SOURCE_ROOT not set (run through meson test)";
     }

@@ -45,10 +45,11 @@ bool is_aead(uint16_t encr_id) noexcept;
 struct ike_proposal_config {
     std::string text;                 // as written, for diagnostics
     std::vector<ike_encr> encryption; // in the order written
-    std::vector<uint16_t> integrity;  // IANA INTEG ids (2 sha1_96, 12 sha256_128, 13 sha384_192, 14 sha512_256); empty for AEAD
-    std::vector<uint16_t> prf;        // IANA PRF ids (2 sha1, 5 sha256, 6 sha384, 7 sha512); IKE only, empty for ESP
-    std::vector<uint16_t> dh;         // IANA DH groups (14,15,16,19,20,21,31); ESP: PFS groups, empty = no PFS
-    std::vector<uint16_t> esn;        // ESP only: ESN transform ids (0 = no ESN, 1 = ESN); default {0}
+    std::vector<uint16_t>
+        integrity; // IANA INTEG ids (2 sha1_96, 12 sha256_128, 13 sha384_192, 14 sha512_256); empty for AEAD
+    std::vector<uint16_t> prf; // IANA PRF ids (2 sha1, 5 sha256, 6 sha384, 7 sha512); IKE only, empty for ESP
+    std::vector<uint16_t> dh;  // IANA DH groups (14,15,16,19,20,21,31); ESP: PFS groups, empty = no PFS
+    std::vector<uint16_t> esn; // ESP only: ESN transform ids (0 = no ESN, 1 = ESN); default {0}
 };
 
 // Parses a strongSwan proposal string: tokens separated by '-', each naming one transform.
@@ -126,11 +127,13 @@ struct ike_tunnel_config {
 
 struct ike_peer_config {
     std::string name;
-    uint8_t version = 2;                      // only 2 accepted for now
-    ip_address local_address;                 // required; one of the interface addresses when `interfaces:` is present
-    std::optional<ip_address> remote_address; // "any" -> nullopt (responder only; start: immediately is refused)
+    uint8_t version = 2;      // only 2 accepted for now
+    ip_address local_address; // required; one of the interface addresses when `interfaces:` is present
+    std::optional<ip_address>
+        remote_address; // "any" -> nullopt (responder only; start: immediately is refused)
     uint16_t local_port = 500, remote_port = 500;
-    std::vector<ike_proposal_config> proposals; // default {"aes256gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"}
+    std::vector<ike_proposal_config>
+        proposals; // default {"aes256gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"}
     bool allow_legacy = false;
     ike_identity local_id, remote_id; // default: local/remote address (remote any -> kind any)
     ike_auth_config auth;
