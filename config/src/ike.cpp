@@ -193,7 +193,8 @@ std::string_view type_name(transform_type type)
     return "transform";
 }
 
-std::string quoted(std::string_view text) {
+std::string quoted(std::string_view text)
+{
     // Built by appending: GCC 12 reports a false -Wrestrict for "\"" + std::string(...).
     std::string out;
     out.reserve(text.size() + 2);
@@ -460,8 +461,11 @@ std::string describe_transforms(const ike_proposal_config& p)
         out += name;
     };
     for (const auto& e : p.encryption) {
-        add(transform_name(transform_type::encr, e.id) +
-            (e.key_bits != 0 ? "_" + std::to_string(e.key_bits) : ""));
+        std::string name = transform_name(transform_type::encr, e.id);
+        if (e.key_bits != 0) {
+            name.append(1, '_').append(std::to_string(e.key_bits));
+        }
+        add(name);
     }
     for (const uint16_t id : p.integrity) {
         add(transform_name(transform_type::integ, id));
