@@ -1,6 +1,6 @@
 // CREATE_CHILD_SA (RFC 7296 §1.3): additional Child SAs and Child SA rekeying, make-before-break
 // (new inbound, new outbound, then delete the old pair; ARCHITECTURE.md). IKE SA rekeying (§1.3.2)
-// is refused with NO_PROPOSAL_CHOSEN for now, which makes a peer re-authenticate instead.
+// is in exchange_ike_rekey.cpp.
 #include <algorithm>
 #include <memory>
 
@@ -117,8 +117,7 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
     if (sap != nullptr) {
         const auto& sa = std::get<sa_payload>(sap->body);
         if (!sa.proposals.empty() && sa.proposals.front().protocol == static_cast<uint8_t>(protocol_id::ike)) {
-            log(log_level::warning, "peer asked to rekey the IKE SA; not implemented, answered NO_PROPOSAL_CHOSEN");
-            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::no_proposal_chosen)});
+            process_ike_rekey_request(message_id, payloads);
             return;
         }
     }

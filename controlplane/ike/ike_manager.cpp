@@ -226,6 +226,17 @@ steady_time ike_manager::next_deadline() const
 
 void ike_manager::reap()
 {
+    // IKE SA rekeys (§2.18) leave a new IKE SA behind; it joins the table under its own SPI.
+    std::vector<std::unique_ptr<ike_sa>> successors;
+    for (auto& [spi, sa] : sas_) {
+        if (auto next = sa->take_successor()) {
+            successors.push_back(std::move(next));
+        }
+    }
+    for (auto& next : successors) {
+        uint64_t spi = next->local_spi();
+        sas_[spi] = std::move(next);
+    }
     std::vector<const config::ike_peer_config*> restart;
     for (auto it = sas_.begin(); it != sas_.end();) {
         if (it->second->dead()) {

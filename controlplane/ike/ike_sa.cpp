@@ -59,6 +59,7 @@ void ike_sa::set_established()
     if (peer_.dpd_interval != 0) {
         next_dpd_ = now + std::chrono::seconds(peer_.dpd_interval);
     }
+    schedule_ike_rekey();
     log(log_level::info, "IKE SA established with " + to_string(remote_) + " (" + remote_id_text_ + "), " +
                              describe(ike_transforms_, protocol_id::ike) +
                              (nat_detected() ? ", NAT detected, UDP encapsulation" : ""));
@@ -293,6 +294,9 @@ steady_time ike_sa::next_deadline() const
                 next = std::min(next, c.rekey_at);
             }
         }
+        if (ike_rekey_at_ != steady_time{}) {
+            next = std::min(next, ike_rekey_at_);
+        }
     } else if (state_ != state::dead && state_ != state::deleting) {
         next = std::min(next, half_open_deadline_);
     }
@@ -340,6 +344,9 @@ void ike_sa::tick()
             c.rekey_at = steady_time{};
             rekey_child(c.spi_in);
         }
+    }
+    if (ike_rekey_at_ != steady_time{} && now >= ike_rekey_at_) {
+        rekey_ike();
     }
     if (peer_.dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {
         auto interval = std::chrono::seconds(peer_.dpd_interval);

@@ -72,6 +72,7 @@ public:
     // Operator/daemon requests.
     void start_child(const std::string& tunnel); // CREATE_CHILD_SA (queued behind other requests)
     void rekey_child(uint32_t spi_in);
+    void rekey_ike();                            // CREATE_CHILD_SA for the IKE SA (§1.3.2)
     void delete_sa();                           // INFORMATIONAL with Delete(IKE), then dead
     void shutdown_local();                      // remove Child SAs from the data plane, no message
 
@@ -100,6 +101,11 @@ public:
     bool dead() const noexcept { return state_ == state::dead; }
     // DPD found the peer gone and dpd action is restart: the manager initiates a new IKE SA.
     bool restart_requested() const noexcept { return restart_requested_; }
+    // After an IKE SA rekey, the new IKE SA (which took over the Child SAs); the manager adopts it.
+    std::unique_ptr<ike_sa> take_successor() { return std::move(successor_); }
+    // For a successor: take over keys and Child SAs from the SA it replaces (§2.18).
+    void adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::vector<child_sa> children, bool nat_local,
+               bool nat_remote, std::string remote_id);
 
 private:
     // ---- shared machinery (ike_sa.cpp) ----
@@ -170,6 +176,7 @@ private:
 
     // ---- CREATE_CHILD_SA (exchange_child.cpp) ----
     void process_create_child_request(uint32_t message_id, const std::vector<payload>& payloads);
+    void process_ike_rekey_request(uint32_t message_id, const std::vector<payload>& payloads); // exchange_ike_rekey.cpp
 
     // ---- INFORMATIONAL (exchange_info.cpp) ----
     void process_informational_request(uint32_t message_id, const std::vector<payload>& payloads);
@@ -215,6 +222,11 @@ private:
     std::string failure_cause_;
     std::string remote_id_text_;
     bool restart_requested_ = false;
+    std::unique_ptr<ike_sa> successor_;
+    bool rekeying_ike_ = false;
+    void schedule_ike_rekey();
+    void make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen,
+                        const secret_bytes& g_ir, std::span<const uint8_t> ni, std::span<const uint8_t> nr);
     steady_time half_open_deadline_{};
 };
 

@@ -437,6 +437,41 @@ TEST(ExchangeTest, ChildRekeyWithPfs)
     expect_mirrored(f.io_a.inst, f.io_b.inst);
 }
 
+TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      rekey-time: 100s\n      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      rekey-time: 0\n      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    uint64_t old_spi = f.only_sa(*f.a)->spi_i();
+    auto children_before = f.only_sa(*f.a)->children();
+    auto installs_before = f.io_a.inst.events.size();
+    f.advance(std::chrono::seconds(101));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* sa_a = f.only_sa(*f.a);
+    const auto* sa_b = f.only_sa(*f.b);
+    EXPECT_NE(sa_a->spi_i(), old_spi);
+    EXPECT_EQ(sa_a->spi_i(), sa_b->spi_i());
+    EXPECT_EQ(sa_a->spi_r(), sa_b->spi_r());
+    EXPECT_EQ(sa_a->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(sa_b->sa_state(), ike_sa::state::established);
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    EXPECT_EQ(sa_a->children()[0].spi_in, children_before[0].spi_in);
+    EXPECT_EQ(f.io_a.inst.events.size(), installs_before); // the data plane was not touched
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    // The new IKE SA works: a Child SA rekey over it, then a delete.
+    f.a->sas().begin()->second->rekey_child(children_before[0].spi_in);
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.b)->children()[0].spi_out, children_before[0].spi_in);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    EXPECT_EQ(f.a->clear(""), 1u);
+    f.pump();
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),

@@ -1,0 +1,230 @@
+// IKE SA rekeying with CREATE_CHILD_SA (RFC 7296 §1.3.2, §2.18): a new IKE SA with fresh SPIs, nonces
+// and Diffie-Hellman, keyed from the old SK_d; the Child SAs move to it untouched (no data plane work),
+// then the rekey initiator deletes the old IKE SA. Whoever initiated the rekey is the new SA's
+// original initiator (§2.18). Simultaneous rekeys (§2.8.2) are not resolved yet: the second request
+// is answered TEMPORARY_FAILURE and its sender retries later.
+#include <algorithm>
+#include <memory>
+
+#include "ike_sa.h"
+
+namespace espresso::cp {
+namespace {
+
+payload notify(notify_type type, bytes data = {})
+{
+    notify_payload n;
+    n.type = static_cast<uint16_t>(type);
+    n.data = std::move(data);
+    return payload{payload_type::notify, false, std::move(n)};
+}
+
+bytes be64(uint64_t v)
+{
+    bytes b(8);
+    for (int i = 7; i >= 0; --i) {
+        b[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
+        v >>= 8;
+    }
+    return b;
+}
+
+uint64_t read_be64(const bytes& b)
+{
+    uint64_t v = 0;
+    for (uint8_t x : b) {
+        v = (v << 8) | x;
+    }
+    return v;
+}
+
+} // namespace
+
+void ike_sa::schedule_ike_rekey()
+{
+    if (peer_.rekey_time == 0) {
+        ike_rekey_at_ = steady_time{};
+        return;
+    }
+    uint32_t base_ms = peer_.rekey_time * 1000u;
+    uint32_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
+    // The original responder waits a little longer so both ends rarely rekey at once (§2.8.2).
+    uint32_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
+    ike_rekey_at_ = io_.now() + std::chrono::milliseconds(at);
+}
+
+void ike_sa::adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::vector<child_sa> children, bool nat_local,
+                   bool nat_remote, std::string remote_id)
+{
+    ike_transforms_ = transforms;
+    auto enc = static_cast<encr_id>(transforms.encr);
+    auto integ = static_cast<integ_id>(transforms.integ);
+    bool initiator = role_ == role::initiator;
+    out_ = sk_cipher::create(enc, transforms.key_bits, integ, initiator ? keys.sk_ei.view() : keys.sk_er.view(),
+                             initiator ? keys.sk_ai.view() : keys.sk_ar.view());
+    in_ = sk_cipher::create(enc, transforms.key_bits, integ, initiator ? keys.sk_er.view() : keys.sk_ei.view(),
+                            initiator ? keys.sk_ar.view() : keys.sk_ai.view());
+    sk_d_ = keys.sk_d;
+    sk_pi_ = keys.sk_pi;
+    sk_pr_ = keys.sk_pr;
+    children_ = std::move(children);
+    nat_local_ = nat_local;
+    nat_remote_ = nat_remote;
+    remote_id_text_ = std::move(remote_id);
+    next_request_id_ = 0;
+    expected_request_id_ = 0;
+    set_established();
+    schedule_ike_rekey();
+}
+
+void ike_sa::make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen, const secret_bytes& g_ir,
+                            std::span<const uint8_t> ni, std::span<const uint8_t> nr)
+{
+    ike_key_sizes sizes;
+    sizes.prf = static_cast<prf_id>(chosen.prf);
+    sizes.integ_key = integ_key_size(static_cast<integ_id>(chosen.integ));
+    sizes.encr_key = encr_keymat_size(static_cast<encr_id>(chosen.encr), chosen.key_bits);
+    auto keys = derive_rekeyed_ike_sa_keys(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(), sizes, g_ir.view(), ni, nr,
+                                           spi_i, spi_r);
+    auto next = std::make_unique<ike_sa>(io_, peer_, r, spi_i, spi_r, local_, remote_, retransmit_);
+    next->adopt(chosen, std::move(keys), std::move(children_), nat_local_, nat_remote_, remote_id_text_);
+    children_.clear();
+    log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" + describe(chosen, protocol_id::ike) + ")");
+    successor_ = std::move(next);
+}
+
+void ike_sa::rekey_ike()
+{
+    if (state_ != state::established || rekeying_ike_) {
+        return;
+    }
+    rekeying_ike_ = true;
+    ike_rekey_at_ = steady_time{};
+    struct offer_state {
+        uint64_t spi_i = 0;
+        bytes nonce;
+        std::unique_ptr<key_exchange> kex;
+    };
+    auto offer = std::make_shared<offer_state>();
+    do {
+        uint8_t b[8];
+        io_.random().fill(b);
+        offer->spi_i = read_be64(bytes(b, b + 8));
+    } while (offer->spi_i == 0);
+    offer->nonce.assign(32, 0);
+    io_.random().fill(offer->nonce);
+    offer->kex = key_exchange::create(ike_transforms_.dh);
+    if (!offer->kex) {
+        rekeying_ike_ = false;
+        return;
+    }
+    log(log_level::info, "rekeying the IKE SA");
+    pending_request r;
+    r.exchange = exchange_type::create_child_sa;
+    r.build = [this, offer] {
+        std::vector<payload> p;
+        p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_.proposals, protocol_id::ike, be64(offer->spi_i))}});
+        p.push_back(payload{payload_type::nonce, false, nonce_payload{offer->nonce}});
+        p.push_back(payload{payload_type::ke, false, ke_payload{offer->kex->group(), offer->kex->public_value()}});
+        return p;
+    };
+    r.on_reply = [this, offer](const std::vector<payload>& reply) {
+        rekeying_ike_ = false;
+        auto retry_later = [this](const std::string& why) {
+            log(log_level::warning, "IKE SA rekey failed (" + why + "); retrying in 30 s");
+            ike_rekey_at_ = io_.now() + std::chrono::seconds(30);
+        };
+        for (const auto* n : find_notifies(reply)) {
+            if (n->type < 16384) {
+                retry_later(notify_name(n->type));
+                return;
+            }
+        }
+        const auto* sap = find_payload(reply, payload_type::sa);
+        const auto* np = find_payload(reply, payload_type::nonce);
+        const auto* kp = find_payload(reply, payload_type::ke);
+        if (sap == nullptr || np == nullptr || kp == nullptr) {
+            retry_later("answer without SA, Nonce or KE");
+            return;
+        }
+        std::string why;
+        auto chosen = check_reply(peer_.proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
+        const auto& spi = std::get<sa_payload>(sap->body).proposals.front().spi;
+        const auto& ke = std::get<ke_payload>(kp->body);
+        if (!chosen || spi.size() != 8 || ke.group != offer->kex->group() || chosen->dh != ke.group) {
+            retry_later(chosen ? "inconsistent SA/KE" : why);
+            return;
+        }
+        std::string error;
+        auto g_ir = offer->kex->shared_secret(ke.data, error);
+        if (!g_ir) {
+            retry_later(error);
+            return;
+        }
+        const auto& nr = std::get<nonce_payload>(np->body).data;
+        make_successor(role::initiator, offer->spi_i, read_be64(spi), *chosen, *g_ir, offer->nonce, nr);
+        // §1.3.2: the rekey initiator deletes the old IKE SA (its Child SAs already moved).
+        delete_sa();
+    };
+    r.on_timeout = [this] {
+        fail("peer " + peer_.name + " did not answer an IKE SA rekey.", "check the path to the peer and its log.");
+    };
+    queue_request(std::move(r));
+}
+
+// Responder side, from process_create_child_request when the SA payload proposes protocol IKE.
+void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<payload>& payloads)
+{
+    if (rekeying_ike_) {
+        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::temporary_failure)});
+        return;
+    }
+    const auto* sap = find_payload(payloads, payload_type::sa);
+    const auto* np = find_payload(payloads, payload_type::nonce);
+    const auto* kp = find_payload(payloads, payload_type::ke);
+    if (np == nullptr || kp == nullptr) {
+        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+        return;
+    }
+    std::string why;
+    auto chosen = select_proposal(peer_.proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
+    if (!chosen || chosen->theirs->spi.size() != 8) {
+        log(log_level::warning, "IKE SA rekey refused: " + why);
+        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::no_proposal_chosen)});
+        return;
+    }
+    const auto& ke = std::get<ke_payload>(kp->body);
+    if (ke.group != chosen->transforms.dh) {
+        uint16_t g = chosen->transforms.dh;
+        send_response(exchange_type::create_child_sa, message_id,
+                      {notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})});
+        return;
+    }
+    auto kex = key_exchange::create(ke.group);
+    std::string error;
+    auto g_ir = kex ? kex->shared_secret(ke.data, error) : std::nullopt;
+    if (!g_ir) {
+        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+        return;
+    }
+    uint64_t spi_r = 0;
+    do {
+        uint8_t b[8];
+        io_.random().fill(b);
+        spi_r = read_be64(bytes(b, b + 8));
+    } while (spi_r == 0);
+    bytes nr(32);
+    io_.random().fill(nr);
+    const auto& ni = std::get<nonce_payload>(np->body).data;
+    std::vector<payload> reply;
+    reply.push_back(payload{payload_type::sa, false,
+                            sa_payload{{to_wire(chosen->transforms, protocol_id::ike, chosen->theirs->number, be64(spi_r))}}});
+    reply.push_back(payload{payload_type::nonce, false, nonce_payload{nr}});
+    reply.push_back(payload{payload_type::ke, false, ke_payload{ke.group, kex->public_value()}});
+    uint64_t spi_i = read_be64(chosen->theirs->spi);
+    send_response(exchange_type::create_child_sa, message_id, reply);
+    make_successor(role::responder, spi_i, spi_r, chosen->transforms, *g_ir, ni, nr);
+    ike_rekey_at_ = steady_time{}; // the old SA only waits for the peer's Delete now
+}
+
+} // namespace espresso::cp
