@@ -247,6 +247,35 @@ TEST(IkeMessageSk, MustBeLast)
               std::string::npos);
 }
 
+TEST(IkeMessageSk, EncryptedFragmentKeptRawAndLast)
+{
+    // RFC 7383 SKF: Fragment Number 1, Total 2, then IV | ciphertext | ICV; its Next Payload (IDi) names
+    // the first inner payload, so nothing may follow it.
+    bytes body = cat({{0, 1, 0, 2}, seq(0, 24)});
+    const auto m = ok(parse_message(message_bytes(payload_type::skf, raw(35, 0, body))));
+    ASSERT_EQ(m.payloads.size(), 1u);
+    EXPECT_EQ(m.payloads[0].type, payload_type::skf);
+    EXPECT_EQ(std::get<unknown_payload>(m.payloads[0].body), (unknown_payload{53, body}));
+    auto e = err(parse_message(message_bytes(payload_type::skf, cat({raw(35, 0, body), raw(0, 0, {})}))));
+    EXPECT_NE(e.what.find("must be last"), std::string::npos) << e.what;
+}
+
+TEST(IkeMessageSk, EmptyInformationalIsAllowed)
+{
+    // A liveness check (RFC 7296 §1.4) is an SK payload with nothing inside: Next Payload none.
+    const auto m = ok(parse_message(message_bytes(payload_type::sk, raw(0, 0, seq(0, 32)))));
+    ASSERT_EQ(m.payloads.size(), 1u);
+    EXPECT_EQ(std::get<sk_payload>(m.payloads[0].body).first_inner, payload_type::none);
+}
+
+TEST(IkeMessageDelete, IkeSaDeleteCountWithoutSpis)
+{
+    // §3.11: SPI size 0 for IKE; a non-zero count then carries no bytes and makes no SPIs.
+    const auto m = ok(parse_message(message_bytes(payload_type::del, raw(0, 0, {1, 0, 0, 3}))));
+    ASSERT_EQ(m.payloads.size(), 1u);
+    EXPECT_EQ(std::get<delete_payload>(m.payloads[0].body), (delete_payload{1, {}}));
+}
+
 // ---- critical bit (RFC 7296 §2.5) -----------------------------------------------------------------
 
 TEST(IkeMessageCritical, UnknownCriticalPayloadRefused)
