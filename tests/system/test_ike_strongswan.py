@@ -10,6 +10,7 @@ Scenarios (each a fresh IKE SA on one topology):
   initiator   espresso-ike initiates (start: immediately); ecp256 / esp aes256-sha256
   x25519      strongSwan initiates with curve25519 and aes256gcm16-prfsha256 IKE
   rekey       Child SA rekey (espresso initiates it, short rekey-time) under continuous ping: no loss
+  ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under continuous ping: no loss
   delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
   mismatch    PSK and DH group mismatch: `failures` names the cause
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
@@ -33,7 +34,7 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0"):
+             dpd="0", ike_rekey="0"):
     return f"""ike:
   peers:
     - name: branch
@@ -41,6 +42,7 @@ def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none"
       remote-address: 203.0.113.1
       proposals: [{proposals}]
       auth: {{ method: psk, secret: "{secret}" }}
+      rekey-time: {ike_rekey}
       dpd: {{ interval: {dpd}, action: clear }}
       tunnels:
         - name: lan
@@ -207,6 +209,28 @@ def scenario_rekey(topo, run, br):
     run.stop_ike()
 
 
+def scenario_ike_rekey(topo, run, br):
+    """IKE SA rekeys from both ends (espresso every ~6 s, strongSwan every ~10 s) and a Child SA rekey
+    under continuous traffic, then DPD over the newest IKE SA: no ping lost, one IKE SA at the end."""
+    br.load(site_conf("gw-branch", start_action="none", rekey_time="10s", over_time="5s"))
+    run.start_ike(ike_yaml(start="immediately", ike_rekey="6s", rekey="9s", dpd="2s"))
+    br.wait_for_child("net", timeout=30)
+    wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    r = sh("ping -c 100 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
+    m = re.search(r"(\d+) received", r.stdout)
+    got = int(m.group(1)) if m else 0
+    log = run.topo.process_log(run.ike)
+    rekeys = log.count("IKE SA rekeyed")
+    assert rekeys >= 2, f"expected at least two IKE SA rekeys in 20 s, saw {rekeys}"
+    sas = [sa for sa in ike_sas(run) if sa["state"] == "READY"]
+    assert len(sas) == 1 and len(sas[0]["children"]) == 1, sas
+    assert len(br.list_sas()) == 1, br.list_sas()
+    assert got == 100, f"lost {100 - got} of 100 pings across IKE and Child SA rekeys"
+    assert "stopped answering" not in log, "DPD failed after a rekey"
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
 def scenario_mismatch(topo, run, br):
     run.start_ike(ike_yaml(secret="not-the-same-key"))
     br.load(site_conf("gw-branch"))
@@ -223,7 +247,7 @@ def scenario_mismatch(topo, run, br):
 
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
-             "rekey": scenario_rekey, "mismatch": scenario_mismatch}
+             "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "mismatch": scenario_mismatch}
 
 
 def main():
