@@ -42,10 +42,7 @@ using pss_params_ptr = std::unique_ptr<RSA_PSS_PARAMS, openssl_deleter<RSA_PSS_P
 using ecdsa_sig_ptr = std::unique_ptr<ECDSA_SIG, openssl_deleter<ECDSA_SIG_free>>;
 using bignum_ptr = std::unique_ptr<BIGNUM, openssl_deleter<BN_free>>;
 
-void free_x509_stack(STACK_OF(X509) * s) noexcept
-{
-    sk_X509_pop_free(s, X509_free);
-}
+void free_x509_stack(STACK_OF(X509) * s) noexcept { sk_X509_pop_free(s, X509_free); }
 using x509_stack_ptr = std::unique_ptr<STACK_OF(X509), openssl_deleter<free_x509_stack>>;
 
 constexpr size_t min_rsa_bits = 2048; // RFC 8247 §3.2 / NIST SP 800-131A
@@ -56,8 +53,10 @@ enum class key_kind { rsa, rsa_pss, ec_p256, ec_p384, ec_p521, unsupported };
 key_kind kind_of(EVP_PKEY* key)
 {
     switch (EVP_PKEY_get_base_id(key)) {
-    case EVP_PKEY_RSA: return key_kind::rsa;
-    case EVP_PKEY_RSA_PSS: return key_kind::rsa_pss;
+    case EVP_PKEY_RSA:
+        return key_kind::rsa;
+    case EVP_PKEY_RSA_PSS:
+        return key_kind::rsa_pss;
     case EVP_PKEY_EC: {
         char group[64] = {};
         size_t len = 0;
@@ -76,25 +75,29 @@ key_kind kind_of(EVP_PKEY* key)
         }
         return key_kind::unsupported;
     }
-    default: return key_kind::unsupported;
+    default:
+        return key_kind::unsupported;
     }
 }
 
-bool is_rsa(key_kind k)
-{
-    return k == key_kind::rsa || k == key_kind::rsa_pss;
-}
+bool is_rsa(key_kind k) { return k == key_kind::rsa || k == key_kind::rsa_pss; }
 
 // "RSA 2048-bit", "ECDSA P-256", or the OpenSSL type name, for error messages.
 std::string describe_key(EVP_PKEY* key)
 {
     switch (kind_of(key)) {
-    case key_kind::rsa: return "RSA " + std::to_string(EVP_PKEY_get_bits(key)) + "-bit";
-    case key_kind::rsa_pss: return "RSA-PSS " + std::to_string(EVP_PKEY_get_bits(key)) + "-bit";
-    case key_kind::ec_p256: return "ECDSA P-256";
-    case key_kind::ec_p384: return "ECDSA P-384";
-    case key_kind::ec_p521: return "ECDSA P-521";
-    case key_kind::unsupported: break;
+    case key_kind::rsa:
+        return "RSA " + std::to_string(EVP_PKEY_get_bits(key)) + "-bit";
+    case key_kind::rsa_pss:
+        return "RSA-PSS " + std::to_string(EVP_PKEY_get_bits(key)) + "-bit";
+    case key_kind::ec_p256:
+        return "ECDSA P-256";
+    case key_kind::ec_p384:
+        return "ECDSA P-384";
+    case key_kind::ec_p521:
+        return "ECDSA P-521";
+    case key_kind::unsupported:
+        break;
     }
     const char* name = EVP_PKEY_get0_type_name(key);
     if (EVP_PKEY_get_base_id(key) == EVP_PKEY_EC) {
@@ -111,7 +114,8 @@ std::string key_problem(EVP_PKEY* key)
 {
     key_kind k = kind_of(key);
     if (k == key_kind::unsupported) {
-        return "a " + describe_key(key) + " key is not supported (RSA >= 2048 bits or ECDSA P-256/P-384/P-521)";
+        return "a " + describe_key(key) +
+               " key is not supported (RSA >= 2048 bits or ECDSA P-256/P-384/P-521)";
     }
     if (is_rsa(k) && static_cast<size_t>(EVP_PKEY_get_bits(key)) < min_rsa_bits) {
         return "a " + describe_key(key) + " key is too short (RSA needs at least 2048 bits, RFC 8247)";
@@ -162,7 +166,8 @@ std::string name_text(const X509_NAME* name)
     if (!bio || name == nullptr) {
         return "?";
     }
-    unsigned long flags = (XN_FLAG_ONELINE & ~XN_FLAG_SPC_EQ & ~ASN1_STRFLGS_ESC_MSB) | ASN1_STRFLGS_UTF8_CONVERT;
+    unsigned long flags =
+        (XN_FLAG_ONELINE & ~XN_FLAG_SPC_EQ & ~ASN1_STRFLGS_ESC_MSB) | ASN1_STRFLGS_UTF8_CONVERT;
     X509_NAME_print_ex(bio.get(), name, 0, flags);
     char* data = nullptr;
     long len = BIO_get_mem_data(bio.get(), &data);
@@ -228,10 +233,13 @@ pkey_ptr read_private_key(const std::string& path, std::string& error)
     }
     ERR_clear_error();
     if (!key) {
-        error = asked ? "the private key in " + path +
-                            " is encrypted; the daemon cannot ask for a passphrase (store it unencrypted with mode "
-                            "0600: openssl pkey -in <encrypted> -out " + path + ")"
-                      : path + " holds no private key (PEM or DER, PKCS#8 or traditional RSA/EC expected)";
+        error =
+            asked
+                ? "the private key in " + path +
+                      " is encrypted; the daemon cannot ask for a passphrase (store it unencrypted with mode "
+                      "0600: openssl pkey -in <encrypted> -out " +
+                      path + ")"
+                : path + " holds no private key (PEM or DER, PKCS#8 or traditional RSA/EC expected)";
     }
     return key;
 }
@@ -239,10 +247,14 @@ pkey_ptr read_private_key(const std::string& path, std::string& error)
 const EVP_MD* md_of(signature_hash h)
 {
     switch (h) {
-    case signature_hash::sha1: return EVP_sha1();
-    case signature_hash::sha2_256: return EVP_sha256();
-    case signature_hash::sha2_384: return EVP_sha384();
-    case signature_hash::sha2_512: return EVP_sha512();
+    case signature_hash::sha1:
+        return EVP_sha1();
+    case signature_hash::sha2_256:
+        return EVP_sha256();
+    case signature_hash::sha2_384:
+        return EVP_sha384();
+    case signature_hash::sha2_512:
+        return EVP_sha512();
     }
     return nullptr;
 }
@@ -250,23 +262,17 @@ const EVP_MD* md_of(signature_hash h)
 std::optional<signature_hash> hash_of_nid(int nid)
 {
     switch (nid) {
-    case NID_sha1: return signature_hash::sha1;
-    case NID_sha256: return signature_hash::sha2_256;
-    case NID_sha384: return signature_hash::sha2_384;
-    case NID_sha512: return signature_hash::sha2_512;
-    default: return std::nullopt;
+    case NID_sha1:
+        return signature_hash::sha1;
+    case NID_sha256:
+        return signature_hash::sha2_256;
+    case NID_sha384:
+        return signature_hash::sha2_384;
+    case NID_sha512:
+        return signature_hash::sha2_512;
+    default:
+        return std::nullopt;
     }
-}
-
-const char* hash_name(signature_hash h)
-{
-    switch (h) {
-    case signature_hash::sha1: return "SHA-1";
-    case signature_hash::sha2_256: return "SHA-256";
-    case signature_hash::sha2_384: return "SHA-384";
-    case signature_hash::sha2_512: return "SHA-512";
-    }
-    return "?";
 }
 
 std::string oid_text(const ASN1_OBJECT* obj)
@@ -294,7 +300,8 @@ std::optional<pss_parameters> parse_pss(const X509_ALGOR* alg, std::string& why)
         why = "the peer's RSASSA-PSS AlgorithmIdentifier has malformed parameters";
         return std::nullopt;
     }
-    pss_params_ptr pss(static_cast<RSA_PSS_PARAMS*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(RSA_PSS_PARAMS), param)));
+    pss_params_ptr pss(
+        static_cast<RSA_PSS_PARAMS*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(RSA_PSS_PARAMS), param)));
     if (!pss) {
         ERR_clear_error();
         why = "the peer's RSASSA-PSS AlgorithmIdentifier has malformed parameters";
@@ -305,8 +312,8 @@ std::optional<pss_parameters> parse_pss(const X509_ALGOR* alg, std::string& why)
     }
     if (pss->maskGenAlgorithm != nullptr) {
         if (OBJ_obj2nid(pss->maskGenAlgorithm->algorithm) != NID_mgf1) {
-            why = "the peer's RSASSA-PSS signature uses mask generation " + oid_text(pss->maskGenAlgorithm->algorithm) +
-                  " (only MGF1 is supported)";
+            why = "the peer's RSASSA-PSS signature uses mask generation " +
+                  oid_text(pss->maskGenAlgorithm->algorithm) + " (only MGF1 is supported)";
             return std::nullopt;
         }
         algor_ptr mgf_hash(static_cast<X509_ALGOR*>(
@@ -334,8 +341,8 @@ std::optional<pss_parameters> parse_pss(const X509_ALGOR* alg, std::string& why)
 }
 
 // One verification with EVP; `pss` set for RSASSA-PSS.
-bool verify_signature(EVP_PKEY* key, const EVP_MD* md, const pss_parameters* pss, std::span<const uint8_t> data,
-                      std::span<const uint8_t> signature)
+bool verify_signature(EVP_PKEY* key, const EVP_MD* md, const pss_parameters* pss,
+                      std::span<const uint8_t> data, std::span<const uint8_t> signature)
 {
     md_ctx_ptr ctx(EVP_MD_CTX_new());
     EVP_PKEY_CTX* pctx = nullptr;
@@ -346,7 +353,8 @@ bool verify_signature(EVP_PKEY* key, const EVP_MD* md, const pss_parameters* pss
     if (pss != nullptr) {
         const EVP_MD* mgf = EVP_get_digestbynid(pss->mgf1_hash_nid);
         if (mgf == nullptr || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pss->salt_length) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, mgf) != 1) {
+            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pss->salt_length) != 1 ||
+            EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, mgf) != 1) {
             ERR_clear_error();
             return false;
         }
@@ -390,7 +398,8 @@ std::string lower(std::string s)
 
 std::string ia5_text(const ASN1_IA5STRING* s)
 {
-    return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)), static_cast<size_t>(ASN1_STRING_length(s)));
+    return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                       static_cast<size_t>(ASN1_STRING_length(s)));
 }
 
 std::string ip_text(std::span<const uint8_t> ip)
@@ -411,7 +420,8 @@ std::string id_text(const id_payload& id)
 {
     switch (static_cast<id_type>(id.type)) {
     case id_type::ipv4_addr:
-    case id_type::ipv6_addr: return ip_text(id.data);
+    case id_type::ipv6_addr:
+        return ip_text(id.data);
     case id_type::fqdn:
     case id_type::rfc822_addr:
     case id_type::key_id: {
@@ -440,13 +450,24 @@ std::string describe_alt_names(const GENERAL_NAMES* names)
         std::string one;
         switch (gn->type) {
         case GEN_IPADD:
-            one = "IP:" + ip_text({ASN1_STRING_get0_data(gn->d.iPAddress), static_cast<size_t>(ASN1_STRING_length(gn->d.iPAddress))});
+            one = "IP:" + ip_text({ASN1_STRING_get0_data(gn->d.iPAddress),
+                                   static_cast<size_t>(ASN1_STRING_length(gn->d.iPAddress))});
             break;
-        case GEN_DNS: one = "DNS:" + ia5_text(gn->d.dNSName); break;
-        case GEN_EMAIL: one = "email:" + ia5_text(gn->d.rfc822Name); break;
-        case GEN_URI: one = "URI:" + ia5_text(gn->d.uniformResourceIdentifier); break;
-        case GEN_DIRNAME: one = "DirName:" + name_text(gn->d.directoryName); break;
-        default: one = "other"; break;
+        case GEN_DNS:
+            one = "DNS:" + ia5_text(gn->d.dNSName);
+            break;
+        case GEN_EMAIL:
+            one = "email:" + ia5_text(gn->d.rfc822Name);
+            break;
+        case GEN_URI:
+            one = "URI:" + ia5_text(gn->d.uniformResourceIdentifier);
+            break;
+        case GEN_DIRNAME:
+            one = "DirName:" + name_text(gn->d.directoryName);
+            break;
+        default:
+            one = "other";
+            break;
         }
         out += (out.empty() ? "" : ", ") + one;
     }
@@ -457,7 +478,8 @@ std::string describe_alt_names(const GENERAL_NAMES* names)
 bool holds_identity(X509* cert, const id_payload& id, std::string& why)
 {
     std::string subject = name_text(X509_get_subject_name(cert));
-    general_names_ptr alt(static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
+    general_names_ptr alt(
+        static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
     ERR_clear_error();
     int want = -1;
     auto type = static_cast<id_type>(id.type);
@@ -470,8 +492,12 @@ bool holds_identity(X509* cert, const id_payload& id, std::string& why)
         }
         want = GEN_IPADD;
         break;
-    case id_type::fqdn: want = GEN_DNS; break;
-    case id_type::rfc822_addr: want = GEN_EMAIL; break;
+    case id_type::fqdn:
+        want = GEN_DNS;
+        break;
+    case id_type::rfc822_addr:
+        want = GEN_EMAIL;
+        break;
     case id_type::der_asn1_dn: {
         const unsigned char* p = id.data.data();
         name_ptr name(d2i_X509_NAME(nullptr, &p, static_cast<long>(id.data.size())));
@@ -484,11 +510,13 @@ bool holds_identity(X509* cert, const id_payload& id, std::string& why)
         if (X509_NAME_cmp(name.get(), X509_get_subject_name(cert)) == 0) {
             return true;
         }
-        why = "the identity '" + name_text(name.get()) + "' is not the certificate's subject '" + subject + "'";
+        why =
+            "the identity '" + name_text(name.get()) + "' is not the certificate's subject '" + subject + "'";
         return false;
     }
     case id_type::key_id:
-        why = "the identity '" + id_text(id) + "' is a key id (ID_KEY_ID), which a certificate cannot confirm";
+        why =
+            "the identity '" + id_text(id) + "' is a key id (ID_KEY_ID), which a certificate cannot confirm";
         return false;
     }
     if (want < 0) {
@@ -529,8 +557,8 @@ std::string chain_problem(X509_STORE_CTX* ctx, const std::vector<std::string>& c
     case X509_V_ERR_CERT_HAS_EXPIRED:
         return which + subject + " expired on " + time_text(at != nullptr ? X509_get0_notAfter(at) : nullptr);
     case X509_V_ERR_CERT_NOT_YET_VALID:
-        return which + subject + " is not valid before " + time_text(at != nullptr ? X509_get0_notBefore(at) : nullptr) +
-               " (check both clocks)";
+        return which + subject + " is not valid before " +
+               time_text(at != nullptr ? X509_get0_notBefore(at) : nullptr) + " (check both clocks)";
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
@@ -541,11 +569,13 @@ std::string chain_problem(X509_STORE_CTX* ctx, const std::vector<std::string>& c
             cas += (cas.empty() ? "'" : ", '") + n + "'";
         }
         std::string issuer = at != nullptr ? name_text(X509_get_issuer_name(at)) : std::string("?");
-        return which + subject + " is issued by '" + issuer + "', which is not one of the trusted CAs (" + cas + ")";
+        return which + subject + " is issued by '" + issuer + "', which is not one of the trusted CAs (" +
+               cas + ")";
     }
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
         return "the signature on " + which + subject + " does not verify with its issuer's key";
-    default: break;
+    default:
+        break;
     }
     return which + subject + " was refused: " + X509_verify_cert_error_string(err);
 }
@@ -563,7 +593,8 @@ pubkey_credentials::pubkey_credentials(pubkey_credentials&&) noexcept = default;
 pubkey_credentials& pubkey_credentials::operator=(pubkey_credentials&&) noexcept = default;
 pubkey_credentials::~pubkey_credentials() = default; // EVP_PKEY_free clears the key's components
 
-std::optional<pubkey_credentials> pubkey_credentials::load(const config::ike_auth_config& auth, std::string& error)
+std::optional<pubkey_credentials> pubkey_credentials::load(const config::ike_auth_config& auth,
+                                                           std::string& error)
 {
     pubkey_credentials out;
     auto certs = read_certificates(auth.certificate, error);
@@ -605,7 +636,8 @@ std::optional<pubkey_credentials> pubkey_credentials::load(const config::ike_aut
         for (auto& ca : cas) {
             std::string ca_name = name_text(X509_get_subject_name(ca.get()));
             if (X509_check_ca(ca.get()) == 0) {
-                error = "'" + ca_name + "' in " + path + " is not a CA certificate (no basicConstraints CA:TRUE)";
+                error =
+                    "'" + ca_name + "' in " + path + " is not a CA certificate (no basicConstraints CA:TRUE)";
                 return std::nullopt;
             }
             // RFC 7296 §3.7: the CERTREQ carries SHA-1(SubjectPublicKeyInfo) of each trusted CA.
@@ -613,7 +645,8 @@ std::optional<pubkey_credentials> pubkey_credentials::load(const config::ike_aut
             int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(ca.get()), &spki);
             bytes hash(20);
             unsigned int hash_len = 0;
-            bool hashed = n > 0 && EVP_Digest(spki, static_cast<size_t>(n), hash.data(), &hash_len, EVP_sha1(), nullptr) == 1;
+            bool hashed = n > 0 && EVP_Digest(spki, static_cast<size_t>(n), hash.data(), &hash_len,
+                                              EVP_sha1(), nullptr) == 1;
             OPENSSL_free(spki);
             if (!hashed || X509_STORE_add_cert(store.get(), ca.get()) != 1) {
                 error = "cannot use the CA certificate '" + ca_name + "' in " + path + ": " + openssl_error();
@@ -651,8 +684,8 @@ std::optional<auth_payload> pubkey_credentials::sign(std::span<const uint8_t> si
     signature_hash hash = signature_hash::sha2_256;
     if (!peer_hash_algorithms.empty()) {
         auto announced = [&](signature_hash h) {
-            return std::find(peer_hash_algorithms.begin(), peer_hash_algorithms.end(), static_cast<uint16_t>(h)) !=
-                   peer_hash_algorithms.end();
+            return std::find(peer_hash_algorithms.begin(), peer_hash_algorithms.end(),
+                             static_cast<uint16_t>(h)) != peer_hash_algorithms.end();
         };
         if (announced(preferred)) {
             hash = preferred;
@@ -663,7 +696,8 @@ std::optional<auth_payload> pubkey_credentials::sign(std::span<const uint8_t> si
                        h == static_cast<uint16_t>(signature_hash::sha2_512);
             });
             if (it == peer_hash_algorithms.end()) {
-                error = "the peer announced no SHA-2 hash in SIGNATURE_HASH_ALGORITHMS (RFC 7427); SHA-1 signatures are "
+                error = "the peer announced no SHA-2 hash in SIGNATURE_HASH_ALGORITHMS (RFC 7427); SHA-1 "
+                        "signatures are "
                         "not made";
                 return std::nullopt;
             }
@@ -687,9 +721,11 @@ std::optional<auth_payload> pubkey_credentials::sign(std::span<const uint8_t> si
     // RFC 7427 §3: the AlgorithmIdentifier of what we sign with; the provider encodes it (ECDSA without
     // parameters, RSA PKCS#1 with NULL, RSASSA-PSS with hash, MGF1 and salt length).
     uint8_t aid[128];
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, aid, sizeof(aid)),
-                           OSSL_PARAM_construct_end()};
-    if (EVP_PKEY_CTX_get_params(pctx, params) != 1 || params[0].return_size == 0 || params[0].return_size > 255) {
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, aid, sizeof(aid)),
+        OSSL_PARAM_construct_end()};
+    if (EVP_PKEY_CTX_get_params(pctx, params) != 1 || params[0].return_size == 0 ||
+        params[0].return_size > 255) {
         error = "cannot encode the signature's AlgorithmIdentifier: " + openssl_error();
         return std::nullopt;
     }
@@ -714,7 +750,8 @@ std::optional<auth_payload> pubkey_credentials::sign(std::span<const uint8_t> si
 }
 
 bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const id_payload& peer_id,
-                                const auth_payload& auth, std::span<const uint8_t> signed_octets, std::string& why) const
+                                const auth_payload& auth, std::span<const uint8_t> signed_octets,
+                                std::string& why) const
 {
     if (peer_certs_der.empty()) {
         why = "the peer sent no certificate (CERT payload) with its AUTH payload";
@@ -784,10 +821,12 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
     // 3. The AUTH payload.
     key_kind kind = kind_of(key);
     std::span<const uint8_t> data(auth.data);
-    const std::string bad_signature = "the peer's AUTH signature does not verify with the key of its certificate '" +
-                                      subject + "' (wrong key, or the IKE_SA_INIT messages were altered)";
+    const std::string bad_signature =
+        "the peer's AUTH signature does not verify with the key of its certificate '" + subject +
+        "' (wrong key, or the IKE_SA_INIT messages were altered)";
     auto sha1_refused = [&] {
-        why = "the peer signed its AUTH payload with SHA-1, which is refused (RFC 8247); allow-legacy accepts it";
+        why = "the peer signed its AUTH payload with SHA-1, which is refused (RFC 8247); allow-legacy "
+              "accepts it";
         return false;
     };
     switch (static_cast<auth_method>(auth.method)) {
@@ -816,7 +855,8 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
             }
             md_nid = pss->hash_nid;
             if (!is_rsa(kind)) {
-                why = "the peer signed with RSASSA-PSS but its certificate '" + subject + "' holds a " + describe_key(key) + " key";
+                why = "the peer signed with RSASSA-PSS but its certificate '" + subject + "' holds a " +
+                      describe_key(key) + " key";
                 return false;
             }
             auto mgf = hash_of_nid(pss->mgf1_hash_nid);
@@ -831,8 +871,8 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
             bool fits = (pkey_nid == NID_rsaEncryption && kind == key_kind::rsa) ||
                         (pkey_nid == NID_X9_62_id_ecPublicKey && !is_rsa(kind));
             if (!fits) {
-                why = "the peer signed with " + oid_text(alg->algorithm) + " but its certificate '" + subject + "' holds a " +
-                      describe_key(key) + " key";
+                why = "the peer signed with " + oid_text(alg->algorithm) + " but its certificate '" +
+                      subject + "' holds a " + describe_key(key) + " key";
                 return false;
             }
         }
@@ -860,12 +900,13 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
                                                            : key_kind::ec_p521;
         size_t field = method == auth_method::ecdsa_256 ? 32 : method == auth_method::ecdsa_384 ? 48 : 66;
         if (kind != need) {
-            why = "the peer authenticates with ECDSA method " + std::to_string(auth.method) + " but its certificate '" +
-                  subject + "' holds a " + describe_key(key) + " key";
+            why = "the peer authenticates with ECDSA method " + std::to_string(auth.method) +
+                  " but its certificate '" + subject + "' holds a " + describe_key(key) + " key";
             return false;
         }
         if (data.size() != 2 * field) {
-            why = "the peer's ECDSA AUTH payload has " + std::to_string(data.size()) + " bytes, not " + std::to_string(2 * field);
+            why = "the peer's ECDSA AUTH payload has " + std::to_string(data.size()) + " bytes, not " +
+                  std::to_string(2 * field);
             return false;
         }
         auto der = ecdsa_raw_to_der(data);
@@ -885,8 +926,8 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
             return sha1_refused();
         }
         if (kind != key_kind::rsa) {
-            why = "the peer authenticates with RSA (method 1) but its certificate '" + subject + "' holds a " +
-                  describe_key(key) + " key";
+            why = "the peer authenticates with RSA (method 1) but its certificate '" + subject +
+                  "' holds a " + describe_key(key) + " key";
             return false;
         }
         if (!verify_signature(key, EVP_sha1(), nullptr, signed_octets, data)) {
@@ -897,7 +938,8 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
     case auth_method::shared_key_mic:
         why = "the peer authenticates with a pre-shared key, but certificates are configured for it";
         return false;
-    case auth_method::dss_sig: break;
+    case auth_method::dss_sig:
+        break;
     }
     why = "the peer authenticates with method " + std::to_string(auth.method) +
           ", which is not supported (14 Digital Signature, 9/10/11 ECDSA)";
@@ -906,8 +948,9 @@ bool pubkey_credentials::verify(const std::vector<bytes>& peer_certs_der, const 
 
 bytes pubkey_credentials::supported_hash_algorithms()
 {
-    return {0, static_cast<uint8_t>(signature_hash::sha2_256), 0, static_cast<uint8_t>(signature_hash::sha2_384), 0,
-            static_cast<uint8_t>(signature_hash::sha2_512)};
+    return {0, static_cast<uint8_t>(signature_hash::sha2_256),
+            0, static_cast<uint8_t>(signature_hash::sha2_384),
+            0, static_cast<uint8_t>(signature_hash::sha2_512)};
 }
 
 std::vector<uint16_t> pubkey_credentials::parse_hash_algorithms(std::span<const uint8_t> notify_data)
@@ -964,7 +1007,8 @@ constexpr rdn_name rdn_names[] = {
 bool printable(const std::string& s)
 {
     return std::all_of(s.begin(), s.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view(" '()+,-./:=?").find(c) != std::string_view::npos;
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+               std::string_view(" '()+,-./:=?").find(c) != std::string_view::npos;
     });
 }
 
@@ -1012,21 +1056,25 @@ std::optional<bytes> encode_dn(const std::string& text)
         }
         const rdn_name* known = nullptr;
         for (const auto& r : rdn_names) {
-            if (key.size() == std::char_traits<char>::length(r.name) && strncasecmp(key.c_str(), r.name, key.size()) == 0) {
+            if (key.size() == std::char_traits<char>::length(r.name) &&
+                strncasecmp(key.c_str(), r.name, key.size()) == 0) {
                 known = &r;
                 break;
             }
         }
-        std::string between = part.substr(key_end, value_start == std::string::npos ? std::string::npos : value_start - key_end);
+        std::string between = part.substr(key_end, value_start == std::string::npos ? std::string::npos
+                                                                                    : value_start - key_end);
         if (known == nullptr || between.find('=') == std::string::npos) {
             return std::nullopt;
         }
-        int type = known->type == V_ASN1_PRINTABLESTRING && !printable(value) ? V_ASN1_UTF8STRING : known->type;
+        int type =
+            known->type == V_ASN1_PRINTABLESTRING && !printable(value) ? V_ASN1_UTF8STRING : known->type;
         ASN1_OBJECT* oid = OBJ_txt2obj(known->oid, 1);
-        int ok = oid != nullptr ? X509_NAME_add_entry_by_OBJ(name.get(), oid, type,
-                                                             reinterpret_cast<const unsigned char*>(value.data()),
-                                                             static_cast<int>(value.size()), -1, 0)
-                                : 0;
+        int ok = oid != nullptr
+                     ? X509_NAME_add_entry_by_OBJ(name.get(), oid, type,
+                                                  reinterpret_cast<const unsigned char*>(value.data()),
+                                                  static_cast<int>(value.size()), -1, 0)
+                     : 0;
         ASN1_OBJECT_free(oid);
         if (ok != 1) {
             ERR_clear_error();

@@ -74,7 +74,8 @@ public:
     // `error` set. Called by the IKE_AUTH code for each IKE_AUTH request (initiator) or response
     // (responder).
     std::optional<auth_payload> sign(std::span<const uint8_t> signed_octets,
-                                     std::span<const uint16_t> peer_hash_algorithms, std::string& error) const;
+                                     std::span<const uint16_t> peer_hash_algorithms,
+                                     std::string& error) const;
 
     // Authenticates the peer (RFC 7296 §2.15, §3.6, RFC 7427):
     //  1. peer_certs_der[0] is the end-entity certificate (the first CERT payload), the others are
