@@ -1091,4 +1091,36 @@ std::optional<bytes> encode_dn(const std::string& text)
     return der;
 }
 
+namespace {
+
+name_ptr parse_dn(std::span<const uint8_t> der)
+{
+    const unsigned char* p = der.data();
+    name_ptr name(d2i_X509_NAME(nullptr, &p, static_cast<long>(der.size())));
+    ERR_clear_error();
+    if (!name || p != der.data() + der.size()) {
+        return nullptr;
+    }
+    return name;
+}
+
+} // namespace
+
+bool dn_equal(std::span<const uint8_t> a, std::span<const uint8_t> b)
+{
+    name_ptr na = parse_dn(a), nb = parse_dn(b);
+    if (!na || !nb) {
+        return false;
+    }
+    bool equal = X509_NAME_cmp(na.get(), nb.get()) == 0;
+    ERR_clear_error();
+    return equal;
+}
+
+std::string dn_to_string(std::span<const uint8_t> der)
+{
+    name_ptr name = parse_dn(der);
+    return name ? name_text(name.get()) : "(malformed DN)";
+}
+
 } // namespace espresso::cp

@@ -136,4 +136,14 @@ private:
 // name is unknown or the text is not a DN. Called by the daemon when it builds our ID payload.
 std::optional<bytes> encode_dn(const std::string& text);
 
+// True when two DER DNs name the same subject as OpenSSL canonicalizes them (X509_NAME_cmp: string types,
+// case and spacing ignored), so "C=CH, O=Espresso, CN=hq" from encode_dn (PrintableString) equals a
+// certificate subject written as UTF8String by `openssl req`. False if either is not a DER DN. Called by
+// the IKE_AUTH code to compare an ID_DER_ASN1_DN with the configured remote-id: compare DNs with this,
+// never byte by byte.
+bool dn_equal(std::span<const uint8_t> a, std::span<const uint8_t> b);
+
+// A DER DN as text for logs ("C=CH, O=Espresso, CN=hq"); "(malformed DN)" if it does not parse.
+std::string dn_to_string(std::span<const uint8_t> der);
+
 } // namespace espresso::cp

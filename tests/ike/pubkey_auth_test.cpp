@@ -728,6 +728,22 @@ TEST_F(Pubkey, EncodeDnTypesAndErrors)
     EXPECT_FALSE(encode_dn("CN=hq,,O=x"));
 }
 
+TEST_F(Pubkey, DnEqualIgnoresStringTypes)
+{
+    // hq's subject was written as UTF8String (as `openssl req` does); encode_dn writes PrintableString.
+    auto h = hq();
+    auto text = encode_dn("C=CH, O=Espresso, CN=hq");
+    ASSERT_TRUE(text);
+    EXPECT_NE(*text, h.subject_der());
+    EXPECT_TRUE(dn_equal(*text, h.subject_der()));
+    EXPECT_TRUE(dn_equal(*encode_dn("c=ch,o=espresso,cn=HQ"), h.subject_der()));
+    EXPECT_FALSE(dn_equal(*encode_dn("C=CH, O=Espresso, CN=branch"), h.subject_der()));
+    EXPECT_FALSE(dn_equal(*encode_dn("O=Espresso, C=CH, CN=hq"), h.subject_der())); // order matters
+    EXPECT_FALSE(dn_equal(bytes{0x30, 0x01}, h.subject_der()));
+    EXPECT_EQ(dn_to_string(h.subject_der()), "C=CH, O=Espresso, CN=hq");
+    EXPECT_EQ(dn_to_string(bytes{0x30}), "(malformed DN)");
+}
+
 TEST_F(Pubkey, OpensslCliVerifiesOurSignatures)
 {
     if (!have_openssl_cli()) {
