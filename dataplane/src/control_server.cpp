@@ -124,6 +124,8 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"subscribe", {"", ""}},
     {"unsubscribe", {"", ""}},
     {"ping", {"", ""}},
+    {"add-sas", {"sas", ""}},
+    {"delete-sas", {"sas", ""}},
 }};
 
 void check_arg_names(const std::string& op, const json& args)
@@ -310,6 +312,25 @@ void control_server::poll() noexcept
     if ((fds[0].revents & POLLIN) != 0) {
         accept_clients();
     }
+}
+
+void control_server::wait(unsigned usec) noexcept
+{
+    std::array<pollfd, max_clients + 1> fds{};
+    fds[0] = {listen_fd_, POLLIN, 0};
+    size_t count = 1;
+    for (const auto& c : clients_) {
+        // Whole frames already read (more than one poll() handles): no nap.
+        if (const auto length = control::decode_length(c.in);
+            !c.dead && length && c.in.size() >= control::length_prefix_bytes + *length) {
+            return;
+        }
+        if (!c.closing && !c.dead) {
+            fds[count++] = {c.fd, POLLIN, 0};
+        }
+    }
+    const timespec timeout{static_cast<time_t>(usec / 1000000), static_cast<long>(usec % 1000000) * 1000};
+    ::ppoll(fds.data(), count, &timeout, nullptr);
 }
 
 void control_server::accept_clients() noexcept
@@ -564,6 +585,11 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         if (auto sa = args.find("sa"); sa != args.end()) {
             wipe_json_secrets(*sa);
         }
+        if (auto sas = args.find("sas"); sas != args.end() && sas->is_array()) {
+            for (auto& item : *sas) {
+                wipe_json_secrets(item);
+            }
+        }
         return reply;
     } catch (const std::exception& e) {
         return error_reply(id, std::string("internal error: ") + e.what());
@@ -588,6 +614,62 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             throw request_error(error);
         }
         return result;
+    }
+    if (op == "add-sas") {
+        const json& list = require(args, "sas", "an array of objects with the keys of a security-associations item");
+        if (list.is_array() && list.size() > control::max_batch_items) {
+            throw request_error("args.sas: " + std::to_string(list.size()) + " SAs; at most " +
+                                std::to_string(control::max_batch_items) + " per request");
+        }
+        auto parsed_sas = sas_from_json(list);
+        if (!parsed_sas.value) {
+            throw request_error(parsed_sas.error);
+        }
+        std::vector<config::sa_config>& sas = *parsed_sas.value;
+        const std::string error = gateway_.add_sas(sas);
+        for (auto& sa : sas) {
+            config::wipe_keys(sa);
+        }
+        if (!error.empty()) {
+            throw request_error(error);
+        }
+        return {{"installed", sas.size()}};
+    }
+    if (op == "delete-sas") {
+        const json& list = require(args, "sas", "an array of {\"direction\", \"spi\"} objects");
+        if (!list.is_array() || list.empty() || list.size() > control::max_batch_items) {
+            throw request_error("args.sas: expected an array of 1 to " + std::to_string(control::max_batch_items) +
+                                " {\"direction\", \"spi\"} objects");
+        }
+        std::vector<gateway_api::sa_id> which;
+        which.reserve(list.size());
+        for (size_t i = 0; i < list.size(); ++i) {
+            const json& item = list[i];
+            const std::string where = "sas[" + std::to_string(i) + "]";
+            if (!item.is_object()) {
+                throw request_error(where + ": expected an object {\"direction\", \"spi\"}");
+            }
+            for (const auto& [key, value] : item.items()) {
+                if (key != "direction" && key != "spi") {
+                    throw request_error(where + "." + key + ": unknown key; expected direction and spi");
+                }
+            }
+            try {
+                which.emplace_back(parse_direction(require(item, "direction", "\"outbound\" or \"inbound\"")),
+                                   parse_spi(require(item, "spi", "the SPI")));
+            } catch (const request_error& e) {
+                // parse_* and require name "args.<field>"; re-root at the item.
+                std::string message = e.what();
+                if (message.starts_with("args.")) {
+                    message = where + "." + message.substr(5);
+                }
+                throw request_error(message);
+            }
+        }
+        if (const std::string error = gateway_.delete_sas(which); !error.empty()) {
+            throw request_error(error);
+        }
+        return {{"deleted", which.size()}};
     }
     if (op == "delete-sa") {
         const auto dir = parse_direction(require(args, "direction", "\"outbound\" or \"inbound\""));

@@ -45,6 +45,10 @@ public:
     control_server& operator=(const control_server&) = delete;
 
     void poll() noexcept;
+    // Sleeps up to `usec` microseconds, less if a connection becomes readable (a request arrives) or
+    // a new client connects: the main loop naps here so that a request is served at once, not after
+    // the nap.
+    void wait(unsigned usec) noexcept;
     // Queues an event for every subscribed client (sent by the next poll(), or now if the socket
     // takes it).
     void publish(const gateway_event& event) noexcept;

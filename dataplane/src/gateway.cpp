@@ -16,6 +16,8 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_pause.h>
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
@@ -35,7 +38,7 @@ namespace espresso::dp {
 
 namespace {
 
-constexpr uint16_t ring_size = 1024;
+constexpr uint16_t ring_size = 4096; // update messages per worker (32 bytes each)
 constexpr uint32_t implied_priority = 1000; // explicit policies (default priority 0) win
 constexpr size_t max_pending_per_hop = 16;
 
@@ -526,15 +529,39 @@ unsigned gateway::owner_of(uint32_t spi) const noexcept
     return spi % static_cast<unsigned>(workers_.size());
 }
 
+void gateway::wake(unsigned worker) noexcept
+{
+    worker_state& w = *workers_[worker];
+    // Paired with worker_loop::nap: the bump is ordered after the enqueue, the napping check after
+    // the bump (seq_cst), so a worker either sees the message before it sleeps, or its FUTEX_WAIT
+    // finds wake_seq changed, or it is napping and gets the FUTEX_WAKE.
+    w.wake_seq.fetch_add(1, std::memory_order_seq_cst);
+    if (w.napping.load(std::memory_order_seq_cst)) {
+        ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&w.wake_seq), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    }
+}
+
 bool gateway::post(unsigned worker, const update_msg& msg)
 {
-    for (int tries = 0; tries < 100000; ++tries) {
-        if (rte_ring_sp_enqueue_elem(workers_[worker]->updates, const_cast<update_msg*>(&msg), sizeof(msg)) == 0) {
-            return true;
+    // A full ring (a large batch) drains as the worker applies it; wait up to 2 s for room.
+    uint64_t deadline = 0;
+    while (rte_ring_sp_enqueue_elem(workers_[worker]->updates, const_cast<update_msg*>(&msg), sizeof(msg)) != 0) {
+        if (!running_) {
+            return false; // nobody drains it before launch
         }
+        const uint64_t now = rte_get_tsc_cycles();
+        if (deadline == 0) {
+            deadline = now + 2 * rte_get_tsc_hz();
+        } else if (now > deadline) {
+            return false;
+        }
+        wake(worker);
         rte_pause();
     }
-    return false;
+    if (running_) {
+        wake(worker);
+    }
+    return true;
 }
 
 bool gateway::wait_applied(const std::vector<unsigned>& which, uint64_t generation)
@@ -635,10 +662,9 @@ std::string gateway::rebuild_spd()
     return {};
 }
 
-std::string gateway::add_sa(const config::sa_config& c)
+std::string gateway::check_new_sa(const config::sa_config& c) const
 {
-    const auto key = std::make_pair(static_cast<int>(c.dir), c.spi);
-    if (sas_.count(key) != 0) {
+    if (sas_.count({static_cast<int>(c.dir), c.spi}) != 0) {
         char buf[64];
         std::snprintf(buf, sizeof(buf), "SA 0x%08x (%s) already exists", c.spi,
                       c.dir == config::direction::inbound ? "inbound" : "outbound");
@@ -646,6 +672,36 @@ std::string gateway::add_sa(const config::sa_config& c)
     }
     if (c.mode == config::ipsec_mode::tunnel && !c.source.is_v4()) {
         return "IPv6 tunnel endpoints are not supported by this data plane yet (the engine has them)";
+    }
+    return {};
+}
+
+// Counts an inbound SA's selector pair in (+1) or out (-1). Returns true when the SPD must be
+// rebuilt: the first SA with this pair arrived or the last one left. Outbound SAs always need it.
+bool gateway::count_inbound_selectors(const config::sa_config& c, int delta)
+{
+    if (c.dir != config::direction::inbound) {
+        return true;
+    }
+    const std::string key = config::to_string(c.local) + ">" + config::to_string(c.remote);
+    if (delta > 0) {
+        return ++inbound_selectors_[key] == 1 || !spd_;
+    }
+    auto it = inbound_selectors_.find(key);
+    if (it == inbound_selectors_.end() || --it->second == 0) {
+        if (it != inbound_selectors_.end()) {
+            inbound_selectors_.erase(it);
+        }
+        return true;
+    }
+    return false;
+}
+
+std::string gateway::add_sa(const config::sa_config& c)
+{
+    const auto key = std::make_pair(static_cast<int>(c.dir), c.spi);
+    if (std::string error = check_new_sa(c); !error.empty()) {
+        return error;
     }
     sa_ptr sa;
     try {
@@ -662,7 +718,110 @@ std::string gateway::add_sa(const config::sa_config& c)
             return "worker did not acknowledge the SA install";
         }
     }
-    return rebuild_spd();
+    return count_inbound_selectors(c, +1) ? rebuild_spd() : std::string();
+}
+
+std::string gateway::add_sas(std::span<const config::sa_config> batch)
+{
+    // Check and prepare everything first (key expansion included), so that a refusal changes nothing.
+    std::set<std::pair<int, uint32_t>> keys;
+    std::vector<sa_ptr> made;
+    made.reserve(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+        const config::sa_config& c = batch[i];
+        std::string error = check_new_sa(c);
+        if (error.empty() && !keys.insert({static_cast<int>(c.dir), c.spi}).second) {
+            error = "the batch has this SA twice";
+        }
+        if (error.empty()) {
+            try {
+                made.push_back(make_sa(c, *main_core_));
+            } catch (const std::exception& e) {
+                error = e.what();
+            }
+        }
+        if (!error.empty()) {
+            return "sas[" + std::to_string(i) + "]: " + error; // `made` wipes what it expanded
+        }
+    }
+    // Commit: every worker gets its inbound SAs in one run of messages and acknowledges once.
+    std::vector<uint64_t> last(workers_.size(), 0);
+    bool spd_changes = false;
+    std::string error;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        const config::sa_config& c = batch[i];
+        sa_runtime* raw = made[i].get();
+        sas_[{static_cast<int>(c.dir), c.spi}] = {std::move(made[i]), c.origin};
+        if (c.dir == config::direction::inbound) {
+            const unsigned owner = owner_of(c.spi);
+            const uint64_t gen = ++generation_;
+            if (error.empty() && !post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen})) {
+                error = "worker update ring full";
+            }
+            last[owner] = gen;
+        }
+        spd_changes = count_inbound_selectors(c, +1) || spd_changes;
+    }
+    for (unsigned w = 0; w < last.size() && error.empty(); ++w) {
+        if (last[w] != 0 && !wait_applied({w}, last[w])) {
+            error = "worker did not acknowledge the SA installs within 2 s";
+        }
+    }
+    if (!error.empty()) {
+        // As with add-sa: what was queued stays installed (list-sas shows it), never half-freed.
+        return error;
+    }
+    return spd_changes ? rebuild_spd() : std::string();
+}
+
+std::string gateway::delete_sas(std::span<const sa_id> which)
+{
+    std::set<std::pair<int, uint32_t>> keys;
+    for (size_t i = 0; i < which.size(); ++i) {
+        const auto key = std::make_pair(static_cast<int>(which[i].first), which[i].second);
+        if (sas_.count(key) == 0 || !keys.insert(key).second) {
+            char buf[80];
+            std::snprintf(buf, sizeof(buf), "sas[%zu]: no %s SA 0x%08x%s", i,
+                          which[i].first == config::direction::inbound ? "inbound" : "outbound", which[i].second,
+                          sas_.count(key) == 0 ? "" : " (listed twice)");
+            return buf;
+        }
+    }
+    // As delete_sa: policy first (nothing new is steered to the SAs), then the SADs, then free.
+    std::vector<sa_ptr> victims;
+    victims.reserve(which.size());
+    bool spd_changes = false;
+    for (const auto& [dir, spi] : which) {
+        auto it = sas_.find({static_cast<int>(dir), spi});
+        spd_changes = count_inbound_selectors(it->second.sa->config, -1) || spd_changes;
+        victims.push_back(std::move(it->second.sa));
+        sas_.erase(it);
+    }
+    std::string error = spd_changes ? rebuild_spd() : std::string();
+    std::vector<uint64_t> last(workers_.size(), 0);
+    for (const auto& v : victims) {
+        if (v->config.dir == config::direction::inbound) {
+            const unsigned owner = owner_of(v->config.spi);
+            const uint64_t gen = ++generation_;
+            if (!post(owner, {update_msg::remove_inbound, 0, sad_key(v->config), nullptr, gen})) {
+                error = "worker update ring full";
+                break;
+            }
+            last[owner] = gen;
+        }
+    }
+    for (unsigned w = 0; w < last.size() && error.empty(); ++w) {
+        if (last[w] != 0 && !wait_applied({w}, last[w])) {
+            error = "workers did not acknowledge the SA removals within 2 s";
+        }
+    }
+    if (!error.empty()) {
+        for (auto& v : victims) {
+            (void)v.release(); // never free what a worker may still use
+        }
+        return error + "; SA memory kept";
+    }
+    return {}; // the deleters wipe every key now that no worker can reach the SAs
 }
 
 std::string gateway::delete_sa(config::direction dir, uint32_t spi)
@@ -675,7 +834,7 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
     }
     sa_ptr victim = std::move(it->second.sa);
     sas_.erase(it);
-    std::string err = rebuild_spd();
+    std::string err = count_inbound_selectors(victim->config, -1) ? rebuild_spd() : std::string();
     if (dir == config::direction::inbound) {
         const unsigned owner = owner_of(spi);
         const uint64_t gen = ++generation_;
@@ -869,7 +1028,7 @@ void gateway::clear_counters()
 // ---- management loop ------------------------------------------------------------------------------
 
 void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<void()>& tick,
-                  const std::function<void(const gateway_event&)>& event)
+                  const std::function<void(const gateway_event&)>& event, const std::function<void(unsigned)>& nap)
 {
     std::vector<worker_launch> launches;
     launches.reserve(workers_.size());
@@ -894,7 +1053,12 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
         // The management loop needs no line rate: 100 us naps while there is work, 1 ms once it
         // has been quiet for a while (an idle gateway should cost next to nothing).
         quiet = work != 0 ? 0 : quiet + 1;
-        usleep(quiet > 100 ? 1000 : 100);
+        const unsigned usec = quiet > 100 ? 1000 : 100;
+        if (nap) {
+            nap(usec);
+        } else {
+            usleep(usec);
+        }
     }
     shared_.stop = true;
     rte_eal_mp_wait_lcore();

@@ -23,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -81,6 +82,10 @@ struct alignas(64) worker_state {
     rte_hash* sad = nullptr;     // key: spi | protocol << 32 -> sa_runtime*
     const compiled_spd* spd = nullptr;
     alignas(64) std::atomic<uint64_t> applied{0};
+    // Idle wake-up (gateway::post, worker_loop::nap): the main lcore bumps wake_seq after queuing an
+    // update and, if the worker is napping, wakes it with FUTEX_WAKE on wake_seq.
+    std::atomic<uint32_t> wake_seq{0};
+    std::atomic<bool> napping{false};
     alignas(64) std::atomic<uint64_t> rx_packets{0};
     std::atomic<uint64_t> tx_packets{0};
     std::atomic<uint64_t> to_exception{0};
@@ -103,9 +108,11 @@ public:
     ~gateway() override;
 
     // Launches the workers and runs the management loop on the calling (main) lcore until `stop`.
-    // `tick` is called every loop iteration (control socket, telemetry); `event` for each SA event.
+    // `tick` is called every loop iteration (control socket, telemetry); `event` for each SA event;
+    // `nap(usec)` between iterations (default usleep; espresso-dp wakes early on control requests).
     void run(const volatile std::sig_atomic_t& stop, const std::function<void()>& tick,
-             const std::function<void(const gateway_event&)>& event);
+             const std::function<void(const gateway_event&)>& event,
+             const std::function<void(unsigned usec)>& nap = {});
 
     // gateway_api
     std::string add_sa(const config::sa_config& sa) override;
@@ -113,6 +120,8 @@ public:
     std::string add_policy(const config::policy_config& policy, uint32_t& id) override;
     std::string delete_policy(uint32_t id) override;
     void flush() override;
+    std::string add_sas(std::span<const config::sa_config> batch) override;
+    std::string delete_sas(std::span<const sa_id> which) override;
     std::vector<sa_snapshot> sas() const override;
     std::vector<policy_snapshot> policies() const override;
     std::vector<interface_snapshot> interfaces() const override;
@@ -154,6 +163,9 @@ private:
     std::string rebuild_spd();
     bool wait_applied(const std::vector<unsigned>& workers, uint64_t generation);
     bool post(unsigned worker, const update_msg& msg);
+    void wake(unsigned worker) noexcept;
+    std::string check_new_sa(const config::sa_config& c) const;
+    bool count_inbound_selectors(const config::sa_config& c, int delta);
     unsigned main_exceptions();
     unsigned main_taps();
     unsigned main_events(const std::function<void(const gateway_event&)>& event);
@@ -182,6 +194,10 @@ private:
     bool defer_spd_ = false; // start-up: compile once after every static SA and policy
     std::vector<std::unique_ptr<compiled_spd>> retired_spds_;
     std::map<uint32_t, uint64_t> policy_matches_;
+    // Inbound SAs per selector pair: the SPD's inbound check has one entry per distinct pair, so an
+    // inbound SA whose selectors another inbound SA already has (rekeys, many SAs per tunnel) changes
+    // nothing there and is installed without looking at the SPD at all.
+    std::map<std::string, unsigned> inbound_selectors_;
 
     struct pending {
         std::vector<rte_mbuf*> packets;

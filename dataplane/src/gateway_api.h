@@ -8,7 +8,9 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "espresso/config/types.h"
@@ -106,6 +108,34 @@ public:
     virtual std::string add_policy(const config::policy_config& policy, uint32_t& id) = 0;
     virtual std::string delete_policy(uint32_t id) = 0;
     virtual void flush() = 0; // all SAs and explicit policies
+
+    // Batches (control ops add-sas / delete-sas), all or nothing: every item is checked first (an
+    // error names it as "sas[i]: ..."), and only then is anything changed. The gateway installs a
+    // batch with one acknowledgement round per worker and at most one SPD compilation. These
+    // defaults apply the items one by one and undo the batch's earlier items on a refusal; they are
+    // for other implementations of this interface (test fakes).
+    using sa_id = std::pair<config::direction, uint32_t>;
+    virtual std::string add_sas(std::span<const config::sa_config> batch)
+    {
+        for (size_t i = 0; i < batch.size(); ++i) {
+            if (std::string error = add_sa(batch[i]); !error.empty()) {
+                for (size_t k = 0; k < i; ++k) {
+                    delete_sa(batch[k].dir, batch[k].spi);
+                }
+                return "sas[" + std::to_string(i) + "]: " + error;
+            }
+        }
+        return {};
+    }
+    virtual std::string delete_sas(std::span<const sa_id> which)
+    {
+        for (size_t i = 0; i < which.size(); ++i) {
+            if (std::string error = delete_sa(which[i].first, which[i].second); !error.empty()) {
+                return "sas[" + std::to_string(i) + "]: " + error; // (the default cannot undo deletes)
+            }
+        }
+        return {};
+    }
 
     virtual std::vector<sa_snapshot> sas() const = 0;
     virtual std::vector<policy_snapshot> policies() const = 0;

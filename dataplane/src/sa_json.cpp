@@ -96,6 +96,42 @@ parsed<config::sa_config> sa_from_json(const json& sa)
     return result;
 }
 
+parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
+{
+    if (!sas.is_array() || sas.empty()) {
+        return {std::nullopt, "sas: expected a non-empty array of objects with the keys of a security-associations item"};
+    }
+    for (size_t i = 0; i < sas.size(); ++i) {
+        if (!sas[i].is_object()) {
+            return {std::nullopt, "sas[" + std::to_string(i) + "]: expected an object with the keys of a security-associations item"};
+        }
+    }
+    // One document for the whole batch: the loader runs once (and also refuses duplicate SPIs
+    // within the batch, naming the item).
+    config::gateway_config loaded;
+    try {
+        std::string yaml = "security-associations: " + sas.dump() + "\n";
+        struct wipe_on_exit {
+            std::string& text;
+            ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
+        } wipe{yaml};
+        loaded = config::load_string(yaml, "control");
+    } catch (const config::config_error& e) {
+        return {std::nullopt, rerooted_message(e, "security-associations", "sas")};
+    }
+    if (loaded.security_associations.size() != sas.size()) {
+        for (auto& s : loaded.security_associations) {
+            config::wipe_keys(s);
+        }
+        return {std::nullopt, "sas: expected " + std::to_string(sas.size()) + " SAs"};
+    }
+    parsed<std::vector<config::sa_config>> result{std::move(loaded.security_associations), {}};
+    for (auto& s : *result.value) {
+        s.origin = "control socket";
+    }
+    return result;
+}
+
 parsed<config::policy_config> policy_from_json(const json& policy)
 {
     if (!policy.is_object()) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,10 @@ struct parsed {
 // returned sa_config holds keys: the caller wipes it (config::wipe_keys) after use. The key strings in
 // `sa` are left untouched; see wipe_json_secrets().
 parsed<config::sa_config> sa_from_json(const nlohmann::json& sa);
+
+// The "sas" argument of add-sas: an array of such objects, validated in one loader pass. Errors name
+// the item ("sas[3].key: ..."). The caller wipes every returned sa_config after use.
+parsed<std::vector<config::sa_config>> sas_from_json(const nlohmann::json& sas);
 
 // The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,
 // local-ports, remote-ports, action, priority, spi}), validated by the config loader too.

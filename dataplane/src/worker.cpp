@@ -9,6 +9,8 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_pause.h>
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -95,7 +97,7 @@ public:
                 // should not burn its cores; latency cost is bounded by the sleep step).
                 ++idle;
                 if (idle > 2000) {
-                    usleep(idle > 20000 ? 1000 : 100);
+                    nap(idle > 20000 ? 1000 : 100);
                 } else if (idle > 100) {
                     rte_pause();
                 }
@@ -105,6 +107,20 @@ public:
     }
 
 private:
+    // Sleeps up to `usec`, or until the main lcore queues an update (gateway::wake): an idle worker
+    // applies an SA install within microseconds instead of after its nap.
+    void nap(unsigned usec) noexcept
+    {
+        const uint32_t seen = w_.wake_seq.load(std::memory_order_seq_cst);
+        w_.napping.store(true, std::memory_order_seq_cst);
+        if (rte_ring_count(w_.updates) == 0) {
+            const timespec timeout{0, static_cast<long>(usec) * 1000};
+            ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&w_.wake_seq), FUTEX_WAIT_PRIVATE, seen, &timeout,
+                      nullptr, 0);
+        }
+        w_.napping.store(false, std::memory_order_relaxed);
+    }
+
     exception_meta& meta(rte_mbuf* m) noexcept { return *RTE_MBUF_DYNFIELD(m, s_.meta_offset, exception_meta*); }
 
     void apply_updates() noexcept

@@ -395,6 +395,97 @@ TEST_F(server_fixture, DeleteSaValidatesItsArguments)
     EXPECT_EQ(gateway.deleted[0], std::make_pair(config::direction::inbound, 0x2001u));
 }
 
+json good_sa_json(uint32_t spi, const char* direction)
+{
+    json sa = good_sa_json();
+    sa["spi"] = spi;
+    sa["direction"] = direction;
+    return sa;
+}
+
+TEST_F(server_fixture, AddSasInstallsTheWholeBatch)
+{
+    auto client = control_client::connect(path);
+    const json sas = json::array({good_sa_json(0x1001, "outbound"), good_sa_json(0x2001, "inbound"),
+                                  good_sa_json(0x1002, "outbound")});
+    const json reply = client.add_sas(sas);
+    ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
+    EXPECT_EQ(reply["result"]["installed"], 3);
+    EXPECT_EQ(reply.dump().find("0011223344"), std::string::npos);
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.added.size(), 3u);
+    EXPECT_EQ(gateway.added[1].spi, 0x2001u);
+    EXPECT_EQ(gateway.added[1].dir, config::direction::inbound);
+    EXPECT_EQ(gateway.added[2].spi, 0x1002u);
+    EXPECT_EQ(gateway.added[2].cipher_key[19], 0x04);
+    EXPECT_EQ(gateway.added[2].origin, "control socket");
+}
+
+TEST_F(server_fixture, AddSasRefusesTheWholeBatchNamingTheItem)
+{
+    auto client = control_client::connect(path);
+    json bad = good_sa_json(0x1002, "outbound");
+    bad["key"] = "0x0011223344";
+    const json reply = client.add_sas(json::array({good_sa_json(0x1001, "outbound"), bad}));
+    const std::string error = reply_error(reply);
+    EXPECT_NE(error.find("sas[1].key"), std::string::npos) << error;
+    EXPECT_EQ(error.find("security-associations"), std::string::npos) << error;
+    // The same SPI and direction twice in one batch: refused by the loader, naming the item.
+    const json twice = client.add_sas(json::array({good_sa_json(0x1001, "outbound"), good_sa_json(0x1001, "outbound")}));
+    EXPECT_NE(reply_error(twice).find("sas[1]"), std::string::npos) << reply_error(twice);
+    for (const json& args : {json::object(), json{{"sas", json::array()}}, json{{"sas", good_sa_json()}},
+                             json{{"sas", json::array({1})}}, json{{"sas", json::array()}, {"sa", 1}}}) {
+        const json r = client.request("add-sas", args);
+        EXPECT_FALSE(r["ok"].get<bool>()) << args.dump();
+        EXPECT_NE(reply_error(r).find("sas"), std::string::npos) << reply_error(r);
+    }
+    json many = json::array(); // counted before anything is parsed (full SAs would pass 1 MiB)
+    for (uint32_t i = 0; i <= control::max_batch_items; ++i) {
+        many.push_back(json::object());
+    }
+    EXPECT_NE(reply_error(client.add_sas(many)).find("at most"), std::string::npos);
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_TRUE(gateway.added.empty());
+}
+
+TEST_F(server_fixture, AddSasGatewayRefusalNamesTheItem)
+{
+    gateway.refuse = "SA table full";
+    auto client = control_client::connect(path);
+    const json reply = client.add_sas(json::array({good_sa_json(0x1001, "outbound")}));
+    EXPECT_EQ(reply_error(reply), "sas[0]: SA table full");
+}
+
+TEST_F(server_fixture, DeleteSasValidatesEveryItem)
+{
+    auto client = control_client::connect(path);
+    const json ok = client.delete_sas(json::array({{{"direction", "inbound"}, {"spi", "0x2001"}},
+                                                   {{"direction", "outbound"}, {"spi", 4097}}}));
+    ASSERT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+    EXPECT_EQ(ok["result"]["deleted"], 2);
+    struct bad {
+        json sas;
+        const char* expected;
+    };
+    const std::vector<bad> cases{
+        {json::array({{{"direction", "inbound"}, {"spi", 1}}, {{"direction", "up"}, {"spi", 1}}}), "sas[1].direction"},
+        {json::array({{{"direction", "inbound"}, {"spi", "zz"}}}), "sas[0].spi"},
+        {json::array({{{"direction", "inbound"}}}), "sas[0].spi: missing"},
+        {json::array({{{"direction", "inbound"}, {"spi", 1}, {"x", 1}}}), "sas[0].x"},
+        {json::array({1}), "sas[0]"},
+        {json::array(), "args.sas"},
+        {json::object(), "args.sas"},
+        {json::array({{{"direction", "outbound"}, {"spi", 0xdead}}}), "sas[0]: no outbound SA with SPI 0x0000dead"},
+    };
+    for (const auto& c : cases) {
+        const std::string error = reply_error(client.delete_sas(c.sas));
+        EXPECT_NE(error.find(c.expected), std::string::npos) << c.sas.dump() << " -> " << error;
+    }
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.deleted.size(), 3u); // the two good ones, then 0xdead (refused by the gateway)
+    EXPECT_EQ(gateway.deleted[1], std::make_pair(config::direction::outbound, 4097u));
+}
+
 TEST_F(server_fixture, PoliciesAreValidated)
 {
     auto client = control_client::connect(path);

@@ -52,6 +52,18 @@ public:
     json request(std::string_view op, const json& args = nullptr,
                  std::chrono::milliseconds timeout = default_timeout);
 
+    // add-sas / delete-sas (docs/control-api.md): many SAs in one request, all or nothing, one
+    // acknowledgement round in the data plane. `sas` is an array of SA objects (add-sas) or of
+    // {"direction", "spi"} objects (delete-sas). Returns the reply as request() does.
+    json add_sas(const json& sas, std::chrono::milliseconds timeout = default_timeout)
+    {
+        return request("add-sas", json{{"sas", sas}}, timeout);
+    }
+    json delete_sas(const json& sas, std::chrono::milliseconds timeout = default_timeout)
+    {
+        return request("delete-sas", json{{"sas", sas}}, timeout);
+    }
+
     // The next event (after a `subscribe` request): a queued one, else waits up to `timeout`.
     // nullopt on timeout.
     std::optional<json> next_event(std::chrono::milliseconds timeout);

@@ -30,12 +30,17 @@ inline constexpr uint32_t max_reply_bytes = 64u << 20; // 64 MiB
 
 inline constexpr size_t length_prefix_bytes = 4;
 
-// Every operation the server knows, in the order docs/control-api.md lists them.
-inline constexpr std::array<std::string_view, 13> operations{
+// Every operation the server knows, in the order docs/control-api.md lists them (the batch
+// operations add-sas and delete-sas were added later, at the end).
+inline constexpr std::array<std::string_view, 15> operations{
     "add-sa", "delete-sa",       "list-sas",       "add-policy",     "delete-policy", "list-policies",
     "flush",  "show-interfaces", "show-dataplane", "clear-counters", "subscribe",     "unsubscribe",
-    "ping",
+    "ping",   "add-sas",         "delete-sas",
 };
+
+// Items an add-sas or delete-sas request may carry (the 1 MiB request limit allows about 2500
+// SA objects anyway; this bound keeps one request's stall of the main loop short).
+inline constexpr size_t max_batch_items = 4096;
 
 inline bool is_operation(std::string_view op) noexcept
 {
