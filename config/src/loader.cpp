@@ -83,7 +83,8 @@ constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "inter
 constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
 
-constexpr std::array<std::string_view, 3> ike_keys{"cookie-threshold", "log-file", "peers"};
+constexpr std::array<std::string_view, 5> ike_keys{"cookie-threshold", "log-file", "retransmit-timeout-ms",
+                                                  "retransmit-tries", "peers"};
 constexpr std::array<std::string_view, 14> ike_peer_keys{
     "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
     "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "tunnels"};
@@ -2157,6 +2158,12 @@ void loader::parse_ike(const field& f, gateway_config& config) const {
     const mapping m = read_mapping(f.value, f.path, ike_keys, "the IKEv2 daemon's settings");
     if (const field* threshold = m.find("cookie-threshold")) {
         config.ike.cookie_threshold = static_cast<uint32_t>(number(*threshold, 0, UINT32_MAX));
+    }
+    if (const field* timeout = m.find("retransmit-timeout-ms")) {
+        config.ike.retransmit_timeout_ms = static_cast<uint32_t>(number(*timeout, 50, 60000));
+    }
+    if (const field* tries = m.find("retransmit-tries")) {
+        config.ike.retransmit_tries = static_cast<uint32_t>(number(*tries, 0, 20));
     }
     if (const field* log = m.find("log-file")) {
         const std::string value = text(*log, "an absolute path such as /var/log/espresso-ike.log");

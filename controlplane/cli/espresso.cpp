@@ -16,6 +16,7 @@
 #include "espresso/dp/control_client.h"
 #include "format.h"
 #include "format_ike.h"
+#include "lifecycle.h"
 
 namespace {
 
@@ -29,7 +30,12 @@ constexpr int exit_cannot_connect = 3;
 
 constexpr const char* usage_text =
     "usage: espresso [--socket PATH | --config FILE] [--ike-socket PATH] [--json] COMMAND\n"
+    "       espresso up FILE [--log-dir DIR] | down FILE | status FILE\n"
     "\n"
+    "gateway processes:\n"
+    "  up FILE                     start espresso-dp (and espresso-ike if FILE has ike peers) in the background\n"
+    "  down FILE                   stop them (IKE first, so it deletes its SAs)\n"
+    "  status FILE                 whether both answer, with PIDs and IKE SA count\n"
     "data plane (espresso-dp):\n"
     "  show crypto ipsec sa        IPsec SAs with counters, in the layout of Cisco IOS\n"
     "  show interfaces             data plane ports: MAC, address, MTU, link, packet counters\n"
@@ -94,6 +100,7 @@ int main(int argc, char** argv)
     std::string socket_path;
     std::string config_path;
     std::string ike_socket_path;
+    std::string log_dir = "/var/log/espresso";
     bool as_json = false;
     std::vector<std::string> words;
     for (int i = 1; i < argc; ++i) {
@@ -109,6 +116,11 @@ int main(int argc, char** argv)
                 return usage_error(arg + " needs a value");
             }
             (arg == "--socket" ? socket_path : config_path) = argv[++i];
+        } else if (arg == "--log-dir") {
+            if (i + 1 >= argc) {
+                return usage_error(arg + " needs a value");
+            }
+            log_dir = argv[++i];
         } else if (arg == "--ike-socket") {
             if (i + 1 >= argc) {
                 return usage_error(arg + " needs a value");
@@ -126,6 +138,16 @@ int main(int argc, char** argv)
     }
     if (!socket_path.empty() && !config_path.empty()) {
         return usage_error("give either --socket or --config, not both");
+    }
+    if (!words.empty() && (words[0] == "up" || words[0] == "down" || words[0] == "status")) {
+        cli::lifecycle_options o;
+        o.config_path = words.size() == 2 ? words[1] : config_path;
+        o.log_dir = log_dir;
+        o.json = as_json;
+        if (o.config_path.empty() || words.size() > 2) {
+            return usage_error(words[0] + " needs the gateway's YAML file: espresso " + words[0] + " FILE");
+        }
+        return words[0] == "up" ? cli::gateway_up(o) : words[0] == "down" ? cli::gateway_down(o) : cli::gateway_status(o);
     }
     const command* chosen = nullptr;
     std::vector<std::string> extra;

@@ -111,8 +111,11 @@ std::vector<payload> ike_sa::build_init_request()
     if (!kex_ || kex_->group() != kex_group_) {
         kex_ = key_exchange::create(kex_group_);
     }
-    nonce_i_.assign(32, 0);
-    io_.random().fill(nonce_i_);
+    if (nonce_i_.empty()) {
+        // §2.6: a retry after COOKIE (or INVALID_KE_PAYLOAD) keeps the nonce the cookie is bound to.
+        nonce_i_.assign(32, 0);
+        io_.random().fill(nonce_i_);
+    }
     std::vector<payload> p;
     if (!cookie_.empty()) {
         p.push_back(notify(notify_type::cookie, cookie_)); // §2.6: COOKIE comes first

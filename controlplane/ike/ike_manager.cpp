@@ -1,5 +1,7 @@
 #include "ike_manager.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 
 namespace espresso::cp {
@@ -7,6 +9,35 @@ namespace espresso::cp {
 ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit)
     : io_(io), config_(std::move(config)), retransmit_(retransmit)
 {
+    cookie_secret_.assign(32, 0);
+    io_.random().fill(cookie_secret_);
+}
+
+// RFC 7296 §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>). Stateless: a
+// responder under load keeps nothing for an initiator until it proves it can receive at its address.
+bytes ike_manager::cookie_for(const message& msg, const endpoint& remote) const
+{
+    const auto* nonce = find_payload(msg.payloads, payload_type::nonce);
+    if (nonce == nullptr) {
+        return {};
+    }
+    const auto& ni = std::get<nonce_payload>(nonce->body).data;
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    EVP_DigestUpdate(ctx, ni.data(), ni.size());
+    EVP_DigestUpdate(ctx, remote.address.bytes.data(), remote.address.is_v6() ? 16 : 4);
+    uint8_t spi[8];
+    for (int i = 0; i < 8; ++i) {
+        spi[i] = static_cast<uint8_t>(msg.header.spi_i >> (56 - 8 * i));
+    }
+    EVP_DigestUpdate(ctx, spi, sizeof(spi));
+    EVP_DigestUpdate(ctx, cookie_secret_.data(), cookie_secret_.size());
+    bytes out(1 + 32);
+    out[0] = 1; // version of the secret
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx, out.data() + 1, &len);
+    EVP_MD_CTX_free(ctx);
+    return out;
 }
 
 uint64_t ike_manager::new_spi()
@@ -179,9 +210,32 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
         size_t half_open = static_cast<size_t>(std::count_if(sas_.begin(), sas_.end(), [](const auto& kv) {
             return kv.second->sa_role() == ike_sa::role::responder && kv.second->sa_state() == ike_sa::state::init_done;
         }));
-        if (half_open >= config_.cookie_threshold * 10u) {
-            ++counters_.half_open_refused;
-            return;
+        if (half_open >= config_.cookie_threshold) {
+            // §2.6: above the threshold, only initiators that echo our cookie get state.
+            bytes expected = cookie_for(msg, remote);
+            const auto* given = find_notify(msg.payloads, notify_type::cookie);
+            if (given == nullptr || expected.empty() || given->data != expected) {
+                if (given != nullptr) {
+                    ++counters_.cookies_invalid;
+                }
+                // Past ten times the threshold (at least 1000) even cookie-less requests are dropped.
+                size_t hard_limit = std::max<size_t>(static_cast<size_t>(config_.cookie_threshold) * 10u, 1000);
+                if (half_open >= hard_limit || expected.empty()) {
+                    ++counters_.half_open_refused;
+                    return;
+                }
+                notify_payload n;
+                n.type = static_cast<uint16_t>(notify_type::cookie);
+                n.data = expected;
+                ike_header reply;
+                reply.spi_i = h.spi_i;
+                reply.exchange = static_cast<uint8_t>(exchange_type::ike_sa_init);
+                reply.flags = flag_response;
+                std::vector<payload> p{payload{payload_type::notify, false, std::move(n)}};
+                io_.send(local, remote, serialize_message(reply, p));
+                ++counters_.cookies_sent;
+                return;
+            }
         }
         uint64_t spi = new_spi();
         auto sa = std::make_unique<ike_sa>(io_, *peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);

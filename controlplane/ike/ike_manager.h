@@ -23,6 +23,8 @@ struct manager_counters {
     uint64_t unknown_spi = 0;        // no IKE SA for the SPI
     uint64_t no_peer = 0;            // IKE_SA_INIT from an address no peer accepts
     uint64_t half_open_refused = 0;  // over the half-open limit
+    uint64_t cookies_sent = 0;       // COOKIE demanded (RFC 7296 §2.6)
+    uint64_t cookies_invalid = 0;    // a COOKIE that was not ours
     uint64_t sent = 0;
 };
 
@@ -59,6 +61,7 @@ private:
     ike_sa& create_initiator(const config::ike_peer_config& peer, std::vector<std::string> tunnels);
     uint64_t new_spi();
     void reap();
+    bytes cookie_for(const message& msg, const endpoint& remote) const;
 
     ike_io& io_;
     config::ike_config config_;
@@ -67,6 +70,7 @@ private:
     std::map<std::pair<uint64_t, std::string>, uint64_t> half_open_; // (SPIi, remote) -> our SPI, for retransmitted IKE_SA_INIT
     std::deque<negotiation_failure> failures_;
     manager_counters counters_;
+    bytes cookie_secret_; // random per process; cookies survive only as long as we do
 };
 
 } // namespace espresso::cp

@@ -21,8 +21,8 @@ const char* usage =
     "  --socket PATH             the operator socket (default: beside the data plane's, NAME-ike.sock)\n"
     "  --log-level LEVEL         error | warning | info | debug (default info)\n"
     "  --log-file PATH           also append the log to PATH (default: ike.log-file)\n"
-    "  --retransmit-ms N         first retransmission timeout (default 1000, doubled per try)\n"
-    "  --retransmit-tries N      retransmissions before a peer counts as unreachable (default 5)\n"
+    "  --retransmit-ms N         first retransmission timeout (default ike.retransmit-timeout-ms, 1000)\n"
+    "  --retransmit-tries N      retransmissions before a peer is unreachable (default ike.retransmit-tries, 5)\n"
     "  --check                   load and validate the configuration, then exit\n"
     "  --help                    this text\n"
     "\n"
@@ -34,7 +34,7 @@ int main(int argc, char** argv)
 {
     using namespace espresso;
     std::string config_path, dp_socket, socket, log_level = "info", log_file;
-    bool no_dataplane = false, check = false, dp_socket_given = false;
+    bool no_dataplane = false, check = false, dp_socket_given = false, retransmit_given = false;
     cp::daemon_options options;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
@@ -60,8 +60,10 @@ int main(int argc, char** argv)
             log_file = value("--log-file");
         } else if (a == "--retransmit-ms") {
             options.retransmit.base = std::chrono::milliseconds(std::stoul(value("--retransmit-ms")));
+            retransmit_given = true;
         } else if (a == "--retransmit-tries") {
             options.retransmit.tries = static_cast<unsigned>(std::stoul(value("--retransmit-tries")));
+            retransmit_given = true;
         } else if (a == "--check") {
             check = true;
         } else if (a == "--help" || a == "-h") {
@@ -103,6 +105,10 @@ int main(int argc, char** argv)
     } else {
         std::cerr << "espresso-ike: --log-level must be error, warning, info or debug\n";
         return 2;
+    }
+    if (!retransmit_given) {
+        options.retransmit.base = std::chrono::milliseconds(cfg.ike.retransmit_timeout_ms);
+        options.retransmit.tries = cfg.ike.retransmit_tries;
     }
     options.dataplane_socket = no_dataplane ? "" : (dp_socket_given ? dp_socket : cfg.dataplane.control_socket);
     options.control_socket = !socket.empty() ? socket : cp::ike_socket_path(cfg.dataplane.control_socket);

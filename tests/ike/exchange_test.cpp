@@ -472,6 +472,32 @@ TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
     EXPECT_TRUE(f.io_b.inst.sas.empty());
 }
 
+TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
+{
+    std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
+    b_yaml.replace(b_yaml.find("ike:\n"), 5, "ike:\n  cookie-threshold: 0\n");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a), b_yaml);
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.b->counters().cookies_sent, 1u);
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    // A forged cookie gets no state.
+    ike_header h;
+    h.spi_i = 0x1122334455667788ULL;
+    h.exchange = static_cast<uint8_t>(exchange_type::ike_sa_init);
+    h.flags = flag_initiator;
+    notify_payload n;
+    n.type = static_cast<uint16_t>(notify_type::cookie);
+    n.data = bytes(33, 7);
+    std::vector<payload> p{payload{payload_type::notify, false, n},
+                           payload{payload_type::nonce, false, nonce_payload{bytes(32, 1)}}};
+    size_t before = f.b->sas().size();
+    f.b->receive(endpoint{f.addr_b, 500}, endpoint{f.addr_a, 500}, serialize_message(h, p));
+    EXPECT_EQ(f.b->sas().size(), before);
+    EXPECT_EQ(f.b->counters().cookies_invalid, 1u);
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),

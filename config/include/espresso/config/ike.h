@@ -147,6 +147,10 @@ struct ike_peer_config {
 struct ike_config {
     std::vector<ike_peer_config> peers;
     uint32_t cookie_threshold = 1000; // half-open IKE SAs before cookies are demanded (RFC 7296 §2.6)
+    // Retransmission (RFC 7296 §2.1): first timeout, doubled per try; after `tries` retransmissions
+    // the peer counts as unreachable (also for DPD). 1000 ms and 5 tries: about a minute.
+    uint32_t retransmit_timeout_ms = 1000;
+    uint32_t retransmit_tries = 5;
     std::string log_file;             // empty = stderr only
 };
 

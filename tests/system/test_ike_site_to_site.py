@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Espresso to Espresso over IKEv2: both gateways started with `espresso up` (espresso-dp +
+espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD), HQ initiates, hosts ping across,
+`espresso status` reports both daemons, a killed branch IKE daemon is detected by DPD and the tunnel
+comes back (dpd action restart) once it runs again, and `espresso down` stops everything and leaves no
+SA in a data plane.
+Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_site_to_site.py
+"""
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topology import ROOT, Topology, sh  # noqa: E402
+
+BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(ROOT, "build")))
+CLI = os.path.join(BUILD, "controlplane", "espresso")
+
+
+def config_copy(workdir, name):
+    text = open(os.path.join(ROOT, f"config/examples/ike-{name}.yaml")).read()
+    text = text.replace("dpd: { interval: 30s, action: restart }", "dpd: { interval: 2s, action: restart }")
+    # DPD gives up after 0.5 + 1 + 2 s of silence instead of a minute.
+    text = re.sub(r"(?m)^ike:\n", "ike:\n  retransmit-timeout-ms: 500\n  retransmit-tries: 2\n", text, count=1)
+    path = os.path.join(workdir, f"ike-{name}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def espresso(topo, gw, args, check=True):
+    return sh(f"{CLI} {args}", ns=topo.ns[gw], capture=True, check=check, timeout=120)
+
+
+def ike_sas(topo, gw, cfg):
+    r = espresso(topo, gw, f"--config {cfg} --json show crypto ikev2 sa", check=False)
+    try:
+        return json.loads(r.stdout)["ike-sas"]
+    except (ValueError, KeyError):
+        return []
+
+
+def wait_ready(topo, gw, cfg, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(sa["state"] == "READY" and sa["children"] for sa in ike_sas(topo, gw, cfg)):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def ping(topo, src, dst, count=5):
+    r = sh(f"ping -c {count} -i 0.2 -W 2 {dst}", ns=topo.ns[src], capture=True, check=False, timeout=60)
+    m = re.search(r"(\d+) received", r.stdout)
+    return int(m.group(1)) if m else 0
+
+
+def main():
+    workdir = tempfile.mkdtemp(prefix="espresso-ike-s2s-")
+    hq, br = config_copy(workdir, "hq"), config_copy(workdir, "branch")
+    topo = Topology(BUILD, prefix="eik", workdir=workdir, hq_config=hq, branch_config=br)
+    failures = []
+
+    def check(cond, what):
+        print(("PASS " if cond else "FAIL ") + what, flush=True)
+        if not cond:
+            failures.append(what)
+
+    try:
+        topo.create()
+        for gw, cfg in (("gw-branch", br), ("gw-hq", hq)):
+            out = espresso(topo, gw, f"up {cfg} --log-dir {workdir}").stdout
+            print(out.strip())
+        check(wait_ready(topo, "gw-hq", hq), "IKEv2 tunnel up (HQ initiates)")
+        check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping host-hq -> host-branch")
+        check(ping(topo, "host-branch", "192.168.1.10") >= 4, "ping host-branch -> host-hq")
+        status = espresso(topo, "gw-hq", f"status {hq}", check=False)
+        print(status.stdout)
+        check(status.returncode == 0 and "espresso-ike  running" in status.stdout and "1 IKE SA" in status.stdout,
+              "espresso status: both daemons answer, one IKE SA")
+        isakmp = espresso(topo, "gw-branch", f"--config {br} show crypto isakmp sa").stdout
+        print(isakmp)
+        check("QM_IDLE" in isakmp and "198.51.100.1" in isakmp, "branch: show crypto isakmp sa")
+
+        # Kill the branch's IKE daemon without a word: HQ's DPD notices, clears and keeps retrying.
+        pids = dict(l.split() for l in open("/run/espresso/branch.pids").read().splitlines())
+        os.kill(int(pids["espresso-ike"]), signal.SIGKILL)
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            r = espresso(topo, "gw-hq", f"--config {hq} show crypto ike failures", check=False).stdout
+            if "DPD" in r:
+                break
+            time.sleep(0.5)
+        print(r)
+        check("DPD" in r, "HQ's DPD detected the dead peer")
+        # Restart the branch gateway; HQ (dpd action restart) keeps initiating until it answers.
+        espresso(topo, "gw-branch", f"down {br}", check=False)
+        espresso(topo, "gw-branch", f"up {br} --log-dir {workdir}")
+        check(wait_ready(topo, "gw-hq", hq, timeout=60), "tunnel re-established after the peer came back")
+        check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping after re-establishment")
+
+        for gw, cfg in (("gw-hq", hq), ("gw-branch", br)):
+            out = espresso(topo, gw, f"down {cfg}").stdout
+            print(out.strip())
+        st = espresso(topo, "gw-hq", f"status {hq}", check=False)
+        check(st.returncode != 0, "espresso status after down: not running")
+    finally:
+        for gw, cfg in (("gw-hq", hq), ("gw-branch", br)):
+            espresso(topo, gw, f"down {cfg}", check=False)
+        for name in ("hq", "branch"):
+            for suffix in ("-dp.log", "-ike.log"):
+                path = os.path.join(workdir, name + suffix)
+                if failures and os.path.exists(path):
+                    print(f"--- {path} ---\n{open(path, errors='replace').read()[-4000:]}")
+        topo.teardown()
+    print(f"{0 if failures else 1} passed, {1 if failures else 0} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
