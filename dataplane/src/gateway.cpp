@@ -750,28 +750,27 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
     std::string error;
     for (size_t i = 0; i < batch.size(); ++i) {
         const config::sa_config& c = batch[i];
-        sa_runtime* raw = made[i].get();
-        sas_[{static_cast<int>(c.dir), c.spi}] = {std::move(made[i]), c.origin};
         if (c.dir == config::direction::inbound) {
             const unsigned owner = owner_of(c.spi);
             const uint64_t gen = ++generation_;
-            if (error.empty() && !post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen})) {
-                error = "worker update ring full";
+            if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), made[i].get(), gen})) {
+                // This SA and the rest were never queued: they are not installed (`made` wipes them).
+                error = "worker update ring full; sas[" + std::to_string(i) + "] and later were not installed";
+                break;
             }
             last[owner] = gen;
         }
+        sas_[{static_cast<int>(c.dir), c.spi}] = {std::move(made[i]), c.origin};
         spd_changes = count_inbound_selectors(c, +1) || spd_changes;
     }
-    for (unsigned w = 0; w < last.size() && error.empty(); ++w) {
-        if (last[w] != 0 && !wait_applied({w}, last[w])) {
+    for (unsigned w = 0; w < last.size(); ++w) {
+        if (last[w] != 0 && !wait_applied({w}, last[w]) && error.empty()) {
             error = "worker did not acknowledge the SA installs within 2 s";
         }
     }
-    if (!error.empty()) {
-        // As with add-sa: what was queued stays installed (list-sas shows it), never half-freed.
-        return error;
-    }
-    return spd_changes ? rebuild_spd() : std::string();
+    // As with add-sa: what was queued stays installed (list-sas shows it) and gets its policies.
+    std::string spd_error = spd_changes ? rebuild_spd() : std::string();
+    return error.empty() ? spd_error : error;
 }
 
 std::string gateway::delete_sas(std::span<const sa_id> which)
