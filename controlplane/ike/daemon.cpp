@@ -181,6 +181,9 @@ ike_daemon::~ike_daemon()
 
 void ike_daemon::log(log_level level, const std::string& sa_name, const std::string& text)
 {
+    if (level == log_level::debug && !debug_enabled()) {
+        return;
+    }
     log_line line{++log_seq_, std::chrono::system_clock::now(), level, sa_name, text};
     if (level <= options_.level) {
         std::string out = iso_time(line.when) + " " + level_name(level) + " " + (sa_name == "-" ? "" : sa_name + ": ") + text;
@@ -194,6 +197,11 @@ void ike_daemon::log(log_level level, const std::string& sa_name, const std::str
     while (log_.size() > max_log_lines) {
         log_.pop_front();
     }
+}
+
+bool ike_daemon::debug_enabled() const
+{
+    return options_.level == log_level::debug || std::chrono::steady_clock::now() < debug_until_;
 }
 
 void ike_daemon::failure(negotiation_failure f)
@@ -451,6 +459,7 @@ json ike_daemon::handle_request(const json& request)
         std::string peer = args.contains("peer") && args["peer"].is_string() ? std::string(args["peer"]) : "";
         result = {{"cleared", manager_.clear(peer)}};
     } else if (op == "log") {
+        debug_until_ = now() + std::chrono::seconds(30); // someone follows the log: format debug lines
         uint64_t since = args.contains("since") && args["since"].is_number_unsigned() ? args["since"].get<uint64_t>() : 0;
         json lines = json::array();
         for (const auto& l : log_) {

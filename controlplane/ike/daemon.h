@@ -54,6 +54,7 @@ public:
     sa_installer& installer() override { return *installer_; }
     void log(log_level level, const std::string& sa_name, const std::string& text) override;
     void failure(negotiation_failure failure) override;
+    bool debug_enabled() const override;
 
 private:
     struct udp_socket {
@@ -91,6 +92,7 @@ private:
     uint64_t log_seq_ = 0;
     std::ofstream log_file_;
     std::chrono::steady_clock::time_point next_keepalive_{};
+    std::chrono::steady_clock::time_point debug_until_{}; // `espresso debug ike` is following the log
 };
 
 } // namespace espresso::cp

@@ -86,7 +86,7 @@ void ike_sa::make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen
     sizes.encr_key = encr_keymat_size(static_cast<encr_id>(chosen.encr), chosen.key_bits);
     auto keys = derive_rekeyed_ike_sa_keys(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(), sizes, g_ir.view(), ni, nr,
                                            spi_i, spi_r);
-    auto next = std::make_unique<ike_sa>(io_, peer_, r, spi_i, spi_r, local_, remote_, retransmit_);
+    auto next = std::make_unique<ike_sa>(io_, peer_ptr_, r, spi_i, spi_r, local_, remote_, retransmit_);
     next->adopt(chosen, std::move(keys), std::move(children_), nat_local_, nat_remote_, remote_id_text_);
     children_.clear();
     log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" + describe(chosen, protocol_id::ike) + ")");

@@ -49,6 +49,8 @@ public:
     virtual rng& random() = 0;
     virtual sa_installer& installer() = 0;
     virtual void log(log_level level, const std::string& sa_name, const std::string& text) = 0;
+    // Whether debug lines are wanted at all; callers skip formatting them otherwise (hot path).
+    virtual bool debug_enabled() const { return true; }
     virtual void failure(negotiation_failure failure) = 0;
 };
 

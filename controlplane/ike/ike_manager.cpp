@@ -9,6 +9,9 @@ namespace espresso::cp {
 ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit)
     : io_(io), config_(std::move(config)), retransmit_(retransmit)
 {
+    for (const auto& p : config_.peers) {
+        peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
+    }
     cookie_secret_.assign(32, 0);
     io_.random().fill(cookie_secret_);
 }
@@ -62,28 +65,46 @@ void ike_manager::record_failure(negotiation_failure f)
     }
 }
 
-ike_sa& ike_manager::create_initiator(const config::ike_peer_config& peer, std::vector<std::string> tunnels)
+ike_manager::peer_ptr ike_manager::find_peer(const std::string& name) const
+{
+    for (const auto& p : peers_) {
+        if (p->name == name) {
+            return p;
+        }
+    }
+    return nullptr;
+}
+
+bool ike_manager::has_live_sa(const std::string& peer) const
+{
+    // Linear, but only on the rare paths (retry, initiate), never per datagram.
+    return std::any_of(sas_.begin(), sas_.end(), [&](const auto& kv) { return !kv.second->dead() && kv.second->peer().name == peer; });
+}
+
+ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::string> tunnels)
 {
     uint64_t spi = new_spi();
-    endpoint local{peer.local_address, peer.local_port};
-    endpoint remote{*peer.remote_address, peer.remote_port};
+    endpoint local{peer->local_address, peer->local_port};
+    endpoint remote{*peer->remote_address, peer->remote_port};
     auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::initiator, spi, 0, local, remote, retransmit_);
     auto& ref = *sa;
     sas_[spi] = std::move(sa);
     ref.initiate(std::move(tunnels));
+    after(spi);
     return ref;
 }
 
 void ike_manager::start()
 {
-    for (const auto& peer : config_.peers) {
+    for (const auto& peer : peers_) {
         std::vector<std::string> tunnels;
-        for (const auto& t : peer.tunnels) {
+        for (const auto& t : peer->tunnels) {
             if (t.start == config::ike_start_action::immediately) {
                 tunnels.push_back(t.name);
             }
         }
-        if (!tunnels.empty() && peer.remote_address) {
+        if (!tunnels.empty() && peer->remote_address) {
+            keep_up_.insert(peer->name);
             create_initiator(peer, std::move(tunnels));
         }
     }
@@ -91,15 +112,15 @@ void ike_manager::start()
 
 std::string ike_manager::initiate(const std::string& name)
 {
-    for (const auto& peer : config_.peers) {
+    for (const auto& peer : peers_) {
         std::vector<std::string> tunnels;
-        if (name == peer.name) {
-            for (const auto& t : peer.tunnels) {
+        if (name == peer->name) {
+            for (const auto& t : peer->tunnels) {
                 tunnels.push_back(t.name);
             }
         } else {
-            for (const auto& t : peer.tunnels) {
-                if (name == t.name || name == peer.name + "/" + t.name) {
+            for (const auto& t : peer->tunnels) {
+                if (name == t.name || name == peer->name + "/" + t.name) {
                     tunnels.push_back(t.name);
                 }
             }
@@ -107,12 +128,12 @@ std::string ike_manager::initiate(const std::string& name)
         if (tunnels.empty()) {
             continue;
         }
-        if (!peer.remote_address) {
-            return "peer " + peer.name + " has remote-address any; it can only respond";
+        if (!peer->remote_address) {
+            return "peer " + peer->name + " has remote-address any; it can only respond";
         }
         // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
         for (auto& [spi, sa] : sas_) {
-            if (&sa->peer() != &peer && sa->peer().name != peer.name) {
+            if (sa->peer().name != peer->name || sa->dead()) {
                 continue;
             }
             if (sa->sa_state() == ike_sa::state::established) {
@@ -123,11 +144,9 @@ std::string ike_manager::initiate(const std::string& name)
                         sa->start_child(t);
                     }
                 }
-                return "";
+                after(spi);
             }
-            if (!sa->dead()) {
-                return ""; // being negotiated
-            }
+            return ""; // established or being negotiated
         }
         create_initiator(peer, std::move(tunnels));
         return "";
@@ -137,37 +156,48 @@ std::string ike_manager::initiate(const std::string& name)
 
 size_t ike_manager::clear(const std::string& peer)
 {
-    size_t n = 0;
+    std::vector<uint64_t> spis;
     for (auto& [spi, sa] : sas_) {
         if (peer.empty() || sa->peer().name == peer || config::to_string(sa->remote().address) == peer) {
-            sa->delete_sa();
-            ++n;
+            spis.push_back(spi);
+            // The operator wants it down: no automatic retry or restart.
+            keep_up_.erase(sa->peer().name);
+            retries_.erase(sa->peer().name);
         }
     }
-    reap();
-    return n;
+    for (uint64_t spi : spis) {
+        if (auto it = sas_.find(spi); it != sas_.end()) {
+            it->second->delete_sa();
+            after(spi);
+        }
+    }
+    return spis.size();
 }
 
 void ike_manager::shutdown()
 {
     for (auto& [spi, sa] : sas_) {
-        sa->delete_sa();    // sends the Delete once (best effort)
+        sa->delete_sa();      // sends the Delete once (best effort)
         sa->shutdown_local(); // and removes the Child SAs now
     }
     sas_.clear();
     half_open_.clear();
+    half_open_of_.clear();
+    deadlines_.clear();
+    deadline_of_.clear();
+    retries_.clear();
 }
 
-const config::ike_peer_config* ike_manager::find_peer_for(const endpoint& local, const endpoint& remote) const
+ike_manager::peer_ptr ike_manager::find_peer_for(const endpoint& local, const endpoint& remote) const
 {
     // Exact remote address first, then `any`.
     for (int pass = 0; pass < 2; ++pass) {
-        for (const auto& p : config_.peers) {
-            if (!(p.local_address == local.address)) {
+        for (const auto& p : peers_) {
+            if (!(p->local_address == local.address)) {
                 continue;
             }
-            if (pass == 0 ? (p.remote_address && *p.remote_address == remote.address) : !p.remote_address) {
-                return &p;
+            if (pass == 0 ? (p->remote_address && *p->remote_address == remote.address) : !p->remote_address) {
+                return p;
             }
         }
     }
@@ -186,18 +216,20 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
     auto& msg = std::get<message>(parsed);
     const auto& h = msg.header;
     bool init = h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init);
-    io_.log(log_level::debug, "-", "received " + describe(msg) + " from " + to_string(remote));
+    if (io_.debug_enabled()) {
+        io_.log(log_level::debug, "-", "received " + describe(msg) + " from " + to_string(remote));
+    }
 
     if (init && !h.is_response() && h.spi_r == 0 && h.message_id == 0) {
-        auto key = std::make_pair(h.spi_i, to_string(remote));
+        half_open_key key{h.spi_i, to_string(remote)};
         if (auto it = half_open_.find(key); it != half_open_.end()) {
             if (auto sa = sas_.find(it->second); sa != sas_.end()) {
                 sa->second->handle(msg, datagram, local, remote); // retransmission: cached response
                 return;
             }
         }
-        const auto* peer = find_peer_for(local, remote);
-        if (peer == nullptr) {
+        auto peer = find_peer_for(local, remote);
+        if (!peer) {
             ++counters_.no_peer;
             record_failure({std::chrono::system_clock::now(), config::to_string(remote.address), to_string(remote),
                             "IKE_SA_INIT from " + to_string(remote) + " to " + to_string(local) +
@@ -207,9 +239,7 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
             io_.log(log_level::warning, "-", failures_.back().cause);
             return;
         }
-        size_t half_open = static_cast<size_t>(std::count_if(sas_.begin(), sas_.end(), [](const auto& kv) {
-            return kv.second->sa_role() == ike_sa::role::responder && kv.second->sa_state() == ike_sa::state::init_done;
-        }));
+        size_t half_open = half_open_.size();
         if (half_open >= config_.cookie_threshold) {
             // §2.6: above the threshold, only initiators that echo our cookie get state.
             bytes expected = cookie_for(msg, remote);
@@ -238,95 +268,148 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
             }
         }
         uint64_t spi = new_spi();
-        auto sa = std::make_unique<ike_sa>(io_, *peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
+        auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
         auto& ref = *sa;
         sas_[spi] = std::move(sa);
         half_open_[key] = spi;
+        half_open_of_[spi] = key;
         ref.respond_init(msg, datagram);
-        reap();
+        after(spi);
         return;
     }
 
     // §2.1: the responder's SPI names the SA for the responder, the initiator's for the initiator.
     uint64_t ours = h.from_initiator() ? h.spi_r : h.spi_i;
     auto it = sas_.find(ours);
-    if (it == sas_.end() || (h.from_initiator() ? it->second->spi_i() != h.spi_i : false)) {
+    if (it == sas_.end() || (h.from_initiator() && it->second->spi_i() != h.spi_i)) {
         ++counters_.unknown_spi;
         io_.log(log_level::debug, "-", "dropped a message for an unknown IKE SA from " + to_string(remote));
         return;
     }
     it->second->handle(msg, datagram, local, remote);
-    reap();
+    after(ours);
+}
+
+void ike_manager::schedule(uint64_t spi, steady_time when)
+{
+    unschedule(spi);
+    if (when == steady_time::max()) {
+        return;
+    }
+    deadlines_.insert({when, spi});
+    deadline_of_[spi] = when;
+}
+
+void ike_manager::unschedule(uint64_t spi)
+{
+    if (auto it = deadline_of_.find(spi); it != deadline_of_.end()) {
+        deadlines_.erase({it->second, spi});
+        deadline_of_.erase(it);
+    }
+}
+
+void ike_manager::retry_later(const peer_ptr& peer)
+{
+    auto& r = retries_[peer->name];
+    // 2 s, doubling to 2 minutes between attempts.
+    r.second = r.second.count() == 0 ? std::chrono::seconds(2) : std::min(r.second * 2, std::chrono::seconds(120));
+    r.first = io_.now() + r.second;
+    io_.log(log_level::info, peer->name, "retrying in " + std::to_string(r.second.count()) + " s");
+}
+
+void ike_manager::after(uint64_t spi)
+{
+    auto it = sas_.find(spi);
+    if (it == sas_.end()) {
+        return;
+    }
+    ike_sa& sa = *it->second;
+    // IKE SA rekeys (§2.18) leave a new IKE SA behind; it joins the table under its own SPI.
+    if (auto next = sa.take_successor()) {
+        uint64_t next_spi = next->local_spi();
+        sas_[next_spi] = std::move(next);
+        after(next_spi);
+        it = sas_.find(spi);
+    }
+    if (sa.dead()) {
+        auto peer = sa.shared_peer();
+        bool restart = sa.restart_requested();
+        bool failed_attempt = sa.sa_role() == ike_sa::role::initiator && !sa.established_at();
+        unschedule(spi);
+        if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
+            half_open_.erase(h->second);
+            half_open_of_.erase(h);
+        }
+        sas_.erase(it);
+        if (restart && peer->remote_address) {
+            // DPD action restart: initiate again now, and keep trying until it is back.
+            keep_up_.insert(peer->name);
+            std::vector<std::string> tunnels;
+            for (const auto& t : peer->tunnels) {
+                tunnels.push_back(t.name);
+            }
+            create_initiator(peer, std::move(tunnels));
+        } else if (failed_attempt && keep_up_.count(peer->name) != 0 && !has_live_sa(peer->name)) {
+            retry_later(peer);
+        }
+        return;
+    }
+    if (sa.sa_state() == ike_sa::state::established) {
+        if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
+            half_open_.erase(h->second);
+            half_open_of_.erase(h);
+        }
+        retries_.erase(sa.peer().name);
+    }
+    schedule(spi, sa.next_deadline());
 }
 
 void ike_manager::tick()
 {
-    for (auto& [spi, sa] : sas_) {
-        if (sa->next_deadline() <= io_.now()) {
-            sa->tick();
+    auto now = io_.now();
+    // Each due SA ticks once per call, even if it files a deadline that is already due again.
+    std::vector<uint64_t> due;
+    for (auto it = deadlines_.begin(); it != deadlines_.end() && it->first <= now; ++it) {
+        due.push_back(it->second);
+    }
+    for (uint64_t spi : due) {
+        unschedule(spi);
+        if (auto it = sas_.find(spi); it != sas_.end()) {
+            it->second->tick();
+            after(spi);
         }
     }
-    reap();
+    for (auto it = retries_.begin(); it != retries_.end();) {
+        if (it->second.first > now) {
+            ++it;
+            continue;
+        }
+        auto peer = find_peer(it->first);
+        it->second.first = steady_time::max(); // waiting for this attempt's outcome
+        ++it;
+        if (peer && peer->remote_address && !has_live_sa(peer->name)) {
+            std::vector<std::string> tunnels;
+            for (const auto& t : peer->tunnels) {
+                tunnels.push_back(t.name);
+            }
+            create_initiator(peer, std::move(tunnels));
+        }
+    }
 }
 
 steady_time ike_manager::next_deadline() const
 {
-    steady_time next = steady_time::max();
-    for (const auto& [spi, sa] : sas_) {
-        next = std::min(next, sa->next_deadline());
+    steady_time next = deadlines_.empty() ? steady_time::max() : deadlines_.begin()->first;
+    for (const auto& [peer, r] : retries_) {
+        next = std::min(next, r.first);
     }
     return next;
 }
 
-void ike_manager::reap()
-{
-    // IKE SA rekeys (§2.18) leave a new IKE SA behind; it joins the table under its own SPI.
-    std::vector<std::unique_ptr<ike_sa>> successors;
-    for (auto& [spi, sa] : sas_) {
-        if (auto next = sa->take_successor()) {
-            successors.push_back(std::move(next));
-        }
-    }
-    for (auto& next : successors) {
-        uint64_t spi = next->local_spi();
-        sas_[spi] = std::move(next);
-    }
-    std::vector<const config::ike_peer_config*> restart;
-    for (auto it = sas_.begin(); it != sas_.end();) {
-        if (it->second->dead()) {
-            if (it->second->restart_requested()) {
-                restart.push_back(&it->second->peer());
-            }
-            for (auto h = half_open_.begin(); h != half_open_.end();) {
-                h = h->second == it->first ? half_open_.erase(h) : std::next(h);
-            }
-            it = sas_.erase(it);
-        } else {
-            if (it->second->sa_state() == ike_sa::state::established) {
-                for (auto h = half_open_.begin(); h != half_open_.end();) {
-                    h = h->second == it->first ? half_open_.erase(h) : std::next(h);
-                }
-            }
-            ++it;
-        }
-    }
-    for (const auto* peer : restart) {
-        for (const auto& p : config_.peers) {
-            if (p.name == peer->name && p.remote_address) {
-                std::vector<std::string> tunnels;
-                for (const auto& t : p.tunnels) {
-                    tunnels.push_back(t.name);
-                }
-                create_initiator(p, std::move(tunnels));
-            }
-        }
-    }
-}
-
 void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
 {
-    for (const auto& p : config_.peers) {
-        for (const auto& t : p.tunnels) {
+    for (const auto& p : peers_) {
+        for (const auto& t : p->tunnels) {
             if (t.start != config::ike_start_action::on_traffic) {
                 continue;
             }
@@ -345,7 +428,7 @@ void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_pr
                 });
             };
             if (covers(t.local_ts, local) && covers(t.remote_ts, remote)) {
-                initiate(p.name + "/" + t.name);
+                initiate(p->name + "/" + t.name);
                 return;
             }
         }
@@ -363,6 +446,7 @@ void ike_manager::on_expire(config::direction dir, uint32_t spi, bool hard)
                 } else {
                     sa->rekey_child(c.spi_in);
                 }
+                after(ike_spi);
                 return;
             }
         }

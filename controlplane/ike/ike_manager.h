@@ -6,6 +6,8 @@
 
 #include <deque>
 #include <map>
+#include <set>
+#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,17 +59,35 @@ public:
     void record_failure(negotiation_failure f);
 
 private:
-    const config::ike_peer_config* find_peer_for(const endpoint& local, const endpoint& remote) const;
-    ike_sa& create_initiator(const config::ike_peer_config& peer, std::vector<std::string> tunnels);
+    using peer_ptr = std::shared_ptr<const config::ike_peer_config>;
+    using half_open_key = std::pair<uint64_t, std::string>; // (SPIi, remote address:port)
+
+    peer_ptr find_peer_for(const endpoint& local, const endpoint& remote) const;
+    peer_ptr find_peer(const std::string& name) const;
+    ike_sa& create_initiator(const peer_ptr& peer, std::vector<std::string> tunnels);
     uint64_t new_spi();
-    void reap();
+    // Bookkeeping after anything happened to one IKE SA: adopts a rekey successor, drops a dead SA
+    // (scheduling a retry or a restart), leaves the half-open table once established, and files the
+    // SA's next deadline. O(log n): nothing here walks all SAs (perf/RESULTS.md, IKE setup).
+    void after(uint64_t spi);
+    void schedule(uint64_t spi, steady_time when);
+    void unschedule(uint64_t spi);
+    void retry_later(const peer_ptr& peer);
+    bool has_live_sa(const std::string& peer) const;
     bytes cookie_for(const message& msg, const endpoint& remote) const;
 
     ike_io& io_;
     config::ike_config config_;
     retransmit_policy retransmit_;
+    std::vector<peer_ptr> peers_;                           // shared with the IKE SAs
     std::map<uint64_t, std::unique_ptr<ike_sa>> sas_;      // by our SPI
-    std::map<std::pair<uint64_t, std::string>, uint64_t> half_open_; // (SPIi, remote) -> our SPI, for retransmitted IKE_SA_INIT
+    std::map<half_open_key, uint64_t> half_open_;           // -> our SPI, for retransmitted IKE_SA_INIT
+    std::unordered_map<uint64_t, half_open_key> half_open_of_;
+    std::set<std::pair<steady_time, uint64_t>> deadlines_;  // (when, SPI): the timer queue
+    std::unordered_map<uint64_t, steady_time> deadline_of_;
+    // Peers to keep up (start: immediately, or DPD restart): a failed attempt is retried with backoff.
+    std::set<std::string> keep_up_;
+    std::map<std::string, std::pair<steady_time, std::chrono::seconds>> retries_; // peer -> (when, backoff)
     std::deque<negotiation_failure> failures_;
     manager_counters counters_;
     bytes cookie_secret_; // random per process; cookies survive only as long as we do

@@ -10,9 +10,9 @@ std::string to_string(const endpoint& e)
     return config::to_string(e.address) + ":" + std::to_string(e.port);
 }
 
-ike_sa::ike_sa(ike_io& io, const config::ike_peer_config& peer, role r, uint64_t spi_i, uint64_t spi_r, endpoint local,
-               endpoint remote, retransmit_policy retransmit)
-    : io_(io), peer_(peer), role_(r), state_(r == role::initiator ? state::init_sent : state::init_done), spi_i_(spi_i),
+ike_sa::ike_sa(ike_io& io, std::shared_ptr<const config::ike_peer_config> peer, role r, uint64_t spi_i, uint64_t spi_r,
+               endpoint local, endpoint remote, retransmit_policy retransmit)
+    : io_(io), peer_ptr_(std::move(peer)), peer_(*peer_ptr_), role_(r), state_(r == role::initiator ? state::init_sent : state::init_done), spi_i_(spi_i),
       spi_r_(spi_r), local_(local), remote_(remote), retransmit_(retransmit),
       created_wall_(std::chrono::system_clock::now())
 {
@@ -54,6 +54,9 @@ void ike_sa::fail(const std::string& cause, const std::string& fix)
 void ike_sa::set_established()
 {
     state_ = state::established;
+    // The IKE_SA_INIT messages were only needed for AUTH (§2.15); half the memory of an idle IKE SA.
+    init_request_ = bytes{};
+    init_response_ = bytes{};
     established_wall_ = std::chrono::system_clock::now();
     auto now = io_.now();
     if (peer_.dpd_interval != 0) {
@@ -297,7 +300,8 @@ steady_time ike_sa::next_deadline() const
         if (ike_rekey_at_ != steady_time{}) {
             next = std::min(next, ike_rekey_at_);
         }
-    } else if (state_ != state::dead && state_ != state::deleting) {
+    } else if (state_ != state::dead && state_ != state::deleting && !outstanding_) {
+        // While a request is outstanding its retransmissions decide (tick() checks the same).
         next = std::min(next, half_open_deadline_);
     }
     return next;

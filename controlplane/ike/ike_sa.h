@@ -53,8 +53,14 @@ public:
     enum class role : uint8_t { initiator, responder };
     enum class state : uint8_t { init_sent, init_done, auth_sent, established, deleting, dead };
 
-    ike_sa(ike_io& io, const config::ike_peer_config& peer, role r, uint64_t spi_i, uint64_t spi_r,
+    // The peer's configuration is shared (many IKE SAs to one `any` peer must not each copy it).
+    ike_sa(ike_io& io, std::shared_ptr<const config::ike_peer_config> peer, role r, uint64_t spi_i, uint64_t spi_r,
            endpoint local, endpoint remote, retransmit_policy retransmit = {});
+    ike_sa(ike_io& io, const config::ike_peer_config& peer, role r, uint64_t spi_i, uint64_t spi_r, endpoint local,
+           endpoint remote, retransmit_policy retransmit = {})
+        : ike_sa(io, std::make_shared<const config::ike_peer_config>(peer), r, spi_i, spi_r, local, remote, retransmit)
+    {
+    }
     ~ike_sa();
     ike_sa(const ike_sa&) = delete;
     ike_sa& operator=(const ike_sa&) = delete;
@@ -85,6 +91,7 @@ public:
     role sa_role() const noexcept { return role_; }
     state sa_state() const noexcept { return state_; }
     const config::ike_peer_config& peer() const noexcept { return peer_; }
+    const std::shared_ptr<const config::ike_peer_config>& shared_peer() const noexcept { return peer_ptr_; }
     const endpoint& local() const noexcept { return local_; }
     const endpoint& remote() const noexcept { return remote_; }
     const chosen_transforms& transforms() const noexcept { return ike_transforms_; }
@@ -184,7 +191,8 @@ private:
     void delete_child(uint32_t spi_in, bool send_delete);
 
     ike_io& io_;
-    config::ike_peer_config peer_;
+    std::shared_ptr<const config::ike_peer_config> peer_ptr_;
+    const config::ike_peer_config& peer_;
     role role_;
     state state_;
     uint64_t spi_i_, spi_r_;
