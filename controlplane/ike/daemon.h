@@ -46,6 +46,7 @@ public:
     ~ike_daemon() override;
     // Runs until SIGINT/SIGTERM; returns the process exit code.
     int run();
+    const std::vector<std::string>& startup_errors() const noexcept { return manager_.startup_errors(); }
 
     // ike_io
     void send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message) override;

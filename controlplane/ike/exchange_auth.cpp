@@ -61,10 +61,12 @@ id_payload to_id(const config::ike_identity& identity, const config::ip_address&
         id.data.assign(identity.text.begin(), identity.text.end());
         return id;
     case config::ike_id_kind::dn:
-        // DER encoding of a DN comes with certificate authentication; a PSK peer identifies by key id.
-        id.type = static_cast<uint8_t>(id_type::key_id);
-        id.data.assign(identity.text.begin(), identity.text.end());
-        return id;
+        if (auto der = encode_dn(identity.text)) {
+            id.type = static_cast<uint8_t>(id_type::der_asn1_dn);
+            id.data = std::move(*der);
+            return id;
+        }
+        break;
     case config::ike_id_kind::any:
         break;
     }
@@ -84,6 +86,8 @@ std::string id_text(const id_payload& id)
             return config::to_string(a);
         }
         break;
+    case id_type::der_asn1_dn:
+        return dn_to_string(id.data);
     case id_type::fqdn:
     case id_type::rfc822_addr:
     case id_type::key_id: {
@@ -141,6 +145,34 @@ bytes ike_sa::own_auth(const id_payload& id) const
     return psk_auth(prf, psk, octets);
 }
 
+std::optional<auth_payload> ike_sa::own_auth_payload(const id_payload& id, std::string& error) const
+{
+    if (!uses_certificates()) {
+        return auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), own_auth(id)};
+    }
+    if (!credentials_) {
+        error = "no certificate credentials loaded for peer " + peer_.name;
+        return std::nullopt;
+    }
+    bool initiator = role_ == role::initiator;
+    bytes octets = signed_octets(static_cast<prf_id>(ike_transforms_.prf), initiator ? init_request_ : init_response_,
+                                 initiator ? nonce_r_ : nonce_i_, (initiator ? sk_pi_ : sk_pr_).view(), id_body(id));
+    return credentials_->sign(octets, peer_hash_algorithms_, error);
+}
+
+std::vector<payload> ike_sa::own_certificates() const
+{
+    std::vector<payload> p;
+    if (!uses_certificates() || !credentials_) {
+        return p;
+    }
+    p.push_back(payload{payload_type::cert, false, cert_payload{cert_encoding_x509_signature, credentials_->certificate_der()}});
+    for (const auto& der : credentials_->intermediate_certificates_der()) {
+        p.push_back(payload{payload_type::cert, false, cert_payload{cert_encoding_x509_signature, der}});
+    }
+    return p;
+}
+
 bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string& why)
 {
     bool initiator = role_ == role::initiator;
@@ -155,15 +187,35 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
     remote_id_text_ = id_text(id);
     if (peer_.remote_id.kind != config::ike_id_kind::any) {
         id_payload expected = to_id(peer_.remote_id, peer_.remote_address.value_or(remote_.address));
-        if (expected.type != id.type || expected.data != id.data) {
+        bool same = expected.type == id.type &&
+                    (id.type == static_cast<uint8_t>(id_type::der_asn1_dn) ? dn_equal(expected.data, id.data)
+                                                                             : expected.data == id.data);
+        if (!same) {
             why = "the peer identifies as '" + remote_id_text_ + "' but peer " + peer_.name + " expects remote-id '" +
                   peer_.remote_id.text + "' (identity mismatch)";
             return false;
         }
     }
-    if (peer_.auth.method != config::ike_auth_method::psk) {
-        why = "certificate authentication is not implemented yet";
-        return false;
+    if (uses_certificates()) {
+        if (!credentials_) {
+            why = "no certificate credentials are loaded for peer " + peer_.name;
+            return false;
+        }
+        std::vector<bytes> certs;
+        for (const auto& p : payloads) {
+            const auto* c = std::get_if<cert_payload>(&p.body);
+            if (p.type == payload_type::cert && c != nullptr && c->encoding == cert_encoding_x509_signature) {
+                certs.push_back(c->data);
+            }
+        }
+        if (certs.empty()) {
+            why = "the peer sent no X.509 certificate (CERT payload) but peer " + peer_.name +
+                  " is configured for certificate authentication";
+            return false;
+        }
+        bytes octets = signed_octets(static_cast<prf_id>(ike_transforms_.prf), initiator ? init_response_ : init_request_,
+                                     initiator ? nonce_i_ : nonce_r_, (initiator ? sk_pr_ : sk_pi_).view(), id_body(id));
+        return credentials_->verify(certs, id, auth, octets, why);
     }
     if (auth.method != static_cast<uint8_t>(auth_method::shared_key_mic)) {
         why = "the peer authenticates with method " + std::to_string(auth.method) + " but peer " + peer_.name +
@@ -237,11 +289,27 @@ void ike_sa::send_auth_request()
         id_payload id = own_id();
         std::vector<payload> p;
         p.push_back(payload{payload_type::idi, false, id});
+        for (auto& c : own_certificates()) {
+            p.push_back(std::move(c));
+        }
         p.push_back(notify(notify_type::initial_contact));
+        if (uses_certificates() && credentials_) {
+            bytes hashes;
+            for (const auto& h : credentials_->certreq_hashes()) {
+                hashes.insert(hashes.end(), h.begin(), h.end());
+            }
+            p.push_back(payload{payload_type::certreq, false, cert_payload{cert_encoding_x509_signature, hashes}});
+        }
         if (peer_.remote_id.kind != config::ike_id_kind::any) {
             p.push_back(payload{payload_type::idr, false, to_id(peer_.remote_id, remote_.address)});
         }
-        p.push_back(payload{payload_type::auth, false, auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), own_auth(id)}});
+        std::string error;
+        auto auth = own_auth_payload(id, error);
+        if (!auth) {
+            log(log_level::error, "cannot sign our AUTH payload: " + error);
+            auth = auth_payload{static_cast<uint8_t>(auth_method::digital_signature), {}};
+        }
+        p.push_back(payload{payload_type::auth, false, std::move(*auth)});
         for (const auto& c : offer->payloads) {
             p.push_back(c);
         }
@@ -251,7 +319,9 @@ void ike_sa::send_auth_request()
         for (const auto* n : find_notifies(reply)) {
             if (n->type == static_cast<uint16_t>(notify_type::authentication_failed)) {
                 fail("peer " + peer_.name + " rejected our authentication (AUTHENTICATION_FAILED).",
-                     "the pre-shared keys or the identities differ: compare auth.secret and local-id/remote-id with the peer's.");
+                     uses_certificates()
+                         ? "the peer does not trust our certificate or identity: check that it has our CA, and that local-id is in our certificate."
+                         : "the pre-shared keys or the identities differ: compare auth.secret and local-id/remote-id with the peer's.");
                 return;
             }
         }
@@ -287,7 +357,18 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
     id_payload id = own_id();
     std::vector<payload> reply;
     reply.push_back(payload{payload_type::idr, false, id});
-    reply.push_back(payload{payload_type::auth, false, auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), own_auth(id)}});
+    for (auto& c : own_certificates()) {
+        reply.push_back(std::move(c));
+    }
+    std::string error;
+    auto auth = own_auth_payload(id, error);
+    if (!auth) {
+        send_response(exchange_type::ike_auth, message_id, {notify(notify_type::authentication_failed)});
+        fail("cannot sign our AUTH payload for " + to_string(remote_) + ": " + error + ".",
+             "check auth.certificate and auth.private-key of peer " + peer_.name + ".");
+        return;
+    }
+    reply.push_back(payload{payload_type::auth, false, std::move(*auth)});
     set_established();
     for (auto& p : accept_child(payloads, false, std::nullopt)) {
         reply.push_back(std::move(p));

@@ -126,6 +126,9 @@ std::vector<payload> ike_sa::build_init_request()
     for (auto& n : nat_detection_payloads(0)) {
         p.push_back(std::move(n));
     }
+    if (uses_certificates()) {
+        p.push_back(notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
+    }
     return p;
 }
 
@@ -237,6 +240,9 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
     }
     kex_.reset();
     check_nat_detection(payloads);
+    if (const auto* sha = find_notify(payloads, notify_type::signature_hash_algorithms)) {
+        peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
+    }
     state_ = state::init_done;
     if (nat_detected() && remote_.port == 500) {
         // §2.23: after NAT detection the initiator moves to port 4500 (with the non-ESP marker).
@@ -311,6 +317,20 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     reply.push_back(payload{payload_type::nonce, false, nonce_payload{nonce_r_}});
     for (auto& n : nat_detection_payloads(spi_r_)) {
         reply.push_back(std::move(n));
+    }
+    if (const auto* sha = find_notify(payloads, notify_type::signature_hash_algorithms)) {
+        peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
+    }
+    if (uses_certificates()) {
+        reply.push_back(notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
+        if (credentials_) {
+            // §3.7: which CAs we trust, so the initiator picks the right certificate.
+            bytes hashes;
+            for (const auto& h : credentials_->certreq_hashes()) {
+                hashes.insert(hashes.end(), h.begin(), h.end());
+            }
+            reply.push_back(payload{payload_type::certreq, false, cert_payload{cert_encoding_x509_signature, hashes}});
+        }
     }
     ike_header h;
     h.spi_i = spi_i_;

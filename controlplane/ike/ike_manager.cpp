@@ -11,6 +11,16 @@ ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_polic
 {
     for (const auto& p : config_.peers) {
         peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
+        if (p.auth.method == config::ike_auth_method::pubkey) {
+            std::string error;
+            auto creds = pubkey_credentials::load(p.auth, error);
+            if (!creds) {
+                startup_errors_.push_back("peer " + p.name + ": " + error);
+                continue;
+            }
+            creds->allow_sha1(p.allow_legacy);
+            credentials_[p.name] = std::make_shared<const pubkey_credentials>(std::move(*creds));
+        }
     }
     cookie_secret_.assign(32, 0);
     io_.random().fill(cookie_secret_);
@@ -81,12 +91,20 @@ bool ike_manager::has_live_sa(const std::string& peer) const
     return std::any_of(sas_.begin(), sas_.end(), [&](const auto& kv) { return !kv.second->dead() && kv.second->peer().name == peer; });
 }
 
+void ike_manager::give_credentials(ike_sa& sa) const
+{
+    if (auto it = credentials_.find(sa.peer().name); it != credentials_.end()) {
+        sa.set_credentials(it->second);
+    }
+}
+
 ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::string> tunnels)
 {
     uint64_t spi = new_spi();
     endpoint local{peer->local_address, peer->local_port};
     endpoint remote{*peer->remote_address, peer->remote_port};
     auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::initiator, spi, 0, local, remote, retransmit_);
+    give_credentials(*sa);
     auto& ref = *sa;
     sas_[spi] = std::move(sa);
     ref.initiate(std::move(tunnels));
@@ -269,6 +287,7 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
         }
         uint64_t spi = new_spi();
         auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
+        give_credentials(*sa);
         auto& ref = *sa;
         sas_[spi] = std::move(sa);
         half_open_[key] = spi;
@@ -326,6 +345,7 @@ void ike_manager::after(uint64_t spi)
     ike_sa& sa = *it->second;
     // IKE SA rekeys (§2.18) leave a new IKE SA behind; it joins the table under its own SPI.
     if (auto next = sa.take_successor()) {
+        give_credentials(*next);
         uint64_t next_spi = next->local_spi();
         sas_[next_spi] = std::move(next);
         after(next_spi);

@@ -56,6 +56,8 @@ public:
     const std::deque<negotiation_failure>& failures() const noexcept { return failures_; }
     const manager_counters& counters() const noexcept { return counters_; }
     const config::ike_config& config() const noexcept { return config_; }
+    // Problems found at construction (unreadable certificate or key, ...): one sentence each.
+    const std::vector<std::string>& startup_errors() const noexcept { return startup_errors_; }
     void record_failure(negotiation_failure f);
 
 private:
@@ -91,6 +93,9 @@ private:
     std::deque<negotiation_failure> failures_;
     manager_counters counters_;
     bytes cookie_secret_; // random per process; cookies survive only as long as we do
+    std::map<std::string, std::shared_ptr<const pubkey_credentials>> credentials_; // by peer name
+    std::vector<std::string> startup_errors_;
+    void give_credentials(ike_sa& sa) const;
 };
 
 } // namespace espresso::cp

@@ -22,6 +22,7 @@
 #include "espresso/cp/ike_message.h"
 #include "ike_io.h"
 #include "proposals.h"
+#include "pubkey_auth.h"
 
 namespace espresso::cp {
 
@@ -108,6 +109,9 @@ public:
     bool dead() const noexcept { return state_ == state::dead; }
     // DPD found the peer gone and dpd action is restart: the manager initiates a new IKE SA.
     bool restart_requested() const noexcept { return restart_requested_; }
+    // Certificate authentication (auth.method pubkey): our certificate, key and trusted CAs, loaded
+    // once per peer by the manager. Without them such a peer cannot authenticate.
+    void set_credentials(std::shared_ptr<const pubkey_credentials> credentials) { credentials_ = std::move(credentials); }
     // After an IKE SA rekey, the new IKE SA (which took over the Child SAs); the manager adopts it.
     std::unique_ptr<ike_sa> take_successor() { return std::move(successor_); }
     // For a successor: take over keys and Child SAs from the SA it replaces (§2.18).
@@ -230,6 +234,11 @@ private:
     std::string failure_cause_;
     std::string remote_id_text_;
     bool restart_requested_ = false;
+    std::shared_ptr<const pubkey_credentials> credentials_;
+    std::vector<uint16_t> peer_hash_algorithms_; // RFC 7427 §4 SIGNATURE_HASH_ALGORITHMS from the peer
+    bool uses_certificates() const noexcept { return peer_.auth.method == config::ike_auth_method::pubkey; }
+    std::optional<auth_payload> own_auth_payload(const id_payload& id, std::string& error) const;
+    std::vector<payload> own_certificates() const;
     std::unique_ptr<ike_sa> successor_;
     bool rekeying_ike_ = false;
     void schedule_ike_rekey();

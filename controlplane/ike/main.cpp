@@ -115,6 +115,12 @@ int main(int argc, char** argv)
     options.log_file = !log_file.empty() ? log_file : cfg.ike.log_file;
     try {
         cp::ike_daemon daemon(options, cfg);
+        if (!daemon.startup_errors().empty()) {
+            for (const auto& e : daemon.startup_errors()) {
+                std::cerr << config_path << ": " << e << "\n";
+            }
+            return 2;
+        }
         return daemon.run();
     } catch (const std::exception& e) {
         std::cerr << "espresso-ike: " << e.what() << '\n';

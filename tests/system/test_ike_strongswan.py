@@ -12,6 +12,7 @@ Scenarios (each a fresh IKE SA on one topology):
   rekey       Child SA rekey (espresso initiates it, short rekey-time) under continuous ping: no loss
   ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under continuous ping: no loss
   delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
+  certs       ECDSA certificates (RFC 7427 signatures, CERT/CERTREQ), both roles; an untrusted CA refused
   mismatch    PSK and DH group mismatch: `failures` names the cause
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
@@ -26,6 +27,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
+from strongswan import make_pki  # noqa: E402
 from topology import sh  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build")))
@@ -34,14 +36,15 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0", ike_rekey="0"):
+             dpd="0", ike_rekey="0", auth=None):
+    auth = auth or f'{{ method: psk, secret: "{secret}" }}'
     return f"""ike:
   peers:
     - name: branch
       local-address: 198.51.100.1
       remote-address: 203.0.113.1
       proposals: [{proposals}]
-      auth: {{ method: psk, secret: "{secret}" }}
+      auth: {auth}
       rekey-time: {ike_rekey}
       dpd: {{ interval: {dpd}, action: clear }}
       tunnels:
@@ -231,6 +234,47 @@ def scenario_ike_rekey(topo, run, br):
     run.stop_ike()
 
 
+def scenario_certs(topo, run, br):
+    """ECDSA certificates from one test CA (openssl CLI), identities = the gateways' addresses in the
+    certificates' subjectAltName; strongSwan initiates, then espresso; then a certificate from another
+    CA is refused with the reason."""
+    pki = make_pki(os.path.join(run.dir, "pki"), {"hq": "198.51.100.1", "branch": "203.0.113.1"})
+    for p in pki.values():
+        os.chmod(p["key"], 0o600)
+    hq = pki["hq"]
+    auth = f"{{ method: pubkey, certificate: {hq['cert']}, private-key: {hq['key']}, ca: [{hq['ca']}] }}"
+    conf = site_conf("gw-branch", auth="pubkey", psk=None, cert=os.path.basename(pki["branch"]["cert"]),
+                     cacert=os.path.basename(pki["branch"]["ca"]), proposals="aes128-sha256-ecp256", start_action="none")
+    br.load(conf, files=pki["branch"])
+    run.start_ike(ike_yaml(proposals="aes128-sha256-ecp256", auth=auth))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY with certificates")
+    assert sa["role"] == "responder", sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "IKE SA gone")
+    run.stop_ike()
+    # espresso initiates with certificates.
+    run.start_ike(ike_yaml(proposals="aes128-sha256-ecp256", auth=auth, start="immediately"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY (initiator, certificates)")
+    assert sa["role"] == "initiator", sa
+    assert ping(topo, "host-branch", "192.168.1.10", count=5) >= 4
+    run.cli("clear crypto sa")
+    wait(lambda: not br.list_sas(), 15, "strongSwan drops the IKE SA")
+    run.stop_ike()
+    # A CA we do not trust: strongSwan's certificate is refused, and the failure says why.
+    other = make_pki(os.path.join(run.dir, "pki-other"), {"hq": "198.51.100.1"})
+    os.chmod(other["hq"]["key"], 0o600)
+    bad = f"{{ method: pubkey, certificate: {hq['cert']}, private-key: {hq['key']}, ca: [{other['hq']['ca']}] }}"
+    run.start_ike(ike_yaml(proposals="aes128-sha256-ecp256", auth=bad))
+    br.initiate("net", timeout=20, check=False)
+    out = run.cli("show crypto ike failures")
+    assert "not one of the trusted CAs" in out or "issuer" in out, out
+    run.stop_ike()
+
+
 def scenario_mismatch(topo, run, br):
     run.start_ike(ike_yaml(secret="not-the-same-key"))
     br.load(site_conf("gw-branch"))
@@ -247,7 +291,8 @@ def scenario_mismatch(topo, run, br):
 
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
-             "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "mismatch": scenario_mismatch}
+             "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
+             "mismatch": scenario_mismatch}
 
 
 def main():

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
+#include <mutex>
 
 namespace espresso::cp {
 
@@ -50,6 +52,66 @@ const group_info* find_group(uint16_t id) noexcept
         }
     }
     return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-group parameters, built once per process. Building a group is costly in OpenSSL 3 (a keymgmt
+// fetch by name, EC_GROUP_new_by_curve_name with its Montgomery contexts, an OSSL_PARAM round trip)
+// and used to happen for every IKE SA, twice (our key and the peer's). A parameters-only EVP_PKEY is
+// never modified after it is built, and OpenSSL allows concurrent read-only use of an EVP_PKEY
+// (keygen from it and EVP_PKEY_copy_parameters only read it; references are atomic): safe for
+// ike-load's worker threads. std::call_once makes the first use thread-safe too.
+
+struct group_params {
+    evp_pkey_ptr params; // domain parameters only ("DH" or "EC"); null for X25519 or on failure
+    bn_ptr prime;        // MODP: p
+    bn_ptr p_minus_1;    // MODP: p - 1, the upper bound of the range check
+    bn_ptr generator;    // MODP: g
+};
+
+evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, const BIGNUM* priv,
+                           const BIGNUM* pub_bn, std::span<const uint8_t> pub_octets);
+
+void build_params(const group_info& g, group_params& out)
+{
+    if (g.kind == group_kind::x25519) {
+        return;
+    }
+    evp_pkey_ptr params = key_from_data(g.kind == group_kind::modp ? "DH" : "EC", EVP_PKEY_KEY_PARAMETERS,
+                                        g.openssl_name, nullptr, nullptr, {});
+    if (!params) {
+        return;
+    }
+    if (g.kind == group_kind::modp) {
+        BIGNUM* p_raw = nullptr;
+        BIGNUM* g_raw = nullptr;
+        if (EVP_PKEY_get_bn_param(params.get(), OSSL_PKEY_PARAM_FFC_P, &p_raw) != 1) {
+            return;
+        }
+        bn_ptr p(p_raw);
+        if (EVP_PKEY_get_bn_param(params.get(), OSSL_PKEY_PARAM_FFC_G, &g_raw) != 1) {
+            return;
+        }
+        bn_ptr gen(g_raw);
+        bn_ptr p_minus_1(BN_dup(p.get()));
+        if (!p_minus_1 || BN_sub_word(p_minus_1.get(), 1) != 1) {
+            return;
+        }
+        out.prime = std::move(p);
+        out.p_minus_1 = std::move(p_minus_1);
+        out.generator = std::move(gen);
+    }
+    out.params = std::move(params);
+}
+
+// Null `params` when OpenSSL cannot build the group (callers then fail like an unsupported group).
+const group_params& params_for(const group_info& g)
+{
+    static std::array<std::once_flag, groups.size()> once;
+    static std::array<group_params, groups.size()> cache;
+    const auto i = static_cast<size_t>(&g - groups.data());
+    std::call_once(once[i], [&] { build_params(g, cache[i]); });
+    return cache[i];
 }
 
 struct param_bld_free_fn {
@@ -99,19 +161,14 @@ evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, c
     return evp_pkey_ptr(key);
 }
 
-evp_pkey_ptr generate_key(const char* type, const char* group)
+// A fresh key pair: from the cached parameters (DH, EC), or of `type` when the group has none (X25519).
+evp_pkey_ptr generate_key(const EVP_PKEY* params, const char* type)
 {
-    evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
+    evp_pkey_ctx_ptr ctx(params != nullptr
+                             ? EVP_PKEY_CTX_new_from_pkey(nullptr, const_cast<EVP_PKEY*>(params), nullptr)
+                             : EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
     if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1) {
         return nullptr;
-    }
-    if (group != nullptr) {
-        std::array<OSSL_PARAM, 2> params = {
-            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>(group), 0),
-            OSSL_PARAM_construct_end()};
-        if (EVP_PKEY_CTX_set_params(ctx.get(), params.data()) != 1) {
-            return nullptr;
-        }
     }
     EVP_PKEY* key = nullptr;
     if (EVP_PKEY_generate(ctx.get(), &key) != 1) {
@@ -120,8 +177,26 @@ evp_pkey_ptr generate_key(const char* type, const char* group)
     return evp_pkey_ptr(key);
 }
 
+// The peer's public value as a key with our group's parameters, without an OSSL_PARAM_BLD and a
+// keymgmt fetch by name: the parameters are copied from the cached key (an EC_GROUP_dup / FFC copy,
+// no group rebuild) and the value set as an encoded public key, which OpenSSL decodes with
+// EC_KEY_oct2key (the point must be on the curve, its coordinates < p) or ossl_dh_buf2key
+// (1 < y < p-1). nullptr when OpenSSL refuses the value.
+evp_pkey_ptr peer_key(const EVP_PKEY* params, std::span<const uint8_t> encoded)
+{
+    evp_pkey_ptr peer(EVP_PKEY_new());
+    if (!peer || EVP_PKEY_copy_parameters(peer.get(), params) != 1 ||
+        EVP_PKEY_set1_encoded_public_key(peer.get(), encoded.data(), encoded.size()) != 1) {
+        return nullptr;
+    }
+    return peer;
+}
+
 // g^ir from our key and the peer's; `pad` asks DH for a result as long as the prime (§2.14: g^ir is
-// "padded with zeros if necessary to make it the length of the modulus").
+// "padded with zeros if necessary to make it the length of the modulus"). The peer key is NOT validated
+// here (EVP_PKEY_derive_set_peer_ex(..., 0)): every caller has already done the check its group needs
+// (see shared_secret of each class); OpenSSL's validate=1 would run EVP_PKEY_public_check, i.e. the
+// full SP 800-56A validation, once more.
 std::optional<secret_bytes> derive(EVP_PKEY* own, EVP_PKEY* peer, bool pad, std::string& error)
 {
     evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, own, nullptr));
@@ -136,7 +211,7 @@ std::optional<secret_bytes> derive(EVP_PKEY* own, EVP_PKEY* peer, bool pad, std:
         error = "key exchange: cannot request a padded DH secret";
         return std::nullopt;
     }
-    if (EVP_PKEY_derive_set_peer_ex(ctx.get(), peer, 1) != 1) {
+    if (EVP_PKEY_derive_set_peer_ex(ctx.get(), peer, 0) != 1) {
         error = "key exchange: peer public value refused";
         return std::nullopt;
     }
@@ -167,55 +242,47 @@ std::string length_error(const group_info& g, size_t got)
 
 class modp_exchange final : public key_exchange {
 public:
-    modp_exchange(const group_info& g, evp_pkey_ptr key, bn_ptr prime)
-        : group_(g), key_(std::move(key)), prime_(std::move(prime))
+    modp_exchange(const group_info& g, const group_params& params, evp_pkey_ptr key)
+        : group_(g), params_(params), key_(std::move(key))
     {}
 
-    static std::unique_ptr<key_exchange> make(const group_info& g, evp_pkey_ptr key)
+    static std::unique_ptr<key_exchange> create(const group_info& g)
     {
-        BIGNUM* p = nullptr;
-        if (!key || EVP_PKEY_get_bn_param(key.get(), OSSL_PKEY_PARAM_FFC_P, &p) != 1) {
+        const group_params& params = params_for(g);
+        if (!params.params) {
             return nullptr;
         }
-        return std::make_unique<modp_exchange>(g, std::move(key), bn_ptr(p));
+        evp_pkey_ptr key = generate_key(params.params.get(), nullptr);
+        return key ? std::make_unique<modp_exchange>(g, params, std::move(key)) : nullptr;
     }
 
     static std::unique_ptr<key_exchange> with_private_key(const group_info& g,
                                                           std::span<const uint8_t> x_bytes)
     {
-        // The group parameters first, to compute y = 2^x mod p ourselves: EVP_PKEY_fromdata does not
-        // derive the public half from a private DH key.
-        evp_pkey_ptr params =
-            key_from_data("DH", EVP_PKEY_KEY_PARAMETERS, g.openssl_name, nullptr, nullptr, {});
-        BIGNUM* p_raw = nullptr;
-        BIGNUM* g_raw = nullptr;
-        if (!params || EVP_PKEY_get_bn_param(params.get(), OSSL_PKEY_PARAM_FFC_P, &p_raw) != 1) {
+        // y = 2^x mod p computed here: EVP_PKEY_fromdata does not derive the public half from a
+        // private DH key.
+        const group_params& params = params_for(g);
+        if (!params.params) {
             return nullptr;
         }
-        bn_ptr p(p_raw);
-        if (EVP_PKEY_get_bn_param(params.get(), OSSL_PKEY_PARAM_FFC_G, &g_raw) != 1) {
-            return nullptr;
-        }
-        bn_ptr gen(g_raw);
         bn_ptr x(BN_secure_new());
         bn_ptr y(BN_new());
         bn_ctx_ptr bn_ctx(BN_CTX_secure_new());
         if (!x || !y || !bn_ctx || x_bytes.empty() ||
-            x_bytes.size() > static_cast<size_t>(BN_num_bytes(p.get())) ||
+            x_bytes.size() > static_cast<size_t>(BN_num_bytes(params.prime.get())) ||
             BN_bin2bn(x_bytes.data(), static_cast<int>(x_bytes.size()), x.get()) == nullptr) {
             return nullptr;
         }
         // 1 < x < p-1
-        bn_ptr p_minus_1(BN_dup(p.get()));
-        if (!p_minus_1 || BN_sub_word(p_minus_1.get(), 1) != 1 || BN_cmp(x.get(), BN_value_one()) <= 0 ||
-            BN_cmp(x.get(), p_minus_1.get()) >= 0) {
+        if (BN_cmp(x.get(), BN_value_one()) <= 0 || BN_cmp(x.get(), params.p_minus_1.get()) >= 0) {
             return nullptr;
         }
         BN_set_flags(x.get(), BN_FLG_CONSTTIME);
-        if (BN_mod_exp(y.get(), gen.get(), x.get(), p.get(), bn_ctx.get()) != 1) {
+        if (BN_mod_exp(y.get(), params.generator.get(), x.get(), params.prime.get(), bn_ctx.get()) != 1) {
             return nullptr;
         }
-        return make(g, key_from_data("DH", EVP_PKEY_KEYPAIR, g.openssl_name, x.get(), y.get(), {}));
+        evp_pkey_ptr key = key_from_data("DH", EVP_PKEY_KEYPAIR, g.openssl_name, x.get(), y.get(), {});
+        return key ? std::make_unique<modp_exchange>(g, params, std::move(key)) : nullptr;
     }
 
     uint16_t group() const noexcept override { return group_.id; }
@@ -243,18 +310,28 @@ public:
             return std::nullopt;
         }
         bn_ptr y(BN_bin2bn(peer_public.data(), static_cast<int>(peer_public.size()), nullptr));
-        bn_ptr p_minus_1(BN_dup(prime_.get()));
-        if (!y || !p_minus_1 || BN_sub_word(p_minus_1.get(), 1) != 1) {
+        if (!y) {
             error = "key exchange: out of memory";
             return std::nullopt;
         }
-        // RFC 7296 §5.12 / NIST SP 800-56A: 1 < y < p-1 (0, 1 and p-1 give a known shared secret).
-        if (BN_cmp(y.get(), BN_value_one()) <= 0 || BN_cmp(y.get(), p_minus_1.get()) >= 0) {
+        // The peer value check, and the only one: 1 < y < p-1 (0, 1 and p-1 give a known shared
+        // secret). DO NOT remove it: derive() does not validate again.
+        // Why no subgroup test y^q = 1 mod p: RFC 3526's primes are safe primes p = 2q+1, so once 1
+        // and p-1 are excluded y has order q or 2q, and an order-2q value can only reveal the low bit
+        // of our exponent, which is ephemeral (one per IKE SA, never reused). RFC 6989 §2, the DH
+        // tests that IKEv2 (RFC 7296) requires, asks for nothing more for these groups ("No change is
+        // required to IKE implementations that use modular exponential groups, other than a few
+        // rarely used so-called DSA groups"; groups 22-24 with small subgroups are not supported
+        // here). NIST SP 800-56A Rev. 3 calls this range check the FFC partial public-key validation
+        // (§5.6.2.3.2); its full validation (§5.6.2.3.1) adds y^q = 1, a modular exponentiation as
+        // long as the derivation itself, which OpenSSL's EVP_PKEY_public_check (validate=1) used to
+        // compute here. A FIPS 140 build claiming SP 800-56A would need that test back.
+        if (BN_cmp(y.get(), BN_value_one()) <= 0 || BN_cmp(y.get(), params_.p_minus_1.get()) >= 0) {
             error = "key exchange: " + std::string(group_.ike_name) + " public value out of range";
             return std::nullopt;
         }
-        evp_pkey_ptr peer =
-            key_from_data("DH", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, y.get(), {});
+        // ossl_dh_buf2key does the same range check once more while loading (cheap).
+        evp_pkey_ptr peer = peer_key(params_.params.get(), peer_public);
         if (!peer) {
             error = "key exchange: " + std::string(group_.ike_name) + " public value refused";
             return std::nullopt;
@@ -269,8 +346,8 @@ public:
 
 private:
     const group_info& group_;
+    const group_params& params_; // process lifetime (params_for)
     evp_pkey_ptr key_;
-    bn_ptr prime_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -279,7 +356,19 @@ private:
 
 class ecp_exchange final : public key_exchange {
 public:
-    ecp_exchange(const group_info& g, evp_pkey_ptr key) : group_(g), key_(std::move(key)) {}
+    ecp_exchange(const group_info& g, const group_params& params, evp_pkey_ptr key)
+        : group_(g), params_(params), key_(std::move(key))
+    {}
+
+    static std::unique_ptr<key_exchange> create(const group_info& g)
+    {
+        const group_params& params = params_for(g);
+        if (!params.params) {
+            return nullptr;
+        }
+        evp_pkey_ptr key = generate_key(params.params.get(), nullptr);
+        return key ? std::make_unique<ecp_exchange>(g, params, std::move(key)) : nullptr;
+    }
 
     static std::unique_ptr<key_exchange> with_private_key(const group_info& g,
                                                           std::span<const uint8_t> d_bytes)
@@ -308,10 +397,11 @@ public:
             return nullptr;
         }
         evp_pkey_ptr key = key_from_data("EC", EVP_PKEY_KEYPAIR, g.openssl_name, d.get(), nullptr, encoded);
-        if (!key) {
+        const group_params& params = params_for(g);
+        if (!key || !params.params) {
             return nullptr;
         }
-        return std::make_unique<ecp_exchange>(g, std::move(key));
+        return std::make_unique<ecp_exchange>(g, params, std::move(key));
     }
 
     uint16_t group() const noexcept override { return group_.id; }
@@ -340,17 +430,22 @@ public:
         encoded.reserve(1 + peer_public.size());
         encoded.push_back(POINT_CONVERSION_UNCOMPRESSED);
         encoded.insert(encoded.end(), peer_public.begin(), peer_public.end());
-        // Loading decodes the point and refuses one that is not on the curve; the public check then
-        // also refuses coordinates >= p and the point at infinity (RFC 5903 §7, SP 800-56A 5.6.2.3).
-        evp_pkey_ptr peer =
-            key_from_data("EC", EVP_PKEY_PUBLIC_KEY, group_.openssl_name, nullptr, nullptr, encoded);
+        // Loading (EC_KEY_oct2key) decodes the point and refuses coordinates >= p and a point that is
+        // not on the curve; the point at infinity has no 65/97/133-byte encoding. The public check
+        // then re-checks exactly that (RFC 6989 §2: the recipient MUST check the point is on the
+        // curve; SP 800-56A Rev. 3 §5.6.2.3.4, ECC partial public-key validation). It is the quick
+        // check on purpose: the full one (§5.6.2.3.3, EVP_PKEY_public_check) adds n*Q = O, a scalar
+        // multiplication as costly as the derivation, which proves nothing more on curves of
+        // cofactor 1 like P-256/384/521 (every point on the curve other than O has prime order n).
+        // derive() does not validate again: the code ran the full check twice per IKE SA before.
+        evp_pkey_ptr peer = peer_key(params_.params.get(), encoded);
         if (!peer) {
             error =
                 "key exchange: " + std::string(group_.ike_name) + " public value is not a point on the curve";
             return std::nullopt;
         }
         evp_pkey_ctx_ptr check(EVP_PKEY_CTX_new_from_pkey(nullptr, peer.get(), nullptr));
-        if (!check || EVP_PKEY_public_check(check.get()) != 1) {
+        if (!check || EVP_PKEY_public_check_quick(check.get()) != 1) {
             error =
                 "key exchange: " + std::string(group_.ike_name) + " public value fails the public key check";
             return std::nullopt;
@@ -365,6 +460,7 @@ public:
 
 private:
     const group_info& group_;
+    const group_params& params_; // process lifetime (params_for)
     evp_pkey_ptr key_;
 };
 
@@ -402,6 +498,7 @@ public:
             return std::nullopt;
         }
         // OpenSSL already fails on an all-zero result (a small-order point); check again, RFC 8031 §2.
+        // (OpenSSL's public check of an X25519 key only asks that it has a public half: no validate.)
         auto secret = derive(key_.get(), peer.get(), false, error);
         if (!secret) {
             error = "key exchange: CURVE_25519 public value gives no usable shared secret";
@@ -431,13 +528,11 @@ std::unique_ptr<key_exchange> key_exchange::create(uint16_t group)
     }
     switch (g->kind) {
     case group_kind::modp:
-        return modp_exchange::make(*g, generate_key("DH", g->openssl_name));
-    case group_kind::ecp: {
-        evp_pkey_ptr key = generate_key("EC", g->openssl_name);
-        return key ? std::make_unique<ecp_exchange>(*g, std::move(key)) : nullptr;
-    }
+        return modp_exchange::create(*g);
+    case group_kind::ecp:
+        return ecp_exchange::create(*g);
     case group_kind::x25519: {
-        evp_pkey_ptr key = generate_key("X25519", nullptr);
+        evp_pkey_ptr key = generate_key(nullptr, "X25519");
         return key ? std::make_unique<x25519_exchange>(*g, std::move(key)) : nullptr;
     }
     }
