@@ -28,10 +28,12 @@ from ike_topology import IkeTopology, probe_events, site_conf, trimmed_hq_config
 BUILD = os.environ.get("ESPRESSO_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build"))
 
 IKE_YAML = """ike:
-  # Read by espresso-ike (when it exists), ignored by espresso-dp.
+  # Read by espresso-ike, ignored by espresso-dp (this check uses plain sockets instead of the daemon).
   peers:
     - name: branch
-      remote: 203.0.113.1
+      local-address: 198.51.100.1
+      remote-address: 203.0.113.1
+      auth: { method: psk, secret: "Sup3rS3cr3tK3y" }
 """
 
 results = []
