@@ -49,6 +49,7 @@ constexpr const char* usage_text =
     "  initiate NAME               bring up a peer or tunnel (\"peer\", \"tunnel\" or \"peer/tunnel\")\n"
     "  clear crypto sa [PEER]      delete IKE SAs (all, or one peer's by name or address)\n"
     "  debug ike                   follow the IKE daemon's negotiation log (Ctrl-C to stop)\n"
+    "  reload                      re-read the ike: section; unchanged tunnels are not touched\n"
     "\n"
     "options:\n"
     "  --socket PATH      control socket of espresso-dp (default /run/espresso/espresso.sock)\n"
@@ -83,6 +84,7 @@ const std::vector<command>& commands()
         {{"initiate"}, "initiate", nullptr, daemon::ike, 1},
         {{"clear", "crypto", "sa"}, "clear", nullptr, daemon::ike, -1},
         {{"debug", "ike"}, "log", nullptr, daemon::ike},
+        {{"reload"}, "reload", nullptr, daemon::ike},
     };
     return table;
 }
@@ -227,6 +229,14 @@ int main(int argc, char** argv)
             std::cout << "initiating " << extra.at(0) << "\n";
         } else if (chosen->op == "clear") {
             std::cout << "deleting " << result.value("cleared", 0) << " IKE SA(s)\n";
+        } else if (chosen->op == "reload") {
+            for (const char* k : {"added", "changed", "removed", "unchanged"}) {
+                std::cout << k << ":";
+                for (const auto& name : result.value(k, json::array())) {
+                    std::cout << " " << name.get<std::string>();
+                }
+                std::cout << "\n";
+            }
         }
         return exit_ok;
     } catch (const espresso::dp::control_client_error& e) {

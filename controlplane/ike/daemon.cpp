@@ -17,6 +17,7 @@
 #include <iostream>
 #include <set>
 
+#include "espresso/config/loader.h"
 #include "installer.h"
 #include "proposals.h"
 
@@ -419,6 +420,26 @@ json ike_daemon::status_json() const
     return sas;
 }
 
+json ike_daemon::reload(std::string& error)
+{
+    config::gateway_config cfg;
+    try {
+        cfg = config::load_file(options_.config_path);
+    } catch (const std::exception& e) {
+        error = std::string("reload refused, the running configuration stays: ") + e.what();
+        log(log_level::error, "-", error);
+        return nullptr;
+    }
+    for (auto& sa : cfg.security_associations) {
+        config::wipe_keys(sa);
+    }
+    auto r = manager_.reload(std::move(cfg.ike));
+    log(log_level::info, "-", "reloaded " + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
+                                  std::to_string(r.changed.size()) + " changed, " + std::to_string(r.removed.size()) +
+                                  " removed, " + std::to_string(r.unchanged.size()) + " unchanged peer(s)");
+    return {{"added", r.added}, {"changed", r.changed}, {"removed", r.removed}, {"unchanged", r.unchanged}};
+}
+
 json ike_daemon::handle_request(const json& request)
 {
     json reply = {{"version", 1}, {"id", request.contains("id") ? request["id"] : json(nullptr)}};
@@ -468,12 +489,18 @@ json ike_daemon::handle_request(const json& request)
             }
         }
         result = {{"lines", lines}, {"next", log_seq_}};
+    } else if (op == "reload") {
+        std::string error;
+        result = reload(error);
+        if (!error.empty()) {
+            return fail(error);
+        }
     } else if (op == "counters") {
         const auto& c = manager_.counters();
         result = {{"received", c.received}, {"malformed", c.malformed}, {"unknown-spi", c.unknown_spi},
                   {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused}};
     } else {
-        return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, counters)");
+        return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
     }
     reply["ok"] = true;
     reply["result"] = result;
@@ -549,6 +576,7 @@ int ike_daemon::run()
     sigemptyset(&mask);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGHUP);
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     add_fd(epoll_, signal_fd_);
@@ -607,6 +635,11 @@ int ike_daemon::run()
             if (fd == signal_fd_) {
                 signalfd_siginfo si{};
                 (void)!read(signal_fd_, &si, sizeof(si));
+                if (si.ssi_signo == SIGHUP) {
+                    std::string error;
+                    reload(error);
+                    continue;
+                }
                 log(log_level::info, "-", "shutting down: deleting IKE SAs");
                 manager_.shutdown();
                 return 0;

@@ -24,6 +24,7 @@
 namespace espresso::cp {
 
 struct daemon_options {
+    std::string config_path;        // re-read by `espresso reload` (and SIGHUP)
     std::string dataplane_socket;   // empty: no data plane (null installer)
     std::string control_socket;     // the operator socket
     log_level level = log_level::info;
@@ -75,6 +76,7 @@ private:
     void flush_client(client& c);
     nlohmann::json handle_request(const nlohmann::json& request);
     nlohmann::json status_json() const;
+    nlohmann::json reload(std::string& error);
     void connect_events();
     void read_events();
     void send_keepalives();

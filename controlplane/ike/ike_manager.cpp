@@ -1,5 +1,6 @@
 #include "ike_manager.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -73,6 +74,131 @@ void ike_manager::record_failure(negotiation_failure f)
     while (failures_.size() > 100) {
         failures_.pop_front();
     }
+}
+
+namespace {
+
+// Every setting of a peer, as one string: equal fingerprints = nothing to do on reload. Holds the
+// PSK, so it is wiped after use and never logged.
+std::string fingerprint(const config::ike_peer_config& p)
+{
+    std::string f;
+    auto add = [&](const std::string& s) {
+        f += std::to_string(s.size());
+        f += ':';
+        f += s;
+    };
+    auto add_prefixes = [&](const std::vector<config::ip_prefix>& v) {
+        for (const auto& x : v) {
+            add(config::to_string(x));
+        }
+        add("|");
+    };
+    auto add_proposals = [&](const std::vector<config::ike_proposal_config>& v) {
+        for (const auto& x : v) {
+            add(x.text);
+        }
+        add("|");
+    };
+    add(p.name);
+    add(std::to_string(p.version));
+    add(config::to_string(p.local_address));
+    add(p.remote_address ? config::to_string(*p.remote_address) : "any");
+    add(std::to_string(p.local_port) + "/" + std::to_string(p.remote_port));
+    add_proposals(p.proposals);
+    add(p.allow_legacy ? "legacy" : "");
+    add(std::to_string(static_cast<int>(p.local_id.kind)) + p.local_id.text);
+    add(std::to_string(static_cast<int>(p.remote_id.kind)) + p.remote_id.text);
+    add(std::to_string(static_cast<int>(p.auth.method)));
+    add(p.auth.psk);
+    add(p.auth.certificate);
+    add(p.auth.private_key);
+    for (const auto& ca : p.auth.ca) {
+        add(ca);
+    }
+    add(std::to_string(p.rekey_time) + "/" + std::to_string(p.dpd_interval) + "/" +
+        std::to_string(static_cast<int>(p.dpd_action)));
+    for (const auto& t : p.tunnels) {
+        add(t.name);
+        add_prefixes(t.local_ts);
+        add_prefixes(t.remote_ts);
+        add(std::to_string(static_cast<int>(t.mode)));
+        add_proposals(t.esp_proposals);
+        add(std::to_string(t.rekey_time) + "/" + std::to_string(t.rekey_bytes) + "/" + std::to_string(t.rekey_packets) +
+            "/" + std::to_string(static_cast<int>(t.start)) + "/" + std::to_string(t.replay_window));
+    }
+    return f;
+}
+
+bool same_settings(const config::ike_peer_config& a, const config::ike_peer_config& b)
+{
+    std::string fa = fingerprint(a), fb = fingerprint(b);
+    bool same = fa == fb;
+    OPENSSL_cleanse(fa.data(), fa.size());
+    OPENSSL_cleanse(fb.data(), fb.size());
+    return same;
+}
+
+} // namespace
+
+ike_manager::reload_result ike_manager::reload(config::ike_config next)
+{
+    reload_result r;
+    std::vector<peer_ptr> fresh;
+    std::vector<peer_ptr> to_start;
+    for (const auto& p : next.peers) {
+        auto old = find_peer(p.name);
+        if (old && same_settings(*old, p)) {
+            fresh.push_back(old); // the running SAs keep pointing at it
+            r.unchanged.push_back(p.name);
+            continue;
+        }
+        auto made = std::make_shared<const config::ike_peer_config>(p);
+        fresh.push_back(made);
+        (old ? r.changed : r.added).push_back(p.name);
+        to_start.push_back(made);
+    }
+    for (const auto& old : peers_) {
+        bool kept = std::any_of(next.peers.begin(), next.peers.end(), [&](const auto& p) { return p.name == old->name; });
+        if (!kept) {
+            r.removed.push_back(old->name);
+        }
+    }
+    // Tear down what is removed or changed (with the old settings), then switch.
+    for (const auto* list : {&r.removed, &r.changed}) {
+        for (const auto& name : *list) {
+            clear(name);
+        }
+    }
+    peers_ = std::move(fresh);
+    config_ = std::move(next);
+    for (const auto& p : peers_) {
+        if (p->auth.method == config::ike_auth_method::pubkey &&
+            std::find(r.unchanged.begin(), r.unchanged.end(), p->name) == r.unchanged.end()) {
+            std::string error;
+            auto creds = pubkey_credentials::load(p->auth, error);
+            if (!creds) {
+                io_.log(log_level::error, p->name, "reload: " + error);
+                credentials_.erase(p->name);
+                continue;
+            }
+            creds->allow_sha1(p->allow_legacy);
+            credentials_[p->name] = std::make_shared<const pubkey_credentials>(std::move(*creds));
+        }
+    }
+    for (const auto& p : to_start) {
+        std::vector<std::string> tunnels;
+        for (const auto& t : p->tunnels) {
+            if (t.start == config::ike_start_action::immediately) {
+                tunnels.push_back(t.name);
+            }
+        }
+        if (!tunnels.empty() && p->remote_address) {
+            keep_up_.insert(p->name);
+            create_initiator(p, std::move(tunnels));
+        }
+    }
+    return r;
 }
 
 ike_manager::peer_ptr ike_manager::find_peer(const std::string& name) const

@@ -46,6 +46,13 @@ public:
     std::string initiate(const std::string& name);
     // Deletes the IKE SAs of one peer (by name or address), or all when empty. Returns how many.
     size_t clear(const std::string& peer);
+    // `espresso reload`: a changed `ike:` section. Unchanged peers keep their SAs untouched; removed
+    // peers' SAs are deleted; changed peers' SAs are deleted and, with `start: immediately`, brought up
+    // again with the new settings; new peers start like at start-up.
+    struct reload_result {
+        std::vector<std::string> added, removed, changed, unchanged;
+    };
+    reload_result reload(config::ike_config next);
     // Deletes every SA locally (data plane) and tells peers, best effort: daemon shutdown.
     void shutdown();
     // Data plane events: acquire for a protect policy without SA; soft/hard expiry of an SA.

@@ -113,6 +113,7 @@ int main(int argc, char** argv)
     options.dataplane_socket = no_dataplane ? "" : (dp_socket_given ? dp_socket : cfg.dataplane.control_socket);
     options.control_socket = !socket.empty() ? socket : cp::ike_socket_path(cfg.dataplane.control_socket);
     options.log_file = !log_file.empty() ? log_file : cfg.ike.log_file;
+    options.config_path = config_path;
     try {
         cp::ike_daemon daemon(options, cfg);
         if (!daemon.startup_errors().empty()) {

@@ -505,6 +505,39 @@ TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
     EXPECT_EQ(f.b->counters().cookies_invalid, 1u);
 }
 
+TEST(ExchangeTest, ReloadKeepsUnchangedPeersAndRedoesChangedOnes)
+{
+    std::string yaml_a = peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a);
+    pair_fixture f(yaml_a, peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    uint64_t spi = f.only_sa(*f.a)->spi_i();
+    auto events = f.io_a.inst.events.size();
+    auto same = f.a->reload(config::load_string(yaml_a, "a.yaml").ike);
+    f.pump();
+    EXPECT_EQ(same.unchanged, std::vector<std::string>{"p"});
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), spi);
+    EXPECT_EQ(f.io_a.inst.events.size(), events); // untouched
+
+    std::string changed = yaml_a;
+    changed.replace(changed.find("esp-proposals: [aes256gcm16]"), 28, "esp-proposals: [aes256gcm16, aes128gcm16]");
+    auto r = f.a->reload(config::load_string(changed, "a.yaml").ike);
+    f.pump();
+    EXPECT_EQ(r.changed, std::vector<std::string>{"p"});
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), spi);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+
+    auto gone = f.a->reload(config::ike_config{});
+    f.pump();
+    EXPECT_EQ(gone.removed, std::vector<std::string>{"p"});
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
