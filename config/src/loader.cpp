@@ -1605,8 +1605,11 @@ policy_config loader::parse_policy(const YAML::Node& node, const std::string& pa
     }
 
     policy.action = choice<policy_action>(
-        require(m, "action", "add action: protect, bypass or discard"),
-        {{"protect", policy_action::protect}, {"bypass", policy_action::bypass}, {"discard", policy_action::discard}});
+        require(m, "action", "add action: protect, bypass, discard or trap"),
+        {{"protect", policy_action::protect},
+         {"bypass", policy_action::bypass},
+         {"discard", policy_action::discard},
+         {"trap", policy_action::trap}});
     if (const field* f = m.find("priority")) {
         policy.priority = static_cast<uint32_t>(number(*f, 0, UINT32_MAX));
     }

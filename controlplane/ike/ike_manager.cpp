@@ -241,14 +241,6 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
 void ike_manager::start()
 {
     for (const auto& peer : peers_) {
-        for (const auto& t : peer->tunnels) {
-            if (t.start == config::ike_start_action::on_traffic) {
-                io_.log(log_level::warning, peer->name,
-                        "tunnel " + t.name + ": start on-traffic needs trap policies in espresso-dp, which it does not "
-                        "have yet; the tunnel comes up when the peer initiates or with `espresso initiate " + peer->name +
-                        "/" + t.name + "`");
-            }
-        }
         std::vector<std::string> tunnels;
         for (const auto& t : peer->tunnels) {
             if (t.start == config::ike_start_action::immediately) {

@@ -99,6 +99,42 @@ std::string dataplane_installer::install(const config::sa_config& sa)
     return error;
 }
 
+std::optional<uint32_t> dataplane_installer::add_policy(const nlohmann::json& policy, std::string& error)
+{
+    if (error = connect(); !error.empty()) {
+        return std::nullopt;
+    }
+    try {
+        auto reply = client_->request("add-policy", {{"policy", policy}});
+        if (!reply.value("ok", false)) {
+            error = reply.value("error", std::string("refused"));
+            return std::nullopt;
+        }
+        return reply["result"].value("id", 0u);
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        error = e.what();
+    }
+    return std::nullopt;
+}
+
+std::string dataplane_installer::remove_policy(uint32_t id)
+{
+    if (auto err = connect(); !err.empty()) {
+        return err;
+    }
+    try {
+        auto reply = client_->request("delete-policy", {{"id", id}});
+        if (!reply.value("ok", false)) {
+            return reply.value("error", std::string("refused"));
+        }
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        return e.what();
+    }
+    return "";
+}
+
 std::string dataplane_installer::remove(config::direction dir, uint32_t spi)
 {
     if (auto err = connect(); !err.empty()) {

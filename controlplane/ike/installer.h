@@ -23,6 +23,10 @@ public:
     std::string remove(config::direction dir, uint32_t spi) override;
     // Connects if not connected; "" or the reason.
     std::string connect();
+    // add-policy / delete-policy (trap policies for `start: on-traffic` tunnels). Returns the
+    // policy's id, or nullopt with `error` set.
+    std::optional<uint32_t> add_policy(const nlohmann::json& policy, std::string& error);
+    std::string remove_policy(uint32_t id);
 
 private:
     std::string path_;

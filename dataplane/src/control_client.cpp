@@ -112,12 +112,12 @@ std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_c
             }
         }
         const auto now = std::chrono::steady_clock::now();
-        if (now >= deadline) {
-            return std::nullopt;
-        }
-        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
+        // Past the deadline (or a zero timeout, as an epoll caller uses) still takes what has
+        // already arrived: one poll without waiting.
+        const bool expired = now >= deadline;
+        const auto wait = expired ? 0 : std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
         pollfd p{fd_, POLLIN, 0};
-        const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(wait + 1, 1 << 30)));
+        const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(wait, 1 << 30)));
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
@@ -125,6 +125,9 @@ std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_c
             throw control_client_error(control_client_error::kind::io, "poll: " + errno_text(errno));
         }
         if (ready == 0) {
+            if (expired) {
+                return std::nullopt;
+            }
             continue; // re-check the deadline
         }
         char chunk[65536];

@@ -201,6 +201,8 @@ std::string action_name(config::policy_action action)
         return "bypass";
     case config::policy_action::discard:
         return "discard";
+    case config::policy_action::trap:
+        return "trap";
     }
     return "bypass";
 }

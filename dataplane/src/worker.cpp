@@ -410,7 +410,7 @@ private:
                         drop(m, gateway_drop::spd_discard);
                         continue;
                     }
-                    if (in.action == config::policy_action::protect) {
+                    if (in.action == config::policy_action::protect || in.action == config::policy_action::trap) {
                         // RFC 4301 §5.2: cleartext that an inbound SA should have carried.
                         drop(m, gateway_drop::unprotected);
                         continue;

@@ -13,6 +13,7 @@ Scenarios (each a fresh IKE SA on one topology):
   ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under continuous ping: no loss
   delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
   certs       ECDSA certificates (RFC 7427 signatures, CERT/CERTREQ), both roles; an untrusted CA refused
+  on_traffic  start: on-traffic: a trap policy in espresso-dp, acquire, the tunnel comes up on demand
   mismatch    PSK and DH group mismatch: `failures` names the cause
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
@@ -275,6 +276,31 @@ def scenario_certs(topo, run, br):
     run.stop_ike()
 
 
+def scenario_on_traffic(topo, run, br):
+    """start: on-traffic: espresso-ike installs a trap policy; the first packet from host-hq raises an
+    acquire in espresso-dp, espresso-ike initiates, and the pings that follow cross the tunnel. After
+    `clear crypto sa` the trap catches the next packet again."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="on-traffic"))
+    log = run.topo.process_log(run.ike)
+    assert "trap policy 192.168.1.0/24 === 192.168.2.0/24 installed" in log, log
+    assert not ike_sas(run), "no IKE SA before traffic"
+    got = ping(topo, "host-hq", "192.168.2.10", count=15)
+    if not ready_sa(run):
+        print(run.cli("show dataplane", check=False), run.cli("--json show crypto ipsec sa", check=False), flush=True)
+        print(sh(f"{CLI} --config {run.topo.hq_config} --json show dataplane", capture=True, check=False).stdout)
+    sa = wait(lambda: ready_sa(run), 15, "IKE SA brought up by traffic")
+    assert sa["role"] == "initiator", sa
+    assert got >= 10, f"only {got}/15 pings crossed after the on-demand tunnel came up"
+    run.cli("clear crypto sa")
+    wait(lambda: not ike_sas(run) and not br.list_sas(), 15, "SAs gone after clear")
+    got = ping(topo, "host-hq", "192.168.2.10", count=15)
+    wait(lambda: ready_sa(run), 15, "IKE SA brought up again by traffic")
+    assert got >= 10, f"only {got}/15 pings crossed the second time"
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
 def scenario_mismatch(topo, run, br):
     run.start_ike(ike_yaml(secret="not-the-same-key"))
     br.load(site_conf("gw-branch"))
@@ -292,6 +318,7 @@ def scenario_mismatch(topo, run, br):
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
+             "on_traffic": scenario_on_traffic,
              "mismatch": scenario_mismatch}
 
 

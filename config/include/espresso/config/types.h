@@ -142,7 +142,9 @@ struct neighbor_config {
 };
 
 // `policies:` explicit SPD entries (RFC 4301 §4.4.1) besides those the SAs imply.
-enum class policy_action : uint8_t { protect, bypass, discard };
+// trap: protect with an SA that IKE negotiates on demand. Until an SA's implied (higher-priority)
+// policy covers the traffic, matching packets raise an acquire event and are dropped (RFC 4301 §5.1).
+enum class policy_action : uint8_t { protect, bypass, discard, trap };
 struct policy_config {
     ip_prefix local;
     ip_prefix remote;
