@@ -234,13 +234,15 @@ def swanctl_conf(local_addrs, remote_addrs, local_ts, remote_ts, *, name="s2s", 
     return "\n".join(lines) + "\n"
 
 
-def make_pki(directory, peers, days=30):
+def make_pki(directory, peers, days=30, key="ec"):
     """A test CA and one certificate per peer, made with openssl (Debian 12 has no strongSwan pki tool).
 
     peers: {"branch": "203.0.113.1", "hq": "198.51.100.1"} -> the IP becomes the certificate's
     subjectAltName (strongSwan matches id = <IP> against it). Returns {peer: {"cert":, "key":, "ca":}}
     with absolute paths; pass files=make_pki(...)[peer] to Charon.load to install them.
+    key: "ec" (P-256) or "rsa" (RSA 2048) for the CA and the peers.
     """
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key == "ec" else ["-newkey", "rsa:2048"]
     os.makedirs(directory, exist_ok=True)
     ca_key = os.path.join(directory, "ca.key")
     ca = os.path.join(directory, "ca.pem")
@@ -248,7 +250,7 @@ def make_pki(directory, peers, days=30):
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", str(days),
+    run("req", "-x509", *newkey, "-nodes", "-days", str(days),
         "-subj", "/O=Espresso test/CN=Espresso test CA", "-keyout", ca_key, "-out", ca,
         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     out = {}
@@ -259,7 +261,7 @@ def make_pki(directory, peers, days=30):
         ext = os.path.join(directory, f"{peer}.ext")
         with open(ext, "w") as f:
             f.write(f"subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n")
-        run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        run("req", "-new", *newkey, "-nodes",
             "-subj", f"/O=Espresso test/CN={ip}", "-keyout", key, "-out", csr)
         run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", str(days),
             "-extfile", ext, "-out", cert)

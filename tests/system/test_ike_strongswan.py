@@ -13,6 +13,8 @@ Scenarios (each a fresh IKE SA on one topology):
   ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under continuous ping: no loss
   delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
   certs       ECDSA certificates (RFC 7427 signatures, CERT/CERTREQ), both roles; an untrusted CA refused
+  certs_rsa   RSA certificates, espresso initiates
+  real_nat    an nftables masquerading NAT in front of HQ: NAT-D, float, encapsulation, keepalives
   on_traffic  start: on-traffic: a trap policy in espresso-dp, acquire, the tunnel comes up on demand
   mismatch    PSK and DH group mismatch: `failures` names the cause
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
@@ -235,6 +237,54 @@ def scenario_ike_rekey(topo, run, br):
     run.stop_ike()
 
 
+def scenario_certs_rsa(topo, run, br):
+    """RSA 2048 certificates (RFC 7427 sha256WithRSAEncryption); espresso initiates."""
+    pki = make_pki(os.path.join(run.dir, "pki-rsa"), {"hq": "198.51.100.1", "branch": "203.0.113.1"}, key="rsa")
+    for p in pki.values():
+        os.chmod(p["key"], 0o600)
+    hq = pki["hq"]
+    auth = f"{{ method: pubkey, certificate: {hq['cert']}, private-key: {hq['key']}, ca: [{hq['ca']}] }}"
+    conf = site_conf("gw-branch", auth="pubkey", psk=None, cert=os.path.basename(pki["branch"]["cert"]),
+                     cacert=os.path.basename(pki["branch"]["ca"]), start_action="none")
+    br.load(conf, files=pki["branch"])
+    run.start_ike(ike_yaml(auth=auth, start="immediately"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY with RSA certificates")
+    assert sa["role"] == "initiator", sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    run.cli("clear crypto sa")
+    wait(lambda: not br.list_sas(), 15, "strongSwan drops the IKE SA")
+    run.stop_ike()
+
+
+def scenario_real_nat(topo, run, br):
+    """A real NAT: the inet router masquerades HQ's traffic towards the branch (nftables, ports
+    translated). espresso-ike (behind it) detects the NAT, floats to 4500, UDP-encapsulates ESP and
+    sends keepalives; strongSwan sees 203.0.113.254 with a translated port."""
+    ns = topo.ns["inet"]
+    sh("nft add table ip espnat", ns=ns)
+    sh("nft add chain ip espnat post '{ type nat hook postrouting priority 100; }'", ns=ns)
+    # "random": translate source ports too, as carrier-grade NATs do (plain masquerade keeps them).
+    sh("nft add rule ip espnat post oifname inet-branch masquerade random", ns=ns)
+    try:
+        br.load(site_conf("gw-branch", remote_addrs="%any", start_action="none"))
+        run.start_ike(ike_yaml(start="immediately"))
+        sas = wait(lambda: br.list_sas(), 30, "strongSwan IKE SA through the NAT")
+        br.wait_for_child("net", timeout=30)
+        ike = sas[0]
+        assert ike.get("remote-host") == "203.0.113.254", ike
+        assert ike.get("remote-port") not in ("500", "4500"), f"the NAT should translate the port: {ike}"
+        sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY behind the NAT")
+        assert sa["nat"]["local-behind-nat"], sa
+        assert sa["local"].endswith(":4500"), sa
+        assert ping(topo, "host-hq", "192.168.2.10", count=10) >= 9
+        assert ping(topo, "host-branch", "192.168.1.10", count=10) >= 9
+        br.terminate(ike="s2s", check=False)
+        run.stop_ike()
+    finally:
+        sh("nft delete table ip espnat", ns=ns, check=False)
+
+
 def scenario_certs(topo, run, br):
     """ECDSA certificates from one test CA (openssl CLI), identities = the gateways' addresses in the
     certificates' subjectAltName; strongSwan initiates, then espresso; then a certificate from another
@@ -318,6 +368,7 @@ def scenario_mismatch(topo, run, br):
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
+             "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic,
              "mismatch": scenario_mismatch}
 
