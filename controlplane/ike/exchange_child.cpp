@@ -2,6 +2,7 @@
 // (new inbound, new outbound, then delete the old pair; ARCHITECTURE.md). IKE SA rekeying (§1.3.2)
 // is in exchange_ike_rekey.cpp.
 #include <algorithm>
+#include <array>
 #include <memory>
 
 #include "ike_sa.h"
@@ -75,6 +76,7 @@ void ike_sa::rekey_child(uint32_t spi_in)
         return;
     }
     it->st = child_sa::state::rekeyed;
+    rekeying_children_.push_back(spi_in);
     offer_opt->rekeys = spi_in;
     // §1.3.3: REKEY_SA names the SA being rekeyed by the SPI the peer uses to send to us (our inbound).
     offer_opt->payloads.insert(offer_opt->payloads.begin(),
@@ -89,10 +91,30 @@ void ike_sa::rekey_child(uint32_t spi_in)
         bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
         bool ok = np != nullptr && complete_child(*offer, reply, nullptr, offer->nonce, nr);
         uint32_t old = *offer->rekeys;
+        std::erase(rekeying_children_, old);
         if (ok) {
+            auto col = std::find_if(collisions_.begin(), collisions_.end(),
+                                    [&](const rekey_collision& c) { return c.old_spi_in == old; });
+            if (col != collisions_.end()) {
+                // §2.8.1: both ends rekeyed the same Child SA. The SA created by the exchange with the
+                // lowest of the four nonces is redundant; the node that initiated that exchange
+                // deletes it. Both ends then delete the old SA.
+                std::array<const bytes*, 4> nonces{&offer->nonce, &nr, &col->nonce_i, &col->nonce_r};
+                auto lowest = std::min_element(nonces.begin(), nonces.end(), [](const bytes* a, const bytes* b) {
+                    return std::lexicographical_compare(a->begin(), a->end(), b->begin(), b->end());
+                });
+                bool ours_redundant = lowest == nonces.begin() || lowest == nonces.begin() + 1;
+                log(log_level::info, std::string("Child SA rekey collision (RFC 7296 §2.8.1): ") +
+                                         (ours_redundant ? "our" : "the peer's") + " new Child SA is redundant");
+                if (ours_redundant) {
+                    delete_child(offer->spi_in, true);
+                }
+                collisions_.erase(col);
+            }
             delete_child(old, true);
             return;
         }
+        std::erase_if(collisions_, [&](const rekey_collision& c) { return c.old_spi_in == old; });
         for (auto& c : children_) {
             if (c.spi_in == old) {
                 c.st = child_sa::state::installed;
@@ -134,7 +156,33 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
                           {notify(notify_type::child_sa_not_found, {}, static_cast<uint8_t>(protocol_id::esp), n->spi)});
             return;
         }
+        if (it->st == child_sa::state::deleting) {
+            // §2.25: a rekey of a Child SA we are deleting (we rekeyed it already).
+            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::temporary_failure)});
+            return;
+        }
         rekeys = spi;
+        uint32_t old_in = it->spi_in;
+        if (std::find(rekeying_children_.begin(), rekeying_children_.end(), old_in) != rekeying_children_.end()) {
+            // Our rekey of the same Child SA is in flight: remember this one's nonces (§2.8.1).
+            auto reply = accept_child(payloads, true, rekeys);
+            const auto* ni = find_payload(payloads, payload_type::nonce);
+            const auto* nr = find_payload(reply, payload_type::nonce);
+            const auto* sa = find_payload(reply, payload_type::sa);
+            if (ni != nullptr && nr != nullptr && sa != nullptr) {
+                const auto& spi_bytes = std::get<sa_payload>(sa->body).proposals.front().spi;
+                rekey_collision c;
+                c.old_spi_in = old_in;
+                c.their_new_spi_in = spi_bytes.size() == 4 ? (uint32_t{spi_bytes[0]} << 24) | (uint32_t{spi_bytes[1]} << 16) |
+                                                                 (uint32_t{spi_bytes[2]} << 8) | spi_bytes[3]
+                                                           : 0;
+                c.nonce_i = std::get<nonce_payload>(ni->body).data;
+                c.nonce_r = std::get<nonce_payload>(nr->body).data;
+                collisions_.push_back(std::move(c));
+            }
+            send_response(exchange_type::create_child_sa, message_id, reply);
+            return;
+        }
     }
     send_response(exchange_type::create_child_sa, message_id, accept_child(payloads, true, rekeys));
 }

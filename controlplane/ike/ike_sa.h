@@ -235,6 +235,15 @@ private:
     std::string remote_id_text_;
     bool restart_requested_ = false;
     std::shared_ptr<const pubkey_credentials> credentials_;
+    // §2.8.1 simultaneous Child SA rekeying: Child SAs we are rekeying (old spi_in), and the peer's
+    // rekey of the same SA that crossed ours (its nonces and the Child SA it created).
+    struct rekey_collision {
+        uint32_t old_spi_in = 0;
+        uint32_t their_new_spi_in = 0;
+        bytes nonce_i, nonce_r;
+    };
+    std::vector<uint32_t> rekeying_children_;
+    std::vector<rekey_collision> collisions_;
     std::vector<uint16_t> peer_hash_algorithms_; // RFC 7427 §4 SIGNATURE_HASH_ALGORITHMS from the peer
     bool uses_certificates() const noexcept { return peer_.auth.method == config::ike_auth_method::pubkey; }
     std::optional<auth_payload> own_auth_payload(const id_payload& id, std::string& error) const;

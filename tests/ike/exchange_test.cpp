@@ -538,6 +538,28 @@ TEST(ExchangeTest, ReloadKeepsUnchangedPeersAndRedoesChangedOnes)
     EXPECT_TRUE(f.io_a.inst.sas.empty());
 }
 
+TEST(ExchangeTest, SimultaneousChildRekeyLeavesOnePair)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    uint32_t a_old = f.only_sa(*f.a)->children()[0].spi_in;
+    uint32_t b_old = f.only_sa(*f.b)->children()[0].spi_in;
+    // Both ends start rekeying the same Child SA before either request arrives (§2.8.1).
+    f.a->sas().begin()->second->rekey_child(a_old);
+    f.b->sas().begin()->second->rekey_child(b_old);
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->children()[0].spi_in, a_old);
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].spi_in, f.only_sa(*f.b)->children()[0].spi_out);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
