@@ -34,7 +34,7 @@ int main(int argc, char** argv)
 {
     using namespace espresso;
     std::string config_path, dp_socket, socket, log_level = "info", log_file;
-    bool no_dataplane = false, check = false, dp_socket_given = false, retransmit_given = false;
+    bool no_dataplane = false, check = false, dp_socket_given = false, base_given = false, tries_given = false;
     cp::daemon_options options;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
@@ -60,10 +60,10 @@ int main(int argc, char** argv)
             log_file = value("--log-file");
         } else if (a == "--retransmit-ms") {
             options.retransmit.base = std::chrono::milliseconds(std::stoul(value("--retransmit-ms")));
-            retransmit_given = true;
+            base_given = true;
         } else if (a == "--retransmit-tries") {
             options.retransmit.tries = static_cast<unsigned>(std::stoul(value("--retransmit-tries")));
-            retransmit_given = true;
+            tries_given = true;
         } else if (a == "--check") {
             check = true;
         } else if (a == "--help" || a == "-h") {
@@ -106,8 +106,11 @@ int main(int argc, char** argv)
         std::cerr << "espresso-ike: --log-level must be error, warning, info or debug\n";
         return 2;
     }
-    if (!retransmit_given) {
+    // The command line wins over the file, setting by setting.
+    if (!base_given) {
         options.retransmit.base = std::chrono::milliseconds(cfg.ike.retransmit_timeout_ms);
+    }
+    if (!tries_given) {
         options.retransmit.tries = cfg.ike.retransmit_tries;
     }
     options.dataplane_socket = no_dataplane ? "" : (dp_socket_given ? dp_socket : cfg.dataplane.control_socket);

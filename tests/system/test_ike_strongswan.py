@@ -17,11 +17,13 @@ Scenarios (each a fresh IKE SA on one topology):
   real_nat    an nftables masquerading NAT in front of HQ: NAT-D, float, encapsulation, keepalives
   on_traffic  start: on-traffic: a trap policy in espresso-dp, acquire, the tunnel comes up on demand
   mismatch    PSK and DH group mismatch: `failures` names the cause
+  dpd_killed_peer  strongSwan killed with SIGKILL: DPD clears the SAs (charon restarted afterwards)
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,10 +41,11 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0", ike_rekey="0", auth=None):
+             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False):
     auth = auth or f'{{ method: psk, secret: "{secret}" }}'
+    retransmit = "  retransmit-timeout-ms: 300\n  retransmit-tries: 2\n" if fast_retransmit else ""
     return f"""ike:
-  peers:
+{retransmit}  peers:
     - name: branch
       local-address: 198.51.100.1
       remote-address: 203.0.113.1
@@ -366,11 +369,30 @@ def scenario_mismatch(topo, run, br):
     run.stop_ike()
 
 
+def scenario_dpd_killed_peer(topo, run, br):
+    """DPD against strongSwan killed with SIGKILL (no Delete): espresso-ike notices within
+    interval + retransmissions, records the cause and removes the Child SAs from espresso-dp.
+    Kills charon: run it last (a fresh charon is started for anything after it)."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="immediately", dpd="1s", fast_retransmit=True))
+    br.wait_for_child("net", timeout=30)
+    wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), "no SAs in the data plane"
+    os.kill(br.pid, signal.SIGKILL)
+    wait(lambda: "DPD" in run.cli("show crypto ike failures"), 20, "DPD to declare strongSwan dead")
+    wait(lambda: not json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), 10,
+         "the dead peer's SAs to leave the data plane")
+    run.cli("clear crypto sa")  # stop the keep-up retries before the next scenario
+    run.stop_ike()
+    topo.charons.pop("gw-branch", None)
+    return topo.start_charon("gw-branch")
+
+
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic,
-             "mismatch": scenario_mismatch}
+             "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer}
 
 
 def main():
@@ -387,7 +409,8 @@ def main():
         for name in wanted:
             t0 = time.time()
             try:
-                SCENARIOS[name](topo, run, br)
+                fresh = SCENARIOS[name](topo, run, br)
+                br = fresh or br
                 print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
             except Exception:  # noqa: BLE001
                 failed += 1
