@@ -40,8 +40,11 @@ bool known_types_only(const proposal& p)
 
 enum class mismatch : uint8_t { none, protocol, encr, integ, prf, dh, esn };
 
-const char* mismatch_text(mismatch m)
+const char* mismatch_text(mismatch m, protocol_id protocol)
 {
+    if (m == mismatch::dh && protocol != protocol_id::ike) {
+        return "PFS mismatch: no common DH group for the Child SA (or PFS on one side only)";
+    }
     switch (m) {
     case mismatch::protocol: return "the peer proposed another protocol";
     case mismatch::encr: return "no common encryption algorithm";
@@ -251,7 +254,7 @@ std::optional<selection> select_proposal(const std::vector<config::ike_proposal_
         offered += describe(offer);
     }
     why = "peer offered " + (offered.empty() ? std::string("nothing") : offered) + "; we accept " + join_ours(ours) +
-          ": " + mismatch_text(furthest == mismatch::none ? mismatch::protocol : furthest);
+          ": " + mismatch_text(furthest == mismatch::none ? mismatch::protocol : furthest, protocol);
     return std::nullopt;
 }
 

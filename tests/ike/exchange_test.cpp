@@ -560,6 +560,22 @@ TEST(ExchangeTest, SimultaneousChildRekeyLeavesOnePair)
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
+TEST(ExchangeTest, PfsMismatchIsNamed)
+{
+    std::string t_a = default_tunnel_a, t_b = default_tunnel_b;
+    t_b.replace(t_b.find("aes256gcm16"), 11, "aes256gcm16-ecp256");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, t_a), peer_yaml("203.0.113.1", "198.51.100.1", psk, t_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    // IKE_AUTH carries no PFS (§1.2): the first Child SA comes up; the second one would need it.
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    f.a->sas().begin()->second->start_child("lan");
+    f.pump();
+    ASSERT_FALSE(f.io_b.failures.empty());
+    EXPECT_NE(f.io_b.failures.back().cause.find("PFS mismatch"), std::string::npos) << f.io_b.failures.back().cause;
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
