@@ -4,30 +4,11 @@
 #include <memory>
 
 #include "ike_sa.h"
+#include "wire_helpers.h"
 #include "traffic_selectors.h"
 
 namespace espresso::cp {
 namespace {
-
-payload notify(notify_type type, bytes data = {}, uint8_t protocol = 0, bytes spi = {})
-{
-    notify_payload n;
-    n.protocol = protocol;
-    n.spi = std::move(spi);
-    n.type = static_cast<uint16_t>(type);
-    n.data = std::move(data);
-    return payload{payload_type::notify, false, std::move(n)};
-}
-
-bytes be32(uint32_t v)
-{
-    return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
-}
-
-uint32_t read_be32(const bytes& b)
-{
-    return b.size() == 4 ? (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3] : 0;
-}
 
 bytes id_body(const id_payload& id)
 {
@@ -248,7 +229,7 @@ std::optional<ike_sa::child_offer> ike_sa::make_child_offer(const std::string& t
     } while (offer.spi_in < 0x100);
     auto proposals = with_nonce_and_pfs ? t->esp_proposals : without_dh(t->esp_proposals);
     if (t->mode == config::ipsec_mode::transport) {
-        offer.payloads.push_back(notify(notify_type::use_transport_mode));
+        offer.payloads.push_back(make_notify(notify_type::use_transport_mode));
     }
     offer.payloads.push_back(payload{payload_type::sa, false, sa_payload{to_wire(proposals, protocol_id::esp, be32(offer.spi_in))}});
     if (with_nonce_and_pfs) {
@@ -292,7 +273,7 @@ void ike_sa::send_auth_request()
         for (auto& c : own_certificates()) {
             p.push_back(std::move(c));
         }
-        p.push_back(notify(notify_type::initial_contact));
+        p.push_back(make_notify(notify_type::initial_contact));
         if (uses_certificates() && credentials_) {
             bytes hashes;
             for (const auto& h : credentials_->certreq_hashes()) {
@@ -349,7 +330,7 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
 {
     std::string why;
     if (!verify_peer_auth(payloads, why)) {
-        send_response(exchange_type::ike_auth, message_id, {notify(notify_type::authentication_failed)});
+        send_response(exchange_type::ike_auth, message_id, {make_notify(notify_type::authentication_failed)});
         fail("IKE_AUTH from " + to_string(remote_) + " failed: " + why + ".",
              "compare auth.secret and remote-id of peer " + peer_.name + " with the peer's configuration.");
         return;
@@ -363,7 +344,7 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
     std::string error;
     auto auth = own_auth_payload(id, error);
     if (!auth) {
-        send_response(exchange_type::ike_auth, message_id, {notify(notify_type::authentication_failed)});
+        send_response(exchange_type::ike_auth, message_id, {make_notify(notify_type::authentication_failed)});
         fail("cannot sign our AUTH payload for " + to_string(remote_) + ": " + error + ".",
              "check auth.certificate and auth.private-key of peer " + peer_.name + ".");
         return;
@@ -383,7 +364,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
     const auto* tsi = ts_of(request, payload_type::tsi);
     const auto* tsr = ts_of(request, payload_type::tsr);
     if (sap == nullptr || tsi == nullptr || tsr == nullptr) {
-        return {notify(notify_type::invalid_syntax)};
+        return {make_notify(notify_type::invalid_syntax)};
     }
     const auto& offered = std::get<sa_payload>(sap->body);
     bool transport = find_notify(request, notify_type::use_transport_mode) != nullptr;
@@ -421,7 +402,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
             continue;
         }
         if (chosen->theirs->spi.size() != 4) {
-            return {notify(notify_type::invalid_syntax)};
+            return {make_notify(notify_type::invalid_syntax)};
         }
 
         // Nonces and PFS for CREATE_CHILD_SA (§1.3.1).
@@ -433,7 +414,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
         if (create_child_sa) {
             const auto* np = find_payload(request, payload_type::nonce);
             if (np == nullptr) {
-                return {notify(notify_type::invalid_syntax)};
+                return {make_notify(notify_type::invalid_syntax)};
             }
             ni = std::get<nonce_payload>(np->body).data;
             own_nonce.assign(32, 0);
@@ -444,7 +425,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
                 const ke_payload* ke = kp != nullptr ? std::get_if<ke_payload>(&kp->body) : nullptr;
                 if (ke == nullptr || ke->group != chosen->transforms.dh) {
                     uint16_t g = chosen->transforms.dh;
-                    return {notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})};
+                    return {make_notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})};
                 }
                 kex = key_exchange::create(ke->group);
                 std::string error;
@@ -452,7 +433,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
                     g_ir = kex->shared_secret(ke->data, error);
                 }
                 if (!g_ir) {
-                    return {notify(notify_type::no_proposal_chosen)};
+                    return {make_notify(notify_type::no_proposal_chosen)};
                 }
             }
         }
@@ -472,7 +453,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
         auto keymat = derive_child_keymat(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(),
                                           g_ir ? g_ir->view() : std::span<const uint8_t>{}, ni, nr, 2 * each);
         if (!install_child(child, keymat, false)) {
-            return {notify(notify_type::no_additional_sas)};
+            return {make_notify(notify_type::no_additional_sas)};
         }
         schedule_rekey(child, t);
         if (rekeys) {
@@ -484,7 +465,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
         }
         children_.push_back(child);
         if (transport) {
-            reply.push_back(notify(notify_type::use_transport_mode));
+            reply.push_back(make_notify(notify_type::use_transport_mode));
         }
         reply.push_back(payload{payload_type::sa, false,
                                 sa_payload{{to_wire(chosen->transforms, protocol_id::esp, chosen->theirs->number, be32(child.spi_in))}}});
@@ -504,7 +485,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
                                   : "make the tunnel's esp-proposals share a transform set with the peer's ESP proposals "
                                     "(and the same PFS group, or none on both sides)."});
     log(log_level::error, "Child SA refused: " + cause);
-    return {notify(proposal_matched ? notify_type::ts_unacceptable : notify_type::no_proposal_chosen)};
+    return {make_notify(proposal_matched ? notify_type::ts_unacceptable : notify_type::no_proposal_chosen)};
 }
 
 bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,

@@ -6,27 +6,9 @@
 #include <memory>
 
 #include "ike_sa.h"
+#include "wire_helpers.h"
 
 namespace espresso::cp {
-namespace {
-
-payload notify(notify_type type, bytes data = {}, uint8_t protocol = 0, bytes spi = {})
-{
-    notify_payload n;
-    n.protocol = protocol;
-    n.spi = std::move(spi);
-    n.type = static_cast<uint16_t>(type);
-    n.data = std::move(data);
-    return payload{payload_type::notify, false, std::move(n)};
-}
-
-bytes be32(uint32_t v)
-{
-    return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
-}
-
-} // namespace
-
 void ike_sa::start_child(const std::string& tunnel)
 {
     auto offer_opt = make_child_offer(tunnel, true);
@@ -80,7 +62,7 @@ void ike_sa::rekey_child(uint32_t spi_in)
     offer_opt->rekeys = spi_in;
     // §1.3.3: REKEY_SA names the SA being rekeyed by the SPI the peer uses to send to us (our inbound).
     offer_opt->payloads.insert(offer_opt->payloads.begin(),
-                               notify(notify_type::rekey_sa, {}, static_cast<uint8_t>(protocol_id::esp), be32(spi_in)));
+                               make_notify(notify_type::rekey_sa, {}, static_cast<uint8_t>(protocol_id::esp), be32(spi_in)));
     log(log_level::info, "rekeying Child SA " + it->tunnel);
     auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
     pending_request r;
@@ -146,19 +128,19 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
     std::optional<uint32_t> rekeys;
     if (const auto* n = find_notify(payloads, notify_type::rekey_sa)) {
         if (n->spi.size() != 4) {
-            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+            send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::invalid_syntax)});
             return;
         }
         uint32_t spi = (uint32_t{n->spi[0]} << 24) | (uint32_t{n->spi[1]} << 16) | (uint32_t{n->spi[2]} << 8) | n->spi[3];
         auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_out == spi; });
         if (it == children_.end()) {
             send_response(exchange_type::create_child_sa, message_id,
-                          {notify(notify_type::child_sa_not_found, {}, static_cast<uint8_t>(protocol_id::esp), n->spi)});
+                          {make_notify(notify_type::child_sa_not_found, {}, static_cast<uint8_t>(protocol_id::esp), n->spi)});
             return;
         }
         if (it->st == child_sa::state::deleting) {
             // §2.25: a rekey of a Child SA we are deleting (we rekeyed it already).
-            send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::temporary_failure)});
+            send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
             return;
         }
         rekeys = spi;

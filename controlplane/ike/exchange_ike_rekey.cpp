@@ -7,39 +7,9 @@
 #include <memory>
 
 #include "ike_sa.h"
+#include "wire_helpers.h"
 
 namespace espresso::cp {
-namespace {
-
-payload notify(notify_type type, bytes data = {})
-{
-    notify_payload n;
-    n.type = static_cast<uint16_t>(type);
-    n.data = std::move(data);
-    return payload{payload_type::notify, false, std::move(n)};
-}
-
-bytes be64(uint64_t v)
-{
-    bytes b(8);
-    for (int i = 7; i >= 0; --i) {
-        b[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-    return b;
-}
-
-uint64_t read_be64(const bytes& b)
-{
-    uint64_t v = 0;
-    for (uint8_t x : b) {
-        v = (v << 8) | x;
-    }
-    return v;
-}
-
-} // namespace
-
 void ike_sa::schedule_ike_rekey()
 {
     if (peer_.rekey_time == 0) {
@@ -57,16 +27,7 @@ void ike_sa::adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::v
                    bool nat_remote, std::string remote_id)
 {
     ike_transforms_ = transforms;
-    auto enc = static_cast<encr_id>(transforms.encr);
-    auto integ = static_cast<integ_id>(transforms.integ);
-    bool initiator = role_ == role::initiator;
-    out_ = sk_cipher::create(enc, transforms.key_bits, integ, initiator ? keys.sk_ei.view() : keys.sk_er.view(),
-                             initiator ? keys.sk_ai.view() : keys.sk_ar.view());
-    in_ = sk_cipher::create(enc, transforms.key_bits, integ, initiator ? keys.sk_er.view() : keys.sk_ei.view(),
-                            initiator ? keys.sk_ar.view() : keys.sk_ai.view());
-    sk_d_ = keys.sk_d;
-    sk_pi_ = keys.sk_pi;
-    sk_pr_ = keys.sk_pr;
+    use_keys(keys);
     children_ = std::move(children);
     nat_local_ = nat_local;
     nat_remote_ = nat_remote;
@@ -176,35 +137,35 @@ void ike_sa::rekey_ike()
 void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<payload>& payloads)
 {
     if (rekeying_ike_) {
-        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::temporary_failure)});
+        send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
         return;
     }
     const auto* sap = find_payload(payloads, payload_type::sa);
     const auto* np = find_payload(payloads, payload_type::nonce);
     const auto* kp = find_payload(payloads, payload_type::ke);
     if (np == nullptr || kp == nullptr) {
-        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+        send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::invalid_syntax)});
         return;
     }
     std::string why;
     auto chosen = select_proposal(peer_.proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
     if (!chosen || chosen->theirs->spi.size() != 8) {
         log(log_level::warning, "IKE SA rekey refused: " + why);
-        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::no_proposal_chosen)});
+        send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::no_proposal_chosen)});
         return;
     }
     const auto& ke = std::get<ke_payload>(kp->body);
     if (ke.group != chosen->transforms.dh) {
         uint16_t g = chosen->transforms.dh;
         send_response(exchange_type::create_child_sa, message_id,
-                      {notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})});
+                      {make_notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})});
         return;
     }
     auto kex = key_exchange::create(ke.group);
     std::string error;
     auto g_ir = kex ? kex->shared_secret(ke.data, error) : std::nullopt;
     if (!g_ir) {
-        send_response(exchange_type::create_child_sa, message_id, {notify(notify_type::invalid_syntax)});
+        send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::invalid_syntax)});
         return;
     }
     uint64_t spi_r = 0;

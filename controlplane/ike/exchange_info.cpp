@@ -2,22 +2,9 @@
 #include <algorithm>
 
 #include "ike_sa.h"
+#include "wire_helpers.h"
 
 namespace espresso::cp {
-namespace {
-
-bytes be32(uint32_t v)
-{
-    return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
-}
-
-uint32_t read_be32(const bytes& b)
-{
-    return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
-}
-
-} // namespace
-
 void ike_sa::process_informational_request(uint32_t message_id, const std::vector<payload>& payloads)
 {
     std::vector<bytes> our_spis;

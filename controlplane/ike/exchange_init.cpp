@@ -5,19 +5,10 @@
 #include <algorithm>
 
 #include "ike_sa.h"
+#include "wire_helpers.h"
 
 namespace espresso::cp {
 namespace {
-
-bytes be64(uint64_t v)
-{
-    bytes b(8);
-    for (int i = 7; i >= 0; --i) {
-        b[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-    return b;
-}
 
 // §2.23: SHA-1(SPIi | SPIr | IP | Port).
 bytes nat_hash(uint64_t spi_i, uint64_t spi_r, const endpoint& e)
@@ -35,13 +26,6 @@ bytes nat_hash(uint64_t spi_i, uint64_t spi_r, const endpoint& e)
     return out;
 }
 
-payload notify(notify_type type, bytes data = {})
-{
-    notify_payload n;
-    n.type = static_cast<uint16_t>(type);
-    n.data = std::move(data);
-    return payload{payload_type::notify, false, std::move(n)};
-}
 
 bool is_error_notify(uint16_t type) { return type < 16384; }
 
@@ -50,8 +34,8 @@ bool is_error_notify(uint16_t type) { return type < 16384; }
 std::vector<payload> ike_sa::nat_detection_payloads(uint64_t spi_r_for_hash)
 {
     std::vector<payload> p;
-    p.push_back(notify(notify_type::nat_detection_source_ip, nat_hash(spi_i_, spi_r_for_hash, local_)));
-    p.push_back(notify(notify_type::nat_detection_destination_ip, nat_hash(spi_i_, spi_r_for_hash, remote_)));
+    p.push_back(make_notify(notify_type::nat_detection_source_ip, nat_hash(spi_i_, spi_r_for_hash, local_)));
+    p.push_back(make_notify(notify_type::nat_detection_destination_ip, nat_hash(spi_i_, spi_r_for_hash, remote_)));
     return p;
 }
 
@@ -92,7 +76,11 @@ bool ike_sa::derive_keys(const secret_bytes& g_ir)
     if (!is_supported(sizes.prf) || sizes.encr_key == 0) {
         return false;
     }
-    auto keys = derive_ike_sa_keys(sizes, nonce_i_, nonce_r_, g_ir.view(), spi_i_, spi_r_);
+    return use_keys(derive_ike_sa_keys(sizes, nonce_i_, nonce_r_, g_ir.view(), spi_i_, spi_r_));
+}
+
+bool ike_sa::use_keys(const ike_sa_keys& keys)
+{
     auto enc = static_cast<encr_id>(ike_transforms_.encr);
     auto integ = static_cast<integ_id>(ike_transforms_.integ);
     bool initiator = role_ == role::initiator;
@@ -118,7 +106,7 @@ std::vector<payload> ike_sa::build_init_request()
     }
     std::vector<payload> p;
     if (!cookie_.empty()) {
-        p.push_back(notify(notify_type::cookie, cookie_)); // §2.6: COOKIE comes first
+        p.push_back(make_notify(notify_type::cookie, cookie_)); // §2.6: COOKIE comes first
     }
     p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_.proposals, protocol_id::ike, {})}});
     p.push_back(payload{payload_type::ke, false, ke_payload{kex_group_, kex_->public_value()}});
@@ -127,7 +115,7 @@ std::vector<payload> ike_sa::build_init_request()
         p.push_back(std::move(n));
     }
     if (uses_certificates()) {
-        p.push_back(notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
+        p.push_back(make_notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
     }
     return p;
 }
@@ -269,14 +257,14 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     const auto* ke = find_payload(payloads, payload_type::ke);
     const auto* nonce = find_payload(payloads, payload_type::nonce);
     if (sa == nullptr || ke == nullptr || nonce == nullptr) {
-        reply_plain({notify(notify_type::invalid_syntax)});
+        reply_plain({make_notify(notify_type::invalid_syntax)});
         fail("IKE_SA_INIT from " + to_string(remote_) + " lacks SA, KE or Nonce.", "this is a peer bug.");
         return;
     }
     std::string why;
     auto chosen = select_proposal(peer_.proposals, std::get<sa_payload>(sa->body), protocol_id::ike, why);
     if (!chosen) {
-        reply_plain({notify(notify_type::no_proposal_chosen)});
+        reply_plain({make_notify(notify_type::no_proposal_chosen)});
         std::string ours;
         for (const auto& p : peer_.proposals) {
             ours += (ours.empty() ? "" : ", ") + p.text;
@@ -290,7 +278,7 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     if (kep.group != chosen->transforms.dh) {
         // §1.2: tell the initiator which group we want; it retries with a new IKE_SA_INIT.
         uint16_t g = chosen->transforms.dh;
-        reply_plain({notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})});
+        reply_plain({make_notify(notify_type::invalid_ke_payload, bytes{static_cast<uint8_t>(g >> 8), static_cast<uint8_t>(g)})});
         log(log_level::info, "peer sent KE for " + group_name(kep.group) + "; asked for " + group_name(g));
         state_ = state::dead;
         return;
@@ -299,7 +287,7 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     std::string error;
     auto g_ir = kex_ ? kex_->shared_secret(kep.data, error) : std::nullopt;
     if (!g_ir) {
-        reply_plain({notify(notify_type::invalid_syntax)});
+        reply_plain({make_notify(notify_type::invalid_syntax)});
         fail("IKE_SA_INIT from " + to_string(remote_) + " has an invalid KE payload: " + error + ".",
              "this is a peer bug or an attack.");
         return;
@@ -322,7 +310,7 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
         peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
     }
     if (uses_certificates()) {
-        reply.push_back(notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
+        reply.push_back(make_notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
         if (credentials_) {
             // §3.7: which CAs we trust, so the initiator picks the right certificate.
             bytes hashes;

@@ -153,6 +153,8 @@ private:
     std::vector<payload> nat_detection_payloads(uint64_t spi_r_for_hash);
     void check_nat_detection(const std::vector<payload>& payloads);
     bool derive_keys(const secret_bytes& g_ir);
+    // Takes the seven keys (§2.14) for this SA's role: SK payload ciphers both ways, SK_d, SK_p.
+    bool use_keys(const ike_sa_keys& keys);
 
     // ---- IKE_AUTH (exchange_auth.cpp) ----
     void send_auth_request();
