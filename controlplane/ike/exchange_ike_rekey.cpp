@@ -1,9 +1,16 @@
 // IKE SA rekeying with CREATE_CHILD_SA (RFC 7296 §1.3.2, §2.18): a new IKE SA with fresh SPIs, nonces
 // and Diffie-Hellman, keyed from the old SK_d; the Child SAs move to it untouched (no data plane work),
 // then the rekey initiator deletes the old IKE SA. Whoever initiated the rekey is the new SA's
-// original initiator (§2.18). Simultaneous rekeys (§2.8.2) are not resolved yet: the second request
-// is answered TEMPORARY_FAILURE and its sender retries later.
+// original initiator (§2.18).
+//
+// Simultaneous rekeys (§2.8.2): each end answers the other's request, so two new IKE SAs exist. The
+// one created by the exchange holding the lowest of the four nonces is redundant; its initiator
+// deletes it, and the initiator of the survivor deletes the old IKE SA. The survivor gets the Child
+// SAs. If our own request fails instead, or the peer deletes the old IKE SA first (it did not see a
+// collision), the SA we created for the peer's request takes over. A rekey request for an IKE SA
+// that is being deleted or was already replaced is answered TEMPORARY_FAILURE (§2.25.2).
 #include <algorithm>
+#include <array>
 #include <memory>
 
 #include "ike_sa.h"
@@ -23,12 +30,11 @@ void ike_sa::schedule_ike_rekey()
     ike_rekey_at_ = io_.now() + std::chrono::milliseconds(at);
 }
 
-void ike_sa::adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::vector<child_sa> children, bool nat_local,
-                   bool nat_remote, std::string remote_id)
+void ike_sa::adopt(const chosen_transforms& transforms, ike_sa_keys keys, bool nat_local, bool nat_remote,
+                   std::string remote_id)
 {
     ike_transforms_ = transforms;
     use_keys(keys);
-    children_ = std::move(children);
     nat_local_ = nat_local;
     nat_remote_ = nat_remote;
     remote_id_text_ = std::move(remote_id);
@@ -38,8 +44,8 @@ void ike_sa::adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::v
     schedule_ike_rekey();
 }
 
-void ike_sa::make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen, const secret_bytes& g_ir,
-                            std::span<const uint8_t> ni, std::span<const uint8_t> nr)
+std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen,
+                                           const secret_bytes& g_ir, std::span<const uint8_t> ni, std::span<const uint8_t> nr)
 {
     ike_key_sizes sizes;
     sizes.prf = static_cast<prf_id>(chosen.prf);
@@ -48,15 +54,42 @@ void ike_sa::make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen
     auto keys = derive_rekeyed_ike_sa_keys(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(), sizes, g_ir.view(), ni, nr,
                                            spi_i, spi_r);
     auto next = std::make_unique<ike_sa>(io_, peer_ptr_, r, spi_i, spi_r, local_, remote_, retransmit_);
-    next->adopt(chosen, std::move(keys), std::move(children_), nat_local_, nat_remote_, remote_id_text_);
+    next->credentials_ = credentials_;
+    next->adopt(chosen, std::move(keys), nat_local_, nat_remote_, remote_id_text_);
+    return next;
+}
+
+void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
+{
+    next->children_ = std::move(children_);
+    next->peer_hash_algorithms_ = peer_hash_algorithms_;
     children_.clear();
-    log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" + describe(chosen, protocol_id::ike) + ")");
-    successor_ = std::move(next);
+    ike_rekeyed_ = true;
+    log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" +
+                             describe(next->ike_transforms_, protocol_id::ike) + ")");
+    successors_.push_back(std::move(next));
+}
+
+void ike_sa::retire_after(std::chrono::seconds wait)
+{
+    retire_at_rekey_time_ = true;
+    ike_rekey_at_ = io_.now() + wait;
+}
+
+// The peer rekeyed this IKE SA (we answered) and ours will not complete: its new SA is the one.
+void ike_sa::take_over_candidate(const std::string& why)
+{
+    log(log_level::info, "the peer's IKE SA rekey takes over (" + why + ")");
+    auto candidate = std::move(ike_candidate_->sa);
+    ike_candidate_.reset();
+    hand_over(std::move(candidate));
+    // The peer initiated the survivor, so it deletes this SA (§2.8.2).
+    retire_after(std::chrono::seconds(60));
 }
 
 void ike_sa::rekey_ike()
 {
-    if (state_ != state::established || rekeying_ike_) {
+    if (state_ != state::established || rekeying_ike_ || ike_rekeyed_ || retire_at_rekey_time_) {
         return;
     }
     rekeying_ike_ = true;
@@ -92,6 +125,10 @@ void ike_sa::rekey_ike()
     r.on_reply = [this, offer](const std::vector<payload>& reply) {
         rekeying_ike_ = false;
         auto retry_later = [this](const std::string& why) {
+            if (ike_candidate_) {
+                take_over_candidate("ours failed: " + why);
+                return;
+            }
             log(log_level::warning, "IKE SA rekey failed (" + why + "); retrying in 30 s");
             ike_rekey_at_ = io_.now() + std::chrono::seconds(30);
         };
@@ -123,11 +160,39 @@ void ike_sa::rekey_ike()
             return;
         }
         const auto& nr = std::get<nonce_payload>(np->body).data;
-        make_successor(role::initiator, offer->spi_i, read_be64(spi), *chosen, *g_ir, offer->nonce, nr);
+        auto ours = new_ike_sa(role::initiator, offer->spi_i, read_be64(spi), *chosen, *g_ir, offer->nonce, nr);
+        if (ike_candidate_) {
+            // §2.8.2: the exchange with the lowest of the four nonces created the redundant SA.
+            std::array<const bytes*, 4> nonces{&offer->nonce, &nr, &ike_candidate_->nonce_i, &ike_candidate_->nonce_r};
+            auto lowest = std::min_element(nonces.begin(), nonces.end(), [](const bytes* a, const bytes* b) {
+                return std::lexicographical_compare(a->begin(), a->end(), b->begin(), b->end());
+            });
+            bool ours_redundant = lowest - nonces.begin() < 2;
+            log(log_level::info, std::string("IKE SA rekey collision (RFC 7296 §2.8.2): ") +
+                                     (ours_redundant ? "our" : "the peer's") + " new IKE SA is redundant");
+            auto theirs = std::move(ike_candidate_->sa);
+            ike_candidate_.reset();
+            if (ours_redundant) {
+                // We initiated the redundant SA, so we delete it; the peer deletes this one.
+                hand_over(std::move(theirs));
+                retire_after(std::chrono::seconds(60));
+                ours->delete_sa();
+                successors_.push_back(std::move(ours));
+                return;
+            }
+            // The peer deletes its redundant SA; we initiated the survivor, so we delete this one.
+            theirs->retire_after(std::chrono::seconds(60));
+            successors_.push_back(std::move(theirs));
+        }
+        hand_over(std::move(ours));
         // §1.3.2: the rekey initiator deletes the old IKE SA (its Child SAs already moved).
         delete_sa();
     };
     r.on_timeout = [this] {
+        if (ike_candidate_) {
+            take_over_candidate("ours was not answered");
+            return;
+        }
         fail("peer " + peer_.name + " did not answer an IKE SA rekey.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
@@ -136,7 +201,8 @@ void ike_sa::rekey_ike()
 // Responder side, from process_create_child_request when the SA payload proposes protocol IKE.
 void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<payload>& payloads)
 {
-    if (rekeying_ike_) {
+    if (state_ != state::established || ike_rekeyed_ || ike_candidate_) {
+        // §2.25.2: this IKE SA is going away (deleted, or replaced by a rekey already).
         send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
         return;
     }
@@ -184,8 +250,14 @@ void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<pa
     reply.push_back(payload{payload_type::ke, false, ke_payload{ke.group, kex->public_value()}});
     uint64_t spi_i = read_be64(chosen->theirs->spi);
     send_response(exchange_type::create_child_sa, message_id, reply);
-    make_successor(role::responder, spi_i, spi_r, chosen->transforms, *g_ir, ni, nr);
-    ike_rekey_at_ = steady_time{}; // the old SA only waits for the peer's Delete now
+    auto next = new_ike_sa(role::responder, spi_i, spi_r, chosen->transforms, *g_ir, ni, nr);
+    if (rekeying_ike_) {
+        log(log_level::info, "simultaneous IKE SA rekey (RFC 7296 §2.8.2): answered the peer's, resolving when ours completes");
+        ike_candidate_ = ike_rekey_candidate{std::move(next), ni, nr};
+        return;
+    }
+    hand_over(std::move(next));
+    retire_after(std::chrono::seconds(60)); // the old SA only waits for the peer's Delete now
 }
 
 } // namespace espresso::cp

@@ -17,6 +17,10 @@ void ike_sa::process_informational_request(uint32_t message_id, const std::vecto
             // §1.4.1: the IKE SA and all its Child SAs go; the answer is empty.
             log(log_level::info, "peer deleted the IKE SA");
             send_response(exchange_type::informational, message_id, {});
+            if (ike_candidate_) {
+                // The peer finished its rekey of this SA without seeing ours (§2.8.2).
+                take_over_candidate("the peer deleted the old IKE SA");
+            }
             shutdown_local();
             state_ = state::dead;
             return;

@@ -470,7 +470,7 @@ void ike_manager::after(uint64_t spi)
     }
     ike_sa& sa = *it->second;
     // IKE SA rekeys (§2.18) leave a new IKE SA behind; it joins the table under its own SPI.
-    if (auto next = sa.take_successor()) {
+    while (auto next = sa.take_successor()) {
         give_credentials(*next);
         uint64_t next_spi = next->local_spi();
         sas_[next_spi] = std::move(next);

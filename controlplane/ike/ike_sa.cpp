@@ -350,6 +350,12 @@ void ike_sa::tick()
         }
     }
     if (ike_rekey_at_ != steady_time{} && now >= ike_rekey_at_) {
+        if (retire_at_rekey_time_) {
+            ike_rekey_at_ = steady_time{};
+            log(log_level::info, "the peer did not delete this replaced IKE SA; deleting it");
+            delete_sa();
+            return;
+        }
         rekey_ike();
     }
     if (peer_.dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {

@@ -112,11 +112,20 @@ public:
     // Certificate authentication (auth.method pubkey): our certificate, key and trusted CAs, loaded
     // once per peer by the manager. Without them such a peer cannot authenticate.
     void set_credentials(std::shared_ptr<const pubkey_credentials> credentials) { credentials_ = std::move(credentials); }
-    // After an IKE SA rekey, the new IKE SA (which took over the Child SAs); the manager adopts it.
-    std::unique_ptr<ike_sa> take_successor() { return std::move(successor_); }
-    // For a successor: take over keys and Child SAs from the SA it replaces (§2.18).
-    void adopt(const chosen_transforms& transforms, ike_sa_keys keys, std::vector<child_sa> children, bool nat_local,
-               bool nat_remote, std::string remote_id);
+    // After an IKE SA rekey, the new IKE SA(s) this one created: the one that took over the Child SAs
+    // and, after a simultaneous rekey (§2.8.2), the redundant one until it is deleted. The manager
+    // adopts them; call until it returns null.
+    std::unique_ptr<ike_sa> take_successor()
+    {
+        if (successors_.empty()) {
+            return nullptr;
+        }
+        auto next = std::move(successors_.front());
+        successors_.erase(successors_.begin());
+        return next;
+    }
+    // For a successor: take over keys from the SA it replaces (§2.18); Child SAs move in hand_over().
+    void adopt(const chosen_transforms& transforms, ike_sa_keys keys, bool nat_local, bool nat_remote, std::string remote_id);
 
 private:
     // ---- shared machinery (ike_sa.cpp) ----
@@ -250,11 +259,25 @@ private:
     bool uses_certificates() const noexcept { return peer_.auth.method == config::ike_auth_method::pubkey; }
     std::optional<auth_payload> own_auth_payload(const id_payload& id, std::string& error) const;
     std::vector<payload> own_certificates() const;
-    std::unique_ptr<ike_sa> successor_;
-    bool rekeying_ike_ = false;
+    // IKE SA rekeying (exchange_ike_rekey.cpp).
+    std::vector<std::unique_ptr<ike_sa>> successors_;
+    bool rekeying_ike_ = false;  // our rekey request is in flight
+    bool ike_rekeyed_ = false;   // our Child SAs moved to a successor; this SA only waits to be deleted
+    // The SA is replaced or redundant: when ike_rekey_at_ comes and the peer has not deleted it, we do.
+    bool retire_at_rekey_time_ = false;
+    // §2.8.2: the peer's IKE SA rekey that we answered while ours was in flight; resolved (lowest of
+    // the four nonces) when ours completes, taken over if ours fails or the peer deletes this SA.
+    struct ike_rekey_candidate {
+        std::unique_ptr<ike_sa> sa;
+        bytes nonce_i, nonce_r;
+    };
+    std::optional<ike_rekey_candidate> ike_candidate_;
     void schedule_ike_rekey();
-    void make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen,
-                        const secret_bytes& g_ir, std::span<const uint8_t> ni, std::span<const uint8_t> nr);
+    std::unique_ptr<ike_sa> new_ike_sa(role r, uint64_t spi_i, uint64_t spi_r, const chosen_transforms& chosen,
+                                       const secret_bytes& g_ir, std::span<const uint8_t> ni, std::span<const uint8_t> nr);
+    void hand_over(std::unique_ptr<ike_sa> next); // the Child SAs move to `next`, which joins successors_
+    void retire_after(std::chrono::seconds wait); // no more rekeying; deleted by us if the peer has not by then
+    void take_over_candidate(const std::string& why);
     steady_time half_open_deadline_{};
 };
 

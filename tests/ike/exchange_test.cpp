@@ -560,6 +560,125 @@ TEST(ExchangeTest, SimultaneousChildRekeyLeavesOnePair)
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
+// Both ends of one IKE SA after a rekey: one IKE SA each, the same SPIs, the Child SA moved.
+void expect_one_rekeyed_ike_sa(pair_fixture& f, uint64_t old_spi_i, uint32_t child_in_a)
+{
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* sa_a = f.only_sa(*f.a);
+    const auto* sa_b = f.only_sa(*f.b);
+    EXPECT_NE(sa_a->spi_i(), old_spi_i);
+    EXPECT_EQ(sa_a->spi_i(), sa_b->spi_i());
+    EXPECT_EQ(sa_a->spi_r(), sa_b->spi_r());
+    EXPECT_EQ(sa_a->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(sa_b->sa_state(), ike_sa::state::established);
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    ASSERT_EQ(sa_b->children().size(), 1u);
+    EXPECT_EQ(sa_a->children()[0].spi_in, child_in_a);
+    EXPECT_EQ(sa_b->children()[0].spi_out, child_in_a);
+}
+
+std::string ike_yaml(const char* local, const char* remote, const std::string& tunnel)
+{
+    return peer_yaml(local, remote, psk + "      rekey-time: 0\n      dpd: { interval: 0 }\n", tunnel);
+}
+
+bool logged(const peer_io& io, std::string_view text)
+{
+    return std::any_of(io.logs.begin(), io.logs.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+}
+
+TEST(ExchangeTest, SimultaneousIkeSaRekeyLeavesOneIkeSa)
+{
+    // §2.8.2: both requests cross; whichever SA has the lowest of the four nonces is deleted by its
+    // initiator. Several seeds so both outcomes (ours redundant, theirs redundant) are exercised.
+    bool ours_redundant_seen = false, theirs_redundant_seen = false;
+    for (uint64_t seed = 1; seed <= 8; ++seed) {
+        SCOPED_TRACE("seed " + std::to_string(seed));
+        pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a),
+                       ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b));
+        f.io_a.random_gen = test_rng(seed * 7919);
+        f.io_b.random_gen = test_rng(seed * 104729);
+        f.a->start();
+        f.pump();
+        uint64_t old_spi = f.only_sa(*f.a)->spi_i();
+        uint32_t child_in = f.only_sa(*f.a)->children()[0].spi_in;
+        auto installs_a = f.io_a.inst.events.size();
+        auto installs_b = f.io_b.inst.events.size();
+        f.a->sas().begin()->second->rekey_ike();
+        f.b->sas().begin()->second->rekey_ike();
+        f.pump();
+        f.advance(std::chrono::seconds(1));
+        expect_one_rekeyed_ike_sa(f, old_spi, child_in);
+        EXPECT_EQ(f.io_a.inst.events.size(), installs_a); // the data plane was not touched
+        EXPECT_EQ(f.io_b.inst.events.size(), installs_b);
+        EXPECT_TRUE(f.a->failures().empty());
+        EXPECT_TRUE(f.b->failures().empty());
+        ours_redundant_seen |= logged(f.io_a, "our new IKE SA is redundant");
+        theirs_redundant_seen |= logged(f.io_a, "the peer's new IKE SA is redundant");
+        // Exactly one of the two ends saw its own SA as redundant.
+        EXPECT_NE(logged(f.io_a, "our new IKE SA is redundant"), logged(f.io_b, "our new IKE SA is redundant"));
+        // The survivor carries on: a Child SA rekey over it, then the retire timers change nothing.
+        f.a->sas().begin()->second->rekey_child(child_in);
+        f.pump();
+        f.advance(std::chrono::seconds(120));
+        ASSERT_EQ(f.a->sas().size(), 1u);
+        ASSERT_EQ(f.b->sas().size(), 1u);
+        EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+        expect_mirrored(f.io_a.inst, f.io_b.inst);
+    }
+    EXPECT_TRUE(ours_redundant_seen);
+    EXPECT_TRUE(theirs_redundant_seen);
+}
+
+TEST(ExchangeTest, IkeSaRekeyCollisionSeenByOneEndOnly)
+{
+    // B's request is held back until A's rekey completed: A answers it TEMPORARY_FAILURE (the old SA is
+    // being deleted) and B's SA for A's request takes over (§2.8.2, §2.25.2). Then the same with A's
+    // Delete of the old IKE SA reaching B before anything else.
+    for (bool delete_first : {false, true}) {
+        SCOPED_TRACE(delete_first ? "delete first" : "temporary failure first");
+        pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a),
+                       ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b));
+        f.a->start();
+        f.pump();
+        uint64_t old_spi = f.only_sa(*f.a)->spi_i();
+        uint32_t child_in = f.only_sa(*f.a)->children()[0].spi_in;
+        f.a->sas().begin()->second->rekey_ike();
+        f.b->sas().begin()->second->rekey_ike();
+        ASSERT_EQ(f.net.wire.size(), 2u);
+        datagram b_request = f.net.wire.back();
+        f.net.wire.pop_back();
+        auto deliver_front = [&f] {
+            datagram d = std::move(f.net.wire.front());
+            f.net.wire.pop_front();
+            (d.to.address == f.addr_a ? *f.a : *f.b).receive(d.to, d.from, d.data);
+        };
+        deliver_front(); // A's request → B answers it (B's own is in flight: a candidate)
+        deliver_front(); // B's answer → A completes and sends Delete(old IKE SA)
+        ASSERT_EQ(f.net.wire.size(), 1u);
+        if (!delete_first) {
+            datagram a_delete = f.net.wire.front();
+            f.net.wire.pop_front();
+            f.a->receive(b_request.to, b_request.from, b_request.data); // → TEMPORARY_FAILURE
+            f.pump();
+            f.net.wire.push_back(a_delete);
+        } else {
+            deliver_front(); // Delete → B takes over its candidate
+            f.a->receive(b_request.to, b_request.from, b_request.data);
+        }
+        f.pump();
+        f.advance(std::chrono::seconds(1));
+        expect_one_rekeyed_ike_sa(f, old_spi, child_in);
+        EXPECT_TRUE(logged(f.io_b, "the peer's IKE SA rekey takes over"));
+        EXPECT_TRUE(f.a->failures().empty());
+        EXPECT_TRUE(f.b->failures().empty());
+        f.advance(std::chrono::seconds(120));
+        ASSERT_EQ(f.b->sas().size(), 1u);
+        EXPECT_EQ(f.only_sa(*f.b)->sa_state(), ike_sa::state::established);
+    }
+}
+
 TEST(ExchangeTest, PfsMismatchIsNamed)
 {
     std::string t_a = default_tunnel_a, t_b = default_tunnel_b;
