@@ -115,6 +115,18 @@ std::string format_ike_failures(const json& result)
     return out;
 }
 
+std::string format_ikev2_stats(const json& result)
+{
+    if (!result.is_object()) {
+        return "No IKE counters.\n";
+    }
+    std::string out = "IKEv2 daemon counters\n";
+    for (const auto& [name, value] : result.items()) {
+        out += "  " + pad(name, 24) + " " + (value.is_number() ? std::to_string(value.get<uint64_t>()) : value.dump()) + "\n";
+    }
+    return out;
+}
+
 std::string format_log_line(const json& line)
 {
     std::string sa = str(line, "sa");

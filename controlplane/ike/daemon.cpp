@@ -28,6 +28,7 @@ using json = nlohmann::json;
 
 constexpr size_t max_log_lines = 2000;
 constexpr size_t max_request = 1 << 20;
+constexpr size_t max_pending_reply = 256u << 20; // bytes of unread replies before a client is dropped
 constexpr std::chrono::seconds keepalive_interval{20}; // RFC 3948 §4: default 20 s
 
 const char* level_name(log_level l)
@@ -224,11 +225,15 @@ void ike_daemon::send(const endpoint& local, const endpoint& remote, std::span<c
             }
             buf.insert(buf.end(), message.begin(), message.end());
             if (sendto(s.fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+                ++send_errors_;
                 log(log_level::warning, "-", "sendto " + to_string(remote) + ": " + std::strerror(errno));
+            } else {
+                ++sent_;
             }
             return;
         }
     }
+    ++send_errors_;
     log(log_level::warning, "-", "no socket bound to " + to_string(local) + "; message to " + to_string(remote) + " dropped");
 }
 
@@ -282,15 +287,22 @@ void ike_daemon::read_socket(udp_socket& s)
         std::span<const uint8_t> data(buf, static_cast<size_t>(n));
         if (s.local.port != 500) {
             if (data.size() == 1 && data[0] == 0xff) {
-                continue; // RFC 3948 §2.3 NAT-keepalive
+                ++keepalives_received_; // RFC 3948 §2.3 NAT-keepalive
+                continue;
             }
             if (data.size() < 4 || data[0] != 0 || data[1] != 0 || data[2] != 0 || data[3] != 0) {
+                ++non_ike_dropped_;
                 log(log_level::debug, "-", "dropped a non-IKE datagram on " + to_string(s.local) + " from " + to_string(*remote));
                 continue;
             }
             data = data.subspan(4);
         }
         manager_.receive(s.local, *remote, data);
+        // Due timers run between any two messages: a burst of IKE_SA_INITs (each a DH, ~0.3-1.2 ms)
+        // must not hold back other SAs' retransmissions and DPD (ike_manager.h: timer lateness).
+        if (manager_.next_deadline() <= now()) {
+            manager_.tick();
+        }
     }
 }
 
@@ -316,12 +328,26 @@ void ike_daemon::accept_client()
 
 void ike_daemon::flush_client(client& c)
 {
-    while (!c.out.empty()) {
-        ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+    while (c.out_sent < c.out.size()) {
+        ssize_t n = ::send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
         if (n <= 0) {
-            return;
+            break; // full (EAGAIN): EPOLLOUT resumes; an error shows up as EPOLLHUP/EPOLLERR on read
         }
-        c.out.erase(0, static_cast<size_t>(n));
+        c.out_sent += static_cast<size_t>(n);
+    }
+    if (c.out_sent == c.out.size()) {
+        c.out.clear();
+        c.out_sent = 0;
+    }
+    // A reply bigger than the socket buffer (list-ike-sas with thousands of SAs) continues when the
+    // client has read some: wait for EPOLLOUT only while something is pending.
+    bool want = !c.out.empty();
+    if (want != c.want_out) {
+        epoll_event ev{};
+        ev.events = EPOLLIN | (want ? EPOLLOUT : 0u);
+        ev.data.fd = c.fd;
+        epoll_ctl(epoll_, EPOLL_CTL_MOD, c.fd, &ev);
+        c.want_out = want;
     }
 }
 
@@ -361,6 +387,13 @@ void ike_daemon::read_client(int fd)
             reply = {{"version", 1}, {"id", nullptr}, {"ok", false}, {"error", "request is not a JSON object"}};
         } else {
             reply = handle_request(request);
+        }
+        if (c.out.size() - c.out_sent > max_pending_reply) {
+            log(log_level::warning, "-", "operator client does not read its replies; disconnected");
+            epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+            close(fd);
+            clients_.erase(it);
+            return;
         }
         std::string out = reply.dump();
         uint32_t olen = static_cast<uint32_t>(out.size());
@@ -500,7 +533,12 @@ json ike_daemon::handle_request(const json& request)
     } else if (op == "counters") {
         const auto& c = manager_.counters();
         result = {{"received", c.received}, {"malformed", c.malformed}, {"unknown-spi", c.unknown_spi},
-                  {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused}};
+                  {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused},
+                  {"cookies-sent", c.cookies_sent}, {"cookies-invalid", c.cookies_invalid}, {"sent", sent_},
+                  {"send-errors", send_errors_}, {"keepalives-received", keepalives_received_},
+                  {"non-ike-dropped", non_ike_dropped_},
+                  {"timers-run", c.timers_run}, {"timers-late-10ms", c.timers_late_10ms},
+                  {"timers-late-100ms", c.timers_late_100ms}, {"timer-late-max-us", c.timer_late_max_us}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
     }
@@ -711,7 +749,12 @@ int ike_daemon::run()
                 }
             }
             if (!handled) {
-                read_client(fd);
+                if (auto c = clients_.find(fd); c != clients_.end() && (events[i].events & EPOLLOUT) != 0) {
+                    flush_client(c->second);
+                }
+                if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) {
+                    read_client(fd);
+                }
             }
         }
         if (manager_.next_deadline() <= now()) {

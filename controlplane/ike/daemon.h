@@ -66,7 +66,9 @@ private:
     struct client {
         int fd = -1;
         std::string in;
-        std::string out;
+        std::string out;       // replies not yet sent: out[out_sent..]
+        size_t out_sent = 0;
+        bool want_out = false; // EPOLLOUT registered: the socket buffer was full
     };
 
     bool open_sockets(); // true when every socket is bound
@@ -88,6 +90,11 @@ private:
     int signal_fd_ = -1;
     int listen_fd_ = -1;
     std::vector<udp_socket> sockets_;
+    // Datagram counters the manager cannot see (op `counters`, `show crypto ikev2 stats`).
+    uint64_t sent_ = 0;
+    uint64_t send_errors_ = 0;        // sendto failed, or no socket bound to the SA's local endpoint
+    uint64_t keepalives_received_ = 0; // RFC 3948 §2.3 NAT-keepalives on 4500
+    uint64_t non_ike_dropped_ = 0;     // on 4500 without the non-ESP marker (ESP belongs to the data plane)
     std::vector<endpoint> wanted_;
     std::map<int, client> clients_;
     std::optional<dp::control_client> events_;

@@ -517,6 +517,11 @@ void ike_manager::tick()
     std::vector<uint64_t> due;
     for (auto it = deadlines_.begin(); it != deadlines_.end() && it->first <= now; ++it) {
         due.push_back(it->second);
+        auto late = std::chrono::duration_cast<std::chrono::microseconds>(now - it->first).count();
+        ++counters_.timers_run;
+        counters_.timers_late_10ms += late > 10'000;
+        counters_.timers_late_100ms += late > 100'000;
+        counters_.timer_late_max_us = std::max<uint64_t>(counters_.timer_late_max_us, static_cast<uint64_t>(late));
     }
     for (uint64_t spi : due) {
         unschedule(spi);

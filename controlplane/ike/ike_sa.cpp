@@ -156,7 +156,7 @@ void ike_sa::pump_requests()
         return;
     }
     pending_request r = std::move(queue_.front());
-    queue_.pop_front();
+    queue_.erase(queue_.begin());
     uint32_t id = next_request_id_++;
     bytes datagram = seal_message(r.exchange, false, id, r.build());
     if (datagram.empty()) {

@@ -160,6 +160,10 @@ def scenario_responder(topo, run, br):
     isakmp = run.cli("show crypto isakmp sa")
     assert "QM_IDLE" in isakmp and "203.0.113.1" in isakmp, isakmp
     print(isakmp + run.cli("show crypto ikev2 sa") + run.cli("show crypto session") + text, flush=True)
+    stats = json.loads(run.cli("show crypto ikev2 stats --json"))
+    assert stats["received"] >= 2 and stats["sent"] >= 2 and stats["malformed"] == 0, stats
+    assert stats["timers-late-100ms"] == 0, stats  # nothing here is expensive enough to delay a timer
+    print(run.cli("show crypto ikev2 stats"), flush=True)
     br.terminate(ike="s2s", check=False)
     wait(lambda: not ike_sas(run), 15, "espresso to drop the IKE SA after strongSwan's delete")
     assert "No SAs" in run.cli("show crypto ipsec sa") or not json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), \
