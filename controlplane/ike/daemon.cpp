@@ -537,7 +537,7 @@ json ike_daemon::handle_request(const json& request)
                   {"cookies-sent", c.cookies_sent}, {"cookies-invalid", c.cookies_invalid}, {"sent", sent_},
                   {"send-errors", send_errors_}, {"keepalives-received", keepalives_received_},
                   {"non-ike-dropped", non_ike_dropped_},
-                  {"timers-run", c.timers_run}, {"timers-late-10ms", c.timers_late_10ms},
+                  {"initial-contact-drops", c.initial_contact_drops}, {"timers-run", c.timers_run}, {"timers-late-10ms", c.timers_late_10ms},
                   {"timers-late-100ms", c.timers_late_100ms}, {"timer-late-max-us", c.timer_late_max_us}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");

@@ -273,7 +273,9 @@ void ike_sa::send_auth_request()
         for (auto& c : own_certificates()) {
             p.push_back(std::move(c));
         }
-        p.push_back(make_notify(notify_type::initial_contact));
+        if (send_initial_contact_) {
+            p.push_back(make_notify(notify_type::initial_contact));
+        }
         if (uses_certificates() && credentials_) {
             bytes hashes;
             for (const auto& h : credentials_->certreq_hashes()) {
@@ -350,6 +352,7 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
         return;
     }
     reply.push_back(payload{payload_type::auth, false, std::move(*auth)});
+    initial_contact_received_ = find_notify(payloads, notify_type::initial_contact) != nullptr;
     set_established();
     for (auto& p : accept_child(payloads, false, std::nullopt)) {
         reply.push_back(std::move(p));

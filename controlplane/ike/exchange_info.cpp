@@ -138,4 +138,14 @@ void ike_sa::delete_sa()
     queue_request(std::move(r));
 }
 
+void ike_sa::forget_silently()
+{
+    log(log_level::info, "the peer restarted (INITIAL_CONTACT on a new IKE SA): this IKE SA and its Child SAs are gone");
+    if (ike_candidate_) {
+        ike_candidate_.reset();
+    }
+    shutdown_local();
+    state_ = state::dead;
+}
+
 } // namespace espresso::cp

@@ -231,6 +231,8 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     endpoint remote{*peer->remote_address, peer->remote_port};
     auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::initiator, spi, 0, local, remote, retransmit_);
     give_credentials(*sa);
+    // §2.4: INITIAL_CONTACT asserts this is the only IKE SA between us; not true with one already up.
+    sa->set_send_initial_contact(!has_live_sa(peer->name));
     auto& ref = *sa;
     sas_[spi] = std::move(sa);
     ref.initiate(std::move(tunnels));
@@ -500,6 +502,9 @@ void ike_manager::after(uint64_t spi)
         }
         return;
     }
+    if (sa.take_initial_contact()) {
+        drop_older_sas(sa);
+    }
     if (sa.sa_state() == ike_sa::state::established) {
         if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
             half_open_.erase(h->second);
@@ -508,6 +513,27 @@ void ike_manager::after(uint64_t spi)
         retries_.erase(sa.peer().name);
     }
     schedule(spi, sa.next_deadline());
+}
+
+// RFC 7296 §2.4: the peer sent INITIAL_CONTACT, so it has no other IKE SA with us; ours with the same
+// peer and authenticated identity are left over from before it restarted. Without this their Child
+// SAs (same selectors) would stay in the data plane until DPD noticed.
+void ike_manager::drop_older_sas(const ike_sa& newer)
+{
+    std::vector<uint64_t> stale;
+    for (const auto& [spi, other] : sas_) {
+        if (other.get() != &newer && !other->dead() && other->established_at() && other->peer().name == newer.peer().name &&
+            other->remote_identity() == newer.remote_identity()) {
+            stale.push_back(spi);
+        }
+    }
+    for (uint64_t spi : stale) {
+        auto it = sas_.find(spi);
+        io_.log(log_level::info, it->second->name(), "replaced by " + newer.name() + " (INITIAL_CONTACT)");
+        ++counters_.initial_contact_drops;
+        it->second->forget_silently();
+        after(spi);
+    }
 }
 
 void ike_manager::tick()

@@ -30,6 +30,7 @@ struct manager_counters {
     // Timer lateness (how long after its deadline an SA's retransmission/DPD/rekey timer ran): the
     // daemon runs due timers between any two messages, so expensive DH or signature work on one SA
     // delays the others by at most that one message's work. Measured by perf/bench-ike.
+    uint64_t initial_contact_drops = 0; // older IKE SAs dropped after a peer's INITIAL_CONTACT (§2.4)
     uint64_t timers_run = 0;
     uint64_t timers_late_10ms = 0;   // ran more than 10 ms late
     uint64_t timers_late_100ms = 0;  // more than 100 ms late
@@ -85,6 +86,7 @@ private:
     // (scheduling a retry or a restart), leaves the half-open table once established, and files the
     // SA's next deadline. O(log n): nothing here walks all SAs (perf/RESULTS.md, IKE setup).
     void after(uint64_t spi);
+    void drop_older_sas(const ike_sa& newer);
     void schedule(uint64_t spi, steady_time when);
     void unschedule(uint64_t spi);
     void retry_later(const peer_ptr& peer);

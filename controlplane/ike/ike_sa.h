@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "espresso/config/ike.h"
@@ -123,6 +124,14 @@ public:
         successors_.erase(successors_.begin());
         return next;
     }
+    // INITIAL_CONTACT (RFC 7296 §2.4, §3.10.1): whether we send it in our IKE_AUTH (the manager says
+    // so when we hold no other IKE SA with this peer), and whether the peer sent it in its (true once:
+    // the manager then drops the peer's older IKE SAs with the same identity).
+    void set_send_initial_contact(bool send) noexcept { send_initial_contact_ = send; }
+    bool take_initial_contact() noexcept { return std::exchange(initial_contact_received_, false); }
+    // The peer restarted (INITIAL_CONTACT on a newer IKE SA): remove our Child SAs from the data plane
+    // and forget this SA without a message (the peer has no state left to tell).
+    void forget_silently();
     // For a successor: take over keys from the SA it replaces (§2.18); Child SAs move in hand_over().
     void adopt(const chosen_transforms& transforms, ike_sa_keys keys, bool nat_local, bool nat_remote, std::string remote_id);
 
@@ -246,6 +255,8 @@ private:
     std::string failure_cause_;
     std::string remote_id_text_;
     bool restart_requested_ = false;
+    bool send_initial_contact_ = true;
+    bool initial_contact_received_ = false;
     std::shared_ptr<const pubkey_credentials> credentials_;
     // §2.8.1 simultaneous Child SA rekeying: Child SAs we are rekeying (old spi_in), and the peer's
     // rekey of the same SA that crossed ours (its nonces and the Child SA it created).

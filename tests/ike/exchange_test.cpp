@@ -679,6 +679,31 @@ TEST(ExchangeTest, IkeSaRekeyCollisionSeenByOneEndOnly)
     }
 }
 
+TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
+{
+    const auto yaml_a = ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a);
+    pair_fixture f(yaml_a, ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    uint64_t old_spi = f.only_sa(*f.b)->spi_r();
+    ASSERT_EQ(f.io_b.inst.sas.size(), 2u);
+    // A restarts without a word (crash): a new manager, no state. Its IKE_AUTH carries INITIAL_CONTACT.
+    f.a.reset();
+    f.net.wire.clear();
+    f.io_a.inst.sas.clear();
+    f.a = std::make_unique<ike_manager>(f.io_a, config::load_string(yaml_a, "a.yaml").ike);
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.b)->spi_r(), old_spi);
+    EXPECT_EQ(f.only_sa(*f.b)->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(f.b->counters().initial_contact_drops, 1u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u); // the old Child SA pair left the data plane
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    EXPECT_TRUE(f.net.wire.empty()); // nothing was sent for the forgotten SA
+}
+
 TEST(ExchangeTest, PfsMismatchIsNamed)
 {
     std::string t_a = default_tunnel_a, t_b = default_tunnel_b;

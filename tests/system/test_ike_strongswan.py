@@ -392,11 +392,40 @@ def scenario_dpd_killed_peer(topo, run, br):
     return topo.start_charon("gw-branch")
 
 
+def scenario_peer_restart(topo, run, br):
+    """strongSwan crashes and comes back: its new IKE SA carries INITIAL_CONTACT (RFC 7296 §2.4), and
+    espresso drops the stale IKE SA and Child SAs at once instead of waiting for DPD (none here)."""
+    run.start_ike(ike_yaml())
+    br.load(site_conf("gw-branch"))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    old = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    os.kill(br.pid, signal.SIGKILL)
+    topo.charons.pop("gw-branch", None)
+    br = topo.start_charon("gw-branch")
+    br.load(site_conf("gw-branch"))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    wait(lambda: len(ike_sas(run)) == 1 and ike_sas(run)[0]["spi-r"] != old["spi-r"], 15,
+         "espresso to keep only the restarted peer's new IKE SA")
+    stats = json.loads(run.cli("show crypto ikev2 stats --json"))
+    assert stats["initial-contact-drops"] == 1, stats
+    sas = json.loads(run.cli("show crypto ipsec sa --json")).get("sas", [])
+    assert len(sas) == 2, f"expected one Child SA pair in the data plane, got {len(sas)}"
+    got = ping(topo, "host-hq", "192.168.2.10", count=5)
+    assert got >= 4, f"ping host-hq -> host-branch after the peer restart: {got}/5"
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "espresso to drop the IKE SA after strongSwan's delete")
+    run.stop_ike()
+    return br
+
+
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic,
-             "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer}
+             "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer,
+             "peer_restart": scenario_peer_restart}
 
 
 def main():
