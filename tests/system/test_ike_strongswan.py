@@ -392,6 +392,36 @@ def scenario_dpd_killed_peer(topo, run, br):
     return topo.start_charon("gw-branch")
 
 
+def scenario_reauth(topo, run, br):
+    """strongSwan reauthenticates (reauth_time: a whole new IKE SA by IKE_SA_INIT + IKE_AUTH, then the
+    old one deleted; charon.make_before_break = yes) under continuous ping: espresso ends with only the
+    new IKE SA and one Child SA pair, and no ping is lost."""
+    br.stop()
+    topo.charons.pop("gw-branch", None)
+    br = topo.start_charon("gw-branch", extra_conf="  make_before_break = yes\n")
+    run.start_ike(ike_yaml())
+    br.load(site_conf("gw-branch", reauth_time="8s", over_time="5s"))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    first = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    r = sh("ping -c 75 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
+    m = re.search(r"(\d+) received", r.stdout)
+    got = int(m.group(1)) if m else 0
+    log = br.log()
+    assert "reauthenticating IKE_SA" in log, "strongSwan did not reauthenticate within 15 s"
+    sas = wait(lambda: [sa for sa in ike_sas(run) if sa["state"] == "READY"] if len(ike_sas(run)) == 1 else None, 15,
+               "espresso to hold only the reauthenticated IKE SA")
+    assert sas[0]["spi-r"] != first["spi-r"] and len(sas[0]["children"]) == 1, sas
+    assert len(json.loads(run.cli("show crypto ipsec sa --json")).get("sas", [])) == 2, "stale Child SAs in the data plane"
+    assert got == 75, f"lost {75 - got} of 75 pings across a strongSwan reauthentication"
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "espresso to drop the IKE SA after strongSwan's delete")
+    run.stop_ike()
+    br.stop()
+    topo.charons.pop("gw-branch", None)
+    return topo.start_charon("gw-branch")
+
+
 def scenario_peer_restart(topo, run, br):
     """strongSwan crashes and comes back: its new IKE SA carries INITIAL_CONTACT (RFC 7296 §2.4), and
     espresso drops the stale IKE SA and Child SAs at once instead of waiting for DPD (none here)."""
@@ -425,7 +455,7 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic,
              "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer,
-             "peer_restart": scenario_peer_restart}
+             "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 
 
 def main():
