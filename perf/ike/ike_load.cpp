@@ -243,6 +243,9 @@ private:
         auto sa =
             std::make_unique<cp::ike_sa>(*this, *sock.peer, cp::ike_sa::role::initiator, spi, 0, sock.local,
                                          cp::endpoint{o_.remote, o_.remote_port}, retransmit_);
+        // Many of our IKE SAs share one identity (the source address): INITIAL_CONTACT would tell the
+        // responder to drop all the others (RFC 7296 §2.4), so it is never sent.
+        sa->set_send_initial_contact(false);
         auto& e = sas_[spi];
         e.sa = std::move(sa);
         e.socket = s;
