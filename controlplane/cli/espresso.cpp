@@ -46,6 +46,7 @@ constexpr const char* usage_text =
     "  show crypto ikev2 sa        IKE SAs with proposal, lifetime, SPIs, NAT-T\n"
     "  show crypto session         IKE SAs and the flows their Child SAs protect\n"
     "  show crypto ike failures    why negotiations failed, each with the fix\n"
+    "  show crypto ike counters    IKE message and fragment (RFC 7383) counters, drops by reason\n"
     "  initiate NAME               bring up a peer or tunnel (\"peer\", \"tunnel\" or \"peer/tunnel\")\n"
     "  clear crypto sa [PEER]      delete IKE SAs (all, or one peer's by name or address)\n"
     "  debug ike                   follow the IKE daemon's negotiation log (Ctrl-C to stop)\n"
@@ -81,6 +82,7 @@ const std::vector<command>& commands()
         {{"show", "crypto", "ikev2", "sa"}, "list-ike-sas", cli::format_ikev2_sa, daemon::ike},
         {{"show", "crypto", "session"}, "list-ike-sas", cli::format_crypto_session, daemon::ike},
         {{"show", "crypto", "ike", "failures"}, "failures", cli::format_ike_failures, daemon::ike},
+        {{"show", "crypto", "ike", "counters"}, "counters", cli::format_ike_counters, daemon::ike},
         {{"initiate"}, "initiate", nullptr, daemon::ike, 1},
         {{"clear", "crypto", "sa"}, "clear", nullptr, daemon::ike, -1},
         {{"debug", "ike"}, "log", nullptr, daemon::ike},

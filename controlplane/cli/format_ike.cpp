@@ -115,6 +115,25 @@ std::string format_ike_failures(const json& result)
     return out;
 }
 
+std::string format_ike_counters(const json& result)
+{
+    auto n = [](const json& o, const char* key) {
+        return std::to_string(o.is_object() && o.contains(key) && o[key].is_number_unsigned() ? o[key].get<uint64_t>() : 0);
+    };
+    const json empty = json::object();
+    const json& f = result.is_object() && result.contains("fragments") ? result["fragments"] : empty;
+    std::string out = "IKE messages\n";
+    out += "  received: " + n(result, "received") + ", malformed: " + n(result, "malformed") + ", unknown SPI: " +
+           n(result, "unknown-spi") + ", no peer: " + n(result, "no-peer") + ", half-open refused: " +
+           n(result, "half-open-refused") + "\n";
+    out += "IKE fragments (RFC 7383)\n";
+    out += "  sent: " + n(f, "sent") + " in " + n(f, "messages-sent") + " messages, received: " + n(f, "received") +
+           ", reassembled: " + n(f, "reassembled") + " messages\n";
+    out += "  dropped: duplicate " + n(f, "duplicate") + ", invalid " + n(f, "invalid") + ", not negotiated " +
+           n(f, "not-negotiated") + ", stale " + n(f, "stale") + ", discarded " + n(f, "discarded") + "\n";
+    return out;
+}
+
 std::string format_log_line(const json& line)
 {
     std::string sa = str(line, "sa");

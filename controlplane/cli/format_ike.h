@@ -15,6 +15,8 @@ std::string format_ikev2_sa(const nlohmann::json& list_ike_sas_result);
 std::string format_crypto_session(const nlohmann::json& list_ike_sas_result);
 // From failures ({"failures": [...]}).
 std::string format_ike_failures(const nlohmann::json& failures_result);
+// From counters: message and RFC 7383 fragment counters (`show crypto ike counters`).
+std::string format_ike_counters(const nlohmann::json& counters_result);
 // One `debug ike` line from a log entry.
 std::string format_log_line(const nlohmann::json& line);
 

@@ -49,6 +49,8 @@ void ike_sa::make_successor(role r, uint64_t spi_i, uint64_t spi_r, const chosen
                                            spi_i, spi_r);
     auto next = std::make_unique<ike_sa>(io_, peer_ptr_, r, spi_i, spi_r, local_, remote_, retransmit_);
     next->adopt(chosen, std::move(keys), std::move(children_), nat_local_, nat_remote_, remote_id_text_);
+    next->fragmentation_ = fragmentation_; // RFC 7383: negotiated once, in IKE_SA_INIT; the new IKE SA keeps it
+    next->fragment_counters_ = fragment_counters_;
     children_.clear();
     log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" + describe(chosen, protocol_id::ike) + ")");
     successor_ = std::move(next);

@@ -28,6 +28,7 @@ struct manager_counters {
     uint64_t cookies_sent = 0;       // COOKIE demanded (RFC 7296 §2.6)
     uint64_t cookies_invalid = 0;    // a COOKIE that was not ours
     uint64_t sent = 0;
+    fragment_counters fragments;     // RFC 7383, summed over every IKE SA
 };
 
 class ike_manager {
