@@ -129,7 +129,8 @@ std::string format_ike_counters(const json& result)
     out += "IKE fragments (RFC 7383)\n";
     out += "  sent: " + n(f, "sent") + " in " + n(f, "messages-sent") + " messages, received: " + n(f, "received") +
            ", reassembled: " + n(f, "reassembled") + " messages\n";
-    out += "  dropped: duplicate " + n(f, "duplicate") + ", invalid " + n(f, "invalid") + ", not negotiated " +
+    out += "  dropped: duplicate " + n(f, "duplicate") + ", invalid " + n(f, "invalid") + ", unexpected " +
+           n(f, "unexpected") + ", not negotiated " +
            n(f, "not-negotiated") + ", stale " + n(f, "stale") + ", discarded " + n(f, "discarded") + "\n";
     return out;
 }

@@ -505,7 +505,7 @@ json ike_daemon::handle_request(const json& request)
                   {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused},
                   {"fragments",
                    {{"sent", f.sent}, {"messages-sent", f.messages_sent}, {"received", f.received},
-                    {"reassembled", f.reassembled}, {"duplicate", f.duplicate}, {"invalid", f.invalid},
+                    {"reassembled", f.reassembled}, {"duplicate", f.duplicate}, {"invalid", f.invalid}, {"unexpected", f.unexpected},
                     {"not-negotiated", f.not_negotiated}, {"stale", f.stale}, {"discarded", f.discarded}}}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");

@@ -25,7 +25,8 @@ struct fragment_counters {
     uint64_t received = 0;         // SKF datagrams authenticated and kept for reassembly
     uint64_t reassembled = 0;      // messages put together from fragments and processed
     uint64_t duplicate = 0;        // a fragment we already had (retransmission): ignored
-    uint64_t invalid = 0;          // failed ICV or decryption, or an SKF for no message we expect
+    uint64_t invalid = 0;          // failed ICV or decryption, or unencrypted payloads in front of SKF
+    uint64_t unexpected = 0;       // for no message we wait for: late copies of a finished one, old IDs
     uint64_t not_negotiated = 0;   // SKF although we did not announce IKEV2_FRAGMENTATION_SUPPORTED
     uint64_t stale = 0;            // Total Fragments below that of the fragments collected (RFC 7383 §2.6)
     uint64_t discarded = 0;        // collected fragments thrown away: timeout, a larger Total Fragments,

@@ -385,6 +385,13 @@ bool ike_sa::authentic_retransmission(const message& msg, std::span<const uint8_
     return true;
 }
 
+void ike_sa::count_unexpected_fragment(const message& msg)
+{
+    if (!msg.payloads.empty() && std::holds_alternative<skf_payload>(msg.payloads.back().body)) {
+        ++fragment_counters_->unexpected;
+    }
+}
+
 void ike_sa::expire_fragments()
 {
     auto now = io_.now();
@@ -407,6 +414,7 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
     const auto& h = msg.header;
     if (h.is_response()) {
         if (!outstanding_ || outstanding_->message_id != h.message_id) {
+            count_unexpected_fragment(msg);
             log(log_level::debug, "dropped an unexpected response " + std::to_string(h.message_id));
             return;
         }
@@ -441,6 +449,7 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
         return;
     }
     if (h.message_id != expected_request_id_) {
+        count_unexpected_fragment(msg);
         log(log_level::debug, "dropped request " + std::to_string(h.message_id) + " (expected " +
                                   std::to_string(expected_request_id_) + ")");
         return;

@@ -156,6 +156,7 @@ private:
     // A retransmitted request we answered already: authentic? (for SKF: fragment 1 only, §2.6.1)
     bool authentic_retransmission(const message& msg, std::span<const uint8_t> raw);
     void expire_fragments();
+    void count_unexpected_fragment(const message& msg);
     void send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads);
     std::optional<std::vector<payload>> open_message(const message& msg, std::span<const uint8_t> raw);
     void fail(const std::string& cause, const std::string& fix);
