@@ -85,9 +85,10 @@ constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", 
 
 constexpr std::array<std::string_view, 5> ike_keys{"cookie-threshold", "log-file", "retransmit-timeout-ms",
                                                   "retransmit-tries", "peers"};
-constexpr std::array<std::string_view, 14> ike_peer_keys{
+constexpr std::array<std::string_view, 16> ike_peer_keys{
     "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
-    "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "tunnels"};
+    "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "fragmentation",
+    "fragment-size", "tunnels"};
 constexpr std::array<std::string_view, 6> ike_auth_keys{"method",      "secret",      "secret-file",
                                                         "certificate", "private-key", "ca"};
 constexpr std::array<std::string_view, 2> ike_dpd_keys{"interval", "action"};
@@ -2144,6 +2145,20 @@ void loader::parse_ike_peer(const YAML::Node& node, const std::string& path, con
                                                                {"restart", ike_dpd_action::restart},
                                                                {"hold", ike_dpd_action::hold}});
         }
+    }
+    if (const field* f = m.find("fragmentation")) {
+        // RFC 7383. yaml-cpp reads yes/no as booleans too, so true/false are accepted as their synonyms.
+        peer.fragmentation = choice<ike_fragmentation>(*f, {{"yes", ike_fragmentation::yes},
+                                                            {"true", ike_fragmentation::yes},
+                                                            {"accept", ike_fragmentation::accept},
+                                                            {"force", ike_fragmentation::force},
+                                                            {"no", ike_fragmentation::no},
+                                                            {"false", ike_fragmentation::no}});
+    }
+    if (const field* f = m.find("fragment-size")) {
+        // 576: every IPv4 host must accept such a datagram (RFC 791); smaller leaves little room after the
+        // headers. 65535: an IP datagram cannot be bigger.
+        peer.fragment_size = static_cast<uint32_t>(number(*f, 576, 65535));
     }
     if (const field* f = m.find("tunnels")) {
         const YAML::Node& list = sequence(*f, "tunnels", "start each tunnel with \"- name: ...\"");

@@ -46,7 +46,8 @@ constexpr const char* usage_text =
     "  show crypto ikev2 sa        IKE SAs with proposal, lifetime, SPIs, NAT-T\n"
     "  show crypto session         IKE SAs and the flows their Child SAs protect\n"
     "  show crypto ike failures    why negotiations failed, each with the fix\n"
-    "  show crypto ikev2 stats     the IKE daemon's message, cookie and timer counters\n"
+    "  show crypto ikev2 stats     the IKE daemon's message, cookie, timer and fragment (RFC 7383)\n"
+    "                              counters, drops by reason (also: show crypto ike counters)\n"
     "  initiate NAME               bring up a peer or tunnel (\"peer\", \"tunnel\" or \"peer/tunnel\")\n"
     "  clear crypto sa [PEER]      delete IKE SAs (all, or one peer's by name or address)\n"
     "  debug ike                   follow the IKE daemon's negotiation log (Ctrl-C to stop)\n"
@@ -83,6 +84,7 @@ const std::vector<command>& commands()
         {{"show", "crypto", "session"}, "list-ike-sas", cli::format_crypto_session, daemon::ike},
         {{"show", "crypto", "ike", "failures"}, "failures", cli::format_ike_failures, daemon::ike},
         {{"show", "crypto", "ikev2", "stats"}, "counters", cli::format_ikev2_stats, daemon::ike},
+        {{"show", "crypto", "ike", "counters"}, "counters", cli::format_ikev2_stats, daemon::ike},
         {{"initiate"}, "initiate", nullptr, daemon::ike, 1},
         {{"clear", "crypto", "sa"}, "clear", nullptr, daemon::ike, -1},
         {{"debug", "ike"}, "log", nullptr, daemon::ike},

@@ -121,9 +121,18 @@ std::string format_ikev2_stats(const json& result)
         return "No IKE counters.\n";
     }
     std::string out = "IKEv2 daemon counters\n";
+    std::string groups;
     for (const auto& [name, value] : result.items()) {
+        if (value.is_object()) { // e.g. "fragments" (RFC 7383): a block of its own after the flat counters
+            groups += name + "\n";
+            for (const auto& [sub, v] : value.items()) {
+                groups += "  " + pad(sub, 24) + " " + (v.is_number() ? std::to_string(v.get<uint64_t>()) : v.dump()) + "\n";
+            }
+            continue;
+        }
         out += "  " + pad(name, 24) + " " + (value.is_number() ? std::to_string(value.get<uint64_t>()) : value.dump()) + "\n";
     }
+    out += groups;
     return out;
 }
 

@@ -443,6 +443,7 @@ json ike_daemon::status_json() const
             {"remote-id", sa->remote_identity()},
             {"proposal", sa->sa_state() == ike_sa::state::init_sent ? "" : describe(sa->transforms(), protocol_id::ike)},
             {"nat", {{"local-behind-nat", sa->nat_local()}, {"remote-behind-nat", sa->nat_remote()}}},
+            {"fragmentation", sa->fragmentation()},
             {"created", iso_time(sa->created())},
             {"children", std::move(children)},
         };
@@ -532,13 +533,18 @@ json ike_daemon::handle_request(const json& request)
         }
     } else if (op == "counters") {
         const auto& c = manager_.counters();
+        const auto& f = c.fragments;
         result = {{"received", c.received}, {"malformed", c.malformed}, {"unknown-spi", c.unknown_spi},
                   {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused},
                   {"cookies-sent", c.cookies_sent}, {"cookies-invalid", c.cookies_invalid}, {"sent", sent_},
                   {"send-errors", send_errors_}, {"keepalives-received", keepalives_received_},
                   {"non-ike-dropped", non_ike_dropped_},
                   {"initial-contact-drops", c.initial_contact_drops}, {"timers-run", c.timers_run}, {"timers-late-10ms", c.timers_late_10ms},
-                  {"timers-late-100ms", c.timers_late_100ms}, {"timer-late-max-us", c.timer_late_max_us}};
+                  {"timers-late-100ms", c.timers_late_100ms}, {"timer-late-max-us", c.timer_late_max_us},
+                  {"fragments",
+                   {{"sent", f.sent}, {"messages-sent", f.messages_sent}, {"received", f.received},
+                    {"reassembled", f.reassembled}, {"duplicate", f.duplicate}, {"invalid", f.invalid}, {"unexpected", f.unexpected},
+                    {"not-negotiated", f.not_negotiated}, {"stale", f.stale}, {"discarded", f.discarded}}}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
     }

@@ -55,6 +55,8 @@ std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_
                                            spi_i, spi_r);
     auto next = std::make_unique<ike_sa>(io_, peer_ptr_, r, spi_i, spi_r, local_, remote_, retransmit_);
     next->credentials_ = credentials_;
+    next->fragmentation_ = fragmentation_; // RFC 7383: negotiated once, in IKE_SA_INIT; the new IKE SA keeps it
+    next->fragment_counters_ = fragment_counters_;
     next->adopt(chosen, std::move(keys), nat_local_, nat_remote_, remote_id_text_);
     return next;
 }

@@ -117,6 +117,9 @@ std::vector<payload> ike_sa::build_init_request()
     if (uses_certificates()) {
         p.push_back(make_notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
     }
+    if (peer_.fragmentation != config::ike_fragmentation::no) {
+        p.push_back(make_notify(notify_type::ikev2_fragmentation_supported)); // RFC 7383 §2.3, no data
+    }
     return p;
 }
 
@@ -231,6 +234,9 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
     if (const auto* sha = find_notify(payloads, notify_type::signature_hash_algorithms)) {
         peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
     }
+    // RFC 7383 §2.3: the responder answers IKEV2_FRAGMENTATION_SUPPORTED only to an initiator that sent it.
+    fragmentation_ = peer_.fragmentation != config::ike_fragmentation::no &&
+                     find_notify(payloads, notify_type::ikev2_fragmentation_supported) != nullptr;
     state_ = state::init_done;
     if (nat_detected() && remote_.port == 500) {
         // §2.23: after NAT detection the initiator moves to port 4500 (with the non-ESP marker).
@@ -309,6 +315,12 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     if (const auto* sha = find_notify(payloads, notify_type::signature_hash_algorithms)) {
         peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
     }
+    // RFC 7383 §2.3: announce fragmentation only to an initiator that announced it.
+    fragmentation_ = peer_.fragmentation != config::ike_fragmentation::no &&
+                     find_notify(payloads, notify_type::ikev2_fragmentation_supported) != nullptr;
+    if (fragmentation_) {
+        reply.push_back(make_notify(notify_type::ikev2_fragmentation_supported));
+    }
     if (uses_certificates()) {
         reply.push_back(make_notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
         if (credentials_) {
@@ -333,7 +345,7 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
     }
     kex_.reset();
     io_.send(local_, remote_, init_response_);
-    last_response_ = init_response_;
+    last_response_ = {init_response_};
     last_response_id_ = 0;
     expected_request_id_ = 1;
     state_ = state::init_done;

@@ -118,6 +118,7 @@ std::string fingerprint(const config::ike_peer_config& p)
     }
     add(std::to_string(p.rekey_time) + "/" + std::to_string(p.dpd_interval) + "/" +
         std::to_string(static_cast<int>(p.dpd_action)));
+    add(std::to_string(static_cast<int>(p.fragmentation)) + "/" + std::to_string(p.fragment_size));
     for (const auto& t : p.tunnels) {
         add(t.name);
         add_prefixes(t.local_ts);
@@ -233,6 +234,7 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     give_credentials(*sa);
     // §2.4: INITIAL_CONTACT asserts this is the only IKE SA between us; not true with one already up.
     sa->set_send_initial_contact(!has_live_sa(peer->name));
+    sa->set_fragment_counters(&counters_.fragments);
     auto& ref = *sa;
     sas_[spi] = std::move(sa);
     ref.initiate(std::move(tunnels));
@@ -416,6 +418,7 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
         uint64_t spi = new_spi();
         auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
         give_credentials(*sa);
+        sa->set_fragment_counters(&counters_.fragments);
         auto& ref = *sa;
         sas_[spi] = std::move(sa);
         half_open_[key] = spi;

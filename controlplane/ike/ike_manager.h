@@ -35,6 +35,7 @@ struct manager_counters {
     uint64_t timers_late_10ms = 0;   // ran more than 10 ms late
     uint64_t timers_late_100ms = 0;  // more than 100 ms late
     uint64_t timer_late_max_us = 0;
+    fragment_counters fragments;     // RFC 7383, summed over every IKE SA
 };
 
 class ike_manager {

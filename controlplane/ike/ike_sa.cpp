@@ -80,16 +80,25 @@ void ike_sa::shutdown_local()
 
 // ---- sending -----------------------------------------------------------------------------------
 
-bytes ike_sa::seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads)
+bytes ike_sa::seal_datagram(exchange_type exchange, bool response, uint32_t message_id, payload_type first,
+                            std::span<const uint8_t> plain, uint16_t number, uint16_t total)
 {
-    payload_type first = payload_type::none;
-    bytes inner = serialize_payloads(payloads, first);
-    size_t sealed = out_->sealed_size(inner.size());
-    bytes datagram(header_size + generic_payload_header_size + sealed);
+    const bool fragment = total != 0;
+    const size_t payload_header = fragment ? skf_header_size : generic_payload_header_size;
+    const size_t sealed = out_->sealed_size(plain.size());
+    const size_t payload_length = payload_header + sealed;
+    if (payload_length > 65535) {
+        // §3.2: a payload length is 16 bits. Only a message with huge certificates gets here, and only
+        // when fragmentation is off or not negotiated.
+        log(log_level::error, "cannot send " + to_string(exchange) + " " + std::to_string(message_id) + ": " +
+                                  std::to_string(plain.size()) + " bytes do not fit one SK payload");
+        return {};
+    }
+    bytes datagram(header_size + payload_length);
     ike_header h;
     h.spi_i = spi_i_;
     h.spi_r = spi_r_;
-    h.next = payload_type::sk;
+    h.next = fragment ? payload_type::skf : payload_type::sk;
     h.exchange = static_cast<uint8_t>(exchange);
     h.flags = static_cast<uint8_t>((role_ == role::initiator ? flag_initiator : 0) | (response ? flag_response : 0));
     h.message_id = message_id;
@@ -98,26 +107,90 @@ bytes ike_sa::seal_message(exchange_type exchange, bool response, uint32_t messa
     uint8_t* g = datagram.data() + header_size;
     g[0] = static_cast<uint8_t>(first);
     g[1] = 0;
-    uint16_t sk_len = static_cast<uint16_t>(generic_payload_header_size + sealed);
-    g[2] = static_cast<uint8_t>(sk_len >> 8);
-    g[3] = static_cast<uint8_t>(sk_len);
-    std::span<const uint8_t> aad(datagram.data(), header_size + generic_payload_header_size);
+    g[2] = static_cast<uint8_t>(payload_length >> 8);
+    g[3] = static_cast<uint8_t>(payload_length);
+    if (fragment) {
+        // RFC 7383 §2.5: Fragment Number and Total Fragments, authenticated with the header (they sit
+        // before the IV, so they are part of the AAD / the ICV's input).
+        g[4] = static_cast<uint8_t>(number >> 8);
+        g[5] = static_cast<uint8_t>(number);
+        g[6] = static_cast<uint8_t>(total >> 8);
+        g[7] = static_cast<uint8_t>(total);
+    }
+    std::span<const uint8_t> aad(datagram.data(), header_size + payload_header);
     std::span<uint8_t> out(datagram.data() + aad.size(), sealed);
-    if (!out_->seal(aad, inner, out, io_.random())) {
-        log(log_level::error, "sealing the SK payload failed (OpenSSL)");
+    if (!out_->seal(aad, plain, out, io_.random())) {
+        log(log_level::error, fragment ? "sealing an SKF payload failed (OpenSSL)" : "sealing the SK payload failed (OpenSSL)");
         return {};
     }
     return datagram;
 }
 
+std::vector<bytes> ike_sa::seal_message(exchange_type exchange, bool response, uint32_t message_id,
+                                        const std::vector<payload>& payloads)
+{
+    payload_type first = payload_type::none;
+    bytes inner = serialize_payloads(payloads, first);
+    std::vector<bytes> out;
+    // RFC 7383 §2.5.1: fragment only what would not fit one datagram of the fragment size, only after
+    // IKE_SA_INIT (never fragmented, §2.5), only when both announced support, and not with `accept`.
+    const size_t room = ike_bytes_per_datagram(peer_.fragment_size, local_);
+    const size_t whole = header_size + generic_payload_header_size + out_->sealed_size(inner.size());
+    if (fragmentation_ && peer_.fragmentation != config::ike_fragmentation::accept &&
+        exchange != exchange_type::ike_sa_init && whole > room) {
+        const size_t chunk = fragment_plaintext_size(*out_, room);
+        const size_t total = chunk == 0 ? 0 : (inner.size() + chunk - 1) / chunk;
+        if (total >= 1 && total <= max_fragments) {
+            std::span<const uint8_t> rest(inner);
+            for (size_t i = 0; i < total; ++i) {
+                auto piece = rest.first(std::min(chunk, rest.size()));
+                rest = rest.subspan(piece.size());
+                // §2.5: only the first fragment names the first inner payload.
+                bytes d = seal_datagram(exchange, response, message_id, i == 0 ? first : payload_type::none, piece,
+                                        static_cast<uint16_t>(i + 1), static_cast<uint16_t>(total));
+                if (d.empty()) {
+                    return {};
+                }
+                out.push_back(std::move(d));
+            }
+            ++fragment_counters_->messages_sent;
+            if (io_.debug_enabled()) {
+                log(log_level::debug, "sending " + to_string(exchange) + (response ? " response " : " request ") +
+                                          std::to_string(message_id) + " (" + std::to_string(whole) +
+                                          " bytes) as " + std::to_string(total) + " fragments of at most " +
+                                          std::to_string(room) + " bytes (RFC 7383)");
+            }
+            return out;
+        }
+        log(log_level::warning, "cannot fragment a " + std::to_string(whole) + "-byte message into at most " +
+                                    std::to_string(max_fragments) + " fragments of " + std::to_string(room) +
+                                    " bytes; sending it whole");
+    }
+    bytes d = seal_datagram(exchange, response, message_id, first, inner, 0, 0);
+    if (!d.empty()) {
+        out.push_back(std::move(d));
+    }
+    return out;
+}
+
+void ike_sa::send_datagrams(const std::vector<bytes>& datagrams)
+{
+    for (const auto& d : datagrams) {
+        io_.send(local_, remote_, d);
+    }
+    if (datagrams.size() > 1) {
+        fragment_counters_->sent += datagrams.size();
+    }
+}
+
 void ike_sa::send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads)
 {
-    bytes datagram = seal_message(exchange, true, message_id, payloads);
-    if (datagram.empty()) {
+    auto datagrams = seal_message(exchange, true, message_id, payloads);
+    if (datagrams.empty()) {
         return;
     }
-    io_.send(local_, remote_, datagram);
-    last_response_ = std::move(datagram);
+    send_datagrams(datagrams);
+    last_response_ = std::move(datagrams);
     last_response_id_ = message_id;
     expected_request_id_ = message_id + 1;
 }
@@ -127,7 +200,7 @@ void ike_sa::send_request_plain(bytes datagram)
     io_.send(local_, remote_, datagram);
     outstanding o;
     o.message_id = 0;
-    o.datagram = std::move(datagram);
+    o.datagrams.push_back(std::move(datagram));
     o.sent = 1;
     o.deadline = io_.now() + retransmit_.base;
     o.plain = true;
@@ -158,14 +231,14 @@ void ike_sa::pump_requests()
     pending_request r = std::move(queue_.front());
     queue_.erase(queue_.begin());
     uint32_t id = next_request_id_++;
-    bytes datagram = seal_message(r.exchange, false, id, r.build());
-    if (datagram.empty()) {
+    auto datagrams = seal_message(r.exchange, false, id, r.build());
+    if (datagrams.empty()) {
         return;
     }
-    io_.send(local_, remote_, datagram);
+    send_datagrams(datagrams);
     outstanding o;
     o.message_id = id;
-    o.datagram = std::move(datagram);
+    o.datagrams = std::move(datagrams);
     o.sent = 1;
     o.deadline = io_.now() + retransmit_.base;
     o.on_reply = std::move(r.on_reply);
@@ -179,6 +252,9 @@ std::optional<std::vector<payload>> ike_sa::open_message(const message& msg, std
 {
     if (!in_ || msg.payloads.empty()) {
         return std::nullopt;
+    }
+    if (const auto* skf = std::get_if<skf_payload>(&msg.payloads.back().body)) {
+        return open_fragment(msg, *skf, raw);
     }
     const auto* sk = std::get_if<sk_payload>(&msg.payloads.back().body);
     if (sk == nullptr || msg.payloads.back().type != payload_type::sk) {
@@ -201,6 +277,135 @@ std::optional<std::vector<payload>> ike_sa::open_message(const message& msg, std
     return std::get<std::vector<payload>>(std::move(parsed));
 }
 
+std::optional<std::vector<payload>> ike_sa::open_fragment(const message& msg, const skf_payload& fragment,
+                                                          std::span<const uint8_t> raw)
+{
+    auto& counters = *fragment_counters_;
+    const auto& h = msg.header;
+    const std::string which = to_string(static_cast<exchange_type>(h.exchange)) +
+                              (h.is_response() ? " response " : " request ") + std::to_string(h.message_id) +
+                              " fragment " + std::to_string(fragment.number) + "/" + std::to_string(fragment.total);
+    if (!fragmentation_) {
+        // RFC 7383 §2.3: only after both announced support (with `fragmentation: no`, we did not).
+        ++counters.not_negotiated;
+        log(log_level::warning, "dropped " + which + ": IKE fragmentation was not negotiated with this peer");
+        return std::nullopt;
+    }
+    if (msg.payloads.size() != 1) {
+        // No exchange after IKE_SA_INIT has unencrypted payloads in front of SK, so none in front of SKF.
+        ++counters.invalid;
+        log(log_level::warning, "dropped " + which + ": unencrypted payloads before the SKF payload");
+        return std::nullopt;
+    }
+    auto& collection = h.is_response() ? response_fragments_ : request_fragments_;
+    // §2.6: duplicates and fragments older than the collection are dropped before any crypto work.
+    switch (collection.check(h.message_id, fragment.number, fragment.total)) {
+    case fragment_reassembly::check_result::duplicate:
+        ++counters.duplicate;
+        if (io_.debug_enabled()) {
+            log(log_level::debug, "ignored " + which + ": already received");
+        }
+        return std::nullopt;
+    case fragment_reassembly::check_result::stale:
+        ++counters.stale;
+        log(log_level::debug, "dropped " + which + ": fewer Total Fragments than the fragments being collected");
+        return std::nullopt;
+    case fragment_reassembly::check_result::fresh:
+        break;
+    }
+    std::string error;
+    auto plain = in_->open(raw.first(fragment.aad_size), fragment.body, error);
+    if (!plain) {
+        // §2.6: a fragment whose ICV fails is dropped silently; the others stay (and are counted).
+        ++counters.invalid;
+        log(log_level::warning, "dropped " + which + ": " + error);
+        return std::nullopt;
+    }
+    ++counters.received;
+    size_t discarded = 0;
+    auto added = collection.add(h.message_id, h.exchange, fragment, std::move(*plain), io_.now(), discarded);
+    counters.discarded += discarded;
+    if (discarded != 0) {
+        log(log_level::debug, "discarded " + std::to_string(discarded) + " fragment(s) collected before " + which);
+    }
+    if (added == fragment_reassembly::add_result::too_big) {
+        log(log_level::warning, "dropped " + which + " and the fragments before it: the message would exceed " +
+                                    std::to_string(max_reassembled_size) + " bytes");
+        return std::nullopt;
+    }
+    if (added == fragment_reassembly::add_result::stored) {
+        if (io_.debug_enabled()) {
+            log(log_level::debug, "received " + which);
+        }
+        return std::nullopt;
+    }
+    auto whole = collection.take();
+    auto parsed = parse_payloads(whole.first, whole.chain);
+    if (auto* err = std::get_if<parse_error>(&parsed)) {
+        counters.discarded += fragment.total;
+        log(log_level::warning, "dropped a reassembled message with malformed encrypted payloads: " + err->what);
+        return std::nullopt;
+    }
+    ++counters.reassembled;
+    if (io_.debug_enabled()) {
+        log(log_level::debug, "reassembled " + to_string(static_cast<exchange_type>(h.exchange)) +
+                                  (h.is_response() ? " response " : " request ") + std::to_string(h.message_id) +
+                                  " from " + std::to_string(fragment.total) + " fragments (" +
+                                  std::to_string(whole.chain.size()) + " bytes of payloads, RFC 7383)");
+    }
+    return std::get<std::vector<payload>>(std::move(parsed));
+}
+
+bool ike_sa::authentic_retransmission(const message& msg, std::span<const uint8_t> raw)
+{
+    if (!in_ || msg.payloads.empty()) {
+        return false;
+    }
+    const auto* fragment = std::get_if<skf_payload>(&msg.payloads.back().body);
+    if (fragment == nullptr) {
+        return open_message(msg, raw).has_value();
+    }
+    // RFC 7383 §2.6.1: a retransmitted fragmented request is answered once, on its first fragment
+    // (after checking it is really from the peer); the others are ignored, not answered N times.
+    if (!fragmentation_) {
+        ++fragment_counters_->not_negotiated;
+        return false;
+    }
+    if (fragment->number != 1) {
+        ++fragment_counters_->duplicate;
+        return false;
+    }
+    std::string error;
+    if (!in_->open(raw.first(fragment->aad_size), fragment->body, error)) {
+        ++fragment_counters_->invalid;
+        log(log_level::warning, "dropped a retransmitted request fragment: " + error);
+        return false;
+    }
+    ++fragment_counters_->duplicate;
+    return true;
+}
+
+void ike_sa::count_unexpected_fragment(const message& msg)
+{
+    if (!msg.payloads.empty() && std::holds_alternative<skf_payload>(msg.payloads.back().body)) {
+        ++fragment_counters_->unexpected;
+    }
+}
+
+void ike_sa::expire_fragments()
+{
+    auto now = io_.now();
+    for (auto* r : {&request_fragments_, &response_fragments_}) {
+        if (r->active() && now >= r->deadline()) {
+            size_t n = r->clear();
+            fragment_counters_->discarded += n;
+            log(log_level::warning, "gave up an incomplete fragmented message after " +
+                                        std::to_string(fragment_reassembly::timeout.count()) + " s (" +
+                                        std::to_string(n) + " fragment(s) discarded)");
+        }
+    }
+}
+
 void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endpoint& local, const endpoint& remote)
 {
     if (state_ == state::dead) {
@@ -209,6 +414,7 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
     const auto& h = msg.header;
     if (h.is_response()) {
         if (!outstanding_ || outstanding_->message_id != h.message_id) {
+            count_unexpected_fragment(msg);
             log(log_level::debug, "dropped an unexpected response " + std::to_string(h.message_id));
             return;
         }
@@ -237,12 +443,13 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
     // A request from the peer.
     if (last_response_id_ && h.message_id == *last_response_id_) {
         // §2.1: a retransmitted request gets the same response, without processing it again.
-        if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init) || open_message(msg, raw)) {
-            io_.send(local_, remote_, last_response_);
+        if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init) || authentic_retransmission(msg, raw)) {
+            send_datagrams(last_response_);
         }
         return;
     }
     if (h.message_id != expected_request_id_) {
+        count_unexpected_fragment(msg);
         log(log_level::debug, "dropped request " + std::to_string(h.message_id) + " (expected " +
                                   std::to_string(expected_request_id_) + ")");
         return;
@@ -288,6 +495,11 @@ steady_time ike_sa::next_deadline() const
     if (outstanding_) {
         next = std::min(next, outstanding_->deadline);
     }
+    for (const auto* r : {&request_fragments_, &response_fragments_}) {
+        if (r->active()) {
+            next = std::min(next, r->deadline());
+        }
+    }
     if (state_ == state::established) {
         if (next_dpd_ != steady_time{}) {
             next = std::min(next, next_dpd_);
@@ -313,6 +525,7 @@ void ike_sa::tick()
         return;
     }
     auto now = io_.now();
+    expire_fragments();
     if (outstanding_ && now >= outstanding_->deadline) {
         if (outstanding_->sent > retransmit_.tries) {
             auto on_timeout = std::move(outstanding_->on_timeout);
@@ -326,7 +539,7 @@ void ike_sa::tick()
                 return;
             }
         } else {
-            io_.send(local_, remote_, outstanding_->datagram);
+            send_datagrams(outstanding_->datagrams);
             // §2.1: retransmissions back off exponentially.
             outstanding_->deadline = now + retransmit_.base * (1u << std::min(outstanding_->sent, 10u));
             ++outstanding_->sent;

@@ -20,6 +20,7 @@
 #include "espresso/config/ike.h"
 #include "espresso/cp/ike_crypto.h"
 #include "espresso/cp/ike_message.h"
+#include "ike_fragments.h"
 #include "ike_io.h"
 #include "proposals.h"
 #include "pubkey_auth.h"
@@ -112,6 +113,10 @@ public:
     // Certificate authentication (auth.method pubkey): our certificate, key and trusted CAs, loaded
     // once per peer by the manager. Without them such a peer cannot authenticate.
     void set_credentials(std::shared_ptr<const pubkey_credentials> credentials) { credentials_ = std::move(credentials); }
+    // RFC 7383: where this SA counts fragments (the manager's counters; by default its own).
+    void set_fragment_counters(fragment_counters* counters) { fragment_counters_ = counters ? counters : &own_fragment_counters_; }
+    // Both ends announced IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 §2.3).
+    bool fragmentation() const noexcept { return fragmentation_; }
     // After an IKE SA rekey, the new IKE SA(s) this one created: the one that took over the Child SAs
     // and, after a simultaneous rekey (§2.8.2), the redundant one until it is deleted. The manager
     // adopts them; call until it returns null.
@@ -145,7 +150,7 @@ private:
     };
     struct outstanding {
         uint32_t message_id = 0;
-        bytes datagram;
+        std::vector<bytes> datagrams; // one, or every fragment (RFC 7383: retransmissions resend them all)
         unsigned sent = 0;
         steady_time deadline{};
         std::function<void(const std::vector<payload>&)> on_reply;
@@ -156,7 +161,19 @@ private:
     void queue_request(pending_request request);
     void pump_requests();
     void send_request_plain(bytes datagram);
-    bytes seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads);
+    // One datagram, or the fragments (RFC 7383) when negotiated and the message would not fit; empty on failure.
+    std::vector<bytes> seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads);
+    // SK (total == 0) or SKF `number` of `total` around `plain`.
+    bytes seal_datagram(exchange_type exchange, bool response, uint32_t message_id, payload_type first,
+                        std::span<const uint8_t> plain, uint16_t number, uint16_t total);
+    void send_datagrams(const std::vector<bytes>& datagrams);
+    // An SKF message (RFC 7383 §2.6): checked, opened and collected; the inner payloads once all are here.
+    std::optional<std::vector<payload>> open_fragment(const message& msg, const skf_payload& fragment,
+                                                      std::span<const uint8_t> raw);
+    // A retransmitted request we answered already: authentic? (for SKF: fragment 1 only, §2.6.1)
+    bool authentic_retransmission(const message& msg, std::span<const uint8_t> raw);
+    void expire_fragments();
+    void count_unexpected_fragment(const message& msg);
     void send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads);
     std::optional<std::vector<payload>> open_message(const message& msg, std::span<const uint8_t> raw);
     void fail(const std::string& cause, const std::string& fix);
@@ -242,7 +259,7 @@ private:
     uint32_t next_request_id_ = 0;      // our next request
     uint32_t expected_request_id_ = 0;  // the peer's next request
     std::optional<uint32_t> last_response_id_;
-    bytes last_response_;               // resent on a duplicate request
+    std::vector<bytes> last_response_;  // resent on a duplicate request (all fragments, RFC 7383)
     std::optional<outstanding> outstanding_;
     // A vector, not a deque: an empty std::deque allocates ~600 bytes, and almost every IKE SA's
     // queue is empty almost always (perf/bench-ike: memory per IKE SA).
@@ -291,6 +308,13 @@ private:
     void retire_after(std::chrono::seconds wait); // no more rekeying; deleted by us if the peer has not by then
     void take_over_candidate(const std::string& why);
     steady_time half_open_deadline_{};
+
+    // RFC 7383 fragmentation (ike_sa.cpp; negotiated in exchange_init.cpp).
+    bool fragmentation_ = false;
+    fragment_reassembly request_fragments_;  // the peer's request being collected
+    fragment_reassembly response_fragments_; // the response to our outstanding request
+    fragment_counters own_fragment_counters_;
+    fragment_counters* fragment_counters_ = &own_fragment_counters_;
 };
 
 } // namespace espresso::cp

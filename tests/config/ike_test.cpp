@@ -466,7 +466,7 @@ TEST(ike_loader, exact_error_messages)
          "version, "
          "local-address, remote-address, local-port, remote-port, proposals, allow-legacy, local-id, "
          "remote-id, auth, "
-         "rekey-time, dpd, tunnels."},
+         "rekey-time, dpd, fragmentation, fragment-size, tunnels."},
         {{"        - { name: lan, local-ts: [0.0.0.0/0], remote-ts: [10.99.0.0/16] }",
           "        - { name: lan, local-ts: [0.0.0.0/0], remote-ts: [10.99.0.0/16], start: immediately }"},
          "gw.yaml:40:81: ike.peers[1].tunnels[0].start: peer \"roadwarriors\" has remote-address: any, so "
@@ -512,6 +512,27 @@ TEST(ike_loader, exact_error_messages)
                   .ike.peers[0]
                   .local_address,
               *parse_address("198.51.100.77"));
+}
+
+TEST(ike_loader, fragmentation)
+{
+    // RFC 7383, strongSwan's values; default yes with 1280-byte datagrams.
+    const auto defaults = load_string(gateway).ike.peers[0];
+    EXPECT_EQ(defaults.fragmentation, ike_fragmentation::yes);
+    EXPECT_EQ(defaults.fragment_size, 1280u);
+    for (auto [text, value] : {std::pair{"yes", ike_fragmentation::yes}, std::pair{"accept", ike_fragmentation::accept},
+                               std::pair{"force", ike_fragmentation::force}, std::pair{"no", ike_fragmentation::no},
+                               std::pair{"false", ike_fragmentation::no}}) {
+        const auto p = load_string(with(gateway, "rekey-time: 4h", std::string("rekey-time: 4h\n      fragmentation: ") + text))
+                           .ike.peers[0];
+        EXPECT_EQ(p.fragmentation, value) << text;
+    }
+    EXPECT_EQ(load_string(with(gateway, "rekey-time: 4h", "rekey-time: 4h\n      fragment-size: 576")).ike.peers[0].fragment_size,
+              576u);
+    EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: 4h\n      fragmentation: maybe"),
+                    "ike.peers[0].fragmentation: unknown value \"maybe\"; expected one of: yes | true | accept | force | no | false");
+    EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: 4h\n      fragment-size: 500"), "ike.peers[0].fragment-size");
+    EXPECT_CONTAINS(error_text("rekey-time: 4h", "rekey-time: 4h\n      fragment-size: 70000"), "ike.peers[0].fragment-size");
 }
 
 TEST(ike_loader, more_checks)

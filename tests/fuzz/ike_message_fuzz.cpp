@@ -3,7 +3,7 @@
 // so both must refuse anything malformed without crashing, reading out of bounds or allocating without
 // bound, and what they accept must survive a round trip:
 //   parse_message(input) = m1  =>  serialize_message(m1) = b1 parses to m2, m2 equals m1 (up to the
-//   header length and SK aad_size, which shrink when unknown transform attributes are dropped), and
+//   header length and SK/SKF aad_size, which shrink when unknown transform attributes are dropped), and
 //   serialize_message(m2) == b1 byte for byte.
 // The same input is also fed to parse_payloads with byte 0 as the first payload type and the rest as
 // the chain (a decrypted SK body), with the same round-trip checks.
@@ -34,6 +34,8 @@ void normalize(std::vector<cp::payload>& payloads)
     for (auto& p : payloads) {
         if (auto* sk = std::get_if<cp::sk_payload>(&p.body)) {
             sk->aad_size = 0;
+        } else if (auto* skf = std::get_if<cp::skf_payload>(&p.body)) {
+            skf->aad_size = 0;
         }
     }
 }
@@ -61,6 +63,16 @@ void check_message(std::span<const uint8_t> data)
         if (const auto* sk = std::get_if<cp::sk_payload>(&p.body);
             sk && sk->aad_size + sk->body.size() != b1.size()) {
             fail("SK aad_size + body size != message size");
+        }
+        // RFC 7383 §2.5: what parse_message lets through must be a possible fragment.
+        if (const auto* skf = std::get_if<cp::skf_payload>(&p.body)) {
+            if (skf->aad_size + skf->body.size() != b1.size()) {
+                fail("SKF aad_size + body size != message size");
+            }
+            if (skf->number == 0 || skf->number > skf->total || skf->total > cp::max_fragments || skf->body.empty() ||
+                (skf->number != 1 && skf->first_inner != cp::payload_type::none)) {
+                fail("parse_message accepted an impossible SKF payload");
+            }
         }
     }
     m1->header.length = 0;

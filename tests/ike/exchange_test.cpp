@@ -79,6 +79,12 @@ struct peer_io final : ike_io {
 struct network {
     std::deque<datagram> wire;
     std::function<bool(const datagram&)> drop; // true: lose it
+    std::function<void(datagram&)> tamper;     // may change a datagram before it is delivered
+    // RFC 7383 tests: hold the SKF datagrams of one message until all are sent, then put them on the
+    // wire last first, each `fragment_copies` times.
+    bool reverse_fragments = false;
+    int fragment_copies = 1;
+    std::vector<datagram> held;
     bool nat = false;
     config::ip_address a_private, a_public;
     std::map<uint16_t, uint16_t> nat_ports{{500, 40000}, {4500, 40500}};
@@ -96,6 +102,19 @@ struct network {
                     d.to = endpoint{a_private, inside};
                 }
             }
+        }
+        if (reverse_fragments && d.data.size() > 32 && d.data[16] == static_cast<uint8_t>(payload_type::skf)) {
+            size_t total = size_t{d.data[34]} << 8 | d.data[35]; // after the header and SKF's generic header
+            held.push_back(std::move(d));
+            if (held.size() == total) {
+                for (auto it = held.rbegin(); it != held.rend(); ++it) {
+                    for (int i = 0; i < fragment_copies; ++i) {
+                        wire.push_back(*it);
+                    }
+                }
+                held.clear();
+            }
+            return;
         }
         wire.push_back(std::move(d));
     }
@@ -141,12 +160,20 @@ struct pair_fixture {
     std::unique_ptr<ike_manager> a, b;
     config::ip_address addr_a = addr("198.51.100.1"), addr_b = addr("203.0.113.1");
 
-    pair_fixture(const std::string& yaml_a, const std::string& yaml_b)
+    // `tweak` may change what the loader would refuse (a tiny fragment-size, to fragment PSK messages).
+    pair_fixture(const std::string& yaml_a, const std::string& yaml_b,
+                 const std::function<void(config::ike_config&, bool is_a)>& tweak = {})
     {
         io_a.net = io_b.net = &net;
         io_a.clock = io_b.clock = &clock;
-        a = std::make_unique<ike_manager>(io_a, config::load_string(yaml_a, "a.yaml").ike);
-        b = std::make_unique<ike_manager>(io_b, config::load_string(yaml_b, "b.yaml").ike);
+        auto ca = config::load_string(yaml_a, "a.yaml").ike;
+        auto cb = config::load_string(yaml_b, "b.yaml").ike;
+        if (tweak) {
+            tweak(ca, true);
+            tweak(cb, false);
+        }
+        a = std::make_unique<ike_manager>(io_a, std::move(ca));
+        b = std::make_unique<ike_manager>(io_b, std::move(cb));
     }
 
     // Delivers until the wire is quiet (bounded).
@@ -160,6 +187,9 @@ struct pair_fixture {
             }
             ++net.delivered;
             bool to_a = d.to.address == (net.nat ? net.a_private : addr_a);
+            if (net.tamper) {
+                net.tamper(d);
+            }
             (to_a ? *a : *b).receive(d.to, d.from, d.data);
         }
     }
@@ -772,6 +802,212 @@ TEST(ExchangeTest, GarbageIsCountedNotFatal)
     f.a->start();
     f.pump();
     EXPECT_EQ(f.only_sa(*f.b)->sa_state(), ike_sa::state::established);
+}
+
+
+// ---- RFC 7383 fragmentation --------------------------------------------------------------------------
+
+bool is_fragment(const datagram& d) { return d.data.size() > 32 && d.data[16] == static_cast<uint8_t>(payload_type::skf); }
+
+uint16_t fragment_number(const datagram& d) { return static_cast<uint16_t>(d.data[32] << 8 | d.data[33]); }
+
+// PSK messages are a few hundred bytes; a fragment size of 160 (the loader's minimum is 576) splits
+// IKE_AUTH into several fragments both ways.
+void small_fragments(config::ike_config& c, bool)
+{
+    c.peers[0].fragment_size = 160;
+}
+
+const ike_sa* established_sa(ike_manager& m)
+{
+    return m.sas().size() == 1 && m.sas().begin()->second->sa_state() == ike_sa::state::established
+               ? m.sas().begin()->second.get()
+               : nullptr;
+}
+
+TEST(ExchangeFragmentation, IkeAuthGoesFragmentedBothWays)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+    std::map<std::pair<bool, uint16_t>, int> seen; // (response, fragment number) -> datagrams
+    size_t biggest = 0;
+    f.net.drop = [&](const datagram& d) {
+        if (is_fragment(d)) {
+            ++seen[{parse_header(d.data)->is_response(), fragment_number(d)}];
+            biggest = std::max(biggest, d.data.size());
+        }
+        return false;
+    };
+    f.a->start();
+    f.pump();
+    const auto* sa_a = established_sa(*f.a);
+    const auto* sa_b = established_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr) << f.io_a.logs.back();
+    ASSERT_NE(sa_b, nullptr) << f.io_b.logs.back();
+    EXPECT_TRUE(sa_a->fragmentation());
+    EXPECT_TRUE(sa_b->fragmentation());
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    // Requests and responses went as fragments 1..n, each datagram within the fragment size.
+    EXPECT_GE(seen.count({false, 3}), 1u);
+    EXPECT_GE(seen.count({true, 2}), 1u);
+    EXPECT_LE(biggest, 160u - 20 - 8);
+    const auto& ca = f.a->counters().fragments;
+    const auto& cb = f.b->counters().fragments;
+    EXPECT_EQ(ca.messages_sent, 1u); // the IKE_AUTH request
+    EXPECT_EQ(cb.messages_sent, 1u); // the IKE_AUTH response
+    EXPECT_EQ(ca.reassembled, 1u);
+    EXPECT_EQ(cb.reassembled, 1u);
+    EXPECT_EQ(ca.sent, cb.received);
+    EXPECT_EQ(cb.sent, ca.received);
+    EXPECT_EQ(ca.invalid + cb.invalid + ca.duplicate + cb.duplicate + ca.discarded + cb.discarded, 0u);
+    // Later exchanges fragment too: a Child SA rekey over the fragmenting IKE SA.
+    f.a->sas().begin()->second->rekey_child(sa_a->children()[0].spi_in);
+    f.pump();
+    EXPECT_EQ(f.a->counters().fragments.messages_sent, 2u);
+    EXPECT_EQ(f.b->counters().fragments.reassembled, 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(ExchangeFragmentation, OutOfOrderAndDuplicatedFragments)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+    f.net.reverse_fragments = true; // last fragment first
+    f.net.fragment_copies = 2;      // and every one twice
+    f.a->start();
+    f.pump();
+    ASSERT_NE(established_sa(*f.a), nullptr) << f.io_a.logs.back();
+    ASSERT_NE(established_sa(*f.b), nullptr) << f.io_b.logs.back();
+    const auto& ca = f.a->counters().fragments;
+    const auto& cb = f.b->counters().fragments;
+    EXPECT_EQ(cb.reassembled, 1u);
+    EXPECT_EQ(ca.reassembled, 1u);
+    // Each second copy is ignored. The second copy of request fragment 1 arrives after B answered, so
+    // it looks like a retransmitted request (§2.6.1): B resends its response once, and A, done already,
+    // counts those fragments (and the copies) as unexpected.
+    EXPECT_EQ(cb.duplicate, ca.sent); // n - 1 second copies, and fragment 1 again as a retransmission
+    EXPECT_EQ(cb.messages_sent, 1u);
+    EXPECT_EQ(ca.received + ca.duplicate + ca.unexpected, 2 * cb.sent);
+    EXPECT_GT(ca.unexpected, 0u);
+    EXPECT_EQ(cb.invalid + ca.invalid, 0u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u); // installed once
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(ExchangeFragmentation, TamperedFragmentDroppedRetransmissionRecovers)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+    int tampered = 0;
+    f.net.tamper = [&](datagram& d) {
+        // Fragment 2 of the first IKE_AUTH request: one bit of its ciphertext.
+        if (tampered == 0 && is_fragment(d) && fragment_number(d) == 2 && !parse_header(d.data)->is_response()) {
+            d.data[d.data.size() - 20] ^= 0x01;
+            ++tampered;
+        }
+    };
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(tampered, 1);
+    EXPECT_EQ(established_sa(*f.a), nullptr);
+    const auto& cb = f.b->counters().fragments;
+    EXPECT_EQ(cb.invalid, 1u);  // dropped and counted ...
+    EXPECT_GE(cb.received, 2u); // ... while the others were kept
+    EXPECT_EQ(cb.reassembled, 0u);
+    // The initiator retransmits every fragment; the ones B has are duplicates, the good copy of
+    // fragment 2 completes the message.
+    size_t sent_before = f.a->counters().fragments.sent;
+    f.advance(std::chrono::milliseconds(1100));
+    EXPECT_EQ(f.a->counters().fragments.sent, 2 * sent_before);
+    ASSERT_NE(established_sa(*f.a), nullptr) << f.io_a.logs.back();
+    ASSERT_NE(established_sa(*f.b), nullptr) << f.io_b.logs.back();
+    EXPECT_EQ(cb.reassembled, 1u);
+    EXPECT_EQ(cb.duplicate, sent_before - 1);
+    EXPECT_EQ(cb.invalid, 1u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(ExchangeFragmentation, LostResponseFragmentsResentOnceForARetransmittedRequest)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+    bool lose = true;
+    size_t b_response_fragments = 0;
+    f.net.drop = [&](const datagram& d) {
+        if (is_fragment(d) && parse_header(d.data)->is_response()) {
+            ++b_response_fragments;
+            return lose; // the whole first IKE_AUTH response is lost
+        }
+        return false;
+    };
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(established_sa(*f.a), nullptr);
+    size_t total = b_response_fragments;
+    ASSERT_GE(total, 2u);
+    lose = false;
+    f.advance(std::chrono::milliseconds(1100));
+    ASSERT_NE(established_sa(*f.a), nullptr) << f.io_a.logs.back();
+    // RFC 7383 §2.6.1: B answers the retransmitted request once (on its fragment 1), not per fragment.
+    EXPECT_EQ(b_response_fragments, 2 * total);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+}
+
+TEST(ExchangeFragmentation, NotNegotiatedOrAcceptOnly)
+{
+    // `no` on the initiator: no notify, nothing fragmented, even with a tiny fragment size.
+    {
+        pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      fragmentation: no\n", default_tunnel_a),
+                       peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+        bool notify_seen = false;
+        f.net.drop = [&](const datagram& d) {
+            auto m = parse_message(d.data);
+            if (auto* msg = std::get_if<message>(&m)) {
+                notify_seen = notify_seen || find_notify(msg->payloads, notify_type::ikev2_fragmentation_supported);
+            }
+            return false;
+        };
+        f.a->start();
+        f.pump();
+        ASSERT_NE(established_sa(*f.a), nullptr);
+        EXPECT_FALSE(notify_seen);
+        EXPECT_FALSE(established_sa(*f.b)->fragmentation());
+        EXPECT_EQ(f.a->counters().fragments.sent + f.b->counters().fragments.sent, 0u);
+    }
+    // `accept` on the initiator: announced, so the responder fragments its response; ours go whole.
+    {
+        pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      fragmentation: accept\n", default_tunnel_a),
+                       peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b), small_fragments);
+        f.a->start();
+        f.pump();
+        ASSERT_NE(established_sa(*f.a), nullptr);
+        EXPECT_TRUE(established_sa(*f.a)->fragmentation());
+        EXPECT_EQ(f.a->counters().fragments.messages_sent, 0u);
+        EXPECT_EQ(f.b->counters().fragments.messages_sent, 1u);
+        EXPECT_EQ(f.a->counters().fragments.reassembled, 1u);
+    }
+}
+
+TEST(ExchangeFragmentation, IkeSaRekeyKeepsFragmentation)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      rekey-time: 100s\n      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      rekey-time: 0\n      dpd: { interval: 0 }\n", default_tunnel_b),
+                   small_fragments);
+    f.a->start();
+    f.pump();
+    uint64_t old_spi = f.only_sa(*f.a)->spi_i();
+    size_t before = f.a->counters().fragments.messages_sent;
+    f.advance(std::chrono::seconds(101));
+    const auto* sa_a = established_sa(*f.a);
+    ASSERT_NE(sa_a, nullptr);
+    EXPECT_NE(sa_a->spi_i(), old_spi);
+    EXPECT_TRUE(sa_a->fragmentation());
+    EXPECT_GT(f.a->counters().fragments.messages_sent, before); // the rekey request itself was fragmented
+    f.a->sas().begin()->second->rekey_child(sa_a->children()[0].spi_in);
+    f.pump();
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
 }
 
 } // namespace

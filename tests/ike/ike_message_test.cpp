@@ -154,6 +154,8 @@ std::vector<payload> every_payload()
     };
 }
 
+void expect_every_prefix_fails(const bytes& wire);
+
 // ---- round trips -----------------------------------------------------------------------------------
 
 TEST(IkeMessageRoundTrip, EveryPayloadType)
@@ -247,17 +249,68 @@ TEST(IkeMessageSk, MustBeLast)
               std::string::npos);
 }
 
-TEST(IkeMessageSk, EncryptedFragmentKeptRawAndLast)
+TEST(IkeMessageSkf, ParsedSealedAndLast)
 {
-    // RFC 7383 SKF: Fragment Number 1, Total 2, then IV | ciphertext | ICV; its Next Payload (IDi) names
-    // the first inner payload, so nothing may follow it.
-    bytes body = cat({{0, 1, 0, 2}, seq(0, 24)});
-    const auto m = ok(parse_message(message_bytes(payload_type::skf, raw(35, 0, body))));
+    // RFC 7383 §2.5 SKF: Fragment Number 1, Total 2, then IV | ciphertext | ICV; its Next Payload (IDi)
+    // names the first inner payload, so nothing may follow it.
+    bytes body = seq(0, 24);
+    const auto m = ok(parse_message(message_bytes(payload_type::skf, raw(35, 0, cat({{0, 1, 0, 2}, body})))));
     ASSERT_EQ(m.payloads.size(), 1u);
     EXPECT_EQ(m.payloads[0].type, payload_type::skf);
-    EXPECT_EQ(std::get<unknown_payload>(m.payloads[0].body), (unknown_payload{53, body}));
-    auto e = err(parse_message(message_bytes(payload_type::skf, cat({raw(35, 0, body), raw(0, 0, {})}))));
+    const auto& f = std::get<skf_payload>(m.payloads[0].body);
+    EXPECT_EQ(f.first_inner, payload_type::idi);
+    EXPECT_EQ(f.number, 1);
+    EXPECT_EQ(f.total, 2);
+    EXPECT_EQ(f.body, body);
+    EXPECT_EQ(f.aad_size, header_size + skf_header_size); // the numbers are authenticated, not encrypted
+    EXPECT_EQ(serialize_message(m.header, m.payloads), message_bytes(payload_type::skf, raw(35, 0, cat({{0, 1, 0, 2}, body}))));
+    auto e = err(parse_message(message_bytes(payload_type::skf, cat({raw(35, 0, cat({{0, 1, 0, 2}, body})), raw(0, 0, {})}))));
     EXPECT_NE(e.what.find("must be last"), std::string::npos) << e.what;
+    // A later fragment with Next Payload 0; an unencrypted payload in front moves the AAD.
+    const auto m2 = ok(parse_message(message_bytes(payload_type::vendor, cat({raw(53, 0, {'v'}), raw(0, 0, cat({{0, 2, 0, 2}, body}))}))));
+    ASSERT_EQ(m2.payloads.size(), 2u);
+    EXPECT_EQ(std::get<skf_payload>(m2.payloads[1].body).aad_size, header_size + 5 + skf_header_size);
+    // The critical bit on SKF is fine: we know the payload.
+    EXPECT_FALSE(std::holds_alternative<parse_error>(
+        parse_message(message_bytes(payload_type::skf, raw(35, 0x80, cat({{0, 1, 0, 1}, body}))))));
+}
+
+TEST(IkeMessageSkf, InvalidNumbersRefused)
+{
+    struct bad_case {
+        const char* name;
+        uint8_t next;
+        bytes body;
+        const char* reason;
+    };
+    const bad_case cases[] = {
+        {"number 0", 35, cat({{0, 0, 0, 2}, seq(0, 24)}), "neither may be 0"},
+        {"total 0", 35, cat({{0, 1, 0, 0}, seq(0, 24)}), "neither may be 0"},
+        {"number above total", 0, cat({{0, 3, 0, 2}, seq(0, 24)}), "above Total Fragments"},
+        {"number 65535 of 1", 0, cat({{0xff, 0xff, 0, 1}, seq(0, 24)}), "above Total Fragments"},
+        {"total above the limit", 35, cat({{0, 1, 1, 1}, seq(0, 24)}), "Total Fragments 257"},
+        {"total 65535", 0, cat({{0, 2, 0xff, 0xff}, seq(0, 24)}), "at most 256"},
+        {"later fragment names a payload", 35, cat({{0, 2, 0, 2}, seq(0, 24)}), "only the first fragment"},
+        {"no IV/ciphertext/ICV", 35, {0, 1, 0, 1}, "without IV"},
+        {"numbers truncated (3 bytes)", 35, {0, 1, 0}, "shorter than 8"},
+        {"numbers missing", 35, {}, "shorter than 8"},
+    };
+    for (const auto& c : cases) {
+        auto e = err(parse_message(message_bytes(payload_type::skf, raw(c.next, 0, c.body))));
+        EXPECT_EQ(e.notify, notify_type::invalid_syntax) << c.name;
+        EXPECT_NE(e.what.find(c.reason), std::string::npos) << c.name << ": " << e.what;
+    }
+    // The limit itself is accepted.
+    EXPECT_FALSE(std::holds_alternative<parse_error>(
+        parse_message(message_bytes(payload_type::skf, raw(0, 0, cat({{1, 0, 1, 0}, seq(0, 24)}))))));
+    // SKF inside a decrypted SK payload.
+    auto e = err(parse_payloads(payload_type::skf, raw(35, 0, cat({{0, 1, 0, 2}, seq(0, 24)}))));
+    EXPECT_NE(e.what.find("inside an SK payload"), std::string::npos) << e.what;
+    // Payload length beyond the datagram, and every prefix of a good fragment.
+    bytes long_skf = raw(35, 0, cat({{0, 1, 0, 2}, seq(0, 24)}));
+    long_skf[3] = 0xff;
+    EXPECT_TRUE(std::holds_alternative<parse_error>(parse_message(message_bytes(payload_type::skf, long_skf))));
+    expect_every_prefix_fails(message_bytes(payload_type::skf, raw(35, 0, cat({{0, 1, 0, 2}, seq(0, 24)}))));
 }
 
 TEST(IkeMessageSk, EmptyInformationalIsAllowed)
@@ -703,6 +756,9 @@ TEST(IkeMessageNames, NamesAndDescribe)
     m.header.message_id = 1;
     m.payloads = {{payload_type::sk, false, sk_payload{payload_type::idr, {1}, 0}}};
     EXPECT_EQ(describe(m), "IKE_AUTH response 1 [ SK ]");
+    m.payloads = {{payload_type::skf, false, skf_payload{payload_type::none, 2, 3, {1}, 0}}};
+    EXPECT_EQ(describe(m), "IKE_AUTH response 1 [ SKF(2/3) ]");
+    EXPECT_EQ(payload_name(payload_type::skf), "SKF");
     m.payloads = {{static_cast<payload_type>(200), false, unknown_payload{200, {}}},
                   {payload_type::cp, false, unknown_payload{47, {}}}};
     EXPECT_EQ(describe(m), "IKE_AUTH response 1 [ UNKNOWN(200) CP ]");
@@ -829,6 +885,39 @@ TEST(IkeWireScapy, InformationalDelete)
     EXPECT_EQ(std::string(v.id.begin(), v.id.end()), "espresso-test");
     EXPECT_EQ(describe(m), "INFORMATIONAL request 7 [ D V ]");
     EXPECT_EQ(serialize_message(m.header, m.payloads), wire);
+}
+
+// Two datagrams back to back: SKF fragment 1/3 (Next Payload IDi) and 3/3 (Next Payload 0).
+constexpr const char* scapy_ike_auth_fragments =
+    "0102030405060708111213141516171835202308000000010000005c230000400001000300010203040506075a5a5a5a"
+    "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a000102030405060708090a0b0c0d0e0f01020304"
+    "05060708111213141516171835202308000000010000004c00000030000300030001020304050607a5a5a5a5a5a5a5a5"
+    "a5a5a5a5a5a5a5a5000102030405060708090a0b0c0d0e0f";
+
+TEST(IkeWireScapy, IkeAuthFragments)
+{
+    bytes both = from_hex(scapy_ike_auth_fragments);
+    bytes first(both.begin(), both.begin() + 0x5c), third(both.begin() + 0x5c, both.end());
+    const auto m1 = ok(parse_message(first));
+    const auto m3 = ok(parse_message(third));
+    ASSERT_EQ(m1.payloads.size(), 1u);
+    ASSERT_EQ(m3.payloads.size(), 1u);
+    const auto& f1 = std::get<skf_payload>(m1.payloads[0].body);
+    const auto& f3 = std::get<skf_payload>(m3.payloads[0].body);
+    EXPECT_EQ(m1.header.next, payload_type::skf);
+    EXPECT_EQ(f1.first_inner, payload_type::idi);
+    EXPECT_EQ(f1.number, 1);
+    EXPECT_EQ(f1.total, 3);
+    EXPECT_EQ(f1.body.size(), 8u + 32 + 16);
+    EXPECT_EQ(f1.aad_size, header_size + skf_header_size);
+    EXPECT_EQ(f3.first_inner, payload_type::none);
+    EXPECT_EQ(f3.number, 3);
+    EXPECT_EQ(f3.total, 3);
+    EXPECT_EQ(describe(m1), "IKE_AUTH request 1 [ SKF(1/3) ]");
+    EXPECT_EQ(serialize_message(m1.header, m1.payloads), first);
+    EXPECT_EQ(serialize_message(m3.header, m3.payloads), third);
+    expect_every_prefix_fails(first);
+    expect_every_prefix_fails(third);
 }
 
 TEST(IkeWireScapy, IkeAuthSealed)

@@ -234,15 +234,17 @@ def swanctl_conf(local_addrs, remote_addrs, local_ts, remote_ts, *, name="s2s", 
     return "\n".join(lines) + "\n"
 
 
-def make_pki(directory, peers, days=30, key="ec"):
+def make_pki(directory, peers, days=30, key="ec", rsa_bits=2048):
     """A test CA and one certificate per peer, made with openssl (Debian 12 has no strongSwan pki tool).
 
     peers: {"branch": "203.0.113.1", "hq": "198.51.100.1"} -> the IP becomes the certificate's
     subjectAltName (strongSwan matches id = <IP> against it). Returns {peer: {"cert":, "key":, "ca":}}
     with absolute paths; pass files=make_pki(...)[peer] to Charon.load to install them.
-    key: "ec" (P-256) or "rsa" (RSA 2048) for the CA and the peers.
+    key: "ec" (P-256) or "rsa" (RSA, rsa_bits long: 4096 makes IKE_AUTH exceed 1500 bytes) for the CA and
+    the peers.
     """
-    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key == "ec" else ["-newkey", "rsa:2048"]
+    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key == "ec"
+              else ["-newkey", f"rsa:{rsa_bits}"])
     os.makedirs(directory, exist_ok=True)
     ca_key = os.path.join(directory, "ca.key")
     ca = os.path.join(directory, "ca.pem")

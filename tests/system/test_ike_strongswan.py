@@ -17,6 +17,10 @@ Scenarios (each a fresh IKE SA on one topology):
   real_nat    an nftables masquerading NAT in front of HQ: NAT-D, float, encapsulation, keepalives
   on_traffic  start: on-traffic: a trap policy in espresso-dp, acquire, the tunnel comes up on demand
   mismatch    PSK and DH group mismatch: `failures` names the cause
+  fragmentation  RFC 7383 with RSA 4096 certificates (IKE_AUTH > 2 KB) through a router that drops IP
+               fragments, strongSwan initiates: both IKE_AUTH messages cross only as SKF fragments
+  fragmentation_initiator  the same with espresso initiating; first with `fragmentation: no` on espresso,
+               which must fail there (the IP fragments are dropped), proving the path
   dpd_killed_peer  strongSwan killed with SIGKILL: DPD clears the SAs (charon restarted afterwards)
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
@@ -41,7 +45,7 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False):
+             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False, extra_peer=""):
     auth = auth or f'{{ method: psk, secret: "{secret}" }}'
     retransmit = "  retransmit-timeout-ms: 300\n  retransmit-tries: 2\n" if fast_retransmit else ""
     return f"""ike:
@@ -53,7 +57,7 @@ def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none"
       auth: {auth}
       rekey-time: {ike_rekey}
       dpd: {{ interval: {dpd}, action: clear }}
-      tunnels:
+{extra_peer}      tunnels:
         - name: lan
           local-ts: [192.168.1.0/24]
           remote-ts: [192.168.2.0/24]
@@ -450,10 +454,156 @@ def scenario_peer_restart(topo, run, br):
     return br
 
 
+# ---- RFC 7383 ------------------------------------------------------------------------------------------
+
+class FragmentDropper:
+    """nftables on the inet router: drop every IP fragment (MF set or a fragment offset) before conntrack
+    could reassemble it (prerouting, priority -500 < defrag's -400), counted. A path like this (a
+    firewall that drops fragments) is why RFC 7383 exists: only IKE fragmentation gets IKE_AUTH through."""
+
+    def __init__(self, topo):
+        self.ns = topo.ns["inet"]
+
+    def __enter__(self):
+        sh("nft add table ip espfrag", ns=self.ns)
+        sh("nft add chain ip espfrag pre '{ type filter hook prerouting priority -500; }'", ns=self.ns)
+        sh("nft add rule ip espfrag pre 'ip frag-off & 0x3fff != 0' counter drop", ns=self.ns)
+        return self
+
+    def dropped(self):
+        out = sh("nft list chain ip espfrag pre", ns=self.ns, capture=True).stdout
+        m = re.search(r"counter packets (\d+)", out)
+        return int(m.group(1)) if m else 0
+
+    def __exit__(self, *exc):
+        sh("nft delete table ip espfrag", ns=self.ns, check=False)
+
+
+def ike_counters(run):
+    out = run.cli("show crypto ike counters --json", check=False)
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {}
+
+
+def capture_ike(topo, run, name):
+    """tshark on the router's branch side; returns a stop() that yields (src, dst, payload types, frag
+    numbers) per IKE datagram."""
+    path = os.path.join(run.dir, f"{name}.pcap")
+    topo.start_process(name, "inet", ["tshark", "-n", "-i", "inet-branch", "-f", "udp port 500 or udp port 4500",
+                                      "-w", path], wait_for="Capturing on", timeout=20)
+
+    def stop():
+        time.sleep(0.5)
+        topo.stop_process(name)
+        out = sh(f"tshark -n -r {path} -Y isakmp -T fields -E separator=/t -e ip.src -e ip.dst "
+                 "-e isakmp.exchangetype -e isakmp.typepayload -e isakmp.frag.number -e isakmp.frag.total",
+                 capture=True, check=False).stdout
+        rows = []
+        for line in out.splitlines():
+            f = (line.split("\t") + [""] * 6)[:6]
+            rows.append({"src": f[0], "dst": f[1], "exchange": f[2], "payloads": f[3].split(","),
+                         "number": f[4], "total": f[5]})
+        return rows
+    return stop
+
+
+def clear_strongswan(br):
+    """Every IKE SA on strongSwan, half-open ones too (those have no connection name yet, so
+    terminate --ike s2s misses them), terminated by unique id."""
+    for sa in br.list_sas():
+        br.swanctl("--terminate", "--ike-id", sa["uniqueid"], "--force", check=False)
+    wait(lambda: not br.list_sas(), 15, "strongSwan without IKE SAs")
+
+
+def rsa4096_auth(run):
+    pki = make_pki(os.path.join(run.dir, "pki-rsa4096"), {"hq": "198.51.100.1", "branch": "203.0.113.1"},
+                   key="rsa", rsa_bits=4096)
+    for p in pki.values():
+        os.chmod(p["key"], 0o600)
+    hq = pki["hq"]
+    auth = f"{{ method: pubkey, certificate: {hq['cert']}, private-key: {hq['key']}, ca: [{hq['ca']}] }}"
+    conf = dict(auth="pubkey", psk=None, cert=os.path.basename(pki["branch"]["cert"]),
+                cacert=os.path.basename(pki["branch"]["ca"]), fragmentation="yes")
+    return pki, auth, conf
+
+
+def check_fragmented_ike_auth(run, rows, dropper, before):
+    """Both IKE_AUTH messages crossed as SKF (payload 53) from both addresses, no IP fragment was
+    needed, and espresso's counters say it sent and reassembled fragments."""
+    skf = [r for r in rows if "53" in r["payloads"] and r["exchange"] == "35"]
+    from_hq = [r for r in skf if r["src"] == "198.51.100.1"]
+    from_branch = [r for r in skf if r["src"] == "203.0.113.1"]
+    assert len(from_hq) >= 2 and len(from_branch) >= 2, f"expected SKF datagrams both ways: {rows}"
+    assert {r["number"] for r in from_hq} >= {"1", "2"}, from_hq
+    sk_auth = [r for r in rows if r["exchange"] == "35" and "46" in r["payloads"]]
+    assert not sk_auth, f"an unfragmented IKE_AUTH crossed: {sk_auth}"
+    assert dropper.dropped() == before, f"{dropper.dropped() - before} IP fragments were needed and dropped"
+    c = ike_counters(run).get("fragments", {})
+    assert c.get("messages-sent", 0) >= 1 and c.get("sent", 0) >= 2, c
+    assert c.get("reassembled", 0) >= 1 and c.get("received", 0) >= 2, c
+    assert c.get("invalid", 0) == 0 and c.get("not-negotiated", 0) == 0, c
+    print(run.cli("show crypto ike counters"), flush=True)
+
+
+def scenario_fragmentation(topo, run, br):
+    """strongSwan initiates with RSA 4096 certificates through a router that drops IP fragments."""
+    pki, auth, conf = rsa4096_auth(run)
+    with FragmentDropper(topo) as dropper:
+        br.load(site_conf("gw-branch", start_action="none", **conf), files=pki["branch"])
+        run.start_ike(ike_yaml(auth=auth))
+        stop = capture_ike(topo, run, "tshark-frag")
+        before = dropper.dropped()
+        br.initiate("net", timeout=30)
+        br.wait_for_child("net", timeout=30)
+        sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY (fragmented IKE_AUTH, responder)")
+        assert sa["role"] == "responder" and sa["fragmentation"], sa
+        assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+        rows = stop()
+        check_fragmented_ike_auth(run, rows, dropper, before)
+        log = topo.process_log(run.ike)
+        assert "reassembled IKE_AUTH request 1" in log and "as " in log and "fragments" in log, log[-3000:]
+        br.terminate(ike="s2s", check=False)
+        wait(lambda: not ike_sas(run), 15, "IKE SA gone")
+        run.stop_ike()
+
+
+def scenario_fragmentation_initiator(topo, run, br):
+    """espresso initiates with RSA 4096 certificates through a router that drops IP fragments: with
+    `fragmentation: no` IKE_AUTH cannot cross (the control), with the default it does, as SKF."""
+    pki, auth, conf = rsa4096_auth(run)
+    with FragmentDropper(topo) as dropper:
+        br.load(site_conf("gw-branch", start_action="none", **conf), files=pki["branch"])
+        before = dropper.dropped()
+        run.start_ike(ike_yaml(auth=auth, start="immediately", fast_retransmit=True,
+                               extra_peer="      fragmentation: no\n"))
+        wait(lambda: "did not answer IKE_AUTH" in run.cli("show crypto ike failures"), 30,
+             "IKE_AUTH to fail without IKE fragmentation")
+        assert dropper.dropped() > before, "the router dropped no IP fragments: the control proves nothing"
+        assert ike_counters(run).get("fragments", {}).get("sent", 0) == 0
+        run.cli("clear crypto sa")
+        run.stop_ike()
+        clear_strongswan(br)  # the control's half-open IKE SAs (their IKE_AUTH never arrived)
+        stop = capture_ike(topo, run, "tshark-frag-i")
+        before = dropper.dropped()
+        run.start_ike(ike_yaml(auth=auth, start="immediately"))
+        br.wait_for_child("net", timeout=30)
+        sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY (fragmented IKE_AUTH, initiator)")
+        assert sa["role"] == "initiator" and sa["fragmentation"], sa
+        assert ping(topo, "host-branch", "192.168.1.10", count=5) >= 4
+        rows = stop()
+        check_fragmented_ike_auth(run, rows, dropper, before)
+        run.cli("clear crypto sa")
+        wait(lambda: not br.list_sas(), 15, "strongSwan drops the IKE SA")
+        run.stop_ike()
+
+
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
-             "on_traffic": scenario_on_traffic,
+             "on_traffic": scenario_on_traffic, "fragmentation": scenario_fragmentation,
+             "fragmentation_initiator": scenario_fragmentation_initiator,
              "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer,
              "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 

@@ -391,6 +391,35 @@ parse_result<payload_body> parse_ts(byte_reader r)
     return ts;
 }
 
+// RFC 7383 §2.5: Fragment Number (2), Total Fragments (2), then IV | ciphertext | ICV. `next` is the
+// payload's Next Payload field, `at` the payload's offset in the message.
+parse_result<payload_body> parse_skf(byte_reader r, payload_type next, size_t at)
+{
+    auto number = r.read_be16();
+    auto total = r.read_be16();
+    if (!number || !total) {
+        return syntax("SKF payload shorter than 8 bytes");
+    }
+    if (*number == 0 || *total == 0) {
+        return syntax("Fragment Number " + num(*number) + " of Total Fragments " + num(*total) +
+                      " (neither may be 0, RFC 7383 §2.5)");
+    }
+    if (*number > *total) {
+        return syntax("Fragment Number " + num(*number) + " above Total Fragments " + num(*total));
+    }
+    if (*total > max_fragments) {
+        return syntax("Total Fragments " + num(*total) + " (at most " + num(max_fragments) + ")");
+    }
+    if (*number != 1 && next != payload_type::none) {
+        return syntax("fragment " + num(*number) + " has Next Payload " + num(static_cast<uint8_t>(next)) +
+                      " (only the first fragment names the first inner payload, RFC 7383 §2.5)");
+    }
+    if (r.empty()) {
+        return syntax("SKF payload without IV, encrypted content and ICV");
+    }
+    return skf_payload{next, *number, *total, to_bytes(r.take_rest()), at + skf_header_size};
+}
+
 // ---- the chain -------------------------------------------------------------------------------------
 
 // Walks a payload chain (§3.2 generic payload headers). `base` is the chain's offset in the datagram
@@ -480,9 +509,12 @@ parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<con
             last = true;
             break;
         case payload_type::skf:
-            // RFC 7383 §2.5: like SK, the last payload. Kept raw (Fragment Number, Total Fragments, IV,
-            // ciphertext, ICV) until fragmentation is supported.
-            parsed = payload_body{unknown_payload{static_cast<uint8_t>(type), to_bytes(*body)}};
+            // RFC 7383 §2.5: like SK, sealed and last; the Fragment Number and Total Fragments in front
+            // of the IV are checked here so that nothing past the parser sees impossible values.
+            if (!allow_sk) {
+                return syntax(where() + "SKF payload inside an SK payload");
+            }
+            parsed = parse_skf(br, next, at);
             last = true;
             break;
         default:
@@ -499,7 +531,7 @@ parse_result<std::vector<payload>> parse_chain(payload_type first, std::span<con
             return *e;
         }
         if (auto* u = std::get_if<unknown_payload>(&std::get<payload_body>(parsed)); u && critical) {
-            // CP, EAP, SKF and the like: known to the RFC but not supported here.
+            // CP, EAP and the like: known to the RFC but not supported here.
             return parse_error{where() + "unsupported critical payload",
                                notify_type::unsupported_critical_payload, u->type};
         }
@@ -682,6 +714,13 @@ void write_body(byte_writer& w, const ts_payload& ts)
 
 void write_body(byte_writer& w, const sk_payload& sk) { w.append(sk.body); }
 
+void write_body(byte_writer& w, const skf_payload& skf)
+{
+    w.be16(skf.number);
+    w.be16(skf.total);
+    w.append(skf.body);
+}
+
 void write_body(byte_writer& w, const unknown_payload& u) { w.append(u.body); }
 
 const char* exchange_name(uint8_t type)
@@ -760,6 +799,8 @@ bytes serialize_payloads(std::span<const payload> payloads, payload_type& first)
         payload_type next = i + 1 < payloads.size() ? payloads[i + 1].type : payload_type::none;
         if (const auto* sk = std::get_if<sk_payload>(&p.body)) {
             next = sk->first_inner; // §3.14: the SK payload's Next Payload names the first inner payload
+        } else if (const auto* skf = std::get_if<skf_payload>(&p.body)) {
+            next = skf->first_inner; // RFC 7383 §2.5: the same, in the first fragment
         }
         w.u8(static_cast<uint8_t>(next));
         w.u8(p.critical ? critical_bit : 0);
@@ -964,6 +1005,8 @@ std::string describe(const message& msg)
         out += ' ';
         if (const auto* n = std::get_if<notify_payload>(&p.body)) {
             out += "N(" + notify_name(n->type) + ")";
+        } else if (const auto* f = std::get_if<skf_payload>(&p.body)) {
+            out += "SKF(" + num(f->number) + "/" + num(f->total) + ")"; // strongSwan: "EF(1/3)"
         } else if (const auto* u = std::get_if<unknown_payload>(&p.body); u && p.type != payload_type::cp &&
                                                                           p.type != payload_type::eap &&
                                                                           p.type != payload_type::skf) {
@@ -1009,6 +1052,11 @@ bool operator==(const ts_payload& a, const ts_payload& b) { return a.selectors =
 bool operator==(const sk_payload& a, const sk_payload& b)
 {
     return a.first_inner == b.first_inner && a.body == b.body && a.aad_size == b.aad_size;
+}
+bool operator==(const skf_payload& a, const skf_payload& b)
+{
+    return a.first_inner == b.first_inner && a.number == b.number && a.total == b.total && a.body == b.body &&
+           a.aad_size == b.aad_size;
 }
 bool operator==(const unknown_payload& a, const unknown_payload& b)
 {

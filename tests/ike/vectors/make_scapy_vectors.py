@@ -16,6 +16,7 @@ import struct
 import sys
 
 from scapy.contrib.ikev2 import (IKEv2, IKEv2_payload_AUTH, IKEv2_payload_Delete, IKEv2_payload_Encrypted,
+                                 IKEv2_payload_Encrypted_Fragment,
                                  IKEv2_payload_IDi, IKEv2_payload_KE, IKEv2_payload_Nonce,
                                  IKEv2_payload_Notify, IKEv2_payload_Proposal, IKEv2_payload_SA,
                                  IKEv2_payload_Transform, IKEv2_payload_TSi, IKEv2_payload_TSr,
@@ -28,7 +29,7 @@ SPI_I = bytes.fromhex("0102030405060708")
 SPI_R = bytes.fromhex("1112131415161718")
 
 # Payload type numbers (RFC 7296 §3.2), for the Next Payload fields.
-SA, KE, IDI, AUTH, NONCE, NOTIFY, DELETE, VENDOR, TSI, TSR, SK = 33, 34, 35, 39, 40, 41, 42, 43, 44, 45, 46
+SA, KE, IDI, AUTH, NONCE, NOTIFY, DELETE, VENDOR, TSI, TSR, SK, SKF = 33, 34, 35, 39, 40, 41, 42, 43, 44, 45, 46, 53
 
 
 def transform(last, ttype, tid, key_length=None):
@@ -100,11 +101,22 @@ def ike_auth_sealed():
     return bytes(pkt)
 
 
+def ike_auth_fragments():
+    # RFC 7383 §2.5: an IKE_AUTH request in SKF payloads. Fragment 1 of 3 names the first inner payload
+    # (IDi), fragment 3 of 3 has Next Payload 0; bodies (IV | ciphertext | ICV) arbitrary, kept sealed.
+    def frag(number, next_payload, load):
+        return bytes(IKEv2(init_SPI=SPI_I, resp_SPI=SPI_R, next_payload=SKF, exch_type=35, flags="Initiator", id=1) /
+                     IKEv2_payload_Encrypted_Fragment(next_payload=next_payload, frag_number=number, frag_total=3,
+                                                      load=load))
+    return frag(1, IDI, bytes(range(8)) + b"\x5a" * 32 + bytes(range(16))) + frag(3, 0, bytes(range(8)) + b"\xa5" * 16 + bytes(range(16)))
+
+
 VECTORS = [
     ("scapy_ike_sa_init", ike_sa_init),
     ("scapy_ike_auth_chain", ike_auth_chain),
     ("scapy_informational_delete", informational_delete),
     ("scapy_ike_auth_sealed", ike_auth_sealed),
+    ("scapy_ike_auth_fragments", ike_auth_fragments),  # two datagrams back to back: fragments 1/3 and 3/3
 ]
 
 
@@ -128,6 +140,13 @@ def main():
                     f.write(bytes([IDI]) + data)
                 data = bytes(IKEv2(init_SPI=SPI_I, resp_SPI=SPI_R, next_payload=IDI, exch_type=35, id=1)) + data
                 data = data[:24] + struct.pack("!I", len(data)) + data[28:]
+            if name == "scapy_ike_auth_fragments":
+                # Two messages: one seed each (the fuzz target takes one datagram).
+                first_len = struct.unpack("!I", data[24:28])[0]
+                for suffix, part in (("1-of-3", data[:first_len]), ("3-of-3", data[first_len:])):
+                    with open(os.path.join(SEEDS, "ike-auth-fragment-" + suffix), "wb") as f:
+                        f.write(part)
+                continue
             with open(os.path.join(SEEDS, name.replace("scapy_", "").replace("_", "-")), "wb") as f:
                 f.write(data)
 

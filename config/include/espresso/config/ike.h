@@ -112,6 +112,15 @@ struct ike_auth_config {
 enum class ike_start_action : uint8_t { none, immediately, on_traffic };
 enum class ike_dpd_action : uint8_t { clear, restart, hold };
 
+// IKE fragmentation (RFC 7383), strongSwan's `fragmentation` values:
+//   yes     announce IKEV2_FRAGMENTATION_SUPPORTED, and send oversized messages as fragments when the
+//           peer announced it too;
+//   accept  announce it (so the peer may send fragments) but never fragment our own messages;
+//   force   as yes: strongSwan's force only changes IKEv1 (fragments before support is known), which
+//           RFC 7383 §2.3 forbids for IKEv2; kept so strongSwan settings can be copied over;
+//   no      do not announce it; fragments from the peer are dropped (and counted).
+enum class ike_fragmentation : uint8_t { yes, accept, force, no };
+
 // One CHILD_SA (RFC 7296 §1.3) negotiated under a peer's IKE SA.
 struct ike_tunnel_config {
     std::string name;
@@ -140,6 +149,11 @@ struct ike_peer_config {
     uint32_t rekey_time = 14400; // IKE SA rekey, seconds, 0 = never
     uint32_t dpd_interval = 30;  // seconds, 0 = off
     ike_dpd_action dpd_action = ike_dpd_action::restart;
+    ike_fragmentation fragmentation = ike_fragmentation::yes;
+    // Largest IP datagram (IP + UDP headers included) one IKE fragment may fill, as strongSwan's
+    // charon.fragment_size (default 1280, the IPv6 minimum MTU, for both families; RFC 7383 §2.5.1
+    // suggests 576 for IPv4, which `fragment-size: 576` gives). Only messages above it are fragmented.
+    uint32_t fragment_size = 1280;
     std::vector<ike_tunnel_config> tunnels;
     std::string origin; // "file:line:col" of the peer's entry
 };

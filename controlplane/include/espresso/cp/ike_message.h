@@ -211,6 +211,39 @@ struct sk_payload {
     size_t aad_size = 0;
 };
 
+// Encrypted Fragment payload, SKF (RFC 7383 §2.5): one piece of an SK payload's plaintext, sealed on its
+// own (own IV, own ICV) with the same keys as SK. Kept sealed like sk_payload.
+//                      1                   2                   3
+//  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// | Next Payload  |C|  RESERVED   |         Payload Length        |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |        Fragment Number        |        Total Fragments        |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                     Initialization Vector                     |
+// ~                      Encrypted content                        ~
+// |                   Integrity Checksum Data                     |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// `first_inner` is the Next Payload field: the type of the first inner payload in fragment 1, none in
+// every other fragment (§2.5: MUST be 0; parse_message refuses anything else). `aad_size` counts the
+// message bytes before the IV, Fragment Number and Total Fragments included: for AEAD they are the
+// associated data (§2.5), for CBC+HMAC the ICV covers them too.
+struct skf_payload {
+    payload_type first_inner = payload_type::none;
+    uint16_t number = 0; // Fragment Number, 1..total
+    uint16_t total = 0;  // Total Fragments, 1..max_fragments
+    bytes body;          // IV | ciphertext | ICV
+    size_t aad_size = 0;
+};
+inline constexpr size_t skf_header_size = generic_payload_header_size + 4;
+// Our bounds on what a peer may make us collect (RFC 7383 sets none). An unfragmented IKE message is one
+// UDP datagram, so its SK plaintext is under 64 KiB; a reassembled one may not be bigger. A 576-byte IPv4
+// datagram (RFC 7383 §2.5.1's smallest fragment size) carries at least ~440 plaintext bytes after the
+// IP/UDP/IKE/SKF headers, the IV, the largest ICV and padding, so 64 KiB never needs more than 150
+// fragments; a Total Fragments above 256 is refused at parse time.
+inline constexpr uint16_t max_fragments = 256;
+inline constexpr size_t max_reassembled_size = 65535;
+
 // A payload we do not know (or do not use): kept raw so the critical bit can be honoured
 // (§2.5: unknown critical payload -> UNSUPPORTED_CRITICAL_PAYLOAD).
 struct unknown_payload {
@@ -220,7 +253,7 @@ struct unknown_payload {
 
 using payload_body = std::variant<sa_payload, ke_payload, id_payload, auth_payload, cert_payload, nonce_payload,
                                   notify_payload, delete_payload, vendor_payload, ts_payload, sk_payload,
-                                  unknown_payload>;
+                                  skf_payload, unknown_payload>;
 
 struct payload {
     payload_type type = payload_type::none; // for idi/idr, tsi/tsr, cert/certreq the body type is shared
@@ -249,11 +282,13 @@ std::optional<ike_header> parse_header(std::span<const uint8_t> datagram);
 
 // Parses a whole IKEv2 message (the UDP payload, without the 4-byte non-ESP marker). The header's
 // Length must equal datagram.size(); payloads after an SK payload are an error (§3.14: SK is last).
-// An SK payload is returned sealed (sk_payload) with its aad_size set.
+// An SK payload is returned sealed (sk_payload) with its aad_size set; so is an SKF payload (RFC 7383
+// §2.5, also last), after its Fragment Number and Total Fragments were checked: both non-zero, number
+// <= total <= max_fragments, Next Payload 0 after the first fragment, IV/ciphertext/ICV not empty.
 parse_result<message> parse_message(std::span<const uint8_t> datagram);
 
 // Parses a chain of payloads starting with `first` (the decrypted contents of an SK payload).
-// Runs the same checks as parse_message. Nested SK is an error.
+// Runs the same checks as parse_message. Nested SK or SKF is an error.
 parse_result<std::vector<payload>> parse_payloads(payload_type first, std::span<const uint8_t> chain);
 
 // Serializes payloads as a chain; each Next Payload field names the following payload, the last is
@@ -292,6 +327,7 @@ bool operator==(const delete_payload& a, const delete_payload& b);
 bool operator==(const vendor_payload& a, const vendor_payload& b);
 bool operator==(const ts_payload& a, const ts_payload& b);
 bool operator==(const sk_payload& a, const sk_payload& b);
+bool operator==(const skf_payload& a, const skf_payload& b);
 bool operator==(const unknown_payload& a, const unknown_payload& b);
 bool operator==(const payload& a, const payload& b);
 bool operator==(const message& a, const message& b);
