@@ -44,9 +44,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <new>
 #include <sstream>
 #include <vector>
@@ -76,7 +76,8 @@ struct looping {};
 // Records where the parser is and stops it when it emits more events than the text can hold.
 class progress_recorder final : public YAML::EventHandler {
 public:
-    progress_recorder(shared_progress& progress, uint64_t budget) : progress_(progress), budget_(budget) {}
+    progress_recorder(std::atomic<int>* line, std::atomic<int>* column, uint64_t budget)
+        : line_(line), column_(column), budget_(budget) {}
 
     void OnDocumentStart(const YAML::Mark& mark) override { note(mark); }
     void OnDocumentEnd() override {}
@@ -97,33 +98,43 @@ public:
 
 private:
     void note(const YAML::Mark& mark) {
-        progress_.line.store(mark.line, std::memory_order_relaxed);
-        progress_.column.store(mark.column, std::memory_order_relaxed);
+        if (line_ != nullptr && column_ != nullptr) {
+            line_->store(mark.line, std::memory_order_relaxed);
+            column_->store(mark.column, std::memory_order_relaxed);
+        }
         if (++events_ > budget_) {
             throw looping{};
         }
     }
 
-    shared_progress& progress_;
+    std::atomic<int>* line_;
+    std::atomic<int>* column_;
     uint64_t budget_;
     uint64_t events_ = 0;
 };
 
-// Private writable memory this process has mapped now (VmData, what RLIMIT_DATA counts), or 0 when
-// /proc cannot tell; read before fork because the child should allocate nothing before its limits.
+// Private writable memory this process has mapped now (what RLIMIT_DATA counts, plus the stack), or 0
+// when /proc cannot tell. /proc/self/statm: size resident shared text lib data dirty, in pages.
+// Read before fork, with plain system calls: it runs for every load.
 rlim_t current_data_bytes() {
-    std::ifstream status("/proc/self/status");
-    std::string line;
-    while (std::getline(status, line)) {
-        if (line.rfind("VmData:", 0) == 0) {
-            std::istringstream fields(line.substr(7));
-            unsigned long long kib = 0;
-            if (fields >> kib) {
-                return static_cast<rlim_t>(kib) * 1024;
-            }
-        }
+    const int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
     }
-    return 0;
+    char buffer[256];
+    const ssize_t n = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buffer[n] = '\0';
+    unsigned long long fields[6] = {};
+    if (std::sscanf(buffer, "%llu %llu %llu %llu %llu %llu", &fields[0], &fields[1], &fields[2], &fields[3],
+                    &fields[4], &fields[5]) != 6) {
+        return 0;
+    }
+    const long page = sysconf(_SC_PAGESIZE);
+    return static_cast<rlim_t>(fields[5]) * static_cast<rlim_t>(page > 0 ? page : 4096);
 }
 
 void write_status(int fd, char status) {
@@ -136,7 +147,6 @@ struct child_setup {
     int status_fd;
     rlim_t cpu_seconds;
     rlim_t data_bytes; // 0: no data limit (VmData unknown)
-    uint64_t event_budget;
 };
 
 [[noreturn]] void run_child(std::string_view text, const child_setup& setup, shared_progress& progress) {
@@ -159,35 +169,40 @@ struct child_setup {
     for (const int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGXCPU}) {
         signal(sig, SIG_DFL);
     }
-    char status = child_finished;
+    const char status = parse_and_classify(text, &progress.line, &progress.column);
+    write_status(setup.status_fd, status);
+    _exit(0); // no atexit handlers, no sanitizer leak check, no flushing the parent's stdio buffers
+}
+
+} // namespace
+
+char parse_and_classify(std::string_view text, std::atomic<int>* line, std::atomic<int>* column) {
     try {
         // First with our own handler, which stops a looping parser and leaves the last mark behind;
         // then exactly what the parent will run, so its memory use is proven within the limit too.
         std::istringstream stream{std::string(text)};
         YAML::Parser parser(stream);
-        progress_recorder recorder(progress, setup.event_budget);
-        bool syntax_error = false;
+        progress_recorder recorder(line, column, 8 * static_cast<uint64_t>(text.size()) + 1024);
         try {
             while (parser.HandleNextDocument(recorder)) {
             }
         } catch (const YAML::Exception&) {
-            syntax_error = true; // LoadAll stops at the same place with the same error
+            return child_finished; // LoadAll stops at the same place with the same error
         }
-        if (!syntax_error) {
-            const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-        }
+        const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
+        return child_finished;
     } catch (const looping&) {
-        status = child_looping;
+        return child_looping;
     } catch (const YAML::Exception&) {
-        status = child_finished;
+        return child_finished;
     } catch (const std::bad_alloc&) {
-        status = child_out_of_memory;
+        return child_out_of_memory;
     } catch (...) {
-        status = child_other_error;
+        return child_other_error;
     }
-    write_status(setup.status_fd, status);
-    _exit(0); // no atexit handlers, no sanitizer leak check, no flushing the parent's stdio buffers
 }
+
+namespace {
 
 class fd_closer {
 public:
@@ -275,7 +290,6 @@ void check_yaml_parse_finishes(std::string_view text, const std::string& file, c
         .status_fd = fds[1],
         .cpu_seconds = static_cast<rlim_t>(deadline_allowed.count() / 1000 + 2),
         .data_bytes = inherited == 0 ? 0 : inherited + memory_allowed,
-        .event_budget = 8 * static_cast<uint64_t>(text.size()) + 1024,
     };
     const auto start = std::chrono::steady_clock::now();
     const pid_t pid = fork();

@@ -2,6 +2,7 @@
 // Internal to the config library.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <string_view>
 
@@ -15,5 +16,12 @@ namespace espresso::config::detail {
 // and, when known, the line and column where the parser got stuck) when the child looped, ran out
 // of time or memory, crashed, or could not be started. Returns at once when options.sandbox is false.
 void check_yaml_parse_finishes(std::string_view text, const std::string& file, const load_options& options);
+
+// What the child runs (no limits of its own: the caller's process must be the disposable one). Returns
+// 'F' when yaml-cpp finished (a tree or a syntax error), 'L' when its parser emitted more events than
+// the text can hold (looping), 'M' on std::bad_alloc, 'E' on any other exception. `line` and `column`,
+// when not null, follow the parser (0-based mark of its last event). Also run by the long-lived parse
+// worker of tests/fuzz/config_fuzz.cpp, which avoids a fork per fuzz input.
+char parse_and_classify(std::string_view text, std::atomic<int>* line, std::atomic<int>* column);
 
 } // namespace espresso::config::detail
