@@ -27,9 +27,11 @@
 //
 // fork() in a multi-threaded caller: only this thread exists in the child, and other threads' locks
 // stay held there. glibc takes its malloc locks around fork, and the child touches nothing but the
-// allocator and yaml-cpp, so it is safe in espresso-ike and the CLI (single-threaded) and in espresso-dp
-// before rte_eal_init. Inside a running espresso-dp use load_options::sandbox = false on text Espresso
-// built itself (see loader.h).
+// allocator and yaml-cpp (and libstdc++'s locale, whose lock is only taken once a program changed the
+// global locale). Were the child still to block on such a lock, the deadline turns that into an error,
+// never a hang. Callers today: espresso-ike and the CLI are single-threaded, espresso-dp loads its file
+// before rte_eal_init. Inside a running espresso-dp, text Espresso built itself is parsed with
+// load_options::sandbox = false (dataplane/src/sa_json.cpp; loader.h).
 #include "yaml_sandbox.h"
 
 #include <fcntl.h>
@@ -142,6 +144,17 @@ void write_status(int fd, char status) {
     }
 }
 
+// Lowers a limit (never raises it: an unprivileged process cannot, and a lower one set by the operator
+// stays).
+void lower_limit(int resource, rlim_t soft, rlim_t hard) {
+    rlimit now{};
+    if (getrlimit(resource, &now) != 0) {
+        return;
+    }
+    const rlimit wanted{std::min(soft, now.rlim_max), std::min(hard, now.rlim_max)};
+    setrlimit(resource, &wanted);
+}
+
 struct child_setup {
     pid_t parent;
     int status_fd;
@@ -156,13 +169,10 @@ struct child_setup {
         _exit(111);
     }
     prctl(PR_SET_DUMPABLE, 0);
-    const rlimit no_core{0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    const rlimit cpu{setup.cpu_seconds, setup.cpu_seconds + 1};
-    setrlimit(RLIMIT_CPU, &cpu);
+    lower_limit(RLIMIT_CORE, 0, 0);
+    lower_limit(RLIMIT_CPU, setup.cpu_seconds, setup.cpu_seconds + 1);
     if (setup.data_bytes != 0) {
-        const rlimit data{setup.data_bytes, setup.data_bytes};
-        setrlimit(RLIMIT_DATA, &data);
+        lower_limit(RLIMIT_DATA, setup.data_bytes, setup.data_bytes);
     }
     // The parent's crash handlers (a fuzzer's, a sanitizer's) must not run here: a crash of yaml-cpp
     // is reported by the parent, from the wait status.
