@@ -121,6 +121,21 @@ TEST(yaml_sandbox, every_hang_found_so_far_is_stopped_without_the_pre_screen) {
     expect_no_children();
 }
 
+// The loop detector allows 8 node events per byte; the densest YAML yaml-cpp accepts has 1.5.
+TEST(yaml_sandbox, dense_flow_yaml_is_not_mistaken_for_a_loop) {
+    const auto repeat = [](const std::string& part, int n) {
+        std::string out;
+        for (int i = 0; i < n; ++i) {
+            out += part;
+        }
+        return out;
+    };
+    for (const std::string& text : {"[" + repeat(":,", 5000) + "]", "[" + repeat(",", 5000) + "]",
+                                    "{" + repeat(":,", 5000) + "}", repeat("---\n", 2000), repeat("-\n", 5000)}) {
+        EXPECT_NO_THROW(detail::check_yaml_parse_finishes(text, "test.yaml", {})) << text.substr(0, 10);
+    }
+}
+
 // Text that takes yaml-cpp far longer than the deadlines below: `items` SAs of 11 bytes each.
 std::string big_yaml(int items) {
     std::string text = "security-associations:\n";
