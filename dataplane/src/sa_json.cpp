@@ -16,6 +16,16 @@ using nlohmann::json;
 
 namespace {
 
+// The YAML below is nlohmann's dump of a JSON value (always well-formed flow YAML), and this runs inside
+// espresso-dp with its lcores running, where fork() is unsafe: so the loader does not sandbox the parse
+// (loader.h, load_options::sandbox). Operator files are still sandboxed in main() before rte_eal_init.
+config::load_options generated_yaml()
+{
+    config::load_options options;
+    options.sandbox = false;
+    return options;
+}
+
 // The loader's message for a one-item document, re-rooted at the argument name: the path
 // "security-associations[0].key" becomes "sa.key". Line and column are left out: they point into
 // the one-line document we built, not into anything the client wrote.
@@ -49,7 +59,7 @@ config::gateway_config load_one(std::string_view section, const json& body)
         std::string& text;
         ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
     } wipe{yaml};
-    return config::load_string(yaml, "control");
+    return config::load_string(yaml, "control", generated_yaml());
 }
 
 std::string prefix_text(const config::ip_prefix& prefix)
@@ -115,7 +125,7 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
             std::string& text;
             ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
         } wipe{yaml};
-        loaded = config::load_string(yaml, "control");
+        loaded = config::load_string(yaml, "control", generated_yaml());
     } catch (const config::config_error& e) {
         return {std::nullopt, rerooted_message(e, "security-associations", "sas")};
     }

@@ -145,6 +145,8 @@ CONFIGS = {
     "anchors.yaml": "a: &x {spi: 1}\nsecurity-associations: [*x, *x]\n",
     # Found by fuzz-config: yaml-cpp 0.7's YAML::LoadAll never returns on this (allocates nodes forever).
     "yaml-cpp-hang-tag-flow.yaml": " !x\n, !",
+    # Found by fuzz-config, not refused by the pre-screen: stopped by the YAML sandbox (endless loop).
+    "yaml-cpp-hang-quoted-flow.yaml": "\"'\"\"+{\",",
 }
 
 

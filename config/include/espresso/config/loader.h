@@ -5,6 +5,8 @@
 // and how to fix it. Unknown keys are errors.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -34,8 +36,31 @@ private:
     std::string fix_;
 };
 
-// Throws config_error.
-gateway_config load_file(const std::string& path);
-gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>");
+// yaml-cpp 0.7 (Debian 12) loops forever, or grows memory without bound, on some malformed YAML. So by
+// default the text is first parsed by yaml-cpp in a forked child process under the limits below; only
+// when that child finished (with a tree or with an ordinary syntax error) does this process parse the
+// text itself. yaml-cpp is deterministic, so the second parse finishes too and gives the same result;
+// a child that loops, runs out of time or memory, or crashes becomes a config_error that says so and
+// points at where the parser got stuck. See config/src/yaml_sandbox.cpp for why a child process.
+struct load_options {
+    // false skips the child: yaml-cpp then runs in this process with no limit. Only for text that
+    // Espresso generated itself from already well-formed input (e.g. a JSON object dumped as flow YAML),
+    // and for callers in which fork() is unsafe (a process with running DPDK lcores). Never for files or
+    // text an operator or a peer wrote.
+    bool sandbox = true;
+    // Wall-clock time the child may take, and memory it may allocate beyond what it inherited
+    // (RLIMIT_DATA headroom), for text up to 512 KiB; both grow by the same amount again for every
+    // further whole 512 KiB. A real configuration (a few KiB) parses in about a millisecond; yaml-cpp
+    // 0.7 manages about 1 MB/s on a busy machine and needs about 130 bytes of memory per byte of text.
+    std::chrono::milliseconds parse_deadline{2000};
+    size_t parse_memory_limit = size_t{256} << 20;
+};
+
+// Throws config_error. Both fork() a short-lived child unless options.sandbox is false: call them
+// from a single-threaded process, or from a thread of a process whose other threads do not hold locks
+// the child needs (glibc's malloc is safe across fork; yaml-cpp uses nothing else).
+gateway_config load_file(const std::string& path, const load_options& options = {});
+gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>",
+                           const load_options& options = {});
 
 } // namespace espresso::config
