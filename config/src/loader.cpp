@@ -422,8 +422,13 @@ std::string_view node_kind(const YAML::Node& node) {
 class loader {
 public:
     loader(std::string_view source, const std::string& file) : source_(source), file_(file) {}
+    // For a tree built in memory (load_security_association[s]): no text, no positions.
+    struct built_tree {};
+    loader(built_tree, const std::string& file) : file_(file), tree_(true) {}
 
     gateway_config run();
+    sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
+    void parse_sa_items(const YAML::Node& items, const std::string& path, std::vector<sa_config>& sas) const;
 
 private:
     [[noreturn]] void fail(const YAML::Node& at, const std::string& path, std::string problem, std::string fix) const {
@@ -442,8 +447,12 @@ private:
         return file_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1);
     }
 
-    // Was this null node written as the word null (rather than "~" or nothing)?
+    // Was this null node written as the word null (rather than "~" or nothing)? In a built tree
+    // (from JSON) every null is the word.
     bool is_literal_null(const YAML::Node& node) const {
+        if (tree_) {
+            return node.IsNull();
+        }
         const YAML::Mark mark = node.Mark();
         if (!node.IsNull() || mark.pos < 0 || static_cast<size_t>(mark.pos) >= source_.size()) {
             return false;
@@ -471,7 +480,6 @@ private:
     void parse_transforms(const mapping& m, sa_config& sa) const;
     void parse_selectors(const mapping& m, sa_config& sa) const;
     void parse_options(const mapping& m, sa_config& sa) const;
-    sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
     void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
                       const std::vector<std::string>& paths) const;
     void parse_security_associations(const field& f, gateway_config& config) const;
@@ -507,6 +515,7 @@ private:
 
     std::string_view source_;
     const std::string& file_;
+    bool tree_ = false;
 };
 
 mapping loader::read_mapping(const YAML::Node& node, const std::string& path, std::span<const std::string_view> allowed,
@@ -719,7 +728,8 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
             fail(m.node(), m.path(), "required key \"key\" is missing; " + need,
                  "add key: 0x followed by " + std::to_string(cipher_bytes * 2) + " hex digits");
         }
-        const std::string value = text(*key, "a hex key");
+        std::string value = text(*key, "a hex key");
+        const wipe_on_exit wipe_value{value}; // our copy of the key text
         const auto decoded = decode_hex(value, std::span(sa.cipher_key.data(), cipher_bytes));
         if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
             fail(*key, problem->problem, problem->fix);
@@ -747,7 +757,8 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
         fail(m.node(), m.path(), "required key \"integrity-key\" is missing; " + need,
              "add integrity-key: 0x followed by " + std::to_string(integ.key_bytes * 2) + " hex digits");
     }
-    const std::string value = text(*integ_key, "a hex key");
+    std::string value = text(*integ_key, "a hex key");
+    const wipe_on_exit wipe_value{value};
     const auto decoded = decode_hex(value, std::span(sa.integ_key.data(), integ.key_bytes));
     if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
         fail(*integ_key, problem->problem, problem->fix);
@@ -1000,7 +1011,7 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
 sa_config loader::parse_sa(const YAML::Node& node, const std::string& path) const {
     const mapping m = read_mapping(node, path, sa_keys, "one security association");
     sa_config sa;
-    sa.origin = origin(node);
+    sa.origin = tree_ ? path : origin(node); // a built tree has no line:column; its path names the item
     try {
         parse_identity(m, sa);
         parse_transforms(m, sa);
@@ -1038,14 +1049,17 @@ void loader::parse_security_associations(const field& f, gateway_config& config)
         fail(f, "expected a list of security associations, got " + std::string(node_kind(f.value)),
              "start each SA with \"- spi: ...\", or write [] for none");
     }
-    auto& sas = config.security_associations;
+    parse_sa_items(f.value, "security-associations", config.security_associations);
+}
+
+void loader::parse_sa_items(const YAML::Node& items, const std::string& list_path, std::vector<sa_config>& sas) const {
     // Reserve up front: a reallocation would leave copies of keys in freed memory.
-    sas.reserve(f.value.size());
+    sas.reserve(items.size());
     std::vector<YAML::Node> spi_nodes;
     std::vector<std::string> paths;
     size_t index = 0;
-    for (const auto& item : f.value) {
-        std::string path = "security-associations[" + std::to_string(index++) + "]";
+    for (const auto& item : items) {
+        std::string path = list_path + "[" + std::to_string(index++) + "]";
         sas.push_back(parse_sa(item, path));
         spi_nodes.push_back(item["spi"]);
         paths.push_back(std::move(path));
@@ -2410,6 +2424,28 @@ gateway_config loader::run() {
 
 gateway_config load_string(std::string_view yaml, const std::string& file_name) {
     return loader(yaml, file_name).run();
+}
+
+sa_config load_security_association(const YAML::Node& item, const std::string& path, const std::string& source) {
+    return loader(loader::built_tree{}, source).parse_sa(item, path);
+}
+
+std::vector<sa_config> load_security_associations(const YAML::Node& items, const std::string& path,
+                                                  const std::string& source) {
+    std::vector<sa_config> sas;
+    try {
+        if (!items.IsSequence()) {
+            throw config_error(source, 0, 0, path, "expected a list of security associations",
+                               "write a list of SA objects");
+        }
+        loader(loader::built_tree{}, source).parse_sa_items(items, path, sas);
+    } catch (...) {
+        for (auto& sa : sas) {
+            wipe_keys(sa);
+        }
+        throw;
+    }
+    return sas;
 }
 
 gateway_config load_file(const std::string& path) {

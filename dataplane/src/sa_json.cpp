@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <string_view>
 
+#include <yaml-cpp/yaml.h>
+
 #include "espresso/config/algorithms.h"
 #include "espresso/config/loader.h"
 
@@ -52,6 +54,58 @@ config::gateway_config load_one(std::string_view section, const json& body)
     return config::load_string(yaml, "control");
 }
 
+// The JSON value as the YAML tree a YAML parser makes of its compact dump (JSON is YAML flow syntax,
+// YAML 1.2 §1.3): objects are mappings (nlohmann keeps keys sorted, as in the dump), arrays sequences,
+// strings scalars of their value, numbers and booleans scalars of their JSON text, null a null node.
+// The loader reads every scalar from its text, so it sees what it would see in a file, without the
+// cost of writing and re-parsing text (the largest share of an SA install before).
+YAML::Node to_yaml_tree(const json& value)
+{
+    switch (value.type()) {
+    case json::value_t::object: {
+        YAML::Node node(YAML::NodeType::Map);
+        for (const auto& [key, item] : value.items()) {
+            node.force_insert(key, to_yaml_tree(item)); // keys are unique in a json object: no lookup
+        }
+        return node;
+    }
+    case json::value_t::array: {
+        YAML::Node node(YAML::NodeType::Sequence);
+        for (const auto& item : value) {
+            node.push_back(to_yaml_tree(item));
+        }
+        return node;
+    }
+    case json::value_t::string:
+        return YAML::Node(value.get_ref<const std::string&>());
+    case json::value_t::boolean:
+        return YAML::Node(value.get<bool>() ? "true" : "false");
+    case json::value_t::null:
+        return YAML::Node(YAML::NodeType::Null);
+    default:
+        return YAML::Node(value.dump()); // numbers (and nothing else reaches here from json::parse)
+    }
+}
+
+// Overwrites the key scalars of one SA mapping in a tree built by to_yaml_tree (its only copies of
+// the key text: yaml-cpp stores a scalar once, and we own this tree).
+void wipe_tree_secrets(const YAML::Node& sa) noexcept
+{
+    if (!sa.IsMap()) {
+        return;
+    }
+    for (auto it = sa.begin(); it != sa.end(); ++it) {
+        if (!it->first.IsScalar() || !it->second.IsScalar()) {
+            continue;
+        }
+        const std::string& name = it->first.Scalar();
+        if (name == "key" || name == "integrity-key") {
+            const std::string& text = it->second.Scalar();
+            explicit_bzero(const_cast<char*>(text.data()), text.size());
+        }
+    }
+}
+
 std::string prefix_text(const config::ip_prefix& prefix)
 {
     return prefix.address.family == 0 ? std::string() : config::to_string(prefix);
@@ -78,21 +132,17 @@ parsed<config::sa_config> sa_from_json(const json& sa)
     if (!sa.is_object()) {
         return {std::nullopt, "sa: expected an object with the keys of a security-associations item"};
     }
-    config::gateway_config loaded;
+    const YAML::Node tree = to_yaml_tree(sa);
+    parsed<config::sa_config> result;
     try {
-        loaded = load_one("security-associations", sa);
+        config::sa_config loaded = config::load_security_association(tree, "sa", "control");
+        result.value = loaded;
+        config::wipe_keys(loaded); // the copy; the caller wipes result.value
+        result.value->origin = "control socket";
     } catch (const config::config_error& e) {
-        return {std::nullopt, rerooted_message(e, "security-associations[0]", "sa")};
+        result.error = rerooted_message(e, "sa", "sa");
     }
-    if (loaded.security_associations.size() != 1) {
-        for (auto& s : loaded.security_associations) {
-            config::wipe_keys(s);
-        }
-        return {std::nullopt, "sa: expected exactly one SA"};
-    }
-    parsed<config::sa_config> result{loaded.security_associations.front(), {}};
-    config::wipe_keys(loaded.security_associations.front());
-    result.value->origin = "control socket";
+    wipe_tree_secrets(tree);
     return result;
 }
 
@@ -106,28 +156,19 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
             return {std::nullopt, "sas[" + std::to_string(i) + "]: expected an object with the keys of a security-associations item"};
         }
     }
-    // One document for the whole batch: the loader runs once (and also refuses duplicate SPIs
-    // within the batch, naming the item).
-    config::gateway_config loaded;
+    // One loader pass for the whole batch: it also refuses duplicate SPIs within the batch, naming the item.
+    const YAML::Node tree = to_yaml_tree(sas);
+    parsed<std::vector<config::sa_config>> result;
     try {
-        std::string yaml = "security-associations: " + sas.dump() + "\n";
-        struct wipe_on_exit {
-            std::string& text;
-            ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
-        } wipe{yaml};
-        loaded = config::load_string(yaml, "control");
-    } catch (const config::config_error& e) {
-        return {std::nullopt, rerooted_message(e, "security-associations", "sas")};
-    }
-    if (loaded.security_associations.size() != sas.size()) {
-        for (auto& s : loaded.security_associations) {
-            config::wipe_keys(s);
+        result.value = config::load_security_associations(tree, "sas", "control");
+        for (auto& s : *result.value) {
+            s.origin = "control socket";
         }
-        return {std::nullopt, "sas: expected " + std::to_string(sas.size()) + " SAs"};
+    } catch (const config::config_error& e) {
+        result.error = rerooted_message(e, "sas", "sas");
     }
-    parsed<std::vector<config::sa_config>> result{std::move(loaded.security_associations), {}};
-    for (auto& s : *result.value) {
-        s.origin = "control socket";
+    for (const auto& item : tree) {
+        wipe_tree_secrets(item);
     }
     return result;
 }

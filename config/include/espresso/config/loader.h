@@ -8,8 +8,13 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "espresso/config/types.h"
+
+namespace YAML {
+class Node;
+}
 
 namespace espresso::config {
 
@@ -37,5 +42,19 @@ private:
 // Throws config_error.
 gateway_config load_file(const std::string& path);
 gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>");
+
+// Security associations held as data rather than text: espresso-dp's control socket converts the JSON
+// of add-sa/add-sas into a YAML::Node tree (dataplane/src/sa_json.cpp) and validates it here, with
+// the checks and messages of a `security-associations` item in a file, but without writing and
+// re-parsing YAML text (which cost most of an SA install).
+//
+// `path` names the item in errors: load_security_association(node, "sa") reports "sa.key"; the list
+// form names items "<path>[i]" and also refuses duplicate SPIs within the list. A built tree has no
+// positions, so errors carry line and column 0 and `file` = `source`. Every null in the tree counts as
+// the word `null` (JSON has no other null): `encryption: null` is the null cipher. Throws config_error;
+// the caller wipes the returned keys (wipe_keys).
+sa_config load_security_association(const YAML::Node& item, const std::string& path, const std::string& source);
+std::vector<sa_config> load_security_associations(const YAML::Node& items, const std::string& path,
+                                                  const std::string& source);
 
 } // namespace espresso::config
