@@ -422,13 +422,14 @@ std::string_view node_kind(const YAML::Node& node) {
 class loader {
 public:
     loader(std::string_view source, const std::string& file) : source_(source), file_(file) {}
-    // For a tree built in memory (load_security_association[s]): no text, no positions.
+    // For a tree built in memory (load_security_association): no text, no positions.
     struct built_tree {};
     loader(built_tree, const std::string& file) : file_(file), tree_(true) {}
 
     gateway_config run();
     sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
-    void parse_sa_items(const YAML::Node& items, const std::string& path, std::vector<sa_config>& sas) const;
+    void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
+                      const std::vector<std::string>& paths) const;
 
 private:
     [[noreturn]] void fail(const YAML::Node& at, const std::string& path, std::string problem, std::string fix) const {
@@ -480,8 +481,6 @@ private:
     void parse_transforms(const mapping& m, sa_config& sa) const;
     void parse_selectors(const mapping& m, sa_config& sa) const;
     void parse_options(const mapping& m, sa_config& sa) const;
-    void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
-                      const std::vector<std::string>& paths) const;
     void parse_security_associations(const field& f, gateway_config& config) const;
 
     const YAML::Node& sequence(const field& f, std::string_view what, std::string_view fix) const;
@@ -1049,17 +1048,14 @@ void loader::parse_security_associations(const field& f, gateway_config& config)
         fail(f, "expected a list of security associations, got " + std::string(node_kind(f.value)),
              "start each SA with \"- spi: ...\", or write [] for none");
     }
-    parse_sa_items(f.value, "security-associations", config.security_associations);
-}
-
-void loader::parse_sa_items(const YAML::Node& items, const std::string& list_path, std::vector<sa_config>& sas) const {
+    auto& sas = config.security_associations;
     // Reserve up front: a reallocation would leave copies of keys in freed memory.
-    sas.reserve(items.size());
+    sas.reserve(f.value.size());
     std::vector<YAML::Node> spi_nodes;
     std::vector<std::string> paths;
     size_t index = 0;
-    for (const auto& item : items) {
-        std::string path = list_path + "[" + std::to_string(index++) + "]";
+    for (const auto& item : f.value) {
+        std::string path = "security-associations[" + std::to_string(index++) + "]";
         sas.push_back(parse_sa(item, path));
         spi_nodes.push_back(item["spi"]);
         paths.push_back(std::move(path));
@@ -2430,22 +2426,15 @@ sa_config load_security_association(const YAML::Node& item, const std::string& p
     return loader(loader::built_tree{}, source).parse_sa(item, path);
 }
 
-std::vector<sa_config> load_security_associations(const YAML::Node& items, const std::string& path,
-                                                  const std::string& source) {
-    std::vector<sa_config> sas;
-    try {
-        if (!items.IsSequence()) {
-            throw config_error(source, 0, 0, path, "expected a list of security associations",
-                               "write a list of SA objects");
-        }
-        loader(loader::built_tree{}, source).parse_sa_items(items, path, sas);
-    } catch (...) {
-        for (auto& sa : sas) {
-            wipe_keys(sa);
-        }
-        throw;
+void check_security_association_spis(const std::vector<sa_config>& sas, const std::string& path,
+                                     const std::string& source) {
+    std::vector<std::string> paths;
+    paths.reserve(sas.size());
+    for (size_t i = 0; i < sas.size(); ++i) {
+        paths.push_back(path + "[" + std::to_string(i) + "]");
     }
-    return sas;
+    // No nodes: errors carry no position, as everything from a built tree.
+    loader(loader::built_tree{}, source).check_unique(sas, std::vector<YAML::Node>(sas.size()), paths);
 }
 
 gateway_config load_file(const std::string& path) {

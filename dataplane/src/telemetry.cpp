@@ -3,7 +3,10 @@
 
 #include <rte_telemetry.h>
 
+#include <atomic>
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -16,8 +19,20 @@ using nlohmann::json;
 
 namespace {
 
+using clock_type = std::chrono::steady_clock;
+
+// A copy younger than this answers a query at once (several commands in a row share one copy).
+constexpr auto fresh_enough = std::chrono::milliseconds(500);
+// How long a query waits for the main loop to make a copy; after that it answers from the old one.
+constexpr auto refresh_wait = std::chrono::seconds(1);
+
 struct telemetry_cache {
     std::mutex lock;
+    std::condition_variable refreshed;
+    uint64_t generation = 0;         // copies made so far
+    clock_type::time_point made;     // when the current copy was made
+    std::atomic<bool> wanted{false}; // a query waits for a new copy
+    std::atomic<bool> on_demand{false};
     json sas = json::array();
     json interfaces = json::array();
     json workers = json::array();
@@ -217,9 +232,28 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
     return std::nullopt;
 }
 
+// On demand (espresso-dp): ask the main loop for a new copy unless the current one is fresh, and wait
+// for it a bounded time. Copying every SA costs the main loop O(SAs), so it is done only when someone
+// reads telemetry, not on a timer (at 100k SAs a timed copy cost more than the SA installs themselves).
+void wait_for_fresh_copy()
+{
+    auto& c = cache();
+    if (!c.on_demand.load(std::memory_order_relaxed)) {
+        return;
+    }
+    std::unique_lock guard(c.lock);
+    if (c.generation != 0 && clock_type::now() - c.made < fresh_enough) {
+        return;
+    }
+    const uint64_t seen = c.generation;
+    c.wanted.store(true, std::memory_order_release);
+    c.refreshed.wait_for(guard, refresh_wait, [&] { return c.generation != seen; });
+}
+
 int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
 {
     try {
+        wait_for_fresh_copy();
         const auto result =
             telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
         if (!result) {
@@ -248,11 +282,22 @@ void refresh_telemetry(const gateway_api& gateway)
         workers.push_back(to_json(w));
     }
     auto& c = cache();
-    const std::lock_guard guard(c.lock);
-    c.sas.swap(sas);
-    c.interfaces.swap(interfaces);
-    c.workers.swap(workers);
+    {
+        const std::lock_guard guard(c.lock);
+        c.sas.swap(sas);
+        c.interfaces.swap(interfaces);
+        c.workers.swap(workers);
+        ++c.generation;
+        c.made = clock_type::now();
+        c.wanted.store(false, std::memory_order_relaxed);
+    }
+    c.refreshed.notify_all();
+    // The old copy is freed here, outside the lock.
 }
+
+void refresh_telemetry_on_demand() noexcept { cache().on_demand.store(true, std::memory_order_relaxed); }
+
+bool telemetry_wanted() noexcept { return cache().wanted.load(std::memory_order_acquire); }
 
 void register_telemetry(gateway_api& gateway)
 {
