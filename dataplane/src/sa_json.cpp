@@ -91,9 +91,9 @@ YAML::Node to_yaml_tree(const json& value)
 // YAML trees for SA objects, kept between requests. yaml-cpp allocates several objects per node and
 // merges node pools whenever trees are joined, so building and freeing a tree per SA cost more than
 // validating it (measured: about 45 % of add-sas). The SA objects a client sends have the same keys
-// every time, only the values change; so one tree is kept per shape (the keys, and the kind of every
-// value) and refilled in place, one string copy per field. The loader still reads every value from
-// the tree as before: the tree is a container, not a cache of results.
+// every time, only the values change; so one tree is kept per shape (the keys, and whether each value
+// is null, a scalar or a mapping) and its scalars are rewritten in place, one string copy per field.
+// The loader still reads every value from the tree: the tree is a container, not a cache of results.
 //
 // Threads: one cache per thread (the control server uses it on the main lcore only).
 class sa_tree_cache {
@@ -101,38 +101,162 @@ public:
     // The tree of `sa` (an object), valid until the next fill() on this thread.
     const YAML::Node& fill(const json& sa)
     {
-        secrets_.clear();
-        for (auto& tree : trees_) {
-            if (tree.IsDefined() && tree.IsMap() && refill(sa, tree, true)) {
-                return tree;
+        for (auto& kept : kept_) {
+            if (kept && kept->matches(sa)) {
+                kept->write(sa);
+                last_ = &*kept;
+                return kept->root;
             }
         }
-        // secrets_ keeps what the failed refills above wrote: they may have written key text too.
-        YAML::Node fresh = to_yaml_tree(sa);
-        const bool reusable = !contains_array(sa); // a sequence's length is part of its shape
-        refill(sa, fresh, true);                   // finds the key scalars for wipe_secrets()
-        if (!reusable) {
-            scratch_ = fresh;
-            return scratch_;
+        // Trees are replaced by destroying them (reset/emplace), never by assigning a YAML::Node:
+        // yaml-cpp's assignment rebinds the old node and merges the new tree's node pool into the
+        // old one, which would keep every tree ever assigned alive.
+        if (contains_array(sa)) {
+            // Not kept (the length of a list would be part of the shape); the loader refuses lists
+            // in an SA anyway, so this is an error path.
+            scratch_.emplace(to_yaml_tree(sa));
+            for (auto it = scratch_->root.begin(); it != scratch_->root.end(); ++it) {
+                if (it->second.IsScalar() && (it->first.Scalar() == "key" || it->first.Scalar() == "integrity-key")) {
+                    scratch_->leaves.push_back(it->second);
+                    scratch_->secrets.push_back(scratch_->leaves.size() - 1);
+                }
+            }
+            last_ = &*scratch_;
+            return scratch_->root;
         }
-        trees_[next_] = fresh;
-        const YAML::Node& kept = trees_[next_];
-        next_ = (next_ + 1) % trees_.size();
-        return kept;
+        auto& kept = kept_[next_];
+        next_ = (next_ + 1) % kept_.size();
+        kept.reset();
+        kept.emplace(to_yaml_tree(sa));
+        kept->learn(sa, kept->root, true);
+        last_ = &*kept;
+        return kept->root;
     }
 
     // Overwrites the key text in the tree filled last (its only copy: yaml-cpp stores a scalar once).
     void wipe_secrets() noexcept
     {
-        for (const auto& node : secrets_) {
-            const std::string& text = node.Scalar();
-            explicit_bzero(const_cast<char*>(text.data()), text.size());
+        if (last_ != nullptr) {
+            for (const size_t i : last_->secrets) {
+                const std::string& text = last_->leaves[i].Scalar();
+                explicit_bzero(const_cast<char*>(text.data()), text.size());
+            }
         }
-        secrets_.clear();
-        scratch_ = YAML::Node();
+        last_ = nullptr;
+        scratch_.reset();
     }
 
 private:
+    struct kept_tree {
+        enum class kind : uint8_t { map, key, scalar, null };
+        struct token {
+            kind what;
+            size_t size = 0;  // map: number of keys
+            std::string name; // key
+        };
+        explicit kept_tree(const YAML::Node& tree) : root(tree) {}
+
+        YAML::Node root;
+        std::vector<token> shape;       // pre-order, in nlohmann's (sorted) key order, as the tree
+        std::vector<YAML::Node> leaves; // the scalar nodes, in the same order
+        std::vector<size_t> secrets;    // leaves holding key or integrity-key
+
+        // Records the shape of `value` and the leaves of `node`, its tree.
+        void learn(const json& value, const YAML::Node& node, bool top)
+        {
+            if (value.is_object()) {
+                shape.push_back({kind::map, value.size(), {}});
+                auto it = node.begin();
+                for (const auto& [key, item] : value.items()) {
+                    shape.push_back({kind::key, 0, key});
+                    if (top && (key == "key" || key == "integrity-key") && !item.is_null() && !item.is_object()) {
+                        secrets.push_back(leaves.size());
+                    }
+                    learn(item, it->second, false);
+                    ++it;
+                }
+            } else if (value.is_null()) {
+                shape.push_back({kind::null, 0, {}});
+            } else {
+                shape.push_back({kind::scalar, 0, {}});
+                leaves.push_back(node);
+            }
+        }
+
+        bool matches(const json& value) const
+        {
+            size_t at = 0;
+            return matches(value, at) && at == shape.size();
+        }
+        bool matches(const json& value, size_t& at) const
+        {
+            if (at >= shape.size()) {
+                return false;
+            }
+            const token& t = shape[at++];
+            switch (value.type()) {
+            case json::value_t::object:
+                if (t.what != kind::map || t.size != value.size()) {
+                    return false;
+                }
+                for (const auto& [key, item] : value.items()) {
+                    if (at >= shape.size() || shape[at].what != kind::key || shape[at].name != key) {
+                        return false;
+                    }
+                    ++at;
+                    if (!matches(item, at)) {
+                        return false;
+                    }
+                }
+                return true;
+            case json::value_t::null:
+                return t.what == kind::null;
+            case json::value_t::array:
+                return false;
+            default:
+                return t.what == kind::scalar;
+            }
+        }
+
+        // Rewrites the leaves from `value`, whose shape matches().
+        void write(const json& value)
+        {
+            size_t leaf = 0;
+            write(value, leaf);
+        }
+        void write(const json& value, size_t& leaf)
+        {
+            switch (value.type()) {
+            case json::value_t::object:
+                for (const auto& item : value) {
+                    write(item, leaf);
+                }
+                return;
+            case json::value_t::null:
+            case json::value_t::array: // never: matches() refuses lists
+                return;
+            case json::value_t::string:
+                leaves[leaf++] = value.get_ref<const std::string&>(); // set_scalar: reuses the buffer
+                return;
+            case json::value_t::boolean:
+                leaves[leaf++] = value.get<bool>() ? "true" : "false";
+                return;
+            case json::value_t::number_integer:
+            case json::value_t::number_unsigned: {
+                char text[24];
+                const auto [end, error] = value.is_number_unsigned()
+                                              ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
+                                              : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
+                leaves[leaf++] = std::string(text, end); // the same digits as json::dump()
+                return;
+            }
+            default:
+                leaves[leaf++] = value.dump(); // floating point: nlohmann's own text, as in the dump
+                return;
+            }
+        }
+    };
+
     static bool contains_array(const json& value)
     {
         if (value.is_array()) {
@@ -148,76 +272,10 @@ private:
         return false;
     }
 
-    // Writes `value` into `node` when both have the same shape; false (node partly written) if not.
-    bool refill(const json& value, YAML::Node node, bool top)
-    {
-        switch (value.type()) {
-        case json::value_t::object: {
-            if (!node.IsMap() || node.size() != value.size()) {
-                return false;
-            }
-            auto it = node.begin();
-            for (const auto& [key, item] : value.items()) {
-                if (!it->first.IsScalar() || it->first.Scalar() != key || !refill(item, it->second, false)) {
-                    return false;
-                }
-                if (top && (key == "key" || key == "integrity-key") && it->second.IsScalar()) {
-                    secrets_.push_back(it->second);
-                }
-                ++it;
-            }
-            return true;
-        }
-        case json::value_t::array: {
-            if (!node.IsSequence() || node.size() != value.size()) {
-                return false;
-            }
-            for (size_t i = 0; i < value.size(); ++i) {
-                if (!refill(value[i], node[i], false)) {
-                    return false;
-                }
-            }
-            return true;
-        }
-        case json::value_t::null:
-            return node.IsNull();
-        case json::value_t::string:
-            if (!node.IsScalar()) {
-                return false;
-            }
-            node = value.get_ref<const std::string&>(); // set_scalar: reuses the string's buffer
-            return true;
-        case json::value_t::boolean:
-            if (!node.IsScalar()) {
-                return false;
-            }
-            node = value.get<bool>() ? "true" : "false";
-            return true;
-        case json::value_t::number_integer:
-        case json::value_t::number_unsigned: {
-            if (!node.IsScalar()) {
-                return false;
-            }
-            char text[24];
-            const auto [end, error] = value.is_number_unsigned()
-                                          ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
-                                          : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
-            node = std::string(text, end); // the same digits as json::dump()
-            return true;
-        }
-        default:
-            if (!node.IsScalar()) {
-                return false;
-            }
-            node = value.dump(); // floating point: nlohmann's own text, as in the dump
-            return true;
-        }
-    }
-
-    std::array<YAML::Node, 4> trees_; // shapes seen lately, replaced round robin
+    std::array<std::optional<kept_tree>, 4> kept_; // shapes seen lately, replaced round robin
     size_t next_ = 0;
-    YAML::Node scratch_;              // a tree of a shape not worth keeping (with a list inside)
-    std::vector<YAML::Node> secrets_; // the key scalars of the tree filled last
+    std::optional<kept_tree> scratch_; // a tree of a shape not worth keeping (with a list inside)
+    kept_tree* last_ = nullptr;        // filled last
 };
 
 sa_tree_cache& tree_cache()

@@ -24,7 +24,7 @@ using clock_type = std::chrono::steady_clock;
 // A copy younger than this answers a query at once (several commands in a row share one copy).
 constexpr auto fresh_enough = std::chrono::milliseconds(500);
 // How long a query waits for the main loop to make a copy; after that it answers from the old one.
-constexpr auto refresh_wait = std::chrono::seconds(1);
+constexpr auto refresh_wait = std::chrono::seconds(2);
 
 struct telemetry_cache {
     std::mutex lock;
@@ -33,7 +33,9 @@ struct telemetry_cache {
     clock_type::time_point made;     // when the current copy was made
     std::atomic<bool> wanted{false}; // a query waits for a new copy
     std::atomic<bool> on_demand{false};
-    json sas = json::array();
+    // Snapshots, not JSON: copying 100k snapshots is cheap next to rendering every SA as JSON; a
+    // query renders only the SA it asks for.
+    std::vector<sa_snapshot> sas;
     json interfaces = json::array();
     json workers = json::array();
 };
@@ -166,9 +168,9 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
         if (params.empty()) {
             json result = {{"outbound", json::array()}, {"inbound", json::array()}};
             for (const auto& sa : c.sas) {
-                auto& list = result[sa["direction"].get<std::string>()];
+                auto& list = result[direction_name(sa.config.dir)];
                 if (list.size() < RTE_TEL_MAX_ARRAY_ENTRIES) {
-                    list.push_back(sa["spi"]);
+                    list.push_back(sa.config.spi);
                 }
             }
             return result;
@@ -187,9 +189,9 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
         }
         json result = json::object();
         for (const auto& sa : c.sas) {
-            const auto& dir = sa["direction"].get_ref<const std::string&>();
-            if (sa["spi"].get<uint32_t>() == *spi && (direction.empty() || dir == direction)) {
-                result[dir] = sa_counters(sa);
+            const std::string dir = direction_name(sa.config.dir);
+            if (sa.config.spi == *spi && (direction.empty() || dir == direction)) {
+                result[dir] = sa_counters(to_json(sa));
             }
         }
         if (result.empty()) {
@@ -233,7 +235,7 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
 }
 
 // On demand (espresso-dp): ask the main loop for a new copy unless the current one is fresh, and wait
-// for it a bounded time. Copying every SA costs the main loop O(SAs), so it is done only when someone
+// for it a bounded time (2 s; then the old copy answers). Copying every SA costs the main loop O(SAs), so it is done only when someone
 // reads telemetry, not on a timer (at 100k SAs a timed copy cost more than the SA installs themselves).
 void wait_for_fresh_copy()
 {
@@ -269,10 +271,7 @@ int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
 void refresh_telemetry(const gateway_api& gateway)
 {
     // Build outside the lock: the telemetry thread waits only for the swap.
-    json sas = json::array();
-    for (const auto& sa : gateway.sas()) {
-        sas.push_back(to_json(sa));
-    }
+    std::vector<sa_snapshot> sas = gateway.sas();
     json interfaces = json::array();
     for (const auto& i : gateway.interfaces()) {
         interfaces.push_back(to_json(i));

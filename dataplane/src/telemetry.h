@@ -10,8 +10,9 @@
 // gateway_api may only be used on the main lcore. So the main loop copies what telemetry shows into
 // a cache (refresh_telemetry), and the callbacks read only that cache, under a mutex (neither side is
 // a packet path). The copy is O(SAs); espresso-dp makes it only when a query asks for it
-// (refresh_telemetry_on_demand): the callback raises telemetry_wanted() and waits up to 1 s for the
-// main loop to refresh, unless the copy is less than 500 ms old. Values may be that old.
+// (refresh_telemetry_on_demand): the callback raises telemetry_wanted() and waits up to 2 s for the
+// main loop to refresh, unless the copy is less than 500 ms old. Values may be that old. The copy holds
+// SA snapshots; only the SA a query names is rendered.
 #pragma once
 
 #include <optional>
