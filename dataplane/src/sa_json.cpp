@@ -272,7 +272,9 @@ private:
         return false;
     }
 
-    std::array<std::optional<kept_tree>, 4> kept_; // shapes seen lately, replaced round robin
+    // Shapes seen lately, replaced round robin. espresso-ike sends up to 8 (direction x NAT-T x
+    // AEAD or not); a shape that does not match fails at its first differing key.
+    std::array<std::optional<kept_tree>, 8> kept_;
     size_t next_ = 0;
     std::optional<kept_tree> scratch_; // a tree of a shape not worth keeping (with a list inside)
     kept_tree* last_ = nullptr;        // filled last
@@ -360,6 +362,11 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
         result.value.reset();
         result.error = rerooted_message(e, "sas", "sas");
         return result;
+    } catch (...) {
+        for (auto& s : list) {
+            config::wipe_keys(s); // out of memory: no keys left behind in what is freed
+        }
+        throw;
     }
     for (auto& s : list) {
         s.origin = "control socket";

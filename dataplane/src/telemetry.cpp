@@ -294,7 +294,7 @@ void refresh_telemetry(const gateway_api& gateway)
     // The old copy is freed here, outside the lock.
 }
 
-void refresh_telemetry_on_demand() noexcept { cache().on_demand.store(true, std::memory_order_relaxed); }
+void refresh_telemetry_on_demand(bool on) noexcept { cache().on_demand.store(on, std::memory_order_relaxed); }
 
 bool telemetry_wanted() noexcept { return cache().wanted.load(std::memory_order_acquire); }
 

@@ -35,9 +35,9 @@ void register_telemetry(gateway_api& gateway);
 // queries waiting for it. Main lcore.
 void refresh_telemetry(const gateway_api& gateway);
 
-// From now on the callbacks ask for a fresh copy and wait for it (see above); without this they read
-// whatever the cache holds (unit tests). Main lcore, after register_telemetry().
-void refresh_telemetry_on_demand() noexcept;
+// From now on the callbacks ask for a fresh copy and wait for it (see above); without this (or with
+// `false`) they read whatever the cache holds (unit tests). Main lcore, after register_telemetry().
+void refresh_telemetry_on_demand(bool on = true) noexcept;
 
 // A query waits for a new copy: the main loop should call refresh_telemetry() soon. Any thread; one
 // relaxed atomic load, cheap enough for every loop turn.

@@ -848,6 +848,45 @@ TEST(telemetry, QueriesReadTheRefreshedCache)
     register_telemetry(gateway); // registration outside EAL must not crash either
 }
 
+TEST(telemetry, OnDemandQueryWaitsForTheMainLoopsCopy)
+{
+    fake_gateway gateway;
+    gateway.snapshots = {make_sa(0x3003, config::direction::outbound, "198.51.100.1", "203.0.113.1")};
+    refresh_telemetry_on_demand(true);
+    std::this_thread::sleep_for(600ms); // whatever copy an earlier test made is no longer fresh
+    std::atomic<int> rc{1};
+    std::thread query([&] {
+#if defined(__SANITIZE_ADDRESS__)
+        const __lsan::ScopedDisabler not_ours; // see QueriesReadTheRefreshedCache
+#endif
+        rte_tel_data* data = rte_tel_data_alloc();
+        rc = telemetry_callback("/espresso/sa", "0x3003", data);
+        rte_tel_data_free(data);
+    });
+    // The main loop's part: it sees the query asking and makes the copy; the query answers from it
+    // (0x3003 is in no earlier copy).
+    const auto deadline = std::chrono::steady_clock::now() + 2s;
+    while (!telemetry_wanted() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_TRUE(telemetry_wanted());
+    refresh_telemetry(gateway);
+    query.join();
+    EXPECT_EQ(rc.load(), 0);
+    EXPECT_FALSE(telemetry_wanted());
+    // A fresh copy answers at once, without asking.
+    rte_tel_data* data = rte_tel_data_alloc();
+    {
+#if defined(__SANITIZE_ADDRESS__)
+        const __lsan::ScopedDisabler not_ours;
+#endif
+        EXPECT_EQ(telemetry_callback("/espresso/sa", "", data), 0);
+        rte_tel_data_free(data);
+    }
+    EXPECT_FALSE(telemetry_wanted());
+    refresh_telemetry_on_demand(false);
+}
+
 // --- SA JSON ------------------------------------------------------------------------------------
 
 TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
