@@ -2,7 +2,6 @@
 // lcore (exception path: ARP, TAP, pending resolutions, ICMP; worker events) and the gateway_api.
 #include "gateway.h"
 
-
 #include <rte_arp.h>
 #include <rte_bus.h>
 #include <rte_cycles.h>

@@ -116,7 +116,8 @@ public:
             // in an SA anyway, so this is an error path.
             scratch_.emplace(to_yaml_tree(sa));
             for (auto it = scratch_->root.begin(); it != scratch_->root.end(); ++it) {
-                if (it->second.IsScalar() && (it->first.Scalar() == "key" || it->first.Scalar() == "integrity-key")) {
+                if (it->second.IsScalar() &&
+                    (it->first.Scalar() == "key" || it->first.Scalar() == "integrity-key")) {
                     scratch_->leaves.push_back(it->second);
                     scratch_->secrets.push_back(scratch_->leaves.size() - 1);
                 }
@@ -169,7 +170,8 @@ private:
                 auto it = node.begin();
                 for (const auto& [key, item] : value.items()) {
                     shape.push_back({kind::key, 0, key});
-                    if (top && (key == "key" || key == "integrity-key") && !item.is_null() && !item.is_object()) {
+                    if (top && (key == "key" || key == "integrity-key") && !item.is_null() &&
+                        !item.is_object()) {
                         secrets.push_back(leaves.size());
                     }
                     learn(item, it->second, false);
@@ -244,9 +246,10 @@ private:
             case json::value_t::number_integer:
             case json::value_t::number_unsigned: {
                 char text[24];
-                const auto [end, error] = value.is_number_unsigned()
-                                              ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
-                                              : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
+                const auto [end, error] =
+                    value.is_number_unsigned()
+                        ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
+                        : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
                 leaves[leaf++] = std::string(text, end); // the same digits as json::dump()
                 return;
             }

@@ -235,8 +235,9 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
 }
 
 // On demand (espresso-dp): ask the main loop for a new copy unless the current one is fresh, and wait
-// for it a bounded time (2 s; then the old copy answers). Copying every SA costs the main loop O(SAs), so it is done only when someone
-// reads telemetry, not on a timer (at 100k SAs a timed copy cost more than the SA installs themselves).
+// for it a bounded time (2 s; then the old copy answers). Copying every SA costs the main loop O(SAs), so it
+// is done only when someone reads telemetry, not on a timer (at 100k SAs a timed copy cost more than the SA
+// installs themselves).
 void wait_for_fresh_copy()
 {
     auto& c = cache();

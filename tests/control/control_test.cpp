@@ -949,27 +949,86 @@ TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)
         "replay-window": 1024, "udp-encapsulation": {"source-port": 4500, "destination-port": 4500},
         "selectors": {"local": "192.168.1.0/24", "remote": "0.0.0.0/0"}, "df": "set", "dscp": 10, "ttl": 64,
         "tfc-pad": 0, "lifetime": {"bytes": 1000, "soft-bytes": 900, "packets": 0}, "initial-sequence": 5
-    })"), json::parse(R"({
+    })"),
+                               json::parse(R"({
         "spi": "0x3001", "direction": "outbound", "protocol": "ah", "mode": "transport",
-        "integrity": "sha512", "integrity-key": "0x)" + std::string(128, 'a') + R"(",
+        "integrity": "sha512", "integrity-key": "0x)" +
+                                           std::string(128, 'a') + R"(",
         "selectors": {"local": "2001:db8:1::/48", "remote": "2001:db8:2::/48"}
-    })"), json::parse(R"({
+    })"),
+                               json::parse(R"({
         "spi": "0x3002", "direction": "outbound", "protocol": "esp", "mode": "tunnel", "encryption": null,
-        "integrity": "sha384", "integrity-key": "0x)" + std::string(96, 'b') + R"(",
+        "integrity": "sha384", "integrity-key": "0x)" +
+                                           std::string(96, 'b') + R"(",
         "source": "198.51.100.1", "destination": "203.0.113.1",
         "selectors": {"local": "10.0.0.0/8", "remote": "10.1.0.0/16"}
     })")};
     // Values a client may send for any key: every JSON type, empty and odd strings, wrong shapes.
-    const std::vector<json> values = {nullptr, true, false, 0, -1, 255, 256, 65536, 4294967296, 1.5, 1e3, "",
-        "null", "~", "true", "0x", "0x100", "0xzz", "x", "Tunnel", "ESP", "AES128GCM16", "aes128gcm", "sha1",
-        "md5", "3des", "des", "aes128", "none", "sha256", "aes128gmac", "copy", "set", "inbound", "outbound",
-        "tunnel", "transport", "esp", "ah", "198.51.100.1", "2001:db8::1", "192.168.1.1/24", "192.168.1.0/24",
-        "10.0.0.0/33", "1.2.3", "0x00112233445566778899aabbccddeeff01020304", "0x0011", "00112233",
-        "0x00112233445566778899aabbccddeeff0102030g", " 1", "1 ", "\x1b", "a\tb", "\x7f", "ü",
-        json::array(), json::array({1}), json::object(), json{{"local", "10.0.0.0/8"}},
-        json{{"source-port", 0}}, json{{"destination-port", "x"}, {"source-port", 70000}},
-        json{{"bytes", 10}, {"soft-bytes", 10}}, json{{"packets", 10}, {"soft-packets", 11}, {"junk", 1}},
-        json{{"local", "10.0.0.0/8"}, {"remote", "2001:db8::/32"}}, json{{"local", 1}, {"remote", nullptr}}};
+    const std::vector<json> values = {nullptr,
+                                      true,
+                                      false,
+                                      0,
+                                      -1,
+                                      255,
+                                      256,
+                                      65536,
+                                      4294967296,
+                                      1.5,
+                                      1e3,
+                                      "",
+                                      "null",
+                                      "~",
+                                      "true",
+                                      "0x",
+                                      "0x100",
+                                      "0xzz",
+                                      "x",
+                                      "Tunnel",
+                                      "ESP",
+                                      "AES128GCM16",
+                                      "aes128gcm",
+                                      "sha1",
+                                      "md5",
+                                      "3des",
+                                      "des",
+                                      "aes128",
+                                      "none",
+                                      "sha256",
+                                      "aes128gmac",
+                                      "copy",
+                                      "set",
+                                      "inbound",
+                                      "outbound",
+                                      "tunnel",
+                                      "transport",
+                                      "esp",
+                                      "ah",
+                                      "198.51.100.1",
+                                      "2001:db8::1",
+                                      "192.168.1.1/24",
+                                      "192.168.1.0/24",
+                                      "10.0.0.0/33",
+                                      "1.2.3",
+                                      "0x00112233445566778899aabbccddeeff01020304",
+                                      "0x0011",
+                                      "00112233",
+                                      "0x00112233445566778899aabbccddeeff0102030g",
+                                      " 1",
+                                      "1 ",
+                                      "\x1b",
+                                      "a\tb",
+                                      "\x7f",
+                                      "ü",
+                                      json::array(),
+                                      json::array({1}),
+                                      json::object(),
+                                      json{{"local", "10.0.0.0/8"}},
+                                      json{{"source-port", 0}},
+                                      json{{"destination-port", "x"}, {"source-port", 70000}},
+                                      json{{"bytes", 10}, {"soft-bytes", 10}},
+                                      json{{"packets", 10}, {"soft-packets", 11}, {"junk", 1}},
+                                      json{{"local", "10.0.0.0/8"}, {"remote", "2001:db8::/32"}},
+                                      json{{"local", 1}, {"remote", nullptr}}};
     std::vector<json> cases;
     for (const json& base : bases) {
         cases.push_back(base);
@@ -977,10 +1036,29 @@ TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)
         for (const auto& [key, value] : base.items()) {
             keys.push_back(key);
         }
-        for (const std::string key : {"spi", "direction", "protocol", "mode", "source", "destination",
-                                      "encryption", "key", "integrity", "integrity-key", "esn", "replay-window",
-                                      "udp-encapsulation", "selectors", "lifetime", "df", "dscp", "ttl",
-                                      "tfc-pad", "initial-sequence", "spy", "Key", ""}) {
+        for (const std::string key : {"spi",
+                                      "direction",
+                                      "protocol",
+                                      "mode",
+                                      "source",
+                                      "destination",
+                                      "encryption",
+                                      "key",
+                                      "integrity",
+                                      "integrity-key",
+                                      "esn",
+                                      "replay-window",
+                                      "udp-encapsulation",
+                                      "selectors",
+                                      "lifetime",
+                                      "df",
+                                      "dscp",
+                                      "ttl",
+                                      "tfc-pad",
+                                      "initial-sequence",
+                                      "spy",
+                                      "Key",
+                                      ""}) {
             for (const json& v : values) {
                 json sa = base;
                 sa[key] = v;
@@ -1025,11 +1103,12 @@ TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)
         EXPECT_TRUE(a.spi == b.spi && a.dir == b.dir && a.protocol == b.protocol && a.mode == b.mode &&
                     a.source == b.source && a.destination == b.destination && a.cipher == b.cipher &&
                     a.cipher_key_bytes == b.cipher_key_bytes && a.cipher_key == b.cipher_key &&
-                    a.cipher_key_length == b.cipher_key_length && a.integ == b.integ && a.integ_key == b.integ_key &&
-                    a.integ_key_length == b.integ_key_length && a.esn == b.esn &&
-                    a.replay_window == b.replay_window && a.local == b.local && a.remote == b.remote &&
-                    a.udp.has_value() == b.udp.has_value() && a.lifetime.bytes == b.lifetime.bytes &&
-                    a.lifetime.packets == b.lifetime.packets && a.lifetime.soft_bytes == b.lifetime.soft_bytes &&
+                    a.cipher_key_length == b.cipher_key_length && a.integ == b.integ &&
+                    a.integ_key == b.integ_key && a.integ_key_length == b.integ_key_length &&
+                    a.esn == b.esn && a.replay_window == b.replay_window && a.local == b.local &&
+                    a.remote == b.remote && a.udp.has_value() == b.udp.has_value() &&
+                    a.lifetime.bytes == b.lifetime.bytes && a.lifetime.packets == b.lifetime.packets &&
+                    a.lifetime.soft_bytes == b.lifetime.soft_bytes &&
                     a.lifetime.soft_packets == b.lifetime.soft_packets && a.df == b.df && a.dscp == b.dscp &&
                     a.dscp_value == b.dscp_value && a.ttl == b.ttl && a.tfc_pad_to == b.tfc_pad_to &&
                     a.initial_sequence == b.initial_sequence)

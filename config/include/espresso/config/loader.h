@@ -52,7 +52,8 @@ gateway_config load_string(std::string_view yaml, const std::string& file_name =
 // no positions: errors carry line and column 0 and file = `source`, and the SA's origin is `path`.
 // Every null in the tree counts as the word `null` (JSON has no other null), so `encryption: null` is
 // the null cipher. Throws config_error; the caller wipes the returned keys (wipe_keys).
-sa_config load_security_association(const YAML::Node& item, const std::string& path, const std::string& source);
+sa_config load_security_association(const YAML::Node& item, const std::string& path,
+                                    const std::string& source);
 
 // The file loader's rule for SPIs within one list (outbound SPIs unique, inbound (SPI, protocol)
 // unique; RFC 4301 §4.1), for SAs from load_security_association: the first duplicate is reported as
