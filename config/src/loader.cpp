@@ -426,8 +426,18 @@ class loader {
 public:
     loader(std::string_view source, const std::string& file, const load_options& options)
         : source_(source), file_(file), options_(options) {}
+    // For a tree built in memory (load_security_association): no text, no positions, nothing to parse.
+    struct built_tree {};
+    loader(built_tree, const std::string& file) : file_(file), options_(built_tree_options()), tree_(true) {}
+    static const load_options& built_tree_options() {
+        static const load_options options{};
+        return options;
+    }
 
     gateway_config run();
+    sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
+    void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
+                      const std::vector<std::string>& paths) const;
 
 private:
     [[noreturn]] void fail(const YAML::Node& at, const std::string& path, std::string problem, std::string fix) const {
@@ -446,8 +456,12 @@ private:
         return file_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1);
     }
 
-    // Was this null node written as the word null (rather than "~" or nothing)?
+    // Was this null node written as the word null (rather than "~" or nothing)? In a built tree
+    // (from JSON) every null is the word.
     bool is_literal_null(const YAML::Node& node) const {
+        if (tree_) {
+            return node.IsNull();
+        }
         const YAML::Mark mark = node.Mark();
         if (!node.IsNull() || mark.pos < 0 || static_cast<size_t>(mark.pos) >= source_.size()) {
             return false;
@@ -475,9 +489,6 @@ private:
     void parse_transforms(const mapping& m, sa_config& sa) const;
     void parse_selectors(const mapping& m, sa_config& sa) const;
     void parse_options(const mapping& m, sa_config& sa) const;
-    sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
-    void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
-                      const std::vector<std::string>& paths) const;
     void parse_security_associations(const field& f, gateway_config& config) const;
 
     const YAML::Node& sequence(const field& f, std::string_view what, std::string_view fix) const;
@@ -512,6 +523,7 @@ private:
     std::string_view source_;
     const std::string& file_;
     const load_options& options_;
+    bool tree_ = false;
 };
 
 mapping loader::read_mapping(const YAML::Node& node, const std::string& path, std::span<const std::string_view> allowed,
@@ -724,7 +736,8 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
             fail(m.node(), m.path(), "required key \"key\" is missing; " + need,
                  "add key: 0x followed by " + std::to_string(cipher_bytes * 2) + " hex digits");
         }
-        const std::string value = text(*key, "a hex key");
+        std::string value = text(*key, "a hex key");
+        const wipe_on_exit wipe_value{value}; // our copy of the key text
         const auto decoded = decode_hex(value, std::span(sa.cipher_key.data(), cipher_bytes));
         if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
             fail(*key, problem->problem, problem->fix);
@@ -752,7 +765,8 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
         fail(m.node(), m.path(), "required key \"integrity-key\" is missing; " + need,
              "add integrity-key: 0x followed by " + std::to_string(integ.key_bytes * 2) + " hex digits");
     }
-    const std::string value = text(*integ_key, "a hex key");
+    std::string value = text(*integ_key, "a hex key");
+    const wipe_on_exit wipe_value{value};
     const auto decoded = decode_hex(value, std::span(sa.integ_key.data(), integ.key_bytes));
     if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
         fail(*integ_key, problem->problem, problem->fix);
@@ -1005,7 +1019,7 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
 sa_config loader::parse_sa(const YAML::Node& node, const std::string& path) const {
     const mapping m = read_mapping(node, path, sa_keys, "one security association");
     sa_config sa;
-    sa.origin = origin(node);
+    sa.origin = tree_ ? path : origin(node); // a built tree has no line:column; its path names the item
     try {
         parse_identity(m, sa);
         parse_transforms(m, sa);
@@ -2434,6 +2448,21 @@ gateway_config loader::run() {
 
 gateway_config load_string(std::string_view yaml, const std::string& file_name, const load_options& options) {
     return loader(yaml, file_name, options).run();
+}
+
+sa_config load_security_association(const YAML::Node& item, const std::string& path, const std::string& source) {
+    return loader(loader::built_tree{}, source).parse_sa(item, path);
+}
+
+void check_security_association_spis(const std::vector<sa_config>& sas, const std::string& path,
+                                     const std::string& source) {
+    std::vector<std::string> paths;
+    paths.reserve(sas.size());
+    for (size_t i = 0; i < sas.size(); ++i) {
+        paths.push_back(path + "[" + std::to_string(i) + "]");
+    }
+    // No nodes: errors carry no position, as everything from a built tree.
+    loader(loader::built_tree{}, source).check_unique(sas, std::vector<YAML::Node>(sas.size()), paths);
 }
 
 gateway_config load_file(const std::string& path, const load_options& options) {

@@ -4,8 +4,11 @@
 #include <string.h> // explicit_bzero
 
 #include <array>
+#include <charconv>
 #include <cstdio>
 #include <string_view>
+
+#include <yaml-cpp/yaml.h>
 
 #include "espresso/config/algorithms.h"
 #include "espresso/config/loader.h"
@@ -62,6 +65,251 @@ config::gateway_config load_one(std::string_view section, const json& body)
     return config::load_string(yaml, "control", generated_yaml());
 }
 
+// The JSON value as the YAML tree a YAML parser makes of its compact dump (JSON is YAML flow syntax,
+// YAML 1.2 §1.3): objects are mappings (nlohmann keeps keys sorted, as in the dump), arrays sequences,
+// strings scalars of their value, numbers and booleans scalars of their JSON text, null a null node.
+// The loader reads every scalar from its text, so it sees what it would see in a file, without the
+// cost of writing and re-parsing text (the largest share of an SA install before).
+YAML::Node to_yaml_tree(const json& value)
+{
+    switch (value.type()) {
+    case json::value_t::object: {
+        YAML::Node node(YAML::NodeType::Map);
+        for (const auto& [key, item] : value.items()) {
+            node.force_insert(key, to_yaml_tree(item)); // keys are unique in a json object: no lookup
+        }
+        return node;
+    }
+    case json::value_t::array: {
+        YAML::Node node(YAML::NodeType::Sequence);
+        for (const auto& item : value) {
+            node.push_back(to_yaml_tree(item));
+        }
+        return node;
+    }
+    case json::value_t::string:
+        return YAML::Node(value.get_ref<const std::string&>());
+    case json::value_t::boolean:
+        return YAML::Node(value.get<bool>() ? "true" : "false");
+    case json::value_t::null:
+        return YAML::Node(YAML::NodeType::Null);
+    default:
+        return YAML::Node(value.dump()); // numbers (and nothing else reaches here from json::parse)
+    }
+}
+
+// YAML trees for SA objects, kept between requests. yaml-cpp allocates several objects per node and
+// merges node pools whenever trees are joined, so building and freeing a tree per SA cost more than
+// validating it (measured: about 45 % of add-sas). The SA objects a client sends have the same keys
+// every time, only the values change; so one tree is kept per shape (the keys, and whether each value
+// is null, a scalar or a mapping) and its scalars are rewritten in place, one string copy per field.
+// The loader still reads every value from the tree: the tree is a container, not a cache of results.
+//
+// Threads: one cache per thread (the control server uses it on the main lcore only).
+class sa_tree_cache {
+public:
+    // The tree of `sa` (an object), valid until the next fill() on this thread.
+    const YAML::Node& fill(const json& sa)
+    {
+        for (auto& kept : kept_) {
+            if (kept && kept->matches(sa)) {
+                kept->write(sa);
+                last_ = &*kept;
+                return kept->root;
+            }
+        }
+        // Trees are replaced by destroying them (reset/emplace), never by assigning a YAML::Node:
+        // yaml-cpp's assignment rebinds the old node and merges the new tree's node pool into the
+        // old one, which would keep every tree ever assigned alive.
+        if (contains_array(sa)) {
+            // Not kept (the length of a list would be part of the shape); the loader refuses lists
+            // in an SA anyway, so this is an error path.
+            scratch_.emplace(to_yaml_tree(sa));
+            for (auto it = scratch_->root.begin(); it != scratch_->root.end(); ++it) {
+                if (it->second.IsScalar() &&
+                    (it->first.Scalar() == "key" || it->first.Scalar() == "integrity-key")) {
+                    scratch_->leaves.push_back(it->second);
+                    scratch_->secrets.push_back(scratch_->leaves.size() - 1);
+                }
+            }
+            last_ = &*scratch_;
+            return scratch_->root;
+        }
+        auto& kept = kept_[next_];
+        next_ = (next_ + 1) % kept_.size();
+        kept.reset();
+        kept.emplace(to_yaml_tree(sa));
+        kept->learn(sa, kept->root, true);
+        last_ = &*kept;
+        return kept->root;
+    }
+
+    // Overwrites the key text in the tree filled last (its only copy: yaml-cpp stores a scalar once).
+    void wipe_secrets() noexcept
+    {
+        if (last_ != nullptr) {
+            for (const size_t i : last_->secrets) {
+                const std::string& text = last_->leaves[i].Scalar();
+                explicit_bzero(const_cast<char*>(text.data()), text.size());
+            }
+        }
+        last_ = nullptr;
+        scratch_.reset();
+    }
+
+private:
+    struct kept_tree {
+        enum class kind : uint8_t { map, key, scalar, null };
+        struct token {
+            kind what;
+            size_t size = 0;  // map: number of keys
+            std::string name; // key
+        };
+        explicit kept_tree(const YAML::Node& tree) : root(tree) {}
+
+        YAML::Node root;
+        std::vector<token> shape;       // pre-order, in nlohmann's (sorted) key order, as the tree
+        std::vector<YAML::Node> leaves; // the scalar nodes, in the same order
+        std::vector<size_t> secrets;    // leaves holding key or integrity-key
+
+        // Records the shape of `value` and the leaves of `node`, its tree.
+        void learn(const json& value, const YAML::Node& node, bool top)
+        {
+            if (value.is_object()) {
+                shape.push_back({kind::map, value.size(), {}});
+                auto it = node.begin();
+                for (const auto& [key, item] : value.items()) {
+                    shape.push_back({kind::key, 0, key});
+                    if (top && (key == "key" || key == "integrity-key") && !item.is_null() &&
+                        !item.is_object()) {
+                        secrets.push_back(leaves.size());
+                    }
+                    learn(item, it->second, false);
+                    ++it;
+                }
+            } else if (value.is_null()) {
+                shape.push_back({kind::null, 0, {}});
+            } else {
+                shape.push_back({kind::scalar, 0, {}});
+                leaves.push_back(node);
+            }
+        }
+
+        bool matches(const json& value) const
+        {
+            size_t at = 0;
+            return matches(value, at) && at == shape.size();
+        }
+        bool matches(const json& value, size_t& at) const
+        {
+            if (at >= shape.size()) {
+                return false;
+            }
+            const token& t = shape[at++];
+            switch (value.type()) {
+            case json::value_t::object:
+                if (t.what != kind::map || t.size != value.size()) {
+                    return false;
+                }
+                for (const auto& [key, item] : value.items()) {
+                    if (at >= shape.size() || shape[at].what != kind::key || shape[at].name != key) {
+                        return false;
+                    }
+                    ++at;
+                    if (!matches(item, at)) {
+                        return false;
+                    }
+                }
+                return true;
+            case json::value_t::null:
+                return t.what == kind::null;
+            case json::value_t::array:
+                return false;
+            default:
+                return t.what == kind::scalar;
+            }
+        }
+
+        // Rewrites the leaves from `value`, whose shape matches().
+        void write(const json& value)
+        {
+            size_t leaf = 0;
+            write(value, leaf);
+        }
+        void write(const json& value, size_t& leaf)
+        {
+            switch (value.type()) {
+            case json::value_t::object:
+                for (const auto& item : value) {
+                    write(item, leaf);
+                }
+                return;
+            case json::value_t::null:
+            case json::value_t::array: // never: matches() refuses lists
+                return;
+            case json::value_t::string:
+                leaves[leaf++] = value.get_ref<const std::string&>(); // set_scalar: reuses the buffer
+                return;
+            case json::value_t::boolean:
+                leaves[leaf++] = value.get<bool>() ? "true" : "false";
+                return;
+            case json::value_t::number_integer:
+            case json::value_t::number_unsigned: {
+                char text[24];
+                const auto [end, error] =
+                    value.is_number_unsigned()
+                        ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
+                        : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
+                leaves[leaf++] = std::string(text, end); // the same digits as json::dump()
+                return;
+            }
+            default:
+                leaves[leaf++] = value.dump(); // floating point: nlohmann's own text, as in the dump
+                return;
+            }
+        }
+    };
+
+    static bool contains_array(const json& value)
+    {
+        if (value.is_array()) {
+            return true;
+        }
+        if (value.is_object()) {
+            for (const auto& item : value) {
+                if (contains_array(item)) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    // Shapes seen lately, replaced round robin. espresso-ike sends up to 8 (direction x NAT-T x
+    // AEAD or not); a shape that does not match fails at its first differing key.
+    std::array<std::optional<kept_tree>, 8> kept_;
+    size_t next_ = 0;
+    std::optional<kept_tree> scratch_; // a tree of a shape not worth keeping (with a list inside)
+    kept_tree* last_ = nullptr;        // filled last
+};
+
+sa_tree_cache& tree_cache()
+{
+    thread_local sa_tree_cache cache;
+    return cache;
+}
+
+// One SA object through the loader, named `path` in errors; the tree's key text is wiped after.
+config::sa_config load_sa(const json& sa, const std::string& path)
+{
+    auto& cache = tree_cache();
+    struct wipe_after {
+        sa_tree_cache& cache;
+        ~wipe_after() { cache.wipe_secrets(); }
+    } wipe{cache};
+    return config::load_security_association(cache.fill(sa), path, "control");
+}
+
 std::string prefix_text(const config::ip_prefix& prefix)
 {
     return prefix.address.family == 0 ? std::string() : config::to_string(prefix);
@@ -88,21 +336,15 @@ parsed<config::sa_config> sa_from_json(const json& sa)
     if (!sa.is_object()) {
         return {std::nullopt, "sa: expected an object with the keys of a security-associations item"};
     }
-    config::gateway_config loaded;
+    parsed<config::sa_config> result;
     try {
-        loaded = load_one("security-associations", sa);
+        config::sa_config loaded = load_sa(sa, "sa");
+        result.value = loaded;
+        config::wipe_keys(loaded); // the copy; the caller wipes result.value
+        result.value->origin = "control socket";
     } catch (const config::config_error& e) {
-        return {std::nullopt, rerooted_message(e, "security-associations[0]", "sa")};
+        result.error = rerooted_message(e, "sa", "sa");
     }
-    if (loaded.security_associations.size() != 1) {
-        for (auto& s : loaded.security_associations) {
-            config::wipe_keys(s);
-        }
-        return {std::nullopt, "sa: expected exactly one SA"};
-    }
-    parsed<config::sa_config> result{loaded.security_associations.front(), {}};
-    config::wipe_keys(loaded.security_associations.front());
-    result.value->origin = "control socket";
     return result;
 }
 
@@ -116,27 +358,30 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
             return {std::nullopt, "sas[" + std::to_string(i) + "]: expected an object with the keys of a security-associations item"};
         }
     }
-    // One document for the whole batch: the loader runs once (and also refuses duplicate SPIs
-    // within the batch, naming the item).
-    config::gateway_config loaded;
+    parsed<std::vector<config::sa_config>> result;
+    result.value.emplace();
+    auto& list = *result.value;
+    list.reserve(sas.size()); // no reallocation: it would leave copies of keys in freed memory
     try {
-        std::string yaml = "security-associations: " + sas.dump() + "\n";
-        struct wipe_on_exit {
-            std::string& text;
-            ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
-        } wipe{yaml};
-        loaded = config::load_string(yaml, "control", generated_yaml());
+        // Item by item, then the file loader's SPI uniqueness rule over the batch (it names the item).
+        for (size_t i = 0; i < sas.size(); ++i) {
+            list.push_back(load_sa(sas[i], "sas[" + std::to_string(i) + "]"));
+        }
+        config::check_security_association_spis(list, "sas", "control");
     } catch (const config::config_error& e) {
-        return {std::nullopt, rerooted_message(e, "security-associations", "sas")};
-    }
-    if (loaded.security_associations.size() != sas.size()) {
-        for (auto& s : loaded.security_associations) {
+        for (auto& s : list) {
             config::wipe_keys(s);
         }
-        return {std::nullopt, "sas: expected " + std::to_string(sas.size()) + " SAs"};
+        result.value.reset();
+        result.error = rerooted_message(e, "sas", "sas");
+        return result;
+    } catch (...) {
+        for (auto& s : list) {
+            config::wipe_keys(s); // out of memory: no keys left behind in what is freed
+        }
+        throw;
     }
-    parsed<std::vector<config::sa_config>> result{std::move(loaded.security_associations), {}};
-    for (auto& s : *result.value) {
+    for (auto& s : list) {
         s.origin = "control socket";
     }
     return result;

@@ -3,7 +3,8 @@
 //
 // Parsing SAs goes through the config loader (espresso/config/loader.h) so that a static SA in the
 // YAML file and an SA added over the control socket pass the same validation and get the same
-// messages. Rendering never includes key material.
+// messages: each SA object becomes a YAML node tree (no YAML text) for
+// config::load_security_association. Rendering never includes key material.
 //
 // Threads: plain functions without shared state; called on the main lcore by the control server and
 // by the telemetry refresh.
@@ -32,8 +33,9 @@ struct parsed {
 // `sa` are left untouched; see wipe_json_secrets().
 parsed<config::sa_config> sa_from_json(const nlohmann::json& sa);
 
-// The "sas" argument of add-sas: an array of such objects, validated in one loader pass. Errors name
-// the item ("sas[3].key: ..."). The caller wipes every returned sa_config after use.
+// The "sas" argument of add-sas: an array of such objects, each validated as above, then the file
+// loader's SPI uniqueness rule over the batch. Errors name the item ("sas[3].key: ..."). The caller
+// wipes every returned sa_config after use.
 parsed<std::vector<config::sa_config>> sas_from_json(const nlohmann::json& sas);
 
 // The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,

@@ -3,7 +3,10 @@
 
 #include <rte_telemetry.h>
 
+#include <atomic>
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -16,9 +19,23 @@ using nlohmann::json;
 
 namespace {
 
+using clock_type = std::chrono::steady_clock;
+
+// A copy younger than this answers a query at once (several commands in a row share one copy).
+constexpr auto fresh_enough = std::chrono::milliseconds(500);
+// How long a query waits for the main loop to make a copy; after that it answers from the old one.
+constexpr auto refresh_wait = std::chrono::seconds(2);
+
 struct telemetry_cache {
     std::mutex lock;
-    json sas = json::array();
+    std::condition_variable refreshed;
+    uint64_t generation = 0;         // copies made so far
+    clock_type::time_point made;     // when the current copy was made
+    std::atomic<bool> wanted{false}; // a query waits for a new copy
+    std::atomic<bool> on_demand{false};
+    // Snapshots, not JSON: copying 100k snapshots is cheap next to rendering every SA as JSON; a
+    // query renders only the SA it asks for.
+    std::vector<sa_snapshot> sas;
     json interfaces = json::array();
     json workers = json::array();
 };
@@ -151,9 +168,9 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
         if (params.empty()) {
             json result = {{"outbound", json::array()}, {"inbound", json::array()}};
             for (const auto& sa : c.sas) {
-                auto& list = result[sa["direction"].get<std::string>()];
+                auto& list = result[direction_name(sa.config.dir)];
                 if (list.size() < RTE_TEL_MAX_ARRAY_ENTRIES) {
-                    list.push_back(sa["spi"]);
+                    list.push_back(sa.config.spi);
                 }
             }
             return result;
@@ -172,9 +189,9 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
         }
         json result = json::object();
         for (const auto& sa : c.sas) {
-            const auto& dir = sa["direction"].get_ref<const std::string&>();
-            if (sa["spi"].get<uint32_t>() == *spi && (direction.empty() || dir == direction)) {
-                result[dir] = sa_counters(sa);
+            const std::string dir = direction_name(sa.config.dir);
+            if (sa.config.spi == *spi && (direction.empty() || dir == direction)) {
+                result[dir] = sa_counters(to_json(sa));
             }
         }
         if (result.empty()) {
@@ -217,9 +234,29 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
     return std::nullopt;
 }
 
+// On demand (espresso-dp): ask the main loop for a new copy unless the current one is fresh, and wait
+// for it a bounded time (2 s; then the old copy answers). Copying every SA costs the main loop O(SAs), so it
+// is done only when someone reads telemetry, not on a timer (at 100k SAs a timed copy cost more than the SA
+// installs themselves).
+void wait_for_fresh_copy()
+{
+    auto& c = cache();
+    if (!c.on_demand.load(std::memory_order_relaxed)) {
+        return;
+    }
+    std::unique_lock guard(c.lock);
+    if (c.generation != 0 && clock_type::now() - c.made < fresh_enough) {
+        return;
+    }
+    const uint64_t seen = c.generation;
+    c.wanted.store(true, std::memory_order_release);
+    c.refreshed.wait_for(guard, refresh_wait, [&] { return c.generation != seen; });
+}
+
 int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
 {
     try {
+        wait_for_fresh_copy();
         const auto result =
             telemetry_query(command != nullptr ? command : "", params != nullptr ? params : "");
         if (!result) {
@@ -235,10 +272,7 @@ int telemetry_callback(const char* command, const char* params, rte_tel_data* d)
 void refresh_telemetry(const gateway_api& gateway)
 {
     // Build outside the lock: the telemetry thread waits only for the swap.
-    json sas = json::array();
-    for (const auto& sa : gateway.sas()) {
-        sas.push_back(to_json(sa));
-    }
+    std::vector<sa_snapshot> sas = gateway.sas();
     json interfaces = json::array();
     for (const auto& i : gateway.interfaces()) {
         interfaces.push_back(to_json(i));
@@ -248,11 +282,22 @@ void refresh_telemetry(const gateway_api& gateway)
         workers.push_back(to_json(w));
     }
     auto& c = cache();
-    const std::lock_guard guard(c.lock);
-    c.sas.swap(sas);
-    c.interfaces.swap(interfaces);
-    c.workers.swap(workers);
+    {
+        const std::lock_guard guard(c.lock);
+        c.sas.swap(sas);
+        c.interfaces.swap(interfaces);
+        c.workers.swap(workers);
+        ++c.generation;
+        c.made = clock_type::now();
+        c.wanted.store(false, std::memory_order_relaxed);
+    }
+    c.refreshed.notify_all();
+    // The old copy is freed here, outside the lock.
 }
+
+void refresh_telemetry_on_demand(bool on) noexcept { cache().on_demand.store(on, std::memory_order_relaxed); }
+
+bool telemetry_wanted() noexcept { return cache().wanted.load(std::memory_order_acquire); }
 
 void register_telemetry(gateway_api& gateway)
 {

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "control_server.h"
+#include "espresso/config/loader.h"
 #include "espresso/config/types.h"
 #include "espresso/dp/control_client.h"
 #include "espresso/dp/control_protocol.h"
@@ -847,6 +848,45 @@ TEST(telemetry, QueriesReadTheRefreshedCache)
     register_telemetry(gateway); // registration outside EAL must not crash either
 }
 
+TEST(telemetry, OnDemandQueryWaitsForTheMainLoopsCopy)
+{
+    fake_gateway gateway;
+    gateway.snapshots = {make_sa(0x3003, config::direction::outbound, "198.51.100.1", "203.0.113.1")};
+    refresh_telemetry_on_demand(true);
+    std::this_thread::sleep_for(600ms); // whatever copy an earlier test made is no longer fresh
+    std::atomic<int> rc{1};
+    std::thread query([&] {
+#if defined(__SANITIZE_ADDRESS__)
+        const __lsan::ScopedDisabler not_ours; // see QueriesReadTheRefreshedCache
+#endif
+        rte_tel_data* data = rte_tel_data_alloc();
+        rc = telemetry_callback("/espresso/sa", "0x3003", data);
+        rte_tel_data_free(data);
+    });
+    // The main loop's part: it sees the query asking and makes the copy; the query answers from it
+    // (0x3003 is in no earlier copy).
+    const auto deadline = std::chrono::steady_clock::now() + 2s;
+    while (!telemetry_wanted() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_TRUE(telemetry_wanted());
+    refresh_telemetry(gateway);
+    query.join();
+    EXPECT_EQ(rc.load(), 0);
+    EXPECT_FALSE(telemetry_wanted());
+    // A fresh copy answers at once, without asking.
+    rte_tel_data* data = rte_tel_data_alloc();
+    {
+#if defined(__SANITIZE_ADDRESS__)
+        const __lsan::ScopedDisabler not_ours;
+#endif
+        EXPECT_EQ(telemetry_callback("/espresso/sa", "", data), 0);
+        rte_tel_data_free(data);
+    }
+    EXPECT_FALSE(telemetry_wanted());
+    refresh_telemetry_on_demand(false);
+}
+
 // --- SA JSON ------------------------------------------------------------------------------------
 
 TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
@@ -868,6 +908,232 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
     EXPECT_EQ(parsed.value->udp->destination_port, 4500);
     wipe_json_secrets(sa);
     EXPECT_EQ(sa["key"].get<std::string>().find("0011"), std::string::npos);
+}
+
+// What sa_from_json answered before it built the YAML tree directly: the SA as one-line YAML flow
+// text through config::load_string, the field path re-rooted from "security-associations[0]" to "sa".
+// The direct path must give the same SA and, for every refusal, the same message.
+parsed<config::sa_config> sa_from_yaml_text(const json& sa)
+{
+    try {
+        auto loaded = config::load_string("security-associations: [" + sa.dump() + "]\n", "control");
+        if (loaded.security_associations.size() != 1) {
+            return {std::nullopt, "not one SA"};
+        }
+        return {loaded.security_associations.front(), {}};
+    } catch (const config::config_error& e) {
+        std::string field = e.field();
+        const std::string list = "security-associations[0]";
+        field = field.starts_with(list) ? "sa" + field.substr(list.size()) : field.empty() ? "sa" : field;
+        std::string message = field + ": " + e.problem();
+        if (!message.empty() && message.back() != '.') {
+            message += '.';
+        }
+        if (!e.fix().empty()) {
+            message += " Fix: " + e.fix();
+            if (message.back() != '.' && message.back() != '?') {
+                message += '.';
+            }
+        }
+        return {std::nullopt, message};
+    }
+}
+
+TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)
+{
+    std::vector<json> bases = {good_sa_json(), json::parse(R"({
+        "spi": 4097, "direction": "inbound", "protocol": "esp", "mode": "tunnel",
+        "source": "203.0.113.1", "destination": "198.51.100.1", "encryption": "aes256",
+        "key": "0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "integrity": "sha256",
+        "integrity-key": "0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "esn": true,
+        "replay-window": 1024, "udp-encapsulation": {"source-port": 4500, "destination-port": 4500},
+        "selectors": {"local": "192.168.1.0/24", "remote": "0.0.0.0/0"}, "df": "set", "dscp": 10, "ttl": 64,
+        "tfc-pad": 0, "lifetime": {"bytes": 1000, "soft-bytes": 900, "packets": 0}, "initial-sequence": 5
+    })"),
+                               json::parse(R"({
+        "spi": "0x3001", "direction": "outbound", "protocol": "ah", "mode": "transport",
+        "integrity": "sha512", "integrity-key": "0x)" +
+                                           std::string(128, 'a') + R"(",
+        "selectors": {"local": "2001:db8:1::/48", "remote": "2001:db8:2::/48"}
+    })"),
+                               json::parse(R"({
+        "spi": "0x3002", "direction": "outbound", "protocol": "esp", "mode": "tunnel", "encryption": null,
+        "integrity": "sha384", "integrity-key": "0x)" +
+                                           std::string(96, 'b') + R"(",
+        "source": "198.51.100.1", "destination": "203.0.113.1",
+        "selectors": {"local": "10.0.0.0/8", "remote": "10.1.0.0/16"}
+    })")};
+    // Values a client may send for any key: every JSON type, empty and odd strings, wrong shapes.
+    const std::vector<json> values = {nullptr,
+                                      true,
+                                      false,
+                                      0,
+                                      -1,
+                                      255,
+                                      256,
+                                      65536,
+                                      4294967296,
+                                      1.5,
+                                      1e3,
+                                      "",
+                                      "null",
+                                      "~",
+                                      "true",
+                                      "0x",
+                                      "0x100",
+                                      "0xzz",
+                                      "x",
+                                      "Tunnel",
+                                      "ESP",
+                                      "AES128GCM16",
+                                      "aes128gcm",
+                                      "sha1",
+                                      "md5",
+                                      "3des",
+                                      "des",
+                                      "aes128",
+                                      "none",
+                                      "sha256",
+                                      "aes128gmac",
+                                      "copy",
+                                      "set",
+                                      "inbound",
+                                      "outbound",
+                                      "tunnel",
+                                      "transport",
+                                      "esp",
+                                      "ah",
+                                      "198.51.100.1",
+                                      "2001:db8::1",
+                                      "192.168.1.1/24",
+                                      "192.168.1.0/24",
+                                      "10.0.0.0/33",
+                                      "1.2.3",
+                                      "0x00112233445566778899aabbccddeeff01020304",
+                                      "0x0011",
+                                      "00112233",
+                                      "0x00112233445566778899aabbccddeeff0102030g",
+                                      " 1",
+                                      "1 ",
+                                      "\x1b",
+                                      "a\tb",
+                                      "\x7f",
+                                      "ü",
+                                      json::array(),
+                                      json::array({1}),
+                                      json::object(),
+                                      json{{"local", "10.0.0.0/8"}},
+                                      json{{"source-port", 0}},
+                                      json{{"destination-port", "x"}, {"source-port", 70000}},
+                                      json{{"bytes", 10}, {"soft-bytes", 10}},
+                                      json{{"packets", 10}, {"soft-packets", 11}, {"junk", 1}},
+                                      json{{"local", "10.0.0.0/8"}, {"remote", "2001:db8::/32"}},
+                                      json{{"local", 1}, {"remote", nullptr}}};
+    std::vector<json> cases;
+    for (const json& base : bases) {
+        cases.push_back(base);
+        std::vector<std::string> keys;
+        for (const auto& [key, value] : base.items()) {
+            keys.push_back(key);
+        }
+        for (const std::string key : {"spi",
+                                      "direction",
+                                      "protocol",
+                                      "mode",
+                                      "source",
+                                      "destination",
+                                      "encryption",
+                                      "key",
+                                      "integrity",
+                                      "integrity-key",
+                                      "esn",
+                                      "replay-window",
+                                      "udp-encapsulation",
+                                      "selectors",
+                                      "lifetime",
+                                      "df",
+                                      "dscp",
+                                      "ttl",
+                                      "tfc-pad",
+                                      "initial-sequence",
+                                      "spy",
+                                      "Key",
+                                      ""}) {
+            for (const json& v : values) {
+                json sa = base;
+                sa[key] = v;
+                cases.push_back(sa);
+            }
+            json without = base;
+            without.erase(key);
+            cases.push_back(without);
+        }
+        for (const std::string& key : keys) {
+            if (base[key].is_object()) {
+                for (const auto& [inner, value] : base[key].items()) {
+                    for (const json& v : values) {
+                        json sa = base;
+                        sa[key][inner] = v;
+                        cases.push_back(sa);
+                    }
+                }
+            }
+        }
+    }
+    size_t refused = 0;
+    for (const json& sa : cases) {
+        const auto direct = sa_from_json(sa);
+        const auto text = sa_from_yaml_text(sa);
+        ASSERT_EQ(direct.value.has_value(), text.value.has_value())
+            << sa.dump() << "\n direct: " << direct.error << "\n text:   " << text.error;
+        if (!direct.value) {
+            if (text.error.find("control character 0x7f") != std::string::npos) {
+                // The text path refused DEL anywhere in the line (it is not YAML) without naming a field;
+                // DEL can be in a JSON string, and now the field it is in is refused for what it is.
+                EXPECT_TRUE(direct.error.starts_with("sa.")) << direct.error;
+            } else {
+                EXPECT_EQ(direct.error, text.error) << sa.dump();
+            }
+            ++refused;
+            continue;
+        }
+        const auto& a = *direct.value;
+        const auto& b = *text.value;
+        EXPECT_EQ(a.origin, "control socket");
+        EXPECT_TRUE(a.spi == b.spi && a.dir == b.dir && a.protocol == b.protocol && a.mode == b.mode &&
+                    a.source == b.source && a.destination == b.destination && a.cipher == b.cipher &&
+                    a.cipher_key_bytes == b.cipher_key_bytes && a.cipher_key == b.cipher_key &&
+                    a.cipher_key_length == b.cipher_key_length && a.integ == b.integ &&
+                    a.integ_key == b.integ_key && a.integ_key_length == b.integ_key_length &&
+                    a.esn == b.esn && a.replay_window == b.replay_window && a.local == b.local &&
+                    a.remote == b.remote && a.udp.has_value() == b.udp.has_value() &&
+                    a.lifetime.bytes == b.lifetime.bytes && a.lifetime.packets == b.lifetime.packets &&
+                    a.lifetime.soft_bytes == b.lifetime.soft_bytes &&
+                    a.lifetime.soft_packets == b.lifetime.soft_packets && a.df == b.df && a.dscp == b.dscp &&
+                    a.dscp_value == b.dscp_value && a.ttl == b.ttl && a.tfc_pad_to == b.tfc_pad_to &&
+                    a.initial_sequence == b.initial_sequence)
+            << sa.dump();
+    }
+    EXPECT_GT(refused, cases.size() / 2) << "the table should mostly hold refusals";
+
+    // Batches: the same per-item messages, now named sas[i].
+    json batch = json::array({bases[0], bases[1]});
+    batch[1]["ttl"] = 0;
+    const auto refused_batch = sas_from_json(batch);
+    ASSERT_FALSE(refused_batch.value.has_value());
+    json single = bases[1];
+    single["ttl"] = 0;
+    EXPECT_EQ(refused_batch.error, "sas[1]" + sa_from_yaml_text(single).error.substr(2));
+    // A duplicate SPI names both items (the text path named a column of a line nobody wrote).
+    const auto twice = sas_from_json(json::array({bases[0], bases[1], bases[0]}));
+    ASSERT_FALSE(twice.value.has_value());
+    EXPECT_EQ(twice.error, "sas[2].spi: duplicate SPI 0x00001001 among outbound SAs; first used at sas[0]. "
+                           "Fix: give each outbound SA its own SPI.");
+    const auto ok = sas_from_json(json::array({bases[0], bases[1], bases[2], bases[3]}));
+    ASSERT_TRUE(ok.value.has_value()) << ok.error;
+    ASSERT_EQ(ok.value->size(), 4u);
+    EXPECT_EQ((*ok.value)[2].integ_key[0], 0xaa);
+    EXPECT_EQ((*ok.value)[3].origin, "control socket");
 }
 
 // --- CLI layouts --------------------------------------------------------------------------------
