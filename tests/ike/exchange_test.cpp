@@ -734,6 +734,46 @@ TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
     EXPECT_TRUE(f.net.wire.empty()); // nothing was sent for the forgotten SA
 }
 
+TEST(ExchangeTest, Ipv6EndpointsAndSelectors)
+{
+    // IKE over IPv6 (NAT-D hashes 16-byte addresses, §2.23), IPv6 selectors narrowed to the responder's
+    // subnet (§2.9), Child SAs with IPv6 tunnel endpoints.
+    const std::string tunnel_a = "      tunnels:\n"
+                                 "        - name: lan\n"
+                                 "          local-ts: [2001:db8:1::/48]\n"
+                                 "          remote-ts: [2001:db8::/32]\n"
+                                 "          esp-proposals: [aes256gcm16]\n"
+                                 "          start: immediately\n";
+    const std::string tunnel_b = "      tunnels:\n"
+                                 "        - name: lan\n"
+                                 "          local-ts: [2001:db8:2::/48]\n"
+                                 "          remote-ts: [2001:db8:1::/48]\n"
+                                 "          esp-proposals: [aes256gcm16]\n";
+    pair_fixture f(peer_yaml("2001:db8:ff1::1", "2001:db8:ff2::1", psk, tunnel_a),
+                   peer_yaml("2001:db8:ff2::1", "2001:db8:ff1::1", psk, tunnel_b));
+    f.addr_a = addr("2001:db8:ff1::1");
+    f.addr_b = addr("2001:db8:ff2::1");
+    f.a->start();
+    f.pump();
+    const auto* sa_a = f.only_sa(*f.a);
+    const auto* sa_b = f.only_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr);
+    ASSERT_NE(sa_b, nullptr);
+    EXPECT_EQ(sa_a->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(sa_b->sa_state(), ike_sa::state::established);
+    EXPECT_FALSE(sa_a->nat_detected());
+    EXPECT_FALSE(sa_b->nat_detected());
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    const auto& child = sa_a->children()[0];
+    EXPECT_EQ(config::to_string(child.local), "2001:db8:1::/48");
+    EXPECT_EQ(config::to_string(child.remote), "2001:db8:2::/48"); // narrowed by B
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    for (const auto& [key, sa] : f.io_a.inst.sas) {
+        EXPECT_EQ(sa.source.family, 6);
+        EXPECT_EQ(sa.destination.family, 6);
+    }
+}
+
 TEST(ExchangeTest, PfsMismatchIsNamed)
 {
     std::string t_a = default_tunnel_a, t_b = default_tunnel_b;
