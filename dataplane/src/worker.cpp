@@ -333,8 +333,16 @@ private:
                 if (is_multicast6(dst6)) {
                     // Link-local groups we joined: Neighbor Discovery here, the rest (MLD queries,
                     // echo to all-nodes) to the kernel. Other groups: not routed by this gateway.
-                    if (handed || !joined_group(m->port, dst6)) {
-                        drop(m, handed ? gateway_drop::malformed : gateway_drop::multicast);
+                    if (handed) {
+                        drop(m, gateway_drop::malformed);
+                        continue;
+                    }
+                    if (!joined_group(m->port, dst6)) {
+                        // Router Solicitations go to all-routers (ff02::2): count them as router
+                        // discovery, which this gateway does not take part in, not as stray multicast.
+                        const bool rd = ip[6] == proto_icmpv6 && avail > 40 &&
+                                        (ip[40] == icmpv6_router_solicitation || ip[40] == icmpv6_router_advertisement);
+                        drop(m, rd ? gateway_drop::router_discovery : gateway_drop::multicast);
                         continue;
                     }
                     if (local_icmpv6(m, ip, avail)) {
