@@ -800,9 +800,24 @@ private:
             }
             const port_state& ps = s_.ports[static_cast<size_t>(pos)];
             if (rte_pktmbuf_data_len(m) > ps.mtu) {
-                // Cleartext or encapsulated packet larger than the egress MTU (no DF handling
-                // possible here): count, never send an oversized frame.
-                drop(m, gateway_drop::too_big);
+                // Larger than the egress MTU after routing (bypass traffic, a decrypted inner packet,
+                // a datagram af_packet reassembled): never send an oversized frame. IPv6, and IPv4
+                // with DF, tell the source (RFC 8201 / RFC 1191) unless the gateway itself is the
+                // source (an encapsulated packet: fit_for_encapsulation decided about those).
+                const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+                uint32_t src4 = 0;
+                if (!is6) {
+                    std::memcpy(&src4, ip + 12, 4);
+                }
+                const bool ours = is6 ? is_local6(ip + 8) : is_local(src4);
+                const bool tell = !ours && (is6 ? ps.mtu >= 1280 : (load_be16(ip + 6) & 0x4000) != 0);
+                if (tell) {
+                    rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                    to_exception(m, is6 ? exception_meta::too_big6 : exception_meta::too_big, m->port, ps.mtu);
+                    w_.drop(gateway_drop::too_big);
+                } else {
+                    drop(m, gateway_drop::too_big);
+                }
                 continue;
             }
             const uint16_t ether_type = is6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4;

@@ -11,9 +11,11 @@ gateway (inbound SA owner steering): 6-in-4 and 4-in-4. Checked against tools no
 Discovery, tshark's ESP decryption, scapy): ping -6 / ping / UDP / TCP across both ways (the first
 packets wait for NDP), only ESP on the internet segment and tshark decrypts it with the configured keys
 (ICV good), ping -6 to every gateway address (global and link-local, answered by the kernel behind
-the TAP after the data plane answered Neighbor Discovery), Packet Too Big with the MTU that fits and
-that MTU then working, Time Exceeded for hop limit 1, and an invalid Neighbor Solicitation (hop limit
-254) refused and counted.
+the TAP after the data plane answered Neighbor Discovery), UDP to the IKE ports of the gateway's IPv6
+address reaching a socket behind the TAP and its answer coming back, Packet Too Big with the MTU that
+fits after encapsulation and that MTU then working, Packet Too Big for cleartext forwarded onto the
+smaller-MTU WAN link (mtu 1400 in the IPv6-outer run), Time Exceeded for hop limit 1, and an invalid
+Neighbor Solicitation (hop limit 254) refused and counted.
 
 Run as root: ESPRESSO_BUILD=build flock /tmp/espresso-systest.lock /usr/bin/python3 tests/system/test_site_to_site_ipv6.py
 """
@@ -77,6 +79,7 @@ interfaces:
     device: "net_af_packet0,iface={side}-wan"
     address: {wan_address}
     mac: "02:00:00:00:0{n}:01"
+    mtu: {1400 if outer == 6 else 1500}
   - name: inside
     device: "net_af_packet1,iface={side}-lan"
     address: [192.168.{n}.1/24, "2001:db8:{n}::1/64"]
@@ -203,6 +206,41 @@ print(len(data), hashlib.sha256(data).hexdigest())
 '''
 
 
+PY_UDP_ECHO = r'''
+import select, socket, sys
+socks = []
+for port in (500, 4500):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], port))
+    socks.append(s)
+print("bound", flush=True)
+answered = 0
+while answered < 2:
+    ready, _, _ = select.select(socks, [], [], 5)
+    if not ready:
+        break
+    for s in ready:
+        data, peer = s.recvfrom(65535)
+        s.sendto(b"echo:" + data, peer)
+        answered += 1
+print(answered)
+'''
+
+PY_UDP_ASK = r'''
+import socket, sys
+out = []
+for port, payload in ((500, b"IKE_SA_INIT?"), (4500, b"\x00\x00\x00\x00" + b"IKE behind the non-ESP marker")):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(payload, (sys.argv[1], port))
+    try:
+        out.append(s.recv(65535) == b"echo:" + payload)
+    except socket.timeout:
+        out.append(False)
+print(" ".join(map(str, out)))
+'''
+
+
 def udp_transfer(topo, src_ns, dst_ns, dst_ip, port, count, size=200):
     sink = subprocess.Popen(["ip", "netns", "exec", topo.ns[dst_ns], "/usr/bin/python3", "-u",
                              write_script(topo, "udp_sink.py", PY_UDP_SINK), str(port), str(count)],
@@ -272,6 +310,19 @@ def run(outer, workers):
             neigh = sh(f"ip neigh show {HQ_WAN}", ns=topo.ns["inet"], capture=True).stdout.lower()
             assert "02:00:00:00:01:01" in neigh, f"inet's neighbor entry for gw-hq: {neigh}"
         _()
+
+        if outer == 6:
+            @case_("IKE ports (UDP 500, and 4500 with the non-ESP marker) on the IPv6 address reach the kernel and back")
+            def _():
+                echo = subprocess.Popen(["ip", "netns", "exec", topo.ns["gw-hq"], "/usr/bin/python3", "-u",
+                                         write_script(topo, "udp_echo.py", PY_UDP_ECHO), HQ_WAN],
+                                        stdout=subprocess.PIPE, text=True)
+                assert echo.stdout.readline().strip() == "bound", "echo server did not start"
+                out = sh(f"/usr/bin/python3 {write_script(topo, 'udp_ask.py', PY_UDP_ASK)} {HQ_WAN}",
+                         ns=topo.ns["inet"], capture=True).stdout.split()
+                echo.communicate(timeout=15)
+                assert out == ["True", "True"], f"answers on 500, 4500: {out}"
+            _()
 
         capture = os.path.join(topo.dir, "inet.pcap")
         tshark = subprocess.Popen(["ip", "netns", "exec", topo.ns["inet"], "tshark", "-q", "-i", "inet-hq",
@@ -365,6 +416,21 @@ def run(outer, workers):
 
         if outer == 4:
             return  # what follows does not depend on the outer family
+
+        @case_("cleartext IPv6 forwarded onto a smaller-MTU link gets Packet Too Big with that link's MTU")
+        def _():
+            # The WAN port has mtu 1400 (the veth 1500): a 1500-byte packet from the HQ LAN to the
+            # internet router, which no policy protects, is forwarded like a router would, and a
+            # router never fragments IPv6 (RFC 8200 §5).
+            before = dataplane_drops(topo, "gw-hq").get("too_big", 0)
+            r = ping(topo, "host-hq", "2001:db8:ff1::fe", "-c 1 -W 2 -M do -s 1452")
+            text = r.stdout + r.stderr
+            m = re.search(r"[Pp]acket too big[:,]? *mtu[= ]*(\d+)", text)
+            assert m and int(m.group(1)) == 1400, f"expected Packet Too Big with mtu 1400: {text}"
+            after = dataplane_drops(topo, "gw-hq").get("too_big", 0)
+            assert after == before + 1, f"too_big {before} -> {after}"
+        _()
+
         @case_("hop limit 1: ICMPv6 Time Exceeded from the gateway, counted")
         def _():
             before = dataplane_drops(topo, "gw-hq").get("ttl_exceeded", 0)
