@@ -86,12 +86,15 @@ std::array<uint8_t, 16> solicited_node(const uint8_t* a) noexcept
     return s;
 }
 
-std::array<uint8_t, 6> multicast_mac(const uint8_t* a) noexcept { return {0x33, 0x33, a[12], a[13], a[14], a[15]}; }
+std::array<uint8_t, 6> multicast_mac(const uint8_t* a) noexcept
+{
+    return {0x33, 0x33, a[12], a[13], a[14], a[15]};
+}
 
 std::array<uint8_t, 16> link_local_of(const std::array<uint8_t, 6>& mac) noexcept
 {
-    return {0xfe, 0x80, 0, 0, 0, 0, 0, 0, static_cast<uint8_t>(mac[0] ^ 0x02), mac[1], mac[2], 0xff, 0xfe,
-            mac[3], mac[4], mac[5]};
+    return {0xfe,   0x80,   0,    0,    0,      0,      0,     0, static_cast<uint8_t>(mac[0] ^ 0x02),
+            mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]};
 }
 
 nd_error parse_nd(const uint8_t* ip6, uint32_t len, nd_message& out) noexcept
@@ -163,8 +166,8 @@ nd_error parse_nd(const uint8_t* ip6, uint32_t len, nd_message& out) noexcept
 }
 
 uint32_t build_neighbor_advertisement(uint8_t* out, const uint8_t* source, const uint8_t* destination,
-                                      const uint8_t* target, const std::array<uint8_t, 6>& mac, bool solicited,
-                                      bool router) noexcept
+                                      const uint8_t* target, const std::array<uint8_t, 6>& mac,
+                                      bool solicited, bool router) noexcept
 {
     ipv6_header(out, 32, proto_icmpv6, 255, source, destination);
     uint8_t* icmp = out + 40;
@@ -218,8 +221,8 @@ bool may_send_icmpv6_error(const uint8_t* ip6, uint32_t len, uint8_t type) noexc
     return true;
 }
 
-uint32_t build_icmpv6_error(uint8_t* out, const uint8_t* source, uint8_t type, uint8_t code, uint32_t parameter,
-                            const uint8_t* offending, uint32_t offending_len) noexcept
+uint32_t build_icmpv6_error(uint8_t* out, const uint8_t* source, uint8_t type, uint8_t code,
+                            uint32_t parameter, const uint8_t* offending, uint32_t offending_len) noexcept
 {
     const uint32_t quote = std::min<uint32_t>(offending_len, icmpv6_error_max_bytes - 40 - 8);
     ipv6_header(out, static_cast<uint16_t>(8 + quote), proto_icmpv6, 64, source, offending + 8);

@@ -80,8 +80,8 @@ inline constexpr uint32_t nd_message_bytes = 40 + 24 + 8; // IPv6 + NS/NA + one 
 // `source` to `destination`; Override set (RFC 4861 §7.2.4: not an anycast or proxy address).
 // Returns the bytes written (nd_message_bytes).
 uint32_t build_neighbor_advertisement(uint8_t* out, const uint8_t* source, const uint8_t* destination,
-                                      const uint8_t* target, const std::array<uint8_t, 6>& mac, bool solicited,
-                                      bool router) noexcept;
+                                      const uint8_t* target, const std::array<uint8_t, 6>& mac,
+                                      bool solicited, bool router) noexcept;
 // A multicast Neighbor Solicitation for `target` from `source` to target's solicited-node address,
 // with the Source Link-Layer Address option (RFC 4861 §7.2.2). Returns nd_message_bytes.
 uint32_t build_neighbor_solicitation(uint8_t* out, const uint8_t* source, const uint8_t* target,
@@ -97,7 +97,7 @@ inline constexpr uint32_t icmpv6_error_max_bytes = 1280; // RFC 4443 §2.4 (c): 
 // An ICMPv6 error (`type`, `code`, 32-bit `parameter`: the MTU for Packet Too Big) from `source`
 // to the offending packet's source, quoting as much of it as fits in 1280 bytes. `out` must hold
 // icmpv6_error_max_bytes. Returns the bytes written.
-uint32_t build_icmpv6_error(uint8_t* out, const uint8_t* source, uint8_t type, uint8_t code, uint32_t parameter,
-                            const uint8_t* offending, uint32_t offending_len) noexcept;
+uint32_t build_icmpv6_error(uint8_t* out, const uint8_t* source, uint8_t type, uint8_t code,
+                            uint32_t parameter, const uint8_t* offending, uint32_t offending_len) noexcept;
 
 } // namespace espresso::dp

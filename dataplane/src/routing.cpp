@@ -106,7 +106,8 @@ void route_table::lookup_bulk(const uint32_t* dst_host_order, uint64_t* hops, un
     rte_fib_lookup_bulk(fib_, const_cast<uint32_t*>(dst_host_order), hops, n);
 }
 
-route_table6::route_table6(const std::vector<connected>& links, const std::vector<config::route_config>& routes,
+route_table6::route_table6(const std::vector<connected>& links,
+                           const std::vector<config::route_config>& routes,
                            const std::vector<std::string>& interface_names)
 {
     rte_fib6_conf conf{};
@@ -173,11 +174,13 @@ route_table6::route_table6(const std::vector<connected>& links, const std::vecto
                 }
             }
             if (!found) {
-                throw std::runtime_error(r.origin + ": route needs `via` or an interface with an IPv6 address");
+                throw std::runtime_error(r.origin +
+                                         ": route needs `via` or an interface with an IPv6 address");
             }
         }
         hops_.push_back(nh);
-        if (rte_fib6_add(fib_, r.destination.address.bytes.data(), r.destination.length, hops_.size() - 1) != 0) {
+        if (rte_fib6_add(fib_, r.destination.address.bytes.data(), r.destination.length, hops_.size() - 1) !=
+            0) {
             throw std::runtime_error(r.origin + ": rte_fib6_add failed");
         }
     }
@@ -210,7 +213,7 @@ bool route_table6::lookup(const uint8_t* dst, uint16_t& port, ipv6_address& next
 
 void route_table6::lookup_bulk(const uint8_t (*dst)[16], uint64_t* hops, unsigned n) const noexcept
 {
-    rte_fib6_lookup_bulk(fib_, const_cast<uint8_t (*)[16]>(dst), hops, n);
+    rte_fib6_lookup_bulk(fib_, const_cast<uint8_t(*)[16]>(dst), hops, n);
 }
 
 neighbor_table::key_type neighbor_table::key(uint16_t port, uint32_t ip_be) noexcept
@@ -318,7 +321,8 @@ bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& ma
     return store(key(port, ip_be), mac, is_static);
 }
 
-bool neighbor_table::set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac, bool is_static) noexcept
+bool neighbor_table::set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac,
+                          bool is_static) noexcept
 {
     return store(key6(port, ip), mac, is_static);
 }

@@ -111,8 +111,8 @@ public:
 
     struct entry_view {
         uint16_t port;
-        uint8_t family; // 4 or 6
-        uint32_t ip_be; // IPv4
+        uint8_t family;   // 4 or 6
+        uint32_t ip_be;   // IPv4
         ipv6_address ip6; // IPv6
         rte_ether_addr mac;
         bool is_static;

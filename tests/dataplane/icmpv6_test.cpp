@@ -21,26 +21,38 @@ std::vector<uint8_t> hex(const std::string& text)
     return out;
 }
 
-std::array<uint8_t, 16> addr(const std::string& h) { std::array<uint8_t, 16> a{}; auto v = hex(h); std::memcpy(a.data(), v.data(), 16); return a; }
+std::array<uint8_t, 16> addr(const std::string& h)
+{
+    std::array<uint8_t, 16> a{};
+    auto v = hex(h);
+    std::memcpy(a.data(), v.data(), 16);
+    return a;
+}
 
-const auto ours = addr("20010db8000100000000000000000001");  // 2001:db8:1::1
-const auto peer = addr("20010db8000100000000000000000002");  // 2001:db8:1::2
+const auto ours = addr("20010db8000100000000000000000001"); // 2001:db8:1::1
+const auto peer = addr("20010db8000100000000000000000002"); // 2001:db8:1::2
 const std::array<uint8_t, 6> our_mac{0x02, 0, 0, 0, 0, 0x01};
 const std::array<uint8_t, 6> peer_mac{0x02, 0, 0, 0, 0, 0x02};
 
 // IPv6(src='2001:db8:1::2', dst='ff02::1:ff00:1', hlim=255)/ICMPv6ND_NS(tgt='2001:db8:1::1')
 //   /ICMPv6NDOptSrcLLAddr(lladdr='02:00:00:00:00:02')
-const std::string scapy_ns = "6000000000203aff20010db8000100000000000000000002ff0200000000000000000001ff000001"
-                             "87001c250000000020010db80001000000000000000000010101020000000002";
+const std::string scapy_ns =
+    "6000000000203aff20010db8000100000000000000000002ff0200000000000000000001ff000001"
+    "87001c250000000020010db80001000000000000000000010101020000000002";
 // IPv6(src='2001:db8:1::2', dst='2001:db8:1::1', hlim=255)/ICMPv6ND_NA(tgt='2001:db8:1::2', S=1, O=1)
 //   /ICMPv6NDOptDstLLAddr(lladdr='02:00:00:00:00:02')
-const std::string scapy_na = "6000000000203aff20010db800010000000000000000000220010db8000100000000000000000001"
-                             "88008a6e6000000020010db80001000000000000000000020201020000000002";
+const std::string scapy_na =
+    "6000000000203aff20010db800010000000000000000000220010db8000100000000000000000001"
+    "88008a6e6000000020010db80001000000000000000000020201020000000002";
 // IPv6(src='::', dst='ff02::1:ff00:1', hlim=255)/ICMPv6ND_NS(tgt='2001:db8:1::1')
-const std::string scapy_dad = "6000000000183aff00000000000000000000000000000000ff0200000000000000000001ff000001"
-                              "87004cec0000000020010db8000100000000000000000001";
+const std::string scapy_dad =
+    "6000000000183aff00000000000000000000000000000000ff0200000000000000000001ff000001"
+    "87004cec0000000020010db8000100000000000000000001";
 
-nd_error parse(std::vector<uint8_t> p, nd_message& m) { return parse_nd(p.data(), static_cast<uint32_t>(p.size()), m); }
+nd_error parse(std::vector<uint8_t> p, nd_message& m)
+{
+    return parse_nd(p.data(), static_cast<uint32_t>(p.size()), m);
+}
 
 TEST(icmpv6, parses_a_neighbor_solicitation)
 {
@@ -192,15 +204,17 @@ TEST(icmpv6, addresses)
 
 TEST(icmpv6, packet_too_big_matches_scapy)
 {
-    // orig = IPv6(src='2001:db8:2::10', dst='2001:db8:3::10', hlim=63)/UDP(sport=1234, dport=5678)/Raw(b'x'*1400)
-    // IPv6(src='2001:db8:1::1', dst='2001:db8:2::10', hlim=64)/ICMPv6PacketTooBig(mtu=1400)/Raw(bytes(orig)[:1232])
+    // orig = IPv6(src='2001:db8:2::10', dst='2001:db8:3::10', hlim=63)/UDP(sport=1234,
+    // dport=5678)/Raw(b'x'*1400) IPv6(src='2001:db8:1::1', dst='2001:db8:2::10',
+    // hlim=64)/ICMPv6PacketTooBig(mtu=1400)/Raw(bytes(orig)[:1232])
     auto orig = hex("600000000580113f20010db800020000000000000000001020010db80003000000000000000000100"
                     "4d2162e058014ee");
     orig.resize(40 + 8 + 1400, 'x');
     std::vector<uint8_t> out(icmpv6_error_max_bytes);
-    ASSERT_TRUE(may_send_icmpv6_error(orig.data(), static_cast<uint32_t>(orig.size()), icmpv6_packet_too_big));
-    const uint32_t len = build_icmpv6_error(out.data(), ours.data(), icmpv6_packet_too_big, 0, 1400, orig.data(),
-                                            static_cast<uint32_t>(orig.size()));
+    ASSERT_TRUE(
+        may_send_icmpv6_error(orig.data(), static_cast<uint32_t>(orig.size()), icmpv6_packet_too_big));
+    const uint32_t len = build_icmpv6_error(out.data(), ours.data(), icmpv6_packet_too_big, 0, 1400,
+                                            orig.data(), static_cast<uint32_t>(orig.size()));
     ASSERT_EQ(len, 1280U); // RFC 4443 §2.4 (c): as much as fits in the minimum MTU
     const auto head = hex("6000000004d83a4020010db800010000000000000000000120010db800020000000000000000001002"
                           "00f99300000578");

@@ -38,7 +38,8 @@ config::route_config route(const char* destination, const char* via, const char*
 TEST(route_table6, longest_prefix_match_over_connected_and_static_routes)
 {
     // Port 3: 2001:db8:1::1/64 (LAN), port 5: 2001:db8:ff::1/64 (WAN).
-    const std::vector<route_table6::connected> links{{3, v6("2001:db8:1::1"), 64}, {5, v6("2001:db8:ff::1"), 64}};
+    const std::vector<route_table6::connected> links{{3, v6("2001:db8:1::1"), 64},
+                                                     {5, v6("2001:db8:ff::1"), 64}};
     const std::vector<config::route_config> routes{
         route("::/0", "2001:db8:ff::fe"),
         route("2001:db8:100::/40", "2001:db8:1::fe"),
@@ -181,8 +182,9 @@ TEST(spd6, classifies_ipv6_selectors)
     entries.push_back(in);
     compiled_spd spd(entries, 1);
     const spd6_key keys[] = {
-        key6("2001:db8:1:9::1", "2001:db8:2::7", 6, 1000, 443),   // protect (/48 pair)
-        key6("2001:db8:1:5::1", "2001:db8:2::7", 17, 1000, 5000), // bypass: more specific, lower priority value
+        key6("2001:db8:1:9::1", "2001:db8:2::7", 6, 1000, 443), // protect (/48 pair)
+        key6("2001:db8:1:5::1", "2001:db8:2::7", 17, 1000,
+             5000), // bypass: more specific, lower priority value
         key6("2001:db8:1:5::1", "2001:db8:2::7", 17, 1000, 5001), // other port: protect
         key6("2001:db8:9::1", "2001:db8:2::7", 6, 1, 2),          // discard (::/0)
         key6("2001:db8:2::7", "2001:db8:1:9::1", 6, 443, 1000),   // arriving: inbound check of the /48 pair

@@ -51,7 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             icmpv6_checksum(copy, payload) != 0 || std::memcmp(m.target.data(), copy + 48, 16) != 0) {
             std::abort();
         }
-        if (m.type == icmpv6_neighbor_solicitation && is_unspecified6(m.source.data()) && m.has_link_address) {
+        if (m.type == icmpv6_neighbor_solicitation && is_unspecified6(m.source.data()) &&
+            m.has_link_address) {
             std::abort(); // RFC 4861 §7.1.1: DAD probes carry no source link-layer address
         }
         if (m.type == icmpv6_neighbor_advertisement && m.solicited && is_multicast6(m.destination.data())) {
@@ -59,13 +60,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
         }
         // An answer built from what was parsed parses again.
         uint8_t na[nd_message_bytes];
-        build_neighbor_advertisement(na, m.target.data(), m.source.data(), m.target.data(), m.link_address, true, true);
+        build_neighbor_advertisement(na, m.target.data(), m.source.data(), m.target.data(), m.link_address,
+                                     true, true);
         nd_message again;
         if (!is_multicast6(m.source.data()) && parse_nd(na, nd_message_bytes, again) != nd_error::none) {
             std::abort();
         }
     }
-    if (p.size() >= 40 && may_send_icmpv6_error(copy, static_cast<uint32_t>(p.size()), icmpv6_packet_too_big)) {
+    if (p.size() >= 40 &&
+        may_send_icmpv6_error(copy, static_cast<uint32_t>(p.size()), icmpv6_packet_too_big)) {
         std::vector<uint8_t> out(icmpv6_error_max_bytes);
         const uint32_t n = build_icmpv6_error(out.data(), copy + 24, icmpv6_packet_too_big, 0, 1280, copy,
                                               static_cast<uint32_t>(p.size()));
