@@ -1489,6 +1489,15 @@ route_config loader::parse_route(const YAML::Node& node, const std::string& path
                  "use the address of the next router on that link");
         }
     }
+    // An IPv6 link-local next hop (fe80::/10, what routers announce; RFC 4861 §8) is on every link:
+    // the interface says which one.
+    if (family == 6 && route.via.bytes[0] == 0xfe && (route.via.bytes[1] & 0xc0) == 0x80) {
+        if (out == nullptr) {
+            fail(*via, "next hop " + to_string(route.via) + " is a link-local address, which exists on every link",
+                 "add interface: the name of the link the router " + to_string(route.via) + " is on");
+        }
+        return route;
+    }
     if (out != nullptr) {
         const auto a = address_of(*out, family);
         const ip_prefix subnet = a ? network_of(a->address, a->prefix_length) : subnet_of(*out);

@@ -290,9 +290,11 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
             names.push_back(p.name);
             shared_.local_addresses.emplace_back(p.address_be, p.port);
         }
+        // Every port is in the IPv6 table's list: one without an IPv6 address is still reached
+        // through a link-local next hop (prefix length 0: no connected route).
+        links6.push_back({p.port, p.address6, p.has_v6 ? p.prefix_length6 : uint8_t{0}});
+        names6.push_back(p.name);
         if (p.has_v6) {
-            links6.push_back({p.port, p.address6, p.prefix_length6});
-            names6.push_back(p.name);
             shared_.local_addresses6.emplace_back(p.address6, p.port);
         }
         shared_.local_addresses6.emplace_back(p.link_local6, p.port);
@@ -548,10 +550,16 @@ void gateway::setup_taps()
         uint16_t port = 0;
         if (r.via.is_v6()) {
             ipv6_address nh6{};
-            if (!shared_.routes6->lookup(r.via.bytes.data(), port, nh6)) {
-                continue;
+            int16_t pos = -1;
+            if (is_link_local6(r.via.bytes.data())) {
+                for (size_t i = 0; i < shared_.ports.size(); ++i) {
+                    if (shared_.ports[i].name == r.interface) {
+                        pos = static_cast<int16_t>(i);
+                    }
+                }
+            } else if (shared_.routes6->lookup(r.via.bytes.data(), port, nh6)) {
+                pos = shared_.position(port);
             }
-            int16_t pos = shared_.position(port);
             if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
                 run_ip("-6 route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) +
                        " dev " + shared_.ports[static_cast<size_t>(pos)].tap_name);

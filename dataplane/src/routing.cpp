@@ -132,6 +132,9 @@ route_table6::route_table6(const std::vector<connected>& links,
     };
     for (const auto& l : links) {
         hops_.push_back({l.port, true, {}});
+        if (l.prefix_length == 0) {
+            continue; // a port without an IPv6 address: only link-local next hops reach it
+        }
         const config::ip_prefix net = config::network_of(
             [&] {
                 config::ip_address a;
@@ -150,9 +153,24 @@ route_table6::route_table6(const std::vector<connected>& links,
         }
         next_hop6 nh{};
         bool found = false;
-        if (r.via.is_v6()) {
+        const bool link_local_via = r.via.is_v6() && r.via.bytes[0] == 0xfe && (r.via.bytes[1] & 0xc0) == 0x80;
+        if (link_local_via) {
+            // fe80::/10 is on every link: the route names the interface (the loader insists).
             for (size_t i = 0; i < links.size() && !found; ++i) {
-                if (!r.interface.empty() && interface_names[i] != r.interface) {
+                if (interface_names[i] == r.interface) {
+                    nh.port = links[i].port;
+                    nh.connected = false;
+                    std::memcpy(nh.gateway.data(), r.via.bytes.data(), 16);
+                    found = true;
+                }
+            }
+            if (!found) {
+                throw std::runtime_error(r.origin + ": link-local next hop " + config::to_string(r.via) +
+                                         " needs `interface`");
+            }
+        } else if (r.via.is_v6()) {
+            for (size_t i = 0; i < links.size() && !found; ++i) {
+                if ((!r.interface.empty() && interface_names[i] != r.interface) || links[i].prefix_length == 0) {
                     continue;
                 }
                 if (on_link(links[i], r.via.bytes.data())) {

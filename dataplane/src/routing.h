@@ -72,8 +72,9 @@ public:
         ipv6_address address;
         uint8_t prefix_length;
     };
-    // `links` holds the interfaces with an IPv6 address; `interface_names[i]` names links[i]'s
-    // interface; routes of the other family are ignored. Throws std::runtime_error on an unusable
+    // `links` holds every interface (prefix_length 0: no IPv6 address, reachable only through a
+    // link-local next hop); `interface_names[i]` names links[i]'s interface; routes of the other
+    // family are ignored. Throws std::runtime_error on an unusable
     // route (next hop on no connected subnet, ...).
     route_table6(const std::vector<connected>& links, const std::vector<config::route_config>& routes,
                  const std::vector<std::string>& interface_names);

@@ -433,6 +433,15 @@ TEST(loader_sections, interface_with_two_addresses) {
     EXPECT_EQ(subnets_of(outside).size(), 2U);
     EXPECT_EQ(to_string(config.routes[0].via), "2001:db8:f::fe");
     EXPECT_EQ(to_string(config.neighbors[0].address), "2001:db8:f::fe");
+    // A link-local next hop needs the interface it is on, and then is on no subnet by design.
+    const auto ll = load_string(with(yaml, "routes:\n", "routes:\n  - { destination: \"::/0\", via: \"fe80::1\", interface: outside }\n"),
+                                "gw.yaml");
+    EXPECT_EQ(to_string(ll.routes[0].via), "fe80::1");
+    EXPECT_EQ(ll.routes[0].interface, "outside");
+    const auto ll_error = load_error(with(yaml, "routes:\n", "routes:\n  - { destination: \"::/0\", via: \"fe80::1\" }\n"));
+    EXPECT_EQ(ll_error.field(), "routes[0].via");
+    EXPECT_CONTAINS(ll_error.problem(), "link-local");
+    EXPECT_CONTAINS(ll_error.fix(), "add interface:");
     // A single address still fills `addresses`.
     ASSERT_EQ(config.interfaces[1].addresses.size(), 1U);
 

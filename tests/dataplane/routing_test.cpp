@@ -96,6 +96,27 @@ TEST(route_table6, no_route_without_a_default)
     EXPECT_EQ(hop, route_table6::no_route);
 }
 
+TEST(route_table6, link_local_next_hops_name_their_interface)
+{
+    // Port 2 has no IPv6 address (prefix length 0): no connected route, but a router's link-local
+    // address on it is a usable next hop.
+    const std::vector<route_table6::connected> links{{1, v6("2001:db8:1::1"), 64}, {2, {}, 0}};
+    route_table6 fib(links, {route("::/0", "fe80::1", "wan"), route("2001:db8:5::/48", "fe80::2", "lan")},
+                     {"lan", "wan"});
+    uint16_t port = 0;
+    ipv6_address nh{};
+    ASSERT_TRUE(fib.lookup(v6("2001:db8:99::1").data(), port, nh));
+    EXPECT_EQ(port, 2);
+    EXPECT_EQ(nh, v6("fe80::1"));
+    ASSERT_TRUE(fib.lookup(v6("2001:db8:5::1").data(), port, nh));
+    EXPECT_EQ(port, 1);
+    EXPECT_EQ(nh, v6("fe80::2"));
+    // The port without an address has no connected route for ::/64 or anything else.
+    ASSERT_TRUE(fib.lookup(v6("::1").data(), port, nh));
+    EXPECT_EQ(port, 2); // only the default route
+    EXPECT_THROW(route_table6(links, {route("::/0", "fe80::1", "dmz")}, {"lan", "wan"}), std::runtime_error);
+}
+
 TEST(route_table6, refuses_a_next_hop_off_every_subnet)
 {
     EXPECT_THROW(route_table6({{1, v6("2001:db8:1::1"), 64}}, {route("::/0", "2001:db8:2::1")}, {"lan"}),

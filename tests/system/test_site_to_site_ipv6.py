@@ -56,7 +56,7 @@ def sa(spi, direction, src, dst, local, remote):
 """
 
 
-def gateway_config(side, outer=6, workers=1):
+def gateway_config(side, outer=6, workers=1, link_local_via=None):
     hq = side == "hq"
     wan = WAN6 if outer == 6 else WAN4
     me, peer = (wan[0], wan[1]) if hq else (wan[1], wan[0])
@@ -66,6 +66,8 @@ def gateway_config(side, outer=6, workers=1):
     if outer == 6:
         wan_address = f'"{me}/64"'
         route = f'{{ destination: "{peer}/64", via: "{me[:-1]}fe" }}'.replace("::1/64", "::/64")
+        if link_local_via:  # the router's link-local address, as routers announce themselves
+            route = f'{{ destination: "{peer[:-1]}/64", via: "{link_local_via}", interface: outside }}'
     else:
         wan_address = f"{me}/24"
         route = f'{{ destination: {peer[:-1]}0/24, via: {me[:-1]}254 }}'
@@ -272,11 +274,7 @@ def run(outer, workers):
     """One topology: the internet segment in IPv`outer`, `workers` worker lcores per gateway."""
     import tempfile
     cfgdir = tempfile.mkdtemp(prefix="espresso-v6cfg-")
-    paths = {}
-    for side in ("hq", "branch"):
-        paths[side] = os.path.join(cfgdir, f"{side}.yaml")
-        with open(paths[side], "w") as f:
-            f.write(gateway_config(side, outer, workers))
+    paths = {side: os.path.join(cfgdir, f"{side}.yaml") for side in ("hq", "branch")}
     HQ_WAN, BR_WAN = WAN6 if outer == 6 else WAN4
     tag = f"[{'6' if outer == 6 else '4'}-outer, {workers} worker{'s' if workers > 1 else ''}] "
 
@@ -287,6 +285,15 @@ def run(outer, workers):
                      branch_config=paths["branch"])
     try:
         topo.create()
+        # With an IPv6 internet segment, gw-hq reaches the branch through the router's link-local
+        # address (routes: via fe80::..., interface: outside); gw-branch through its global one.
+        via = None
+        if outer == 6:
+            out = sh("ip -6 -o addr show dev inet-hq scope link", ns=topo.ns["inet"], capture=True).stdout
+            via = re.search(r"inet6 (fe80::[0-9a-f:]+)/", out).group(1)
+        for side in ("hq", "branch"):
+            with open(paths[side], "w") as f:
+                f.write(gateway_config(side, outer, workers, via if side == "hq" else None))
         topo.start_gateways()
 
         @case_("ping -6 and ping across the tunnel, both ways, nothing lost while NDP/ARP resolve")
