@@ -316,6 +316,12 @@ def run(outer, workers):
                 assert " 0% packet loss" in r.stdout, f"{ns} -> {target}: {r.stdout}{r.stderr}"
             neigh = sh(f"ip neigh show {HQ_WAN}", ns=topo.ns["inet"], capture=True).stdout.lower()
             assert "02:00:00:00:01:01" in neigh, f"inet's neighbor entry for gw-hq: {neigh}"
+            shown = json.loads(topo.cli("gw-hq", "--json show interfaces"))
+            shown = {i["name"]: i for i in (shown["interfaces"] if isinstance(shown, dict) else shown)}
+            assert shown["outside"]["address"] == HQ_WAN, shown["outside"]
+            assert shown["inside"]["address"] == "192.168.1.1", shown["inside"]
+            assert shown["inside"].get("address6") == "2001:db8:1::1", shown["inside"]
+            assert shown["inside"].get("prefix-length6") == 64, shown["inside"]
         _()
 
         if outer == 6:
