@@ -40,6 +40,7 @@ KEYS = {  # spi -> key (aes128gcm16: 16-byte key + 4-byte salt); test keys only
 }
 WAN6 = ("2001:db8:ff1::1", "2001:db8:ff2::1")
 WAN4 = ("198.51.100.1", "203.0.113.1")
+HOST_HQ_MAC = "02:00:00:00:00:10"
 
 
 def sa(spi, direction, src, dst, local, remote):
@@ -71,6 +72,11 @@ def gateway_config(side, outer=6, workers=1, link_local_via=None):
     else:
         wan_address = f"{me}/24"
         route = f'{{ destination: {peer[:-1]}0/24, via: {me[:-1]}254 }}'
+    # With an IPv4 internet segment, gw-hq knows its LAN host's MAC statically (and must never
+    # solicit it); otherwise every next hop is resolved by Neighbor Discovery.
+    neighbors = ""
+    if outer == 4 and hq:
+        neighbors = f'neighbors:\n  - {{ address: "2001:db8:1::10", mac: "{HOST_HQ_MAC}", interface: inside }}'
     return f"""dataplane:
   workers: {workers}
   hugepages: false
@@ -87,6 +93,7 @@ interfaces:
     address: [192.168.{n}.1/24, "2001:db8:{n}::1/64"]
 routes:
   - {route}
+{neighbors}
 security-associations:
 {sa(out_v6, "outbound", me, peer, f"2001:db8:{n}::/64", f"2001:db8:{m}::/64")}
 {sa(in_v6, "inbound", peer, me, f"2001:db8:{n}::/64", f"2001:db8:{m}::/64")}
@@ -106,6 +113,7 @@ class Topology6(Topology):
         for gw, ifs in ((ns["gw-hq"], ("hq-lan", "hq-wan")), (ns["gw-branch"], ("branch-lan", "branch-wan"))):
             for i in ifs:
                 sh(f"sysctl -qw net.ipv6.conf.{i}.disable_ipv6=1", ns=gw)
+        sh(f"ip link set eth0 address {HOST_HQ_MAC}", ns=ns["host-hq"])
         sh("ip -6 addr add 2001:db8:1::10/64 dev eth0 nodad", ns=ns["host-hq"])
         sh("ip -6 route add default via 2001:db8:1::1", ns=ns["host-hq"])
         sh("ip -6 addr add 2001:db8:2::10/64 dev eth0 nodad", ns=ns["host-branch"])
@@ -294,15 +302,39 @@ def run(outer, workers):
         for side in ("hq", "branch"):
             with open(paths[side], "w") as f:
                 f.write(gateway_config(side, outer, workers, via if side == "hq" else None))
+        lan_capture = os.path.join(topo.dir, "hq-lan.pcap")
+        lan_tshark = None
+        if outer == 4:
+            lan_tshark = subprocess.Popen(["ip", "netns", "exec", topo.ns["host-hq"], "tshark", "-q", "-i", "eth0",
+                                           "-f", "icmp6", "-w", lan_capture],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
         topo.start_gateways()
 
         @case_("ping -6 and ping across the tunnel, both ways, nothing lost while NDP/ARP resolve")
         def _():
-            for ns, target in (("host-hq", "2001:db8:2::10"), ("host-branch", "2001:db8:1::10"),
+            # The branch host first: gw-hq must reach host-hq before host-hq said anything (so it
+            # cannot have learned it from host-hq's own Neighbor Solicitation).
+            for ns, target in (("host-branch", "2001:db8:1::10"), ("host-hq", "2001:db8:2::10"),
                                ("host-hq", "192.168.2.10"), ("host-branch", "192.168.1.10")):
                 r = ping(topo, ns, target, "-c 5 -i 0.2 -W 2")
                 assert " 0% packet loss" in r.stdout, f"{ns} -> {target}: {r.stdout}{r.stderr}"
         _()
+
+        if lan_tshark is not None:
+            time.sleep(1)
+            lan_tshark.terminate()
+            lan_tshark.wait(timeout=10)
+
+            @case_("static IPv6 neighbor: gw-hq never solicits its LAN host, traffic to it flows")
+            def _():
+                r = sh(f"tshark -r {lan_capture} -Y icmpv6.type==135 -T fields -e eth.src -e icmpv6.nd.ns.target_address",
+                       capture=True)
+                rows = [l.split("\t") for l in r.stdout.splitlines() if l.strip()]
+                asked = [x for x in rows if x[1] == "2001:db8:1::10"]
+                assert not asked, f"gw-hq sent Neighbor Solicitations for its static neighbor: {asked}"
+                assert any(x[1] == "2001:db8:1::1" for x in rows), f"capture saw no NS at all (host -> gateway): {rows}"
+            _()
 
         @case_("Neighbor Discovery and ping -6 to every gateway address (global and link-local)")
         def _():
