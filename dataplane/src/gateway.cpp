@@ -1605,8 +1605,13 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     if (oip[12] == 0 || oip[12] >= 224) {
         return; // 0.0.0.0/8, multicast, reserved: no one to tell
     }
-    const port_state& in = shared_.ports[static_cast<size_t>(in_pos)];
-    if (!in.has_v4) {
+    // RFC 1812 §4.3.2.4: from an address of the interface the packet came in on, or another one of
+    // the router's (a decrypted packet that came in over an IPv6-only link).
+    const port_state* in = &shared_.ports[static_cast<size_t>(in_pos)];
+    for (size_t i = 0; !in->has_v4 && i < shared_.ports.size(); ++i) {
+        in = &shared_.ports[i];
+    }
+    if (!in->has_v4) {
         main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
         return;
     }
@@ -1635,7 +1640,7 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     store_be16(ip + 2, static_cast<uint16_t>(len));
     ip[8] = 64;
     ip[9] = 1; // ICMP
-    std::memcpy(ip + 12, &in.address_be, 4);
+    std::memcpy(ip + 12, &in->address_be, 4);
     std::memcpy(ip + 16, &src_be, 4);
     ipv4_set_checksum(ip);
     uint8_t* icmp = ip + 20;
@@ -1663,8 +1668,13 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     if (!may_send_icmpv6_error(oip, olen, type)) {
         return;
     }
-    const port_state& in = shared_.ports[static_cast<size_t>(in_pos)];
-    if (!in.has_v6) {
+    // RFC 4443 §2.2: from an address of the node, preferably of the interface the packet came in
+    // on (a decrypted packet that came in over an IPv4-only link: another interface's).
+    const port_state* in = &shared_.ports[static_cast<size_t>(in_pos)];
+    for (size_t i = 0; !in->has_v6 && i < shared_.ports.size(); ++i) {
+        in = &shared_.ports[i];
+    }
+    if (!in->has_v6) {
         main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
         return;
     }
@@ -1682,7 +1692,7 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
         return;
     }
     uint8_t buf[icmpv6_error_max_bytes];
-    const uint32_t len = build_icmpv6_error(buf, in.address6.data(), type, code, parameter, oip, olen);
+    const uint32_t len = build_icmpv6_error(buf, in->address6.data(), type, code, parameter, oip, olen);
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + len)));
     if (eth == nullptr) {
         rte_pktmbuf_free(m);

@@ -42,7 +42,7 @@ namespace espresso::dp {
     X(link_local, "link-local source or destination in transit (RFC 4291 §2.5.6)")                 \
     X(tap_filtered, "router discovery from the kernel's TAP kept off the wire")                    \
     X(icmp_rate_limited, "ICMP error not sent (rate limit)")                                       \
-    X(no_source_address, "ICMP error not sent: no address of that family on the interface")
+    X(no_source_address, "ICMP error not sent: the gateway has no address of that family")
 
 enum class gateway_drop : uint8_t {
 #define X(id, text) id,
