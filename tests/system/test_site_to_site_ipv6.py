@@ -5,9 +5,9 @@
     host-branch 2001:db8:2::10 -- [branch-lan 2001:db8:2::1 + 192.168.2.1] gw-branch [branch-wan 2001:db8:ff2::1] -- inet
 
 The LANs are dual stack. Two runs: first the internet segment is IPv6 only (the WAN interfaces have
-no IPv4 address): IPv6 LANs over IPv6 outer (SPI 0x3001/0x4001) and IPv4 LANs over IPv6 outer, 4-in-6
-(SPI 0x1001/0x2001); then it is IPv4 only (198.51.100.1, 203.0.113.1) with two worker lcores per
-gateway (inbound SA owner steering): 6-in-4 and 4-in-4. Checked against tools nobody here wrote (ping, the Linux IPv6 stack and its Neighbor
+no IPv4 address) and each gateway runs two worker lcores (inbound SA owner steering): IPv6 LANs over
+IPv6 outer (SPI 0x3001/0x4001) and IPv4 LANs over IPv6 outer, 4-in-6 (SPI 0x1001/0x2001); then it is
+IPv4 only (198.51.100.1, 203.0.113.1) with one worker: 6-in-4 and 4-in-4. Checked against tools nobody here wrote (ping, the Linux IPv6 stack and its Neighbor
 Discovery, tshark's ESP decryption, scapy): ping -6 / ping / UDP / TCP across both ways (the first
 packets wait for NDP), only ESP on the internet segment and tshark decrypts it with the configured keys
 (ICV good), ping -6 to every gateway address (global and link-local, answered by the kernel behind
@@ -520,8 +520,10 @@ print("answered" if a is not None and a.haslayer("ICMPv6ND_NA") and a["ICMPv6ND_
 
 
 def main():
-    run(6, 1)
-    run(4, 2)
+    # Two workers with the IPv6 outer header (inbound ESP over IPv6 handed to its SA's owner worker),
+    # one with IPv4 (test_site_to_site_two_workers.py covers two workers there).
+    run(6, 2)
+    run(4, 1)
     passed = sum(1 for r in results if r[1])
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
