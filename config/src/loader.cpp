@@ -1202,13 +1202,15 @@ const interface_config& loader::interface_named(const field& f,
 std::string subnet_list(const std::vector<interface_config>& interfaces, uint8_t family) {
     std::string out;
     for (const auto& interface : interfaces) {
-        if (interface.address.family != family) {
-            continue;
+        for (const auto& subnet : subnets_of(interface)) {
+            if (subnet.address.family != family) {
+                continue;
+            }
+            if (!out.empty()) {
+                out += ", ";
+            }
+            out += to_string(subnet) + " (" + interface.name + ")";
         }
-        if (!out.empty()) {
-            out += ", ";
-        }
-        out += to_string(subnet_of(interface)) + " (" + interface.name + ")";
     }
     return out;
 }
@@ -1217,13 +1219,15 @@ std::string subnet_list(const std::vector<interface_config>& interfaces, uint8_t
 std::string address_list(const std::vector<interface_config>& interfaces, uint8_t family) {
     std::string out;
     for (const auto& interface : interfaces) {
-        if (interface.address.family != family) {
-            continue;
+        for (const auto& a : addresses_of(interface)) {
+            if (a.address.family != family) {
+                continue;
+            }
+            if (!out.empty()) {
+                out += ", ";
+            }
+            out += to_string(a.address) + " (" + interface.name + ")";
         }
-        if (!out.empty()) {
-            out += ", ";
-        }
-        out += to_string(interface.address) + " (" + interface.name + ")";
     }
     return out;
 }
@@ -1382,29 +1386,58 @@ interface_config loader::parse_interface(const YAML::Node& node, const std::stri
 
     const field& address = require(m, "address", "add address: this gateway's address with the subnet length, "
                                                  "e.g. 198.51.100.1/24");
-    std::tie(ic.address, ic.prefix_length) = interface_address(address);
-    const ip_prefix subnet = subnet_of(ic);
-    for (const auto& earlier : config.interfaces) {
-        if (earlier.address == ic.address) {
-            fail(address, "address " + to_string(ic.address) + " is already used by interface " +
-                              quoted(earlier.name) + " at " + earlier.origin,
-                 "give each interface its own address");
+    // One address, or a list of them: at most one IPv4 and one IPv6 (dual stack on one link).
+    std::vector<field> address_fields;
+    if (address.value.IsSequence()) {
+        if (address.value.size() == 0 || address.value.size() > 2) {
+            fail(address, "expected one or two addresses, got " + std::to_string(address.value.size()),
+                 "write one IPv4 and/or one IPv6 address with its subnet length, e.g. "
+                 "[198.51.100.1/24, \"2001:db8:1::1/64\"]");
         }
-        const ip_prefix other = subnet_of(earlier);
-        if (prefixes_overlap(subnet, other)) {
-            fail(address,
-                 "subnet " + to_string(subnet) + " overlaps subnet " + to_string(other) + " of interface " +
-                     quoted(earlier.name) + " (" + earlier.origin + "); a destination on both could not be "
-                     "routed",
-                 "give each interface its own subnet, and reach networks beyond a link with routes:");
+        size_t index = 0;
+        for (const auto& item : address.value) {
+            address_fields.push_back(field{"address", address.path + "[" + std::to_string(index++) + "]", item, item});
         }
+    } else {
+        address_fields.push_back(address);
     }
+    for (const field& af : address_fields) {
+        config::interface_address a;
+        std::tie(a.address, a.prefix_length) = interface_address(af);
+        for (const auto& mine : ic.addresses) {
+            if (mine.address.family == a.address.family) {
+                fail(af, "interface " + quoted(ic.name) + " already has an " +
+                             std::string(family_name(a.address.family)) + " address, " + to_string(mine.address),
+                     "give an interface at most one IPv4 and one IPv6 address");
+            }
+        }
+        const ip_prefix subnet = network_of(a.address, a.prefix_length);
+        for (const auto& earlier : config.interfaces) {
+            if (has_address(earlier, a.address)) {
+                fail(af, "address " + to_string(a.address) + " is already used by interface " +
+                             quoted(earlier.name) + " at " + earlier.origin,
+                     "give each interface its own address");
+            }
+            for (const ip_prefix& other : subnets_of(earlier)) {
+                if (prefixes_overlap(subnet, other)) {
+                    fail(af,
+                         "subnet " + to_string(subnet) + " overlaps subnet " + to_string(other) + " of interface " +
+                             quoted(earlier.name) + " (" + earlier.origin + "); a destination on both could not be "
+                             "routed",
+                         "give each interface its own subnet, and reach networks beyond a link with routes:");
+                }
+            }
+        }
+        ic.addresses.push_back(a);
+    }
+    ic.address = ic.addresses.front().address;
+    ic.prefix_length = ic.addresses.front().prefix_length;
 
     if (const field* f = m.find("mac")) {
         ic.mac = mac(*f);
     }
     if (const field* f = m.find("mtu")) {
-        const uint64_t min = ic.address.is_v6() ? min_mtu_v6 : min_mtu_v4;
+        const uint64_t min = address_of(ic, 6) ? min_mtu_v6 : min_mtu_v4;
         const std::string value = text(*f, "a number");
         const auto parsed = parse_uint(value);
         if (parsed && *parsed < min && *parsed >= min_mtu_v4) {
@@ -1452,9 +1485,9 @@ route_config loader::parse_route(const YAML::Node& node, const std::string& path
     if (via == nullptr) {
         // Directly connected: hosts in `destination` are resolved by ARP/ND on `out`, which needs a
         // source address of the same family there.
-        if (out->address.family != family) {
+        if (!address_of(*out, family)) {
             fail(*interface,
-                 "interface " + quoted(out->name) + " has an " + std::string(family_name(out->address.family)) +
+                 "interface " + quoted(out->name) + " has no " + std::string(family_name(family)) +
                      " address, so it cannot reach " + std::string(family_name(family)) + " destination " +
                      to_string(route.destination) + " directly",
                  "add via: a next hop, or name an interface with an " + std::string(family_name(family)) + " address");
@@ -1469,23 +1502,38 @@ route_config loader::parse_route(const YAML::Node& node, const std::string& path
              "use an " + std::string(family_name(family)) + " next-hop address");
     }
     for (const auto& ic : config.interfaces) {
-        if (ic.address == route.via) {
+        if (has_address(ic, route.via)) {
             fail(*via, "next hop " + to_string(route.via) + " is this gateway's own address on interface " +
                            quoted(ic.name),
                  "use the address of the next router on that link");
         }
     }
+    // An IPv6 link-local next hop (fe80::/10, what routers announce; RFC 4861 §8) is on every link:
+    // the interface says which one.
+    if (family == 6 && route.via.bytes[0] == 0xfe && (route.via.bytes[1] & 0xc0) == 0x80) {
+        if (out == nullptr) {
+            fail(*via, "next hop " + to_string(route.via) + " is a link-local address, which exists on every link",
+                 "add interface: the name of the link the router " + to_string(route.via) + " is on");
+        }
+        return route;
+    }
     if (out != nullptr) {
-        if (!prefix_contains(subnet_of(*out), route.via)) {
+        const auto a = address_of(*out, family);
+        const ip_prefix subnet = a ? network_of(a->address, a->prefix_length) : subnet_of(*out);
+        if (!a || !prefix_contains(subnet, route.via)) {
             fail(*via, "next hop " + to_string(route.via) + " is not on interface " + quoted(out->name) + "'s subnet " +
-                           to_string(subnet_of(*out)),
-                 "use a next hop in " + to_string(subnet_of(*out)) + ", or name the interface whose subnet holds it");
+                           (a ? to_string(subnet) : "(it has no " + std::string(family_name(family)) + " address)"),
+                 a ? "use a next hop in " + to_string(subnet) + ", or name the interface whose subnet holds it"
+                   : "name the interface whose subnet holds it, or give this interface an " +
+                         std::string(family_name(family)) + " address");
         }
         return route;
     }
     for (const auto& ic : config.interfaces) {
-        if (prefix_contains(subnet_of(ic), route.via)) {
-            return route;
+        for (const ip_prefix& subnet : subnets_of(ic)) {
+            if (prefix_contains(subnet, route.via)) {
+                return route;
+            }
         }
     }
     const std::string subnets = subnet_list(config.interfaces, family);
@@ -1509,8 +1557,10 @@ neighbor_config loader::parse_neighbor(const YAML::Node& node, const std::string
     neighbor.mac = mac(mac_field);
     const interface_config& on = interface_named(interface, config.interfaces);
     neighbor.interface = on.name;
-    const ip_prefix subnet = subnet_of(on);
-    if (on.address == neighbor.address) {
+    const auto same_family = address_of(on, neighbor.address.family);
+    const ip_prefix subnet =
+        same_family ? network_of(same_family->address, same_family->prefix_length) : subnet_of(on);
+    if (has_address(on, neighbor.address)) {
         fail(address_field, to_string(neighbor.address) + " is this gateway's own address on " + quoted(on.name),
              "a neighbor entry is for another host on the link");
     }
@@ -1707,7 +1757,7 @@ void loader::check_sa_endpoints(const field& sas, const gateway_config& config) 
         }
         bool found = false;
         for (const auto& ic : config.interfaces) {
-            found = found || ic.address == ours;
+            found = found || has_address(ic, ours);
         }
         if (found) {
             continue;
@@ -2095,7 +2145,7 @@ void loader::parse_ike_peer(const YAML::Node& node, const std::string& path, con
     peer.local_address = address(local);
     if (!config.interfaces.empty()) {
         const bool found = std::any_of(config.interfaces.begin(), config.interfaces.end(),
-                                       [&](const interface_config& ic) { return ic.address == peer.local_address; });
+                                       [&](const interface_config& ic) { return has_address(ic, peer.local_address); });
         if (!found) {
             const std::string addresses = address_list(config.interfaces, peer.local_address.family);
             fail(local, to_string(peer.local_address) + " is not an address of any interface",

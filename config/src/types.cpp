@@ -193,4 +193,40 @@ ip_prefix subnet_of(const interface_config& interface) {
     return network_of(interface.address, interface.prefix_length);
 }
 
+std::vector<interface_address> addresses_of(const interface_config& interface) {
+    if (!interface.addresses.empty()) {
+        return interface.addresses;
+    }
+    if (interface.address.family == 0) {
+        return {};
+    }
+    return {interface_address{interface.address, interface.prefix_length}};
+}
+
+std::optional<interface_address> address_of(const interface_config& interface, uint8_t family) {
+    for (const auto& a : addresses_of(interface)) {
+        if (a.address.family == family) {
+            return a;
+        }
+    }
+    return std::nullopt;
+}
+
+std::vector<ip_prefix> subnets_of(const interface_config& interface) {
+    std::vector<ip_prefix> out;
+    for (const auto& a : addresses_of(interface)) {
+        out.push_back(network_of(a.address, a.prefix_length));
+    }
+    return out;
+}
+
+bool has_address(const interface_config& interface, const ip_address& address) {
+    for (const auto& a : addresses_of(interface)) {
+        if (a.address == address) {
+            return true;
+        }
+    }
+    return false;
+}
+
 } // namespace espresso::config

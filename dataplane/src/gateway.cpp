@@ -33,6 +33,7 @@
 #include <tuple>
 
 #include "espresso/dp/ipsec.h"
+#include "icmpv6.h"
 #include "packet.h"
 
 namespace espresso::dp {
@@ -68,6 +69,27 @@ std::string ip_text(uint32_t be)
     a.family = 4;
     std::memcpy(a.bytes.data(), &be, 4);
     return config::to_string(a);
+}
+
+std::string ip6_text(const uint8_t* bytes)
+{
+    config::ip_address a;
+    a.family = 6;
+    std::memcpy(a.bytes.data(), bytes, 16);
+    return config::to_string(a);
+}
+
+// Writes a per-interface IPv6 sysctl of the kernel side of a TAP (/proc/sys is per network namespace).
+void tap_sysctl6(const std::string& tap, const char* key, const char* value)
+{
+    const std::string path = "/proc/sys/net/ipv6/conf/" + tap + "/" + key;
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr || std::fputs(value, f) < 0) {
+        std::fprintf(stderr, "espresso-dp: warning: cannot set %s = %s\n", path.c_str(), value);
+    }
+    if (f != nullptr) {
+        std::fclose(f);
+    }
 }
 
 // Interface names reach a shell command line (`ip`): allow only what Linux allows in a name and
@@ -259,21 +281,41 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
 
     std::vector<route_table::connected> links;
     std::vector<std::string> names;
+    std::vector<route_table6::connected> links6;
+    std::vector<std::string> names6;
+    std::vector<std::string> all_names;
     for (const auto& p : shared_.ports) {
-        links.push_back({p.port, p.address_be, p.prefix_length});
-        names.push_back(p.name);
-        shared_.local_addresses.emplace_back(p.address_be, p.port);
+        all_names.push_back(p.name);
+        if (p.has_v4) {
+            links.push_back({p.port, p.address_be, p.prefix_length});
+            names.push_back(p.name);
+            shared_.local_addresses.emplace_back(p.address_be, p.port);
+        }
+        // Every port is in the IPv6 table's list: one without an IPv6 address is still reached
+        // through a link-local next hop (prefix length 0: no connected route).
+        links6.push_back({p.port, p.address6, p.has_v6 ? p.prefix_length6 : uint8_t{0}});
+        names6.push_back(p.name);
+        if (p.has_v6) {
+            shared_.local_addresses6.emplace_back(p.address6, p.port);
+        }
+        shared_.local_addresses6.emplace_back(p.link_local6, p.port);
     }
     shared_.routes = std::make_unique<route_table>(links, config_.routes, names);
+    shared_.routes6 = std::make_unique<route_table6>(links6, config_.routes, names6);
     shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh");
     for (const auto& n : config_.neighbors) {
-        auto it = std::find(names.begin(), names.end(), n.interface);
-        if (it == names.end() || !n.address.is_v4()) {
-            throw std::runtime_error(n.origin + ": neighbor needs an IPv4 address and a known interface");
+        auto it = std::find(all_names.begin(), all_names.end(), n.interface);
+        if (it == all_names.end() || (!n.address.is_v4() && !n.address.is_v6())) {
+            throw std::runtime_error(n.origin + ": neighbor needs an address and a known interface");
         }
         rte_ether_addr mac;
         std::memcpy(mac.addr_bytes, n.mac.data(), 6);
-        shared_.neighbors->set(shared_.ports[static_cast<size_t>(it - names.begin())].port, be32_of(n.address), mac, true);
+        const uint16_t port = shared_.ports[static_cast<size_t>(it - all_names.begin())].port;
+        if (n.address.is_v4()) {
+            shared_.neighbors->set(port, be32_of(n.address), mac, true);
+        } else {
+            shared_.neighbors->set6(port, n.address.bytes.data(), mac, true);
+        }
     }
     shared_.exceptions = rte_ring_create("espresso_exc", 4096, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     shared_.events = rte_ring_create_elem("espresso_events", sizeof(gateway_event), 1024,
@@ -344,15 +386,19 @@ void gateway::setup_ports()
 {
     const uint16_t workers = static_cast<uint16_t>(config_.dataplane.workers);
     for (const auto& ic : config_.interfaces) {
-        if (!ic.address.is_v4()) {
-            throw std::runtime_error(ic.origin + ": interface " + ic.name +
-                                     ": only IPv4 interface addresses are supported by this data plane yet");
-        }
         port_state ps;
         ps.name = ic.name;
         ps.device = ic.device;
-        ps.address_be = be32_of(ic.address);
-        ps.prefix_length = ic.prefix_length;
+        if (const auto a = config::address_of(ic, 4)) {
+            ps.has_v4 = true;
+            ps.address_be = be32_of(a->address);
+            ps.prefix_length = a->prefix_length;
+        }
+        if (const auto a = config::address_of(ic, 6)) {
+            ps.has_v6 = true;
+            std::memcpy(ps.address6.data(), a->address.bytes.data(), 16);
+            ps.prefix_length6 = a->prefix_length;
+        }
         ps.mtu = ic.mtu;
         const std::string name = device_name(ic.device);
         if (rte_eth_dev_get_port_by_name(name.c_str(), &ps.port) != 0) {
@@ -424,9 +470,20 @@ void gateway::setup_ports()
             rte_eth_macaddr_get(ps.port, &ps.mac);
         }
         shared_.port_index[ps.port] = static_cast<int16_t>(shared_.ports.size());
-        std::printf("espresso-dp: interface %s = port %u (%s) %s/%u mac %s, %u rx / %u tx queues\n", ic.name.c_str(),
-                    ps.port, ic.device.c_str(), ip_text(ps.address_be).c_str(), ps.prefix_length,
-                    mac_text(ps.mac).c_str(), ps.rx_queues, ps.tx_queues);
+        std::array<uint8_t, 6> mac_bytes;
+        std::memcpy(mac_bytes.data(), ps.mac.addr_bytes, 6);
+        ps.link_local6 = link_local_of(mac_bytes);
+        std::string addresses;
+        if (ps.has_v4) {
+            addresses = ip_text(ps.address_be) + "/" + std::to_string(ps.prefix_length);
+        }
+        if (ps.has_v6) {
+            addresses += (addresses.empty() ? "" : " ") + ip6_text(ps.address6.data()) + "/" +
+                         std::to_string(ps.prefix_length6);
+        }
+        std::printf("espresso-dp: interface %s = port %u (%s) %s mac %s, %u rx / %u tx queues\n", ic.name.c_str(),
+                    ps.port, ic.device.c_str(), addresses.c_str(), mac_text(ps.mac).c_str(), ps.rx_queues,
+                    ps.tx_queues);
         shared_.ports.push_back(ps);
     }
 }
@@ -452,6 +509,17 @@ void gateway::setup_taps()
         if (rte_eth_dev_get_port_by_name(vdev.c_str(), &ps.tap_port) != 0) {
             continue;
         }
+        // The kernel side must not act as an IPv6 host of its own on the wire: the data plane answers
+        // Neighbor Solicitations for the gateway's addresses, so no Duplicate Address Detection (the
+        // address would stay tentative, unusable for IKE, and DAD probes would race our answers), no
+        // Router Solicitations and no autoconfiguration from Router Advertisements; the link-local
+        // address is the EUI-64 one the data plane answers for. Set before the link comes up.
+        tap_sysctl6(tap, "accept_dad", "0");
+        tap_sysctl6(tap, "dad_transmits", "0");
+        tap_sysctl6(tap, "router_solicitations", "0");
+        tap_sysctl6(tap, "accept_ra", "0");
+        tap_sysctl6(tap, "accept_redirects", "0");
+        tap_sysctl6(tap, "addr_gen_mode", "0");
         rte_eth_conf conf{};
         if (rte_eth_dev_configure(ps.tap_port, 1, 1, &conf) != 0 ||
             rte_eth_rx_queue_setup(ps.tap_port, 0, 512, rte_eth_dev_socket_id(ps.tap_port), nullptr, pool_) != 0 ||
@@ -471,10 +539,34 @@ void gateway::setup_taps()
         // The kernel side carries the gateway's address (and routes) so IKE, ping and every other
         // protocol to the gateway use the ordinary Linux stack (ARCHITECTURE.md, exception path).
         run_ip("link set dev " + tap + " mtu " + std::to_string(ps.mtu) + " up");
-        run_ip("addr replace " + ip_text(ps.address_be) + "/" + std::to_string(ps.prefix_length) + " dev " + tap);
+        if (ps.has_v4) {
+            run_ip("addr replace " + ip_text(ps.address_be) + "/" + std::to_string(ps.prefix_length) + " dev " + tap);
+        }
+        if (ps.has_v6) {
+            run_ip("-6 addr replace " + ip6_text(ps.address6.data()) + "/" + std::to_string(ps.prefix_length6) +
+                   " dev " + tap + " nodad");
+        }
     }
     for (const auto& r : config_.routes) {
         uint16_t port = 0;
+        if (r.via.is_v6()) {
+            ipv6_address nh6{};
+            int16_t pos = -1;
+            if (is_link_local6(r.via.bytes.data())) {
+                for (size_t i = 0; i < shared_.ports.size(); ++i) {
+                    if (shared_.ports[i].name == r.interface) {
+                        pos = static_cast<int16_t>(i);
+                    }
+                }
+            } else if (shared_.routes6->lookup(r.via.bytes.data(), port, nh6)) {
+                pos = shared_.position(port);
+            }
+            if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+                run_ip("-6 route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) +
+                       " dev " + shared_.ports[static_cast<size_t>(pos)].tap_name);
+            }
+            continue;
+        }
         uint32_t nh = 0;
         if (!r.via.is_v4() || !shared_.routes->lookup(be32_of(r.via), port, nh)) {
             continue;
@@ -679,9 +771,6 @@ std::string gateway::check_new_sa(const config::sa_config& c) const
         std::snprintf(buf, sizeof(buf), "SA 0x%08x (%s) already exists", c.spi,
                       c.dir == config::direction::inbound ? "inbound" : "outbound");
         return buf;
-    }
-    if (c.mode == config::ipsec_mode::tunnel && !c.source.is_v4()) {
-        return "IPv6 tunnel endpoints are not supported by this data plane yet (the engine has them)";
     }
     return {};
 }
@@ -960,9 +1049,20 @@ std::vector<interface_snapshot> gateway::interfaces() const
         s.device = p.device;
         s.port = p.port;
         std::memcpy(s.mac.data(), p.mac.addr_bytes, 6);
-        s.address.family = 4;
-        std::memcpy(s.address.bytes.data(), &p.address_be, 4);
-        s.prefix_length = p.prefix_length;
+        if (p.has_v4) {
+            s.address.family = 4;
+            std::memcpy(s.address.bytes.data(), &p.address_be, 4);
+            s.prefix_length = p.prefix_length;
+        }
+        if (p.has_v6) {
+            s.address6.family = 6;
+            std::memcpy(s.address6.bytes.data(), p.address6.data(), 16);
+            s.prefix_length6 = p.prefix_length6;
+            if (!p.has_v4) {
+                s.address = s.address6;
+                s.prefix_length = s.prefix_length6;
+            }
+        }
         s.mtu = p.mtu;
         s.tap = p.tap_name;
         rte_eth_link link{};
@@ -1095,6 +1195,9 @@ unsigned gateway::main_exceptions()
         case exception_meta::arp:
             handle_arp(m);
             break;
+        case exception_meta::nd:
+            handle_nd(m);
+            break;
         case exception_meta::to_us:
             if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
                 to_tap(shared_.ports[static_cast<size_t>(pos)], m);
@@ -1103,46 +1206,89 @@ unsigned gateway::main_exceptions()
             main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
             rte_pktmbuf_free(m);
             break;
-        case exception_meta::resolve: {
-            const uint64_t key = uint64_t{meta.port} << 32 | meta.value;
-            rte_ether_addr mac;
-            const int16_t out = shared_.position(meta.port);
-            if (out < 0) {
+        case exception_meta::resolve:
+            queue_for_neighbor(m, meta.port, 4, reinterpret_cast<const uint8_t*>(&meta.value));
+            break;
+        case exception_meta::resolve6: {
+            // The worker had no room for a 16-byte next hop in the mbuf's metadata: look it up again.
+            uint16_t port = 0;
+            ipv6_address nh{};
+            const auto* ip = rte_pktmbuf_mtod_offset(m, const uint8_t*, sizeof(rte_ether_hdr));
+            if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + 40 || !shared_.routes6->lookup(ip + 24, port, nh)) {
+                main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
                 rte_pktmbuf_free(m);
                 break;
             }
-            if (shared_.neighbors->lookup(meta.port, meta.value, mac)) {
-                auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-                eth->dst_addr = mac;
-                eth->src_addr = shared_.ports[static_cast<size_t>(out)].mac;
-                transmit_main(static_cast<uint16_t>(out), m);
-                break;
-            }
-            pending& p = pending_[key];
-            const uint64_t now = rte_get_tsc_cycles();
-            if (p.packets.empty()) {
-                p.first_tsc = now;
-            }
-            if (p.packets.size() >= max_pending_per_hop) {
-                main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
-                rte_pktmbuf_free(m);
-            } else {
-                p.packets.push_back(m);
-            }
-            if (now - p.requested_tsc > rte_get_tsc_hz() / 2) {
-                p.requested_tsc = now;
-                ++p.tries;
-                send_arp_request(static_cast<uint16_t>(out), meta.value);
-            }
+            queue_for_neighbor(m, port, 6, nh.data());
             break;
         }
         case exception_meta::too_big:
-            send_icmp_too_big(m, meta);
+            send_icmp4_error(m, 3, 4, static_cast<uint16_t>(meta.value)); // RFC 1191: fragmentation needed
+            rte_pktmbuf_free(m);
+            break;
+        case exception_meta::too_big6:
+            send_icmp6_error(m, icmpv6_packet_too_big, 0, meta.value); // RFC 8201, RFC 4443 §3.2
+            rte_pktmbuf_free(m);
+            break;
+        case exception_meta::time_exceeded: {
+            const auto* ip = rte_pktmbuf_mtod_offset(m, const uint8_t*, sizeof(rte_ether_hdr));
+            if ((ip[0] >> 4) == 6) {
+                send_icmp6_error(m, icmpv6_time_exceeded, 0, 0); // RFC 4443 §3.3: hop limit exceeded
+            } else {
+                send_icmp4_error(m, 11, 0, 0); // RFC 792: time to live exceeded in transit
+            }
             rte_pktmbuf_free(m);
             break;
         }
+        }
     }
     return n;
+}
+
+// A packet (with its Ethernet header) waiting for its next hop's MAC: sent at once when the neighbor
+// is known, else queued (at most max_pending_per_hop per next hop, the rest dropped and counted) while
+// ARP or a Neighbor Solicitation asks for it, at most every half second.
+void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop)
+{
+    const int16_t out = shared_.position(port);
+    if (out < 0) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    rte_ether_addr mac;
+    uint32_t ip_be = 0;
+    std::memcpy(&ip_be, next_hop, family == 4 ? 4 : 0);
+    const bool known = family == 4 ? shared_.neighbors->lookup(port, ip_be, mac) : shared_.neighbors->lookup6(port, next_hop, mac);
+    if (known) {
+        auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+        eth->dst_addr = mac;
+        eth->src_addr = shared_.ports[static_cast<size_t>(out)].mac;
+        transmit_main(static_cast<uint16_t>(out), m);
+        return;
+    }
+    pending_key key{port, family, {}};
+    std::memcpy(std::get<2>(key).data(), next_hop, family == 4 ? 4 : 16);
+    pending& p = pending_[key];
+    const uint64_t now = rte_get_tsc_cycles();
+    if (p.packets.empty()) {
+        p.first_tsc = now;
+    }
+    if (p.packets.size() >= max_pending_per_hop) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
+        rte_pktmbuf_free(m);
+    } else {
+        p.packets.push_back(m);
+    }
+    if (now - p.requested_tsc > rte_get_tsc_hz() / 2) {
+        p.requested_tsc = now;
+        ++p.tries;
+        if (family == 4) {
+            send_arp_request(static_cast<uint16_t>(out), ip_be);
+        } else {
+            send_neighbor_solicitation(static_cast<uint16_t>(out), std::get<2>(key));
+        }
+    }
 }
 
 // The TAP PMD writes at most tap_mtu bytes of IP per frame, but af_packet delivers datagrams that the
@@ -1206,18 +1352,25 @@ void gateway::main_pending_timeouts()
         }
         if (!p.packets.empty() && now - p.requested_tsc > rte_get_tsc_hz()) {
             p.requested_tsc = now;
-            const int16_t out = shared_.position(static_cast<uint16_t>(it->first >> 32));
-            if (out >= 0) {
-                send_arp_request(static_cast<uint16_t>(out), static_cast<uint32_t>(it->first));
+            const auto& [port, family, address] = it->first;
+            const int16_t out = shared_.position(port);
+            if (out >= 0 && family == 4) {
+                uint32_t ip_be = 0;
+                std::memcpy(&ip_be, address.data(), 4);
+                send_arp_request(static_cast<uint16_t>(out), ip_be);
+            } else if (out >= 0) {
+                send_neighbor_solicitation(static_cast<uint16_t>(out), address);
             }
         }
         ++it;
     }
 }
 
-void gateway::resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac)
+void gateway::resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac)
 {
-    auto it = pending_.find(uint64_t{port} << 32 | ip_be);
+    pending_key key{port, family, {}};
+    std::memcpy(std::get<2>(key).data(), ip, family == 4 ? 4 : 16);
+    auto it = pending_.find(key);
     if (it == pending_.end()) {
         return;
     }
@@ -1253,10 +1406,15 @@ void gateway::handle_arp(rte_mbuf* m)
     const uint32_t mask = ps.prefix_length == 0 ? 0 : rte_cpu_to_be_32(~uint32_t{0} << (32 - ps.prefix_length));
     const rte_ether_addr sha = arp->arp_data.arp_sha;
     // RFC 826: learn the sender if it is on our subnet (and not a spoof of our own address).
+    if (!ps.has_v4) {
+        main_drops_[static_cast<size_t>(gateway_drop::not_ip)]++; // ARP on an IPv6-only link
+        rte_pktmbuf_free(m);
+        return;
+    }
     if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask)) {
         // Queue the packets that waited for this neighbor before publishing it, so workers cannot
         // send newer packets ahead of them (ESP sequence numbers were assigned in arrival order).
-        resolved(ps.port, sip, sha);
+        resolved(ps.port, 4, reinterpret_cast<const uint8_t*>(&sip), sha);
         shared_.neighbors->set(ps.port, sip, sha, false);
     }
     if (arp->arp_opcode == rte_cpu_to_be_16(RTE_ARP_OP_REQUEST) && tip == ps.address_be) {
@@ -1304,9 +1462,139 @@ void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be)
     transmit_main(port_pos, m);
 }
 
-// RFC 792 / RFC 1191: Destination Unreachable, Fragmentation Needed, with the next-hop MTU, sent to
-// the source of the too-big packet from the address of the interface it came in on.
-void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
+// RFC 4861 for the gateway's addresses (the global one and the EUI-64 link-local one): Neighbor
+// Solicitations for them are answered here, Neighbor Advertisements complete the data plane's own
+// resolutions and are handed to the kernel behind the TAP, which resolves the next hops of its own
+// replies (IKE, ICMPv6) with its own Neighbor Solicitations. `m` starts with its Ethernet header.
+void gateway::handle_nd(rte_mbuf* m)
+{
+    const int16_t pos = shared_.position(m->port);
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    if (pos < 0 || len < sizeof(rte_ether_hdr) + 40) {
+        main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    port_state& ps = shared_.ports[static_cast<size_t>(pos)];
+    const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    const auto* ip = reinterpret_cast<const uint8_t*>(eth + 1);
+    nd_message nd;
+    if (parse_nd(ip, len - static_cast<uint32_t>(sizeof(rte_ether_hdr)), nd) != nd_error::none) {
+        main_drops_[static_cast<size_t>(gateway_drop::nd_invalid)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    const bool target_ours =
+        (ps.has_v6 && nd.target == ps.address6) || nd.target == ps.link_local6;
+    rte_ether_addr lladdr;
+    std::memcpy(lladdr.addr_bytes, nd.link_address.data(), 6);
+    if (nd.type == icmpv6_neighbor_solicitation) {
+        if (!target_ours) {
+            main_drops_[static_cast<size_t>(gateway_drop::nd_not_ours)]++;
+            rte_pktmbuf_free(m);
+            return;
+        }
+        const bool dad = is_unspecified6(nd.source.data());
+        // RFC 4861 §7.2.3: a solicitation with the sender's link-layer address creates or updates
+        // its entry. Packets that waited for it leave first (their ESP sequence numbers are older).
+        if (!dad && nd.has_link_address) {
+            resolved(ps.port, 6, nd.source.data(), lladdr);
+            shared_.neighbors->set6(ps.port, nd.source.data(), lladdr, false);
+        }
+        rte_mbuf* r = rte_pktmbuf_alloc(pool_);
+        if (r == nullptr) {
+            main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+            rte_pktmbuf_free(m);
+            return;
+        }
+        auto* reth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(r, sizeof(rte_ether_hdr) + nd_message_bytes));
+        // §7.2.4: to the solicitation's source; to all-nodes, unsolicited, when it came from :: (DAD).
+        static constexpr uint8_t all_nodes[16] = {0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        const uint8_t* dst = dad ? all_nodes : nd.source.data();
+        if (dad) {
+            const auto mm = multicast_mac(all_nodes);
+            std::memcpy(reth->dst_addr.addr_bytes, mm.data(), 6);
+        } else {
+            reth->dst_addr = nd.has_link_address ? lladdr : eth->src_addr;
+        }
+        reth->src_addr = ps.mac;
+        reth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
+        std::array<uint8_t, 6> mac;
+        std::memcpy(mac.data(), ps.mac.addr_bytes, 6);
+        build_neighbor_advertisement(reinterpret_cast<uint8_t*>(reth + 1), nd.target.data(), dst, nd.target.data(),
+                                     mac, !dad, true);
+        transmit_main(static_cast<uint16_t>(pos), r);
+        rte_pktmbuf_free(m);
+        return;
+    }
+    // Neighbor Advertisement. §7.2.5: it updates an entry that exists (or a resolution in progress);
+    // without the Override flag a known, different address is kept. Advertisements for our own
+    // addresses (another node claiming them) are never learned.
+    if (!target_ours && nd.has_link_address) {
+        pending_key key{ps.port, 6, nd.target};
+        rte_ether_addr known;
+        const bool have = shared_.neighbors->lookup6(ps.port, nd.target.data(), known);
+        const bool waiting = pending_.count(key) != 0;
+        if (waiting || (have && (nd.override_flag || rte_is_same_ether_addr(&known, &lladdr)))) {
+            resolved(ps.port, 6, nd.target.data(), lladdr);
+            shared_.neighbors->set6(ps.port, nd.target.data(), lladdr, false);
+        }
+    }
+    if (ps.has_tap && rte_eth_tx_burst(ps.tap_port, 0, &m, 1) == 1) {
+        return;
+    }
+    main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+    rte_pktmbuf_free(m);
+}
+
+void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target)
+{
+    const port_state& ps = shared_.ports[port_pos];
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + nd_message_bytes));
+    const auto group = solicited_node(target.data());
+    const auto mm = multicast_mac(group.data());
+    std::memcpy(eth->dst_addr.addr_bytes, mm.data(), 6);
+    eth->src_addr = ps.mac;
+    eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
+    std::array<uint8_t, 6> mac;
+    std::memcpy(mac.data(), ps.mac.addr_bytes, 6);
+    // RFC 4861 §7.2.2: the source is one of the interface's addresses; a link-local target is asked
+    // from the link-local address.
+    const uint8_t* source = ps.has_v6 && !is_link_local6(target.data()) ? ps.address6.data() : ps.link_local6.data();
+    build_neighbor_solicitation(reinterpret_cast<uint8_t*>(eth + 1), source, target.data(), mac);
+    transmit_main(port_pos, m);
+}
+
+// RFC 4443 §2.4 (f) and RFC 1812 §4.3.2.8: ICMP errors are rate-limited (100 a second, bursts of 50,
+// for both families together, like Linux's default icmp_ratelimit of one per 10 ms per host).
+bool gateway::icmp_allowed()
+{
+    constexpr double rate = 100;
+    constexpr double burst = 50;
+    const uint64_t now = rte_get_tsc_cycles();
+    if (icmp_refill_tsc_ == 0) {
+        icmp_tokens_ = burst;
+    } else {
+        icmp_tokens_ = std::min(burst, icmp_tokens_ + static_cast<double>(now - icmp_refill_tsc_) * rate /
+                                                          static_cast<double>(rte_get_tsc_hz()));
+    }
+    icmp_refill_tsc_ = now;
+    if (icmp_tokens_ < 1) {
+        main_drops_[static_cast<size_t>(gateway_drop::icmp_rate_limited)]++;
+        return false;
+    }
+    icmp_tokens_ -= 1;
+    return true;
+}
+
+// RFC 792 / RFC 1191 / RFC 1812 §4.3: an ICMP error about `orig` (with its Ethernet header) to its
+// source, from the address of the interface it came in on. Never about an ICMP error, a non-first
+// fragment, or a packet from a multicast/broadcast/unspecified source.
+void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint16_t mtu)
 {
     const int16_t in_pos = shared_.position(orig->port);
     if (in_pos < 0 || rte_pktmbuf_data_len(orig) < sizeof(rte_ether_hdr) + 20) {
@@ -1314,18 +1602,39 @@ void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
     }
     const auto* oip = rte_pktmbuf_mtod_offset(orig, const uint8_t*, sizeof(rte_ether_hdr));
     const uint32_t ihl = (oip[0] & 0x0fU) * 4;
-    const uint32_t quote = std::min<uint32_t>(ihl + 8, rte_pktmbuf_data_len(orig) - sizeof(rte_ether_hdr));
+    const uint32_t avail = rte_pktmbuf_data_len(orig) - static_cast<uint32_t>(sizeof(rte_ether_hdr));
+    if (ihl < 20 || ihl > avail || (load_be16(oip + 6) & 0x1fff) != 0) {
+        return;
+    }
+    if (oip[9] == 1 && avail >= ihl + 1) {
+        const uint8_t t = oip[ihl];
+        if (t != 0 && t != 8 && t != 13 && t != 14) {
+            return; // not about an ICMP error (only echo and timestamp are queries here)
+        }
+    }
+    if (oip[12] == 0 || oip[12] >= 224) {
+        return; // 0.0.0.0/8, multicast, reserved: no one to tell
+    }
+    // RFC 1812 §4.3.2.4: from an address of the interface the packet came in on, or another one of
+    // the router's (a decrypted packet that came in over an IPv6-only link).
+    const port_state* in = &shared_.ports[static_cast<size_t>(in_pos)];
+    for (size_t i = 0; !in->has_v4 && i < shared_.ports.size(); ++i) {
+        in = &shared_.ports[i];
+    }
+    if (!in->has_v4) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
+        return;
+    }
+    if (!icmp_allowed()) {
+        return;
+    }
+    const uint32_t quote = std::min<uint32_t>(ihl + 8, avail);
     uint32_t src_be = 0;
     std::memcpy(&src_be, oip + 12, 4);
     uint16_t out_port = 0;
     uint32_t nh = 0;
     if (!shared_.routes->lookup(src_be, out_port, nh)) {
-        return;
-    }
-    const int16_t out_pos = shared_.position(out_port);
-    rte_ether_addr mac;
-    if (out_pos < 0 || !shared_.neighbors->lookup(out_port, nh, mac)) {
-        main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
+        main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
         return;
     }
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
@@ -1334,8 +1643,6 @@ void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
     }
     const uint32_t len = 20 + 8 + quote;
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + len)));
-    eth->dst_addr = mac;
-    eth->src_addr = shared_.ports[static_cast<size_t>(out_pos)].mac;
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
     auto* ip = reinterpret_cast<uint8_t*>(eth + 1);
     std::memset(ip, 0, 28);
@@ -1343,18 +1650,89 @@ void gateway::send_icmp_too_big(rte_mbuf* orig, const exception_meta& meta)
     store_be16(ip + 2, static_cast<uint16_t>(len));
     ip[8] = 64;
     ip[9] = 1; // ICMP
-    std::memcpy(ip + 12, &shared_.ports[static_cast<size_t>(in_pos)].address_be, 4);
+    std::memcpy(ip + 12, &in->address_be, 4);
     std::memcpy(ip + 16, &src_be, 4);
     ipv4_set_checksum(ip);
     uint8_t* icmp = ip + 20;
-    icmp[0] = 3; // destination unreachable
-    icmp[1] = 4; // fragmentation needed and DF set
-    store_be16(icmp + 6, static_cast<uint16_t>(meta.value));
+    icmp[0] = type;
+    icmp[1] = code;
+    store_be16(icmp + 6, mtu); // RFC 1191: next-hop MTU (0 for other errors)
     std::memcpy(icmp + 8, oip, quote);
     uint16_t ck = rte_raw_cksum(icmp, 8 + quote);
     ck = static_cast<uint16_t>(~ck);
     std::memcpy(icmp + 2, &ck, 2);
-    transmit_main(static_cast<uint16_t>(out_pos), m);
+    queue_for_neighbor(m, out_port, 4, reinterpret_cast<const uint8_t*>(&nh));
+}
+
+// RFC 4443: an ICMPv6 error about `orig` (with its Ethernet header) to its source, from the global
+// address of the interface it came in on, quoting as much of it as fits in 1280 bytes.
+void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint32_t parameter)
+{
+    const int16_t in_pos = shared_.position(orig->port);
+    if (in_pos < 0 || rte_pktmbuf_data_len(orig) < sizeof(rte_ether_hdr) + 40) {
+        return;
+    }
+    const auto* oip = rte_pktmbuf_mtod_offset(orig, const uint8_t*, sizeof(rte_ether_hdr));
+    const uint32_t avail = rte_pktmbuf_data_len(orig) - static_cast<uint32_t>(sizeof(rte_ether_hdr));
+    const uint32_t olen = std::min<uint32_t>(avail, 40U + load_be16(oip + 4));
+    if (!may_send_icmpv6_error(oip, olen, type)) {
+        return;
+    }
+    // RFC 4443 §2.2: from an address of the node, preferably of the interface the packet came in
+    // on (a decrypted packet that came in over an IPv4-only link: another interface's).
+    const port_state* in = &shared_.ports[static_cast<size_t>(in_pos)];
+    for (size_t i = 0; !in->has_v6 && i < shared_.ports.size(); ++i) {
+        in = &shared_.ports[i];
+    }
+    if (!in->has_v6) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
+        return;
+    }
+    if (!icmp_allowed()) {
+        return;
+    }
+    uint16_t out_port = 0;
+    ipv6_address nh{};
+    if (!shared_.routes6->lookup(oip + 8, out_port, nh)) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
+        return;
+    }
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    uint8_t buf[icmpv6_error_max_bytes];
+    const uint32_t len = build_icmpv6_error(buf, in->address6.data(), type, code, parameter, oip, olen);
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + len)));
+    if (eth == nullptr) {
+        rte_pktmbuf_free(m);
+        return;
+    }
+    eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
+    std::memcpy(eth + 1, buf, len);
+    queue_for_neighbor(m, out_port, 6, nh.data());
+}
+
+// What the kernel behind a TAP may send on the wire: everything but router discovery (it is no
+// router advertiser and must not solicit routers for the gateway) and redirects. Its Neighbor
+// Solicitations (for its own replies), Advertisements and MLD reports (solicited-node groups, which
+// snooping switches need for our Neighbor Solicitations to reach us) pass.
+bool gateway::from_tap_allowed(const rte_mbuf* m) const
+{
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    if (len < sizeof(rte_ether_hdr) + 41) {
+        return true;
+    }
+    const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    if (eth->ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6)) {
+        return true;
+    }
+    const auto* ip = reinterpret_cast<const uint8_t*>(eth + 1);
+    if (ip[6] != proto_icmpv6) {
+        return true;
+    }
+    const uint8_t type = ip[40];
+    return type != icmpv6_router_solicitation && type != icmpv6_router_advertisement && type != icmpv6_redirect;
 }
 
 unsigned gateway::main_taps()
@@ -1372,6 +1750,11 @@ unsigned gateway::main_taps()
             continue;
         }
         for (uint16_t k = 0; k < n; ++k) {
+            if (!from_tap_allowed(pkts[k])) {
+                main_drops_[static_cast<size_t>(gateway_drop::tap_filtered)]++;
+                rte_pktmbuf_free(pkts[k]);
+                continue;
+            }
             transmit_main(static_cast<uint16_t>(i), pkts[k]);
         }
     }

@@ -47,8 +47,13 @@ struct port_state {
     uint16_t rx_queues = 1;
     uint16_t tx_queues = 1;
     rte_ether_addr mac{};
-    uint32_t address_be = 0;
+    bool has_v4 = false;
+    uint32_t address_be = 0; // IPv4 address (has_v4)
     uint8_t prefix_length = 0;
+    bool has_v6 = false;
+    ipv6_address address6{};    // global IPv6 address (has_v6)
+    uint8_t prefix_length6 = 0;
+    ipv6_address link_local6{}; // fe80::EUI-64 of `mac`, as the kernel derives it on the TAP
     uint16_t mtu = 1500;
     bool has_tap = false;
     uint16_t tap_port = 0;
@@ -59,10 +64,19 @@ struct port_state {
 
 // Metadata a worker attaches to a packet it hands to the main lcore (an mbuf dynamic field).
 struct exception_meta {
-    enum kind : uint8_t { arp, to_us, resolve, too_big } what;
+    enum kind : uint8_t {
+        arp,
+        to_us,
+        resolve,
+        too_big,
+        time_exceeded, // IPv4 TTL or IPv6 hop limit ran out (the packet's version tells which)
+        nd,            // ICMPv6 Neighbor Solicitation / Advertisement for the gateway (no Ethernet header)
+        resolve6,      // IPv6 next hop unresolved: the main lcore looks the next hop up again
+        too_big6,      // IPv6 packet too big after encapsulation: send Packet Too Big (RFC 8201)
+    } what;
     uint8_t pad;
-    uint16_t port;   // resolve: egress port
-    uint32_t value;  // resolve: next hop (network order); too_big: MTU to report
+    uint16_t port;   // resolve, resolve6: egress port
+    uint32_t value;  // resolve: next hop (network order); too_big, too_big6: MTU to report
 };
 
 struct update_msg {
@@ -136,6 +150,7 @@ public:
         // carry RTE_MBUF_PORT_INVALID).
         int16_t position(uint16_t port) const noexcept { return port < port_index.size() ? port_index[port] : -1; }
         std::unique_ptr<route_table> routes;
+        std::unique_ptr<route_table6> routes6;
         std::unique_ptr<neighbor_table> neighbors;
         rte_ring* exceptions = nullptr; // MP/SC rte_mbuf* to the main lcore
         rte_ring* events = nullptr;     // MP/SC gateway_event elements to the main lcore
@@ -145,6 +160,7 @@ public:
         bool adaptive_idle = true;
         std::atomic<bool> stop{false};
         std::vector<std::pair<uint32_t, uint16_t>> local_addresses; // (address, port)
+        std::vector<std::pair<ipv6_address, uint16_t>> local_addresses6; // global and link-local, (address, port)
     };
 
 private:
@@ -171,11 +187,17 @@ private:
     unsigned main_events(const std::function<void(const gateway_event&)>& event);
     void main_pending_timeouts();
     void handle_arp(rte_mbuf* m);
+    void handle_nd(rte_mbuf* m);
     void send_arp_request(uint16_t port_pos, uint32_t target_be);
-    void send_icmp_too_big(rte_mbuf* m, const exception_meta& meta);
+    void send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target);
+    void send_icmp4_error(rte_mbuf* m, uint8_t type, uint8_t code, uint16_t mtu);
+    void send_icmp6_error(rte_mbuf* m, uint8_t type, uint8_t code, uint32_t parameter);
+    bool icmp_allowed();
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
     void to_tap(const port_state& ps, rte_mbuf* m);
-    void resolved(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac);
+    void queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop);
+    void resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac);
+    bool from_tap_allowed(const rte_mbuf* m) const;
     unsigned owner_of(uint32_t spi) const noexcept;
 
     config::gateway_config config_;
@@ -205,7 +227,12 @@ private:
         uint64_t first_tsc = 0;
         unsigned tries = 0;
     };
-    std::unordered_map<uint64_t, pending> pending_; // (port << 32 | ip) -> packets waiting for ARP
+    // (port, family, next hop; IPv4 in the first 4 bytes) -> packets waiting for ARP or NDP
+    using pending_key = std::tuple<uint16_t, uint8_t, ipv6_address>;
+    std::map<pending_key, pending> pending_;
+    // ICMP errors (both families): a token bucket, as Linux's icmp_ratelimit (RFC 4443 §2.4 (f)).
+    double icmp_tokens_ = 0;
+    uint64_t icmp_refill_tsc_ = 0;
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> main_drops_{};
 };
 

@@ -34,7 +34,15 @@ namespace espresso::dp {
     X(too_big, "too big after encapsulation (ICMP sent)")                                          \
     X(ring_full, "internal ring full")                                                             \
     X(tx_full, "transmit queue full")                                                              \
-    X(exception_full, "exception path queue full")
+    X(exception_full, "exception path queue full")                                                \
+    X(nd_invalid, "invalid Neighbor Discovery message (RFC 4861 §7.1)")                            \
+    X(nd_not_ours, "Neighbor Solicitation for an address not ours")                                \
+    X(router_discovery, "Router Solicitation/Advertisement/Redirect (the gateway uses static routes)") \
+    X(multicast, "IPv6 multicast the gateway does not take part in")                               \
+    X(link_local, "link-local source or destination in transit (RFC 4291 §2.5.6)")                 \
+    X(tap_filtered, "router discovery from the kernel's TAP kept off the wire")                    \
+    X(icmp_rate_limited, "ICMP error not sent (rate limit)")                                       \
+    X(no_source_address, "ICMP error not sent: the gateway has no address of that family")
 
 enum class gateway_drop : uint8_t {
 #define X(id, text) id,
@@ -73,6 +81,8 @@ struct interface_snapshot {
     config::mac_address mac{};
     config::ip_address address;
     uint8_t prefix_length = 0;
+    config::ip_address address6; // family 0 when the interface has no IPv6 address
+    uint8_t prefix_length6 = 0;
     uint16_t mtu = 0;
     bool link_up = false;
     std::string tap; // kernel-side exception interface

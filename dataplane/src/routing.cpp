@@ -45,7 +45,7 @@ route_table::route_table(const std::vector<connected>& links, const std::vector<
     }
     for (const auto& r : routes) {
         if (!r.destination.address.is_v4()) {
-            throw std::runtime_error(r.origin + ": IPv6 routes are not supported by this data plane yet");
+            continue; // route_table6
         }
         next_hop nh{};
         bool found = false;
@@ -106,12 +106,158 @@ void route_table::lookup_bulk(const uint32_t* dst_host_order, uint64_t* hops, un
     rte_fib_lookup_bulk(fib_, const_cast<uint32_t*>(dst_host_order), hops, n);
 }
 
+route_table6::route_table6(const std::vector<connected>& links,
+                           const std::vector<config::route_config>& routes,
+                           const std::vector<std::string>& interface_names)
+{
+    rte_fib6_conf conf{};
+    conf.type = RTE_FIB6_TRIE;
+    conf.default_nh = no_route;
+    conf.max_routes = static_cast<int>(links.size() + routes.size() + 16);
+    conf.trie.nh_sz = RTE_FIB6_TRIE_4B;
+    conf.trie.num_tbl8 = 1 << 12;
+    fib_ = rte_fib6_create("espresso_fib6", static_cast<int>(rte_socket_id()), &conf);
+    if (fib_ == nullptr) {
+        throw std::runtime_error(std::string("rte_fib6_create: ") + rte_strerror(rte_errno));
+    }
+    auto on_link = [](const connected& l, const uint8_t* a) {
+        config::ip_prefix p;
+        p.address.family = 6;
+        std::memcpy(p.address.bytes.data(), l.address.data(), 16);
+        p.length = l.prefix_length;
+        config::ip_address x;
+        x.family = 6;
+        std::memcpy(x.bytes.data(), a, 16);
+        return config::prefix_contains(config::network_of(p.address, p.length), x);
+    };
+    for (const auto& l : links) {
+        hops_.push_back({l.port, true, {}});
+        if (l.prefix_length == 0) {
+            continue; // a port without an IPv6 address: only link-local next hops reach it
+        }
+        const config::ip_prefix net = config::network_of(
+            [&] {
+                config::ip_address a;
+                a.family = 6;
+                std::memcpy(a.bytes.data(), l.address.data(), 16);
+                return a;
+            }(),
+            l.prefix_length);
+        if (rte_fib6_add(fib_, net.address.bytes.data(), l.prefix_length, hops_.size() - 1) != 0) {
+            throw std::runtime_error("rte_fib6_add failed for a connected subnet");
+        }
+    }
+    for (const auto& r : routes) {
+        if (!r.destination.address.is_v6()) {
+            continue;
+        }
+        next_hop6 nh{};
+        bool found = false;
+        const bool link_local_via = r.via.is_v6() && r.via.bytes[0] == 0xfe && (r.via.bytes[1] & 0xc0) == 0x80;
+        if (link_local_via) {
+            // fe80::/10 is on every link: the route names the interface (the loader insists).
+            for (size_t i = 0; i < links.size() && !found; ++i) {
+                if (interface_names[i] == r.interface) {
+                    nh.port = links[i].port;
+                    nh.connected = false;
+                    std::memcpy(nh.gateway.data(), r.via.bytes.data(), 16);
+                    found = true;
+                }
+            }
+            if (!found) {
+                throw std::runtime_error(r.origin + ": link-local next hop " + config::to_string(r.via) +
+                                         " needs `interface`");
+            }
+        } else if (r.via.is_v6()) {
+            for (size_t i = 0; i < links.size() && !found; ++i) {
+                if ((!r.interface.empty() && interface_names[i] != r.interface) || links[i].prefix_length == 0) {
+                    continue;
+                }
+                if (on_link(links[i], r.via.bytes.data())) {
+                    nh.port = links[i].port;
+                    nh.connected = false;
+                    std::memcpy(nh.gateway.data(), r.via.bytes.data(), 16);
+                    found = true;
+                }
+            }
+            if (!found) {
+                throw std::runtime_error(r.origin + ": next hop " + config::to_string(r.via) +
+                                         " is not on any interface's IPv6 subnet");
+            }
+        } else {
+            for (size_t i = 0; i < interface_names.size() && !found; ++i) {
+                if (interface_names[i] == r.interface) {
+                    nh = {links[i].port, true, {}};
+                    found = true;
+                }
+            }
+            if (!found) {
+                throw std::runtime_error(r.origin +
+                                         ": route needs `via` or an interface with an IPv6 address");
+            }
+        }
+        hops_.push_back(nh);
+        if (rte_fib6_add(fib_, r.destination.address.bytes.data(), r.destination.length, hops_.size() - 1) !=
+            0) {
+            throw std::runtime_error(r.origin + ": rte_fib6_add failed");
+        }
+    }
+}
+
+route_table6::~route_table6()
+{
+    if (fib_ != nullptr) {
+        rte_fib6_free(fib_);
+    }
+}
+
+bool route_table6::lookup(const uint8_t* dst, uint16_t& port, ipv6_address& next_hop) const noexcept
+{
+    uint8_t ip[1][16];
+    std::memcpy(ip[0], dst, 16);
+    uint64_t nh = no_route;
+    rte_fib6_lookup_bulk(fib_, ip, &nh, 1);
+    if (nh == no_route) {
+        return false;
+    }
+    port = hops_[nh].port;
+    if (hops_[nh].connected) {
+        std::memcpy(next_hop.data(), dst, 16);
+    } else {
+        next_hop = hops_[nh].gateway;
+    }
+    return true;
+}
+
+void route_table6::lookup_bulk(const uint8_t (*dst)[16], uint64_t* hops, unsigned n) const noexcept
+{
+    rte_fib6_lookup_bulk(fib_, const_cast<uint8_t(*)[16]>(dst), hops, n);
+}
+
+neighbor_table::key_type neighbor_table::key(uint16_t port, uint32_t ip_be) noexcept
+{
+    key_type k{};
+    k.port = port;
+    k.family = 4;
+    std::memcpy(k.address, &ip_be, 4);
+    return k;
+}
+
+neighbor_table::key_type neighbor_table::key6(uint16_t port, const uint8_t* ip) noexcept
+{
+    key_type k{};
+    k.port = port;
+    k.family = 6;
+    std::memcpy(k.address, ip, 16);
+    return k;
+}
+
 neighbor_table::neighbor_table(const char* name, uint32_t capacity) : capacity_(capacity)
 {
     rte_hash_parameters p{};
     p.name = name;
     p.entries = capacity;
-    p.key_len = sizeof(uint64_t);
+    p.key_len = sizeof(key_type);
     p.socket_id = static_cast<int>(rte_socket_id());
     // One writer (main lcore), lock-free readers (workers).
     p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;
@@ -129,9 +275,8 @@ neighbor_table::~neighbor_table()
     }
 }
 
-bool neighbor_table::lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) const noexcept
+bool neighbor_table::find(const key_type& k, rte_ether_addr& mac) const noexcept
 {
-    uint64_t k = key(port, ip_be);
     int32_t pos = rte_hash_lookup(hash_, &k);
     if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
         return false;
@@ -146,16 +291,35 @@ bool neighbor_table::lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) 
     return true;
 }
 
-bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept
+bool neighbor_table::lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) const noexcept
 {
-    uint64_t k = key(port, ip_be);
+    return find(key(port, ip_be), mac);
+}
+
+bool neighbor_table::lookup6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept
+{
+    return find(key6(port, ip), mac);
+}
+
+bool neighbor_table::is_static6(uint16_t port, const uint8_t* ip) const noexcept
+{
+    const key_type k = key6(port, ip);
+    int32_t pos = rte_hash_lookup(hash_, &k);
+    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+        return false;
+    }
+    return ((slots_[pos].mac.load(std::memory_order_relaxed) >> 62) & 1) != 0;
+}
+
+bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept
+{
     int32_t pos = rte_hash_add_key(hash_, &k);
     if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
         return false;
     }
     uint64_t old = slots_[pos].mac.load(std::memory_order_relaxed);
     if (((old >> 62) & 1) != 0 && !is_static) {
-        return true; // static entries win over ARP
+        return true; // static entries win over ARP/NDP
     }
     uint64_t v = 0;
     for (int i = 0; i < 6; ++i) {
@@ -170,6 +334,17 @@ bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& ma
     return true;
 }
 
+bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept
+{
+    return store(key(port, ip_be), mac, is_static);
+}
+
+bool neighbor_table::set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac,
+                          bool is_static) noexcept
+{
+    return store(key6(port, ip), mac, is_static);
+}
+
 std::vector<neighbor_table::entry_view> neighbor_table::entries() const
 {
     std::vector<entry_view> out;
@@ -182,11 +357,13 @@ std::vector<neighbor_table::entry_view> neighbor_table::entries() const
         if ((v >> 63) == 0) {
             continue;
         }
-        uint64_t key_value = 0;
+        key_type key_value{};
         std::memcpy(&key_value, k, sizeof(key_value));
         entry_view e{};
-        e.port = static_cast<uint16_t>(key_value >> 32);
-        e.ip_be = static_cast<uint32_t>(key_value);
+        e.port = key_value.port;
+        e.family = static_cast<uint8_t>(key_value.family);
+        std::memcpy(&e.ip_be, key_value.address, 4);
+        std::memcpy(e.ip6.data(), key_value.address, 16);
         for (int i = 0; i < 6; ++i) {
             e.mac.addr_bytes[i] = static_cast<uint8_t>(v >> (8 * (5 - i)));
         }

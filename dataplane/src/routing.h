@@ -1,16 +1,18 @@
-// IPv4 forwarding state: the FIB (rte_fib, DIR-24-8) built from connected subnets and static routes,
-// and the neighbor (ARP) table.
+// Forwarding state: the IPv4 FIB (rte_fib, DIR-24-8) and the IPv6 FIB (rte_fib6, TRIE), each built
+// from connected subnets and static routes, and the neighbor table (ARP and NDP, both families).
 //
-// Threads: the FIB is built once at start-up and then only read (workers, main lcore). The neighbor
-// table has one writer, the main lcore (ARP replies, static entries), and many lock-free readers
-// (workers): rte_hash with RW_CONCURRENCY_LF finds the slot, and the MAC lives in one 64-bit atomic
-// per slot, so a reader never sees half an address.
+// Threads: the FIBs are built once at start-up and then only read (workers, main lcore). The neighbor
+// table has one writer, the main lcore (ARP replies, Neighbor Advertisements, static entries), and
+// many lock-free readers (workers): rte_hash with RW_CONCURRENCY_LF finds the slot, and the MAC lives
+// in one 64-bit atomic per slot, so a reader never sees half an address.
 #pragma once
 
 #include <rte_ether.h>
 #include <rte_fib.h>
+#include <rte_fib6.h>
 #include <rte_hash.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -52,6 +54,46 @@ private:
     std::vector<next_hop> hops_;
 };
 
+using ipv6_address = std::array<uint8_t, 16>; // network order
+
+struct next_hop6 {
+    uint16_t port = 0;
+    bool connected = true; // true: the destination itself is the next hop
+    ipv6_address gateway{};
+};
+
+// The IPv6 FIB: longest-prefix match over connected subnets and static routes (rte_fib6 TRIE).
+class route_table6 {
+public:
+    static constexpr uint64_t no_route = 0x7fffffff; // TRIE with 4-byte entries keeps 31 bits
+
+    struct connected {
+        uint16_t port;
+        ipv6_address address;
+        uint8_t prefix_length;
+    };
+    // `links` holds every interface (prefix_length 0: no IPv6 address, reachable only through a
+    // link-local next hop); `interface_names[i]` names links[i]'s interface; routes of the other
+    // family are ignored. Throws std::runtime_error on an unusable
+    // route (next hop on no connected subnet, ...).
+    route_table6(const std::vector<connected>& links, const std::vector<config::route_config>& routes,
+                 const std::vector<std::string>& interface_names);
+    ~route_table6();
+    route_table6(const route_table6&) = delete;
+    route_table6& operator=(const route_table6&) = delete;
+
+    // Any thread. False when there is no route; next_hop = the gateway, or dst when connected.
+    bool lookup(const uint8_t* dst, uint16_t& port, ipv6_address& next_hop) const noexcept;
+    // Bulk form for a burst: hops[i] = index into hop(), or no_route.
+    void lookup_bulk(const uint8_t (*dst)[16], uint64_t* hops, unsigned n) const noexcept;
+    const next_hop6& hop(uint64_t index) const noexcept { return hops_[index]; }
+
+private:
+    rte_fib6* fib_ = nullptr;
+    std::vector<next_hop6> hops_;
+};
+
+// Neighbor cache for both families (ARP for IPv4, NDP for IPv6), keyed by (port, address).
 class neighbor_table {
 public:
     explicit neighbor_table(const char* name, uint32_t capacity = 4096);
@@ -61,22 +103,37 @@ public:
 
     // Any thread. False if unknown or unresolved.
     bool lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) const noexcept;
-    // Main lcore only. Static entries are never overwritten by ARP.
+    bool lookup6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept;
+    // Main lcore only. Static entries are never overwritten by ARP or NDP.
     bool set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept;
+    bool set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac, bool is_static) noexcept;
+    // Main lcore only: is there a static entry (which NDP must not override)?
+    bool is_static6(uint16_t port, const uint8_t* ip) const noexcept;
 
     struct entry_view {
         uint16_t port;
-        uint32_t ip_be;
+        uint8_t family;   // 4 or 6
+        uint32_t ip_be;   // IPv4
+        ipv6_address ip6; // IPv6
         rte_ether_addr mac;
         bool is_static;
     };
     std::vector<entry_view> entries() const; // main lcore only
 
 private:
-    static uint64_t key(uint16_t port, uint32_t ip_be) noexcept { return uint64_t{port} << 32 | ip_be; }
+    struct key_type {
+        uint16_t port;
+        uint16_t family;
+        uint8_t address[16]; // IPv4: first 4 bytes, rest zero
+    };
+    static_assert(sizeof(key_type) == 20);
+    static key_type key(uint16_t port, uint32_t ip_be) noexcept;
+    static key_type key6(uint16_t port, const uint8_t* ip) noexcept;
+    bool find(const key_type& k, rte_ether_addr& mac) const noexcept;
+    bool store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept;
     struct slot {
         std::atomic<uint64_t> mac{0}; // bit 63 = valid, bit 62 = static, low 48 bits = MAC
-        uint64_t key = 0;
+        key_type key{};
     };
     rte_hash* hash_ = nullptr;
     std::unique_ptr<slot[]> slots_;

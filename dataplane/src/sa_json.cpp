@@ -532,7 +532,7 @@ json to_json(const policy_snapshot& p)
 
 json to_json(const interface_snapshot& i)
 {
-    return {
+    json out = {
         {"name", i.name},
         {"device", i.device},
         {"port", i.port},
@@ -549,6 +549,11 @@ json to_json(const interface_snapshot& i)
           {"errors", i.rx_errors}}},
         {"tx", {{"packets", i.tx_packets}, {"bytes", i.tx_bytes}, {"errors", i.tx_errors}}},
     };
+    if (i.address6.family == 6) {
+        out["address6"] = address_text(i.address6);
+        out["prefix-length6"] = i.prefix_length6;
+    }
+    return out;
 }
 
 json to_json(const worker_snapshot& w)

@@ -24,6 +24,78 @@ const rte_acl_field_def field_defs[field_count] = {
     {RTE_ACL_FIELD_TYPE_RANGE, sizeof(uint16_t), field_dport, 3, offsetof(spd_key, destination_port)},
 };
 
+// IPv6: each address is four 32-bit words, each its own MASK field (rte_acl fields are at most 8
+// bytes; DPDK's ipsec-secgw sp6.c lays them out the same way).
+enum {
+    field6_proto,
+    field6_src0, field6_src1, field6_src2, field6_src3,
+    field6_dst0, field6_dst1, field6_dst2, field6_dst3,
+    field6_sport, field6_dport, field6_count
+};
+
+RTE_ACL_RULE_DEF(spd6_acl_rule, field6_count);
+
+rte_acl_field_def field6_def(uint8_t type, uint8_t size, uint8_t field, uint8_t input, uint32_t offset)
+{
+    rte_acl_field_def d{};
+    d.type = type;
+    d.size = size;
+    d.field_index = field;
+    d.input_index = input;
+    d.offset = offset;
+    return d;
+}
+
+void field6_defs(rte_acl_field_def* d)
+{
+    d[0] = field6_def(RTE_ACL_FIELD_TYPE_BITMASK, 1, field6_proto, 0, offsetof(spd6_key, protocol));
+    for (uint8_t w = 0; w < 4; ++w) {
+        d[1 + w] = field6_def(RTE_ACL_FIELD_TYPE_MASK, 4, static_cast<uint8_t>(field6_src0 + w),
+                              static_cast<uint8_t>(1 + w), static_cast<uint32_t>(offsetof(spd6_key, source) + 4 * w));
+        d[5 + w] = field6_def(RTE_ACL_FIELD_TYPE_MASK, 4, static_cast<uint8_t>(field6_dst0 + w),
+                              static_cast<uint8_t>(5 + w), static_cast<uint32_t>(offsetof(spd6_key, destination) + 4 * w));
+    }
+    d[9] = field6_def(RTE_ACL_FIELD_TYPE_RANGE, 2, field6_sport, 9, offsetof(spd6_key, source_port));
+    d[10] = field6_def(RTE_ACL_FIELD_TYPE_RANGE, 2, field6_dport, 9, offsetof(spd6_key, destination_port));
+}
+
+// Word `w` of an IPv6 prefix as rte_acl wants it: host-order value and the bits of the prefix in it.
+void v6_word(const config::ip_prefix& p, unsigned w, uint32_t& value, uint32_t& bits)
+{
+    const unsigned length = p.address.family == 6 ? p.length : 0;
+    bits = length <= 32 * w ? 0 : std::min(32U, length - 32 * w);
+    uint32_t v = 0;
+    std::memcpy(&v, p.address.bytes.data() + 4 * w, 4);
+    value = bits == 0 ? 0 : rte_be_to_cpu_32(v);
+}
+
+rte_acl_ctx* build_context(const char* name, const void* rules, uint32_t count, uint32_t rule_size,
+                           const rte_acl_field_def* defs, uint32_t fields)
+{
+    rte_acl_param param{};
+    param.name = name;
+    param.socket_id = SOCKET_ID_ANY;
+    param.rule_size = rule_size;
+    param.max_rule_num = count;
+    rte_acl_ctx* ctx = rte_acl_create(&param);
+    if (ctx == nullptr) {
+        throw std::runtime_error("SPD: rte_acl_create failed");
+    }
+    if (rte_acl_add_rules(ctx, static_cast<const rte_acl_rule*>(rules), count) != 0) {
+        rte_acl_free(ctx);
+        throw std::runtime_error("SPD: rte_acl_add_rules failed");
+    }
+    rte_acl_config cfg{};
+    cfg.num_categories = RTE_ACL_RESULTS_MULTIPLIER;
+    cfg.num_fields = fields;
+    std::memcpy(cfg.defs, defs, sizeof(rte_acl_field_def) * fields);
+    if (int rc = rte_acl_build(ctx, &cfg); rc != 0) {
+        rte_acl_free(ctx);
+        throw std::runtime_error("SPD: rte_acl_build failed: " + std::to_string(rc));
+    }
+    return ctx;
+}
+
 uint32_t host_v4(const config::ip_prefix& p)
 {
     uint32_t v = 0;
@@ -38,6 +110,7 @@ uint8_t v4_length(const config::ip_prefix& p) { return p.address.family == 4 ? p
 compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t generation)
 {
     std::vector<spd_acl_rule> acl_rules;
+    std::vector<spd6_acl_rule> acl6_rules;
     // rte_acl: the highest priority wins. Operators write "lower priority value wins, then file
     // order", so rank the entries and map rank 0 to the highest ACL priority.
     std::vector<size_t> order(entries.size());
@@ -49,27 +122,51 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
     for (size_t rank = 0; rank < order.size(); ++rank) {
         const spd_entry& e = entries[order[rank]];
         const auto& p = e.policy;
-        if ((p.local.address.family != 0 && p.local.address.family != 4) ||
-            (p.remote.address.family != 0 && p.remote.address.family != 4)) {
-            continue; // IPv6 policies: not classified by this IPv4 context
-        }
-        spd_acl_rule r{};
-        r.data.userdata = static_cast<uint32_t>(rules_.size() + 1);
-        r.data.priority = static_cast<int32_t>(RTE_ACL_MAX_PRIORITY - 1 - std::min<size_t>(rank, RTE_ACL_MAX_PRIORITY - 2));
-        r.data.category_mask = e.inbound_check ? 2U : 1U;
-        r.field[field_proto].value.u8 = p.protocol;
-        r.field[field_proto].mask_range.u8 = p.protocol == 0 ? 0 : 0xff;
         // Outbound: source = local, destination = remote. Inbound check: mirrored.
         const auto& src = e.inbound_check ? p.remote : p.local;
         const auto& dst = e.inbound_check ? p.local : p.remote;
-        r.field[field_src].value.u32 = v4_length(src) == 0 ? 0 : host_v4(src);
-        r.field[field_src].mask_range.u32 = v4_length(src);
-        r.field[field_dst].value.u32 = v4_length(dst) == 0 ? 0 : host_v4(dst);
-        r.field[field_dst].mask_range.u32 = v4_length(dst);
         uint16_t sp_lo = e.inbound_check ? p.remote_port_min : p.local_port_min;
         uint16_t sp_hi = e.inbound_check ? p.remote_port_max : p.local_port_max;
         uint16_t dp_lo = e.inbound_check ? p.local_port_min : p.remote_port_min;
         uint16_t dp_hi = e.inbound_check ? p.local_port_max : p.remote_port_max;
+        const auto priority =
+            static_cast<int32_t>(RTE_ACL_MAX_PRIORITY - 1 - std::min<size_t>(rank, RTE_ACL_MAX_PRIORITY - 2));
+        const bool v6 = p.local.address.family == 6 || p.remote.address.family == 6;
+        if (v6) {
+            spd6_acl_rule r{};
+            r.data.userdata = static_cast<uint32_t>(rules_.size() + 1);
+            r.data.priority = priority;
+            r.data.category_mask = e.inbound_check ? 2U : 1U;
+            r.field[field6_proto].value.u8 = p.protocol;
+            r.field[field6_proto].mask_range.u8 = p.protocol == 0 ? 0 : 0xff;
+            for (unsigned w = 0; w < 4; ++w) {
+                uint32_t value = 0;
+                uint32_t bits = 0;
+                v6_word(src, w, value, bits);
+                r.field[field6_src0 + w].value.u32 = value;
+                r.field[field6_src0 + w].mask_range.u32 = bits;
+                v6_word(dst, w, value, bits);
+                r.field[field6_dst0 + w].value.u32 = value;
+                r.field[field6_dst0 + w].mask_range.u32 = bits;
+            }
+            r.field[field6_sport].value.u16 = sp_lo;
+            r.field[field6_sport].mask_range.u16 = sp_hi;
+            r.field[field6_dport].value.u16 = dp_lo;
+            r.field[field6_dport].mask_range.u16 = dp_hi;
+            acl6_rules.push_back(r);
+            rules_.push_back({p.action, e.sa, e.id});
+            continue;
+        }
+        spd_acl_rule r{};
+        r.data.userdata = static_cast<uint32_t>(rules_.size() + 1);
+        r.data.priority = priority;
+        r.data.category_mask = e.inbound_check ? 2U : 1U;
+        r.field[field_proto].value.u8 = p.protocol;
+        r.field[field_proto].mask_range.u8 = p.protocol == 0 ? 0 : 0xff;
+        r.field[field_src].value.u32 = v4_length(src) == 0 ? 0 : host_v4(src);
+        r.field[field_src].mask_range.u32 = v4_length(src);
+        r.field[field_dst].value.u32 = v4_length(dst) == 0 ? 0 : host_v4(dst);
+        r.field[field_dst].mask_range.u32 = v4_length(dst);
         r.field[field_sport].value.u16 = sp_lo;
         r.field[field_sport].mask_range.u16 = sp_hi;
         r.field[field_dport].value.u16 = dp_lo;
@@ -77,31 +174,24 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
         acl_rules.push_back(r);
         rules_.push_back({p.action, e.sa, e.id});
     }
-    if (acl_rules.empty()) {
-        return;
+    if (!acl6_rules.empty()) {
+        rte_acl_field_def defs6[field6_count];
+        field6_defs(defs6);
+        const std::string name6 = "spd6_" + std::to_string(generation);
+        ctx6_ = build_context(name6.c_str(), acl6_rules.data(), static_cast<uint32_t>(acl6_rules.size()),
+                              RTE_ACL_RULE_SZ(field6_count), defs6, field6_count);
     }
-    std::string name = "spd_" + std::to_string(generation);
-    rte_acl_param param{};
-    param.name = name.c_str();
-    param.socket_id = SOCKET_ID_ANY;
-    param.rule_size = RTE_ACL_RULE_SZ(field_count);
-    param.max_rule_num = static_cast<uint32_t>(acl_rules.size());
-    ctx_ = rte_acl_create(&param);
-    if (ctx_ == nullptr) {
-        throw std::runtime_error("SPD: rte_acl_create failed");
-    }
-    if (rte_acl_add_rules(ctx_, reinterpret_cast<const rte_acl_rule*>(acl_rules.data()),
-                          static_cast<uint32_t>(acl_rules.size())) != 0) {
-        rte_acl_free(ctx_);
-        throw std::runtime_error("SPD: rte_acl_add_rules failed");
-    }
-    rte_acl_config cfg{};
-    cfg.num_categories = categories;
-    cfg.num_fields = field_count;
-    std::memcpy(cfg.defs, field_defs, sizeof(field_defs));
-    if (int rc = rte_acl_build(ctx_, &cfg); rc != 0) {
-        rte_acl_free(ctx_);
-        throw std::runtime_error("SPD: rte_acl_build failed: " + std::to_string(rc));
+    if (!acl_rules.empty()) {
+        const std::string name = "spd_" + std::to_string(generation);
+        try {
+            ctx_ = build_context(name.c_str(), acl_rules.data(), static_cast<uint32_t>(acl_rules.size()),
+                                 RTE_ACL_RULE_SZ(field_count), field_defs, field_count);
+        } catch (...) {
+            if (ctx6_ != nullptr) {
+                rte_acl_free(ctx6_);
+            }
+            throw;
+        }
     }
 }
 
@@ -109,6 +199,9 @@ compiled_spd::~compiled_spd()
 {
     if (ctx_ != nullptr) {
         rte_acl_free(ctx_);
+    }
+    if (ctx6_ != nullptr) {
+        rte_acl_free(ctx6_);
     }
 }
 
@@ -124,6 +217,26 @@ void compiled_spd::classify(const spd_key* const* keys, uint32_t* outbound, uint
     for (uint32_t off = 0; off < n; off += 64) {
         uint32_t len = std::min<uint32_t>(64, n - off);
         rte_acl_classify(ctx_, reinterpret_cast<const uint8_t**>(const_cast<const spd_key**>(keys + off)), results,
+                         len, categories);
+        for (uint32_t i = 0; i < len; ++i) {
+            outbound[off + i] = results[i * categories];
+            inbound_match[off + i] = results[i * categories + 1];
+        }
+    }
+}
+
+void compiled_spd::classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match,
+                             uint32_t n) const noexcept
+{
+    if (ctx6_ == nullptr) {
+        std::fill(outbound, outbound + n, 0U);
+        std::fill(inbound_match, inbound_match + n, 0U);
+        return;
+    }
+    uint32_t results[64 * categories];
+    for (uint32_t off = 0; off < n; off += 64) {
+        uint32_t len = std::min<uint32_t>(64, n - off);
+        rte_acl_classify(ctx6_, reinterpret_cast<const uint8_t**>(const_cast<const spd6_key**>(keys + off)), results,
                          len, categories);
         for (uint32_t i = 0; i < len; ++i) {
             outbound[off + i] = results[i * categories];

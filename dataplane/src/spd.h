@@ -1,5 +1,5 @@
-// Security Policy Database (RFC 4301 §4.4.1) for IPv4 transit traffic, compiled into an rte_acl
-// context. A compiled SPD is immutable: the management thread builds a new one for every change and
+// Security Policy Database (RFC 4301 §4.4.1) for transit traffic, compiled into two rte_acl
+// contexts (IPv4 and IPv6 selectors; one rule list). A compiled SPD is immutable: the management thread builds a new one for every change and
 // hands the pointer to each worker through its update ring; the old one is freed only after every
 // worker acknowledged the switch.
 //
@@ -33,6 +33,17 @@ struct spd_key {
 };
 static_assert(sizeof(spd_key) == 16);
 
+// The IPv6 5-tuple (upper-layer protocol after any extension headers), same conventions.
+struct spd6_key {
+    uint8_t protocol;
+    uint8_t pad[3];
+    uint8_t source[16];
+    uint8_t destination[16];
+    uint16_t source_port;
+    uint16_t destination_port;
+};
+static_assert(sizeof(spd6_key) == 40);
+
 struct spd_rule {
     config::policy_action action = config::policy_action::bypass;
     sa_runtime* sa = nullptr; // protect: the outbound SA
@@ -56,11 +67,13 @@ public:
 
     // results[i]: outbound rule index + 1 and inbound-check rule index + 1 (0 = no policy).
     void classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
+    void classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
     const spd_rule& rule(uint32_t index_plus_one) const noexcept { return rules_[index_plus_one - 1]; }
-    bool empty() const noexcept { return ctx_ == nullptr; }
+    bool empty() const noexcept { return ctx_ == nullptr && ctx6_ == nullptr; }
 
 private:
     rte_acl_ctx* ctx_ = nullptr;
+    rte_acl_ctx* ctx6_ = nullptr;
     std::vector<spd_rule> rules_;
 };
 

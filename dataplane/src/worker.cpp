@@ -18,6 +18,7 @@
 
 #include "espresso/dp/ipsec.h"
 #include "gateway.h"
+#include "icmpv6.h"
 #include "packet.h"
 
 namespace espresso::dp {
@@ -177,7 +178,7 @@ private:
         }
     }
 
-    void acquire(const rte_mbuf* m) noexcept
+    void acquire(const rte_mbuf* m, uint8_t protocol) noexcept
     {
         const uint64_t now = rte_get_tsc_cycles();
         if (now - last_acquire_ < rte_get_tsc_hz()) {
@@ -188,11 +189,13 @@ private:
         gateway_event g{};
         g.what = gateway_event::kind::acquire;
         g.dir = config::direction::outbound;
-        g.source.family = 4;
-        std::memcpy(g.source.bytes.data(), ip + 12, 4);
-        g.destination.family = 4;
-        std::memcpy(g.destination.bytes.data(), ip + 16, 4);
-        g.protocol = ip[9];
+        const bool v6 = (ip[0] >> 4) == 6;
+        const unsigned bytes = v6 ? 16 : 4;
+        g.source.family = v6 ? 6 : 4;
+        std::memcpy(g.source.bytes.data(), ip_src(ip), bytes);
+        g.destination.family = g.source.family;
+        std::memcpy(g.destination.bytes.data(), ip_dst(ip), bytes);
+        g.protocol = protocol;
         if (rte_ring_mp_enqueue_elem(s_.events, &g, sizeof(g)) != 0) {
             w_.drop(gateway_drop::ring_full);
         }
@@ -228,11 +231,60 @@ private:
         return false;
     }
 
+    bool is_local6(const uint8_t* dst) const noexcept
+    {
+        for (const auto& [addr, port] : s_.local_addresses6) {
+            if (std::memcmp(addr.data(), dst, 16) == 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // Is `dst` a multicast group this port's gateway address joined: all-nodes (ff02::1) or the
+    // solicited-node group of one of its addresses (RFC 4861 §7.2.1)?
+    bool joined_group(uint16_t port, const uint8_t* dst) const noexcept
+    {
+        static constexpr uint8_t all_nodes[16] = {0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        if (std::memcmp(dst, all_nodes, 16) == 0) {
+            return true;
+        }
+        for (const auto& [addr, p] : s_.local_addresses6) {
+            if (p == port && std::memcmp(solicited_node(addr.data()).data(), dst, 16) == 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // Where an IPv6 packet addressed to the gateway (or a group it joined) goes. Returns true when
+    // the packet was consumed (ND to the main lcore, counted drop); false: continue with the ESP/
+    // to-us classification.
+    bool local_icmpv6(rte_mbuf* m, const uint8_t* ip, uint32_t avail) noexcept
+    {
+        if (ip[6] != proto_icmpv6 || avail < 41) {
+            return false;
+        }
+        const uint8_t type = ip[40];
+        if (type == icmpv6_neighbor_solicitation || type == icmpv6_neighbor_advertisement) {
+            rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+            to_exception(m, exception_meta::nd);
+            return true;
+        }
+        if (type == icmpv6_router_solicitation || type == icmpv6_router_advertisement || type == icmpv6_redirect) {
+            drop(m, gateway_drop::router_discovery);
+            return true;
+        }
+        return false;
+    }
+
     // One pass over a burst. `handed` = packets another worker passed to us (already L3, owned SAs).
     void process(rte_mbuf** pkts, uint16_t n, bool handed) noexcept
     {
         rte_mbuf* transit[max_vector];
         uint16_t n_transit = 0;
+        rte_mbuf* transit6[max_vector];
+        uint16_t n_transit6 = 0;
         rte_mbuf* inbound[max_vector];
         uint64_t inbound_keys[max_vector];
         uint16_t n_inbound = 0;
@@ -254,31 +306,74 @@ private:
                     to_exception(m, exception_meta::arp);
                     continue;
                 }
-                if (type != RTE_ETHER_TYPE_IPV4) {
+                if (type != RTE_ETHER_TYPE_IPV4 && type != RTE_ETHER_TYPE_IPV6) {
                     drop(m, gateway_drop::not_ip);
                     continue;
                 }
                 rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
+                const uint8_t version = rte_pktmbuf_mtod(m, const uint8_t*)[0] >> 4;
+                if (version != (type == RTE_ETHER_TYPE_IPV4 ? 4 : 6)) [[unlikely]] {
+                    drop(m, gateway_drop::malformed);
+                    continue;
+                }
             }
             const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
             ip_view v;
             const uint32_t avail = rte_pktmbuf_data_len(m);
-            if (const drop_reason r = parse_ip(ip, avail, v); r != drop_reason::none || v.version != 4) [[unlikely]] {
-                // A whole IPv4 header whose total length runs past the frame: the packet was cut
+            if (const drop_reason r = parse_ip(ip, avail, v); r != drop_reason::none) [[unlikely]] {
+                // A whole IP header whose total length runs past the frame: the packet was cut
                 // (af_packet: a reassembled datagram larger than the ring's frames), not built wrong.
-                const bool cut = r == drop_reason::truncated && v.version == 4 && avail >= sizeof(rte_ipv4_hdr);
+                const bool cut = r == drop_reason::truncated &&
+                                 avail >= (v.version == 4 ? sizeof(rte_ipv4_hdr) : sizeof(rte_ipv6_hdr));
                 drop(m, cut ? gateway_drop::truncated : gateway_drop::malformed);
                 continue;
             }
-            uint32_t dst_be = 0;
-            std::memcpy(&dst_be, ip + 16, 4);
-            if (!is_local(dst_be)) {
-                if (handed) {
-                    drop(m, gateway_drop::malformed);
+            if (v.version == 6) {
+                const uint8_t* dst6 = ip + 24;
+                if (is_multicast6(dst6)) {
+                    // Link-local groups we joined: Neighbor Discovery here, the rest (MLD queries,
+                    // echo to all-nodes) to the kernel. Other groups: not routed by this gateway.
+                    if (handed) {
+                        drop(m, gateway_drop::malformed);
+                        continue;
+                    }
+                    if (!joined_group(m->port, dst6)) {
+                        // Router Solicitations go to all-routers (ff02::2): count them as router
+                        // discovery, which this gateway does not take part in, not as stray multicast.
+                        const bool rd = ip[6] == proto_icmpv6 && avail > 40 &&
+                                        (ip[40] == icmpv6_router_solicitation || ip[40] == icmpv6_router_advertisement);
+                        drop(m, rd ? gateway_drop::router_discovery : gateway_drop::multicast);
+                        continue;
+                    }
+                    if (local_icmpv6(m, ip, avail)) {
+                        continue;
+                    }
+                    rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                    to_exception(m, exception_meta::to_us);
                     continue;
                 }
-                transit[n_transit++] = m;
-                continue;
+                if (!is_local6(dst6)) {
+                    if (handed) {
+                        drop(m, gateway_drop::malformed);
+                        continue;
+                    }
+                    transit6[n_transit6++] = m;
+                    continue;
+                }
+                if (!handed && local_icmpv6(m, ip, avail)) {
+                    continue;
+                }
+            } else {
+                uint32_t dst4 = 0;
+                std::memcpy(&dst4, ip + 16, 4);
+                if (!is_local(dst4)) {
+                    if (handed) {
+                        drop(m, gateway_drop::malformed);
+                        continue;
+                    }
+                    transit[n_transit++] = m;
+                    continue;
+                }
             }
             inbound_class c = classify_inbound(m);
             if (c.kind == inbound_kind::esp || c.kind == inbound_kind::ah) {
@@ -309,6 +404,9 @@ private:
         }
         if (n_transit != 0) {
             protect(transit, n_transit, forward, n_forward);
+        }
+        if (n_transit6 != 0) {
+            protect6(transit6, n_transit6, forward, n_forward);
         }
         if (n_forward != 0) {
             route_and_send(forward, n_forward);
@@ -360,12 +458,16 @@ private:
     {
         spd_key keys[max_vector];
         const spd_key* key_ptrs[max_vector];
+        uint8_t protocol[max_vector];
         uint16_t kept = 0;
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
             if (ip[8] <= 1) {
-                drop(m, gateway_drop::ttl_exceeded);
+                // RFC 1812 §5.3.1: ICMP Time Exceeded to the source (main lcore, rate-limited).
+                rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                to_exception(m, exception_meta::time_exceeded);
+                w_.drop(gateway_drop::ttl_exceeded);
                 continue;
             }
             // RFC 1624 incremental checksum update for TTL - 1.
@@ -386,6 +488,7 @@ private:
                 std::memcpy(&k.destination_port, ip + ihl + 2, 2);
             }
             key_ptrs[kept] = &keys[kept];
+            protocol[kept] = k.protocol;
             pkts[kept++] = m;
         }
         if (kept == 0) {
@@ -400,6 +503,95 @@ private:
         } else {
             spd->classify(key_ptrs, out_rule, in_match, kept);
         }
+        apply_policies(pkts, kept, spd, out_rule, in_match, protocol, forward, n_forward);
+    }
+
+    // Cleartext IPv6 transit: hop limit, link-local scope, SPD, then encapsulation.
+    void protect6(rte_mbuf** pkts, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
+    {
+        spd6_key keys[max_vector];
+        const spd6_key* key_ptrs[max_vector];
+        uint8_t protocol[max_vector];
+        uint16_t kept = 0;
+        for (uint16_t i = 0; i < n; ++i) {
+            rte_mbuf* m = pkts[i];
+            auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
+            // RFC 4291 §2.5.6: a router must not forward packets with link-local source or
+            // destination addresses off their link.
+            if (is_link_local6(ip + 8) || is_link_local6(ip + 24) || is_unspecified6(ip + 8)) {
+                drop(m, gateway_drop::link_local);
+                continue;
+            }
+            if (ip[7] <= 1) {
+                // RFC 8200 §3 / RFC 4443 §3.3: Time Exceeded, code 0 (main lcore, rate-limited).
+                rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                to_exception(m, exception_meta::time_exceeded);
+                w_.drop(gateway_drop::ttl_exceeded);
+                continue;
+            }
+            --ip[7]; // no header checksum in IPv6
+            spd6_key& k = keys[kept];
+            k = {};
+            std::memcpy(k.source, ip + 8, 16);
+            std::memcpy(k.destination, ip + 24, 16);
+            upper_layer6(ip, rte_pktmbuf_data_len(m), k);
+            key_ptrs[kept] = &keys[kept];
+            protocol[kept] = k.protocol;
+            pkts[kept++] = m;
+        }
+        if (kept == 0) {
+            return;
+        }
+        uint32_t out_rule[max_vector];
+        uint32_t in_match[max_vector];
+        const compiled_spd* spd = w_.spd;
+        if (spd == nullptr) {
+            std::fill(out_rule, out_rule + kept, 0U);
+            std::fill(in_match, in_match + kept, 0U);
+        } else {
+            spd->classify6(key_ptrs, out_rule, in_match, kept);
+        }
+        apply_policies(pkts, kept, spd, out_rule, in_match, protocol, forward, n_forward);
+    }
+
+    // The upper-layer protocol and ports of an IPv6 packet, after the extension headers a selector
+    // must look through (RFC 4301 §4.4.1.1: the "next layer protocol" is after them). A non-first
+    // fragment has no ports (OPAQUE, here 0). At most 8 headers are walked; what does not fit the
+    // frame leaves the protocol at the last header seen.
+    static void upper_layer6(const uint8_t* ip, uint32_t avail, spd6_key& k) noexcept
+    {
+        uint8_t next = ip[6];
+        uint32_t off = 40;
+        bool first_fragment = true;
+        for (int hops = 0; hops < 8; ++hops) {
+            if (next != 0 && next != 43 && next != 60 && next != 44) {
+                break; // hop-by-hop, routing, destination options, fragment
+            }
+            if (off + 8 > avail) {
+                break;
+            }
+            const uint8_t* h = ip + off;
+            if (next == 44) {
+                first_fragment = first_fragment && (load_be16(h + 2) & 0xfff8) == 0;
+                off += 8;
+            } else {
+                off += (h[1] + 1U) * 8;
+            }
+            next = h[0];
+        }
+        k.protocol = next;
+        if ((next == proto_tcp || next == proto_udp) && first_fragment && off + 4 <= avail) {
+            std::memcpy(&k.source_port, ip + off, 2);
+            std::memcpy(&k.destination_port, ip + off + 2, 2);
+        }
+    }
+
+    // The SPD verdicts of a burst (either family): bypass and no-policy packets are forwarded,
+    // protected ones grouped by SA and encapsulated.
+    void apply_policies(rte_mbuf** pkts, uint16_t kept, const compiled_spd* spd, const uint32_t* out_rule,
+                        const uint32_t* in_match, const uint8_t* protocol, rte_mbuf** forward,
+                        uint16_t& n_forward) noexcept
+    {
         sa_groups groups;
         for (uint16_t i = 0; i < kept; ++i) {
             rte_mbuf* m = pkts[i];
@@ -431,7 +623,7 @@ private:
             if (rule.sa == nullptr) {
                 // RFC 4301 §5.1: no SA for a protect policy: ask the control plane (acquire), at most
                 // once a second per worker, and drop the packet meanwhile.
-                acquire(m);
+                acquire(m, protocol[i]);
                 drop(m, gateway_drop::no_outbound_sa);
                 continue;
             }
@@ -450,33 +642,66 @@ private:
 
     static constexpr int max_fragments = 16;
 
+    // The MTU of the port a packet leaves by after encapsulation with `sa` (the outer destination's
+    // route; transport mode: the packet's own), or 0 when there is no route (dropped later, counted).
+    uint32_t egress_mtu(const sa_runtime& sa, const uint8_t* ip) const noexcept
+    {
+        const bool tunnel = (sa.flags & sa_tunnel) != 0;
+        const bool v6 = tunnel ? (sa.flags & sa_outer_v6) != 0 : (ip[0] >> 4) == 6;
+        const uint8_t* dst = tunnel ? (v6 ? sa.outer_header + 24 : sa.outer_header + 16) : ip_dst(ip);
+        uint16_t port = 0;
+        if (v6) {
+            ipv6_address nh{};
+            if (!s_.routes6->lookup(dst, port, nh)) {
+                return 0;
+            }
+        } else {
+            uint32_t dst_be = 0;
+            uint32_t nh = 0;
+            std::memcpy(&dst_be, dst, 4);
+            if (!s_.routes->lookup(dst_be, port, nh)) {
+                return 0;
+            }
+        }
+        const int16_t pos = s_.position(port);
+        return pos >= 0 ? s_.ports[static_cast<size_t>(pos)].mtu : 1500;
+    }
+
     // RFC 4301 §8 / RFC 1191: a DF packet that will not fit the egress MTU once encapsulated gets an
     // ICMP "fragmentation needed" with the MTU that does fit (built by the main lcore); a packet
     // without DF is fragmented before encryption (RFC 4301 §8.1, "pre-fragmentation"), so every
     // fragment travels in its own ESP packet and the receiver need not reassemble ESP.
+    // IPv6 (RFC 8200 §5, RFC 8201): routers never fragment; an IPv6 packet that does not fit gets
+    // ICMPv6 Packet Too Big with the MTU that fits (at least 1280, the IPv6 minimum).
     // Returns how many packets to encapsulate (written to out; 0 = consumed/dropped, counted).
     int fit_for_encapsulation(rte_mbuf* m, const sa_runtime& sa, rte_mbuf** out) noexcept
     {
         const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
-        uint32_t dst_be = 0;
-        if ((sa.flags & sa_tunnel) != 0 && (sa.flags & sa_outer_v6) == 0) {
-            std::memcpy(&dst_be, sa.outer_header + 16, 4);
-        } else {
-            std::memcpy(&dst_be, ip + 16, 4);
-        }
-        uint16_t port = 0;
-        uint32_t nh = 0;
         out[0] = m;
-        if (!s_.routes->lookup(dst_be, port, nh)) {
+        const uint32_t mtu = egress_mtu(sa, ip);
+        if (mtu == 0) {
             return 1; // dropped later as no_route, counted there
         }
-        const int16_t pos = s_.position(port);
-        const uint32_t mtu = pos >= 0 ? s_.ports[static_cast<size_t>(pos)].mtu : 1500;
         // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
         const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
-        const uint32_t total = load_be16(ip + 2);
+        const bool v6 = (ip[0] >> 4) == 6;
+        const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
         if (total + esp_overhead <= mtu) {
             return 1;
+        }
+        if (v6) {
+            const uint32_t fits = mtu > esp_overhead ? mtu - esp_overhead : 0;
+            if (fits < 1280) {
+                // Even a minimum-size IPv6 packet would not fit: a smaller MTU cannot be reported
+                // (RFC 8201 §4 ignores values below 1280), and this gateway does not fragment the
+                // outer packet.
+                drop(m, gateway_drop::too_big);
+                return 0;
+            }
+            rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+            to_exception(m, exception_meta::too_big6, m->port, fits);
+            w_.drop(gateway_drop::too_big);
+            return 0;
         }
         const uint32_t fits = mtu > esp_overhead + 68 ? (mtu - esp_overhead) & ~7U : 68;
         if ((load_be16(ip + 6) & 0x4000) != 0 || (sa.flags & sa_tunnel) == 0) {
@@ -517,59 +742,105 @@ private:
         }
     }
 
-    // FIB -> neighbor -> Ethernet header -> per-port TX burst.
+    // FIB -> neighbor -> Ethernet header -> per-port TX burst. Packets of both families (inner
+    // packets after decapsulation, outer ones after encapsulation, bypassed cleartext).
     void route_and_send(rte_mbuf** pkts, uint16_t n) noexcept
     {
         static constexpr unsigned max_ports = 8;
         rte_mbuf* tx[max_ports][max_vector * 2];
         uint16_t tx_n[max_ports] = {};
+        rte_mbuf* v4[max_vector * 2];
         uint32_t dst[max_vector * 2];
         uint64_t hops[max_vector * 2];
+        rte_mbuf* v6[max_vector * 2];
+        uint8_t dst6[max_vector * 2][16];
+        uint64_t hops6[max_vector * 2];
+        uint16_t n4 = 0;
+        uint16_t n6 = 0;
         for (uint16_t i = 0; i < n; ++i) {
             const auto* ip = rte_pktmbuf_mtod(pkts[i], const uint8_t*);
-            dst[i] = load_be32(ip + 16);
+            if ((ip[0] >> 4) == 6) {
+                std::memcpy(dst6[n6], ip + 24, 16);
+                v6[n6++] = pkts[i];
+            } else {
+                dst[n4] = load_be32(ip + 16);
+                v4[n4++] = pkts[i];
+            }
         }
-        s_.routes->lookup_bulk(dst, hops, n);
-        for (uint16_t i = 0; i < n; ++i) {
-            rte_mbuf* m = pkts[i];
-            if (hops[i] == route_table::no_route) {
+        if (n4 != 0) {
+            s_.routes->lookup_bulk(dst, hops, n4);
+        }
+        if (n6 != 0) {
+            s_.routes6->lookup_bulk(dst6, hops6, n6);
+        }
+        for (uint16_t i = 0; i < n4 + n6; ++i) {
+            const bool is6 = i >= n4;
+            rte_mbuf* m = is6 ? v6[i - n4] : v4[i];
+            const uint64_t hop_index = is6 ? hops6[i - n4] : hops[i];
+            if (hop_index == (is6 ? route_table6::no_route : route_table::no_route)) {
                 drop(m, gateway_drop::no_route);
                 continue;
             }
-            const next_hop& h = s_.routes->hop(hops[i]);
-            const uint32_t nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
-            const int16_t pos = s_.position(h.port);
+            uint16_t port = 0;
+            uint32_t nh_be = 0;
+            const uint8_t* nh6 = nullptr;
+            if (is6) {
+                const next_hop6& h = s_.routes6->hop(hop_index);
+                port = h.port;
+                nh6 = h.connected ? dst6[i - n4] : h.gateway.data();
+            } else {
+                const next_hop& h = s_.routes->hop(hop_index);
+                port = h.port;
+                nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
+            }
+            const int16_t pos = s_.position(port);
             if (pos < 0 || static_cast<unsigned>(pos) >= max_ports) {
                 drop(m, gateway_drop::no_route);
                 continue;
             }
             const port_state& ps = s_.ports[static_cast<size_t>(pos)];
             if (rte_pktmbuf_data_len(m) > ps.mtu) {
-                // Cleartext or encapsulated packet larger than the egress MTU (no DF handling
-                // possible here): count, never send an oversized frame.
-                drop(m, gateway_drop::too_big);
-                continue;
-            }
-            rte_ether_addr mac;
-            if (!s_.neighbors->lookup(h.port, nh_be, mac)) {
-                // Main lcore queues it, sends ARP, and transmits once resolved.
-                auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
-                if (eth == nullptr) {
-                    drop(m, gateway_drop::malformed);
-                    continue;
+                // Larger than the egress MTU after routing (bypass traffic, a decrypted inner packet,
+                // a datagram af_packet reassembled): never send an oversized frame. IPv6, and IPv4
+                // with DF, tell the source (RFC 8201 / RFC 1191) unless the gateway itself is the
+                // source (an encapsulated packet: fit_for_encapsulation decided about those).
+                const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+                uint32_t src4 = 0;
+                if (!is6) {
+                    std::memcpy(&src4, ip + 12, 4);
                 }
-                eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
-                to_exception(m, exception_meta::resolve, h.port, nh_be);
+                const bool ours = is6 ? is_local6(ip + 8) : is_local(src4);
+                const bool tell = !ours && (is6 ? ps.mtu >= 1280 : (load_be16(ip + 6) & 0x4000) != 0);
+                if (tell) {
+                    rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                    to_exception(m, is6 ? exception_meta::too_big6 : exception_meta::too_big, m->port, ps.mtu);
+                    w_.drop(gateway_drop::too_big);
+                } else {
+                    drop(m, gateway_drop::too_big);
+                }
                 continue;
             }
+            const uint16_t ether_type = is6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4;
+            rte_ether_addr mac;
+            const bool known = is6 ? s_.neighbors->lookup6(port, nh6, mac) : s_.neighbors->lookup(port, nh_be, mac);
             auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
             if (eth == nullptr) {
                 drop(m, gateway_drop::malformed);
                 continue;
             }
+            eth->ether_type = rte_cpu_to_be_16(ether_type);
+            if (!known) {
+                // Main lcore queues it, sends ARP or a Neighbor Solicitation, and transmits once
+                // resolved (IPv6: it looks the next hop up again, the metadata holds 32 bits).
+                if (is6) {
+                    to_exception(m, exception_meta::resolve6, port);
+                } else {
+                    to_exception(m, exception_meta::resolve, port, nh_be);
+                }
+                continue;
+            }
             eth->dst_addr = mac;
             eth->src_addr = ps.mac;
-            eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
             tx[pos][tx_n[pos]++] = m;
         }
         for (unsigned p = 0; p < max_ports && p < s_.ports.size(); ++p) {

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import logging  # noqa: E402
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
-from scapy.all import Ether, IP, UDP, Raw, wrpcap, rdpcap, raw  # noqa: E402
+from scapy.all import Ether, IP, ICMP, UDP, Raw, wrpcap, rdpcap, raw  # noqa: E402
 from scapy.layers.ipsec import SecurityAssociation, ESP  # noqa: E402
 
 import dp_process as dp  # noqa: E402
@@ -137,9 +137,10 @@ class Scenario:
         for size in (10, 20, 30):
             ident += 1
             self.inside_in.append(lan / udp("192.168.1.10", "192.168.2.66", 40000, 40004, size, ident))
-        # TTL 1 cannot be forwarded.
+        # TTL 1 cannot be forwarded: ICMP Time Exceeded back to the host (RFC 1812 §5.3.1).
         ident += 1
-        self.inside_in.append(lan / udp("192.168.1.10", "192.168.2.10", 40000, 40001, 10, ident, ttl=1))
+        self.ttl_one = udp("192.168.1.10", "192.168.2.10", 40000, 40001, 10, ident, ttl=1)
+        self.inside_in.append(lan / self.ttl_one)
 
         # Inbound GCM: seq 1..8 good; replays of 3 and 8; seq 9 tampered (must not move the window),
         # then the genuine seq 9; unknown SPI; cleartext that the inbound SA should have carried.
@@ -223,7 +224,9 @@ def main():
         counters["interfaces"] = dp.cli_json(sock, "show interfaces")
         exit_status = proc.stop()
         out = ipv4_frames(os.path.join(workdir, "outside-out.pcap"))
-        lan = ipv4_frames(os.path.join(workdir, "inside-out.pcap"))
+        lan_all = ipv4_frames(os.path.join(workdir, "inside-out.pcap"))
+        time_exceeded = [f for f in lan_all if ICMP in f and f[ICMP].type == 11]
+        lan = [f for f in lan_all if not (ICMP in f and f[ICMP].type == 11)]
 
         def clean_shutdown():
             problems = []
@@ -353,6 +356,28 @@ def main():
             return problems
         report.run("tampered, replayed, unknown-SPI, selector-violating, unprotected, discarded and TTL-1 "
                    "packets are dropped and counted", drop_counters)
+
+        def ttl_exceeded_icmp():
+            # Scapy dissects what the gateway built: one Time Exceeded (type 11, code 0) from the
+            # inside address to the host, quoting the IP header and 8 bytes of the dropped packet.
+            if len(time_exceeded) != 1:
+                return [f"{len(time_exceeded)} ICMP Time Exceeded on the inside, want 1"]
+            f = time_exceeded[0]
+            problems = []
+            if (f[IP].src, f[IP].dst, f[ICMP].code) != ("192.168.1.1", "192.168.1.10", 0):
+                problems.append(f"Time Exceeded {f[IP].src} -> {f[IP].dst} code {f[ICMP].code}")
+            quoted = raw(f[ICMP])[8:]
+            if quoted != raw(sc.ttl_one)[:28]:
+                problems.append(f"quoted {quoted.hex()} want {raw(sc.ttl_one)[:28].hex()}")
+            ip = IP(raw(f[IP]))
+            icmp = ip[ICMP].copy()
+            want_ip, want_icmp = ip.chksum, icmp.chksum
+            del ip.chksum
+            del icmp.chksum
+            if IP(raw(ip)).chksum != want_ip or ICMP(raw(icmp)).chksum != want_icmp:
+                problems.append("bad IP or ICMP checksum (scapy computes another)")
+            return problems
+        report.run("TTL 1: ICMP Time Exceeded to the source, quoting the packet", ttl_exceeded_icmp)
     except Exception as e:  # noqa: BLE001
         report.case("set-up", [f"{type(e).__name__}: {e}"] + traceback.format_exc().splitlines()[-6:])
         if proc is not None:

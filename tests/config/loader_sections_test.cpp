@@ -394,7 +394,7 @@ TEST(loader_sections, route_errors) {
     EXPECT_EQ(e.problem(), "next hop 192.168.1.254 is not on interface \"outside\"'s subnet 198.51.100.0/24");
     e = expect_error("{ destination: 192.168.50.0/24, interface: inside }",
                      "{ destination: 192.168.50.0/24, interface: v6-lan }", "routes[2].interface", "v6-lan }");
-    EXPECT_CONTAINS(e.problem(), "has an IPv6 address");
+    EXPECT_CONTAINS(e.problem(), "has no IPv4 address");
     e = expect_error("destination: 10.9.0.0/16", "destination: 203.0.113.0/24", "routes[1].destination",
                      "203.0.113.0/24, via: 192");
     EXPECT_CONTAINS(e.problem(), "already defined at gw.yaml:21:5");
@@ -410,6 +410,54 @@ TEST(loader_sections, route_errors) {
     EXPECT_EQ(e.field(), "routes");
     EXPECT_EQ(e.column(), 9);
     EXPECT_CONTAINS(e.problem(), "expected a list of routes");
+}
+
+// Dual stack: `address` may list one IPv4 and one IPv6 address; routes, neighbors, SA endpoints and
+// IKE local addresses may use either.
+TEST(loader_sections, interface_with_two_addresses) {
+    const std::string yaml = with(with(with(good, "address: 198.51.100.1/24\n",
+                                            "address: [198.51.100.1/24, \"2001:db8:f::1/64\"]\n"),
+                                       "routes:\n", "routes:\n  - { destination: \"2001:db8:99::/48\", via: \"2001:db8:f::fe\" }\n"),
+                                  "neighbors:\n",
+                                  "neighbors:\n  - { address: \"2001:db8:f::fe\", mac: \"02:00:00:00:00:fe\", interface: outside }\n");
+    const auto config = load_string(yaml, "gw.yaml");
+    const auto& outside = config.interfaces[0];
+    ASSERT_EQ(outside.addresses.size(), 2U);
+    EXPECT_EQ(to_string(outside.address), "198.51.100.1");
+    EXPECT_EQ(outside.prefix_length, 24);
+    EXPECT_EQ(to_string(outside.addresses[1].address), "2001:db8:f::1");
+    EXPECT_EQ(outside.addresses[1].prefix_length, 64);
+    ASSERT_TRUE(address_of(outside, 6).has_value());
+    EXPECT_EQ(to_string(address_of(outside, 6)->address), "2001:db8:f::1");
+    EXPECT_TRUE(has_address(outside, *parse_address("2001:db8:f::1")));
+    EXPECT_EQ(subnets_of(outside).size(), 2U);
+    EXPECT_EQ(to_string(config.routes[0].via), "2001:db8:f::fe");
+    EXPECT_EQ(to_string(config.neighbors[0].address), "2001:db8:f::fe");
+    // A link-local next hop needs the interface it is on, and then is on no subnet by design.
+    const auto ll = load_string(with(yaml, "routes:\n", "routes:\n  - { destination: \"::/0\", via: \"fe80::1\", interface: outside }\n"),
+                                "gw.yaml");
+    EXPECT_EQ(to_string(ll.routes[0].via), "fe80::1");
+    EXPECT_EQ(ll.routes[0].interface, "outside");
+    const auto ll_error = load_error(with(yaml, "routes:\n", "routes:\n  - { destination: \"::/0\", via: \"fe80::1\" }\n"));
+    EXPECT_EQ(ll_error.field(), "routes[0].via");
+    EXPECT_CONTAINS(ll_error.problem(), "link-local");
+    EXPECT_CONTAINS(ll_error.fix(), "add interface:");
+    // A single address still fills `addresses`.
+    ASSERT_EQ(config.interfaces[1].addresses.size(), 1U);
+
+    auto e = expect_error("address: 198.51.100.1/24\n", "address: [198.51.100.1/24, 198.51.100.2/24]\n",
+                          "interfaces[0].address[1]", "198.51.100.2/24]");
+    EXPECT_CONTAINS(e.problem(), "already has an IPv4 address, 198.51.100.1");
+    e = expect_error("address: 198.51.100.1/24\n", "address: []\n", "interfaces[0].address", "[]");
+    EXPECT_CONTAINS(e.problem(), "expected one or two addresses");
+    e = expect_error("address: 198.51.100.1/24\n", "address: [198.51.100.1/24, \"2001:db8:1::2/64\"]\n",
+                     "interfaces[2].address", "2001:db8:1::1/64");
+    EXPECT_CONTAINS(e.problem(), "overlaps subnet 2001:db8:1::/64 of interface \"outside\"");
+    // An IPv6 link needs 1280 bytes.
+    e = expect_error("address: 198.51.100.1/24\n    mac: \"02:00:00:00:00:01\"\n    mtu: 1500",
+                     "address: [198.51.100.1/24, \"2001:db8:f::1/64\"]\n    mac: \"02:00:00:00:00:01\"\n    mtu: 1000",
+                     "interfaces[0].mtu", "1000");
+    EXPECT_CONTAINS(e.problem(), "1280");
 }
 
 TEST(loader_sections, neighbor_errors) {

@@ -114,12 +114,22 @@ struct dataplane_config {
     std::string control_socket = "/run/espresso/espresso.sock";
 };
 
+// One address of the gateway on a link, with the link's subnet length.
+struct interface_address {
+    ip_address address;
+    uint8_t prefix_length = 0;
+    bool operator==(const interface_address&) const = default;
+};
+
 // `interfaces:` one DPDK port each.
 struct interface_config {
     std::string name;            // operator's name ("outside")
     std::string device;          // PCI address or a vdev spec ("net_af_packet0,iface=wan0")
-    ip_address address;          // the gateway's address on this link
-    uint8_t prefix_length = 0;   // the link's subnet length
+    ip_address address;          // the gateway's first address on this link (addresses[0])
+    uint8_t prefix_length = 0;   // the link's subnet length for `address`
+    // Every address on the link, in file order: at most one IPv4 and one IPv6 (`address:` may be a
+    // list). Empty when a program filled in only `address`/`prefix_length`: use addresses_of().
+    std::vector<interface_address> addresses;
     std::optional<mac_address> mac; // override the port's MAC address
     uint16_t mtu = 1500;
     std::string origin;
@@ -192,5 +202,13 @@ bool prefix_contains(const ip_prefix& outer, const ip_prefix& inner) noexcept;
 bool prefixes_overlap(const ip_prefix& a, const ip_prefix& b) noexcept;
 // The link's subnet: network_of(interface.address, interface.prefix_length).
 ip_prefix subnet_of(const interface_config& interface);
+// Every address of the interface (`addresses`, or just `address` when that list is empty).
+std::vector<interface_address> addresses_of(const interface_config& interface);
+// The interface's address of `family` (4 or 6), if it has one.
+std::optional<interface_address> address_of(const interface_config& interface, uint8_t family);
+// Every connected subnet of the interface, one per address.
+std::vector<ip_prefix> subnets_of(const interface_config& interface);
+// Is `address` one of the interface's own addresses?
+bool has_address(const interface_config& interface, const ip_address& address);
 
 } // namespace espresso::config
