@@ -519,11 +519,110 @@ print("answered" if a is not None and a.haslayer("ICMPv6ND_NA") and a["ICMPv6ND_
         topo.teardown()
 
 
+
+def ike_gateway_config(side):
+    """IKEv2 over the IPv6 internet segment: no static SAs; espresso-ike negotiates an IPv6 Child SA
+    and a 4-in-6 one (IPv4 LANs) between the gateways' IPv6 WAN addresses."""
+    hq = side == "hq"
+    me, peer = (WAN6[0], WAN6[1]) if hq else (WAN6[1], WAN6[0])
+    n, m = (1, 2) if hq else (2, 1)
+    start = "\n          start: immediately" if hq else ""
+    return f"""dataplane:
+  workers: 1
+  hugepages: false
+  idle: adaptive
+  control-socket: /run/espresso/{side}.sock
+interfaces:
+  - name: outside
+    device: "net_af_packet0,iface={side}-wan"
+    address: "{me}/64"
+    mac: "02:00:00:00:0{n}:01"
+  - name: inside
+    device: "net_af_packet1,iface={side}-lan"
+    address: [192.168.{n}.1/24, "2001:db8:{n}::1/64"]
+routes:
+  - {{ destination: "{peer[:-1]}/64", via: "{me[:-1]}fe" }}
+ike:
+  peers:
+    - name: other
+      local-address: "{me}"
+      remote-address: "{peer}"
+      proposals: [aes256-sha256-ecp256]
+      auth: {{ method: psk, secret: "v6-test-only-Zq8pL2" }}
+      dpd: {{ interval: 0 }}
+      tunnels:
+        - name: v6
+          local-ts: ["2001:db8:{n}::/64"]
+          remote-ts: ["2001:db8:{m}::/64"]
+          esp-proposals: [aes256gcm16]{start}
+        - name: v4
+          local-ts: [192.168.{n}.0/24]
+          remote-ts: [192.168.{m}.0/24]
+          esp-proposals: [aes256gcm16]{start}
+"""
+
+
+def run_ike():
+    """espresso-ike on both gateways negotiates over IPv6 (IKE on UDP 500 of the WAN addresses through
+    the TAPs), installs an IPv6 and a 4-in-6 Child SA; traffic crosses both ways."""
+    import tempfile
+    cfgdir = tempfile.mkdtemp(prefix="espresso-v6ike-")
+    paths = {side: os.path.join(cfgdir, f"{side}.yaml") for side in ("hq", "branch")}
+    for side in ("hq", "branch"):
+        with open(paths[side], "w") as f:
+            f.write(ike_gateway_config(side))
+    topo = Topology6(BUILD, prefix=f"es6i{os.getpid() % 1000}", hq_config=paths["hq"], branch_config=paths["branch"])
+    try:
+        topo.create()
+        topo.start_gateways()
+        topo.start_ike()
+
+        @case("[IKEv2 over IPv6] both Child SAs up, IKE SA between the IPv6 WAN addresses")
+        def _():
+            deadline = time.time() + 30
+            sas = []
+            while time.time() < deadline:
+                out = topo.cli("gw-hq", "--json show crypto ikev2 sa", check=False)
+                try:
+                    sas = json.loads(out)["ike-sas"]
+                except (ValueError, KeyError):
+                    sas = []
+                if sas and sas[0]["state"] == "READY" and len(sas[0]["children"]) == 2:
+                    break
+                time.sleep(0.3)
+            assert sas and sas[0]["state"] == "READY" and len(sas[0]["children"]) == 2, \
+                f"{sas}\n{topo.log('ike-gw-hq')[-3000:]}"
+            assert WAN6[1] in sas[0]["remote"] and WAN6[0] in sas[0]["local"], sas[0]
+            isakmp = topo.cli("gw-hq", "show crypto isakmp sa")
+            assert "QM_IDLE" in isakmp and WAN6[1] in isakmp, isakmp
+            assert len(sa_counters(topo, "gw-branch")) == 4, topo.cli("gw-branch", "show crypto ipsec sa")
+        _()
+
+        @case("[IKEv2 over IPv6] ping -6 and 4-in-6 ping across both ways")
+        def _():
+            for ns, target in (("host-hq", "2001:db8:2::10"), ("host-branch", "2001:db8:1::10"),
+                               ("host-hq", "192.168.2.10"), ("host-branch", "192.168.1.10")):
+                r = ping(topo, ns, target, "-c 5 -i 0.2 -W 2")
+                assert " 0% packet loss" in r.stdout, f"{ns} -> {target}: {r.stdout}{r.stderr}"
+            encaps = sum(counter(s, "encaps") for (d, _), s in sa_counters(topo, "gw-hq").items() if d == "outbound")
+            assert encaps >= 20, sa_counters(topo, "gw-hq")
+        _()
+    except Exception as e:  # noqa: BLE001
+        results.append(("[IKEv2 over IPv6] topology", False, str(e)))
+        traceback.print_exc()
+    finally:
+        if any(not ok for _, ok, _ in results):
+            for name in ("ike-gw-hq", "ike-gw-branch"):
+                print(f"--- {name} log ---\n{topo.log(name)[-4000:]}")
+        topo.teardown()
+
+
 def main():
     # Two workers with the IPv6 outer header (inbound ESP over IPv6 handed to its SA's owner worker),
     # one with IPv4 (test_site_to_site_two_workers.py covers two workers there).
     run(6, 2)
     run(4, 1)
+    run_ike()
     passed = sum(1 for r in results if r[1])
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
