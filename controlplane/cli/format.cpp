@@ -392,9 +392,14 @@ std::string format_interfaces(const json& result)
         out += text(i, "name") + " is " + (up ? "up" : "down") + "\n";
         out += "  Device " + text(i, "device") + " (port " + std::to_string(number(i, "port")) +
                "), address is " + text(i, "mac") + "\n";
-        if (!text(i, "address").empty()) {
-            out += "  Internet address is " + text(i, "address") + "/" +
-                   std::to_string(number(i, "prefix-length")) + "\n";
+        // "address" is the IPv4 address, or the IPv6 one on an IPv6-only interface; "address6" the IPv6 one.
+        const std::string address = text(i, "address");
+        if (!address.empty()) {
+            out += std::string(address.find(':') == std::string::npos ? "  Internet address is " : "  IPv6 address is ") +
+                   address + "/" + std::to_string(number(i, "prefix-length")) + "\n";
+        }
+        if (!text(i, "address6").empty() && text(i, "address6") != address) {
+            out += "  IPv6 address is " + text(i, "address6") + "/" + std::to_string(number(i, "prefix-length6")) + "\n";
         }
         out += "  MTU " + std::to_string(number(i, "mtu")) + " bytes\n";
         out +=

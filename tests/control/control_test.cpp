@@ -1267,6 +1267,17 @@ TEST(cli_format, InterfacesAndDataplane)
                           "  10 packets input, 1000 bytes, 0 missed, 0 input errors\n"
                           "  9 packets output, 900 bytes, 0 output errors\n");
 
+    // Dual stack: both addresses; IPv6 only: the one address, once, as IPv6.
+    port.address6 = addr("2001:db8:ff1::1");
+    port.prefix_length6 = 64;
+    std::string dual = cli::format_interfaces({{"interfaces", json::array({to_json(port)})}});
+    EXPECT_NE(dual.find("  Internet address is 198.51.100.1/24\n  IPv6 address is 2001:db8:ff1::1/64\n"), std::string::npos)
+        << dual;
+    port.address = port.address6;
+    port.prefix_length = 64;
+    std::string v6 = cli::format_interfaces({{"interfaces", json::array({to_json(port)})}});
+    EXPECT_NE(v6.find("  IPv6 address is 2001:db8:ff1::1/64\n  MTU"), std::string::npos) << v6;
+
     worker_snapshot worker;
     worker.lcore = 1;
     worker.rx_packets = 100;
