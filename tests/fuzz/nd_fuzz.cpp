@@ -38,7 +38,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
         p[43] = static_cast<uint8_t>(c);
     }
     auto* copy = new uint8_t[p.size() == 0 ? 1 : p.size()];
-    std::memcpy(copy, p.data(), p.size());
+    if (!p.empty()) { // an empty vector's data() may be null, which memcpy must not get
+        std::memcpy(copy, p.data(), p.size());
+    }
     nd_message m;
     const nd_error e = parse_nd(copy, static_cast<uint32_t>(p.size()), m);
     if (e == nd_error::none) {
