@@ -205,19 +205,24 @@ compiled_spd::~compiled_spd()
     }
 }
 
-void compiled_spd::classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept
+namespace {
+
+// One rte_acl context for either family's keys: up to 64 packets per call, two categories per packet
+// (outbound rule, inbound selector match); no context = no policy (0, 0).
+template <typename Key>
+void classify_with(const rte_acl_ctx* ctx, const Key* const* keys, uint32_t* outbound, uint32_t* inbound_match,
+                   uint32_t n) noexcept
 {
-    if (ctx_ == nullptr) {
+    if (ctx == nullptr) {
         std::fill(outbound, outbound + n, 0U);
         std::fill(inbound_match, inbound_match + n, 0U);
         return;
     }
-    // Two categories are used, but rte_acl wants 1 or a multiple of RTE_ACL_RESULTS_MULTIPLIER.
     uint32_t results[64 * categories];
     for (uint32_t off = 0; off < n; off += 64) {
         uint32_t len = std::min<uint32_t>(64, n - off);
-        rte_acl_classify(ctx_, reinterpret_cast<const uint8_t**>(const_cast<const spd_key**>(keys + off)), results,
-                         len, categories);
+        rte_acl_classify(ctx, reinterpret_cast<const uint8_t**>(const_cast<const Key**>(keys + off)), results, len,
+                         categories);
         for (uint32_t i = 0; i < len; ++i) {
             outbound[off + i] = results[i * categories];
             inbound_match[off + i] = results[i * categories + 1];
@@ -225,24 +230,18 @@ void compiled_spd::classify(const spd_key* const* keys, uint32_t* outbound, uint
     }
 }
 
+} // namespace
+
+void compiled_spd::classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept
+{
+    // Two categories are used, but rte_acl wants 1 or a multiple of RTE_ACL_RESULTS_MULTIPLIER.
+    classify_with(ctx_, keys, outbound, inbound_match, n);
+}
+
 void compiled_spd::classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match,
                              uint32_t n) const noexcept
 {
-    if (ctx6_ == nullptr) {
-        std::fill(outbound, outbound + n, 0U);
-        std::fill(inbound_match, inbound_match + n, 0U);
-        return;
-    }
-    uint32_t results[64 * categories];
-    for (uint32_t off = 0; off < n; off += 64) {
-        uint32_t len = std::min<uint32_t>(64, n - off);
-        rte_acl_classify(ctx6_, reinterpret_cast<const uint8_t**>(const_cast<const spd6_key**>(keys + off)), results,
-                         len, categories);
-        for (uint32_t i = 0; i < len; ++i) {
-            outbound[off + i] = results[i * categories];
-            inbound_match[off + i] = results[i * categories + 1];
-        }
-    }
+    classify_with(ctx6_, keys, outbound, inbound_match, n);
 }
 
 } // namespace espresso::dp
