@@ -78,7 +78,8 @@ constexpr std::array<std::string_view, 20> sa_keys{
 
 constexpr std::array<std::string_view, 2> udp_keys{"source-port", "destination-port"};
 
-constexpr std::array<std::string_view, 5> dataplane_keys{"workers", "eal", "hugepages", "idle", "control-socket"};
+constexpr std::array<std::string_view, 7> dataplane_keys{"workers", "eal", "hugepages", "idle", "control-socket",
+                                                          "neighbor-reachable-time", "neighbor-table-size"};
 constexpr std::array<std::string_view, 5> interface_keys{"name", "device", "address", "mac", "mtu"};
 constexpr std::array<std::string_view, 3> route_keys{"destination", "via", "interface"};
 constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "interface"};
@@ -1294,6 +1295,12 @@ dataplane_config loader::parse_dataplane(const field& f) const {
             }
         }
         dp.control_socket = value;
+    }
+    if (const field* reachable = m.find("neighbor-reachable-time")) {
+        dp.neighbor_reachable_time = static_cast<uint32_t>(number(*reachable, 1, 3600));
+    }
+    if (const field* size = m.find("neighbor-table-size")) {
+        dp.neighbor_table_size = static_cast<uint32_t>(number(*size, 64, 1 << 20));
     }
     return dp;
 }

@@ -40,6 +40,10 @@ constexpr const char* usage_text =
     "  show crypto ipsec sa        IPsec SAs with counters, in the layout of Cisco IOS\n"
     "  show interfaces             data plane ports: MAC, address, MTU, link, packet counters\n"
     "  show dataplane              worker lcores: packets, busy share, drops\n"
+    "  show arp                    the ARP cache with NUD state and age (also: show ip arp)\n"
+    "  show ipv6 neighbors         the IPv6 neighbor cache (NDP) with NUD state and age\n"
+    "  clear arp                   drop learned ARP entries (also: clear arp-cache); static ones stay\n"
+    "  clear ipv6 neighbors        drop learned IPv6 neighbor entries\n"
     "  clear counters              zero every SA, interface and worker counter\n"
     "IKE (espresso-ike):\n"
     "  show crypto isakmp sa       IKE SAs: dst src state conn-id status\n"
@@ -70,6 +74,7 @@ struct command {
     std::string (*format)(const json&);
     daemon target = daemon::dataplane;
     int args = 0; // trailing words: 0 none, 1 exactly one, -1 at most one
+    uint8_t family = 0; // neighbor commands: 4 (ARP) or 6 (NDP)
 };
 
 const std::vector<command>& commands()
@@ -79,6 +84,12 @@ const std::vector<command>& commands()
         {{"show", "interfaces"}, "show-interfaces", cli::format_interfaces},
         {{"show", "dataplane"}, "show-dataplane", cli::format_dataplane},
         {{"clear", "counters"}, "clear-counters", nullptr},
+        {{"show", "arp"}, "show-neighbors", cli::format_arp},
+        {{"show", "ip", "arp"}, "show-neighbors", cli::format_arp},
+        {{"show", "ipv6", "neighbors"}, "show-neighbors", cli::format_ipv6_neighbors},
+        {{"clear", "arp"}, "clear-neighbors", nullptr, daemon::dataplane, 0, 4},
+        {{"clear", "arp-cache"}, "clear-neighbors", nullptr, daemon::dataplane, 0, 4},
+        {{"clear", "ipv6", "neighbors"}, "clear-neighbors", nullptr, daemon::dataplane, 0, 6},
         {{"show", "crypto", "isakmp", "sa"}, "list-ike-sas", cli::format_isakmp_sa, daemon::ike},
         {{"show", "crypto", "ikev2", "sa"}, "list-ike-sas", cli::format_ikev2_sa, daemon::ike},
         {{"show", "crypto", "session"}, "list-ike-sas", cli::format_crypto_session, daemon::ike},
@@ -191,6 +202,9 @@ int main(int argc, char** argv)
         socket_path = espresso::config::dataplane_config{}.control_socket;
     }
     json args = nullptr;
+    if (chosen->op == "clear-neighbors") {
+        args = {{"family", chosen->family}};
+    }
     if (chosen->target == daemon::ike) {
         socket_path = !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path);
         if (chosen->op == "initiate") {
@@ -229,6 +243,9 @@ int main(int argc, char** argv)
             std::cout << result.dump(2) << "\n";
         } else if (chosen->format != nullptr) {
             std::cout << chosen->format(result);
+        } else if (chosen->op == "clear-neighbors") {
+            std::cout << "cleared " << result.value("cleared", 0) << (chosen->family == 4 ? " ARP" : " IPv6 neighbor")
+                      << " entr" << (result.value("cleared", 0) == 1 ? "y" : "ies") << "\n";
         } else if (chosen->op == "initiate") {
             std::cout << "initiating " << extra.at(0) << "\n";
         } else if (chosen->op == "clear") {

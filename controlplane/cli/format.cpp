@@ -414,6 +414,63 @@ std::string format_interfaces(const json& result)
     return out;
 }
 
+namespace {
+
+std::string neighbor_footer(const json& result)
+{
+    const json& c = member(result, "counters");
+    return "Neighbor cache: " + std::to_string(member(result, "neighbors").size()) + " of " +
+           std::to_string(number(result, "capacity")) + " entries, reachable time " +
+           std::to_string(number(result, "reachable-time")) + " s; " + std::to_string(number(c, "probes-sent")) +
+           " probes sent, " + std::to_string(number(c, "unreachable")) + " unreachable, " +
+           std::to_string(number(c, "collected")) + " expired unused, " + std::to_string(number(c, "cleared")) +
+           " cleared, " + std::to_string(number(c, "table-full")) + " not learned (table full)\n";
+}
+
+double age_of(const json& e)
+{
+    return e.is_object() && e.contains("age-seconds") && e["age-seconds"].is_number() ? e["age-seconds"].get<double>() : 0;
+}
+
+} // namespace
+
+std::string format_arp(const json& result)
+{
+    std::string out = pad("Protocol", 10) + pad("Address", 17) + pad("Age (min)", 11) + pad("Hardware Addr", 19) +
+                      pad("Type", 7) + pad("State", 11) + "Interface\n";
+    const json& entries = member(result, "neighbors");
+    for (const auto& e : entries.is_array() ? entries : json::array()) {
+        if (number(e, "family") != 4) {
+            continue;
+        }
+        const bool is_static = e.is_object() && e.value("static", false);
+        const std::string age = is_static ? "-" : std::to_string(static_cast<uint64_t>(age_of(e) / 60));
+        out += pad("Internet", 10) + pad(text(e, "address"), 17) + pad(age, 11) + pad(text(e, "mac"), 19) +
+               pad("ARPA", 7) + pad(is_static ? "static" : text(e, "state"), 11) + text(e, "interface") + "\n";
+    }
+    return out + neighbor_footer(result);
+}
+
+std::string format_ipv6_neighbors(const json& result)
+{
+    std::string out = pad("IPv6 Address", 42) + pad("Age", 6) + pad("Link-layer Addr", 19) + pad("State", 7) +
+                      "Interface\n";
+    const json& entries = member(result, "neighbors");
+    for (const auto& e : entries.is_array() ? entries : json::array()) {
+        if (number(e, "family") != 6) {
+            continue;
+        }
+        const bool is_static = e.is_object() && e.value("static", false);
+        // IOS abbreviations: REACH, STALE, PROBE, and "-" age for static entries.
+        const std::string state = text(e, "state");
+        const std::string ios = is_static ? "REACH" : state == "reachable" ? "REACH" : state == "probe" ? "PROBE" : "STALE";
+        const std::string age = is_static ? "-" : std::to_string(static_cast<uint64_t>(age_of(e)));
+        out += pad(text(e, "address"), 42) + pad(age, 6) + pad(text(e, "mac"), 19) + pad(ios, 7) +
+               text(e, "interface") + "\n";
+    }
+    return out + neighbor_footer(result);
+}
+
 std::string format_dataplane(const json& result)
 {
     const json& workers = member(result, "workers");

@@ -16,6 +16,11 @@ std::string format_crypto_ipsec_sa(const nlohmann::json& list_sas_result);
 // `show interfaces`, from the result of show-interfaces ({"interfaces": [...]}).
 std::string format_interfaces(const nlohmann::json& show_interfaces_result);
 
+// `show arp` / `show ipv6 neighbors`, from the result of show-neighbors, in the column layout of
+// Cisco IOS `show ip arp` / `show ipv6 neighbors` (Age in minutes for ARP, seconds for IPv6 as IOS does).
+std::string format_arp(const nlohmann::json& show_neighbors_result);
+std::string format_ipv6_neighbors(const nlohmann::json& show_neighbors_result);
+
 // `show dataplane`, from the result of show-dataplane ({"workers": [...]}).
 std::string format_dataplane(const nlohmann::json& show_dataplane_result);
 

@@ -126,6 +126,8 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"ping", {"", ""}},
     {"add-sas", {"sas", ""}},
     {"delete-sas", {"sas", ""}},
+    {"show-neighbors", {"", ""}},
+    {"clear-neighbors", {"family", ""}},
 }};
 
 void check_arg_names(const std::string& op, const json& args)
@@ -738,6 +740,20 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             list.push_back(to_json(i));
         }
         return {{"interfaces", std::move(list)}};
+    }
+    if (op == "show-neighbors") {
+        return to_json(gateway_.neighbors());
+    }
+    if (op == "clear-neighbors") {
+        uint8_t family = 0;
+        if (args.contains("family")) {
+            const json& f = args["family"];
+            if (!f.is_number_integer() || (f.get<int64_t>() != 4 && f.get<int64_t>() != 6)) {
+                throw request_error("args.family: expected 4 (ARP) or 6 (IPv6 neighbors); omit it for both");
+            }
+            family = static_cast<uint8_t>(f.get<int64_t>());
+        }
+        return {{"cleared", gateway_.clear_neighbors(family)}};
     }
     if (op == "show-dataplane") {
         json list = json::array();

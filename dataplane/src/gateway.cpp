@@ -302,7 +302,8 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
     }
     shared_.routes = std::make_unique<route_table>(links, config_.routes, names);
     shared_.routes6 = std::make_unique<route_table6>(links6, config_.routes, names6);
-    shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh");
+    shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh", config_.dataplane.neighbor_table_size,
+                                                         config_.dataplane.workers);
     for (const auto& n : config_.neighbors) {
         auto it = std::find(all_names.begin(), all_names.end(), n.interface);
         if (it == all_names.end() || (!n.address.is_v4() && !n.address.is_v6())) {
@@ -1159,6 +1160,7 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
         tick();
         const unsigned work = main_exceptions() + main_taps() + main_events(event);
         main_pending_timeouts();
+        main_neighbor_maintenance();
         // The management loop needs no line rate: 100 us naps while there is work, 1 ms once it
         // has been quiet for a while (an idle gateway should cost next to nothing).
         quiet = work != 0 ? 0 : quiet + 1;
@@ -1384,6 +1386,82 @@ void gateway::resolved(uint16_t port, uint8_t family, const uint8_t* ip, const r
     pending_.erase(it);
 }
 
+// Neighbor unreachability detection (routing.h), four times a second: unicast probes for entries in
+// use whose reachable time ran out, removal of unanswered and unused ones.
+void gateway::main_neighbor_maintenance()
+{
+    const uint64_t now = rte_get_tsc_cycles();
+    const uint64_t hz = rte_get_tsc_hz();
+    if (now - neighbor_check_tsc_ < hz / 4) {
+        return;
+    }
+    neighbor_check_tsc_ = now;
+    // RFC 4861 §10: REACHABLE_TIME (configurable), RETRANS_TIMER 1 s, MAX_UNICAST_SOLICIT 3.
+    const neighbor_table::timers t{config_.dataplane.neighbor_reachable_time * hz, hz, 3};
+    std::vector<neighbor_table::probe> probes;
+    shared_.neighbors->maintain(now, t, probes);
+    for (const auto& p : probes) {
+        const int16_t pos = shared_.position(p.port);
+        if (pos < 0) {
+            continue;
+        }
+        if (p.family == 4) {
+            uint32_t ip_be = 0;
+            std::memcpy(&ip_be, p.ip.data(), 4);
+            send_arp_request(static_cast<uint16_t>(pos), ip_be, &p.mac);
+        } else {
+            send_neighbor_solicitation(static_cast<uint16_t>(pos), p.ip, &p.mac);
+        }
+    }
+}
+
+neighbor_summary gateway::neighbors() const
+{
+    neighbor_summary out;
+    const uint64_t now = rte_get_tsc_cycles();
+    const double hz = static_cast<double>(rte_get_tsc_hz());
+    const uint64_t reachable = uint64_t{config_.dataplane.neighbor_reachable_time} * rte_get_tsc_hz();
+    for (const auto& e : shared_.neighbors->entries()) {
+        neighbor_snapshot n;
+        const int16_t pos = shared_.position(e.port);
+        n.interface = pos >= 0 ? shared_.ports[static_cast<size_t>(pos)].name : std::to_string(e.port);
+        n.address.family = e.family;
+        if (e.family == 4) {
+            std::memcpy(n.address.bytes.data(), &e.ip_be, 4);
+        } else {
+            std::memcpy(n.address.bytes.data(), e.ip6.data(), 16);
+        }
+        std::memcpy(n.mac.data(), e.mac.addr_bytes, 6);
+        n.is_static = e.is_static;
+        switch (e.nud) {
+        case neighbor_table::state::permanent:
+            n.state = "permanent";
+            break;
+        case neighbor_table::state::probe:
+            n.state = "probe";
+            break;
+        default:
+            n.state = now - e.confirmed_tsc >= reachable ? "stale" : "reachable";
+        }
+        n.age_seconds = e.is_static ? 0 : static_cast<double>(now - e.confirmed_tsc) / hz;
+        out.entries.push_back(std::move(n));
+    }
+    const auto& st = shared_.neighbors->stats();
+    out.capacity = shared_.neighbors->capacity();
+    out.reachable_time = config_.dataplane.neighbor_reachable_time;
+    out.probes_sent = st.probes_sent;
+    out.unreachable = st.unreachable;
+    out.collected = st.collected;
+    out.cleared = st.cleared;
+    out.table_full = st.table_full;
+    return out;
+}
+
+unsigned gateway::clear_neighbors(uint8_t family)
+{
+    return shared_.neighbors->clear_dynamic(family);
+}
+
 void gateway::handle_arp(rte_mbuf* m)
 {
     const int16_t pos = shared_.position(m->port);
@@ -1411,7 +1489,13 @@ void gateway::handle_arp(rte_mbuf* m)
         rte_pktmbuf_free(m);
         return;
     }
-    if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask)) {
+    // RFC 826 "merge": an existing entry is updated by any ARP from that sender; a new one is made
+    // only from ARP addressed to us or answering our own request. (Learning every sender on the
+    // link would let one host fill the table with spoofed addresses.)
+    pending_key waiting{ps.port, 4, {}};
+    std::memcpy(std::get<2>(waiting).data(), &sip, 4);
+    if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask) &&
+        (tip == ps.address_be || pending_.count(waiting) != 0 || shared_.neighbors->known(ps.port, sip))) {
         // Queue the packets that waited for this neighbor before publishing it, so workers cannot
         // send newer packets ahead of them (ESP sequence numbers were assigned in arrival order).
         resolved(ps.port, 4, reinterpret_cast<const uint8_t*>(&sip), sha);
@@ -1438,7 +1522,7 @@ void gateway::handle_arp(rte_mbuf* m)
     rte_pktmbuf_free(m);
 }
 
-void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be)
+void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be, const rte_ether_addr* unicast)
 {
     const port_state& ps = shared_.ports[port_pos];
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
@@ -1446,7 +1530,11 @@ void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be)
         return;
     }
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
-    std::memset(&eth->dst_addr, 0xff, sizeof(eth->dst_addr));
+    if (unicast != nullptr) {
+        eth->dst_addr = *unicast;
+    } else {
+        std::memset(&eth->dst_addr, 0xff, sizeof(eth->dst_addr));
+    }
     eth->src_addr = ps.mac;
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_ARP);
     auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
@@ -1547,7 +1635,7 @@ void gateway::handle_nd(rte_mbuf* m)
     rte_pktmbuf_free(m);
 }
 
-void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target)
+void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target, const rte_ether_addr* unicast)
 {
     const port_state& ps = shared_.ports[port_pos];
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
@@ -1555,9 +1643,13 @@ void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& 
         return;
     }
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + nd_message_bytes));
-    const auto group = solicited_node(target.data());
-    const auto mm = multicast_mac(group.data());
-    std::memcpy(eth->dst_addr.addr_bytes, mm.data(), 6);
+    if (unicast != nullptr) {
+        eth->dst_addr = *unicast;
+    } else {
+        const auto group = solicited_node(target.data());
+        const auto mm = multicast_mac(group.data());
+        std::memcpy(eth->dst_addr.addr_bytes, mm.data(), 6);
+    }
     eth->src_addr = ps.mac;
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
     std::array<uint8_t, 6> mac;
@@ -1565,7 +1657,7 @@ void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& 
     // RFC 4861 §7.2.2: the source is one of the interface's addresses; a link-local target is asked
     // from the link-local address.
     const uint8_t* source = ps.has_v6 && !is_link_local6(target.data()) ? ps.address6.data() : ps.link_local6.data();
-    build_neighbor_solicitation(reinterpret_cast<uint8_t*>(eth + 1), source, target.data(), mac);
+    build_neighbor_solicitation(reinterpret_cast<uint8_t*>(eth + 1), source, target.data(), mac, unicast != nullptr);
     transmit_main(port_pos, m);
 }
 

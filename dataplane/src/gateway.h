@@ -141,6 +141,8 @@ public:
     std::vector<interface_snapshot> interfaces() const override;
     std::vector<worker_snapshot> workers() const override;
     void clear_counters() override;
+    neighbor_summary neighbors() const override;
+    unsigned clear_neighbors(uint8_t family) override;
 
     // Used by the worker loop (worker.cpp).
     struct shared {
@@ -188,8 +190,11 @@ private:
     void main_pending_timeouts();
     void handle_arp(rte_mbuf* m);
     void handle_nd(rte_mbuf* m);
-    void send_arp_request(uint16_t port_pos, uint32_t target_be);
-    void send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target);
+    void main_neighbor_maintenance();
+    // Broadcast/multicast resolution, or a unicast NUD probe to `unicast` when given.
+    void send_arp_request(uint16_t port_pos, uint32_t target_be, const rte_ether_addr* unicast = nullptr);
+    void send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& target,
+                                    const rte_ether_addr* unicast = nullptr);
     void send_icmp4_error(rte_mbuf* m, uint8_t type, uint8_t code, uint16_t mtu);
     void send_icmp6_error(rte_mbuf* m, uint8_t type, uint8_t code, uint32_t parameter);
     bool icmp_allowed();
@@ -230,6 +235,7 @@ private:
     // (port, family, next hop; IPv4 in the first 4 bytes) -> packets waiting for ARP or NDP
     using pending_key = std::tuple<uint16_t, uint8_t, ipv6_address>;
     std::map<pending_key, pending> pending_;
+    uint64_t neighbor_check_tsc_ = 0; // last NUD pass (main_neighbor_maintenance)
     // ICMP errors (both families): a token bucket, as Linux's icmp_ratelimit (RFC 4443 §2.4 (f)).
     double icmp_tokens_ = 0;
     uint64_t icmp_refill_tsc_ = 0;

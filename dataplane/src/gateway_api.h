@@ -99,6 +99,23 @@ struct worker_snapshot {
     std::array<uint64_t, static_cast<size_t>(gateway_drop::count)> drops{};
 };
 
+// One neighbor cache entry (ARP or NDP) for `show arp` / `show ipv6 neighbors`.
+struct neighbor_snapshot {
+    std::string interface;
+    config::ip_address address;
+    config::mac_address mac{};
+    bool is_static = false;
+    std::string state;       // "reachable" | "stale" | "probe" | "permanent" (static)
+    double age_seconds = 0;  // since the last confirmation (0 for static entries)
+};
+
+struct neighbor_summary {
+    std::vector<neighbor_snapshot> entries;
+    uint32_t capacity = 0;
+    uint32_t reachable_time = 0; // seconds
+    uint64_t probes_sent = 0, unreachable = 0, collected = 0, cleared = 0, table_full = 0;
+};
+
 struct gateway_event {
     enum class kind : uint8_t { soft_expire, hard_expire, seq_exhausted, acquire } what;
     config::direction dir = config::direction::outbound;
@@ -152,6 +169,9 @@ public:
     virtual std::vector<interface_snapshot> interfaces() const = 0;
     virtual std::vector<worker_snapshot> workers() const = 0;
     virtual void clear_counters() = 0;
+    // The neighbor caches (ARP and NDP) with their NUD state; clear removes every learned entry.
+    virtual neighbor_summary neighbors() const { return {}; }
+    virtual unsigned clear_neighbors(uint8_t family) { (void)family; return 0; } // 4, 6 or 0: both
 };
 
 } // namespace espresso::dp

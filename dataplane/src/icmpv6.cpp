@@ -183,10 +183,10 @@ uint32_t build_neighbor_advertisement(uint8_t* out, const uint8_t* source, const
 }
 
 uint32_t build_neighbor_solicitation(uint8_t* out, const uint8_t* source, const uint8_t* target,
-                                     const std::array<uint8_t, 6>& mac) noexcept
+                                     const std::array<uint8_t, 6>& mac, bool unicast) noexcept
 {
     const auto dst = solicited_node(target);
-    ipv6_header(out, 32, proto_icmpv6, 255, source, dst.data());
+    ipv6_header(out, 32, proto_icmpv6, 255, source, unicast ? target : dst.data());
     uint8_t* icmp = out + 40;
     std::memset(icmp, 0, 32);
     icmp[0] = icmpv6_neighbor_solicitation;

@@ -84,8 +84,10 @@ uint32_t build_neighbor_advertisement(uint8_t* out, const uint8_t* source, const
                                       bool solicited, bool router) noexcept;
 // A multicast Neighbor Solicitation for `target` from `source` to target's solicited-node address,
 // with the Source Link-Layer Address option (RFC 4861 §7.2.2). Returns nd_message_bytes.
+// `unicast`: a NUD probe (RFC 4861 §7.3.3) sent to the target itself instead of its solicited-node
+// multicast group.
 uint32_t build_neighbor_solicitation(uint8_t* out, const uint8_t* source, const uint8_t* target,
-                                     const std::array<uint8_t, 6>& mac) noexcept;
+                                     const std::array<uint8_t, 6>& mac, bool unicast = false) noexcept;
 
 // RFC 4443 §2.4 (e): may an error be sent about this packet? Not about an ICMPv6 error or redirect,
 // not to an unspecified or multicast source, and (except Packet Too Big) not about a packet to a

@@ -3,7 +3,10 @@
 #include <rte_byteorder.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
+#include <rte_malloc.h>
+#include <rte_cycles.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -252,8 +255,19 @@ neighbor_table::key_type neighbor_table::key6(uint16_t port, const uint8_t* ip) 
     return k;
 }
 
-neighbor_table::neighbor_table(const char* name, uint32_t capacity) : capacity_(capacity)
+neighbor_table::neighbor_table(const char* name, uint32_t capacity, unsigned readers) : capacity_(capacity)
 {
+    readers = std::max(readers, 1U);
+    const size_t rcu_bytes = rte_rcu_qsbr_get_memsize(readers);
+    rcu_ = static_cast<rte_rcu_qsbr*>(rte_zmalloc_socket("espresso_neigh_rcu", rcu_bytes, RTE_CACHE_LINE_SIZE,
+                                                         static_cast<int>(rte_socket_id())));
+    if (rcu_ == nullptr || rte_rcu_qsbr_init(rcu_, readers) != 0) {
+        rte_free(rcu_);
+        throw std::runtime_error("neighbor table: cannot allocate its RCU state");
+    }
+    for (unsigned id = 0; id < readers; ++id) {
+        rte_rcu_qsbr_thread_register(rcu_, id); // offline until the reader goes online
+    }
     rte_hash_parameters p{};
     p.name = name;
     p.entries = capacity;
@@ -263,7 +277,18 @@ neighbor_table::neighbor_table(const char* name, uint32_t capacity) : capacity_(
     p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;
     hash_ = rte_hash_create(&p);
     if (hash_ == nullptr) {
+        rte_free(rcu_);
         throw std::runtime_error(std::string("neighbor table: rte_hash_create: ") + rte_strerror(rte_errno));
+    }
+    // Deleted keys go to a defer queue and their slots are reused only after every reader reported
+    // a quiescent state (reclaimed by later adds and deletes).
+    rte_hash_rcu_config rc{};
+    rc.v = rcu_;
+    rc.mode = RTE_HASH_QSBR_MODE_DQ;
+    if (rte_hash_rcu_qsbr_add(hash_, &rc) != 0) {
+        rte_hash_free(hash_);
+        rte_free(rcu_);
+        throw std::runtime_error(std::string("neighbor table: rte_hash_rcu_qsbr_add: ") + rte_strerror(rte_errno));
     }
     slots_ = std::make_unique<slot[]>(capacity);
 }
@@ -273,17 +298,37 @@ neighbor_table::~neighbor_table()
     if (hash_ != nullptr) {
         rte_hash_free(hash_);
     }
+    rte_free(rcu_);
 }
 
-bool neighbor_table::find(const key_type& k, rte_ether_addr& mac) const noexcept
+void neighbor_table::reader_online(unsigned id) noexcept
+{
+    rte_rcu_qsbr_thread_online(rcu_, id);
+}
+
+void neighbor_table::reader_quiescent(unsigned id) noexcept
+{
+    rte_rcu_qsbr_quiescent(rcu_, id);
+}
+
+void neighbor_table::reader_offline(unsigned id) noexcept
+{
+    rte_rcu_qsbr_thread_offline(rcu_, id);
+}
+
+bool neighbor_table::find(const key_type& k, rte_ether_addr& mac, bool mark_used) const noexcept
 {
     int32_t pos = rte_hash_lookup(hash_, &k);
     if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
         return false;
     }
-    uint64_t v = slots_[pos].mac.load(std::memory_order_acquire);
+    const slot& s = slots_[pos];
+    uint64_t v = s.mac.load(std::memory_order_acquire);
     if ((v >> 63) == 0) {
         return false;
+    }
+    if (mark_used && s.used.load(std::memory_order_relaxed) == 0) {
+        s.used.store(1, std::memory_order_relaxed);
     }
     for (int i = 0; i < 6; ++i) {
         mac.addr_bytes[i] = static_cast<uint8_t>(v >> (8 * (5 - i)));
@@ -293,12 +338,18 @@ bool neighbor_table::find(const key_type& k, rte_ether_addr& mac) const noexcept
 
 bool neighbor_table::lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) const noexcept
 {
-    return find(key(port, ip_be), mac);
+    return find(key(port, ip_be), mac, true);
 }
 
 bool neighbor_table::lookup6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept
 {
-    return find(key6(port, ip), mac);
+    return find(key6(port, ip), mac, true);
+}
+
+bool neighbor_table::known(uint16_t port, uint32_t ip_be) const noexcept
+{
+    rte_ether_addr unused;
+    return find(key(port, ip_be), unused, false);
 }
 
 bool neighbor_table::is_static6(uint16_t port, const uint8_t* ip) const noexcept
@@ -315,9 +366,11 @@ bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is
 {
     int32_t pos = rte_hash_add_key(hash_, &k);
     if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+        stats_.table_full++;
         return false;
     }
-    uint64_t old = slots_[pos].mac.load(std::memory_order_relaxed);
+    slot& s = slots_[pos];
+    uint64_t old = s.mac.load(std::memory_order_relaxed);
     if (((old >> 62) & 1) != 0 && !is_static) {
         return true; // static entries win over ARP/NDP
     }
@@ -329,9 +382,20 @@ bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is
     if (is_static) {
         v |= uint64_t{1} << 62;
     }
-    slots_[pos].key = k;
-    slots_[pos].mac.store(v, std::memory_order_release);
+    s.key = k;
+    s.confirmed_tsc = rte_get_tsc_cycles();
+    s.probes_sent = 0;
+    s.used.store(0, std::memory_order_relaxed);
+    s.mac.store(v, std::memory_order_release);
     return true;
+}
+
+void neighbor_table::erase(const key_type& k, int32_t pos) noexcept
+{
+    // Readers that already found the slot may still read it until their next quiescent state; the
+    // hash keeps the slot out of reuse until then (defer queue).
+    slots_[pos].mac.store(0, std::memory_order_release);
+    rte_hash_del_key(hash_, &k);
 }
 
 bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept
@@ -345,6 +409,69 @@ bool neighbor_table::set6(uint16_t port, const uint8_t* ip, const rte_ether_addr
     return store(key6(port, ip), mac, is_static);
 }
 
+void neighbor_table::maintain(uint64_t now, const timers& t, std::vector<probe>& out)
+{
+    std::vector<std::pair<key_type, int32_t>> expired;
+    const void* k = nullptr;
+    void* data = nullptr;
+    uint32_t iter = 0;
+    int32_t pos;
+    while ((pos = rte_hash_iterate(hash_, &k, &data, &iter)) >= 0) {
+        slot& s = slots_[pos];
+        const uint64_t v = s.mac.load(std::memory_order_relaxed);
+        if ((v >> 63) == 0 || ((v >> 62) & 1) != 0 || now - s.confirmed_tsc < t.reachable) {
+            continue;
+        }
+        if (s.probes_sent == 0 && s.used.load(std::memory_order_relaxed) == 0) {
+            expired.emplace_back(s.key, pos);
+            stats_.collected++;
+            continue;
+        }
+        if (s.probes_sent != 0 && now - s.probe_tsc < t.retransmit) {
+            continue;
+        }
+        if (s.probes_sent >= t.probes) {
+            expired.emplace_back(s.key, pos);
+            stats_.unreachable++;
+            continue;
+        }
+        probe p{};
+        p.port = s.key.port;
+        p.family = static_cast<uint8_t>(s.key.family);
+        std::memcpy(p.ip.data(), s.key.address, 16);
+        for (int i = 0; i < 6; ++i) {
+            p.mac.addr_bytes[i] = static_cast<uint8_t>(v >> (8 * (5 - i)));
+        }
+        out.push_back(p);
+        s.probes_sent++;
+        s.probe_tsc = now;
+        stats_.probes_sent++;
+    }
+    for (const auto& [key_value, slot_pos] : expired) {
+        erase(key_value, slot_pos);
+    }
+}
+
+unsigned neighbor_table::clear_dynamic(uint8_t family)
+{
+    std::vector<std::pair<key_type, int32_t>> learned;
+    const void* k = nullptr;
+    void* data = nullptr;
+    uint32_t iter = 0;
+    int32_t pos;
+    while ((pos = rte_hash_iterate(hash_, &k, &data, &iter)) >= 0) {
+        const uint64_t v = slots_[pos].mac.load(std::memory_order_relaxed);
+        if ((v >> 63) != 0 && ((v >> 62) & 1) == 0 && (family == 0 || slots_[pos].key.family == family)) {
+            learned.emplace_back(slots_[pos].key, pos);
+        }
+    }
+    for (const auto& [key_value, slot_pos] : learned) {
+        erase(key_value, slot_pos);
+    }
+    stats_.cleared += learned.size();
+    return static_cast<unsigned>(learned.size());
+}
+
 std::vector<neighbor_table::entry_view> neighbor_table::entries() const
 {
     std::vector<entry_view> out;
@@ -353,7 +480,8 @@ std::vector<neighbor_table::entry_view> neighbor_table::entries() const
     uint32_t iter = 0;
     int32_t pos;
     while ((pos = rte_hash_iterate(hash_, &k, &data, &iter)) >= 0) {
-        uint64_t v = slots_[pos].mac.load(std::memory_order_acquire);
+        const slot& s = slots_[pos];
+        uint64_t v = s.mac.load(std::memory_order_acquire);
         if ((v >> 63) == 0) {
             continue;
         }
@@ -368,6 +496,9 @@ std::vector<neighbor_table::entry_view> neighbor_table::entries() const
             e.mac.addr_bytes[i] = static_cast<uint8_t>(v >> (8 * (5 - i)));
         }
         e.is_static = ((v >> 62) & 1) != 0;
+        e.confirmed_tsc = s.confirmed_tsc;
+        e.probes_sent = s.probes_sent;
+        e.nud = e.is_static ? state::permanent : s.probes_sent != 0 ? state::probe : state::reachable;
         out.push_back(e);
     }
     return out;

@@ -11,6 +11,7 @@
 #include <rte_fib.h>
 #include <rte_fib6.h>
 #include <rte_hash.h>
+#include <rte_rcu_qsbr.h>
 
 #include <array>
 #include <atomic>
@@ -93,23 +94,65 @@ private:
     std::vector<next_hop6> hops_;
 };
 
-// Neighbor cache for both families (ARP for IPv4, NDP for IPv6), keyed by (port, address).
+// Neighbor cache for both families (ARP for IPv4, NDP for IPv6), keyed by (port, address), with
+// neighbor unreachability detection (RFC 4861 §7.3, which Linux applies to ARP as well):
+//  - An entry learned or confirmed (ARP, Neighbor Advertisement/Solicitation) is reachable for
+//    `reachable` cycles. After that, if the data plane used it since the last confirmation, up to
+//    `probes` unicast probes (ARP request / Neighbor Solicitation to the known MAC) go out
+//    `retransmit` apart; any answer confirms it again, no answer removes it. An expired entry nobody
+//    used is removed without probing (garbage collection). The next packet for a removed neighbor
+//    resolves it afresh with a broadcast/multicast request, so a next hop that changed its MAC
+//    without announcing it (failover, replaced router) is found again within
+//    reachable + probes x retransmit.
+//  - Static entries never age and are never overwritten.
+// Removed keys are reclaimed through DPDK's RCU QSBR integration of rte_hash (defer queue): a slot is
+// reused only after every worker passed a quiescent state, so a lock-free reader never reads a slot
+// that was handed to another neighbor. Workers report with reader_quiescent() once per poll loop and
+// go offline while they sleep.
 class neighbor_table {
 public:
-    explicit neighbor_table(const char* name, uint32_t capacity = 4096);
+    // `readers`: worker threads (ids 0..readers-1) that read concurrently with the main lcore.
+    explicit neighbor_table(const char* name, uint32_t capacity = 4096, unsigned readers = 1);
     ~neighbor_table();
     neighbor_table(const neighbor_table&) = delete;
     neighbor_table& operator=(const neighbor_table&) = delete;
 
-    // Any thread. False if unknown or unresolved.
+    // Any thread. False if unknown or unresolved. Marks the entry used (for NUD).
     bool lookup(uint16_t port, uint32_t ip_be, rte_ether_addr& mac) const noexcept;
     bool lookup6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept;
-    // Main lcore only. Static entries are never overwritten by ARP or NDP.
+    // Main lcore only: is there an entry (without marking it used)? RFC 826's merge rule updates
+    // entries that exist and creates entries only for ARP addressed to us.
+    bool known(uint16_t port, uint32_t ip_be) const noexcept;
+    // Main lcore only. Learns or confirms an entry (reachable again). Static entries are never
+    // overwritten by ARP or NDP. False when the table is full (counted in stats().table_full).
     bool set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept;
     bool set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac, bool is_static) noexcept;
     // Main lcore only: is there a static entry (which NDP must not override)?
     bool is_static6(uint16_t port, const uint8_t* ip) const noexcept;
 
+    // Worker threads, with their reader id (the worker index).
+    void reader_online(unsigned id) noexcept;
+    void reader_quiescent(unsigned id) noexcept;
+    void reader_offline(unsigned id) noexcept;
+
+    struct timers {
+        uint64_t reachable;  // cycles an entry stays reachable after a confirmation
+        uint64_t retransmit; // cycles between probes
+        unsigned probes;     // unicast probes before an entry is removed
+    };
+    struct probe {
+        uint16_t port;
+        uint8_t family;
+        ipv6_address ip; // IPv4: first 4 bytes
+        rte_ether_addr mac;
+    };
+    // Main lcore: runs NUD at time `now` (TSC); appends the probes to send; removes what expired.
+    void maintain(uint64_t now, const timers& t, std::vector<probe>& out);
+    // Main lcore: removes every learned entry of `family` (4, 6, or 0 for both; static ones stay);
+    // returns how many.
+    unsigned clear_dynamic(uint8_t family = 0);
+
+    enum class state : uint8_t { reachable, stale, probe, permanent };
     struct entry_view {
         uint16_t port;
         uint8_t family;   // 4 or 6
@@ -117,8 +160,21 @@ public:
         ipv6_address ip6; // IPv6
         rte_ether_addr mac;
         bool is_static;
+        state nud;
+        uint64_t confirmed_tsc; // last confirmation (learned entries)
+        unsigned probes_sent;   // since then
     };
     std::vector<entry_view> entries() const; // main lcore only
+
+    struct statistics {
+        uint64_t probes_sent = 0;   // unicast NUD probes
+        uint64_t unreachable = 0;   // removed: probes unanswered
+        uint64_t collected = 0;     // removed: expired and unused
+        uint64_t cleared = 0;       // removed by clear_dynamic
+        uint64_t table_full = 0;    // could not learn: no free slot
+    };
+    const statistics& stats() const noexcept { return stats_; }
+    uint32_t capacity() const noexcept { return capacity_; }
 
 private:
     struct key_type {
@@ -129,15 +185,25 @@ private:
     static_assert(sizeof(key_type) == 20);
     static key_type key(uint16_t port, uint32_t ip_be) noexcept;
     static key_type key6(uint16_t port, const uint8_t* ip) noexcept;
-    bool find(const key_type& k, rte_ether_addr& mac) const noexcept;
+    bool find(const key_type& k, rte_ether_addr& mac, bool mark_used) const noexcept;
     bool store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept;
+    void erase(const key_type& k, int32_t pos) noexcept;
     struct slot {
         std::atomic<uint64_t> mac{0}; // bit 63 = valid, bit 62 = static, low 48 bits = MAC
+        // Set by readers (only when clear, so a busy entry costs no stores), cleared by the main
+        // lcore at each confirmation.
+        mutable std::atomic<uint8_t> used{0};
+        // Main lcore only.
+        uint8_t probes_sent = 0;
         key_type key{};
+        uint64_t confirmed_tsc = 0;
+        uint64_t probe_tsc = 0;
     };
     rte_hash* hash_ = nullptr;
+    rte_rcu_qsbr* rcu_ = nullptr;
     std::unique_ptr<slot[]> slots_;
     uint32_t capacity_;
+    statistics stats_;
 };
 
 } // namespace espresso::dp

@@ -530,6 +530,29 @@ json to_json(const policy_snapshot& p)
     return policy;
 }
 
+json to_json(const neighbor_summary& n)
+{
+    json entries = json::array();
+    for (const auto& e : n.entries) {
+        entries.push_back({{"interface", e.interface},
+                           {"address", address_text(e.address)},
+                           {"family", e.address.family},
+                           {"mac", mac_text(e.mac)},
+                           {"static", e.is_static},
+                           {"state", e.state},
+                           {"age-seconds", e.age_seconds}});
+    }
+    return {{"neighbors", std::move(entries)},
+            {"capacity", n.capacity},
+            {"reachable-time", n.reachable_time},
+            {"counters",
+             {{"probes-sent", n.probes_sent},
+              {"unreachable", n.unreachable},
+              {"collected", n.collected},
+              {"cleared", n.cleared},
+              {"table-full", n.table_full}}}};
+}
+
 json to_json(const interface_snapshot& i)
 {
     json out = {

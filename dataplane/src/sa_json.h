@@ -56,6 +56,7 @@ std::string action_name(config::policy_action action);
 nlohmann::json to_json(const sa_snapshot& sa); // never any key
 nlohmann::json to_json(const policy_snapshot& policy);
 nlohmann::json to_json(const interface_snapshot& interface);
+nlohmann::json to_json(const neighbor_summary& n);
 nlohmann::json to_json(const worker_snapshot& worker);
 nlohmann::json to_json(const gateway_event& event); // the whole event message, with "version"
 

@@ -65,6 +65,7 @@ public:
     int run() noexcept
     {
         unsigned idle = 0;
+        s_.neighbors->reader_online(w_.index);
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
             unsigned got = 0;
@@ -89,6 +90,8 @@ public:
                 got += h;
             }
             drain_events();
+            // Holds no neighbor-table slot past this point (lets the main lcore reuse removed ones).
+            s_.neighbors->reader_quiescent(w_.index);
             w_.polls.fetch_add(1, std::memory_order_relaxed);
             if (got != 0) {
                 w_.busy_polls.fetch_add(1, std::memory_order_relaxed);
@@ -104,6 +107,7 @@ public:
                 }
             }
         }
+        s_.neighbors->reader_offline(w_.index);
         return 0;
     }
 
@@ -114,12 +118,14 @@ private:
     {
         const uint32_t seen = w_.wake_seq.load(std::memory_order_seq_cst);
         w_.napping.store(true, std::memory_order_seq_cst);
+        s_.neighbors->reader_offline(w_.index); // a sleeping worker must not hold up reclamation
         if (rte_ring_count(w_.updates) == 0) {
             const timespec timeout{0, static_cast<long>(usec) * 1000};
             ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&w_.wake_seq), FUTEX_WAIT_PRIVATE, seen, &timeout,
                       nullptr, 0);
         }
         w_.napping.store(false, std::memory_order_relaxed);
+        s_.neighbors->reader_online(w_.index);
     }
 
     exception_meta& meta(rte_mbuf* m) noexcept { return *RTE_MBUF_DYNFIELD(m, s_.meta_offset, exception_meta*); }

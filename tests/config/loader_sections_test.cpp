@@ -244,6 +244,23 @@ TEST(loader_sections, unknown_keys_suggest_a_spelling) {
     EXPECT_EQ(e.fix(), "did you mean \"neighbors\"?");
 }
 
+TEST(loader_sections, neighbor_cache_settings) {
+    const auto defaults = load_string("interfaces: []\n").dataplane;
+    EXPECT_EQ(defaults.neighbor_reachable_time, 30u); // RFC 4861 REACHABLE_TIME
+    EXPECT_EQ(defaults.neighbor_table_size, 4096u);
+    const auto set = load_string("dataplane: { neighbor-reachable-time: 45, neighbor-table-size: 100000 }\n").dataplane;
+    EXPECT_EQ(set.neighbor_reachable_time, 45u);
+    EXPECT_EQ(set.neighbor_table_size, 100000u);
+    auto e = load_error("dataplane: { neighbor-reachable-time: 0 }\n");
+    EXPECT_EQ(e.field(), "dataplane.neighbor-reachable-time");
+    EXPECT_EQ(e.fix(), "use a value in 1..3600");
+    e = load_error("dataplane: { neighbor-reachable-time: 2s }\n");
+    EXPECT_EQ(e.field(), "dataplane.neighbor-reachable-time");
+    e = load_error("dataplane: { neighbor-table-size: 10 }\n");
+    EXPECT_EQ(e.field(), "dataplane.neighbor-table-size");
+    EXPECT_EQ(e.fix(), "use a value in 64..1048576");
+}
+
 TEST(loader_sections, dataplane_errors) {
     auto e = expect_error("workers: 2", "workers: 0", "dataplane.workers", "0\n");
     EXPECT_EQ(e.fix(), "use a value in 1..64");
@@ -269,6 +286,7 @@ TEST(loader_sections, dataplane_errors) {
     e = expect_error("/run/espresso/hq.sock", long_path, "dataplane.control-socket");
     EXPECT_CONTAINS(e.problem(), "108 bytes");
     EXPECT_NO_THROW(load_string(with(good, "/run/espresso/hq.sock", "/run/" + std::string(102, 'x'))));
+
     e = load_error("dataplane: [1]\n");
     EXPECT_EQ(e.field(), "dataplane");
     EXPECT_EQ(e.line(), 1);

@@ -1292,5 +1292,46 @@ TEST(cli_format, InterfacesAndDataplane)
                          "Total          100             97              1\n");
 }
 
+// `show arp` / `show ipv6 neighbors` from a neighbor_summary as the server encodes it.
+TEST(cli_format, NeighborTablesInTheLayoutOfIos)
+{
+    neighbor_summary n;
+    neighbor_snapshot router;
+    router.interface = "outside";
+    router.address = addr("198.51.100.254");
+    router.mac = {0x02, 0, 0, 0, 0, 0xfe};
+    router.state = "reachable";
+    router.age_seconds = 125.5;
+    neighbor_snapshot fixed = router;
+    fixed.address = addr("198.51.100.253");
+    fixed.is_static = true;
+    fixed.state = "permanent";
+    fixed.age_seconds = 0;
+    neighbor_snapshot v6 = router;
+    v6.interface = "inside";
+    v6.address = addr("2001:db8:1::fe");
+    v6.state = "probe";
+    v6.age_seconds = 31.2;
+    n.entries = {router, fixed, v6};
+    n.capacity = 4096;
+    n.reachable_time = 30;
+    n.probes_sent = 3;
+    n.unreachable = 1;
+    const json encoded = to_json(n);
+    EXPECT_EQ(encoded["neighbors"][0]["age-seconds"], 125.5);
+    EXPECT_EQ(encoded["neighbors"][2]["family"], 6);
+    const std::string footer = "Neighbor cache: 3 of 4096 entries, reachable time 30 s; 3 probes sent, 1 unreachable, "
+                               "0 expired unused, 0 cleared, 0 not learned (table full)\n";
+    EXPECT_EQ(cli::format_arp(encoded),
+              "Protocol  Address          Age (min)  Hardware Addr      Type   State      Interface\n"
+              "Internet  198.51.100.254   2          02:00:00:00:00:fe  ARPA   reachable  outside\n"
+              "Internet  198.51.100.253   -          02:00:00:00:00:fe  ARPA   static     outside\n" +
+                  footer);
+    EXPECT_EQ(cli::format_ipv6_neighbors(encoded),
+              "IPv6 Address                              Age   Link-layer Addr    State  Interface\n"
+              "2001:db8:1::fe                            31    02:00:00:00:00:fe  PROBE  inside\n" +
+                  footer);
+}
+
 } // namespace
 } // namespace espresso::dp

@@ -4,10 +4,12 @@
 #include "spd.h"
 
 #include <gtest/gtest.h>
+#include <rte_cycles.h>
 
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace espresso::dp {
 namespace {
@@ -156,6 +158,138 @@ TEST(neighbor_table, keeps_families_and_static_entries_apart)
             EXPECT_EQ(e.ip_be, ip4);
         }
     }
+}
+
+// Neighbor unreachability detection (RFC 4861 §7.3) with explicit times: entries were confirmed at
+// about rte_get_tsc_cycles() when set, so `base` + offsets are "later".
+TEST(neighbor_table, nud_collects_unused_and_probes_used_entries)
+{
+    neighbor_table t("test_nud", 256, 1);
+    const neighbor_table::timers timers{1000000, 1000, 3};
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    const rte_ether_addr b{{0x02, 0, 0, 0, 0, 0xbb}};
+    const uint32_t unused_ip = rte_cpu_to_be_32(0xc0a80102);
+    const uint32_t used_ip = rte_cpu_to_be_32(0xc0a80103);
+    const uint32_t static_ip = rte_cpu_to_be_32(0xc0a80104);
+    ASSERT_TRUE(t.set(1, unused_ip, a, false));
+    ASSERT_TRUE(t.set(1, used_ip, b, false));
+    ASSERT_TRUE(t.set(1, static_ip, a, true));
+    rte_ether_addr got{};
+    ASSERT_TRUE(t.lookup(1, used_ip, got)); // a worker forwarded through it
+    const uint64_t base = rte_get_tsc_cycles();
+    std::vector<neighbor_table::probe> probes;
+    t.maintain(base, timers, probes); // still reachable: nothing happens
+    EXPECT_TRUE(probes.empty());
+    EXPECT_TRUE(t.known(1, unused_ip));
+
+    // Reachable time over: the unused entry is collected, the used one probed (unicast, its MAC).
+    uint64_t now = base + timers.reachable + 1;
+    t.maintain(now, timers, probes);
+    EXPECT_FALSE(t.known(1, unused_ip));
+    EXPECT_FALSE(t.lookup(1, unused_ip, got));
+    ASSERT_EQ(probes.size(), 1U);
+    EXPECT_EQ(probes[0].family, 4);
+    EXPECT_EQ(probes[0].port, 1);
+    EXPECT_EQ(std::memcmp(probes[0].ip.data(), &used_ip, 4), 0);
+    EXPECT_TRUE(rte_is_same_ether_addr(&probes[0].mac, &b));
+    EXPECT_TRUE(t.lookup(1, used_ip, got)); // still used while probing
+    // No second probe before the retransmit interval.
+    probes.clear();
+    t.maintain(now + timers.retransmit / 2, timers, probes);
+    EXPECT_TRUE(probes.empty());
+    // Three probes, then removal when the last one goes unanswered.
+    for (int i = 2; i <= 3; ++i) {
+        now += timers.retransmit;
+        t.maintain(now, timers, probes);
+        EXPECT_EQ(probes.size(), static_cast<size_t>(i - 1));
+    }
+    now += timers.retransmit;
+    t.maintain(now, timers, probes);
+    EXPECT_EQ(probes.size(), 2U);
+    EXPECT_FALSE(t.lookup(1, used_ip, got));
+    EXPECT_EQ(t.stats().probes_sent, 3U);
+    EXPECT_EQ(t.stats().unreachable, 1U);
+    EXPECT_EQ(t.stats().collected, 1U);
+    // Static entries never age.
+    EXPECT_TRUE(t.lookup(1, static_ip, got));
+    ASSERT_EQ(t.entries().size(), 1U);
+    EXPECT_EQ(t.entries()[0].nud, neighbor_table::state::permanent);
+}
+
+TEST(neighbor_table, an_answer_to_a_probe_makes_the_entry_reachable_again)
+{
+    neighbor_table t("test_nud_confirm", 256, 1);
+    const neighbor_table::timers timers{1000000, 1000, 3};
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    const rte_ether_addr moved{{0x02, 0, 0, 0, 0, 0xcc}};
+    const auto ip6 = v6("2001:db8:1::fe");
+    ASSERT_TRUE(t.set6(2, ip6.data(), a, false));
+    rte_ether_addr got{};
+    ASSERT_TRUE(t.lookup6(2, ip6.data(), got));
+    std::vector<neighbor_table::probe> probes;
+    t.maintain(rte_get_tsc_cycles() + timers.reachable + 1, timers, probes);
+    ASSERT_EQ(probes.size(), 1U);
+    EXPECT_EQ(probes[0].family, 6);
+    EXPECT_EQ(probes[0].ip, ip6);
+    ASSERT_EQ(t.entries().size(), 1U);
+    EXPECT_EQ(t.entries()[0].nud, neighbor_table::state::probe);
+    // The Neighbor Advertisement answering it (here with a new MAC, Override set) confirms it.
+    ASSERT_TRUE(t.set6(2, ip6.data(), moved, false));
+    ASSERT_EQ(t.entries().size(), 1U);
+    EXPECT_EQ(t.entries()[0].nud, neighbor_table::state::reachable);
+    EXPECT_EQ(t.entries()[0].probes_sent, 0U);
+    ASSERT_TRUE(t.lookup6(2, ip6.data(), got));
+    EXPECT_TRUE(rte_is_same_ether_addr(&got, &moved));
+    // Within the new reachable time: no probe.
+    probes.clear();
+    t.maintain(rte_get_tsc_cycles(), timers, probes);
+    EXPECT_TRUE(probes.empty());
+}
+
+TEST(neighbor_table, clear_removes_learned_entries_of_one_family)
+{
+    neighbor_table t("test_nud_clear", 256, 1);
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    const auto ip6 = v6("2001:db8:1::fe");
+    const uint32_t ip4 = rte_cpu_to_be_32(0xc0a80102);
+    const uint32_t static4 = rte_cpu_to_be_32(0xc0a80103);
+    ASSERT_TRUE(t.set(1, ip4, a, false));
+    ASSERT_TRUE(t.set(1, static4, a, true));
+    ASSERT_TRUE(t.set6(1, ip6.data(), a, false));
+    EXPECT_EQ(t.clear_dynamic(4), 1U);
+    rte_ether_addr got{};
+    EXPECT_FALSE(t.lookup(1, ip4, got));
+    EXPECT_TRUE(t.lookup(1, static4, got));
+    EXPECT_TRUE(t.lookup6(1, ip6.data(), got));
+    EXPECT_EQ(t.clear_dynamic(0), 1U);
+    EXPECT_FALSE(t.lookup6(1, ip6.data(), got));
+    EXPECT_EQ(t.stats().cleared, 2U);
+}
+
+// Removed slots are reused only after every reader passed a quiescent state (RCU QSBR): a worker
+// that found a slot just before its removal never reads another neighbor's MAC from it.
+TEST(neighbor_table, removed_slots_wait_for_readers_before_reuse)
+{
+    neighbor_table t("test_nud_rcu", 64, 1);
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    t.reader_online(0);
+    uint32_t filled = 0;
+    while (filled < 1000 && t.set(1, rte_cpu_to_be_32(0x0a000000 + filled), a, false)) {
+        ++filled;
+    }
+    ASSERT_GE(filled, 32U);
+    ASSERT_LT(filled, 1000U);
+    const uint64_t full_before = t.stats().table_full;
+    EXPECT_EQ(t.clear_dynamic(), filled);
+    // The reader has not reported since: nothing can be reused yet.
+    EXPECT_FALSE(t.set(1, rte_cpu_to_be_32(0x0b000001), a, false));
+    EXPECT_EQ(t.stats().table_full, full_before + 1);
+    t.reader_quiescent(0);
+    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0b000001), a, false));
+    // An offline reader (a napping worker) holds nothing up.
+    t.reader_offline(0);
+    EXPECT_EQ(t.clear_dynamic(), 1U);
+    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0b000002), a, false));
 }
 
 spd_entry policy(const char* local, const char* remote, config::policy_action action, uint32_t priority,

@@ -112,6 +112,10 @@ struct dataplane_config {
     bool hugepages = true;        // false = --no-huge with a small pool
     idle_mode idle = idle_mode::adaptive;
     std::string control_socket = "/run/espresso/espresso.sock";
+    // Neighbor unreachability detection (ARP and NDP): seconds a learned entry stays reachable
+    // after a confirmation (RFC 4861 REACHABLE_TIME), and how many entries the table holds.
+    uint32_t neighbor_reachable_time = 30;
+    uint32_t neighbor_table_size = 4096;
 };
 
 // One address of the gateway on a link, with the link's subnet length.
