@@ -1627,6 +1627,14 @@ void gateway::handle_nd(rte_mbuf* m)
             resolved(ps.port, 6, nd.target.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.target.data(), lladdr, false);
         }
+    } else if (!target_ours && nd.solicited) {
+        // The answer to a unicast NUD probe may omit the Target Link-Layer Address (§7.2.4; Linux
+        // does): a solicited advertisement confirms the entry with the address it has (§7.2.5).
+        rte_ether_addr known;
+        if (shared_.neighbors->lookup6(ps.port, nd.target.data(), known) &&
+            !shared_.neighbors->is_static6(ps.port, nd.target.data())) {
+            shared_.neighbors->set6(ps.port, nd.target.data(), known, false);
+        }
     }
     if (ps.has_tap && rte_eth_tx_burst(ps.tap_port, 0, &m, 1) == 1) {
         return;

@@ -109,6 +109,76 @@ def spoof(topo, which):
     sh(f"/usr/bin/python3 {path} {which}", ns=topo.ns["host-hq"], timeout=60)
 
 
+def ipv6_part():
+    """The same NUD checks for IPv6 (unicast Neighbor Solicitations) on test_site_to_site_ipv6.py's
+    IPv6 network (6-in-6 static SAs, the router at 2001:db8:ff1::fe)."""
+    import test_site_to_site_ipv6 as v6  # noqa: E402
+    tag = f"esn6{os.getpid() % 10000}"
+    topo = v6.Topology6(dp.BUILD, prefix=tag)
+    for side in ("hq", "branch"):
+        text = v6.gateway_config(side, outer=6).replace(
+            f"  control-socket: /run/espresso/{side}.sock\n",
+            f"  control-socket: /run/espresso/{side}.sock\n  neighbor-reachable-time: 2\n")
+        path = os.path.join(topo.dir, f"{side}.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        setattr(topo, f"{side}_config", path)
+    hq = "/run/espresso/hq.sock"
+    router = "2001:db8:ff1::fe"
+    try:
+        topo.create()
+        inet = topo.ns["inet"]
+        topo.start_gateways()
+        gw_mac = [i for i in dp.cli_json(hq, "show interfaces")["interfaces"] if i["name"] == "outside"][0]["mac"]
+        sh(f"ip -6 neigh replace 2001:db8:ff1::1 lladdr {gw_mac} nud permanent dev inet-hq", ns=inet)
+        sh("sysctl -qw net.ipv6.conf.inet-hq.ndisc_notify=0", ns=inet)
+        assert ping(topo, 3, dst="2001:db8:2::10", deadline=10) >= 1, "no ping -6 through the tunnel"
+
+        def v6_neighbors_and_probes():
+            table = arp(hq)
+            e = entry(table, router)
+            assert e and e["family"] == 6 and e["mac"] == mac_of(topo, "inet", "inet-hq"), table
+            text = dp.cli(hq, "show ipv6 neighbors")
+            assert re.search(r"^2001:db8:ff1::fe\s+\d+\s+" + re.escape(e["mac"]) + r"\s+(REACH|STALE|PROBE)\s+outside$",
+                             text, re.M), text
+            before = table["counters"]
+            got = ping(topo, 40, 0.2, dst="2001:db8:2::10")
+            after = arp(hq)["counters"]
+            assert got == 40, f"{got}/40 replies while the router answered its Neighbor Solicitations"
+            assert after["probes-sent"] > before["probes-sent"] and after["unreachable"] == before["unreachable"], (before, after)
+        case("[IPv6] show ipv6 neighbors; unicast Neighbor Solicitation probes keep the router, no loss",
+             v6_neighbors_and_probes)
+
+        def v6_mac_change():
+            before = arp(hq)["counters"]
+            new_mac = "02:00:00:00:99:02"
+            sh(f"ip link set dev inet-hq address {new_mac}", ns=inet)
+            t0 = time.time()
+            recovered = None
+            while time.time() - t0 < 20:
+                if ping(topo, 1, dst="2001:db8:2::10", deadline=1) == 1:
+                    recovered = time.time() - t0
+                    break
+            table = arp(hq)
+            assert recovered is not None, f"no ping -6 20 s after the router's MAC changed: {table}"
+            e = entry(table, router)
+            assert e and e["mac"] == new_mac, e
+            assert table["counters"]["unreachable"] >= before["unreachable"] + 1, (before, table["counters"])
+            print(f"     (traffic flowed again {recovered:.1f} s after the change)")
+        case("[IPv6] the router's MAC changes silently: probes fail, re-resolved by multicast NS, traffic recovers",
+             v6_mac_change)
+
+        def clear_v6_only():
+            ping(topo, 2, deadline=5)  # an IPv4 entry too
+            out = dp.cli(hq, "clear ipv6 neighbors")
+            assert re.fullmatch(r"cleared [1-9]\d* IPv6 neighbor entr(y|ies)\n", out), out
+            table = arp(hq)
+            assert not [e for e in table["neighbors"] if e["family"] == 6 and not e["static"]], table
+        case("[IPv6] clear ipv6 neighbors removes learned IPv6 entries", clear_v6_only)
+    finally:
+        topo.teardown()
+
+
 def main():
     if not os.path.exists(dp.dataplane_binary()):
         print(f"SKIP: {dp.dataplane_binary()} not built")
@@ -219,6 +289,12 @@ def main():
             print(f"--- {name} log:\n{topo.log(name)[-3000:]}")
     finally:
         topo.teardown()
+    try:
+        ipv6_part()
+    except Exception as e:  # noqa: BLE001
+        results.append(("IPv6 setup", False))
+        print(f"FAIL IPv6 setup: {e}", flush=True)
+        traceback.print_exc()
     passed = sum(1 for _, ok in results if ok)
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
