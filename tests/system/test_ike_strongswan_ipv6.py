@@ -14,8 +14,8 @@ Scenarios (one topology, one charon):
   responder  strongSwan initiates both Child SAs; ping -6 and ping both ways; tshark: only ESP-in-UDP
              4500 over IPv6, every ESP packet decrypted with ICV good, inner IPv4 and IPv6 seen; the
              IPv6 peer in `show crypto ikev2 sa`; strongSwan deletes, espresso follows
-  initiator  espresso-ike initiates both (start: immediately); ping both ways; espresso deletes
-             (`clear crypto sa`), strongSwan follows
+  initiator  espresso-ike initiates both (start: immediately); ping both ways; the same capture checks;
+             espresso deletes (`clear crypto sa`), strongSwan follows
 Run as root: ESPRESSO_BUILD=build flock /tmp/espresso-systest.lock /usr/bin/python3 tests/system/test_ike_strongswan_ipv6.py [scenario ...]
 """
 import json
@@ -301,20 +301,21 @@ def ping_all(topo):
         assert got >= 4, f"ping {src} -> {dst}: {got}/5"
 
 
-def scenario_responder(topo, hq, br):
-    hq.start(ike_yaml())
-    br.load(branch_swanctl())
-    pcap = os.path.join(hq.dir, "inet-v6.pcap")
-    topo.start_process("tshark6", "inet", ["tshark", "-n", "-i", "inet-hq", "-w", pcap], wait_for="Capturing on", timeout=20)
-    br.initiate("net6", timeout=30)
-    br.initiate("net4", timeout=30)
-    check_sa(hq, "responder")
-    ping_all(topo)
+def start_capture(topo, hq, name):
+    pcap = os.path.join(hq.dir, f"{name}.pcap")
+    topo.start_process(name, "inet", ["tshark", "-n", "-i", "inet-hq", "-w", pcap], wait_for="Capturing on", timeout=20)
+    return pcap
+
+
+def check_capture(topo, br, name, pcap, log_since, strongswan_initiated):
+    """The internet segment carried only IPv6: IKE on UDP 500/4500 and ESP-in-UDP on 4500 (no raw ESP),
+    and every ESP packet decrypts, ICV good, with the keys strongSwan derived; the inner packets are the
+    hosts' IPv4 and IPv6 pings."""
     time.sleep(0.5)
-    topo.stop_process("tshark6")
-    keys = strongswan_child_keys(br.log())
+    topo.stop_process(name)
+    keys = strongswan_child_keys(br.log()[log_since:])
     assert len(keys) == 2, f"expected strongSwan's keys for two Child SAs, found {len(keys)}:\n{br.log()[-3000:]}"
-    rows = tshark_esp(pcap, keys, strongswan_initiated=True)
+    rows = tshark_esp(pcap, keys, strongswan_initiated)
     wan = [r for r in rows if set(r["src"][:1] + r["dst"][:1]) == {HQ_WAN, BR_WAN}]
     assert not [r for r in rows if r["version"].startswith("4")], "IPv4 on the internet segment"
     assert all(r["nxt"][0] == "17" for r in wan), {r["nxt"][0] for r in wan}  # UDP only: no raw ESP (50)
@@ -331,6 +332,18 @@ def scenario_responder(topo, hq, br):
     assert {"2001:db8:1::10", "2001:db8:2::10"} <= inner6, f"decrypted inner IPv6: {inner6}"
     assert {"192.168.1.10", "192.168.2.10"} <= inner4, f"decrypted inner IPv4: {inner4}"
     print(f"tshark: {len(esp)} ESP-in-UDP/IPv6 packets, SPIs {sorted(spis)}, all ICV good with strongSwan's keys", flush=True)
+
+
+def scenario_responder(topo, hq, br):
+    hq.start(ike_yaml())
+    br.load(branch_swanctl())
+    since = len(br.log())
+    pcap = start_capture(topo, hq, "tshark6r")
+    br.initiate("net6", timeout=30)
+    br.initiate("net4", timeout=30)
+    check_sa(hq, "responder")
+    ping_all(topo)
+    check_capture(topo, br, "tshark6r", pcap, since, strongswan_initiated=True)
     br.terminate(ike="s2s", check=False)
     wait(lambda: not hq.ike_sas(), 15, "espresso to drop the IKE SA after strongSwan's delete")
     sas = json.loads(hq.cli("--json show crypto ipsec sa")).get("sas", [])
@@ -340,10 +353,13 @@ def scenario_responder(topo, hq, br):
 
 def scenario_initiator(topo, hq, br):
     br.load(branch_swanctl(start_action="none"))
+    since = len(br.log())
+    pcap = start_capture(topo, hq, "tshark6i")
     hq.start(ike_yaml(start="immediately"))
     wait(lambda: len(br.children(state="INSTALLED")) == 2, 30, "strongSwan with two Child SAs")
     check_sa(hq, "initiator")
     ping_all(topo)
+    check_capture(topo, br, "tshark6i", pcap, since, strongswan_initiated=False)
     hq.cli("clear crypto sa")
     wait(lambda: not br.list_sas(), 15, "strongSwan to drop the IKE SA after espresso's delete")
     hq.stop()
