@@ -534,10 +534,9 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
     if (last_response_id_ && h.message_id == *last_response_id_) {
         // §2.1: a retransmitted request gets the same response, without processing it again.
         if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init) || authentic_retransmission(msg, raw)) {
-            // RFC 7383 §2.5.2 for responses: the peer asking again means our response did not arrive;
-            // after as many resends as a request gets per size, the response goes smaller.
+            // RFC 7383 §2.5.2 for responses: the peer asking again means our response did not arrive.
             // A peer that went smaller for its request gets the response at its size at once; otherwise
-            // after as many resends as a request gets per size.
+            // the response goes one step smaller after as many sends as a request gets per size.
             if (follow_peer_fragment_size() && !last_response_plain_.inner.empty()) {
                 auto smaller = fragment_message(last_response_plain_.exchange, true, *last_response_id_,
                                                 last_response_plain_.first, last_response_plain_.inner, false);
