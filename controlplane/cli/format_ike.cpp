@@ -21,6 +21,27 @@ std::string host(const std::string& endpoint)
     return colon == std::string::npos ? endpoint : endpoint.substr(0, colon);
 }
 
+// The daemon writes endpoints as "address:port"; an IPv6 address is shown as "[address]:port" (RFC 5952
+// §6), so the port cannot be read as part of the address.
+bool is_ipv6_endpoint(const std::string& endpoint)
+{
+    return host(endpoint).find(':') != std::string::npos;
+}
+
+std::string show_endpoint(const std::string& endpoint)
+{
+    if (!is_ipv6_endpoint(endpoint)) {
+        return endpoint;
+    }
+    // Appended piecewise: GCC 12 warns (-Wrestrict, a known false positive) on "[" + std::string.
+    const auto colon = endpoint.rfind(':');
+    std::string out(1, '[');
+    out.append(endpoint, 0, colon);
+    out.push_back(']');
+    out.append(endpoint, colon, std::string::npos);
+    return out;
+}
+
 std::string pad(std::string s, size_t width)
 {
     if (s.size() < width) {
@@ -39,42 +60,53 @@ const json& sas_of(const json& result)
 
 std::string format_isakmp_sa(const json& result)
 {
-    std::string out = "IPv4 Crypto ISAKMP SA\n";
-    out += "dst             src             state          conn-id status\n";
-    for (const auto& sa : sas_of(result)) {
-        char line[160];
-        std::string status = str(sa, "state") == "READY" ? "ACTIVE" : str(sa, "state");
-        std::snprintf(line, sizeof(line), "%s %s %s %7lld %s\n", pad(host(str(sa, "remote")), 15).c_str(),
-                      pad(host(str(sa, "local")), 15).c_str(), pad(str(sa, "isakmp-state"), 14).c_str(),
-                      static_cast<long long>(sa.value("conn-id", 0)), status.c_str());
-        out += line;
+    // Cisco IOS lists IPv4 and IPv6 IKE SAs in sections of their own; IPv6 addresses need wider columns.
+    std::string out;
+    for (bool v6 : {false, true}) {
+        const size_t width = v6 ? 39 : 15;
+        out += std::string(v6 ? "\nIPv6" : "IPv4") + " Crypto ISAKMP SA\n";
+        out += pad("dst", width) + " " + pad("src", width) + " state          conn-id status\n";
+        for (const auto& sa : sas_of(result)) {
+            if (is_ipv6_endpoint(str(sa, "remote")) != v6) {
+                continue;
+            }
+            char line[64];
+            std::string status = str(sa, "state") == "READY" ? "ACTIVE" : str(sa, "state");
+            std::snprintf(line, sizeof(line), " %7lld ", static_cast<long long>(sa.value("conn-id", 0)));
+            out += pad(host(str(sa, "remote")), width) + " " + pad(host(str(sa, "local")), width) + " " +
+                   pad(str(sa, "isakmp-state"), 14) + line + status + "\n";
+        }
     }
-    out += "\nIPv6 Crypto ISAKMP SA\n";
     return out;
 }
 
 std::string format_ikev2_sa(const json& result)
 {
-    std::string out = " IPv4 Crypto IKEv2  SA\n\n";
+    std::string out;
     int id = 0;
-    for (const auto& sa : sas_of(result)) {
-        ++id;
-        char line[256];
-        std::snprintf(line, sizeof(line), "Tunnel-id Local                 Remote                fvrf/ivrf            Status\n"
-                                          "%-9d %-21s %-21s none/none            %s\n",
-                      id, str(sa, "local").c_str(), str(sa, "remote").c_str(), str(sa, "state").c_str());
-        out += line;
-        out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") + "\n";
-        out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: PSK, Auth verify: PSK\n";
-        long long life = sa.value("lifetime-seconds", 0LL);
-        out += "      Life: " + std::to_string(life) + " sec, established " + str(sa, "established", "-") + "\n";
-        out += "      Local spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-i" : "spi-r") +
-               "       Remote spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-r" : "spi-i") + "\n";
-        const auto& nat = sa.contains("nat") ? sa["nat"] : json::object();
-        bool nat_local = nat.value("local-behind-nat", false), nat_remote = nat.value("remote-behind-nat", false);
-        out += std::string("      NAT-T is ") +
-               (nat_local || nat_remote ? std::string("detected ") + (nat_local ? "inside" : "outside") : "not detected") + "\n";
-        out += "      Child SAs: " + std::to_string(sa.contains("children") ? sa["children"].size() : 0) + "\n\n";
+    for (bool v6 : {false, true}) {
+        const size_t width = v6 ? 47 : 21; // "[" IPv6 "]:" port
+        out += std::string(v6 ? " IPv6" : " IPv4") + " Crypto IKEv2  SA\n\n";
+        for (const auto& sa : sas_of(result)) {
+            if (is_ipv6_endpoint(str(sa, "remote")) != v6) {
+                continue;
+            }
+            ++id;
+            out += "Tunnel-id " + pad("Local", width) + " " + pad("Remote", width) + " fvrf/ivrf            Status\n";
+            out += pad(std::to_string(id), 9) + " " + pad(show_endpoint(str(sa, "local")), width) + " " +
+                   pad(show_endpoint(str(sa, "remote")), width) + " none/none            " + str(sa, "state") + "\n";
+            out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") + "\n";
+            out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: PSK, Auth verify: PSK\n";
+            long long life = sa.value("lifetime-seconds", 0LL);
+            out += "      Life: " + std::to_string(life) + " sec, established " + str(sa, "established", "-") + "\n";
+            out += "      Local spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-i" : "spi-r") +
+                   "       Remote spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-r" : "spi-i") + "\n";
+            const auto& nat = sa.contains("nat") ? sa["nat"] : json::object();
+            bool nat_local = nat.value("local-behind-nat", false), nat_remote = nat.value("remote-behind-nat", false);
+            out += std::string("      NAT-T is ") +
+                   (nat_local || nat_remote ? std::string("detected ") + (nat_local ? "inside" : "outside") : "not detected") + "\n";
+            out += "      Child SAs: " + std::to_string(sa.contains("children") ? sa["children"].size() : 0) + "\n\n";
+        }
     }
     return out;
 }
@@ -87,7 +119,7 @@ std::string format_crypto_session(const json& result)
         out += "Profile: " + str(sa, "peer") + "\n";
         out += "Session status: " + std::string(str(sa, "state") == "READY" ? "UP-ACTIVE" : "UP-NO-IKE") + "\n";
         out += "Peer: " + host(str(sa, "remote")) + " port " + str(sa, "remote").substr(str(sa, "remote").rfind(':') + 1) + "\n";
-        out += "  IKEv2 SA: local " + str(sa, "local") + " remote " + str(sa, "remote") + " " +
+        out += "  IKEv2 SA: local " + show_endpoint(str(sa, "local")) + " remote " + show_endpoint(str(sa, "remote")) + " " +
                (str(sa, "state") == "READY" ? "Active" : str(sa, "state")) + "\n";
         if (sa.contains("children")) {
             for (const auto& c : sa["children"]) {

@@ -444,6 +444,7 @@ json ike_daemon::status_json() const
             {"proposal", sa->sa_state() == ike_sa::state::init_sent ? "" : describe(sa->transforms(), protocol_id::ike)},
             {"nat", {{"local-behind-nat", sa->nat_local()}, {"remote-behind-nat", sa->nat_remote()}}},
             {"fragmentation", sa->fragmentation()},
+            {"fragment-size", sa->fragment_size()},
             {"created", iso_time(sa->created())},
             {"children", std::move(children)},
         };
@@ -544,7 +545,8 @@ json ike_daemon::handle_request(const json& request)
                   {"fragments",
                    {{"sent", f.sent}, {"messages-sent", f.messages_sent}, {"received", f.received},
                     {"reassembled", f.reassembled}, {"duplicate", f.duplicate}, {"invalid", f.invalid}, {"unexpected", f.unexpected},
-                    {"not-negotiated", f.not_negotiated}, {"stale", f.stale}, {"discarded", f.discarded}}}};
+                    {"not-negotiated", f.not_negotiated}, {"stale", f.stale}, {"discarded", f.discarded},
+                    {"pmtu-lowered", f.pmtu_lowered}}}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
     }

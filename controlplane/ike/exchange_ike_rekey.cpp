@@ -57,6 +57,7 @@ std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_
     next->credentials_ = credentials_;
     next->fragmentation_ = fragmentation_; // RFC 7383: negotiated once, in IKE_SA_INIT; the new IKE SA keeps it
     next->fragment_counters_ = fragment_counters_;
+    next->fragment_size_ = fragment_size_; // RFC 7383 §2.5.2: what path MTU discovery found still holds
     next->adopt(chosen, std::move(keys), nat_local_, nat_remote_, remote_id_text_);
     return next;
 }

@@ -12,6 +12,34 @@ size_t ike_bytes_per_datagram(uint32_t fragment_size, const endpoint& local)
     return fragment_size > overhead ? fragment_size - overhead : 0;
 }
 
+namespace {
+// Common link MTUs, largest first: 1500 (Ethernet), 1400 (tunnels, PPPoE and VPN paths), 1280 (the IPv6
+// minimum), 1000, then the IPv4 minimum.
+constexpr uint32_t ladder[] = {1500, 1400, 1280, 1000, pmtud_floor_ipv4};
+} // namespace
+
+uint32_t fragment_size_at_most(uint32_t limit, bool ipv6) noexcept
+{
+    const uint32_t floor = ipv6 ? pmtud_floor_ipv6 : pmtud_floor_ipv4;
+    for (uint32_t size : ladder) {
+        if (size <= limit && size >= floor) {
+            return size;
+        }
+    }
+    return floor;
+}
+
+uint32_t next_fragment_size(uint32_t current, bool ipv6) noexcept
+{
+    const uint32_t floor = ipv6 ? pmtud_floor_ipv6 : pmtud_floor_ipv4;
+    for (uint32_t size : ladder) {
+        if (size < current && size >= floor) {
+            return size;
+        }
+    }
+    return 0;
+}
+
 size_t fragment_plaintext_size(const sk_cipher& cipher, size_t ike_bytes)
 {
     const size_t fixed = header_size + skf_header_size;

@@ -31,7 +31,25 @@ struct fragment_counters {
     uint64_t stale = 0;            // Total Fragments below that of the fragments collected (RFC 7383 §2.6)
     uint64_t discarded = 0;        // collected fragments thrown away: timeout, a larger Total Fragments,
                                    // another message ID, over max_reassembled_size, or unusable when whole
+    uint64_t pmtu_lowered = 0;     // path MTU discovery (RFC 7383 §2.5.2): an IKE SA lowered its fragment
+                                   // size after unanswered sends and sent the message again, smaller
 };
+
+// Path MTU discovery for IKE fragments (RFC 7383 §2.5.2). Nothing tells an IKE sender that its
+// datagrams are too big for the path when ICMP is filtered (a PMTU black hole), so the sender infers
+// it: a message that got no answer after `pmtud_sends_per_size` sends at one fragment size is sent
+// again fragmented to the next smaller size, down to the smallest datagram every path must carry (576
+// bytes for IPv4, RFC 791; 1280 for IPv6, RFC 8200 §5). Two sends per size: one lost datagram on a good
+// path must not shrink the size. The ladder is ours (the RFC leaves the values to the implementation);
+// it reaches 576 from the default 1280 within the default retransmission budget (6 sends).
+inline constexpr unsigned pmtud_sends_per_size = 2;
+inline constexpr uint32_t pmtud_floor_ipv4 = 576;
+inline constexpr uint32_t pmtud_floor_ipv6 = 1280;
+// The next fragment size below `current` (IP datagram bytes, headers included) for the family, or 0
+// when `current` is at or below the family's floor.
+uint32_t next_fragment_size(uint32_t current, bool ipv6) noexcept;
+// The largest ladder size not above `limit`, never below the family's floor.
+uint32_t fragment_size_at_most(uint32_t limit, bool ipv6) noexcept;
 
 // IKE bytes one datagram may hold when the whole IP datagram may be `fragment_size` bytes: minus the IP
 // header (20 or 40), UDP (8) and, off port 500, the RFC 3948 non-ESP marker (4). As strongSwan computes it.

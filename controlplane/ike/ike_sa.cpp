@@ -17,6 +17,7 @@ ike_sa::ike_sa(ike_io& io, std::shared_ptr<const config::ike_peer_config> peer, 
       created_wall_(std::chrono::system_clock::now())
 {
     last_heard_ = io_.now();
+    fragment_size_ = peer_.fragment_size;
     // A half-open SA that never authenticates is dropped (RFC 7296 §2.6 spirit: bounded state).
     half_open_deadline_ = last_heard_ + std::chrono::seconds(30);
 }
@@ -127,14 +128,29 @@ bytes ike_sa::seal_datagram(exchange_type exchange, bool response, uint32_t mess
 }
 
 std::vector<bytes> ike_sa::seal_message(exchange_type exchange, bool response, uint32_t message_id,
-                                        const std::vector<payload>& payloads)
+                                        const std::vector<payload>& payloads, plain_message* keep)
 {
     payload_type first = payload_type::none;
     bytes inner = serialize_payloads(payloads, first);
+    auto out = fragment_message(exchange, response, message_id, first, inner, true);
+    // Keep the plaintext only where fragmenting again can make the datagrams smaller (§2.5.2): both
+    // ends fragment, and the message is bigger than the family's smallest fragment size.
+    const uint32_t floor = local_.address.is_v6() ? pmtud_floor_ipv6 : pmtud_floor_ipv4;
+    if (keep != nullptr && fragmentation_ && peer_.fragmentation != config::ike_fragmentation::accept &&
+        exchange != exchange_type::ike_sa_init && !out.empty() &&
+        header_size + generic_payload_header_size + out_->sealed_size(inner.size()) > ike_bytes_per_datagram(floor, local_)) {
+        *keep = plain_message{exchange, first, std::move(inner)};
+    }
+    return out;
+}
+
+std::vector<bytes> ike_sa::fragment_message(exchange_type exchange, bool response, uint32_t message_id, payload_type first,
+                                            std::span<const uint8_t> inner, bool first_time)
+{
     std::vector<bytes> out;
     // RFC 7383 §2.5.1: fragment only what would not fit one datagram of the fragment size, only after
     // IKE_SA_INIT (never fragmented, §2.5), only when both announced support, and not with `accept`.
-    const size_t room = ike_bytes_per_datagram(peer_.fragment_size, local_);
+    const size_t room = ike_bytes_per_datagram(fragment_size_, local_);
     const size_t whole = header_size + generic_payload_header_size + out_->sealed_size(inner.size());
     if (fragmentation_ && peer_.fragmentation != config::ike_fragmentation::accept &&
         exchange != exchange_type::ike_sa_init && whole > room) {
@@ -153,7 +169,9 @@ std::vector<bytes> ike_sa::seal_message(exchange_type exchange, bool response, u
                 }
                 out.push_back(std::move(d));
             }
-            ++fragment_counters_->messages_sent;
+            if (first_time) {
+                ++fragment_counters_->messages_sent;
+            }
             if (io_.debug_enabled()) {
                 log(log_level::debug, "sending " + to_string(exchange) + (response ? " response " : " request ") +
                                           std::to_string(message_id) + " (" + std::to_string(whole) +
@@ -173,6 +191,38 @@ std::vector<bytes> ike_sa::seal_message(exchange_type exchange, bool response, u
     return out;
 }
 
+bool ike_sa::retry_smaller(const plain_message& plain, bool response, uint32_t message_id, std::vector<bytes>& datagrams,
+                           unsigned& sent_at_size)
+{
+    if (plain.inner.empty() || sent_at_size < pmtud_sends_per_size) {
+        return false;
+    }
+    size_t largest = 0;
+    for (const auto& d : datagrams) {
+        largest = std::max(largest, d.size());
+    }
+    const uint32_t next = next_fragment_size(fragment_size_, local_.address.is_v6());
+    // Lowering helps only when some datagram would not fit the next size.
+    if (next == 0 || largest <= ike_bytes_per_datagram(next, local_)) {
+        return false;
+    }
+    const uint32_t before = fragment_size_;
+    fragment_size_ = next;
+    auto smaller = fragment_message(plain.exchange, response, message_id, plain.first, plain.inner, false);
+    if (smaller.empty()) {
+        fragment_size_ = before;
+        return false;
+    }
+    ++fragment_counters_->pmtu_lowered;
+    log(log_level::info, "no answer to " + to_string(plain.exchange) + (response ? " response " : " request ") +
+                             std::to_string(message_id) + " after " + std::to_string(sent_at_size) + " sends of datagrams up to " +
+                             std::to_string(before) + " bytes: path MTU discovery (RFC 7383 §2.5.2) lowers the fragment size to " +
+                             std::to_string(next) + " bytes (" + std::to_string(smaller.size()) + " fragments)");
+    datagrams = std::move(smaller);
+    sent_at_size = 0;
+    return true;
+}
+
 void ike_sa::send_datagrams(const std::vector<bytes>& datagrams)
 {
     for (const auto& d : datagrams) {
@@ -183,14 +233,47 @@ void ike_sa::send_datagrams(const std::vector<bytes>& datagrams)
     }
 }
 
+void ike_sa::note_request_fragment(const skf_payload& fragment, size_t datagram_bytes)
+{
+    if (fragment.number == 1 && fragment.total > 1) {
+        const size_t ip = datagram_bytes + (local_.address.is_v6() ? 40 : 20) + 8 + (local_.port != 500 ? 4 : 0);
+        peer_fragment_hint_ = static_cast<uint32_t>(std::min<size_t>(ip, UINT32_MAX));
+    }
+}
+
+bool ike_sa::follow_peer_fragment_size()
+{
+    // A full fragment may stay up to a cipher block (plus padding) short of the sender's size: only a
+    // clearly smaller datagram is a hint.
+    constexpr uint32_t slack = 32;
+    if (peer_fragment_hint_ == 0 || peer_fragment_hint_ + slack >= fragment_size_ || !fragmentation_ ||
+        peer_.fragmentation == config::ike_fragmentation::accept) {
+        return false;
+    }
+    const uint32_t next = fragment_size_at_most(peer_fragment_hint_ + slack - 1, local_.address.is_v6());
+    if (next >= fragment_size_) {
+        return false;
+    }
+    ++fragment_counters_->pmtu_lowered;
+    log(log_level::info, "the peer's request fragments are " + std::to_string(peer_fragment_hint_) +
+                             "-byte datagrams: path MTU discovery (RFC 7383 §2.5.2) lowers the fragment size from " +
+                             std::to_string(fragment_size_) + " to " + std::to_string(next) + " bytes for responses");
+    fragment_size_ = next;
+    return true;
+}
+
 void ike_sa::send_response(exchange_type exchange, uint32_t message_id, const std::vector<payload>& payloads)
 {
-    auto datagrams = seal_message(exchange, true, message_id, payloads);
+    follow_peer_fragment_size();
+    plain_message plain;
+    auto datagrams = seal_message(exchange, true, message_id, payloads, &plain);
     if (datagrams.empty()) {
         return;
     }
     send_datagrams(datagrams);
     last_response_ = std::move(datagrams);
+    last_response_plain_ = std::move(plain);
+    last_response_sent_at_size_ = 1;
     last_response_id_ = message_id;
     expected_request_id_ = message_id + 1;
 }
@@ -231,7 +314,8 @@ void ike_sa::pump_requests()
     pending_request r = std::move(queue_.front());
     queue_.erase(queue_.begin());
     uint32_t id = next_request_id_++;
-    auto datagrams = seal_message(r.exchange, false, id, r.build());
+    plain_message plain;
+    auto datagrams = seal_message(r.exchange, false, id, r.build(), &plain);
     if (datagrams.empty()) {
         return;
     }
@@ -240,6 +324,8 @@ void ike_sa::pump_requests()
     o.message_id = id;
     o.datagrams = std::move(datagrams);
     o.sent = 1;
+    o.sent_at_size = 1;
+    o.plain_copy = std::move(plain);
     o.deadline = io_.now() + retransmit_.base;
     o.on_reply = std::move(r.on_reply);
     o.on_timeout = std::move(r.on_timeout);
@@ -322,6 +408,9 @@ std::optional<std::vector<payload>> ike_sa::open_fragment(const message& msg, co
         return std::nullopt;
     }
     ++counters.received;
+    if (!h.is_response()) {
+        note_request_fragment(fragment, raw.size());
+    }
     size_t discarded = 0;
     auto added = collection.add(h.message_id, h.exchange, fragment, std::move(*plain), io_.now(), discarded);
     counters.discarded += discarded;
@@ -382,6 +471,7 @@ bool ike_sa::authentic_retransmission(const message& msg, std::span<const uint8_
         return false;
     }
     ++fragment_counters_->duplicate;
+    note_request_fragment(*fragment, raw.size());
     return true;
 }
 
@@ -444,7 +534,21 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
     if (last_response_id_ && h.message_id == *last_response_id_) {
         // §2.1: a retransmitted request gets the same response, without processing it again.
         if (h.exchange == static_cast<uint8_t>(exchange_type::ike_sa_init) || authentic_retransmission(msg, raw)) {
+            // RFC 7383 §2.5.2 for responses: the peer asking again means our response did not arrive.
+            // A peer that went smaller for its request gets the response at its size at once; otherwise
+            // the response goes one step smaller after as many sends as a request gets per size.
+            if (follow_peer_fragment_size() && !last_response_plain_.inner.empty()) {
+                auto smaller = fragment_message(last_response_plain_.exchange, true, *last_response_id_,
+                                                last_response_plain_.first, last_response_plain_.inner, false);
+                if (!smaller.empty()) {
+                    last_response_ = std::move(smaller);
+                    last_response_sent_at_size_ = 0;
+                }
+            } else {
+                retry_smaller(last_response_plain_, true, *last_response_id_, last_response_, last_response_sent_at_size_);
+            }
             send_datagrams(last_response_);
+            ++last_response_sent_at_size_;
         }
         return;
     }
@@ -539,7 +643,10 @@ void ike_sa::tick()
                 return;
             }
         } else {
+            retry_smaller(outstanding_->plain_copy, false, outstanding_->message_id, outstanding_->datagrams,
+                          outstanding_->sent_at_size);
             send_datagrams(outstanding_->datagrams);
+            ++outstanding_->sent_at_size;
             // §2.1: retransmissions back off exponentially.
             outstanding_->deadline = now + retransmit_.base * (1u << std::min(outstanding_->sent, 10u));
             ++outstanding_->sent;

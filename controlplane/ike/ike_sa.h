@@ -117,6 +117,9 @@ public:
     void set_fragment_counters(fragment_counters* counters) { fragment_counters_ = counters ? counters : &own_fragment_counters_; }
     // Both ends announced IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 §2.3).
     bool fragmentation() const noexcept { return fragmentation_; }
+    // The fragment size this SA uses now (IP datagram bytes): the peer's `fragment-size`, or less once
+    // path MTU discovery (RFC 7383 §2.5.2) lowered it; kept for the SA's life and its rekeyed successors.
+    uint32_t fragment_size() const noexcept { return fragment_size_; }
     // After an IKE SA rekey, the new IKE SA(s) this one created: the one that took over the Child SAs
     // and, after a simultaneous rekey (§2.8.2), the redundant one until it is deleted. The manager
     // adopts them; call until it returns null.
@@ -148,10 +151,20 @@ private:
         std::function<void(const std::vector<payload>&)> on_reply; // decrypted reply payloads
         std::function<void()> on_timeout;
     };
+    // A protected message before sealing, kept only while it may have to be fragmented again at a
+    // smaller size (path MTU discovery, RFC 7383 §2.5.2): fragmentation negotiated and the message
+    // bigger than the family's smallest fragment size.
+    struct plain_message {
+        exchange_type exchange = exchange_type::ike_sa_init;
+        payload_type first = payload_type::none;
+        bytes inner; // the serialized inner payloads; empty: nothing kept
+    };
     struct outstanding {
         uint32_t message_id = 0;
         std::vector<bytes> datagrams; // one, or every fragment (RFC 7383: retransmissions resend them all)
         unsigned sent = 0;
+        unsigned sent_at_size = 0;    // sends since the fragment size last changed (RFC 7383 §2.5.2)
+        plain_message plain_copy;     // to fragment again smaller; empty when that cannot help
         steady_time deadline{};
         std::function<void(const std::vector<payload>&)> on_reply;
         std::function<void()> on_timeout;
@@ -162,7 +175,23 @@ private:
     void pump_requests();
     void send_request_plain(bytes datagram);
     // One datagram, or the fragments (RFC 7383) when negotiated and the message would not fit; empty on failure.
-    std::vector<bytes> seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads);
+    // `keep` receives the plaintext when it may have to be fragmented again smaller (see plain_message).
+    std::vector<bytes> seal_message(exchange_type exchange, bool response, uint32_t message_id, const std::vector<payload>& payloads,
+                                    plain_message* keep = nullptr);
+    // Seals `inner` as one SK datagram or, above fragment_size_, as SKF fragments. `first_time`: count it
+    // in messages_sent (a message fragmented again for path MTU discovery is not a new message).
+    std::vector<bytes> fragment_message(exchange_type exchange, bool response, uint32_t message_id, payload_type first,
+                                        std::span<const uint8_t> inner, bool first_time);
+    // RFC 7383 §2.5.2: after pmtud_sends_per_size unanswered sends, lower fragment_size_ one step and
+    // fragment `plain` again into `datagrams` (same message ID). False when that cannot make it smaller.
+    bool retry_smaller(const plain_message& plain, bool response, uint32_t message_id, std::vector<bytes>& datagrams,
+                       unsigned& sent_at_size);
+    // A responder's hint: the peer's fragmented requests come in datagrams of `peer_fragment_hint_`
+    // bytes (fragment 1 of several is always full). Responses are not fragmented bigger than that, so a
+    // peer that lowered its size for path MTU discovery gets the response at its size at once.
+    // Returns whether fragment_size_ went down.
+    bool follow_peer_fragment_size();
+    void note_request_fragment(const skf_payload& fragment, size_t datagram_bytes);
     // SK (total == 0) or SKF `number` of `total` around `plain`.
     bytes seal_datagram(exchange_type exchange, bool response, uint32_t message_id, payload_type first,
                         std::span<const uint8_t> plain, uint16_t number, uint16_t total);
@@ -260,6 +289,8 @@ private:
     uint32_t expected_request_id_ = 0;  // the peer's next request
     std::optional<uint32_t> last_response_id_;
     std::vector<bytes> last_response_;  // resent on a duplicate request (all fragments, RFC 7383)
+    plain_message last_response_plain_; // to fragment it again smaller (RFC 7383 §2.5.2)
+    unsigned last_response_sent_at_size_ = 0;
     std::optional<outstanding> outstanding_;
     // A vector, not a deque: an empty std::deque allocates ~600 bytes, and almost every IKE SA's
     // queue is empty almost always (perf/bench-ike: memory per IKE SA).
@@ -311,6 +342,8 @@ private:
 
     // RFC 7383 fragmentation (ike_sa.cpp; negotiated in exchange_init.cpp).
     bool fragmentation_ = false;
+    uint32_t fragment_size_ = 0; // peer_.fragment_size until path MTU discovery lowers it
+    uint32_t peer_fragment_hint_ = 0; // IP datagram bytes of the peer's last fragmented request; 0: none
     fragment_reassembly request_fragments_;  // the peer's request being collected
     fragment_reassembly response_fragments_; // the response to our outstanding request
     fragment_counters own_fragment_counters_;

@@ -24,6 +24,7 @@
 #include "espresso/dp/control_client.h"
 #include "espresso/dp/control_protocol.h"
 #include "format.h"
+#include "format_ike.h"
 #include "sa_json.h"
 #include "telemetry.h"
 
@@ -1331,6 +1332,34 @@ TEST(cli_format, NeighborTablesInTheLayoutOfIos)
               "IPv6 Address                              Age   Link-layer Addr    State  Interface\n"
               "2001:db8:1::fe                            31    02:00:00:00:00:fe  PROBE  inside\n" +
                   footer);
+
+TEST(cli_format, IkeSasListedByAddressFamily)
+{
+    // An IPv4 and an IPv6 IKE SA as espresso-ike's list-ike-sas gives them (endpoints "address:port").
+    json v4 = {{"peer", "branch"}, {"role", "initiator"}, {"state", "READY"}, {"isakmp-state", "QM_IDLE"},
+               {"local", "198.51.100.1:500"}, {"remote", "203.0.113.1:500"}, {"conn-id", 4660},
+               {"spi-i", "0000000000001234"}, {"spi-r", "0000000000005678"}, {"children", json::array()}};
+    json v6 = {{"peer", "branch6"}, {"role", "responder"}, {"state", "READY"}, {"isakmp-state", "QM_IDLE"},
+               {"local", "2001:db8:ff1::1:4500"}, {"remote", "2001:db8:ff2::1:4500"}, {"conn-id", 22136},
+               {"spi-i", "0000000000009abc"}, {"spi-r", "000000000000def0"}, {"children", json::array()}};
+    const json result = {{"ike-sas", json::array({v6, v4})}};
+    const std::string isakmp = cli::format_isakmp_sa(result);
+    const auto six = isakmp.find("IPv6 Crypto ISAKMP SA");
+    ASSERT_NE(six, std::string::npos) << isakmp;
+    EXPECT_LT(isakmp.find("203.0.113.1     198.51.100.1    QM_IDLE           4660 ACTIVE"), six) << isakmp;
+    EXPECT_GT(isakmp.find("2001:db8:ff2::1"), six) << isakmp;
+    EXPECT_NE(isakmp.find(std::string("2001:db8:ff2::1") + std::string(24, ' ') + " 2001:db8:ff1::1"), std::string::npos) << isakmp;
+
+    const std::string v2 = cli::format_ikev2_sa(result);
+    const auto v2six = v2.find(" IPv6 Crypto IKEv2  SA");
+    ASSERT_NE(v2six, std::string::npos) << v2;
+    EXPECT_EQ(v2.find(" IPv4 Crypto IKEv2  SA"), 0u) << v2;
+    EXPECT_LT(v2.find("1         198.51.100.1:500      203.0.113.1:500       none/none            READY"), v2six) << v2;
+    // IPv6 endpoints as [address]:port (RFC 5952 §6), numbered after the IPv4 ones.
+    EXPECT_GT(v2.find("2         [2001:db8:ff1::1]:4500"), v2six) << v2;
+    EXPECT_NE(v2.find("[2001:db8:ff2::1]:4500"), std::string::npos) << v2;
+    EXPECT_NE(cli::format_crypto_session(result).find("local [2001:db8:ff1::1]:4500 remote [2001:db8:ff2::1]:4500"),
+              std::string::npos);
 }
 
 } // namespace

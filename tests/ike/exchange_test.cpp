@@ -2,7 +2,9 @@
 // and network), asserting SA states, installed keys and the operator-facing failure causes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <deque>
+#include <memory>
 #include <map>
 #include <random>
 
@@ -1048,6 +1050,107 @@ TEST(ExchangeFragmentation, IkeSaRekeyKeepsFragmentation)
     f.a->sas().begin()->second->rekey_child(sa_a->children()[0].spi_in);
     f.pump();
     expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+// RFC 7383 §2.5.2 path MTU discovery. Identities of 1800 characters make IKE_AUTH about 2 KB both ways;
+// the path silently drops every IP datagram above `path_mtu` bytes (a PMTU black hole: no ICMP).
+void long_identities(config::ike_config& c, bool is_a)
+{
+    const config::ike_identity a{config::ike_id_kind::fqdn, std::string(1800, 'a') + ".example"};
+    const config::ike_identity b{config::ike_id_kind::fqdn, std::string(1800, 'b') + ".example"};
+    c.peers[0].local_id = is_a ? a : b;
+    c.peers[0].remote_id = is_a ? b : a;
+}
+
+struct black_hole {
+    size_t path_mtu;
+    size_t ip_overhead; // IP + UDP header bytes
+    size_t dropped = 0, largest_delivered = 0;
+    bool operator()(const datagram& d)
+    {
+        if (d.data.size() + ip_overhead > path_mtu) {
+            ++dropped;
+            return true;
+        }
+        largest_delivered = std::max(largest_delivered, d.data.size() + ip_overhead);
+        return false;
+    }
+};
+
+TEST(ExchangeFragmentation, PathMtuDiscoveryFindsWhatThePathCarries)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      rekey-time: 100s\n      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      rekey-time: 0\n      dpd: { interval: 0 }\n", default_tunnel_b),
+                   long_identities);
+    auto hole = std::make_shared<black_hole>(black_hole{1000, 20 + 8});
+    f.net.drop = [hole](const datagram& d) { return (*hole)(d); };
+    f.a->start();
+    f.pump();
+    for (int s = 0; s < 40 && !(established_sa(*f.a) && established_sa(*f.b)); ++s) {
+        f.advance(std::chrono::milliseconds(1000));
+    }
+    const auto* sa_a = established_sa(*f.a);
+    const auto* sa_b = established_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr) << f.io_a.logs.back();
+    ASSERT_NE(sa_b, nullptr) << f.io_b.logs.back();
+    EXPECT_GT(hole->dropped, 0u);      // the default 1280 did not cross ...
+    EXPECT_LE(hole->largest_delivered, 1000u);
+    // ... so the initiator went down the ladder (1280, 1280, then 1000, which crossed), and the
+    // responder followed the size of the request's fragments for its response.
+    EXPECT_EQ(sa_a->fragment_size(), 1000u);
+    EXPECT_EQ(sa_b->fragment_size(), 1000u);
+    EXPECT_GE(f.a->counters().fragments.pmtu_lowered, 1u);
+    EXPECT_GE(f.b->counters().fragments.pmtu_lowered, 1u);
+    EXPECT_EQ(f.a->counters().fragments.messages_sent, 1u); // fragmented again, not a new message
+    EXPECT_EQ(f.b->counters().fragments.messages_sent, 1u);
+    EXPECT_TRUE(logged(f.io_a, "path MTU discovery (RFC 7383 §2.5.2) lowers the fragment size to 1000 bytes"));
+    EXPECT_TRUE(logged(f.io_b, "path MTU discovery (RFC 7383 §2.5.2) lowers the fragment size from 1280 to 1000 bytes"));
+    ASSERT_EQ(sa_a->children().size(), 1u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    // The discovered size is kept: it survives the IKE SA rekey, with nothing lowered again.
+    const uint32_t discovered = sa_a->fragment_size();
+    const uint64_t lowered = f.a->counters().fragments.pmtu_lowered;
+    const uint64_t old_spi = sa_a->spi_i();
+    f.advance(std::chrono::seconds(101));
+    for (int s = 0; s < 5; ++s) {
+        f.advance(std::chrono::milliseconds(1000));
+    }
+    sa_a = established_sa(*f.a);
+    ASSERT_NE(sa_a, nullptr);
+    EXPECT_NE(sa_a->spi_i(), old_spi);
+    EXPECT_EQ(sa_a->fragment_size(), discovered);
+    EXPECT_EQ(f.a->counters().fragments.pmtu_lowered, lowered);
+}
+
+TEST(ExchangeFragmentation, PathMtuDiscoveryOverIpv6StopsAt1280)
+{
+    // IPv6 endpoints, `fragment-size` 1500, a path that carries 1300: 1500 and 1400 are dropped, 1280
+    // (the IPv6 minimum MTU, below which the ladder never goes) crosses.
+    const std::string tunnel_a = "      tunnels:\n        - name: lan\n          local-ts: [2001:db8:1::/48]\n"
+                                 "          remote-ts: [2001:db8:2::/48]\n          esp-proposals: [aes256gcm16]\n"
+                                 "          start: immediately\n";
+    const std::string tunnel_b = "      tunnels:\n        - name: lan\n          local-ts: [2001:db8:2::/48]\n"
+                                 "          remote-ts: [2001:db8:1::/48]\n          esp-proposals: [aes256gcm16]\n";
+    pair_fixture f(peer_yaml("2001:db8:ff1::1", "2001:db8:ff2::1", psk + "      fragment-size: 1500\n", tunnel_a),
+                   peer_yaml("2001:db8:ff2::1", "2001:db8:ff1::1", psk + "      fragment-size: 1500\n", tunnel_b),
+                   long_identities);
+    f.addr_a = addr("2001:db8:ff1::1");
+    f.addr_b = addr("2001:db8:ff2::1");
+    auto hole = std::make_shared<black_hole>(black_hole{1300, 40 + 8});
+    f.net.drop = [hole](const datagram& d) { return (*hole)(d); };
+    f.a->start();
+    f.pump();
+    for (int s = 0; s < 40 && !(established_sa(*f.a) && established_sa(*f.b)); ++s) {
+        f.advance(std::chrono::milliseconds(1000));
+    }
+    const auto* sa_a = established_sa(*f.a);
+    const auto* sa_b = established_sa(*f.b);
+    ASSERT_NE(sa_a, nullptr) << f.io_a.logs.back();
+    ASSERT_NE(sa_b, nullptr) << f.io_b.logs.back();
+    EXPECT_EQ(sa_a->fragment_size(), 1280u);
+    EXPECT_EQ(sa_b->fragment_size(), 1280u);
+    EXPECT_LE(hole->largest_delivered, 1280u);
+    EXPECT_EQ(f.a->counters().fragments.pmtu_lowered, 2u); // 1500 -> 1400 -> 1280
 }
 
 } // namespace

@@ -44,6 +44,26 @@ TEST(IkeFragmentSizes, PlaintextFillsButNeverOverflowsTheDatagram)
     }
 }
 
+TEST(IkeFragmentSizes, PathMtuDiscoveryLadderStopsAtTheFamilyMinimum)
+{
+    // RFC 7383 §2.5.2: each step smaller, never below 576 (IPv4) / 1280 (IPv6).
+    std::vector<uint32_t> v4, v6;
+    for (uint32_t s = 1500; s != 0; s = next_fragment_size(s, false)) {
+        v4.push_back(s);
+    }
+    for (uint32_t s = 1500; s != 0; s = next_fragment_size(s, true)) {
+        v6.push_back(s);
+    }
+    EXPECT_EQ(v4, (std::vector<uint32_t>{1500, 1400, 1280, 1000, 576}));
+    EXPECT_EQ(v6, (std::vector<uint32_t>{1500, 1400, 1280}));
+    EXPECT_EQ(next_fragment_size(9000, false), 1500u); // a jumbo-frame setting starts the ladder
+    EXPECT_EQ(next_fragment_size(1100, false), 1000u); // an odd configured size joins it
+    EXPECT_EQ(next_fragment_size(600, false), 576u);
+    EXPECT_EQ(next_fragment_size(576, false), 0u);
+    EXPECT_EQ(next_fragment_size(1300, true), 1280u);
+    EXPECT_EQ(next_fragment_size(1280, true), 0u);
+}
+
 TEST(IkeFragmentReassembly, OutOfOrderWithDuplicates)
 {
     fragment_reassembly r;

@@ -21,6 +21,9 @@ Scenarios (each a fresh IKE SA on one topology):
                fragments, strongSwan initiates: both IKE_AUTH messages cross only as SKF fragments
   fragmentation_initiator  the same with espresso initiating; first with `fragmentation: no` on espresso,
                which must fail there (the IP fragments are dropped), proving the path
+  fragmentation_pmtud  RFC 7383 §2.5.2: espresso initiates (fragment-size at its default 1280) through that
+               router, which also drops every UDP datagram above 1000 bytes towards the branch without
+               ICMP: espresso must lower its fragment size to 1000 and keep it
   dpd_killed_peer  strongSwan killed with SIGKILL: DPD clears the SAs (charon restarted afterwards)
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
@@ -599,11 +602,45 @@ def scenario_fragmentation_initiator(topo, run, br):
         run.stop_ike()
 
 
+def scenario_fragmentation_pmtud(topo, run, br):
+    """RFC 7383 §2.5.2 path MTU discovery: espresso initiates with RSA 4096 certificates, fragment-size
+    left at its default 1280, through a router that drops IP fragments and, towards the branch, every
+    UDP datagram above 1000 bytes without an ICMP error (a PMTU black hole). Only lowering the fragment
+    size gets IKE_AUTH across: espresso's 1280-byte fragments are dropped (counted), the retransmission
+    goes out as 1000-byte fragments, and the IKE SA keeps that size."""
+    pki, auth, conf = rsa4096_auth(run)
+    ns = topo.ns["inet"]
+    with FragmentDropper(topo):
+        # In the FragmentDropper's table, so it goes with it.
+        sh("nft add chain ip espfrag bigudp '{ type filter hook forward priority 0; }'", ns=ns)
+        sh("nft add rule ip espfrag bigudp 'oifname inet-branch meta l4proto udp ip length > 1000 counter drop'", ns=ns)
+        br.load(site_conf("gw-branch", start_action="none", **conf), files=pki["branch"])
+        run.start_ike(ike_yaml(auth=auth, start="immediately"))
+        br.wait_for_child("net", timeout=30)
+        sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY after path MTU discovery")
+        out = sh("nft list chain ip espfrag bigudp", ns=ns, capture=True).stdout
+        m = re.search(r"counter packets (\d+)", out)
+        black_holed = int(m.group(1)) if m else 0
+        assert black_holed >= 2, f"the black hole dropped {black_holed} datagrams: the path proves nothing\n{out}"
+        assert sa["role"] == "initiator" and sa["fragmentation"], sa
+        assert sa["fragment-size"] == 1000, f"expected the IKE SA to keep 1000 bytes: {sa}"
+        c = ike_counters(run).get("fragments", {})
+        assert c.get("pmtu-lowered", 0) >= 1, c
+        log = topo.process_log(run.ike)
+        assert "path MTU discovery (RFC 7383 §2.5.2) lowers the fragment size to 1000 bytes" in log, log[-3000:]
+        assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+        print(run.cli("show crypto ike counters"), flush=True)
+        run.cli("clear crypto sa")
+        wait(lambda: not br.list_sas(), 15, "strongSwan drops the IKE SA")
+        run.stop_ike()
+
+
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic, "fragmentation": scenario_fragmentation,
              "fragmentation_initiator": scenario_fragmentation_initiator,
+             "fragmentation_pmtud": scenario_fragmentation_pmtud,
              "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer,
              "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 
