@@ -1332,6 +1332,7 @@ TEST(cli_format, NeighborTablesInTheLayoutOfIos)
               "IPv6 Address                              Age   Link-layer Addr    State  Interface\n"
               "2001:db8:1::fe                            31    02:00:00:00:00:fe  PROBE  inside\n" +
                   footer);
+}
 
 TEST(cli_format, IkeSasListedByAddressFamily)
 {
