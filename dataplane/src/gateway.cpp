@@ -1076,10 +1076,15 @@ std::vector<sa_snapshot> gateway::sas() const
         s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
         s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
         s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
-        // The interface whose address is this SA's local tunnel endpoint.
-        const config::ip_address& local = sa.outbound() ? sa.config.source : sa.config.destination;
+        // The interface whose address is this SA's local tunnel endpoint (transport mode without
+        // endpoints: the local selector's address, the gateway's own).
+        config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;
+        if (!local.is_v4() && !local.is_v6()) {
+            local = sa.config.local.address;
+        }
         for (const auto& p : shared_.ports) {
-            if (local.is_v4() && be32_of(local) == p.address_be) {
+            if ((local.is_v4() && p.has_v4 && be32_of(local) == p.address_be) ||
+                (local.is_v6() && p.has_v6 && std::memcmp(local.bytes.data(), p.address6.data(), 16) == 0)) {
                 s.interface = p.name;
             }
         }

@@ -314,6 +314,9 @@ def run_static():
                 assert counter(hq[("inbound", spi)], "decaps") == 10, hq[("inbound", spi)]
             shown = topo.cli("gw-hq", "show crypto ipsec sa")
             assert "Transport" in shown, shown
+            for spi in (0x5001, 0x6001, 0x5002, 0x6002):  # transport SAs without endpoints: the WAN port
+                assert hq[("outbound" if spi < 0x6000 else "inbound", spi)].get("interface") == "outside", \
+                    hq[("outbound" if spi < 0x6000 else "inbound", spi)]
         _()
 
         @case(tag + "UDP between sockets in the gateways' namespaces, IPv4 and IPv6, answered")
@@ -446,6 +449,7 @@ def run_ike():
                 listed = sa_list(topo, gw)
                 assert len(listed) == 4, listed
                 assert all(s.get("mode") == "transport" for s in listed), listed
+                assert all(s.get("interface") == "outside" for s in listed), [s.get("interface") for s in listed]
         _()
 
         topo.cli("gw-hq", "clear counters")
