@@ -645,6 +645,18 @@ void gateway::setup_taps()
                    shared_.ports[static_cast<size_t>(pos)].tap_name);
         }
     }
+    // Static neighbors are the truth for their link (a host that never answers ARP/NDP, or one that
+    // must not be asked): the kernel behind the TAP gets them too, so its own traffic to or through
+    // them (the gateway's own traffic, which the SPD may protect) does not wait for an answer that
+    // never comes.
+    for (const auto& n : config_.neighbors) {
+        for (const auto& ps : shared_.ports) {
+            if (ps.name == n.interface && ps.has_tap) {
+                run_ip(std::string(n.address.is_v6() ? "-6 " : "") + "neigh replace " + config::to_string(n.address) +
+                       " lladdr " + config::to_string(n.mac) + " dev " + ps.tap_name + " nud permanent");
+            }
+        }
+    }
 }
 
 void gateway::setup_workers()
