@@ -89,6 +89,7 @@ struct local_selectors {
     uint8_t protocol = 0;
     uint16_t source_port = 0, destination_port = 0; // host order, 0 when not TCP/UDP first fragment
     int icmp_type = -1;                             // ICMP/ICMPv6 type, -1 when none
+    bool non_first_fragment = false;                // no upper-layer header: ports are OPAQUE
 };
 
 local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v)
@@ -96,7 +97,7 @@ local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v
     local_selectors s;
     s.v6 = v.version == 6;
     if (s.v6) {
-        const uint32_t upper = spd6_key_of(ip, avail, s.k6);
+        const uint32_t upper = spd6_key_of(ip, avail, s.k6, &s.non_first_fragment);
         s.protocol = s.k6.protocol;
         s.source_port = rte_be_to_cpu_16(s.k6.source_port);
         s.destination_port = rte_be_to_cpu_16(s.k6.destination_port);
@@ -105,6 +106,7 @@ local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v
         }
     } else {
         spd_key_of(ip, avail, s.k4);
+        s.non_first_fragment = (load_be16(ip + 6) & 0x1fff) != 0;
         s.protocol = s.k4.protocol;
         s.source_port = rte_be_to_cpu_16(s.k4.source_port);
         s.destination_port = rte_be_to_cpu_16(s.k4.destination_port);
@@ -1981,15 +1983,70 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
     }
     rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
     rte_pktmbuf_trim(m, static_cast<uint16_t>(avail - v.total)); // Ethernet padding is not payload
-    protect_from_kernel(*rule->sa, m);
+    protect_from_kernel(pos, *rule->sa, m);
+}
+
+// The kernel behind a TAP sent a packet that will not fit the link once encrypted, and that may not
+// be fragmented (DF, IPv6, transport mode): tell it as a router on the path would (RFC 1191 ICMP
+// fragmentation needed / RFC 8201 Packet Too Big), so its path MTU cache shrinks and the next
+// packets fit. The error claims the packet's destination as its source: an error from one of the
+// kernel's own addresses would be dropped as a martian, and Linux takes Path MTU information from
+// any source (it checks the quoted packet instead).
+void gateway::too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t len, uint32_t fits)
+{
+    const port_state& ps = shared_.ports[port_pos];
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    const bool v6 = (ip[0] >> 4) == 6;
+    uint32_t out_len = 0;
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr)));
+    if (v6) {
+        uint8_t buf[icmpv6_error_max_bytes];
+        out_len = build_icmpv6_error(buf, ip + 24, icmpv6_packet_too_big, 0, std::max<uint32_t>(fits, 1280), ip, len);
+        auto* body = rte_pktmbuf_append(m, static_cast<uint16_t>(out_len));
+        if (eth == nullptr || body == nullptr) {
+            rte_pktmbuf_free(m);
+            return;
+        }
+        std::memcpy(body, buf, out_len);
+    } else {
+        const uint32_t quote = std::min<uint32_t>((ip[0] & 0x0fU) * 4 + 8, len);
+        out_len = 28 + quote;
+        auto* out = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, static_cast<uint16_t>(out_len)));
+        if (eth == nullptr || out == nullptr) {
+            rte_pktmbuf_free(m);
+            return;
+        }
+        std::memset(out, 0, 28);
+        out[0] = 0x45;
+        store_be16(out + 2, static_cast<uint16_t>(out_len));
+        out[8] = 64;
+        out[9] = 1; // ICMP
+        std::memcpy(out + 12, ip + 16, 4);
+        std::memcpy(out + 16, ip + 12, 4);
+        ipv4_set_checksum(out);
+        uint8_t* icmp = out + 20;
+        icmp[0] = 3;
+        icmp[1] = 4;
+        store_be16(icmp + 6, static_cast<uint16_t>(fits));
+        std::memcpy(icmp + 8, ip, quote);
+        const auto ck = static_cast<uint16_t>(~rte_raw_cksum(icmp, 8 + quote));
+        std::memcpy(icmp + 2, &ck, 2);
+    }
+    eth->dst_addr = ps.mac;
+    eth->src_addr = ps.mac;
+    eth->ether_type = rte_cpu_to_be_16(v6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4);
+    to_tap(ps, m);
 }
 
 // Encrypts one packet of the gateway's own (starting at its IP header) with `sa` and sends it
 // through the data plane's FIB and neighbour table. The kernel does not know the ESP overhead: an
 // IPv4 packet without DF is fragmented before encryption (RFC 4301 §8.1, as for transit); a packet
-// that may not be fragmented and does not fit is dropped and counted as too_big (the kernel learns
-// nothing; its IKE traffic is bypassed and small, see docs/ARCHITECTURE.md).
-void gateway::protect_from_kernel(sa_runtime& sa, rte_mbuf* m)
+// that may not be fragmented and does not fit is dropped, counted as too_big, and the kernel is told
+// the MTU that fits (too_big_to_kernel).
+void gateway::protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m)
 {
     const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
     const bool tunnel = (sa.flags & sa_tunnel) != 0;
@@ -2022,6 +2079,7 @@ void gateway::protect_from_kernel(sa_runtime& sa, rte_mbuf* m)
     if (total + overhead > mtu) {
         const uint32_t fits = mtu > overhead + 68 ? (mtu - overhead) & ~7U : 68;
         if (v6 || !tunnel || (load_be16(ip + 6) & 0x4000) != 0) {
+            too_big_to_kernel(port_pos, ip, total, v6 ? (mtu > overhead ? mtu - overhead : 0) : fits);
             main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
             rte_pktmbuf_free(m);
             return;
@@ -2094,7 +2152,12 @@ bool gateway::to_kernel_allowed(rte_mbuf* m)
         return false;
     }
     const local_selectors sel = selectors_of(ip, v.total, v);
-    if (implicit_bypass(sel, sel.destination_port, ike_ports_)) {
+    // A non-first fragment carries no ports, so it cannot be told from IKE (the kernel fragments large
+    // IKE_AUTH messages when RFC 7383 fragmentation is not negotiated). It is admitted: the kernel
+    // delivers nothing until it has the first fragment, which carries the selectors and was checked
+    // here, so a datagram this check refused never completes (RFC 4301 §7 leaves non-initial
+    // fragments to such stateful handling).
+    if (implicit_bypass(sel, sel.destination_port, ike_ports_) || sel.non_first_fragment) {
         local_[static_cast<size_t>(local_counter::in_implicit_bypass)]++;
         return true;
     }

@@ -203,7 +203,8 @@ private:
     // kernel sends through a TAP goes through the outbound SPD; cleartext for a gateway address
     // through the inbound check; decrypted packets for a gateway address to the owning TAP.
     void from_kernel(size_t port_pos, rte_mbuf* m);
-    void protect_from_kernel(sa_runtime& sa, rte_mbuf* m);
+    void protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m);
+    void too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t len, uint32_t fits);
     bool to_kernel_allowed(rte_mbuf* m);
     void decrypted_to_kernel(rte_mbuf* m);
     void mark_local_delivery(sa_runtime& sa) const;

@@ -32,7 +32,7 @@ inline void spd_key_of(const uint8_t* ip, uint32_t avail, spd_key& k) noexcept
 // (OPAQUE, here 0). At most 8 headers are walked; what does not fit the frame leaves the protocol at
 // the last header seen. Returns the offset of the upper-layer header (the ICMPv6 type for ICMPv6), or
 // 0 when it is not inside the first `avail` bytes or the packet is a non-first fragment.
-inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k) noexcept
+inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k, bool* non_first_fragment = nullptr) noexcept
 {
     k = {};
     std::memcpy(k.source, ip + 8, 16);
@@ -60,6 +60,9 @@ inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k) noex
     if ((next == proto_tcp || next == proto_udp) && first_fragment && off + 4 <= avail) {
         std::memcpy(&k.source_port, ip + off, 2);
         std::memcpy(&k.destination_port, ip + off + 2, 2);
+    }
+    if (non_first_fragment != nullptr) {
+        *non_first_fragment = !first_fragment;
     }
     return first_fragment && off < avail ? off : 0;
 }
