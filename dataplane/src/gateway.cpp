@@ -654,8 +654,9 @@ void gateway::setup_taps()
     for (const auto& n : config_.neighbors) {
         for (const auto& ps : shared_.ports) {
             if (ps.name == n.interface && ps.has_tap) {
-                run_ip(std::string(n.address.is_v6() ? "-6 " : "") + "neigh replace " + config::to_string(n.address) +
-                       " lladdr " + config::to_string(n.mac) + " dev " + ps.tap_name + " nud permanent");
+                run_ip(std::string(n.address.is_v6() ? "-6 " : "") + "neigh replace " +
+                       config::to_string(n.address) + " lladdr " + config::to_string(n.mac) + " dev " +
+                       ps.tap_name + " nud permanent");
             }
         }
     }
@@ -2004,7 +2005,8 @@ void gateway::too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t l
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr)));
     if (v6) {
         uint8_t buf[icmpv6_error_max_bytes];
-        out_len = build_icmpv6_error(buf, ip + 24, icmpv6_packet_too_big, 0, std::max<uint32_t>(fits, 1280), ip, len);
+        out_len = build_icmpv6_error(buf, ip + 24, icmpv6_packet_too_big, 0, std::max<uint32_t>(fits, 1280),
+                                     ip, len);
         auto* body = rte_pktmbuf_append(m, static_cast<uint16_t>(out_len));
         if (eth == nullptr || body == nullptr) {
             rte_pktmbuf_free(m);
@@ -2084,7 +2086,8 @@ void gateway::protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m
             rte_pktmbuf_free(m);
             return;
         }
-        const int32_t k = rte_ipv4_fragment_copy_nonseg_packet(m, parts, max_parts, static_cast<uint16_t>(fits), pool_);
+        const int32_t k =
+            rte_ipv4_fragment_copy_nonseg_packet(m, parts, max_parts, static_cast<uint16_t>(fits), pool_);
         rte_pktmbuf_free(m);
         if (k <= 0) {
             main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;

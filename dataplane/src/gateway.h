@@ -69,10 +69,10 @@ struct exception_meta {
         to_us,
         resolve,
         too_big,
-        time_exceeded, // IPv4 TTL or IPv6 hop limit ran out (the packet's version tells which)
-        nd,            // ICMPv6 Neighbor Solicitation / Advertisement for the gateway (no Ethernet header)
-        resolve6,      // IPv6 next hop unresolved: the main lcore looks the next hop up again
-        too_big6,      // IPv6 packet too big after encapsulation: send Packet Too Big (RFC 8201)
+        time_exceeded,   // IPv4 TTL or IPv6 hop limit ran out (the packet's version tells which)
+        nd,              // ICMPv6 Neighbor Solicitation / Advertisement for the gateway (no Ethernet header)
+        resolve6,        // IPv6 next hop unresolved: the main lcore looks the next hop up again
+        too_big6,        // IPv6 packet too big after encapsulation: send Packet Too Big (RFC 8201)
         decrypted_to_us, // decrypted (tunnel or transport) packet for a gateway address: to the TAP
     } what;
     uint8_t pad;

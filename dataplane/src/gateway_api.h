@@ -58,12 +58,13 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(gateway_drop::
 };
 
 // The gateway's own traffic through the TAP exception path (main lcore), RFC 4301 host-to-host.
-#define ESPRESSO_LOCAL_COUNTERS(X)                                                                  \
-    X(out_protected, "kernel packets encrypted by a protect policy (tunnel or transport SA)")       \
-    X(out_bypass, "kernel packets sent in clear by a bypass policy or no policy")                  \
-    X(out_implicit_bypass, "kernel packets sent in clear by the implicit bypass (IKE ports, ND/MLD, ICMP errors)") \
-    X(in_decrypted, "decrypted packets for the gateway handed to the kernel")                      \
-    X(in_clear, "cleartext packets for the gateway handed to the kernel (bypass or no policy)")    \
+#define ESPRESSO_LOCAL_COUNTERS(X)                                                              \
+    X(out_protected, "kernel packets encrypted by a protect policy (tunnel or transport SA)")   \
+    X(out_bypass, "kernel packets sent in clear by a bypass policy or no policy")               \
+    X(out_implicit_bypass,                                                                      \
+      "kernel packets sent in clear by the implicit bypass (IKE ports, ND/MLD, ICMP errors)")   \
+    X(in_decrypted, "decrypted packets for the gateway handed to the kernel")                   \
+    X(in_clear, "cleartext packets for the gateway handed to the kernel (bypass or no policy)") \
     X(in_implicit_bypass, "cleartext for the gateway admitted by the implicit bypass")
 
 enum class local_counter : uint8_t {
@@ -73,9 +74,10 @@ enum class local_counter : uint8_t {
         count
 };
 
-inline constexpr std::array<std::string_view, static_cast<size_t>(local_counter::count)> local_counter_names = {
+inline constexpr std::array<std::string_view, static_cast<size_t>(local_counter::count)> local_counter_names =
+    {
 #define X(id, text) std::string_view{#id},
-    ESPRESSO_LOCAL_COUNTERS(X)
+        ESPRESSO_LOCAL_COUNTERS(X)
 #undef X
 };
 

@@ -32,7 +32,8 @@ inline void spd_key_of(const uint8_t* ip, uint32_t avail, spd_key& k) noexcept
 // (OPAQUE, here 0). At most 8 headers are walked; what does not fit the frame leaves the protocol at
 // the last header seen. Returns the offset of the upper-layer header (the ICMPv6 type for ICMPv6), or
 // 0 when it is not inside the first `avail` bytes or the packet is a non-first fragment.
-inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k, bool* non_first_fragment = nullptr) noexcept
+inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k,
+                            bool* non_first_fragment = nullptr) noexcept
 {
     k = {};
     std::memcpy(k.source, ip + 8, 16);

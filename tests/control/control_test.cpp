@@ -1306,12 +1306,13 @@ TEST(cli_format, InterfacesAndDataplane)
     EXPECT_EQ(main_json["local-traffic"]["in_clear"], 0);
     EXPECT_EQ(main_json["local-traffic"].size(), static_cast<size_t>(local_counter::count));
     const std::string with_local = cli::format_dataplane({{"workers", json::array({main_json})}});
-    EXPECT_EQ(with_local, "Worker  Lcore  RX packets      TX packets      To kernel     Busy\n"
-                          "0       0      0               0               0             0.0%\n"
-                          "        drops: unprotected 3\n"
-                          "        gateway's own traffic: out protected 5, bypass 0, implicit bypass 2; in decrypted 4, "
-                          "clear 0, implicit bypass 0\n"
-                          "Total          0               0               0\n");
+    EXPECT_EQ(with_local,
+              "Worker  Lcore  RX packets      TX packets      To kernel     Busy\n"
+              "0       0      0               0               0             0.0%\n"
+              "        drops: unprotected 3\n"
+              "        gateway's own traffic: out protected 5, bypass 0, implicit bypass 2; in decrypted 4, "
+              "clear 0, implicit bypass 0\n"
+              "Total          0               0               0\n");
 }
 
 } // namespace
