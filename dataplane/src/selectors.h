@@ -31,7 +31,8 @@ inline void spd_key_of(const uint8_t* ip, uint32_t avail, spd_key& k) noexcept
 // (RFC 4301 §4.4.1.1: the "next layer protocol" is after them). A non-first fragment has no ports
 // (OPAQUE, here 0). At most 8 headers are walked; what does not fit the frame leaves the protocol at
 // the last header seen. Returns the offset of the upper-layer header (the ICMPv6 type for ICMPv6), or
-// 0 when it is not inside the first `avail` bytes or the packet is a non-first fragment.
+// 0 when it is not inside the first `avail` bytes, the walk stopped at an extension header, or the
+// packet is a non-first fragment (`non_first_fragment`, when given, tells which).
 inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k,
                             bool* non_first_fragment = nullptr) noexcept
 {
@@ -65,7 +66,8 @@ inline uint32_t spd6_key_of(const uint8_t* ip, uint32_t avail, spd6_key& k,
     if (non_first_fragment != nullptr) {
         *non_first_fragment = !first_fragment;
     }
-    return first_fragment && off < avail ? off : 0;
+    const bool extension = next == 0 || next == 43 || next == 60 || next == 44; // the walk gave up
+    return first_fragment && !extension && off < avail ? off : 0;
 }
 
 } // namespace espresso::dp
