@@ -10,7 +10,8 @@ the two WAN addresses protects it; the peer decrypts it and hands it to its own 
 on the gateway's IKE ports) stays in the clear through the implicit bypass.
 
 Run 1, static keys: transport SAs for IPv4 and IPv6 between the WAN addresses (and a tunnel SA for the
-LANs alongside, to show forwarded traffic is untouched). Checked with tools nobody here wrote: ping /
+LANs alongside, to show forwarded traffic is untouched); gw-branch runs two workers (inbound ESP handed
+to the SA's owner worker before it is decrypted and given to the TAP). Checked with tools nobody here wrote: ping /
 ping -6 from each gateway's namespace to the other's WAN address, UDP between sockets in the gateway
 namespaces, tshark on the internet segment (only ESP and the bypassed UDP 500 between the WAN
 addresses; tshark decrypts the ESP in transport mode with the configured keys, ICV good, and sees the
@@ -80,11 +81,11 @@ def side_of(side):
     }
 
 
-def interfaces_yaml(side):
+def interfaces_yaml(side, workers=1):
     s = side_of(side)
     n = s["n"]
     return f"""dataplane:
-  workers: 1
+  workers: {workers}
   hugepages: false
   idle: adaptive
   control-socket: /run/espresso/{side}.sock
@@ -122,7 +123,9 @@ def static_config(side):
     out6, in6 = (0x5002, 0x6002) if hq else (0x6002, 0x5002)
     outl, inl = (0x1001, 0x2001) if hq else (0x2001, 0x1001)
     lan, peer_lan = f"192.168.{s['n']}.0/24", f"192.168.{s['m']}.0/24"
-    return interfaces_yaml(side) + "security-associations:\n" + "".join([
+    # gw-branch runs two workers: ESP for an SA owned by the other worker is handed over before
+    # decryption, and its decrypted packets for the gateway still reach the TAP.
+    return interfaces_yaml(side, workers=1 if hq else 2) + "security-associations:\n" + "".join([
         static_sa(out4, "outbound", "transport", s["me4"], s["peer4"]),
         static_sa(in4, "inbound", "transport", s["me4"], s["peer4"]),
         static_sa(out6, "outbound", "transport", s["me6"], s["peer6"]),
