@@ -504,6 +504,17 @@ std::string format_dataplane(const json& result)
         if (!drops.empty()) {
             out += "        drops: " + drops + "\n";
         }
+        // The main lcore's row: the gateway's own traffic through the TAPs (RFC 4301 host-to-host).
+        if (worker.is_object() && worker.contains("local-traffic")) {
+            const json& local = worker["local-traffic"];
+            out += "        gateway's own traffic: out protected " +
+                   std::to_string(number(local, "out_protected")) + ", bypass " +
+                   std::to_string(number(local, "out_bypass")) + ", implicit bypass " +
+                   std::to_string(number(local, "out_implicit_bypass")) + "; in decrypted " +
+                   std::to_string(number(local, "in_decrypted")) + ", clear " +
+                   std::to_string(number(local, "in_clear")) + ", implicit bypass " +
+                   std::to_string(number(local, "in_implicit_bypass")) + "\n";
+        }
     }
     out += pad("Total", 15) + pad(std::to_string(rx), 16) + pad(std::to_string(tx), 16) +
            std::to_string(exception) + "\n";

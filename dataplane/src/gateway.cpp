@@ -35,6 +35,7 @@
 #include "espresso/dp/ipsec.h"
 #include "icmpv6.h"
 #include "packet.h"
+#include "selectors.h"
 
 namespace espresso::dp {
 
@@ -77,6 +78,68 @@ std::string ip6_text(const uint8_t* bytes)
     a.family = 6;
     std::memcpy(a.bytes.data(), bytes, 16);
     return config::to_string(a);
+}
+
+// The selectors of one packet of the gateway's own traffic (either family), for the SPD and the
+// implicit bypass. `ip` was checked by parse_ip.
+struct local_selectors {
+    bool v6 = false;
+    spd_key k4{};
+    spd6_key k6{};
+    uint8_t protocol = 0;
+    uint16_t source_port = 0, destination_port = 0; // host order, 0 when not TCP/UDP first fragment
+    int icmp_type = -1;                             // ICMP/ICMPv6 type, -1 when none
+    bool non_first_fragment = false;                // no upper-layer header: ports are OPAQUE
+};
+
+local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v)
+{
+    local_selectors s;
+    s.v6 = v.version == 6;
+    if (s.v6) {
+        const uint32_t upper = spd6_key_of(ip, avail, s.k6, &s.non_first_fragment);
+        s.protocol = s.k6.protocol;
+        s.source_port = rte_be_to_cpu_16(s.k6.source_port);
+        s.destination_port = rte_be_to_cpu_16(s.k6.destination_port);
+        if (s.protocol == proto_icmpv6 && upper != 0) {
+            s.icmp_type = ip[upper];
+        }
+    } else {
+        spd_key_of(ip, avail, s.k4);
+        s.non_first_fragment = (load_be16(ip + 6) & 0x1fff) != 0;
+        s.protocol = s.k4.protocol;
+        s.source_port = rte_be_to_cpu_16(s.k4.source_port);
+        s.destination_port = rte_be_to_cpu_16(s.k4.destination_port);
+        if (s.protocol == 1 && !v.fragment && avail > v.header) {
+            s.icmp_type = ip[v.header];
+        }
+    }
+    return s;
+}
+
+// The gateway's own traffic that stays in the clear whatever the SPD says, in both directions (the
+// peer gateway applies the same rule, so neither drops what the other sent):
+//  - IKE on the gateway's IKE ports (RFC 4301 §4.4.1 / §5.1: the IKE SA protects itself; strongSwan
+//    installs per-socket bypass policies for the same reason). `ours` = the gateway's UDP port: the
+//    source port of what it sends, the destination port of what it receives. Covers UDP 4500 NAT-T
+//    keepalives; ESP the gateway builds never passes through the SPD again.
+//  - ICMPv6 Neighbor Discovery and MLD (RFC 4861, RFC 3810): link-local plumbing without which no
+//    packet, protected or not, reaches the neighbour.
+//  - ICMP errors (ICMPv4 3, 11, 12; ICMPv6 1-4): RFC 4301 §6.1.1 lets an implementation accept them
+//    unprotected; Path MTU discovery of the ESP packets themselves depends on them.
+bool implicit_bypass(const local_selectors& s, uint16_t ours, const std::vector<uint16_t>& ike_ports)
+{
+    if (s.protocol == proto_udp && ours != 0) {
+        return std::find(ike_ports.begin(), ike_ports.end(), ours) != ike_ports.end();
+    }
+    if (s.icmp_type < 0) {
+        return false;
+    }
+    if (s.v6) {
+        const bool nd_mld = (s.icmp_type >= 130 && s.icmp_type <= 137) || s.icmp_type == 143;
+        return s.protocol == proto_icmpv6 && (nd_mld || (s.icmp_type >= 1 && s.icmp_type <= 4));
+    }
+    return s.icmp_type == 3 || s.icmp_type == 11 || s.icmp_type == 12;
 }
 
 // Writes a per-interface IPv6 sysctl of the kernel side of a TAP (/proc/sys is per network namespace).
@@ -277,6 +340,13 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
     }
     main_core_ = std::make_unique<crypto_core>();
     std::printf("espresso-dp: IPsec-MB %s\n", main_core_->description().c_str());
+    // espresso-ike's sockets: 500 and 4500 (RFC 7296 §2.23), plus any other local port a peer sets.
+    ike_ports_ = {500, 4500};
+    for (const auto& peer : config_.ike.peers) {
+        if (std::find(ike_ports_.begin(), ike_ports_.end(), peer.local_port) == ike_ports_.end()) {
+            ike_ports_.push_back(peer.local_port);
+        }
+    }
     setup_ports();
 
     std::vector<route_table::connected> links;
@@ -578,6 +648,19 @@ void gateway::setup_taps()
                    shared_.ports[static_cast<size_t>(pos)].tap_name);
         }
     }
+    // Static neighbors are the truth for their link (a host that never answers ARP/NDP, or one that
+    // must not be asked): the kernel behind the TAP gets them too, so its own traffic to or through
+    // them (the gateway's own traffic, which the SPD may protect) does not wait for an answer that
+    // never comes.
+    for (const auto& n : config_.neighbors) {
+        for (const auto& ps : shared_.ports) {
+            if (ps.name == n.interface && ps.has_tap) {
+                run_ip(std::string(n.address.is_v6() ? "-6 " : "") + "neigh replace " +
+                       config::to_string(n.address) + " lladdr " + config::to_string(n.mac) + " dev " +
+                       ps.tap_name + " nud permanent");
+            }
+        }
+    }
 }
 
 void gateway::setup_workers()
@@ -810,6 +893,7 @@ std::string gateway::add_sa(const config::sa_config& c)
         return e.what();
     }
     sa_runtime* raw = sa.get();
+    mark_local_delivery(*raw);
     sas_[key] = {std::move(sa), c.origin};
     if (c.dir == config::direction::inbound) {
         const unsigned owner = owner_of(c.spi);
@@ -836,6 +920,7 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
         if (error.empty()) {
             try {
                 made.push_back(make_sa(c, *main_core_));
+                mark_local_delivery(*made.back());
             } catch (const std::exception& e) {
                 error = e.what();
             }
@@ -1007,10 +1092,15 @@ std::vector<sa_snapshot> gateway::sas() const
         s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
         s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
         s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
-        // The interface whose address is this SA's local tunnel endpoint.
-        const config::ip_address& local = sa.outbound() ? sa.config.source : sa.config.destination;
+        // The interface whose address is this SA's local tunnel endpoint (transport mode without
+        // endpoints: the local selector's address, the gateway's own).
+        config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;
+        if (!local.is_v4() && !local.is_v6()) {
+            local = sa.config.local.address;
+        }
         for (const auto& p : shared_.ports) {
-            if (local.is_v4() && be32_of(local) == p.address_be) {
+            if ((local.is_v4() && p.has_v4 && be32_of(local) == p.address_be) ||
+                (local.is_v6() && p.has_v6 && std::memcmp(local.bytes.data(), p.address6.data(), 16) == 0)) {
                 s.interface = p.name;
             }
         }
@@ -1102,9 +1192,14 @@ std::vector<worker_snapshot> gateway::workers() const
         }
         out.push_back(s);
     }
-    // The main lcore's own drops (exception path) are reported as one more row.
+    // The main lcore's own drops (exception path) are reported as one more row, with the counters of
+    // the gateway's own traffic.
     worker_snapshot m;
     m.lcore = rte_get_main_lcore();
+    m.main = true;
+    for (size_t i = 0; i < m.local.size(); ++i) {
+        m.local[i] = local_[i].load(std::memory_order_relaxed);
+    }
     for (size_t i = 0; i < m.drops.size(); ++i) {
         m.drops[i] = main_drops_[i].load(std::memory_order_relaxed);
     }
@@ -1129,6 +1224,9 @@ void gateway::clear_counters()
     }
     for (auto& d : main_drops_) {
         d = 0;
+    }
+    for (auto& c : local_) {
+        c = 0;
     }
     for (const auto& p : shared_.ports) {
         rte_eth_stats_reset(p.port);
@@ -1200,8 +1298,15 @@ unsigned gateway::main_exceptions()
         case exception_meta::nd:
             handle_nd(m);
             break;
+        case exception_meta::decrypted_to_us:
+            decrypted_to_kernel(m);
+            break;
         case exception_meta::to_us:
             if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+                if (!to_kernel_allowed(m)) {
+                    rte_pktmbuf_free(m); // counted
+                    break;
+                }
                 to_tap(shared_.ports[static_cast<size_t>(pos)], m);
                 break;
             }
@@ -1855,10 +1960,375 @@ unsigned gateway::main_taps()
                 rte_pktmbuf_free(pkts[k]);
                 continue;
             }
-            transmit_main(static_cast<uint16_t>(i), pkts[k]);
+            from_kernel(i, pkts[k]);
         }
     }
+    drain_main_core();
     return total;
+}
+
+// An inbound tunnel SA whose local selector covers a gateway address may carry traffic for the
+// gateway itself (RFC 4301 host-to-host with tunnel mode); the worker then checks each decrypted
+// packet's destination. Transport-mode SAs always carry the gateway's own traffic.
+void gateway::mark_local_delivery(sa_runtime& sa) const
+{
+    const config::sa_config& c = sa.config;
+    if (c.dir != config::direction::inbound || c.mode != config::ipsec_mode::tunnel) {
+        return;
+    }
+    config::ip_address a;
+    for (const auto& [addr, port] : shared_.local_addresses) {
+        a.family = 4;
+        std::memcpy(a.bytes.data(), &addr, 4);
+        if (config::prefix_contains(c.local, a)) {
+            sa.flags |= sa_local_inner;
+            return;
+        }
+    }
+    for (const auto& [addr, port] : shared_.local_addresses6) {
+        a.family = 6;
+        std::memcpy(a.bytes.data(), addr.data(), 16);
+        if (config::prefix_contains(c.local, a)) {
+            sa.flags |= sa_local_inner;
+            return;
+        }
+    }
+}
+
+// A frame the kernel sent through the TAP of `port_pos`: the outbound SPD decides, as for forwarded
+// traffic (RFC 4301 §5.1), after the implicit bypass. Bypass and no policy: the kernel's own frame
+// leaves as it is (the kernel resolved its next hop). Protect: encrypted here on the main lcore (this
+// is the slow path; the workers' burst loop is untouched) and routed by the data plane's FIB.
+void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
+{
+    const uint16_t pos = static_cast<uint16_t>(port_pos);
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    const uint16_t type = len >= sizeof(rte_ether_hdr) ? rte_be_to_cpu_16(eth->ether_type) : 0;
+    if (type != RTE_ETHER_TYPE_IPV4 && type != RTE_ETHER_TYPE_IPV6) {
+        transmit_main(pos, m); // ARP and the like: not IP, not subject to the SPD
+        return;
+    }
+    const auto* ip = reinterpret_cast<const uint8_t*>(eth + 1);
+    const uint32_t avail = len - static_cast<uint32_t>(sizeof(rte_ether_hdr));
+    ip_view v;
+    if (m->nb_segs > 1 || parse_ip(ip, avail, v) != drop_reason::none ||
+        v.version != (type == RTE_ETHER_TYPE_IPV4 ? 4 : 6)) {
+        main_drops_[static_cast<size_t>(gateway_drop::malformed)]++; // never sent unchecked
+        rte_pktmbuf_free(m);
+        return;
+    }
+    const local_selectors sel = selectors_of(ip, v.total, v);
+    if (implicit_bypass(sel, sel.source_port, ike_ports_)) {
+        local_[static_cast<size_t>(local_counter::out_implicit_bypass)]++;
+        transmit_main(pos, m);
+        return;
+    }
+    uint32_t out_rule = 0;
+    uint32_t in_match = 0;
+    if (spd_) {
+        if (sel.v6) {
+            const spd6_key* k = &sel.k6;
+            spd_->classify6(&k, &out_rule, &in_match, 1);
+        } else {
+            const spd_key* k = &sel.k4;
+            spd_->classify(&k, &out_rule, &in_match, 1);
+        }
+    }
+    const spd_rule* rule = out_rule != 0 ? &spd_->rule(out_rule) : nullptr;
+    if (rule == nullptr || rule->action == config::policy_action::bypass) {
+        // No outbound policy: as for transit, cleartext the peer's inbound check would refuse (an
+        // inbound protect policy covers it) is not sent (apply_policies in worker.cpp).
+        if (rule == nullptr && in_match != 0) {
+            const spd_rule& in = spd_->rule(in_match);
+            if (in.action == config::policy_action::discard) {
+                main_drops_[static_cast<size_t>(gateway_drop::spd_discard)]++;
+                rte_pktmbuf_free(m);
+                return;
+            }
+            if (in.action == config::policy_action::protect || in.action == config::policy_action::trap) {
+                main_drops_[static_cast<size_t>(gateway_drop::unprotected)]++;
+                rte_pktmbuf_free(m);
+                return;
+            }
+        }
+        local_[static_cast<size_t>(local_counter::out_bypass)]++;
+        transmit_main(pos, m);
+        return;
+    }
+    if (rule->action == config::policy_action::discard) {
+        main_drops_[static_cast<size_t>(gateway_drop::spd_discard)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    if (rule->sa == nullptr) {
+        // RFC 4301 §5.1: acquire (at most once a second for the gateway's own traffic), drop meanwhile.
+        const uint64_t now = rte_get_tsc_cycles();
+        if (now - last_acquire_tsc_ >= rte_get_tsc_hz()) {
+            last_acquire_tsc_ = now;
+            gateway_event g{};
+            g.what = gateway_event::kind::acquire;
+            g.dir = config::direction::outbound;
+            const unsigned bytes = sel.v6 ? 16 : 4;
+            g.source.family = g.destination.family = sel.v6 ? 6 : 4;
+            std::memcpy(g.source.bytes.data(), ip_src(ip), bytes);
+            std::memcpy(g.destination.bytes.data(), ip_dst(ip), bytes);
+            g.protocol = sel.protocol;
+            if (rte_ring_mp_enqueue_elem(shared_.events, &g, sizeof(g)) != 0) {
+                main_drops_[static_cast<size_t>(gateway_drop::ring_full)]++;
+            }
+        }
+        main_drops_[static_cast<size_t>(gateway_drop::no_outbound_sa)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
+    rte_pktmbuf_trim(m, static_cast<uint16_t>(avail - v.total)); // Ethernet padding is not payload
+    protect_from_kernel(pos, *rule->sa, m);
+}
+
+// The kernel behind a TAP sent a packet that will not fit the link once encrypted, and that may not
+// be fragmented (DF, IPv6, transport mode): tell it as a router on the path would (RFC 1191 ICMP
+// fragmentation needed / RFC 8201 Packet Too Big), so its path MTU cache shrinks and the next
+// packets fit. The error claims the packet's destination as its source: an error from one of the
+// kernel's own addresses would be dropped as a martian, and Linux takes Path MTU information from
+// any source (it checks the quoted packet instead).
+void gateway::too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t len, uint32_t fits)
+{
+    const port_state& ps = shared_.ports[port_pos];
+    rte_mbuf* m = rte_pktmbuf_alloc(pool_);
+    if (m == nullptr) {
+        return;
+    }
+    const bool v6 = (ip[0] >> 4) == 6;
+    uint32_t out_len = 0;
+    auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr)));
+    if (v6) {
+        uint8_t buf[icmpv6_error_max_bytes];
+        out_len = build_icmpv6_error(buf, ip + 24, icmpv6_packet_too_big, 0, std::max<uint32_t>(fits, 1280),
+                                     ip, len);
+        auto* body = rte_pktmbuf_append(m, static_cast<uint16_t>(out_len));
+        if (eth == nullptr || body == nullptr) {
+            rte_pktmbuf_free(m);
+            return;
+        }
+        std::memcpy(body, buf, out_len);
+    } else {
+        const uint32_t quote = std::min<uint32_t>((ip[0] & 0x0fU) * 4 + 8, len);
+        out_len = 28 + quote;
+        auto* out = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, static_cast<uint16_t>(out_len)));
+        if (eth == nullptr || out == nullptr) {
+            rte_pktmbuf_free(m);
+            return;
+        }
+        std::memset(out, 0, 28);
+        out[0] = 0x45;
+        store_be16(out + 2, static_cast<uint16_t>(out_len));
+        out[8] = 64;
+        out[9] = 1; // ICMP
+        std::memcpy(out + 12, ip + 16, 4);
+        std::memcpy(out + 16, ip + 12, 4);
+        ipv4_set_checksum(out);
+        uint8_t* icmp = out + 20;
+        icmp[0] = 3;
+        icmp[1] = 4;
+        store_be16(icmp + 6, static_cast<uint16_t>(fits));
+        std::memcpy(icmp + 8, ip, quote);
+        const auto ck = static_cast<uint16_t>(~rte_raw_cksum(icmp, 8 + quote));
+        std::memcpy(icmp + 2, &ck, 2);
+    }
+    eth->dst_addr = ps.mac;
+    eth->src_addr = ps.mac;
+    eth->ether_type = rte_cpu_to_be_16(v6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4);
+    to_tap(ps, m);
+}
+
+// Encrypts one packet of the gateway's own (starting at its IP header) with `sa` and sends it
+// through the data plane's FIB and neighbour table. The kernel does not know the ESP overhead: an
+// IPv4 packet without DF is fragmented before encryption (RFC 4301 §8.1, as for transit); a packet
+// that may not be fragmented and does not fit is dropped, counted as too_big, and the kernel is told
+// the MTU that fits (too_big_to_kernel).
+void gateway::protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m)
+{
+    const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+    const bool tunnel = (sa.flags & sa_tunnel) != 0;
+    const bool outer_v6 = tunnel ? (sa.flags & sa_outer_v6) != 0 : (ip[0] >> 4) == 6;
+    const uint8_t* outer_dst = tunnel ? (outer_v6 ? sa.outer_header + 24 : sa.outer_header + 16) : ip_dst(ip);
+    uint16_t port = 0;
+    uint32_t nh4 = 0;
+    ipv6_address nh6{};
+    bool routed = false;
+    if (outer_v6) {
+        routed = shared_.routes6->lookup(outer_dst, port, nh6);
+    } else {
+        uint32_t dst_be = 0;
+        std::memcpy(&dst_be, outer_dst, 4);
+        routed = shared_.routes->lookup(dst_be, port, nh4);
+    }
+    const int16_t out = routed ? shared_.position(port) : -1;
+    if (out < 0) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    const uint32_t mtu = shared_.ports[static_cast<size_t>(out)].mtu;
+    const uint32_t overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
+    const bool v6 = (ip[0] >> 4) == 6;
+    const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
+    constexpr int max_parts = 16;
+    rte_mbuf* parts[max_parts] = {m};
+    uint16_t n = 1;
+    if (total + overhead > mtu) {
+        const uint32_t fits = mtu > overhead + 68 ? (mtu - overhead) & ~7U : 68;
+        if (v6 || !tunnel || (load_be16(ip + 6) & 0x4000) != 0) {
+            too_big_to_kernel(port_pos, ip, total, v6 ? (mtu > overhead ? mtu - overhead : 0) : fits);
+            main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
+            rte_pktmbuf_free(m);
+            return;
+        }
+        const int32_t k =
+            rte_ipv4_fragment_copy_nonseg_packet(m, parts, max_parts, static_cast<uint16_t>(fits), pool_);
+        rte_pktmbuf_free(m);
+        if (k <= 0) {
+            main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
+            return;
+        }
+        for (int32_t f = 0; f < k; ++f) {
+            ipv4_set_checksum(rte_pktmbuf_mtod(parts[f], uint8_t*)); // the library leaves it to us
+        }
+        n = static_cast<uint16_t>(k);
+    }
+    drop_reason reasons[max_parts];
+    const uint16_t good = outbound_process(*main_core_, sa, parts, n, reasons);
+    for (uint16_t k = good; k < n; ++k) {
+        rte_pktmbuf_free(parts[k]); // counted on the SA by the engine
+    }
+    for (uint16_t k = 0; k < good; ++k) {
+        rte_mbuf* p = parts[k];
+        auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(p, sizeof(rte_ether_hdr)));
+        if (eth == nullptr) {
+            main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
+            rte_pktmbuf_free(p);
+            continue;
+        }
+        eth->ether_type = rte_cpu_to_be_16(outer_v6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4);
+        local_[static_cast<size_t>(local_counter::out_protected)]++;
+        queue_for_neighbor(p, port, outer_v6 ? 6 : 4,
+                           outer_v6 ? nh6.data() : reinterpret_cast<const uint8_t*>(&nh4));
+    }
+}
+
+// Soft/hard expiry and sequence exhaustion raised while the main lcore encrypted the gateway's own
+// traffic: to the same event ring as the workers' (main_events hands them to the control socket).
+void gateway::drain_main_core()
+{
+    sa_event ev[8];
+    const size_t n = main_core_->drain(ev);
+    for (size_t i = 0; i < n; ++i) {
+        gateway_event g{};
+        g.what = ev[i].kind == sa_event_kind::soft_expire   ? gateway_event::kind::soft_expire
+                 : ev[i].kind == sa_event_kind::hard_expire ? gateway_event::kind::hard_expire
+                                                            : gateway_event::kind::seq_exhausted;
+        g.dir = ev[i].dir;
+        g.spi = ev[i].spi;
+        if (rte_ring_mp_enqueue_elem(shared_.events, &g, sizeof(g)) != 0) {
+            main_drops_[static_cast<size_t>(gateway_drop::ring_full)]++;
+        }
+    }
+}
+
+// Cleartext for a gateway address (with its Ethernet header), before it goes to the kernel: the
+// inbound check of RFC 4301 §5.2 step 4, as for transit (apply_policies in worker.cpp): cleartext
+// that an inbound protect policy covers should have arrived encrypted and is dropped (unprotected),
+// a discard policy drops it; the implicit bypass (IKE, ND/MLD, ICMP errors) and everything else pass.
+bool gateway::to_kernel_allowed(rte_mbuf* m)
+{
+    const uint32_t len = rte_pktmbuf_data_len(m);
+    if (len < sizeof(rte_ether_hdr) || !spd_) {
+        local_[static_cast<size_t>(local_counter::in_clear)]++;
+        return true;
+    }
+    const auto* ip = rte_pktmbuf_mtod_offset(m, const uint8_t*, sizeof(rte_ether_hdr));
+    ip_view v;
+    if (parse_ip(ip, len - static_cast<uint32_t>(sizeof(rte_ether_hdr)), v) != drop_reason::none) {
+        main_drops_[static_cast<size_t>(gateway_drop::malformed)]++;
+        return false;
+    }
+    const local_selectors sel = selectors_of(ip, v.total, v);
+    // A non-first fragment carries no ports, so it cannot be told from IKE (the kernel fragments large
+    // IKE_AUTH messages when RFC 7383 fragmentation is not negotiated). It is admitted: the kernel
+    // delivers nothing until it has the first fragment, which carries the selectors and was checked
+    // here, so a datagram this check refused never completes (RFC 4301 §7 leaves non-initial
+    // fragments to such stateful handling).
+    if (implicit_bypass(sel, sel.destination_port, ike_ports_) || sel.non_first_fragment) {
+        local_[static_cast<size_t>(local_counter::in_implicit_bypass)]++;
+        return true;
+    }
+    uint32_t out_rule = 0;
+    uint32_t in_match = 0;
+    if (sel.v6) {
+        const spd6_key* k = &sel.k6;
+        spd_->classify6(&k, &out_rule, &in_match, 1);
+    } else {
+        const spd_key* k = &sel.k4;
+        spd_->classify(&k, &out_rule, &in_match, 1);
+    }
+    if (in_match != 0) {
+        const spd_rule& in = spd_->rule(in_match);
+        if (in.action == config::policy_action::discard) {
+            main_drops_[static_cast<size_t>(gateway_drop::spd_discard)]++;
+            return false;
+        }
+        if (in.action == config::policy_action::protect || in.action == config::policy_action::trap) {
+            main_drops_[static_cast<size_t>(gateway_drop::unprotected)]++;
+            return false;
+        }
+    }
+    local_[static_cast<size_t>(local_counter::in_clear)]++;
+    return true;
+}
+
+// A decrypted packet (IP header first, Ethernet header room prepended by the worker) for one of the
+// gateway's addresses: to the TAP of the interface that owns the address (weak host model: the
+// kernel accepts it on any of its interfaces, but this keeps `show interfaces` per-link honest).
+void gateway::decrypted_to_kernel(rte_mbuf* m)
+{
+    const auto* ip = rte_pktmbuf_mtod_offset(m, const uint8_t*, sizeof(rte_ether_hdr));
+    const bool v6 = (ip[0] >> 4) == 6;
+    int16_t pos = shared_.position(m->port);
+    uint16_t owner = RTE_MAX_ETHPORTS;
+    if (v6) {
+        for (const auto& [addr, port] : shared_.local_addresses6) {
+            if (std::memcmp(addr.data(), ip + 24, 16) == 0) {
+                owner = port;
+                break;
+            }
+        }
+    } else {
+        for (const auto& [addr, port] : shared_.local_addresses) {
+            if (std::memcmp(&addr, ip + 16, 4) == 0) {
+                owner = port;
+                break;
+            }
+        }
+    }
+    if (owner != RTE_MAX_ETHPORTS) {
+        pos = shared_.position(owner);
+    }
+    if (pos < 0 || !shared_.ports[static_cast<size_t>(pos)].has_tap) {
+        main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    const port_state& ps = shared_.ports[static_cast<size_t>(pos)];
+    // The bytes in front of the inner packet are what decryption left there: a fresh header
+    // addressed to the TAP (it has the port's MAC) from the port itself.
+    auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+    eth->dst_addr = ps.mac;
+    eth->src_addr = ps.mac;
+    eth->ether_type = rte_cpu_to_be_16(v6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4);
+    local_[static_cast<size_t>(local_counter::in_decrypted)]++;
+    to_tap(ps, m);
 }
 
 unsigned gateway::main_events(const std::function<void(const gateway_event&)>& event)

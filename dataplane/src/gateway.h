@@ -69,10 +69,11 @@ struct exception_meta {
         to_us,
         resolve,
         too_big,
-        time_exceeded, // IPv4 TTL or IPv6 hop limit ran out (the packet's version tells which)
-        nd,            // ICMPv6 Neighbor Solicitation / Advertisement for the gateway (no Ethernet header)
-        resolve6,      // IPv6 next hop unresolved: the main lcore looks the next hop up again
-        too_big6,      // IPv6 packet too big after encapsulation: send Packet Too Big (RFC 8201)
+        time_exceeded,   // IPv4 TTL or IPv6 hop limit ran out (the packet's version tells which)
+        nd,              // ICMPv6 Neighbor Solicitation / Advertisement for the gateway (no Ethernet header)
+        resolve6,        // IPv6 next hop unresolved: the main lcore looks the next hop up again
+        too_big6,        // IPv6 packet too big after encapsulation: send Packet Too Big (RFC 8201)
+        decrypted_to_us, // decrypted (tunnel or transport) packet for a gateway address: to the TAP
     } what;
     uint8_t pad;
     uint16_t port;   // resolve, resolve6: egress port
@@ -203,6 +204,16 @@ private:
     void queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop);
     void resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac);
     bool from_tap_allowed(const rte_mbuf* m) const;
+    // The gateway's own traffic (RFC 4301 host-to-host, transport mode between gateways): what the
+    // kernel sends through a TAP goes through the outbound SPD; cleartext for a gateway address
+    // through the inbound check; decrypted packets for a gateway address to the owning TAP.
+    void from_kernel(size_t port_pos, rte_mbuf* m);
+    void protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m);
+    void too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t len, uint32_t fits);
+    bool to_kernel_allowed(rte_mbuf* m);
+    void decrypted_to_kernel(rte_mbuf* m);
+    void mark_local_delivery(sa_runtime& sa) const;
+    void drain_main_core();
     unsigned owner_of(uint32_t spi) const noexcept;
 
     config::gateway_config config_;
@@ -240,6 +251,9 @@ private:
     double icmp_tokens_ = 0;
     uint64_t icmp_refill_tsc_ = 0;
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> main_drops_{};
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(local_counter::count)> local_{};
+    std::vector<uint16_t> ike_ports_; // UDP ports of the gateway's IKE sockets (implicit bypass)
+    uint64_t last_acquire_tsc_ = 0;   // acquires raised for the gateway's own traffic: at most 1/s
 };
 
 // af_packet ring geometry (PACKET_MMAP, TPACKET_V2) the gateway asks for when an interface's device

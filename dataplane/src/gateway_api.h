@@ -57,6 +57,30 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(gateway_drop::
 #undef X
 };
 
+// The gateway's own traffic through the TAP exception path (main lcore), RFC 4301 host-to-host.
+#define ESPRESSO_LOCAL_COUNTERS(X)                                                              \
+    X(out_protected, "kernel packets encrypted by a protect policy (tunnel or transport SA)")   \
+    X(out_bypass, "kernel packets sent in clear by a bypass policy or no policy")               \
+    X(out_implicit_bypass,                                                                      \
+      "kernel packets sent in clear by the implicit bypass (IKE ports, ND/MLD, ICMP errors)")   \
+    X(in_decrypted, "decrypted packets for the gateway handed to the kernel")                   \
+    X(in_clear, "cleartext packets for the gateway handed to the kernel (bypass or no policy)") \
+    X(in_implicit_bypass, "cleartext for the gateway admitted by the implicit bypass")
+
+enum class local_counter : uint8_t {
+#define X(id, text) id,
+    ESPRESSO_LOCAL_COUNTERS(X)
+#undef X
+        count
+};
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(local_counter::count)> local_counter_names =
+    {
+#define X(id, text) std::string_view{#id},
+        ESPRESSO_LOCAL_COUNTERS(X)
+#undef X
+};
+
 struct sa_snapshot {
     config::sa_config config; // keys wiped
     std::array<uint64_t, static_cast<size_t>(sa_counter::count)> counters{};
@@ -97,6 +121,8 @@ struct worker_snapshot {
     uint64_t to_exception = 0; // handed to the main lcore (ARP, traffic to the gateway)
     double busy_percent = 0;   // share of recent polls that found packets
     std::array<uint64_t, static_cast<size_t>(gateway_drop::count)> drops{};
+    bool main = false; // the main lcore's row: it also carries the gateway's own traffic counters
+    std::array<uint64_t, static_cast<size_t>(local_counter::count)> local{};
 };
 
 // One neighbor cache entry (ARP or NDP) for `show arp` / `show ipv6 neighbors`.

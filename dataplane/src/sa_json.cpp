@@ -581,7 +581,7 @@ json to_json(const interface_snapshot& i)
 
 json to_json(const worker_snapshot& w)
 {
-    return {
+    json out = {
         {"lcore", w.lcore},
         {"rx-packets", w.rx_packets},
         {"tx-packets", w.tx_packets},
@@ -589,6 +589,11 @@ json to_json(const worker_snapshot& w)
         {"busy-percent", w.busy_percent},
         {"drops", drops_json(w.drops, gateway_drop_names, 0)},
     };
+    if (w.main) {
+        // The gateway's own traffic through the TAPs (main lcore): every counter, zeros included.
+        out["local-traffic"] = drops_json(w.local, local_counter_names, 0);
+    }
+    return out;
 }
 
 json to_json(const gateway_event& e)

@@ -20,6 +20,7 @@
 #include "gateway.h"
 #include "icmpv6.h"
 #include "packet.h"
+#include "selectors.h"
 
 namespace espresso::dp {
 
@@ -444,14 +445,38 @@ private:
         run_inbound(groups, forward, n_forward);
     }
 
+    // Is a decrypted packet addressed to the gateway itself (transport mode always is; a tunnel's inner
+    // packet can be when the SA's local selector covers a gateway address)?
+    bool for_us(const rte_mbuf* m) const noexcept
+    {
+        const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+        if ((ip[0] >> 4) == 6) {
+            return is_local6(ip + 24);
+        }
+        uint32_t dst4 = 0;
+        std::memcpy(&dst4, ip + 16, 4);
+        return is_local(dst4);
+    }
+
     void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         for (unsigned g = 0; g < groups.n; ++g) {
             drop_reason reasons[max_vector];
             uint16_t good = inbound_process(core_, *groups.sa[g], groups.pkts[g], groups.count[g], reasons);
+            // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
+            // selectors do not cover the gateway costs no address comparison here.
+            const bool maybe_ours = (groups.sa[g]->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
             for (uint16_t k = 0; k < groups.count[g]; ++k) {
                 if (k < good) {
-                    forward[n_forward++] = groups.pkts[g][k];
+                    rte_mbuf* m = groups.pkts[g][k];
+                    if (maybe_ours && for_us(m)) [[unlikely]] {
+                        // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
+                        // (transport mode between gateways) goes to the kernel through the TAP.
+                        rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                        to_exception(m, exception_meta::decrypted_to_us);
+                        continue;
+                    }
+                    forward[n_forward++] = m;
                 } else {
                     rte_pktmbuf_free(groups.pkts[g][k]); // counted on the SA by the engine
                 }
@@ -482,17 +507,7 @@ private:
             sum = (sum & 0xffff) + (sum >> 16);
             store_be16(ip + 10, static_cast<uint16_t>(sum));
             spd_key& k = keys[kept];
-            k = {};
-            k.protocol = ip[9];
-            std::memcpy(&k.source, ip + 12, 4);
-            std::memcpy(&k.destination, ip + 16, 4);
-            const uint32_t ihl = (ip[0] & 0x0fU) * 4;
-            const bool first_fragment = (load_be16(ip + 6) & 0x1fff) == 0;
-            if ((k.protocol == proto_tcp || k.protocol == proto_udp) && first_fragment &&
-                rte_pktmbuf_data_len(m) >= ihl + 4) {
-                std::memcpy(&k.source_port, ip + ihl, 2);
-                std::memcpy(&k.destination_port, ip + ihl + 2, 2);
-            }
+            spd_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
             protocol[kept] = k.protocol;
             pkts[kept++] = m;
@@ -537,10 +552,7 @@ private:
             }
             --ip[7]; // no header checksum in IPv6
             spd6_key& k = keys[kept];
-            k = {};
-            std::memcpy(k.source, ip + 8, 16);
-            std::memcpy(k.destination, ip + 24, 16);
-            upper_layer6(ip, rte_pktmbuf_data_len(m), k);
+            spd6_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
             protocol[kept] = k.protocol;
             pkts[kept++] = m;
@@ -558,38 +570,6 @@ private:
             spd->classify6(key_ptrs, out_rule, in_match, kept);
         }
         apply_policies(pkts, kept, spd, out_rule, in_match, protocol, forward, n_forward);
-    }
-
-    // The upper-layer protocol and ports of an IPv6 packet, after the extension headers a selector
-    // must look through (RFC 4301 §4.4.1.1: the "next layer protocol" is after them). A non-first
-    // fragment has no ports (OPAQUE, here 0). At most 8 headers are walked; what does not fit the
-    // frame leaves the protocol at the last header seen.
-    static void upper_layer6(const uint8_t* ip, uint32_t avail, spd6_key& k) noexcept
-    {
-        uint8_t next = ip[6];
-        uint32_t off = 40;
-        bool first_fragment = true;
-        for (int hops = 0; hops < 8; ++hops) {
-            if (next != 0 && next != 43 && next != 60 && next != 44) {
-                break; // hop-by-hop, routing, destination options, fragment
-            }
-            if (off + 8 > avail) {
-                break;
-            }
-            const uint8_t* h = ip + off;
-            if (next == 44) {
-                first_fragment = first_fragment && (load_be16(h + 2) & 0xfff8) == 0;
-                off += 8;
-            } else {
-                off += (h[1] + 1U) * 8;
-            }
-            next = h[0];
-        }
-        k.protocol = next;
-        if ((next == proto_tcp || next == proto_udp) && first_fragment && off + 4 <= avail) {
-            std::memcpy(&k.source_port, ip + off, 2);
-            std::memcpy(&k.destination_port, ip + off + 2, 2);
-        }
     }
 
     // The SPD verdicts of a burst (either family): bypass and no-policy packets are forwarded,

@@ -1291,6 +1291,29 @@ TEST(cli_format, InterfacesAndDataplane)
                          "0       1      100             97              1             3.2%\n"
                          "        drops: no_route 2\n"
                          "Total          100             97              1\n");
+    EXPECT_FALSE(to_json(worker).contains("local-traffic")); // only the main lcore's row has it
+
+    // The main lcore's row carries the gateway's own traffic (TAP <-> SPD) counters.
+    worker_snapshot main_row;
+    main_row.lcore = 0;
+    main_row.main = true;
+    main_row.local[static_cast<size_t>(local_counter::out_protected)] = 5;
+    main_row.local[static_cast<size_t>(local_counter::out_implicit_bypass)] = 2;
+    main_row.local[static_cast<size_t>(local_counter::in_decrypted)] = 4;
+    main_row.drops[static_cast<size_t>(gateway_drop::unprotected)] = 3;
+    const json main_json = to_json(main_row);
+    ASSERT_TRUE(main_json.contains("local-traffic")) << main_json.dump();
+    EXPECT_EQ(main_json["local-traffic"]["out_protected"], 5);
+    EXPECT_EQ(main_json["local-traffic"]["in_clear"], 0);
+    EXPECT_EQ(main_json["local-traffic"].size(), static_cast<size_t>(local_counter::count));
+    const std::string with_local = cli::format_dataplane({{"workers", json::array({main_json})}});
+    EXPECT_EQ(with_local,
+              "Worker  Lcore  RX packets      TX packets      To kernel     Busy\n"
+              "0       0      0               0               0             0.0%\n"
+              "        drops: unprotected 3\n"
+              "        gateway's own traffic: out protected 5, bypass 0, implicit bypass 2; in decrypted 4, "
+              "clear 0, implicit bypass 0\n"
+              "Total          0               0               0\n");
 }
 
 // `show arp` / `show ipv6 neighbors` from a neighbor_summary as the server encodes it.

@@ -33,6 +33,9 @@ enum sa_flag : uint16_t {
     sa_aead = 1U << 6, // GCM: ICV from the cipher
     sa_gmac = 1U << 7, // RFC 4543: no encryption, whole payload authenticated as AAD
     sa_cbc = 1U << 8,  // block cipher with an explicit 16-byte IV
+    // Inbound tunnel SA whose local selector covers one of the gateway's addresses: a decrypted inner
+    // packet may be for the gateway itself (set by the gateway at install, before workers see the SA).
+    sa_local_inner = 1U << 9,
 };
 
 struct alignas(64) sa_runtime {
