@@ -58,6 +58,7 @@ def main():
     branch = os.path.join(ROOT, "config/examples/ike-branch.yaml")
     topo = Topology(BUILD, prefix="demo", hq_config=hq, branch_config=branch)
     ok = False
+    why = ""
     try:
         step("network namespaces: host-hq -- gw-hq -- inet -- gw-branch -- host-branch")
         topo.create()
@@ -83,7 +84,9 @@ def main():
             print(topo.cli(g, "show crypto isakmp sa"))
 
         step("ping 192.168.2.10 from host-hq (192.168.1.10), through the tunnel")
-        print(sh("ping -c 4 -i 0.3 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False).stdout)
+        ping_out = sh("ping -c 4 -i 0.3 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False).stdout
+        print(ping_out)
+        ping_ok = " 0% packet loss" in ping_out
         step("ping 198.51.100.1 (the HQ gateway) from the internet router: TAP exception path")
         print(sh("ping -c 2 -i 0.3 198.51.100.1", ns=topo.ns["inet"], capture=True, check=False).stdout)
 
@@ -107,11 +110,12 @@ def main():
             print(topo.cli(g, "show crypto ipsec sa"))
         step("gw-hq: espresso show dataplane")
         print(topo.cli("gw-hq", "show dataplane"))
-        ok = received == sent and received > 0
+        ok = ping_ok and received == sent and received > 0
+        why = "" if ok else ("ping through the tunnel lost packets" if not ping_ok else "transfer incomplete")
     finally:
         step("tearing down")
         topo.teardown()
-    print("demo: OK" if ok else "demo: FAILED (transfer incomplete)")
+    print("demo: OK" if ok else f"demo: FAILED ({why or 'see above'})")
     return 0 if ok else 1
 
 
