@@ -128,6 +128,7 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"delete-sas", {"sas", ""}},
     {"show-neighbors", {"", ""}},
     {"clear-neighbors", {"family", ""}},
+    {"update-sa", {"spi", "peer"}},
 }};
 
 void check_arg_names(const std::string& op, const json& args)
@@ -682,6 +683,35 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             throw request_error(error);
         }
         return {{"spi", spi}, {"direction", direction_name(dir)}};
+    }
+    if (op == "update-sa") {
+        const auto spi = parse_spi(require(args, "spi", "the outbound SA's SPI"));
+        const json& peer = require(args, "peer", "an object {\"address\": ..., \"port\": ...} (either or both)");
+        if (!peer.is_object() || peer.empty()) {
+            throw request_error("args.peer: expected an object with \"address\" and/or \"port\"");
+        }
+        config::ip_address address;
+        std::optional<uint16_t> port;
+        for (const auto& [key, value] : peer.items()) {
+            if (key == "address") {
+                const auto parsed = value.is_string() ? config::parse_address(value.get<std::string>()) : std::nullopt;
+                if (!parsed) {
+                    throw request_error("args.peer.address: expected an IPv4 or IPv6 address as a string");
+                }
+                address = *parsed;
+            } else if (key == "port") {
+                if (!value.is_number_integer() || value.get<int64_t>() < 1 || value.get<int64_t>() > 65535) {
+                    throw request_error("args.peer.port: expected a UDP port 1..65535");
+                }
+                port = static_cast<uint16_t>(value.get<int64_t>());
+            } else {
+                throw request_error("args.peer." + key + ": unknown; expected address and/or port");
+            }
+        }
+        if (const std::string error = gateway_.update_sa_peer(spi, address, port); !error.empty()) {
+            throw request_error(error);
+        }
+        return {{"spi", spi}, {"direction", "outbound"}};
     }
     if (op == "list-sas") {
         std::optional<config::direction> dir;

@@ -1008,6 +1008,65 @@ std::string gateway::delete_sas(std::span<const sa_id> which)
     return {}; // the deleters wipe every key now that no worker can reach the SAs
 }
 
+// NAT rebinding: the peer's address or port changed under an outbound SA. The keys cannot be expanded
+// again (the control record keeps none), so rebind_sa copies the runtime with a new outer header; the
+// SPD then points at the copy. Workers that still hold the old SPD for a burst or two keep taking
+// sequence numbers from the old SA, so the copy starts `seq_gap` later (a gap is harmless to the
+// peer's anti-replay window; a reused number would be dropped as a replay). Counters and lifetime
+// accounting continue in the copy once every worker moved over.
+std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& destination,
+                                    std::optional<uint16_t> udp_port)
+{
+    constexpr uint64_t seq_gap = 1U << 16;
+    auto it = sas_.find({static_cast<int>(config::direction::outbound), spi});
+    if (it == sas_.end()) {
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), "no outbound SA 0x%08x", spi);
+        return buf;
+    }
+    sa_runtime& old = *it->second.sa;
+    config::sa_config updated = old.config;
+    if (destination.family != 0) {
+        updated.destination = destination;
+    }
+    if (udp_port) {
+        if (!updated.udp) {
+            return "SA is not UDP-encapsulated: it has no UDP port to update";
+        }
+        updated.udp->destination_port = *udp_port;
+    }
+    sa_ptr fresh;
+    try {
+        fresh = rebind_sa(old, updated);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    const uint64_t seq = old.seq.load(std::memory_order_acquire);
+    if (seq > old.seq_limit() - seq_gap) {
+        return "the SA's sequence numbers are nearly exhausted: rekey it instead";
+    }
+    fresh->seq.store(seq + seq_gap, std::memory_order_release);
+    sa_ptr previous = std::move(it->second.sa);
+    it->second.sa = std::move(fresh);
+    if (std::string error = rebuild_spd(); !error.empty()) {
+        (void)previous.release(); // a worker may still use it
+        return error;
+    }
+    // No worker can reach `previous` now: carry its counters and consumed lifetime over.
+    sa_runtime& now = *it->second.sa;
+    for (size_t c = 0; c < previous->stats.counters.size(); ++c) {
+        now.stats.counters[c].fetch_add(previous->stats.counters[c].load(std::memory_order_relaxed),
+                                        std::memory_order_relaxed);
+    }
+    for (size_t d = 0; d < previous->stats.drops.size(); ++d) {
+        now.stats.drops[d].fetch_add(previous->stats.drops[d].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    now.life_bytes.fetch_add(previous->life_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    now.life_packets.fetch_add(previous->life_packets.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    now.expired.fetch_or(previous->expired.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    return {}; // previous's deleter wipes its keys
+}
+
 std::string gateway::delete_sa(config::direction dir, uint32_t spi)
 {
     auto it = sas_.find({static_cast<int>(dir), spi});

@@ -143,6 +143,8 @@ public:
     std::vector<worker_snapshot> workers() const override;
     void clear_counters() override;
     neighbor_summary neighbors() const override;
+    std::string update_sa_peer(uint32_t spi, const config::ip_address& destination,
+                               std::optional<uint16_t> udp_port) override;
     unsigned clear_neighbors(uint8_t family) override;
 
     // Used by the worker loop (worker.cpp).

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -197,6 +198,14 @@ public:
     virtual void clear_counters() = 0;
     // The neighbor caches (ARP and NDP) with their NUD state; clear removes every learned entry.
     virtual neighbor_summary neighbors() const { return {}; }
+    // The outbound SA `spi` sends to a new peer address and/or UDP destination port (a NAT mapping
+    // changed, RFC 7296 §2.23): sequence numbers continue (with a gap), counters are kept. "" or why not.
+    virtual std::string update_sa_peer(uint32_t spi, const config::ip_address& destination,
+                                       std::optional<uint16_t> udp_port)
+    {
+        (void)spi, (void)destination, (void)udp_port;
+        return "not supported";
+    }
     virtual unsigned clear_neighbors(uint8_t family) { (void)family; return 0; } // 4, 6 or 0: both
 };
 

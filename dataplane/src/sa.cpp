@@ -272,4 +272,56 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
     return sa;
 }
 
+sa_ptr rebind_sa(const sa_runtime& old, const config::sa_config& updated)
+{
+    const config::sa_config& was = old.config;
+    if (!old.outbound()) {
+        refuse(was, "only an outbound SA's peer endpoints can be updated (inbound SAs accept any source)");
+    }
+    if (updated.spi != was.spi || updated.mode != was.mode || updated.protocol != was.protocol ||
+        updated.source != was.source || updated.udp.has_value() != was.udp.has_value() ||
+        (was.mode == config::ipsec_mode::tunnel && updated.destination.family != was.destination.family) ||
+        (updated.udp && updated.udp->source_port != was.udp->source_port)) {
+        refuse(was, "a peer update may change only the tunnel destination (same address family) and the UDP "
+                    "destination port of a UDP-encapsulated SA");
+    }
+    if (was.mode != config::ipsec_mode::tunnel && updated.destination != was.destination) {
+        refuse(was, "a transport-mode SA has no tunnel destination to update; only its UDP port");
+    }
+    void* mem = ::operator new(sizeof(sa_runtime), std::align_val_t{alignof(sa_runtime)});
+    sa_ptr sa(new (mem) sa_runtime(updated));
+    // Everything make_sa derived, field by field (sa_runtime holds atomics: no plain copy).
+    sa->spi = old.spi;
+    sa->spi_be = old.spi_be;
+    sa->flags = static_cast<uint16_t>(old.flags & ~sa_outer_v6);
+    sa->iv_bytes = old.iv_bytes;
+    sa->block_bytes = old.block_bytes;
+    sa->icv_bytes = old.icv_bytes;
+    sa->ttl = old.ttl;
+    sa->dscp_value = old.dscp_value;
+    sa->df = old.df;
+    sa->dscp = old.dscp;
+    sa->tfc_pad_to = old.tfc_pad_to;
+    sa->cipher_mode = old.cipher_mode;
+    sa->hash_alg = old.hash_alg;
+    sa->key_size = old.key_size;
+    sa->hash_full_bytes = old.hash_full_bytes;
+    sa->salt = old.salt;
+    std::memcpy(sa->enc_keys, old.enc_keys, sizeof(sa->enc_keys));
+    std::memcpy(sa->dec_keys, old.dec_keys, sizeof(sa->dec_keys));
+    std::memcpy(&sa->gcm_key, &old.gcm_key, sizeof(sa->gcm_key));
+    std::memcpy(sa->ipad, old.ipad, sizeof(sa->ipad));
+    std::memcpy(sa->opad, old.opad, sizeof(sa->opad));
+    sa->soft_bytes = old.soft_bytes;
+    sa->hard_bytes = old.hard_bytes;
+    sa->soft_packets = old.soft_packets;
+    sa->hard_packets = old.hard_packets;
+    build_outer_header(*sa, updated);
+    if ((sa->flags & sa_tunnel) != 0 && (sa->flags & sa_outer_v6) == 0) {
+        sa->outer_sum = ones_sum(sa->outer_header, 20);
+    }
+    config::wipe_keys(sa->config);
+    return sa;
+}
+
 } // namespace espresso::dp

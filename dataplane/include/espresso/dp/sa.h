@@ -99,4 +99,11 @@ using sa_ptr = std::unique_ptr<sa_runtime, sa_deleter>;
 // operator can act on. The caller's copy of the keys is not touched; wipe it yourself.
 sa_ptr make_sa(const config::sa_config& config, crypto_core& core);
 
+// An outbound SA like `old` (same SPI, keys, algorithms, lifetime limits) that sends to new peer
+// endpoints: `updated` is old.config with a new tunnel destination and/or UDP encapsulation ports (a
+// peer behind a NAT whose mapping changed, RFC 7296 §2.23 / RFC 3948). Everything else must be as it
+// was (std::invalid_argument otherwise). The caller carries the sequence number and counters over.
+// Needed because the keys cannot be expanded again: the control record keeps none.
+sa_ptr rebind_sa(const sa_runtime& old, const config::sa_config& updated);
+
 } // namespace espresso::dp
