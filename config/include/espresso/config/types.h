@@ -112,6 +112,9 @@ struct dataplane_config {
     bool hugepages = true;        // false = --no-huge with a small pool
     idle_mode idle = idle_mode::adaptive;
     std::string control_socket = "/run/espresso/espresso.sock";
+    // IP reassembly of fragments addressed to the gateway, per worker (dataplane/src/reassembly.h).
+    uint32_t reassembly_datagrams = 1024;  // datagrams being reassembled at once
+    uint32_t reassembly_timeout_ms = 3000; // a datagram not complete by then is dropped
 };
 
 // One address of the gateway on a link, with the link's subnet length.
