@@ -1277,7 +1277,8 @@ dataplane_config loader::parse_dataplane(const field& f) const {
         dp.idle = choice<idle_mode>(*idle, {{"adaptive", idle_mode::adaptive}, {"poll", idle_mode::poll}});
     }
     if (const field* f = m.find("reassembly-datagrams")) {
-        dp.reassembly_datagrams = static_cast<uint32_t>(number(*f, 16, 65536));
+        // The table is sized for this many per worker (about 400 bytes of DPDK state each).
+        dp.reassembly_datagrams = static_cast<uint32_t>(number(*f, 16, 16384));
     }
     if (const field* f = m.find("reassembly-timeout-ms")) {
         // RFC 791 §3.2 leaves the timer to the implementation (Linux: 30 s); fragments of one packet

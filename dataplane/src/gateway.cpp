@@ -277,8 +277,9 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
         }
     }
     // Reassembled datagrams (reassembly.h): one segment each, up to reassembly_max_bytes; only
-    // datagrams between reassembly and decryption or the TAP are in this pool at once.
-    const unsigned whole = 255 + 256 * config_.dataplane.workers;
+    // datagrams between reassembly and decryption or the TAP (a burst, the handoff and exception
+    // rings, ARP queues) are in this pool at once, not the fragments waiting in the tables.
+    const unsigned whole = 511 + 64 * config_.dataplane.workers;
     reassembled_ = rte_pktmbuf_pool_create("espresso_reasm", whole, 32, 0,
                                            static_cast<uint16_t>(RTE_PKTMBUF_HEADROOM + reassembly_max_bytes),
                                            static_cast<int>(rte_socket_id()));
