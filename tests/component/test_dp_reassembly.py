@@ -213,6 +213,12 @@ class Scenario:
         feed(fragment6(whole, 1280))
         self.reassembled += 1
         self.kernel.append((PEER6, len(ike)))
+        # 8. Transit fragments (not addressed to the gateway, no policy): forwarded as they are, TTL - 1.
+        ident += 1
+        self.transit = fragment(IP(src="203.0.113.9", dst="192.168.1.10", id=ident, ttl=30) /
+                                UDP(sport=5, dport=6) / Raw(bytes(900)), fragsize=512)
+        for f in self.transit:
+            self.wan.append(wan / f)
 
 
 def frames(paths):
@@ -285,7 +291,7 @@ def main():
         report.run("espresso-dp exits cleanly on SIGTERM", clean_exit)
 
         def plaintext_out():
-            got = sorted(raw(f[IP]) for f in lan if f[IP].dst == "192.168.1.10")
+            got = sorted(raw(f[IP]) for f in lan if f[IP].dst == "192.168.1.10" and f[IP].src != "203.0.113.9")
             want = sorted(raw(p) for p in sc.to_lan)
             problems = []
             if len(got) != len(want):
@@ -325,6 +331,21 @@ def main():
             return problems
         report.run("fragments, reassembled datagrams, timed-out and overlapping fragments counted "
                    "(show dataplane, per worker)", counts)
+
+        def transit_fragments():
+            got = [f[IP] for f in lan if f[IP].src == "203.0.113.9"]
+            want = []
+            for f in sc.transit:
+                p = IP(raw(f))
+                p.ttl -= 1
+                del p.chksum
+                want.append(raw(IP(raw(p))))
+            if sorted(raw(g) for g in got) != sorted(want):
+                return [f"transit fragments out on the inside: {[(g.frag, g.flags, g.ttl, len(g)) for g in got]}, "
+                        f"want the {len(want)} fragments as they came with TTL-1"]
+            return []
+        report.run("fragments not addressed to the gateway are forwarded as they are (TTL-1), not reassembled",
+                   transit_fragments)
 
         def kernel_received():
             got = sorted((l.split()[0], int(l.split()[1])) for l in kernel_lines if l.strip())
