@@ -78,8 +78,9 @@ constexpr std::array<std::string_view, 20> sa_keys{
 
 constexpr std::array<std::string_view, 2> udp_keys{"source-port", "destination-port"};
 
-constexpr std::array<std::string_view, 7> dataplane_keys{"workers", "eal", "hugepages", "idle", "control-socket",
-                                                          "neighbor-reachable-time", "neighbor-table-size"};
+constexpr std::array<std::string_view, 9> dataplane_keys{
+    "workers", "eal", "hugepages", "idle", "control-socket", "neighbor-reachable-time", "neighbor-table-size",
+    "reassembly-datagrams", "reassembly-timeout-ms"};
 constexpr std::array<std::string_view, 5> interface_keys{"name", "device", "address", "mac", "mtu"};
 constexpr std::array<std::string_view, 3> route_keys{"destination", "via", "interface"};
 constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "interface"};
@@ -1273,6 +1274,15 @@ dataplane_config loader::parse_dataplane(const field& f) const {
     }
     if (const field* idle = m.find("idle")) {
         dp.idle = choice<idle_mode>(*idle, {{"adaptive", idle_mode::adaptive}, {"poll", idle_mode::poll}});
+    }
+    if (const field* f = m.find("reassembly-datagrams")) {
+        // The table is sized for this many per worker (about 400 bytes of DPDK state each).
+        dp.reassembly_datagrams = static_cast<uint32_t>(number(*f, 16, 16384));
+    }
+    if (const field* f = m.find("reassembly-timeout-ms")) {
+        // RFC 791 §3.2 leaves the timer to the implementation (Linux: 30 s); fragments of one packet
+        // arrive within milliseconds, and a long timer only lets an attacker hold buffers longer.
+        dp.reassembly_timeout_ms = static_cast<uint32_t>(number(*f, 100, 60000));
     }
     if (const field* socket = m.find("control-socket")) {
         const std::string value = text(*socket, "an absolute path such as /run/espresso/espresso.sock");

@@ -501,6 +501,10 @@ std::string format_dataplane(const json& result)
                 drops += (drops.empty() ? "" : ", ") + name + " " + std::to_string(value.get<uint64_t>());
             }
         }
+        if (number(worker, "fragments") != 0 || number(worker, "reassembled") != 0) {
+            out += "        fragments to the gateway: " + std::to_string(number(worker, "fragments")) +
+                   " received, " + std::to_string(number(worker, "reassembled")) + " datagrams reassembled\n";
+        }
         if (!drops.empty()) {
             out += "        drops: " + drops + "\n";
         }

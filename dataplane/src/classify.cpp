@@ -2,12 +2,114 @@
 // the burst partition helper.
 #include <rte_mbuf.h>
 
+#include <cstring>
 #include <utility>
 
 #include "espresso/dp/ipsec.h"
 #include "packet.h"
 
 namespace espresso::dp {
+
+namespace {
+
+// The options of a Hop-by-Hop or Destination Options header `h` of `len` bytes (RFC 8200 §4.2):
+// padding and options whose type says "skip if unrecognized" (action bits 00) need nothing from this
+// node; any other option is the kernel's to act on (it knows Router Alert, Jumbo Payload, and sends
+// the Parameter Problem the action bits ask for).
+ipv6_chain::verdict walk_options(const uint8_t* h, uint32_t len) noexcept
+{
+    uint32_t i = 2;
+    while (i < len) {
+        const uint8_t type = h[i];
+        if (type == 0) { // Pad1
+            ++i;
+            continue;
+        }
+        if (i + 2 > len || i + 2 + h[i + 1] > len) {
+            return ipv6_chain::malformed;
+        }
+        if (type != 1 && (type >> 6) != 0) { // not PadN, not "skip"
+            return ipv6_chain::kernel;
+        }
+        i += 2U + h[i + 1];
+    }
+    return ipv6_chain::ok;
+}
+
+} // namespace
+
+// Hand-written rather than rte_ipv6_get_next_ext (DPDK 22.11): that helper only returns a header's
+// length, without bounds against the packet, options, Segments Left or fragment offsets, all of which
+// decide here whether a packet is ours to process.
+ipv6_chain walk_ipv6_chain(const uint8_t* ip, uint32_t total) noexcept
+{
+    ipv6_chain c;
+    uint8_t next = ip[6];
+    uint32_t off = 40;
+    for (unsigned n = 0;; ++n) {
+        if (!is_ipv6_extension(next)) {
+            c.protocol = next;
+            c.offset = static_cast<uint16_t>(off);
+            return c;
+        }
+        if (n == ipv6_chain::max_headers) {
+            c.result = ipv6_chain::kernel;
+            return c;
+        }
+        if (off + 8 > total) { // every extension header is at least 8 bytes
+            c.result = ipv6_chain::malformed;
+            return c;
+        }
+        const uint8_t* h = ip + off;
+        if (next == 44) {
+            const uint16_t field = load_be16(h + 2);
+            if ((field & 0xfff9U) != 0) { // offset or M set (the 2 reserved bits are ignored)
+                c.result = ipv6_chain::fragment;
+                c.protocol = h[0];
+                c.fragment_offset = static_cast<uint16_t>(off);
+                c.offset = static_cast<uint16_t>(off + 8);
+                return c;
+            }
+            next = h[0]; // RFC 6946: an atomic fragment is processed as a whole packet
+            off += 8;
+            continue;
+        }
+        const uint32_t len = (h[1] + 1U) * 8U;
+        if (off + len > total) {
+            c.result = ipv6_chain::malformed;
+            return c;
+        }
+        if (next == 0 && off != 40) { // RFC 8200 §4.1: Hop-by-Hop only right after the IPv6 header
+            c.result = ipv6_chain::kernel;
+            return c;
+        }
+        if (next == 43) {
+            if (h[3] != 0) { // Segments Left: the packet is not at its final destination yet
+                c.result = ipv6_chain::kernel;
+                return c;
+            }
+        } else if (const auto v = walk_options(h, len); v != ipv6_chain::ok) {
+            c.result = v;
+            return c;
+        }
+        next = h[0];
+        off += len;
+    }
+}
+
+void strip_ipv6_extensions(rte_mbuf* m, const inbound_class& c) noexcept
+{
+    auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
+    if ((ip[0] >> 4) != 6 || c.offset <= 40 || c.offset > rte_pktmbuf_data_len(m)) {
+        return;
+    }
+    const uint16_t gap = static_cast<uint16_t>(c.offset - 40);
+    const uint16_t payload = load_be16(ip + 4);
+    std::memmove(ip + gap, ip, 40);
+    ip = reinterpret_cast<uint8_t*>(rte_pktmbuf_adj(m, gap));
+    ip[6] = c.protocol;
+    store_be16(ip + 4, static_cast<uint16_t>(payload - gap));
+}
 
 inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port) noexcept
 {
@@ -18,19 +120,51 @@ inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port) noexc
     if (r != drop_reason::none) {
         return {inbound_kind::malformed, r, 0};
     }
-    const uint32_t off = ip.header;
-    if (ip.protocol == proto_esp || ip.protocol == proto_ah) {
-        if (ip.fragment) {
-            return {inbound_kind::other, drop_reason::none, 0}; // reassemble first
+    uint32_t off = ip.header;
+    uint8_t protocol = ip.protocol;
+    bool fragment = ip.fragment;
+    if (ip.version == 6 && is_ipv6_extension(protocol)) {
+        const ipv6_chain chain = walk_ipv6_chain(p, ip.total);
+        switch (chain.result) {
+        case ipv6_chain::malformed:
+            return {inbound_kind::malformed, drop_reason::bad_ip, 0};
+        case ipv6_chain::kernel:
+            return {inbound_kind::other, drop_reason::none, 0};
+        case ipv6_chain::fragment:
+            // The reassembler takes a Fragment header right after the fixed header only (where
+            // senders put it when there are no per-fragment headers): the rest go to the kernel.
+            if (chain.fragment_offset != 40) {
+                return {inbound_kind::other, drop_reason::none, 0};
+            }
+            fragment = true;
+            break;
+        case ipv6_chain::ok:
+            if (chain.protocol == proto_ah) {
+                return {inbound_kind::other, drop_reason::none, 0};
+            }
+            break;
         }
+        protocol = chain.protocol;
+        off = chain.offset;
+    }
+    if (fragment) {
+        // Only what may be fast-path IPsec is reassembled here; other fragments (ICMP, TCP, ...)
+        // reach the kernel as they came and it reassembles them itself.
+        if (protocol == proto_esp || protocol == proto_ah || protocol == proto_udp) {
+            return {inbound_kind::fragment, drop_reason::none, 0, static_cast<uint16_t>(off), protocol};
+        }
+        return {inbound_kind::other, drop_reason::none, 0};
+    }
+    if (protocol == proto_esp || protocol == proto_ah) {
         if (ip.total < off + 8) {
             return {inbound_kind::malformed, drop_reason::truncated, 0};
         }
         // AH: next header, length, reserved, then the SPI (RFC 4302 §2).
-        uint32_t spi = ip.protocol == proto_esp ? load_be32(p + off) : load_be32(p + off + 4);
-        return {ip.protocol == proto_esp ? inbound_kind::esp : inbound_kind::ah, drop_reason::none, spi};
+        uint32_t spi = protocol == proto_esp ? load_be32(p + off) : load_be32(p + off + 4);
+        return {protocol == proto_esp ? inbound_kind::esp : inbound_kind::ah, drop_reason::none, spi,
+                static_cast<uint16_t>(off), protocol};
     }
-    if (ip.protocol != proto_udp || ip.fragment) {
+    if (protocol != proto_udp) {
         return {inbound_kind::other, drop_reason::none, 0};
     }
     if (ip.total < off + 8) {
@@ -59,7 +193,7 @@ inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port) noexc
     if (body < 8) {
         return {inbound_kind::malformed, drop_reason::truncated, 0};
     }
-    return {inbound_kind::esp, drop_reason::none, spi};
+    return {inbound_kind::esp, drop_reason::none, spi, static_cast<uint16_t>(off), proto_udp};
 }
 
 uint16_t partition_by_verdict(rte_mbuf** pkts, drop_reason* reasons, uint16_t n) noexcept

@@ -15,6 +15,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf_dyn.h>
 #include <rte_pause.h>
+#include <rte_random.h>
 
 #include <linux/futex.h>
 #include <sched.h>
@@ -338,6 +339,19 @@ gateway::gateway(const config::gateway_config& config) : config_(config)
                                      std::to_string(frame) + " bytes): " + rte_strerror(rte_errno));
         }
     }
+    // Reassembled datagrams (reassembly.h): one segment each, up to reassembly_max_bytes; only
+    // datagrams between reassembly and decryption or the TAP (a burst, the handoff and exception
+    // rings, ARP queues) are in this pool at once, not the fragments waiting in the tables.
+    const unsigned whole = 511 + 64 * config_.dataplane.workers;
+    reassembled_ = rte_pktmbuf_pool_create("espresso_reasm", whole, 32, 0,
+                                           static_cast<uint16_t>(RTE_PKTMBUF_HEADROOM + reassembly_max_bytes),
+                                           static_cast<int>(rte_socket_id()));
+    indirect_ = rte_pktmbuf_pool_create("espresso_indirect", 1023, 32, 0, 0, static_cast<int>(rte_socket_id()));
+    if (reassembled_ == nullptr || indirect_ == nullptr) {
+        throw std::runtime_error(std::string("reassembly mbuf pools (") + std::to_string(whole) + " x " +
+                                 std::to_string(reassembly_max_bytes) + " bytes): " + rte_strerror(rte_errno));
+    }
+    tap_fragment_id_ = static_cast<uint32_t>(rte_rand());
     main_core_ = std::make_unique<crypto_core>();
     std::printf("espresso-dp: IPsec-MB %s\n", main_core_->description().c_str());
     // espresso-ike's sockets: 500 and 4500 (RFC 7296 §2.23), plus any other local port a peer sets.
@@ -688,6 +702,9 @@ void gateway::setup_workers()
         if (w->updates == nullptr || w->handoff == nullptr || w->sad == nullptr) {
             throw std::runtime_error("cannot create worker tables: " + std::string(rte_strerror(rte_errno)));
         }
+        const uint64_t timeout = rte_get_tsc_hz() * config_.dataplane.reassembly_timeout_ms / 1000;
+        w->reassembly = std::make_unique<reassembler>(config_.dataplane.reassembly_datagrams, timeout, reassembled_,
+                                                      pool_, socket);
         shared_.workers.push_back(w.get());
         workers_.push_back(std::move(w));
     }
@@ -1243,6 +1260,8 @@ std::vector<worker_snapshot> gateway::workers() const
         s.rx_packets = w->rx_packets.load(std::memory_order_relaxed);
         s.tx_packets = w->tx_packets.load(std::memory_order_relaxed);
         s.to_exception = w->to_exception.load(std::memory_order_relaxed);
+        s.fragments = w->fragments.load(std::memory_order_relaxed);
+        s.reassembled = w->reassembled.load(std::memory_order_relaxed);
         const uint64_t polls = w->polls.load(std::memory_order_relaxed);
         const uint64_t busy = w->busy_polls.load(std::memory_order_relaxed);
         s.busy_percent = polls == 0 ? 0.0 : 100.0 * static_cast<double>(busy) / static_cast<double>(polls);
@@ -1275,6 +1294,8 @@ void gateway::clear_counters()
         w->rx_packets = 0;
         w->tx_packets = 0;
         w->to_exception = 0;
+        w->fragments = 0;
+        w->reassembled = 0;
         w->polls = 0;
         w->busy_polls = 0;
         for (auto& d : w->drops) {
@@ -1458,7 +1479,8 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
 }
 
 // The TAP PMD writes at most tap_mtu bytes of IP per frame, but af_packet delivers datagrams that the
-// kernel reassembled (PACKET_FANOUT_FLAG_DEFRAG) whole, up to the ring's frame size. Those are split
+// kernel reassembled (PACKET_FANOUT_FLAG_DEFRAG) whole, up to the ring's frame size, and the workers
+// reassemble UDP fragments to learn whether they are ESP-in-UDP (reassembly.h). Those are split
 // again here (RFC 791 §2.3) and the kernel behind the TAP reassembles them as it would from the wire.
 // DF is cleared first: it forbids fragmenting on the way, and this is the last hop to the destination.
 void gateway::to_tap(const port_state& ps, rte_mbuf* m)
@@ -1474,8 +1496,12 @@ void gateway::to_tap(const port_state& ps, rte_mbuf* m)
     const rte_ether_hdr eth = *rte_pktmbuf_mtod(m, const rte_ether_hdr*);
     rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
     auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
+    if (eth.ether_type == rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6) && (ip[0] >> 4) == 6) {
+        to_tap6(ps, m, eth);
+        return;
+    }
     if (eth.ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) || (ip[0] >> 4) != 4) {
-        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++; // only IPv4 reaches the TAP today
+        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
         rte_pktmbuf_free(m);
         return;
     }
@@ -1495,6 +1521,43 @@ void gateway::to_tap(const port_state& ps, rte_mbuf* m)
         ipv4_set_checksum(rte_pktmbuf_mtod(frags[f], uint8_t*)); // the library leaves it to us
         auto* h = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(frags[f], sizeof(rte_ether_hdr)));
         *h = eth; // the fragment's headroom always has room for it
+    }
+    const uint16_t sent = rte_eth_tx_burst(ps.tap_port, 0, frags, static_cast<uint16_t>(n));
+    if (sent < n) {
+        main_drops_[static_cast<size_t>(gateway_drop::exception_full)] += static_cast<uint64_t>(n - sent);
+        rte_pktmbuf_free_bulk(frags + sent, static_cast<unsigned>(n - sent));
+    }
+}
+
+// IPv6 datagrams larger than the TAP's MTU (a jumbo-MTU port, or a datagram the workers reassembled
+// because it might have been ESP-in-UDP and was IKE): split into fragments for the kernel, which
+// reassembles them and so sees the datagram the peer sent. RFC 8200 §4.5 leaves fragmenting to the
+// source; this is the last hop inside the host, not a router on the path. Headers that must stay
+// unfragmented (Hop-by-Hop, Routing) would end up in the fragmentable part: such packets are dropped.
+void gateway::to_tap6(const port_state& ps, rte_mbuf* m, const rte_ether_hdr& eth)
+{
+    const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+    if (ip[6] == 0 || ip[6] == 43 || ip[6] == 44) {
+        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    constexpr uint16_t max_fragments = 64;
+    rte_mbuf* frags[max_fragments];
+    const int32_t n = rte_ipv6_fragment_packet(m, frags, max_fragments, ps.tap_mtu, pool_, indirect_);
+    rte_pktmbuf_free(m); // the fragments hold references to its data
+    if (n <= 0) {
+        main_drops_[static_cast<size_t>(gateway_drop::too_big)]++;
+        return;
+    }
+    // DPDK writes Identification 0 into every Fragment header; give each datagram its own (RFC 8200
+    // §4.5: unique among recent fragmented packets with the same addresses).
+    const uint32_t id_be = rte_cpu_to_be_32(++tap_fragment_id_);
+    for (int32_t f = 0; f < n; ++f) {
+        auto* h = rte_pktmbuf_mtod(frags[f], uint8_t*);
+        std::memcpy(h + sizeof(rte_ipv6_hdr) + 4, &id_be, 4);
+        auto* e = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(frags[f], sizeof(rte_ether_hdr)));
+        *e = eth; // the direct head mbuf of each fragment has its full headroom
     }
     const uint16_t sent = rte_eth_tx_burst(ps.tap_port, 0, frags, static_cast<uint16_t>(n));
     if (sent < n) {

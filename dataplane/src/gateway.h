@@ -33,12 +33,16 @@
 #include "espresso/dp/crypto_core.h"
 #include "espresso/dp/sa.h"
 #include "gateway_api.h"
+#include "reassembly.h"
 #include "routing.h"
 #include "spd.h"
 
 namespace espresso::dp {
 
 inline constexpr uint16_t rx_burst_size = 32;
+// Largest datagram reassembled from fragments addressed to the gateway (IP header included): as
+// af_packet frames (below), it covers 9000-byte jumbo MTUs and IKE messages with certificates.
+inline constexpr uint32_t reassembly_max_bytes = 16384;
 
 struct port_state {
     std::string name;   // interface name from the config
@@ -93,7 +97,7 @@ struct alignas(64) worker_state {
     unsigned lcore = 0;
     std::vector<std::pair<uint16_t, uint16_t>> rx; // (port, queue)
     rte_ring* updates = nullptr; // SP/SC, update_msg elements
-    rte_ring* handoff = nullptr; // MP/SC, rte_mbuf* of inbound IPsec this worker owns
+    rte_ring* handoff = nullptr; // MP/SC, rte_mbuf* of inbound IPsec this worker owns, fragments it reassembles
     rte_hash* sad = nullptr;     // key: spi | protocol << 32 -> sa_runtime*
     const compiled_spd* spd = nullptr;
     alignas(64) std::atomic<uint64_t> applied{0};
@@ -105,6 +109,9 @@ struct alignas(64) worker_state {
     std::atomic<uint64_t> tx_packets{0};
     std::atomic<uint64_t> to_exception{0};
     std::atomic<uint64_t> fragmented{0}; // packets split before encryption (RFC 4301 §8.1)
+    std::atomic<uint64_t> fragments{0};   // fragments to the gateway taken for reassembly
+    std::atomic<uint64_t> reassembled{0}; // datagrams completed from them
+    std::unique_ptr<reassembler> reassembly; // used by this worker only
     std::atomic<uint64_t> polls{0};
     std::atomic<uint64_t> busy_polls{0};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> drops{};
@@ -203,6 +210,7 @@ private:
     bool icmp_allowed();
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
     void to_tap(const port_state& ps, rte_mbuf* m);
+    void to_tap6(const port_state& ps, rte_mbuf* m, const rte_ether_hdr& eth);
     void queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop);
     void resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac);
     bool from_tap_allowed(const rte_mbuf* m) const;
@@ -223,6 +231,9 @@ private:
     std::vector<std::unique_ptr<worker_state>> workers_;
     rte_mempool* pool_ = nullptr;      // everything but af_packet RX (TAP RX, ARP/ICMP, fragments of pool_ mbufs)
     rte_mempool* rx_jumbo_ = nullptr;  // af_packet RX: one mbuf holds one whole ring frame
+    rte_mempool* reassembled_ = nullptr; // one datagram reassembled from fragments per mbuf
+    rte_mempool* indirect_ = nullptr;    // data-less mbufs for rte_ipv6_fragment_packet (to_tap)
+    uint32_t tap_fragment_id_ = 0;       // Fragment header Identification of datagrams split for a TAP
     std::unique_ptr<crypto_core> main_core_; // key expansion at install time
     std::map<std::pair<int, uint32_t>, sa_entry> sas_; // (direction, spi)
     std::vector<policy_entry> policies_;

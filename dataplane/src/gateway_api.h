@@ -43,7 +43,12 @@ namespace espresso::dp {
     X(link_local, "link-local source or destination in transit (RFC 4291 §2.5.6)")                 \
     X(tap_filtered, "router discovery from the kernel's TAP kept off the wire")                    \
     X(icmp_rate_limited, "ICMP error not sent (rate limit)")                                       \
-    X(no_source_address, "ICMP error not sent: the gateway has no address of that family")
+    X(no_source_address, "ICMP error not sent: the gateway has no address of that family")            \
+    X(frag_timeout, "fragment of a datagram not complete within dataplane.reassembly-timeout")      \
+    X(frag_table_full, "fragment of a new datagram while dataplane.reassembly-datagrams are in use") \
+    X(frag_invalid, "bad fragment: overlap, duplicate, hole, too many, bad length (RFC 5722)")       \
+    X(frag_too_big, "fragment of a datagram larger than the gateway reassembles")                   \
+    X(frag_no_buffer, "fragment dropped: no buffer to reassemble into")
 
 enum class gateway_drop : uint8_t {
 #define X(id, text) id,
@@ -120,6 +125,8 @@ struct worker_snapshot {
     uint64_t rx_packets = 0;
     uint64_t tx_packets = 0;
     uint64_t to_exception = 0; // handed to the main lcore (ARP, traffic to the gateway)
+    uint64_t fragments = 0;    // IP fragments to the gateway taken for reassembly
+    uint64_t reassembled = 0;  // datagrams reassembled from them
     double busy_percent = 0;   // share of recent polls that found packets
     std::array<uint64_t, static_cast<size_t>(gateway_drop::count)> drops{};
     bool main = false; // the main lcore's row: it also carries the gateway's own traffic counters

@@ -107,6 +107,33 @@ inline drop_reason parse_ip(const uint8_t* p, uint32_t avail, ip_view& ip) noexc
     return drop_reason::bad_ip;
 }
 
+// The IPv6 extension headers in front of the upper-layer (or IPsec) header, as a destination walks
+// them (RFC 8200 §4). Only what a destination may skip without acting on it is walked: Hop-by-Hop
+// Options (first only) and Destination Options whose options are padding or "skip if unknown"
+// (action bits 00, §4.2), a Routing header with Segments Left 0 (§4.4), and an atomic Fragment header
+// (offset 0, M 0; RFC 6946). Anything else that needs acting on is the kernel's (`kernel`).
+struct ipv6_chain {
+    enum verdict : uint8_t {
+        ok,        // `protocol` at `offset`
+        fragment,  // a real fragment: `fragment_offset` is its Fragment header, `protocol` its next header
+        kernel,    // an option or header the kernel must act on (or more than max_headers)
+        malformed, // a header or option runs past the packet
+    } result = ok;
+    uint8_t protocol = 0;          // next header after the walked headers
+    uint16_t offset = 40;          // where that header starts (from the IPv6 header)
+    uint16_t fragment_offset = 0;  // fragment: offset of the Fragment header
+    static constexpr unsigned max_headers = 8; // bound on hostile chains (Linux has none; 8 is plenty)
+};
+
+// Walks the chain of the IPv6 packet at `ip` whose IPv6 total length (40 + payload length) is `total`
+// and was checked against the buffer. Every length is checked against `total`.
+ipv6_chain walk_ipv6_chain(const uint8_t* ip, uint32_t total) noexcept;
+
+inline bool is_ipv6_extension(uint8_t next) noexcept
+{
+    return next == 0 || next == 43 || next == 44 || next == 60; // hop-by-hop, routing, fragment, dst options
+}
+
 inline void ipv4_set_checksum(uint8_t* p) noexcept
 {
     auto* h = reinterpret_cast<rte_ipv4_hdr*>(p);

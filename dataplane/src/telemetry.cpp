@@ -223,6 +223,8 @@ std::optional<json> telemetry_query(std::string_view command, std::string_view p
             json entry = {{"rx_packets", w["rx-packets"]},
                           {"tx_packets", w["tx-packets"]},
                           {"to_exception", w["to-exception"]},
+                          {"fragments", w.value("fragments", json(0))},
+                          {"reassembled", w.value("reassembled", json(0))},
                           {"busy_percent", w["busy-percent"]}};
             for (const auto& [name, value] : w["drops"].items()) {
                 entry["drop_" + name] = value;

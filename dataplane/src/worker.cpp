@@ -5,6 +5,7 @@
 #include <rte_cycles.h>
 #include <rte_ip_frag.h>
 #include <rte_ethdev.h>
+#include <rte_hash_crc.h>
 #include <rte_ip.h>
 #include <rte_mbuf_dyn.h>
 #include <rte_pause.h>
@@ -69,6 +70,11 @@ public:
         s_.neighbors->reader_online(w_.index);
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
+            {
+                reassembly_counts expired;
+                w_.reassembly->expire(rte_get_tsc_cycles(), expired);
+                count(expired);
+            }
             unsigned got = 0;
             if (w_.index == 0) {
                 // Before this iteration's RX: frames released by the main lcore (e.g. packets that
@@ -383,6 +389,20 @@ private:
                 }
             }
             inbound_class c = classify_inbound(m);
+            if (c.kind == inbound_kind::fragment) {
+                m = reassemble(m);
+                if (m == nullptr) {
+                    continue; // waiting for the rest, handed to the reassembling worker, or dropped (counted)
+                }
+                c = classify_inbound(m);
+                if (c.kind == inbound_kind::fragment) [[unlikely]] {
+                    drop(m, gateway_drop::frag_invalid); // a fragment inside a fragment
+                    continue;
+                }
+            }
+            if (c.kind == inbound_kind::esp && c.offset > sizeof(rte_ipv6_hdr)) {
+                strip_ipv6_extensions(m, c); // ESP behind IPv6 extension headers
+            }
             if (c.kind == inbound_kind::esp || c.kind == inbound_kind::ah) {
                 unsigned owner = c.spi % workers;
                 if (owner != w_.index) {
@@ -417,6 +437,71 @@ private:
         }
         if (n_forward != 0) {
             route_and_send(forward, n_forward);
+        }
+    }
+
+    // The worker that reassembles a datagram: from its source, destination and Identification, so
+    // all its fragments meet on one worker's table whatever RX queue each arrived on (RSS hashes
+    // fragments on addresses only, but af_packet fanout or a NIC's RSS settings need not).
+    static unsigned reassembly_worker(const uint8_t* ip, unsigned workers) noexcept
+    {
+        uint32_t h = 0;
+        if ((ip[0] >> 4) == 4) {
+            h = rte_hash_crc_4byte(load_be32(ip + 12), h);
+            h = rte_hash_crc_4byte(load_be32(ip + 16), h);
+            h = rte_hash_crc_4byte(load_be16(ip + 4), h);
+        } else {
+            for (unsigned i = 8; i < 40; i += 4) {
+                h = rte_hash_crc_4byte(load_be32(ip + i), h);
+            }
+            h = rte_hash_crc_4byte(load_be32(ip + 44), h); // Fragment header Identification
+        }
+        return h % workers;
+    }
+
+    // A fragment addressed to the gateway (classify_inbound: of ESP, AH or UDP). Returns the
+    // reassembled datagram when this fragment completed it, else nullptr.
+    rte_mbuf* reassemble(rte_mbuf* m) noexcept
+    {
+        const unsigned workers = static_cast<unsigned>(s_.workers.size());
+        const unsigned target = reassembly_worker(rte_pktmbuf_mtod(m, const uint8_t*), workers);
+        if (target != w_.index) {
+            if (rte_ring_mp_enqueue(s_.workers[target]->handoff, m) != 0) {
+                drop(m, gateway_drop::ring_full);
+            }
+            return nullptr;
+        }
+        w_.fragments.fetch_add(1, std::memory_order_relaxed);
+        // The Ethernet header this fragment came with (still in front of it): the datagram gets it
+        // back for the exception path, which hands frames to the kernel with their header.
+        rte_ether_hdr eth;
+        std::memcpy(&eth, rte_pktmbuf_mtod(m, const uint8_t*) - sizeof(eth), sizeof(eth));
+        reassembly_counts counts;
+        rte_mbuf* whole = w_.reassembly->add(m, rte_get_tsc_cycles(), counts);
+        count(counts);
+        if (whole != nullptr) {
+            w_.reassembled.fetch_add(1, std::memory_order_relaxed);
+            std::memcpy(rte_pktmbuf_mtod(whole, uint8_t*) - sizeof(eth), &eth, sizeof(eth)); // headroom
+        }
+        return whole;
+    }
+
+    void count(const reassembly_counts& c) noexcept
+    {
+        if (c.timed_out != 0) {
+            w_.drop(gateway_drop::frag_timeout, c.timed_out);
+        }
+        if (c.table_full != 0) {
+            w_.drop(gateway_drop::frag_table_full, c.table_full);
+        }
+        if (c.invalid != 0) {
+            w_.drop(gateway_drop::frag_invalid, c.invalid);
+        }
+        if (c.too_big != 0) {
+            w_.drop(gateway_drop::frag_too_big, c.too_big);
+        }
+        if (c.no_buffer != 0) {
+            w_.drop(gateway_drop::frag_no_buffer, c.no_buffer);
         }
     }
 

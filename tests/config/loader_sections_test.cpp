@@ -144,6 +144,8 @@ TEST(loader_sections, loads_a_full_gateway) {
     EXPECT_FALSE(dp.hugepages);
     EXPECT_EQ(dp.idle, idle_mode::poll);
     EXPECT_EQ(dp.control_socket, "/run/espresso/hq.sock");
+    EXPECT_EQ(dp.reassembly_datagrams, 1024u); // defaults
+    EXPECT_EQ(dp.reassembly_timeout_ms, 3000u);
 
     ASSERT_EQ(config.interfaces.size(), 3u);
     const auto& outside = config.interfaces[0];
@@ -276,6 +278,14 @@ TEST(loader_sections, dataplane_errors) {
     expect_error("\"--in-memory\"", "[a]", "dataplane.eal[1]");
     e = expect_error("hugepages: false", "hugepages: no", "dataplane.hugepages", "no\n");
     EXPECT_EQ(e.fix(), "write true or false");
+    e = expect_error("idle: poll", "idle: poll\n  reassembly-datagrams: 8", "dataplane.reassembly-datagrams", "8");
+    e = expect_error("idle: poll", "idle: poll\n  reassembly-timeout-ms: 60001", "dataplane.reassembly-timeout-ms",
+                     "60001");
+    {
+        const auto c = load_string(with(good, "idle: poll", "idle: poll\n  reassembly-datagrams: 64\n  reassembly-timeout-ms: 500"));
+        EXPECT_EQ(c.dataplane.reassembly_datagrams, 64u);
+        EXPECT_EQ(c.dataplane.reassembly_timeout_ms, 500u);
+    }
     e = expect_error("idle: poll", "idle: Poll", "dataplane.idle", "Poll");
     EXPECT_EQ(e.fix(), "write \"poll\"");
     e = expect_error("/run/espresso/hq.sock", "run/hq.sock", "dataplane.control-socket");

@@ -1291,6 +1291,14 @@ TEST(cli_format, InterfacesAndDataplane)
                          "0       1      100             97              1             3.2%\n"
                          "        drops: no_route 2\n"
                          "Total          100             97              1\n");
+    worker.fragments = 5;
+    worker.reassembled = 2;
+    worker.drops[static_cast<size_t>(gateway_drop::frag_timeout)] = 1;
+    const std::string with_fragments = cli::format_dataplane({{"workers", json::array({to_json(worker)})}});
+    EXPECT_NE(with_fragments.find("        fragments to the gateway: 5 received, 2 datagrams reassembled\n"
+                                  "        drops: frag_timeout 1, no_route 2\n"),
+              std::string::npos)
+        << with_fragments;
     EXPECT_FALSE(to_json(worker).contains("local-traffic")); // only the main lcore's row has it
 
     // The main lcore's row carries the gateway's own traffic (TAP <-> SPD) counters.

@@ -15,6 +15,10 @@
 //                       must be exactly that inner packet.
 //   bits 2-3  SA: 0 = ESP aes128gcm16 tunnel IPv4; 1 = ESP aes256-sha256 with ESN and UDP
 //             encapsulation, transport IPv4; 2 (and 3) = AH sha1 transport IPv6 (modes 2/3 act as 1).
+//   bit 4     with mode 0: the rest is a sequence of raw IP packets (2-byte big-endian length, bytes),
+//             fed in order; fragments go through the reassembler (dataplane/src/reassembly.cpp) and
+//             what it completes is classified and processed (run_sequence). IPv6 extension header
+//             chains are walked by classify_inbound in every mode 0 input.
 // EAL: --no-huge implies legacy memory, which DPDK refuses with --in-memory, hence --no-shconf.
 // Each input gets freshly installed SAs, so a run does not depend on the inputs before it.
 // The mbuf's headroom and tailroom are poisoned for AddressSanitizer: the engine must not read past
@@ -40,6 +44,7 @@
 #include "espresso/dp/crypto_core.h"
 #include "espresso/dp/ipsec.h"
 #include "espresso/dp/sa.h"
+#include "reassembly.h"
 
 namespace {
 
@@ -69,6 +74,7 @@ constexpr size_t max_packet = 4000;
 struct fuzz_state {
     dp::crypto_core* core = nullptr;
     rte_mempool* pool = nullptr;
+    rte_mempool* whole_pool = nullptr; // reassembled datagrams
     std::array<cfg::sa_config, 3> sas{};
     bool poison = true;
 };
@@ -381,76 +387,21 @@ void unpoison(rte_mbuf* m)
     ASAN_UNPOISON_MEMORY_REGION(m->buf_addr, m->buf_len);
 }
 
-} // namespace
-
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/)
+// classify_inbound, then (for ESP/AH of a known SPI) inbound_process; frees `m`.
+void run_inbound(rte_mbuf* m, unsigned mode, const cfg::sa_config& chosen, std::span<const uint8_t> rest)
 {
-    const char* eal_args[] = {"fuzz-inbound", "--no-huge", "--no-pci", "--no-shconf", "-l", "0", "-m", "128",
-                              "--no-telemetry", "--log-level", "lib.eal:error"};
-    if (rte_eal_init(static_cast<int>(std::size(eal_args)), const_cast<char**>(eal_args)) < 0) {
-        fail("rte_eal_init failed");
-    }
-    g.pool = rte_pktmbuf_pool_create("fuzz_pool", 255, 0, 0, max_packet + 96 + RTE_PKTMBUF_HEADROOM,
-                                     static_cast<int>(rte_socket_id()));
-    if (g.pool == nullptr) {
-        fail("mbuf pool creation failed");
-    }
-    const char* no_poison = std::getenv("ESPRESSO_FUZZ_NO_POISON");
-    g.poison = no_poison == nullptr || std::strcmp(no_poison, "1") != 0;
-    try {
-        g.core = new dp::crypto_core();
-        make_configs();
-        for (const auto& c : g.sas) {
-            dp::sa_ptr sa = dp::make_sa(c, *g.core); // every SA must install: else the harness is wrong
-        }
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "fuzz-inbound: set-up failed: %s\n", e.what());
-        std::abort();
-    }
-    return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
-{
-    if (size == 0 || size > max_packet) {
-        return 0;
-    }
-    const unsigned mode = data[0] & 3U;
-    const cfg::sa_config& chosen = g.sas[std::min<size_t>((data[0] >> 2) & 3U, 2)];
-    const std::span<const uint8_t> rest(data + 1, size - 1);
     const bool sealable = chosen.protocol == cfg::ipsec_protocol::esp;
-
-    std::vector<uint8_t> packet;
-    switch (mode) {
-    case 0:
-        packet.assign(rest.begin(), rest.end());
-        break;
-    case 1:
-        packet = prefixed_packet(chosen, rest);
-        break;
-    default:
-        packet = sealable ? sealed_packet(chosen, rest, mode == 3) : prefixed_packet(chosen, rest);
-        break;
-    }
-    if (packet.empty() || packet.size() > max_packet + 96) {
-        return 0;
-    }
-
-    rte_mbuf* m = rte_pktmbuf_alloc(g.pool);
-    if (m == nullptr) {
-        fail("mbuf pool exhausted: the engine or this harness leaks mbufs");
-    }
-    char* p = rte_pktmbuf_append(m, static_cast<uint16_t>(packet.size()));
-    if (p == nullptr) {
-        rte_pktmbuf_free(m);
-        return 0;
-    }
-    std::memcpy(p, packet.data(), packet.size());
-    poison(m);
-
     const dp::inbound_class cls = dp::classify_inbound(m, nat_t_port);
     const cfg::sa_config* match = nullptr;
     if (cls.kind == dp::inbound_kind::esp || cls.kind == dp::inbound_kind::ah) {
+        if (cls.offset > 40) {
+            dp::strip_ipv6_extensions(m, cls);
+            const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
+            if ((ip[0] >> 4) != 6 || ip[6] != cls.protocol || rte_pktmbuf_data_len(m) < 40 ||
+                40U + (static_cast<unsigned>(ip[4]) << 8 | ip[5]) > rte_pktmbuf_data_len(m)) {
+                fail("strip_ipv6_extensions left an inconsistent IPv6 header");
+            }
+        }
         const auto want = cls.kind == dp::inbound_kind::ah ? cfg::ipsec_protocol::ah : cfg::ipsec_protocol::esp;
         for (const auto& c : g.sas) {
             if (c.spi == cls.spi && c.protocol == want) {
@@ -504,5 +455,132 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     }
     unpoison(m);
     rte_pktmbuf_free(m);
+}
+
+rte_mbuf* to_mbuf(std::span<const uint8_t> packet)
+{
+    rte_mbuf* m = rte_pktmbuf_alloc(g.pool);
+    if (m == nullptr) {
+        fail("mbuf pool exhausted: the engine, the reassembler or this harness leaks mbufs");
+    }
+    char* p = rte_pktmbuf_append(m, static_cast<uint16_t>(packet.size()));
+    if (p == nullptr) {
+        rte_pktmbuf_free(m);
+        return nullptr;
+    }
+    std::memcpy(p, packet.data(), packet.size());
+    poison(m);
+    return m;
+}
+
+// Mode 0 with bit 4 of byte 0: the rest is a sequence of raw IP packets, each a 2-byte big-endian
+// length and its bytes, fed in order as one port would receive them: fragments go to a reassembler
+// (fresh per input: 4 datagrams, 1000 "cycles" timeout, each packet 300 cycles after the one before,
+// so timeouts happen), a reassembled datagram is classified and processed like any packet.
+void run_sequence(std::span<const uint8_t> rest, const cfg::sa_config& chosen)
+{
+    dp::reassembler r(4, 1000, g.whole_pool, g.pool, SOCKET_ID_ANY);
+    uint64_t now = 1;
+    size_t at = 0;
+    while (at + 2 <= rest.size()) {
+        const size_t len = static_cast<size_t>(rest[at]) << 8 | rest[at + 1];
+        at += 2;
+        const auto packet = rest.subspan(at, std::min(len, rest.size() - at));
+        at += packet.size();
+        now += 300;
+        if (packet.empty()) {
+            continue;
+        }
+        rte_mbuf* m = to_mbuf(packet);
+        if (m == nullptr) {
+            continue;
+        }
+        dp::reassembly_counts counts;
+        r.expire(now, counts);
+        const dp::inbound_class cls = dp::classify_inbound(m, nat_t_port);
+        if (cls.kind != dp::inbound_kind::fragment) {
+            run_inbound(m, 0, chosen, {});
+            continue;
+        }
+        unpoison(m); // the reassembler copies and chains it; whole buffers from here on
+        rte_mbuf* whole = r.add(m, now, counts);
+        if (whole == nullptr) {
+            continue;
+        }
+        if (whole->nb_segs != 1 || rte_pktmbuf_data_len(whole) > r.max_bytes()) {
+            fail("the reassembler returned a datagram that is not one segment within its limit");
+        }
+        poison(whole);
+        run_inbound(whole, 0, chosen, {});
+    }
+    dp::reassembly_counts counts;
+    r.expire(now + 100000, counts);
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/)
+{
+    const char* eal_args[] = {"fuzz-inbound", "--no-huge", "--no-pci", "--no-shconf", "-l", "0", "-m", "128",
+                              "--no-telemetry", "--log-level", "lib.eal:error"};
+    if (rte_eal_init(static_cast<int>(std::size(eal_args)), const_cast<char**>(eal_args)) < 0) {
+        fail("rte_eal_init failed");
+    }
+    g.pool = rte_pktmbuf_pool_create("fuzz_pool", 255, 0, 0, max_packet + 96 + RTE_PKTMBUF_HEADROOM,
+                                     static_cast<int>(rte_socket_id()));
+    g.whole_pool = rte_pktmbuf_pool_create("fuzz_whole", 63, 0, 0, 16384 + RTE_PKTMBUF_HEADROOM,
+                                           static_cast<int>(rte_socket_id()));
+    if (g.pool == nullptr || g.whole_pool == nullptr) {
+        fail("mbuf pool creation failed");
+    }
+    const char* no_poison = std::getenv("ESPRESSO_FUZZ_NO_POISON");
+    g.poison = no_poison == nullptr || std::strcmp(no_poison, "1") != 0;
+    try {
+        g.core = new dp::crypto_core();
+        make_configs();
+        for (const auto& c : g.sas) {
+            dp::sa_ptr sa = dp::make_sa(c, *g.core); // every SA must install: else the harness is wrong
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "fuzz-inbound: set-up failed: %s\n", e.what());
+        std::abort();
+    }
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
+{
+    if (size == 0 || size > max_packet) {
+        return 0;
+    }
+    const unsigned mode = data[0] & 3U;
+    const cfg::sa_config& chosen = g.sas[std::min<size_t>((data[0] >> 2) & 3U, 2)];
+    const std::span<const uint8_t> rest(data + 1, size - 1);
+    const bool sealable = chosen.protocol == cfg::ipsec_protocol::esp;
+
+    std::vector<uint8_t> packet;
+    switch (mode) {
+    case 0:
+        packet.assign(rest.begin(), rest.end());
+        break;
+    case 1:
+        packet = prefixed_packet(chosen, rest);
+        break;
+    default:
+        packet = sealable ? sealed_packet(chosen, rest, mode == 3) : prefixed_packet(chosen, rest);
+        break;
+    }
+    if (packet.empty() || packet.size() > max_packet + 96) {
+        return 0;
+    }
+
+    if (mode == 0 && (data[0] & 0x10U) != 0) {
+        run_sequence(rest, chosen);
+        return 0;
+    }
+    rte_mbuf* m = to_mbuf(packet);
+    if (m != nullptr) {
+        run_inbound(m, mode, chosen, rest);
+    }
     return 0;
 }

@@ -320,6 +320,7 @@ private:
         switch (cls.kind) {
         case espresso::dp::inbound_kind::esp:
         case espresso::dp::inbound_kind::ah: {
+            espresso::dp::strip_ipv6_extensions(m, cls);
             auto proto = cls.kind == espresso::dp::inbound_kind::esp ? ipsec_protocol::esp
                                                                       : ipsec_protocol::ah;
             sa_runtime* sa = find_inbound(cls.spi, proto);
@@ -335,6 +336,7 @@ private:
             ++counts_.to_control_plane;
             break;
         case espresso::dp::inbound_kind::other:
+        case espresso::dp::inbound_kind::fragment: // this tool does not reassemble (espresso-dp does)
             ++counts_.not_ipsec;
             break;
         case espresso::dp::inbound_kind::malformed:

@@ -150,6 +150,33 @@ CONFIGS = {
 }
 
 
+def inbound_fragments():
+    """Sequences of fragments (byte 0 bit 4: 2-byte length + packet records) and ESP behind IPv6
+    extension headers, for the reassembler and the extension header walk."""
+    from scapy.all import fragment, fragment6, IPv6ExtHdrFragment, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+    from scapy.layers.inet6 import PadN
+
+    def records(pkts):
+        return b"".join(struct.pack("!H", len(bytes(p))) + bytes(p) for p in pkts)
+
+    inner4 = IP(src="192.168.1.10", dst="192.168.2.10") / UDP(sport=40000, dport=40001) / Raw(b"x" * 200)
+    gcm = SecurityAssociation(ESP, spi=0x1001, crypt_algo="AES-GCM", crypt_key=GCM_KEY, auth_algo="NULL",
+                              tunnel_header=IP(src="198.51.100.1", dst="203.0.113.1", id=77))
+    frags = fragment(IP(bytes(gcm.encrypt(inner4, seq_num=1))), fragsize=96)
+    write("inbound", "seq-esp-gcm-fragments-reversed", b"\x10" + records(reversed(frags)))
+    write("inbound", "seq-esp-gcm-fragments-missing", b"\x10" + records(frags[:1] + frags[2:]))
+    write("inbound", "seq-esp-gcm-fragments-duplicate", b"\x10" + records([frags[0], frags[0]] + frags[1:]))
+    esp6 = bytes(gcm.encrypt(inner4, seq_num=2))[20:]
+    whole6 = IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrFragment(nh=50, id=9) / Raw(esp6)
+    write("inbound", "seq-esp-v6-fragments", b"\x10" + records(reversed(fragment6(whole6, 160))))
+    write("inbound", "raw-esp-v6-destopt", b"\x00" + bytes(
+        IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrDestOpt(nh=50, options=[PadN(optdata=b"\x00" * 4)])
+        / Raw(esp6)))
+    write("inbound", "raw-esp-v6-hbh-destopt-atomic", b"\x00" + bytes(
+        IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop(nh=60) / IPv6ExtHdrDestOpt(nh=44)
+        / IPv6ExtHdrFragment(nh=50, offset=0, m=0, id=3) / Raw(esp6)))
+
+
 def config():
     for name, text in CONFIGS.items():
         write("config", name, text.encode())
@@ -157,5 +184,6 @@ def config():
 
 if __name__ == "__main__":
     inbound()
+    inbound_fragments()
     config()
     sys.exit(0)

@@ -116,6 +116,9 @@ struct dataplane_config {
     // after a confirmation (RFC 4861 REACHABLE_TIME), and how many entries the table holds.
     uint32_t neighbor_reachable_time = 30;
     uint32_t neighbor_table_size = 4096;
+    // IP reassembly of fragments addressed to the gateway, per worker (dataplane/src/reassembly.h).
+    uint32_t reassembly_datagrams = 1024;  // datagrams being reassembled at once
+    uint32_t reassembly_timeout_ms = 3000; // a datagram not complete by then is dropped
 };
 
 // One address of the gateway on a link, with the link's subnet length.

@@ -39,15 +39,28 @@ enum class inbound_kind : uint8_t {
     control,         // UDP 4500 with the non-ESP marker (IKE) or a NAT-keepalive: to control plane
     other,           // not IPsec: not for this engine
     malformed,       // `reason` says why; drop
+    fragment,        // a fragment of an ESP, AH or UDP datagram: reassemble, then classify again
 };
 
 struct inbound_class {
     inbound_kind kind;
-    drop_reason reason; // for malformed
-    uint32_t spi;       // host order, for esp/ah
+    drop_reason reason;   // for malformed
+    uint32_t spi;         // host order, for esp/ah
+    uint16_t offset = 0;  // esp/ah: offset of the ESP/UDP/AH header from the IP header; IPv6 packets
+                          // whose extension headers put it past 40 go through strip_ipv6_extensions
+    uint8_t protocol = 0; // esp/ah: the IP protocol at `offset` (50, 51 or 17)
 };
 
 // `udp_encap_port`: the local UDP port on which ESP-in-UDP is accepted (RFC 3948: 4500).
+// IPv6 extension headers in front of ESP (RFC 8200 §4: hop-by-hop, destination options, routing with
+// segments left 0, atomic fragment) are walked, bounded and checked; AH behind extension headers is
+// `other` (its ICV covers them, RFC 4302 §3.3.3.1, and the engine does not).
 inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port = 4500) noexcept;
+
+// Removes the IPv6 extension headers between the fixed header and `c.offset` (a classify_inbound
+// result for an IPv6 packet with c.offset > 40): the fixed header moves up over them and names
+// `c.protocol` as its next header, so the engine sees ESP (or UDP) right after it. The walked headers
+// only matter to this node, which has acted on them (nothing to do for skippable options).
+void strip_ipv6_extensions(rte_mbuf* m, const inbound_class& c) noexcept;
 
 } // namespace espresso::dp
