@@ -19,8 +19,10 @@
 // sockets and hands each datagram to its shard's inbox; shards send on the same sockets themselves
 // (sendto on one UDP socket from several threads is safe). An inbox is a mutex-guarded vector that the
 // shard swaps out whole, with an eventfd to wake it: at IKE rates (thousands of datagrams per second,
-// each worth up to a millisecond of DH) a lock per datagram costs nothing measurable, and the same
-// inbox carries cross-shard work and operator requests from any thread, which an SPSC ring could not.
+// each worth up to a millisecond of DH) an uncontended lock per datagram is small next to the crypto,
+// and the same inbox carries cross-shard work and operator requests from any thread, which an SPSC ring
+// could not. The hand-off as a whole (copy, lock, eventfd wake-up, a second thread touching the
+// datagram) did cost 3-18 % more CPU per IKE SA with two threads than with one (perf/RESULTS.md).
 // An inbox holds at most max_queued_datagrams datagrams; more are dropped and counted (dispatch-dropped).
 //
 // What is shared (shard_directory in ike_manager.h): the half-open count (one atomic: the cookie
