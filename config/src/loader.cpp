@@ -87,8 +87,8 @@ constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "inter
 constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
 
-constexpr std::array<std::string_view, 5> ike_keys{"cookie-threshold", "log-file", "retransmit-timeout-ms",
-                                                  "retransmit-tries", "peers"};
+constexpr std::array<std::string_view, 6> ike_keys{"cookie-threshold", "log-file", "retransmit-timeout-ms",
+                                                   "retransmit-tries", "threads",  "peers"};
 constexpr std::array<std::string_view, 16> ike_peer_keys{
     "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
     "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "fragmentation",
@@ -2267,6 +2267,9 @@ void loader::parse_ike(const field& f, gateway_config& config) const {
     }
     if (const field* tries = m.find("retransmit-tries")) {
         config.ike.retransmit_tries = static_cast<uint32_t>(number(*tries, 0, 20));
+    }
+    if (const field* threads = m.find("threads")) {
+        config.ike.threads = static_cast<uint32_t>(number(*threads, 1, 16));
     }
     if (const field* log = m.find("log-file")) {
         const std::string value = text(*log, "an absolute path such as /var/log/espresso-ike.log");

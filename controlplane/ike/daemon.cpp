@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -141,16 +142,28 @@ const char* ikev2_state(ike_sa::state s)
 
 } // namespace
 
+size_t ike_thread_count(uint32_t configured)
+{
+    if (configured != 0) {
+        return std::min<size_t>(configured, max_ike_threads);
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    // More shards than CPUs only adds switching; past a few the data plane's single control socket
+    // thread (add-sa) limits the setup rate anyway.
+    return static_cast<size_t>(std::clamp<long>(cpus, 1, 4));
+}
+
 ike_daemon::ike_daemon(daemon_options options, const config::gateway_config& config)
-    : options_(std::move(options)),
-      installer_(options_.dataplane_socket.empty()
-                     ? std::unique_ptr<sa_installer>(std::make_unique<null_installer>())
-                     : std::unique_ptr<sa_installer>(std::make_unique<dataplane_installer>(options_.dataplane_socket))),
-      manager_(*this, config.ike, options_.retransmit)
+    : options_(std::move(options)), installer_(make_installer(0))
 {
     if (!options_.log_file.empty()) {
         log_file_.open(options_.log_file, std::ios::app);
     }
+    size_t threads = options_.threads != 0 ? std::min(options_.threads, max_ike_threads)
+                                           : ike_thread_count(config.ike.threads);
+    // The shards' threads start now but stay idle: their first work (start(), a datagram) comes after
+    // run() has bound every socket, and sockets_ does not change after that.
+    shards_ = std::make_unique<ike_shards>(*this, config.ike, options_.retransmit, threads);
     std::set<std::pair<std::string, uint16_t>> seen;
     for (const auto& p : config.ike.peers) {
         for (uint16_t port : {p.local_port, uint16_t{4500}}) {
@@ -163,6 +176,7 @@ ike_daemon::ike_daemon(daemon_options options, const config::gateway_config& con
 
 ike_daemon::~ike_daemon()
 {
+    shards_.reset(); // joins the shard threads before the sockets they send on close
     for (auto& s : sockets_) {
         close(s.fd);
     }
@@ -186,6 +200,7 @@ void ike_daemon::log(log_level level, const std::string& sa_name, const std::str
     if (level == log_level::debug && !debug_enabled()) {
         return;
     }
+    std::lock_guard lock(log_mutex_);
     log_line line{++log_seq_, std::chrono::system_clock::now(), level, sa_name, text};
     if (level <= options_.level) {
         std::string out = iso_time(line.when) + " " + level_name(level) + " " + (sa_name == "-" ? "" : sa_name + ": ") + text;
@@ -203,12 +218,31 @@ void ike_daemon::log(log_level level, const std::string& sa_name, const std::str
 
 bool ike_daemon::debug_enabled() const
 {
-    return options_.level == log_level::debug || std::chrono::steady_clock::now() < debug_until_;
+    return options_.level == log_level::debug || std::chrono::steady_clock::now().time_since_epoch().count() <
+                                                     debug_until_.load(std::memory_order_relaxed);
 }
 
-void ike_daemon::failure(negotiation_failure f)
+std::unique_ptr<sa_installer> ike_daemon::make_installer(size_t)
 {
-    manager_.record_failure(std::move(f));
+    // One connection per caller (the main thread's for trap policies, one per shard for SAs): a shard
+    // never waits for another's add-sa round trip, and nothing needs a lock.
+    if (options_.dataplane_socket.empty()) {
+        return std::make_unique<null_installer>();
+    }
+    return std::make_unique<dataplane_installer>(options_.dataplane_socket);
+}
+
+void ike_daemon::send_keepalive(const endpoint& local, const endpoint& remote)
+{
+    static const uint8_t keepalive[1] = {0xff};
+    for (auto& s : sockets_) {
+        if (s.local == local) {
+            sockaddr_storage ss;
+            socklen_t len = 0;
+            to_sockaddr(remote, ss, len);
+            sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len);
+        }
+    }
 }
 
 void ike_daemon::send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message)
@@ -297,12 +331,7 @@ void ike_daemon::read_socket(udp_socket& s)
             }
             data = data.subspan(4);
         }
-        manager_.receive(s.local, *remote, data);
-        // Due timers run between any two messages: a burst of IKE_SA_INITs (each a DH, ~0.3-1.2 ms)
-        // must not hold back other SAs' retransmissions and DPD (ike_manager.h: timer lateness).
-        if (manager_.next_deadline() <= now()) {
-            manager_.tick();
-        }
+        shards_->dispatch(s.local, *remote, data);
     }
 }
 
@@ -406,50 +435,70 @@ void ike_daemon::read_client(int fd)
 
 json ike_daemon::status_json() const
 {
-    json sas = json::array();
-    auto now = std::chrono::steady_clock::now();
-    for (const auto& [spi, sa] : manager_.sas()) {
-        json children = json::array();
-        for (const auto& c : sa->children()) {
-            json child = {
-                {"tunnel", c.tunnel},
-                {"spi-in", hex32(c.spi_in)},
-                {"spi-out", hex32(c.spi_out)},
-                {"local", config::to_string(c.local)},
-                {"remote", config::to_string(c.remote)},
-                {"mode", c.mode == config::ipsec_mode::transport ? "transport" : "tunnel"},
-                {"transforms", describe(c.transforms, protocol_id::esp)},
-                {"udp-encapsulation", c.udp},
-                {"state", c.st == child_sa::state::installed ? "INSTALLED" : c.st == child_sa::state::rekeyed ? "REKEYED" : "DELETING"},
-                {"established", iso_time(c.established_wall)},
-                {"age-seconds", std::chrono::duration_cast<std::chrono::seconds>(now - c.established).count()},
+    // Each shard describes its own IKE SAs on its own thread (all at once); merged in SPI order.
+    auto parts = shards_->on_each([](ike_manager& m) {
+        std::vector<std::pair<uint64_t, json>> out;
+        out.reserve(m.sas().size());
+        auto now = std::chrono::steady_clock::now();
+        for (const auto& [spi, sa] : m.sas()) {
+            json children = json::array();
+            for (const auto& c : sa->children()) {
+                json child = {
+                    {"tunnel", c.tunnel},
+                    {"spi-in", hex32(c.spi_in)},
+                    {"spi-out", hex32(c.spi_out)},
+                    {"local", config::to_string(c.local)},
+                    {"remote", config::to_string(c.remote)},
+                    {"mode", c.mode == config::ipsec_mode::transport ? "transport" : "tunnel"},
+                    {"transforms", describe(c.transforms, protocol_id::esp)},
+                    {"udp-encapsulation", c.udp},
+                    {"state", c.st == child_sa::state::installed ? "INSTALLED"
+                              : c.st == child_sa::state::rekeyed ? "REKEYED"
+                                                                 : "DELETING"},
+                    {"established", iso_time(c.established_wall)},
+                    {"age-seconds",
+                     std::chrono::duration_cast<std::chrono::seconds>(now - c.established).count()},
+                };
+                child["rekey-in-seconds"] =
+                    c.rekey_at == steady_time{}
+                        ? json(nullptr)
+                        : json(std::chrono::duration_cast<std::chrono::seconds>(c.rekey_at - now).count());
+                children.push_back(std::move(child));
+            }
+            json j = {
+                {"peer", sa->peer().name},
+                {"version", 2},
+                {"role", sa->sa_role() == ike_sa::role::initiator ? "initiator" : "responder"},
+                {"state", ikev2_state(sa->sa_state())},
+                {"isakmp-state", state_name(sa->sa_state())},
+                {"local", to_string(sa->local())},
+                {"remote", to_string(sa->remote())},
+                {"spi-i", hex64(sa->spi_i())},
+                {"spi-r", hex64(sa->spi_r())},
+                {"conn-id", sa->local_spi() & 0xffff},
+                {"remote-id", sa->remote_identity()},
+                {"proposal", sa->sa_state() == ike_sa::state::init_sent
+                                 ? ""
+                                 : describe(sa->transforms(), protocol_id::ike)},
+                {"nat", {{"local-behind-nat", sa->nat_local()}, {"remote-behind-nat", sa->nat_remote()}}},
+                {"fragmentation", sa->fragmentation()},
+                {"fragment-size", sa->fragment_size()},
+                {"created", iso_time(sa->created())},
+                {"children", std::move(children)},
             };
-            child["rekey-in-seconds"] = c.rekey_at == steady_time{}
-                                            ? json(nullptr)
-                                            : json(std::chrono::duration_cast<std::chrono::seconds>(c.rekey_at - now).count());
-            children.push_back(std::move(child));
+            j["established"] = sa->established_at() ? json(iso_time(*sa->established_at())) : json(nullptr);
+            j["lifetime-seconds"] = sa->peer().rekey_time;
+            out.emplace_back(spi, std::move(j));
         }
-        json j = {
-            {"peer", sa->peer().name},
-            {"version", 2},
-            {"role", sa->sa_role() == ike_sa::role::initiator ? "initiator" : "responder"},
-            {"state", ikev2_state(sa->sa_state())},
-            {"isakmp-state", state_name(sa->sa_state())},
-            {"local", to_string(sa->local())},
-            {"remote", to_string(sa->remote())},
-            {"spi-i", hex64(sa->spi_i())},
-            {"spi-r", hex64(sa->spi_r())},
-            {"conn-id", sa->local_spi() & 0xffff},
-            {"remote-id", sa->remote_identity()},
-            {"proposal", sa->sa_state() == ike_sa::state::init_sent ? "" : describe(sa->transforms(), protocol_id::ike)},
-            {"nat", {{"local-behind-nat", sa->nat_local()}, {"remote-behind-nat", sa->nat_remote()}}},
-            {"fragmentation", sa->fragmentation()},
-            {"fragment-size", sa->fragment_size()},
-            {"created", iso_time(sa->created())},
-            {"children", std::move(children)},
-        };
-        j["established"] = sa->established_at() ? json(iso_time(*sa->established_at())) : json(nullptr);
-        j["lifetime-seconds"] = sa->peer().rekey_time;
+        return out;
+    });
+    std::vector<std::pair<uint64_t, json>> all;
+    for (auto& p : parts) {
+        all.insert(all.end(), std::make_move_iterator(p.begin()), std::make_move_iterator(p.end()));
+    }
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    json sas = json::array();
+    for (auto& [spi, j] : all) {
         sas.push_back(std::move(j));
     }
     return sas;
@@ -468,9 +517,14 @@ json ike_daemon::reload(std::string& error)
     for (auto& sa : cfg.security_associations) {
         config::wipe_keys(sa);
     }
-    auto r = manager_.reload(std::move(cfg.ike));
+    if (options_.threads == 0 && ike_thread_count(cfg.ike.threads) != shards_->size()) {
+        log(log_level::warning, "-",
+            "ike.threads: " + std::to_string(ike_thread_count(cfg.ike.threads)) +
+                " takes effect when espresso-ike restarts; running with " + std::to_string(shards_->size()));
+    }
+    auto r = shards_->reload(cfg.ike);
     remove_traps();
-    install_traps(manager_.config());
+    install_traps(shards_->config());
     log(log_level::info, "-", "reloaded " + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
                                   std::to_string(r.changed.size()) + " changed, " + std::to_string(r.removed.size()) +
                                   " removed, " + std::to_string(r.unchanged.size()) + " unchanged peer(s)");
@@ -500,7 +554,7 @@ json ike_daemon::handle_request(const json& request)
         result = {{"ike-sas", status_json()}};
     } else if (op == "failures") {
         json list = json::array();
-        for (const auto& f : manager_.failures()) {
+        for (const auto& f : shards_->failures()) {
             list.push_back({{"time", iso_time(f.when)}, {"peer", f.peer}, {"remote", f.remote}, {"cause", f.cause}, {"fix", f.fix}});
         }
         result = {{"failures", list}};
@@ -508,18 +562,21 @@ json ike_daemon::handle_request(const json& request)
         if (!args.contains("name") || !args["name"].is_string()) {
             return fail("args.name: the peer or tunnel to initiate");
         }
-        std::string err = manager_.initiate(args["name"]);
+        std::string err = shards_->initiate(args["name"]);
         if (!err.empty()) {
             return fail(err);
         }
         result = {{"initiated", args["name"]}};
     } else if (op == "clear") {
         std::string peer = args.contains("peer") && args["peer"].is_string() ? std::string(args["peer"]) : "";
-        result = {{"cleared", manager_.clear(peer)}};
+        result = {{"cleared", shards_->clear(peer)}};
     } else if (op == "log") {
-        debug_until_ = now() + std::chrono::seconds(30); // someone follows the log: format debug lines
+        // Someone follows the log: format debug lines.
+        debug_until_.store((now() + std::chrono::seconds(30)).time_since_epoch().count(),
+                           std::memory_order_relaxed);
         uint64_t since = args.contains("since") && args["since"].is_number_unsigned() ? args["since"].get<uint64_t>() : 0;
         json lines = json::array();
+        std::lock_guard lock(log_mutex_);
         for (const auto& l : log_) {
             if (l.seq > since) {
                 lines.push_back({{"seq", l.seq}, {"time", iso_time(l.when)}, {"level", level_name(l.level)}, {"sa", l.sa}, {"text", l.text}});
@@ -533,19 +590,37 @@ json ike_daemon::handle_request(const json& request)
             return fail(error);
         }
     } else if (op == "counters") {
-        const auto& c = manager_.counters();
+        const auto c = shards_->counters();
         const auto& f = c.fragments;
-        result = {{"received", c.received}, {"malformed", c.malformed}, {"unknown-spi", c.unknown_spi},
-                  {"no-peer", c.no_peer}, {"half-open-refused", c.half_open_refused},
-                  {"cookies-sent", c.cookies_sent}, {"cookies-invalid", c.cookies_invalid}, {"sent", sent_},
-                  {"send-errors", send_errors_}, {"keepalives-received", keepalives_received_},
+        result = {{"received", c.received},
+                  {"malformed", c.malformed},
+                  {"unknown-spi", c.unknown_spi},
+                  {"no-peer", c.no_peer},
+                  {"half-open-refused", c.half_open_refused},
+                  {"cookies-sent", c.cookies_sent},
+                  {"cookies-invalid", c.cookies_invalid},
+                  {"sent", sent_.load()},
+                  {"send-errors", send_errors_.load()},
+                  {"keepalives-received", keepalives_received_},
                   {"non-ike-dropped", non_ike_dropped_},
-                  {"initial-contact-drops", c.initial_contact_drops}, {"timers-run", c.timers_run}, {"timers-late-10ms", c.timers_late_10ms},
-                  {"timers-late-100ms", c.timers_late_100ms}, {"timer-late-max-us", c.timer_late_max_us},
+                  {"dispatch-dropped", shards_->dispatch_dropped()},
+                  {"threads", shards_->size()},
+                  {"initial-contact-drops", c.initial_contact_drops},
+                  {"timers-run", c.timers_run},
+                  {"timers-late-10ms", c.timers_late_10ms},
+                  {"timers-late-100ms", c.timers_late_100ms},
+                  {"timer-late-max-us", c.timer_late_max_us},
                   {"fragments",
-                   {{"sent", f.sent}, {"messages-sent", f.messages_sent}, {"received", f.received},
-                    {"reassembled", f.reassembled}, {"duplicate", f.duplicate}, {"invalid", f.invalid}, {"unexpected", f.unexpected},
-                    {"not-negotiated", f.not_negotiated}, {"stale", f.stale}, {"discarded", f.discarded},
+                   {{"sent", f.sent},
+                    {"messages-sent", f.messages_sent},
+                    {"received", f.received},
+                    {"reassembled", f.reassembled},
+                    {"duplicate", f.duplicate},
+                    {"invalid", f.invalid},
+                    {"unexpected", f.unexpected},
+                    {"not-negotiated", f.not_negotiated},
+                    {"stale", f.stale},
+                    {"discarded", f.discarded},
                     {"pmtu-lowered", f.pmtu_lowered}}}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
@@ -581,14 +656,14 @@ void ike_daemon::read_events()
             uint32_t spi = ev->contains("spi") && (*ev)["spi"].is_number_unsigned() ? (*ev)["spi"].get<uint32_t>() : 0;
             auto d = dir == "inbound" ? config::direction::inbound : config::direction::outbound;
             if (kind == "soft-expire" || kind == "seq-exhausted") {
-                manager_.on_expire(d, spi, false);
+                shards_->on_expire(d, spi, false);
             } else if (kind == "hard-expire") {
-                manager_.on_expire(d, spi, true);
+                shards_->on_expire(d, spi, true);
             } else if (kind == "acquire") {
                 auto src = config::parse_prefix(ev->value("source", ""));
                 auto dst = config::parse_prefix(ev->value("destination", ""));
                 if (src && dst) {
-                    manager_.on_acquire(*src, *dst);
+                    shards_->on_acquire(*src, *dst);
                 }
             }
         }
@@ -596,24 +671,6 @@ void ike_daemon::read_events()
         log(log_level::warning, "-", std::string("lost the data plane's event stream: ") + e.what());
         epoll_ctl(epoll_, EPOLL_CTL_DEL, events_->fd(), nullptr);
         events_.reset();
-    }
-}
-
-void ike_daemon::send_keepalives()
-{
-    static const uint8_t keepalive[1] = {0xff};
-    for (const auto& [spi, sa] : manager_.sas()) {
-        if (sa->sa_state() != ike_sa::state::established || !sa->nat_local()) {
-            continue;
-        }
-        for (auto& s : sockets_) {
-            if (s.local == sa->local()) {
-                sockaddr_storage ss;
-                socklen_t len = 0;
-                to_sockaddr(sa->remote(), ss, len);
-                sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len);
-            }
-        }
     }
 }
 
@@ -714,14 +771,16 @@ int ike_daemon::run()
         }
         connect_events();
     }
-    install_traps(manager_.config());
-    log(log_level::info, "-", "espresso-ike ready; " + std::to_string(manager_.config().peers.size()) + " peer(s)");
-    manager_.start();
+    install_traps(shards_->config());
+    log(log_level::info, "-",
+        "espresso-ike ready; " + std::to_string(shards_->config().peers.size()) + " peer(s), " +
+            std::to_string(shards_->size()) + " IKE thread(s)");
+    shards_->start();
     next_keepalive_ = now() + keepalive_interval;
 
     epoll_event events[64];
     for (;;) {
-        auto deadline = std::min(manager_.next_deadline(), next_keepalive_);
+        auto deadline = next_keepalive_; // the shards run the IKE SAs' timers
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now()).count();
         int timeout = static_cast<int>(std::clamp<long long>(wait, 0, 1000));
         int n = epoll_wait(epoll_, events, 64, timeout);
@@ -736,7 +795,7 @@ int ike_daemon::run()
                     continue;
                 }
                 log(log_level::info, "-", "shutting down: deleting IKE SAs");
-                manager_.shutdown();
+                shards_->stop();
                 remove_traps();
                 return 0;
             }
@@ -765,11 +824,7 @@ int ike_daemon::run()
                 }
             }
         }
-        if (manager_.next_deadline() <= now()) {
-            manager_.tick();
-        }
         if (now() >= next_keepalive_) {
-            send_keepalives();
             connect_events();
             next_keepalive_ = now() + keepalive_interval;
         }

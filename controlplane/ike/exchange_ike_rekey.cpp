@@ -103,11 +103,7 @@ void ike_sa::rekey_ike()
         std::unique_ptr<key_exchange> kex;
     };
     auto offer = std::make_shared<offer_state>();
-    do {
-        uint8_t b[8];
-        io_.random().fill(b);
-        offer->spi_i = read_be64(bytes(b, b + 8));
-    } while (offer->spi_i == 0);
+    offer->spi_i = io_.new_ike_spi(); // in this SA's shard: the successor stays reachable (ike_shards.h)
     offer->nonce.assign(32, 0);
     io_.random().fill(offer->nonce);
     offer->kex = key_exchange::create(ike_transforms_.dh);
@@ -237,12 +233,7 @@ void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<pa
         send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::invalid_syntax)});
         return;
     }
-    uint64_t spi_r = 0;
-    do {
-        uint8_t b[8];
-        io_.random().fill(b);
-        spi_r = read_be64(bytes(b, b + 8));
-    } while (spi_r == 0);
+    uint64_t spi_r = io_.new_ike_spi(); // in this SA's shard: the successor stays reachable (ike_shards.h)
     bytes nr(32);
     io_.random().fill(nr);
     const auto& ni = std::get<nonce_payload>(np->body).data;

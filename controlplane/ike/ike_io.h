@@ -52,6 +52,22 @@ public:
     // Whether debug lines are wanted at all; callers skip formatting them otherwise (hot path).
     virtual bool debug_enabled() const { return true; }
     virtual void failure(negotiation_failure failure) = 0;
+    // A fresh SPI for an IKE SA we create, in either role and for an IKE SA rekey (RFC 7296 §2.6: ours
+    // to choose, never 0). A sharded daemon (ike_shards.h) puts its shard's index in it, so any later
+    // message finds its shard from the header alone.
+    virtual uint64_t new_ike_spi()
+    {
+        uint64_t spi = 0;
+        do {
+            uint8_t b[8];
+            random().fill(b);
+            spi = 0;
+            for (uint8_t x : b) {
+                spi = (spi << 8) | x;
+            }
+        } while (spi == 0);
+        return spi;
+    }
 };
 
 } // namespace espresso::cp

@@ -7,8 +7,18 @@
 
 namespace espresso::cp {
 
-ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit)
-    : io_(io), config_(std::move(config)), retransmit_(retransmit)
+size_t home_shard(const std::string& peer, size_t shards) noexcept
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned char c : peer) {
+        h = (h ^ c) * 0x100000001b3ull;
+    }
+    return shards <= 1 ? 0 : static_cast<size_t>(h % shards);
+}
+
+ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit,
+                         shard_directory* directory, size_t shard)
+    : io_(io), directory_(directory), shard_(shard), config_(std::move(config)), retransmit_(retransmit)
 {
     for (const auto& p : config_.peers) {
         peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
@@ -23,8 +33,60 @@ ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_polic
             credentials_[p.name] = std::make_shared<const pubkey_credentials>(std::move(*creds));
         }
     }
-    cookie_secret_.assign(32, 0);
-    io_.random().fill(cookie_secret_);
+    if (directory_ != nullptr) {
+        cookie_secret_ = directory_->cookie_secret();
+    } else {
+        cookie_secret_.assign(32, 0);
+        io_.random().fill(cookie_secret_);
+    }
+}
+
+bool ike_manager::is_home(const std::string& peer) const noexcept
+{
+    return directory_ == nullptr || home_shard(peer, directory_->shard_count()) == shard_;
+}
+
+void ike_manager::add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa)
+{
+    if (directory_ != nullptr) {
+        directory_->sa_added(sa->peer().name, shard_);
+    }
+    sas_[spi] = std::move(sa);
+}
+
+void ike_manager::erase_sa(std::map<uint64_t, std::unique_ptr<ike_sa>>::iterator it)
+{
+    if (directory_ != nullptr) {
+        directory_->sa_removed(it->second->peer().name, shard_);
+    }
+    sas_.erase(it);
+}
+
+void ike_manager::half_open_add(const half_open_key& key, uint64_t spi)
+{
+    half_open_[key] = spi;
+    half_open_of_[spi] = key;
+    if (directory_ != nullptr) {
+        directory_->half_open().fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
+void ike_manager::half_open_remove(uint64_t spi)
+{
+    if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
+        half_open_.erase(h->second);
+        half_open_of_.erase(h);
+        if (directory_ != nullptr) {
+            directory_->half_open().fetch_sub(1, std::memory_order_relaxed);
+        }
+    }
+}
+
+size_t ike_manager::half_open_total() const noexcept
+{
+    // Relaxed: the threshold is a load limit, a count a few datagrams stale is as good.
+    return directory_ != nullptr ? directory_->half_open().load(std::memory_order_relaxed)
+                                 : half_open_.size();
 }
 
 // RFC 7296 §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>). Stateless: a
@@ -58,13 +120,8 @@ uint64_t ike_manager::new_spi()
 {
     uint64_t spi = 0;
     do {
-        uint8_t b[8];
-        io_.random().fill(b);
-        spi = 0;
-        for (uint8_t x : b) {
-            spi = (spi << 8) | x;
-        }
-    } while (spi == 0 || sas_.count(spi) != 0);
+        spi = io_.new_ike_spi();
+    } while (sas_.count(spi) != 0);
     return spi;
 }
 
@@ -194,7 +251,7 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
                 tunnels.push_back(t.name);
             }
         }
-        if (!tunnels.empty() && p->remote_address) {
+        if (!tunnels.empty() && p->remote_address && is_home(p->name)) {
             keep_up_.insert(p->name);
             create_initiator(p, std::move(tunnels));
         }
@@ -215,7 +272,10 @@ ike_manager::peer_ptr ike_manager::find_peer(const std::string& name) const
 bool ike_manager::has_live_sa(const std::string& peer) const
 {
     // Linear, but only on the rare paths (retry, initiate), never per datagram.
-    return std::any_of(sas_.begin(), sas_.end(), [&](const auto& kv) { return !kv.second->dead() && kv.second->peer().name == peer; });
+    return std::any_of(
+               sas_.begin(), sas_.end(),
+               [&](const auto& kv) { return !kv.second->dead() && kv.second->peer().name == peer; }) ||
+           (directory_ != nullptr && directory_->live_elsewhere(peer, shard_));
 }
 
 void ike_manager::give_credentials(ike_sa& sa) const
@@ -236,7 +296,7 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     sa->set_send_initial_contact(!has_live_sa(peer->name));
     sa->set_fragment_counters(&counters_.fragments);
     auto& ref = *sa;
-    sas_[spi] = std::move(sa);
+    add_sa(spi, std::move(sa));
     ref.initiate(std::move(tunnels));
     after(spi);
     return ref;
@@ -251,17 +311,18 @@ void ike_manager::start()
                 tunnels.push_back(t.name);
             }
         }
-        if (!tunnels.empty() && peer->remote_address) {
+        if (!tunnels.empty() && peer->remote_address && is_home(peer->name)) {
             keep_up_.insert(peer->name);
             create_initiator(peer, std::move(tunnels));
         }
     }
 }
 
-std::string ike_manager::initiate(const std::string& name)
+std::string ike_manager::resolve(const std::string& name, peer_ptr& target,
+                                 std::vector<std::string>& tunnels) const
 {
     for (const auto& peer : peers_) {
-        std::vector<std::string> tunnels;
+        tunnels.clear();
         if (name == peer->name) {
             for (const auto& t : peer->tunnels) {
                 tunnels.push_back(t.name);
@@ -279,27 +340,55 @@ std::string ike_manager::initiate(const std::string& name)
         if (!peer->remote_address) {
             return "peer " + peer->name + " has remote-address any; it can only respond";
         }
-        // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
-        for (auto& [spi, sa] : sas_) {
-            if (sa->peer().name != peer->name || sa->dead()) {
-                continue;
-            }
-            if (sa->sa_state() == ike_sa::state::established) {
-                for (const auto& t : tunnels) {
-                    bool up = std::any_of(sa->children().begin(), sa->children().end(),
-                                          [&](const child_sa& c) { return c.tunnel == t; });
-                    if (!up) {
-                        sa->start_child(t);
-                    }
-                }
-                after(spi);
-            }
-            return ""; // established or being negotiated
-        }
-        create_initiator(peer, std::move(tunnels));
+        target = peer;
         return "";
     }
     return "no peer or tunnel named '" + name + "'";
+}
+
+std::string ike_manager::initiate_existing(const std::string& name, bool& found, std::string* peer_name)
+{
+    found = false;
+    peer_ptr peer;
+    std::vector<std::string> tunnels;
+    if (auto error = resolve(name, peer, tunnels); !error.empty()) {
+        return error;
+    }
+    if (peer_name != nullptr) {
+        *peer_name = peer->name;
+    }
+    // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
+    for (auto& [spi, sa] : sas_) {
+        if (sa->peer().name != peer->name || sa->dead()) {
+            continue;
+        }
+        if (sa->sa_state() == ike_sa::state::established) {
+            for (const auto& t : tunnels) {
+                bool up = std::any_of(sa->children().begin(), sa->children().end(),
+                                      [&](const child_sa& c) { return c.tunnel == t; });
+                if (!up) {
+                    sa->start_child(t);
+                }
+            }
+            after(spi);
+        }
+        found = true; // established or being negotiated
+        return "";
+    }
+    return "";
+}
+
+std::string ike_manager::initiate(const std::string& name)
+{
+    bool found = false;
+    if (auto error = initiate_existing(name, found); !error.empty() || found) {
+        return error;
+    }
+    peer_ptr peer;
+    std::vector<std::string> tunnels;
+    resolve(name, peer, tunnels);
+    create_initiator(peer, std::move(tunnels));
+    return "";
 }
 
 size_t ike_manager::clear(const std::string& peer)
@@ -322,15 +411,35 @@ size_t ike_manager::clear(const std::string& peer)
     return spis.size();
 }
 
+std::set<std::string> ike_manager::peers_matching(const std::string& peer) const
+{
+    std::set<std::string> names;
+    for (const auto& [spi, sa] : sas_) {
+        if (peer.empty() || sa->peer().name == peer || config::to_string(sa->remote().address) == peer) {
+            names.insert(sa->peer().name);
+        }
+    }
+    return names;
+}
+
+void ike_manager::stop_keeping_up(const std::set<std::string>& peers)
+{
+    for (const auto& name : peers) {
+        keep_up_.erase(name);
+        retries_.erase(name);
+    }
+}
+
 void ike_manager::shutdown()
 {
     for (auto& [spi, sa] : sas_) {
         sa->delete_sa();      // sends the Delete once (best effort)
         sa->shutdown_local(); // and removes the Child SAs now
     }
-    sas_.clear();
-    half_open_.clear();
-    half_open_of_.clear();
+    while (!sas_.empty()) {
+        half_open_remove(sas_.begin()->first);
+        erase_sa(sas_.begin());
+    }
     deadlines_.clear();
     deadline_of_.clear();
     retries_.clear();
@@ -387,7 +496,7 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
             io_.log(log_level::warning, "-", failures_.back().cause);
             return;
         }
-        size_t half_open = half_open_.size();
+        size_t half_open = half_open_total();
         if (half_open >= config_.cookie_threshold) {
             // §2.6: above the threshold, only initiators that echo our cookie get state.
             bytes expected = cookie_for(msg, remote);
@@ -420,9 +529,8 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
         give_credentials(*sa);
         sa->set_fragment_counters(&counters_.fragments);
         auto& ref = *sa;
-        sas_[spi] = std::move(sa);
-        half_open_[key] = spi;
-        half_open_of_[spi] = key;
+        add_sa(spi, std::move(sa));
+        half_open_add(key, spi);
         ref.respond_init(msg, datagram);
         after(spi);
         return;
@@ -478,7 +586,7 @@ void ike_manager::after(uint64_t spi)
     while (auto next = sa.take_successor()) {
         give_credentials(*next);
         uint64_t next_spi = next->local_spi();
-        sas_[next_spi] = std::move(next);
+        add_sa(next_spi, std::move(next));
         after(next_spi);
         it = sas_.find(spi);
     }
@@ -487,12 +595,13 @@ void ike_manager::after(uint64_t spi)
         bool restart = sa.restart_requested();
         bool failed_attempt = sa.sa_role() == ike_sa::role::initiator && !sa.established_at();
         unschedule(spi);
-        if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
-            half_open_.erase(h->second);
-            half_open_of_.erase(h);
-        }
-        sas_.erase(it);
-        if (restart && peer->remote_address) {
+        half_open_remove(spi);
+        erase_sa(it);
+        if (restart && peer->remote_address && !is_home(peer->name)) {
+            // Initiating belongs to the peer's home shard (keep-up and retries live there).
+            directory_->post(home_shard(peer->name, directory_->shard_count()),
+                             [name = peer->name](ike_manager& home) { home.restart_peer(name); });
+        } else if (restart && peer->remote_address) {
             // DPD action restart: initiate again now, and keep trying until it is back.
             keep_up_.insert(peer->name);
             std::vector<std::string> tunnels;
@@ -509,10 +618,7 @@ void ike_manager::after(uint64_t spi)
         drop_older_sas(sa);
     }
     if (sa.sa_state() == ike_sa::state::established) {
-        if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
-            half_open_.erase(h->second);
-            half_open_of_.erase(h);
-        }
+        half_open_remove(spi);
         retries_.erase(sa.peer().name);
     }
     schedule(spi, sa.next_deadline());
@@ -537,6 +643,53 @@ void ike_manager::drop_older_sas(const ike_sa& newer)
         it->second->forget_silently();
         after(spi);
     }
+    // The peer's older IKE SAs may be in other shards (their SPIs hashed elsewhere).
+    if (directory_ != nullptr && newer.established_at()) {
+        for (size_t other = 0; other < directory_->shard_count(); ++other) {
+            if (other != shard_) {
+                directory_->post(other, [peer = newer.peer().name, id = newer.remote_identity(),
+                                         when = *newer.established_at(), name = newer.name()](
+                                            ike_manager& m) { m.drop_older_remote(peer, id, when, name); });
+            }
+        }
+    }
+}
+
+void ike_manager::drop_older_remote(const std::string& peer, const std::string& identity,
+                                    std::chrono::system_clock::time_point newer_established,
+                                    const std::string& newer_name)
+{
+    // Only SAs established before the newer one: by the time this runs here, the peer may have set up
+    // another IKE SA in this shard (with its own INITIAL_CONTACT, or not), which must stay.
+    std::vector<uint64_t> stale;
+    for (const auto& [spi, other] : sas_) {
+        if (!other->dead() && other->established_at() && *other->established_at() <= newer_established &&
+            other->peer().name == peer && other->remote_identity() == identity) {
+            stale.push_back(spi);
+        }
+    }
+    for (uint64_t spi : stale) {
+        auto it = sas_.find(spi);
+        io_.log(log_level::info, it->second->name(),
+                "replaced by " + newer_name + " (INITIAL_CONTACT, another shard)");
+        ++counters_.initial_contact_drops;
+        it->second->forget_silently();
+        after(spi);
+    }
+}
+
+void ike_manager::restart_peer(const std::string& name)
+{
+    auto peer = find_peer(name);
+    if (!peer || !peer->remote_address) {
+        return; // removed by a reload meanwhile
+    }
+    keep_up_.insert(peer->name);
+    std::vector<std::string> tunnels;
+    for (const auto& t : peer->tunnels) {
+        tunnels.push_back(t.name);
+    }
+    create_initiator(peer, std::move(tunnels));
 }
 
 void ike_manager::tick()
@@ -586,32 +739,38 @@ steady_time ike_manager::next_deadline() const
     return next;
 }
 
-void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
+std::optional<std::string> acquire_target(const config::ike_config& config, const config::ip_prefix& local,
+                                          const config::ip_prefix& remote)
 {
-    for (const auto& p : peers_) {
-        for (const auto& t : p->tunnels) {
-            if (t.start != config::ike_start_action::on_traffic) {
-                continue;
+    auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
+        return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
+            if (p.address.family != x.address.family || p.length > x.length) {
+                return false;
             }
-            auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
-                return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
-                    if (p.address.family != x.address.family || p.length > x.length) {
-                        return false;
-                    }
-                    for (unsigned bit = 0; bit < p.length; ++bit) {
-                        uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
-                        if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
-                            return false;
-                        }
-                    }
-                    return true;
-                });
-            };
-            if (covers(t.local_ts, local) && covers(t.remote_ts, remote)) {
-                initiate(p->name + "/" + t.name);
-                return;
+            for (unsigned bit = 0; bit < p.length; ++bit) {
+                uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
+                if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
+                    return false;
+                }
+            }
+            return true;
+        });
+    };
+    for (const auto& p : config.peers) {
+        for (const auto& t : p.tunnels) {
+            if (t.start == config::ike_start_action::on_traffic && covers(t.local_ts, local) &&
+                covers(t.remote_ts, remote)) {
+                return p.name + "/" + t.name;
             }
         }
+    }
+    return std::nullopt;
+}
+
+void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
+{
+    if (auto target = acquire_target(config_, local, remote)) {
+        initiate(*target);
     }
 }
 

@@ -4,13 +4,15 @@
 // daemon feeds it datagrams and calls tick() at next_deadline(); tests drive two of them in memory.
 #pragma once
 
+#include <atomic>
 #include <deque>
+#include <functional>
 #include <map>
-#include <set>
-#include <unordered_map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "espresso/config/ike.h"
@@ -38,9 +40,40 @@ struct manager_counters {
     fragment_counters fragments;     // RFC 7383, summed over every IKE SA
 };
 
+class ike_manager;
+
+// What the IKE SA tables of a sharded daemon (ike_shards.h) share; everything else of a manager belongs
+// to its shard and is touched by that shard's thread only. Every member is callable from any shard's
+// thread. A manager without one (the in-process exchange tests) is the whole daemon by itself.
+class shard_directory {
+public:
+    virtual ~shard_directory() = default;
+    virtual size_t shard_count() const noexcept = 0;
+    // RFC 7296 §2.6: the half-open IKE SAs of every shard (the cookie threshold is per daemon).
+    virtual std::atomic<size_t>& half_open() noexcept = 0;
+    // One secret for every shard, so that a cookie is good whichever shard checks it.
+    virtual const bytes& cookie_secret() const noexcept = 0;
+    // IKE SAs per peer name and shard: whether any other shard holds one (INITIAL_CONTACT, retries).
+    virtual void sa_added(const std::string& peer, size_t shard) = 0;
+    virtual void sa_removed(const std::string& peer, size_t shard) = 0;
+    virtual bool live_elsewhere(const std::string& peer, size_t shard) const = 0;
+    // Runs `task` on `shard`'s thread, later (never inline; the caller does not wait).
+    virtual void post(size_t shard, std::function<void(ike_manager&)> task) = 0;
+};
+
+// The shard that initiates towards a peer (start, retries, DPD restart, operator initiate): keep-up
+// state and retries live only there. A stable hash of the name (FNV-1a), not std::hash.
+size_t home_shard(const std::string& peer, size_t shards) noexcept;
+
+// The tunnel ("peer/tunnel") a data plane acquire for (local, remote) should bring up, if any.
+std::optional<std::string> acquire_target(const config::ike_config& config, const config::ip_prefix& local,
+                                          const config::ip_prefix& remote);
+
 class ike_manager {
 public:
-    ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit = {});
+    // `directory`/`shard`: this manager is shard `shard` of a sharded daemon (ike_shards.h).
+    ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit = {},
+                shard_directory* directory = nullptr, size_t shard = 0);
 
     // Initiates every tunnel with `start: immediately`.
     void start();
@@ -52,6 +85,14 @@ public:
     // Operator: initiate a peer (all its tunnels) or one tunnel ("peer" or "peer/tunnel" or tunnel name).
     // Returns "" or the reason it cannot.
     std::string initiate(const std::string& name);
+    // The first half of initiate() for a sharded daemon: starts the missing Child SAs on an IKE SA of
+    // the peer in this shard. Returns "" (then `found` says whether this shard had one) or the reason.
+    // `peer_name`, when given, receives the peer that `name` resolved to.
+    std::string initiate_existing(const std::string& name, bool& found, std::string* peer_name = nullptr);
+    // Peers whose IKE SAs clear(peer) would delete here; and stopping their keep-up and retries (the
+    // peers' home shards hold those).
+    std::set<std::string> peers_matching(const std::string& peer) const;
+    void stop_keeping_up(const std::set<std::string>& peers);
     // Deletes the IKE SAs of one peer (by name or address), or all when empty. Returns how many.
     size_t clear(const std::string& peer);
     // `espresso reload`: a changed `ike:` section. Unchanged peers keep their SAs untouched; removed
@@ -74,6 +115,14 @@ public:
     // Problems found at construction (unreadable certificate or key, ...): one sentence each.
     const std::vector<std::string>& startup_errors() const noexcept { return startup_errors_; }
     void record_failure(negotiation_failure f);
+    // Cross-shard work (ike_shards.h), on this shard's thread.
+    void restart_peer(const std::string& name); // DPD action restart of an SA in another shard
+    // INITIAL_CONTACT on an IKE SA in another shard: drops ours with the same peer and identity that
+    // were established before it.
+    void drop_older_remote(const std::string& peer, const std::string& identity,
+                           std::chrono::system_clock::time_point newer_established,
+                           const std::string& newer_name);
+    size_t shard() const noexcept { return shard_; }
 
 private:
     using peer_ptr = std::shared_ptr<const config::ike_peer_config>;
@@ -81,6 +130,14 @@ private:
 
     peer_ptr find_peer_for(const endpoint& local, const endpoint& remote) const;
     peer_ptr find_peer(const std::string& name) const;
+    // Which peer and tunnels initiate(name) means; "" or the reason.
+    std::string resolve(const std::string& name, peer_ptr& peer, std::vector<std::string>& tunnels) const;
+    bool is_home(const std::string& peer) const noexcept;
+    void add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa);
+    void erase_sa(std::map<uint64_t, std::unique_ptr<ike_sa>>::iterator it);
+    void half_open_add(const half_open_key& key, uint64_t spi);
+    void half_open_remove(uint64_t spi);
+    size_t half_open_total() const noexcept;
     ike_sa& create_initiator(const peer_ptr& peer, std::vector<std::string> tunnels);
     uint64_t new_spi();
     // Bookkeeping after anything happened to one IKE SA: adopts a rekey successor, drops a dead SA
@@ -95,6 +152,8 @@ private:
     bytes cookie_for(const message& msg, const endpoint& remote) const;
 
     ike_io& io_;
+    shard_directory* directory_ = nullptr;
+    size_t shard_ = 0;
     config::ike_config config_;
     retransmit_policy retransmit_;
     std::vector<peer_ptr> peers_;                           // shared with the IKE SAs

@@ -1,5 +1,7 @@
 // espresso-ike: the IKEv2 daemon. Reads the gateway's YAML file (the `ike:` section), negotiates with
 // the configured peers and installs the resulting SAs into espresso-dp through its control socket.
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -22,7 +24,10 @@ const char* usage =
     "  --log-level LEVEL         error | warning | info | debug (default info)\n"
     "  --log-file PATH           also append the log to PATH (default: ike.log-file)\n"
     "  --retransmit-ms N         first retransmission timeout (default ike.retransmit-timeout-ms, 1000)\n"
-    "  --retransmit-tries N      retransmissions before a peer is unreachable (default ike.retransmit-tries, 5)\n"
+    "  --retransmit-tries N      retransmissions before a peer is unreachable (default ike.retransmit-tries, "
+    "5)\n"
+    "  --threads N               IKE threads (shards of the IKE SAs), 1-16 (default ike.threads, else the\n"
+    "                            online CPUs, at most 4)\n"
     "  --check                   load and validate the configuration, then exit\n"
     "  --help                    this text\n"
     "\n"
@@ -64,6 +69,15 @@ int main(int argc, char** argv)
         } else if (a == "--retransmit-tries") {
             options.retransmit.tries = static_cast<unsigned>(std::stoul(value("--retransmit-tries")));
             tries_given = true;
+        } else if (a == "--threads") {
+            std::string v = value("--threads");
+            size_t n =
+                v.size() <= 2 && !v.empty() && std::all_of(v.begin(), v.end(), ::isdigit) ? std::stoul(v) : 0;
+            if (n < 1 || n > 16) {
+                std::cerr << "espresso-ike: --threads must be 1 to 16\n";
+                return 2;
+            }
+            options.threads = n;
         } else if (a == "--check") {
             check = true;
         } else if (a == "--help" || a == "-h") {

@@ -14,7 +14,7 @@
 // Nothing here logs; nothing prints key material. The private key lives in an EVP_PKEY that OpenSSL
 // wipes when it is freed (RSA/EC key components are cleared with BN_clear_free).
 //
-// Thread safety: an object is used by one thread (the IKE daemon's event loop); nothing is shared
+// Thread safety: an object is used by one thread (the shard thread that loaded it); nothing is shared
 // between objects. encode_dn and the static functions are reentrant.
 #pragma once
 

@@ -564,6 +564,14 @@ TEST(ike_loader, more_checks)
     EXPECT_CONTAINS(error_text("version: 2", "version: 3"), "unknown IKE version \"3\"");
 }
 
+TEST(ike_loader, threads)
+{
+    EXPECT_EQ(load_string(gateway, "gw.yaml").ike.threads, 0u); // not set: the daemon picks
+    EXPECT_EQ(load_string(with(gateway, "cookie-threshold: 500", "threads: 3"), "gw.yaml").ike.threads, 3u);
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "threads: 0"), "out of range");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "threads: 17"), "out of range");
+}
+
 // Every way of getting the auth section wrong: the message must never contain the key.
 TEST(ike_loader, the_secret_never_appears_in_an_error)
 {

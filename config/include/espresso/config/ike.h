@@ -166,6 +166,9 @@ struct ike_config {
     uint32_t retransmit_timeout_ms = 1000;
     uint32_t retransmit_tries = 5;
     std::string log_file;             // empty = stderr only
+    // Shards of espresso-ike (threads running IKE SAs, controlplane/ike/ike_shards.h), 1-16; 0 = not
+    // set: the online CPUs, at most 4. Read at start only.
+    uint32_t threads = 0;
 };
 
 } // namespace espresso::config
