@@ -27,6 +27,13 @@ public:
     virtual ~sa_installer() = default;
     virtual std::string install(const config::sa_config& sa) = 0;
     virtual std::string remove(config::direction dir, uint32_t spi) = 0;
+    // The peer's NAT mapping changed (RFC 7296 §2.23): outbound SA `spi` now sends to `address` (tunnel
+    // mode; family 0 = unchanged) and, when UDP-encapsulated, to UDP port `port` (0 = unchanged).
+    virtual std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port)
+    {
+        (void)spi, (void)address, (void)port;
+        return "";
+    }
 };
 
 enum class log_level : uint8_t { error, warning, info, debug };

@@ -303,6 +303,35 @@ void ike_sa::queue_request(pending_request request)
     pump_requests();
 }
 
+void ike_sa::follow_peer(const endpoint& previous)
+{
+    if (previous == remote_ || previous.port == 0 || state_ != state::established) {
+        return;
+    }
+    unsigned moved = 0;
+    for (const auto& c : children_) {
+        if (c.st == child_sa::state::deleting) {
+            continue;
+        }
+        // Transport mode has no outer address of its own: only its UDP port can follow.
+        const bool address_moved = c.mode == config::ipsec_mode::tunnel && previous.address != remote_.address;
+        const bool port_moved = c.udp && previous.port != remote_.port;
+        if (!address_moved && !port_moved) {
+            continue;
+        }
+        const std::string err = io_.installer().update_peer(c.spi_out, address_moved ? remote_.address : config::ip_address{},
+                                                            port_moved ? remote_.port : 0);
+        if (err.empty()) {
+            ++moved;
+        } else {
+            log(log_level::warning, "outbound SA " + std::to_string(c.spi_out) + " cannot follow the peer: " + err);
+        }
+    }
+    log(log_level::info, "peer moved from " + to_string(previous) + " to " + to_string(remote_) +
+                             " (NAT mapping changed, RFC 7296 §2.23): " + std::to_string(moved) +
+                             " outbound SA(s) follow");
+}
+
 void ike_sa::pump_requests()
 {
     if (outstanding_ || queue_.empty() || !out_ || state_ == state::dead) {
@@ -519,8 +548,10 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
         }
         last_heard_ = io_.now();
         // §2.23: the port may float only on an authenticated message.
+        const endpoint previous = remote_;
         remote_ = remote;
         local_ = local;
+        follow_peer(previous);
         auto done = std::move(outstanding_);
         outstanding_.reset();
         if (done->on_reply) {
@@ -566,8 +597,10 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
         return;
     }
     last_heard_ = io_.now();
+    const endpoint previous = remote_;
     remote_ = remote;
     local_ = local;
+    follow_peer(previous);
     switch (static_cast<exchange_type>(h.exchange)) {
     case exchange_type::ike_auth:
         if (role_ == role::responder && state_ == state::init_done) {

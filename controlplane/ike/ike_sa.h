@@ -172,6 +172,9 @@ private:
     };
 
     void queue_request(pending_request request);
+    // RFC 7296 §2.23: the peer's address or port changed on an authenticated message (its NAT mapping
+    // changed): the installed Child SAs' outbound ESP follows it (sa_installer::update_peer).
+    void follow_peer(const endpoint& previous);
     void pump_requests();
     void send_request_plain(bytes datagram);
     // One datagram, or the fragments (RFC 7383) when negotiated and the message would not fit; empty on failure.

@@ -99,6 +99,30 @@ std::string dataplane_installer::install(const config::sa_config& sa)
     return error;
 }
 
+std::string dataplane_installer::update_peer(uint32_t spi, const config::ip_address& address, uint16_t port)
+{
+    if (auto err = connect(); !err.empty()) {
+        return err;
+    }
+    nlohmann::json peer = nlohmann::json::object();
+    if (address.family != 0) {
+        peer["address"] = config::to_string(address);
+    }
+    if (port != 0) {
+        peer["port"] = port;
+    }
+    try {
+        auto reply = client_->request("update-sa", {{"spi", spi}, {"peer", peer}});
+        if (!reply.value("ok", false)) {
+            return reply.value("error", std::string("refused"));
+        }
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        return e.what();
+    }
+    return "";
+}
+
 std::optional<uint32_t> dataplane_installer::add_policy(const nlohmann::json& policy, std::string& error)
 {
     if (error = connect(); !error.empty()) {

@@ -21,6 +21,7 @@ public:
     explicit dataplane_installer(std::string socket_path);
     std::string install(const config::sa_config& sa) override;
     std::string remove(config::direction dir, uint32_t spi) override;
+    std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port) override; // update-sa
     // Connects if not connected; "" or the reason.
     std::string connect();
     // add-policy / delete-policy (trap policies for `start: on-traffic` tunnels). Returns the

@@ -44,6 +44,21 @@ struct recording_installer final : sa_installer {
         sas.erase({static_cast<int>(dir), spi});
         return "";
     }
+    std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port) override
+    {
+        events.push_back("~out " + std::to_string(spi));
+        auto it = sas.find({static_cast<int>(config::direction::outbound), spi});
+        if (it == sas.end()) {
+            return "no outbound SA";
+        }
+        if (address.family != 0) {
+            it->second.destination = address;
+        }
+        if (port != 0 && it->second.udp) {
+            it->second.udp->destination_port = port;
+        }
+        return "";
+    }
     size_t count(config::direction dir) const
     {
         size_t n = 0;
@@ -433,6 +448,38 @@ TEST(ExchangeTest, NatIsDetectedAndEspIsUdpEncapsulated)
             EXPECT_EQ(sa.udp->destination_port, 40500);
         }
     }
+}
+
+// RFC 7296 §2.23: the NAT in front of A changes its public address and port mapping. A's next
+// authenticated request (DPD) arrives from the new endpoint; B's IKE replies and its outbound ESP
+// follow it (the data plane's outbound SA is updated, not rekeyed).
+TEST(ExchangeTest, OutboundEspFollowsAPeerWhoseNatMappingChanged)
+{
+    pair_fixture f(peer_yaml("10.0.0.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      remote-id: 10.0.0.1\n", default_tunnel_b));
+    f.net.nat = true;
+    f.net.a_private = addr("10.0.0.1");
+    f.net.a_public = addr("198.51.100.1");
+    f.a->start();
+    f.pump();
+    const auto* sa_b = f.only_sa(*f.b);
+    ASSERT_NE(sa_b, nullptr);
+    ASSERT_EQ(sa_b->children().size(), 1u);
+    const uint32_t out_spi = sa_b->children()[0].spi_out;
+    f.io_b.inst.events.clear();
+    f.net.a_public = addr("198.51.100.9");
+    f.net.nat_ports = {{500, 41000}, {4500, 41500}};
+    f.advance(std::chrono::seconds(12)); // A's DPD, from the new mapping
+    ASSERT_EQ(f.only_sa(*f.b), sa_b);
+    EXPECT_EQ(sa_b->sa_state(), ike_sa::state::established);
+    EXPECT_EQ(sa_b->remote().address, addr("198.51.100.9"));
+    EXPECT_EQ(sa_b->remote().port, 41500);
+    EXPECT_EQ(f.io_b.inst.events, std::vector<std::string>{"~out " + std::to_string(out_spi)});
+    const auto& out = f.io_b.inst.sas.at({static_cast<int>(config::direction::outbound), out_spi});
+    EXPECT_EQ(out.destination, addr("198.51.100.9"));
+    ASSERT_TRUE(out.udp.has_value());
+    EXPECT_EQ(out.udp->destination_port, 41500);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established); // DPD answered at the new mapping
 }
 
 TEST(ExchangeTest, ChildRekeyIsMakeBeforeBreak)
