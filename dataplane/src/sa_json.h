@@ -3,8 +3,8 @@
 //
 // Parsing SAs goes through the config loader (espresso/config/loader.h) so that a static SA in the
 // YAML file and an SA added over the control socket pass the same validation and get the same
-// messages: each SA object becomes a YAML node tree (no YAML text) for
-// config::load_security_association. Rendering never includes key material.
+// messages: each SA object becomes the loader's plain value tree (views of the JSON's strings, no
+// YAML nodes, no text) for config::load_security_association. Rendering never includes key material.
 //
 // Threads: plain functions without shared state; called on the main lcore by the control server and
 // by the telemetry refresh.

@@ -910,7 +910,7 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
     EXPECT_EQ(sa["key"].get<std::string>().find("0011"), std::string::npos);
 }
 
-// What sa_from_json answered before it built the YAML tree directly: the SA as one-line YAML flow
+// What sa_from_json answered before it validated a built tree (now config::plain_value): the SA as one-line YAML flow
 // text through config::load_string, the field path re-rooted from "security-associations[0]" to "sa".
 // The direct path must give the same SA and, for every refusal, the same message.
 parsed<config::sa_config> sa_from_yaml_text(const json& sa)
