@@ -68,10 +68,9 @@ gateway_config load_file(const std::string& path, const load_options& options = 
 gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>",
                            const load_options& options = {});
 
-// Security associations held as data rather than text: espresso-dp's control socket turns the JSON of
-// add-sa/add-sas into a YAML::Node tree (dataplane/src/sa_json.cpp) and validates it here with the
-// checks and messages of a `security-associations` item in a file, without writing and re-parsing YAML
-// text (which cost most of an SA install).
+// Security associations held as data rather than text: validated here with the checks and messages
+// of a `security-associations` item in a file, without writing and re-parsing YAML text (which cost
+// most of an SA install). espresso-dp's control socket uses the plain_value overload below.
 //
 // `path` names the item in errors ("sa" gives "sa.key", "sas[3]" gives "sas[3].key"). A built tree has
 // no positions: errors carry line and column 0 and file = `source`, and the SA's origin is `path`.
