@@ -3,7 +3,9 @@
 
 #include <string.h> // explicit_bzero
 
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdio>
 #include <deque>
 #include <string_view>
@@ -189,24 +191,29 @@ parsed<config::sa_config> sa_from_json(const json& sa)
     return result;
 }
 
-parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
+namespace {
+
+// The batch rules of add-sas for either input: a non-empty list of objects, each through the loader
+// (`load(i, path)`), then the file loader's SPI uniqueness rule over the batch.
+template <typename IsObject, typename Load>
+parsed<std::vector<config::sa_config>> load_batch(size_t n, IsObject is_object, Load load)
 {
-    if (!sas.is_array() || sas.empty()) {
+    if (n == 0) {
         return {std::nullopt, "sas: expected a non-empty array of objects with the keys of a security-associations item"};
     }
-    for (size_t i = 0; i < sas.size(); ++i) {
-        if (!sas[i].is_object()) {
+    for (size_t i = 0; i < n; ++i) {
+        if (!is_object(i)) {
             return {std::nullopt, "sas[" + std::to_string(i) + "]: expected an object with the keys of a security-associations item"};
         }
     }
     parsed<std::vector<config::sa_config>> result;
     result.value.emplace();
     auto& list = *result.value;
-    list.reserve(sas.size()); // no reallocation: it would leave copies of keys in freed memory
+    list.reserve(n); // no reallocation: it would leave copies of keys in freed memory
     try {
         // Item by item, then the file loader's SPI uniqueness rule over the batch (it names the item).
-        for (size_t i = 0; i < sas.size(); ++i) {
-            list.push_back(load_sa(sas[i], "sas[" + std::to_string(i) + "]"));
+        for (size_t i = 0; i < n; ++i) {
+            list.push_back(load(i, "sas[" + std::to_string(i) + "]"));
         }
         config::check_security_association_spis(list, "sas", "control");
     } catch (const config::config_error& e) {
@@ -226,6 +233,283 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
         s.origin = "control socket";
     }
     return result;
+}
+
+} // namespace
+
+parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
+{
+    if (!sas.is_array()) {
+        return load_batch(0, [](size_t) { return false; }, [](size_t, const std::string&) { return config::sa_config{}; });
+    }
+    return load_batch(
+        sas.size(), [&](size_t i) { return sas[i].is_object(); },
+        [&](size_t i, const std::string& path) { return load_sa(sas[i], path); });
+}
+
+parsed<std::vector<config::sa_config>> sas_from_plain(std::span<const config::plain_value> sas)
+{
+    return load_batch(
+        sas.size(), [&](size_t i) { return sas[i].what == config::plain_value::kind::mapping; },
+        [&](size_t i, const std::string& path) {
+            return config::load_security_association(sas[i], path, "control");
+        });
+}
+
+// --- request_reader ------------------------------------------------------------------------------
+
+namespace {
+constexpr size_t chunk_size = 256 * 1024;
+} // namespace
+
+request_reader::request_reader() = default;
+
+request_reader::~request_reader() { wipe(); }
+
+std::string_view request_reader::keep(std::string_view text)
+{
+    if (chunks_.empty() || used_ + text.size() > chunk_sizes_[chunk_]) {
+        // Next chunk (kept from earlier requests when it is large enough), or a new one.
+        size_t next = chunks_.empty() ? 0 : chunk_ + 1;
+        while (next < chunks_.size() && chunk_sizes_[next] < text.size()) {
+            ++next;
+        }
+        if (next >= chunks_.size()) {
+            const size_t size = std::max(chunk_size, text.size());
+            chunks_.push_back(std::make_unique<char[]>(size));
+            chunk_sizes_.push_back(size);
+            next = chunks_.size() - 1;
+        }
+        chunk_ = next;
+        used_ = 0;
+    }
+    char* at = chunks_[chunk_].get() + used_;
+    std::memcpy(at, text.data(), text.size());
+    used_ += text.size();
+    return {at, text.size()};
+}
+
+config::plain_value& request_reader::next_item()
+{
+    if (count_ == items_.size()) {
+        items_.emplace_back();
+    }
+    config::plain_value& v = items_[count_++];
+    v.what = config::plain_value::kind::null;
+    v.text = {};
+    v.items.clear(); // keeps its capacity for this SA's keys
+    return v;
+}
+
+void request_reader::wipe() noexcept
+{
+    // Every chunk up to the one in use may hold key text (chunks are filled in order).
+    for (size_t c = 0; c < chunks_.size() && c <= chunk_; ++c) {
+        explicit_bzero(chunks_[c].get(), c == chunk_ ? used_ : chunk_sizes_[c]);
+    }
+    chunk_ = 0;
+    used_ = 0;
+    count_ = 0;
+    captured_ = false;
+}
+
+// SAX events: forwarded to nlohmann's own DOM builder, except inside args.sas of an add-sas request.
+class request_reader::handler {
+public:
+    using number_integer_t = json::number_integer_t;
+    using number_unsigned_t = json::number_unsigned_t;
+    using number_float_t = json::number_float_t;
+    using string_t = json::string_t;
+    using binary_t = json::binary_t;
+
+    handler(request_reader& reader, json& request) : r_(reader), dom_(request, false) {}
+
+    bool null()
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::null, {});
+        }
+        return dom_.null();
+    }
+    bool boolean(bool value)
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::scalar, value ? "true" : "false");
+        }
+        return dom_.boolean(value);
+    }
+    bool number_integer(number_integer_t value)
+    {
+        if (capturing()) {
+            return place_number(value);
+        }
+        return dom_.number_integer(value);
+    }
+    bool number_unsigned(number_unsigned_t value)
+    {
+        if (capturing()) {
+            return place_number(value);
+        }
+        return dom_.number_unsigned(value);
+    }
+    bool number_float(number_float_t value, const string_t& text)
+    {
+        if (capturing()) {
+            // nlohmann's dump of the value, as the DOM path's text (sa_json's plain_builder) has it.
+            return place(config::plain_value::kind::scalar, r_.keep(json(value).dump()));
+        }
+        return dom_.number_float(value, text);
+    }
+    bool string(string_t& value)
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::scalar, r_.keep(value));
+        }
+        if (stack_.size() == 1 && stack_.back().key == "op") {
+            add_sas_ = value == "add-sas";
+        }
+        return dom_.string(value);
+    }
+    bool binary(binary_t& value) { return dom_.binary(value); }
+    bool start_object(size_t n)
+    {
+        if (capturing()) {
+            open(config::plain_value::kind::mapping);
+            return true;
+        }
+        stack_.push_back({true, {}});
+        return dom_.start_object(n);
+    }
+    bool key(string_t& name)
+    {
+        if (capturing() && !open_.empty()) {
+            if (config::plain_value* map = open_.back(); map != nullptr) {
+                map->items.push_back({r_.keep(name), {}});
+            }
+            return true;
+        }
+        // A repeated "args" or "sas" replaces the earlier value in the DOM: forget what was captured.
+        if ((stack_.size() == 1 && name == "args") ||
+            (stack_.size() == 2 && stack_[0].key == "args" && name == "sas")) {
+            r_.count_ = 0;
+            r_.captured_ = false;
+        }
+        stack_.back().key = name;
+        return dom_.key(name);
+    }
+    bool end_object()
+    {
+        if (capturing()) {
+            open_.pop_back();
+            return true;
+        }
+        stack_.pop_back();
+        return dom_.end_object();
+    }
+    bool start_array(size_t n)
+    {
+        if (capturing()) {
+            open(config::plain_value::kind::sequence);
+            return true;
+        }
+        // args.sas of an add-sas request whose op came first: capture its items.
+        const bool sas = add_sas_ && stack_.size() == 2 && stack_[0].object && stack_[0].key == "args" &&
+                         stack_[1].object && stack_[1].key == "sas";
+        stack_.push_back({false, {}});
+        if (sas) {
+            in_sas_ = true;
+            sas_depth_ = stack_.size();
+            r_.count_ = 0;
+            r_.captured_ = true;
+        }
+        return dom_.start_array(n);
+    }
+    bool end_array()
+    {
+        if (capturing() && !open_.empty()) {
+            open_.pop_back();
+            return true;
+        }
+        if (in_sas_ && stack_.size() == sas_depth_) {
+            in_sas_ = false;
+        }
+        stack_.pop_back();
+        return dom_.end_array();
+    }
+    template <class Exception>
+    bool parse_error(size_t position, const std::string& token, const Exception& ex)
+    {
+        return dom_.parse_error(position, token, ex);
+    }
+
+private:
+    // Inside args.sas (an item, or anything in one)?
+    bool capturing() const noexcept { return in_sas_; }
+
+    // Where the next value goes: a new item, the value of the last key of the open mapping, or nowhere
+    // (inside a list: the loader only says "got a list").
+    config::plain_value* slot()
+    {
+        if (open_.empty()) {
+            return &r_.next_item();
+        }
+        config::plain_value* parent = open_.back();
+        if (parent == nullptr || parent->what != config::plain_value::kind::mapping || parent->items.empty()) {
+            return nullptr;
+        }
+        return &parent->items.back().value;
+    }
+    bool place(config::plain_value::kind what, std::string_view text)
+    {
+        if (config::plain_value* v = slot(); v != nullptr) {
+            v->what = what;
+            v->text = text;
+            v->items.clear();
+        }
+        return true;
+    }
+    template <typename Number>
+    bool place_number(Number value)
+    {
+        char text[24];
+        const auto [end, error] = std::to_chars(text, text + sizeof(text), value); // json::dump's digits
+        return place(config::plain_value::kind::scalar, r_.keep(std::string_view(text, end)));
+    }
+    void open(config::plain_value::kind what)
+    {
+        config::plain_value* v = slot();
+        if (v != nullptr) {
+            v->what = what;
+            v->text = {};
+            v->items.clear();
+        }
+        // A list's contents are not kept: push "nowhere" for it.
+        open_.push_back(what == config::plain_value::kind::mapping ? v : nullptr);
+    }
+
+    struct frame {
+        bool object;
+        std::string key; // the last key read in this object
+    };
+    request_reader& r_;
+    nlohmann::detail::json_sax_dom_parser<json> dom_;
+    std::vector<frame> stack_;                // DOM containers open
+    std::vector<config::plain_value*> open_;  // captured containers open (nullptr: not kept)
+    bool add_sas_ = false;
+    bool in_sas_ = false;
+    size_t sas_depth_ = 0;
+};
+
+bool request_reader::parse(std::string_view body, json& request)
+{
+    wipe();
+    request = json();
+    handler h(*this, request);
+    const bool ok = json::sax_parse(body, &h);
+    if (!ok) {
+        request = json(json::value_t::discarded);
+    }
+    return ok;
 }
 
 parsed<config::policy_config> policy_from_json(const json& policy)
