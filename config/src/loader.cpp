@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <span>
@@ -375,11 +376,15 @@ struct wipe_on_exit {
     ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
 };
 
+// One key of a mapping and its value: YAML nodes (files, built trees), or a plain value
+// (load_security_association's JSON input; key and value nodes are then empty, without positions).
+// Checks read the value through loader::is_null/is_scalar/scalar/read_mapping, never the nodes alone.
 struct field {
     std::string_view name;
     std::string path;
     YAML::Node key;
     YAML::Node value;
+    const plain_value* plain = nullptr;
 };
 
 class mapping {
@@ -438,8 +443,9 @@ public:
 
     gateway_config run();
     sa_config parse_sa(const YAML::Node& node, const std::string& path) const;
+    sa_config parse_sa(const plain_value& value, const std::string& path) const;
     void check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
-                      const std::vector<std::string>& paths) const;
+                      const std::function<std::string(size_t)>& path_of) const;
 
 private:
     [[noreturn]] void fail(const YAML::Node& at, const std::string& path, std::string problem, std::string fix) const {
@@ -450,7 +456,7 @@ private:
     }
     // A null value ("key:" with nothing after it) has its mark on the following line; point at the key.
     [[noreturn]] void fail(const field& f, std::string problem, std::string fix) const {
-        fail(f.value.IsNull() ? f.key : f.value, f.path, std::move(problem), std::move(fix));
+        fail(is_null(f) ? f.key : f.value, f.path, std::move(problem), std::move(fix));
     }
 
     std::string origin(const YAML::Node& node) const {
@@ -474,6 +480,31 @@ private:
 
     mapping read_mapping(const YAML::Node& node, const std::string& path, std::span<const std::string_view> allowed,
                          std::string_view what) const;
+    mapping read_mapping(const plain_value& value, const std::string& path, std::span<const std::string_view> allowed,
+                         std::string_view what) const;
+    // A field's value as a mapping, whichever input it came from.
+    mapping read_mapping(const field& f, std::span<const std::string_view> allowed, std::string_view what) const {
+        return f.plain != nullptr ? read_mapping(*f.plain, f.path, allowed, what)
+                                  : read_mapping(f.value, f.path, allowed, what);
+    }
+    void add_field(std::vector<field>& fields, const std::string& path, std::span<const std::string_view> allowed,
+                   std::string_view name, const YAML::Node& key, const YAML::Node& value,
+                   const plain_value* plain) const;
+    sa_config parse_sa_fields(const mapping& m, std::string origin) const;
+    // A field's value, whichever input it came from.
+    static bool is_null(const field& f) {
+        return f.plain != nullptr ? f.plain->what == plain_value::kind::null : f.value.IsNull();
+    }
+    static bool is_scalar(const field& f) {
+        return f.plain != nullptr ? f.plain->what == plain_value::kind::scalar : f.value.IsScalar();
+    }
+    static std::string_view scalar(const field& f) {
+        return f.plain != nullptr ? f.plain->text : std::string_view(f.value.Scalar());
+    }
+    static std::string_view kind_of(const field& f);
+    bool is_literal_null(const field& f) const {
+        return f.plain != nullptr ? f.plain->what == plain_value::kind::null : is_literal_null(f.value);
+    }
     std::string text(const field& f, std::string_view expected) const;
     uint64_t number(const field& f, uint64_t min, uint64_t max) const;
     bool boolean(const field& f) const;
@@ -481,7 +512,7 @@ private:
     Enum choice(const field& f, std::initializer_list<std::pair<std::string_view, Enum>> options) const;
     ip_address address(const field& f) const;
     ip_prefix prefix(const field& f) const;
-    const field& require(const mapping& m, std::string_view name, std::string fix) const;
+    const field& require(const mapping& m, std::string_view name, std::string_view fix) const;
 
     cipher_info cipher(const field& f) const;
     integ_info integrity(const field& f) const;
@@ -528,11 +559,54 @@ private:
     bool tree_ = false;
 };
 
+std::string_view plain_kind(const plain_value& value) {
+    switch (value.what) {
+    case plain_value::kind::null:
+        return "nothing";
+    case plain_value::kind::scalar:
+        return "a scalar";
+    case plain_value::kind::sequence:
+        return "a list";
+    case plain_value::kind::mapping:
+        return "a mapping";
+    }
+    return "nothing";
+}
+
+std::string_view loader::kind_of(const field& f) {
+    return f.plain != nullptr ? plain_kind(*f.plain) : node_kind(f.value);
+}
+
+std::string not_a_mapping(std::string_view what, std::string_view kind) {
+    return "expected a mapping (" + std::string(what) + "), got " + std::string(kind);
+}
+constexpr std::string_view mapping_fix = "write it as indented \"key: value\" lines or { key: value, ... }";
+
+// The checks every key of a mapping gets (known, not repeated), for either input.
+void loader::add_field(std::vector<field>& fields, const std::string& path, std::span<const std::string_view> allowed,
+                       std::string_view name, const YAML::Node& key, const YAML::Node& value,
+                       const plain_value* plain) const {
+    std::string key_path = path.empty() ? std::string(name) : path + "." + std::string(name);
+    const auto known = std::find(allowed.begin(), allowed.end(), name);
+    if (known == allowed.end()) {
+        const auto suggestion = closest(name, allowed);
+        fail(key, key_path, "unknown key " + quoted(name),
+             suggestion.empty() ? "valid keys here are: " + join(allowed, ", ")
+                                : "did you mean " + quoted(suggestion) + "?");
+    }
+    for (const auto& earlier : fields) {
+        if (earlier.name == *known) {
+            fail(key, key_path, "key " + quoted(name) + " appears twice; first at " + origin(earlier.key),
+                 "keep only one of them");
+        }
+    }
+    fields.push_back(field{*known, std::move(key_path), key, value, plain});
+}
+
 mapping loader::read_mapping(const YAML::Node& node, const std::string& path, std::span<const std::string_view> allowed,
                              std::string_view what) const {
     if (!node.IsMap()) {
-        fail(node, path, "expected a mapping (" + std::string(what) + "), got " + std::string(node_kind(node)),
-             "write it as indented \"key: value\" lines or { key: value, ... }");
+        fail(node, path, not_a_mapping(what, node_kind(node)), std::string(mapping_fix));
     }
     std::vector<field> fields;
     for (auto it = node.begin(); it != node.end(); ++it) {
@@ -541,54 +615,55 @@ mapping loader::read_mapping(const YAML::Node& node, const std::string& path, st
             fail(key, path, "a key must be a plain name, got " + std::string(node_kind(key)),
                  "use one of: " + join(allowed, ", "));
         }
-        const std::string& name = key.Scalar();
-        const std::string key_path = path.empty() ? name : path + "." + name;
-        const auto known = std::find(allowed.begin(), allowed.end(), name);
-        if (known == allowed.end()) {
-            const auto suggestion = closest(name, allowed);
-            fail(key, key_path, "unknown key " + quoted(name),
-                 suggestion.empty() ? "valid keys here are: " + join(allowed, ", ")
-                                    : "did you mean " + quoted(suggestion) + "?");
-        }
-        for (const auto& earlier : fields) {
-            if (earlier.name == *known) {
-                fail(key, key_path, "key " + quoted(name) + " appears twice; first at " + origin(earlier.key),
-                     "keep only one of them");
-            }
-        }
-        fields.push_back(field{*known, key_path, key, it->second});
+        add_field(fields, path, allowed, key.Scalar(), key, it->second, nullptr);
     }
     return mapping(node, path, std::move(fields));
 }
 
-const field& loader::require(const mapping& m, std::string_view name, std::string fix) const {
+mapping loader::read_mapping(const plain_value& value, const std::string& path,
+                             std::span<const std::string_view> allowed, std::string_view what) const {
+    if (value.what != plain_value::kind::mapping) {
+        fail(YAML::Node(), path, not_a_mapping(what, plain_kind(value)), std::string(mapping_fix));
+    }
+    std::vector<field> fields;
+    fields.reserve(value.items.size());
+    for (const auto& item : value.items) {
+        add_field(fields, path, allowed, item.key, YAML::Node(), YAML::Node(), &item.value);
+    }
+    return mapping(YAML::Node(), path, std::move(fields));
+}
+
+const field& loader::require(const mapping& m, std::string_view name, std::string_view fix) const {
     const field* f = m.find(name);
     if (f == nullptr) {
-        fail(m.node(), m.path(), "required key " + quoted(name) + " is missing", std::move(fix));
+        fail(m.node(), m.path(), "required key " + quoted(name) + " is missing", std::string(fix));
     }
     return *f;
 }
 
 std::string loader::text(const field& f, std::string_view expected) const {
-    if (f.value.IsNull()) {
+    if (is_null(f)) {
         fail(f, "has no value; expected " + std::string(expected), "write a value after the colon");
     }
-    if (!f.value.IsScalar()) {
-        fail(f, "expected " + std::string(expected) + ", got " + std::string(node_kind(f.value)),
-             "write a single value");
+    if (!is_scalar(f)) {
+        fail(f, "expected " + std::string(expected) + ", got " + std::string(kind_of(f)), "write a single value");
     }
-    return f.value.Scalar();
+    return std::string(scalar(f));
 }
 
 uint64_t loader::number(const field& f, uint64_t min, uint64_t max) const {
-    const std::string range = std::to_string(min) + ".." + std::to_string(max);
-    const std::string value = text(f, "a number in " + range);
+    // The messages are built only on error: this runs for every numeric field of every SA installed.
+    auto range = [&] { return std::to_string(min) + ".." + std::to_string(max); };
+    if (!is_scalar(f)) {
+        text(f, "a number in " + range()); // fails with the message for a missing or non-scalar value
+    }
+    const std::string_view value = scalar(f);
     const auto parsed = parse_uint(value);
     if (!parsed) {
-        fail(f, quoted(value) + " is not a number", "write a decimal or 0x-prefixed hex number in " + range);
+        fail(f, quoted(value) + " is not a number", "write a decimal or 0x-prefixed hex number in " + range());
     }
     if (*parsed < min || *parsed > max) {
-        fail(f, quoted(value) + " is out of range", "use a value in " + range);
+        fail(f, quoted(value) + " is out of range", "use a value in " + range());
     }
     return *parsed;
 }
@@ -608,16 +683,22 @@ bool loader::boolean(const field& f) const {
 template <typename Enum>
 Enum loader::choice(const field& f, std::initializer_list<std::pair<std::string_view, Enum>> options) const {
     std::vector<std::string_view> names;
-    for (const auto& option : options) {
-        names.push_back(option.first);
-    }
-    const std::string expected = join(names, " | ");
-    const std::string value = text(f, expected);
-    for (const auto& option : options) {
-        if (option.first == value) {
-            return option.second;
+    auto expected_text = [&] {
+        for (const auto& option : options) {
+            names.push_back(option.first);
+        }
+        return join(names, " | ");
+    };
+    if (is_scalar(f)) {
+        // The common case without building any message (this runs for every SA installed).
+        for (const auto& option : options) {
+            if (option.first == scalar(f)) {
+                return option.second;
+            }
         }
     }
+    const std::string expected = expected_text();
+    const std::string value = text(f, expected);
     const std::string lower = lowercase(value);
     for (const auto& option : options) {
         if (option.first == lower) {
@@ -671,7 +752,7 @@ ip_prefix loader::prefix(const field& f) const {
 
 cipher_info loader::cipher(const field& f) const {
     // `encryption: null` is YAML's null value; accept the word, refuse "~" or an empty value.
-    const std::string name = is_literal_null(f.value) ? std::string("null") : text(f, "an encryption algorithm");
+    const std::string name = is_literal_null(f) ? std::string("null") : text(f, "an encryption algorithm");
     if (const auto found = find_cipher(name)) {
         return *found;
     }
@@ -696,7 +777,7 @@ cipher_info loader::cipher(const field& f) const {
 }
 
 integ_info loader::integrity(const field& f) const {
-    if (is_literal_null(f.value)) {
+    if (is_literal_null(f)) {
         fail(f, "\"null\" is not an integrity algorithm", "write none (allowed only with an AEAD cipher)");
     }
     const std::string name = text(f, "an integrity algorithm");
@@ -730,16 +811,22 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
             fail(*key, std::string(cipher.name) + " encryption takes no key", "remove key");
         }
     } else {
-        std::string need = std::string(cipher.name) + " needs " + std::to_string(cipher_bytes) + " bytes";
-        if (cipher.salt_bytes != 0) {
-            need += ": " + std::to_string(cipher.key_bytes) + " key + " + std::to_string(cipher.salt_bytes) + " salt";
-        }
+        auto need = [&] { // built only on error
+            std::string text = std::string(cipher.name) + " needs " + std::to_string(cipher_bytes) + " bytes";
+            if (cipher.salt_bytes != 0) {
+                text += ": " + std::to_string(cipher.key_bytes) + " key + " + std::to_string(cipher.salt_bytes) +
+                        " salt";
+            }
+            return text;
+        };
         if (key == nullptr) {
-            fail(m.node(), m.path(), "required key \"key\" is missing; " + need,
+            fail(m.node(), m.path(), "required key \"key\" is missing; " + need(),
                  "add key: 0x followed by " + std::to_string(cipher_bytes * 2) + " hex digits");
         }
-        std::string value = text(*key, "a hex key");
-        const wipe_on_exit wipe_value{value}; // our copy of the key text
+        if (!is_scalar(*key)) {
+            text(*key, "a hex key"); // fails: no value, or not a single value
+        }
+        const std::string_view value = scalar(*key); // decoded in place: no copy of the key text to wipe
         const auto decoded = decode_hex(value, std::span(sa.cipher_key.data(), cipher_bytes));
         if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
             fail(*key, problem->problem, problem->fix);
@@ -750,7 +837,7 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
         if (cipher.salt_bytes != 0) {
             fix += " (the last " + std::to_string(cipher.salt_bytes) + " bytes are the salt)";
         }
-        fail(*key, "key has " + std::to_string(got) + " bytes; " + need, fix);
+        fail(*key, "key has " + std::to_string(got) + " bytes; " + need(), fix);
         }
         sa.cipher_key_length = static_cast<uint8_t>(cipher_bytes);
     }
@@ -762,13 +849,17 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
         }
         return;
     }
-    const std::string need = std::string(integ.name) + " needs a " + std::to_string(integ.key_bytes) + "-byte key";
+    auto need = [&] {
+        return std::string(integ.name) + " needs a " + std::to_string(integ.key_bytes) + "-byte key";
+    };
     if (integ_key == nullptr) {
-        fail(m.node(), m.path(), "required key \"integrity-key\" is missing; " + need,
+        fail(m.node(), m.path(), "required key \"integrity-key\" is missing; " + need(),
              "add integrity-key: 0x followed by " + std::to_string(integ.key_bytes * 2) + " hex digits");
     }
-    std::string value = text(*integ_key, "a hex key");
-    const wipe_on_exit wipe_value{value};
+    if (!is_scalar(*integ_key)) {
+        text(*integ_key, "a hex key");
+    }
+    const std::string_view value = scalar(*integ_key);
     const auto decoded = decode_hex(value, std::span(sa.integ_key.data(), integ.key_bytes));
     if (const auto* problem = std::get_if<hex_problem>(&decoded)) {
         fail(*integ_key, problem->problem, problem->fix);
@@ -776,7 +867,7 @@ void loader::parse_keys(const mapping& m, sa_config& sa, const cipher_info& ciph
     const size_t got = std::get<size_t>(decoded);
     if (got != integ.key_bytes) {
         // RFC 4868 §2.1.1: the key length equals the hash output length.
-        fail(*integ_key, "integrity-key has " + std::to_string(got) + " bytes; " + need,
+        fail(*integ_key, "integrity-key has " + std::to_string(got) + " bytes; " + need(),
              "write exactly " + std::to_string(integ.key_bytes * 2) + " hex digits");
     }
     sa.integ_key_length = integ.key_bytes;
@@ -909,7 +1000,7 @@ void loader::parse_selectors(const mapping& m, sa_config& sa) const {
     const field* destination = m.find("destination");
     const field& selectors_field =
         require(m, "selectors", "add selectors: { local: <prefix>, remote: <prefix> } (0.0.0.0/0 for everything)");
-    const mapping selectors = read_mapping(selectors_field.value, selectors_field.path, selector_keys,
+    const mapping selectors = read_mapping(selectors_field, selector_keys,
                                            "local and remote prefixes");
     const field& local = require(selectors, "local", "add local: the protected prefix on this side");
     const field& remote = require(selectors, "remote", "add remote: the protected prefix on the peer's side");
@@ -946,7 +1037,7 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
             fail(*f, "UDP encapsulation (RFC 3948) applies to ESP only",
                  "remove udp-encapsulation or use protocol: esp");
         }
-        const mapping udp = read_mapping(f->value, f->path, udp_keys, "source-port and destination-port");
+        const mapping udp = read_mapping(*f, udp_keys, "source-port and destination-port");
         udp_encapsulation ports;
         if (const field* p = udp.find("source-port")) {
             ports.source_port = static_cast<uint16_t>(number(*p, 1, 65535));
@@ -958,7 +1049,7 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
     }
 
     if (const field* f = m.find("lifetime")) {
-        const mapping lifetime = read_mapping(f->value, f->path, lifetime_keys, "byte and packet limits");
+        const mapping lifetime = read_mapping(*f, lifetime_keys, "byte and packet limits");
         auto limit = [&](std::string_view name) -> uint64_t {
             const field* l = lifetime.find(name);
             return l == nullptr ? 0 : number(*l, 0, UINT64_MAX);
@@ -989,7 +1080,7 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
     }
     if (const field* f = m.find("dscp")) {
         tunnel_only(*f);
-        if (f->value.IsScalar() && f->value.Scalar() == "copy") {
+        if (is_scalar(*f) && scalar(*f) == "copy") {
             sa.dscp = dscp_mode::copy;
         } else {
             const std::string value = text(*f, "copy or a number 0..63");
@@ -1019,9 +1110,18 @@ void loader::parse_options(const mapping& m, sa_config& sa) const {
 }
 
 sa_config loader::parse_sa(const YAML::Node& node, const std::string& path) const {
-    const mapping m = read_mapping(node, path, sa_keys, "one security association");
+    // A built tree has no line:column; its path names the item.
+    return parse_sa_fields(read_mapping(node, path, sa_keys, "one security association"),
+                           tree_ ? path : origin(node));
+}
+
+sa_config loader::parse_sa(const plain_value& value, const std::string& path) const {
+    return parse_sa_fields(read_mapping(value, path, sa_keys, "one security association"), path);
+}
+
+sa_config loader::parse_sa_fields(const mapping& m, std::string origin) const {
     sa_config sa;
-    sa.origin = tree_ ? path : origin(node); // a built tree has no line:column; its path names the item
+    sa.origin = std::move(origin);
     try {
         parse_identity(m, sa);
         parse_transforms(m, sa);
@@ -1035,7 +1135,7 @@ sa_config loader::parse_sa(const YAML::Node& node, const std::string& path) cons
 }
 
 void loader::check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
-                          const std::vector<std::string>& paths) const {
+                          const std::function<std::string(size_t)>& path_of) const {
     // RFC 4301 §4.1: an outbound SA is chosen by policy, so its SPI must be unique among outbound SAs;
     // an inbound SA is found by SPI (and protocol), so (SPI, protocol) must be unique among inbound SAs.
     std::map<std::tuple<direction, uint32_t, int>, size_t> seen;
@@ -1047,7 +1147,7 @@ void loader::check_unique(const std::vector<sa_config>& sas, const std::vector<Y
             std::string which = sa.dir == direction::inbound
                                     ? std::string("inbound ") + (sa.protocol == ipsec_protocol::esp ? "ESP" : "AH")
                                     : std::string("outbound");
-            fail(spi_nodes[i], paths[i] + ".spi",
+            fail(spi_nodes[i], path_of(i) + ".spi",
                  "duplicate SPI " + hex32(sa.spi) + " among " + which + " SAs; first used at " + sas[it->second].origin,
                  "give each " + which + " SA its own SPI");
         }
@@ -1071,7 +1171,7 @@ void loader::parse_security_associations(const field& f, gateway_config& config)
         spi_nodes.push_back(item["spi"]);
         paths.push_back(std::move(path));
     }
-    check_unique(sas, spi_nodes, paths);
+    check_unique(sas, spi_nodes, [&](size_t i) { return paths[i]; });
 }
 
 // --- Helpers for the dataplane, interfaces, routes, neighbors and policies sections ----------------
@@ -2524,15 +2624,16 @@ sa_config load_security_association(const YAML::Node& item, const std::string& p
     return loader(loader::built_tree{}, source).parse_sa(item, path);
 }
 
+sa_config load_security_association(const plain_value& item, const std::string& path, const std::string& source) {
+    return loader(loader::built_tree{}, source).parse_sa(item, path);
+}
+
 void check_security_association_spis(const std::vector<sa_config>& sas, const std::string& path,
                                      const std::string& source) {
-    std::vector<std::string> paths;
-    paths.reserve(sas.size());
-    for (size_t i = 0; i < sas.size(); ++i) {
-        paths.push_back(path + "[" + std::to_string(i) + "]");
-    }
     // No nodes: errors carry no position, as everything from a built tree.
-    loader(loader::built_tree{}, source).check_unique(sas, std::vector<YAML::Node>(sas.size()), paths);
+    loader(loader::built_tree{}, source)
+        .check_unique(sas, std::vector<YAML::Node>(sas.size()),
+                      [&](size_t i) { return path + "[" + std::to_string(i) + "]"; });
 }
 
 gateway_config load_file(const std::string& path, const load_options& options) {

@@ -528,9 +528,13 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
 {
     json id = nullptr;
     json request;
+    // The captured SA text holds keys: overwritten whatever happens to the request.
+    struct wipe_reader {
+        request_reader& reader;
+        ~wipe_reader() { reader.wipe(); }
+    } wipe_captured{reader_};
     try {
-        request = json::parse(body, nullptr, false);
-        if (request.is_discarded()) {
+        if (!reader_.parse(body, request) || request.is_discarded()) {
             return error_reply(nullptr, "message: not valid JSON");
         }
         if (!request.is_object()) {
@@ -622,11 +626,13 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
     }
     if (op == "add-sas") {
         const json& list = require(args, "sas", "an array of objects with the keys of a security-associations item");
-        if (list.is_array() && list.size() > control::max_batch_items) {
-            throw request_error("args.sas: " + std::to_string(list.size()) + " SAs; at most " +
+        // The SA objects were read without a DOM (request_reader) unless "op" came after "args".
+        const size_t count = reader_.captured() ? reader_.sas().size() : list.is_array() ? list.size() : 0;
+        if (count > control::max_batch_items) {
+            throw request_error("args.sas: " + std::to_string(count) + " SAs; at most " +
                                 std::to_string(control::max_batch_items) + " per request");
         }
-        auto parsed_sas = sas_from_json(list);
+        auto parsed_sas = reader_.captured() ? sas_from_plain(reader_.sas()) : sas_from_json(list);
         if (!parsed_sas.value) {
             throw request_error(parsed_sas.error);
         }

@@ -22,6 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sa_json.h"
+
 #include "gateway_api.h"
 
 namespace espresso::dp {
@@ -91,6 +93,7 @@ private:
     dev_t socket_dev_ = 0;
     ino_t socket_ino_ = 0;
     std::vector<client> clients_;
+    request_reader reader_; // SA objects of add-sas without a JSON DOM (sa_json.h)
 };
 
 } // namespace espresso::dp

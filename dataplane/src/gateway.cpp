@@ -44,6 +44,12 @@ namespace {
 
 constexpr uint16_t ring_size = 4096; // update messages per worker (32 bytes each)
 constexpr uint32_t implied_priority = 1000; // explicit policies (default priority 0) win
+// Keys of the level-2 (host selector) SPD table of each worker: about 16 MB per worker. Implied
+// policies past it go to rte_acl as before (correct, only slower to install).
+constexpr uint32_t host_policy_capacity = 1 << 18;
+// The order of inbound-check host entries: one per selector pair (count_inbound_selectors), all with
+// the same action, so which inbound SA it came from does not matter.
+constexpr uint32_t inbound_check_spi = 0;
 constexpr size_t max_pending_per_hop = 16;
 
 uint32_t be32_of(const config::ip_address& a)
@@ -292,7 +298,7 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     return args;
 }
 
-gateway::gateway(const config::gateway_config& config) : config_(config)
+gateway::gateway(const config::gateway_config& config) : config_(config), hosts_(host_policy_capacity)
 {
     if (rte_lcore_count() < config_.dataplane.workers + 1) {
         throw std::runtime_error("need " + std::to_string(config_.dataplane.workers + 1) +
@@ -458,6 +464,7 @@ gateway::~gateway()
     sas_.clear(); // sa_deleter wipes every key
     spd_.reset();
     retired_spds_.clear();
+    host_tables_.clear();
     rte_ring_free(shared_.exceptions);
     rte_ring_free(shared_.events);
     rte_mbuf* left = nullptr;
@@ -705,6 +712,9 @@ void gateway::setup_workers()
         const uint64_t timeout = rte_get_tsc_hz() * config_.dataplane.reassembly_timeout_ms / 1000;
         w->reassembly = std::make_unique<reassembler>(config_.dataplane.reassembly_datagrams, timeout, reassembled_,
                                                       pool_, socket);
+        host_tables_.push_back(
+            std::make_unique<host_spd>("esp_hspd" + std::to_string(i), host_policy_capacity, socket));
+        w->hosts = host_tables_.back().get();
         shared_.workers.push_back(w.get());
         workers_.push_back(std::move(w));
     }
@@ -809,7 +819,11 @@ std::string gateway::rebuild_spd()
     }
     for (const auto& [key, entry] : sas_) {
         const auto& c = entry.sa->config;
+        if (implied_in_hosts(c)) {
+            continue; // level 2 (host_spd)
+        }
         spd_entry e;
+        e.implied = true;
         e.policy.local = c.local;
         e.policy.remote = c.remote;
         e.policy.priority = implied_priority;
@@ -876,16 +890,13 @@ std::string gateway::check_new_sa(const config::sa_config& c) const
     return {};
 }
 
-// Counts an inbound SA's selector pair in (+1) or out (-1). Returns true when the SPD must be
-// rebuilt: the first SA with this pair arrived or the last one left. Outbound SAs always need it.
+// Counts an inbound SA's selector pair in (+1) or out (-1). Returns true when the pair's implied
+// inbound check changes: the first SA with this pair arrived or the last one left.
 bool gateway::count_inbound_selectors(const config::sa_config& c, int delta)
 {
-    if (c.dir != config::direction::inbound) {
-        return true;
-    }
     const std::string key = config::to_string(c.local) + ">" + config::to_string(c.remote);
     if (delta > 0) {
-        return ++inbound_selectors_[key] == 1 || !spd_;
+        return ++inbound_selectors_[key] == 1;
     }
     auto it = inbound_selectors_.find(key);
     if (it == inbound_selectors_.end() || --it->second == 0) {
@@ -895,6 +906,97 @@ bool gateway::count_inbound_selectors(const config::sa_config& c, int delta)
         return true;
     }
     return false;
+}
+
+// Whether the implied policy of `c` lives in level 2 (host_spd) rather than in rte_acl.
+bool gateway::implied_in_hosts(const config::sa_config& c) const
+{
+    if (!host_policies::is_host(c.remote)) {
+        return false;
+    }
+    const bool out = c.dir == config::direction::outbound;
+    const host_bucket* b =
+        hosts_.find(make_host_key(out ? host_category::outbound : host_category::inbound_check, c.remote));
+    if (b == nullptr) {
+        return false;
+    }
+    const uint64_t order = implied_order(out ? c.spi : inbound_check_spi);
+    return std::any_of(b->candidates.begin(), b->candidates.end(), [&](const host_candidate& h) {
+        return h.rule.order == order && h.length == c.local.length &&
+               std::memcmp(h.network, c.local.address.bytes.data(), c.local.address.is_v4() ? 4 : 16) == 0;
+    });
+}
+
+// Adds (+1) or removes (-1) the policy an SA's selectors imply (RFC 4301 §4.4.1): outbound SAs
+// protect their selectors' traffic; inbound SAs make cleartext matching them an error (one entry per
+// selector pair, count_inbound_selectors). A host remote selector goes to level 2 (hosts_; the
+// workers get it in publish_hosts()). Returns true when the rte_acl level must be rebuilt.
+bool gateway::imply_policy(const sa_runtime& sa, int delta)
+{
+    const config::sa_config& c = sa.config;
+    const bool out = c.dir == config::direction::outbound;
+    if (!out && !count_inbound_selectors(c, delta)) {
+        // Another inbound SA has (had) the same selectors: nothing changes (unless no rte_acl
+        // level was ever built: a failed build is retried).
+        return !spd_;
+    }
+    const host_category category = out ? host_category::outbound : host_category::inbound_check;
+    const uint64_t order = implied_order(out ? c.spi : inbound_check_spi);
+    if (!host_policies::is_host(c.remote)) {
+        return true;
+    }
+    if (delta > 0) {
+        spd_rule rule;
+        rule.action = config::policy_action::protect;
+        rule.sa = out ? const_cast<sa_runtime*>(&sa) : nullptr;
+        rule.priority = implied_priority;
+        rule.order = order;
+        return !hosts_.add(category, c.local, c.remote, rule); // full: rte_acl takes it
+    }
+    return !hosts_.remove(category, c.local, c.remote, order); // not there: it was in rte_acl
+}
+
+// Sends level-2 changes to every worker and waits until all applied them; then frees the buckets
+// they replaced. Before the workers run, applies them to the tables directly.
+std::string gateway::publish_hosts()
+{
+    if (!hosts_.has_updates()) {
+        return {};
+    }
+    const auto updates = hosts_.take_updates();
+    if (!running_) {
+        for (auto& table : host_tables_) {
+            for (const auto& u : updates) {
+                if (u.remove) {
+                    table->remove(u.bucket);
+                } else {
+                    table->set(u.bucket);
+                }
+            }
+        }
+        hosts_.release_retired();
+        return {};
+    }
+    uint64_t gen = 0;
+    std::vector<unsigned> all;
+    for (unsigned w = 0; w < workers_.size(); ++w) {
+        all.push_back(w);
+    }
+    for (const auto& u : updates) {
+        gen = ++generation_;
+        for (unsigned w = 0; w < workers_.size(); ++w) {
+            update_msg msg{u.remove ? update_msg::remove_host : update_msg::set_host, 0, 0,
+                           const_cast<host_bucket*>(u.bucket), gen};
+            if (!post(w, msg)) {
+                return "worker update ring full; policy update incomplete (old policy buckets kept)";
+            }
+        }
+    }
+    if (!wait_applied(all, gen)) {
+        return "workers did not acknowledge the policy update within 2 s (old policy buckets kept)";
+    }
+    hosts_.release_retired();
+    return {};
 }
 
 std::string gateway::add_sa(const config::sa_config& c)
@@ -919,7 +1021,12 @@ std::string gateway::add_sa(const config::sa_config& c)
             return "worker did not acknowledge the SA install";
         }
     }
-    return count_inbound_selectors(c, +1) ? rebuild_spd() : std::string();
+    if (imply_policy(*raw, +1)) {
+        std::string hosts_error = publish_hosts();
+        std::string error = rebuild_spd();
+        return hosts_error.empty() ? error : hosts_error;
+    }
+    return publish_hosts();
 }
 
 std::string gateway::add_sas(std::span<const config::sa_config> batch)
@@ -962,8 +1069,9 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
             }
             last[owner] = gen;
         }
+        sa_runtime* raw = made[i].get();
         sas_[{static_cast<int>(c.dir), c.spi}] = {std::move(made[i]), c.origin};
-        spd_changes = count_inbound_selectors(c, +1) || spd_changes;
+        spd_changes = imply_policy(*raw, +1) || spd_changes;
     }
     for (unsigned w = 0; w < last.size(); ++w) {
         if (last[w] != 0 && !wait_applied({w}, last[w]) && error.empty()) {
@@ -971,8 +1079,9 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
         }
     }
     // As with add-sa: what was queued stays installed (list-sas shows it) and gets its policies.
+    std::string hosts_error = publish_hosts();
     std::string spd_error = spd_changes ? rebuild_spd() : std::string();
-    return error.empty() ? spd_error : error;
+    return !error.empty() ? error : !hosts_error.empty() ? hosts_error : spd_error;
 }
 
 std::string gateway::delete_sas(std::span<const sa_id> which)
@@ -994,11 +1103,16 @@ std::string gateway::delete_sas(std::span<const sa_id> which)
     bool spd_changes = false;
     for (const auto& [dir, spi] : which) {
         auto it = sas_.find({static_cast<int>(dir), spi});
-        spd_changes = count_inbound_selectors(it->second.sa->config, -1) || spd_changes;
+        spd_changes = imply_policy(*it->second.sa, -1) || spd_changes;
         victims.push_back(std::move(it->second.sa));
         sas_.erase(it);
     }
-    std::string error = spd_changes ? rebuild_spd() : std::string();
+    std::string error = publish_hosts();
+    if (spd_changes) {
+        if (std::string spd_error = rebuild_spd(); error.empty()) {
+            error = spd_error;
+        }
+    }
     std::vector<uint64_t> last(workers_.size(), 0);
     for (const auto& v : victims) {
         if (v->config.dir == config::direction::inbound) {
@@ -1065,9 +1179,26 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     fresh->seq.store(seq + seq_gap, std::memory_order_release);
     sa_ptr previous = std::move(it->second.sa);
     it->second.sa = std::move(fresh);
-    if (std::string error = rebuild_spd(); !error.empty()) {
+    // The implied policy now points at the copy: added before the old one is removed, so a worker
+    // never sees the selectors without a policy (host selectors: two bucket replacements in order;
+    // prefix selectors: one rte_acl rebuild from sas_).
+    bool rebuild = imply_policy(*it->second.sa, +1);
+    rebuild = imply_policy(*previous, -1) || rebuild;
+    const config::sa_config& c = it->second.sa->config;
+    if (host_policies::is_host(c.remote)) {
+        const host_bucket* b = hosts_.find(make_host_key(host_category::outbound, c.remote));
+        const bool stale = b != nullptr && std::any_of(b->candidates.begin(), b->candidates.end(),
+                                                       [&](const host_candidate& h) { return h.rule.sa == previous.get(); });
+        if (stale) {
+            (void)previous.release(); // never free what the policy still names
+            return "internal error: the host policy still names the old SA (memory kept)";
+        }
+    }
+    std::string error = rebuild ? rebuild_spd() : std::string();
+    const std::string hosts_error = publish_hosts();
+    if (!error.empty() || !hosts_error.empty()) {
         (void)previous.release(); // a worker may still use it
-        return error;
+        return !error.empty() ? error : hosts_error;
     }
     // No worker can reach `previous` now: carry its counters and consumed lifetime over.
     sa_runtime& now = *it->second.sa;
@@ -1094,7 +1225,13 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
     }
     sa_ptr victim = std::move(it->second.sa);
     sas_.erase(it);
-    std::string err = count_inbound_selectors(victim->config, -1) ? rebuild_spd() : std::string();
+    const bool spd_changes = imply_policy(*victim, -1);
+    std::string err = publish_hosts();
+    if (spd_changes) {
+        if (std::string spd_error = rebuild_spd(); err.empty()) {
+            err = spd_error;
+        }
+    }
     if (dir == config::direction::inbound) {
         const unsigned owner = owner_of(spi);
         const uint64_t gen = ++generation_;

@@ -85,10 +85,10 @@ struct exception_meta {
 };
 
 struct update_msg {
-    enum op : uint32_t { add_inbound, remove_inbound, set_spd } what;
+    enum op : uint32_t { add_inbound, remove_inbound, set_spd, set_host, remove_host } what;
     uint32_t pad;
     uint64_t key;        // add/remove_inbound: SAD key
-    void* ptr;           // sa_runtime* or const compiled_spd*
+    void* ptr;           // sa_runtime*, const compiled_spd* or const host_bucket*
     uint64_t generation;
 };
 
@@ -100,6 +100,7 @@ struct alignas(64) worker_state {
     rte_ring* handoff = nullptr; // MP/SC, rte_mbuf* of inbound IPsec this worker owns, fragments it reassembles
     rte_hash* sad = nullptr;     // key: spi | protocol << 32 -> sa_runtime*
     const compiled_spd* spd = nullptr;
+    host_spd* hosts = nullptr;   // level 2 of the SPD (spd.h): SA-implied policies of host selectors
     alignas(64) std::atomic<uint64_t> applied{0};
     // Idle wake-up (gateway::post, worker_loop::nap): the main lcore bumps wake_seq after queuing an
     // update and, if the worker is napping, wakes it with FUTEX_WAKE on wake_seq.
@@ -194,6 +195,9 @@ private:
     void wake(unsigned worker) noexcept;
     std::string check_new_sa(const config::sa_config& c) const;
     bool count_inbound_selectors(const config::sa_config& c, int delta);
+    bool imply_policy(const sa_runtime& sa, int delta);
+    bool implied_in_hosts(const config::sa_config& c) const;
+    std::string publish_hosts();
     unsigned main_exceptions();
     unsigned main_taps();
     unsigned main_events(const std::function<void(const gateway_event&)>& event);
@@ -245,6 +249,10 @@ private:
     bool defer_spd_ = false; // start-up: compile once after every static SA and policy
     std::vector<std::unique_ptr<compiled_spd>> retired_spds_;
     std::map<uint32_t, uint64_t> policy_matches_;
+    // Level 2 of the SPD: implied policies of SAs whose remote selector is one host, kept here and
+    // mirrored into every worker's host_spd (workers_[i]->hosts, owned by host_tables_).
+    host_policies hosts_;
+    std::vector<std::unique_ptr<host_spd>> host_tables_;
     // Inbound SAs per selector pair: the SPD's inbound check has one entry per distinct pair, so an
     // inbound SA whose selectors another inbound SA already has (rekeys, many SAs per tunnel) changes
     // nothing there and is installed without looking at the SPD at all.

@@ -3,12 +3,12 @@
 
 #include <string.h> // explicit_bzero
 
-#include <array>
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdio>
+#include <deque>
 #include <string_view>
-
-#include <yaml-cpp/yaml.h>
 
 #include "espresso/config/algorithms.h"
 #include "espresso/config/loader.h"
@@ -65,249 +65,92 @@ config::gateway_config load_one(std::string_view section, const json& body)
     return config::load_string(yaml, "control", generated_yaml());
 }
 
-// The JSON value as the YAML tree a YAML parser makes of its compact dump (JSON is YAML flow syntax,
-// YAML 1.2 §1.3): objects are mappings (nlohmann keeps keys sorted, as in the dump), arrays sequences,
-// strings scalars of their value, numbers and booleans scalars of their JSON text, null a null node.
-// The loader reads every scalar from its text, so it sees what it would see in a file, without the
-// cost of writing and re-parsing text (the largest share of an SA install before).
-YAML::Node to_yaml_tree(const json& value)
-{
-    switch (value.type()) {
-    case json::value_t::object: {
-        YAML::Node node(YAML::NodeType::Map);
-        for (const auto& [key, item] : value.items()) {
-            node.force_insert(key, to_yaml_tree(item)); // keys are unique in a json object: no lookup
-        }
-        return node;
-    }
-    case json::value_t::array: {
-        YAML::Node node(YAML::NodeType::Sequence);
-        for (const auto& item : value) {
-            node.push_back(to_yaml_tree(item));
-        }
-        return node;
-    }
-    case json::value_t::string:
-        return YAML::Node(value.get_ref<const std::string&>());
-    case json::value_t::boolean:
-        return YAML::Node(value.get<bool>() ? "true" : "false");
-    case json::value_t::null:
-        return YAML::Node(YAML::NodeType::Null);
-    default:
-        return YAML::Node(value.dump()); // numbers (and nothing else reaches here from json::parse)
-    }
-}
-
-// YAML trees for SA objects, kept between requests. yaml-cpp allocates several objects per node and
-// merges node pools whenever trees are joined, so building and freeing a tree per SA cost more than
-// validating it (measured: about 45 % of add-sas). The SA objects a client sends have the same keys
-// every time, only the values change; so one tree is kept per shape (the keys, and whether each value
-// is null, a scalar or a mapping) and its scalars are rewritten in place, one string copy per field.
-// The loader still reads every value from the tree: the tree is a container, not a cache of results.
+// The JSON value as the loader's plain value tree (config::plain_value), viewing the JSON's own
+// strings: objects are mappings (nlohmann keeps keys sorted), strings scalars of their value, numbers
+// and booleans scalars of their JSON text, null the null value, arrays lists (the loader refuses them
+// in an SA). The loader reads it with the checks and messages of a YAML tree (loader.h), so an SA from
+// the control socket and one from a file are validated alike; building it costs one vector per object
+// instead of yaml-cpp's several allocations per node (measured: the YAML tree was the largest share of
+// an add-sas after the JSON parse).
 //
-// Threads: one cache per thread (the control server uses it on the main lcore only).
-class sa_tree_cache {
+// Threads: one builder per thread (the control server uses it on the main lcore only).
+class plain_builder {
 public:
-    // The tree of `sa` (an object), valid until the next fill() on this thread.
-    const YAML::Node& fill(const json& sa)
+    const config::plain_value& build(const json& value)
     {
-        for (auto& kept : kept_) {
-            if (kept && kept->matches(sa)) {
-                kept->write(sa);
-                last_ = &*kept;
-                return kept->root;
-            }
-        }
-        // Trees are replaced by destroying them (reset/emplace), never by assigning a YAML::Node:
-        // yaml-cpp's assignment rebinds the old node and merges the new tree's node pool into the
-        // old one, which would keep every tree ever assigned alive.
-        if (contains_array(sa)) {
-            // Not kept (the length of a list would be part of the shape); the loader refuses lists
-            // in an SA anyway, so this is an error path.
-            scratch_.emplace(to_yaml_tree(sa));
-            for (auto it = scratch_->root.begin(); it != scratch_->root.end(); ++it) {
-                if (it->second.IsScalar() &&
-                    (it->first.Scalar() == "key" || it->first.Scalar() == "integrity-key")) {
-                    scratch_->leaves.push_back(it->second);
-                    scratch_->secrets.push_back(scratch_->leaves.size() - 1);
-                }
-            }
-            last_ = &*scratch_;
-            return scratch_->root;
-        }
-        auto& kept = kept_[next_];
-        next_ = (next_ + 1) % kept_.size();
-        kept.reset();
-        kept.emplace(to_yaml_tree(sa));
-        kept->learn(sa, kept->root, true);
-        last_ = &*kept;
-        return kept->root;
-    }
-
-    // Overwrites the key text in the tree filled last (its only copy: yaml-cpp stores a scalar once).
-    void wipe_secrets() noexcept
-    {
-        if (last_ != nullptr) {
-            for (const size_t i : last_->secrets) {
-                const std::string& text = last_->leaves[i].Scalar();
-                explicit_bzero(const_cast<char*>(text.data()), text.size());
-            }
-        }
-        last_ = nullptr;
-        scratch_.reset();
+        texts_.clear();
+        fill(value, root_);
+        return root_;
     }
 
 private:
-    struct kept_tree {
-        enum class kind : uint8_t { map, key, scalar, null };
-        struct token {
-            kind what;
-            size_t size = 0;  // map: number of keys
-            std::string name; // key
-        };
-        explicit kept_tree(const YAML::Node& tree) : root(tree) {}
-
-        YAML::Node root;
-        std::vector<token> shape;       // pre-order, in nlohmann's (sorted) key order, as the tree
-        std::vector<YAML::Node> leaves; // the scalar nodes, in the same order
-        std::vector<size_t> secrets;    // leaves holding key or integrity-key
-
-        // Records the shape of `value` and the leaves of `node`, its tree.
-        void learn(const json& value, const YAML::Node& node, bool top)
-        {
-            if (value.is_object()) {
-                shape.push_back({kind::map, value.size(), {}});
-                auto it = node.begin();
-                for (const auto& [key, item] : value.items()) {
-                    shape.push_back({kind::key, 0, key});
-                    if (top && (key == "key" || key == "integrity-key") && !item.is_null() &&
-                        !item.is_object()) {
-                        secrets.push_back(leaves.size());
-                    }
-                    learn(item, it->second, false);
-                    ++it;
-                }
-            } else if (value.is_null()) {
-                shape.push_back({kind::null, 0, {}});
-            } else {
-                shape.push_back({kind::scalar, 0, {}});
-                leaves.push_back(node);
-            }
-        }
-
-        bool matches(const json& value) const
-        {
-            size_t at = 0;
-            return matches(value, at) && at == shape.size();
-        }
-        bool matches(const json& value, size_t& at) const
-        {
-            if (at >= shape.size()) {
-                return false;
-            }
-            const token& t = shape[at++];
-            switch (value.type()) {
-            case json::value_t::object:
-                if (t.what != kind::map || t.size != value.size()) {
-                    return false;
-                }
-                for (const auto& [key, item] : value.items()) {
-                    if (at >= shape.size() || shape[at].what != kind::key || shape[at].name != key) {
-                        return false;
-                    }
-                    ++at;
-                    if (!matches(item, at)) {
-                        return false;
-                    }
-                }
-                return true;
-            case json::value_t::null:
-                return t.what == kind::null;
-            case json::value_t::array:
-                return false;
-            default:
-                return t.what == kind::scalar;
-            }
-        }
-
-        // Rewrites the leaves from `value`, whose shape matches().
-        void write(const json& value)
-        {
-            size_t leaf = 0;
-            write(value, leaf);
-        }
-        void write(const json& value, size_t& leaf)
-        {
-            switch (value.type()) {
-            case json::value_t::object:
-                for (const auto& item : value) {
-                    write(item, leaf);
-                }
-                return;
-            case json::value_t::null:
-            case json::value_t::array: // never: matches() refuses lists
-                return;
-            case json::value_t::string:
-                leaves[leaf++] = value.get_ref<const std::string&>(); // set_scalar: reuses the buffer
-                return;
-            case json::value_t::boolean:
-                leaves[leaf++] = value.get<bool>() ? "true" : "false";
-                return;
-            case json::value_t::number_integer:
-            case json::value_t::number_unsigned: {
-                char text[24];
-                const auto [end, error] =
-                    value.is_number_unsigned()
-                        ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
-                        : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
-                leaves[leaf++] = std::string(text, end); // the same digits as json::dump()
-                return;
-            }
-            default:
-                leaves[leaf++] = value.dump(); // floating point: nlohmann's own text, as in the dump
-                return;
-            }
-        }
-    };
-
-    static bool contains_array(const json& value)
+    void fill(const json& value, config::plain_value& out)
     {
-        if (value.is_array()) {
-            return true;
+        using kind = config::plain_value::kind;
+        out.text = {};
+        if (!value.is_object()) {
+            out.items.clear();
         }
-        if (value.is_object()) {
-            for (const auto& item : value) {
-                if (contains_array(item)) {
-                    return true;
+        switch (value.type()) {
+        case json::value_t::object:
+            out.what = kind::mapping;
+            out.items.resize(value.size()); // same shape as the SA before: nothing allocated
+            {
+                size_t i = 0;
+                for (const auto& [key, item] : value.items()) {
+                    out.items[i].key = key; // a view of the object's key (items() keeps a reference)
+                    fill(item, out.items[i].value);
+                    ++i;
                 }
             }
+            return;
+        case json::value_t::array:
+            out.what = kind::sequence;
+            return;
+        case json::value_t::null:
+        case json::value_t::discarded:
+            out.what = kind::null;
+            return;
+        case json::value_t::string:
+            out.what = kind::scalar;
+            out.text = value.get_ref<const std::string&>();
+            return;
+        case json::value_t::boolean:
+            out.what = kind::scalar;
+            out.text = value.get<bool>() ? "true" : "false";
+            return;
+        case json::value_t::number_integer:
+        case json::value_t::number_unsigned: {
+            char text[24];
+            const auto [end, error] = value.is_number_unsigned()
+                                          ? std::to_chars(text, text + sizeof(text), value.get<uint64_t>())
+                                          : std::to_chars(text, text + sizeof(text), value.get<int64_t>());
+            out.what = kind::scalar;
+            out.text = texts_.emplace_back(text, end); // the same digits as json::dump()
+            return;
         }
-        return false;
+        default:
+            out.what = kind::scalar;
+            out.text = texts_.emplace_back(value.dump()); // floating point: nlohmann's own text
+            return;
+        }
     }
 
-    // Shapes seen lately, replaced round robin. espresso-ike sends up to 8 (direction x NAT-T x
-    // AEAD or not); a shape that does not match fails at its first differing key.
-    std::array<std::optional<kept_tree>, 8> kept_;
-    size_t next_ = 0;
-    std::optional<kept_tree> scratch_; // a tree of a shape not worth keeping (with a list inside)
-    kept_tree* last_ = nullptr;        // filled last
+    config::plain_value root_;     // kept: its vectors keep their capacity between SAs
+    std::deque<std::string> texts_; // numbers' text (a deque: views into it stay valid as it grows)
 };
 
-sa_tree_cache& tree_cache()
+plain_builder& builder()
 {
-    thread_local sa_tree_cache cache;
-    return cache;
+    thread_local plain_builder b;
+    return b;
 }
 
-// One SA object through the loader, named `path` in errors; the tree's key text is wiped after.
+// One SA object through the loader, named `path` in errors. The tree holds views only: the key text
+// stays in the JSON value (the server wipes it, wipe_json_secrets) and the loader wipes its own copy.
 config::sa_config load_sa(const json& sa, const std::string& path)
 {
-    auto& cache = tree_cache();
-    struct wipe_after {
-        sa_tree_cache& cache;
-        ~wipe_after() { cache.wipe_secrets(); }
-    } wipe{cache};
-    return config::load_security_association(cache.fill(sa), path, "control");
+    return config::load_security_association(builder().build(sa), path, "control");
 }
 
 std::string prefix_text(const config::ip_prefix& prefix)
@@ -348,24 +191,29 @@ parsed<config::sa_config> sa_from_json(const json& sa)
     return result;
 }
 
-parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
+namespace {
+
+// The batch rules of add-sas for either input: a non-empty list of objects, each through the loader
+// (`load(i, path)`), then the file loader's SPI uniqueness rule over the batch.
+template <typename IsObject, typename Load>
+parsed<std::vector<config::sa_config>> load_batch(size_t n, IsObject is_object, Load load)
 {
-    if (!sas.is_array() || sas.empty()) {
+    if (n == 0) {
         return {std::nullopt, "sas: expected a non-empty array of objects with the keys of a security-associations item"};
     }
-    for (size_t i = 0; i < sas.size(); ++i) {
-        if (!sas[i].is_object()) {
+    for (size_t i = 0; i < n; ++i) {
+        if (!is_object(i)) {
             return {std::nullopt, "sas[" + std::to_string(i) + "]: expected an object with the keys of a security-associations item"};
         }
     }
     parsed<std::vector<config::sa_config>> result;
     result.value.emplace();
     auto& list = *result.value;
-    list.reserve(sas.size()); // no reallocation: it would leave copies of keys in freed memory
+    list.reserve(n); // no reallocation: it would leave copies of keys in freed memory
     try {
         // Item by item, then the file loader's SPI uniqueness rule over the batch (it names the item).
-        for (size_t i = 0; i < sas.size(); ++i) {
-            list.push_back(load_sa(sas[i], "sas[" + std::to_string(i) + "]"));
+        for (size_t i = 0; i < n; ++i) {
+            list.push_back(load(i, "sas[" + std::to_string(i) + "]"));
         }
         config::check_security_association_spis(list, "sas", "control");
     } catch (const config::config_error& e) {
@@ -385,6 +233,283 @@ parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
         s.origin = "control socket";
     }
     return result;
+}
+
+} // namespace
+
+parsed<std::vector<config::sa_config>> sas_from_json(const json& sas)
+{
+    if (!sas.is_array()) {
+        return load_batch(0, [](size_t) { return false; }, [](size_t, const std::string&) { return config::sa_config{}; });
+    }
+    return load_batch(
+        sas.size(), [&](size_t i) { return sas[i].is_object(); },
+        [&](size_t i, const std::string& path) { return load_sa(sas[i], path); });
+}
+
+parsed<std::vector<config::sa_config>> sas_from_plain(std::span<const config::plain_value> sas)
+{
+    return load_batch(
+        sas.size(), [&](size_t i) { return sas[i].what == config::plain_value::kind::mapping; },
+        [&](size_t i, const std::string& path) {
+            return config::load_security_association(sas[i], path, "control");
+        });
+}
+
+// --- request_reader ------------------------------------------------------------------------------
+
+namespace {
+constexpr size_t chunk_size = 256 * 1024;
+} // namespace
+
+request_reader::request_reader() = default;
+
+request_reader::~request_reader() { wipe(); }
+
+std::string_view request_reader::keep(std::string_view text)
+{
+    if (chunks_.empty() || used_ + text.size() > chunk_sizes_[chunk_]) {
+        // Next chunk (kept from earlier requests when it is large enough), or a new one.
+        size_t next = chunks_.empty() ? 0 : chunk_ + 1;
+        while (next < chunks_.size() && chunk_sizes_[next] < text.size()) {
+            ++next;
+        }
+        if (next >= chunks_.size()) {
+            const size_t size = std::max(chunk_size, text.size());
+            chunks_.push_back(std::make_unique<char[]>(size));
+            chunk_sizes_.push_back(size);
+            next = chunks_.size() - 1;
+        }
+        chunk_ = next;
+        used_ = 0;
+    }
+    char* at = chunks_[chunk_].get() + used_;
+    std::memcpy(at, text.data(), text.size());
+    used_ += text.size();
+    return {at, text.size()};
+}
+
+config::plain_value& request_reader::next_item()
+{
+    if (count_ == items_.size()) {
+        items_.emplace_back();
+    }
+    config::plain_value& v = items_[count_++];
+    v.what = config::plain_value::kind::null;
+    v.text = {};
+    v.items.clear(); // keeps its capacity for this SA's keys
+    return v;
+}
+
+void request_reader::wipe() noexcept
+{
+    // Every chunk up to the one in use may hold key text (chunks are filled in order).
+    for (size_t c = 0; c < chunks_.size() && c <= chunk_; ++c) {
+        explicit_bzero(chunks_[c].get(), c == chunk_ ? used_ : chunk_sizes_[c]);
+    }
+    chunk_ = 0;
+    used_ = 0;
+    count_ = 0;
+    captured_ = false;
+}
+
+// SAX events: forwarded to nlohmann's own DOM builder, except inside args.sas of an add-sas request.
+class request_reader::handler {
+public:
+    using number_integer_t = json::number_integer_t;
+    using number_unsigned_t = json::number_unsigned_t;
+    using number_float_t = json::number_float_t;
+    using string_t = json::string_t;
+    using binary_t = json::binary_t;
+
+    handler(request_reader& reader, json& request) : r_(reader), dom_(request, false) {}
+
+    bool null()
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::null, {});
+        }
+        return dom_.null();
+    }
+    bool boolean(bool value)
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::scalar, value ? "true" : "false");
+        }
+        return dom_.boolean(value);
+    }
+    bool number_integer(number_integer_t value)
+    {
+        if (capturing()) {
+            return place_number(value);
+        }
+        return dom_.number_integer(value);
+    }
+    bool number_unsigned(number_unsigned_t value)
+    {
+        if (capturing()) {
+            return place_number(value);
+        }
+        return dom_.number_unsigned(value);
+    }
+    bool number_float(number_float_t value, const string_t& text)
+    {
+        if (capturing()) {
+            // nlohmann's dump of the value, as the DOM path's text (sa_json's plain_builder) has it.
+            return place(config::plain_value::kind::scalar, r_.keep(json(value).dump()));
+        }
+        return dom_.number_float(value, text);
+    }
+    bool string(string_t& value)
+    {
+        if (capturing()) {
+            return place(config::plain_value::kind::scalar, r_.keep(value));
+        }
+        if (stack_.size() == 1 && stack_.back().key == "op") {
+            add_sas_ = value == "add-sas";
+        }
+        return dom_.string(value);
+    }
+    bool binary(binary_t& value) { return dom_.binary(value); }
+    bool start_object(size_t n)
+    {
+        if (capturing()) {
+            open(config::plain_value::kind::mapping);
+            return true;
+        }
+        stack_.push_back({true, {}});
+        return dom_.start_object(n);
+    }
+    bool key(string_t& name)
+    {
+        if (capturing() && !open_.empty()) {
+            if (config::plain_value* map = open_.back(); map != nullptr) {
+                map->items.push_back({r_.keep(name), {}});
+            }
+            return true;
+        }
+        // A repeated "args" or "sas" replaces the earlier value in the DOM: forget what was captured.
+        if ((stack_.size() == 1 && name == "args") ||
+            (stack_.size() == 2 && stack_[0].key == "args" && name == "sas")) {
+            r_.count_ = 0;
+            r_.captured_ = false;
+        }
+        stack_.back().key = name;
+        return dom_.key(name);
+    }
+    bool end_object()
+    {
+        if (capturing()) {
+            open_.pop_back();
+            return true;
+        }
+        stack_.pop_back();
+        return dom_.end_object();
+    }
+    bool start_array(size_t n)
+    {
+        if (capturing()) {
+            open(config::plain_value::kind::sequence);
+            return true;
+        }
+        // args.sas of an add-sas request whose op came first: capture its items.
+        const bool sas = add_sas_ && stack_.size() == 2 && stack_[0].object && stack_[0].key == "args" &&
+                         stack_[1].object && stack_[1].key == "sas";
+        stack_.push_back({false, {}});
+        if (sas) {
+            in_sas_ = true;
+            sas_depth_ = stack_.size();
+            r_.count_ = 0;
+            r_.captured_ = true;
+        }
+        return dom_.start_array(n);
+    }
+    bool end_array()
+    {
+        if (capturing() && !open_.empty()) {
+            open_.pop_back();
+            return true;
+        }
+        if (in_sas_ && stack_.size() == sas_depth_) {
+            in_sas_ = false;
+        }
+        stack_.pop_back();
+        return dom_.end_array();
+    }
+    template <class Exception>
+    bool parse_error(size_t position, const std::string& token, const Exception& ex)
+    {
+        return dom_.parse_error(position, token, ex);
+    }
+
+private:
+    // Inside args.sas (an item, or anything in one)?
+    bool capturing() const noexcept { return in_sas_; }
+
+    // Where the next value goes: a new item, the value of the last key of the open mapping, or nowhere
+    // (inside a list: the loader only says "got a list").
+    config::plain_value* slot()
+    {
+        if (open_.empty()) {
+            return &r_.next_item();
+        }
+        config::plain_value* parent = open_.back();
+        if (parent == nullptr || parent->what != config::plain_value::kind::mapping || parent->items.empty()) {
+            return nullptr;
+        }
+        return &parent->items.back().value;
+    }
+    bool place(config::plain_value::kind what, std::string_view text)
+    {
+        if (config::plain_value* v = slot(); v != nullptr) {
+            v->what = what;
+            v->text = text;
+            v->items.clear();
+        }
+        return true;
+    }
+    template <typename Number>
+    bool place_number(Number value)
+    {
+        char text[24];
+        const auto [end, error] = std::to_chars(text, text + sizeof(text), value); // json::dump's digits
+        return place(config::plain_value::kind::scalar, r_.keep(std::string_view(text, end)));
+    }
+    void open(config::plain_value::kind what)
+    {
+        config::plain_value* v = slot();
+        if (v != nullptr) {
+            v->what = what;
+            v->text = {};
+            v->items.clear();
+        }
+        // A list's contents are not kept: push "nowhere" for it.
+        open_.push_back(what == config::plain_value::kind::mapping ? v : nullptr);
+    }
+
+    struct frame {
+        bool object;
+        std::string key; // the last key read in this object
+    };
+    request_reader& r_;
+    nlohmann::detail::json_sax_dom_parser<json> dom_;
+    std::vector<frame> stack_;                // DOM containers open
+    std::vector<config::plain_value*> open_;  // captured containers open (nullptr: not kept)
+    bool add_sas_ = false;
+    bool in_sas_ = false;
+    size_t sas_depth_ = 0;
+};
+
+bool request_reader::parse(std::string_view body, json& request)
+{
+    wipe();
+    request = json();
+    handler h(*this, request);
+    const bool ok = json::sax_parse(body, &h);
+    if (!ok) {
+        request = json(json::value_t::discarded);
+    }
+    return ok;
 }
 
 parsed<config::policy_config> policy_from_json(const json& policy)

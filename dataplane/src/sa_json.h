@@ -3,20 +3,24 @@
 //
 // Parsing SAs goes through the config loader (espresso/config/loader.h) so that a static SA in the
 // YAML file and an SA added over the control socket pass the same validation and get the same
-// messages: each SA object becomes a YAML node tree (no YAML text) for
-// config::load_security_association. Rendering never includes key material.
+// messages: each SA object becomes the loader's plain value tree (views of the JSON's strings, no
+// YAML nodes, no text) for config::load_security_association. Rendering never includes key material.
 //
 // Threads: plain functions without shared state; called on the main lcore by the control server and
 // by the telemetry refresh.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "espresso/config/loader.h"
 #include "espresso/config/types.h"
 #include "gateway_api.h"
 
@@ -37,6 +41,47 @@ parsed<config::sa_config> sa_from_json(const nlohmann::json& sa);
 // loader's SPI uniqueness rule over the batch. Errors name the item ("sas[3].key: ..."). The caller
 // wipes every returned sa_config after use.
 parsed<std::vector<config::sa_config>> sas_from_json(const nlohmann::json& sas);
+
+// The same for SA objects already read into plain value trees (request_reader below): the checks,
+// messages and wiping rules of sas_from_json.
+parsed<std::vector<config::sa_config>> sas_from_plain(std::span<const config::plain_value> sas);
+
+// Reads a control request without a JSON DOM for the SA objects of add-sas: the request is parsed
+// with nlohmann's SAX interface into its usual DOM, except that when the root's "op" is "add-sas" and
+// comes before "args", the items of args.sas go into plain value trees (sas()) whose text lives in one
+// arena reused between requests, and args.sas stays an empty array in the DOM. A DOM per SA object
+// (a map node and a string per field, then freed) was the largest cost of an add-sas after the
+// validation was moved off yaml-cpp. Any other request (or "op" after "args") is parsed as before.
+//
+// Threads: one reader per control server, main lcore only.
+class request_reader {
+public:
+    request_reader();
+    ~request_reader();
+    request_reader(const request_reader&) = delete;
+    request_reader& operator=(const request_reader&) = delete;
+
+    // False when `body` is not one valid JSON value (the DOM is then unusable).
+    bool parse(std::string_view body, nlohmann::json& request);
+    bool captured() const noexcept { return captured_; }
+    std::span<const config::plain_value> sas() const noexcept { return {items_.data(), count_}; }
+    // Overwrites the captured text (it holds the keys) and forgets the items. Call after every request.
+    void wipe() noexcept;
+
+private:
+    class handler;
+    friend class handler;
+    std::string_view keep(std::string_view text);
+    config::plain_value& next_item();
+
+    std::vector<std::unique_ptr<char[]>> chunks_; // the arena: chunks of chunk_size (or larger) bytes
+    std::vector<size_t> chunk_sizes_;
+    size_t chunk_ = 0; // chunk being filled
+    size_t used_ = 0;  // bytes used in it
+    std::vector<config::plain_value> items_;
+    size_t count_ = 0;
+    bool captured_ = false;
+};
 
 // The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,
 // local-ports, remote-ports, action, priority, spi}), validated by the config loader too.

@@ -2,7 +2,11 @@
 
 #include <rte_byteorder.h>
 
+#include <rte_errno.h>
+
 #include <algorithm>
+#include <functional>
+#include <string_view>
 #include <cstring>
 #include <stdexcept>
 
@@ -105,6 +109,18 @@ uint32_t host_v4(const config::ip_prefix& p)
 
 uint8_t v4_length(const config::ip_prefix& p) { return p.address.family == 4 ? p.length : 0; }
 
+// The rule of an entry with its rank (spd.h): operator policies in list order, implied ones by SPI.
+spd_rule rule_of(const spd_entry& e, size_t position)
+{
+    spd_rule r;
+    r.action = e.policy.action;
+    r.sa = e.sa;
+    r.id = e.id;
+    r.priority = e.policy.priority;
+    r.order = e.implied ? implied_order(e.policy.spi) : position;
+    return r;
+}
+
 } // namespace
 
 compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t generation)
@@ -154,7 +170,7 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
             r.field[field6_dport].value.u16 = dp_lo;
             r.field[field6_dport].mask_range.u16 = dp_hi;
             acl6_rules.push_back(r);
-            rules_.push_back({p.action, e.sa, e.id});
+            rules_.push_back(rule_of(e, order[rank]));
             continue;
         }
         spd_acl_rule r{};
@@ -172,7 +188,7 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
         r.field[field_dport].value.u16 = dp_lo;
         r.field[field_dport].mask_range.u16 = dp_hi;
         acl_rules.push_back(r);
-        rules_.push_back({p.action, e.sa, e.id});
+        rules_.push_back(rule_of(e, order[rank]));
     }
     if (!acl6_rules.empty()) {
         rte_acl_field_def defs6[field6_count];
@@ -242,6 +258,281 @@ void compiled_spd::classify6(const spd6_key* const* keys, uint32_t* outbound, ui
                              uint32_t n) const noexcept
 {
     classify_with(ctx6_, keys, outbound, inbound_match, n);
+}
+
+// --- Level 2 ---------------------------------------------------------------------------------
+
+host_key make_host_key(host_category category, const config::ip_prefix& remote) noexcept
+{
+    host_key k{};
+    k.category = static_cast<uint8_t>(category);
+    k.family = remote.address.family;
+    std::memcpy(k.address, remote.address.bytes.data(), remote.address.family == 4 ? 4 : 16);
+    return k;
+}
+
+host_spd::host_spd(const std::string& name, uint32_t capacity, int socket)
+{
+    rte_hash_parameters hp{};
+    hp.name = name.c_str();
+    hp.entries = capacity;
+    hp.key_len = sizeof(host_key);
+    hp.socket_id = socket;
+    // Extendable buckets: `capacity` keys always fit, so a worker never fails to apply an add.
+    hp.extra_flag = RTE_HASH_EXTRA_FLAGS_EXT_TABLE;
+    hash_ = rte_hash_create(&hp);
+    if (hash_ == nullptr) {
+        throw std::runtime_error("cannot create the host policy table " + name + ": " + rte_strerror(rte_errno));
+    }
+}
+
+host_spd::~host_spd() { rte_hash_free(hash_); }
+
+void host_spd::set(const host_bucket* bucket) noexcept
+{
+    void* old = nullptr;
+    if (rte_hash_lookup_data(hash_, &bucket->key, &old) < 0) {
+        ++count_[bucket->key.category & 1];
+    }
+    // Cannot fail: host_policies never holds more keys than the table's capacity.
+    rte_hash_add_key_data(hash_, &bucket->key, const_cast<host_bucket*>(bucket));
+}
+
+void host_spd::remove(const host_bucket* bucket) noexcept
+{
+    if (rte_hash_del_key(hash_, &bucket->key) >= 0) {
+        --count_[bucket->key.category & 1];
+    }
+}
+
+namespace {
+
+// Is `address` (network order, 4 or 16 bytes) inside the candidate's local prefix?
+bool local_contains(const host_candidate& c, const uint8_t* address, unsigned bytes) noexcept
+{
+    const unsigned whole = std::min<unsigned>(c.length / 8U, bytes);
+    if (std::memcmp(c.network, address, whole) != 0) {
+        return false;
+    }
+    const unsigned bits = c.length % 8U;
+    if (bits == 0 || whole >= bytes) {
+        return true;
+    }
+    const auto mask = static_cast<uint8_t>(0xff00U >> bits);
+    return (address[whole] & mask) == c.network[whole];
+}
+
+} // namespace
+
+void host_spd::lookup(host_category category, uint8_t family, const uint8_t* const* address,
+                      const uint8_t* const* local, const spd_rule** result, uint32_t n) const noexcept
+{
+    const unsigned bytes = family == 4 ? 4 : 16;
+    for (uint32_t off = 0; off < n; off += RTE_HASH_LOOKUP_BULK_MAX) {
+        const uint32_t len = std::min<uint32_t>(RTE_HASH_LOOKUP_BULK_MAX, n - off);
+        host_key keys[RTE_HASH_LOOKUP_BULK_MAX];
+        const void* key_ptrs[RTE_HASH_LOOKUP_BULK_MAX];
+        for (uint32_t i = 0; i < len; ++i) {
+            host_key& k = keys[i];
+            k = {};
+            k.category = static_cast<uint8_t>(category);
+            k.family = family;
+            std::memcpy(k.address, address[off + i], bytes);
+            key_ptrs[i] = &k;
+        }
+        uint64_t hits = 0;
+        void* data[RTE_HASH_LOOKUP_BULK_MAX];
+        rte_hash_lookup_bulk_data(hash_, key_ptrs, len, &hits, data);
+        for (uint32_t i = 0; i < len; ++i) {
+            result[off + i] = nullptr;
+            if ((hits & (uint64_t{1} << i)) == 0) {
+                continue;
+            }
+            for (const host_candidate& c : static_cast<const host_bucket*>(data[i])->candidates) {
+                if (local_contains(c, local[off + i], bytes)) {
+                    result[off + i] = &c.rule;
+                    break; // sorted by rank
+                }
+            }
+        }
+    }
+}
+
+size_t host_policies::key_hash::operator()(const host_key& k) const noexcept
+{
+    return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(&k), sizeof(k)));
+}
+
+void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next)
+{
+    updates_.reserve(updates_.size() + 1);
+    retired_.reserve(retired_.size() + 1);
+    updates_.push_back({next.get(), false});
+    if (slot) {
+        retired_.push_back(std::move(slot));
+    }
+    slot = std::move(next);
+}
+
+bool host_policies::add(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
+                        const spd_rule& rule)
+{
+    const host_key key = make_host_key(category, remote);
+    auto it = buckets_.find(key);
+    if (it == buckets_.end() && buckets_.size() >= capacity_) {
+        return false;
+    }
+    host_candidate c;
+    c.length = local.length;
+    std::memcpy(c.network, local.address.bytes.data(), local.address.family == 4 ? 4 : 16);
+    c.rule = rule;
+    auto next = std::make_unique<host_bucket>();
+    next->key = key;
+    if (it != buckets_.end()) {
+        next->candidates = it->second->candidates;
+    }
+    const auto at = std::upper_bound(next->candidates.begin(), next->candidates.end(), c,
+                                     [](const host_candidate& a, const host_candidate& b) {
+                                         return ranked_before(a.rule, b.rule);
+                                     });
+    next->candidates.insert(at, c);
+    if (it == buckets_.end()) {
+        it = buckets_.emplace(key, nullptr).first;
+    }
+    replace(it->second, std::move(next));
+    return true;
+}
+
+bool host_policies::remove(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
+                           uint64_t order)
+{
+    const host_key key = make_host_key(category, remote);
+    auto it = buckets_.find(key);
+    if (it == buckets_.end()) {
+        return false;
+    }
+    const auto& old = it->second->candidates;
+    const auto victim = std::find_if(old.begin(), old.end(), [&](const host_candidate& c) {
+        return c.rule.order == order && c.length == local.length &&
+               std::memcmp(c.network, local.address.bytes.data(), local.address.family == 4 ? 4 : 16) == 0;
+    });
+    if (victim == old.end()) {
+        return false;
+    }
+    if (old.size() == 1) {
+        // The last one: the workers delete the key (read from the old bucket, kept until released).
+        updates_.push_back({it->second.get(), true});
+        retired_.push_back(std::move(it->second));
+        buckets_.erase(it);
+        return true;
+    }
+    auto next = std::make_unique<host_bucket>();
+    next->key = key;
+    next->candidates.reserve(old.size() - 1);
+    for (auto c = old.begin(); c != old.end(); ++c) {
+        if (c != victim) {
+            next->candidates.push_back(*c);
+        }
+    }
+    replace(it->second, std::move(next));
+    return true;
+}
+
+const host_bucket* host_policies::find(const host_key& key) const
+{
+    const auto it = buckets_.find(key);
+    return it == buckets_.end() ? nullptr : it->second.get();
+}
+
+namespace {
+
+// The better-ranked of the rte_acl winner and the host winner.
+const spd_rule* better(const spd_rule* acl, const spd_rule* host) noexcept
+{
+    if (host == nullptr) {
+        return acl;
+    }
+    return acl == nullptr || ranked_before(*host, *acl) ? host : acl;
+}
+
+template <typename Key>
+void classify_two_levels(const compiled_spd* spd, const host_spd& hosts, const Key* const* keys,
+                         const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n,
+                         uint8_t family) noexcept
+{
+    for (uint32_t off = 0; off < n; off += 64) {
+        const uint32_t len = std::min<uint32_t>(64, n - off);
+        const Key* const* k = keys + off;
+        uint32_t out_index[64];
+        uint32_t in_index[64];
+        if (spd == nullptr) {
+            std::fill(out_index, out_index + len, 0U);
+            std::fill(in_index, in_index + len, 0U);
+        } else if constexpr (sizeof(Key) == sizeof(spd_key)) {
+            spd->classify(k, out_index, in_index, len);
+        } else {
+            spd->classify6(k, out_index, in_index, len);
+        }
+        for (uint32_t i = 0; i < len; ++i) {
+            outbound[off + i] = out_index[i] == 0 ? nullptr : &spd->rule(out_index[i]);
+            inbound_match[off + i] = in_index[i] == 0 ? nullptr : &spd->rule(in_index[i]);
+        }
+        auto address_of = [](const Key* key, bool destination) -> const uint8_t* {
+            if constexpr (sizeof(Key) == sizeof(spd_key)) {
+                return reinterpret_cast<const uint8_t*>(destination ? &key->destination : &key->source);
+            } else {
+                return destination ? key->destination : key->source;
+            }
+        };
+        const spd_rule* host[64];
+        const uint8_t* address[64];
+        const uint8_t* other[64];
+        if (!hosts.empty(host_category::outbound)) {
+            // Outbound: the remote host is the packet's destination, the local prefix holds its source.
+            for (uint32_t i = 0; i < len; ++i) {
+                address[i] = address_of(k[i], true);
+                other[i] = address_of(k[i], false);
+            }
+            hosts.lookup(host_category::outbound, family, address, other, host, len);
+            for (uint32_t i = 0; i < len; ++i) {
+                outbound[off + i] = better(outbound[off + i], host[i]);
+            }
+        }
+        if (!hosts.empty(host_category::inbound_check)) {
+            // The inbound check matters only where no outbound rule decided (the worker's
+            // apply_policies): look up only those packets, by their source.
+            uint32_t which[64];
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < len; ++i) {
+                if (outbound[off + i] == nullptr) {
+                    which[m] = i;
+                    address[m] = address_of(k[i], false);
+                    other[m] = address_of(k[i], true);
+                    ++m;
+                }
+            }
+            if (m != 0) {
+                hosts.lookup(host_category::inbound_check, family, address, other, host, m);
+                for (uint32_t j = 0; j < m; ++j) {
+                    inbound_match[off + which[j]] = better(inbound_match[off + which[j]], host[j]);
+                }
+            }
+        }
+    }
+}
+
+} // namespace
+
+void classify(const compiled_spd* spd, const host_spd& hosts, const spd_key* const* keys,
+              const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept
+{
+    classify_two_levels(spd, hosts, keys, outbound, inbound_match, n, 4);
+}
+
+void classify6(const compiled_spd* spd, const host_spd& hosts, const spd6_key* const* keys,
+               const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept
+{
+    classify_two_levels(spd, hosts, keys, outbound, inbound_match, n, 6);
 }
 
 } // namespace espresso::dp

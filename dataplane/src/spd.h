@@ -1,7 +1,24 @@
-// Security Policy Database (RFC 4301 §4.4.1) for transit traffic, compiled into two rte_acl
-// contexts (IPv4 and IPv6 selectors; one rule list). A compiled SPD is immutable: the management thread builds a new one for every change and
-// hands the pointer to each worker through its update ring; the old one is freed only after every
-// worker acknowledged the switch.
+// Security Policy Database (RFC 4301 §4.4.1) for transit traffic, in two levels:
+//
+//  1. compiled_spd: operator policies (and their mirrored inbound checks) plus the SA-implied
+//     policies whose remote selector is a prefix, compiled into two rte_acl contexts (IPv4 and IPv6
+//     selectors; one rule list). A compiled SPD is immutable: the management thread builds a new one
+//     for every change and hands the pointer to each worker through its update ring; the old one is
+//     freed only after every worker acknowledged the switch.
+//  2. host_spd: the SA-implied policies whose remote selector is one host (/32, /128: remote-access
+//     clients, per-host tunnels, the common case at 100k SAs), in an exact-match rte_hash per worker
+//     keyed by that address. The main lcore keeps the authoritative copy (host_policies) and sends
+//     each changed bucket to every worker's table through its update ring, like SAD entries, so an
+//     SA install changes one bucket instead of recompiling rte_acl over every SA (measured: the
+//     whole context per batch fell from 8k to 0.9k installs/s past 20k outbound SAs).
+//
+// The two levels give the same answer as one rte_acl over all entries would. Every rule carries its
+// rank: (priority, then operator policies before SA-implied ones, then operator policies in
+// configuration order and implied ones by SPI); lower wins (RFC 4301 §4.4.1: the first matching entry
+// of an ordered SPD). A packet's verdict is the better-ranked of the rte_acl winner and the first
+// matching host candidate (candidates are kept sorted by rank). Implied policies have priority 1000,
+// so operator policies at the default 0 still override them, and a `trap` at 2000 is still beaten
+// by the SA that IKE installed for it.
 //
 // One classification answers two questions at once (two ACL categories):
 //  - category 0, outbound: what to do with a cleartext packet about to leave (protect with an SA,
@@ -11,9 +28,13 @@
 #pragma once
 
 #include <rte_acl.h>
+#include <rte_hash.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "espresso/config/types.h"
@@ -48,12 +69,24 @@ struct spd_rule {
     config::policy_action action = config::policy_action::bypass;
     sa_runtime* sa = nullptr; // protect: the outbound SA
     uint32_t id = 0;          // policy id shown to the operator
+    uint32_t priority = 0;    // rank, first part: the policy's priority (lower wins)
+    uint64_t order = 0;       // rank, second part: operator policies: position; implied: 1 << 32 | SPI
 };
+
+// Is rule `a` ranked before `b` (wins over it)?
+inline bool ranked_before(const spd_rule& a, const spd_rule& b) noexcept
+{
+    return a.priority != b.priority ? a.priority < b.priority : a.order < b.order;
+}
+
+// The `order` of an SA-implied rule: after every operator policy of the same priority, then by SPI.
+inline uint64_t implied_order(uint32_t spi) noexcept { return (uint64_t{1} << 32) | spi; }
 
 struct spd_entry {
     config::policy_config policy;
     sa_runtime* sa = nullptr;  // protect (outbound) only
     bool inbound_check = false; // category 1: checks cleartext arriving (mirrored selectors)
+    bool implied = false;       // from an SA's selectors (ranked after operator policies of equal priority)
     uint32_t id = 0;
 };
 
@@ -76,5 +109,119 @@ private:
     rte_acl_ctx* ctx6_ = nullptr;
     std::vector<spd_rule> rules_;
 };
+
+// --- Level 2: SA-implied policies with a host remote selector -----------------------------------
+
+// Category of a host entry: what an SA's selectors imply, as in compiled_spd's two categories.
+enum class host_category : uint8_t {
+    outbound = 0,      // outbound SA: cleartext to `remote` from inside `local` is protected by it
+    inbound_check = 1, // inbound SA: cleartext from `remote` to inside `local` should have come encrypted
+};
+
+// Key of the exact-match table: category, address family and the remote host (network order; IPv4 in
+// the first 4 bytes, the rest zero).
+struct host_key {
+    uint8_t category;
+    uint8_t family;
+    uint8_t pad[2];
+    uint8_t address[16];
+    bool operator==(const host_key&) const = default;
+};
+static_assert(sizeof(host_key) == 20);
+
+// One implied policy under a host key: its local selector and its rule.
+struct host_candidate {
+    uint8_t length = 0;      // local prefix length
+    uint8_t network[16]{};   // local prefix, host bits zero (IPv4 in the first 4 bytes)
+    spd_rule rule;
+};
+
+// Every implied policy of one host key, sorted by rank (first match wins). Immutable once made: the
+// main lcore replaces a bucket by a new one and frees the old one after every worker acknowledged.
+struct host_bucket {
+    host_key key{};
+    std::vector<host_candidate> candidates;
+};
+
+// A worker's exact-match table (one per worker: only its worker reads it, and only its worker writes
+// it, applying the main lcore's messages between bursts). rte_hash with the extendable bucket table,
+// so `capacity` keys always fit: an add never fails on the worker.
+class host_spd {
+public:
+    host_spd(const std::string& name, uint32_t capacity, int socket);
+    ~host_spd();
+    host_spd(const host_spd&) = delete;
+    host_spd& operator=(const host_spd&) = delete;
+
+    // Worker (or main lcore before the workers run): install/replace or remove a bucket.
+    void set(const host_bucket* bucket) noexcept;
+    void remove(const host_bucket* bucket) noexcept;
+
+    // The best outbound (category 0) or inbound-check (category 1) host rule per packet, nullptr if
+    // none. `address[i]` is the packet's destination (outbound) or source (inbound check).
+    void lookup(host_category category, uint8_t family, const uint8_t* const* address,
+                const uint8_t* const* local, const spd_rule** result, uint32_t n) const noexcept;
+    bool empty(host_category category) const noexcept { return count_[static_cast<int>(category)] == 0; }
+
+private:
+    rte_hash* hash_ = nullptr;
+    uint32_t count_[2]{};
+};
+
+// Main lcore: the authoritative set of host-keyed implied policies, and the buckets to send.
+class host_policies {
+public:
+    explicit host_policies(size_t capacity) : capacity_(capacity) {}
+
+    // Is `remote` one host (the level-2 table can hold its policy)?
+    static bool is_host(const config::ip_prefix& remote) noexcept
+    {
+        return (remote.address.family == 4 && remote.length == 32) ||
+               (remote.address.family == 6 && remote.length == 128);
+    }
+    // Adds an implied policy (local, remote host) with `rule`. False, and nothing changes, when the
+    // table is full and the remote is a new key: the caller keeps that policy in rte_acl instead.
+    bool add(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
+             const spd_rule& rule);
+    // Removes the implied policy of (local, remote) whose rule has `order` (an SA's implied_order).
+    // False if there is none.
+    bool remove(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
+                uint64_t order);
+
+    // A bucket change for the workers: the new bucket (set) or the old one (remove: its key).
+    struct update {
+        const host_bucket* bucket;
+        bool remove;
+    };
+    // The changes since the last call, in order. Buckets stay alive until release_retired().
+    std::vector<update> take_updates() { return std::exchange(updates_, {}); }
+    bool has_updates() const noexcept { return !updates_.empty(); }
+    // Every worker applied the updates taken so far: free the buckets they replaced.
+    void release_retired() noexcept { retired_.clear(); }
+    size_t keys() const noexcept { return buckets_.size(); }
+
+    // For tests and telemetry: the bucket of a key, nullptr if none.
+    const host_bucket* find(const host_key& key) const;
+
+private:
+    struct key_hash {
+        size_t operator()(const host_key& k) const noexcept;
+    };
+    void replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next);
+
+    size_t capacity_;
+    std::unordered_map<host_key, std::unique_ptr<host_bucket>, key_hash> buckets_;
+    std::vector<std::unique_ptr<host_bucket>> retired_;
+    std::vector<update> updates_;
+};
+
+host_key make_host_key(host_category category, const config::ip_prefix& remote) noexcept;
+
+// The two levels together for a burst of one family's keys: the winning rule per packet for the
+// outbound category and the inbound check, nullptr = no policy. `spd` may be null (no rte_acl rules).
+void classify(const compiled_spd* spd, const host_spd& hosts, const spd_key* const* keys,
+              const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept;
+void classify6(const compiled_spd* spd, const host_spd& hosts, const spd6_key* const* keys,
+               const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept;
 
 } // namespace espresso::dp

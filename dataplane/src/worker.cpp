@@ -151,6 +151,12 @@ private:
             case update_msg::set_spd:
                 w_.spd = static_cast<const compiled_spd*>(msg.ptr);
                 break;
+            case update_msg::set_host:
+                w_.hosts->set(static_cast<const host_bucket*>(msg.ptr));
+                break;
+            case update_msg::remove_host:
+                w_.hosts->remove(static_cast<const host_bucket*>(msg.ptr));
+                break;
             }
             w_.applied.store(msg.generation, std::memory_order_release);
         }
@@ -600,16 +606,10 @@ private:
         if (kept == 0) {
             return;
         }
-        uint32_t out_rule[max_vector];
-        uint32_t in_match[max_vector];
-        const compiled_spd* spd = w_.spd;
-        if (spd == nullptr) {
-            std::fill(out_rule, out_rule + kept, 0U);
-            std::fill(in_match, in_match + kept, 0U);
-        } else {
-            spd->classify(key_ptrs, out_rule, in_match, kept);
-        }
-        apply_policies(pkts, kept, spd, out_rule, in_match, protocol, forward, n_forward);
+        const spd_rule* out_rule[max_vector];
+        const spd_rule* in_match[max_vector];
+        classify(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
     }
 
     // Cleartext IPv6 transit: hop limit, link-local scope, SPD, then encapsulation.
@@ -645,30 +645,24 @@ private:
         if (kept == 0) {
             return;
         }
-        uint32_t out_rule[max_vector];
-        uint32_t in_match[max_vector];
-        const compiled_spd* spd = w_.spd;
-        if (spd == nullptr) {
-            std::fill(out_rule, out_rule + kept, 0U);
-            std::fill(in_match, in_match + kept, 0U);
-        } else {
-            spd->classify6(key_ptrs, out_rule, in_match, kept);
-        }
-        apply_policies(pkts, kept, spd, out_rule, in_match, protocol, forward, n_forward);
+        const spd_rule* out_rule[max_vector];
+        const spd_rule* in_match[max_vector];
+        classify6(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
     }
 
     // The SPD verdicts of a burst (either family): bypass and no-policy packets are forwarded,
     // protected ones grouped by SA and encapsulated.
-    void apply_policies(rte_mbuf** pkts, uint16_t kept, const compiled_spd* spd, const uint32_t* out_rule,
-                        const uint32_t* in_match, const uint8_t* protocol, rte_mbuf** forward,
+    void apply_policies(rte_mbuf** pkts, uint16_t kept, const spd_rule* const* out_rule,
+                        const spd_rule* const* in_match, const uint8_t* protocol, rte_mbuf** forward,
                         uint16_t& n_forward) noexcept
     {
         sa_groups groups;
         for (uint16_t i = 0; i < kept; ++i) {
             rte_mbuf* m = pkts[i];
-            if (out_rule[i] == 0) {
-                if (in_match[i] != 0) {
-                    const spd_rule& in = spd->rule(in_match[i]);
+            if (out_rule[i] == nullptr) {
+                if (in_match[i] != nullptr) {
+                    const spd_rule& in = *in_match[i];
                     if (in.action == config::policy_action::discard) {
                         drop(m, gateway_drop::spd_discard);
                         continue;
@@ -682,7 +676,7 @@ private:
                 forward[n_forward++] = m; // bypass, or no policy: forwarded like a router
                 continue;
             }
-            const spd_rule& rule = spd->rule(out_rule[i]);
+            const spd_rule& rule = *out_rule[i];
             if (rule.action == config::policy_action::bypass) {
                 forward[n_forward++] = m;
                 continue;

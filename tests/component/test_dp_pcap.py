@@ -64,6 +64,7 @@ neighbors:
 policies:
   - {{ local: 192.168.1.0/24, remote: 192.168.2.99/32, action: bypass, priority: 10 }}
   - {{ local: 192.168.1.0/24, remote: 192.168.2.66/32, protocol: udp, action: discard, priority: 10 }}
+  - {{ local: 192.168.1.0/24, remote: 192.168.4.7/32, protocol: udp, remote-ports: 40009, action: discard, priority: 10 }}
 security-associations:
   - {{ spi: 0x1001, direction: outbound, protocol: esp, mode: tunnel, source: 198.51.100.1, destination: 203.0.113.1,
       encryption: aes128gcm16, key: 0x{gcm_out}, integrity: none,
@@ -77,12 +78,19 @@ security-associations:
   - {{ spi: 0x2002, direction: inbound, protocol: esp, mode: tunnel, source: 203.0.113.2, destination: 198.51.100.1,
       encryption: aes256, key: 0x{cbc_in}, integrity: sha256, integrity-key: 0x{cbc_in_auth},
       selectors: {{ local: 192.168.1.0/24, remote: 192.168.3.0/24 }} }}
+  # A host remote selector (/32): its implied policies live in the SPD's exact-match level (spd.h).
+  - {{ spi: 0x1003, direction: outbound, protocol: esp, mode: tunnel, source: 198.51.100.1, destination: 203.0.113.3,
+      encryption: aes128gcm16, key: 0x{gcm_out}, integrity: none,
+      selectors: {{ local: 192.168.1.0/24, remote: 192.168.4.7/32 }} }}
+  - {{ spi: 0x2003, direction: inbound, protocol: esp, mode: tunnel, source: 203.0.113.3, destination: 198.51.100.1,
+      encryption: aes128gcm16, key: 0x{gcm_in}, integrity: none,
+      selectors: {{ local: 192.168.1.0/24, remote: 192.168.4.7/32 }} }}
 """
 
 
 def scapy_sa(spi, src, dst):
-    if spi in (0x1001, 0x2001):
-        key = GCM_OUT if spi == 0x1001 else GCM_IN
+    if spi in (0x1001, 0x2001, 0x1003):
+        key = GCM_IN if spi == 0x2001 else GCM_OUT
         return SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL",
                                    auth_key=None, tunnel_header=IP(src=src, dst=dst))
     key, auth = (CBC_OUT, CBC_OUT_AUTH) if spi == 0x1002 else (CBC_IN, CBC_IN_AUTH)
@@ -109,7 +117,7 @@ class Scenario:
     def __init__(self):
         self.inside_in = []        # frames the LAN host sends
         self.outside_in = []       # frames from the internet router
-        self.to_tunnel = {0x1001: [], 0x1002: []}   # plaintext expected inside ESP, in order
+        self.to_tunnel = {0x1001: [], 0x1002: [], 0x1003: []}   # plaintext expected inside ESP, in order
         self.bypass = []           # plaintext expected in clear on the outside
         self.to_lan = []           # plaintext expected on the inside
         lan = Ether(src=HOST_MAC, dst=GW_IN_MAC)
@@ -126,6 +134,12 @@ class Scenario:
             p = udp("192.168.1.10", "192.168.3.10", 40000, 40002, size, ident)
             self.inside_in.append(lan / p)
             self.to_tunnel[0x1002].append(p)
+        # To the host of SA 0x1003's /32 selector (the SPD's host level), GCM.
+        for size in (5, 300, 900):
+            ident += 1
+            p = udp("192.168.1.10", "192.168.4.7", 40000, 40008, size, ident)
+            self.inside_in.append(lan / p)
+            self.to_tunnel[0x1003].append(p)
         # Bypass (explicit policy, priority 10 beats the SA's implied 1000): leaves in clear.
         for size in (10, 700, 20, 30):
             ident += 1
@@ -133,10 +147,14 @@ class Scenario:
             self.inside_in.append(lan / p)
             self.bypass.append(p)
         # Discard policy: dropped and counted (spd_discard).
-        self.discard = 3
+        self.discard = 5
         for size in (10, 20, 30):
             ident += 1
             self.inside_in.append(lan / udp("192.168.1.10", "192.168.2.66", 40000, 40004, size, ident))
+        # An operator discard (priority 10) for one port of SA 0x1003's host wins over its implied policy.
+        for size in (11, 22):
+            ident += 1
+            self.inside_in.append(lan / udp("192.168.1.10", "192.168.4.7", 40000, 40009, size, ident))
         # TTL 1 cannot be forwarded: ICMP Time Exceeded back to the host (RFC 1812 §5.3.1).
         ident += 1
         self.ttl_one = udp("192.168.1.10", "192.168.2.10", 40000, 40001, 10, ident, ttl=1)
@@ -172,7 +190,10 @@ class Scenario:
         self.selector_mismatch = 1
         ident += 1
         self.outside_in.append(wan / udp("192.168.2.10", "192.168.1.10", 40001, 40000, 50, ident))
-        self.unprotected = 1
+        # Cleartext from the host of inbound SA 0x2003's /32 selector: it should have come encrypted.
+        ident += 1
+        self.outside_in.append(wan / udp("192.168.4.7", "192.168.1.10", 40008, 40000, 50, ident))
+        self.unprotected = 2
         # Inbound CBC + HMAC-SHA-256.
         sa_cbc = scapy_sa(0x2002, "203.0.113.2", "198.51.100.1")
         for seq, size in ((1, 5), (2, 150), (3, 1100)):
@@ -243,7 +264,7 @@ def main():
 
         def outbound_scapy():
             problems = []
-            for spi, dst in ((0x1001, "203.0.113.1"), (0x1002, "203.0.113.2")):
+            for spi, dst in ((0x1001, "203.0.113.1"), (0x1002, "203.0.113.2"), (0x1003, "203.0.113.3")):
                 frames = [f for f in esp_out if f[ESP].spi == spi]
                 want = sc.to_tunnel[spi]
                 if len(frames) != len(want):
@@ -277,6 +298,8 @@ def main():
                 f'"0x{GCM_OUT.hex()}","NULL",""',
                 '"IPv4","198.51.100.1","203.0.113.2","0x00001002","AES-CBC [RFC3602]",'
                 f'"0x{CBC_OUT.hex()}","HMAC-SHA-256-128 [RFC4868]","0x{CBC_OUT_AUTH.hex()}"',
+                '"IPv4","198.51.100.1","203.0.113.3","0x00001003","AES-GCM with 16 octet ICV [RFC4106]",'
+                f'"0x{GCM_OUT.hex()}","NULL",""',
             ]
             args = ["tshark", "-n", "-r", path, "-o", "esp.enable_encryption_decode:TRUE",
                     "-o", "esp.enable_authentication_check:TRUE"]
@@ -286,15 +309,15 @@ def main():
             r = dp.subprocess.run(args, capture_output=True, text=True, timeout=120)
             rows = [l.split("\t") for l in r.stdout.splitlines() if l.strip()]
             problems = []
-            want = len(sc.to_tunnel[0x1001]) + len(sc.to_tunnel[0x1002])
+            want = sum(len(v) for v in sc.to_tunnel.values())
             if len(rows) != want:
                 problems.append(f"tshark saw {len(rows)} ESP packets, want {want}: {r.stderr[-500:]}")
             bad = [x for x in rows if len(x) < 3 or x[1] != "1"]
             if bad:
                 problems.append(f"ICV not good on {len(bad)} packets: {bad[:3]}")
             ports = {x[2] for x in rows if len(x) >= 3}
-            if ports != {"40001", "40002"}:
-                problems.append(f"decrypted UDP destination ports {ports}, want 40001 and 40002")
+            if ports != {"40001", "40002", "40008"}:
+                problems.append(f"decrypted UDP destination ports {ports}, want 40001, 40002 and 40008")
             return problems
         report.run("tshark decrypts every outbound ESP packet with the configured keys (esp.icv_good == 1)",
                    outbound_tshark)
@@ -325,7 +348,7 @@ def main():
             if got != want:
                 problems.append(f"cleartext on the outside: {[(f[IP].src, f[IP].dst, f[IP].ttl) for f in clear]}; "
                                 f"want the {len(want)} bypass packets to 192.168.2.99 with TTL-1")
-            leaked = [f for f in out if f[IP].dst in ("192.168.2.66",) or (f[IP].proto != 50 and f[IP].dst == "192.168.2.10")]
+            leaked = [f for f in out if f[IP].dst in ("192.168.2.66", "192.168.4.7") or (f[IP].proto != 50 and f[IP].dst == "192.168.2.10")]
             if leaked:
                 problems.append(f"{len(leaked)} discarded or protected-flow packets left in clear")
             return problems
@@ -348,7 +371,7 @@ def main():
                          ("decaps", 9)):
                 if dp.sa_count(s, k) != v:
                     problems.append(f"inbound 0x2001 {k} = {dp.sa_count(s, k)}, want {v}")
-            for key, n in ((("outbound", 0x1001), 16), (("outbound", 0x1002), 4)):
+            for key, n in ((("outbound", 0x1001), 16), (("outbound", 0x1002), 4), (("outbound", 0x1003), 3)):
                 if dp.sa_count(sas[key], "encaps") != n:
                     problems.append(f"{key} encaps = {dp.sa_count(sas[key], 'encaps')}, want {n}")
             if dp.sa_count(sas[("inbound", 0x2002)], "decaps") != 3:

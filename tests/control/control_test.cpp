@@ -911,7 +911,7 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
     EXPECT_EQ(sa["key"].get<std::string>().find("0011"), std::string::npos);
 }
 
-// What sa_from_json answered before it built the YAML tree directly: the SA as one-line YAML flow
+// What sa_from_json answered before it validated a built tree (now config::plain_value): the SA as one-line YAML flow
 // text through config::load_string, the field path re-rooted from "security-associations[0]" to "sa".
 // The direct path must give the same SA and, for every refusal, the same message.
 parsed<config::sa_config> sa_from_yaml_text(const json& sa)
@@ -942,6 +942,100 @@ parsed<config::sa_config> sa_from_yaml_text(const json& sa)
         }
         return {std::nullopt, message};
     }
+}
+
+bool same_sa(const config::sa_config& a, const config::sa_config& b)
+{
+    return a.spi == b.spi && a.dir == b.dir && a.protocol == b.protocol && a.mode == b.mode &&
+           a.source == b.source && a.destination == b.destination && a.cipher == b.cipher &&
+           a.cipher_key_bytes == b.cipher_key_bytes && a.cipher_key == b.cipher_key &&
+           a.cipher_key_length == b.cipher_key_length && a.integ == b.integ && a.integ_key == b.integ_key &&
+           a.integ_key_length == b.integ_key_length && a.esn == b.esn && a.replay_window == b.replay_window &&
+           a.local == b.local && a.remote == b.remote && a.udp.has_value() == b.udp.has_value() &&
+           a.lifetime.bytes == b.lifetime.bytes && a.lifetime.packets == b.lifetime.packets &&
+           a.lifetime.soft_bytes == b.lifetime.soft_bytes && a.lifetime.soft_packets == b.lifetime.soft_packets &&
+           a.df == b.df && a.dscp == b.dscp && a.dscp_value == b.dscp_value && a.ttl == b.ttl &&
+           a.tfc_pad_to == b.tfc_pad_to && a.initial_sequence == b.initial_sequence && a.origin == b.origin;
+}
+
+// add-sas read without a DOM for its SA objects (request_reader) must give what the DOM path gives:
+// the same SAs, or the same message, for every JSON type in every field; anything but an add-sas with
+// "op" before "args" is not captured; the captured text (keys) is overwritten by wipe().
+TEST(sa_json, RequestReaderGivesWhatTheDomPathGives)
+{
+    const std::vector<json> values = {nullptr, true, false, 0, -1, 65536, 4294967296, 1.5, 1e3, "", "0x",
+                                      "x", "ESP", "aes128gcm16", "sha256", "none", "copy", "inbound",
+                                      "tunnel", "198.51.100.1", "192.168.1.0/24", "0x00112233445566778899aabbccddeeff01020304",
+                                      json::array(), json::array({1, "a", json::object()}), json::object(),
+                                      json{{"local", "10.0.0.0/8"}, {"remote", "10.1.0.0/16"}},
+                                      json{{"bytes", 10}, {"nested", json::array({nullptr})}}};
+    std::vector<json> cases;
+    const json base = good_sa_json();
+    for (const auto& [key, value] : base.items()) {
+        for (const json& v : values) {
+            json sa = base;
+            sa[key] = v;
+            cases.push_back(sa);
+        }
+    }
+    for (const json& v : values) {
+        json sa = base;
+        sa["selectors"]["remote"] = v;
+        cases.push_back(sa);
+        cases.push_back(v); // not an object at all
+    }
+    request_reader reader;
+    size_t refused = 0;
+    json other = base;
+    other["spi"] = 0x7001; // a second, valid item before the case
+    for (const json& sa : cases) {
+        for (const json& copy : {json::array({sa}), json::array({other, sa})}) {
+            const std::string body = R"({"version": 1, "id": 3, "op": "add-sas", "args": {"sas": )" + copy.dump() + "}}";
+            json request;
+            ASSERT_TRUE(reader.parse(body, request)) << body;
+            ASSERT_TRUE(reader.captured()) << body;
+            EXPECT_EQ(request["args"]["sas"], json::array()) << "the DOM holds no SA object";
+            EXPECT_EQ(request["id"], 3);
+            const auto plain = sas_from_plain(reader.sas());
+            const auto dom = sas_from_json(copy);
+            ASSERT_EQ(plain.value.has_value(), dom.value.has_value()) << body << "\n" << plain.error << "\n" << dom.error;
+            if (!dom.value) {
+                EXPECT_EQ(plain.error, dom.error) << body;
+                ++refused;
+            } else {
+                ASSERT_EQ(plain.value->size(), dom.value->size());
+                for (size_t i = 0; i < dom.value->size(); ++i) {
+                    EXPECT_TRUE(same_sa((*plain.value)[i], (*dom.value)[i])) << body;
+                }
+            }
+            reader.wipe();
+        }
+    }
+    EXPECT_GT(refused, cases.size() / 2);
+
+    // "op" after "args", another op, or args.sas not where add-sas has it: the DOM as before.
+    for (const std::string body :
+         {R"({"version": 1, "id": 1, "args": {"sas": [{"spi": 1}]}, "op": "add-sas"})",
+          R"({"version": 1, "id": 1, "op": "delete-sas", "args": {"sas": [{"spi": 1, "direction": "inbound"}]}})",
+          R"({"version": 1, "id": 1, "op": "add-sas", "args": {"other": {"sas": [{"spi": 1}]}}})",
+          R"({"version": 1, "id": 1, "op": "add-sas", "args": {"sas": [{"spi": 1}]}, "args": {"sas": 5}})"}) {
+        json request;
+        ASSERT_TRUE(reader.parse(body, request));
+        EXPECT_FALSE(reader.captured()) << body;
+        EXPECT_EQ(request, json::parse(body)) << body;
+        reader.wipe();
+    }
+    json request;
+    EXPECT_FALSE(reader.parse(R"({"version": 1, "op": "add-sas", "args": {"sas": [{"key": "0x12"})", request));
+    EXPECT_FALSE(reader.parse(R"({"op": "add-sas"} trailing)", request));
+
+    // The key text is in the reader's arena until wipe().
+    ASSERT_TRUE(reader.parse(R"({"op": "add-sas", "args": {"sas": [{"key": "0xfeedface"}]}})", request));
+    ASSERT_EQ(reader.sas().size(), 1U);
+    const std::string_view key = reader.sas()[0].items.at(0).value.text;
+    ASSERT_EQ(key, "0xfeedface");
+    reader.wipe();
+    EXPECT_EQ(std::string(key.data(), key.size()), std::string(key.size(), '\0'));
 }
 
 TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)

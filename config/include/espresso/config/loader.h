@@ -68,10 +68,9 @@ gateway_config load_file(const std::string& path, const load_options& options = 
 gateway_config load_string(std::string_view yaml, const std::string& file_name = "<string>",
                            const load_options& options = {});
 
-// Security associations held as data rather than text: espresso-dp's control socket turns the JSON of
-// add-sa/add-sas into a YAML::Node tree (dataplane/src/sa_json.cpp) and validates it here with the
-// checks and messages of a `security-associations` item in a file, without writing and re-parsing YAML
-// text (which cost most of an SA install).
+// Security associations held as data rather than text: validated here with the checks and messages
+// of a `security-associations` item in a file, without writing and re-parsing YAML text (which cost
+// most of an SA install). espresso-dp's control socket uses the plain_value overload below.
 //
 // `path` names the item in errors ("sa" gives "sa.key", "sas[3]" gives "sas[3].key"). A built tree has
 // no positions: errors carry line and column 0 and file = `source`, and the SA's origin is `path`.
@@ -79,6 +78,24 @@ gateway_config load_string(std::string_view yaml, const std::string& file_name =
 // the null cipher. Throws config_error; the caller wipes the returned keys (wipe_keys).
 sa_config load_security_association(const YAML::Node& item, const std::string& path,
                                     const std::string& source);
+
+// The same for a plain value tree: what a JSON document holds (objects, strings, numbers written as
+// their text, booleans as true/false, null), referencing the caller's text instead of copying it. It is
+// the cheap input for the control socket's add-sa/add-sas: no YAML nodes (yaml-cpp allocates several
+// objects per node), one vector per mapping. Every check and message is the one for a YAML tree: the
+// loader reads both through the same field accessors. Scalars are views: the text must outlive the call.
+struct plain_item;
+struct plain_value {
+    enum class kind : uint8_t { null, scalar, mapping, sequence };
+    kind what = kind::null;
+    std::string_view text;         // scalar: the value as written (a number's digits, true/false)
+    std::vector<plain_item> items; // mapping: its keys in order (sequences: not read, the loader refuses them)
+};
+struct plain_item {
+    std::string_view key;
+    plain_value value;
+};
+sa_config load_security_association(const plain_value& item, const std::string& path, const std::string& source);
 
 // The file loader's rule for SPIs within one list (outbound SPIs unique, inbound (SPI, protocol)
 // unique; RFC 4301 §4.1), for SAs from load_security_association: the first duplicate is reported as

@@ -1,0 +1,108 @@
+// Main-lcore CPU per SA of the add-sas request path without sockets or workers: the JSON parse
+// (nlohmann) and the validation into sa_config (sas_from_json: the config loader's SA checks), on the
+// same SA objects perf/sa-install-rate sends, timed with the thread's CPU clock so that other load on
+// the machine shows up as little as possible.
+//
+// Usage: build/perf/sa-json-bench [batches (100)] [SAs per batch (1000)] [--outbound]
+#include <time.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "espresso/config/loader.h"
+#include "sa_json.h"
+
+namespace {
+
+double thread_cpu()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+std::string batch(unsigned first_spi, unsigned n, bool outbound)
+{
+    std::string body = R"({"version": 1, "id": 7, "op": "add-sas", "args": {"sas": [)";
+    char item[512];
+    for (unsigned i = 0; i < n; ++i) {
+        const unsigned spi = first_spi + i;
+        const unsigned host = spi & 0xffff;
+        if (outbound) {
+            std::snprintf(item, sizeof(item),
+                          R"(%s{"spi": "0x%x", "direction": "outbound", "protocol": "esp", "mode": "tunnel", )"
+                          R"("source": "198.51.100.1", "destination": "203.0.113.1", "encryption": "aes128gcm16", )"
+                          R"("key": "0x00112233445566778899aabbccddeeff01020304", "selectors": {"local": )"
+                          R"("192.168.1.0/24", "remote": "10.%u.%u.%u/32"}})",
+                          i == 0 ? "" : ", ", spi, host >> 16, (host >> 8) & 255, host & 255);
+        } else {
+            std::snprintf(item, sizeof(item),
+                          R"(%s{"spi": "0x%x", "direction": "inbound", "protocol": "esp", "mode": "tunnel", )"
+                          R"("source": "203.0.113.1", "destination": "198.51.100.1", "encryption": "aes128gcm16", )"
+                          R"("key": "0x00112233445566778899aabbccddeeff01020304", "replay-window": 64, )"
+                          R"("selectors": {"local": "192.168.1.0/24", "remote": "192.168.2.0/24"}})",
+                          i == 0 ? "" : ", ", spi);
+        }
+        body += item;
+    }
+    body += "]}}";
+    return body;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    unsigned batches = 100;
+    unsigned per_batch = 1000;
+    bool outbound = false;
+    int positional = 0;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--outbound") == 0) {
+            outbound = true;
+        } else if (positional++ == 0) {
+            batches = static_cast<unsigned>(std::strtoul(argv[i], nullptr, 0));
+        } else {
+            per_batch = static_cast<unsigned>(std::strtoul(argv[i], nullptr, 0));
+        }
+    }
+    std::vector<std::string> bodies;
+    for (unsigned b = 0; b < batches; ++b) {
+        bodies.push_back(batch(0x100000 + b * per_batch, per_batch, outbound));
+    }
+    double parse = 0;
+    double validate = 0;
+    double release = 0;
+    size_t checked = 0;
+    for (const auto& body : bodies) {
+        double t0 = thread_cpu();
+        nlohmann::json request = nlohmann::json::parse(body);
+        double t1 = thread_cpu();
+        auto parsed = espresso::dp::sas_from_json(request["args"]["sas"]);
+        double t2 = thread_cpu();
+        if (!parsed.value) {
+            std::fprintf(stderr, "refused: %s\n", parsed.error.c_str());
+            return 1;
+        }
+        checked += parsed.value->size();
+        for (auto& sa : *parsed.value) {
+            espresso::config::wipe_keys(sa);
+        }
+        parsed.value.reset();
+        request = nullptr;
+        double t3 = thread_cpu();
+        parse += t1 - t0;
+        validate += t2 - t1;
+        release += t3 - t2;
+    }
+    const double n = static_cast<double>(checked);
+    std::printf("%zu %s SAs in batches of %u: JSON parse %.2f us/SA, validation %.2f us/SA, freeing %.2f us/SA, "
+                "total %.2f us/SA (thread CPU time)\n",
+                checked, outbound ? "outbound" : "inbound", per_batch, parse * 1e6 / n, validate * 1e6 / n,
+                release * 1e6 / n, (parse + validate + release) * 1e6 / n);
+    return 0;
+}

@@ -1,0 +1,372 @@
+// Tests for dataplane/src/spd.cpp's two levels: rte_acl (operator policies, prefix selectors) plus the
+// exact-match host table (SA-implied policies whose remote selector is one host). The two levels must
+// give the answer one rte_acl over every entry gives: checked on fixed cases (priorities between
+// operator and implied policies, trap, deletes, both families, the inbound check) and on random sets
+// against a single compiled_spd as the oracle.
+#include "spd.h"
+
+#include <gtest/gtest.h>
+#include <rte_byteorder.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace espresso::dp {
+namespace {
+
+using config::policy_action;
+
+// rte_acl contexts are named by generation: every context alive at once needs its own.
+uint64_t next_generation()
+{
+    static uint64_t generation = 1000;
+    return ++generation;
+}
+
+config::ip_prefix pfx(const std::string& text)
+{
+    const auto p = config::parse_prefix(text);
+    if (!p) {
+        throw std::logic_error("test bug: " + text);
+    }
+    return *p;
+}
+
+sa_runtime* fake_sa(uintptr_t n) { return reinterpret_cast<sa_runtime*>(n * 64); } // never dereferenced
+
+spd_entry operator_policy(const std::string& local, const std::string& remote, policy_action action,
+                          uint32_t priority, uint32_t id)
+{
+    spd_entry e;
+    e.policy.local = pfx(local);
+    e.policy.remote = pfx(remote);
+    e.policy.action = action;
+    e.policy.priority = priority;
+    e.id = id;
+    return e;
+}
+
+spd_entry implied(const std::string& local, const std::string& remote, uint32_t spi, bool inbound)
+{
+    spd_entry e;
+    e.policy.local = pfx(local);
+    e.policy.remote = pfx(remote);
+    e.policy.action = policy_action::protect;
+    e.policy.priority = 1000;
+    e.policy.spi = spi;
+    e.implied = true;
+    e.inbound_check = inbound;
+    e.sa = inbound ? nullptr : fake_sa(spi);
+    return e;
+}
+
+spd_rule implied_rule(uint32_t spi, bool inbound)
+{
+    spd_rule r;
+    r.action = policy_action::protect;
+    r.sa = inbound ? nullptr : fake_sa(spi);
+    r.priority = 1000;
+    r.order = implied_order(spi);
+    return r;
+}
+
+// A worker's view: an rte_acl level, the main lcore's host set and one worker table fed from it.
+struct two_levels {
+    std::unique_ptr<compiled_spd> acl;
+    host_policies main{1 << 10};
+    host_spd table{"t_hspd" + std::to_string(++instances), 1 << 10, SOCKET_ID_ANY};
+    static inline int instances = 0;
+
+    void set_acl(const std::vector<spd_entry>& entries) { acl = std::make_unique<compiled_spd>(entries, next_generation()); }
+    bool add(const spd_entry& e)
+    {
+        const bool ok = main.add(e.inbound_check ? host_category::inbound_check : host_category::outbound,
+                                 e.policy.local, e.policy.remote, implied_rule(e.policy.spi, e.inbound_check));
+        publish();
+        return ok;
+    }
+    bool remove(const spd_entry& e)
+    {
+        const bool ok = main.remove(e.inbound_check ? host_category::inbound_check : host_category::outbound,
+                                    e.policy.local, e.policy.remote, implied_order(e.policy.spi));
+        publish();
+        return ok;
+    }
+    void publish()
+    {
+        for (const auto& u : main.take_updates()) {
+            if (u.remove) {
+                table.remove(u.bucket);
+            } else {
+                table.set(u.bucket);
+            }
+        }
+        main.release_retired();
+    }
+};
+
+spd_key key4(const std::string& src, const std::string& dst, uint8_t protocol = 6, uint16_t dport = 443)
+{
+    spd_key k{};
+    k.protocol = protocol;
+    std::memcpy(&k.source, pfx(src).address.bytes.data(), 4);
+    std::memcpy(&k.destination, pfx(dst).address.bytes.data(), 4);
+    k.source_port = rte_cpu_to_be_16(1000);
+    k.destination_port = rte_cpu_to_be_16(dport);
+    return k;
+}
+
+spd6_key key6(const std::string& src, const std::string& dst)
+{
+    spd6_key k{};
+    k.protocol = 17;
+    std::memcpy(k.source, pfx(src).address.bytes.data(), 16);
+    std::memcpy(k.destination, pfx(dst).address.bytes.data(), 16);
+    k.source_port = rte_cpu_to_be_16(1000);
+    k.destination_port = rte_cpu_to_be_16(2000);
+    return k;
+}
+
+struct verdict {
+    const spd_rule* out = nullptr;
+    const spd_rule* in = nullptr;
+};
+
+verdict classify_one(const two_levels& t, const spd_key& k)
+{
+    const spd_key* p = &k;
+    verdict v;
+    classify(t.acl.get(), t.table, &p, &v.out, &v.in, 1);
+    return v;
+}
+
+verdict classify_one6(const two_levels& t, const spd6_key& k)
+{
+    const spd6_key* p = &k;
+    verdict v;
+    classify6(t.acl.get(), t.table, &p, &v.out, &v.in, 1);
+    return v;
+}
+
+TEST(spd_levels, host_policy_protects_without_rte_acl)
+{
+    two_levels t;
+    ASSERT_TRUE(t.add(implied("192.168.1.0/24", "10.0.0.7/32", 0x1001, false)));
+    EXPECT_TRUE(t.table.empty(host_category::inbound_check));
+    EXPECT_FALSE(t.table.empty(host_category::outbound));
+    verdict v = classify_one(t, key4("192.168.1.5", "10.0.0.7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->sa, fake_sa(0x1001));
+    // Source outside the local selector, other destination: no policy.
+    EXPECT_EQ(classify_one(t, key4("192.168.9.5", "10.0.0.7")).out, nullptr);
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.8")).out, nullptr);
+}
+
+TEST(spd_levels, operator_policies_outrank_implied_host_policies_by_priority)
+{
+    two_levels t;
+    // bypass at priority 0 (the default) wins over the implied protect at 1000; a trap at 2000 loses.
+    t.set_acl({operator_policy("192.168.1.0/24", "10.0.0.7/32", policy_action::bypass, 0, 1),
+               operator_policy("192.168.2.0/24", "10.0.0.0/8", policy_action::trap, 2000, 2),
+               operator_policy("192.168.3.0/24", "10.0.0.0/8", policy_action::discard, 1000, 3)});
+    t.add(implied("192.168.0.0/16", "10.0.0.7/32", 0x2001, false));
+    verdict v = classify_one(t, key4("192.168.1.5", "10.0.0.7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->action, policy_action::bypass);
+    EXPECT_EQ(v.out->id, 1U);
+    v = classify_one(t, key4("192.168.2.5", "10.0.0.7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->action, policy_action::protect) << "the SA IKE installed beats its trap";
+    EXPECT_EQ(v.out->sa, fake_sa(0x2001));
+    v = classify_one(t, key4("192.168.2.5", "10.0.0.9"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->action, policy_action::trap) << "no SA for this host yet: the trap";
+    // Equal priority: operator policies come before implied ones (RFC 4301 ordered SPD, file first).
+    v = classify_one(t, key4("192.168.3.5", "10.0.0.7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->action, policy_action::discard);
+}
+
+TEST(spd_levels, equal_implied_policies_pick_the_lowest_spi_across_levels)
+{
+    two_levels t;
+    // An implied prefix policy (rte_acl) and implied host policies (rekey overlap) for the same traffic.
+    t.set_acl({implied("192.168.1.0/24", "10.0.0.0/24", 0x3000, false)});
+    t.add(implied("192.168.1.0/24", "10.0.0.7/32", 0x3005, false));
+    t.add(implied("192.168.1.0/24", "10.0.0.7/32", 0x3002, false));
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out->sa, fake_sa(0x3000));
+    t.set_acl({implied("192.168.1.0/24", "10.0.0.0/24", 0x3009, false)});
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out->sa, fake_sa(0x3002));
+    // Deletes: the next candidate, then the rte_acl rule, then nothing.
+    ASSERT_TRUE(t.remove(implied("192.168.1.0/24", "10.0.0.7/32", 0x3002, false)));
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out->sa, fake_sa(0x3005));
+    EXPECT_FALSE(t.remove(implied("192.168.1.0/24", "10.0.0.7/32", 0x3002, false))) << "already gone";
+    ASSERT_TRUE(t.remove(implied("192.168.1.0/24", "10.0.0.7/32", 0x3005, false)));
+    EXPECT_TRUE(t.table.empty(host_category::outbound));
+    EXPECT_EQ(t.main.keys(), 0U);
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out->sa, fake_sa(0x3009));
+    t.set_acl({});
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out, nullptr);
+}
+
+TEST(spd_levels, candidates_of_one_host_are_told_apart_by_local_selector)
+{
+    two_levels t;
+    t.add(implied("192.168.1.0/24", "10.0.0.7/32", 0x4001, false));
+    t.add(implied("192.168.2.128/25", "10.0.0.7/32", 0x4002, false));
+    t.add(implied("0.0.0.0/0", "10.0.0.7/32", 0x4003, false));
+    EXPECT_EQ(classify_one(t, key4("192.168.1.5", "10.0.0.7")).out->sa, fake_sa(0x4001));
+    EXPECT_EQ(classify_one(t, key4("192.168.2.200", "10.0.0.7")).out->sa, fake_sa(0x4002));
+    EXPECT_EQ(classify_one(t, key4("192.168.2.100", "10.0.0.7")).out->sa, fake_sa(0x4003));
+}
+
+TEST(spd_levels, inbound_check_from_a_host_only_where_no_outbound_rule_decides)
+{
+    two_levels t;
+    t.set_acl({operator_policy("192.168.1.0/24", "10.0.0.0/24", policy_action::bypass, 0, 7)});
+    t.add(implied("192.168.0.0/16", "10.0.0.7/32", 0, true));
+    EXPECT_TRUE(t.table.empty(host_category::outbound));
+    // Cleartext from the remote host to the local side: an inbound SA should have carried it.
+    verdict v = classify_one(t, key4("10.0.0.7", "192.168.5.5"));
+    EXPECT_EQ(v.out, nullptr);
+    ASSERT_NE(v.in, nullptr);
+    EXPECT_EQ(v.in->action, policy_action::protect);
+    // The other way round, or another host: not an inbound match.
+    EXPECT_EQ(classify_one(t, key4("192.168.5.5", "10.0.0.7")).in, nullptr);
+    EXPECT_EQ(classify_one(t, key4("10.0.0.8", "192.168.5.5")).in, nullptr);
+    ASSERT_TRUE(t.remove(implied("192.168.0.0/16", "10.0.0.7/32", 0, true)));
+    EXPECT_EQ(classify_one(t, key4("10.0.0.7", "192.168.5.5")).in, nullptr);
+}
+
+TEST(spd_levels, ipv6_host_policies)
+{
+    two_levels t;
+    t.set_acl({operator_policy("2001:db8:1:5::/64", "::/0", policy_action::discard, 0, 9)});
+    t.add(implied("2001:db8:1::/48", "2001:db8:ff::7/128", 0x5001, false));
+    t.add(implied("2001:db8:1::/48", "2001:db8:ff::8/128", 0, true));
+    verdict v = classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->sa, fake_sa(0x5001));
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:1:5::1", "2001:db8:ff::7")).out->action, policy_action::discard);
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:2::1", "2001:db8:ff::7")).out, nullptr) << "outside the /48";
+    EXPECT_NE(classify_one6(t, key6("2001:db8:ff::8", "2001:db8:1:9::1")).in, nullptr);
+    // An IPv4 packet whose destination bytes equal the start of the IPv6 host is another key.
+    EXPECT_EQ(classify_one(t, key4("32.1.13.184", "32.1.13.184")).out, nullptr);
+}
+
+TEST(spd_levels, full_table_refuses_new_hosts_but_extends_known_ones)
+{
+    host_policies main(2);
+    const auto rule = implied_rule(0x100, false);
+    EXPECT_TRUE(main.add(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), rule));
+    EXPECT_TRUE(main.add(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.2/32"), rule));
+    EXPECT_FALSE(main.add(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.3/32"), rule));
+    EXPECT_TRUE(main.add(host_category::outbound, pfx("192.168.0.0/16"), pfx("10.0.0.2/32"), rule));
+    EXPECT_EQ(main.keys(), 2U);
+    EXPECT_TRUE(host_policies::is_host(pfx("10.0.0.1/32")));
+    EXPECT_TRUE(host_policies::is_host(pfx("2001:db8::1/128")));
+    EXPECT_FALSE(host_policies::is_host(pfx("10.0.0.0/31")));
+}
+
+// Random sets of operator and implied policies: the two levels agree with one rte_acl over all of them.
+TEST(spd_levels, two_levels_agree_with_one_rte_acl_on_random_sets)
+{
+    std::mt19937 rng(4301);
+    auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
+    const char* locals[] = {"192.168.0.0/16", "192.168.1.0/24", "192.168.1.128/25", "192.168.1.5/32", "0.0.0.0/0"};
+    const char* remotes[] = {"10.0.0.0/8", "10.0.0.0/24", "10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "0.0.0.0/0"};
+    const char* hosts[] = {"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "10.0.1.1/32"};
+    const policy_action actions[] = {policy_action::bypass, policy_action::discard, policy_action::trap};
+    const uint32_t priorities[] = {0, 500, 1000, 2000};
+    for (int round = 0; round < 40; ++round) {
+        std::vector<spd_entry> all;
+        std::vector<spd_entry> acl_part;
+        two_levels t;
+        const int operators = pick(6);
+        for (int i = 0; i < operators; ++i) {
+            spd_entry e = operator_policy(locals[pick(5)], remotes[pick(6)], actions[pick(3)], priorities[pick(4)],
+                                          static_cast<uint32_t>(i + 1));
+            spd_entry mirror = e;
+            mirror.inbound_check = true;
+            for (const auto& x : {e, mirror}) {
+                all.push_back(x);
+                acl_part.push_back(x);
+            }
+        }
+        std::vector<spd_entry> host_part;
+        const int sas = 1 + pick(12);
+        for (int i = 0; i < sas; ++i) {
+            const bool inbound = pick(3) == 0;
+            const bool host = pick(4) != 0;
+            const std::string remote = host ? hosts[pick(4)] : remotes[pick(2)];
+            // Inbound checks: one per selector pair, the order of SPI 0 (as the gateway keeps them).
+            spd_entry e = implied(locals[pick(5)], remote, inbound ? 0 : 0x1000U + static_cast<uint32_t>(i), inbound);
+            bool duplicate = false;
+            for (const auto& x : all) {
+                duplicate = duplicate || (inbound && x.implied && x.inbound_check &&
+                                          x.policy.local == e.policy.local && x.policy.remote == e.policy.remote);
+            }
+            if (duplicate) {
+                continue;
+            }
+            all.push_back(e);
+            if (host) {
+                host_part.push_back(e);
+            } else {
+                acl_part.push_back(e);
+            }
+        }
+                t.set_acl(acl_part);
+        for (const auto& e : host_part) {
+            ASSERT_TRUE(t.add(e));
+        }
+        // Remove a host policy now and then (deletes must leave the same answers too).
+        if (!host_part.empty() && pick(2) == 0) {
+            const spd_entry victim = host_part[static_cast<size_t>(pick(static_cast<int>(host_part.size())))];
+            ASSERT_TRUE(t.remove(victim));
+            std::vector<spd_entry> rest;
+            for (const auto& e : all) {
+                if (!(e.implied && e.inbound_check == victim.inbound_check && e.policy.spi == victim.policy.spi &&
+                      e.policy.local == victim.policy.local && e.policy.remote == victim.policy.remote)) {
+                    rest.push_back(e);
+                }
+            }
+            all = rest;
+        }
+        compiled_spd oracle2(all, next_generation());
+        const char* sources[] = {"192.168.1.5", "192.168.1.200", "192.168.7.1", "10.0.0.1", "10.0.0.2", "10.0.1.1",
+                                 "172.16.0.1"};
+        const char* destinations[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "10.0.0.9", "192.168.1.5",
+                                      "192.168.1.200", "172.16.0.1"};
+        for (const char* src : sources) {
+            for (const char* dst : destinations) {
+                const spd_key k = key4(src, dst);
+                const spd_key* p = &k;
+                uint32_t out = 0;
+                uint32_t in = 0;
+                oracle2.classify(&p, &out, &in, 1);
+                const verdict v = classify_one(t, k);
+                const std::string where = "round " + std::to_string(round) + " " + src + " -> " + dst;
+                ASSERT_EQ(out == 0, v.out == nullptr) << where;
+                if (out != 0) {
+                    const spd_rule& want = oracle2.rule(out);
+                    EXPECT_EQ(want.action, v.out->action) << where;
+                    EXPECT_EQ(want.sa, v.out->sa) << where;
+                    EXPECT_EQ(want.id, v.out->id) << where;
+                } else {
+                    // Where no outbound rule decides, the inbound check must agree too.
+                    ASSERT_EQ(in == 0, v.in == nullptr) << where;
+                    if (in != 0) {
+                        EXPECT_EQ(oracle2.rule(in).action, v.in->action) << where;
+                    }
+                }
+            }
+        }
+    }
+}
+
+} // namespace
+} // namespace espresso::dp
