@@ -1184,6 +1184,8 @@ std::vector<worker_snapshot> gateway::workers() const
         s.rx_packets = w->rx_packets.load(std::memory_order_relaxed);
         s.tx_packets = w->tx_packets.load(std::memory_order_relaxed);
         s.to_exception = w->to_exception.load(std::memory_order_relaxed);
+        s.handed_off = w->handed_off.load(std::memory_order_relaxed);
+        s.handed_in = w->handed_in.load(std::memory_order_relaxed);
         const uint64_t polls = w->polls.load(std::memory_order_relaxed);
         const uint64_t busy = w->busy_polls.load(std::memory_order_relaxed);
         s.busy_percent = polls == 0 ? 0.0 : 100.0 * static_cast<double>(busy) / static_cast<double>(polls);
@@ -1216,6 +1218,8 @@ void gateway::clear_counters()
         w->rx_packets = 0;
         w->tx_packets = 0;
         w->to_exception = 0;
+        w->handed_off = 0;
+        w->handed_in = 0;
         w->polls = 0;
         w->busy_polls = 0;
         for (auto& d : w->drops) {

@@ -586,6 +586,8 @@ json to_json(const worker_snapshot& w)
         {"rx-packets", w.rx_packets},
         {"tx-packets", w.tx_packets},
         {"to-exception", w.to_exception},
+        {"handed-off", w.handed_off},
+        {"handed-in", w.handed_in},
         {"busy-percent", w.busy_percent},
         {"drops", drops_json(w.drops, gateway_drop_names, 0)},
     };
