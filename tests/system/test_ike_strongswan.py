@@ -341,6 +341,18 @@ def scenario_rekey_responder(topo, run, br):
     run.stop_ike()
 
 
+def scenario_stream_control(topo, run, br):
+    """Diagnostic, not in the default run: the rekey scenarios' streams for 15 s over one Child SA that
+    never rekeys, to tell path loss at a given ESPRESSO_STREAM_RATE from rekey loss."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="immediately", rekey="0"))
+    br.wait_for_child("net", timeout=30)
+    wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    finish_streams(streams(topo, 15), "15 s control, no rekey")
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
 def scenario_rekey_packets(topo, run, br):
     """A soft packet lifetime from the data plane triggers the Child SA rekey (no time-based rekey on
     either side): rekey-packets 3000, so espresso-dp raises soft-expire on the outbound SA after 3000
@@ -772,8 +784,13 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
              "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 
 
+# Run only when named on the command line.
+EXTRA_SCENARIOS = {"stream_control": scenario_stream_control}
+
+
 def main():
     wanted = sys.argv[1:] or list(SCENARIOS)
+    SCENARIOS.update(EXTRA_SCENARIOS)
     workdir = tempfile.mkdtemp(prefix="espresso-ike-")
     topo = IkeTopology(BUILD, prefix=f"iks{os.getpid() % 1000}", workdir=workdir,
                        hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))
