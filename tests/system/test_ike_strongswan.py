@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
 from strongswan import make_pki  # noqa: E402
 from topology import sh  # noqa: E402
-from udp_stream import UdpStream, assert_lossless, run_stream  # noqa: E402
+from udp_stream import UdpStream, assert_lossless  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build")))
 IKE_BIN = os.path.join(BUILD, "controlplane", "espresso-ike")
