@@ -1399,6 +1399,8 @@ std::vector<worker_snapshot> gateway::workers() const
         s.to_exception = w->to_exception.load(std::memory_order_relaxed);
         s.fragments = w->fragments.load(std::memory_order_relaxed);
         s.reassembled = w->reassembled.load(std::memory_order_relaxed);
+        s.handed_off = w->handed_off.load(std::memory_order_relaxed);
+        s.handed_in = w->handed_in.load(std::memory_order_relaxed);
         const uint64_t polls = w->polls.load(std::memory_order_relaxed);
         const uint64_t busy = w->busy_polls.load(std::memory_order_relaxed);
         s.busy_percent = polls == 0 ? 0.0 : 100.0 * static_cast<double>(busy) / static_cast<double>(polls);
@@ -1433,6 +1435,8 @@ void gateway::clear_counters()
         w->to_exception = 0;
         w->fragments = 0;
         w->reassembled = 0;
+        w->handed_off = 0;
+        w->handed_in = 0;
         w->polls = 0;
         w->busy_polls = 0;
         for (auto& d : w->drops) {

@@ -109,6 +109,8 @@ struct alignas(64) worker_state {
     alignas(64) std::atomic<uint64_t> rx_packets{0};
     std::atomic<uint64_t> tx_packets{0};
     std::atomic<uint64_t> to_exception{0};
+    std::atomic<uint64_t> handed_off{0}; // inbound ESP/AH enqueued to the owning worker's handoff ring
+    std::atomic<uint64_t> handed_in{0};  // packets dequeued from this worker's handoff ring
     std::atomic<uint64_t> fragmented{0}; // packets split before encryption (RFC 4301 §8.1)
     std::atomic<uint64_t> fragments{0};   // fragments to the gateway taken for reassembly
     std::atomic<uint64_t> reassembled{0}; // datagrams completed from them

@@ -127,6 +127,8 @@ struct worker_snapshot {
     uint64_t to_exception = 0; // handed to the main lcore (ARP, traffic to the gateway)
     uint64_t fragments = 0;    // IP fragments to the gateway taken for reassembly
     uint64_t reassembled = 0;  // datagrams reassembled from them
+    uint64_t handed_off = 0;   // inbound ESP/AH passed to the SA's owner worker (SPI % workers)
+    uint64_t handed_in = 0;    // packets received from other workers through the handoff ring
     double busy_percent = 0;   // share of recent polls that found packets
     std::array<uint64_t, static_cast<size_t>(gateway_drop::count)> drops{};
     bool main = false; // the main lcore's row: it also carries the gateway's own traffic counters

@@ -713,6 +713,8 @@ json to_json(const worker_snapshot& w)
         {"to-exception", w.to_exception},
         {"fragments", w.fragments},
         {"reassembled", w.reassembled},
+        {"handed-off", w.handed_off},
+        {"handed-in", w.handed_in},
         {"busy-percent", w.busy_percent},
         {"drops", drops_json(w.drops, gateway_drop_names, 0)},
     };

@@ -93,6 +93,7 @@ public:
             rte_mbuf* handed[rx_burst_size];
             unsigned h = rte_ring_dequeue_burst(w_.handoff, reinterpret_cast<void**>(handed), rx_burst_size, nullptr);
             if (h != 0) {
+                w_.handed_in.fetch_add(h, std::memory_order_relaxed);
                 process(handed, static_cast<uint16_t>(h), true);
                 got += h;
             }
@@ -414,6 +415,8 @@ private:
                 if (owner != w_.index) {
                     if (rte_ring_mp_enqueue(s_.workers[owner]->handoff, m) != 0) {
                         drop(m, gateway_drop::ring_full);
+                    } else {
+                        w_.handed_off.fetch_add(1, std::memory_order_relaxed);
                     }
                     continue;
                 }

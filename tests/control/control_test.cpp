@@ -1394,6 +1394,10 @@ TEST(cli_format, InterfacesAndDataplane)
               std::string::npos)
         << with_fragments;
     EXPECT_FALSE(to_json(worker).contains("local-traffic")); // only the main lcore's row has it
+    worker.handed_off = 4;
+    worker.handed_in = 3;
+    EXPECT_EQ(to_json(worker)["handed-off"], 4u);
+    EXPECT_EQ(to_json(worker)["handed-in"], 3u);
 
     // The main lcore's row carries the gateway's own traffic (TAP <-> SPD) counters.
     worker_snapshot main_row;

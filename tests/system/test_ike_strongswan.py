@@ -9,8 +9,12 @@ Scenarios (each a fresh IKE SA on one topology):
   responder   strongSwan initiates; PSK; aes256-sha256-modp2048 / esp aes256gcm16
   initiator   espresso-ike initiates (start: immediately); ecp256 / esp aes256-sha256
   x25519      strongSwan initiates with curve25519 and aes256gcm16-prfsha256 IKE
-  rekey       Child SA rekey (espresso initiates it, short rekey-time) under continuous ping: no loss
-  ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under continuous ping: no loss
+  rekey       Child SA rekey (espresso initiates it, short rekey-time) under two sequence-checked UDP
+              streams (udp_stream.py, after a control run without rekey): no datagram lost or duplicated
+  ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under the streams and ping: no loss
+  rekey_responder  strongSwan initiates the Child SA rekeys (espresso only responds), same streams: no loss
+  rekey_packets  rekey-packets: a soft packet lifetime in espresso-dp triggers the rekeys; no loss, no
+              packet reaches the hard limit, SPIs change
   delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
   certs       ECDSA certificates (RFC 7427 signatures, CERT/CERTREQ), both roles; an untrusted CA refused
   certs_rsa   RSA certificates, espresso initiates
@@ -41,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
 from strongswan import make_pki  # noqa: E402
 from topology import sh  # noqa: E402
+from udp_stream import UdpStream, assert_lossless  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build")))
 IKE_BIN = os.path.join(BUILD, "controlplane", "espresso-ike")
@@ -48,7 +53,7 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False, extra_peer=""):
+             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False, extra_peer="", extra_tunnel=""):
     auth = auth or f'{{ method: psk, secret: "{secret}" }}'
     retransmit = "  retransmit-timeout-ms: 300\n  retransmit-tries: 2\n" if fast_retransmit else ""
     return f"""ike:
@@ -67,7 +72,7 @@ def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none"
           esp-proposals: [{esp}]
           rekey-time: {rekey}
           start: {start}
-"""
+{extra_tunnel}"""
 
 
 class Run:
@@ -207,22 +212,73 @@ def scenario_x25519(topo, run, br):
     run.stop_ike()
 
 
+# Sequence-numbered UDP streams (tests/system/udp_stream.py) across rekeys, both ways at once. The rate is
+# one the af_packet/veth/kernel-libipsec path carries without loss when nothing rekeys: every scenario
+# that uses it first runs the same streams as a control, before the first rekey is due.
+STREAM_RATE = int(os.environ.get("ESPRESSO_STREAM_RATE", "1000"))
+
+
+def streams(topo, seconds, rate=STREAM_RATE, port=41000):
+    """Starts one stream host-hq -> host-branch and one back; returns them (call .result())."""
+    return [UdpStream(topo, "host-hq", "host-branch", "192.168.2.10", port, rate, seconds, idle=1.5).start(),
+            UdpStream(topo, "host-branch", "host-hq", "192.168.1.10", port + 1, rate, seconds, idle=1.5).start()]
+
+
+def finish_streams(ss, what):
+    try:
+        rs = [s.result() for s in ss]
+    finally:
+        for s in ss:
+            s.stop()
+    print(f"{what}: " + "; ".join(f"{d}: {r['received']}/{r['sent']} received, {r['missing']} missing, "
+                                  f"{r['duplicates']} duplicated, {r['reordered']} reordered"
+                                  for d, r in zip(("hq->branch", "branch->hq"), rs)), flush=True)
+    for d, r in zip(("host-hq -> host-branch", "host-branch -> host-hq"), rs):
+        assert_lossless(r, f"{what}, {d}")
+    return rs
+
+
+def child_spis_during(run, seconds):
+    """Polls espresso's Child SA while traffic flows; returns the distinct inbound SPIs seen in order."""
+    spis = []
+    end = time.time() + seconds
+    while time.time() < end:
+        sa = ready_sa(run)
+        for c in (sa or {}).get("children", []):
+            if c["spi-in"] not in spis:
+                spis.append(c["spi-in"])
+        time.sleep(0.3)
+    return spis
+
+
+def control_stream(topo, run, what):
+    """The streams for 2 s before any rekey is due: the path itself must carry them loss-free."""
+    log_before = run.topo.process_log(run.ike)
+    finish_streams(streams(topo, 2, port=41010), f"control ({what}, no rekey)")
+    log = run.topo.process_log(run.ike)[len(log_before):]
+    assert "rekeying Child SA" not in log and "IKE SA rekeyed" not in log, \
+        "a rekey ran during the control stream: choose longer lifetimes"
+
+
 def scenario_rekey(topo, run, br):
+    """espresso initiates Child SA rekeys (rekey-time 8 s): zero loss in two sequence-checked UDP
+    streams (ESPRESSO_STREAM_RATE packets/s each way) across two rekeys, after a control without one."""
     br.load(site_conf("gw-branch", start_action="none"))
     run.start_ike(ike_yaml(start="immediately", rekey="8s"))
     br.wait_for_child("net", timeout=30)
     sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
     first_spi = sa["children"][0]["spi-in"]
-    # Continuous traffic across two rekeys: not one ping lost.
-    r = sh("ping -c 100 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
-    m = re.search(r"(\d+) received", r.stdout)
-    got = int(m.group(1)) if m else 0
+    control_stream(topo, run, "Child rekey initiator")
+    # Continuous traffic across two rekeys: not one datagram lost or duplicated.
+    ss = streams(topo, 15)
+    spis = child_spis_during(run, 15)
+    finish_streams(ss, "across espresso-initiated Child SA rekeys")
     sa = ready_sa(run)
     assert sa and sa["children"][0]["spi-in"] != first_spi, f"no rekey happened: {sa}"
     assert len(sa["children"]) == 1, sa
     log = run.topo.process_log(run.ike)
     assert log.count("rekeying Child SA") >= 2, "expected two rekeys in 20 s"
-    assert got == 100, f"lost {100 - got} of 100 pings across Child SA rekeys"
+    assert len(spis) >= 2, f"the streams saw only Child SAs {spis}"
     kids = br.children("net")
     assert len([c for c in kids if c.get("state") == "INSTALLED"]) == 1, kids
     br.terminate(ike="s2s", check=False)
@@ -236,17 +292,105 @@ def scenario_ike_rekey(topo, run, br):
     run.start_ike(ike_yaml(start="immediately", ike_rekey="6s", rekey="9s", dpd="2s"))
     br.wait_for_child("net", timeout=30)
     wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
-    r = sh("ping -c 100 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
+    ss = streams(topo, 18)
+    r = sh("ping -c 90 -i 0.2 -W 2 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False, timeout=60)
     m = re.search(r"(\d+) received", r.stdout)
     got = int(m.group(1)) if m else 0
+    finish_streams(ss, "across IKE and Child SA rekeys")
     log = run.topo.process_log(run.ike)
     rekeys = log.count("IKE SA rekeyed")
     assert rekeys >= 2, f"expected at least two IKE SA rekeys in 20 s, saw {rekeys}"
     sas = [sa for sa in ike_sas(run) if sa["state"] == "READY"]
     assert len(sas) == 1 and len(sas[0]["children"]) == 1, sas
     assert len(br.list_sas()) == 1, br.list_sas()
-    assert got == 100, f"lost {100 - got} of 100 pings across IKE and Child SA rekeys"
+    assert got == 90, f"lost {90 - got} of 90 pings across IKE and Child SA rekeys"
     assert "stopped answering" not in log, "DPD failed after a rekey"
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
+def scenario_rekey_responder(topo, run, br):
+    """strongSwan initiates every Child SA rekey (its child rekey_time 5 s; espresso's rekey-time 0 =
+    never): espresso is the CREATE_CHILD_SA responder and must install the new SA pair before strongSwan
+    moves its traffic. Two sequence-checked UDP streams both ways lose nothing across two rekeys."""
+    # life_time far above rekey_time: strongSwan must rekey (CREATE_CHILD_SA with REKEY_SA), never let
+    # the SA hard-expire and recreate it (that is a delete plus a new SA: a gap by design).
+    br.load(site_conf("gw-branch", start_action="none", child_rekey_time="5s", life_time="60s",
+                      child_extra=[("rand_time", "0s")]))
+    charon_log_start = len(br.log())
+    run.start_ike(ike_yaml(start="immediately", rekey="0"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    first_spi = sa["children"][0]["spi-in"]
+    control_stream(topo, run, "Child rekey responder")
+    ss = streams(topo, 14)
+    spis = child_spis_during(run, 14)
+    # Known failure (reported, not fixed): host-hq -> host-branch loses a few milliseconds of traffic at
+    # some rekeys here. espresso, as CREATE_CHILD_SA responder, moves its outbound traffic to the new SA
+    # as soon as it answers, before strongSwan (the initiator) has processed the answer and installed
+    # its new inbound SA; a make-before-break responder keeps sending on the old SA until the
+    # initiator deletes it or traffic arrives on the new inbound SA (RFC 7296 §2.8; strongSwan itself
+    # installs its outbound SA as responder only after the old one is deleted).
+    finish_streams(ss, "across strongSwan-initiated Child SA rekeys")
+    log = run.topo.process_log(run.ike)
+    assert "rekeying Child SA" not in log, "espresso initiated a rekey: it must only respond here"
+    assert len(spis) >= 3 or (len(spis) >= 2 and spis[0] != first_spi), \
+        f"expected two strongSwan-initiated rekeys, espresso's inbound SPIs were {spis}"
+    sa = ready_sa(run)
+    assert sa and len(sa["children"]) == 1 and sa["children"][0]["spi-in"] != first_spi, sa
+    kids = br.children("net")
+    assert len([c for c in kids if c.get("state") == "INSTALLED"]) == 1, kids
+    clog = br.log()[charon_log_start:]
+    assert "rekeying CHILD_SA" in clog or "rekeying" in clog.lower(), "charon log shows no Child SA rekey"
+    assert "recreate after hard expire" not in clog, "strongSwan let the Child SA hard-expire instead of rekeying"
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
+def scenario_stream_control(topo, run, br):
+    """Diagnostic, not in the default run: the rekey scenarios' streams for 15 s over one Child SA that
+    never rekeys, to tell path loss at a given ESPRESSO_STREAM_RATE from rekey loss."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="immediately", rekey="0"))
+    br.wait_for_child("net", timeout=30)
+    wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    finish_streams(streams(topo, 15), "15 s control, no rekey")
+    br.terminate(ike="s2s", check=False)
+    run.stop_ike()
+
+
+def scenario_rekey_packets(topo, run, br):
+    """A soft packet lifetime from the data plane triggers the Child SA rekey (no time-based rekey on
+    either side): rekey-packets 3000, so espresso-dp raises soft-expire on the outbound SA after 3000
+    packets (hard limit 3300), espresso-ike rekeys; a 500 packets/s stream for 13 s crosses two such
+    rekeys with no loss, no packet ever hits the hard limit, and the SPIs change."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="immediately", rekey="0", extra_tunnel="          rekey-packets: 3000\n"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    first_spi = sa["children"][0]["spi-in"]
+    sas = json.loads(run.cli("show crypto ipsec sa --json"))["sas"]
+    out = [s for s in sas if s["direction"] == "outbound"]
+    assert out and out[0]["lifetime"]["soft-packets"] == 3000 and out[0]["lifetime"]["packets"] == 3300, out
+    s = UdpStream(topo, "host-hq", "host-branch", "192.168.2.10", 41020, 500, 13, idle=1.5).start()
+    spis = child_spis_during(run, 13)
+    try:
+        r = s.result()
+    finally:
+        s.stop()
+    print(f"packet-lifetime rekeys: {r}", flush=True)
+    assert_lossless(r, "across packet-lifetime Child SA rekeys")
+    log = run.topo.process_log(run.ike)
+    assert log.count("rekeying Child SA") >= 2, f"expected two soft-expire rekeys for 6500 packets\n{log[-3000:]}"
+    assert len(spis) >= 3, f"espresso's inbound SPIs during the stream: {spis}"
+    sas = json.loads(run.cli("show crypto ipsec sa --json"))["sas"]
+    expired = sum(x.get("drops", {}).get("lifetime_expired", 0) + x.get("counters", {}).get("lifetime_expired", 0)
+                  for x in sas)
+    assert expired == 0, f"packets hit the hard lifetime: {sas}"
+    spi = lambda v: int(v, 16) if isinstance(v, str) else v  # noqa: E731
+    assert all(spi(x["spi"]) != spi(first_spi) for x in sas if x["direction"] == "inbound"), sas
+    text = run.cli("show crypto ipsec sa")
+    print(text, flush=True)
     br.terminate(ike="s2s", check=False)
     run.stop_ike()
 
@@ -636,7 +780,8 @@ def scenario_fragmentation_pmtud(topo, run, br):
 
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
-             "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey, "certs": scenario_certs,
+             "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey,
+             "rekey_responder": scenario_rekey_responder, "rekey_packets": scenario_rekey_packets, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
              "on_traffic": scenario_on_traffic, "fragmentation": scenario_fragmentation,
              "fragmentation_initiator": scenario_fragmentation_initiator,
@@ -645,8 +790,13 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
              "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 
 
+# Run only when named on the command line.
+EXTRA_SCENARIOS = {"stream_control": scenario_stream_control}
+
+
 def main():
     wanted = sys.argv[1:] or list(SCENARIOS)
+    SCENARIOS.update(EXTRA_SCENARIOS)
     workdir = tempfile.mkdtemp(prefix="espresso-ike-")
     topo = IkeTopology(BUILD, prefix=f"iks{os.getpid() % 1000}", workdir=workdir,
                        hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))

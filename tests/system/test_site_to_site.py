@@ -145,6 +145,29 @@ def worker_drops(topo, gw):
     return total
 
 
+def esp_uat(topo):
+    """tshark options that decrypt both static SAs with the keys of the HQ config."""
+    cfg = open(topo.hq_config).read()
+    keys = [l.split(":", 1)[1].split("#")[0].strip() for l in cfg.splitlines() if l.strip().startswith("key:")]
+    uat = []
+    for (src, dst, spi), k in zip((("198.51.100.1", "203.0.113.1", "0x00001001"),
+                                   ("203.0.113.1", "198.51.100.1", "0x00002001")), keys):
+        uat += ["-o", f'uat:esp_sa:"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","{k}","NULL",""']
+    return uat
+
+
+def start_capture(topo, ns, iface, path):
+    """tshark writing iface's packets to path; returns once the capture runs (the file has its header:
+    on this loaded machine tshark can take several seconds to start)."""
+    p = subprocess.Popen(["ip", "netns", "exec", topo.ns[ns], "tshark", "-q", "-i", iface, "-w", path],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path) > 0):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    return p
+
+
 def write_script(topo, name, text):
     path = os.path.join(topo.dir, name)
     with open(path, "w") as f:
@@ -231,9 +254,7 @@ def main():
         _()
 
         capture = os.path.join(topo.dir, "inet.pcap")
-        tshark = subprocess.Popen(["ip", "netns", "exec", topo.ns["inet"], "tshark", "-q", "-i", "inet-hq",
-                                   "-w", capture], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2)
+        tshark = start_capture(topo, "inet", "inet-hq", capture)
         topo.cli("gw-hq", "clear counters")
         topo.cli("gw-branch", "clear counters")
 
@@ -274,14 +295,8 @@ def main():
             cleartext = [l for l in lines if l[0].startswith("192.168.") or l[1].startswith("192.168.")]
             assert not cleartext, f"cleartext LAN packets on the internet: {cleartext[:3]}"
             assert all(l[2] == "50" for l in tunnel), {l[2] for l in tunnel}
-            cfg = open(topo.hq_config).read()
-            keys = [l.split(":", 1)[1].split("#")[0].strip() for l in cfg.splitlines() if l.strip().startswith("key:")]
-            uat = []
-            for (src, dst, spi), k in zip((("198.51.100.1", "203.0.113.1", "0x00001001"),
-                                           ("203.0.113.1", "198.51.100.1", "0x00002001")), keys):
-                uat += ["-o", f'uat:esp_sa:"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","{k}","NULL",""']
             r = subprocess.run(["tshark", "-r", capture, "-o", "esp.enable_encryption_decode:TRUE",
-                                "-o", "esp.enable_authentication_check:TRUE", *uat, "-Y", "esp",
+                                "-o", "esp.enable_authentication_check:TRUE", *esp_uat(topo), "-Y", "esp",
                                 "-T", "fields", "-e", "esp.spi", "-e", "esp.icv_good", "-e", "udp.dstport"],
                                capture_output=True, text=True, check=True)
             rows = [l.split("\t") for l in r.stdout.splitlines() if l.strip()]
@@ -322,19 +337,101 @@ sendp(bad, iface="inet-branch", verbose=False)
             assert icv == 1, f"ICV counter +{icv}, expected +1: {after}"
         _()
 
-        @case("PMTU: DF too big gets ICMP fragmentation-needed with the MTU; no DF is fragmented before encryption")
+        if workers > 1:
+            @case(f"{workers} workers: each worker receives traffic; inbound ESP for another worker's SPI is handed over, exactly")
+            def _():
+                # af_packet's fanout hashes a flow to one queue; ESP between the same two addresses is one
+                # flow whatever its SPI, so scapy sends 10 ESP packets for each SPI 0x7000.. (one per owner
+                # worker, SPI % workers): whichever worker polls them, exactly 10 * (workers - 1) go through
+                # the handoff rings, and every one ends as no_sa at its owner.
+                rows = [r for r in json.loads(topo.cli("gw-branch", "--json show dataplane"))["workers"] if "local-traffic" not in r]
+                assert len(rows) == workers, rows
+                assert all(r["rx-packets"] > 0 for r in rows), f"a worker received nothing: {rows}"
+                assert sum(r["handed-off"] for r in rows) == sum(r["handed-in"] for r in rows), rows
+                before = worker_drops(topo, "gw-branch")
+                topo.cli("gw-branch", "clear counters")
+                inject = write_script(topo, "inject_spis.py", f"""
+import sys
+from scapy.all import sendp, Ether, IP, ESP, Raw
+pkts = [Ether(dst=sys.argv[1]) / IP(src="198.51.100.1", dst="203.0.113.1") / ESP(spi=0x7000 + s, seq=i + 1) / Raw(b"x" * 64)
+        for s in range({workers}) for i in range(10)]
+sendp(pkts, iface="inet-branch", verbose=False)
+""")
+                neigh = sh("ip neigh show 203.0.113.1", ns=topo.ns["inet"], capture=True).stdout.split()
+                sh(f"/usr/bin/python3 {inject} {neigh[neigh.index('lladdr') + 1]}", ns=topo.ns["inet"])
+                time.sleep(1)
+                rows = [r for r in json.loads(topo.cli("gw-branch", "--json show dataplane"))["workers"] if "local-traffic" not in r]
+                off = sum(r["handed-off"] for r in rows)
+                got = sum(r["handed-in"] for r in rows)
+                assert off == 10 * (workers - 1) and got == off, f"handed off {off}, handed in {got}: {rows}"
+                # The handoff went to the workers that own the SPIs: each worker took in at most 10.
+                assert all(r["handed-in"] in (0, 10) for r in rows), rows
+                after = worker_drops(topo, "gw-branch")
+                assert after.get("no_sa", 0) == 10 * workers, f"no_sa {after.get('no_sa')} after clear, expected {10 * workers}"
+                print(f"handoff: {[(r['lcore'], r['rx-packets'], r['handed-off'], r['handed-in']) for r in rows]} (drops before: {before})")
+            _()
+
+        @case("PMTU: DF too big gets ICMP fragmentation-needed with the exact MTU; no DF is fragmented before encryption")
         def _():
-            r = sh("ping -c 1 -W 2 -M do -s 1472 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False)
-            text = r.stdout + r.stderr
-            assert "mtu" in text.lower() and ("frag needed" in text.lower() or "message too long" in text.lower()), text
-            r = sh("ping -c 2 -W 2 -M do -s 1300 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False)
+            # scapy sends DF echo requests of a given IP length from host-hq (a raw socket: the host's
+            # PMTU cache does not interfere) and reads the ICMP error's next-hop MTU field itself.
+            probe = write_script(topo, "pmtu_probe.py", """
+import sys
+from scapy.all import sr1, IP, ICMP, Raw, conf
+conf.verb = 0
+n = int(sys.argv[1])
+r = sr1(IP(dst="192.168.2.10", flags="DF", id=4242) / ICMP(id=77, seq=n) / Raw(b"p" * (n - 28)), timeout=3)
+if r is None:
+    print("none")
+elif r.haslayer(ICMP) and r[ICMP].type == 3:
+    print("unreach", r[IP].src, r[ICMP].code, r[ICMP].nexthopmtu)
+else:
+    print("reply", r[IP].src, r[ICMP].type, len(r[IP]))
+""")
+            out = sh(f"/usr/bin/python3 {probe} 1500", ns=topo.ns["host-hq"], capture=True).stdout.split()
+            assert out[:3] == ["unreach", "192.168.1.1", "4"] and len(out) == 4, f"1500-byte DF probe: {out}"
+            mtu = int(out[3])
+            # AES-GCM-16 tunnel on a 1500-byte link: the data plane budgets 20 (outer IP) + 8 (SPI, seq)
+            # + 8 (IV) + 16 (ICV) + 2 (pad length, next header) + 3 (worst-case padding to 4 bytes) = 57,
+            # so inner packets up to 1443 bytes are encrypted whole; it reports that rounded down to a
+            # multiple of 8 (the size its own fragments use): 1440.
+            assert mtu == 1440, f"ICMP fragmentation-needed says MTU {mtu}, expected 1440"
+            for n in (mtu, 1443):
+                out = sh(f"/usr/bin/python3 {probe} {n}", ns=topo.ns["host-hq"], capture=True).stdout.split()
+                assert out == ["reply", "192.168.2.10", "0", str(n)], f"a {n}-byte DF probe must cross: {out}"
+            out = sh(f"/usr/bin/python3 {probe} 1444", ns=topo.ns["host-hq"], capture=True).stdout.split()
+            assert out == ["unreach", "192.168.1.1", "4", str(mtu)], f"a 1444-byte DF probe: {out}"
+            r = sh(f"ping -c 2 -W 2 -M do -s {mtu - 28} 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False)
             assert " 0% packet loss" in r.stdout, r.stdout
             # Without DF the gateway fragments before encryption (RFC 4301 §8.1): the host never sees
             # an error and the reply comes back (reassembled by the receiving host). 1500-byte packets:
             # larger ones would leave the host already fragmented, and the af_packet vdev's kernel
             # fanout (PACKET_FANOUT_FLAG_DEFRAG) reassembles those before the data plane sees them.
+            # The internet segment must then carry whole ESP packets within the link MTU, whose
+            # decrypted contents (tshark, configured keys) are the inner fragments.
+            cap = os.path.join(topo.dir, "pmtu.pcap")
+            ts = start_capture(topo, "inet", "inet-hq", cap)
             r = sh("ping -c 3 -i 0.3 -W 2 -M dont -s 1472 192.168.2.10", ns=topo.ns["host-hq"], capture=True, check=False)
+            time.sleep(1)
+            ts.terminate()
+            ts.wait(timeout=10)
             assert " 0% packet loss" in r.stdout, r.stdout
+            r = subprocess.run(["tshark", "-r", cap, "-o", "esp.enable_encryption_decode:TRUE", *esp_uat(topo),
+                                "-Y", "ip.src == 198.51.100.1 || ip.src == 203.0.113.1", "-T", "fields",
+                                "-e", "ip.proto", "-e", "ip.len", "-e", "ip.flags.mf", "-e", "ip.frag_offset",
+                                "-e", "ip.src", "-e", "icmp.type"], capture_output=True, text=True, check=True)
+            rows = [l.split("\t") for l in r.stdout.splitlines() if l.strip()]
+            # With decryption, ip.* fields list the outer header first, then the inner one.
+            outer = [(x[0].split(",")[0], int(x[1].split(",")[0]), x[2].split(",")[0], int(x[3].split(",")[0])) for x in rows]
+            assert all(p == "50" for p, _, _, _ in outer), f"non-ESP between the gateways: {rows[:5]}"
+            assert all(n <= 1500 for _, n, _, _ in outer), f"ESP packets above the 1500-byte link MTU: {[n for _, n, _, _ in outer]}"
+            assert all(mf in ("0", "False") and off == 0 for _, _, mf, off in outer), f"outer IP fragments: {rows[:6]}"
+            inner_frags = [x for x in rows if len(x[2].split(",")) == 2 and
+                           (x[2].split(",")[1] in ("1", "True") or int(x[3].split(",")[1]) > 0)]
+            # 3 echo requests and 3 replies, each split in two before encryption.
+            print(f"no-DF pings: {len(outer)} ESP packets between the gateways, largest {max(n for _, n, _, _ in outer)} "
+                  f"bytes, none fragmented; {len(inner_frags)} carry inner fragments", flush=True)
+            assert len(inner_frags) >= 12, f"expected >= 12 ESP packets carrying inner fragments, got {len(inner_frags)}: {rows}"
         _()
 
         print(topo.cli("gw-hq", "show crypto ipsec sa"))
