@@ -465,6 +465,7 @@ gateway::~gateway()
     spd_.reset();
     retired_spds_.clear();
     host_tables_.clear();
+    main_hosts_.reset();
     rte_ring_free(shared_.exceptions);
     rte_ring_free(shared_.events);
     rte_mbuf* left = nullptr;
@@ -718,6 +719,7 @@ void gateway::setup_workers()
         shared_.workers.push_back(w.get());
         workers_.push_back(std::move(w));
     }
+    main_hosts_ = std::make_unique<host_spd>("esp_hspd_main", host_policy_capacity, static_cast<int>(rte_socket_id()));
     // RX queues round-robin over workers.
     unsigned next = 0;
     for (const auto& p : shared_.ports) {
@@ -964,6 +966,13 @@ std::string gateway::publish_hosts()
         return {};
     }
     const auto updates = hosts_.take_updates();
+    for (const auto& u : updates) {
+        if (u.remove) {
+            main_hosts_->remove(u.bucket);
+        } else {
+            main_hosts_->set(u.bucket);
+        }
+    }
     if (!running_) {
         for (auto& table : host_tables_) {
             for (const auto& u : updates) {
@@ -2287,23 +2296,21 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
         transmit_main(pos, m);
         return;
     }
-    uint32_t out_rule = 0;
-    uint32_t in_match = 0;
-    if (spd_) {
-        if (sel.v6) {
-            const spd6_key* k = &sel.k6;
-            spd_->classify6(&k, &out_rule, &in_match, 1);
-        } else {
-            const spd_key* k = &sel.k4;
-            spd_->classify(&k, &out_rule, &in_match, 1);
-        }
+    // Both SPD levels (rte_acl and the host-selector table), as the workers classify.
+    const spd_rule* rule = nullptr;
+    const spd_rule* in_match = nullptr;
+    if (sel.v6) {
+        const spd6_key* k = &sel.k6;
+        classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1);
+    } else {
+        const spd_key* k = &sel.k4;
+        classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1);
     }
-    const spd_rule* rule = out_rule != 0 ? &spd_->rule(out_rule) : nullptr;
     if (rule == nullptr || rule->action == config::policy_action::bypass) {
         // No outbound policy: as for transit, cleartext the peer's inbound check would refuse (an
         // inbound protect policy covers it) is not sent (apply_policies in worker.cpp).
-        if (rule == nullptr && in_match != 0) {
-            const spd_rule& in = spd_->rule(in_match);
+        if (rule == nullptr && in_match != nullptr) {
+            const spd_rule& in = *in_match;
             if (in.action == config::policy_action::discard) {
                 main_drops_[static_cast<size_t>(gateway_drop::spd_discard)]++;
                 rte_pktmbuf_free(m);
@@ -2527,17 +2534,17 @@ bool gateway::to_kernel_allowed(rte_mbuf* m)
         local_[static_cast<size_t>(local_counter::in_implicit_bypass)]++;
         return true;
     }
-    uint32_t out_rule = 0;
-    uint32_t in_match = 0;
+    const spd_rule* out_rule = nullptr;
+    const spd_rule* in_match = nullptr;
     if (sel.v6) {
         const spd6_key* k = &sel.k6;
-        spd_->classify6(&k, &out_rule, &in_match, 1);
+        classify6(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1);
     } else {
         const spd_key* k = &sel.k4;
-        spd_->classify(&k, &out_rule, &in_match, 1);
+        classify(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1);
     }
-    if (in_match != 0) {
-        const spd_rule& in = spd_->rule(in_match);
+    if (in_match != nullptr) {
+        const spd_rule& in = *in_match;
         if (in.action == config::policy_action::discard) {
             main_drops_[static_cast<size_t>(gateway_drop::spd_discard)]++;
             return false;

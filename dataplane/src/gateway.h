@@ -255,6 +255,9 @@ private:
     // mirrored into every worker's host_spd (workers_[i]->hosts, owned by host_tables_).
     host_policies hosts_;
     std::vector<std::unique_ptr<host_spd>> host_tables_;
+    // The main lcore's own copy, for the gateway's own traffic (TAP -> SPD, to-us cleartext check):
+    // updated in publish_hosts on the main lcore itself, so it never races a worker's table.
+    std::unique_ptr<host_spd> main_hosts_;
     // Inbound SAs per selector pair: the SPD's inbound check has one entry per distinct pair, so an
     // inbound SA whose selectors another inbound SA already has (rekeys, many SAs per tunnel) changes
     // nothing there and is installed without looking at the SPD at all.
