@@ -102,10 +102,7 @@ private:
     uint64_t log_seq_ = 0;
     std::ofstream log_file_;
     std::chrono::steady_clock::time_point next_keepalive_{};
-    std::chrono::steady_clock::time_point debug_until_{};
-    std::vector<uint32_t> trap_policies_; // installed in espresso-dp for `start: on-traffic`
-    void install_traps(const config::ike_config& config);
-    void remove_traps(); // `espresso debug ike` is following the log
+    std::chrono::steady_clock::time_point debug_until_{}; // `espresso debug ike` is following the log
 };
 
 } // namespace espresso::cp

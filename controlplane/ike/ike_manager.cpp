@@ -173,6 +173,30 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
     }
     peers_ = std::move(fresh);
     config_ = std::move(next);
+    for (const auto* list : {&r.removed, &r.changed, &r.added}) {
+        for (const auto& name : *list) {
+            dpd_cleared_.erase(name);
+        }
+    }
+    if (traps_wanted_) {
+        // Make before break: the new selectors' traps go in before the old ones come out, so a
+        // changed tunnel's traffic is never without a trap.
+        for (const auto& p : peers_) {
+            if (std::find(r.unchanged.begin(), r.unchanged.end(), p->name) != r.unchanged.end()) {
+                continue;
+            }
+            std::vector<uint32_t> old = std::move(traps_[p->name]);
+            traps_[p->name].clear();
+            install_traps(*p, traps_[p->name]);
+            remove_trap_ids(p->name, old);
+        }
+        for (const auto& name : r.removed) {
+            if (auto it = traps_.find(name); it != traps_.end()) {
+                remove_trap_ids(name, it->second);
+                traps_.erase(it);
+            }
+        }
+    }
     for (const auto& p : peers_) {
         if (p->auth.method == config::ike_auth_method::pubkey &&
             std::find(r.unchanged.begin(), r.unchanged.end(), p->name) == r.unchanged.end()) {
@@ -242,8 +266,52 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     return ref;
 }
 
+void ike_manager::install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids)
+{
+    for (const auto& t : peer.tunnels) {
+        for (const auto& local : t.local_ts) {
+            for (const auto& remote : t.remote_ts) {
+                std::string error;
+                auto id = io_.installer().add_trap(local, remote, error);
+                std::string pair = config::to_string(local) + " === " + config::to_string(remote);
+                if (id) {
+                    ids.push_back(*id);
+                    io_.log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + pair + " installed");
+                } else {
+                    // Without any data plane (null installer) there is nothing to protect: a warning.
+                    io_.log(error.starts_with("no data plane") ? log_level::warning : log_level::error, peer.name,
+                            "tunnel " + t.name + ": cannot install the trap policy " + pair + ": " + error +
+                                "; while the tunnel is down its traffic is not held back by it");
+                }
+            }
+        }
+    }
+}
+
+void ike_manager::remove_trap_ids(const std::string& peer, const std::vector<uint32_t>& ids)
+{
+    for (uint32_t id : ids) {
+        if (auto err = io_.installer().remove_trap(id); !err.empty()) {
+            io_.log(log_level::warning, peer, "cannot remove trap policy " + std::to_string(id) + ": " + err);
+        }
+    }
+}
+
+void ike_manager::remove_traps()
+{
+    for (const auto& [peer, ids] : traps_) {
+        remove_trap_ids(peer, ids);
+    }
+    traps_.clear();
+    traps_wanted_ = false;
+}
+
 void ike_manager::start()
 {
+    traps_wanted_ = true;
+    for (const auto& peer : peers_) {
+        install_traps(*peer, traps_[peer->name]);
+    }
     for (const auto& peer : peers_) {
         std::vector<std::string> tunnels;
         for (const auto& t : peer->tunnels) {
@@ -279,6 +347,7 @@ std::string ike_manager::initiate(const std::string& name)
         if (!peer->remote_address) {
             return "peer " + peer->name + " has remote-address any; it can only respond";
         }
+        dpd_cleared_.erase(peer->name); // the operator (or traffic, see on_acquire) wants it back
         // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
         for (auto& [spi, sa] : sas_) {
             if (sa->peer().name != peer->name || sa->dead()) {
@@ -485,6 +554,17 @@ void ike_manager::after(uint64_t spi)
     if (sa.dead()) {
         auto peer = sa.shared_peer();
         bool restart = sa.restart_requested();
+        bool dpd_failed = sa.dpd_failed();
+        if (dpd_failed && peer->dpd_action == config::ike_dpd_action::clear) {
+            // DPD action clear: the tunnel stays down (its traps keep dropping its traffic) until the
+            // operator initiates it; `start: on-traffic` tunnels still start on traffic, as
+            // strongSwan's start_action=trap does whatever dpd_action says.
+            dpd_cleared_.insert(peer->name);
+            keep_up_.erase(peer->name);
+            retries_.erase(peer->name);
+        } else if (dpd_failed && peer->dpd_action == config::ike_dpd_action::hold) {
+            io_.log(log_level::info, peer->name, "DPD action hold: the next packet of its tunnels re-establishes it");
+        }
         bool failed_attempt = sa.sa_role() == ike_sa::role::initiator && !sa.established_at();
         unschedule(spi);
         if (auto h = half_open_of_.find(spi); h != half_open_of_.end()) {
@@ -514,6 +594,7 @@ void ike_manager::after(uint64_t spi)
             half_open_of_.erase(h);
         }
         retries_.erase(sa.peer().name);
+        dpd_cleared_.erase(sa.peer().name);
     }
     schedule(spi, sa.next_deadline());
 }
@@ -588,31 +669,59 @@ steady_time ike_manager::next_deadline() const
 
 void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
 {
+    ++counters_.acquires;
+    auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
+        return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
+            if (p.address.family != x.address.family || p.length > x.length) {
+                return false;
+            }
+            for (unsigned bit = 0; bit < p.length; ++bit) {
+                uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
+                if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
+                    return false;
+                }
+            }
+            return true;
+        });
+    };
     for (const auto& p : peers_) {
         for (const auto& t : p->tunnels) {
-            if (t.start != config::ike_start_action::on_traffic) {
+            if (!covers(t.local_ts, local) || !covers(t.remote_ts, remote)) {
                 continue;
             }
-            auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
-                return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
-                    if (p.address.family != x.address.family || p.length > x.length) {
-                        return false;
-                    }
-                    for (unsigned bit = 0; bit < p.length; ++bit) {
-                        uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
-                        if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
-                            return false;
-                        }
-                    }
-                    return true;
-                });
-            };
-            if (covers(t.local_ts, local) && covers(t.remote_ts, remote)) {
-                initiate(p->name + "/" + t.name);
+            const std::string name = p->name + "/" + t.name;
+            std::string why; // non-empty: the acquire is not acted on, the traffic stays dropped
+            if (t.start == config::ike_start_action::none) {
+                why = "it has start: none (the peer or `espresso initiate " + name + "` brings it up)";
+            } else if (t.start == config::ike_start_action::immediately && dpd_cleared_.count(p->name) != 0) {
+                why = "DPD action clear took it down (`espresso initiate " + name + "` brings it back)";
+            } else if (!p->remote_address) {
+                why = "the peer has remote-address any; it can only respond";
+            }
+            // One line per tunnel and minute: the data plane raises acquires once a second per worker.
+            auto now = io_.now();
+            auto& last = acquire_logged_[name];
+            bool say = last == steady_time{} || now - last >= std::chrono::seconds(60);
+            if (say) {
+                last = now;
+            }
+            std::string flow = config::to_string(local) + " === " + config::to_string(remote);
+            if (!why.empty()) {
+                ++counters_.acquires_ignored;
+                if (say) {
+                    io_.log(log_level::info, p->name, "traffic " + flow + " dropped: tunnel " + t.name + " is down and " + why);
+                }
                 return;
             }
+            ++counters_.acquires_initiated;
+            if (say) {
+                io_.log(log_level::info, p->name, "traffic " + flow + " needs tunnel " + t.name + ": initiating");
+            }
+            initiate(name);
+            return;
         }
     }
+    ++counters_.acquires_unmatched;
 }
 
 void ike_manager::on_expire(config::direction dir, uint32_t spi, bool hard)
