@@ -283,10 +283,12 @@ TEST(ExchangeTest, PskEstablishesIkeAndChildSa)
     EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 1u);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
     expect_mirrored(f.io_b.inst, f.io_a.inst);
-    // Inbound is installed before outbound on both sides.
+    // Inbound is installed before outbound on both sides (A's trap policy went in at start()).
     ASSERT_GE(f.io_b.inst.events.size(), 2u);
     EXPECT_EQ(f.io_b.inst.events[0].substr(0, 3), "+in");
-    EXPECT_EQ(f.io_a.inst.events[0].substr(0, 3), "+in");
+    ASSERT_GE(f.io_a.inst.events.size(), 3u);
+    EXPECT_EQ(f.io_a.inst.events[0], "+trap 192.168.1.0/24 === 192.168.2.0/24");
+    EXPECT_EQ(f.io_a.inst.events[1].substr(0, 3), "+in");
     const auto& sa = f.io_a.inst.sas.begin()->second;
     EXPECT_EQ(sa.cipher, config::cipher_alg::aes_gcm16);
     EXPECT_EQ(sa.cipher_key_length, 36); // AES-256 + 4-byte salt
