@@ -727,6 +727,7 @@ int ike_daemon::run()
         if (now() >= next_keepalive_) {
             send_keepalives();
             connect_events();
+            manager_.retry_traps(); // the data plane was not reachable when some were due
             next_keepalive_ = now() + keepalive_interval;
         }
     }

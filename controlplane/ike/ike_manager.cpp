@@ -185,12 +185,10 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
             if (std::find(r.unchanged.begin(), r.unchanged.end(), p->name) != r.unchanged.end()) {
                 continue;
             }
-            std::vector<uint32_t> old = std::move(traps_[p->name]);
-            traps_[p->name].clear();
-            install_traps(*p, traps_[p->name]);
-            remove_trap_ids(p->name, old);
+            install_peer_traps(*p);
         }
         for (const auto& name : r.removed) {
+            traps_incomplete_.erase(name);
             if (auto it = traps_.find(name); it != traps_.end()) {
                 remove_trap_ids(name, it->second);
                 traps_.erase(it);
@@ -266,8 +264,9 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     return ref;
 }
 
-void ike_manager::install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids)
+bool ike_manager::install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids)
 {
+    bool complete = true;
     for (const auto& t : peer.tunnels) {
         for (const auto& local : t.local_ts) {
             for (const auto& remote : t.remote_ts) {
@@ -278,12 +277,38 @@ void ike_manager::install_traps(const config::ike_peer_config& peer, std::vector
                     ids.push_back(*id);
                     io_.log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + pair + " installed");
                 } else {
+                    complete = false;
                     // Without any data plane (null installer) there is nothing to protect: a warning.
                     io_.log(error.starts_with("no data plane") ? log_level::warning : log_level::error, peer.name,
                             "tunnel " + t.name + ": cannot install the trap policy " + pair + ": " + error +
                                 "; while the tunnel is down its traffic is not held back by it");
                 }
             }
+        }
+    }
+    return complete;
+}
+
+void ike_manager::install_peer_traps(const config::ike_peer_config& peer)
+{
+    std::vector<uint32_t> old = std::move(traps_[peer.name]);
+    traps_[peer.name].clear();
+    if (install_traps(peer, traps_[peer.name])) {
+        traps_incomplete_.erase(peer.name);
+    } else {
+        traps_incomplete_.insert(peer.name);
+    }
+    remove_trap_ids(peer.name, old);
+}
+
+void ike_manager::retry_traps()
+{
+    if (!traps_wanted_ || traps_incomplete_.empty()) {
+        return;
+    }
+    for (const auto& p : peers_) {
+        if (traps_incomplete_.count(p->name) != 0) {
+            install_peer_traps(*p);
         }
     }
 }
@@ -303,6 +328,7 @@ void ike_manager::remove_traps()
         remove_trap_ids(peer, ids);
     }
     traps_.clear();
+    traps_incomplete_.clear();
     traps_wanted_ = false;
 }
 
@@ -310,7 +336,7 @@ void ike_manager::start()
 {
     traps_wanted_ = true;
     for (const auto& peer : peers_) {
-        install_traps(*peer, traps_[peer->name]);
+        install_peer_traps(*peer);
     }
     for (const auto& peer : peers_) {
         std::vector<std::string> tunnels;

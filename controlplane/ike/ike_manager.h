@@ -52,6 +52,9 @@ public:
     // (reload) or remove_traps(): while a tunnel has no SA its traffic is dropped, never sent in the
     // clear, and raises an acquire (on_acquire).
     void start();
+    // Installs again the traps of peers where some failed (data plane not reachable yet); the daemon
+    // calls it periodically. Make before break, as reload.
+    void retry_traps();
     // Daemon shutdown: removes every trap policy (docs/ike.md, "Traffic while a tunnel is down").
     void remove_traps();
     // Trap policy ids in the data plane, by peer name.
@@ -128,7 +131,10 @@ private:
     // Trap policies (see start()), installed once start() ran.
     bool traps_wanted_ = false;
     std::map<std::string, std::vector<uint32_t>> traps_;
-    void install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids);
+    std::set<std::string> traps_incomplete_; // peers with a trap that could not be installed
+    // Returns false when some trap of the peer could not be installed.
+    bool install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids);
+    void install_peer_traps(const config::ike_peer_config& peer); // replaces the peer's traps
     void remove_trap_ids(const std::string& peer, const std::vector<uint32_t>& ids);
     // Peers DPD action `clear` took down: acquires for their `start: immediately` tunnels are ignored
     // until the operator initiates, a reload changes the peer, or an IKE SA with it is established.

@@ -48,8 +48,13 @@ struct recording_installer final : sa_installer {
     // Trap policies by id: "local === remote".
     std::map<uint32_t, std::string> traps;
     uint32_t next_trap = 1;
-    std::optional<uint32_t> add_trap(const config::ip_prefix& local, const config::ip_prefix& remote, std::string&) override
+    bool refuse_traps = false;
+    std::optional<uint32_t> add_trap(const config::ip_prefix& local, const config::ip_prefix& remote, std::string& error) override
     {
+        if (refuse_traps) {
+            error = "data plane not reachable";
+            return std::nullopt;
+        }
         traps[next_trap] = config::to_string(local) + " === " + config::to_string(remote);
         events.push_back("+trap " + traps[next_trap]);
         return next_trap++;
@@ -911,6 +916,25 @@ TEST(TrapPolicies, ShutdownRemovesTheTraps)
     f.a->remove_traps();
     EXPECT_TRUE(f.io_a.inst.traps.empty());
     EXPECT_TRUE(f.io_a.inst.sas.empty());
+}
+
+TEST(TrapPolicies, TrapsThatFailedAreInstalledLater)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.io_a.inst.refuse_traps = true; // espresso-dp not reachable yet
+    f.a->start();
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    EXPECT_TRUE(std::any_of(f.io_a.logs.begin(), f.io_a.logs.end(), [](const std::string& l) {
+        return l.find("cannot install the trap policy 192.168.1.0/24 === 192.168.2.0/24") != std::string::npos;
+    }));
+    f.a->retry_traps();
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    f.io_a.inst.refuse_traps = false;
+    f.a->retry_traps();
+    EXPECT_EQ(f.io_a.inst.trap_list(), std::vector<std::string>{"192.168.1.0/24 === 192.168.2.0/24"});
+    f.a->retry_traps(); // complete now: nothing more
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
 }
 
 // Runs A (with `dpd` and A's tunnel `start`) up to an established tunnel, then kills B until A's DPD
