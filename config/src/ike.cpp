@@ -127,6 +127,33 @@ constexpr std::array legacy_table{
                  "modp2048 or ecp256"},
 };
 
+// Legacy transforms that allow-legacy accepts in principle but Espresso does not implement: the IKE
+// daemon has AES only (crypto/sk_cipher.cpp), HMAC-SHA1/SHA2 only, and MODP groups from OpenSSL 3's
+// named groups (no RFC 2409 group 2, no RFC 5114 groups); the data plane refuses DES, 3DES and MD5.
+// Refused at load, so a proposal never promises what a negotiation cannot deliver. The one legacy
+// transform implemented is modp1536 (group 5, RFC 3526), for old peers that offer nothing better.
+struct unimplemented_entry {
+    transform_type type;
+    uint16_t id;
+};
+constexpr std::array unimplemented_table{
+    unimplemented_entry{transform_type::encr, ike_encr_des},  unimplemented_entry{transform_type::encr, ike_encr_3des},
+    unimplemented_entry{transform_type::integ, 1},            unimplemented_entry{transform_type::prf, 1},
+    unimplemented_entry{transform_type::dh, 1},               unimplemented_entry{transform_type::dh, 2},
+    unimplemented_entry{transform_type::dh, 22},              unimplemented_entry{transform_type::dh, 23},
+    unimplemented_entry{transform_type::dh, 24},
+};
+constexpr std::string_view implemented_legacy =
+    "with allow-legacy: true the only legacy transform Espresso implements is modp1536 (DH group 5); "
+    "otherwise it supports aes128/192/256 (CBC and GCM), sha1/256/384/512, prfsha1/256/384/512, "
+    "modp2048/3072/4096, ecp256/384/521 and curve25519";
+
+bool unimplemented(transform_type type, uint16_t id)
+{
+    return std::any_of(unimplemented_table.begin(), unimplemented_table.end(),
+                       [&](const unimplemented_entry& e) { return e.type == type && e.id == id; });
+}
+
 // strongSwan's log names (transform_get_enum_names), so our diagnostics read like its.
 struct name_entry {
     transform_type type;
@@ -345,10 +372,22 @@ std::optional<ike_proposal_config> parse_ike_proposal(std::string_view text, boo
         if (const legacy_entry* legacy = find_legacy(entry->type, entry->id);
             legacy != nullptr && !allow_legacy) {
             error.legacy = true;
+            if (unimplemented(entry->type, entry->id)) {
+                return refuse("legacy " + std::string(type_name(entry->type)) + " " + quoted(token) +
+                                  " refused: " + std::string(legacy->reason) +
+                                  "; Espresso does not implement it, even with allow-legacy: true",
+                              "use " + std::string(legacy->instead) + " (" + std::string(implemented_legacy) + ")");
+            }
             return refuse("legacy " + std::string(type_name(entry->type)) + " " + quoted(token) +
                               " refused: " + std::string(legacy->reason),
                           "use " + std::string(legacy->instead) +
                               ", or set allow-legacy: true on this peer if the peer cannot do better");
+        }
+        if (unimplemented(entry->type, entry->id)) {
+            error.legacy = true;
+            return refuse("legacy " + std::string(type_name(entry->type)) + " " + quoted(token) +
+                              " is not implemented by Espresso (allow-legacy: true cannot enable it)",
+                          std::string(implemented_legacy));
         }
         bool duplicate = false;
         switch (entry->type) {

@@ -523,8 +523,6 @@ json ike_daemon::reload(std::string& error)
                 " takes effect when espresso-ike restarts; running with " + std::to_string(shards_->size()));
     }
     auto r = shards_->reload(cfg.ike);
-    remove_traps();
-    install_traps(shards_->config());
     log(log_level::info, "-", "reloaded " + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
                                   std::to_string(r.changed.size()) + " changed, " + std::to_string(r.removed.size()) +
                                   " removed, " + std::to_string(r.unchanged.size()) + " unchanged peer(s)");
@@ -621,7 +619,10 @@ json ike_daemon::handle_request(const json& request)
                     {"not-negotiated", f.not_negotiated},
                     {"stale", f.stale},
                     {"discarded", f.discarded},
-                    {"pmtu-lowered", f.pmtu_lowered}}}};
+                    {"pmtu-lowered", f.pmtu_lowered}}},
+                  {"acquires",
+                   {{"received", c.acquires}, {"initiated", c.acquires_initiated}, {"ignored", c.acquires_ignored},
+                    {"unmatched", c.acquires_unmatched}}}};
     } else {
         return fail("op: unknown operation '" + op + "' (ping, list-ike-sas, failures, initiate, clear, log, reload, counters)");
     }
@@ -672,52 +673,6 @@ void ike_daemon::read_events()
         epoll_ctl(epoll_, EPOLL_CTL_DEL, events_->fd(), nullptr);
         events_.reset();
     }
-}
-
-void ike_daemon::install_traps(const config::ike_config& config)
-{
-    auto* dpi = dynamic_cast<dataplane_installer*>(installer_.get());
-    for (const auto& peer : config.peers) {
-        for (const auto& t : peer.tunnels) {
-            if (t.start != config::ike_start_action::on_traffic) {
-                continue;
-            }
-            if (dpi == nullptr) {
-                log(log_level::warning, peer.name, "tunnel " + t.name + ": start on-traffic needs the data plane's trap "
-                                                   "policies; without a data plane it starts only when asked");
-                continue;
-            }
-            // Priority 2000: the protect policies the SAs imply (1000) win once the tunnel is up, and
-            // the trap catches the traffic again when it goes down (RFC 4301 §5.1 acquire).
-            for (const auto& local : t.local_ts) {
-                for (const auto& remote : t.remote_ts) {
-                    std::string error;
-                    auto id = dpi->add_policy({{"local", config::to_string(local)},
-                                               {"remote", config::to_string(remote)},
-                                               {"action", "trap"},
-                                               {"priority", 2000}},
-                                              error);
-                    if (id) {
-                        trap_policies_.push_back(*id);
-                        log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + config::to_string(local) +
-                                                            " === " + config::to_string(remote) + " installed");
-                    } else {
-                        log(log_level::error, peer.name, "tunnel " + t.name + ": cannot install the trap policy: " + error);
-                    }
-                }
-            }
-        }
-    }
-}
-
-void ike_daemon::remove_traps()
-{
-    if (auto* dpi = dynamic_cast<dataplane_installer*>(installer_.get())) {
-        for (uint32_t id : trap_policies_) {
-            dpi->remove_policy(id);
-        }
-    }
-    trap_policies_.clear();
 }
 
 int ike_daemon::run()
@@ -771,7 +726,6 @@ int ike_daemon::run()
         }
         connect_events();
     }
-    install_traps(shards_->config());
     log(log_level::info, "-",
         "espresso-ike ready; " + std::to_string(shards_->config().peers.size()) + " peer(s), " +
             std::to_string(shards_->size()) + " IKE thread(s)");
@@ -796,7 +750,6 @@ int ike_daemon::run()
                 }
                 log(log_level::info, "-", "shutting down: deleting IKE SAs");
                 shards_->stop();
-                remove_traps();
                 return 0;
             }
             if (fd == listen_fd_) {
@@ -826,6 +779,7 @@ int ike_daemon::run()
         }
         if (now() >= next_keepalive_) {
             connect_events();
+            shards_->retry_traps(); // the data plane was not reachable when some were due
             next_keepalive_ = now() + keepalive_interval;
         }
     }

@@ -111,10 +111,7 @@ private:
     uint64_t log_seq_ = 0;
     std::ofstream log_file_;
     std::chrono::steady_clock::time_point next_keepalive_{};
-    std::atomic<std::chrono::steady_clock::rep> debug_until_{0}; // steady_clock ticks
-    std::vector<uint32_t> trap_policies_; // installed in espresso-dp for `start: on-traffic`
-    void install_traps(const config::ike_config& config);
-    void remove_traps(); // `espresso debug ike` is following the log
+    std::atomic<std::chrono::steady_clock::rep> debug_until_{0}; // steady_clock ticks; `espresso debug ike` is following the log
 };
 
 } // namespace espresso::cp

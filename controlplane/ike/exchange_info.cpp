@@ -66,9 +66,14 @@ void ike_sa::send_dpd()
     r.on_timeout = [this] {
         fail("peer " + peer_.name + " (" + to_string(remote_) + ") stopped answering liveness checks (DPD).",
              "the peer is down or unreachable; the tunnel is " +
-                 std::string(peer_.dpd_action == config::ike_dpd_action::restart ? "being re-established"
-                             : peer_.dpd_action == config::ike_dpd_action::hold   ? "held until traffic needs it"
-                                                                                  : "cleared") + ".");
+                 std::string(peer_.dpd_action == config::ike_dpd_action::restart
+                                 ? "being re-established"
+                             : peer_.dpd_action == config::ike_dpd_action::hold
+                                 ? "held: its traffic is dropped and re-establishes it"
+                                 : "cleared: its traffic is dropped until it is initiated again") + ".");
+        // What follows is the manager's (ike_manager::after): restart initiates now; hold leaves the
+        // trap policies to raise an acquire on the next packet; clear ignores those acquires.
+        dpd_failed_ = true;
         restart_requested_ = peer_.dpd_action == config::ike_dpd_action::restart;
     };
     queue_request(std::move(r));

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -34,6 +35,17 @@ public:
         (void)spi, (void)address, (void)port;
         return "";
     }
+    // Trap policy for a configured tunnel's selector pair (RFC 4301 §5.1): traffic that matches it and
+    // no SA's protect policy is dropped (counted as no_outbound_sa) and raises an acquire, so it never
+    // leaves in the clear while the tunnel is down. Returns the policy's id, or nullopt with `error`
+    // set. The default (no data plane) cannot install one.
+    virtual std::optional<uint32_t> add_trap(const config::ip_prefix& /*local*/, const config::ip_prefix& /*remote*/,
+                                             std::string& error)
+    {
+        error = "no data plane";
+        return std::nullopt;
+    }
+    virtual std::string remove_trap(uint32_t /*id*/) { return ""; }
 };
 
 enum class log_level : uint8_t { error, warning, info, debug };

@@ -230,6 +230,28 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
     }
     peers_ = std::move(fresh);
     config_ = std::move(next);
+    for (const auto* list : {&r.removed, &r.changed, &r.added}) {
+        for (const auto& name : *list) {
+            dpd_cleared_.erase(name);
+        }
+    }
+    if (traps_wanted_) {
+        // Make before break: the new selectors' traps go in before the old ones come out, so a
+        // changed tunnel's traffic is never without a trap.
+        for (const auto& p : peers_) {
+            if (std::find(r.unchanged.begin(), r.unchanged.end(), p->name) != r.unchanged.end()) {
+                continue;
+            }
+            install_peer_traps(*p);
+        }
+        for (const auto& name : r.removed) {
+            traps_incomplete_.erase(name);
+            if (auto it = traps_.find(name); it != traps_.end()) {
+                remove_trap_ids(name, it->second);
+                traps_.erase(it);
+            }
+        }
+    }
     for (const auto& p : peers_) {
         if (p->auth.method == config::ike_auth_method::pubkey &&
             std::find(r.unchanged.begin(), r.unchanged.end(), p->name) == r.unchanged.end()) {
@@ -302,8 +324,83 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     return ref;
 }
 
+bool ike_manager::install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids)
+{
+    bool complete = true;
+    for (const auto& t : peer.tunnels) {
+        for (const auto& local : t.local_ts) {
+            for (const auto& remote : t.remote_ts) {
+                std::string error;
+                auto id = io_.installer().add_trap(local, remote, error);
+                std::string pair = config::to_string(local) + " === " + config::to_string(remote);
+                if (id) {
+                    ids.push_back(*id);
+                    io_.log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + pair + " installed");
+                } else {
+                    complete = false;
+                    // Without any data plane (null installer) there is nothing to protect: a warning.
+                    io_.log(error.starts_with("no data plane") ? log_level::warning : log_level::error, peer.name,
+                            "tunnel " + t.name + ": cannot install the trap policy " + pair + ": " + error +
+                                "; while the tunnel is down its traffic is not held back by it");
+                }
+            }
+        }
+    }
+    return complete;
+}
+
+void ike_manager::install_peer_traps(const config::ike_peer_config& peer)
+{
+    std::vector<uint32_t> old = std::move(traps_[peer.name]);
+    traps_[peer.name].clear();
+    if (install_traps(peer, traps_[peer.name])) {
+        traps_incomplete_.erase(peer.name);
+    } else {
+        traps_incomplete_.insert(peer.name);
+    }
+    remove_trap_ids(peer.name, old);
+}
+
+void ike_manager::retry_traps()
+{
+    if (!traps_wanted_ || traps_incomplete_.empty()) {
+        return;
+    }
+    for (const auto& p : peers_) {
+        if (traps_incomplete_.count(p->name) != 0) {
+            install_peer_traps(*p);
+        }
+    }
+}
+
+void ike_manager::remove_trap_ids(const std::string& peer, const std::vector<uint32_t>& ids)
+{
+    for (uint32_t id : ids) {
+        if (auto err = io_.installer().remove_trap(id); !err.empty()) {
+            io_.log(log_level::warning, peer, "cannot remove trap policy " + std::to_string(id) + ": " + err);
+        }
+    }
+}
+
+void ike_manager::remove_traps()
+{
+    for (const auto& [peer, ids] : traps_) {
+        remove_trap_ids(peer, ids);
+    }
+    traps_.clear();
+    traps_incomplete_.clear();
+    traps_wanted_ = false;
+}
+
 void ike_manager::start()
 {
+    // One set of trap policies per daemon: shard 0 owns them (every shard sees the same peers).
+    traps_wanted_ = shard_ == 0;
+    for (const auto& peer : peers_) {
+        if (traps_wanted_) {
+            install_peer_traps(*peer);
+        }
+    }
     for (const auto& peer : peers_) {
         std::vector<std::string> tunnels;
         for (const auto& t : peer->tunnels) {
@@ -357,6 +454,7 @@ std::string ike_manager::initiate_existing(const std::string& name, bool& found,
     if (peer_name != nullptr) {
         *peer_name = peer->name;
     }
+    dpd_cleared_.erase(peer->name); // the operator (or traffic, see on_acquire) wants it back
     // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
     for (auto& [spi, sa] : sas_) {
         if (sa->peer().name != peer->name || sa->dead()) {
@@ -593,6 +691,17 @@ void ike_manager::after(uint64_t spi)
     if (sa.dead()) {
         auto peer = sa.shared_peer();
         bool restart = sa.restart_requested();
+        bool dpd_failed = sa.dpd_failed();
+        if (dpd_failed && peer->dpd_action == config::ike_dpd_action::clear) {
+            // DPD action clear: the tunnel stays down (its traps keep dropping its traffic) until the
+            // operator initiates it; `start: on-traffic` tunnels still start on traffic, as
+            // strongSwan's start_action=trap does whatever dpd_action says.
+            dpd_cleared_.insert(peer->name);
+            keep_up_.erase(peer->name);
+            retries_.erase(peer->name);
+        } else if (dpd_failed && peer->dpd_action == config::ike_dpd_action::hold) {
+            io_.log(log_level::info, peer->name, "DPD action hold: the next packet of its tunnels re-establishes it");
+        }
         bool failed_attempt = sa.sa_role() == ike_sa::role::initiator && !sa.established_at();
         unschedule(spi);
         half_open_remove(spi);
@@ -620,6 +729,7 @@ void ike_manager::after(uint64_t spi)
     if (sa.sa_state() == ike_sa::state::established) {
         half_open_remove(spi);
         retries_.erase(sa.peer().name);
+        dpd_cleared_.erase(sa.peer().name);
     }
     schedule(spi, sa.next_deadline());
 }
@@ -739,28 +849,33 @@ steady_time ike_manager::next_deadline() const
     return next;
 }
 
+namespace {
+
+bool covers(const std::vector<config::ip_prefix>& list, const config::ip_prefix& x)
+{
+    return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
+        if (p.address.family != x.address.family || p.length > x.length) {
+            return false;
+        }
+        for (unsigned bit = 0; bit < p.length; ++bit) {
+            uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
+            if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
+                return false;
+            }
+        }
+        return true;
+    });
+}
+
+} // namespace
+
 std::optional<std::string> acquire_target(const config::ike_config& config, const config::ip_prefix& local,
                                           const config::ip_prefix& remote)
 {
-    auto covers = [](const std::vector<config::ip_prefix>& list, const config::ip_prefix& x) {
-        return std::any_of(list.begin(), list.end(), [&](const config::ip_prefix& p) {
-            if (p.address.family != x.address.family || p.length > x.length) {
-                return false;
-            }
-            for (unsigned bit = 0; bit < p.length; ++bit) {
-                uint8_t m = static_cast<uint8_t>(0x80u >> (bit % 8));
-                if ((p.address.bytes[bit / 8] & m) != (x.address.bytes[bit / 8] & m)) {
-                    return false;
-                }
-            }
-            return true;
-        });
-    };
     for (const auto& p : config.peers) {
         for (const auto& t : p.tunnels) {
-            if (t.start == config::ike_start_action::on_traffic && covers(t.local_ts, local) &&
-                covers(t.remote_ts, remote)) {
-                return p.name + "/" + t.name;
+            if (covers(t.local_ts, local) && covers(t.remote_ts, remote)) {
+                return p.name;
             }
         }
     }
@@ -769,9 +884,45 @@ std::optional<std::string> acquire_target(const config::ike_config& config, cons
 
 void ike_manager::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
 {
-    if (auto target = acquire_target(config_, local, remote)) {
-        initiate(*target);
+    ++counters_.acquires;
+    for (const auto& p : peers_) {
+        for (const auto& t : p->tunnels) {
+            if (!covers(t.local_ts, local) || !covers(t.remote_ts, remote)) {
+                continue;
+            }
+            const std::string name = p->name + "/" + t.name;
+            std::string why; // non-empty: the acquire is not acted on, the traffic stays dropped
+            if (t.start == config::ike_start_action::none) {
+                why = "it has start: none (the peer or `espresso initiate " + name + "` brings it up)";
+            } else if (t.start == config::ike_start_action::immediately && dpd_cleared_.count(p->name) != 0) {
+                why = "DPD action clear took it down (`espresso initiate " + name + "` brings it back)";
+            } else if (!p->remote_address) {
+                why = "the peer has remote-address any; it can only respond";
+            }
+            // One line per tunnel and minute: the data plane raises acquires once a second per worker.
+            auto now = io_.now();
+            auto& last = acquire_logged_[name];
+            bool say = last == steady_time{} || now - last >= std::chrono::seconds(60);
+            if (say) {
+                last = now;
+            }
+            std::string flow = config::to_string(local) + " === " + config::to_string(remote);
+            if (!why.empty()) {
+                ++counters_.acquires_ignored;
+                if (say) {
+                    io_.log(log_level::info, p->name, "traffic " + flow + " dropped: tunnel " + t.name + " is down and " + why);
+                }
+                return;
+            }
+            ++counters_.acquires_initiated;
+            if (say) {
+                io_.log(log_level::info, p->name, "traffic " + flow + " needs tunnel " + t.name + ": initiating");
+            }
+            initiate(name);
+            return;
+        }
     }
+    ++counters_.acquires_unmatched;
 }
 
 void ike_manager::on_expire(config::direction dir, uint32_t spi, bool hard)

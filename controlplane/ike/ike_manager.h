@@ -38,6 +38,11 @@ struct manager_counters {
     uint64_t timers_late_100ms = 0;  // more than 100 ms late
     uint64_t timer_late_max_us = 0;
     fragment_counters fragments;     // RFC 7383, summed over every IKE SA
+    // Data plane acquires (traffic hit a tunnel's trap policy while the tunnel had no SA).
+    uint64_t acquires = 0;
+    uint64_t acquires_initiated = 0; // started (or joined) a negotiation
+    uint64_t acquires_ignored = 0;   // the tunnel's start/DPD action says not to (the traffic stays dropped)
+    uint64_t acquires_unmatched = 0; // no configured tunnel covers the addresses
 };
 
 class ike_manager;
@@ -65,7 +70,8 @@ public:
 // state and retries live only there. A stable hash of the name (FNV-1a), not std::hash.
 size_t home_shard(const std::string& peer, size_t shards) noexcept;
 
-// The tunnel ("peer/tunnel") a data plane acquire for (local, remote) should bring up, if any.
+// The peer with a tunnel covering a data plane acquire for (local, remote), if any (its home shard
+// decides what to do: ike_manager::on_acquire).
 std::optional<std::string> acquire_target(const config::ike_config& config, const config::ip_prefix& local,
                                           const config::ip_prefix& remote);
 
@@ -75,8 +81,18 @@ public:
     ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit = {},
                 shard_directory* directory = nullptr, size_t shard = 0);
 
-    // Initiates every tunnel with `start: immediately`.
+    // Installs a trap policy for every configured tunnel (whatever its start action) and initiates
+    // every tunnel with `start: immediately`. The traps stay until the tunnel leaves the configuration
+    // (reload) or remove_traps(): while a tunnel has no SA its traffic is dropped, never sent in the
+    // clear, and raises an acquire (on_acquire).
     void start();
+    // Installs again the traps of peers where some failed (data plane not reachable yet); the daemon
+    // calls it periodically. Make before break, as reload.
+    void retry_traps();
+    // Daemon shutdown: removes every trap policy (docs/ike.md, "Traffic while a tunnel is down").
+    void remove_traps();
+    // Trap policy ids in the data plane, by peer name.
+    const std::map<std::string, std::vector<uint32_t>>& traps() const noexcept { return traps_; }
     // One IKE message as received (non-ESP marker already stripped).
     void receive(const endpoint& local, const endpoint& remote, std::span<const uint8_t> datagram);
     void tick();
@@ -105,6 +121,8 @@ public:
     // Deletes every SA locally (data plane) and tells peers, best effort: daemon shutdown.
     void shutdown();
     // Data plane events: acquire for a protect policy without SA; soft/hard expiry of an SA.
+    // An acquire initiates the tunnel that covers the addresses unless the tunnel has `start: none`,
+    // or has `start: immediately` and was taken down by DPD action `clear` (docs/ike.md).
     void on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote);
     void on_expire(config::direction dir, uint32_t spi, bool hard);
 
@@ -170,6 +188,18 @@ private:
     bytes cookie_secret_; // random per process; cookies survive only as long as we do
     std::map<std::string, std::shared_ptr<const pubkey_credentials>> credentials_; // by peer name
     std::vector<std::string> startup_errors_;
+    // Trap policies (see start()), installed once start() ran.
+    bool traps_wanted_ = false;
+    std::map<std::string, std::vector<uint32_t>> traps_;
+    std::set<std::string> traps_incomplete_; // peers with a trap that could not be installed
+    // Returns false when some trap of the peer could not be installed.
+    bool install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids);
+    void install_peer_traps(const config::ike_peer_config& peer); // replaces the peer's traps
+    void remove_trap_ids(const std::string& peer, const std::vector<uint32_t>& ids);
+    // Peers DPD action `clear` took down: acquires for their `start: immediately` tunnels are ignored
+    // until the operator initiates, a reload changes the peer, or an IKE SA with it is established.
+    std::set<std::string> dpd_cleared_;
+    std::map<std::string, steady_time> acquire_logged_; // tunnel -> last log line about its acquires
     void give_credentials(ike_sa& sa) const;
 };
 

@@ -110,6 +110,8 @@ public:
     bool dead() const noexcept { return state_ == state::dead; }
     // DPD found the peer gone and dpd action is restart: the manager initiates a new IKE SA.
     bool restart_requested() const noexcept { return restart_requested_; }
+    // The peer stopped answering liveness checks (DPD): the SA died of it.
+    bool dpd_failed() const noexcept { return dpd_failed_; }
     // Certificate authentication (auth.method pubkey): our certificate, key and trusted CAs, loaded
     // once per peer by the manager. Without them such a peer cannot authenticate.
     void set_credentials(std::shared_ptr<const pubkey_credentials> credentials) { credentials_ = std::move(credentials); }
@@ -306,6 +308,7 @@ private:
     std::string failure_cause_;
     std::string remote_id_text_;
     bool restart_requested_ = false;
+    bool dpd_failed_ = false;
     bool send_initial_contact_ = true;
     bool initial_contact_received_ = false;
     std::shared_ptr<const pubkey_credentials> credentials_;

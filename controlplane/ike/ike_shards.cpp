@@ -168,7 +168,12 @@ void ike_shards::start()
 
 void ike_shards::stop()
 {
-    on_each([](ike_manager& m) { m.shutdown(); });
+    // As strongSwan's charon on stop: the trap policies go with the daemon (docs/ike.md, "Traffic while
+    // a tunnel is down"); a crash leaves them in place (fail closed).
+    on_each([](ike_manager& m) {
+        m.shutdown();
+        m.remove_traps();
+    });
     join();
 }
 
@@ -336,9 +341,14 @@ ike_manager::reload_result ike_shards::reload(const config::ike_config& next)
 
 void ike_shards::on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote)
 {
-    if (auto target = acquire_target(config_, local, remote)) {
-        initiate(*target);
-    }
+    const auto peer = acquire_target(config_, local, remote);
+    const size_t shard = peer ? home_shard(*peer, shards_.size()) : 0;
+    post(shard, [local, remote](ike_manager& m) { m.on_acquire(local, remote); });
+}
+
+void ike_shards::retry_traps()
+{
+    post(0, [](ike_manager& m) { m.retry_traps(); });
 }
 
 void ike_shards::on_expire(config::direction dir, uint32_t spi, bool hard)
@@ -360,6 +370,10 @@ manager_counters ike_shards::counters()
         t.cookies_sent += c.cookies_sent;
         t.cookies_invalid += c.cookies_invalid;
         t.initial_contact_drops += c.initial_contact_drops;
+        t.acquires += c.acquires;
+        t.acquires_initiated += c.acquires_initiated;
+        t.acquires_ignored += c.acquires_ignored;
+        t.acquires_unmatched += c.acquires_unmatched;
         t.timers_run += c.timers_run;
         t.timers_late_10ms += c.timers_late_10ms;
         t.timers_late_100ms += c.timers_late_100ms;

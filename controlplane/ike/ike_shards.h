@@ -170,7 +170,11 @@ public:
     std::string initiate(const std::string& name);
     size_t clear(const std::string& peer);
     ike_manager::reload_result reload(const config::ike_config& next);
+    // To the home shard of the peer whose tunnel covers the addresses (shard 0 when none: it counts
+    // the acquire as unmatched); that shard's manager decides (start action, DPD state).
     void on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote);
+    // Shard 0 owns the daemon's trap policies (ike_manager::start): retry the ones that failed.
+    void retry_traps();
     void on_expire(config::direction dir, uint32_t spi, bool hard); // asynchronous: the owner acts
     manager_counters counters();                                    // summed (largest lateness: max)
     std::deque<negotiation_failure> failures();                     // merged by time, the last 100

@@ -142,6 +142,16 @@ std::optional<uint32_t> dataplane_installer::add_policy(const nlohmann::json& po
     return std::nullopt;
 }
 
+std::optional<uint32_t> dataplane_installer::add_trap(const config::ip_prefix& local, const config::ip_prefix& remote,
+                                                      std::string& error)
+{
+    // Priority 2000: the protect policies the SAs imply (1000) win while the tunnel is up; the trap
+    // catches the traffic again when it is down (RFC 4301 §5.1 acquire).
+    return add_policy({{"local", config::to_string(local)}, {"remote", config::to_string(remote)}, {"action", "trap"},
+                       {"priority", 2000}},
+                      error);
+}
+
 std::string dataplane_installer::remove_policy(uint32_t id)
 {
     if (auto err = connect(); !err.empty()) {

@@ -24,8 +24,10 @@ public:
     std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port) override; // update-sa
     // Connects if not connected; "" or the reason.
     std::string connect();
-    // add-policy / delete-policy (trap policies for `start: on-traffic` tunnels). Returns the
-    // policy's id, or nullopt with `error` set.
+    std::optional<uint32_t> add_trap(const config::ip_prefix& local, const config::ip_prefix& remote,
+                                     std::string& error) override;
+    std::string remove_trap(uint32_t id) override { return remove_policy(id); }
+    // add-policy / delete-policy. Returns the policy's id, or nullopt with `error` set.
     std::optional<uint32_t> add_policy(const nlohmann::json& policy, std::string& error);
     std::string remove_policy(uint32_t id);
 
@@ -38,6 +40,11 @@ class null_installer final : public sa_installer {
 public:
     std::string install(const config::sa_config&) override { return ""; }
     std::string remove(config::direction, uint32_t) override { return ""; }
+    std::optional<uint32_t> add_trap(const config::ip_prefix&, const config::ip_prefix&, std::string& error) override
+    {
+        error = "no data plane (espresso-ike runs without espresso-dp)";
+        return std::nullopt;
+    }
 };
 
 } // namespace espresso::cp

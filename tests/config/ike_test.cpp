@@ -122,8 +122,8 @@ TEST(ike_proposal, describe_uses_strongswan_names)
         "ECP_256");
     EXPECT_EQ(describe_transforms(good_proposal("aes128gcm16-ecp256-esn", true)),
               "AES_GCM_16_128/ECP_256/EXT_SEQ");
-    EXPECT_EQ(describe_transforms(good_proposal("3des-md5-modp1024", false, true)),
-              "3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_1024");
+    EXPECT_EQ(describe_transforms(good_proposal("aes128-sha1-modp1536", false, true)),
+              "AES_CBC_128/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1536");
     ike_proposal_config odd;
     odd.dh = {99};
     EXPECT_EQ(describe_transforms(odd), "UNKNOWN_4_99");
@@ -217,11 +217,23 @@ TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed)
         EXPECT_TRUE(detail.legacy);
         EXPECT_CONTAINS(detail.problem, std::string("\"").append(r.token).append("\" refused"));
         EXPECT_CONTAINS(detail.problem, std::string(r.rfc));
-        EXPECT_CONTAINS(detail.fix, "set allow-legacy: true");
-        EXPECT_TRUE(parse_ike_proposal(r.text, r.esp, true, detail).has_value()) << detail.problem;
+        if (r.token == "modp1536") {
+            // The one legacy transform implemented (the old ASA's group 5): allowed with allow-legacy.
+            EXPECT_CONTAINS(detail.fix, "set allow-legacy: true");
+            EXPECT_TRUE(parse_ike_proposal(r.text, r.esp, true, detail).has_value()) << detail.problem;
+            continue;
+        }
+        // The others are refused even with allow-legacy, naming what is implemented.
+        EXPECT_CONTAINS(detail.problem, "Espresso does not implement it, even with allow-legacy: true");
+        EXPECT_CONTAINS(detail.fix, "only legacy transform Espresso implements is modp1536");
+        proposal_error allowed;
+        EXPECT_FALSE(parse_ike_proposal(r.text, r.esp, true, allowed).has_value());
+        EXPECT_TRUE(allowed.legacy);
+        EXPECT_CONTAINS(allowed.problem, std::string("\"").append(r.token).append("\" is not implemented by Espresso"));
+        EXPECT_CONTAINS(allowed.fix, "modp1536 (DH group 5)");
     }
-    EXPECT_EQ(good_proposal("3des-sha1-modp1024", false, true).encryption, (std::vector<ike_encr>{{3, 0}}));
-    EXPECT_EQ(good_proposal("aes128-md5-modp768", false, true).prf, (ids{1}));
+    EXPECT_EQ(good_proposal("aes128-sha1-modp1536", false, true).dh, (ids{5}));
+    EXPECT_EQ(good_proposal("aes128gcm16-modp1536", true, true).dh, (ids{5})); // PFS group
     // sha1 is MUST- in RFC 8247 and RFC 8221: not legacy.
     EXPECT_EQ(good_proposal("aes128-sha1-modp2048", false).integrity, (ids{2}));
     EXPECT_EQ(good_proposal("aes128-sha256-prfsha1-modp2048", false).prf, (ids{2}));
@@ -431,9 +443,9 @@ TEST(ike_loader, exact_error_messages)
         {{"        - name: dmz", "        - name: lan"},
          "gw.yaml:32:17: ike.peers[0].tunnels[1].name: peer \"branch\" already has a tunnel named \"lan\" at "
          "gw.yaml:22:11. Fix: give each tunnel of a peer its own name."},
-        {{"proposals: [aes256-sha256-modp2048,", "proposals: [aes256-sha256-modp1024,"},
-         "gw.yaml:14:19: ike.peers[0].proposals[0]: legacy DH group \"modp1024\" refused: the 1024-bit MODP "
-         "group (2) "
+        {{"proposals: [aes256-sha256-modp2048,", "proposals: [aes256-sha256-modp1536,"},
+         "gw.yaml:14:19: ike.peers[0].proposals[0]: legacy DH group \"modp1536\" refused: the 1536-bit MODP "
+         "group (5) "
          "is too small (RFC 8247 §2.4: SHOULD NOT). Fix: use modp2048 or ecp256, or set allow-legacy: true "
          "on this "
          "peer if the peer cannot do better."},
@@ -504,8 +516,13 @@ TEST(ike_loader, exact_error_messages)
         ike_start_action::on_traffic);
     // Legacy allowed per peer; allow-legacy may come after the proposals it applies to.
     const auto legacy = load_string(with(with(gateway, "allow-legacy: false", "allow-legacy: true"),
-                                         "esp-proposals: [aes256gcm16,", "esp-proposals: [3des-md5,"));
-    EXPECT_EQ(legacy.ike.peers[0].tunnels[0].esp_proposals[0].encryption[0].id, ike_encr_3des);
+                                         "esp-proposals: [aes256gcm16,", "esp-proposals: [aes128-sha1-modp1536,"));
+    EXPECT_EQ(legacy.ike.peers[0].tunnels[0].esp_proposals[0].dh, (std::vector<uint16_t>{5}));
+    // 3DES/MD5 are refused at load even with allow-legacy (not implemented).
+    EXPECT_CONTAINS(load_error(with(with(gateway, "allow-legacy: false", "allow-legacy: true"),
+                                    "esp-proposals: [aes256gcm16,", "esp-proposals: [3des-md5,"))
+                        .what(),
+                    "is not implemented by Espresso");
     // Without interfaces local-address is not checked against them.
     const std::string no_interfaces = gateway.substr(gateway.find("ike:"));
     EXPECT_EQ(load_string(with(no_interfaces, "local-address: 198.51.100.1", "local-address: 198.51.100.77"))

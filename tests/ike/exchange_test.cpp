@@ -6,6 +6,7 @@
 #include <deque>
 #include <memory>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "espresso/config/loader.h"
@@ -58,6 +59,37 @@ struct recording_installer final : sa_installer {
             it->second.udp->destination_port = port;
         }
         return "";
+    }
+    // Trap policies by id: "local === remote".
+    std::map<uint32_t, std::string> traps;
+    uint32_t next_trap = 1;
+    bool refuse_traps = false;
+    std::optional<uint32_t> add_trap(const config::ip_prefix& local, const config::ip_prefix& remote, std::string& error) override
+    {
+        if (refuse_traps) {
+            error = "data plane not reachable";
+            return std::nullopt;
+        }
+        traps[next_trap] = config::to_string(local) + " === " + config::to_string(remote);
+        events.push_back("+trap " + traps[next_trap]);
+        return next_trap++;
+    }
+    std::string remove_trap(uint32_t id) override
+    {
+        if (traps.erase(id) == 0) {
+            return "no trap " + std::to_string(id);
+        }
+        events.push_back("-trap " + std::to_string(id));
+        return "";
+    }
+    std::vector<std::string> trap_list() const
+    {
+        std::vector<std::string> out;
+        for (const auto& [id, t] : traps) {
+            out.push_back(t);
+        }
+        std::sort(out.begin(), out.end());
+        return out;
     }
     size_t count(config::direction dir) const
     {
@@ -271,10 +303,12 @@ TEST(ExchangeTest, PskEstablishesIkeAndChildSa)
     EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 1u);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
     expect_mirrored(f.io_b.inst, f.io_a.inst);
-    // Inbound is installed before outbound on both sides.
+    // Inbound is installed before outbound on both sides (A's trap policy went in at start()).
     ASSERT_GE(f.io_b.inst.events.size(), 2u);
     EXPECT_EQ(f.io_b.inst.events[0].substr(0, 3), "+in");
-    EXPECT_EQ(f.io_a.inst.events[0].substr(0, 3), "+in");
+    ASSERT_GE(f.io_a.inst.events.size(), 3u);
+    EXPECT_EQ(f.io_a.inst.events[0], "+trap 192.168.1.0/24 === 192.168.2.0/24");
+    EXPECT_EQ(f.io_a.inst.events[1].substr(0, 3), "+in");
     const auto& sa = f.io_a.inst.sas.begin()->second;
     EXPECT_EQ(sa.cipher, config::cipher_alg::aes_gcm16);
     EXPECT_EQ(sa.cipher_key_length, 36); // AES-256 + 4-byte salt
@@ -854,6 +888,241 @@ TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
     ASSERT_FALSE(f.io_a.failures.empty());
     EXPECT_NE(f.io_a.failures.back().cause.find("DPD"), std::string::npos);
     EXPECT_TRUE(f.io_a.inst.sas.empty());
+}
+
+// Crypto-map semantics (docs/ike.md, "Traffic while a tunnel is down"): every configured tunnel has a
+// trap policy for each selector pair, whatever its start action, from start() until it leaves the
+// configuration; a reload swaps them make-before-break and shutdown removes them.
+TEST(TrapPolicies, EveryTunnelHasTrapsForItsWholeConfiguredLife)
+{
+    const std::string tunnels = "      tunnels:\n"
+                                "        - name: now\n"
+                                "          local-ts: [192.168.1.0/24, 192.168.11.0/24]\n"
+                                "          remote-ts: [192.168.2.0/24]\n"
+                                "          start: immediately\n"
+                                "        - name: lazy\n"
+                                "          local-ts: [192.168.3.0/24]\n"
+                                "          remote-ts: [192.168.4.0/24]\n"
+                                "          start: on-traffic\n"
+                                "        - name: passive\n"
+                                "          local-ts: [192.168.5.0/24]\n"
+                                "          remote-ts: [192.168.6.0/24]\n"
+                                "          start: none\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, tunnels),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    EXPECT_TRUE(f.io_a.inst.traps.empty()); // not before start()
+    f.a->start();
+    const std::vector<std::string> all = {"192.168.1.0/24 === 192.168.2.0/24", "192.168.11.0/24 === 192.168.2.0/24",
+                                          "192.168.3.0/24 === 192.168.4.0/24", "192.168.5.0/24 === 192.168.6.0/24"};
+    EXPECT_EQ(f.io_a.inst.trap_list(), all);
+    // The traps went in before the first IKE_SA_INIT could bring a Child SA up.
+    ASSERT_FALSE(f.io_a.inst.events.empty());
+    EXPECT_EQ(f.io_a.inst.events.front().rfind("+trap ", 0), 0u);
+
+    // The Child SA comes and goes; the traps stay.
+    f.pump();
+    EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 1u);
+    EXPECT_EQ(f.io_a.inst.trap_list(), all);
+    f.a->clear("");
+    f.pump();
+    EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 0u);
+    EXPECT_EQ(f.io_a.inst.trap_list(), all);
+
+    // Reload with the peer changed (one tunnel less): the new traps first, then the old ones out.
+    auto changed = config::load_string(peer_yaml("198.51.100.1", "203.0.113.1", psk,
+                                                 "      tunnels:\n"
+                                                 "        - name: lazy\n"
+                                                 "          local-ts: [192.168.3.0/24]\n"
+                                                 "          remote-ts: [192.168.4.0/24]\n"
+                                                 "          start: on-traffic\n"),
+                                       "a2.yaml")
+                       .ike;
+    f.io_a.inst.events.clear();
+    auto r = f.a->reload(std::move(changed));
+    ASSERT_EQ(r.changed, std::vector<std::string>{"p"});
+    EXPECT_EQ(f.io_a.inst.trap_list(), std::vector<std::string>{"192.168.3.0/24 === 192.168.4.0/24"});
+    ASSERT_GE(f.io_a.inst.events.size(), 5u);
+    EXPECT_EQ(f.io_a.inst.events.front(), "+trap 192.168.3.0/24 === 192.168.4.0/24");
+
+    // Reload without the peer: its traps go.
+    config::ike_config empty;
+    r = f.a->reload(std::move(empty));
+    ASSERT_EQ(r.removed, std::vector<std::string>{"p"});
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    EXPECT_TRUE(f.a->traps().empty());
+}
+
+TEST(TrapPolicies, ShutdownRemovesTheTraps)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+    f.a->shutdown();
+    f.a->remove_traps();
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+}
+
+TEST(TrapPolicies, TrapsThatFailedAreInstalledLater)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.io_a.inst.refuse_traps = true; // espresso-dp not reachable yet
+    f.a->start();
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    EXPECT_TRUE(std::any_of(f.io_a.logs.begin(), f.io_a.logs.end(), [](const std::string& l) {
+        return l.find("cannot install the trap policy 192.168.1.0/24 === 192.168.2.0/24") != std::string::npos;
+    }));
+    f.a->retry_traps();
+    EXPECT_TRUE(f.io_a.inst.traps.empty());
+    f.io_a.inst.refuse_traps = false;
+    f.a->retry_traps();
+    EXPECT_EQ(f.io_a.inst.trap_list(), std::vector<std::string>{"192.168.1.0/24 === 192.168.2.0/24"});
+    f.a->retry_traps(); // complete now: nothing more
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+}
+
+// Runs A (with `dpd` and A's tunnel `start`) up to an established tunnel, then kills B until A's DPD
+// gave up on it.
+struct dpd_fixture : pair_fixture {
+    dpd_fixture(const std::string& action, const std::string& start)
+        : pair_fixture(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: " + action + " }\n",
+                                 "      tunnels:\n"
+                                 "        - name: lan\n"
+                                 "          local-ts: [192.168.1.0/24]\n"
+                                 "          remote-ts: [192.168.2.0/24]\n"
+                                 "          esp-proposals: [aes256gcm16]\n"
+                                 "          start: " + start + "\n"),
+                       // B without DPD: it keeps its SA through the outage and never re-initiates.
+                       peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b))
+    {
+    }
+    void bring_up_then_kill_b()
+    {
+        a->start();
+        if (a->sas().empty()) {
+            a->on_acquire(*config::parse_prefix("192.168.1.10/32"), *config::parse_prefix("192.168.2.10/32"));
+        }
+        pump();
+        ASSERT_NE(only_sa(*a), nullptr);
+        ASSERT_EQ(only_sa(*a)->sa_state(), ike_sa::state::established);
+        net.drop = [](const datagram&) { return true; }; // B dies
+        for (int i = 0; i < 90; ++i) {
+            advance(std::chrono::seconds(1));
+        }
+        ASSERT_FALSE(io_a.failures.empty());
+        ASSERT_NE(io_a.failures.back().cause.find("DPD"), std::string::npos);
+        net.drop = nullptr; // B is back (with its old SA still in place)
+    }
+    void traffic()
+    {
+        a->on_acquire(*config::parse_prefix("192.168.1.10/32"), *config::parse_prefix("192.168.2.10/32"));
+        pump();
+    }
+    bool tunnel_up()
+    {
+        const ike_sa* sa = only_sa(*a);
+        return sa != nullptr && sa->sa_state() == ike_sa::state::established && sa->children().size() == 1 &&
+               io_a.inst.count(config::direction::outbound) == 1;
+    }
+};
+
+TEST(TrapPolicies, DpdHoldKeepsTheTrapAndTrafficReestablishes)
+{
+    dpd_fixture f("hold", "immediately");
+    f.bring_up_then_kill_b();
+    // Held: no SA, nothing initiated on its own, the trap still in place (the traffic is dropped).
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+    for (int i = 0; i < 300; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    EXPECT_TRUE(f.a->sas().empty());
+    // The next packet (acquire) brings it back; B's stale SA goes on INITIAL_CONTACT.
+    f.traffic();
+    EXPECT_TRUE(f.tunnel_up());
+    EXPECT_EQ(f.a->counters().acquires_initiated, 1u);
+    EXPECT_EQ(f.b->sas().size(), 1u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+TEST(TrapPolicies, DpdClearKeepsTheTrapAndIgnoresTrafficUntilInitiated)
+{
+    dpd_fixture f("clear", "immediately");
+    f.bring_up_then_kill_b();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+    f.traffic();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_EQ(f.a->counters().acquires_ignored, 1u);
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+    EXPECT_TRUE(std::any_of(f.io_a.logs.begin(), f.io_a.logs.end(), [](const std::string& l) {
+        return l.find("dropped: tunnel lan is down and DPD action clear") != std::string::npos;
+    }));
+    EXPECT_EQ(f.a->initiate("p"), "");
+    f.pump();
+    EXPECT_TRUE(f.tunnel_up());
+}
+
+TEST(TrapPolicies, DpdClearOnAnOnTrafficTunnelStillStartsOnTraffic)
+{
+    // As strongSwan: start_action=trap catches the traffic whatever dpd_action says.
+    dpd_fixture f("clear", "on-traffic");
+    f.bring_up_then_kill_b();
+    EXPECT_TRUE(f.a->sas().empty());
+    f.traffic();
+    EXPECT_TRUE(f.tunnel_up());
+}
+
+TEST(TrapPolicies, DpdRestartReinitiatesAtOnce)
+{
+    dpd_fixture f("restart", "immediately");
+    f.bring_up_then_kill_b();
+    // Already initiating again: the attempt under way (retransmitting) or the next retry gets through.
+    for (int i = 0; i < 180 && !f.tunnel_up(); ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    EXPECT_TRUE(f.tunnel_up());
+    EXPECT_EQ(f.a->counters().acquires, 0u);
+}
+
+TEST(TrapPolicies, ClearedByTheOperatorComesBackOnTraffic)
+{
+    // Cisco `clear crypto sa`: no automatic retry, but the next packet re-establishes the tunnel.
+    dpd_fixture f("restart", "immediately");
+    f.a->start();
+    f.pump();
+    ASSERT_TRUE(f.tunnel_up());
+    EXPECT_EQ(f.a->clear(""), 1u);
+    f.pump();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_EQ(f.io_a.inst.traps.size(), 1u);
+    f.traffic();
+    EXPECT_TRUE(f.tunnel_up());
+}
+
+TEST(TrapPolicies, StartNoneDropsButDoesNotInitiate)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_b),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.io_a.inst.trap_list(), std::vector<std::string>{"192.168.2.0/24 === 192.168.1.0/24"});
+    f.a->on_acquire(*config::parse_prefix("192.168.2.7/32"), *config::parse_prefix("192.168.1.7/32"));
+    f.a->on_acquire(*config::parse_prefix("192.168.2.7/32"), *config::parse_prefix("192.168.1.7/32"));
+    f.pump();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_EQ(f.a->counters().acquires_ignored, 2u);
+    // Logged once a minute per tunnel, not per acquire.
+    EXPECT_EQ(std::count_if(f.io_a.logs.begin(), f.io_a.logs.end(),
+                            [](const std::string& l) { return l.find("start: none") != std::string::npos; }),
+              1);
+    f.a->on_acquire(*config::parse_prefix("10.0.0.1/32"), *config::parse_prefix("10.0.0.2/32"));
+    EXPECT_EQ(f.a->counters().acquires_unmatched, 1u);
 }
 
 TEST(ExchangeTest, DeleteFromEitherSideRemovesEverything)

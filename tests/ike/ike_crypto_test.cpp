@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 
@@ -628,6 +629,61 @@ TEST(DhModp, RefusesOutOfRangeAndWrongLength)
     EXPECT_FALSE(a->shared_secret(bytes(257, 2), error));
     // Errors name lengths, never values.
     EXPECT_NE(error.find("257"), std::string::npos);
+}
+
+// RFC 3526 §2, the 1536-bit MODP group (5), typed from the RFC (a safe prime: checked with Fermat
+// tests on p and (p-1)/2 when it was written down).
+const bytes modp1536_p =
+    hex("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+        "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+        "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+        "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA237327FFFFFFFFFFFFFFFF");
+
+// b^e mod p with plain BIGNUM arithmetic, left-padded to p's length: the RFC's prime, not OpenSSL's
+// named-group table that key_exchange uses.
+bytes mod_exp(const bytes& base, const bytes& exponent, const bytes& prime)
+{
+    BN_CTX* ctx = BN_CTX_new();
+    BIGNUM* b = BN_bin2bn(base.data(), static_cast<int>(base.size()), nullptr);
+    BIGNUM* e = BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr);
+    BIGNUM* m = BN_bin2bn(prime.data(), static_cast<int>(prime.size()), nullptr);
+    BIGNUM* r = BN_new();
+    EXPECT_EQ(BN_mod_exp(r, b, e, m, ctx), 1);
+    bytes out(prime.size());
+    EXPECT_EQ(BN_bn2binpad(r, out.data(), static_cast<int>(out.size())), static_cast<int>(out.size()));
+    BN_free(b);
+    BN_free(e);
+    BN_free(m);
+    BN_free(r);
+    BN_CTX_free(ctx);
+    return out;
+}
+
+TEST(DhModp, Group5MatchesTheRfc3526PrimeAndAgrees)
+{
+    EXPECT_TRUE(is_supported_group(5));
+    EXPECT_EQ(group_name(5), "MODP_1536");
+    const bytes x = hex("6b1f4c3a2e9d0871a5c4e3f2019b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b");
+    auto a = key_exchange::create_with_private_key(5, x);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->public_size(), 192u);
+    EXPECT_EQ(a->public_value(), mod_exp(bytes{2}, x, modp1536_p)); // g = 2, y = g^x mod p
+    auto b = key_exchange::create(5);
+    ASSERT_TRUE(b);
+    std::string error;
+    auto s1 = a->shared_secret(b->public_value(), error);
+    auto s2 = b->shared_secret(a->public_value(), error);
+    ASSERT_TRUE(s1 && s2) << error;
+    EXPECT_EQ(to_bytes(s1->view()), to_bytes(s2->view()));
+    EXPECT_EQ(to_bytes(s1->view()), mod_exp(b->public_value(), x, modp1536_p)); // g^xy, padded to 192
+    // The range check (1 < y < p-1) and the length check hold for group 5 as for 14.
+    bytes one(192, 0), p_minus_1 = modp1536_p;
+    one.back() = 1;
+    p_minus_1.back() -= 1;
+    for (const bytes& bad : {bytes(192, 0), one, p_minus_1, modp1536_p}) {
+        EXPECT_FALSE(a->shared_secret(bad, error));
+    }
+    EXPECT_FALSE(a->shared_secret(bytes(256, 2), error));
 }
 
 TEST(DhGroups, NamesAndSupport)

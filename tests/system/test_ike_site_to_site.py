@@ -3,13 +3,17 @@
 espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD), HQ initiates, hosts ping across,
 `espresso status` reports both daemons, a killed branch IKE daemon is detected by DPD and the tunnel
 comes back (dpd action restart) once it runs again, and `espresso down` stops everything and leaves no
-SA in a data plane.
+SA in a data plane. No cleartext while the tunnel is down (docs/ike.md, "Traffic while a tunnel is
+down"): HQ has a default route to the internet, and a capture on the internet side of HQ sees no packet
+of the LAN flows after `espresso clear crypto sa` (the next packets re-establish the tunnel) nor while
+DPD has taken the tunnel down.
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_site_to_site.py
 """
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +30,13 @@ def config_copy(workdir, name):
     text = text.replace("dpd: { interval: 30s, action: restart }", "dpd: { interval: 2s, action: restart }")
     # DPD gives up after 0.5 + 1 + 2 s of silence instead of a minute.
     text = re.sub(r"(?m)^ike:\n", "ike:\n  retransmit-timeout-ms: 500\n  retransmit-tries: 2\n", text, count=1)
+    if name == "hq":
+        # A default route, as a real gateway has: without the trap policies a down tunnel's traffic
+        # would follow it to the internet in the clear.
+        text = text.replace("  - { destination: 203.0.113.0/24, via: 198.51.100.254 }\n",
+                            "  - { destination: 203.0.113.0/24, via: 198.51.100.254 }\n"
+                            "  - { destination: 0.0.0.0/0, via: 198.51.100.254 }\n", 1)
+        assert "0.0.0.0/0" in text
     path = os.path.join(workdir, f"ike-{name}.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -59,6 +70,34 @@ def ping(topo, src, dst, count=5):
     return int(m.group(1)) if m else 0
 
 
+class Capture:
+    """tshark in the inet namespace on HQ's WAN link, for packets of the LAN flows (inner addresses
+    are only visible in the clear: ESP carries them encrypted between 198.51.100.1 and 203.0.113.1)."""
+
+    def __init__(self, topo, workdir):
+        self.path = os.path.join(workdir, "inet-hq-cleartext.pcap")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns["inet"], "tshark", "-i", "inet-hq", "-n", "-q", "-w", self.path,
+             "-f", "net 192.168.1.0/24 or net 192.168.2.0/24"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.time() + 10
+        while not os.path.exists(self.path) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+
+    def count(self):
+        r = sh(f"tshark -n -r {self.path}", capture=True, check=False)
+        lines = [l for l in r.stdout.splitlines() if l.strip()]
+        for l in lines[:5]:
+            print("  cleartext:", l)
+        return len(lines)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
 def main():
     workdir = tempfile.mkdtemp(prefix="espresso-ike-s2s-")
     hq, br = config_copy(workdir, "hq"), config_copy(workdir, "branch")
@@ -86,6 +125,19 @@ def main():
         print(isakmp)
         check("QM_IDLE" in isakmp and "198.51.100.1" in isakmp, "branch: show crypto isakmp sa")
 
+        # From here on a capture on HQ's internet link must never see the LAN flows in the clear.
+        capture = Capture(topo, workdir)
+        # `clear crypto sa` (as on a Cisco): the SAs go, the trap stays; the next packets are dropped
+        # (acquire) and re-establish the tunnel.
+        espresso(topo, "gw-hq", f"--config {hq} clear crypto sa")
+        deadline = time.time() + 10
+        while ike_sas(topo, "gw-hq", hq) and time.time() < deadline:
+            time.sleep(0.2)
+        check(not ike_sas(topo, "gw-hq", hq), "clear crypto sa: HQ has no SA")
+        ping(topo, "host-hq", "192.168.2.10", count=10)
+        check(wait_ready(topo, "gw-hq", hq, timeout=20), "traffic re-established the tunnel (acquire)")
+        check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping after the traffic-triggered re-establishment")
+
         # Kill the branch's IKE daemon without a word: HQ's DPD notices, clears and keeps retrying.
         pids = dict(l.split() for l in open("/run/espresso/branch.pids").read().splitlines())
         os.kill(int(pids["espresso-ike"]), signal.SIGKILL)
@@ -97,6 +149,9 @@ def main():
             time.sleep(0.5)
         print(r)
         check("DPD" in r, "HQ's DPD detected the dead peer")
+        check(ping(topo, "host-hq", "192.168.2.10", count=10) == 0, "no reply while the peer is down")
+        capture.stop()
+        check(capture.count() == 0, "no LAN packet left HQ in the clear while the tunnel was down")
         # Restart the branch gateway; HQ (dpd action restart) keeps initiating until it answers.
         espresso(topo, "gw-branch", f"down {br}", check=False)
         espresso(topo, "gw-branch", f"up {br} --log-dir {workdir}")

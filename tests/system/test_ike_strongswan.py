@@ -9,6 +9,7 @@ Scenarios (each a fresh IKE SA on one topology):
   responder   strongSwan initiates; PSK; aes256-sha256-modp2048 / esp aes256gcm16
   initiator   espresso-ike initiates (start: immediately); ecp256 / esp aes256-sha256
   x25519      strongSwan initiates with curve25519 and aes256gcm16-prfsha256 IKE
+  modp1536    strongSwan initiates with aes128-sha1-modp1536 (DH group 5; allow-legacy on our side)
   rekey       Child SA rekey (espresso initiates it, short rekey-time) under two sequence-checked UDP
               streams (udp_stream.py, after a control run without rekey): no datagram lost or duplicated
   ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under the streams and ping: no loss
@@ -258,6 +259,20 @@ def control_stream(topo, run, what):
     log = run.topo.process_log(run.ike)[len(log_before):]
     assert "rekeying Child SA" not in log and "IKE SA rekeyed" not in log, \
         "a rekey ran during the control stream: choose longer lifetimes"
+
+
+def scenario_modp1536(topo, run, br):
+    # The one legacy transform implemented (allow-legacy): DH group 5, as an old ASA offers it.
+    run.start_ike(ike_yaml(proposals="aes128-sha1-modp1536", esp="aes128gcm16", extra_peer="      allow-legacy: true\n"))
+    br.load(site_conf("gw-branch", proposals="aes128-sha1-modp1536", esp_proposals="aes128gcm16"))
+    br.initiate("net", timeout=30)
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert "MODP_1536" in sa["proposal"] and "AES_CBC_128" in sa["proposal"], sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "IKE SA gone")
+    run.stop_ike()
 
 
 def scenario_rekey(topo, run, br):
@@ -780,6 +795,7 @@ def scenario_fragmentation_pmtud(topo, run, br):
 
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
+             "modp1536": scenario_modp1536,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey,
              "rekey_packets": scenario_rekey_packets, "certs": scenario_certs,
              "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,

@@ -1,4 +1,4 @@
-// Diffie-Hellman and ECDH for the KE payload (RFC 7296 §1.2, §3.4): MODP groups 14/15/16 (RFC 3526),
+// Diffie-Hellman and ECDH for the KE payload (RFC 7296 §1.2, §3.4): MODP groups 5/14/15/16 (RFC 3526),
 // NIST curves 19/20/21 (RFC 5903), Curve25519 31 (RFC 8031), all through EVP_PKEY.
 #include "espresso/cp/ike_crypto.h"
 
@@ -34,7 +34,10 @@ struct group_info {
 };
 
 // IANA "Transform Type 4 - Key Exchange Method Transform IDs".
-constexpr std::array<group_info, 7> groups = {{
+constexpr std::array<group_info, 8> groups = {{
+    // Group 5 (RFC 3526 §2) only with allow-legacy (RFC 8247 §2.4: SHOULD NOT): the old-ASA peer's
+    // group. Group 2 (RFC 2409 §6.2) has no OpenSSL 3 named group and is refused at load.
+    {5, group_kind::modp, "modp_1536", "MODP_1536", 192},
     {14, group_kind::modp, "modp_2048", "MODP_2048", 256},
     {15, group_kind::modp, "modp_3072", "MODP_3072", 384},
     {16, group_kind::modp, "modp_4096", "MODP_4096", 512},
