@@ -36,7 +36,9 @@ std::vector<uint8_t> ipv4(uint8_t proto, const std::vector<uint8_t>& payload, ui
     const uint8_t dst[4] = {192, 0, 2, 2};
     std::memcpy(p.data() + 12, src, 4);
     std::memcpy(p.data() + 16, dst, 4);
-    std::memcpy(p.data() + 20, payload.data(), payload.size());
+    if (!payload.empty()) { // an empty vector's data() may be null: memcpy must not see it (UBSan)
+        std::memcpy(p.data() + 20, payload.data(), payload.size());
+    }
     ipv4_set_checksum(p.data());
     return p;
 }
@@ -54,7 +56,9 @@ std::vector<uint8_t> ipv6(uint8_t next, const std::vector<uint8_t>& rest)
     p[24] = 0x20;
     p[25] = 0x01;
     p[39] = 2;
-    std::memcpy(p.data() + 40, rest.data(), rest.size());
+    if (!rest.empty()) {
+        std::memcpy(p.data() + 40, rest.data(), rest.size());
+    }
     return p;
 }
 
