@@ -394,7 +394,9 @@ void run_inbound(rte_mbuf* m, unsigned mode, const cfg::sa_config& chosen, std::
     const dp::inbound_class cls = dp::classify_inbound(m, nat_t_port);
     const cfg::sa_config* match = nullptr;
     if (cls.kind == dp::inbound_kind::esp || cls.kind == dp::inbound_kind::ah) {
-        if (cls.offset > 40) {
+        // IPv6 with extension headers before ESP/AH (an IPv4 packet with options, or ESP-in-UDP behind
+        // a long IPv4 header, also has its ESP past byte 40: strip leaves those alone).
+        if (cls.offset > 40 && (rte_pktmbuf_mtod(m, const uint8_t*)[0] >> 4) == 6) {
             dp::strip_ipv6_extensions(m, cls);
             const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
             if ((ip[0] >> 4) != 6 || ip[6] != cls.protocol || rte_pktmbuf_data_len(m) < 40 ||
