@@ -273,12 +273,26 @@ constexpr const char* malformed_fix =
     "look at this line and the next few for an unclosed quote, brackets [ ] { } that do not match, or one of "
     ": , [ ] { } # outside quotes where YAML does not expect it; quote values that contain such characters";
 
-} // namespace
-
-void check_yaml_parse_finishes(std::string_view text, const std::string& file, const load_options& options) {
-    if (!options.sandbox) {
-        return;
+// Threads of this process besides the caller, from /proc/self/status (0 if unknown).
+int other_threads() {
+    std::FILE* f = std::fopen("/proc/self/status", "re");
+    if (f == nullptr) {
+        return 0;
     }
+    char line[256];
+    int threads = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::sscanf(line, "Threads: %d", &threads) == 1) {
+            break;
+        }
+    }
+    std::fclose(f);
+    return threads > 1 ? threads - 1 : 0;
+}
+
+// One parse in a child. Returns false only when the child ran past its deadline and may_retry is set;
+// every other failure throws config_error.
+bool parse_in_child(std::string_view text, const std::string& file, const load_options& options, bool may_retry) {
     const auto cannot_start = [&](const char* what, int error) {
         return config_error(file, 0, 0, "",
                             std::string("cannot start the child process that checks the YAML (") + what +
@@ -351,7 +365,7 @@ void check_yaml_parse_finishes(std::string_view text, const std::string& file, c
     } while (reaped < 0 && errno == EINTR);
 
     if (status == child_finished) {
-        return;
+        return true;
     }
     if (wait_error != 0) {
         throw cannot_start("poll", wait_error);
@@ -374,6 +388,9 @@ void check_yaml_parse_finishes(std::string_view text, const std::string& file, c
     }
     if (status == child_other_error) {
         fail("the YAML parser failed with an unexpected error" + where, malformed_fix);
+    }
+    if (timed_out && may_retry) {
+        return false;
     }
     if (timed_out) {
         fail("the YAML parser did not finish within " + describe_duration(deadline_allowed) + where,
@@ -398,6 +415,23 @@ void check_yaml_parse_finishes(std::string_view text, const std::string& file, c
              malformed_fix);
     }
     fail("the YAML parser stopped without an answer" + where, malformed_fix);
+}
+
+} // namespace
+
+void check_yaml_parse_finishes(std::string_view text, const std::string& file, const load_options& options) {
+    if (!options.sandbox) {
+        return;
+    }
+    // fork() copies only the calling thread: a lock another thread held at that instant stays locked in
+    // the child forever. glibc's malloc guards against that, but not every allocator does (the sanitizer
+    // runtimes of GCC 12 do not), so a child forked from a multi-threaded caller (espresso-ike reloading
+    // while its shards run) can hang on its first allocation through no fault of the YAML. Such a hang
+    // is a matter of timing and does not repeat; malformed YAML does. So with other threads present a
+    // timeout is retried once before it becomes the operator's error.
+    if (!parse_in_child(text, file, options, other_threads() > 0)) {
+        parse_in_child(text, file, options, false);
+    }
 }
 
 } // namespace espresso::config::detail
