@@ -415,6 +415,7 @@ bool parse_in_child(std::string_view text, const std::string& file, const load_o
              malformed_fix);
     }
     fail("the YAML parser stopped without an answer" + where, malformed_fix);
+    return false; // not reached: fail() throws
 }
 
 } // namespace
