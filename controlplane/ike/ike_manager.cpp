@@ -46,6 +46,15 @@ bool ike_manager::is_home(const std::string& peer) const noexcept
     return directory_ == nullptr || home_shard(peer, directory_->shard_count()) == shard_;
 }
 
+void ike_manager::on_home(const std::string& peer, std::function<void(ike_manager&)> task)
+{
+    if (is_home(peer)) {
+        task(*this);
+    } else {
+        directory_->post(home_shard(peer, directory_->shard_count()), std::move(task));
+    }
+}
+
 void ike_manager::add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa)
 {
     if (directory_ != nullptr) {
@@ -695,10 +704,14 @@ void ike_manager::after(uint64_t spi)
         if (dpd_failed && peer->dpd_action == config::ike_dpd_action::clear) {
             // DPD action clear: the tunnel stays down (its traps keep dropping its traffic) until the
             // operator initiates it; `start: on-traffic` tunnels still start on traffic, as
-            // strongSwan's start_action=trap does whatever dpd_action says.
-            dpd_cleared_.insert(peer->name);
-            keep_up_.erase(peer->name);
-            retries_.erase(peer->name);
+            // strongSwan's start_action=trap does whatever dpd_action says. The peer's home shard
+            // decides on acquires and retries, so it is told there (a responder's SA may live in any
+            // shard).
+            on_home(peer->name, [name = peer->name](ike_manager& home) {
+                home.dpd_cleared_.insert(name);
+                home.keep_up_.erase(name);
+                home.retries_.erase(name);
+            });
         } else if (dpd_failed && peer->dpd_action == config::ike_dpd_action::hold) {
             io_.log(log_level::info, peer->name, "DPD action hold: the next packet of its tunnels re-establishes it");
         }
@@ -728,8 +741,15 @@ void ike_manager::after(uint64_t spi)
     }
     if (sa.sa_state() == ike_sa::state::established) {
         half_open_remove(spi);
-        retries_.erase(sa.peer().name);
-        dpd_cleared_.erase(sa.peer().name);
+        if (is_home(sa.peer().name)) {
+            retries_.erase(sa.peer().name);
+            dpd_cleared_.erase(sa.peer().name);
+        } else if (sa.take_newly_established()) {
+            on_home(sa.peer().name, [name = sa.peer().name](ike_manager& home) {
+                home.retries_.erase(name);
+                home.dpd_cleared_.erase(name);
+            });
+        }
     }
     schedule(spi, sa.next_deadline());
 }

@@ -151,6 +151,9 @@ private:
     // Which peer and tunnels initiate(name) means; "" or the reason.
     std::string resolve(const std::string& name, peer_ptr& peer, std::vector<std::string>& tunnels) const;
     bool is_home(const std::string& peer) const noexcept;
+    // Runs `task` on the peer's home shard: now when this is it, else posted there (keep-up, retries
+    // and DPD-clear state of a peer live only in its home shard).
+    void on_home(const std::string& peer, std::function<void(ike_manager&)> task);
     void add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa);
     void erase_sa(std::map<uint64_t, std::unique_ptr<ike_sa>>::iterator it);
     void half_open_add(const half_open_key& key, uint64_t spi);

@@ -139,6 +139,12 @@ public:
     // the manager then drops the peer's older IKE SAs with the same identity).
     void set_send_initial_contact(bool send) noexcept { send_initial_contact_ = send; }
     bool take_initial_contact() noexcept { return std::exchange(initial_contact_received_, false); }
+    // True once, the first time it is asked after the SA was established (the manager tells the peer's
+    // home shard of it once, not after every event).
+    bool take_newly_established() noexcept
+    {
+        return established_wall_.has_value() && !std::exchange(establishment_reported_, true);
+    }
     // The peer restarted (INITIAL_CONTACT on a newer IKE SA): remove our Child SAs from the data plane
     // and forget this SA without a message (the peer has no state left to tell).
     void forget_silently();
@@ -311,6 +317,7 @@ private:
     bool dpd_failed_ = false;
     bool send_initial_contact_ = true;
     bool initial_contact_received_ = false;
+    bool establishment_reported_ = false;
     std::shared_ptr<const pubkey_credentials> credentials_;
     // §2.8.1 simultaneous Child SA rekeying: Child SAs we are rekeying (old spi_in), and the peer's
     // rekey of the same SA that crossed ours (its nonces and the Child SA it created).

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <map>
@@ -1088,6 +1090,91 @@ TEST(TrapPolicies, DpdRestartReinitiatesAtOnce)
     }
     EXPECT_TRUE(f.tunnel_up());
     EXPECT_EQ(f.a->counters().acquires, 0u);
+}
+
+// A sharded daemon (ike_shards.h) on the test's thread: two shards, posted tasks run when drained.
+struct two_shard_directory final : shard_directory {
+    std::atomic<size_t> half_open_count{0};
+    bytes secret = bytes(32, 7);
+    std::map<std::string, std::array<size_t, 2>> live;
+    std::deque<std::pair<size_t, std::function<void(ike_manager&)>>> posted;
+    std::array<ike_manager*, 2> shards{};
+    size_t shard_count() const noexcept override { return 2; }
+    std::atomic<size_t>& half_open() noexcept override { return half_open_count; }
+    const bytes& cookie_secret() const noexcept override { return secret; }
+    void sa_added(const std::string& peer, size_t shard) override { ++live[peer][shard]; }
+    void sa_removed(const std::string& peer, size_t shard) override { --live[peer][shard]; }
+    bool live_elsewhere(const std::string& peer, size_t shard) const override
+    {
+        auto it = live.find(peer);
+        return it != live.end() && it->second[1 - shard] != 0;
+    }
+    void post(size_t shard, std::function<void(ike_manager&)> task) override
+    {
+        posted.emplace_back(shard, std::move(task));
+    }
+    void drain()
+    {
+        while (!posted.empty()) {
+            auto [shard, task] = std::move(posted.front());
+            posted.pop_front();
+            task(*shards[shard]);
+        }
+    }
+};
+
+TEST(TrapPolicies, DpdClearOfAnSaOutsideThePeersHomeShardReachesTheHomeShard)
+{
+    // B initiates, so A's IKE SA lives in whichever shard took B's IKE_SA_INIT, here not the peer's home
+    // shard (which decides on acquires). After DPD action clear there, traffic must stay dropped: the
+    // home shard has to know, though the SA was never its own.
+    dpd_fixture f("clear", "immediately");
+    two_shard_directory dir;
+    const size_t home = home_shard("p", 2), other = 1 - home;
+    config::ike_config cfg = f.a->config();
+    f.a = std::make_unique<ike_manager>(f.io_a, cfg, retransmit_policy{}, &dir, other);
+    peer_io io_home{3};
+    io_home.net = &f.net;
+    io_home.clock = &f.clock;
+    ike_manager home_manager(io_home, cfg, retransmit_policy{}, &dir, home);
+    dir.shards[other] = f.a.get();
+    dir.shards[home] = &home_manager;
+
+    ASSERT_EQ(f.b->initiate("p"), "");
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    ASSERT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    dir.drain();
+    f.net.drop = [](const datagram&) { return true; }; // B dies
+    for (int i = 0; i < 90; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    ASSERT_TRUE(f.a->sas().empty());
+    dir.drain();
+    f.b->clear("p"); // B gives its SA up too (its Delete is lost), so that it can initiate afresh later
+    for (int i = 0; i < 90 && !f.b->sas().empty(); ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    ASSERT_TRUE(f.b->sas().empty());
+    f.net.drop = nullptr;
+    home_manager.on_acquire(*config::parse_prefix("192.168.1.10/32"), *config::parse_prefix("192.168.2.10/32"));
+    EXPECT_EQ(home_manager.counters().acquires_ignored, 1u);
+    EXPECT_TRUE(home_manager.sas().empty());
+    EXPECT_TRUE(f.net.wire.empty());
+
+    // The peer comes back by itself (a new SA, again outside the home shard): the home shard forgets
+    // the clear, so traffic once the tunnel is gone again brings it up.
+    ASSERT_EQ(f.b->initiate("p"), "");
+    f.pump();
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    dir.drain();
+    EXPECT_TRUE(f.net.wire.empty());
+    f.a->clear("p");
+    f.pump();
+    dir.drain();
+    home_manager.on_acquire(*config::parse_prefix("192.168.1.10/32"), *config::parse_prefix("192.168.2.10/32"));
+    EXPECT_EQ(home_manager.counters().acquires_ignored, 1u);
+    EXPECT_EQ(home_manager.counters().acquires_initiated, 1u);
 }
 
 TEST(TrapPolicies, ClearedByTheOperatorComesBackOnTraffic)
