@@ -385,6 +385,9 @@ void ike_manager::reload_tunnels(const peer_ptr& next, const std::vector<std::st
             immediate.push_back(name);
         }
     }
+    if (!immediate.empty() && next->remote_address && is_home(next->name)) {
+        keep_up_.insert(next->name); // as at start-up: a peer with a `start: immediately` tunnel is kept up
+    }
     // The added tunnels start on one IKE SA of the peer: an established one, else one we are
     // setting up; the others only switch to the new settings.
     uint64_t carrier = 0;
@@ -419,9 +422,9 @@ void ike_manager::reload_tunnels(const peer_ptr& next, const std::vector<std::st
         after(spi);
     }
     if (carrier == 0 && !immediate.empty() && next->remote_address && is_home(next->name) &&
-        !has_live_sa(next->name) && keep_up_.count(next->name) == 0) {
-        // No IKE SA with the peer anywhere: the added tunnels bring one up, as at start-up.
-        keep_up_.insert(next->name);
+        !has_live_sa(next->name) && retries_.count(next->name) == 0) {
+        // No IKE SA with the peer anywhere (and no retry pending, which would bring every tunnel):
+        // the added tunnels bring one up, as at start-up.
         create_initiator(next, std::move(immediate));
     }
 }

@@ -774,6 +774,36 @@ TEST(ExchangeTest, ReloadOfOneTunnelLeavesTheOthersAndTheIkeSaAlone)
     EXPECT_TRUE(f.io_b.failures.empty());
 }
 
+// Only `on-traffic` tunnels, so no IKE SA yet: a reload adding a `start: immediately` tunnel brings
+// one up for it, as start() would have; the unchanged tunnel keeps its trap and stays down.
+TEST(ExchangeTest, ReloadAddingAnImmediateTunnelToAnIdlePeerInitiates)
+{
+    const std::string dpd_off = psk + "      dpd: { interval: 0 }\n";
+    const std::string lazy = tunnel_yaml("lazy", "192.168.1.0/24", "192.168.2.0/24", "          start: on-traffic\n");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off, "      tunnels:\n" + lazy),
+                   peer_yaml("203.0.113.1", "198.51.100.1", dpd_off,
+                             "      tunnels:\n" + tunnel_yaml("lazy", "192.168.2.0/24", "192.168.1.0/24") +
+                                 tunnel_yaml("now", "192.168.4.0/24", "192.168.3.0/24")));
+    f.a->start();
+    f.pump();
+    EXPECT_TRUE(f.a->sas().empty());
+    const auto lazy_trap = f.a->traps().at("p").at("lazy");
+    auto r = f.a->reload(config::load_string(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off,
+                                                       "      tunnels:\n" + lazy +
+                                                           tunnel_yaml("now", "192.168.3.0/24", "192.168.4.0/24",
+                                                                       "          start: immediately\n")),
+                                             "a.yaml")
+                             .ike);
+    EXPECT_EQ(r.tunnels, (std::vector<ike_manager::tunnel_change>{{"p", "lazy", "unchanged"}, {"p", "now", "added"}}));
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].tunnel, "now");
+    EXPECT_EQ(f.a->traps().at("p").at("lazy"), lazy_trap);
+    EXPECT_EQ(f.a->traps().at("p").at("now").size(), 1u);
+}
+
 // A reload while the IKE SA is still being set up: the tunnel offered in IKE_AUTH is removed, another
 // added. Once established, the removed one's Child SA is deleted and the added one comes up.
 TEST(ExchangeTest, ReloadWhileIkeAuthIsOutstandingAppliesOnceEstablished)
