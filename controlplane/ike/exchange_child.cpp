@@ -187,8 +187,7 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
 namespace espresso::cp {
 std::vector<std::string> ike_sa::reconfigure(std::shared_ptr<const config::ike_peer_config> next,
                                              const std::vector<std::string>& removed,
-                                             const std::vector<std::string>& changed,
-                                             const std::vector<std::string>& start)
+                                             const std::vector<std::string>& changed)
 {
     auto in = [](const std::vector<std::string>& v, const std::string& name) {
         return std::find(v.begin(), v.end(), name) != v.end();
@@ -229,28 +228,31 @@ std::vector<std::string> ike_sa::reconfigure(std::shared_ptr<const config::ike_p
             deleted.push_back(auth_tunnel_);
         }
     }
-    std::vector<std::string> to_start;
+    // A changed tunnel that was up here comes back with its new settings.
+    std::vector<std::string> again;
     for (const auto& name : changed) {
-        const auto* t = find_tunnel(name);
-        if (t != nullptr && (in(deleted, name) || t->start == config::ike_start_action::immediately) &&
-            !(auth_outstanding && name == auth_tunnel_)) {
-            to_start.push_back(name);
+        if (in(deleted, name) && !(auth_outstanding && name == auth_tunnel_)) {
+            again.push_back(name);
         }
     }
-    for (const auto& name : start) {
-        if (find_tunnel(name) != nullptr && !in(to_start, name)) {
-            to_start.push_back(name);
+    start_tunnels(again);
+    return deleted;
+}
+
+void ike_sa::start_tunnels(const std::vector<std::string>& tunnels)
+{
+    for (const auto& name : tunnels) {
+        if (find_tunnel(name) == nullptr) {
+            continue;
         }
-    }
-    for (const auto& name : to_start) {
         if (state_ == state::established) {
             log(log_level::info, "reload: negotiating Child SA " + name);
             start_child(name);
-        } else if (role_ == role::initiator && !in(pending_tunnels_, name)) {
+        } else if (role_ == role::initiator && state_ != state::deleting && state_ != state::dead &&
+                   std::find(pending_tunnels_.begin(), pending_tunnels_.end(), name) == pending_tunnels_.end()) {
             pending_tunnels_.push_back(name); // offered once the IKE SA is up
         }
     }
-    return deleted;
 }
 
 } // namespace espresso::cp

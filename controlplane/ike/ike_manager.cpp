@@ -378,54 +378,66 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
 void ike_manager::reload_tunnels(const peer_ptr& next, const std::vector<std::string>& removed,
                                  const std::vector<std::string>& changed, const std::vector<std::string>& added)
 {
-    std::vector<std::string> immediate; // added tunnels to start now
-    for (const auto& name : added) {
-        const auto* t = tunnel_named(*next, name);
-        if (t != nullptr && t->start == config::ike_start_action::immediately) {
-            immediate.push_back(name);
-        }
-    }
-    if (!immediate.empty() && next->remote_address && is_home(next->name)) {
-        keep_up_.insert(next->name); // as at start-up: a peer with a `start: immediately` tunnel is kept up
-    }
-    // The added tunnels start on one IKE SA of the peer: an established one, else one we are
-    // setting up; the others only switch to the new settings.
-    uint64_t carrier = 0;
-    for (int pass = 0; pass < 2 && carrier == 0; ++pass) {
-        for (const auto& [spi, sa] : sas_) {
-            if (sa->peer().name != next->name || sa->dead() || sa->sa_state() == ike_sa::state::deleting) {
-                continue;
-            }
-            if (pass == 0 ? sa->sa_state() == ike_sa::state::established : sa->sa_role() == ike_sa::role::initiator) {
-                carrier = spi;
-                break;
-            }
-        }
-    }
     std::vector<uint64_t> spis;
     for (const auto& [spi, sa] : sas_) {
         if (sa->peer().name == next->name) {
             spis.push_back(spi);
         }
     }
+    // Every IKE SA of the peer switches to the new settings; each renegotiates the changed tunnels
+    // that were up on it.
+    std::set<std::string> renegotiated;
     for (uint64_t spi : spis) {
         auto it = sas_.find(spi);
         if (it == sas_.end()) {
             continue;
         }
-        static const std::vector<std::string> none;
-        auto deleted = it->second->reconfigure(next, removed, changed, spi == carrier ? immediate : none);
+        auto deleted = it->second->reconfigure(next, removed, changed);
         for (const auto& t : deleted) {
+            renegotiated.insert(t);
             io_.log(log_level::info, it->second->name(),
                     "reload: tunnel " + t + (contains(removed, t) ? " removed" : " changed") + ", its Child SA is deleted");
         }
-        after(spi);
     }
-    if (carrier == 0 && !immediate.empty() && next->remote_address && is_home(next->name) &&
-        !has_live_sa(next->name) && retries_.count(next->name) == 0) {
+    // Added `start: immediately` tunnels, and changed ones that should be up but were not, start on one
+    // IKE SA of the peer: an established one, else one we are setting up.
+    std::vector<std::string> immediate;
+    for (const auto& t : next->tunnels) {
+        if (t.start == config::ike_start_action::immediately &&
+            (contains(added, t.name) || (contains(changed, t.name) && renegotiated.count(t.name) == 0))) {
+            immediate.push_back(t.name);
+        }
+    }
+    if (!immediate.empty() && next->remote_address && is_home(next->name)) {
+        keep_up_.insert(next->name); // as at start-up: a peer with a `start: immediately` tunnel is kept up
+    }
+    uint64_t carrier = 0;
+    for (int pass = 0; pass < 2 && carrier == 0; ++pass) {
+        for (uint64_t spi : spis) {
+            auto it = sas_.find(spi);
+            if (it == sas_.end() || it->second->dead() || it->second->retiring() ||
+                it->second->sa_state() == ike_sa::state::deleting) {
+                continue;
+            }
+            const auto& sa = *it->second;
+            if (pass == 0 ? sa.sa_state() == ike_sa::state::established : sa.sa_role() == ike_sa::role::initiator) {
+                carrier = spi;
+                break;
+            }
+        }
+    }
+    if (carrier != 0) {
+        sas_.at(carrier)->start_tunnels(immediate);
+    } else if (!immediate.empty() && next->remote_address && is_home(next->name) && !has_live_sa(next->name) &&
+               retries_.count(next->name) == 0) {
         // No IKE SA with the peer anywhere (and no retry pending, which would bring every tunnel):
-        // the added tunnels bring one up, as at start-up.
+        // the tunnels bring one up, as at start-up.
         create_initiator(next, std::move(immediate));
+    }
+    for (uint64_t spi : spis) {
+        if (sas_.count(spi) != 0) {
+            after(spi);
+        }
     }
 }
 

@@ -86,14 +86,17 @@ public:
     // `espresso reload` changed tunnels of this SA's peer but none of its IKE SA settings (docs/ike.md,
     // "Reload"): the SA switches to `next` and keeps its SPIs and keys. Child SAs of `removed` and
     // `changed` tunnels are deleted (INFORMATIONAL Delete, then out of the data plane); a changed tunnel
-    // that was up (or has `start: immediately`) is negotiated again with its new settings, and `start`
-    // tunnels are started, all with CREATE_CHILD_SA. Child SAs of other tunnels are not touched. On an
-    // SA still being set up the same happens once it is established (a tunnel not yet offered is simply
-    // offered with its new settings). Returns the tunnels whose Child SAs it deleted.
+    // that was up here is negotiated again with its new settings (CREATE_CHILD_SA). Child SAs of other
+    // tunnels are not touched. On an SA still being set up the same happens once it is established (a
+    // tunnel not yet offered is simply offered with its new settings). Returns the tunnels whose Child
+    // SAs it deleted (or will delete once established).
     std::vector<std::string> reconfigure(std::shared_ptr<const config::ike_peer_config> next,
                                          const std::vector<std::string>& removed,
-                                         const std::vector<std::string>& changed,
-                                         const std::vector<std::string>& start);
+                                         const std::vector<std::string>& changed);
+    // Starts these tunnels: CREATE_CHILD_SA when established, else offered once it is (initiator).
+    void start_tunnels(const std::vector<std::string>& tunnels);
+    // The SA only waits to be deleted (its Child SAs moved to a rekeyed successor, or it is redundant).
+    bool retiring() const noexcept { return ike_rekeyed_ || retire_at_rekey_time_; }
 
     // Data plane events.
     void on_soft_expire(uint32_t spi_in);
