@@ -804,6 +804,38 @@ TEST(ExchangeTest, ReloadAddingAnImmediateTunnelToAnIdlePeerInitiates)
     EXPECT_EQ(f.a->traps().at("p").at("now").size(), 1u);
 }
 
+// The responder reloads: its changed tunnel's Child SA (which the peer initiated) is deleted and
+// negotiated again by the responder itself with CREATE_CHILD_SA; the IKE SA stays.
+TEST(ExchangeTest, ReloadOnTheResponderRenegotiatesTheChangedTunnelItself)
+{
+    const std::string dpd_off = psk + "      dpd: { interval: 0 }\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", dpd_off, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.b), nullptr);
+    const uint64_t spi_r = f.only_sa(*f.b)->spi_r();
+    const uint32_t old_in = f.only_sa(*f.b)->children().at(0).spi_in;
+    auto r = f.b->reload(config::load_string(peer_yaml("203.0.113.1", "198.51.100.1", dpd_off,
+                                                       default_tunnel_b + "          replay-window: 1024\n"),
+                                             "b.yaml")
+                             .ike);
+    EXPECT_EQ(r.tunnels, (std::vector<ike_manager::tunnel_change>{{"p", "lan", "changed"}}));
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.b), nullptr);
+    EXPECT_EQ(f.only_sa(*f.b)->spi_r(), spi_r);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    const uint32_t in = f.only_sa(*f.b)->children()[0].spi_in;
+    EXPECT_NE(in, old_in);
+    EXPECT_EQ(f.io_b.inst.sas.at({static_cast<int>(config::direction::inbound), in}).replay_window, 1024u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    EXPECT_TRUE(f.io_a.failures.empty());
+}
+
 // A reload while the IKE SA is still being set up: the tunnel offered in IKE_AUTH is removed, another
 // added. Once established, the removed one's Child SA is deleted and the added one comes up.
 TEST(ExchangeTest, ReloadWhileIkeAuthIsOutstandingAppliesOnceEstablished)
