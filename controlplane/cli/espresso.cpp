@@ -251,12 +251,18 @@ int main(int argc, char** argv)
         } else if (chosen->op == "clear") {
             std::cout << "deleting " << result.value("cleared", 0) << " IKE SA(s)\n";
         } else if (chosen->op == "reload") {
-            for (const char* k : {"added", "changed", "removed", "unchanged"}) {
-                std::cout << k << ":";
+            std::cout << "peers\n";
+            for (const char* k : {"added", "changed", "updated", "removed", "unchanged"}) {
+                std::cout << "  " << k << ":";
                 for (const auto& name : result.value(k, json::array())) {
                     std::cout << " " << name.get<std::string>();
                 }
                 std::cout << "\n";
+            }
+            std::cout << "tunnels\n";
+            for (const auto& t : result.value("tunnels", json::array())) {
+                std::cout << "  " << t.value("peer", "") << "/" << t.value("tunnel", "") << ": " << t.value("change", "")
+                          << "\n";
             }
         }
         return exit_ok;

@@ -524,9 +524,15 @@ json ike_daemon::reload(std::string& error)
     }
     auto r = shards_->reload(cfg.ike);
     log(log_level::info, "-", "reloaded " + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
-                                  std::to_string(r.changed.size()) + " changed, " + std::to_string(r.removed.size()) +
-                                  " removed, " + std::to_string(r.unchanged.size()) + " unchanged peer(s)");
-    return {{"added", r.added}, {"changed", r.changed}, {"removed", r.removed}, {"unchanged", r.unchanged}};
+                                  std::to_string(r.changed.size()) + " changed, " + std::to_string(r.updated.size()) +
+                                  " with changed tunnels only, " + std::to_string(r.removed.size()) + " removed, " +
+                                  std::to_string(r.unchanged.size()) + " unchanged peer(s)");
+    json tunnels = json::array();
+    for (const auto& t : r.tunnels) {
+        tunnels.push_back({{"peer", t.peer}, {"tunnel", t.tunnel}, {"change", t.change}});
+    }
+    return {{"added", r.added},     {"changed", r.changed},     {"removed", r.removed},
+            {"unchanged", r.unchanged}, {"updated", r.updated}, {"tunnels", std::move(tunnels)}};
 }
 
 json ike_daemon::handle_request(const json& request)

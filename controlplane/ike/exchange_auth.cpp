@@ -103,7 +103,7 @@ const ts_payload* ts_of(const std::vector<payload>& payloads, payload_type type)
 
 const config::ike_tunnel_config* ike_sa::find_tunnel(const std::string& name) const
 {
-    for (const auto& t : peer_.tunnels) {
+    for (const auto& t : peer_ptr_->tunnels) {
         if (t.name == name) {
             return &t;
         }
@@ -113,7 +113,7 @@ const config::ike_tunnel_config* ike_sa::find_tunnel(const std::string& name) co
 
 id_payload ike_sa::own_id() const
 {
-    return to_id(peer_.local_id, peer_.local_address);
+    return to_id(peer_ptr_->local_id, peer_ptr_->local_address);
 }
 
 bytes ike_sa::own_auth(const id_payload& id) const
@@ -122,7 +122,7 @@ bytes ike_sa::own_auth(const id_payload& id) const
     auto prf = static_cast<prf_id>(ike_transforms_.prf);
     bytes octets = signed_octets(prf, initiator ? init_request_ : init_response_, initiator ? nonce_r_ : nonce_i_,
                                  (initiator ? sk_pi_ : sk_pr_).view(), id_body(id));
-    std::span<const uint8_t> psk(reinterpret_cast<const uint8_t*>(peer_.auth.psk.data()), peer_.auth.psk.size());
+    std::span<const uint8_t> psk(reinterpret_cast<const uint8_t*>(peer_ptr_->auth.psk.data()), peer_ptr_->auth.psk.size());
     return psk_auth(prf, psk, octets);
 }
 
@@ -132,7 +132,7 @@ std::optional<auth_payload> ike_sa::own_auth_payload(const id_payload& id, std::
         return auth_payload{static_cast<uint8_t>(auth_method::shared_key_mic), own_auth(id)};
     }
     if (!credentials_) {
-        error = "no certificate credentials loaded for peer " + peer_.name;
+        error = "no certificate credentials loaded for peer " + peer_ptr_->name;
         return std::nullopt;
     }
     bool initiator = role_ == role::initiator;
@@ -166,20 +166,20 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
     const auto& id = std::get<id_payload>(idp->body);
     const auto& auth = std::get<auth_payload>(authp->body);
     remote_id_text_ = id_text(id);
-    if (peer_.remote_id.kind != config::ike_id_kind::any) {
-        id_payload expected = to_id(peer_.remote_id, peer_.remote_address.value_or(remote_.address));
+    if (peer_ptr_->remote_id.kind != config::ike_id_kind::any) {
+        id_payload expected = to_id(peer_ptr_->remote_id, peer_ptr_->remote_address.value_or(remote_.address));
         bool same = expected.type == id.type &&
                     (id.type == static_cast<uint8_t>(id_type::der_asn1_dn) ? dn_equal(expected.data, id.data)
                                                                              : expected.data == id.data);
         if (!same) {
-            why = "the peer identifies as '" + remote_id_text_ + "' but peer " + peer_.name + " expects remote-id '" +
-                  peer_.remote_id.text + "' (identity mismatch)";
+            why = "the peer identifies as '" + remote_id_text_ + "' but peer " + peer_ptr_->name + " expects remote-id '" +
+                  peer_ptr_->remote_id.text + "' (identity mismatch)";
             return false;
         }
     }
     if (uses_certificates()) {
         if (!credentials_) {
-            why = "no certificate credentials are loaded for peer " + peer_.name;
+            why = "no certificate credentials are loaded for peer " + peer_ptr_->name;
             return false;
         }
         std::vector<bytes> certs;
@@ -190,7 +190,7 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
             }
         }
         if (certs.empty()) {
-            why = "the peer sent no X.509 certificate (CERT payload) but peer " + peer_.name +
+            why = "the peer sent no X.509 certificate (CERT payload) but peer " + peer_ptr_->name +
                   " is configured for certificate authentication";
             return false;
         }
@@ -199,14 +199,14 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
         return credentials_->verify(certs, id, auth, octets, why);
     }
     if (auth.method != static_cast<uint8_t>(auth_method::shared_key_mic)) {
-        why = "the peer authenticates with method " + std::to_string(auth.method) + " but peer " + peer_.name +
+        why = "the peer authenticates with method " + std::to_string(auth.method) + " but peer " + peer_ptr_->name +
               " is configured for a pre-shared key";
         return false;
     }
     auto prf = static_cast<prf_id>(ike_transforms_.prf);
     bytes octets = signed_octets(prf, initiator ? init_response_ : init_request_, initiator ? nonce_i_ : nonce_r_,
                                  (initiator ? sk_pr_ : sk_pi_).view(), id_body(id));
-    std::span<const uint8_t> psk(reinterpret_cast<const uint8_t*>(peer_.auth.psk.data()), peer_.auth.psk.size());
+    std::span<const uint8_t> psk(reinterpret_cast<const uint8_t*>(peer_ptr_->auth.psk.data()), peer_ptr_->auth.psk.size());
     bytes expected = psk_auth(prf, psk, octets);
     if (!equal_constant_time(expected, auth.data)) {
         why = "the peer's AUTH payload did not verify: pre-shared key mismatch";
@@ -219,11 +219,12 @@ std::optional<ike_sa::child_offer> ike_sa::make_child_offer(const std::string& t
 {
     const auto* t = find_tunnel(tunnel_name);
     if (t == nullptr) {
-        log(log_level::error, "no tunnel '" + tunnel_name + "' under peer " + peer_.name);
+        log(log_level::error, "no tunnel '" + tunnel_name + "' under peer " + peer_ptr_->name);
         return std::nullopt;
     }
     child_offer offer;
     offer.tunnel = tunnel_name;
+    offer.made_with = peer_ptr_;
     do {
         offer.spi_in = random_u32();
     } while (offer.spi_in < 0x100);
@@ -254,14 +255,15 @@ void ike_sa::send_auth_request()
     if (!pending_tunnels_.empty()) {
         tunnel = pending_tunnels_.front();
         pending_tunnels_.erase(pending_tunnels_.begin());
-    } else if (!peer_.tunnels.empty()) {
-        tunnel = peer_.tunnels.front().name;
+    } else if (!peer_ptr_->tunnels.empty()) {
+        tunnel = peer_ptr_->tunnels.front().name;
     }
+    auth_tunnel_ = tunnel;
     auto offer = std::make_shared<child_offer>();
     if (auto o = make_child_offer(tunnel, false)) {
         *offer = std::move(*o);
     } else {
-        fail("peer " + peer_.name + " has no tunnel to negotiate.", "add a tunnel under the peer.");
+        fail("peer " + peer_ptr_->name + " has no tunnel to negotiate.", "add a tunnel under the peer.");
         return;
     }
     pending_request r;
@@ -283,8 +285,8 @@ void ike_sa::send_auth_request()
             }
             p.push_back(payload{payload_type::certreq, false, cert_payload{cert_encoding_x509_signature, hashes}});
         }
-        if (peer_.remote_id.kind != config::ike_id_kind::any) {
-            p.push_back(payload{payload_type::idr, false, to_id(peer_.remote_id, remote_.address)});
+        if (peer_ptr_->remote_id.kind != config::ike_id_kind::any) {
+            p.push_back(payload{payload_type::idr, false, to_id(peer_ptr_->remote_id, remote_.address)});
         }
         std::string error;
         auto auth = own_auth_payload(id, error);
@@ -301,7 +303,7 @@ void ike_sa::send_auth_request()
     r.on_reply = [this, offer](const std::vector<payload>& reply) {
         for (const auto* n : find_notifies(reply)) {
             if (n->type == static_cast<uint16_t>(notify_type::authentication_failed)) {
-                fail("peer " + peer_.name + " rejected our authentication (AUTHENTICATION_FAILED).",
+                fail("peer " + peer_ptr_->name + " rejected our authentication (AUTHENTICATION_FAILED).",
                      uses_certificates()
                          ? "the peer does not trust our certificate or identity: check that it has our CA, and that local-id is in our certificate."
                          : "the pre-shared keys or the identities differ: compare auth.secret and local-id/remote-id with the peer's.");
@@ -310,19 +312,34 @@ void ike_sa::send_auth_request()
         }
         std::string why;
         if (!verify_peer_auth(reply, why)) {
-            fail("IKE_AUTH with " + peer_.name + " failed: " + why + ".",
-                 "compare auth.secret and remote-id of peer " + peer_.name + " with the peer's configuration.");
+            fail("IKE_AUTH with " + peer_ptr_->name + " failed: " + why + ".",
+                 "compare auth.secret and remote-id of peer " + peer_ptr_->name + " with the peer's configuration.");
             return;
         }
         set_established();
-        complete_child(*offer, reply, nullptr, nonce_i_, nonce_r_);
+        bool installed = complete_child(*offer, reply, nullptr, nonce_i_, nonce_r_);
+        if (auth_redo_ != auth_redo::none) {
+            // A reload removed or changed this tunnel while IKE_AUTH was outstanding (reconfigure).
+            if (installed) {
+                for (const auto& c : children_) {
+                    if (c.tunnel == auth_tunnel_ && c.spi_in == offer->spi_in) {
+                        delete_child(c.spi_in, true);
+                        break;
+                    }
+                }
+            }
+            if (auth_redo_ == auth_redo::renegotiate) {
+                start_child(auth_tunnel_);
+            }
+            auth_redo_ = auth_redo::none;
+        }
         for (const auto& t : pending_tunnels_) {
             start_child(t);
         }
         pending_tunnels_.clear();
     };
     r.on_timeout = [this] {
-        fail("peer " + peer_.name + " did not answer IKE_AUTH.",
+        fail("peer " + peer_ptr_->name + " did not answer IKE_AUTH.",
              "check that UDP " + std::to_string(remote_.port) + " reaches the peer (NAT-T uses 4500) and the peer's log.");
     };
     queue_request(std::move(r));
@@ -334,7 +351,7 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
     if (!verify_peer_auth(payloads, why)) {
         send_response(exchange_type::ike_auth, message_id, {make_notify(notify_type::authentication_failed)});
         fail("IKE_AUTH from " + to_string(remote_) + " failed: " + why + ".",
-             "compare auth.secret and remote-id of peer " + peer_.name + " with the peer's configuration.");
+             "compare auth.secret and remote-id of peer " + peer_ptr_->name + " with the peer's configuration.");
         return;
     }
     id_payload id = own_id();
@@ -348,7 +365,7 @@ void ike_sa::process_auth_request(const message&, uint32_t message_id, const std
     if (!auth) {
         send_response(exchange_type::ike_auth, message_id, {make_notify(notify_type::authentication_failed)});
         fail("cannot sign our AUTH payload for " + to_string(remote_) + ": " + error + ".",
-             "check auth.certificate and auth.private-key of peer " + peer_.name + ".");
+             "check auth.certificate and auth.private-key of peer " + peer_ptr_->name + ".");
         return;
     }
     reply.push_back(payload{payload_type::auth, false, std::move(*auth)});
@@ -376,7 +393,7 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
     // selectors fit (§2.9: the responder may narrow, never widen).
     std::string last_why;
     bool proposal_matched = false;
-    for (const auto& t : peer_.tunnels) {
+    for (const auto& t : peer_ptr_->tunnels) {
         if (rekeys) {
             auto old = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_out == *rekeys; });
             if (old == children_.end() || old->tunnel != t.name) {
@@ -482,8 +499,8 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
         reply.push_back(payload{payload_type::tsr, false, ts_payload{{to_selector(*local)}}});
         return reply;
     }
-    std::string cause = peer_.tunnels.empty() ? std::string("peer ") + peer_.name + " has no tunnels" : last_why;
-    io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_), "Child SA refused: " + cause + ".",
+    std::string cause = peer_ptr_->tunnels.empty() ? std::string("peer ") + peer_ptr_->name + " has no tunnels" : last_why;
+    io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_), "Child SA refused: " + cause + ".",
                  proposal_matched ? "make local-ts/remote-ts the mirror image of the peer's remote/local selectors."
                                   : "make the tunnel's esp-proposals share a transform set with the peer's ESP proposals "
                                     "(and the same PFS group, or none on both sides)."});
@@ -494,12 +511,20 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
 bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,
                             std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r)
 {
-    const auto* t = find_tunnel(offer.tunnel);
+    const config::ike_tunnel_config* t = nullptr;
+    for (const auto& x : (offer.made_with ? *offer.made_with : *peer_ptr_).tunnels) {
+        if (x.name == offer.tunnel) {
+            t = &x;
+        }
+    }
     auto child_fail = [&](const std::string& cause, const std::string& fix) {
-        io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_), cause, fix});
+        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_), cause, fix});
         log(log_level::error, cause + " Fix: " + fix);
         return false;
     };
+    if (t == nullptr) {
+        return child_fail("no tunnel '" + offer.tunnel + "' under peer " + peer_ptr_->name + ".", "check the configuration.");
+    }
     for (const auto* n : find_notifies(reply)) {
         if (n->type >= 16384) {
             continue;
@@ -509,17 +534,17 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
             for (const auto& p : t->esp_proposals) {
                 ours += (ours.empty() ? "" : ", ") + p.text;
             }
-            return child_fail("peer " + peer_.name + " rejected our ESP proposals for tunnel " + offer.tunnel + " (" + ours +
+            return child_fail("peer " + peer_ptr_->name + " rejected our ESP proposals for tunnel " + offer.tunnel + " (" + ours +
                                   "): NO_PROPOSAL_CHOSEN (ESP transform or PFS group mismatch).",
                               "make esp-proposals share a transform set with the peer's, with the same PFS group or none on both.");
         }
         if (n->type == static_cast<uint16_t>(notify_type::ts_unacceptable)) {
-            return child_fail("peer " + peer_.name + " refused our traffic selectors for tunnel " + offer.tunnel + " (local-ts " +
+            return child_fail("peer " + peer_ptr_->name + " refused our traffic selectors for tunnel " + offer.tunnel + " (local-ts " +
                                   describe(t->local_ts) + ", remote-ts " + describe(t->remote_ts) +
                                   "): TS_UNACCEPTABLE, selectors not mirrored.",
                               "make local-ts/remote-ts the mirror image of the peer's remote/local selectors.");
         }
-        return child_fail("peer " + peer_.name + " refused the Child SA for tunnel " + offer.tunnel + " with " +
+        return child_fail("peer " + peer_ptr_->name + " refused the Child SA for tunnel " + offer.tunnel + " with " +
                               notify_name(n->type) + ".",
                           "see the peer's log.");
     }
@@ -527,7 +552,7 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
     const auto* tsi = ts_of(reply, payload_type::tsi);
     const auto* tsr = ts_of(reply, payload_type::tsr);
     if (sap == nullptr || tsi == nullptr || tsr == nullptr || tsi->selectors.empty() || tsr->selectors.empty()) {
-        return child_fail("peer " + peer_.name + " answered without SA or traffic selectors.", "this is a peer bug.");
+        return child_fail("peer " + peer_ptr_->name + " answered without SA or traffic selectors.", "this is a peer bug.");
     }
     std::string why;
     auto proposals = g_ir != nullptr || offer.kex ? t->esp_proposals : without_dh(t->esp_proposals);
@@ -536,20 +561,20 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
     }
     auto chosen = check_reply(proposals, std::get<sa_payload>(sap->body), protocol_id::esp, why);
     if (!chosen) {
-        return child_fail("Child SA answer from " + peer_.name + " is invalid: " + why + ".", "check the peer's esp proposals.");
+        return child_fail("Child SA answer from " + peer_ptr_->name + " is invalid: " + why + ".", "check the peer's esp proposals.");
     }
     const auto& spi = std::get<sa_payload>(sap->body).proposals.front().spi;
     auto local = to_prefix(tsi->selectors.front());
     auto remote = to_prefix(tsr->selectors.front());
     if (!local || !remote || !within(*local, t->local_ts) || !within(*remote, t->remote_ts)) {
-        return child_fail("peer " + peer_.name + " answered with selectors TSi " + describe(tsi->selectors) + " TSr " +
+        return child_fail("peer " + peer_ptr_->name + " answered with selectors TSi " + describe(tsi->selectors) + " TSr " +
                               describe(tsr->selectors) + " outside what we proposed (local-ts " + describe(t->local_ts) +
                               ", remote-ts " + describe(t->remote_ts) + ").",
                           "make the selectors mirror images of each other.");
     }
     bool transport = find_notify(reply, notify_type::use_transport_mode) != nullptr;
     if (transport != (t->mode == config::ipsec_mode::transport)) {
-        return child_fail("peer " + peer_.name + " did not accept " +
+        return child_fail("peer " + peer_ptr_->name + " did not accept " +
                               (t->mode == config::ipsec_mode::transport ? "transport" : "tunnel") + " mode.",
                           "configure the same mode on both sides.");
     }
@@ -560,7 +585,7 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
         std::string error;
         if (ke == nullptr || !offer.kex || ke->group != offer.kex->group() ||
             !(pfs = offer.kex->shared_secret(ke->data, error))) {
-            return child_fail("PFS key exchange with " + peer_.name + " failed.", "configure the same PFS group on both sides.");
+            return child_fail("PFS key exchange with " + peer_ptr_->name + " failed.", "configure the same PFS group on both sides.");
         }
     }
     child_sa child;
@@ -635,7 +660,7 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
             sa.lifetime.soft_packets = t->rekey_packets;
             sa.lifetime.packets = t->rekey_packets + t->rekey_packets / 10;
         }
-        sa.origin = "ike:" + peer_.name + "/" + child.tunnel;
+        sa.origin = "ike:" + peer_ptr_->name + "/" + child.tunnel;
         return sa;
     };
     // Inbound first: the peer may send as soon as it has our answer (ARCHITECTURE.md).
@@ -643,7 +668,7 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
     std::string err = io_.installer().install(in);
     config::wipe_keys(in);
     if (!err.empty()) {
-        io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_),
+        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
                      "the data plane refused inbound SA " + std::to_string(child.spi_in) + ": " + err + ".",
                      "check espresso-dp's log and `espresso show crypto ipsec sa`."});
         log(log_level::error, "installing inbound SA failed: " + err);
@@ -654,7 +679,7 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
     config::wipe_keys(out);
     if (!err.empty()) {
         io_.installer().remove(config::direction::inbound, child.spi_in);
-        io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_),
+        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
                      "the data plane refused outbound SA " + std::to_string(child.spi_out) + ": " + err + ".",
                      "check espresso-dp's log and `espresso show crypto ipsec sa`."});
         log(log_level::error, "installing outbound SA failed: " + err);

@@ -42,7 +42,7 @@ void ike_sa::start_child(const std::string& tunnel)
         }
     };
     r.on_timeout = [this] {
-        fail("peer " + peer_.name + " did not answer CREATE_CHILD_SA.", "check the path to the peer and its log.");
+        fail("peer " + peer_ptr_->name + " did not answer CREATE_CHILD_SA.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
 }
@@ -74,6 +74,17 @@ void ike_sa::rekey_child(uint32_t spi_in)
         bool ok = np != nullptr && complete_child(*offer, reply, nullptr, offer->nonce, nr);
         uint32_t old = *offer->rekeys;
         std::erase(rekeying_children_, old);
+        if (auto retired = std::find(retired_rekeys_.begin(), retired_rekeys_.end(), old); retired != retired_rekeys_.end()) {
+            // A reload removed or changed the tunnel during the rekey (reconfigure): neither the old
+            // Child SA nor the one with the old settings just created stays.
+            retired_rekeys_.erase(retired);
+            if (ok) {
+                delete_child(offer->spi_in, true);
+            } else {
+                delete_child(old, true);
+                return;
+            }
+        }
         if (ok) {
             auto col = std::find_if(collisions_.begin(), collisions_.end(),
                                     [&](const rekey_collision& c) { return c.old_spi_in == old; });
@@ -88,7 +99,9 @@ void ike_sa::rekey_child(uint32_t spi_in)
                 bool ours_redundant = lowest == nonces.begin() || lowest == nonces.begin() + 1;
                 log(log_level::info, std::string("Child SA rekey collision (RFC 7296 §2.8.1): ") +
                                          (ours_redundant ? "our" : "the peer's") + " new Child SA is redundant");
-                if (ours_redundant) {
+                if (ours_redundant && std::any_of(children_.begin(), children_.end(), [&](const child_sa& c) {
+                        return c.spi_in == offer->spi_in && c.st != child_sa::state::deleting;
+                    })) {
                     delete_child(offer->spi_in, true);
                 }
                 collisions_.erase(col);
@@ -105,7 +118,7 @@ void ike_sa::rekey_child(uint32_t spi_in)
         }
     };
     r.on_timeout = [this] {
-        fail("peer " + peer_.name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
+        fail("peer " + peer_ptr_->name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
 }
@@ -167,6 +180,79 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
         }
     }
     send_response(exchange_type::create_child_sa, message_id, accept_child(payloads, true, rekeys));
+}
+
+} // namespace espresso::cp
+
+namespace espresso::cp {
+std::vector<std::string> ike_sa::reconfigure(std::shared_ptr<const config::ike_peer_config> next,
+                                             const std::vector<std::string>& removed,
+                                             const std::vector<std::string>& changed)
+{
+    auto in = [](const std::vector<std::string>& v, const std::string& name) {
+        return std::find(v.begin(), v.end(), name) != v.end();
+    };
+    std::vector<std::string> deleted;
+    if (state_ == state::deleting || state_ == state::dead) {
+        peer_ptr_ = std::move(next);
+        return deleted;
+    }
+    // Deletes go out with the settings they were made with; only then the new settings apply.
+    std::vector<uint32_t> to_delete;
+    for (auto& c : children_) {
+        if (!in(removed, c.tunnel) && !in(changed, c.tunnel)) {
+            continue; // an unchanged tunnel: not touched
+        }
+        if (!in(deleted, c.tunnel)) {
+            deleted.push_back(c.tunnel);
+        }
+        if (c.st == child_sa::state::rekeyed &&
+            std::find(rekeying_children_.begin(), rekeying_children_.end(), c.spi_in) != rekeying_children_.end()) {
+            // Our rekey of it is outstanding: its answer deletes both (see rekey_child).
+            retired_rekeys_.push_back(c.spi_in);
+        } else if (c.st != child_sa::state::deleting) {
+            to_delete.push_back(c.spi_in);
+        }
+    }
+    for (uint32_t spi : to_delete) {
+        delete_child(spi, true);
+    }
+    peer_ptr_ = std::move(next);
+    // A tunnel no longer configured is not offered later either.
+    std::erase_if(pending_tunnels_, [&](const std::string& t) { return find_tunnel(t) == nullptr; });
+    // Our IKE_AUTH request (with the first Child SA's offer) is out: the initiator after IKE_SA_INIT.
+    const bool auth_outstanding = role_ == role::initiator && state_ == state::init_done && !auth_tunnel_.empty();
+    if (auth_outstanding && (in(removed, auth_tunnel_) || in(changed, auth_tunnel_))) {
+        auth_redo_ = in(removed, auth_tunnel_) ? auth_redo::remove : auth_redo::renegotiate;
+        if (!in(deleted, auth_tunnel_)) {
+            deleted.push_back(auth_tunnel_);
+        }
+    }
+    // A changed tunnel that was up here comes back with its new settings.
+    std::vector<std::string> again;
+    for (const auto& name : changed) {
+        if (in(deleted, name) && !(auth_outstanding && name == auth_tunnel_)) {
+            again.push_back(name);
+        }
+    }
+    start_tunnels(again);
+    return deleted;
+}
+
+void ike_sa::start_tunnels(const std::vector<std::string>& tunnels)
+{
+    for (const auto& name : tunnels) {
+        if (find_tunnel(name) == nullptr) {
+            continue;
+        }
+        if (state_ == state::established) {
+            log(log_level::info, "reload: negotiating Child SA " + name);
+            start_child(name);
+        } else if (role_ == role::initiator && state_ != state::deleting && state_ != state::dead &&
+                   std::find(pending_tunnels_.begin(), pending_tunnels_.end(), name) == pending_tunnels_.end()) {
+            pending_tunnels_.push_back(name); // offered once the IKE SA is up
+        }
+    }
 }
 
 } // namespace espresso::cp

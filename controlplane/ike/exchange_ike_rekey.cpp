@@ -19,11 +19,11 @@
 namespace espresso::cp {
 void ike_sa::schedule_ike_rekey()
 {
-    if (peer_.rekey_time == 0) {
+    if (peer_ptr_->rekey_time == 0) {
         ike_rekey_at_ = steady_time{};
         return;
     }
-    uint32_t base_ms = peer_.rekey_time * 1000u;
+    uint32_t base_ms = peer_ptr_->rekey_time * 1000u;
     uint32_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
     // The original responder waits a little longer so both ends rarely rekey at once (§2.8.2).
     uint32_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
@@ -116,7 +116,7 @@ void ike_sa::rekey_ike()
     r.exchange = exchange_type::create_child_sa;
     r.build = [this, offer] {
         std::vector<payload> p;
-        p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_.proposals, protocol_id::ike, be64(offer->spi_i))}});
+        p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_ptr_->proposals, protocol_id::ike, be64(offer->spi_i))}});
         p.push_back(payload{payload_type::nonce, false, nonce_payload{offer->nonce}});
         p.push_back(payload{payload_type::ke, false, ke_payload{offer->kex->group(), offer->kex->public_value()}});
         return p;
@@ -145,7 +145,7 @@ void ike_sa::rekey_ike()
             return;
         }
         std::string why;
-        auto chosen = check_reply(peer_.proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
+        auto chosen = check_reply(peer_ptr_->proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
         const auto& spi = std::get<sa_payload>(sap->body).proposals.front().spi;
         const auto& ke = std::get<ke_payload>(kp->body);
         if (!chosen || spi.size() != 8 || ke.group != offer->kex->group() || chosen->dh != ke.group) {
@@ -192,7 +192,7 @@ void ike_sa::rekey_ike()
             take_over_candidate("ours was not answered");
             return;
         }
-        fail("peer " + peer_.name + " did not answer an IKE SA rekey.", "check the path to the peer and its log.");
+        fail("peer " + peer_ptr_->name + " did not answer an IKE SA rekey.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
 }
@@ -213,7 +213,7 @@ void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<pa
         return;
     }
     std::string why;
-    auto chosen = select_proposal(peer_.proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
+    auto chosen = select_proposal(peer_ptr_->proposals, std::get<sa_payload>(sap->body), protocol_id::ike, why);
     if (!chosen || chosen->theirs->spi.size() != 8) {
         log(log_level::warning, "IKE SA rekey refused: " + why);
         send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::no_proposal_chosen)});

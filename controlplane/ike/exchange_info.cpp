@@ -64,17 +64,17 @@ void ike_sa::send_dpd()
     r.build = [] { return std::vector<payload>{}; };
     r.on_reply = [](const std::vector<payload>&) {};
     r.on_timeout = [this] {
-        fail("peer " + peer_.name + " (" + to_string(remote_) + ") stopped answering liveness checks (DPD).",
+        fail("peer " + peer_ptr_->name + " (" + to_string(remote_) + ") stopped answering liveness checks (DPD).",
              "the peer is down or unreachable; the tunnel is " +
-                 std::string(peer_.dpd_action == config::ike_dpd_action::restart
+                 std::string(peer_ptr_->dpd_action == config::ike_dpd_action::restart
                                  ? "being re-established"
-                             : peer_.dpd_action == config::ike_dpd_action::hold
+                             : peer_ptr_->dpd_action == config::ike_dpd_action::hold
                                  ? "held: its traffic is dropped and re-establishes it"
                                  : "cleared: its traffic is dropped until it is initiated again") + ".");
         // What follows is the manager's (ike_manager::after): restart initiates now; hold leaves the
         // trap policies to raise an acquire on the next packet; clear ignores those acquires.
         dpd_failed_ = true;
-        restart_requested_ = peer_.dpd_action == config::ike_dpd_action::restart;
+        restart_requested_ = peer_ptr_->dpd_action == config::ike_dpd_action::restart;
     };
     queue_request(std::move(r));
 }
@@ -110,7 +110,7 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
     r.on_reply = [finish](const std::vector<payload>&) { finish(); };
     r.on_timeout = [this, finish] {
         finish();
-        fail("peer " + peer_.name + " did not answer a Delete.", "the peer may be down.");
+        fail("peer " + peer_ptr_->name + " did not answer a Delete.", "the peer may be down.");
     };
     queue_request(std::move(r));
 }

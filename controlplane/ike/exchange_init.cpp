@@ -108,7 +108,7 @@ std::vector<payload> ike_sa::build_init_request()
     if (!cookie_.empty()) {
         p.push_back(make_notify(notify_type::cookie, cookie_)); // §2.6: COOKIE comes first
     }
-    p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_.proposals, protocol_id::ike, {})}});
+    p.push_back(payload{payload_type::sa, false, sa_payload{to_wire(peer_ptr_->proposals, protocol_id::ike, {})}});
     p.push_back(payload{payload_type::ke, false, ke_payload{kex_group_, kex_->public_value()}});
     p.push_back(payload{payload_type::nonce, false, nonce_payload{nonce_i_}});
     for (auto& n : nat_detection_payloads(0)) {
@@ -117,7 +117,7 @@ std::vector<payload> ike_sa::build_init_request()
     if (uses_certificates()) {
         p.push_back(make_notify(notify_type::signature_hash_algorithms, pubkey_credentials::supported_hash_algorithms()));
     }
-    if (peer_.fragmentation != config::ike_fragmentation::no) {
+    if (peer_ptr_->fragmentation != config::ike_fragmentation::no) {
         p.push_back(make_notify(notify_type::ikev2_fragmentation_supported)); // RFC 7383 §2.3, no data
     }
     return p;
@@ -126,12 +126,12 @@ std::vector<payload> ike_sa::build_init_request()
 void ike_sa::initiate(std::vector<std::string> tunnels)
 {
     pending_tunnels_ = std::move(tunnels);
-    if (peer_.proposals.empty() || peer_.proposals.front().dh.empty()) {
-        fail("peer " + peer_.name + " has no usable IKE proposal.", "configure proposals with a DH group.");
+    if (peer_ptr_->proposals.empty() || peer_ptr_->proposals.front().dh.empty()) {
+        fail("peer " + peer_ptr_->name + " has no usable IKE proposal.", "configure proposals with a DH group.");
         return;
     }
     if (kex_group_ == 0) {
-        kex_group_ = peer_.proposals.front().dh.front();
+        kex_group_ = peer_ptr_->proposals.front().dh.front();
     }
     ++init_attempts_;
     ike_header h;
@@ -152,7 +152,7 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
     const auto& payloads = msg.payloads;
     if (const auto* cookie = find_notify(payloads, notify_type::cookie)) {
         if (init_attempts_ >= 3 || cookie->data.empty() || cookie->data.size() > 64) {
-            fail("peer " + peer_.name + " keeps demanding cookies.", "the peer is under load or misconfigured; retry later.");
+            fail("peer " + peer_ptr_->name + " keeps demanding cookies.", "the peer is under load or misconfigured; retry later.");
             return;
         }
         cookie_ = cookie->data;
@@ -163,11 +163,11 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
     }
     if (const auto* ke = find_notify(payloads, notify_type::invalid_ke_payload)) {
         uint16_t group = ke->data.size() == 2 ? static_cast<uint16_t>((ke->data[0] << 8) | ke->data[1]) : 0;
-        bool offered = std::any_of(peer_.proposals.begin(), peer_.proposals.end(), [&](const auto& p) {
+        bool offered = std::any_of(peer_ptr_->proposals.begin(), peer_ptr_->proposals.end(), [&](const auto& p) {
             return std::find(p.dh.begin(), p.dh.end(), group) != p.dh.end();
         });
         if (!offered || init_attempts_ >= 3 || group == kex_group_) {
-            fail("peer " + peer_.name + " wants DH group " + group_name(group) + ", which we did not offer.",
+            fail("peer " + peer_ptr_->name + " wants DH group " + group_name(group) + ", which we did not offer.",
                  "add " + group_name(group) + " to the peer's proposals, or make the peer accept ours.");
             return;
         }
@@ -183,13 +183,13 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
         }
         if (n->type == static_cast<uint16_t>(notify_type::no_proposal_chosen)) {
             std::string ours;
-            for (const auto& p : peer_.proposals) {
+            for (const auto& p : peer_ptr_->proposals) {
                 ours += (ours.empty() ? "" : ", ") + describe_transforms(p);
             }
-            fail("peer " + peer_.name + " rejected all our IKE proposals (" + ours + "): NO_PROPOSAL_CHOSEN.",
+            fail("peer " + peer_ptr_->name + " rejected all our IKE proposals (" + ours + "): NO_PROPOSAL_CHOSEN.",
                  "make `proposals:` share an encryption, integrity/PRF and DH group with the peer's IKE proposals.");
         } else {
-            fail("peer " + peer_.name + " refused IKE_SA_INIT with " + notify_name(n->type) + ".",
+            fail("peer " + peer_ptr_->name + " refused IKE_SA_INIT with " + notify_name(n->type) + ".",
                  "see the peer's log for the reason.");
         }
         return;
@@ -202,21 +202,21 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
         return;
     }
     std::string why;
-    auto chosen = check_reply(peer_.proposals, std::get<sa_payload>(sa->body), protocol_id::ike, why);
+    auto chosen = check_reply(peer_ptr_->proposals, std::get<sa_payload>(sa->body), protocol_id::ike, why);
     if (!chosen) {
-        fail("IKE_SA_INIT response from " + peer_.name + " is invalid: " + why + ".", "check the peer's proposals.");
+        fail("IKE_SA_INIT response from " + peer_ptr_->name + " is invalid: " + why + ".", "check the peer's proposals.");
         return;
     }
     const auto& kep = std::get<ke_payload>(ke->body);
     if (kep.group != chosen->dh || kep.group != kex_group_) {
-        fail("peer " + peer_.name + " chose DH " + group_name(chosen->dh) + " but sent a KE for " + group_name(kep.group) + ".",
+        fail("peer " + peer_ptr_->name + " chose DH " + group_name(chosen->dh) + " but sent a KE for " + group_name(kep.group) + ".",
              "this is a peer bug; report it to the peer's vendor.");
         return;
     }
     std::string error;
     auto g_ir = kex_->shared_secret(kep.data, error);
     if (!g_ir) {
-        fail("peer " + peer_.name + " sent an invalid KE payload: " + error + ".", "this is a peer bug or an attack.");
+        fail("peer " + peer_ptr_->name + " sent an invalid KE payload: " + error + ".", "this is a peer bug or an attack.");
         return;
     }
     outstanding_.reset();
@@ -235,7 +235,7 @@ void ike_sa::process_init_response(const message& msg, std::span<const uint8_t> 
         peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
     }
     // RFC 7383 §2.3: the responder answers IKEV2_FRAGMENTATION_SUPPORTED only to an initiator that sent it.
-    fragmentation_ = peer_.fragmentation != config::ike_fragmentation::no &&
+    fragmentation_ = peer_ptr_->fragmentation != config::ike_fragmentation::no &&
                      find_notify(payloads, notify_type::ikev2_fragmentation_supported) != nullptr;
     state_ = state::init_done;
     if (nat_detected() && remote_.port == 500) {
@@ -268,16 +268,16 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
         return;
     }
     std::string why;
-    auto chosen = select_proposal(peer_.proposals, std::get<sa_payload>(sa->body), protocol_id::ike, why);
+    auto chosen = select_proposal(peer_ptr_->proposals, std::get<sa_payload>(sa->body), protocol_id::ike, why);
     if (!chosen) {
         reply_plain({make_notify(notify_type::no_proposal_chosen)});
         std::string ours;
-        for (const auto& p : peer_.proposals) {
+        for (const auto& p : peer_ptr_->proposals) {
             ours += (ours.empty() ? "" : ", ") + p.text;
         }
         fail("IKE proposal mismatch with " + to_string(remote_) + ": " + why + ".",
              "make the peer's IKE proposals and ours share one encryption, integrity/PRF and DH group "
-             "(ours: " + ours + "), or add one of the peer's to `proposals:` of peer " + peer_.name + ".");
+             "(ours: " + ours + "), or add one of the peer's to `proposals:` of peer " + peer_ptr_->name + ".");
         return;
     }
     const auto& kep = std::get<ke_payload>(ke->body);
@@ -316,7 +316,7 @@ void ike_sa::respond_init(const message& request, std::span<const uint8_t> raw)
         peer_hash_algorithms_ = pubkey_credentials::parse_hash_algorithms(sha->data);
     }
     // RFC 7383 §2.3: announce fragmentation only to an initiator that announced it.
-    fragmentation_ = peer_.fragmentation != config::ike_fragmentation::no &&
+    fragmentation_ = peer_ptr_->fragmentation != config::ike_fragmentation::no &&
                      find_notify(payloads, notify_type::ikev2_fragmentation_supported) != nullptr;
     if (fragmentation_) {
         reply.push_back(make_notify(notify_type::ikev2_fragmentation_supported));

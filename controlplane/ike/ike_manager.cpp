@@ -144,66 +144,120 @@ void ike_manager::record_failure(negotiation_failure f)
 
 namespace {
 
-// Every setting of a peer, as one string: equal fingerprints = nothing to do on reload. Holds the
-// PSK, so it is wiped after use and never logged.
-std::string fingerprint(const config::ike_peer_config& p)
-{
+// Settings as one string each: equal fingerprints = nothing to do on reload. The IKE one holds the
+// PSK, so both are wiped after use and never logged.
+struct fingerprint_builder {
     std::string f;
-    auto add = [&](const std::string& s) {
+    void add(const std::string& s)
+    {
         f += std::to_string(s.size());
         f += ':';
         f += s;
-    };
-    auto add_prefixes = [&](const std::vector<config::ip_prefix>& v) {
+    }
+    void add_prefixes(const std::vector<config::ip_prefix>& v)
+    {
         for (const auto& x : v) {
             add(config::to_string(x));
         }
         add("|");
-    };
-    auto add_proposals = [&](const std::vector<config::ike_proposal_config>& v) {
+    }
+    void add_proposals(const std::vector<config::ike_proposal_config>& v)
+    {
         for (const auto& x : v) {
             add(x.text);
         }
         add("|");
-    };
-    add(p.name);
-    add(std::to_string(p.version));
-    add(config::to_string(p.local_address));
-    add(p.remote_address ? config::to_string(*p.remote_address) : "any");
-    add(std::to_string(p.local_port) + "/" + std::to_string(p.remote_port));
-    add_proposals(p.proposals);
-    add(p.allow_legacy ? "legacy" : "");
-    add(std::to_string(static_cast<int>(p.local_id.kind)) + p.local_id.text);
-    add(std::to_string(static_cast<int>(p.remote_id.kind)) + p.remote_id.text);
-    add(std::to_string(static_cast<int>(p.auth.method)));
-    add(p.auth.psk);
-    add(p.auth.certificate);
-    add(p.auth.private_key);
+    }
+};
+
+// Everything of a peer but its tunnels: what its IKE SA was negotiated and authenticated with.
+std::string ike_fingerprint(const config::ike_peer_config& p)
+{
+    fingerprint_builder b;
+    b.add(p.name);
+    b.add(std::to_string(p.version));
+    b.add(config::to_string(p.local_address));
+    b.add(p.remote_address ? config::to_string(*p.remote_address) : "any");
+    b.add(std::to_string(p.local_port) + "/" + std::to_string(p.remote_port));
+    b.add_proposals(p.proposals);
+    b.add(p.allow_legacy ? "legacy" : "");
+    b.add(std::to_string(static_cast<int>(p.local_id.kind)) + p.local_id.text);
+    b.add(std::to_string(static_cast<int>(p.remote_id.kind)) + p.remote_id.text);
+    b.add(std::to_string(static_cast<int>(p.auth.method)));
+    b.add(p.auth.psk);
+    b.add(p.auth.certificate);
+    b.add(p.auth.private_key);
     for (const auto& ca : p.auth.ca) {
-        add(ca);
+        b.add(ca);
     }
-    add(std::to_string(p.rekey_time) + "/" + std::to_string(p.dpd_interval) + "/" +
-        std::to_string(static_cast<int>(p.dpd_action)));
-    add(std::to_string(static_cast<int>(p.fragmentation)) + "/" + std::to_string(p.fragment_size));
-    for (const auto& t : p.tunnels) {
-        add(t.name);
-        add_prefixes(t.local_ts);
-        add_prefixes(t.remote_ts);
-        add(std::to_string(static_cast<int>(t.mode)));
-        add_proposals(t.esp_proposals);
-        add(std::to_string(t.rekey_time) + "/" + std::to_string(t.rekey_bytes) + "/" + std::to_string(t.rekey_packets) +
-            "/" + std::to_string(static_cast<int>(t.start)) + "/" + std::to_string(t.replay_window));
-    }
-    return f;
+    b.add(std::to_string(p.rekey_time) + "/" + std::to_string(p.dpd_interval) + "/" +
+          std::to_string(static_cast<int>(p.dpd_action)));
+    b.add(std::to_string(static_cast<int>(p.fragmentation)) + "/" + std::to_string(p.fragment_size));
+    return std::move(b.f);
 }
 
-bool same_settings(const config::ike_peer_config& a, const config::ike_peer_config& b)
+std::string tunnel_fingerprint(const config::ike_tunnel_config& t)
 {
-    std::string fa = fingerprint(a), fb = fingerprint(b);
+    fingerprint_builder b;
+    b.add(t.name);
+    b.add_prefixes(t.local_ts);
+    b.add_prefixes(t.remote_ts);
+    b.add(std::to_string(static_cast<int>(t.mode)));
+    b.add_proposals(t.esp_proposals);
+    b.add(std::to_string(t.rekey_time) + "/" + std::to_string(t.rekey_bytes) + "/" + std::to_string(t.rekey_packets) +
+          "/" + std::to_string(static_cast<int>(t.start)) + "/" + std::to_string(t.replay_window));
+    return std::move(b.f);
+}
+
+bool same_ike_settings(const config::ike_peer_config& a, const config::ike_peer_config& b)
+{
+    std::string fa = ike_fingerprint(a), fb = ike_fingerprint(b);
     bool same = fa == fb;
     OPENSSL_cleanse(fa.data(), fa.size());
     OPENSSL_cleanse(fb.data(), fb.size());
     return same;
+}
+
+const config::ike_tunnel_config* tunnel_named(const config::ike_peer_config& p, const std::string& name)
+{
+    for (const auto& t : p.tunnels) {
+        if (t.name == name) {
+            return &t;
+        }
+    }
+    return nullptr;
+}
+
+// Per tunnel of a peer whose IKE settings are the same: which tunnels went, changed, came or stayed.
+struct tunnel_diff {
+    std::vector<std::string> removed, changed, added, unchanged;
+    bool empty() const noexcept { return removed.empty() && changed.empty() && added.empty(); }
+};
+
+tunnel_diff diff_tunnels(const config::ike_peer_config& old, const config::ike_peer_config& next)
+{
+    tunnel_diff d;
+    for (const auto& t : old.tunnels) {
+        if (tunnel_named(next, t.name) == nullptr) {
+            d.removed.push_back(t.name);
+        }
+    }
+    for (const auto& t : next.tunnels) {
+        const auto* before = tunnel_named(old, t.name);
+        if (before == nullptr) {
+            d.added.push_back(t.name);
+        } else if (tunnel_fingerprint(*before) != tunnel_fingerprint(t)) {
+            d.changed.push_back(t.name);
+        } else {
+            d.unchanged.push_back(t.name);
+        }
+    }
+    return d;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& x)
+{
+    return std::find(v.begin(), v.end(), x) != v.end();
 }
 
 } // namespace
@@ -213,22 +267,55 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
     reload_result r;
     std::vector<peer_ptr> fresh;
     std::vector<peer_ptr> to_start;
+    std::map<std::string, tunnel_diff> diffs; // peers where only tunnels differ
     for (const auto& p : next.peers) {
         auto old = find_peer(p.name);
-        if (old && same_settings(*old, p)) {
-            fresh.push_back(old); // the running SAs keep pointing at it
-            r.unchanged.push_back(p.name);
+        if (old && same_ike_settings(*old, p)) {
+            auto d = diff_tunnels(*old, p);
+            if (d.empty()) {
+                fresh.push_back(old); // the running SAs keep pointing at it
+                r.unchanged.push_back(p.name);
+                for (const auto& t : p.tunnels) {
+                    r.tunnels.push_back({p.name, t.name, "unchanged"});
+                }
+                continue;
+            }
+            fresh.push_back(std::make_shared<const config::ike_peer_config>(p));
+            r.updated.push_back(p.name);
+            for (const auto& t : d.removed) {
+                r.tunnels.push_back({p.name, t, "removed"});
+            }
+            for (const auto& t : p.tunnels) {
+                r.tunnels.push_back({p.name, t.name,
+                                     contains(d.added, t.name)     ? "added"
+                                     : contains(d.changed, t.name) ? "changed"
+                                                                   : "unchanged"});
+            }
+            diffs[p.name] = std::move(d);
             continue;
         }
         auto made = std::make_shared<const config::ike_peer_config>(p);
         fresh.push_back(made);
         (old ? r.changed : r.added).push_back(p.name);
+        if (old) {
+            for (const auto& t : old->tunnels) {
+                if (tunnel_named(p, t.name) == nullptr) {
+                    r.tunnels.push_back({p.name, t.name, "removed"});
+                }
+            }
+        }
+        for (const auto& t : p.tunnels) {
+            r.tunnels.push_back({p.name, t.name, old ? "renegotiated" : "added"});
+        }
         to_start.push_back(made);
     }
     for (const auto& old : peers_) {
         bool kept = std::any_of(next.peers.begin(), next.peers.end(), [&](const auto& p) { return p.name == old->name; });
         if (!kept) {
             r.removed.push_back(old->name);
+            for (const auto& t : old->tunnels) {
+                r.tunnels.push_back({old->name, t.name, "removed"});
+            }
         }
     }
     // Tear down what is removed or changed (with the old settings), then switch.
@@ -239,7 +326,7 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
     }
     peers_ = std::move(fresh);
     config_ = std::move(next);
-    for (const auto* list : {&r.removed, &r.changed, &r.added}) {
+    for (const auto* list : {&r.removed, &r.changed, &r.added, &r.updated}) {
         for (const auto& name : *list) {
             dpd_cleared_.erase(name);
         }
@@ -248,22 +335,21 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
         // Make before break: the new selectors' traps go in before the old ones come out, so a
         // changed tunnel's traffic is never without a trap.
         for (const auto& p : peers_) {
-            if (std::find(r.unchanged.begin(), r.unchanged.end(), p->name) != r.unchanged.end()) {
-                continue;
+            if (contains(r.changed, p->name) || contains(r.added, p->name)) {
+                install_peer_traps(*p);
+            } else if (auto d = diffs.find(p->name); d != diffs.end()) {
+                std::vector<std::string> names = d->second.changed;
+                names.insert(names.end(), d->second.added.begin(), d->second.added.end());
+                update_tunnel_traps(*p, names, {});
             }
-            install_peer_traps(*p);
         }
         for (const auto& name : r.removed) {
-            traps_incomplete_.erase(name);
-            if (auto it = traps_.find(name); it != traps_.end()) {
-                remove_trap_ids(name, it->second);
-                traps_.erase(it);
-            }
+            remove_peer_traps(name);
         }
     }
     for (const auto& p : peers_) {
         if (p->auth.method == config::ike_auth_method::pubkey &&
-            std::find(r.unchanged.begin(), r.unchanged.end(), p->name) == r.unchanged.end()) {
+            (contains(r.changed, p->name) || contains(r.added, p->name))) {
             std::string error;
             auto creds = pubkey_credentials::load(p->auth, error);
             if (!creds) {
@@ -273,6 +359,14 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
             }
             creds->allow_sha1(p->allow_legacy);
             credentials_[p->name] = std::make_shared<const pubkey_credentials>(std::move(*creds));
+        }
+    }
+    for (const auto& [name, d] : diffs) {
+        reload_tunnels(find_peer(name), d.removed, d.changed, d.added);
+        if (traps_wanted_ && !d.removed.empty()) {
+            // The removed tunnels' Child SAs are being deleted: their traps go now (their traffic is no
+            // longer the tunnel's; the peer's other traps stay as they are).
+            update_tunnel_traps(*find_peer(name), {}, d.removed);
         }
     }
     for (const auto& p : to_start) {
@@ -288,6 +382,72 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
         }
     }
     return r;
+}
+
+void ike_manager::reload_tunnels(const peer_ptr& next, const std::vector<std::string>& removed,
+                                 const std::vector<std::string>& changed, const std::vector<std::string>& added)
+{
+    std::vector<uint64_t> spis;
+    for (const auto& [spi, sa] : sas_) {
+        if (sa->peer().name == next->name) {
+            spis.push_back(spi);
+        }
+    }
+    // Every IKE SA of the peer switches to the new settings; each renegotiates the changed tunnels
+    // that were up on it.
+    std::set<std::string> renegotiated;
+    for (uint64_t spi : spis) {
+        auto it = sas_.find(spi);
+        if (it == sas_.end()) {
+            continue;
+        }
+        auto deleted = it->second->reconfigure(next, removed, changed);
+        for (const auto& t : deleted) {
+            renegotiated.insert(t);
+            io_.log(log_level::info, it->second->name(),
+                    "reload: tunnel " + t + (contains(removed, t) ? " removed" : " changed") + ", its Child SA is deleted");
+        }
+    }
+    // Added `start: immediately` tunnels, and changed ones that should be up but were not, start on one
+    // IKE SA of the peer: an established one, else one we are setting up.
+    std::vector<std::string> immediate;
+    for (const auto& t : next->tunnels) {
+        if (t.start == config::ike_start_action::immediately &&
+            (contains(added, t.name) || (contains(changed, t.name) && renegotiated.count(t.name) == 0))) {
+            immediate.push_back(t.name);
+        }
+    }
+    if (!immediate.empty() && next->remote_address && is_home(next->name)) {
+        keep_up_.insert(next->name); // as at start-up: a peer with a `start: immediately` tunnel is kept up
+    }
+    uint64_t carrier = 0;
+    for (int pass = 0; pass < 2 && carrier == 0; ++pass) {
+        for (uint64_t spi : spis) {
+            auto it = sas_.find(spi);
+            if (it == sas_.end() || it->second->dead() || it->second->retiring() ||
+                it->second->sa_state() == ike_sa::state::deleting) {
+                continue;
+            }
+            const auto& sa = *it->second;
+            if (pass == 0 ? sa.sa_state() == ike_sa::state::established : sa.sa_role() == ike_sa::role::initiator) {
+                carrier = spi;
+                break;
+            }
+        }
+    }
+    if (carrier != 0) {
+        sas_.at(carrier)->start_tunnels(immediate);
+    } else if (!immediate.empty() && next->remote_address && is_home(next->name) && !has_live_sa(next->name) &&
+               retries_.count(next->name) == 0) {
+        // No IKE SA with the peer anywhere (and no retry pending, which would bring every tunnel):
+        // the tunnels bring one up, as at start-up.
+        create_initiator(next, std::move(immediate));
+    }
+    for (uint64_t spi : spis) {
+        if (sas_.count(spi) != 0) {
+            after(spi);
+        }
+    }
 }
 
 ike_manager::peer_ptr ike_manager::find_peer(const std::string& name) const
@@ -333,25 +493,24 @@ ike_sa& ike_manager::create_initiator(const peer_ptr& peer, std::vector<std::str
     return ref;
 }
 
-bool ike_manager::install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids)
+bool ike_manager::install_traps(const config::ike_peer_config& peer, const config::ike_tunnel_config& t,
+                                std::vector<uint32_t>& ids)
 {
     bool complete = true;
-    for (const auto& t : peer.tunnels) {
-        for (const auto& local : t.local_ts) {
-            for (const auto& remote : t.remote_ts) {
-                std::string error;
-                auto id = io_.installer().add_trap(local, remote, error);
-                std::string pair = config::to_string(local) + " === " + config::to_string(remote);
-                if (id) {
-                    ids.push_back(*id);
-                    io_.log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + pair + " installed");
-                } else {
-                    complete = false;
-                    // Without any data plane (null installer) there is nothing to protect: a warning.
-                    io_.log(error.starts_with("no data plane") ? log_level::warning : log_level::error, peer.name,
-                            "tunnel " + t.name + ": cannot install the trap policy " + pair + ": " + error +
-                                "; while the tunnel is down its traffic is not held back by it");
-                }
+    for (const auto& local : t.local_ts) {
+        for (const auto& remote : t.remote_ts) {
+            std::string error;
+            auto id = io_.installer().add_trap(local, remote, error);
+            std::string pair = config::to_string(local) + " === " + config::to_string(remote);
+            if (id) {
+                ids.push_back(*id);
+                io_.log(log_level::info, peer.name, "tunnel " + t.name + ": trap policy " + pair + " installed");
+            } else {
+                complete = false;
+                // Without any data plane (null installer) there is nothing to protect: a warning.
+                io_.log(error.starts_with("no data plane") ? log_level::warning : log_level::error, peer.name,
+                        "tunnel " + t.name + ": cannot install the trap policy " + pair + ": " + error +
+                            "; while the tunnel is down its traffic is not held back by it");
             }
         }
     }
@@ -360,14 +519,60 @@ bool ike_manager::install_traps(const config::ike_peer_config& peer, std::vector
 
 void ike_manager::install_peer_traps(const config::ike_peer_config& peer)
 {
-    std::vector<uint32_t> old = std::move(traps_[peer.name]);
-    traps_[peer.name].clear();
-    if (install_traps(peer, traps_[peer.name])) {
+    auto old = std::move(traps_[peer.name]);
+    auto& now = traps_[peer.name];
+    now.clear();
+    bool complete = true;
+    for (const auto& t : peer.tunnels) {
+        complete = install_traps(peer, t, now[t.name]) && complete;
+    }
+    if (complete) {
         traps_incomplete_.erase(peer.name);
     } else {
         traps_incomplete_.insert(peer.name);
     }
-    remove_trap_ids(peer.name, old);
+    for (const auto& [tunnel, ids] : old) {
+        remove_trap_ids(peer.name, ids);
+    }
+}
+
+void ike_manager::update_tunnel_traps(const config::ike_peer_config& peer, const std::vector<std::string>& names,
+                                      const std::vector<std::string>& gone)
+{
+    auto& table = traps_[peer.name];
+    bool complete = traps_incomplete_.count(peer.name) == 0;
+    for (const auto& name : names) {
+        const auto* t = tunnel_named(peer, name);
+        if (t == nullptr) {
+            continue;
+        }
+        std::vector<uint32_t> old = std::move(table[name]);
+        table[name].clear();
+        complete = install_traps(peer, *t, table[name]) && complete;
+        remove_trap_ids(peer.name, old);
+    }
+    for (const auto& name : gone) {
+        if (auto it = table.find(name); it != table.end()) {
+            remove_trap_ids(peer.name, it->second);
+            table.erase(it);
+        }
+    }
+    if (complete) {
+        traps_incomplete_.erase(peer.name);
+    } else {
+        traps_incomplete_.insert(peer.name);
+    }
+}
+
+void ike_manager::remove_peer_traps(const std::string& peer)
+{
+    traps_incomplete_.erase(peer);
+    if (auto it = traps_.find(peer); it != traps_.end()) {
+        for (const auto& [tunnel, ids] : it->second) {
+            remove_trap_ids(peer, ids);
+        }
+        traps_.erase(it);
+    }
 }
 
 void ike_manager::retry_traps()
@@ -393,8 +598,10 @@ void ike_manager::remove_trap_ids(const std::string& peer, const std::vector<uin
 
 void ike_manager::remove_traps()
 {
-    for (const auto& [peer, ids] : traps_) {
-        remove_trap_ids(peer, ids);
+    for (const auto& [peer, tunnels] : traps_) {
+        for (const auto& [tunnel, ids] : tunnels) {
+            remove_trap_ids(peer, ids);
+        }
     }
     traps_.clear();
     traps_incomplete_.clear();

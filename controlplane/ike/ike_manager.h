@@ -91,8 +91,9 @@ public:
     void retry_traps();
     // Daemon shutdown: removes every trap policy (docs/ike.md, "Traffic while a tunnel is down").
     void remove_traps();
-    // Trap policy ids in the data plane, by peer name.
-    const std::map<std::string, std::vector<uint32_t>>& traps() const noexcept { return traps_; }
+    // Trap policy ids in the data plane, by peer name and tunnel name.
+    using trap_table = std::map<std::string, std::map<std::string, std::vector<uint32_t>>>;
+    const trap_table& traps() const noexcept { return traps_; }
     // One IKE message as received (non-ESP marker already stripped).
     void receive(const endpoint& local, const endpoint& remote, std::span<const uint8_t> datagram);
     void tick();
@@ -111,11 +112,22 @@ public:
     void stop_keeping_up(const std::set<std::string>& peers);
     // Deletes the IKE SAs of one peer (by name or address), or all when empty. Returns how many.
     size_t clear(const std::string& peer);
-    // `espresso reload`: a changed `ike:` section. Unchanged peers keep their SAs untouched; removed
-    // peers' SAs are deleted; changed peers' SAs are deleted and, with `start: immediately`, brought up
-    // again with the new settings; new peers start like at start-up.
+    // `espresso reload`: a changed `ike:` section (docs/ike.md, "Reload"). Unchanged peers keep their SAs
+    // untouched; removed peers' SAs are deleted; peers whose IKE SA settings changed (`changed`) have
+    // their SAs deleted and, with `start: immediately`, brought up again with the new settings; new peers
+    // start like at start-up. Peers where only tunnels differ (`updated`) keep their IKE SA and the
+    // Child SAs of unchanged tunnels; removed tunnels' Child SAs are deleted, changed ones negotiated
+    // again, added ones started per their start action (ike_sa::reconfigure).
+    struct tunnel_change {
+        std::string peer, tunnel;
+        // "added", "removed", "changed", "unchanged"; for a peer whose IKE settings changed, its new
+        // tunnels are "renegotiated" (with the new IKE SA) and the old ones not kept "removed".
+        std::string change;
+        bool operator==(const tunnel_change&) const = default;
+    };
     struct reload_result {
-        std::vector<std::string> added, removed, changed, unchanged;
+        std::vector<std::string> added, removed, changed, unchanged, updated;
+        std::vector<tunnel_change> tunnels;
     };
     reload_result reload(config::ike_config next);
     // Deletes every SA locally (data plane) and tells peers, best effort: daemon shutdown.
@@ -193,12 +205,21 @@ private:
     std::vector<std::string> startup_errors_;
     // Trap policies (see start()), installed once start() ran.
     bool traps_wanted_ = false;
-    std::map<std::string, std::vector<uint32_t>> traps_;
+    trap_table traps_;
     std::set<std::string> traps_incomplete_; // peers with a trap that could not be installed
     // Returns false when some trap of the peer could not be installed.
-    bool install_traps(const config::ike_peer_config& peer, std::vector<uint32_t>& ids);
+    bool install_traps(const config::ike_peer_config& peer, const config::ike_tunnel_config& tunnel,
+                       std::vector<uint32_t>& ids);
     void install_peer_traps(const config::ike_peer_config& peer); // replaces the peer's traps
+    // Replaces the traps of the peer's tunnels in `names` (make before break) and removes those of
+    // `gone` (tunnels no longer configured): a reload where only tunnels of the peer changed.
+    void update_tunnel_traps(const config::ike_peer_config& peer, const std::vector<std::string>& names,
+                             const std::vector<std::string>& gone);
     void remove_trap_ids(const std::string& peer, const std::vector<uint32_t>& ids);
+    void remove_peer_traps(const std::string& peer);
+    // A reload where only tunnels of `next` differ from the running peer (reload()).
+    void reload_tunnels(const peer_ptr& next, const std::vector<std::string>& removed,
+                        const std::vector<std::string>& changed, const std::vector<std::string>& added);
     // Peers DPD action `clear` took down: acquires for their `start: immediately` tunnels are ignored
     // until the operator initiates, a reload changes the peer, or an IKE SA with it is established.
     std::set<std::string> dpd_cleared_;

@@ -12,12 +12,12 @@ std::string to_string(const endpoint& e)
 
 ike_sa::ike_sa(ike_io& io, std::shared_ptr<const config::ike_peer_config> peer, role r, uint64_t spi_i, uint64_t spi_r,
                endpoint local, endpoint remote, retransmit_policy retransmit)
-    : io_(io), peer_ptr_(std::move(peer)), peer_(*peer_ptr_), role_(r), state_(r == role::initiator ? state::init_sent : state::init_done), spi_i_(spi_i),
+    : io_(io), peer_ptr_(std::move(peer)), role_(r), state_(r == role::initiator ? state::init_sent : state::init_done), spi_i_(spi_i),
       spi_r_(spi_r), local_(local), remote_(remote), retransmit_(retransmit),
       created_wall_(std::chrono::system_clock::now())
 {
     last_heard_ = io_.now();
-    fragment_size_ = peer_.fragment_size;
+    fragment_size_ = peer_ptr_->fragment_size;
     // A half-open SA that never authenticates is dropped (RFC 7296 §2.6 spirit: bounded state).
     half_open_deadline_ = last_heard_ + std::chrono::seconds(30);
 }
@@ -28,7 +28,7 @@ std::string ike_sa::name() const
 {
     char spi[20];
     std::snprintf(spi, sizeof(spi), "%016llx", static_cast<unsigned long long>(local_spi()));
-    return peer_.name + "[" + spi + "]";
+    return peer_ptr_->name + "[" + spi + "]";
 }
 
 void ike_sa::log(log_level level, const std::string& text)
@@ -46,7 +46,7 @@ uint32_t ike_sa::random_u32()
 void ike_sa::fail(const std::string& cause, const std::string& fix)
 {
     failure_cause_ = cause;
-    io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_), cause, fix});
+    io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_), cause, fix});
     log(log_level::error, cause + " Fix: " + fix);
     shutdown_local();
     state_ = state::dead;
@@ -60,8 +60,8 @@ void ike_sa::set_established()
     init_response_ = bytes{};
     established_wall_ = std::chrono::system_clock::now();
     auto now = io_.now();
-    if (peer_.dpd_interval != 0) {
-        next_dpd_ = now + std::chrono::seconds(peer_.dpd_interval);
+    if (peer_ptr_->dpd_interval != 0) {
+        next_dpd_ = now + std::chrono::seconds(peer_ptr_->dpd_interval);
     }
     schedule_ike_rekey();
     log(log_level::info, "IKE SA established with " + to_string(remote_) + " (" + remote_id_text_ + "), " +
@@ -136,7 +136,7 @@ std::vector<bytes> ike_sa::seal_message(exchange_type exchange, bool response, u
     // Keep the plaintext only where fragmenting again can make the datagrams smaller (§2.5.2): both
     // ends fragment, and the message is bigger than the family's smallest fragment size.
     const uint32_t floor = local_.address.is_v6() ? pmtud_floor_ipv6 : pmtud_floor_ipv4;
-    if (keep != nullptr && fragmentation_ && peer_.fragmentation != config::ike_fragmentation::accept &&
+    if (keep != nullptr && fragmentation_ && peer_ptr_->fragmentation != config::ike_fragmentation::accept &&
         exchange != exchange_type::ike_sa_init && !out.empty() &&
         header_size + generic_payload_header_size + out_->sealed_size(inner.size()) > ike_bytes_per_datagram(floor, local_)) {
         *keep = plain_message{exchange, first, std::move(inner)};
@@ -152,7 +152,7 @@ std::vector<bytes> ike_sa::fragment_message(exchange_type exchange, bool respons
     // IKE_SA_INIT (never fragmented, §2.5), only when both announced support, and not with `accept`.
     const size_t room = ike_bytes_per_datagram(fragment_size_, local_);
     const size_t whole = header_size + generic_payload_header_size + out_->sealed_size(inner.size());
-    if (fragmentation_ && peer_.fragmentation != config::ike_fragmentation::accept &&
+    if (fragmentation_ && peer_ptr_->fragmentation != config::ike_fragmentation::accept &&
         exchange != exchange_type::ike_sa_init && whole > room) {
         const size_t chunk = fragment_plaintext_size(*out_, room);
         const size_t total = chunk == 0 ? 0 : (inner.size() + chunk - 1) / chunk;
@@ -247,7 +247,7 @@ bool ike_sa::follow_peer_fragment_size()
     // clearly smaller datagram is a hint.
     constexpr uint32_t slack = 32;
     if (peer_fragment_hint_ == 0 || peer_fragment_hint_ + slack >= fragment_size_ || !fragmentation_ ||
-        peer_.fragmentation == config::ike_fragmentation::accept) {
+        peer_ptr_->fragmentation == config::ike_fragmentation::accept) {
         return false;
     }
     const uint32_t next = fragment_size_at_most(peer_fragment_hint_ + slack - 1, local_.address.is_v6());
@@ -288,7 +288,7 @@ void ike_sa::send_request_plain(bytes datagram)
     o.deadline = io_.now() + retransmit_.base;
     o.plain = true;
     o.on_timeout = [this] {
-        fail("peer " + peer_.name + " (" + to_string(remote_) + ") did not answer IKE_SA_INIT after " +
+        fail("peer " + peer_ptr_->name + " (" + to_string(remote_) + ") did not answer IKE_SA_INIT after " +
                  std::to_string(retransmit_.tries + 1) + " tries: peer unreachable.",
              "check that the peer is reachable on UDP " + std::to_string(remote_.port) +
                  ", that its IKE daemon runs and has a connection for " + config::to_string(local_.address) +
@@ -670,7 +670,7 @@ void ike_sa::tick()
             if (on_timeout) {
                 on_timeout();
             } else {
-                fail("peer " + peer_.name + " stopped answering.", "check the peer and the path to it.");
+                fail("peer " + peer_ptr_->name + " stopped answering.", "check the peer and the path to it.");
             }
             if (state_ == state::dead) {
                 return;
@@ -711,8 +711,8 @@ void ike_sa::tick()
         }
         rekey_ike();
     }
-    if (peer_.dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {
-        auto interval = std::chrono::seconds(peer_.dpd_interval);
+    if (peer_ptr_->dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {
+        auto interval = std::chrono::seconds(peer_ptr_->dpd_interval);
         if (!outstanding_ && queue_.empty() && now - last_heard_ >= interval) {
             send_dpd();
         }

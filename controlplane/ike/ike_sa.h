@@ -83,6 +83,20 @@ public:
     void rekey_ike();                            // CREATE_CHILD_SA for the IKE SA (§1.3.2)
     void delete_sa();                           // INFORMATIONAL with Delete(IKE), then dead
     void shutdown_local();                      // remove Child SAs from the data plane, no message
+    // `espresso reload` changed tunnels of this SA's peer but none of its IKE SA settings (docs/ike.md,
+    // "Reload"): the SA switches to `next` and keeps its SPIs and keys. Child SAs of `removed` and
+    // `changed` tunnels are deleted (INFORMATIONAL Delete, then out of the data plane); a changed tunnel
+    // that was up here is negotiated again with its new settings (CREATE_CHILD_SA). Child SAs of other
+    // tunnels are not touched. On an SA still being set up the same happens once it is established (a
+    // tunnel not yet offered is simply offered with its new settings). Returns the tunnels whose Child
+    // SAs it deleted (or will delete once established).
+    std::vector<std::string> reconfigure(std::shared_ptr<const config::ike_peer_config> next,
+                                         const std::vector<std::string>& removed,
+                                         const std::vector<std::string>& changed);
+    // Starts these tunnels: CREATE_CHILD_SA when established, else offered once it is (initiator).
+    void start_tunnels(const std::vector<std::string>& tunnels);
+    // The SA only waits to be deleted (its Child SAs moved to a rekeyed successor, or it is redundant).
+    bool retiring() const noexcept { return ike_rekeyed_ || retire_at_rekey_time_; }
 
     // Data plane events.
     void on_soft_expire(uint32_t spi_in);
@@ -92,7 +106,7 @@ public:
     uint64_t local_spi() const noexcept { return role_ == role::initiator ? spi_i_ : spi_r_; }
     role sa_role() const noexcept { return role_; }
     state sa_state() const noexcept { return state_; }
-    const config::ike_peer_config& peer() const noexcept { return peer_; }
+    const config::ike_peer_config& peer() const noexcept { return *peer_ptr_; }
     const std::shared_ptr<const config::ike_peer_config>& shared_peer() const noexcept { return peer_ptr_; }
     const endpoint& local() const noexcept { return local_; }
     const endpoint& remote() const noexcept { return remote_; }
@@ -246,6 +260,9 @@ private:
         std::unique_ptr<key_exchange> kex;
         bytes nonce;
         std::optional<uint32_t> rekeys; // spi_in of the Child SA this one replaces
+        // The settings the offer was made with: a reload may change or remove the tunnel before the
+        // answer comes (reconfigure), and the answer is checked against what we offered.
+        std::shared_ptr<const config::ike_peer_config> made_with;
     };
     const config::ike_tunnel_config* find_tunnel(const std::string& name) const;
     std::optional<child_offer> make_child_offer(const std::string& tunnel, bool with_nonce_and_pfs);
@@ -272,7 +289,6 @@ private:
 
     ike_io& io_;
     std::shared_ptr<const config::ike_peer_config> peer_ptr_;
-    const config::ike_peer_config& peer_;
     role role_;
     state state_;
     uint64_t spi_i_, spi_r_;
@@ -283,6 +299,14 @@ private:
 
     // IKE_SA_INIT state.
     std::vector<std::string> pending_tunnels_;
+    // The tunnel of the Child SA offered in our IKE_AUTH request while it is outstanding, and what a
+    // reload decided about it meanwhile (reconfigure): delete it, and for a changed one negotiate it again.
+    std::string auth_tunnel_;
+    enum class auth_redo : uint8_t { none, remove, renegotiate };
+    auth_redo auth_redo_ = auth_redo::none;
+    // Child SAs (our old inbound SPI) being rekeyed when a reload removed or changed their tunnel: the
+    // SA the rekey creates carries the old settings and is deleted as soon as it is installed.
+    std::vector<uint32_t> retired_rekeys_;
     std::unique_ptr<key_exchange> kex_;
     uint16_t kex_group_ = 0;
     bytes nonce_i_, nonce_r_;
@@ -329,7 +353,7 @@ private:
     std::vector<uint32_t> rekeying_children_;
     std::vector<rekey_collision> collisions_;
     std::vector<uint16_t> peer_hash_algorithms_; // RFC 7427 §4 SIGNATURE_HASH_ALGORITHMS from the peer
-    bool uses_certificates() const noexcept { return peer_.auth.method == config::ike_auth_method::pubkey; }
+    bool uses_certificates() const noexcept { return peer_ptr_->auth.method == config::ike_auth_method::pubkey; }
     std::optional<auth_payload> own_auth_payload(const id_payload& id, std::string& error) const;
     std::vector<payload> own_certificates() const;
     // IKE SA rekeying (exchange_ike_rekey.cpp).
@@ -355,7 +379,7 @@ private:
 
     // RFC 7383 fragmentation (ike_sa.cpp; negotiated in exchange_init.cpp).
     bool fragmentation_ = false;
-    uint32_t fragment_size_ = 0; // peer_.fragment_size until path MTU discovery lowers it
+    uint32_t fragment_size_ = 0; // peer_ptr_->fragment_size until path MTU discovery lowers it
     uint32_t peer_fragment_hint_ = 0; // IP datagram bytes of the peer's last fragmented request; 0: none
     fragment_reassembly request_fragments_;  // the peer's request being collected
     fragment_reassembly response_fragments_; // the response to our outstanding request

@@ -431,6 +431,41 @@ TEST(IkeShardsTest, InitialContactDropsTheOlderSaInAnotherShard)
     EXPECT_FALSE(f.responder->live_elsewhere("any", 1 - old_shard)); // the registry forgot the old one
 }
 
+// `espresso reload` on a sharded daemon (docs/ike.md, "Reload"): every shard applies the per-tunnel
+// diff to its own IKE SAs. Here the responder's only tunnel goes and another comes: the Child SAs in
+// both shards are deleted (the initiators are told) and the IKE SAs stay, with the same SPIs.
+TEST(IkeShardsTest, ReloadOfATunnelReachesTheIkeSasOfEveryShard)
+{
+    sharded_fixture f(2);
+    for (int i = 1; i <= 2; ++i) {
+        auto& in = f.add(i);
+        in.io.spi = [&f, &in, i] { return f.spi_for_shard(static_cast<size_t>(i - 1), in.address, in.io.random_gen); };
+        in.manager->start();
+    }
+    ASSERT_TRUE(f.pump([&] { return f.all_established(); }));
+    auto before = f.list();
+    ASSERT_EQ(before.size(), 2u);
+    EXPECT_NE(before[0].shard, before[1].shard);
+    std::string next = responder_yaml();
+    next.replace(next.find("        - name: lan\n"), 20, "        - name: other\n");
+    auto r = f.responder->reload(config::load_string(next, "r.yaml").ike);
+    EXPECT_EQ(r.updated, std::vector<std::string>{"any"});
+    EXPECT_EQ(r.tunnels, (std::vector<ike_manager::tunnel_change>{{"any", "lan", "removed"}, {"any", "other", "added"}}));
+    ASSERT_TRUE(f.pump([&] {
+        return std::all_of(f.initiators.begin(), f.initiators.end(),
+                           [](const auto& i) { return i->sa() != nullptr && i->sa()->children().empty(); });
+    }));
+    auto after = f.list();
+    ASSERT_EQ(after.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(after[i].spi, before[i].spi);
+        EXPECT_TRUE(after[i].established);
+    }
+    for (const auto& in : f.initiators) {
+        EXPECT_TRUE(in->established());
+    }
+}
+
 TEST(IkeShardsTest, HalfOpenCountIsGlobalForCookies)
 {
     // cookie-threshold 2: the third and fourth IKE_SA_INIT get a COOKIE although each shard holds only

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Espresso to Espresso over IKEv2: both gateways started with `espresso up` (espresso-dp +
 espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD), HQ initiates, hosts ping across,
-`espresso status` reports both daemons, a killed branch IKE daemon is detected by DPD and the tunnel
+`espresso status` reports both daemons, `espresso reload` of HQ's file with one tunnel changed (a second
+tunnel, `extra`) re-negotiates only that tunnel while a sequence-numbered UDP stream through the unchanged
+one (`lan`) loses nothing and keeps its SPIs and IKE SA, a killed branch IKE daemon is detected by DPD and the tunnel
 comes back (dpd action restart) once it runs again, and `espresso down` stops everything and leaves no
 SA in a data plane. No cleartext while the tunnel is down (docs/ike.md, "Traffic while a tunnel is
 down"): HQ has a default route to the internet, and a capture on the internet side of HQ sees no packet
@@ -20,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import ROOT, Topology, sh  # noqa: E402
+from udp_stream import UdpStream  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("ESPRESSO_BUILD", os.path.join(ROOT, "build")))
 CLI = os.path.join(BUILD, "controlplane", "espresso")
@@ -37,6 +40,16 @@ def config_copy(workdir, name):
                             "  - { destination: 203.0.113.0/24, via: 198.51.100.254 }\n"
                             "  - { destination: 0.0.0.0/0, via: 198.51.100.254 }\n", 1)
         assert "0.0.0.0/0" in text
+    # A second tunnel (no hosts behind 192.168.20.0/24): `espresso reload` changes it and must leave
+    # `lan` alone (docs/ike.md, "Reload").
+    lan = "          start: immediately\n" if name == "hq" else ""
+    local, remote = ("192.168.1.0/24", "192.168.20.0/24") if name == "hq" else ("192.168.20.0/24", "192.168.1.0/24")
+    marker = "      tunnels:\n"
+    assert marker in text
+    text = text.replace(marker, marker + "        - name: extra\n"
+                        f"          local-ts: [{local}]\n"
+                        f"          remote-ts: [{remote}]\n"
+                        "          esp-proposals: [aes256gcm16]\n" + lan, 1)
     path = os.path.join(workdir, f"ike-{name}.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -55,13 +68,64 @@ def ike_sas(topo, gw, cfg):
         return []
 
 
-def wait_ready(topo, gw, cfg, timeout=30):
+def wait_ready(topo, gw, cfg, timeout=30, children=1):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if any(sa["state"] == "READY" and sa["children"] for sa in ike_sas(topo, gw, cfg)):
+        if any(sa["state"] == "READY" and len(sa["children"]) >= children for sa in ike_sas(topo, gw, cfg)):
             return True
         time.sleep(0.3)
     return False
+
+
+def children_by_tunnel(topo, gw, cfg):
+    """{tunnel: (spi-in, spi-out)} of the installed Child SAs, and the IKE SAs' SPIs."""
+    sas = ike_sas(topo, gw, cfg)
+    kids = {c["tunnel"]: (c["spi-in"], c["spi-out"]) for sa in sas for c in sa["children"] if c["state"] == "INSTALLED"}
+    return kids, sorted((sa["spi-i"], sa["spi-r"]) for sa in sas)
+
+
+def reload_one_tunnel(topo, hq, check):
+    """`espresso reload` with the tunnel `extra` changed (a second ESP proposal the branch does not
+    have; it still picks aes256gcm16) while a UDP stream crosses the unchanged tunnel `lan`."""
+    check(wait_ready(topo, "gw-hq", hq, children=2), "both tunnels up (lan and extra)")
+    before, ike_before = children_by_tunnel(topo, "gw-hq", hq)
+    print("before reload:", before, ike_before)
+    stream = UdpStream(topo, "host-hq", "host-branch", "192.168.2.10", port=41000, rate=500, seconds=8).start()
+    try:
+        reload_during(topo, hq, stream, check)
+    finally:
+        stream.stop()
+    check(wait_ready(topo, "gw-hq", hq, children=2), "both tunnels up after the reload")
+    after, ike_after = children_by_tunnel(topo, "gw-hq", hq)
+    print("after reload:", after, ike_after)
+    check(ike_after == ike_before, "the IKE SA kept its SPIs")
+    check(after.get("lan") == before.get("lan"), "lan kept its Child SA (same SPIs)")
+    check("extra" in after and after.get("extra") != before.get("extra"), "extra was negotiated again (new SPIs)")
+
+
+def reload_during(topo, hq, stream, check):
+    time.sleep(2)
+    text = open(hq).read()
+    changed = text.replace("          esp-proposals: [aes256gcm16]\n          start: immediately\n        - name: lan",
+                           "          esp-proposals: [aes128gcm16, aes256gcm16]\n          start: immediately\n"
+                           "        - name: lan", 1)
+    assert changed != text
+    with open(hq, "w") as f:
+        f.write(changed)
+    out = espresso(topo, "gw-hq", f"--config {hq} --json reload")
+    print(out.stdout.strip())
+    r = json.loads(out.stdout)
+    check(r.get("updated") == ["branch"] and not r.get("changed"), "reload: peer branch has changed tunnels only")
+    tunnels = {t["tunnel"]: t["change"] for t in r.get("tunnels", [])}
+    check(tunnels == {"extra": "changed", "lan": "unchanged"}, f"reload: per tunnel {tunnels}")
+    text_out = espresso(topo, "gw-hq", f"--config {hq} reload").stdout  # the same again: all unchanged
+    print(text_out.strip())
+    check("branch/lan: unchanged" in text_out and "branch/extra: unchanged" in text_out,
+          "a second reload of the same file changes nothing")
+    result = stream.result()
+    print("stream through lan:", {k: result[k] for k in ("sent", "received", "missing", "duplicates", "gaps")})
+    check(result["sent"] > 0 and result["missing"] == 0 and result["duplicates"] == 0,
+          "no datagram lost or duplicated on the unchanged tunnel during the reload")
 
 
 def ping(topo, src, dst, count=5):
@@ -114,7 +178,7 @@ def main():
         for gw, cfg in (("gw-branch", br), ("gw-hq", hq)):
             out = espresso(topo, gw, f"up {cfg} --log-dir {workdir}").stdout
             print(out.strip())
-        check(wait_ready(topo, "gw-hq", hq), "IKEv2 tunnel up (HQ initiates)")
+        check(wait_ready(topo, "gw-hq", hq, children=2), "IKEv2 tunnels up (HQ initiates)")
         check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping host-hq -> host-branch")
         check(ping(topo, "host-branch", "192.168.1.10") >= 4, "ping host-branch -> host-hq")
         status = espresso(topo, "gw-hq", f"status {hq}", check=False)
@@ -124,6 +188,7 @@ def main():
         isakmp = espresso(topo, "gw-branch", f"--config {br} show crypto isakmp sa").stdout
         print(isakmp)
         check("QM_IDLE" in isakmp and "198.51.100.1" in isakmp, "branch: show crypto isakmp sa")
+        reload_one_tunnel(topo, hq, check)
 
         # From here on a capture on HQ's internet link must never see the LAN flows in the clear.
         capture = Capture(topo, workdir)
@@ -155,7 +220,7 @@ def main():
         # Restart the branch gateway; HQ (dpd action restart) keeps initiating until it answers.
         espresso(topo, "gw-branch", f"down {br}", check=False)
         espresso(topo, "gw-branch", f"up {br} --log-dir {workdir}")
-        check(wait_ready(topo, "gw-hq", hq, timeout=60), "tunnel re-established after the peer came back")
+        check(wait_ready(topo, "gw-hq", hq, timeout=60, children=2), "tunnels re-established after the peer came back")
         check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping after re-establishment")
 
         for gw, cfg in (("gw-hq", hq), ("gw-branch", br)):
