@@ -124,8 +124,12 @@ std::string format_crypto_session(const json& result)
         if (sa.contains("children")) {
             for (const auto& c : sa["children"]) {
                 out += "  IPSEC FLOW: permit ip " + str(c, "local") + " " + str(c, "remote") + "\n";
-                out += "        Active SAs: 2, origin: " + std::string(str(sa, "role") == "initiator" ? "crypto map" : "dynamic") +
-                       ", tunnel " + str(c, "tunnel") + ", spi in " + str(c, "spi-in") + " out " + str(c, "spi-out") + "\n";
+                // A rekey's held outbound SA (docs/ike.md) is not active: only the inbound one counts.
+                const std::string outbound = str(c, "outbound", "installed");
+                out += "        Active SAs: " + std::string(outbound == "installed" ? "2" : "1") + ", origin: " +
+                       std::string(str(sa, "role") == "initiator" ? "crypto map" : "dynamic") + ", tunnel " + str(c, "tunnel") +
+                       ", spi in " + str(c, "spi-in") + " out " + str(c, "spi-out") +
+                       (outbound == "installed" ? "" : " (" + outbound + ")") + "\n";
             }
         }
         out += "\n";

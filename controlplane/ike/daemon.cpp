@@ -447,6 +447,9 @@ json ike_daemon::status_json() const
                     {"tunnel", c.tunnel},
                     {"spi-in", hex32(c.spi_in)},
                     {"spi-out", hex32(c.spi_out)},
+                    // "pending": negotiated by a rekey we answered, not in the data plane until the peer
+                    // deletes the old Child SA (pending_outbound); "abandoned": never will be (§2.8.1).
+                    {"outbound", !c.pending_out ? "installed" : c.pending_out->sa ? "pending" : "abandoned"},
                     {"local", config::to_string(c.local)},
                     {"remote", config::to_string(c.remote)},
                     {"mode", c.mode == config::ipsec_mode::transport ? "transport" : "tunnel"},

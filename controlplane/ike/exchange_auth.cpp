@@ -472,8 +472,15 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
                       integ_key_size(static_cast<integ_id>(child.transforms.integ));
         auto keymat = derive_child_keymat(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(),
                                           g_ir ? g_ir->view() : std::span<const uint8_t>{}, ni, nr, 2 * each);
-        if (!install_child(child, keymat, false)) {
+        // A rekey's new outbound SA waits for the initiator (pending_outbound, RFC 7296 §2.8).
+        if (!install_child(child, keymat, false, rekeys.has_value())) {
             return {make_notify(notify_type::no_additional_sas)};
+        }
+        if (child.pending_out) {
+            auto old = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_out == *rekeys; });
+            child.pending_out->replaces = old != children_.end() ? old->spi_in : 0;
+            child.pending_out->response_id = expected_request_id_; // the request being answered (handle())
+            child.pending_out->deadline = io_.now() + pending_outbound_wait;
         }
         schedule_rekey(child, t);
         if (rekeys) {
@@ -609,7 +616,7 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
     return true;
 }
 
-bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated)
+bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated, bool hold_outbound)
 {
     const auto& tr = child.transforms;
     size_t ek = encr_keymat_size(static_cast<encr_id>(tr.encr), tr.key_bits);
@@ -675,6 +682,18 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
         return false;
     }
     auto out = make(config::direction::outbound, we_initiated ? i_to_r_e : r_to_i_e, we_initiated ? i_to_r_i : r_to_i_i);
+    char spis[64];
+    std::snprintf(spis, sizeof(spis), "SPIs in 0x%08x out 0x%08x", child.spi_in, child.spi_out);
+    if (hold_outbound) {
+        child.pending_out = std::make_shared<pending_outbound>();
+        child.pending_out->sa = out; // wiped by pending_outbound when installed or abandoned
+        config::wipe_keys(out);
+        log(log_level::info, "Child SA " + child.tunnel + " installed inbound: " + config::to_string(child.local) +
+                                 " === " + config::to_string(child.remote) + ", " + spis + " (outbound held until the peer " +
+                                 "deletes the Child SA it rekeys), " + describe(tr, protocol_id::esp) +
+                                 (child.udp ? ", UDP-encapsulated" : ""));
+        return true;
+    }
     err = io_.installer().install(out);
     config::wipe_keys(out);
     if (!err.empty()) {
@@ -685,8 +704,6 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
         log(log_level::error, "installing outbound SA failed: " + err);
         return false;
     }
-    char spis[64];
-    std::snprintf(spis, sizeof(spis), "SPIs in 0x%08x out 0x%08x", child.spi_in, child.spi_out);
     log(log_level::info, "Child SA " + child.tunnel + " installed: " + config::to_string(child.local) + " === " +
                              config::to_string(child.remote) + ", " + spis + ", " + describe(tr, protocol_id::esp) +
                              (child.udp ? ", UDP-encapsulated" : ""));
@@ -695,8 +712,11 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
 
 void ike_sa::remove_child_from_dataplane(const child_sa& child)
 {
-    // Outbound first so nothing new is sent with an SA whose inbound twin is gone.
-    io_.installer().remove(config::direction::outbound, child.spi_out);
+    // Outbound first so nothing new is sent with an SA whose inbound twin is gone. A held outbound SA
+    // (pending_outbound) was never installed: its keys go with the child_sa.
+    if (!child.outbound_pending()) {
+        io_.installer().remove(config::direction::outbound, child.spi_out);
+    }
     io_.installer().remove(config::direction::inbound, child.spi_in);
 }
 

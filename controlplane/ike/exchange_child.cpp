@@ -1,8 +1,10 @@
 // CREATE_CHILD_SA (RFC 7296 §1.3): additional Child SAs and Child SA rekeying, make-before-break
-// (new inbound, new outbound, then delete the old pair; ARCHITECTURE.md). IKE SA rekeying (§1.3.2)
-// is in exchange_ike_rekey.cpp.
+// (new inbound, new outbound, then delete the old pair; ARCHITECTURE.md). As the rekey's responder
+// the new outbound SA waits until the initiator deletes the old Child SA (pending_outbound in ike_sa.h,
+// §2.8). IKE SA rekeying (§1.3.2) is in exchange_ike_rekey.cpp.
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <memory>
 
 #include "ike_sa.h"
@@ -51,6 +53,11 @@ void ike_sa::rekey_child(uint32_t spi_in)
 {
     auto it = std::find_if(children_.begin(), children_.end(), [&](const child_sa& c) { return c.spi_in == spi_in; });
     if (it == children_.end() || it->st != child_sa::state::installed) {
+        return;
+    }
+    if (it->outbound_pending()) {
+        // Not before the rekey that made this Child SA is finished (its outbound SA in use).
+        it->rekey_at = it->pending_out->deadline + std::chrono::seconds(1);
         return;
     }
     auto offer_opt = make_child_offer(it->tunnel, true);
@@ -102,7 +109,17 @@ void ike_sa::rekey_child(uint32_t spi_in)
                 if (ours_redundant && std::any_of(children_.begin(), children_.end(), [&](const child_sa& c) {
                         return c.spi_in == offer->spi_in && c.st != child_sa::state::deleting;
                     })) {
+                    // The peer's survives: its held outbound SA is installed when the old Child SA
+                    // goes (install_successors_of), or at its deadline.
                     delete_child(offer->spi_in, true);
+                } else {
+                    // The peer deletes its redundant Child SA: its outbound SA is never used.
+                    for (auto& c : children_) {
+                        if (c.spi_in == col->their_new_spi_in && c.pending_out) {
+                            c.pending_out->abandon();
+                            c.pending_out->deadline = io_.now() + std::chrono::seconds(30);
+                        }
+                    }
                 }
                 collisions_.erase(col);
             }
@@ -121,6 +138,38 @@ void ike_sa::rekey_child(uint32_t spi_in)
         fail("peer " + peer_ptr_->name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
+}
+
+void ike_sa::install_pending_outbound(child_sa& child, const std::string& why)
+{
+    auto pending = std::move(child.pending_out); // wiped when this goes, installed or not
+    if (!pending || !pending->sa) {
+        return;
+    }
+    std::string err = io_.installer().install(*pending->sa);
+    pending->abandon();
+    if (!err.empty()) {
+        // The inbound SA stays; the peer's Delete of the old Child SA then leaves our traffic to the
+        // trap policy (dropped, counted) until the next rekey or a restart.
+        io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_),
+                     "the data plane refused outbound SA " + std::to_string(child.spi_out) + " of a rekeyed Child SA: " +
+                         err + ".",
+                     "check espresso-dp's log and `espresso show crypto ipsec sa`."});
+        log(log_level::error, "installing the held outbound SA failed: " + err);
+        return;
+    }
+    char spi[16];
+    std::snprintf(spi, sizeof(spi), "0x%08x", child.spi_out);
+    log(log_level::info, "Child SA " + child.tunnel + " outbound SA " + spi + " installed (" + why + ")");
+}
+
+void ike_sa::install_successors_of(uint32_t old_spi_in, const std::string& why)
+{
+    for (auto& c : children_) {
+        if (c.pending_out && c.pending_out->sa && c.pending_out->replaces == old_spi_in) {
+            install_pending_outbound(c, why);
+        }
+    }
 }
 
 void ike_sa::on_soft_expire(uint32_t spi_in)

@@ -65,6 +65,11 @@ std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_
 void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
 {
     next->children_ = std::move(children_);
+    for (auto& c : next->children_) {
+        if (c.pending_out) {
+            c.pending_out->response_id.reset(); // message IDs start again in the new IKE SA
+        }
+    }
     next->peer_hash_algorithms_ = peer_hash_algorithms_;
     children_.clear();
     ike_rekeyed_ = true;

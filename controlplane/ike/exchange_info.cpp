@@ -43,6 +43,15 @@ void ike_sa::process_informational_request(uint32_t message_id, const std::vecto
                 our_spis.push_back(be32(it->spi_in));
             }
             log(log_level::info, "peer deleted Child SA " + it->tunnel);
+            if (it->outbound_pending()) {
+                // A Child SA it created by rekeying and now deletes (e.g. the loser of a §2.8.1
+                // collision): its held outbound SA is never installed.
+                log(log_level::info, "its outbound SA had not been used (held after the rekey); discarded");
+            }
+            // §2.8: the rekey's initiator deletes the old Child SA once its new SAs are in; our new
+            // outbound SA goes in before the old one goes out (install_successors_of does not touch
+            // children_ itself, so `it` stays valid).
+            install_successors_of(it->spi_in, "the peer deleted the Child SA it rekeys");
             remove_child_from_dataplane(*it);
             children_.erase(it);
         }
@@ -86,6 +95,7 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
         return;
     }
     if (!send_delete) {
+        install_successors_of(spi_in, "the Child SA it rekeys is deleted");
         remove_child_from_dataplane(*it);
         children_.erase(it);
         return;
@@ -103,6 +113,7 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
         auto c = std::find_if(children_.begin(), children_.end(), [&](const child_sa& x) { return x.spi_in == spi_in; });
         if (c != children_.end()) {
             log(log_level::info, "Child SA " + c->tunnel + " deleted");
+            install_successors_of(spi_in, "the Child SA it rekeys is deleted");
             remove_child_from_dataplane(*c);
             children_.erase(c);
         }

@@ -309,7 +309,7 @@ void ike_sa::follow_peer(const endpoint& previous)
         return;
     }
     unsigned moved = 0;
-    for (const auto& c : children_) {
+    for (auto& c : children_) {
         if (c.st == child_sa::state::deleting) {
             continue;
         }
@@ -317,6 +317,19 @@ void ike_sa::follow_peer(const endpoint& previous)
         const bool address_moved = c.mode == config::ipsec_mode::tunnel && previous.address != remote_.address;
         const bool port_moved = c.udp && previous.port != remote_.port;
         if (!address_moved && !port_moved) {
+            continue;
+        }
+        if (c.outbound_pending()) {
+            // Not in the data plane yet: the held SA follows before it is installed.
+            if (c.pending_out->sa) {
+                if (address_moved) {
+                    c.pending_out->sa->destination = remote_.address;
+                }
+                if (port_moved && c.pending_out->sa->udp) {
+                    c.pending_out->sa->udp->destination_port = remote_.port;
+                }
+            }
+            ++moved;
             continue;
         }
         const std::string err = io_.installer().update_peer(c.spi_out, address_moved ? remote_.address : config::ip_address{},
@@ -580,6 +593,13 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
             }
             send_datagrams(last_response_);
             ++last_response_sent_at_size_;
+            // Our answer to a Child SA rekey was lost: the peer has not installed the new SAs yet, so
+            // a held outbound SA (pending_outbound) waits again from now.
+            for (auto& c : children_) {
+                if (c.pending_out && c.pending_out->sa && c.pending_out->response_id == *last_response_id_) {
+                    c.pending_out->deadline = io_.now() + pending_outbound_wait;
+                }
+            }
         }
         return;
     }
@@ -645,6 +665,9 @@ steady_time ike_sa::next_deadline() const
             if (c.rekey_at != steady_time{} && c.st == child_sa::state::installed) {
                 next = std::min(next, c.rekey_at);
             }
+            if (c.pending_out && c.st != child_sa::state::deleting) {
+                next = std::min(next, c.pending_out->deadline);
+            }
         }
         if (ike_rekey_at_ != steady_time{}) {
             next = std::min(next, ike_rekey_at_);
@@ -695,6 +718,23 @@ void ike_sa::tick()
     }
     if (state_ != state::established) {
         return;
+    }
+    // Held outbound SAs whose wait is over (pending_outbound): the peer never deleted the old Child
+    // SA, or an abandoned one the peer should have deleted and did not.
+    std::vector<uint32_t> overdue;
+    for (auto& c : children_) {
+        if (c.pending_out && c.st != child_sa::state::deleting && now >= c.pending_out->deadline) {
+            if (c.pending_out->sa) {
+                install_pending_outbound(c, "the peer did not delete the Child SA it rekeys within " +
+                                                std::to_string(pending_outbound_wait.count()) + " s");
+            } else {
+                overdue.push_back(c.spi_in);
+            }
+        }
+    }
+    for (uint32_t spi : overdue) {
+        log(log_level::info, "the peer did not delete its redundant Child SA (RFC 7296 §2.8.1); deleting it");
+        delete_child(spi, true);
     }
     for (auto& c : children_) {
         if (c.rekey_at != steady_time{} && c.st == child_sa::state::installed && now >= c.rekey_at) {

@@ -35,6 +35,35 @@ struct retransmit_policy {
     unsigned tries = 5; // retransmissions after the first send; then the peer is unreachable
 };
 
+// RFC 7296 §2.8: as the responder of a Child SA rekey we install the new inbound SA before answering,
+// but hold the new outbound SA back: the initiator installs its new inbound SA only once it has our
+// answer, so anything we sent on the new SA before that would be dropped there. We keep sending on the
+// old outbound SA until the initiator deletes the old Child SA (it does so once its new SAs are in), or
+// until pending_outbound_wait passes (a peer that never deletes it); strongSwan does the same as
+// responder. The keys live here until then and are wiped when this goes (installed or abandoned).
+struct pending_outbound {
+    // The outbound SA, keys included. nullopt: abandoned, never to be installed (the peer's Child SA
+    // lost a simultaneous rekey, §2.8.1, and the peer deletes it; if it has not by `deadline`, we do).
+    std::optional<config::sa_config> sa;
+    uint32_t replaces = 0;               // spi_in of the Child SA this one rekeys
+    std::optional<uint32_t> response_id; // our CREATE_CHILD_SA response: a retransmitted request extends the wait
+    steady_time deadline{};              // install it then even without the peer's Delete
+    pending_outbound() = default;
+    pending_outbound(const pending_outbound&) = delete;
+    pending_outbound& operator=(const pending_outbound&) = delete;
+    ~pending_outbound() { abandon(); }
+    void abandon() noexcept
+    {
+        if (sa) {
+            config::wipe_keys(*sa);
+            sa.reset();
+        }
+    }
+};
+// How long a Child-rekey responder waits for the initiator's Delete of the old Child SA before it
+// sends on the new SA anyway (and again from a retransmitted request: our answer was lost).
+inline constexpr std::chrono::seconds pending_outbound_wait{2};
+
 struct child_sa {
     enum class state : uint8_t { installed, rekeyed, deleting };
     std::string tunnel;      // configured tunnel name
@@ -48,6 +77,10 @@ struct child_sa {
     steady_time established{};
     steady_time rekey_at{};  // steady_time{} = never
     std::chrono::system_clock::time_point established_wall{};
+    // Set: our outbound SA is not in the data plane (yet); see pending_outbound. Shared so that copies
+    // of a child_sa (status snapshots) stay cheap; the keys are wiped when the last copy goes.
+    std::shared_ptr<pending_outbound> pending_out;
+    bool outbound_pending() const noexcept { return pending_out != nullptr; }
 };
 
 class ike_sa {
@@ -274,7 +307,13 @@ private:
                                       std::optional<uint32_t> rekeys);
     bool complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,
                         std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r);
-    bool install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated);
+    // `hold_outbound`: responder of a Child SA rekey; the outbound SA waits in child.pending_out.
+    bool install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated, bool hold_outbound = false);
+    // Installs a held outbound SA (see pending_outbound); `why` for the log.
+    void install_pending_outbound(child_sa& child, const std::string& why);
+    // The Child SA `old_spi_in` leaves the data plane: the held outbound SAs of the Child SAs that
+    // rekeyed it are installed first, so its traffic never finds no outbound SA.
+    void install_successors_of(uint32_t old_spi_in, const std::string& why);
     void remove_child_from_dataplane(const child_sa& child);
     void schedule_rekey(child_sa& child, const config::ike_tunnel_config& tunnel);
 

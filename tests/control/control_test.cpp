@@ -1492,5 +1492,30 @@ TEST(cli_format, IkeSasListedByAddressFamily)
               std::string::npos);
 }
 
+// A Child SA whose outbound SA is held after a rekey we answered (docs/ike.md) is never shown as two
+// active SAs: only its inbound SA is in the data plane.
+TEST(cli_format, HeldOutboundSaIsNotActive)
+{
+    auto child = [](const char* outbound) {
+        json c = {{"tunnel", "lan"}, {"spi-in", "c0000001"}, {"spi-out", "d0000002"}, {"local", "192.168.1.0/24"},
+                  {"remote", "192.168.2.0/24"}};
+        if (outbound != nullptr) {
+            c["outbound"] = outbound;
+        }
+        return c;
+    };
+    json sa = {{"peer", "branch"}, {"role", "responder"}, {"state", "READY"}, {"local", "198.51.100.1:4500"},
+               {"remote", "203.0.113.1:4500"}, {"children", json::array({child("pending"), child("installed"), child(nullptr)})}};
+    const std::string text = cli::format_crypto_session(json{{"ike-sas", json::array({sa})}});
+    EXPECT_NE(text.find("Active SAs: 1, origin: dynamic, tunnel lan, spi in c0000001 out d0000002 (pending)\n"),
+              std::string::npos)
+        << text;
+    const auto first = text.find("Active SAs: 2, origin: dynamic, tunnel lan, spi in c0000001 out d0000002\n");
+    ASSERT_NE(first, std::string::npos) << text;
+    EXPECT_NE(text.find("Active SAs: 2, origin: dynamic, tunnel lan, spi in c0000001 out d0000002\n", first + 1),
+              std::string::npos)
+        << text;
+}
+
 } // namespace
 } // namespace espresso::dp

@@ -528,6 +528,7 @@ TEST(ExchangeTest, ChildRekeyIsMakeBeforeBreak)
     ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
     uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
     f.io_a.inst.events.clear();
+    f.io_b.inst.events.clear();
     f.advance(std::chrono::seconds(61));
     ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
     ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
@@ -538,6 +539,13 @@ TEST(ExchangeTest, ChildRekeyIsMakeBeforeBreak)
     EXPECT_EQ(f.io_a.inst.events[1].substr(0, 4), "+out");
     EXPECT_EQ(f.io_a.inst.events[2].substr(0, 4), "-out");
     EXPECT_EQ(f.io_a.inst.events[3], "-in " + std::to_string(old_in));
+    // B answered: new inbound at once, new outbound when A's Delete of the old pair came, then that pair.
+    ASSERT_EQ(f.io_b.inst.events.size(), 4u);
+    EXPECT_EQ(f.io_b.inst.events[0].substr(0, 3), "+in");
+    EXPECT_EQ(f.io_b.inst.events[1].substr(0, 4), "+out");
+    EXPECT_EQ(f.io_b.inst.events[2], "-out " + std::to_string(old_in));
+    EXPECT_EQ(f.io_b.inst.events[3].substr(0, 3), "-in");
+    EXPECT_FALSE(f.only_sa(*f.b)->children()[0].outbound_pending());
     EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
@@ -557,6 +565,199 @@ TEST(ExchangeTest, ChildRekeyWithPfs)
     ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
     EXPECT_EQ(f.only_sa(*f.a)->children()[0].transforms.dh, 19);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+// Plain header fields (RFC 7296 §3.1): the exchange type and the flags are never encrypted.
+bool is_request(const datagram& d, exchange_type x)
+{
+    return d.data.size() > 19 && d.data[18] == static_cast<uint8_t>(x) && (d.data[19] & flag_response) == 0;
+}
+bool is_response(const datagram& d, exchange_type x)
+{
+    return d.data.size() > 19 && d.data[18] == static_cast<uint8_t>(x) && (d.data[19] & flag_response) != 0;
+}
+bool has_sa(const recording_installer& inst, config::direction dir, uint32_t spi)
+{
+    return inst.sas.count({static_cast<int>(dir), spi}) != 0;
+}
+const config::direction in_dir = config::direction::inbound, out_dir = config::direction::outbound;
+
+// A (rekey-time 60 s) initiates the Child SA rekey, B only answers. Returns B's old child; `hold`
+// keeps every INFORMATIONAL request A sends (its Delete of the old Child SA) off the wire.
+struct responder_rekey : pair_fixture {
+    std::vector<datagram> held;
+    bool hold_deletes = true;
+    child_sa old_b;
+    responder_rekey()
+        : pair_fixture(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n",
+                                 default_tunnel_a + "          rekey-time: 60s\n"),
+                       peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b))
+    {
+        a->start();
+        pump();
+        old_b = only_sa(*b)->children().at(0);
+        io_b.inst.events.clear();
+        net.drop = [this](const datagram& d) {
+            if (hold_deletes && d.from.address == addr_a && is_request(d, exchange_type::informational)) {
+                held.push_back(d);
+                return true;
+            }
+            return false;
+        };
+    }
+    // B's Child SA made by the rekey (the one that is not old_b).
+    const child_sa* fresh_b()
+    {
+        for (const auto& c : only_sa(*b)->children()) {
+            if (c.spi_in != old_b.spi_in) {
+                return &c;
+            }
+        }
+        return nullptr;
+    }
+    void release_deletes()
+    {
+        hold_deletes = false;
+        if (!held.empty()) {
+            net.wire.push_back(held.front());
+            held.clear();
+        }
+        pump();
+    }
+};
+
+// RFC 7296 §2.8: as the responder of a Child SA rekey, B installs the new inbound SA before it answers
+// but keeps sending on the old outbound SA until A (which installs its new inbound SA only when it has
+// B's answer) deletes the old Child SA; then new outbound in, old pair out.
+TEST(ExchangeTest, ChildRekeyResponderHoldsItsOutboundSaUntilTheOldOneIsDeleted)
+{
+    responder_rekey f;
+    f.advance(std::chrono::seconds(61)); // A rekeys; B answers; A installs its pair and sends the Delete (held)
+    ASSERT_EQ(f.held.size(), 1u);
+    const child_sa* fresh = f.fresh_b();
+    ASSERT_NE(fresh, nullptr);
+    const uint32_t new_in = fresh->spi_in, new_out = fresh->spi_out;
+    EXPECT_TRUE(fresh->outbound_pending());
+    EXPECT_EQ(f.io_b.inst.events, std::vector<std::string>{"+in " + std::to_string(new_in)});
+    EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, f.old_b.spi_out)); // B's traffic still leaves on the old SA
+    EXPECT_FALSE(has_sa(f.io_b.inst, out_dir, new_out));
+    EXPECT_TRUE(has_sa(f.io_b.inst, in_dir, f.old_b.spi_in)); // and both inbound SAs are there
+    EXPECT_TRUE(has_sa(f.io_a.inst, out_dir, new_in));         // A sends on the new one already
+    EXPECT_TRUE(has_sa(f.io_a.inst, in_dir, f.old_b.spi_out)); // and still receives on the old one
+
+    // Within the wait (A retransmits its Delete meanwhile, held too), nothing changes.
+    f.advance(std::chrono::milliseconds(1500));
+    EXPECT_EQ(f.io_b.inst.events.size(), 1u);
+    ASSERT_NE(f.fresh_b(), nullptr);
+    EXPECT_TRUE(f.fresh_b()->outbound_pending());
+
+    // A's Delete arrives: B's new outbound SA goes in before the old pair goes out.
+    f.release_deletes();
+    const std::vector<std::string> expected{"+in " + std::to_string(new_in), "+out " + std::to_string(new_out),
+                                            "-out " + std::to_string(f.old_b.spi_out), "-in " + std::to_string(f.old_b.spi_in)};
+    EXPECT_EQ(f.io_b.inst.events, expected);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_FALSE(f.only_sa(*f.b)->children()[0].outbound_pending());
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// A peer that never deletes the old Child SA: the held outbound SA goes in after pending_outbound_wait
+// (the old pair stays until the peer deletes it), not earlier.
+TEST(ExchangeTest, ChildRekeyResponderInstallsItsOutboundSaAfterTheWait)
+{
+    responder_rekey f;
+    f.advance(std::chrono::seconds(61));
+    const child_sa* fresh = f.fresh_b();
+    ASSERT_NE(fresh, nullptr);
+    const uint32_t new_out = fresh->spi_out;
+    f.advance(std::chrono::milliseconds(1900));
+    EXPECT_FALSE(has_sa(f.io_b.inst, out_dir, new_out));
+    EXPECT_TRUE(f.fresh_b()->outbound_pending());
+    f.advance(std::chrono::milliseconds(200)); // 2.1 s after B answered
+    EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, new_out));
+    EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, f.old_b.spi_out)); // the old pair waits for the peer's Delete
+    ASSERT_NE(f.fresh_b(), nullptr);
+    EXPECT_FALSE(f.fresh_b()->outbound_pending());
+    EXPECT_TRUE(std::any_of(f.io_b.logs.begin(), f.io_b.logs.end(),
+                            [](const std::string& l) { return l.find("did not delete the Child SA it rekeys") != std::string::npos; }));
+    // The Delete comes late after all: the old pair goes, nothing is installed twice.
+    f.release_deletes();
+    f.advance(std::chrono::seconds(5));
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(std::count(f.io_b.inst.events.begin(), f.io_b.inst.events.end(), "+out " + std::to_string(new_out)), 1);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// B's answer is lost: A retransmits the request, B answers from its cache, and the wait starts again
+// (A installs its inbound SA only now).
+TEST(ExchangeTest, ChildRekeyResponderWaitsAgainAfterARetransmittedRequest)
+{
+    responder_rekey f;
+    bool dropped_answer = false;
+    auto hold = f.net.drop;
+    f.net.drop = [&](const datagram& d) {
+        if (!dropped_answer && d.from.address == f.addr_b && is_response(d, exchange_type::create_child_sa)) {
+            dropped_answer = true;
+            return true;
+        }
+        return hold(d);
+    };
+    f.advance(std::chrono::seconds(61)); // t0: B answers, the answer is lost
+    ASSERT_TRUE(dropped_answer);
+    ASSERT_NE(f.fresh_b(), nullptr);
+    const uint32_t new_out = f.fresh_b()->spi_out;
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u); // A has nothing new yet
+    f.advance(std::chrono::milliseconds(1000));         // t0+1 s: A retransmits, B answers again
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    f.advance(std::chrono::milliseconds(1500)); // t0+2.5 s: past the first deadline, within the new one
+    EXPECT_FALSE(has_sa(f.io_b.inst, out_dir, new_out));
+    f.advance(std::chrono::milliseconds(1000)); // t0+3.5 s
+    EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, new_out));
+}
+
+// The IKE SA goes while the outbound SA is held: it was never installed, so it is not removed either.
+TEST(ExchangeTest, ChildRekeyResponderDropsAHeldOutboundSaWithTheIkeSa)
+{
+    responder_rekey f;
+    f.advance(std::chrono::seconds(61));
+    ASSERT_NE(f.fresh_b(), nullptr);
+    const uint32_t new_out = f.fresh_b()->spi_out;
+    EXPECT_EQ(f.b->clear(""), 1u);
+    f.pump();
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+    for (const auto& e : f.io_b.inst.events) {
+        EXPECT_EQ(e.find("out " + std::to_string(new_out)), std::string::npos) << e;
+    }
+}
+
+// An IKE SA rekey while the outbound SA is held: the held SA moves with the Child SAs to the new IKE
+// SA and still goes in (here at the deadline: A's Delete travels on the old IKE SA, already replaced).
+TEST(ExchangeTest, ChildRekeyResponderHeldOutboundSaSurvivesAnIkeSaRekey)
+{
+    responder_rekey f;
+    f.advance(std::chrono::seconds(61));
+    ASSERT_NE(f.fresh_b(), nullptr);
+    const uint32_t new_out = f.fresh_b()->spi_out;
+    const uint64_t old_ike = f.only_sa(*f.b)->spi_i();
+    f.b->sas().begin()->second->rekey_ike();
+    f.pump();
+    const ike_sa* next = nullptr;
+    for (const auto& [spi, sa] : f.b->sas()) {
+        if (sa->spi_i() != old_ike && !sa->children().empty()) {
+            next = sa.get();
+        }
+    }
+    ASSERT_NE(next, nullptr);
+    EXPECT_FALSE(has_sa(f.io_b.inst, out_dir, new_out));
+    f.advance(std::chrono::milliseconds(2100));
+    EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, new_out));
 }
 
 TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
@@ -910,26 +1111,62 @@ TEST(ExchangeTest, ReloadDuringAChildRekeyLeavesOnlyTheNewSettings)
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
+bool logged(const peer_io& io, std::string_view text);
+
 TEST(ExchangeTest, SimultaneousChildRekeyLeavesOnePair)
 {
-    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
-                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
-    f.a->start();
-    f.pump();
-    uint32_t a_old = f.only_sa(*f.a)->children()[0].spi_in;
-    uint32_t b_old = f.only_sa(*f.b)->children()[0].spi_in;
-    // Both ends start rekeying the same Child SA before either request arrives (§2.8.1).
-    f.a->sas().begin()->second->rekey_child(a_old);
-    f.b->sas().begin()->second->rekey_child(b_old);
-    f.pump();
-    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_NE(f.only_sa(*f.a)->children()[0].spi_in, a_old);
-    EXPECT_EQ(f.only_sa(*f.a)->children()[0].spi_in, f.only_sa(*f.b)->children()[0].spi_out);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    // Several seeds: the lowest nonce (§2.8.1) falls to either exchange, so either end's new Child SA
+    // is the redundant one. Each end also answered the other's rekey, with its new outbound SA held
+    // (pending_outbound): the surviving one must be installed, the redundant one never.
+    int ours_redundant = 0, theirs_redundant = 0;
+    for (uint64_t seed = 1; seed <= 8; ++seed) {
+        SCOPED_TRACE("seed " + std::to_string(seed));
+        pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                       peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+        f.io_a.random_gen.gen.seed(seed * 2);
+        f.io_b.random_gen.gen.seed(seed * 2 + 1);
+        f.a->start();
+        f.pump();
+        uint32_t a_old = f.only_sa(*f.a)->children()[0].spi_in;
+        uint32_t b_old = f.only_sa(*f.b)->children()[0].spi_in;
+        f.io_a.inst.events.clear();
+        f.io_b.inst.events.clear();
+        // Both ends start rekeying the same Child SA before either request arrives (§2.8.1).
+        f.a->sas().begin()->second->rekey_child(a_old);
+        f.b->sas().begin()->second->rekey_child(b_old);
+        f.pump();
+        ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+        ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+        const child_sa ca = f.only_sa(*f.a)->children()[0], cb = f.only_sa(*f.b)->children()[0];
+        EXPECT_NE(ca.spi_in, a_old);
+        EXPECT_EQ(ca.spi_in, cb.spi_out);
+        EXPECT_FALSE(ca.outbound_pending());
+        EXPECT_FALSE(cb.outbound_pending());
+        EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+        EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+        expect_mirrored(f.io_a.inst, f.io_b.inst);
+        expect_mirrored(f.io_b.inst, f.io_a.inst);
+        // Nothing left to do later either (no held SA to install, no redundant one to delete).
+        auto events_a = f.io_a.inst.events, events_b = f.io_b.inst.events;
+        f.advance(std::chrono::seconds(31));
+        EXPECT_EQ(f.io_a.inst.events, events_a);
+        EXPECT_EQ(f.io_b.inst.events, events_b);
+        // The end whose own new SA is redundant installed two outbound SAs (its own, deleted again, and
+        // the peer's survivor when the old pair went); the other end installed only its own: the
+        // redundant SA the peer made was never installed as outbound by the end that answered it.
+        for (const auto* io : {&f.io_a, &f.io_b}) {
+            const bool ours = logged(*io, "(RFC 7296 §2.8.1): our new Child SA is redundant");
+            const bool theirs = logged(*io, "(RFC 7296 §2.8.1): the peer's new Child SA is redundant");
+            ASSERT_NE(ours, theirs);
+            (ours ? ours_redundant : theirs_redundant) += 1;
+            const auto& events = io->inst.events;
+            EXPECT_EQ(std::count_if(events.begin(), events.end(), [](const std::string& e) { return e.rfind("+out", 0) == 0; }),
+                      ours ? 2 : 1)
+                << ::testing::PrintToString(events);
+        }
+    }
+    EXPECT_GT(ours_redundant, 0);
+    EXPECT_GT(theirs_redundant, 0);
 }
 
 // Both ends of one IKE SA after a rekey: one IKE SA each, the same SPIs, the Child SA moved.
