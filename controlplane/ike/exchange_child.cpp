@@ -151,7 +151,7 @@ void ike_sa::install_pending_outbound(child_sa& child, const std::string& why)
     if (!err.empty()) {
         // The inbound SA stays; the peer's Delete of the old Child SA then leaves our traffic to the
         // trap policy (dropped, counted) until the next rekey or a restart.
-        io_.failure({std::chrono::system_clock::now(), peer_.name, to_string(remote_),
+        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
                      "the data plane refused outbound SA " + std::to_string(child.spi_out) + " of a rekeyed Child SA: " +
                          err + ".",
                      "check espresso-dp's log and `espresso show crypto ipsec sa`."});
