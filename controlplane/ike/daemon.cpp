@@ -597,6 +597,8 @@ json ike_daemon::handle_request(const json& request)
                   {"half-open-refused", c.half_open_refused},
                   {"cookies-sent", c.cookies_sent},
                   {"cookies-invalid", c.cookies_invalid},
+                  {"addr-half-open-refused", c.address_half_open_refused},
+                  {"addr-sas-refused", c.address_sas_refused},
                   {"sent", sent_.load()},
                   {"send-errors", send_errors_.load()},
                   {"keepalives-received", keepalives_received_},

@@ -589,6 +589,22 @@ TEST(ike_loader, threads)
     EXPECT_CONTAINS(error_text("cookie-threshold: 500", "threads: 17"), "out of range");
 }
 
+TEST(ike_loader, per_address_limits)
+{
+    const auto defaults = load_string(gateway, "gw.yaml").ike;
+    EXPECT_EQ(defaults.max_half_open_per_address, 10u);
+    EXPECT_EQ(defaults.max_sas_per_address, 100u);
+    const auto set = load_string(with(gateway, "cookie-threshold: 500",
+                                      "cookie-threshold: 500\n  max-half-open-per-address: 3\n  max-sas-per-address: 0"),
+                                 "gw.yaml")
+                         .ike;
+    EXPECT_EQ(set.max_half_open_per_address, 3u);
+    EXPECT_EQ(set.max_sas_per_address, 0u); // no limit
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-half-open-per-address: -1"), "max-half-open-per-address");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-sas-per-address: 1000001"), "out of range");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-sas-per-adress: 5"), "did you mean \"max-sas-per-address\"?");
+}
+
 // Every way of getting the auth section wrong: the message must never contain the key.
 TEST(ike_loader, the_secret_never_appears_in_an_error)
 {
