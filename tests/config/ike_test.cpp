@@ -217,22 +217,25 @@ TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed)
         EXPECT_TRUE(detail.legacy);
         EXPECT_CONTAINS(detail.problem, std::string("\"").append(r.token).append("\" refused"));
         EXPECT_CONTAINS(detail.problem, std::string(r.rfc));
-        if (r.token == "modp1536") {
-            // The one legacy transform implemented (the old ASA's group 5): allowed with allow-legacy.
+        if (r.token == "modp1536" || r.token == "modp1024" || r.token == "modp768") {
+            // The legacy transforms implemented (old peers' MODP groups 1, 2, 5): allowed with allow-legacy.
             EXPECT_CONTAINS(detail.fix, "set allow-legacy: true");
             EXPECT_TRUE(parse_ike_proposal(r.text, r.esp, true, detail).has_value()) << detail.problem;
             continue;
         }
         // The others are refused even with allow-legacy, naming what is implemented.
         EXPECT_CONTAINS(detail.problem, "Espresso does not implement it, even with allow-legacy: true");
-        EXPECT_CONTAINS(detail.fix, "only legacy transform Espresso implements is modp1536");
+        EXPECT_CONTAINS(detail.fix, "only legacy transforms Espresso implements are modp768, modp1024 and modp1536");
         proposal_error allowed;
         EXPECT_FALSE(parse_ike_proposal(r.text, r.esp, true, allowed).has_value());
         EXPECT_TRUE(allowed.legacy);
         EXPECT_CONTAINS(allowed.problem, std::string("\"").append(r.token).append("\" is not implemented by Espresso"));
-        EXPECT_CONTAINS(allowed.fix, "modp1536 (DH group 5)");
+        EXPECT_CONTAINS(allowed.fix, "modp1536 (DH groups 1, 2 and 5)");
     }
     EXPECT_EQ(good_proposal("aes128-sha1-modp1536", false, true).dh, (ids{5}));
+    EXPECT_EQ(good_proposal("aes128-sha1-modp1024", false, true).dh, (ids{2}));
+    EXPECT_EQ(good_proposal("aes128-sha1-modp768", false, true).dh, (ids{1}));
+    EXPECT_EQ(good_proposal("aes128gcm16-modp1024", true, true).dh, (ids{2})); // PFS group
     EXPECT_EQ(good_proposal("aes128gcm16-modp1536", true, true).dh, (ids{5})); // PFS group
     // sha1 is MUST- in RFC 8247 and RFC 8221: not legacy.
     EXPECT_EQ(good_proposal("aes128-sha1-modp2048", false).integrity, (ids{2}));
