@@ -5,6 +5,7 @@
 // 3 cannot connect to the control socket.
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -238,7 +239,29 @@ int main(int argc, char** argv)
             std::cerr << "espresso: " << error << "\n";
             return exit_refused;
         }
-        const json& result = reply.contains("result") ? reply["result"] : json::object();
+        json result = reply.contains("result") ? reply["result"] : json::object();
+        if (chosen->op == "list-sas") {
+            // Time lifetimes of IKE-keyed SAs are espresso-ike's (the data plane counts bytes and
+            // packets only): ask it, best effort; without it those SAs show "unknown".
+            bool any_ike = false;
+            for (const auto& sa : result.value("sas", json::array())) {
+                any_ike = any_ike || (sa.is_object() && sa.value("origin", "").starts_with("ike:"));
+            }
+            std::optional<json> ike;
+            if (any_ike) {
+                try {
+                    auto ike_client = espresso::dp::control_client::connect(
+                        !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path));
+                    const json ike_reply = ike_client.request("list-ike-sas", nullptr);
+                    if (espresso::dp::reply_error(ike_reply).empty() && ike_reply.contains("result")) {
+                        ike = ike_reply["result"];
+                    }
+                } catch (const std::exception&) {
+                    // not running (static SAs only, or it is down): the lifetimes stay unknown
+                }
+            }
+            cli::add_ike_lifetimes(result, ike ? &*ike : nullptr);
+        }
         if (as_json) {
             std::cout << result.dump(2) << "\n";
         } else if (chosen->format != nullptr) {
