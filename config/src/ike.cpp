@@ -128,10 +128,10 @@ constexpr std::array legacy_table{
 };
 
 // Legacy transforms that allow-legacy accepts in principle but Espresso does not implement: the IKE
-// daemon has AES only (crypto/sk_cipher.cpp), HMAC-SHA1/SHA2 only, and MODP groups from OpenSSL 3's
-// named groups (no RFC 2409 group 2, no RFC 5114 groups); the data plane refuses DES, 3DES and MD5.
-// Refused at load, so a proposal never promises what a negotiation cannot deliver. The one legacy
-// transform implemented is modp1536 (group 5, RFC 3526), for old peers that offer nothing better.
+// daemon has AES only (crypto/sk_cipher.cpp), HMAC-SHA1/SHA2 only, and no RFC 5114 groups; the data
+// plane refuses DES, 3DES and MD5. Refused at load, so a proposal never promises what a negotiation
+// cannot deliver. The legacy transforms implemented are the MODP groups 1 and 2 (RFC 2409) and 5
+// (RFC 3526), for old peers that offer nothing better.
 struct unimplemented_entry {
     transform_type type;
     uint16_t id;
@@ -139,12 +139,12 @@ struct unimplemented_entry {
 constexpr std::array unimplemented_table{
     unimplemented_entry{transform_type::encr, ike_encr_des},  unimplemented_entry{transform_type::encr, ike_encr_3des},
     unimplemented_entry{transform_type::integ, 1},            unimplemented_entry{transform_type::prf, 1},
-    unimplemented_entry{transform_type::dh, 1},               unimplemented_entry{transform_type::dh, 2},
     unimplemented_entry{transform_type::dh, 22},              unimplemented_entry{transform_type::dh, 23},
     unimplemented_entry{transform_type::dh, 24},
 };
 constexpr std::string_view implemented_legacy =
-    "with allow-legacy: true the only legacy transform Espresso implements is modp1536 (DH group 5); "
+    "with allow-legacy: true the only legacy transforms Espresso implements are modp768, modp1024 and "
+    "modp1536 (DH groups 1, 2 and 5); "
     "otherwise it supports aes128/192/256 (CBC and GCM), sha1/256/384/512, prfsha1/256/384/512, "
     "modp2048/3072/4096, ecp256/384/521 and curve25519";
 

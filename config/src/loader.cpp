@@ -88,8 +88,10 @@ constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "inter
 constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
 
-constexpr std::array<std::string_view, 6> ike_keys{"cookie-threshold", "log-file", "retransmit-timeout-ms",
-                                                   "retransmit-tries", "threads",  "peers"};
+constexpr std::array<std::string_view, 8> ike_keys{"cookie-threshold", "max-half-open-per-address",
+                                                   "max-sas-per-address", "log-file",
+                                                   "retransmit-timeout-ms", "retransmit-tries",
+                                                   "threads",          "peers"};
 constexpr std::array<std::string_view, 16> ike_peer_keys{
     "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
     "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "fragmentation",
@@ -2361,6 +2363,13 @@ void loader::parse_ike(const field& f, gateway_config& config) const {
     const mapping m = read_mapping(f.value, f.path, ike_keys, "the IKEv2 daemon's settings");
     if (const field* threshold = m.find("cookie-threshold")) {
         config.ike.cookie_threshold = static_cast<uint32_t>(number(*threshold, 0, UINT32_MAX));
+    }
+    // 0 = no limit; above a million the limit protects nothing (ike_manager.cpp, per-address limits).
+    if (const field* f = m.find("max-half-open-per-address")) {
+        config.ike.max_half_open_per_address = static_cast<uint32_t>(number(*f, 0, 1000000));
+    }
+    if (const field* f = m.find("max-sas-per-address")) {
+        config.ike.max_sas_per_address = static_cast<uint32_t>(number(*f, 0, 1000000));
     }
     if (const field* timeout = m.find("retransmit-timeout-ms")) {
         config.ike.retransmit_timeout_ms = static_cast<uint32_t>(number(*timeout, 50, 60000));

@@ -5,6 +5,7 @@
 // 3 cannot connect to the control socket.
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,10 +31,14 @@ constexpr int exit_cannot_connect = 3;
 
 constexpr const char* usage_text =
     "usage: espresso [--socket PATH | --config FILE] [--ike-socket PATH] [--json] COMMAND\n"
-    "       espresso up FILE [--log-dir DIR] | down FILE | status FILE\n"
+    "       espresso up FILE [--log-dir DIR] [--log-stderr] [--no-log-files] [--foreground]\n"
+    "       espresso down FILE | status FILE\n"
     "\n"
     "gateway processes:\n"
-    "  up FILE                     start espresso-dp (and espresso-ike if FILE has ike peers) in the background\n"
+    "  up FILE                     start espresso-dp (and espresso-ike if FILE has ike peers) in the background;\n"
+    "                              logs in DIR (--log-dir, default /var/log/espresso) and/or on stderr\n"
+    "                              (--log-stderr, lines prefixed with the daemon; --no-log-files: stderr only);\n"
+    "                              --foreground: stay attached (logs on stderr) until SIGINT/SIGTERM, then stop\n"
     "  down FILE                   stop them (IKE first, so it deletes its SAs)\n"
     "  status FILE                 whether both answer, with PIDs and IKE SA count\n"
     "data plane (espresso-dp):\n"
@@ -119,6 +124,7 @@ int main(int argc, char** argv)
     std::string ike_socket_path;
     std::string log_dir = "/var/log/espresso";
     bool as_json = false;
+    bool log_stderr = false, no_log_files = false, foreground = false, up_flags = false;
     std::vector<std::string> words;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
@@ -128,6 +134,9 @@ int main(int argc, char** argv)
         }
         if (arg == "--json") {
             as_json = true;
+        } else if (arg == "--log-stderr" || arg == "--no-log-files" || arg == "--foreground") {
+            (arg == "--log-stderr" ? log_stderr : arg == "--no-log-files" ? no_log_files : foreground) = true;
+            up_flags = true;
         } else if (arg == "--socket" || arg == "--config") {
             if (i + 1 >= argc) {
                 return usage_error(arg + " needs a value");
@@ -156,11 +165,17 @@ int main(int argc, char** argv)
     if (!socket_path.empty() && !config_path.empty()) {
         return usage_error("give either --socket or --config, not both");
     }
+    if (up_flags && (words.empty() || words[0] != "up")) {
+        return usage_error("--log-stderr, --no-log-files and --foreground are options of `espresso up`");
+    }
     if (!words.empty() && (words[0] == "up" || words[0] == "down" || words[0] == "status")) {
         cli::lifecycle_options o;
         o.config_path = words.size() == 2 ? words[1] : config_path;
         o.log_dir = log_dir;
         o.json = as_json;
+        o.foreground = foreground;
+        o.log_stderr = log_stderr || foreground; // attached: the log belongs on our stderr
+        o.log_files = !no_log_files;
         if (o.config_path.empty() || words.size() > 2) {
             return usage_error(words[0] + " needs the gateway's YAML file: espresso " + words[0] + " FILE");
         }
@@ -238,7 +253,29 @@ int main(int argc, char** argv)
             std::cerr << "espresso: " << error << "\n";
             return exit_refused;
         }
-        const json& result = reply.contains("result") ? reply["result"] : json::object();
+        json result = reply.contains("result") ? reply["result"] : json::object();
+        if (chosen->op == "list-sas") {
+            // Time lifetimes of IKE-keyed SAs are espresso-ike's (the data plane counts bytes and
+            // packets only): ask it, best effort; without it those SAs show "unknown".
+            bool any_ike = false;
+            for (const auto& sa : result.value("sas", json::array())) {
+                any_ike = any_ike || (sa.is_object() && sa.value("origin", "").starts_with("ike:"));
+            }
+            std::optional<json> ike;
+            if (any_ike) {
+                try {
+                    auto ike_client = espresso::dp::control_client::connect(
+                        !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path));
+                    const json ike_reply = ike_client.request("list-ike-sas", nullptr);
+                    if (espresso::dp::reply_error(ike_reply).empty() && ike_reply.contains("result")) {
+                        ike = ike_reply["result"];
+                    }
+                } catch (const std::exception&) {
+                    // not running (static SAs only, or it is down): the lifetimes stay unknown
+                }
+            }
+            cli::add_ike_lifetimes(result, ike ? &*ike : nullptr);
+        }
         if (as_json) {
             std::cout << result.dump(2) << "\n";
         } else if (chosen->format != nullptr) {

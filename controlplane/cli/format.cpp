@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -159,6 +160,40 @@ std::string remaining(uint64_t limit, uint64_t used, uint64_t divisor)
     return std::to_string((limit > used ? limit - used : 0) / divisor);
 }
 
+bool ike_keyed(const json& sa)
+{
+    return text(sa, "origin").starts_with("ike:");
+}
+
+// The seconds field of "(k/sec)" and the "keying:" line of one SA (add_ike_lifetimes() put "ike" there).
+std::pair<std::string, std::string> time_lifetime(const json& sa)
+{
+    if (!ike_keyed(sa)) {
+        const std::string origin = text(sa, "origin");
+        return {"static", "static" + (origin.empty() ? std::string() : " (" + origin + ")") + ", no time lifetime"};
+    }
+    const std::string name = text(sa, "origin").substr(4); // PEER/TUNNEL
+    const json& ike = member(sa, "ike");
+    if (!ike.is_object()) {
+        return {"unknown", "IKE " + name + ", time lifetime unknown (espresso-ike did not list it)"};
+    }
+    const json& rekey_in = member(ike, "rekey-in-seconds");
+    const json& rekey_time = member(ike, "rekey-time-seconds");
+    const std::string every =
+        rekey_time.is_number_integer() && rekey_time.get<int64_t>() >= 0
+            ? " (rekey-time " + std::to_string(rekey_time.get<int64_t>()) + " s)"
+            : "";
+    const std::string state = text(ike, "state");
+    if (state == "REKEYED" || state == "DELETING") {
+        return {"0", "IKE " + name + ", " + (state == "REKEYED" ? "rekeyed" : "being deleted") + every};
+    }
+    if (rekey_in.is_number()) {
+        const std::string left = std::to_string(std::max<int64_t>(0, rekey_in.get<int64_t>()));
+        return {left, "IKE " + name + ", rekey in " + left + " s" + every};
+    }
+    return {"unlimited", "IKE " + name + ", no rekey by time" + every};
+}
+
 void append_sa(std::string& out, const json& sa)
 {
     const json& lifetime = member(sa, "lifetime");
@@ -181,9 +216,15 @@ void append_sa(std::string& out, const json& sa)
     out += "      spi: " + spi_text(number(sa, "spi")) + "\n";
     out += "        transform: " + transform(sa) + " ,\n";
     out += "        in use settings ={" + settings + "}\n";
-    out += "        sa timing: remaining key lifetime (k/packets): (" +
-           remaining(bytes_limit, number(consumed, "bytes"), 1024) + "/" +
+    // IOS's (k/sec): the KiB left of the hard byte limit (data plane) and the seconds until espresso-ike
+    // replaces the key (a Child SA's time lifetime ends at its rekey; the data plane has no clock
+    // limit). Packets, which IOS does not have, on a line of their own.
+    const auto [seconds, keying] = time_lifetime(sa);
+    out += "        sa timing: remaining key lifetime (k/sec): (" +
+           remaining(bytes_limit, number(consumed, "bytes"), 1024) + "/" + seconds + ")\n";
+    out += "        sa timing: remaining key lifetime (packets): (" +
            remaining(packets_limit, number(consumed, "packets"), 1) + ")\n";
+    out += "        keying: " + keying + "\n";
     if (inbound && window > 0) {
         out += "        replay detection support: Y, window " + std::to_string(window) + "\n";
     } else {
@@ -322,6 +363,48 @@ std::string address_and_mask(const std::string& prefix)
     std::snprintf(buffer, sizeof(buffer), "%u.%u.%u.%u", mask >> 24, (mask >> 16) & 0xff, (mask >> 8) & 0xff,
                   mask & 0xff);
     return address + "/" + buffer;
+}
+
+void add_ike_lifetimes(json& result, const json* ike_result)
+{
+    if (!result.is_object() || !result.contains("sas") || !result["sas"].is_array()) {
+        return;
+    }
+    // (direction, SPI) -> the Child SA as espresso-ike lists it.
+    std::map<std::pair<bool, uint64_t>, json> children;
+    if (ike_result != nullptr) {
+        for (const auto& ike_sa : member(*ike_result, "ike-sas")) {
+            for (const auto& c : member(ike_sa, "children")) {
+                auto seconds = [&](const char* key) {
+                    const json& v = member(c, key);
+                    return v.is_number() ? v : json(nullptr);
+                };
+                json info = {{"peer", text(ike_sa, "peer")},
+                             {"tunnel", text(c, "tunnel")},
+                             {"state", text(c, "state")},
+                             {"rekey-in-seconds", seconds("rekey-in-seconds")},
+                             {"rekey-time-seconds", seconds("rekey-time-seconds")}};
+                for (const auto& [key, inbound] : {std::pair<const char*, bool>{"spi-in", true}, {"spi-out", false}}) {
+                    const std::string hex = text(c, key);
+                    if (!hex.empty()) {
+                        children[{inbound, std::strtoull(hex.c_str(), nullptr, 16)}] = info;
+                    }
+                }
+            }
+        }
+    }
+    for (auto& sa : result["sas"]) {
+        if (!sa.is_object()) {
+            continue;
+        }
+        const bool ike = ike_keyed(sa);
+        sa["keying"] = ike ? "ike" : "static";
+        if (!ike) {
+            continue;
+        }
+        auto it = children.find({text(sa, "direction") == "inbound", number(sa, "spi")});
+        sa["ike"] = it != children.end() ? it->second : json(nullptr);
+    }
 }
 
 std::string format_crypto_ipsec_sa(const json& result)

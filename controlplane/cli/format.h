@@ -13,6 +13,13 @@ namespace espresso::cp::cli {
 // as one crypto session; any other SA gets a block of its own.
 std::string format_crypto_ipsec_sa(const nlohmann::json& list_sas_result);
 
+// What only espresso-ike knows about an SA, added to each SA of a list-sas result in place: "keying":
+// "ike" (origin "ike:PEER/TUNNEL") or "static"; for IKE SAs "ike": {"peer", "tunnel", "state",
+// "rekey-in-seconds", "rekey-time-seconds"} from the Child SA of `list_ike_sas_result` with that SPI
+// (inbound: its spi-in, outbound: its spi-out), or null when there is none (or no IKE daemon answered:
+// nullptr). format_crypto_ipsec_sa shows the time left from it.
+void add_ike_lifetimes(nlohmann::json& list_sas_result, const nlohmann::json* list_ike_sas_result);
+
 // `show interfaces`, from the result of show-interfaces ({"interfaces": [...]}).
 std::string format_interfaces(const nlohmann::json& show_interfaces_result);
 

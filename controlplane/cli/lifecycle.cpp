@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -30,6 +31,7 @@ using nlohmann::json;
 
 struct gateway_paths {
     std::string dp_socket, ike_socket, pid_file, dp_log, ike_log, name;
+    std::string ike_log_from_config; // ike.log-file
     bool has_ike = false;
 };
 
@@ -53,6 +55,7 @@ std::optional<gateway_paths> paths_for(const lifecycle_options& o)
     p.pid_file = (sock.parent_path() / (p.name + ".pids")).string();
     p.dp_log = (fs::path(o.log_dir) / (p.name + "-dp.log")).string();
     p.ike_log = !cfg.ike.log_file.empty() ? cfg.ike.log_file : (fs::path(o.log_dir) / (p.name + "-ike.log")).string();
+    p.ike_log_from_config = cfg.ike.log_file;
     p.has_ike = !cfg.ike.peers.empty();
     return p;
 }
@@ -72,15 +75,110 @@ std::string find_binary(const std::string& name, const std::string& build_subdir
     return name; // PATH
 }
 
-pid_t spawn(const std::vector<std::string>& argv, const std::string& log)
+// Where a daemon's stdout and stderr go: an fd for them (the caller closes it after spawn()), from
+// the operator's choice of log destinations.
+int open_log(const std::string& path)
+{
+    return open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+}
+
+// A log relay: a forked copy of `espresso up` (in its own session, like the daemons, so it outlives us
+// and a Ctrl-C on our terminal) that reads what a daemon writes to its stdout/stderr and copies it, as
+// written, to `file` (when not empty) and, line by line with `prefix`, to our stderr (when
+// `to_stderr`). It ends when the daemon's end of the pipe closes (the daemon exited); it ignores
+// SIGTERM, SIGINT, SIGHUP and SIGPIPE so the daemon never loses its output while it runs. If our stderr
+// goes away (a closed terminal), the relay keeps writing the file. Returns the write end for the
+// daemon, or -1.
+int start_relay(const std::string& prefix, const std::string& file, bool to_stderr)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid > 0) {
+        close(fds[0]);
+        return fds[1];
+    }
+    setsid();
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE}) {
+        signal(sig, SIG_IGN);
+    }
+    // Only the pipe, stderr and the file: a copy of another relay's write end (or of a daemon's
+    // socket) held here would keep that pipe open forever.
+    dup2(fds[0], 0);
+    if (int null = open("/dev/null", O_WRONLY); null >= 0) {
+        dup2(null, 1); // our stdout may be a pipe someone reads to its end (a script running `up`)
+    }
+    close_range(3, ~0U, 0);
+    int out = file.empty() ? -1 : open_log(file);
+    bool err_ok = to_stderr;
+    auto write_all = [](int fd, const char* p, size_t n) {
+        while (n > 0) {
+            ssize_t w = write(fd, p, n);
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w <= 0) {
+                return false;
+            }
+            p += w;
+            n -= static_cast<size_t>(w);
+        }
+        return true;
+    };
+    std::string pending; // a line not yet complete, for the prefixed copy
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(0, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        if (out >= 0) {
+            write_all(out, buf, static_cast<size_t>(n));
+        }
+        if (!err_ok) {
+            continue;
+        }
+        pending.append(buf, static_cast<size_t>(n));
+        size_t start = 0;
+        for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+            std::string line = prefix + pending.substr(start, nl + 1 - start);
+            err_ok = err_ok && write_all(2, line.data(), line.size());
+        }
+        pending.erase(0, start);
+        if (pending.size() > 65536) { // no newline in sight: pass it on anyway
+            std::string line = prefix + pending + "\n";
+            err_ok = err_ok && write_all(2, line.data(), line.size());
+            pending.clear();
+        }
+    }
+    if (err_ok && !pending.empty()) {
+        std::string line = prefix + pending + "\n";
+        write_all(2, line.data(), line.size());
+    }
+    _exit(0);
+}
+
+pid_t spawn(const std::vector<std::string>& argv, int fd)
 {
     pid_t pid = fork();
     if (pid != 0) {
         return pid;
     }
     setsid();
-    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    int null = open("/dev/null", O_RDONLY);
+    int null = open("/dev/null", O_RDWR);
+    if (fd < 0) {
+        fd = null;
+    }
     if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
@@ -151,6 +249,9 @@ std::pair<pid_t, pid_t> read_pids(const std::string& file)
     return {dp, ike};
 }
 
+// Stops both daemons, IKE first (it deletes its SAs while the data plane still runs).
+bool stop_both(pid_t dp, pid_t ike);
+
 bool stop(pid_t pid, const char* what)
 {
     if (!alive(pid)) {
@@ -169,6 +270,56 @@ bool stop(pid_t pid, const char* what)
     return true;
 }
 
+bool stop_both(pid_t dp, pid_t ike)
+{
+    bool ok = stop(ike, "espresso-ike");
+    return stop(dp, "espresso-dp") && ok;
+}
+
+// --foreground: waits for SIGINT/SIGTERM/SIGHUP or the end of a daemon, then stops the gateway (IKE
+// first). Exit status 0 after a signal, or when the daemon ended with status 0 (e.g. `espresso down`
+// from another shell); 1 when a daemon failed or would not stop.
+int stay_in_foreground(const gateway_paths& p, pid_t dp, pid_t ike)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) {
+        sigaddset(&set, sig);
+    }
+    sigprocmask(SIG_BLOCK, &set, nullptr);
+    int rc = -1;
+    while (rc < 0) {
+        timespec second{1, 0};
+        const int sig = sigtimedwait(&set, nullptr, &second);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+            std::cerr << "espresso: " << strsignal(sig) << ": stopping gateway " << p.name << "\n";
+            rc = stop_both(dp, ike) ? 0 : 1;
+            break;
+        }
+        // A child ended, or a second passed (SIGCHLDs merge): a relay ends with its daemon; a daemon
+        // ending takes the gateway down.
+        int status = 0;
+        for (pid_t pid; rc < 0 && (pid = waitpid(-1, &status, WNOHANG)) > 0;) {
+            if (pid != dp && pid != ike) {
+                continue;
+            }
+            const char* what = pid == dp ? "espresso-dp" : "espresso-ike";
+            std::cerr << "espresso: " << what << " (pid " << pid << ") "
+                      << (WIFSIGNALED(status) ? std::string("was killed by ") + strsignal(WTERMSIG(status))
+                                              : "exited with status " + std::to_string(WEXITSTATUS(status)))
+                      << "; stopping gateway " << p.name << "\n";
+            const bool stopped = stop_both(pid == dp ? 0 : dp, pid == ike ? 0 : ike);
+            rc = stopped && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+        }
+    }
+    // The relays end with their daemons: give them a moment to copy the last lines.
+    for (int i = 0; i < 40 && waitpid(-1, nullptr, WNOHANG) >= 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    unlink(p.pid_file.c_str());
+    return rc;
+}
+
 } // namespace
 
 int gateway_up(const lifecycle_options& o)
@@ -177,8 +328,14 @@ int gateway_up(const lifecycle_options& o)
     if (!p) {
         return 2;
     }
+    if (!o.log_files && !o.log_stderr) {
+        std::cerr << "espresso: --no-log-files leaves the daemons without a log; add --log-stderr (or --foreground)\n";
+        return 2;
+    }
     std::error_code ec;
-    fs::create_directories(o.log_dir, ec);
+    if (o.log_files) {
+        fs::create_directories(o.log_dir, ec);
+    }
     fs::create_directories(fs::path(p->dp_socket).parent_path(), ec);
     chmod(fs::path(p->dp_socket).parent_path().c_str(), 0700);
     if (answers(p->dp_socket)) {
@@ -187,17 +344,35 @@ int gateway_up(const lifecycle_options& o)
         return 1;
     }
     signal(SIGCHLD, SIG_DFL);
-    pid_t dp = spawn({find_binary("espresso-dp", "dataplane"), "--config", o.config_path}, p->dp_log);
+    // espresso-dp writes its log to stdout/stderr: to the file directly, or through a relay when it
+    // goes to our stderr (too). espresso-ike writes its log file itself (--log-file, or ike.log-file of
+    // the YAML, which it always honours) and the same lines to its stderr, relayed when wanted.
+    int dp_out = o.log_stderr ? start_relay("espresso-dp: ", o.log_files ? p->dp_log : "", true) : open_log(p->dp_log);
+    pid_t dp = spawn({find_binary("espresso-dp", "dataplane"), "--config", o.config_path}, dp_out);
+    if (dp_out >= 0) {
+        close(dp_out);
+    }
     if (!wait_ready(dp, p->dp_socket, std::chrono::seconds(60))) {
-        std::cerr << "espresso: espresso-dp did not come up; the end of " << p->dp_log << ":\n" << tail(p->dp_log);
+        std::cerr << "espresso: espresso-dp did not come up"
+                  << (o.log_files ? "; the end of " + p->dp_log + ":\n" + tail(p->dp_log) : " (its log is above)\n");
         kill(dp, SIGTERM);
         return 1;
     }
     pid_t ike = 0;
+    const bool ike_file = o.log_files || !p->ike_log_from_config.empty();
     if (p->has_ike) {
-        ike = spawn({find_binary("espresso-ike", "controlplane"), "--config", o.config_path, "--log-file", p->ike_log}, "/dev/null");
+        std::vector<std::string> argv{find_binary("espresso-ike", "controlplane"), "--config", o.config_path};
+        if (o.log_files) {
+            argv.insert(argv.end(), {"--log-file", p->ike_log});
+        }
+        int ike_out = o.log_stderr ? start_relay("espresso-ike: ", "", true) : -1;
+        ike = spawn(argv, ike_out);
+        if (ike_out >= 0) {
+            close(ike_out);
+        }
         if (!wait_ready(ike, p->ike_socket, std::chrono::seconds(60))) {
-            std::cerr << "espresso: espresso-ike did not come up; the end of " << p->ike_log << ":\n" << tail(p->ike_log);
+            std::cerr << "espresso: espresso-ike did not come up"
+                      << (ike_file ? "; the end of " + p->ike_log + ":\n" + tail(p->ike_log) : " (its log is above)\n");
             kill(ike, SIGTERM);
             stop(dp, "espresso-dp");
             return 1;
@@ -211,11 +386,22 @@ int gateway_up(const lifecycle_options& o)
         }
     }
     chmod(p->pid_file.c_str(), 0600);
-    std::cout << "espresso: gateway " << p->name << " up: espresso-dp pid " << dp << " (log " << p->dp_log << ")";
+    auto where = [&](bool file, const std::string& path) {
+        std::string w = file ? path : "";
+        if (o.log_stderr) {
+            w += (w.empty() ? "" : " and ") + std::string("stderr");
+        }
+        return " (log " + w + ")";
+    };
+    std::cout << "espresso: gateway " << p->name << " up: espresso-dp pid " << dp << where(o.log_files, p->dp_log);
     if (ike != 0) {
-        std::cout << ", espresso-ike pid " << ike << " (log " << p->ike_log << ")";
+        std::cout << ", espresso-ike pid " << ike << where(ike_file, p->ike_log);
     }
-    std::cout << "\n";
+    std::cout << (o.foreground ? "; in the foreground until SIGINT/SIGTERM" : "") << "\n";
+    std::cout.flush();
+    if (o.foreground) {
+        return stay_in_foreground(*p, dp, ike);
+    }
     return 0;
 }
 

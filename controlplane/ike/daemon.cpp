@@ -465,7 +465,16 @@ json ike_daemon::status_json() const
                 child["rekey-in-seconds"] =
                     c.rekey_at == steady_time{}
                         ? json(nullptr)
-                        : json(std::chrono::duration_cast<std::chrono::seconds>(c.rekey_at - now).count());
+                        : json(std::max<int64_t>(
+                              0, std::chrono::duration_cast<std::chrono::seconds>(c.rekey_at - now).count()));
+                // The tunnel's configured rekey-time (0 = no time limit): `show crypto ipsec sa` shows
+                // the time left of a Child SA's key from these two.
+                child["rekey-time-seconds"] = nullptr;
+                for (const auto& t : sa->peer().tunnels) {
+                    if (t.name == c.tunnel) {
+                        child["rekey-time-seconds"] = t.rekey_time;
+                    }
+                }
                 children.push_back(std::move(child));
             }
             json j = {
@@ -606,6 +615,8 @@ json ike_daemon::handle_request(const json& request)
                   {"half-open-refused", c.half_open_refused},
                   {"cookies-sent", c.cookies_sent},
                   {"cookies-invalid", c.cookies_invalid},
+                  {"addr-half-open-refused", c.address_half_open_refused},
+                  {"addr-sas-refused", c.address_sas_refused},
                   {"sent", sent_.load()},
                   {"send-errors", send_errors_.load()},
                   {"keepalives-received", keepalives_received_},

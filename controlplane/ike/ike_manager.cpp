@@ -16,10 +16,69 @@ size_t home_shard(const std::string& peer, size_t shards) noexcept
     return shards <= 1 ? 0 : static_cast<size_t>(h % shards);
 }
 
+bool address_counts::try_add_half_open(const std::string& address, uint32_t limit)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = counts_[address];
+    if (limit != 0 && c.half_open >= limit) {
+        forget_if_zero(counts_.find(address));
+        return false;
+    }
+    ++c.half_open;
+    return true;
+}
+
+void address_counts::remove_half_open(const std::string& address)
+{
+    std::lock_guard lock(mutex_);
+    if (auto it = counts_.find(address); it != counts_.end() && it->second.half_open > 0) {
+        --it->second.half_open;
+        forget_if_zero(it);
+    }
+}
+
+void address_counts::add_established(const std::string& address)
+{
+    std::lock_guard lock(mutex_);
+    ++counts_[address].established;
+}
+
+void address_counts::remove_established(const std::string& address)
+{
+    std::lock_guard lock(mutex_);
+    if (auto it = counts_.find(address); it != counts_.end() && it->second.established > 0) {
+        --it->second.established;
+        forget_if_zero(it);
+    }
+}
+
+size_t address_counts::half_open(const std::string& address) const
+{
+    std::lock_guard lock(mutex_);
+    auto it = counts_.find(address);
+    return it == counts_.end() ? 0 : it->second.half_open;
+}
+
+size_t address_counts::established(const std::string& address) const
+{
+    std::lock_guard lock(mutex_);
+    auto it = counts_.find(address);
+    return it == counts_.end() ? 0 : it->second.established;
+}
+
+// Addresses without IKE SAs leave the table: spoofed sources must not make it grow.
+void address_counts::forget_if_zero(std::unordered_map<std::string, count>::iterator it)
+{
+    if (it != counts_.end() && it->second.half_open == 0 && it->second.established == 0) {
+        counts_.erase(it);
+    }
+}
+
 ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit,
                          shard_directory* directory, size_t shard)
     : io_(io), directory_(directory), shard_(shard), config_(std::move(config)), retransmit_(retransmit)
 {
+    addresses_ = directory_ != nullptr ? &directory_->per_address() : &own_addresses_;
     for (const auto& p : config_.peers) {
         peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
         if (p.auth.method == config::ike_auth_method::pubkey) {
@@ -65,16 +124,21 @@ void ike_manager::add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa)
 
 void ike_manager::erase_sa(std::map<uint64_t, std::unique_ptr<ike_sa>>::iterator it)
 {
+    if (auto e = established_address_.find(it->first); e != established_address_.end()) {
+        addresses_->remove_established(e->second);
+        established_address_.erase(e);
+    }
     if (directory_ != nullptr) {
         directory_->sa_removed(it->second->peer().name, shard_);
     }
     sas_.erase(it);
 }
 
-void ike_manager::half_open_add(const half_open_key& key, uint64_t spi)
+void ike_manager::half_open_add(const half_open_key& key, uint64_t spi, std::string address)
 {
     half_open_[key] = spi;
     half_open_of_[spi] = key;
+    half_open_address_[spi] = std::move(address); // admit_from() counted it already
     if (directory_ != nullptr) {
         directory_->half_open().fetch_add(1, std::memory_order_relaxed);
     }
@@ -89,6 +153,52 @@ void ike_manager::half_open_remove(uint64_t spi)
             directory_->half_open().fetch_sub(1, std::memory_order_relaxed);
         }
     }
+    if (auto a = half_open_address_.find(spi); a != half_open_address_.end()) {
+        addresses_->remove_half_open(a->second);
+        half_open_address_.erase(a);
+    }
+}
+
+bool ike_manager::admit_from(const std::string& address)
+{
+    // Established first: a peer at its IKE SA limit gets nothing, not even a half-open SA. The count
+    // can pass the limit by the SAs that were half-open when it was reached (at most
+    // max-half-open-per-address), as the limit is checked here and not again at IKE_AUTH.
+    if (config_.max_sas_per_address != 0) {
+        size_t established = addresses_->established(address);
+        if (established >= config_.max_sas_per_address) {
+            ++counters_.address_sas_refused;
+            log_refusal(1, "IKE_SA_INIT from " + address + " refused: " + std::to_string(established) +
+                               " IKE SAs with this address are up (ike.max-sas-per-address: " +
+                               std::to_string(config_.max_sas_per_address) + ")");
+            return false;
+        }
+    }
+    if (!addresses_->try_add_half_open(address, config_.max_half_open_per_address)) {
+        ++counters_.address_half_open_refused;
+        log_refusal(0, "IKE_SA_INIT from " + address + " refused: " +
+                           std::to_string(config_.max_half_open_per_address) +
+                           " half-open IKE SAs from this address already (ike.max-half-open-per-address)");
+        return false;
+    }
+    return true;
+}
+
+void ike_manager::log_refusal(size_t reason, const std::string& text)
+{
+    // A flood must not become a flood of log lines: one per reason and 10 s, the rest only counted.
+    auto& l = refusal_logs_[reason];
+    auto now = io_.now();
+    if (l.last != steady_time{} && now - l.last < std::chrono::seconds(10)) {
+        ++l.suppressed;
+        return;
+    }
+    std::string more = l.suppressed == 0 ? ""
+                                         : "; " + std::to_string(l.suppressed) +
+                                               " more refused for the same reason in the 10 s before (counted only)";
+    l.last = now;
+    l.suppressed = 0;
+    io_.log(log_level::warning, "-", text + more);
 }
 
 size_t ike_manager::half_open_total() const noexcept
@@ -838,13 +948,18 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
                 return;
             }
         }
+        // Per-address limits, before the SA and its DH exist.
+        std::string address = config::to_string(remote.address);
+        if (!admit_from(address)) {
+            return;
+        }
         uint64_t spi = new_spi();
         auto sa = std::make_unique<ike_sa>(io_, peer, ike_sa::role::responder, h.spi_i, spi, local, remote, retransmit_);
         give_credentials(*sa);
         sa->set_fragment_counters(&counters_.fragments);
         auto& ref = *sa;
         add_sa(spi, std::move(sa));
-        half_open_add(key, spi);
+        half_open_add(key, spi, std::move(address));
         ref.respond_init(msg, datagram);
         after(spi);
         return;
@@ -948,6 +1063,11 @@ void ike_manager::after(uint64_t spi)
     }
     if (sa.sa_state() == ike_sa::state::established) {
         half_open_remove(spi);
+        if (established_address_.count(spi) == 0) {
+            std::string address = config::to_string(sa.remote().address);
+            addresses_->add_established(address);
+            established_address_.emplace(spi, std::move(address));
+        }
         if (is_home(sa.peer().name)) {
             retries_.erase(sa.peer().name);
             dpd_cleared_.erase(sa.peer().name);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -29,6 +30,10 @@ struct manager_counters {
     uint64_t half_open_refused = 0;  // over the half-open limit
     uint64_t cookies_sent = 0;       // COOKIE demanded (RFC 7296 §2.6)
     uint64_t cookies_invalid = 0;    // a COOKIE that was not ours
+    // IKE_SA_INIT requests refused, before any DH work, because their source address already had
+    // ike.max-half-open-per-address half-open / ike.max-sas-per-address established IKE SAs.
+    uint64_t address_half_open_refused = 0;
+    uint64_t address_sas_refused = 0;
     // Timer lateness (how long after its deadline an SA's retransmission/DPD/rekey timer ran): the
     // daemon runs due timers between any two messages, so expensive DH or signature work on one SA
     // delays the others by at most that one message's work. Measured by perf/bench-ike.
@@ -47,6 +52,29 @@ struct manager_counters {
 
 class ike_manager;
 
+// IKE SAs per remote address (ike.max-half-open-per-address, ike.max-sas-per-address): one table for
+// the daemon, so the limits hold whichever shard an IKE_SA_INIT hashes to. Thread-safe (one mutex,
+// taken once per new IKE SA, per IKE SA established and per IKE SA gone: IKE rates, not packet rates).
+// Addresses in the text form of config::to_string.
+class address_counts {
+public:
+    // Counts one more half-open IKE SA from `address`, unless it has `limit` already (0 = no limit).
+    bool try_add_half_open(const std::string& address, uint32_t limit);
+    void remove_half_open(const std::string& address);
+    void add_established(const std::string& address);
+    void remove_established(const std::string& address);
+    size_t half_open(const std::string& address) const;
+    size_t established(const std::string& address) const;
+
+private:
+    struct count {
+        size_t half_open = 0, established = 0;
+    };
+    void forget_if_zero(std::unordered_map<std::string, count>::iterator it);
+    mutable std::mutex mutex_;
+    std::unordered_map<std::string, count> counts_;
+};
+
 // What the IKE SA tables of a sharded daemon (ike_shards.h) share; everything else of a manager belongs
 // to its shard and is touched by that shard's thread only. Every member is callable from any shard's
 // thread. A manager without one (the in-process exchange tests) is the whole daemon by itself.
@@ -58,6 +86,8 @@ public:
     virtual std::atomic<size_t>& half_open() noexcept = 0;
     // One secret for every shard, so that a cookie is good whichever shard checks it.
     virtual const bytes& cookie_secret() const noexcept = 0;
+    // The per-address IKE SA counts of every shard.
+    virtual address_counts& per_address() noexcept = 0;
     // IKE SAs per peer name and shard: whether any other shard holds one (INITIAL_CONTACT, retries).
     virtual void sa_added(const std::string& peer, size_t shard) = 0;
     virtual void sa_removed(const std::string& peer, size_t shard) = 0;
@@ -168,7 +198,7 @@ private:
     void on_home(const std::string& peer, std::function<void(ike_manager&)> task);
     void add_sa(uint64_t spi, std::unique_ptr<ike_sa> sa);
     void erase_sa(std::map<uint64_t, std::unique_ptr<ike_sa>>::iterator it);
-    void half_open_add(const half_open_key& key, uint64_t spi);
+    void half_open_add(const half_open_key& key, uint64_t spi, std::string address);
     void half_open_remove(uint64_t spi);
     size_t half_open_total() const noexcept;
     ike_sa& create_initiator(const peer_ptr& peer, std::vector<std::string> tunnels);
@@ -183,6 +213,10 @@ private:
     void retry_later(const peer_ptr& peer);
     bool has_live_sa(const std::string& peer) const;
     bytes cookie_for(const message& msg, const endpoint& remote) const;
+    // The per-address limits on a new IKE_SA_INIT request: true = go on (its half-open SA is counted
+    // from here on); false = refused, counted and (rate-limited) logged.
+    bool admit_from(const std::string& address);
+    void log_refusal(size_t reason, const std::string& text);
 
     ike_io& io_;
     shard_directory* directory_ = nullptr;
@@ -193,6 +227,17 @@ private:
     std::map<uint64_t, std::unique_ptr<ike_sa>> sas_;      // by our SPI
     std::map<half_open_key, uint64_t> half_open_;           // -> our SPI, for retransmitted IKE_SA_INIT
     std::unordered_map<uint64_t, half_open_key> half_open_of_;
+    address_counts own_addresses_;     // without a directory (one manager is the whole daemon)
+    address_counts* addresses_ = nullptr; // the directory's, or own_addresses_
+    std::unordered_map<uint64_t, std::string> half_open_address_;   // SPI -> remote address, counted half-open
+    std::unordered_map<uint64_t, std::string> established_address_; // SPI -> remote address, counted established
+    // Refusal log lines, per reason (0 half-open, 1 established): at most one per 10 s each, with the
+    // refusals that were only counted in between.
+    struct refusal_log {
+        steady_time last{};
+        uint64_t suppressed = 0;
+    };
+    refusal_log refusal_logs_[2];
     std::set<std::pair<steady_time, uint64_t>> deadlines_;  // (when, SPI): the timer queue
     std::unordered_map<uint64_t, steady_time> deadline_of_;
     // Peers to keep up (start: immediately, or DPD restart): a failed attempt is retried with backoff.

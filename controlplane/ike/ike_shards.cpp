@@ -369,6 +369,8 @@ manager_counters ike_shards::counters()
         t.half_open_refused += c.half_open_refused;
         t.cookies_sent += c.cookies_sent;
         t.cookies_invalid += c.cookies_invalid;
+        t.address_half_open_refused += c.address_half_open_refused;
+        t.address_sas_refused += c.address_sas_refused;
         t.initial_contact_drops += c.initial_contact_drops;
         t.acquires += c.acquires;
         t.acquires_initiated += c.acquires_initiated;

@@ -26,7 +26,8 @@
 // An inbox holds at most max_queued_datagrams datagrams; more are dropped and counted (dispatch-dropped).
 //
 // What is shared (shard_directory in ike_manager.h): the half-open count (one atomic: the cookie
-// threshold is per daemon), the cookie secret (read-only), and the number of IKE SAs per peer name and
+// threshold is per daemon), the cookie secret (read-only), the half-open and established IKE SAs per
+// remote address (a mutex-guarded map behind ike.max-half-open-per-address / max-sas-per-address), and the number of IKE SAs per peer name and
 // shard (a mutex-guarded map, touched when an IKE SA is created or removed: INITIAL_CONTACT and retry
 // decisions look at every shard). Initiating towards a peer belongs to its home shard (home_shard()):
 // start-up, retries, DPD restart (posted there from the shard where the SA died) and operator initiate
@@ -207,6 +208,7 @@ private:
     // shard_directory
     std::atomic<size_t>& half_open() noexcept override { return half_open_; }
     const bytes& cookie_secret() const noexcept override { return cookie_secret_; }
+    address_counts& per_address() noexcept override { return per_address_; }
     void sa_added(const std::string& peer, size_t shard) override;
     void sa_removed(const std::string& peer, size_t shard) override;
     void post(size_t shard, std::function<void(ike_manager&)> task) override;
@@ -221,6 +223,7 @@ private:
     std::vector<std::string> startup_errors_;
     std::atomic<size_t> half_open_{0};
     bytes cookie_secret_;
+    address_counts per_address_;
     uint64_t hash_key_ = 0;
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, std::vector<uint32_t>> registry_; // peer -> IKE SAs per shard

@@ -217,22 +217,25 @@ TEST(ike_proposal, legacy_is_refused_with_the_rfc_unless_allowed)
         EXPECT_TRUE(detail.legacy);
         EXPECT_CONTAINS(detail.problem, std::string("\"").append(r.token).append("\" refused"));
         EXPECT_CONTAINS(detail.problem, std::string(r.rfc));
-        if (r.token == "modp1536") {
-            // The one legacy transform implemented (the old ASA's group 5): allowed with allow-legacy.
+        if (r.token == "modp1536" || r.token == "modp1024" || r.token == "modp768") {
+            // The legacy transforms implemented (old peers' MODP groups 1, 2, 5): allowed with allow-legacy.
             EXPECT_CONTAINS(detail.fix, "set allow-legacy: true");
             EXPECT_TRUE(parse_ike_proposal(r.text, r.esp, true, detail).has_value()) << detail.problem;
             continue;
         }
         // The others are refused even with allow-legacy, naming what is implemented.
         EXPECT_CONTAINS(detail.problem, "Espresso does not implement it, even with allow-legacy: true");
-        EXPECT_CONTAINS(detail.fix, "only legacy transform Espresso implements is modp1536");
+        EXPECT_CONTAINS(detail.fix, "only legacy transforms Espresso implements are modp768, modp1024 and modp1536");
         proposal_error allowed;
         EXPECT_FALSE(parse_ike_proposal(r.text, r.esp, true, allowed).has_value());
         EXPECT_TRUE(allowed.legacy);
         EXPECT_CONTAINS(allowed.problem, std::string("\"").append(r.token).append("\" is not implemented by Espresso"));
-        EXPECT_CONTAINS(allowed.fix, "modp1536 (DH group 5)");
+        EXPECT_CONTAINS(allowed.fix, "modp1536 (DH groups 1, 2 and 5)");
     }
     EXPECT_EQ(good_proposal("aes128-sha1-modp1536", false, true).dh, (ids{5}));
+    EXPECT_EQ(good_proposal("aes128-sha1-modp1024", false, true).dh, (ids{2}));
+    EXPECT_EQ(good_proposal("aes128-sha1-modp768", false, true).dh, (ids{1}));
+    EXPECT_EQ(good_proposal("aes128gcm16-modp1024", true, true).dh, (ids{2})); // PFS group
     EXPECT_EQ(good_proposal("aes128gcm16-modp1536", true, true).dh, (ids{5})); // PFS group
     // sha1 is MUST- in RFC 8247 and RFC 8221: not legacy.
     EXPECT_EQ(good_proposal("aes128-sha1-modp2048", false).integrity, (ids{2}));
@@ -587,6 +590,22 @@ TEST(ike_loader, threads)
     EXPECT_EQ(load_string(with(gateway, "cookie-threshold: 500", "threads: 3"), "gw.yaml").ike.threads, 3u);
     EXPECT_CONTAINS(error_text("cookie-threshold: 500", "threads: 0"), "out of range");
     EXPECT_CONTAINS(error_text("cookie-threshold: 500", "threads: 17"), "out of range");
+}
+
+TEST(ike_loader, per_address_limits)
+{
+    const auto defaults = load_string(gateway, "gw.yaml").ike;
+    EXPECT_EQ(defaults.max_half_open_per_address, 10u);
+    EXPECT_EQ(defaults.max_sas_per_address, 100u);
+    const auto set = load_string(with(gateway, "cookie-threshold: 500",
+                                      "cookie-threshold: 500\n  max-half-open-per-address: 3\n  max-sas-per-address: 0"),
+                                 "gw.yaml")
+                         .ike;
+    EXPECT_EQ(set.max_half_open_per_address, 3u);
+    EXPECT_EQ(set.max_sas_per_address, 0u); // no limit
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-half-open-per-address: -1"), "max-half-open-per-address");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-sas-per-address: 1000001"), "out of range");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-sas-per-adress: 5"), "did you mean \"max-sas-per-address\"?");
 }
 
 // Every way of getting the auth section wrong: the message must never contain the key.

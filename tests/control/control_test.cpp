@@ -1286,7 +1286,9 @@ TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession)
       spi: 0x2001(8193)
         transform: esp-aes-gcm 128 ,
         in use settings ={Tunnel, }
-        sa timing: remaining key lifetime (k/packets): (unlimited/unlimited)
+        sa timing: remaining key lifetime (k/sec): (unlimited/static)
+        sa timing: remaining key lifetime (packets): (unlimited)
+        keying: static, no time lifetime
         replay detection support: Y, window 128
         Status: ACTIVE
      inbound ah sas:
@@ -1294,7 +1296,9 @@ TEST(cli_format, CryptoIpsecSaGroupsAMirroredPairIntoOneSession)
       spi: 0x1001(4097)
         transform: esp-aes-gcm 128 ,
         in use settings ={Tunnel, }
-        sa timing: remaining key lifetime (k/packets): (unlimited/unlimited)
+        sa timing: remaining key lifetime (k/sec): (unlimited/static)
+        sa timing: remaining key lifetime (packets): (unlimited)
+        keying: static, no time lifetime
         replay detection support: N
         Status: ACTIVE
      outbound ah sas:
@@ -1322,12 +1326,81 @@ TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart)
     EXPECT_NE(text.find("current_peer 203.0.113.7 port 4500"), std::string::npos) << text;
     EXPECT_NE(text.find("transform: esp-256-aes esp-sha256-hmac ,"), std::string::npos) << text;
     EXPECT_NE(text.find("in use settings ={Tunnel UDP-Encaps, }"), std::string::npos) << text;
-    EXPECT_NE(text.find("(k/packets): (1047552/990)"), std::string::npos) << text;
+    EXPECT_NE(text.find("(k/sec): (1047552/static)"), std::string::npos) << text;
+    EXPECT_NE(text.find("(packets): (990)"), std::string::npos) << text;
     EXPECT_NE(text.find("current outbound spi: 0x0(0)"), std::string::npos) << text;
     EXPECT_EQ(cli::format_crypto_ipsec_sa({{"sas", json::array()}}), "No IPsec SAs installed.\n");
     // Garbage in does not throw.
     EXPECT_NO_THROW(cli::format_crypto_ipsec_sa({{"sas", json::array({1, "x", nullptr})}}));
     EXPECT_NO_THROW(cli::format_crypto_ipsec_sa(json("nonsense")));
+}
+
+// IKE-keyed SAs (origin "ike:PEER/TUNNEL") get their time lifetime from espresso-ike's list-ike-sas,
+// matched by SPI and direction; static ones say so.
+TEST(cli_format, CryptoIpsecSaShowsTheTimeLifetimeOfIkeChildSas)
+{
+    auto out = make_sa(0xc0000001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
+    auto in = make_sa(0xc0000002, config::direction::inbound, "203.0.113.1", "198.51.100.1");
+    out.config.origin = in.config.origin = "ike:branch/lan";
+    out.config.lifetime.bytes = 1u << 30;
+    out.life_bytes = 1u << 20;
+    auto manual = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.9");
+    manual.config.origin = "gw.yaml:12:5";
+    auto orphan = make_sa(0xc0000003, config::direction::inbound, "203.0.113.8", "198.51.100.1");
+    orphan.config.origin = "ike:other/lan";
+    json result = {{"sas", json::array({to_json(out), to_json(in), to_json(manual), to_json(orphan)})}};
+    const json ike = {{"ike-sas", json::array({{{"peer", "branch"},
+                                                 {"children", json::array({{{"tunnel", "lan"},
+                                                                            {"spi-in", "0xc0000002"},
+                                                                            {"spi-out", "0xc0000001"},
+                                                                            {"state", "INSTALLED"},
+                                                                            {"rekey-in-seconds", 3451},
+                                                                            {"rekey-time-seconds", 3600}}})}}})}};
+    cli::add_ike_lifetimes(result, &ike);
+    const json& sas = result["sas"];
+    EXPECT_EQ(sas[0]["keying"], "ike");
+    EXPECT_EQ(sas[0]["ike"]["rekey-in-seconds"], 3451);
+    EXPECT_EQ(sas[0]["ike"]["rekey-time-seconds"], 3600);
+    EXPECT_EQ(sas[0]["ike"]["peer"], "branch");
+    EXPECT_EQ(sas[1]["ike"]["tunnel"], "lan");
+    EXPECT_EQ(sas[2]["keying"], "static");
+    EXPECT_FALSE(sas[2].contains("ike"));
+    EXPECT_EQ(sas[3]["keying"], "ike");
+    EXPECT_TRUE(sas[3]["ike"].is_null());
+    const std::string text = cli::format_crypto_ipsec_sa(result);
+    EXPECT_NE(text.find("sa timing: remaining key lifetime (k/sec): (1047552/3451)"), std::string::npos) << text;
+    EXPECT_NE(text.find("sa timing: remaining key lifetime (k/sec): (unlimited/3451)"), std::string::npos) << text;
+    EXPECT_NE(text.find("keying: IKE branch/lan, rekey in 3451 s (rekey-time 3600 s)"), std::string::npos) << text;
+    EXPECT_NE(text.find("(k/sec): (unlimited/static)"), std::string::npos) << text;
+    EXPECT_NE(text.find("keying: static (gw.yaml:12:5), no time lifetime"), std::string::npos) << text;
+    EXPECT_NE(text.find("(k/sec): (unlimited/unknown)"), std::string::npos) << text;
+    EXPECT_NE(text.find("keying: IKE other/lan, time lifetime unknown"), std::string::npos) << text;
+
+    // rekey-time 0, a rekeyed Child SA, and no IKE daemon at all.
+    json ike2 = ike;
+    auto& child = ike2["ike-sas"][0]["children"][0];
+    child["rekey-in-seconds"] = nullptr;
+    child["rekey-time-seconds"] = 0;
+    json again = {{"sas", json::array({to_json(out)})}};
+    cli::add_ike_lifetimes(again, &ike2);
+    EXPECT_NE(cli::format_crypto_ipsec_sa(again).find("(k/sec): (1047552/unlimited)"), std::string::npos);
+    EXPECT_NE(cli::format_crypto_ipsec_sa(again).find("keying: IKE branch/lan, no rekey by time (rekey-time 0 s)"),
+              std::string::npos);
+    child["state"] = "REKEYED";
+    again = {{"sas", json::array({to_json(out)})}};
+    cli::add_ike_lifetimes(again, &ike2);
+    EXPECT_NE(cli::format_crypto_ipsec_sa(again).find("keying: IKE branch/lan, rekeyed"), std::string::npos);
+    again = {{"sas", json::array({to_json(out)})}};
+    cli::add_ike_lifetimes(again, nullptr);
+    EXPECT_TRUE(again["sas"][0]["ike"].is_null());
+    EXPECT_NE(cli::format_crypto_ipsec_sa(again).find("(1047552/unknown)"), std::string::npos);
+    // Garbage from either daemon does not throw.
+    json junk = {{"sas", json::array({1, to_json(in)})}};
+    const json bad_ike = {{"ike-sas", json::array({1, {{"children", "x"}}, {{"children", json::array({2})}}})}};
+    EXPECT_NO_THROW(cli::add_ike_lifetimes(junk, &bad_ike));
+    EXPECT_NO_THROW(cli::format_crypto_ipsec_sa(junk));
+    json not_object = "x";
+    EXPECT_NO_THROW(cli::add_ike_lifetimes(not_object, &ike));
 }
 
 TEST(cli_format, AddressAndMask)

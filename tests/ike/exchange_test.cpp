@@ -821,6 +821,98 @@ TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
     EXPECT_EQ(f.b->counters().cookies_invalid, 1u);
 }
 
+// A copy of `request` (an IKE_SA_INIT) from another initiator SPI: a new half-open SA for the responder.
+bytes with_spi_i(bytes request, uint64_t spi_i)
+{
+    for (int i = 0; i < 8; ++i) {
+        request[i] = static_cast<uint8_t>(spi_i >> (56 - 8 * i));
+    }
+    return request;
+}
+
+size_t count_lines(const std::vector<std::string>& logs, const std::string& text)
+{
+    return static_cast<size_t>(
+        std::count_if(logs.begin(), logs.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; }));
+}
+
+TEST(ExchangeTest, HalfOpenLimitPerAddressRefusesBeforeDh)
+{
+    std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
+    b_yaml.replace(b_yaml.find("ike:\n"), 5, "ike:\n  max-half-open-per-address: 2\n");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a), b_yaml);
+    f.a->start();
+    ASSERT_EQ(f.net.wire.size(), 1u);
+    const bytes request = f.net.wire.front().data; // A's IKE_SA_INIT
+    f.net.wire.clear();
+    const endpoint to_b{f.addr_b, 500}, from_a{f.addr_a, 500};
+    for (uint64_t i = 1; i <= 5; ++i) {
+        f.b->receive(to_b, from_a, with_spi_i(request, 0x1000 + i));
+    }
+    // Two half-open SAs (each answered); the other three refused before any SA or DH existed.
+    EXPECT_EQ(f.b->sas().size(), 2u);
+    EXPECT_EQ(f.net.wire.size(), 2u);
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 3u);
+    EXPECT_EQ(f.b->counters().half_open_refused, 0u);
+    // One log line for the burst, rate-limited; after 10 s the next refusal says how many were hidden.
+    EXPECT_EQ(count_lines(f.io_b.logs, "max-half-open-per-address"), 1u);
+    f.net.wire.clear();
+    f.clock += std::chrono::seconds(11);
+    f.b->receive(to_b, from_a, with_spi_i(request, 0x2000));
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 4u);
+    EXPECT_EQ(count_lines(f.io_b.logs, "max-half-open-per-address"), 2u);
+    EXPECT_EQ(count_lines(f.io_b.logs, "2 more refused"), 1u);
+    // A retransmission of an admitted request is answered from the cache, not refused.
+    f.b->receive(to_b, from_a, with_spi_i(request, 0x1001));
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 4u);
+    // An address no peer accepts is refused for that reason, before the limits.
+    const endpoint other{addr("198.51.100.9"), 500};
+    size_t before = f.b->sas().size();
+    f.b->receive(to_b, other, with_spi_i(request, 0x3000));
+    EXPECT_EQ(f.b->counters().no_peer, 1u);
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 4u);
+    EXPECT_EQ(f.b->sas().size(), before);
+    // Malformed requests are dropped before any limit or DH work, and counted.
+    bytes cut(request.begin(), request.begin() + 40);
+    f.b->receive(to_b, from_a, cut);
+    EXPECT_EQ(f.b->counters().malformed, 1u);
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 4u);
+    // The half-open SAs time out (30 s): the address may start again.
+    f.net.wire.clear();
+    f.clock += std::chrono::seconds(31);
+    f.b->tick();
+    EXPECT_TRUE(f.b->sas().empty());
+    f.b->receive(to_b, from_a, with_spi_i(request, 0x4000));
+    EXPECT_EQ(f.b->sas().size(), 1u);
+    EXPECT_EQ(f.b->counters().address_half_open_refused, 4u);
+}
+
+TEST(ExchangeTest, EstablishedLimitPerAddress)
+{
+    std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
+    b_yaml.replace(b_yaml.find("ike:\n"), 5, "ike:\n  max-sas-per-address: 1\n");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a), b_yaml);
+    f.a->start();
+    ASSERT_EQ(f.net.wire.size(), 1u);
+    const bytes request = f.net.wire.front().data;
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.b), nullptr);
+    ASSERT_EQ(f.only_sa(*f.b)->sa_state(), ike_sa::state::established);
+    const endpoint to_b{f.addr_b, 500}, from_a{f.addr_a, 500};
+    f.b->receive(to_b, from_a, with_spi_i(request, 0x5000));
+    EXPECT_EQ(f.b->sas().size(), 1u);
+    EXPECT_TRUE(f.net.wire.empty()); // not answered
+    EXPECT_EQ(f.b->counters().address_sas_refused, 1u);
+    EXPECT_EQ(count_lines(f.io_b.logs, "max-sas-per-address"), 1u);
+    // Once the IKE SA is gone, the address may set up another.
+    EXPECT_EQ(f.a->clear(""), 1u);
+    f.pump();
+    ASSERT_TRUE(f.b->sas().empty());
+    f.b->receive(to_b, from_a, with_spi_i(request, 0x6000));
+    EXPECT_EQ(f.b->sas().size(), 1u);
+    EXPECT_EQ(f.b->counters().address_sas_refused, 1u);
+}
+
 TEST(ExchangeTest, ReloadKeepsUnchangedPeersAndRedoesChangedOnes)
 {
     std::string yaml_a = peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a);

@@ -19,6 +19,7 @@
 #include <array>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 namespace espresso::cp {
 namespace {
@@ -686,14 +687,64 @@ TEST(DhModp, Group5MatchesTheRfc3526PrimeAndAgrees)
     EXPECT_FALSE(a->shared_secret(bytes(256, 2), error));
 }
 
+// RFC 2409 §6.1 and §6.2, the 768- and 1024-bit MODP groups (1, 2), typed from the RFC, not from
+// OpenSSL's BN_get_rfc2409_prime_* that key_exchange uses. Legacy (allow-legacy only).
+const bytes modp768_p =
+    hex("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+        "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A3620FFFFFFFFFFFFFFFF");
+const bytes modp1024_p =
+    hex("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+        "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+        "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF");
+
+TEST(DhModp, Groups1And2MatchTheRfc2409PrimesAndAgree)
+{
+    const bytes x = hex("6b1f4c3a2e9d0871a5c4e3f2019b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b");
+    for (const auto& [group, name, prime] : {std::tuple<uint16_t, const char*, const bytes*>{1, "MODP_768", &modp768_p},
+                                             std::tuple<uint16_t, const char*, const bytes*>{2, "MODP_1024", &modp1024_p}}) {
+        SCOPED_TRACE(name);
+        EXPECT_TRUE(is_supported_group(group));
+        EXPECT_EQ(group_name(group), name);
+        auto a = key_exchange::create_with_private_key(group, x);
+        ASSERT_TRUE(a);
+        EXPECT_EQ(a->public_size(), prime->size());
+        EXPECT_EQ(a->public_value(), mod_exp(bytes{2}, x, *prime)); // g = 2, y = g^x mod p
+        // Two OpenSSL key pairs agree, and agree with plain BIGNUM arithmetic over the RFC's prime.
+        auto b = key_exchange::create(group);
+        auto c = key_exchange::create(group);
+        ASSERT_TRUE(b && c);
+        EXPECT_EQ(b->public_value().size(), prime->size());
+        EXPECT_NE(b->public_value(), c->public_value());
+        std::string error;
+        auto s1 = a->shared_secret(b->public_value(), error);
+        auto s2 = b->shared_secret(a->public_value(), error);
+        ASSERT_TRUE(s1 && s2) << error;
+        EXPECT_EQ(to_bytes(s1->view()), to_bytes(s2->view()));
+        EXPECT_EQ(to_bytes(s1->view()), mod_exp(b->public_value(), x, *prime)); // g^xy, padded to |p|
+        auto s3 = b->shared_secret(c->public_value(), error);
+        auto s4 = c->shared_secret(b->public_value(), error);
+        ASSERT_TRUE(s3 && s4) << error;
+        EXPECT_EQ(to_bytes(s3->view()), to_bytes(s4->view()));
+        // The range check (1 < y < p-1) and the length check.
+        bytes one(prime->size(), 0), p_minus_1 = *prime;
+        one.back() = 1;
+        p_minus_1.back() -= 1;
+        for (const bytes& bad : {bytes(prime->size(), 0), one, p_minus_1, *prime}) {
+            EXPECT_FALSE(a->shared_secret(bad, error));
+        }
+        EXPECT_FALSE(a->shared_secret(bytes(prime->size() + 1, 2), error));
+        EXPECT_FALSE(key_exchange::create_with_private_key(group, *prime)); // x >= p-1
+    }
+}
+
 TEST(DhGroups, NamesAndSupport)
 {
     EXPECT_EQ(group_name(14), "MODP_2048");
     EXPECT_EQ(group_name(21), "ECP_521");
     EXPECT_EQ(group_name(31), "CURVE_25519");
-    EXPECT_EQ(group_name(2), "2");
-    EXPECT_FALSE(is_supported_group(2));
-    EXPECT_FALSE(key_exchange::create(2));
+    EXPECT_EQ(group_name(22), "22");
+    EXPECT_FALSE(is_supported_group(22));
+    EXPECT_FALSE(key_exchange::create(22));
     EXPECT_FALSE(key_exchange::create_with_private_key(19, bytes(33, 1)));
     EXPECT_FALSE(key_exchange::create_with_private_key(31, bytes(31, 1)));
 }

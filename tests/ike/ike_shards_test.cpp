@@ -488,6 +488,75 @@ TEST(IkeShardsTest, HalfOpenCountIsGlobalForCookies)
     EXPECT_NE(rows[0].shard, rows[1].shard);
 }
 
+TEST(IkeShardsTest, PerAddressLimitsHoldAcrossShards)
+{
+    // Four initiators behind one address (a NAT), their IKE_SA_INITs alternating between the shards:
+    // with max-half-open-per-address 2 only two get half-open SAs, although each shard holds one.
+    sharded_fixture f(2, "  max-half-open-per-address: 2\n");
+    f.deliver_replies = false;
+    const std::string shared = "198.51.100.50";
+    for (int i = 1; i <= 4; ++i) {
+        f.initiators.push_back(std::make_unique<initiator>(shared, i, 2000 + i, &f.to_responder));
+        auto& in = *f.initiators.back();
+        in.io.spi = [&f, &in, i] {
+            return f.spi_for_shard(static_cast<size_t>(i % 2), in.address, in.io.random_gen);
+        };
+        in.manager->start();
+        ASSERT_TRUE(f.pump([&] { return f.responder->counters().received == static_cast<uint64_t>(i); }));
+    }
+    auto c = f.responder->counters();
+    EXPECT_EQ(c.address_half_open_refused, 2u);
+    EXPECT_EQ(c.cookies_sent, 0u);
+    auto rows = f.list();
+    ASSERT_EQ(rows.size(), 2u);
+    EXPECT_NE(rows[0].shard, rows[1].shard);
+    // Another address is not affected.
+    auto& other = f.add(7);
+    other.manager->start();
+    ASSERT_TRUE(f.pump([&] { return f.responder->counters().received == 5u; }));
+    EXPECT_EQ(f.list().size(), 3u);
+    EXPECT_EQ(f.responder->counters().address_half_open_refused, 2u);
+}
+
+TEST(IkeShardsTest, EstablishedLimitPerAddressAcrossShards)
+{
+    // max-sas-per-address 1: the IKE SA established in one shard keeps a second initiator at the same
+    // address out of the other shard.
+    sharded_fixture f(2, "  max-sas-per-address: 1\n");
+    const std::string shared = "198.51.100.60";
+    f.initiators.push_back(std::make_unique<initiator>(shared, 1, 3001, &f.to_responder));
+    auto& first = *f.initiators.back();
+    first.io.spi = [&f, &first] { return f.spi_for_shard(0, first.address, first.io.random_gen); };
+    first.manager->start();
+    ASSERT_TRUE(f.pump([&] { return first.established(); }));
+    f.initiators.push_back(std::make_unique<initiator>(shared, 2, 3002, &f.to_responder));
+    auto& second = *f.initiators.back();
+    second.io.spi = [&f, &second] { return f.spi_for_shard(1, second.address, second.io.random_gen); };
+    second.manager->start();
+    ASSERT_TRUE(f.pump([&] { return f.responder->counters().address_sas_refused == 1u; }));
+    auto rows = f.list();
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].shard, 0u);
+    EXPECT_FALSE(second.established());
+    bool logged = false;
+    {
+        std::lock_guard lock(f.host.mutex);
+        for (const auto& l : f.host.logs) {
+            logged = logged || l.find("max-sas-per-address") != std::string::npos;
+        }
+    }
+    EXPECT_TRUE(logged);
+    // Cleared in its shard, the address may set up a new one (in the other shard).
+    EXPECT_EQ(f.responder->clear(""), 1u);
+    ASSERT_TRUE(f.pump([&] { return f.list().empty(); }));
+    f.initiators.push_back(std::make_unique<initiator>(shared, 3, 3003, &f.to_responder));
+    auto& third = *f.initiators.back();
+    third.io.spi = [&f, &third] { return f.spi_for_shard(1, third.address, third.io.random_gen); };
+    third.manager->start();
+    ASSERT_TRUE(f.pump([&] { return third.established(); }));
+    EXPECT_EQ(f.responder->counters().address_sas_refused, 1u);
+}
+
 TEST(IkeShardsTest, OneThreadBehavesLikeTheManager)
 {
     sharded_fixture f(1);

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """Espresso to Espresso over IKEv2: both gateways started with `espresso up` (espresso-dp +
-espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD), HQ initiates, hosts ping across,
-`espresso status` reports both daemons, `espresso reload` of HQ's file with one tunnel changed (a second
-tunnel, `extra`) re-negotiates only that tunnel while a sequence-numbered UDP stream through the unchanged
-one (`lan`) loses nothing and keeps its SPIs and IKE SA, a killed branch IKE daemon is detected by DPD and the tunnel
-comes back (dpd action restart) once it runs again, and `espresso down` stops everything and leaves no
+espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD; the branch with --log-stderr: its
+logs in the files and on up's stderr), HQ initiates, hosts ping across, `espresso status` reports both
+daemons, `show crypto ipsec sa` shows the Child SAs' remaining time lifetime from espresso-ike,
+`espresso reload` of HQ's file with one tunnel changed (a second tunnel, `extra`) re-negotiates only that
+tunnel while a sequence-numbered UDP stream through the unchanged one (`lan`) loses nothing and keeps its
+SPIs and IKE SA, a killed branch IKE daemon is detected by DPD and the tunnel
+comes back (dpd action restart) once it runs again (the branch now `up --foreground --no-log-files`:
+logs on stderr only, stopped by SIGTERM), and `espresso down` stops everything and leaves no
 SA in a data plane. No cleartext while the tunnel is down (docs/ike.md, "Traffic while a tunnel is
 down"): HQ has a default route to the internet, and a capture on the internet side of HQ sees no packet
 of the LAN flows after `espresso clear crypto sa` (the next packets re-establish the tunnel) nor while
@@ -167,6 +170,7 @@ def main():
     hq, br = config_copy(workdir, "hq"), config_copy(workdir, "branch")
     topo = Topology(BUILD, prefix="eik", workdir=workdir, hq_config=hq, branch_config=br)
     failures = []
+    foreground = None
 
     def check(cond, what):
         print(("PASS " if cond else "FAIL ") + what, flush=True)
@@ -175,10 +179,31 @@ def main():
 
     try:
         topo.create()
-        for gw, cfg in (("gw-branch", br), ("gw-hq", hq)):
-            out = espresso(topo, gw, f"up {cfg} --log-dir {workdir}").stdout
-            print(out.strip())
+        # The branch logs to its files and to up's stderr (daemonized: the copies go on after up returned).
+        branch_stderr = os.path.join(workdir, "branch-up.stderr")
+        out = espresso(topo, "gw-branch", f"up {br} --log-dir {workdir} --log-stderr 2>{branch_stderr}").stdout
+        print(out.strip())
+        check("and stderr" in out, "up --log-stderr says where the logs go")
+        out = espresso(topo, "gw-hq", f"up {hq} --log-dir {workdir}").stdout
+        print(out.strip())
         check(wait_ready(topo, "gw-hq", hq, children=2), "IKEv2 tunnels up (HQ initiates)")
+        time.sleep(0.5)
+        relayed = open(branch_stderr, errors="replace").read()
+        dp_file = open(os.path.join(workdir, "branch-dp.log"), errors="replace").read()
+        ike_file = open(os.path.join(workdir, "branch-ike.log"), errors="replace").read()
+        check("espresso-ike: " in relayed and "espresso-dp: " in relayed and "Child SA" in relayed,
+              "--log-stderr: both daemons' lines on up's stderr, prefixed")
+        check("Child SA" in ike_file and len(dp_file) > 0, "--log-stderr: the log files are written too")
+
+        # Remaining key lifetime (k/sec) of the IKE-negotiated Child SAs: the tunnel's rekey-time is 1h.
+        text = espresso(topo, "gw-hq", f"--config {hq} show crypto ipsec sa").stdout
+        secs = [int(x) for x in re.findall(r"remaining key lifetime \(k/sec\): \((?:\d+|unlimited)/(\d+)\)", text)]
+        check(len(secs) >= 2 and all(2700 <= x <= 3600 for x in secs) and "keying: IKE branch/" in text
+              and "(rekey-time 3600 s)" in text, f"show crypto ipsec sa: time lifetime from espresso-ike {secs}")
+        sas = json.loads(espresso(topo, "gw-hq", f"--config {hq} --json show crypto ipsec sa").stdout)["sas"]
+        check(sas and all(sa["keying"] == "ike" and sa["ike"] and sa["ike"]["rekey-time-seconds"] == 3600
+                          and 0 < sa["ike"]["rekey-in-seconds"] <= 3600 for sa in sas),
+              "show crypto ipsec sa --json: keying ike with rekey-in-seconds")
         check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping host-hq -> host-branch")
         check(ping(topo, "host-branch", "192.168.1.10") >= 4, "ping host-branch -> host-hq")
         status = espresso(topo, "gw-hq", f"status {hq}", check=False)
@@ -217,18 +242,47 @@ def main():
         check(ping(topo, "host-hq", "192.168.2.10", count=10) == 0, "no reply while the peer is down")
         capture.stop()
         check(capture.count() == 0, "no LAN packet left HQ in the clear while the tunnel was down")
-        # Restart the branch gateway; HQ (dpd action restart) keeps initiating until it answers.
+        # Restart the branch gateway, now in the foreground with its logs on stderr only; HQ (dpd action
+        # restart) keeps initiating until it answers.
         espresso(topo, "gw-branch", f"down {br}", check=False)
-        espresso(topo, "gw-branch", f"up {br} --log-dir {workdir}")
+        time.sleep(1)  # the stopped data plane's log relay writes its last lines
+        files_before = {n: os.path.getsize(os.path.join(workdir, n)) for n in ("branch-dp.log", "branch-ike.log")}
+        fg_err = open(os.path.join(workdir, "branch-foreground.stderr"), "w")
+        foreground = subprocess.Popen(["ip", "netns", "exec", topo.ns["gw-branch"], CLI, "up", br, "--log-dir", workdir,
+                                       "--foreground", "--no-log-files"], stdout=subprocess.PIPE, stderr=fg_err, text=True)
         check(wait_ready(topo, "gw-hq", hq, timeout=60, children=2), "tunnels re-established after the peer came back")
         check(ping(topo, "host-hq", "192.168.2.10") >= 4, "ping after re-establishment")
+        check(foreground.poll() is None, "up --foreground stays in the foreground")
+        st = espresso(topo, "gw-branch", f"status {br}", check=False)
+        check(st.returncode == 0 and "espresso-ike  running" in st.stdout, "status sees the foreground gateway")
+        foreground.send_signal(signal.SIGTERM)
+        try:
+            rc = foreground.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            rc = None
+        fg_err.close()
+        fg_text = open(os.path.join(workdir, "branch-foreground.stderr"), errors="replace").read()
+        print(fg_text[-1500:])
+        check(rc == 0, f"up --foreground exits 0 after SIGTERM (got {rc})")
+        check("espresso-ike: " in fg_text and "espresso-dp: " in fg_text and "stopping gateway branch" in fg_text,
+              "up --foreground: both daemons' logs on stderr, the stop announced")
+        check(all(os.path.getsize(os.path.join(workdir, n)) == size for n, size in files_before.items()),
+              "up --no-log-files: the log files were not written")
+        st = espresso(topo, "gw-branch", f"status {br}", check=False)
+        check(st.returncode != 0 and not os.path.exists("/run/espresso/branch.pids"),
+              "after SIGTERM to up --foreground: the branch gateway is down, its pid file gone")
 
-        for gw, cfg in (("gw-hq", hq), ("gw-branch", br)):
-            out = espresso(topo, gw, f"down {cfg}").stdout
-            print(out.strip())
+        out = espresso(topo, "gw-hq", f"down {hq}").stdout
+        print(out.strip())
         st = espresso(topo, "gw-hq", f"status {hq}", check=False)
         check(st.returncode != 0, "espresso status after down: not running")
     finally:
+        if foreground is not None and foreground.poll() is None:
+            foreground.send_signal(signal.SIGTERM)
+            try:
+                foreground.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                foreground.kill()
         for gw, cfg in (("gw-hq", hq), ("gw-branch", br)):
             espresso(topo, gw, f"down {cfg}", check=False)
         for name in ("hq", "branch"):

@@ -10,6 +10,8 @@ Scenarios (each a fresh IKE SA on one topology):
   initiator   espresso-ike initiates (start: immediately); ecp256 / esp aes256-sha256
   x25519      strongSwan initiates with curve25519 and aes256gcm16-prfsha256 IKE
   modp1536    strongSwan initiates with aes128-sha1-modp1536 (DH group 5; allow-legacy on our side)
+  modp1024    espresso initiates with aes128-sha1-modp1024 (DH group 2, RFC 2409; allow-legacy), then a
+              Child SA rekey with PFS in group 2 (esp aes128gcm16-modp1024)
   rekey       Child SA rekey (espresso initiates it, short rekey-time) under two sequence-checked UDP
               streams (udp_stream.py, after a control run without rekey): no datagram lost or duplicated
   ike_rekey   IKE SA rekeys from both ends plus Child rekeys and DPD under the streams and ping: no loss
@@ -269,6 +271,28 @@ def scenario_modp1536(topo, run, br):
     br.wait_for_child("net", timeout=30)
     sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
     assert "MODP_1536" in sa["proposal"] and "AES_CBC_128" in sa["proposal"], sa
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    br.terminate(ike="s2s", check=False)
+    wait(lambda: not ike_sas(run), 15, "IKE SA gone")
+    run.stop_ike()
+
+
+def scenario_modp1024(topo, run, br):
+    # DH group 2 (RFC 2409 §6.2, legacy: allow-legacy), built from OpenSSL's RFC 2409 prime; espresso
+    # sends its group 2 KE first, then rekeys the Child SA with PFS in group 2 (CREATE_CHILD_SA KE).
+    br.load(site_conf("gw-branch", proposals="aes128-sha1-modp1024", esp_proposals="aes128gcm16-modp1024",
+                      start_action="none"))
+    run.start_ike(ike_yaml(proposals="aes128-sha1-modp1024", esp="aes128gcm16-modp1024", start="immediately",
+                           rekey="6s", extra_peer="      allow-legacy: true\n"))
+    br.wait_for_child("net", timeout=30)
+    sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+    assert sa["role"] == "initiator", sa
+    assert "MODP_1024" in sa["proposal"] and "AES_CBC_128" in sa["proposal"], sa
+    first_spi = sa["children"][0]["spi-in"]
+    assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+    sa = wait(lambda: (lambda s: s if s and s["children"][0]["spi-in"] != first_spi else None)(ready_sa(run)), 20,
+              "a Child SA rekey with PFS in group 2")
+    assert "MODP_1024" in sa["children"][0]["transforms"], sa
     assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
     br.terminate(ike="s2s", check=False)
     wait(lambda: not ike_sas(run), 15, "IKE SA gone")
@@ -805,7 +829,7 @@ def scenario_fragmentation_pmtud(topo, run, br):
 
 
 SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "x25519": scenario_x25519,
-             "modp1536": scenario_modp1536,
+             "modp1536": scenario_modp1536, "modp1024": scenario_modp1024,
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey,
              "rekey_responder": scenario_rekey_responder, "rekey_packets": scenario_rekey_packets,
              "certs": scenario_certs,

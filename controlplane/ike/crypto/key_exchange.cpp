@@ -1,9 +1,11 @@
 // Diffie-Hellman and ECDH for the KE payload (RFC 7296 §1.2, §3.4): MODP groups 5/14/15/16 (RFC 3526),
-// NIST curves 19/20/21 (RFC 5903), Curve25519 31 (RFC 8031), all through EVP_PKEY.
+// legacy MODP groups 1/2 (RFC 2409 §6.1, §6.2), NIST curves 19/20/21 (RFC 5903), Curve25519 31 (RFC 8031),
+// all through EVP_PKEY.
 #include "espresso/cp/ike_crypto.h"
 
 #include "openssl_util.h"
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
@@ -28,15 +30,25 @@ enum class group_kind { modp, ecp, x25519 };
 struct group_info {
     uint16_t id;
     group_kind kind;
-    const char* openssl_name; // group name for OSSL_PKEY_PARAM_GROUP_NAME, or the key type for X25519
+    const char* openssl_name; // group name for OSSL_PKEY_PARAM_GROUP_NAME, or the key type for X25519;
+                              // null: a MODP group OpenSSL has no name for (rfc2409_prime)
     const char* ike_name;
     size_t public_size; // KE payload data length
+    // MODP groups without an OpenSSL 3 named group: OpenSSL's copy of the RFC 2409 prime (g = 2).
+    BIGNUM* (*rfc2409_prime)(BIGNUM*) = nullptr;
 };
 
 // IANA "Transform Type 4 - Key Exchange Method Transform IDs".
-constexpr std::array<group_info, 8> groups = {{
-    // Group 5 (RFC 3526 §2) only with allow-legacy (RFC 8247 §2.4: SHOULD NOT): the old-ASA peer's
-    // group. Group 2 (RFC 2409 §6.2) has no OpenSSL 3 named group and is refused at load.
+constexpr std::array<group_info, 10> groups = {{
+    // Groups 1, 2 (RFC 2409 §6.1, §6.2) and 5 (RFC 3526 §2) only with allow-legacy (RFC 8247 §2.4:
+    // MUST NOT for 1, SHOULD NOT for 2 and 5; config/src/ike.cpp refuses them otherwise): old peers'
+    // groups. OpenSSL 3 has no named group for RFC 2409's primes (its modp_* names start at 1536), but
+    // it keeps the primes themselves (BN_get_rfc2409_prime_768/1024): the domain parameters are built
+    // from those with g = 2, not typed in here. Without q: with one OpenSSL 3 takes the parameters for
+    // FIPS 186-4 ones and refuses to generate keys for these (L, N) sizes; our range check is the
+    // validation these safe primes need (shared_secret).
+    {1, group_kind::modp, nullptr, "MODP_768", 96, BN_get_rfc2409_prime_768},
+    {2, group_kind::modp, nullptr, "MODP_1024", 128, BN_get_rfc2409_prime_1024},
     {5, group_kind::modp, "modp_1536", "MODP_1536", 192},
     {14, group_kind::modp, "modp_2048", "MODP_2048", 256},
     {15, group_kind::modp, "modp_3072", "MODP_3072", 384},
@@ -74,14 +86,17 @@ struct group_params {
 
 evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, const BIGNUM* priv,
                            const BIGNUM* pub_bn, std::span<const uint8_t> pub_octets);
+evp_pkey_ptr dh_key_from_prime(const group_info& g, int selection, const BIGNUM* priv, const BIGNUM* pub);
 
 void build_params(const group_info& g, group_params& out)
 {
     if (g.kind == group_kind::x25519) {
         return;
     }
-    evp_pkey_ptr params = key_from_data(g.kind == group_kind::modp ? "DH" : "EC", EVP_PKEY_KEY_PARAMETERS,
-                                        g.openssl_name, nullptr, nullptr, {});
+    evp_pkey_ptr params = g.rfc2409_prime != nullptr
+                              ? dh_key_from_prime(g, EVP_PKEY_KEY_PARAMETERS, nullptr, nullptr)
+                              : key_from_data(g.kind == group_kind::modp ? "DH" : "EC", EVP_PKEY_KEY_PARAMETERS,
+                                              g.openssl_name, nullptr, nullptr, {});
     if (!params) {
         return;
     }
@@ -154,6 +169,36 @@ evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, c
     }
     params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
     evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
+    if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
+        return nullptr;
+    }
+    EVP_PKEY* key = nullptr;
+    if (EVP_PKEY_fromdata(ctx.get(), &key, selection, params.get()) != 1) {
+        return nullptr;
+    }
+    return evp_pkey_ptr(key);
+}
+
+// A DH key (parameters only, or a key pair) of a MODP group given by its prime (rfc2409_prime): p and
+// g = 2 as explicit FFC parameters. nullptr when OpenSSL refuses them.
+evp_pkey_ptr dh_key_from_prime(const group_info& g, int selection, const BIGNUM* priv, const BIGNUM* pub)
+{
+    bn_ptr p(g.rfc2409_prime(nullptr));
+    bn_ptr gen(BN_new());
+    std::unique_ptr<OSSL_PARAM_BLD, param_bld_free_fn> bld(OSSL_PARAM_BLD_new());
+    if (!p || !gen || !bld || BN_set_word(gen.get(), 2) != 1 ||
+        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_FFC_P, p.get()) != 1 ||
+        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_FFC_G, gen.get()) != 1) {
+        return nullptr;
+    }
+    if (priv != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PRIV_KEY, priv) != 1) {
+        return nullptr;
+    }
+    if (pub != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, pub) != 1) {
+        return nullptr;
+    }
+    params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
+    evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "DH", nullptr));
     if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
         return nullptr;
     }
@@ -284,7 +329,9 @@ public:
         if (BN_mod_exp(y.get(), params.generator.get(), x.get(), params.prime.get(), bn_ctx.get()) != 1) {
             return nullptr;
         }
-        evp_pkey_ptr key = key_from_data("DH", EVP_PKEY_KEYPAIR, g.openssl_name, x.get(), y.get(), {});
+        evp_pkey_ptr key = g.rfc2409_prime != nullptr
+                               ? dh_key_from_prime(g, EVP_PKEY_KEYPAIR, x.get(), y.get())
+                               : key_from_data("DH", EVP_PKEY_KEYPAIR, g.openssl_name, x.get(), y.get(), {});
         return key ? std::make_unique<modp_exchange>(g, params, std::move(key)) : nullptr;
     }
 
@@ -319,7 +366,7 @@ public:
         }
         // The peer value check, and the only one: 1 < y < p-1 (0, 1 and p-1 give a known shared
         // secret). DO NOT remove it: derive() does not validate again.
-        // Why no subgroup test y^q = 1 mod p: RFC 3526's primes are safe primes p = 2q+1, so once 1
+        // Why no subgroup test y^q = 1 mod p: RFC 3526's primes (and RFC 2409's) are safe primes p = 2q+1, so once 1
         // and p-1 are excluded y has order q or 2q, and an order-2q value can only reveal the low bit
         // of our exponent, which is ephemeral (one per IKE SA, never reused). RFC 6989 §2, the DH
         // tests that IKEv2 (RFC 7296) requires, asks for nothing more for these groups ("No change is

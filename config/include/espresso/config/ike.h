@@ -161,6 +161,12 @@ struct ike_peer_config {
 struct ike_config {
     std::vector<ike_peer_config> peers;
     uint32_t cookie_threshold = 1000; // half-open IKE SAs before cookies are demanded (RFC 7296 §2.6)
+    // Per remote address (every port, every shard), checked on each new IKE_SA_INIT request before any
+    // DH work; 0 = no limit. Half-open: responder IKE SAs not yet authenticated (strongSwan's
+    // block_threshold is 5). Established: IKE SAs with the address, either role (road warriors
+    // behind one NAT share an address: raise it for them).
+    uint32_t max_half_open_per_address = 10;
+    uint32_t max_sas_per_address = 100;
     // Retransmission (RFC 7296 §2.1): first timeout, doubled per try; after `tries` retransmissions
     // the peer counts as unreachable (also for DPD). 1000 ms and 5 tries: about a minute.
     uint32_t retransmit_timeout_ms = 1000;
