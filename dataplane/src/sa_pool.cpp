@@ -8,7 +8,47 @@
 
 #include "espresso/dp/sa.h"
 
+// Under AddressSanitizer the pool tells it what it does, so that ASan still catches a use of a freed
+// SA (free slots are poisoned) and LeakSanitizer still sees pointers held inside live SAs (the slabs
+// are mmap'ed, which LSan does not scan unless registered).
+#if defined(__SANITIZE_ADDRESS__)
+#define ESPRESSO_POOL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ESPRESSO_POOL_ASAN 1
+#endif
+#endif
+#ifdef ESPRESSO_POOL_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/lsan_interface.h>
+#endif
+
 namespace espresso::dp {
+
+namespace {
+
+// The free-list link lives in the first bytes of a free slot; the rest of it is poisoned.
+void poison_free(void* slot, size_t bytes) noexcept
+{
+#ifdef ESPRESSO_POOL_ASAN
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(slot) + sizeof(void*), bytes - sizeof(void*));
+#else
+    (void)slot;
+    (void)bytes;
+#endif
+}
+
+void unpoison(void* p, size_t bytes) noexcept
+{
+#ifdef ESPRESSO_POOL_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+} // namespace
 
 slot_pool::slot_pool(size_t slot_bytes, size_t align, size_t slab_bytes)
     : slot_((slot_bytes + align - 1) / align * align), slab_bytes_(slab_bytes), per_slab_(slab_bytes / slot_)
@@ -21,6 +61,10 @@ slot_pool::slot_pool(size_t slot_bytes, size_t align, size_t slab_bytes)
 slot_pool::~slot_pool()
 {
     for (void* s : slabs_) {
+#ifdef ESPRESSO_POOL_ASAN
+        unpoison(s, slab_bytes_);
+        __lsan_unregister_root_region(s, slab_bytes_);
+#endif
         ::munmap(s, slab_bytes_);
     }
 }
@@ -32,6 +76,7 @@ void* slot_pool::allocate()
         free_slot* s = free_;
         free_ = s->next;
         ++in_use_;
+        unpoison(s, slot_);
         return s;
     }
     if (fresh_ == fresh_end_) {
@@ -62,12 +107,17 @@ void* slot_pool::allocate()
             ::munmap(slab, slab_bytes_);
             throw;
         }
+#ifdef ESPRESSO_POOL_ASAN
+        __lsan_register_root_region(slab, slab_bytes_);
+        ASAN_POISON_MEMORY_REGION(slab, slab_bytes_);
+#endif
         fresh_ = static_cast<char*>(slab);
         fresh_end_ = fresh_ + per_slab_ * slot_;
     }
     void* p = fresh_;
     fresh_ += slot_;
     ++in_use_;
+    unpoison(p, slot_);
     return p;
 }
 
@@ -81,6 +131,7 @@ void slot_pool::release(void* p) noexcept
     s->next = free_;
     free_ = s;
     --in_use_;
+    poison_free(p, slot_);
 }
 
 size_t slot_pool::slabs() const

@@ -13,6 +13,17 @@
 #include "espresso/dp/sa.h"
 #include "sa_pool.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define POOL_TEST_ASAN 1
+#endif
+#endif
+#ifdef POOL_TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 using namespace espresso;
 using namespace espresso::dp;
 
@@ -110,6 +121,11 @@ TEST(sa_runtime_pool, SasComeFromThePoolAndTheirSlotsAreWipedAndReused)
     sa_runtime* where = sa.get();
     sa.reset();
     EXPECT_EQ(pool.in_use(), before);
+#ifdef POOL_TEST_ASAN
+    // The pool poisons free slots (a use after free is an ASan error); this test looks on purpose.
+    EXPECT_TRUE(__asan_address_is_poisoned(raw + key_at));
+    ASAN_UNPOISON_MEMORY_REGION(raw + key_at, sizeof(gcm_key_data));
+#endif
     for (size_t i = 0; i < sizeof(gcm_key_data); ++i) {
         ASSERT_EQ(raw[key_at + i], 0) << "expanded key byte " << i << " left in a freed slot";
     }
