@@ -6,8 +6,8 @@ already exists, is refused whole with a message naming the item and changes noth
 runtime slots are reused by the next batch. Run as root (network namespace for the TAPs), under the
 shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/check_dp_add_sas.py
 
-Named check_ (not picked up by scripts/test) until it has run once under the lock: written on a day
-when the lock was held by a CI run for the whole session, so it has not been run yet.
+Named check_ (not picked up by scripts/test) until it has run once under the lock: written in a
+session in which the lock was busy throughout (CI, other agents), so it has not been run yet.
 """
 import json
 import os
