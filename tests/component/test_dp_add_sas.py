@@ -4,10 +4,7 @@ of inbound SAs (spread over both workers' SADs, queued to each worker in one run
 /32 selectors (the SPD's host level), checked with list-sas; a batch with one bad SA, or with an SA that
 already exists, is refused whole with a message naming the item and changes nothing; deleted SAs'
 runtime slots are reused by the next batch. Run as root (network namespace for the TAPs), under the
-shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/check_dp_add_sas.py
-
-Named check_ (not picked up by scripts/test) until it has run once under the lock: written in a
-session in which the lock was busy throughout (CI, other agents), so it has not been run yet.
+shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/test_dp_add_sas.py
 """
 import json
 import os
