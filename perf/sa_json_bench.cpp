@@ -3,7 +3,12 @@
 // same SA objects perf/sa-install-rate sends, timed with the thread's CPU clock so that other load on
 // the machine shows up as little as possible.
 //
-// Usage: build/perf/sa-json-bench [batches (100)] [SAs per batch (1000)] [--outbound]
+// A second line times what the server does for add-sas (control_server + gateway::add_sas, without
+// the sockets, workers and SA tables): the SAX request reader (request_reader), the same validation
+// from its plain trees (sas_from_plain), and the SA runtime set-up (make_sa: key expansion, outer
+// header), the runtimes kept until all are made (as installed SAs are), then freed (keys wiped).
+//
+// Usage: build/perf/sa-json-bench [batches (100)] [SAs per batch (1000)] [--outbound] [--server]
 #include <time.h>
 
 #include <cstdio>
@@ -14,6 +19,8 @@
 #include <nlohmann/json.hpp>
 
 #include "espresso/config/loader.h"
+#include "espresso/dp/crypto_core.h"
+#include "espresso/dp/sa.h"
 #include "sa_json.h"
 
 namespace {
@@ -60,10 +67,13 @@ int main(int argc, char** argv)
     unsigned batches = 100;
     unsigned per_batch = 1000;
     bool outbound = false;
+    bool server_only = false; // --server: only the server's path (for perf record)
     int positional = 0;
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--outbound") == 0) {
             outbound = true;
+        } else if (std::strcmp(argv[i], "--server") == 0) {
+            server_only = true;
         } else if (positional++ == 0) {
             batches = static_cast<unsigned>(std::strtoul(argv[i], nullptr, 0));
         } else {
@@ -78,7 +88,7 @@ int main(int argc, char** argv)
     double validate = 0;
     double release = 0;
     size_t checked = 0;
-    for (const auto& body : bodies) {
+    for (const auto& body : server_only ? std::vector<std::string>{} : bodies) {
         double t0 = thread_cpu();
         nlohmann::json request = nlohmann::json::parse(body);
         double t1 = thread_cpu();
@@ -100,9 +110,62 @@ int main(int argc, char** argv)
         release += t3 - t2;
     }
     const double n = static_cast<double>(checked);
-    std::printf("%zu %s SAs in batches of %u: JSON parse %.2f us/SA, validation %.2f us/SA, freeing %.2f us/SA, "
-                "total %.2f us/SA (thread CPU time)\n",
-                checked, outbound ? "outbound" : "inbound", per_batch, parse * 1e6 / n, validate * 1e6 / n,
-                release * 1e6 / n, (parse + validate + release) * 1e6 / n);
+    if (!server_only) {
+        std::printf("%zu %s SAs in batches of %u: JSON parse %.2f us/SA, validation %.2f us/SA, freeing %.2f us/SA, "
+                    "total %.2f us/SA (thread CPU time)\n",
+                    checked, outbound ? "outbound" : "inbound", per_batch, parse * 1e6 / n, validate * 1e6 / n,
+                    release * 1e6 / n, (parse + validate + release) * 1e6 / n);
+    }
+
+    // The server's path: SAX reader, validation from plain trees, runtime set-up.
+    espresso::dp::crypto_core core;
+    espresso::dp::request_reader reader;
+    double sax = 0;
+    double plain = 0;
+    double setup = 0;
+    double freeing = 0;
+    checked = 0;
+    std::vector<espresso::dp::sa_ptr> made;
+    for (const auto& body : bodies) {
+        nlohmann::json request;
+        double t0 = thread_cpu();
+        if (!reader.parse(body, request) || !reader.captured()) {
+            std::fprintf(stderr, "request_reader did not capture the SAs\n");
+            return 1;
+        }
+        double t1 = thread_cpu();
+        auto parsed = espresso::dp::sas_from_plain(reader.sas());
+        double t2 = thread_cpu();
+        if (!parsed.value) {
+            std::fprintf(stderr, "refused: %s\n", parsed.error.c_str());
+            return 1;
+        }
+        made.reserve(parsed.value->size());
+        for (const auto& sa : *parsed.value) {
+            made.push_back(espresso::dp::make_sa(sa, core));
+        }
+        double t3 = thread_cpu();
+        checked += parsed.value->size();
+        for (auto& sa : *parsed.value) {
+            espresso::config::wipe_keys(sa);
+        }
+        parsed.value.reset();
+        reader.wipe();
+        double t4 = thread_cpu();
+        sax += t1 - t0;
+        plain += t2 - t1;
+        setup += t3 - t2;
+        freeing += t4 - t3;
+    }
+    // The runtimes are kept to the end, as the gateway keeps installed SAs (fresh memory per SA).
+    const double d0 = thread_cpu();
+    made.clear();
+    const double deleting = thread_cpu() - d0;
+    const double m = static_cast<double>(checked);
+    std::printf("server path: SAX read %.2f us/SA, validation %.2f us/SA, SA set-up (make_sa) %.2f us/SA, "
+                "freeing the request %.2f us/SA, total %.2f us/SA; then deleting the SAs %.2f us/SA "
+                "(thread CPU time)\n",
+                sax * 1e6 / m, plain * 1e6 / m, setup * 1e6 / m, freeing * 1e6 / m,
+                (sax + plain + setup + freeing) * 1e6 / m, deleting * 1e6 / m);
     return 0;
 }

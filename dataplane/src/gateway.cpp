@@ -770,6 +770,37 @@ bool gateway::post(unsigned worker, const update_msg& msg)
     return true;
 }
 
+size_t gateway::post_bulk(unsigned worker, std::span<const update_msg> msgs)
+{
+    // One wake-up per run of messages instead of one per message: with a napping worker, every
+    // wake() until it runs again was a FUTEX_WAKE system call on the management thread.
+    size_t queued = 0;
+    uint64_t deadline = 0;
+    while (queued < msgs.size()) {
+        queued += rte_ring_sp_enqueue_burst_elem(workers_[worker]->updates, const_cast<update_msg*>(&msgs[queued]),
+                                                 sizeof(update_msg), static_cast<unsigned>(msgs.size() - queued),
+                                                 nullptr);
+        if (queued == msgs.size()) {
+            break;
+        }
+        if (!running_) {
+            return queued; // nobody drains it before launch
+        }
+        const uint64_t now = rte_get_tsc_cycles();
+        if (deadline == 0) {
+            deadline = now + 2 * rte_get_tsc_hz();
+        } else if (now > deadline) {
+            break;
+        }
+        wake(worker);
+        rte_pause();
+    }
+    if (running_ && queued > 0) {
+        wake(worker);
+    }
+    return queued;
+}
+
 bool gateway::wait_applied(const std::vector<unsigned>& which, uint64_t generation)
 {
     if (!running_) {
@@ -896,7 +927,13 @@ std::string gateway::check_new_sa(const config::sa_config& c) const
 // inbound check changes: the first SA with this pair arrived or the last one left.
 bool gateway::count_inbound_selectors(const config::sa_config& c, int delta)
 {
-    const std::string key = config::to_string(c.local) + ">" + config::to_string(c.remote);
+    std::array<uint8_t, 36> key{};
+    key[0] = c.local.address.family;
+    std::memcpy(&key[1], c.local.address.bytes.data(), 16);
+    key[17] = c.local.length;
+    key[18] = c.remote.address.family;
+    std::memcpy(&key[19], c.remote.address.bytes.data(), 16);
+    key[35] = c.remote.length;
     if (delta > 0) {
         return ++inbound_selectors_[key] == 1;
     }
@@ -991,14 +1028,17 @@ std::string gateway::publish_hosts()
     for (unsigned w = 0; w < workers_.size(); ++w) {
         all.push_back(w);
     }
+    // Every worker gets the same run of messages, queued in bulk with one wake-up.
+    std::vector<update_msg> run;
+    run.reserve(updates.size());
     for (const auto& u : updates) {
         gen = ++generation_;
-        for (unsigned w = 0; w < workers_.size(); ++w) {
-            update_msg msg{u.remove ? update_msg::remove_host : update_msg::set_host, 0, 0,
-                           const_cast<host_bucket*>(u.bucket), gen};
-            if (!post(w, msg)) {
-                return "worker update ring full; policy update incomplete (old policy buckets kept)";
-            }
+        run.push_back({u.remove ? update_msg::remove_host : update_msg::set_host, 0, 0,
+                       const_cast<host_bucket*>(u.bucket), gen});
+    }
+    for (unsigned w = 0; w < workers_.size(); ++w) {
+        if (post_bulk(w, run) != run.size()) {
+            return "worker update ring full; policy update incomplete (old policy buckets kept)";
         }
     }
     if (!wait_applied(all, gen)) {
@@ -1062,24 +1102,48 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
             return "sas[" + std::to_string(i) + "]: " + error; // `made` wipes what it expanded
         }
     }
-    // Commit: every worker gets its inbound SAs in one run of messages and acknowledges once.
-    std::vector<uint64_t> last(workers_.size(), 0);
-    bool spd_changes = false;
-    std::string error;
+    // Commit: every worker gets its inbound SAs in one run of messages (queued in bulk, one wake-up)
+    // and acknowledges once.
+    std::vector<std::vector<update_msg>> runs(workers_.size());
+    std::vector<std::vector<size_t>> run_items(workers_.size()); // batch index of each message
     for (size_t i = 0; i < batch.size(); ++i) {
         const config::sa_config& c = batch[i];
         if (c.dir == config::direction::inbound) {
             const unsigned owner = owner_of(c.spi);
-            const uint64_t gen = ++generation_;
-            if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), made[i].get(), gen})) {
-                // This SA and the rest were never queued: they are not installed (`made` wipes them).
-                error = "worker update ring full; sas[" + std::to_string(i) + "] and later were not installed";
-                break;
-            }
-            last[owner] = gen;
+            runs[owner].push_back({update_msg::add_inbound, 0, sad_key(c), made[i].get(), ++generation_});
+            run_items[owner].push_back(i);
         }
+    }
+    std::vector<uint64_t> last(workers_.size(), 0);
+    std::vector<bool> not_queued(batch.size(), false);
+    size_t first_lost = batch.size();
+    size_t lost = 0;
+    for (unsigned w = 0; w < runs.size(); ++w) {
+        const size_t queued = post_bulk(w, runs[w]);
+        if (queued > 0) {
+            last[w] = runs[w][queued - 1].generation;
+        }
+        for (size_t k = queued; k < runs[w].size(); ++k) {
+            not_queued[run_items[w][k]] = true;
+            first_lost = std::min(first_lost, run_items[w][k]);
+            ++lost;
+        }
+    }
+    std::string error;
+    if (lost > 0) {
+        // Those SAs were never queued: they are not installed (`made` wipes them); the rest are.
+        error = "worker update ring full; " + std::to_string(lost) + " inbound SAs from sas[" +
+                std::to_string(first_lost) + "] on were not installed";
+    }
+    bool spd_changes = false;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        if (not_queued[i]) {
+            continue;
+        }
+        const config::sa_config& c = batch[i];
         sa_runtime* raw = made[i].get();
-        sas_[{static_cast<int>(c.dir), c.spi}] = {std::move(made[i]), c.origin};
+        sas_.emplace_hint(sas_.end(), std::make_pair(static_cast<int>(c.dir), c.spi),
+                          sa_entry{std::move(made[i]), c.origin});
         spd_changes = imply_policy(*raw, +1) || spd_changes;
     }
     for (unsigned w = 0; w < last.size(); ++w) {
@@ -1123,15 +1187,20 @@ std::string gateway::delete_sas(std::span<const sa_id> which)
         }
     }
     std::vector<uint64_t> last(workers_.size(), 0);
+    std::vector<std::vector<update_msg>> runs(workers_.size());
     for (const auto& v : victims) {
         if (v->config.dir == config::direction::inbound) {
-            const unsigned owner = owner_of(v->config.spi);
-            const uint64_t gen = ++generation_;
-            if (!post(owner, {update_msg::remove_inbound, 0, sad_key(v->config), nullptr, gen})) {
-                error = "worker update ring full";
-                break;
-            }
-            last[owner] = gen;
+            runs[owner_of(v->config.spi)].push_back(
+                {update_msg::remove_inbound, 0, sad_key(v->config), nullptr, ++generation_});
+        }
+    }
+    for (unsigned w = 0; w < runs.size(); ++w) {
+        const size_t queued = post_bulk(w, runs[w]);
+        if (queued > 0) {
+            last[w] = runs[w][queued - 1].generation;
+        }
+        if (queued < runs[w].size()) {
+            error = "worker update ring full"; // the SA memory is kept below: never freed under a worker
         }
     }
     for (unsigned w = 0; w < last.size() && error.empty(); ++w) {

@@ -14,6 +14,7 @@
 #include "espresso/dp/crypto_core.h"
 #include "hmac_keys.h"
 #include "packet.h"
+#include "sa_pool.h"
 
 namespace espresso::dp {
 
@@ -147,13 +148,13 @@ void sa_deleter::operator()(sa_runtime* sa) const noexcept
     explicit_bzero(&sa->salt, sizeof(sa->salt));
     config::wipe_keys(sa->config);
     sa->~sa_runtime();
-    ::operator delete(sa, std::align_val_t{alignof(sa_runtime)});
+    sa_runtime_pool().release(sa);
 }
 
 sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
 {
     validate(c);
-    void* mem = ::operator new(sizeof(sa_runtime), std::align_val_t{alignof(sa_runtime)});
+    void* mem = sa_runtime_pool().allocate(); // sa_pool.h: slabs, not one malloc per SA
     sa_ptr sa(new (mem) sa_runtime(c));
     IMB_MGR* mgr = core.mgr();
 
@@ -288,7 +289,7 @@ sa_ptr rebind_sa(const sa_runtime& old, const config::sa_config& updated)
     if (was.mode != config::ipsec_mode::tunnel && updated.destination != was.destination) {
         refuse(was, "a transport-mode SA has no tunnel destination to update; only its UDP port");
     }
-    void* mem = ::operator new(sizeof(sa_runtime), std::align_val_t{alignof(sa_runtime)});
+    void* mem = sa_runtime_pool().allocate(); // sa_pool.h: slabs, not one malloc per SA
     sa_ptr sa(new (mem) sa_runtime(updated));
     // Everything make_sa derived, field by field (sa_runtime holds atomics: no plain copy).
     sa->spi = old.spi;

@@ -140,26 +140,32 @@ private:
 
     void apply_updates() noexcept
     {
-        update_msg msg;
-        while (rte_ring_sc_dequeue_elem(w_.updates, &msg, sizeof(msg)) == 0) {
-            switch (msg.what) {
-            case update_msg::add_inbound:
-                rte_hash_add_key_data(w_.sad, &msg.key, msg.ptr);
-                break;
-            case update_msg::remove_inbound:
-                rte_hash_del_key(w_.sad, &msg.key);
-                break;
-            case update_msg::set_spd:
-                w_.spd = static_cast<const compiled_spd*>(msg.ptr);
-                break;
-            case update_msg::set_host:
-                w_.hosts->set(static_cast<const host_bucket*>(msg.ptr));
-                break;
-            case update_msg::remove_host:
-                w_.hosts->remove(static_cast<const host_bucket*>(msg.ptr));
-                break;
+        // In bursts (a batch of SA installs arrives as one run of messages); the acknowledgement is
+        // stored once per burst, after every message in it was applied.
+        update_msg msgs[32];
+        unsigned n;
+        while ((n = rte_ring_sc_dequeue_burst_elem(w_.updates, msgs, sizeof(update_msg), 32, nullptr)) > 0) {
+            for (unsigned i = 0; i < n; ++i) {
+                const update_msg& msg = msgs[i];
+                switch (msg.what) {
+                case update_msg::add_inbound:
+                    rte_hash_add_key_data(w_.sad, &msg.key, msg.ptr);
+                    break;
+                case update_msg::remove_inbound:
+                    rte_hash_del_key(w_.sad, &msg.key);
+                    break;
+                case update_msg::set_spd:
+                    w_.spd = static_cast<const compiled_spd*>(msg.ptr);
+                    break;
+                case update_msg::set_host:
+                    w_.hosts->set(static_cast<const host_bucket*>(msg.ptr));
+                    break;
+                case update_msg::remove_host:
+                    w_.hosts->remove(static_cast<const host_bucket*>(msg.ptr));
+                    break;
+                }
             }
-            w_.applied.store(msg.generation, std::memory_order_release);
+            w_.applied.store(msgs[n - 1].generation, std::memory_order_release);
         }
     }
 

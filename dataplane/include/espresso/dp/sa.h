@@ -3,7 +3,7 @@
 // The control record (config::sa_config, with its keys wiped) rides along for display only.
 //
 // Lifetime and threads: created and destroyed by the management thread (`make_sa`, `sa_ptr` deleter
-// wipes every key byte). Workers only use an SA between the moment it is published to them and the
+// wipes every key byte, then gives the slot back to the slab pool it came from, src/sa_pool.h). Workers only use an SA between the moment it is published to them and the
 // moment they acknowledge its removal. Outbound SAs may be used by several workers at once (sequence
 // numbers are reserved per burst with one atomic operation); an inbound SA is processed by one worker
 // at a time (its replay window has one writer).
