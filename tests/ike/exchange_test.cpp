@@ -1704,6 +1704,8 @@ struct two_shard_directory final : shard_directory {
     size_t shard_count() const noexcept override { return 2; }
     std::atomic<size_t>& half_open() noexcept override { return half_open_count; }
     const bytes& cookie_secret() const noexcept override { return secret; }
+    address_counts addresses;
+    address_counts& per_address() noexcept override { return addresses; }
     void sa_added(const std::string& peer, size_t shard) override { ++live[peer][shard]; }
     void sa_removed(const std::string& peer, size_t shard) override { --live[peer][shard]; }
     bool live_elsewhere(const std::string& peer, size_t shard) const override
