@@ -867,18 +867,22 @@ private:
     void run_outbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         groups.finish();
+        // Every SA of the pass in one engine call (it prefetches their state first): the ESP packets share IPsec-MB bursts.
+        drop_reason reasons[sa_groups::max_packets];
+        outbound_group og[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
-            prefetch_sa_state(groups.sa[g]);
+            og[g].sa = groups.sa[g];
+            og[g].pkts = groups.sorted + groups.first[g];
+            og[g].reasons = reasons + groups.first[g];
+            og[g].n = groups.count[g];
         }
+        outbound_process_groups(core_, og, groups.n);
         for (unsigned g = 0; g < groups.n; ++g) {
-            drop_reason reasons[sa_groups::max_packets];
-            rte_mbuf** pkts = groups.sorted + groups.first[g];
-            uint16_t good = outbound_process(core_, *groups.sa[g], pkts, groups.count[g], reasons);
-            for (uint16_t k = 0; k < groups.count[g]; ++k) {
-                if (k < good) {
-                    forward[n_forward++] = pkts[k];
+            for (uint16_t k = 0; k < og[g].n; ++k) {
+                if (k < og[g].good) {
+                    forward[n_forward++] = og[g].pkts[k];
                 } else {
-                    rte_pktmbuf_free(pkts[k]);
+                    rte_pktmbuf_free(og[g].pkts[k]);
                 }
             }
         }

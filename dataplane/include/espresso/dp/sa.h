@@ -118,7 +118,7 @@ inline void prefetch_sa_state(const sa_runtime* sa) noexcept
         keys = reinterpret_cast<const char*>((sa->flags & sa_outbound) != 0 ? sa->enc_keys : sa->dec_keys);
     }
     if (keys != nullptr) {
-        for (unsigned line = 0; line < 4; ++line) {
+        for (unsigned line = 0; line < 8; ++line) { // GCM: round keys and the hash key powers
             __builtin_prefetch(keys + line * 64, 0, 3);
         }
     }
