@@ -134,6 +134,7 @@ struct options {
     bool hugepages = false;
     bool raw_only = false;
     bool table = true;
+    uint32_t spread = 1; // encrypt: packets go to this many SAs in turn, one engine call each (many tunnels)
 };
 
 std::vector<std::string> split(std::string_view s) {
@@ -157,6 +158,9 @@ std::vector<std::string> split(std::string_view s) {
                  "usage: esp-bench [--quick] [--alg a,b,...|all] [--size 64,128,512,1420,imix]\n"
                  "                 [--op encrypt,decrypt] [--seconds S] [--chunk-ms MS] [--burst N]\n"
                  "                 [--working-set N] [--lcore N] [--hugepages] [--raw-only] [--no-table]\n"
+                 "                 [--spread N]  (encrypt: the packets of a burst go to N SAs in turn,\n"
+                 "                               one outbound_process_groups call per burst, as a worker\n"
+                 "                               does with traffic of many tunnels)\n"
                  "algorithms:");
     for (const auto& a : algorithms) {
         std::fprintf(code == 0 ? stdout : stderr, " %.*s", static_cast<int>(a.name.size()), a.name.data());
@@ -230,6 +234,8 @@ options parse_options(int argc, char** argv) {
             o.raw_only = true;
         } else if (arg == "--no-table") {
             o.table = false;
+        } else if (arg == "--spread") {
+            o.spread = static_cast<uint32_t>(std::clamp(std::atoi(std::string(value()).c_str()), 1, 1 << 20));
         } else if (arg == "-h" || arg == "--help") {
             usage(0);
         } else {
@@ -592,6 +598,25 @@ public:
         dp::drop_reason first_reason = dp::drop_reason::none;
         auto esp = [&](rte_mbuf** pkts, const uint16_t*, uint16_t n) {
             dp::drop_reason reasons[dp::max_burst];
+            if (encrypt && !spread_sas_.empty()) {
+                // One group per packet, all in one engine call (what the worker does).
+                dp::outbound_group groups[dp::max_burst];
+                for (uint16_t i = 0; i < n; ++i) {
+                    groups[i].sa = spread_sas_[next_sa_].get();
+                    next_sa_ = next_sa_ + 1 == spread_sas_.size() ? 0 : next_sa_ + 1;
+                    groups[i].pkts = &pkts[i];
+                    groups[i].reasons = &reasons[i];
+                    groups[i].n = 1;
+                }
+                dp::outbound_process_groups(core_, groups, n);
+                for (uint16_t i = 0; i < n; ++i) {
+                    if (groups[i].good != 1) [[unlikely]] {
+                        ++esp_errors;
+                        first_reason = reasons[i];
+                    }
+                }
+                return;
+            }
             uint16_t k = encrypt ? dp::outbound_process(core_, *sa, pkts, n, reasons)
                                  : dp::inbound_process(core_, *sa, pkts, n, reasons);
             if (k != n) [[unlikely]] {
@@ -663,6 +688,15 @@ private:
         if (!opt_.raw_only) {
             out_sa_ = dp::make_sa(make_config(a, espresso::config::direction::outbound), core_);
             in_sa_ = dp::make_sa(make_config(a, espresso::config::direction::inbound), core_);
+        }
+        spread_sas_.clear();
+        next_sa_ = 0;
+        if (!opt_.raw_only && encrypt && opt_.spread > 1) {
+            for (uint32_t k = 0; k < opt_.spread; ++k) {
+                sa_config c = make_config(a, espresso::config::direction::outbound);
+                c.spi = 0x10000 + k;
+                spread_sas_.push_back(dp::make_sa(c, core_));
+            }
         }
         if (!encrypt) {
             make_ciphertexts(a, p);
@@ -757,6 +791,8 @@ private:
     std::vector<packet_template> cipher_;
     dp::sa_ptr out_sa_;
     dp::sa_ptr in_sa_;
+    std::vector<dp::sa_ptr> spread_sas_;
+    size_t next_sa_ = 0;
     uint64_t hz_ = 0;
 };
 

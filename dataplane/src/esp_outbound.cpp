@@ -30,6 +30,9 @@ namespace {
 alignas(16) constexpr uint8_t zero_iv[16] = {};
 
 struct out_packet {
+    sa_runtime* sa;
+    uint16_t group;       // which outbound_group of the call
+    uint16_t index;       // packet index within the group
     uint8_t* esp;         // start of the ESP header
     uint32_t payload;     // bytes from the end of the IV to the ICV (block-aligned)
     uint64_t seq;
@@ -37,6 +40,12 @@ struct out_packet {
     alignas(16) uint8_t nonce[16]; // GCM/GMAC: salt || IV
     uint8_t aad[12];      // GCM with ESN: SPI || seq hi || seq lo (RFC 4106 §5)
     uint8_t saved[4];     // GMAC with ESN: bytes borrowed in front of the ESP header
+};
+
+// Packets of one or more SAs on their way to one IPsec-MB burst.
+struct out_batch {
+    out_packet info[max_burst];
+    uint16_t n_jobs = 0;
 };
 
 void fill_outer(const sa_runtime& sa, rte_mbuf* m, uint8_t inner_tos, bool inner_df, uint64_t seq) noexcept
@@ -81,18 +90,17 @@ void fix_udp6_checksum(rte_mbuf* m, uint32_t udp_offset) noexcept
     udp->dgram_cksum = rte_ipv6_udptcp_cksum(reinterpret_cast<const rte_ipv6_hdr*>(p), udp);
 }
 
-void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons) noexcept
+// Headers, padding, sequence numbers and lifetime checks of packets pkts[0..n) of one SA (at most
+// max_burst - batch.n_jobs of them); the packets that reach the engine are appended to `batch`.
+// Verdicts of the others are set in `reasons`.
+void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons,
+                      uint16_t group, uint16_t off, out_batch& batch) noexcept
 {
-    out_packet info[max_burst];
-    uint16_t index[max_burst]; // packets that reach the crypto engine
-    uint16_t n_jobs = 0;
-
     uint16_t allowed = lifetime_allowance(sa, n);
     uint64_t first_seq = 0;
     uint16_t reserved = allowed == 0 ? 0 : reserve_sequence(core, sa, allowed, first_seq);
 
     const bool tunnel = (sa.flags & sa_tunnel) != 0;
-    const bool esn = (sa.flags & sa_esn) != 0;
     const uint32_t iv = sa.iv_bytes;
     const uint32_t icv = sa.icv_bytes;
     const uint32_t block = sa.block_bytes;
@@ -162,7 +170,10 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         std::memcpy(esp, &sa.spi_be, 4);
         store_be32(esp + 4, static_cast<uint32_t>(seq));
 
-        out_packet& o = info[i];
+        out_packet& o = batch.info[batch.n_jobs++];
+        o.sa = &sa;
+        o.group = group;
+        o.index = static_cast<uint16_t>(off + i);
         o.esp = esp;
         o.payload = padded;
         o.seq = seq;
@@ -183,16 +194,24 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         } else {
             fill_transport(sa, m, ip.header);
         }
-        index[n_jobs++] = i;
     }
 
-    if (n_jobs == 0) {
+}
+
+// One IPsec-MB burst for every packet in `batch`, whatever SA each belongs to (a job carries its own
+// keys), then the per-SA counters and lifetimes. Empties the batch.
+void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch) noexcept
+{
+    if (batch.n_jobs == 0) {
         return;
     }
-
     IMB_JOB* jobs[max_burst];
-    const int done = run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
-        out_packet& o = info[index[j]];
+    const int done = run_burst(core.mgr(), jobs, batch.n_jobs, [&](uint16_t j, IMB_JOB* job) {
+        out_packet& o = batch.info[j];
+        const sa_runtime& sa = *o.sa;
+        const bool esn = (sa.flags & sa_esn) != 0;
+        const uint32_t iv = sa.iv_bytes;
+        const uint32_t icv = sa.icv_bytes;
         uint8_t* esp = o.esp;
         const uint32_t seq_hi = static_cast<uint32_t>(o.seq >> 32);
         job->cipher_direction = IMB_DIR_ENCRYPT;
@@ -200,7 +219,7 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         job->key_len_in_bytes = sa.key_size;
         job->src = esp;
         job->dst = esp;
-        job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(index[j]));
+        job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(j));
         job->cipher_mode = sa.cipher_mode;
         job->hash_alg = sa.hash_alg;
         if ((sa.flags & sa_aead) != 0) {
@@ -284,66 +303,107 @@ void outbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t
         }
     });
     if (done < 0) [[unlikely]] {
-        for (uint16_t j = 0; j < n_jobs; ++j) {
-            reasons[index[j]] = drop_reason::crypto_error;
+        for (uint16_t j = 0; j < batch.n_jobs; ++j) {
+            groups[batch.info[j].group].reasons[batch.info[j].index] = drop_reason::crypto_error;
         }
+        batch.n_jobs = 0;
         return;
     }
 
-    uint64_t good = 0;
-    uint64_t bytes = 0;
     for (int j = 0; j < done; ++j) {
-        auto i = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
-        out_packet& o = info[i];
-        if ((sa.flags & sa_gmac) != 0 && esn) {
+        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
+        out_packet& o = batch.info[k];
+        const sa_runtime& sa = *o.sa;
+        outbound_group& g = groups[o.group];
+        if ((sa.flags & sa_gmac) != 0 && (sa.flags & sa_esn) != 0) {
             std::memcpy(o.esp, o.esp - 4, 4);
             std::memcpy(o.esp - 4, o.saved, 4);
         }
         if (jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
-            reasons[i] = drop_reason::crypto_error;
+            g.reasons[o.index] = drop_reason::crypto_error;
             continue;
         }
-        rte_mbuf* m = pkts[i];
+        rte_mbuf* m = g.pkts[o.index];
         if ((sa.flags & sa_udp) != 0) {
             uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
             if ((p[0] >> 4) == 6) {
                 fix_udp6_checksum(m, static_cast<uint32_t>(o.esp - p) - 8);
             }
         }
-        ++good;
-        bytes += o.inner_bytes;
+        ++g.pending_good;
+        g.pending_bytes += o.inner_bytes;
     }
-    sa.stats.add(sa_counter::encaps, good);
-    if (sa.cipher_mode != IMB_CIPHER_NULL) {
-        sa.stats.add(sa_counter::encrypt, good);
+    // Counters and lifetimes once per SA of the batch (jobs of one group are contiguous).
+    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
+        if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {
+            continue;
+        }
+        outbound_group& g = groups[batch.info[j].group];
+        sa_runtime& sa = *g.sa;
+        const uint64_t good = g.pending_good;
+        const uint64_t bytes = g.pending_bytes;
+        g.pending_good = 0;
+        g.pending_bytes = 0;
+        // encaps, encrypt and digest mirror `packets` (sa_stats::mirrors, set by make_sa).
+        sa.stats.add(sa_counter::packets, good);
+        sa.stats.add(sa_counter::bytes, bytes);
+        lifetime_account(core, sa, good, bytes);
     }
-    if (icv != 0) {
-        sa.stats.add(sa_counter::digest, good);
-    }
-    sa.stats.add(sa_counter::packets, good);
-    sa.stats.add(sa_counter::bytes, bytes);
-    lifetime_account(core, sa, good, bytes);
+    batch.n_jobs = 0;
 }
 
 } // namespace
 
+void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned count) noexcept
+{
+    if (count > 1) {
+        // Many SAs: start every SA's lines loading before the first one is used.
+        for (unsigned gi = 0; gi < count; ++gi) {
+            prefetch_sa_head(groups[gi].sa);
+        }
+        for (unsigned gi = 0; gi < count; ++gi) {
+            prefetch_sa_state(groups[gi].sa);
+        }
+    }
+    out_batch batch;
+    for (unsigned gi = 0; gi < count; ++gi) {
+        outbound_group& g = groups[gi];
+        g.pending_good = 0;
+        g.pending_bytes = 0;
+        if ((g.sa->flags & sa_ah) != 0) {
+            for (uint16_t off = 0; off < g.n; off += max_burst) {
+                auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst, g.n - off));
+                ah_outbound(core, *g.sa, g.pkts + off, len, g.reasons + off);
+            }
+            continue;
+        }
+        for (uint16_t off = 0; off < g.n;) {
+            if (batch.n_jobs == max_burst) {
+                outbound_submit(core, groups, batch);
+            }
+            auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst - batch.n_jobs, g.n - off));
+            outbound_prepare(core, *g.sa, g.pkts + off, len, g.reasons + off, static_cast<uint16_t>(gi), off, batch);
+            off = static_cast<uint16_t>(off + len);
+        }
+    }
+    outbound_submit(core, groups, batch);
+    for (unsigned gi = 0; gi < count; ++gi) {
+        outbound_group& g = groups[gi];
+        for (uint16_t i = 0; i < g.n; ++i) {
+            if (g.reasons[i] != drop_reason::none) {
+                g.sa->stats.drop(g.reasons[i]);
+            }
+        }
+        g.good = partition_by_verdict(g.pkts, g.reasons, g.n);
+    }
+}
+
 uint16_t outbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
                           drop_reason* reasons) noexcept
 {
-    for (uint16_t off = 0; off < n; off += max_burst) {
-        auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst, n - off));
-        if ((sa.flags & sa_ah) != 0) {
-            ah_outbound(core, sa, pkts + off, len, reasons + off);
-        } else {
-            outbound_chunk(core, sa, pkts + off, len, reasons + off);
-        }
-    }
-    for (uint16_t i = 0; i < n; ++i) {
-        if (reasons[i] != drop_reason::none) {
-            sa.stats.drop(reasons[i]);
-        }
-    }
-    return partition_by_verdict(pkts, reasons, n);
+    outbound_group g{&sa, pkts, reasons, n};
+    outbound_process_groups(core, &g, 1);
+    return g.good;
 }
 
 } // namespace espresso::dp

@@ -1375,7 +1375,7 @@ std::vector<sa_snapshot> gateway::sas() const
         sa_snapshot s;
         s.config = sa.config;
         for (size_t i = 0; i < s.counters.size(); ++i) {
-            s.counters[i] = sa.stats.counters[i].load(std::memory_order_relaxed);
+            s.counters[i] = sa.stats.get(static_cast<sa_counter>(i));
         }
         for (size_t i = 0; i < s.drops.size(); ++i) {
             s.drops[i] = sa.stats.drops[i].load(std::memory_order_relaxed);

@@ -270,6 +270,12 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
     }
     // The runtime has its own expanded keys; the display copy keeps none.
     config::wipe_keys(sa->config);
+    if ((sa->flags & (sa_outbound | sa_ah)) == sa_outbound) {
+        // Outbound ESP counts every packet it sends in all three (esp_outbound.cpp).
+        sa->stats.mirrors = sa_stats::bit(sa_counter::encaps) |
+                            (sa->cipher_mode != IMB_CIPHER_NULL ? sa_stats::bit(sa_counter::encrypt) : 0U) |
+                            (sa->icv_bytes != 0 ? sa_stats::bit(sa_counter::digest) : 0U);
+    }
     return sa;
 }
 
@@ -295,6 +301,7 @@ sa_ptr rebind_sa(const sa_runtime& old, const config::sa_config& updated)
     sa->spi = old.spi;
     sa->spi_be = old.spi_be;
     sa->flags = static_cast<uint16_t>(old.flags & ~sa_outer_v6);
+    sa->stats.mirrors = old.stats.mirrors;
     sa->iv_bytes = old.iv_bytes;
     sa->block_bytes = old.block_bytes;
     sa->icv_bytes = old.icv_bytes;

@@ -3,6 +3,7 @@
 #include <rte_byteorder.h>
 
 #include <rte_errno.h>
+#include <rte_prefetch.h>
 
 #include <algorithm>
 #include <functional>
@@ -343,6 +344,18 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
         uint64_t hits = 0;
         void* data[RTE_HASH_LOOKUP_BULK_MAX];
         rte_hash_lookup_bulk_data(hash_, key_ptrs, len, &hits, data);
+        // Buckets and their candidate arrays are separate heap blocks: with many hosts each is a
+        // cache miss. Start them for the whole burst (bucket, then its array) before walking any.
+        for (uint32_t i = 0; i < len; ++i) {
+            if ((hits & (uint64_t{1} << i)) != 0) {
+                rte_prefetch0(data[i]);
+            }
+        }
+        for (uint32_t i = 0; i < len; ++i) {
+            if ((hits & (uint64_t{1} << i)) != 0) {
+                rte_prefetch0(static_cast<const host_bucket*>(data[i])->candidates.data());
+            }
+        }
         for (uint32_t i = 0; i < len; ++i) {
             result[off + i] = nullptr;
             if ((hits & (uint64_t{1} << i)) == 0) {

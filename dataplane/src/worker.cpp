@@ -28,37 +28,81 @@ namespace espresso::dp {
 namespace {
 
 constexpr uint16_t max_vector = 64; // rx burst + handoff packets processed in one pass
+constexpr unsigned forward_capacity = max_vector * 2; // packets routed at the end of one pass
 
-// Packets grouped by the SA that processes them, within one pass (a burst has few distinct SAs).
+// Packets grouped by the SA that processes them, within one pass. Traffic of many tunnels puts a
+// different SA on nearly every packet of a burst, so a group per packet must be cheap: the SA is
+// found through a small open-addressing table (not a scan of the groups), and packets are stored
+// once and ordered by group with a counting sort at the end (arrival order kept within an SA).
 struct sa_groups {
-    static constexpr unsigned max_groups = 16;
+    static constexpr unsigned max_groups = max_vector;
+    static constexpr unsigned max_packets = max_vector * 2;
+    static constexpr unsigned slots = 128; // power of two, > max_groups
     sa_runtime* sa[max_groups];
-    rte_mbuf* pkts[max_groups][max_vector];
     uint16_t count[max_groups];
+    uint16_t first[max_groups]; // offset of each group in `sorted` after finish()
+    rte_mbuf* pkts[max_packets];
+    uint8_t group_of[max_packets];
+    rte_mbuf* sorted[max_packets];
+    uint8_t slot[slots]; // group + 1, 0 = empty
     unsigned n = 0;
+    unsigned total = 0;
 
-    // Returns false when the group table is full (caller processes and retries).
+    sa_groups() noexcept { std::memset(slot, 0, sizeof(slot)); }
+
+    void clear() noexcept
+    {
+        std::memset(slot, 0, sizeof(slot));
+        n = 0;
+        total = 0;
+    }
+
+    // Returns false when the table is full (caller processes and retries).
     bool add(sa_runtime* s, rte_mbuf* m) noexcept
     {
-        for (unsigned g = 0; g < n; ++g) {
-            if (sa[g] == s) {
-                if (count[g] == max_vector) {
-                    return false;
-                }
-                pkts[g][count[g]++] = m;
-                return true;
-            }
-        }
-        if (n == max_groups) {
+        if (total == max_packets) {
             return false;
         }
-        sa[n] = s;
-        count[n] = 0;
-        pkts[n][count[n]++] = m;
-        ++n;
+        unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> 25;
+        unsigned g = 0;
+        for (;; h = (h + 1) & (slots - 1)) {
+            if (slot[h] == 0) {
+                if (n == max_groups) {
+                    return false;
+                }
+                g = n++;
+                sa[g] = s;
+                count[g] = 0;
+                slot[h] = static_cast<uint8_t>(g + 1);
+                break;
+            }
+            if (sa[slot[h] - 1] == s) {
+                g = slot[h] - 1U;
+                break;
+            }
+        }
+        ++count[g];
+        pkts[total] = m;
+        group_of[total++] = static_cast<uint8_t>(g);
         return true;
     }
+
+    // Orders the packets by group: group g is sorted[first[g]] .. + count[g].
+    void finish() noexcept
+    {
+        uint16_t next[max_groups];
+        uint16_t at = 0;
+        for (unsigned g = 0; g < n; ++g) {
+            first[g] = next[g] = at;
+            at = static_cast<uint16_t>(at + count[g]);
+        }
+        for (unsigned i = 0; i < total; ++i) {
+            sorted[next[group_of[i]]++] = pkts[i];
+        }
+    }
 };
+static_assert(sa_groups::slots > sa_groups::max_groups && (sa_groups::slots & (sa_groups::slots - 1)) == 0);
+static_assert(sa_groups::max_groups < 256, "group_of is one byte");
 
 class worker_loop {
 public:
@@ -439,7 +483,7 @@ private:
             to_exception(m, exception_meta::to_us);
         }
 
-        rte_mbuf* forward[max_vector * 2];
+        rte_mbuf* forward[forward_capacity];
         uint16_t n_forward = 0;
         if (n_inbound != 0) {
             decapsulate(inbound, inbound_keys, n_inbound, forward, n_forward);
@@ -529,6 +573,11 @@ private:
         }
         uint64_t hits = 0;
         rte_hash_lookup_bulk_data(w_.sad, key_ptrs, n, &hits, data);
+        for (uint16_t i = 0; i < n; ++i) {
+            if ((hits & (uint64_t{1} << i)) != 0) {
+                prefetch_sa_head(static_cast<const sa_runtime*>(data[i]));
+            }
+        }
         sa_groups groups;
         for (uint16_t i = 0; i < n; ++i) {
             if ((hits & (uint64_t{1} << i)) == 0) {
@@ -538,7 +587,7 @@ private:
             auto* sa = static_cast<sa_runtime*>(data[i]);
             if (!groups.add(sa, pkts[i])) {
                 run_inbound(groups, forward, n_forward);
-                groups.n = 0;
+                groups.clear();
                 groups.add(sa, pkts[i]);
             }
         }
@@ -560,15 +609,20 @@ private:
 
     void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
+        groups.finish();
         for (unsigned g = 0; g < groups.n; ++g) {
-            drop_reason reasons[max_vector];
-            uint16_t good = inbound_process(core_, *groups.sa[g], groups.pkts[g], groups.count[g], reasons);
+            prefetch_sa_state(groups.sa[g]);
+        }
+        for (unsigned g = 0; g < groups.n; ++g) {
+            drop_reason reasons[sa_groups::max_packets];
+            rte_mbuf** pkts = groups.sorted + groups.first[g];
+            uint16_t good = inbound_process(core_, *groups.sa[g], pkts, groups.count[g], reasons);
             // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
             // selectors do not cover the gateway costs no address comparison here.
             const bool maybe_ours = (groups.sa[g]->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
             for (uint16_t k = 0; k < groups.count[g]; ++k) {
                 if (k < good) {
-                    rte_mbuf* m = groups.pkts[g][k];
+                    rte_mbuf* m = pkts[k];
                     if (maybe_ours && for_us(m)) [[unlikely]] {
                         // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
                         // (transport mode between gateways) goes to the kernel through the TAP.
@@ -578,7 +632,7 @@ private:
                     }
                     forward[n_forward++] = m;
                 } else {
-                    rte_pktmbuf_free(groups.pkts[g][k]); // counted on the SA by the engine
+                    rte_pktmbuf_free(pkts[k]); // counted on the SA by the engine
                 }
             }
         }
@@ -666,6 +720,13 @@ private:
                         const spd_rule* const* in_match, const uint8_t* protocol, rte_mbuf** forward,
                         uint16_t& n_forward) noexcept
     {
+        // The SAs' first lines (flags, sizes, outer header: fit_for_encapsulation reads them) start
+        // loading for the whole burst before the first packet needs one.
+        for (uint16_t i = 0; i < kept; ++i) {
+            if (out_rule[i] != nullptr && out_rule[i]->sa != nullptr) {
+                prefetch_sa_head(out_rule[i]->sa);
+            }
+        }
         sa_groups groups;
         for (uint16_t i = 0; i < kept; ++i) {
             rte_mbuf* m = pkts[i];
@@ -703,10 +764,18 @@ private:
             }
             rte_mbuf* frags[max_fragments];
             const int parts = fit_for_encapsulation(m, *rule.sa, frags);
+            if (n_forward + groups.total + static_cast<unsigned>(parts) > forward_capacity) [[unlikely]] {
+                // Pre-fragmented packets (up to max_fragments each) could outgrow `forward`: send
+                // what is ready first.
+                run_outbound(groups, forward, n_forward);
+                groups.clear();
+                route_and_send(forward, n_forward);
+                n_forward = 0;
+            }
             for (int f = 0; f < parts; ++f) {
                 if (!groups.add(rule.sa, frags[f])) {
                     run_outbound(groups, forward, n_forward);
-                    groups.n = 0;
+                    groups.clear();
                     groups.add(rule.sa, frags[f]);
                 }
             }
@@ -803,14 +872,23 @@ private:
 
     void run_outbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
+        groups.finish();
+        // Every SA of the pass in one engine call (it prefetches their state first): the ESP packets share IPsec-MB bursts.
+        drop_reason reasons[sa_groups::max_packets];
+        outbound_group og[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
-            drop_reason reasons[max_vector];
-            uint16_t good = outbound_process(core_, *groups.sa[g], groups.pkts[g], groups.count[g], reasons);
-            for (uint16_t k = 0; k < groups.count[g]; ++k) {
-                if (k < good) {
-                    forward[n_forward++] = groups.pkts[g][k];
+            og[g].sa = groups.sa[g];
+            og[g].pkts = groups.sorted + groups.first[g];
+            og[g].reasons = reasons + groups.first[g];
+            og[g].n = groups.count[g];
+        }
+        outbound_process_groups(core_, og, groups.n);
+        for (unsigned g = 0; g < groups.n; ++g) {
+            for (uint16_t k = 0; k < og[g].n; ++k) {
+                if (k < og[g].good) {
+                    forward[n_forward++] = og[g].pkts[k];
                 } else {
-                    rte_pktmbuf_free(groups.pkts[g][k]);
+                    rte_pktmbuf_free(og[g].pkts[k]);
                 }
             }
         }

@@ -35,7 +35,7 @@ SPI_IN = 0x2001
 COUNT = 240
 IMIX = [64, 576, 64, 64, 576, 64, 1500, 64, 576, 64, 64, 576]
 SIZES = {"64": None, "512": None, "1420": None, "imix": None}
-SCALE = (1, 1000, 2000, 100000)  # SA-scale points (outbound SAs / policies)
+SCALE = (1, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
 GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
 PEER_MAC = "02:00:00:00:02:fe"
 

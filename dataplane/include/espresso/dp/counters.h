@@ -69,6 +69,7 @@ enum class sa_counter : uint8_t {
 #undef X
         count
 };
+static_assert(static_cast<unsigned>(sa_counter::count) <= 32, "sa_stats::mirrors is 32 bits");
 
 inline constexpr std::array<std::string_view, static_cast<size_t>(sa_counter::count)> sa_counter_names = {
 #define X(id) std::string_view{#id},
@@ -78,9 +79,18 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(sa_counter::co
 
 // Counters of one SA. Several workers may use one SA, so they are relaxed atomics, added once per run
 // of packets on the same SA (not once per packet). Readers (CLI, telemetry) may read at any time.
+//
+// Counters that always equal `packets` for an SA (outbound ESP: encaps, and encrypt/digest when the SA
+// has a cipher/ICV) are not stored: `mirrors` has their bits, get() answers `packets` for them, and
+// the engine skips their atomic adds. With traffic of many tunnels each SA gets a packet or two per
+// burst, so every atomic read-modify-write saved is saved per packet (perf/RESULTS.md, issue 3).
+// Read counters with get(), never from `counters` directly.
 struct sa_stats {
     std::array<std::atomic<uint64_t>, static_cast<size_t>(sa_counter::count)> counters{};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(drop_reason::count)> drops{};
+    uint32_t mirrors = 0; // bit (1 << sa_counter): the counter equals `packets`; set at SA creation
+
+    static constexpr uint32_t bit(sa_counter c) noexcept { return 1U << static_cast<unsigned>(c); }
 
     void add(sa_counter c, uint64_t n) noexcept {
         if (n != 0) {
@@ -91,6 +101,9 @@ struct sa_stats {
         drops[static_cast<size_t>(r)].fetch_add(n, std::memory_order_relaxed);
     }
     uint64_t get(sa_counter c) const noexcept {
+        if ((mirrors & bit(c)) != 0) {
+            c = sa_counter::packets;
+        }
         return counters[static_cast<size_t>(c)].load(std::memory_order_relaxed);
     }
     uint64_t get(drop_reason r) const noexcept {

@@ -27,6 +27,22 @@ inline constexpr uint16_t max_burst = 64;
 uint16_t outbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
                           drop_reason* reasons) noexcept;
 
+// Outbound for packets of several SAs at once (a burst of many tunnels' traffic): packets
+// pkts[0..n) of each group are processed with its `sa` as outbound_process would, but the ESP packets
+// of all groups share IPsec-MB bursts (up to max_burst jobs each) instead of one burst per SA. On
+// return each group's packets are partitioned like outbound_process's (the `good` first), their
+// verdicts in `reasons`. The pending_* fields are the engine's scratch space.
+struct outbound_group {
+    sa_runtime* sa;
+    rte_mbuf** pkts;
+    drop_reason* reasons;
+    uint16_t n;
+    uint16_t good = 0;
+    uint64_t pending_good = 0;
+    uint64_t pending_bytes = 0;
+};
+void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned count) noexcept;
+
 // Inbound ESP or AH for packets already matched to `sa` (see classify_inbound). Output, tunnel
 // mode: the inner IP packet; transport mode: the IP packet with the IPsec header removed.
 uint16_t inbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
