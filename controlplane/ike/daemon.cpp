@@ -240,7 +240,11 @@ void ike_daemon::send_keepalive(const endpoint& local, const endpoint& remote)
             sockaddr_storage ss;
             socklen_t len = 0;
             to_sockaddr(remote, ss, len);
-            sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len);
+            if (sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len) == 1) {
+                ++keepalives_sent_;
+            } else {
+                ++send_errors_;
+            }
         }
     }
 }
@@ -599,6 +603,7 @@ json ike_daemon::handle_request(const json& request)
                   {"cookies-invalid", c.cookies_invalid},
                   {"sent", sent_.load()},
                   {"send-errors", send_errors_.load()},
+                  {"keepalives-sent", keepalives_sent_.load()},
                   {"keepalives-received", keepalives_received_},
                   {"non-ike-dropped", non_ike_dropped_},
                   {"dispatch-dropped", shards_->dispatch_dropped()},
