@@ -480,7 +480,11 @@ json ike_daemon::status_json() const
                 {"spi-i", hex64(sa->spi_i())},
                 {"spi-r", hex64(sa->spi_r())},
                 {"conn-id", sa->local_spi() & 0xffff},
+                {"local-id", sa->local_identity()},
+                {"local-id-type", sa->local_identity_type()},
                 {"remote-id", sa->remote_identity()},
+                {"remote-id-type", sa->remote_identity_type()},
+                {"auth", sa->auth_method_name()},
                 {"proposal", sa->sa_state() == ike_sa::state::init_sent
                                  ? ""
                                  : describe(sa->transforms(), protocol_id::ike)},

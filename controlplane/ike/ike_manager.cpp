@@ -29,6 +29,18 @@ ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_polic
                 startup_errors_.push_back("peer " + p.name + ": " + error);
                 continue;
             }
+            // RFC 7296 §2.15: the peer checks that our identity is one our certificate names and
+            // refuses the IKE SA otherwise; say so at start rather than in every negotiation.
+            std::string why;
+            if (!creds->certificate_holds(local_id_payload(p), why)) {
+                const std::string id = p.local_id.kind == config::ike_id_kind::any ? config::to_string(p.local_address)
+                                                                                    : p.local_id.text;
+                startup_errors_.push_back("peer " + p.name + ": local-id '" + id + "' is not an identity of certificate " +
+                                          p.auth.certificate + " (" + why + "), so the peer would refuse it. Fix: set " +
+                                          "local-id to the certificate's subject DN or one of its subjectAltNames, or " +
+                                          "use a certificate that holds it.");
+                continue;
+            }
             creds->allow_sha1(p.allow_legacy);
             credentials_[p.name] = std::make_shared<const pubkey_credentials>(std::move(*creds));
         }
@@ -259,6 +271,13 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
             auto creds = pubkey_credentials::load(p->auth, error);
             if (!creds) {
                 io_.log(log_level::error, p->name, "reload: " + error);
+                credentials_.erase(p->name);
+                continue;
+            }
+            std::string why;
+            if (!creds->certificate_holds(local_id_payload(*p), why)) {
+                io_.log(log_level::error, p->name,
+                        "reload: local-id is not an identity of certificate " + p->auth.certificate + ": " + why);
                 credentials_.erase(p->name);
                 continue;
             }
