@@ -16,6 +16,24 @@ size_t home_shard(const std::string& peer, size_t shards) noexcept
     return shards <= 1 ? 0 : static_cast<size_t>(h % shards);
 }
 
+std::optional<pubkey_credentials> load_peer_credentials(const config::ike_peer_config& p, std::string& error)
+{
+    auto creds = pubkey_credentials::load(p.auth, error);
+    if (!creds) {
+        return std::nullopt;
+    }
+    std::string why;
+    if (!creds->certificate_holds(local_id_payload(p), why)) {
+        const std::string id =
+            p.local_id.kind == config::ike_id_kind::any ? config::to_string(p.local_address) : p.local_id.text;
+        error = "local-id '" + id + "' is not an identity of certificate " + p.auth.certificate + " (" + why +
+                "), so the peer would refuse it. Fix: set local-id to the certificate's subject DN or one of its "
+                "subjectAltNames, or use a certificate that holds it.";
+        return std::nullopt;
+    }
+    return creds;
+}
+
 ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit,
                          shard_directory* directory, size_t shard)
     : io_(io), directory_(directory), shard_(shard), config_(std::move(config)), retransmit_(retransmit)
@@ -24,21 +42,9 @@ ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_polic
         peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
         if (p.auth.method == config::ike_auth_method::pubkey) {
             std::string error;
-            auto creds = pubkey_credentials::load(p.auth, error);
+            auto creds = load_peer_credentials(p, error);
             if (!creds) {
                 startup_errors_.push_back("peer " + p.name + ": " + error);
-                continue;
-            }
-            // RFC 7296 §2.15: the peer checks that our identity is one our certificate names and
-            // refuses the IKE SA otherwise; say so at start rather than in every negotiation.
-            std::string why;
-            if (!creds->certificate_holds(local_id_payload(p), why)) {
-                const std::string id = p.local_id.kind == config::ike_id_kind::any ? config::to_string(p.local_address)
-                                                                                    : p.local_id.text;
-                startup_errors_.push_back("peer " + p.name + ": local-id '" + id + "' is not an identity of certificate " +
-                                          p.auth.certificate + " (" + why + "), so the peer would refuse it. Fix: set " +
-                                          "local-id to the certificate's subject DN or one of its subjectAltNames, or " +
-                                          "use a certificate that holds it.");
                 continue;
             }
             creds->allow_sha1(p.allow_legacy);
@@ -268,16 +274,9 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
         if (p->auth.method == config::ike_auth_method::pubkey &&
             std::find(r.unchanged.begin(), r.unchanged.end(), p->name) == r.unchanged.end()) {
             std::string error;
-            auto creds = pubkey_credentials::load(p->auth, error);
+            auto creds = load_peer_credentials(*p, error);
             if (!creds) {
                 io_.log(log_level::error, p->name, "reload: " + error);
-                credentials_.erase(p->name);
-                continue;
-            }
-            std::string why;
-            if (!creds->certificate_holds(local_id_payload(*p), why)) {
-                io_.log(log_level::error, p->name,
-                        "reload: local-id is not an identity of certificate " + p->auth.certificate + ": " + why);
                 credentials_.erase(p->name);
                 continue;
             }
