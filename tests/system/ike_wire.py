@@ -21,6 +21,9 @@ class WireCapture:
     def start(self):
         self.topo.start_process(self.name, self.ns, ["tshark", "-n", "-i", self.iface, "-f", self.bpf, "-w", self.path],
                                 wait_for="Capturing on", timeout=20)
+        # tshark prints "Capturing on" a moment before packets are really captured: without this pause
+        # the first ping of a run was missing from the capture now and then.
+        time.sleep(1.0)
         return self
 
     def stop(self):
