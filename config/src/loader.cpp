@@ -88,10 +88,11 @@ constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "inter
 constexpr std::array<std::string_view, 8> policy_keys{"local",        "remote", "protocol", "local-ports",
                                                       "remote-ports", "action", "priority", "spi"};
 
-constexpr std::array<std::string_view, 8> ike_keys{"cookie-threshold", "max-half-open-per-address",
-                                                   "max-sas-per-address", "log-file",
+constexpr std::array<std::string_view, 9> ike_keys{"cookie-threshold",      "max-half-open-per-address",
+                                                   "max-sas-per-address",   "log-file",
                                                    "retransmit-timeout-ms", "retransmit-tries",
-                                                   "threads",          "peers"};
+                                                   "nat-keepalive",         "threads",
+                                                   "peers"};
 constexpr std::array<std::string_view, 16> ike_peer_keys{
     "name",      "version",      "local-address", "remote-address", "local-port", "remote-port", "proposals",
     "allow-legacy", "local-id", "remote-id",     "auth",           "rekey-time", "dpd",         "fragmentation",
@@ -2376,6 +2377,11 @@ void loader::parse_ike(const field& f, gateway_config& config) const {
     }
     if (const field* tries = m.find("retransmit-tries")) {
         config.ike.retransmit_tries = static_cast<uint32_t>(number(*tries, 0, 20));
+    }
+    if (const field* keepalive = m.find("nat-keepalive")) {
+        // RFC 3948 §4: the interval must stay below the NAT's mapping timeout, which is often 30-120 s
+        // for UDP; an hour would let every mapping expire and is surely a unit mistake.
+        config.ike.nat_keepalive = static_cast<uint32_t>(duration(*keepalive, 3600));
     }
     if (const field* threads = m.find("threads")) {
         config.ike.threads = static_cast<uint32_t>(number(*threads, 1, 16));

@@ -96,11 +96,19 @@ std::string format_ikev2_sa(const json& result)
             out += pad(std::to_string(id), 9) + " " + pad(show_endpoint(str(sa, "local")), width) + " " +
                    pad(show_endpoint(str(sa, "remote")), width) + " none/none            " + str(sa, "state") + "\n";
             out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") + "\n";
-            out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: PSK, Auth verify: PSK\n";
+            const std::string method = str(sa, "auth") == "pubkey" ? "Certificate" : "PSK";
+            out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: " + method + ", Auth verify: " + method + "\n";
             long long life = sa.value("lifetime-seconds", 0LL);
             out += "      Life: " + std::to_string(life) + " sec, established " + str(sa, "established", "-") + "\n";
             out += "      Local spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-i" : "spi-r") +
                    "       Remote spi: " + str(sa, str(sa, "role") == "initiator" ? "spi-r" : "spi-i") + "\n";
+            // Identities as Cisco's `detailed` output shows them, with the RFC 7296 §3.5 ID type.
+            auto identity = [&](const char* key) {
+                const std::string id = str(sa, key), type = str(sa, (std::string(key) + "-type").c_str());
+                return id.empty() ? std::string("-") : id + (type.empty() ? std::string() : " (" + type + ")");
+            };
+            out += "      Local id: " + identity("local-id") + "\n";
+            out += "      Remote id: " + identity("remote-id") + "\n";
             const auto& nat = sa.contains("nat") ? sa["nat"] : json::object();
             bool nat_local = nat.value("local-behind-nat", false), nat_remote = nat.value("remote-behind-nat", false);
             out += std::string("      NAT-T is ") +

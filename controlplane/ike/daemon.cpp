@@ -240,7 +240,11 @@ void ike_daemon::send_keepalive(const endpoint& local, const endpoint& remote)
             sockaddr_storage ss;
             socklen_t len = 0;
             to_sockaddr(remote, ss, len);
-            sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len);
+            if (sendto(s.fd, keepalive, 1, 0, reinterpret_cast<sockaddr*>(&ss), len) == 1) {
+                ++keepalives_sent_;
+            } else {
+                ++send_errors_;
+            }
         }
     }
 }
@@ -488,7 +492,11 @@ json ike_daemon::status_json() const
                 {"spi-i", hex64(sa->spi_i())},
                 {"spi-r", hex64(sa->spi_r())},
                 {"conn-id", sa->local_spi() & 0xffff},
+                {"local-id", sa->local_identity()},
+                {"local-id-type", sa->local_identity_type()},
                 {"remote-id", sa->remote_identity()},
+                {"remote-id-type", sa->remote_identity_type()},
+                {"auth", sa->auth_method_name()},
                 {"proposal", sa->sa_state() == ike_sa::state::init_sent
                                  ? ""
                                  : describe(sa->transforms(), protocol_id::ike)},
@@ -619,6 +627,7 @@ json ike_daemon::handle_request(const json& request)
                   {"addr-sas-refused", c.address_sas_refused},
                   {"sent", sent_.load()},
                   {"send-errors", send_errors_.load()},
+                  {"keepalives-sent", keepalives_sent_.load()},
                   {"keepalives-received", keepalives_received_},
                   {"non-ike-dropped", non_ike_dropped_},
                   {"dispatch-dropped", shards_->dispatch_dropped()},

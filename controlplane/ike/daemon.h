@@ -101,6 +101,7 @@ private:
     // Datagram counters the managers cannot see (op `counters`, `show crypto ikev2 stats`).
     std::atomic<uint64_t> sent_{0};        // shard threads
     std::atomic<uint64_t> send_errors_{0}; // sendto failed, or no socket bound to the SA's local endpoint
+    std::atomic<uint64_t> keepalives_sent_{0}; // shard threads; RFC 3948 §4, when we are behind a NAT
     uint64_t keepalives_received_ = 0; // RFC 3948 §2.3 NAT-keepalives on 4500
     uint64_t non_ike_dropped_ = 0;     // on 4500 without the non-ESP marker (ESP belongs to the data plane)
     std::vector<endpoint> wanted_;

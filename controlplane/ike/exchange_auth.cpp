@@ -84,6 +84,26 @@ std::string id_text(const id_payload& id)
     return "(ID type " + std::to_string(id.type) + ", " + std::to_string(id.data.size()) + " bytes)";
 }
 
+// RFC 7296 §3.5 ID types, named for the operator (show crypto ikev2 sa, --json).
+std::string id_type_name(uint8_t type)
+{
+    switch (static_cast<id_type>(type)) {
+    case id_type::ipv4_addr:
+        return "ipv4";
+    case id_type::ipv6_addr:
+        return "ipv6";
+    case id_type::fqdn:
+        return "fqdn";
+    case id_type::rfc822_addr:
+        return "rfc822";
+    case id_type::der_asn1_dn:
+        return "der-asn1-dn";
+    case id_type::key_id:
+        return "key-id";
+    }
+    return "type-" + std::to_string(type);
+}
+
 // Proposals without their DH groups: IKE_AUTH's Child SA gets its keys from the IKE SA's exchange.
 std::vector<config::ike_proposal_config> without_dh(std::vector<config::ike_proposal_config> proposals)
 {
@@ -111,9 +131,29 @@ const config::ike_tunnel_config* ike_sa::find_tunnel(const std::string& name) co
     return nullptr;
 }
 
+id_payload local_id_payload(const config::ike_peer_config& peer)
+{
+    return to_id(peer.local_id, peer.local_address);
+}
+
 id_payload ike_sa::own_id() const
 {
-    return to_id(peer_ptr_->local_id, peer_ptr_->local_address);
+    return local_id_payload(*peer_ptr_);
+}
+
+std::string ike_sa::local_identity() const
+{
+    return id_text(own_id());
+}
+
+std::string ike_sa::local_identity_type() const
+{
+    return id_type_name(own_id().type);
+}
+
+std::string ike_sa::remote_identity_type() const
+{
+    return remote_id_type_ == 0 ? std::string() : id_type_name(remote_id_type_);
 }
 
 bytes ike_sa::own_auth(const id_payload& id) const
@@ -166,6 +206,7 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
     const auto& id = std::get<id_payload>(idp->body);
     const auto& auth = std::get<auth_payload>(authp->body);
     remote_id_text_ = id_text(id);
+    remote_id_type_ = id.type;
     if (peer_ptr_->remote_id.kind != config::ike_id_kind::any) {
         id_payload expected = to_id(peer_ptr_->remote_id, peer_ptr_->remote_address.value_or(remote_.address));
         bool same = expected.type == id.type &&

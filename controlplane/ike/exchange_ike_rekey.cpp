@@ -59,6 +59,7 @@ std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_
     next->fragment_counters_ = fragment_counters_;
     next->fragment_size_ = fragment_size_; // RFC 7383 §2.5.2: what path MTU discovery found still holds
     next->adopt(chosen, std::move(keys), nat_local_, nat_remote_, remote_id_text_);
+    next->remote_id_type_ = remote_id_type_; // RFC 7296 §2.18: the new IKE SA inherits the authentication
     return next;
 }
 

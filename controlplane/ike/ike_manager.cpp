@@ -74,6 +74,24 @@ void address_counts::forget_if_zero(std::unordered_map<std::string, count>::iter
     }
 }
 
+std::optional<pubkey_credentials> load_peer_credentials(const config::ike_peer_config& p, std::string& error)
+{
+    auto creds = pubkey_credentials::load(p.auth, error);
+    if (!creds) {
+        return std::nullopt;
+    }
+    std::string why;
+    if (!creds->certificate_holds(local_id_payload(p), why)) {
+        const std::string id =
+            p.local_id.kind == config::ike_id_kind::any ? config::to_string(p.local_address) : p.local_id.text;
+        error = "local-id '" + id + "' is not an identity of certificate " + p.auth.certificate + " (" + why +
+                "), so the peer would refuse it. Fix: set local-id to the certificate's subject DN or one of its "
+                "subjectAltNames, or use a certificate that holds it.";
+        return std::nullopt;
+    }
+    return creds;
+}
+
 ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_policy retransmit,
                          shard_directory* directory, size_t shard)
     : io_(io), directory_(directory), shard_(shard), config_(std::move(config)), retransmit_(retransmit)
@@ -83,7 +101,7 @@ ike_manager::ike_manager(ike_io& io, config::ike_config config, retransmit_polic
         peers_.push_back(std::make_shared<const config::ike_peer_config>(p));
         if (p.auth.method == config::ike_auth_method::pubkey) {
             std::string error;
-            auto creds = pubkey_credentials::load(p.auth, error);
+            auto creds = load_peer_credentials(p, error);
             if (!creds) {
                 startup_errors_.push_back("peer " + p.name + ": " + error);
                 continue;
@@ -461,7 +479,7 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
         if (p->auth.method == config::ike_auth_method::pubkey &&
             (contains(r.changed, p->name) || contains(r.added, p->name))) {
             std::string error;
-            auto creds = pubkey_credentials::load(p->auth, error);
+            auto creds = load_peer_credentials(*p, error);
             if (!creds) {
                 io_.log(log_level::error, p->name, "reload: " + error);
                 credentials_.erase(p->name);

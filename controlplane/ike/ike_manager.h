@@ -99,6 +99,11 @@ public:
 // The shard that initiates towards a peer (start, retries, DPD restart, operator initiate): keep-up
 // state and retries live only there. A stable hash of the name (FNV-1a), not std::hash.
 size_t home_shard(const std::string& peer, size_t shards) noexcept;
+// A pubkey peer's certificate, key and CAs (pubkey_credentials::load), checked to hold the peer's
+// local-id (RFC 7296 §2.15: the other end refuses an identity our certificate does not name). On failure
+// nullopt and `error` says what is wrong and how to fix it (no "peer NAME:" prefix). Used at start,
+// on reload and by `espresso-ike --check`.
+std::optional<pubkey_credentials> load_peer_credentials(const config::ike_peer_config& peer, std::string& error);
 
 // The peer with a tunnel covering a data plane acquire for (local, remote), if any (its home shard
 // decides what to do: ike_manager::on_acquire).

@@ -64,6 +64,10 @@ struct pending_outbound {
 // sends on the new SA anyway (and again from a retransmitted request: our answer was lost).
 inline constexpr std::chrono::seconds pending_outbound_wait{2};
 
+// The ID payload a peer configuration sends as ours (RFC 7296 §3.5): local-id, or local-address when
+// it is not set. Used for IDi/IDr and, at configuration load, to check that our certificate holds it.
+id_payload local_id_payload(const config::ike_peer_config& peer);
+
 struct child_sa {
     enum class state : uint8_t { installed, rekeyed, deleting };
     std::string tunnel;      // configured tunnel name
@@ -153,6 +157,13 @@ public:
     std::string name() const; // "branch[3]" for logs
     const std::string& failure_cause() const noexcept { return failure_cause_; }
     std::string remote_identity() const { return remote_id_text_; }
+    // The peer's ID type as received (RFC 7296 §3.5) as a short name ("ipv4", "fqdn", "rfc822",
+    // "der-asn1-dn", ...; "" before its IKE_AUTH), and our own identity (local-id) as we send it.
+    std::string remote_identity_type() const;
+    std::string local_identity() const;
+    std::string local_identity_type() const;
+    // "psk" or "pubkey": how both ends authenticate (one method per peer, both directions).
+    const char* auth_method_name() const noexcept { return uses_certificates() ? "pubkey" : "psk"; }
     // Called when the SA was replaced (rekey) or must go: the manager erases dead SAs.
     bool dead() const noexcept { return state_ == state::dead; }
     // DPD found the peer gone and dpd action is restart: the manager initiates a new IKE SA.
@@ -376,6 +387,7 @@ private:
     std::vector<child_sa> children_;
     std::string failure_cause_;
     std::string remote_id_text_;
+    uint8_t remote_id_type_ = 0; // 0 = not received yet
     bool restart_requested_ = false;
     bool dpd_failed_ = false;
     bool send_initial_contact_ = true;

@@ -12,8 +12,6 @@
 namespace espresso::cp {
 namespace {
 
-constexpr std::chrono::seconds keepalive_interval{20}; // RFC 3948 §4: default 20 s
-
 uint64_t mix(uint64_t x) noexcept
 {
     // splitmix64's finalizer: spreads every input bit over the output.
@@ -108,7 +106,7 @@ private:
 
 ike_shards::ike_shards(shard_host& host, const config::ike_config& config, retransmit_policy retransmit,
                        size_t threads)
-    : host_(host), config_(config)
+    : host_(host), config_(config), nat_keepalive_(config.nat_keepalive)
 {
     threads = std::clamp<size_t>(threads, 1, max_ike_threads);
     cookie_secret_.assign(32, 0);
@@ -212,11 +210,20 @@ void ike_shards::post(size_t shard, std::function<void(ike_manager&)> task)
 void ike_shards::run(shard& s)
 {
     ike_manager& m = *s.manager;
-    auto next_keepalive = std::chrono::steady_clock::now() + keepalive_interval;
+    // RFC 3948 §4 NAT-keepalives, one round per ike.nat-keepalive for every established IKE SA of this
+    // shard whose local end is behind a NAT. The interval is read on every pass, so a reload that
+    // shortens it (or turns it on) takes effect from the last round, not after the old interval.
+    auto last_keepalive = std::chrono::steady_clock::now();
+    auto next_keepalive_at = [&] {
+        const uint32_t seconds = nat_keepalive_.load(std::memory_order_relaxed);
+        // Off: look again in a second, for a reload that turns it on.
+        return seconds == 0 ? std::chrono::steady_clock::now() + std::chrono::seconds(1)
+                            : last_keepalive + std::chrono::seconds(seconds);
+    };
     std::vector<item> batch;
     while (!s.stopping.load()) {
         auto now = std::chrono::steady_clock::now();
-        auto deadline = std::min(m.next_deadline(), next_keepalive);
+        auto deadline = std::min(m.next_deadline(), next_keepalive_at());
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
         pollfd p{s.wake_fd, POLLIN, 0};
         // Round up: waking a millisecond early only to sleep again would spin until the deadline.
@@ -245,13 +252,14 @@ void ike_shards::run(shard& s)
         if (m.next_deadline() <= std::chrono::steady_clock::now()) {
             m.tick();
         }
-        if (std::chrono::steady_clock::now() >= next_keepalive) {
+        if (nat_keepalive_.load(std::memory_order_relaxed) != 0 &&
+            std::chrono::steady_clock::now() >= next_keepalive_at()) {
             for (const auto& [spi, sa] : m.sas()) {
                 if (sa->sa_state() == ike_sa::state::established && sa->nat_local()) {
                     host_.send_keepalive(sa->local(), sa->remote());
                 }
             }
-            next_keepalive = std::chrono::steady_clock::now() + keepalive_interval;
+            last_keepalive = std::chrono::steady_clock::now();
         }
     }
     // Tasks still queued hold latches others wait on; stop() and ~ike_shards are only called from the
@@ -336,6 +344,7 @@ ike_manager::reload_result ike_shards::reload(const config::ike_config& next)
 {
     auto results = on_each([&](ike_manager& m) { return m.reload(next); });
     config_ = next;
+    nat_keepalive_.store(next.nat_keepalive, std::memory_order_relaxed);
     return results.front(); // every shard compared the same two configurations
 }
 

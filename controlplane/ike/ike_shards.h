@@ -219,6 +219,8 @@ private:
 
     shard_host& host_;
     config::ike_config config_;
+    // ike.nat-keepalive in seconds (0 = off): written by reload() on the main thread, read by the shards.
+    std::atomic<uint32_t> nat_keepalive_{20};
     std::vector<std::unique_ptr<shard>> shards_;
     std::vector<std::string> startup_errors_;
     std::atomic<size_t> half_open_{0};

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "daemon.h"
+#include "ike_manager.h"
 #include "espresso/config/loader.h"
 #include "espresso/cp/ike_control.h"
 
@@ -105,6 +106,18 @@ int main(int argc, char** argv)
         return 2;
     }
     if (check) {
+        // The files the daemon would load at start, with the same checks (certificate, key, CAs, local-id).
+        bool ok = true;
+        for (const auto& p : cfg.ike.peers) {
+            std::string error;
+            if (p.auth.method == config::ike_auth_method::pubkey && !cp::load_peer_credentials(p, error)) {
+                std::cerr << config_path << ": peer " << p.name << ": " << error << "\n";
+                ok = false;
+            }
+        }
+        if (!ok) {
+            return 2;
+        }
         std::cout << config_path << ": OK, " << cfg.ike.peers.size() << " IKE peer(s)\n";
         return 0;
     }

@@ -608,6 +608,23 @@ TEST(ike_loader, per_address_limits)
     EXPECT_CONTAINS(error_text("cookie-threshold: 500", "max-sas-per-adress: 5"), "did you mean \"max-sas-per-address\"?");
 }
 
+TEST(ike_loader, nat_keepalive)
+{
+    EXPECT_EQ(load_string(gateway, "gw.yaml").ike.nat_keepalive, 20u); // RFC 3948 §4's default
+    const auto keepalive = [](const std::string& value) {
+        return load_string(with(gateway, "cookie-threshold: 500", "nat-keepalive: " + value), "gw.yaml").ike.nat_keepalive;
+    };
+    EXPECT_EQ(keepalive("2"), 2u);
+    EXPECT_EQ(keepalive("30s"), 30u);
+    EXPECT_EQ(keepalive("1m"), 60u);
+    EXPECT_EQ(keepalive("0"), 0u); // off
+    EXPECT_EQ(keepalive("1h"), 3600u);
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "nat-keepalive: 2h"), "is too long");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "nat-keepalive: -1"), "is not a duration");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "nat-keepalive: fast"), "ike.nat-keepalive");
+    EXPECT_CONTAINS(error_text("cookie-threshold: 500", "nat-keepalives: 20"), "did you mean \"nat-keepalive\"?");
+}
+
 // Every way of getting the auth section wrong: the message must never contain the key.
 TEST(ike_loader, the_secret_never_appears_in_an_error)
 {

@@ -1590,5 +1590,25 @@ TEST(cli_format, HeldOutboundSaIsNotActive)
         << text;
 }
 
+TEST(cli_format, IkeSaShowsBothIdentitiesAndTheAuthMethod)
+{
+    json sa = {{"peer", "branch"}, {"role", "responder"}, {"state", "READY"}, {"isakmp-state", "QM_IDLE"},
+               {"local", "198.51.100.1:4500"}, {"remote", "203.0.113.1:4500"}, {"conn-id", 1},
+               {"spi-i", "0000000000001234"}, {"spi-r", "0000000000005678"}, {"children", json::array()},
+               {"local-id", "C=CH, O=Espresso test, CN=gw.example"}, {"local-id-type", "der-asn1-dn"},
+               {"remote-id", "branch.example"}, {"remote-id-type", "fqdn"}, {"auth", "pubkey"}};
+    const std::string v2 = cli::format_ikev2_sa({{"ike-sas", json::array({sa})}});
+    EXPECT_NE(v2.find("      Local id: C=CH, O=Espresso test, CN=gw.example (der-asn1-dn)\n"), std::string::npos) << v2;
+    EXPECT_NE(v2.find("      Remote id: branch.example (fqdn)\n"), std::string::npos) << v2;
+    EXPECT_NE(v2.find("Auth sign: Certificate, Auth verify: Certificate"), std::string::npos) << v2;
+    sa["auth"] = "psk";
+    sa.erase("local-id");
+    sa["remote-id-type"] = "";
+    const std::string psk = cli::format_ikev2_sa({{"ike-sas", json::array({sa})}});
+    EXPECT_NE(psk.find("Auth sign: PSK, Auth verify: PSK"), std::string::npos) << psk;
+    EXPECT_NE(psk.find("      Local id: -\n"), std::string::npos) << psk;
+    EXPECT_NE(psk.find("      Remote id: branch.example\n"), std::string::npos) << psk;
+}
+
 } // namespace
 } // namespace espresso::dp

@@ -238,7 +238,8 @@ def make_pki(directory, peers, days=30, key="ec", rsa_bits=2048):
     """A test CA and one certificate per peer, made with openssl (Debian 12 has no strongSwan pki tool).
 
     peers: {"branch": "203.0.113.1", "hq": "198.51.100.1"} -> the IP becomes the certificate's
-    subjectAltName (strongSwan matches id = <IP> against it). Returns {peer: {"cert":, "key":, "ca":}}
+    subjectAltName (strongSwan matches id = <IP> against it); or a dict {"subject": openssl -subj
+    string, "san": openssl subjectAltName value or None} for other identities (DN, FQDN, e-mail). Returns {peer: {"cert":, "key":, "ca":}}
     with absolute paths; pass files=make_pki(...)[peer] to Charon.load to install them.
     key: "ec" (P-256) or "rsa" (RSA, rsa_bits long: 4096 makes IKE_AUTH exceed 1500 bytes) for the CA and
     the peers.
@@ -261,10 +262,16 @@ def make_pki(directory, peers, days=30, key="ec", rsa_bits=2048):
         csr = os.path.join(directory, f"{peer}.csr")
         cert = os.path.join(directory, f"{peer}.pem")
         ext = os.path.join(directory, f"{peer}.ext")
+        # A dict instead of an IP: {"subject": "/C=CH/O=Espresso test/CN=gw.example", "san": "DNS:gw.example"}
+        # (san None: no subjectAltName, the subject DN is then the only identity the certificate holds).
+        if isinstance(ip, dict):
+            subject, san = ip["subject"], ip.get("san")
+        else:
+            subject, san = f"/O=Espresso test/CN={ip}", f"IP:{ip}"
         with open(ext, "w") as f:
-            f.write(f"subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n")
+            f.write((f"subjectAltName={san}\n" if san else "") + "basicConstraints=CA:FALSE\n")
         run("req", "-new", *newkey, "-nodes",
-            "-subj", f"/O=Espresso test/CN={ip}", "-keyout", key, "-out", csr)
+            "-subj", subject, "-keyout", key, "-out", csr)
         run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", str(days),
             "-extfile", ext, "-out", cert)
         out[peer] = {"cert": cert, "key": key, "ca": ca}

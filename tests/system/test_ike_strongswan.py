@@ -56,14 +56,16 @@ CLI = os.path.join(BUILD, "controlplane", "espresso")
 
 
 def ike_yaml(proposals="aes256-sha256-modp2048", esp="aes256gcm16", start="none", rekey="0", secret="Sup3rS3cr3tK3y",
-             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False, extra_peer="", extra_tunnel=""):
+             dpd="0", ike_rekey="0", auth=None, fast_retransmit=False, extra_peer="", extra_tunnel="",
+             extra_ike="", remote="203.0.113.1"):
+    """extra_ike: lines for the ike: section itself (indented two spaces), e.g. "  nat-keepalive: 2\n"."""
     auth = auth or f'{{ method: psk, secret: "{secret}" }}'
     retransmit = "  retransmit-timeout-ms: 300\n  retransmit-tries: 2\n" if fast_retransmit else ""
     return f"""ike:
-{retransmit}  peers:
+{retransmit}{extra_ike}  peers:
     - name: branch
       local-address: 198.51.100.1
-      remote-address: 203.0.113.1
+      remote-address: {remote}
       proposals: [{proposals}]
       auth: {auth}
       rekey-time: {ike_rekey}

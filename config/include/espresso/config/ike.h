@@ -171,6 +171,10 @@ struct ike_config {
     // the peer counts as unreachable (also for DPD). 1000 ms and 5 tries: about a minute.
     uint32_t retransmit_timeout_ms = 1000;
     uint32_t retransmit_tries = 5;
+    // NAT-keepalive interval in seconds (RFC 3948 §4, default 20 s as there and in strongSwan's
+    // charon.keep_alive): an IKE SA whose local end is behind a NAT sends a 1-byte 0xFF datagram on UDP
+    // 4500 this often to hold the NAT mapping open. 0 = never; at most 3600.
+    uint32_t nat_keepalive = 20;
     std::string log_file;             // empty = stderr only
     // Shards of espresso-ike (threads running IKE SAs, controlplane/ike/ike_shards.h), 1-16; 0 = not
     // set: the online CPUs, at most 4. Read at start only.
