@@ -259,7 +259,8 @@ int main(int argc, char** argv)
             // packets only): ask it, best effort; without it those SAs show "unknown".
             bool any_ike = false;
             for (const auto& sa : result.value("sas", json::array())) {
-                any_ike = any_ike || (sa.is_object() && sa.value("origin", "").starts_with("ike:"));
+                const std::string origin = sa.is_object() ? sa.value("origin", "") : "";
+                any_ike = any_ike || origin.starts_with("ike:") || origin == "control socket";
             }
             std::optional<json> ike;
             if (any_ike) {

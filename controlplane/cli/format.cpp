@@ -168,12 +168,13 @@ bool ike_keyed(const json& sa)
 // The seconds field of "(k/sec)" and the "keying:" line of one SA (add_ike_lifetimes() put "ike" there).
 std::pair<std::string, std::string> time_lifetime(const json& sa)
 {
-    if (!ike_keyed(sa)) {
+    if (!ike_keyed(sa) && text(sa, "keying") != "ike") {
         const std::string origin = text(sa, "origin");
         return {"static", "static" + (origin.empty() ? std::string() : " (" + origin + ")") + ", no time lifetime"};
     }
-    const std::string name = text(sa, "origin").substr(4); // PEER/TUNNEL
     const json& ike = member(sa, "ike");
+    const std::string name = ike_keyed(sa) ? text(sa, "origin").substr(4) // PEER/TUNNEL
+                                           : text(ike, "peer") + "/" + text(ike, "tunnel");
     if (!ike.is_object()) {
         return {"unknown", "IKE " + name + ", time lifetime unknown (espresso-ike did not list it)"};
     }
@@ -397,12 +398,14 @@ void add_ike_lifetimes(json& result, const json* ike_result)
         if (!sa.is_object()) {
             continue;
         }
-        const bool ike = ike_keyed(sa);
+        // espresso-dp records SAs added through its control socket as "control socket" whoever sent
+        // them: an SA is IKE-keyed when espresso-ike lists its SPI (or its origin says so).
+        auto it = children.find({text(sa, "direction") == "inbound", number(sa, "spi")});
+        const bool ike = ike_keyed(sa) || it != children.end();
         sa["keying"] = ike ? "ike" : "static";
         if (!ike) {
             continue;
         }
-        auto it = children.find({text(sa, "direction") == "inbound", number(sa, "spi")});
         sa["ike"] = it != children.end() ? it->second : json(nullptr);
     }
 }

@@ -1335,13 +1335,14 @@ TEST(cli_format, CryptoIpsecSaShowsUnpairedSasApart)
     EXPECT_NO_THROW(cli::format_crypto_ipsec_sa(json("nonsense")));
 }
 
-// IKE-keyed SAs (origin "ike:PEER/TUNNEL") get their time lifetime from espresso-ike's list-ike-sas,
+// IKE-keyed SAs (listed by espresso-ike, or origin "ike:PEER/TUNNEL") get their time lifetime from espresso-ike's list-ike-sas,
 // matched by SPI and direction; static ones say so.
 TEST(cli_format, CryptoIpsecSaShowsTheTimeLifetimeOfIkeChildSas)
 {
     auto out = make_sa(0xc0000001, config::direction::outbound, "198.51.100.1", "203.0.113.1");
     auto in = make_sa(0xc0000002, config::direction::inbound, "203.0.113.1", "198.51.100.1");
-    out.config.origin = in.config.origin = "ike:branch/lan";
+    out.config.origin = "ike:branch/lan";
+    in.config.origin = "control socket"; // what espresso-dp lists for SAs added through its socket
     out.config.lifetime.bytes = 1u << 30;
     out.life_bytes = 1u << 20;
     auto manual = make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.9");
@@ -1362,6 +1363,7 @@ TEST(cli_format, CryptoIpsecSaShowsTheTimeLifetimeOfIkeChildSas)
     EXPECT_EQ(sas[0]["ike"]["rekey-in-seconds"], 3451);
     EXPECT_EQ(sas[0]["ike"]["rekey-time-seconds"], 3600);
     EXPECT_EQ(sas[0]["ike"]["peer"], "branch");
+    EXPECT_EQ(sas[1]["keying"], "ike"); // found by SPI in espresso-ike's list
     EXPECT_EQ(sas[1]["ike"]["tunnel"], "lan");
     EXPECT_EQ(sas[2]["keying"], "static");
     EXPECT_FALSE(sas[2].contains("ike"));
