@@ -755,10 +755,19 @@ void ike_sa::remove_child_from_dataplane(const child_sa& child)
 {
     // Outbound first so nothing new is sent with an SA whose inbound twin is gone. A held outbound SA
     // (pending_outbound) was never installed: its keys go with the child_sa.
+    auto remove = [&](config::direction dir, uint32_t spi) {
+        if (auto err = io_.installer().remove(dir, spi); !err.empty()) {
+            char spi_text[16];
+            std::snprintf(spi_text, sizeof(spi_text), "0x%08x", spi);
+            log(log_level::error, "removing " + std::string(dir == config::direction::inbound ? "inbound" : "outbound") +
+                                      " SA " + spi_text + " of Child SA " + child.tunnel +
+                                      " from the data plane failed: " + err);
+        }
+    };
     if (!child.outbound_pending()) {
-        io_.installer().remove(config::direction::outbound, child.spi_out);
+        remove(config::direction::outbound, child.spi_out);
     }
-    io_.installer().remove(config::direction::inbound, child.spi_in);
+    remove(config::direction::inbound, child.spi_in);
 }
 
 void ike_sa::schedule_rekey(child_sa& child, const config::ike_tunnel_config& tunnel)

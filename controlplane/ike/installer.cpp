@@ -171,22 +171,28 @@ std::string dataplane_installer::remove_policy(uint32_t id)
 
 std::string dataplane_installer::remove(config::direction dir, uint32_t spi)
 {
-    if (auto err = connect(); !err.empty()) {
-        return err;
-    }
     char text[16];
     std::snprintf(text, sizeof(text), "0x%08x", spi);
-    try {
-        auto reply = client_->request("delete-sa", {{"direction", dir == config::direction::inbound ? "inbound" : "outbound"},
-                                                    {"spi", text}});
-        if (!reply.value("ok", false)) {
-            return reply.value("error", std::string("refused"));
+    std::string error;
+    // A connection the data plane dropped (restarted, or closed while idle) fails the first request
+    // after it; an SA left behind would keep its keys in the data plane, so reconnect and try once more.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        if (error = connect(); !error.empty()) {
+            continue;
         }
-    } catch (const dp::control_client_error& e) {
-        client_.reset();
-        return e.what();
+        try {
+            auto reply = client_->request("delete-sa", {{"direction", dir == config::direction::inbound ? "inbound" : "outbound"},
+                                                        {"spi", text}});
+            if (!reply.value("ok", false)) {
+                return reply.value("error", std::string("refused"));
+            }
+            return "";
+        } catch (const dp::control_client_error& e) {
+            client_.reset();
+            error = e.what();
+        }
     }
-    return "";
+    return error;
 }
 
 } // namespace espresso::cp

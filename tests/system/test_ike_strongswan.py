@@ -582,8 +582,14 @@ def scenario_dpd_killed_peer(topo, run, br):
     assert json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), "no SAs in the data plane"
     os.kill(br.pid, signal.SIGKILL)
     wait(lambda: "DPD" in run.cli("show crypto ike failures"), 20, "DPD to declare strongSwan dead")
-    wait(lambda: not json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), 10,
-         "the dead peer's SAs to leave the data plane")
+    try:
+        wait(lambda: not json.loads(run.cli("show crypto ipsec sa --json")).get("sas"), 10,
+             "the dead peer's SAs to leave the data plane")
+    except AssertionError:
+        left = json.loads(run.cli("show crypto ipsec sa --json")).get("sas", [])
+        raise AssertionError("SAs left in the data plane after DPD: " + ", ".join(
+            "%s 0x%08x (%s)" % (sa.get("direction"), sa.get("spi", 0), sa.get("origin")) for sa in left) +
+            "\n" + run.cli("show crypto session"))
     run.cli("clear crypto sa")  # stop the keep-up retries before the next scenario
     run.stop_ike()
     topo.charons.pop("gw-branch", None)
