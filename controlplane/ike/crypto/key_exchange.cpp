@@ -148,26 +148,23 @@ struct ec_point_free_fn {
 };
 using params_ptr = std::unique_ptr<OSSL_PARAM, params_free_fn>;
 
-// Builds a key of `type` ("DH", "EC") from `group` plus an optional private BIGNUM, public BIGNUM
-// (DH) or public octet string (EC). nullptr when OpenSSL refuses the values.
-evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, const BIGNUM* priv,
-                           const BIGNUM* pub_bn, std::span<const uint8_t> pub_octets)
+// The common part of the two below: adds the optional private BIGNUM, public BIGNUM (DH) or public
+// octet string (EC) to `bld`, which holds the group already, and builds a key of `type` from it.
+// nullptr when OpenSSL refuses the values.
+evp_pkey_ptr key_from_builder(OSSL_PARAM_BLD* bld, const char* type, int selection, const BIGNUM* priv,
+                              const BIGNUM* pub_bn, std::span<const uint8_t> pub_octets)
 {
-    std::unique_ptr<OSSL_PARAM_BLD, param_bld_free_fn> bld(OSSL_PARAM_BLD_new());
-    if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1) {
+    if (priv != nullptr && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, priv) != 1) {
         return nullptr;
     }
-    if (priv != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PRIV_KEY, priv) != 1) {
+    if (pub_bn != nullptr && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PUB_KEY, pub_bn) != 1) {
         return nullptr;
     }
-    if (pub_bn != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, pub_bn) != 1) {
+    if (!pub_octets.empty() &&
+        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub_octets.data(), pub_octets.size()) != 1) {
         return nullptr;
     }
-    if (!pub_octets.empty() && OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
-                                                                pub_octets.data(), pub_octets.size()) != 1) {
-        return nullptr;
-    }
-    params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
+    params_ptr params(OSSL_PARAM_BLD_to_param(bld));
     evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
     if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
         return nullptr;
@@ -177,6 +174,18 @@ evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, c
         return nullptr;
     }
     return evp_pkey_ptr(key);
+}
+
+// Builds a key of `type` ("DH", "EC") from the named `group` plus an optional private BIGNUM, public
+// BIGNUM (DH) or public octet string (EC). nullptr when OpenSSL refuses the values.
+evp_pkey_ptr key_from_data(const char* type, int selection, const char* group, const BIGNUM* priv,
+                           const BIGNUM* pub_bn, std::span<const uint8_t> pub_octets)
+{
+    std::unique_ptr<OSSL_PARAM_BLD, param_bld_free_fn> bld(OSSL_PARAM_BLD_new());
+    if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1) {
+        return nullptr;
+    }
+    return key_from_builder(bld.get(), type, selection, priv, pub_bn, pub_octets);
 }
 
 // A DH key (parameters only, or a key pair) of a MODP group given by its prime (rfc2409_prime): p and
@@ -191,22 +200,7 @@ evp_pkey_ptr dh_key_from_prime(const group_info& g, int selection, const BIGNUM*
         OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_FFC_G, gen.get()) != 1) {
         return nullptr;
     }
-    if (priv != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PRIV_KEY, priv) != 1) {
-        return nullptr;
-    }
-    if (pub != nullptr && OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, pub) != 1) {
-        return nullptr;
-    }
-    params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
-    evp_pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "DH", nullptr));
-    if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
-        return nullptr;
-    }
-    EVP_PKEY* key = nullptr;
-    if (EVP_PKEY_fromdata(ctx.get(), &key, selection, params.get()) != 1) {
-        return nullptr;
-    }
-    return evp_pkey_ptr(key);
+    return key_from_builder(bld.get(), "DH", selection, priv, pub, {});
 }
 
 // A fresh key pair: from the cached parameters (DH, EC), or of `type` when the group has none (X25519).
