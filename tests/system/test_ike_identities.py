@@ -23,15 +23,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
+from ike_topology import site_conf, trimmed_hq_config  # noqa: E402
 from ike_wire import check_traffic_on_wire  # noqa: E402
 from strongswan import make_pki  # noqa: E402
-from test_ike_strongswan import BUILD, IKE_BIN, Run, ike_sas, ike_yaml, ready_sa, wait  # noqa: E402
+from test_ike_strongswan import IKE_BIN, ike_sas, ike_yaml, ready_sa, run_scenarios, wait  # noqa: E402
 
 HQ_DN = "C=CH, O=Espresso test, CN=gw.example"
 BRANCH_DN = "C=CH, O=Espresso test, CN=branch.example"
@@ -167,37 +164,7 @@ SCENARIOS = {"fqdn": scenario_fqdn, "email": scenario_email, "dn": scenario_dn, 
 
 
 def main():
-    wanted = sys.argv[1:] or list(SCENARIOS)
-    workdir = tempfile.mkdtemp(prefix="espresso-ike-id-")
-    topo = IkeTopology(BUILD, prefix=f"iki{os.getpid() % 1000}", workdir=workdir,
-                       hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))
-    failed = 0
-    try:
-        topo.create()
-        topo.start_gateways()
-        br = topo.start_charon("gw-branch")
-        run = Run(topo, workdir)
-        for name in wanted:
-            t0 = time.time()
-            try:
-                SCENARIOS[name](topo, run, br)
-                print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
-            except Exception:  # noqa: BLE001
-                failed += 1
-                print(f"FAIL {name}", flush=True)
-                traceback.print_exc()
-                if getattr(run, "ike", None):
-                    print(f"--- espresso-ike log ({run.ike}) ---\n{topo.process_log(run.ike)[-6000:]}")
-                print(f"--- charon log ---\n{br.log()[-4000:]}")
-                for cleanup in (lambda: br.terminate(ike="s2s", check=False, force=True), run.stop_ike):
-                    try:
-                        cleanup()
-                    except Exception:  # noqa: BLE001
-                        pass
-    finally:
-        topo.teardown()
-    print(f"{len(wanted) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return run_scenarios(SCENARIOS, sys.argv[1:] or list(SCENARIOS), "espresso-ike-id-", "iki")
 
 
 if __name__ == "__main__":

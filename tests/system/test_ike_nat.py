@@ -26,14 +26,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
+from ike_topology import site_conf  # noqa: E402
 from ike_wire import WireCapture, check_traffic_on_wire, esp_rows, keepalives, spi_int  # noqa: E402
-from test_ike_strongswan import BUILD, Run, ike_sas, ike_yaml, ready_sa, wait  # noqa: E402
+from test_ike_strongswan import ike_sas, ike_yaml, ready_sa, run_scenarios, wait  # noqa: E402
 from topology import sh  # noqa: E402
 
 HQ, BRANCH = "198.51.100.1", "203.0.113.1"
@@ -287,39 +285,7 @@ SCENARIOS = {"keepalive": scenario_keepalive, "no_nat": scenario_no_nat, "peer_k
 
 
 def main():
-    wanted = sys.argv[1:] or list(SCENARIOS)
-    workdir = tempfile.mkdtemp(prefix="espresso-ike-nat-")
-    topo = IkeTopology(BUILD, prefix=f"ikn{os.getpid() % 1000}", workdir=workdir,
-                       hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))
-    failed = 0
-    try:
-        topo.create()
-        topo.start_gateways()
-        br = topo.start_charon("gw-branch")
-        run = Run(topo, workdir)
-        for name in wanted:
-            t0 = time.time()
-            try:
-                br = SCENARIOS[name](topo, run, br) or br
-                print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
-            except Exception:  # noqa: BLE001
-                failed += 1
-                print(f"FAIL {name}", flush=True)
-                traceback.print_exc()
-                if getattr(run, "ike", None):
-                    print(f"--- espresso-ike log ({run.ike}) ---\n{topo.process_log(run.ike)[-6000:]}")
-                print(f"--- charon log ---\n{br.log()[-4000:]}")
-                for cleanup in (lambda: br.terminate(ike="s2s", check=False, force=True), run.stop_ike):
-                    try:
-                        cleanup()
-                    except Exception:  # noqa: BLE001
-                        pass
-                if "gw-branch" not in topo.charons or topo.charons["gw-branch"].proc is None:
-                    br = topo.start_charon("gw-branch")
-    finally:
-        topo.teardown()
-    print(f"{len(wanted) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return run_scenarios(SCENARIOS, sys.argv[1:] or list(SCENARIOS), "espresso-ike-nat-", "ikn")
 
 
 if __name__ == "__main__":

@@ -853,11 +853,12 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
 EXTRA_SCENARIOS = {"stream_control": scenario_stream_control}
 
 
-def main():
-    wanted = sys.argv[1:] or list(SCENARIOS)
-    SCENARIOS.update(EXTRA_SCENARIOS)
-    workdir = tempfile.mkdtemp(prefix="espresso-ike-")
-    topo = IkeTopology(BUILD, prefix=f"iks{os.getpid() % 1000}", workdir=workdir,
+def run_scenarios(scenarios, wanted, workdir_prefix, ns_prefix):
+    """Runs the named scenarios, in order, on one topology (HQ espresso-dp + espresso-ike, a charon on
+    gw-branch); each scenario may return a fresh charon. A failing scenario prints its traceback and
+    both logs, and leaves a clean charon for the next. Returns the exit status."""
+    workdir = tempfile.mkdtemp(prefix=workdir_prefix)
+    topo = IkeTopology(BUILD, prefix=f"{ns_prefix}{os.getpid() % 1000}", workdir=workdir,
                        hq_config=trimmed_hq_config(workdir, ike_yaml=ike_yaml()))
     failed = 0
     try:
@@ -868,8 +869,7 @@ def main():
         for name in wanted:
             t0 = time.time()
             try:
-                fresh = SCENARIOS[name](topo, run, br)
-                br = fresh or br
+                br = scenarios[name](topo, run, br) or br
                 print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
             except Exception:  # noqa: BLE001
                 failed += 1
@@ -878,18 +878,23 @@ def main():
                 if getattr(run, "ike", None):
                     print(f"--- espresso-ike log ({run.ike}) ---\n{topo.process_log(run.ike)[-6000:]}")
                 print(f"--- charon log ---\n{br.log()[-4000:]}")
-                try:
-                    br.terminate(ike="s2s", check=False, force=True)
-                except Exception:  # noqa: BLE001
-                    pass
-                try:
-                    run.stop_ike()
-                except Exception:  # noqa: BLE001
-                    pass
+                for cleanup in (lambda: br.terminate(ike="s2s", check=False, force=True), run.stop_ike):
+                    try:
+                        cleanup()
+                    except Exception:  # noqa: BLE001
+                        pass
+                if "gw-branch" not in topo.charons or topo.charons["gw-branch"].proc is None:
+                    br = topo.start_charon("gw-branch")  # the failed scenario had stopped it
     finally:
         topo.teardown()
     print(f"{len(wanted) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def main():
+    wanted = sys.argv[1:] or list(SCENARIOS)
+    SCENARIOS.update(EXTRA_SCENARIOS)
+    return run_scenarios(SCENARIOS, wanted, "espresso-ike-", "iks")
 
 
 if __name__ == "__main__":
