@@ -883,8 +883,13 @@ def run_scenarios(scenarios, wanted, workdir_prefix, ns_prefix):
                         cleanup()
                     except Exception:  # noqa: BLE001
                         pass
-                if "gw-branch" not in topo.charons or topo.charons["gw-branch"].proc is None:
-                    br = topo.start_charon("gw-branch")  # the failed scenario had stopped it
+                charon = topo.charons.get("gw-branch")
+                if charon is None or charon.proc is None or charon.proc.poll() is not None:
+                    # The failed scenario had stopped or killed it (dpd_killed_peer's SIGKILL).
+                    if charon is not None:
+                        charon.stop()
+                    topo.charons.pop("gw-branch", None)
+                    br = topo.start_charon("gw-branch")
     finally:
         topo.teardown()
     print(f"{len(wanted) - failed} passed, {failed} failed")
