@@ -429,6 +429,12 @@ private:
 // (load_security_association's JSON input; key and value nodes are then empty, without positions).
 // Checks read the value through loader::is_null/is_scalar/scalar/read_mapping, never the nodes alone.
 struct field {
+    // A constructor rather than an aggregate, so that emplace_back builds one in place (clang 14 has
+    // no parenthesized aggregate initialization).
+    field(std::string_view name_, field_path path_, const YAML::Node& key_, const YAML::Node& value_,
+          const plain_value* plain_ = nullptr)
+        : name(name_), path(std::move(path_)), key(key_), value(value_), plain(plain_) {}
+
     std::string_view name;
     field_path path;
     YAML::Node key;
