@@ -99,7 +99,8 @@ std::string dataplane_installer::install(const config::sa_config& sa)
     return error;
 }
 
-sa_installer::pair_result dataplane_installer::install_pair(const config::sa_config& in, const config::sa_config& out)
+sa_installer::pair_result dataplane_installer::install_pair(const config::sa_config& in,
+                                                            const config::sa_config& out)
 {
     if (auto err = connect(); !err.empty()) {
         return {err, config::direction::inbound};
@@ -117,7 +118,8 @@ sa_installer::pair_result dataplane_installer::install_pair(const config::sa_con
             // the caller names the SA.
             if (error.starts_with("sas[0]") || error.starts_with("sas[1]")) {
                 result.refused = error[4] == '0' ? config::direction::inbound : config::direction::outbound;
-                result.error = error.starts_with("sas[0]: ") || error.starts_with("sas[1]: ") ? error.substr(8) : error;
+                result.error =
+                    error.starts_with("sas[0]: ") || error.starts_with("sas[1]: ") ? error.substr(8) : error;
             } else if (error.starts_with("op: unknown operation")) {
                 unknown_op = true; // an espresso-dp older than add-sas
             } else {

@@ -29,7 +29,7 @@ namespace espresso::dp {
 
 namespace {
 
-constexpr int max_depth = 16; // containers inside one SA object; deeper: declined (nlohmann reads it)
+constexpr int max_depth = 16;     // containers inside one SA object; deeper: declined (nlohmann reads it)
 constexpr size_t max_digits = 19; // 10^19 - 1 < 2^64
 
 using kind = config::plain_value::kind;

@@ -103,7 +103,8 @@ config::sa_config child_half(config::direction dir, uint32_t spi, uint8_t key_by
     sa.dir = dir;
     sa.spi = spi;
     sa.source = *config::parse_address(dir == config::direction::inbound ? "203.0.113.1" : "198.51.100.1");
-    sa.destination = *config::parse_address(dir == config::direction::inbound ? "198.51.100.1" : "203.0.113.1");
+    sa.destination =
+        *config::parse_address(dir == config::direction::inbound ? "198.51.100.1" : "203.0.113.1");
     sa.cipher = config::cipher_alg::aes_gcm16;
     sa.cipher_key_bytes = 16;
     sa.cipher_key_length = 20;
@@ -220,7 +221,8 @@ TEST(control_client, RequestEnvelopeHasOpBeforeArgs)
             in.append(chunk, static_cast<size_t>(n));
         }
         std::string frame;
-        dp::control::append_frame(frame, R"({"version": 1, "id": 1, "ok": true, "result": {"installed": 1}})");
+        dp::control::append_frame(frame,
+                                  R"({"version": 1, "id": 1, "ok": true, "result": {"installed": 1}})");
         (void)::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
         ::close(fd);
     });
