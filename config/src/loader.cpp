@@ -379,21 +379,81 @@ struct wipe_on_exit {
     ~wipe_on_exit() { explicit_bzero(text.data(), text.size()); }
 };
 
+// A field's path in messages ("sas[3].selectors.remote"), built only when a message needs it. The
+// keys of a mapping hold their mapping's path (which the mapping owns) and their own name rather
+// than a string each: an SA from the control socket has about 15 keys, and one heap-allocated path
+// per key was the largest cost of its validation after the JSON parse (perf/RESULTS.md, session 5).
+// Converts to std::string, so it reads like the string it replaces.
+class field_path {
+public:
+    field_path() = default;
+    field_path(std::string text) : text_(std::move(text)) {}
+    field_path(const char* text) : text_(text) {}
+    // The path of key `name` of the mapping that is being read: mapping's constructor points it at the
+    // mapping's own path (pending until then).
+    static field_path key_of_mapping(std::string_view name) {
+        field_path p;
+        p.name_ = name;
+        p.pending_ = true;
+        return p;
+    }
+    void set_parent(const std::string* parent) noexcept {
+        if (pending_) {
+            parent_ = parent;
+        }
+    }
+
+    std::string str() const {
+        if (!pending_) {
+            return text_;
+        }
+        if (parent_ == nullptr || parent_->empty()) {
+            return std::string(name_);
+        }
+        std::string out;
+        out.reserve(parent_->size() + 1 + name_.size());
+        out.append(*parent_).append(1, '.').append(name_);
+        return out;
+    }
+    operator std::string() const { return str(); }
+    friend std::string operator+(const field_path& path, std::string_view more) { return path.str().append(more); }
+
+private:
+    std::string text_;
+    const std::string* parent_ = nullptr;
+    std::string_view name_;
+    bool pending_ = false;
+};
+
 // One key of a mapping and its value: YAML nodes (files, built trees), or a plain value
 // (load_security_association's JSON input; key and value nodes are then empty, without positions).
 // Checks read the value through loader::is_null/is_scalar/scalar/read_mapping, never the nodes alone.
 struct field {
+    // A constructor rather than an aggregate, so that emplace_back builds one in place (clang 14 has
+    // no parenthesized aggregate initialization).
+    field(std::string_view name_, field_path path_, const YAML::Node& key_, const YAML::Node& value_,
+          const plain_value* plain_ = nullptr)
+        : name(name_), path(std::move(path_)), key(key_), value(value_), plain(plain_) {}
+
     std::string_view name;
-    std::string path;
+    field_path path;
     YAML::Node key;
     YAML::Node value;
     const plain_value* plain = nullptr;
 };
 
+// Not copyable or movable: its fields point at its path_ (field_path). read_mapping returns it as a
+// prvalue (constructed in place, C++17).
 class mapping {
 public:
     mapping(YAML::Node node, std::string path, std::vector<field> fields)
-        : node_(std::move(node)), path_(std::move(path)), fields_(std::move(fields)) {}
+        : node_(std::move(node)), path_(std::move(path)), fields_(std::move(fields)) {
+        for (auto& f : fields_) {
+            f.path.set_parent(&path_);
+        }
+    }
+    mapping(const mapping&) = delete;
+    mapping& operator=(const mapping&) = delete;
 
     const field* find(std::string_view name) const {
         for (const auto& f : fields_) {
@@ -589,21 +649,22 @@ constexpr std::string_view mapping_fix = "write it as indented \"key: value\" li
 void loader::add_field(std::vector<field>& fields, const std::string& path, std::span<const std::string_view> allowed,
                        std::string_view name, const YAML::Node& key, const YAML::Node& value,
                        const plain_value* plain) const {
-    std::string key_path = path.empty() ? std::string(name) : path + "." + std::string(name);
+    // The key's path is built only for a message (field_path): this runs for every key of every SA.
+    auto key_path = [&] { return path.empty() ? std::string(name) : path + "." + std::string(name); };
     const auto known = std::find(allowed.begin(), allowed.end(), name);
     if (known == allowed.end()) {
         const auto suggestion = closest(name, allowed);
-        fail(key, key_path, "unknown key " + quoted(name),
+        fail(key, key_path(), "unknown key " + quoted(name),
              suggestion.empty() ? "valid keys here are: " + join(allowed, ", ")
                                 : "did you mean " + quoted(suggestion) + "?");
     }
     for (const auto& earlier : fields) {
-        if (earlier.name == *known) {
-            fail(key, key_path, "key " + quoted(name) + " appears twice; first at " + origin(earlier.key),
+        if (earlier.name.data() == known->data()) { // both name an entry of `allowed`
+            fail(key, key_path(), "key " + quoted(name) + " appears twice; first at " + origin(earlier.key),
                  "keep only one of them");
         }
     }
-    fields.push_back(field{*known, std::move(key_path), key, value, plain});
+    fields.emplace_back(*known, field_path::key_of_mapping(*known), key, value, plain);
 }
 
 mapping loader::read_mapping(const YAML::Node& node, const std::string& path, std::span<const std::string_view> allowed,

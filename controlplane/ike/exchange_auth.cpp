@@ -711,21 +711,28 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
         sa.origin = "ike:" + peer_ptr_->name + "/" + child.tunnel;
         return sa;
     };
-    // Inbound first: the peer may send as soon as it has our answer (ARCHITECTURE.md).
-    auto in = make(config::direction::inbound, we_initiated ? r_to_i_e : i_to_r_e, we_initiated ? r_to_i_i : i_to_r_i);
-    std::string err = io_.installer().install(in);
-    config::wipe_keys(in);
-    if (!err.empty()) {
+    auto refused = [&](config::direction dir, const std::string& err) {
+        const bool inbound = dir == config::direction::inbound;
         io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
-                     "the data plane refused inbound SA " + std::to_string(child.spi_in) + ": " + err + ".",
+                     std::string("the data plane refused ") + (inbound ? "inbound SA " : "outbound SA ") +
+                         std::to_string(inbound ? child.spi_in : child.spi_out) + ": " + err + ".",
                      "check espresso-dp's log and `espresso show crypto ipsec sa`."});
-        log(log_level::error, "installing inbound SA failed: " + err);
+        log(log_level::error, std::string("installing ") + (inbound ? "inbound" : "outbound") + " SA failed: " + err);
         return false;
-    }
+    };
+    // Inbound first: the peer may send as soon as it has our answer (ARCHITECTURE.md). Both halves go
+    // in one request (install_pair: inbound first, both or neither) unless the outbound one is held.
+    auto in = make(config::direction::inbound, we_initiated ? r_to_i_e : i_to_r_e, we_initiated ? r_to_i_i : i_to_r_i);
     auto out = make(config::direction::outbound, we_initiated ? i_to_r_e : r_to_i_e, we_initiated ? i_to_r_i : r_to_i_i);
     char spis[64];
     std::snprintf(spis, sizeof(spis), "SPIs in 0x%08x out 0x%08x", child.spi_in, child.spi_out);
     if (hold_outbound) {
+        std::string err = io_.installer().install(in);
+        config::wipe_keys(in);
+        if (!err.empty()) {
+            config::wipe_keys(out);
+            return refused(config::direction::inbound, err);
+        }
         child.pending_out = std::make_shared<pending_outbound>();
         child.pending_out->sa = out; // wiped by pending_outbound when installed or abandoned
         config::wipe_keys(out);
@@ -735,15 +742,11 @@ bool ike_sa::install_child(child_sa& child, const secret_bytes& keymat, bool we_
                                  (child.udp ? ", UDP-encapsulated" : ""));
         return true;
     }
-    err = io_.installer().install(out);
+    const auto result = io_.installer().install_pair(in, out);
+    config::wipe_keys(in);
     config::wipe_keys(out);
-    if (!err.empty()) {
-        io_.installer().remove(config::direction::inbound, child.spi_in);
-        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
-                     "the data plane refused outbound SA " + std::to_string(child.spi_out) + ": " + err + ".",
-                     "check espresso-dp's log and `espresso show crypto ipsec sa`."});
-        log(log_level::error, "installing outbound SA failed: " + err);
-        return false;
+    if (!result.error.empty()) {
+        return refused(result.refused, result.error); // install_pair took a lone inbound SA out again
     }
     log(log_level::info, "Child SA " + child.tunnel + " installed: " + config::to_string(child.local) + " === " +
                              config::to_string(child.remote) + ", " + spis + ", " + describe(tr, protocol_id::esp) +

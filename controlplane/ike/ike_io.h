@@ -28,6 +28,28 @@ public:
     virtual ~sa_installer() = default;
     virtual std::string install(const config::sa_config& sa) = 0;
     virtual std::string remove(config::direction dir, uint32_t spi) = 0;
+
+    // A Child SA's inbound and outbound SAs together. On failure `error` says why and `refused`
+    // which half; whatever inbound SA of the pair went in is removed again (as after a refused
+    // outbound install). An outbound SA whose install failed for another reason than a refusal
+    // (connection lost, no acknowledgement) may stay installed, as with install().
+    struct pair_result {
+        std::string error; // "" = both installed
+        config::direction refused = config::direction::inbound;
+    };
+    // The default installs inbound, then outbound (removing the inbound SA when the outbound one fails).
+    // The data plane's installer sends both in one add-sas request (one round trip, both or neither).
+    virtual pair_result install_pair(const config::sa_config& in, const config::sa_config& out)
+    {
+        if (std::string error = install(in); !error.empty()) {
+            return {std::move(error), config::direction::inbound};
+        }
+        if (std::string error = install(out); !error.empty()) {
+            remove(config::direction::inbound, in.spi);
+            return {std::move(error), config::direction::outbound};
+        }
+        return {};
+    }
     // The peer's NAT mapping changed (RFC 7296 §2.23): outbound SA `spi` now sends to `address` (tunnel
     // mode; family 0 = unchanged) and, when UDP-encapsulated, to UDP port `port` (0 = unchanged).
     virtual std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port)

@@ -99,6 +99,58 @@ std::string dataplane_installer::install(const config::sa_config& sa)
     return error;
 }
 
+sa_installer::pair_result dataplane_installer::install_pair(const config::sa_config& in,
+                                                            const config::sa_config& out)
+{
+    if (auto err = connect(); !err.empty()) {
+        return {err, config::direction::inbound};
+    }
+    nlohmann::json args = {{"sas", nlohmann::json::array({sa_to_json(in), sa_to_json(out)})}};
+    pair_result result;
+    bool unknown_op = false;
+    bool maybe_installed = false; // failed after the data plane may have applied part of the batch
+    try {
+        auto reply = client_->request("add-sas", args);
+        if (!reply.value("ok", false)) {
+            std::string error = reply.value("error", std::string("refused"));
+            // "sas[i]: why" or "sas[i].field: why": item i was refused and nothing was installed
+            // (docs/control-api.md, add-sas is all or nothing). The "sas[i]: " prefix is dropped:
+            // the caller names the SA.
+            if (error.starts_with("sas[0]") || error.starts_with("sas[1]")) {
+                result.refused = error[4] == '0' ? config::direction::inbound : config::direction::outbound;
+                result.error =
+                    error.starts_with("sas[0]: ") || error.starts_with("sas[1]: ") ? error.substr(8) : error;
+            } else if (error.starts_with("op: unknown operation")) {
+                unknown_op = true; // an espresso-dp older than add-sas
+            } else {
+                // Not a refusal of an item (e.g. no acknowledgement from a worker): what was queued
+                // may be installed. Take the inbound SA out again, as after a failed outbound add-sa.
+                result = {std::move(error), config::direction::outbound};
+                maybe_installed = true;
+            }
+        }
+    } catch (const dp::control_client_error& e) {
+        client_.reset();
+        result = {e.what(), config::direction::outbound}; // the request may or may not have been applied
+        maybe_installed = true;
+    }
+    // Best effort: the JSON library holds the key strings; overwrite them before they are freed.
+    for (auto& sa : args["sas"]) {
+        for (const char* k : {"key", "integrity-key"}) {
+            if (sa.contains(k)) {
+                wipe_string(sa[k].get_ref<std::string&>());
+            }
+        }
+    }
+    if (unknown_op) {
+        return sa_installer::install_pair(in, out);
+    }
+    if (maybe_installed) {
+        remove(config::direction::inbound, in.spi); // reconnects and retries once; "no such SA" is fine
+    }
+    return result;
+}
+
 std::string dataplane_installer::update_peer(uint32_t spi, const config::ip_address& address, uint16_t port)
 {
     if (auto err = connect(); !err.empty()) {

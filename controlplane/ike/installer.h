@@ -20,6 +20,10 @@ class dataplane_installer final : public sa_installer {
 public:
     explicit dataplane_installer(std::string socket_path);
     std::string install(const config::sa_config& sa) override;
+    // One add-sas request with both SAs, inbound first (espresso-dp applies a batch in order on each
+    // worker, and answers only when every worker has both). Falls back to two add-sa requests when the
+    // data plane does not know add-sas.
+    pair_result install_pair(const config::sa_config& in, const config::sa_config& out) override;
     std::string remove(config::direction dir, uint32_t spi) override;
     std::string update_peer(uint32_t spi, const config::ip_address& address, uint16_t port) override; // update-sa
     // Connects if not connected; "" or the reason.

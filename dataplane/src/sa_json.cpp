@@ -311,6 +311,7 @@ void request_reader::wipe() noexcept
     used_ = 0;
     count_ = 0;
     captured_ = false;
+    scanned_ = false;
 }
 
 // SAX events: forwarded to nlohmann's own DOM builder, except inside args.sas of an add-sas request.
@@ -503,6 +504,17 @@ private:
 bool request_reader::parse(std::string_view body, json& request)
 {
     wipe();
+    request = json();
+    if (scan_add_sas(body, request)) {
+        scanned_ = true;
+        return true;
+    }
+    return parse_with_nlohmann(body, request);
+}
+
+bool request_reader::parse_with_nlohmann(std::string_view body, json& request)
+{
+    wipe(); // what a declined scan captured, and its copy of the body
     request = json();
     handler h(*this, request);
     const bool ok = json::sax_parse(body, &h);

@@ -53,6 +53,10 @@ parsed<std::vector<config::sa_config>> sas_from_plain(std::span<const config::pl
 // (a map node and a string per field, then freed) was the largest cost of an add-sas after the
 // validation was moved off yaml-cpp. Any other request (or "op" after "args") is parsed as before.
 //
+// An add-sas request in the usual shape is read first by a hand-written scanner (add_sas_scan.cpp,
+// which says why and what it accepts) that gives the same DOM and trees; whatever it declines goes
+// through the nlohmann path, so results and messages do not depend on which path read a request.
+//
 // Threads: one reader per control server, main lcore only.
 class request_reader {
 public:
@@ -63,6 +67,10 @@ public:
 
     // False when `body` is not one valid JSON value (the DOM is then unusable).
     bool parse(std::string_view body, nlohmann::json& request);
+    // The same through nlohmann only (no fast scanner): for tests that compare the two paths.
+    bool parse_with_nlohmann(std::string_view body, nlohmann::json& request);
+    // Whether the last parse() was read by the fast scanner.
+    bool scanned() const noexcept { return scanned_; }
     bool captured() const noexcept { return captured_; }
     std::span<const config::plain_value> sas() const noexcept { return {items_.data(), count_}; }
     // Overwrites the captured text (it holds the keys) and forgets the items. Call after every request.
@@ -71,6 +79,9 @@ public:
 private:
     class handler;
     friend class handler;
+    // add_sas_scan.cpp: true when it read `body` (a copy kept in the arena); false: declined, the
+    // reader's state is then to be reset (wipe()) before the nlohmann path.
+    bool scan_add_sas(std::string_view body, nlohmann::json& request);
     std::string_view keep(std::string_view text);
     config::plain_value& next_item();
 
@@ -81,6 +92,7 @@ private:
     std::vector<config::plain_value> items_;
     size_t count_ = 0;
     bool captured_ = false;
+    bool scanned_ = false;
 };
 
 // The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,

@@ -1038,6 +1038,105 @@ TEST(sa_json, RequestReaderGivesWhatTheDomPathGives)
     EXPECT_EQ(std::string(key.data(), key.size()), std::string(key.size(), '\0'));
 }
 
+// Two plain value trees alike (kinds, text, keys in order).
+bool same_tree(const espresso::config::plain_value& a, const espresso::config::plain_value& b)
+{
+    if (a.what != b.what || a.text != b.text || a.items.size() != b.items.size()) {
+        return false;
+    }
+    for (size_t i = 0; i < a.items.size(); ++i) {
+        if (a.items[i].key != b.items[i].key || !same_tree(a.items[i].value, b.items[i].value)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Reads `body` with parse() (the hand-written scanner first) and with the nlohmann path alone, and
+// checks they agree on validity, DOM, capture and SA trees. Returns whether the scanner read it.
+bool scanner_agrees(const std::string& body)
+{
+    request_reader fast;
+    request_reader slow;
+    json a;
+    json b;
+    const bool ok_a = fast.parse(body, a);
+    const bool ok_b = slow.parse_with_nlohmann(body, b);
+    EXPECT_EQ(ok_a, ok_b) << body;
+    EXPECT_FALSE(slow.scanned());
+    if (ok_a && ok_b) {
+        EXPECT_EQ(a, b) << body;
+        EXPECT_EQ(fast.captured(), slow.captured()) << body;
+        EXPECT_EQ(fast.sas().size(), slow.sas().size()) << body;
+        for (size_t i = 0; i < std::min(fast.sas().size(), slow.sas().size()); ++i) {
+            EXPECT_TRUE(same_tree(fast.sas()[i], slow.sas()[i])) << body << " item " << i;
+        }
+    }
+    EXPECT_TRUE(!fast.scanned() || ok_a) << body;
+    return fast.scanned();
+}
+
+// The scanner (add_sas_scan.cpp) reads the usual add-sas requests and declines everything outside its
+// subset of JSON; either way the result is the nlohmann path's. tests/fuzz/add_sas_fuzz.cpp does the same
+// on arbitrary input.
+TEST(sa_json, AddSasScannerAgreesWithTheNlohmannPath)
+{
+    const std::string sa = good_sa_json().dump();
+    const std::string head = R"({"version": 1, "id": 42, "op": "add-sas", "args": {"sas": [)";
+    const std::string body = head + sa + "," + sa + "]}}";
+    EXPECT_TRUE(scanner_agrees(body));
+    // Read by the scanner: whitespace, key order, empty list, nested values, repeated keys in an item.
+    for (const std::string& ok : {
+             std::string(" \t\r\n{ \"op\" : \"add-sas\" ,\"id\":0,\"version\":1,\"args\":{\"sas\":[ {} ]} } \n"),
+             head + "]}}",
+             head + R"({"spi": 4097, "spi": "0x1001", "x": [1, [2, {"a": null}], true], "y": {"z": {"w": false}}}]}})",
+             head + R"({"replay-window": 0, "lifetime": {"bytes": 9999999999999999999}}]}})",
+             std::string(R"({"op": "add-sas", "args": {"sas": [{"key": "0xfeedface"}]}})"),
+         }) {
+        EXPECT_TRUE(scanner_agrees(ok)) << ok;
+    }
+    // Declined, then read by nlohmann (valid JSON or not): the same result either way.
+    for (const std::string& declined : {
+             head + R"({"key": "0x\u0030"}]}})",                       // escape
+             head + "{\"source\": \"caf\xc3\xa9\"}]}}",                // non-ASCII
+             head + "{\"source\": \"a\x01\"}]}}",                      // control character (invalid)
+             head + R"({"ttl": -1}]}})",                               // negative
+             head + R"({"ttl": 1.5}]}})", head + R"({"ttl": 1e3}]}})", // fraction, exponent
+             head + R"({"ttl": 01}]}})",                               // leading zero (invalid)
+             head + R"({"ttl": 18446744073709551616}]}})",             // 20 digits
+             head + R"(1]}})", head + R"([]]}})", head + R"(null]}})", // items that are not objects
+             head + R"({"a": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}]}})", // deeper than the scanner goes
+             head + R"({}]}, "extra": 1})",                            // unknown root key
+             head + R"({}]}, "id": 5})",                               // repeated root key
+             head + R"({}], "other": 1}})",                            // a second argument
+             std::string(R"({"version": 1, "id": 1, "args": {"sas": [{}]}, "op": "add-sas"})"), // op after args
+             std::string(R"({"version": 1, "id": 1, "op": "delete-sas", "args": {"sas": []}})"),
+             std::string(R"({"version": -1, "id": 1, "op": "add-sas", "args": {"sas": []}})"),
+             std::string(R"({"version": 1, "id": "x", "op": "add-sas", "args": {"sas": []}})"),
+             std::string(R"({"version": 1, "op": "add-sas", "args": null})"),
+             std::string(R"({"version": 1, "op": "add-sas"})"),
+             std::string("\xef\xbb\xbf") + body,                      // byte-order mark
+             body + " x", body + "}", body + std::string(1, '\0'), "[" + body + "]", std::string(""), std::string("{}"),
+             head + R"({"a": tru}]}})", head + R"({"a": nul}]}})", head + R"({"a": truex}]}})",
+             head + R"({"a" 1}]}})", head + R"({"a": 1,}]}})", head + R"({"a": 1 "b": 2}]}})",
+             head + R"({"a": [1,]}]}})", head + R"({"a": "x}]}})",
+         }) {
+        EXPECT_FALSE(scanner_agrees(declined)) << declined;
+    }
+    // Every truncation of a valid request is invalid JSON for both paths.
+    for (size_t n = 0; n < body.size(); ++n) {
+        EXPECT_FALSE(scanner_agrees(body.substr(0, n)));
+    }
+    // One byte changed anywhere: whatever the scanner still reads, nlohmann reads alike.
+    for (size_t i = 0; i < body.size(); ++i) {
+        for (const char c : {'"', '\\', '{', '}', '[', ']', ',', ':', '0', '-', ' ', 'e', '\x80'}) {
+            std::string changed = body;
+            changed[i] = c;
+            scanner_agrees(changed);
+        }
+    }
+}
+
 TEST(sa_json, DirectValidationGivesTheSameSasAndMessagesAsTheYamlTextPath)
 {
     std::vector<json> bases = {good_sa_json(), json::parse(R"({

@@ -1,0 +1,239 @@
+// espresso-ike's data plane installer (controlplane/ike/installer.cpp) against the real control
+// server (dataplane/src/control_server.cpp) with a fake gateway: here rather than in tests/ike because
+// the point is the request the server receives and what the installer makes of its replies.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "control_server.h"
+#include "espresso/dp/control_client.h"
+#include "espresso/dp/control_protocol.h"
+#include "installer.h"
+
+namespace espresso::cp {
+namespace {
+
+using namespace std::chrono_literals;
+
+class recording_gateway : public dp::gateway_api {
+public:
+    std::string add_sa(const config::sa_config& sa) override
+    {
+        const std::lock_guard guard(lock);
+        singles.push_back(sa);
+        return "";
+    }
+    std::string add_sas(std::span<const config::sa_config> batch) override
+    {
+        const std::lock_guard guard(lock);
+        batches.emplace_back(batch.begin(), batch.end());
+        return refuse_batch;
+    }
+    std::string delete_sa(config::direction dir, uint32_t spi) override
+    {
+        const std::lock_guard guard(lock);
+        deleted.emplace_back(dir, spi);
+        return "no such SA";
+    }
+    std::string add_policy(const config::policy_config&, uint32_t& id) override
+    {
+        id = 1;
+        return "";
+    }
+    std::string delete_policy(uint32_t) override { return ""; }
+    void flush() override {}
+    std::vector<dp::sa_snapshot> sas() const override { return {}; }
+    std::vector<dp::policy_snapshot> policies() const override { return {}; }
+    std::vector<dp::interface_snapshot> interfaces() const override { return {}; }
+    std::vector<dp::worker_snapshot> workers() const override { return {}; }
+    void clear_counters() override {}
+
+    std::mutex lock;
+    std::string refuse_batch;
+    std::vector<config::sa_config> singles;
+    std::vector<std::vector<config::sa_config>> batches;
+    std::vector<std::pair<config::direction, uint32_t>> deleted;
+};
+
+class installer_fixture : public ::testing::Test {
+protected:
+    void SetUp() override
+    {
+        char dir_template[] = "/tmp/espresso-inst-XXXXXX";
+        ASSERT_NE(mkdtemp(dir_template), nullptr);
+        dir = dir_template;
+        path = dir + "/dp.sock";
+        server = std::make_unique<dp::control_server>(gateway, path);
+        thread = std::thread([this] {
+            while (!stop.load()) {
+                server->poll();
+                std::this_thread::sleep_for(200us);
+            }
+        });
+    }
+    void TearDown() override
+    {
+        stop = true;
+        thread.join();
+        server.reset();
+        std::filesystem::remove_all(dir);
+    }
+
+    recording_gateway gateway;
+    std::string dir;
+    std::string path;
+    std::unique_ptr<dp::control_server> server;
+    std::thread thread;
+    std::atomic<bool> stop{false};
+};
+
+config::sa_config child_half(config::direction dir, uint32_t spi, uint8_t key_byte)
+{
+    config::sa_config sa;
+    sa.dir = dir;
+    sa.spi = spi;
+    sa.source = *config::parse_address(dir == config::direction::inbound ? "203.0.113.1" : "198.51.100.1");
+    sa.destination =
+        *config::parse_address(dir == config::direction::inbound ? "198.51.100.1" : "203.0.113.1");
+    sa.cipher = config::cipher_alg::aes_gcm16;
+    sa.cipher_key_bytes = 16;
+    sa.cipher_key_length = 20;
+    std::fill_n(sa.cipher_key.begin(), sa.cipher_key_length, key_byte);
+    sa.replay_window = dir == config::direction::inbound ? 64 : 0;
+    sa.local = *config::parse_prefix("192.168.1.0/24");
+    sa.remote = *config::parse_prefix("192.168.2.0/24");
+    return sa;
+}
+
+TEST_F(installer_fixture, PairGoesInOneAddSasInboundFirst)
+{
+    dataplane_installer installer(path);
+    const auto in = child_half(config::direction::inbound, 0xc0000001, 0x11);
+    const auto out = child_half(config::direction::outbound, 0x0d000001, 0x22);
+    const auto result = installer.install_pair(in, out);
+    EXPECT_EQ(result.error, "");
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_TRUE(gateway.singles.empty()) << "no add-sa";
+    ASSERT_EQ(gateway.batches.size(), 1U);
+    const auto& batch = gateway.batches[0];
+    ASSERT_EQ(batch.size(), 2U);
+    EXPECT_EQ(batch[0].dir, config::direction::inbound);
+    EXPECT_EQ(batch[0].spi, 0xc0000001U);
+    EXPECT_EQ(batch[0].cipher_key, in.cipher_key);
+    EXPECT_EQ(batch[0].replay_window, 64U);
+    EXPECT_EQ(batch[1].dir, config::direction::outbound);
+    EXPECT_EQ(batch[1].spi, 0x0d000001U);
+    EXPECT_EQ(batch[1].cipher_key, out.cipher_key);
+    EXPECT_TRUE(gateway.deleted.empty());
+}
+
+TEST_F(installer_fixture, RefusedItemNamesItsHalfAndNothingIsRemoved)
+{
+    dataplane_installer installer(path);
+    const auto in = child_half(config::direction::inbound, 0xc0000002, 0x11);
+    const auto out = child_half(config::direction::outbound, 0x0d000002, 0x22);
+    gateway.refuse_batch = "sas[1]: SA 0x0d000002 (outbound) already exists";
+    auto result = installer.install_pair(in, out);
+    EXPECT_EQ(result.error, "SA 0x0d000002 (outbound) already exists");
+    EXPECT_EQ(result.refused, config::direction::outbound);
+    gateway.refuse_batch = "sas[0]: SA 0xc0000002 (inbound) already exists";
+    result = installer.install_pair(in, out);
+    EXPECT_EQ(result.error, "SA 0xc0000002 (inbound) already exists");
+    EXPECT_EQ(result.refused, config::direction::inbound);
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_TRUE(gateway.deleted.empty()) << "add-sas is all or nothing: nothing to take out";
+}
+
+TEST_F(installer_fixture, ValidationErrorOfAnItemKeepsItsField)
+{
+    dataplane_installer installer(path);
+    auto in = child_half(config::direction::inbound, 0xc0000003, 0x11);
+    in.cipher_key_length = 5; // the loader refuses the key's length
+    const auto out = child_half(config::direction::outbound, 0x0d000003, 0x22);
+    const auto result = installer.install_pair(in, out);
+    EXPECT_TRUE(result.error.starts_with("sas[0].key: ")) << result.error;
+    EXPECT_EQ(result.refused, config::direction::inbound);
+    const std::lock_guard guard(gateway.lock);
+    EXPECT_TRUE(gateway.batches.empty());
+    EXPECT_TRUE(gateway.deleted.empty());
+}
+
+TEST_F(installer_fixture, UnacknowledgedBatchTakesTheInboundSaOut)
+{
+    dataplane_installer installer(path);
+    const auto in = child_half(config::direction::inbound, 0xc0000004, 0x11);
+    const auto out = child_half(config::direction::outbound, 0x0d000004, 0x22);
+    gateway.refuse_batch = "worker did not acknowledge the SA installs within 2 s";
+    const auto result = installer.install_pair(in, out);
+    EXPECT_EQ(result.error, "worker did not acknowledge the SA installs within 2 s");
+    EXPECT_EQ(result.refused, config::direction::outbound);
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.deleted.size(), 1U);
+    EXPECT_EQ(gateway.deleted[0], std::make_pair(config::direction::inbound, 0xc0000004U));
+}
+
+TEST(installer, NoDataPlaneRefusesTheInboundHalf)
+{
+    dataplane_installer installer("/tmp/espresso-no-such-dir/dp.sock");
+    const auto result = installer.install_pair(child_half(config::direction::inbound, 0xc0000005, 1),
+                                               child_half(config::direction::outbound, 0x0d000005, 2));
+    EXPECT_NE(result.error, "");
+    EXPECT_EQ(result.refused, config::direction::inbound);
+}
+
+// The client writes "op" before "args" (espresso-dp's fast add-sas path wants that order).
+TEST(control_client, RequestEnvelopeHasOpBeforeArgs)
+{
+    char dir_template[] = "/tmp/espresso-env-XXXXXX";
+    ASSERT_NE(mkdtemp(dir_template), nullptr);
+    const std::string socket_path = std::string(dir_template) + "/s.sock";
+    const int listener = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, socket_path.c_str(), sizeof(address.sun_path) - 1);
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    ASSERT_EQ(::listen(listener, 1), 0);
+    std::string received;
+    std::thread peer([&] {
+        const int fd = ::accept(listener, nullptr, nullptr);
+        std::string in;
+        char chunk[4096];
+        for (;;) {
+            const auto length = dp::control::decode_length(in);
+            if (length && in.size() >= dp::control::length_prefix_bytes + *length) {
+                received = in.substr(dp::control::length_prefix_bytes, *length);
+                break;
+            }
+            const ssize_t n = ::recv(fd, chunk, sizeof(chunk), 0);
+            if (n <= 0) {
+                break;
+            }
+            in.append(chunk, static_cast<size_t>(n));
+        }
+        std::string frame;
+        dp::control::append_frame(frame,
+                                  R"({"version": 1, "id": 1, "ok": true, "result": {"installed": 1}})");
+        (void)::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+        ::close(fd);
+    });
+    auto client = dp::control_client::connect(socket_path);
+    const auto reply = client.request("add-sas", {{"sas", nlohmann::json::array({{{"spi", 4097}}})}}, 2000ms);
+    peer.join();
+    ::close(listener);
+    std::filesystem::remove_all(dir_template);
+    EXPECT_TRUE(reply.value("ok", false));
+    EXPECT_EQ(received, R"({"version":1,"id":1,"op":"add-sas","args":{"sas":[{"spi":4097}]}})");
+}
+
+} // namespace
+} // namespace espresso::cp
