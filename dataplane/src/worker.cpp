@@ -909,6 +909,17 @@ private:
         uint64_t hops6[max_vector * 2];
         uint16_t n4 = 0;
         uint16_t n6 = 0;
+        // The last next hop looked up per family, with its port and the neighbor table's answer. Valid
+        // for this call only: the worker holds its neighbor-table reader slot throughout (nothing it
+        // read is reclaimed before reader_quiescent), and an answer that changes meanwhile (ARP, NUD)
+        // takes effect from the next call, microseconds later.
+        struct neighbor_memo {
+            bool valid = false;
+            bool known = false;
+            uint16_t port = 0;
+            uint8_t address[16] = {};
+            rte_ether_addr mac{};
+        } last4, last6;
         for (uint16_t i = 0; i < n; ++i) {
             const auto* ip = rte_pktmbuf_mtod(pkts[i], const uint8_t*);
             if ((ip[0] >> 4) == 6) {
@@ -973,8 +984,20 @@ private:
                 continue;
             }
             const uint16_t ether_type = is6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4;
-            rte_ether_addr mac;
-            const bool known = is6 ? s_.neighbors->lookup6(port, nh6, mac) : s_.neighbors->lookup(port, nh_be, mac);
+            // The packets of a burst mostly share a next hop (the peer gateway, the LAN router): look
+            // each next hop up once per run of packets to it, not once per packet (a hash lookup each).
+            neighbor_memo& memo = is6 ? last6 : last4;
+            if (!memo.valid || memo.port != port ||
+                std::memcmp(memo.address, is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be),
+                            is6 ? 16 : 4) != 0) {
+                memo.valid = true;
+                memo.port = port;
+                std::memcpy(memo.address, is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be), is6 ? 16 : 4);
+                memo.known = is6 ? s_.neighbors->lookup6(port, nh6, memo.mac)
+                                 : s_.neighbors->lookup(port, nh_be, memo.mac);
+            }
+            const bool known = memo.known;
+            const rte_ether_addr& mac = memo.mac;
             auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
             if (eth == nullptr) {
                 drop(m, gateway_drop::malformed);
