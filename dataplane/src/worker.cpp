@@ -106,7 +106,14 @@ static_assert(sa_groups::max_groups < 256, "group_of is one byte");
 
 class worker_loop {
 public:
-    worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s) {}
+    worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s)
+    {
+        // The ports are fixed before the workers start. 1500: what egress_mtu assumes for a port
+        // it does not know.
+        for (const port_state& p : s_.ports) {
+            min_mtu_ = std::min<uint32_t>(min_mtu_, p.mtu);
+        }
+    }
 
     int run() noexcept
     {
@@ -821,14 +828,17 @@ private:
     {
         const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
         out[0] = m;
-        const uint32_t mtu = egress_mtu(sa, ip);
-        if (mtu == 0) {
-            return 1; // dropped later as no_route, counted there
-        }
         // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
         const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
         const bool v6 = (ip[0] >> 4) == 6;
         const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
+        if (total + esp_overhead <= min_mtu_) {
+            return 1; // fits whichever port it leaves by: no route lookup for the egress MTU
+        }
+        const uint32_t mtu = egress_mtu(sa, ip);
+        if (mtu == 0) {
+            return 1; // dropped later as no_route, counted there
+        }
         if (total + esp_overhead <= mtu) {
             return 1;
         }
@@ -1036,6 +1046,7 @@ private:
     gateway::shared& s_;
     crypto_core core_;
     uint64_t last_acquire_ = 0;
+    uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
 };
 
 } // namespace
