@@ -645,6 +645,15 @@ private:
         }
     }
 
+    // Does the SPD decide anything for transit traffic? Not when it holds only bypass rules (or none)
+    // and no SA-implied host policies: every packet is forwarded whatever it matches, so the worker
+    // skips building keys and classifying.
+    bool spd_decides() const noexcept
+    {
+        return (w_.spd != nullptr && !w_.spd->forwards_all()) || !w_.hosts->empty(host_category::outbound) ||
+               !w_.hosts->empty(host_category::inbound_check);
+    }
+
     // Cleartext transit: TTL, SPD, then encapsulation for protected traffic.
     void protect(rte_mbuf** pkts, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
@@ -652,6 +661,7 @@ private:
         const spd_key* key_ptrs[max_vector];
         uint8_t protocol[max_vector];
         uint16_t kept = 0;
+        const bool classify_needed = spd_decides();
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
@@ -667,6 +677,10 @@ private:
             uint32_t sum = static_cast<uint32_t>(load_be16(ip + 10)) + 0x0100;
             sum = (sum & 0xffff) + (sum >> 16);
             store_be16(ip + 10, static_cast<uint16_t>(sum));
+            if (!classify_needed) {
+                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                continue;
+            }
             spd_key& k = keys[kept];
             spd_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
@@ -689,6 +703,7 @@ private:
         const spd6_key* key_ptrs[max_vector];
         uint8_t protocol[max_vector];
         uint16_t kept = 0;
+        const bool classify_needed = spd_decides();
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
@@ -706,6 +721,10 @@ private:
                 continue;
             }
             --ip[7]; // no header checksum in IPv6
+            if (!classify_needed) {
+                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                continue;
+            }
             spd6_key& k = keys[kept];
             spd6_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
