@@ -118,6 +118,8 @@ public:
     int run() noexcept
     {
         unsigned idle = 0;
+        unsigned polls = 0;
+        unsigned busy_polls = 0;
         s_.neighbors->reader_online(w_.index);
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
@@ -151,26 +153,45 @@ public:
             drain_events();
             // Holds no neighbor-table slot past this point (lets the main lcore reuse removed ones).
             s_.neighbors->reader_quiescent(w_.index);
-            w_.polls.fetch_add(1, std::memory_order_relaxed);
+            // The poll counters (busy share) are published every 64 polls and before a nap: two
+            // atomic read-modify-writes per poll cost more than the rest of an empty poll.
+            ++polls;
             if (got != 0) {
-                w_.busy_polls.fetch_add(1, std::memory_order_relaxed);
+                ++busy_polls;
+            }
+            if (polls == 64) {
+                publish_polls(polls, busy_polls);
+            }
+            if (got != 0) {
                 idle = 0;
             } else if (s_.adaptive_idle) {
                 // Back off: spin briefly, then pause, then sleep in short steps (an idle gateway
                 // should not burn its cores; latency cost is bounded by the sleep step).
                 ++idle;
                 if (idle > 2000) {
+                    publish_polls(polls, busy_polls);
                     nap(idle > 20000 ? 1000 : 100);
                 } else if (idle > 100) {
                     rte_pause();
                 }
             }
         }
+        publish_polls(polls, busy_polls);
         s_.neighbors->reader_offline(w_.index);
         return 0;
     }
 
 private:
+    void publish_polls(unsigned& polls, unsigned& busy_polls) noexcept
+    {
+        w_.polls.fetch_add(polls, std::memory_order_relaxed);
+        if (busy_polls != 0) {
+            w_.busy_polls.fetch_add(busy_polls, std::memory_order_relaxed);
+        }
+        polls = 0;
+        busy_polls = 0;
+    }
+
     // Sleeps up to `usec`, or until the main lcore queues an update (gateway::wake): an idle worker
     // applies an SA install within microseconds instead of after its nap.
     void nap(unsigned usec) noexcept
