@@ -198,15 +198,54 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
 
 }
 
-// One IPsec-MB burst for every packet in `batch`, whatever SA each belongs to (a job carries its own
-// keys), then the per-SA counters and lifetimes. Empties the batch.
+// The crypto of every packet in `batch`: AES-GCM one packet at a time through the direct API
+// (gcm_one), the rest as one IPsec-MB burst whatever SA each belongs to (a job carries its own keys);
+// then the per-SA counters and lifetimes. Empties the batch.
 void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch) noexcept
 {
     if (batch.n_jobs == 0) {
         return;
     }
+    // A packet whose crypto completed: UDP checksum (IPv6), counted on its SA group below.
+    auto completed = [&](out_packet& o) {
+        outbound_group& g = groups[o.group];
+        rte_mbuf* m = g.pkts[o.index];
+        if ((o.sa->flags & sa_udp) != 0) {
+            uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
+            if ((p[0] >> 4) == 6) {
+                fix_udp6_checksum(m, static_cast<uint32_t>(o.esp - p) - 8);
+            }
+        }
+        ++g.pending_good;
+        g.pending_bytes += o.inner_bytes;
+    };
+    // AES-GCM directly (gcm_one), everything else as one IPsec-MB burst.
+    uint16_t burst[max_burst];
+    uint16_t n_burst = 0;
+    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
+        out_packet& o = batch.info[j];
+        const sa_runtime& sa = *o.sa;
+        if ((sa.flags & sa_aead) == 0) {
+            burst[n_burst++] = j;
+            continue;
+        }
+        uint8_t* esp = o.esp;
+        const uint8_t* aad = esp;
+        uint64_t aad_len = 8;
+        if ((sa.flags & sa_esn) != 0) {
+            std::memcpy(o.aad, esp, 4);
+            store_be32(o.aad + 4, static_cast<uint32_t>(o.seq >> 32));
+            std::memcpy(o.aad + 8, esp + 4, 4);
+            aad = o.aad;
+            aad_len = 12;
+        }
+        gcm_one(core.mgr(), true, &sa.gcm_key, sa.key_size, esp + 16, esp + 16, o.payload, o.nonce, aad,
+                aad_len, esp + 16 + o.payload, 16);
+        completed(o);
+    }
     IMB_JOB* jobs[max_burst];
-    const int done = run_burst(core.mgr(), jobs, batch.n_jobs, [&](uint16_t j, IMB_JOB* job) {
+    const int done = n_burst == 0 ? 0 : run_burst(core.mgr(), jobs, n_burst, [&](uint16_t jb, IMB_JOB* job) {
+        const uint16_t j = burst[jb];
         out_packet& o = batch.info[j];
         const sa_runtime& sa = *o.sa;
         const bool esn = (sa.flags & sa_esn) != 0;
@@ -222,30 +261,6 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
         job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(j));
         job->cipher_mode = sa.cipher_mode;
         job->hash_alg = sa.hash_alg;
-        if ((sa.flags & sa_aead) != 0) {
-            job->enc_keys = &sa.gcm_key;
-            job->dec_keys = &sa.gcm_key;
-            job->cipher_start_src_offset_in_bytes = 16;
-            job->dst = esp + 16; // IPsec-MB applies the offset to src only
-            job->msg_len_to_cipher_in_bytes = o.payload;
-            job->hash_start_src_offset_in_bytes = 16;
-            job->msg_len_to_hash_in_bytes = o.payload;
-            job->iv = o.nonce;
-            job->iv_len_in_bytes = 12;
-            if (esn) {
-                std::memcpy(o.aad, esp, 4);
-                store_be32(o.aad + 4, seq_hi);
-                std::memcpy(o.aad + 8, esp + 4, 4);
-                job->u.GCM.aad = o.aad;
-                job->u.GCM.aad_len_in_bytes = 12;
-            } else {
-                job->u.GCM.aad = esp;
-                job->u.GCM.aad_len_in_bytes = 8;
-            }
-            job->auth_tag_output = esp + 16 + o.payload;
-            job->auth_tag_output_len_in_bytes = 16;
-            return;
-        }
         if ((sa.flags & sa_gmac) != 0) {
             // RFC 4543 §3.3: AAD = SPI || [seq hi] || seq || IV || payload. With ESN the high half
             // goes between SPI and seq: borrow the 4 bytes in front of the ESP header (outer header,
@@ -303,11 +318,11 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
         }
     });
     if (done < 0) [[unlikely]] {
-        for (uint16_t j = 0; j < batch.n_jobs; ++j) {
-            groups[batch.info[j].group].reasons[batch.info[j].index] = drop_reason::crypto_error;
+        for (uint16_t jb = 0; jb < n_burst; ++jb) {
+            const out_packet& o = batch.info[burst[jb]];
+            groups[o.group].reasons[o.index] = drop_reason::crypto_error;
         }
-        batch.n_jobs = 0;
-        return;
+        // The AES-GCM packets of the batch completed: they are still counted below.
     }
 
     for (int j = 0; j < done; ++j) {
@@ -323,15 +338,7 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
             g.reasons[o.index] = drop_reason::crypto_error;
             continue;
         }
-        rte_mbuf* m = g.pkts[o.index];
-        if ((sa.flags & sa_udp) != 0) {
-            uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
-            if ((p[0] >> 4) == 6) {
-                fix_udp6_checksum(m, static_cast<uint32_t>(o.esp - p) - 8);
-            }
-        }
-        ++g.pending_good;
-        g.pending_bytes += o.inner_bytes;
+        completed(o);
     }
     // Counters and lifetimes once per SA of the batch (jobs of one group are contiguous).
     for (uint16_t j = 0; j < batch.n_jobs; ++j) {

@@ -210,6 +210,8 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
             throw;
         }
     }
+    forwards_all_ = std::all_of(rules_.begin(), rules_.end(),
+                                [](const spd_rule& r) { return r.action == config::policy_action::bypass; });
 }
 
 compiled_spd::~compiled_spd()

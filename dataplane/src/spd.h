@@ -103,11 +103,15 @@ public:
     void classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
     const spd_rule& rule(uint32_t index_plus_one) const noexcept { return rules_[index_plus_one - 1]; }
     bool empty() const noexcept { return ctx_ == nullptr && ctx6_ == nullptr; }
+    // Every rule is a bypass rule (or there is none): a packet is forwarded whatever it matches, so
+    // the worker need not classify it (unless level 2 holds host policies).
+    bool forwards_all() const noexcept { return forwards_all_; }
 
 private:
     rte_acl_ctx* ctx_ = nullptr;
     rte_acl_ctx* ctx6_ = nullptr;
     std::vector<spd_rule> rules_;
+    bool forwards_all_ = true;
 };
 
 // --- Level 2: SA-implied policies with a host remote selector -----------------------------------

@@ -106,11 +106,20 @@ static_assert(sa_groups::max_groups < 256, "group_of is one byte");
 
 class worker_loop {
 public:
-    worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s) {}
+    worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s)
+    {
+        // The ports are fixed before the workers start. 1500: what egress_mtu assumes for a port
+        // it does not know.
+        for (const port_state& p : s_.ports) {
+            min_mtu_ = std::min<uint32_t>(min_mtu_, p.mtu);
+        }
+    }
 
     int run() noexcept
     {
         unsigned idle = 0;
+        unsigned polls = 0;
+        unsigned busy_polls = 0;
         s_.neighbors->reader_online(w_.index);
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
@@ -144,26 +153,45 @@ public:
             drain_events();
             // Holds no neighbor-table slot past this point (lets the main lcore reuse removed ones).
             s_.neighbors->reader_quiescent(w_.index);
-            w_.polls.fetch_add(1, std::memory_order_relaxed);
+            // The poll counters (busy share) are published every 64 polls and before a nap: two
+            // atomic read-modify-writes per poll cost more than the rest of an empty poll.
+            ++polls;
             if (got != 0) {
-                w_.busy_polls.fetch_add(1, std::memory_order_relaxed);
+                ++busy_polls;
+            }
+            if (polls == 64) {
+                publish_polls(polls, busy_polls);
+            }
+            if (got != 0) {
                 idle = 0;
             } else if (s_.adaptive_idle) {
                 // Back off: spin briefly, then pause, then sleep in short steps (an idle gateway
                 // should not burn its cores; latency cost is bounded by the sleep step).
                 ++idle;
                 if (idle > 2000) {
+                    publish_polls(polls, busy_polls);
                     nap(idle > 20000 ? 1000 : 100);
                 } else if (idle > 100) {
                     rte_pause();
                 }
             }
         }
+        publish_polls(polls, busy_polls);
         s_.neighbors->reader_offline(w_.index);
         return 0;
     }
 
 private:
+    void publish_polls(unsigned& polls, unsigned& busy_polls) noexcept
+    {
+        w_.polls.fetch_add(polls, std::memory_order_relaxed);
+        if (busy_polls != 0) {
+            w_.busy_polls.fetch_add(busy_polls, std::memory_order_relaxed);
+        }
+        polls = 0;
+        busy_polls = 0;
+    }
+
     // Sleeps up to `usec`, or until the main lcore queues an update (gateway::wake): an idle worker
     // applies an SA install within microseconds instead of after its nap.
     void nap(unsigned usec) noexcept
@@ -638,6 +666,15 @@ private:
         }
     }
 
+    // Does the SPD decide anything for transit traffic? Not when it holds only bypass rules (or none)
+    // and no SA-implied host policies: every packet is forwarded whatever it matches, so the worker
+    // skips building keys and classifying.
+    bool spd_decides() const noexcept
+    {
+        return (w_.spd != nullptr && !w_.spd->forwards_all()) || !w_.hosts->empty(host_category::outbound) ||
+               !w_.hosts->empty(host_category::inbound_check);
+    }
+
     // Cleartext transit: TTL, SPD, then encapsulation for protected traffic.
     void protect(rte_mbuf** pkts, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
@@ -645,6 +682,7 @@ private:
         const spd_key* key_ptrs[max_vector];
         uint8_t protocol[max_vector];
         uint16_t kept = 0;
+        const bool classify_needed = spd_decides();
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
@@ -660,6 +698,10 @@ private:
             uint32_t sum = static_cast<uint32_t>(load_be16(ip + 10)) + 0x0100;
             sum = (sum & 0xffff) + (sum >> 16);
             store_be16(ip + 10, static_cast<uint16_t>(sum));
+            if (!classify_needed) {
+                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                continue;
+            }
             spd_key& k = keys[kept];
             spd_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
@@ -682,6 +724,7 @@ private:
         const spd6_key* key_ptrs[max_vector];
         uint8_t protocol[max_vector];
         uint16_t kept = 0;
+        const bool classify_needed = spd_decides();
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             auto* ip = rte_pktmbuf_mtod(m, uint8_t*);
@@ -699,6 +742,10 @@ private:
                 continue;
             }
             --ip[7]; // no header checksum in IPv6
+            if (!classify_needed) {
+                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                continue;
+            }
             spd6_key& k = keys[kept];
             spd6_key_of(ip, rte_pktmbuf_data_len(m), k);
             key_ptrs[kept] = &keys[kept];
@@ -821,14 +868,17 @@ private:
     {
         const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
         out[0] = m;
-        const uint32_t mtu = egress_mtu(sa, ip);
-        if (mtu == 0) {
-            return 1; // dropped later as no_route, counted there
-        }
         // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
         const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
         const bool v6 = (ip[0] >> 4) == 6;
         const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
+        if (total + esp_overhead <= min_mtu_) {
+            return 1; // fits whichever port it leaves by: no route lookup for the egress MTU
+        }
+        const uint32_t mtu = egress_mtu(sa, ip);
+        if (mtu == 0) {
+            return 1; // dropped later as no_route, counted there
+        }
         if (total + esp_overhead <= mtu) {
             return 1;
         }
@@ -909,6 +959,17 @@ private:
         uint64_t hops6[max_vector * 2];
         uint16_t n4 = 0;
         uint16_t n6 = 0;
+        // The last next hop looked up per family, with its port and the neighbor table's answer. Valid
+        // for this call only: the worker holds its neighbor-table reader slot throughout (nothing it
+        // read is reclaimed before reader_quiescent), and an answer that changes meanwhile (ARP, NUD)
+        // takes effect from the next call, microseconds later.
+        struct neighbor_memo {
+            bool valid = false;
+            bool known = false;
+            uint16_t port = 0;
+            uint8_t address[16] = {};
+            rte_ether_addr mac{};
+        } last4, last6;
         for (uint16_t i = 0; i < n; ++i) {
             const auto* ip = rte_pktmbuf_mtod(pkts[i], const uint8_t*);
             if ((ip[0] >> 4) == 6) {
@@ -973,8 +1034,20 @@ private:
                 continue;
             }
             const uint16_t ether_type = is6 ? RTE_ETHER_TYPE_IPV6 : RTE_ETHER_TYPE_IPV4;
-            rte_ether_addr mac;
-            const bool known = is6 ? s_.neighbors->lookup6(port, nh6, mac) : s_.neighbors->lookup(port, nh_be, mac);
+            // The packets of a burst mostly share a next hop (the peer gateway, the LAN router): look
+            // each next hop up once per run of packets to it, not once per packet (a hash lookup each).
+            neighbor_memo& memo = is6 ? last6 : last4;
+            if (!memo.valid || memo.port != port ||
+                std::memcmp(memo.address, is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be),
+                            is6 ? 16 : 4) != 0) {
+                memo.valid = true;
+                memo.port = port;
+                std::memcpy(memo.address, is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be), is6 ? 16 : 4);
+                memo.known = is6 ? s_.neighbors->lookup6(port, nh6, memo.mac)
+                                 : s_.neighbors->lookup(port, nh_be, memo.mac);
+            }
+            const bool known = memo.known;
+            const rte_ether_addr& mac = memo.mac;
             auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr)));
             if (eth == nullptr) {
                 drop(m, gateway_drop::malformed);
@@ -1013,6 +1086,7 @@ private:
     gateway::shared& s_;
     crypto_core core_;
     uint64_t last_acquire_ = 0;
+    uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
 };
 
 } // namespace
