@@ -853,6 +853,17 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
 EXTRA_SCENARIOS = {"stream_control": scenario_stream_control}
 
 
+def leftover_sas(topo):
+    """The SAs espresso-ike left in the data plane (each scenario ends with espresso-ike stopped, which
+    deletes its SAs; a crash would leave them)."""
+    out = sh(f"{CLI} --config {topo.hq_config} show crypto ipsec sa --json", capture=True, check=False).stdout
+    try:
+        sas = json.loads(out).get("sas", [])
+    except ValueError:
+        return [out]
+    return ["%s 0x%08x (%s)" % (sa.get("direction"), sa.get("spi", 0), sa.get("origin")) for sa in sas]
+
+
 def run_scenarios(scenarios, wanted, workdir_prefix, ns_prefix):
     """Runs the named scenarios, in order, on one topology (HQ espresso-dp + espresso-ike, a charon on
     gw-branch); each scenario may return a fresh charon. A failing scenario prints its traceback and
@@ -870,6 +881,8 @@ def run_scenarios(scenarios, wanted, workdir_prefix, ns_prefix):
             t0 = time.time()
             try:
                 br = scenarios[name](topo, run, br) or br
+                left = leftover_sas(topo)
+                assert not left, f"espresso-ike stopped, but the data plane still holds SAs: {left}"
                 print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
             except Exception:  # noqa: BLE001
                 failed += 1
