@@ -1088,7 +1088,15 @@ std::string gateway::add_sa(const config::sa_config& c)
     sa_runtime* raw = sa.get();
     mark_local_delivery(*raw);
     sas_[key] = {std::move(sa), c.origin};
-    if (c.dir == config::direction::inbound) {
+    if (c.dir == config::direction::inbound && !running_) {
+        // Static SAs at start-up: the workers do not run yet, so their update rings (4096 messages)
+        // would fill past 4096 inbound SAs; their SADs are written directly instead, as publish_hosts
+        // does for the host level.
+        const uint64_t sad = sad_key(c);
+        if (rte_hash_add_key_data(workers_[owner_of(c.spi)]->sad, &sad, raw) < 0) {
+            return "cannot add the SA to the worker's SAD";
+        }
+    } else if (c.dir == config::direction::inbound) {
         const unsigned owner = owner_of(c.spi);
         const uint64_t gen = ++generation_;
         if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen}) || !wait_applied({owner}, gen)) {

@@ -2,7 +2,8 @@
 """dataplane.max-sas against a running espresso-dp (docs/configuration.md): with max-sas 1024 the
 gateway takes exactly 1024 SAs, inbound and outbound together, through add-sas and add-sa; one more is
 refused with a message naming the limit (a batch that would cross it is refused whole and changes
-nothing); after a delete there is room for one again. Run as root (network namespace for the TAPs),
+nothing); after a delete there is room for one again. Then a gateway with 5000 static inbound SAs
+starts (more than a worker's update ring holds: they are written to the SADs directly before launch). Run as root (network namespace for the TAPs),
 under the shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/test_dp_max_sas.py
 """
 import json
@@ -122,6 +123,21 @@ def main():
         dp.netns_del(NETNS)
         dp.remove_runtime_dir(control_socket=sock)
     print("espresso-dp exit status", rc)
+
+    # 5000 static inbound SAs (one more than a worker's 4096-message update ring).
+    static = CONFIG.replace("max-sas: 1024", "max-sas: 8192").format(sock=sock) + "security-associations:\n" + "".join(
+        "  - " + json.dumps(inbound(s)) + "\n" for s in range(0x40000, 0x40000 + 5000))
+    with open(cfg, "w") as f:
+        f.write(static)
+    dp.netns_add(NETNS)
+    proc = dp.Process([dp.dataplane_binary(), "--config", cfg], os.path.join(work, "espresso-dp-static.log"), ns=NETNS)
+    try:
+        proc.wait_for("running with", 120)
+        check(count(Control(sock)) == 5000, "5000 static inbound SAs installed at start-up")
+    finally:
+        rc = proc.stop()
+        dp.netns_del(NETNS)
+        dp.remove_runtime_dir(control_socket=sock)
     print("passed")
     return 0
 
