@@ -79,9 +79,9 @@ constexpr std::array<std::string_view, 20> sa_keys{
 
 constexpr std::array<std::string_view, 2> udp_keys{"source-port", "destination-port"};
 
-constexpr std::array<std::string_view, 9> dataplane_keys{
+constexpr std::array<std::string_view, 10> dataplane_keys{
     "workers", "eal", "hugepages", "idle", "control-socket", "neighbor-reachable-time", "neighbor-table-size",
-    "reassembly-datagrams", "reassembly-timeout-ms"};
+    "reassembly-datagrams", "reassembly-timeout-ms", "max-sas"};
 constexpr std::array<std::string_view, 5> interface_keys{"name", "device", "address", "mac", "mtu"};
 constexpr std::array<std::string_view, 3> route_keys{"destination", "via", "interface"};
 constexpr std::array<std::string_view, 3> neighbor_keys{"address", "mac", "interface"};
@@ -1476,6 +1476,11 @@ dataplane_config loader::parse_dataplane(const field& f) const {
     if (const field* size = m.find("neighbor-table-size")) {
         dp.neighbor_table_size = static_cast<uint32_t>(number(*size, 64, 1 << 20));
     }
+    if (const field* f = m.find("max-sas")) {
+        // Tables are allocated for this many at start-up: about 150 bytes per SA per worker plus the
+        // main lcore's copy (docs/configuration.md). 2^24 keeps a 64-worker gateway's tables addressable.
+        dp.max_sas = static_cast<uint32_t>(number(*f, 1024, 1 << 24));
+    }
     return dp;
 }
 
@@ -2631,6 +2636,21 @@ gateway_config loader::run() {
         }
         if (const field* f = top.find("dataplane")) {
             config.dataplane = parse_dataplane(*f);
+        }
+        if (sas != nullptr && config.security_associations.size() > config.dataplane.max_sas) {
+            // The data plane's tables hold max-sas SAs; more static ones could not all be installed.
+            const std::string problem = std::to_string(config.security_associations.size()) +
+                                        " static SAs are more than dataplane.max-sas (" +
+                                        std::to_string(config.dataplane.max_sas) + ") lets the data plane hold";
+            const std::string fix = "raise dataplane.max-sas to at least " +
+                                    std::to_string(config.security_associations.size());
+            if (const field* dp = top.find("dataplane")) {
+                const mapping dp_fields = read_mapping(*dp, dataplane_keys, "data plane process settings");
+                if (const field* max = dp_fields.find("max-sas")) {
+                    fail(*max, problem, fix);
+                }
+            }
+            fail(*sas, problem, fix);
         }
         if (const field* f = top.find("interfaces")) {
             size_t index = 0;

@@ -44,9 +44,6 @@ namespace {
 
 constexpr uint16_t ring_size = 4096; // update messages per worker (32 bytes each)
 constexpr uint32_t implied_priority = 1000; // explicit policies (default priority 0) win
-// Keys of the level-2 (host selector) SPD table of each worker: about 16 MB per worker. Implied
-// policies past it go to rte_acl as before (correct, only slower to install).
-constexpr uint32_t host_policy_capacity = 1 << 18;
 // The order of inbound-check host entries: one per selector pair (count_inbound_selectors), all with
 // the same action, so which inbound SA it came from does not matter.
 constexpr uint32_t inbound_check_spi = 0;
@@ -275,8 +272,16 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     args.push_back("--file-prefix=espresso" + prefix);
     if (!c.dataplane.hugepages) {
         args.push_back("--no-huge");
+        // 512 MB for the mbuf pools and the rest, plus the SA tables dataplane.max-sas sizes: rte_hash
+        // rounds to a power of two, ~100 bytes per SA per worker (SAD + host policies) and ~60 for
+        // the main lcore's copy (measured: docs/configuration.md, max-sas).
+        uint64_t slots = 1;
+        while (slots < c.dataplane.max_sas) {
+            slots <<= 1;
+        }
+        const uint64_t table_mb = (slots * (100 * uint64_t{c.dataplane.workers} + 60) + (1 << 20) - 1) >> 20;
         args.push_back("-m");
-        args.push_back("512");
+        args.push_back(std::to_string(512 + table_mb));
         args.push_back("--no-shconf");
     }
     bool any_pci = false;
@@ -298,7 +303,7 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
     return args;
 }
 
-gateway::gateway(const config::gateway_config& config) : config_(config), hosts_(host_policy_capacity)
+gateway::gateway(const config::gateway_config& config) : config_(config), hosts_(config.dataplane.max_sas)
 {
     if (rte_lcore_count() < config_.dataplane.workers + 1) {
         throw std::runtime_error("need " + std::to_string(config_.dataplane.workers + 1) +
@@ -703,9 +708,13 @@ void gateway::setup_workers()
         name = "esp_sad" + std::to_string(i);
         rte_hash_parameters hp{};
         hp.name = name.c_str();
-        hp.entries = 1 << 20;
+        // Sized by dataplane.max-sas, with the extendable bucket table: every SA the gateway accepts
+        // (check_room) fits, so a worker never fails to apply an add (a cuckoo table without it can
+        // refuse keys well before `entries`).
+        hp.entries = config_.dataplane.max_sas;
         hp.key_len = sizeof(uint64_t);
         hp.socket_id = socket;
+        hp.extra_flag = RTE_HASH_EXTRA_FLAGS_EXT_TABLE;
         w->sad = rte_hash_create(&hp);
         if (w->updates == nullptr || w->handoff == nullptr || w->sad == nullptr) {
             throw std::runtime_error("cannot create worker tables: " + std::string(rte_strerror(rte_errno)));
@@ -714,12 +723,13 @@ void gateway::setup_workers()
         w->reassembly = std::make_unique<reassembler>(config_.dataplane.reassembly_datagrams, timeout, reassembled_,
                                                       pool_, socket);
         host_tables_.push_back(
-            std::make_unique<host_spd>("esp_hspd" + std::to_string(i), host_policy_capacity, socket));
+            std::make_unique<host_spd>("esp_hspd" + std::to_string(i), config_.dataplane.max_sas, socket));
         w->hosts = host_tables_.back().get();
         shared_.workers.push_back(w.get());
         workers_.push_back(std::move(w));
     }
-    main_hosts_ = std::make_unique<host_spd>("esp_hspd_main", host_policy_capacity, static_cast<int>(rte_socket_id()));
+    main_hosts_ =
+        std::make_unique<host_spd>("esp_hspd_main", config_.dataplane.max_sas, static_cast<int>(rte_socket_id()));
     // RX queues round-robin over workers.
     unsigned next = 0;
     for (const auto& p : shared_.ports) {
@@ -1048,9 +1058,24 @@ std::string gateway::publish_hosts()
     return {};
 }
 
+std::string gateway::check_room(size_t adding) const
+{
+    // Every SA takes at most one SAD entry (inbound) or one host-policy key (its implied policy), and
+    // both tables are sized for max-sas: below it, a worker's add cannot fail.
+    if (sas_.size() + adding > config_.dataplane.max_sas) {
+        return "the data plane holds " + std::to_string(sas_.size()) + " SAs and dataplane.max-sas is " +
+               std::to_string(config_.dataplane.max_sas) + "; " + std::to_string(adding) +
+               " more do not fit (raise dataplane.max-sas and restart espresso-dp)";
+    }
+    return {};
+}
+
 std::string gateway::add_sa(const config::sa_config& c)
 {
     const auto key = std::make_pair(static_cast<int>(c.dir), c.spi);
+    if (std::string error = check_room(1); !error.empty()) {
+        return error;
+    }
     if (std::string error = check_new_sa(c); !error.empty()) {
         return error;
     }
@@ -1063,7 +1088,15 @@ std::string gateway::add_sa(const config::sa_config& c)
     sa_runtime* raw = sa.get();
     mark_local_delivery(*raw);
     sas_[key] = {std::move(sa), c.origin};
-    if (c.dir == config::direction::inbound) {
+    if (c.dir == config::direction::inbound && !running_) {
+        // Static SAs at start-up: the workers do not run yet, so their update rings (4096 messages)
+        // would fill past 4096 inbound SAs; their SADs are written directly instead, as publish_hosts
+        // does for the host level.
+        const uint64_t sad = sad_key(c);
+        if (rte_hash_add_key_data(workers_[owner_of(c.spi)]->sad, &sad, raw) < 0) {
+            return "cannot add the SA to the worker's SAD";
+        }
+    } else if (c.dir == config::direction::inbound) {
         const unsigned owner = owner_of(c.spi);
         const uint64_t gen = ++generation_;
         if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen}) || !wait_applied({owner}, gen)) {
@@ -1081,6 +1114,9 @@ std::string gateway::add_sa(const config::sa_config& c)
 std::string gateway::add_sas(std::span<const config::sa_config> batch)
 {
     // Check and prepare everything first (key expansion included), so that a refusal changes nothing.
+    if (std::string error = check_room(batch.size()); !error.empty()) {
+        return error;
+    }
     std::set<std::pair<int, uint32_t>> keys;
     std::vector<sa_ptr> made;
     made.reserve(batch.size());

@@ -200,6 +200,8 @@ private:
     size_t post_bulk(unsigned worker, std::span<const update_msg> msgs);
     void wake(unsigned worker) noexcept;
     std::string check_new_sa(const config::sa_config& c) const;
+    // Refuses `adding` more SAs when they would exceed dataplane.max-sas (the tables' size).
+    std::string check_room(size_t adding) const;
     bool count_inbound_selectors(const config::sa_config& c, int delta);
     bool imply_policy(const sa_runtime& sa, int delta);
     bool implied_in_hosts(const config::sa_config& c) const;

@@ -346,16 +346,12 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
         uint64_t hits = 0;
         void* data[RTE_HASH_LOOKUP_BULK_MAX];
         rte_hash_lookup_bulk_data(hash_, key_ptrs, len, &hits, data);
-        // Buckets and their candidate arrays are separate heap blocks: with many hosts each is a
-        // cache miss. Start them for the whole burst (bucket, then its array) before walking any.
+        // With many hosts every bucket is a cache miss: start them for the whole burst before
+        // reading any. The best-ranked candidate is in the bucket's first line (host_bucket::first);
+        // the vector is read only when it does not match (several SAs for one host).
         for (uint32_t i = 0; i < len; ++i) {
             if ((hits & (uint64_t{1} << i)) != 0) {
                 rte_prefetch0(data[i]);
-            }
-        }
-        for (uint32_t i = 0; i < len; ++i) {
-            if ((hits & (uint64_t{1} << i)) != 0) {
-                rte_prefetch0(static_cast<const host_bucket*>(data[i])->candidates.data());
             }
         }
         for (uint32_t i = 0; i < len; ++i) {
@@ -363,9 +359,14 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
             if ((hits & (uint64_t{1} << i)) == 0) {
                 continue;
             }
-            for (const host_candidate& c : static_cast<const host_bucket*>(data[i])->candidates) {
-                if (local_contains(c, local[off + i], bytes)) {
-                    result[off + i] = &c.rule;
+            const auto* b = static_cast<const host_bucket*>(data[i]);
+            if (local_contains(b->first, local[off + i], bytes)) {
+                result[off + i] = &b->first.rule;
+                continue;
+            }
+            for (size_t c = 1; c < b->candidates.size(); ++c) {
+                if (local_contains(b->candidates[c], local[off + i], bytes)) {
+                    result[off + i] = &b->candidates[c].rule;
                     break; // sorted by rank
                 }
             }
@@ -411,6 +412,7 @@ bool host_policies::add(host_category category, const config::ip_prefix& local, 
                                          return ranked_before(a.rule, b.rule);
                                      });
     next->candidates.insert(at, c);
+    next->seal();
     if (it == buckets_.end()) {
         it = buckets_.emplace(key, nullptr).first;
     }
@@ -449,6 +451,7 @@ bool host_policies::remove(host_category category, const config::ip_prefix& loca
             next->candidates.push_back(*c);
         }
     }
+    next->seal();
     replace(it->second, std::move(next));
     return true;
 }

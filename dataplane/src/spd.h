@@ -142,10 +142,18 @@ struct host_candidate {
 
 // Every implied policy of one host key, sorted by rank (first match wins). Immutable once made: the
 // main lcore replaces a bucket by a new one and frees the old one after every worker acknowledged.
-struct host_bucket {
+//
+// `first` is a copy of candidates[0] in the bucket's first cache line: with many per-host SAs a
+// bucket almost always has one candidate, and reading it there saves the lookup a dependent cache
+// miss on the vector's heap array per packet (bucket, then array). `seal()` sets it; host_policies
+// calls it on every bucket it makes.
+struct alignas(64) host_bucket {
+    host_candidate first;
     host_key key{};
     std::vector<host_candidate> candidates;
+    void seal() noexcept { first = candidates.front(); }
 };
+static_assert(sizeof(host_candidate) <= 64, "the first candidate fits the bucket's first cache line");
 
 // A worker's exact-match table (one per worker: only its worker reads it, and only its worker writes
 // it, applying the main lcore's messages between bursts). rte_hash with the extendable bucket table,

@@ -14,6 +14,8 @@ Sizes are inner IPv4 packet sizes (IP header included), as in perf/esp-bench: 64
   plain-<size>.pcap            cleartext 192.168.1.x -> 192.168.2.x (outbound traffic)
   esp-<alg>-<size>.pcap        ESP tunnel packets for the inbound SA, sequence numbers 1..240
   scale-<n>.pcap               cleartext to 10.0.0.0/8 hosts spread over n per-host SAs (SA scale)
+  scale-in-<n>.pcap            ESP (AES-128-GCM, 64 B inner) from n per-host inbound SAs, SPI SCALE_SPI + i,
+                               inner source the SA's 10.x.y.z host, spread the same way
 """
 import os
 import sys
@@ -36,6 +38,7 @@ COUNT = 240
 IMIX = [64, 576, 64, 64, 576, 64, 1500, 64, 576, 64, 64, 576]
 SIZES = {"64": None, "512": None, "1420": None, "imix": None}
 SCALE = (1, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
+SCALE_SPI = 0x10000  # SPI of scale SA i: SCALE_SPI + i (both directions)
 GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
 PEER_MAC = "02:00:00:00:02:fe"
 
@@ -90,6 +93,17 @@ def main(out):
             dst = "10.%d.%d.%d" % ((sa >> 16) & 0xFF, (sa >> 8) & 0xFF, sa & 0xFF)
             pkts.append(Ether(src=PEER_MAC, dst=GW_MAC) / udp_packet("192.168.1.10", dst, 1024 + i, 64))
         wrpcap(os.path.join(out, "scale-%d.pcap" % n), pkts)
+        esp = []
+        for i in range(COUNT):
+            sa_index = (i * n) // COUNT
+            src = "10.%d.%d.%d" % ((sa_index >> 16) & 0xFF, (sa_index >> 8) & 0xFF, sa_index & 0xFF)
+            sa = SecurityAssociation(ESP, spi=SCALE_SPI + sa_index, crypt_algo="AES-GCM",
+                                     crypt_key=bytes.fromhex(KEYS["gcm_in"]), auth_algo="NULL", auth_key=None,
+                                     tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
+            sa.seq_num = 1  # the inbound SAs have replay-window 0: the pcap repeats
+            inner = udp_packet(src, "192.168.1.%d" % (10 + i % 100), 1024 + i, 64)
+            esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / sa.encrypt(IP(bytes(inner))))
+        wrpcap(os.path.join(out, "scale-in-%d.pcap" % n), esp)
 
 
 if __name__ == "__main__":

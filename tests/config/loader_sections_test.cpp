@@ -263,6 +263,35 @@ TEST(loader_sections, neighbor_cache_settings) {
     EXPECT_EQ(e.fix(), "use a value in 64..1048576");
 }
 
+TEST(loader_sections, max_sas) {
+    EXPECT_EQ(load_string("interfaces: []\n").dataplane.max_sas, 262144u);
+    EXPECT_EQ(load_string("dataplane: { max-sas: 1048576 }\n").dataplane.max_sas, 1048576u);
+    auto e = load_error("dataplane: { max-sas: 1000 }\n");
+    EXPECT_EQ(e.field(), "dataplane.max-sas");
+    EXPECT_EQ(e.fix(), "use a value in 1024..16777216");
+    e = load_error("dataplane: { max-sas: 16777217 }\n");
+    EXPECT_EQ(e.field(), "dataplane.max-sas");
+    e = load_error("dataplane: { max-sas: many }\n");
+    EXPECT_EQ(e.field(), "dataplane.max-sas");
+
+    // More static SAs than the data plane's tables hold: refused at max-sas when it is written,
+    // at security-associations otherwise.
+    std::string sas = "security-associations:\n";
+    for (unsigned i = 0; i < 1025; ++i) {
+        sas += "  - { spi: " + std::to_string(0x10000 + i) +
+               ", direction: inbound, protocol: esp, mode: tunnel, source: 203.0.113.1, destination: 198.51.100.1, "
+               "encryption: aes128gcm16, key: 0x00112233445566778899aabbccddeeff01020304, "
+               "selectors: { local: 192.168.1.0/24, remote: 192.168.2.0/24 } }\n";
+    }
+    const std::string text = "dataplane:\n  max-sas: 1024\n" + sas;
+    e = load_error(text);
+    EXPECT_EQ(e.field(), "dataplane.max-sas");
+    EXPECT_EQ(e.line(), 2);
+    EXPECT_CONTAINS(e.problem(), "1025 static SAs are more than dataplane.max-sas (1024)");
+    EXPECT_EQ(e.fix(), "raise dataplane.max-sas to at least 1025");
+    EXPECT_EQ(load_string("dataplane:\n  max-sas: 2048\n" + sas).security_associations.size(), 1025u);
+}
+
 TEST(loader_sections, dataplane_errors) {
     auto e = expect_error("workers: 2", "workers: 0", "dataplane.workers", "0\n");
     EXPECT_EQ(e.fix(), "use a value in 1..64");

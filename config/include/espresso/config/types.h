@@ -119,6 +119,9 @@ struct dataplane_config {
     // IP reassembly of fragments addressed to the gateway, per worker (dataplane/src/reassembly.h).
     uint32_t reassembly_datagrams = 1024;  // datagrams being reassembled at once
     uint32_t reassembly_timeout_ms = 3000; // a datagram not complete by then is dropped
+    // SAs (inbound and outbound together) the data plane holds at once: sizes each worker's SAD and
+    // host-policy table (and the main lcore's copy) up front, so a worker never fails to apply an add.
+    uint32_t max_sas = 262144;
 };
 
 // One address of the gateway on a link, with the link's subnet length.
