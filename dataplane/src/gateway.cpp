@@ -2942,6 +2942,32 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     for (size_t i : d.policies.removed) {
         (void)delete_policy(running_policy_ids[i]); // present: running_file_state checked
     }
+    // A changed SA is deleted before its new version goes in (same direction and SPI). Meanwhile its
+    // traffic must neither leave nor be admitted in the clear: a discard policy on its selectors,
+    // ranked just after the implied protect policies (so the new SA wins the moment it is in), covers
+    // the gap and goes once the new SAs are installed. Adding policies frees nothing a worker may
+    // hold, so the SPD is compiled once for all of them.
+    std::vector<uint32_t> guards;
+    if (!d.sas.changed.empty()) {
+        defer_spd_ = true;
+        for (const auto& [i, j] : d.sas.changed) {
+            const auto& old = running.security_associations[i];
+            config::policy_config guard;
+            guard.local = old.local;
+            guard.remote = old.remote;
+            guard.action = config::policy_action::discard;
+            guard.priority = implied_priority + 1;
+            guard.origin = "reload: replacing " + describe(old);
+            uint32_t id = 0;
+            if (add_policy(guard, id).empty()) {
+                guards.push_back(id);
+            }
+        }
+        defer_spd_ = false;
+        if (std::string e = rebuild_spd(); !e.empty()) {
+            return "guarding the SAs being replaced: " + e;
+        }
+    }
     std::vector<sa_id> out_sas;
     for (size_t i : d.sas.removed) {
         out_sas.emplace_back(running.security_associations[i].dir, running.security_associations[i].spi);
@@ -2962,6 +2988,14 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     if (!in_sas.empty() && error.empty()) {
         if (std::string e = add_sas(in_sas); !e.empty()) {
             error = "installing static SAs: " + e;
+        }
+    }
+    if (!guards.empty() && error.empty()) {
+        std::erase_if(policies_, [&](const policy_entry& p) {
+            return std::find(guards.begin(), guards.end(), p.id) != guards.end();
+        });
+        if (std::string e = rebuild_spd(); !e.empty()) {
+            error = "removing the guards of the replaced SAs: " + e;
         }
     }
     // The file's policies in their new order, with the ids of those that stay.
