@@ -3036,6 +3036,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     }
     config_.security_associations = std::move(next.security_associations);
     next.security_associations.clear();
+    config_.file = next.file; // a reload with another path makes that the file later reloads read
     config_.routes = std::move(next.routes);
     config_.neighbors = std::move(next.neighbors);
     config_.policies = std::move(next.policies);
