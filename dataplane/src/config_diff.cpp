@@ -189,6 +189,44 @@ std::string describe(const config::sa_config& sa)
            config::to_string(sa.local) + " <-> " + config::to_string(sa.remote);
 }
 
+std::string describe_change(const config::sa_config& a, const config::sa_config& b)
+{
+    std::string fields;
+    auto note = [&](bool differs, const char* name) {
+        if (differs) {
+            fields += (fields.empty() ? "" : ", ") + std::string(name);
+        }
+    };
+    note(a.protocol != b.protocol, "protocol");
+    note(a.mode != b.mode, "mode");
+    note(!(a.source == b.source), "source");
+    note(!(a.destination == b.destination), "destination");
+    note(a.cipher != b.cipher || a.cipher_key_bytes != b.cipher_key_bytes, "encryption");
+    note(a.cipher_key_length != b.cipher_key_length ||
+             !same_bytes(a.cipher_key.data(), b.cipher_key.data(), a.cipher_key.size()),
+         "key");
+    note(a.integ != b.integ, "integrity");
+    note(a.integ_key_length != b.integ_key_length ||
+             !same_bytes(a.integ_key.data(), b.integ_key.data(), a.integ_key.size()),
+         "integrity-key");
+    note(a.esn != b.esn, "esn");
+    note(a.replay_window != b.replay_window, "replay-window");
+    note(a.udp.has_value() != b.udp.has_value() ||
+             (a.udp && (a.udp->source_port != b.udp->source_port ||
+                        a.udp->destination_port != b.udp->destination_port)),
+         "udp-encapsulation");
+    note(!(a.local == b.local) || !(a.remote == b.remote), "selectors");
+    note(a.lifetime.bytes != b.lifetime.bytes || a.lifetime.packets != b.lifetime.packets ||
+             a.lifetime.soft_bytes != b.lifetime.soft_bytes || a.lifetime.soft_packets != b.lifetime.soft_packets,
+         "lifetime");
+    note(a.df != b.df, "df");
+    note(a.dscp != b.dscp || a.dscp_value != b.dscp_value, "dscp");
+    note(a.ttl != b.ttl, "ttl");
+    note(a.tfc_pad_to != b.tfc_pad_to, "tfc-pad");
+    note(a.initial_sequence != b.initial_sequence, "initial sequence");
+    return describe(b) + " (" + (fields.empty() ? std::string("?") : fields) + ")";
+}
+
 config_diff diff_config(const config::gateway_config& running, const config::gateway_config& next)
 {
     config_diff d;

@@ -57,5 +57,7 @@ std::string describe(const config::route_config& r);
 std::string describe(const config::neighbor_config& n);
 std::string describe(const config::policy_config& p);
 std::string describe(const config::sa_config& sa);
+// A changed SA: the new one and which settings differ ("... (key, replay-window)"), never the keys.
+std::string describe_change(const config::sa_config& old_sa, const config::sa_config& new_sa);
 
 } // namespace espresso::dp

@@ -2896,6 +2896,10 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     fill(report.neighbors, d.neighbors, running.neighbors, next.neighbors);
     fill(report.policies, d.policies, running.policies, next.policies);
     fill(report.sas, d.sas, running.security_associations, next.security_associations);
+    report.sas.changed.clear(); // which settings changed (the SA's line alone is the same on both sides)
+    for (const auto& [i, j] : d.sas.changed) {
+        report.sas.changed.push_back(describe_change(running.security_associations[i], next.security_associations[j]));
+    }
     if (dry_run) {
         return {};
     }

@@ -148,6 +148,9 @@ TEST(ConfigDiff, NewKeyReplacesTheSaAndKeepsTheOther)
     const std::string line = describe(b.security_associations[d.sas.changed[0].second]);
     EXPECT_EQ(line.find("0011"), std::string::npos);
     EXPECT_NE(line.find("0x00001001"), std::string::npos);
+    const auto& old_sa = a.security_associations[d.sas.changed[0].first];
+    const auto& new_sa = b.security_associations[d.sas.changed[0].second];
+    EXPECT_EQ(describe_change(old_sa, new_sa), "outbound 0x00001001 192.168.1.0/24 <-> 192.168.2.0/24 (key)");
 }
 
 TEST(ConfigDiff, SaSettingsOtherThanKeysAreChanges)
