@@ -131,8 +131,10 @@ bool same_policy(const config::policy_config& a, const config::policy_config& b)
 
 bool same_sa(const config::sa_config& a, const config::sa_config& b) noexcept
 {
-    const bool keys = same_bytes(a.cipher_key.data(), b.cipher_key.data(), a.cipher_key.size()) &
-                      same_bytes(a.integ_key.data(), b.integ_key.data(), a.integ_key.size());
+    // Both compared whatever the first gave (no short-circuit: constant time over both keys).
+    const bool cipher_same = same_bytes(a.cipher_key.data(), b.cipher_key.data(), a.cipher_key.size());
+    const bool integ_same = same_bytes(a.integ_key.data(), b.integ_key.data(), a.integ_key.size());
+    const bool keys = cipher_same && integ_same;
     const bool udp = a.udp.has_value() == b.udp.has_value() &&
                      (!a.udp || (a.udp->source_port == b.udp->source_port &&
                                  a.udp->destination_port == b.udp->destination_port));
