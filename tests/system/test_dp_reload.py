@@ -75,6 +75,15 @@ def drops(topo, gw, name):
     return sum(w["drops"].get(name, 0) for w in dataplane(topo, gw)["workers"])
 
 
+def static_neighbor(topo, address):
+    """True/False: HQ's ARP entry for `address` is static or learned; None: no entry."""
+    out = json.loads(topo.cli("gw-hq", "--json show arp"))
+    for n in out.get("neighbors", []):
+        if n["address"] == address:
+            return n["static"]
+    return None
+
+
 def ping(topo, src, dst, count=3):
     r = sh(f"ping -c {count} -i 0.2 -W 1 {dst}", ns=topo.ns[src], capture=True, check=False, timeout=60)
     for line in r.stdout.splitlines():
@@ -173,14 +182,18 @@ def main():
         hq_in = sas(topo, "gw-hq")[("inbound", 0x2001)]
         check(0 < hq_in["counters"]["decaps"] <= 10, f"B: HQ's 0x2001 is a new SA (decaps {hq_in['counters']['decaps']})")
 
-        # C. HQ: an explicit discard policy for the new prefix.
+        # C. HQ: an explicit discard policy for the new prefix, and a static neighbor (host-hq's real MAC).
+        host_mac = sh("cat /sys/class/net/eth0/address", ns=topo.ns["host-hq"], capture=True).stdout.strip()
         edit(hq, "# policies:\n", "policies:\n  - { local: 192.168.1.0/24, remote: 100.64.0.0/24, action: discard, priority: 10 }\n")
+        edit(hq, "# neighbors:\n", f"neighbors:\n  - {{ address: 192.168.1.10, mac: \"{host_mac}\", interface: inside }}\n")
         r = reload(topo, "gw-hq", hq)
         print(r.stdout, r.stderr)
         c = json.loads(r.stdout) if r.returncode == 0 else {}
         check(c and section(c, "policies")["added"] == ["192.168.1.0/24 -> 100.64.0.0/24 discard priority 10"]
-              and not section(c, "security-associations")["changed"] and not section(c, "routes")["added"],
-              "C: report: one policy added, nothing else")
+              and not section(c, "security-associations")["changed"] and not section(c, "routes")["added"]
+              and section(c, "neighbors")["added"] == [f"192.168.1.10 lladdr {host_mac} dev inside"],
+              "C: report: one policy and one neighbor added, nothing else")
+        check(static_neighbor(topo, "192.168.1.10") is True, "C: 192.168.1.10 is a static (permanent) ARP entry now")
         discards = drops(topo, "gw-hq", "spd_discard")
         check(ping(topo, "host-hq", "100.64.0.1", 2) == 0 and drops(topo, "gw-hq", "spd_discard") >= discards + 2,
               "C: the policy takes effect (pings dropped, counted as spd_discard)")
@@ -234,6 +247,15 @@ def main():
         check(d and d["dataplane"]["applied"] is False and d["dataplane"]["restart-needed"] == ["dataplane.workers: 1 -> 2"],
               "D: the good file again: nothing to apply (the refused files left no trace), workers still reported")
         check(("inbound", 0x3001) in sas(topo, "gw-hq"), "D: reload leaves the socket-installed SA alone")
+
+        # E. HQ: the static neighbor goes again (the stream keeps using it through the reload).
+        edit(hq, f"  - {{ address: 192.168.1.10, mac: \"{host_mac}\", interface: inside }}\n", "")
+        r = reload(topo, "gw-hq", hq)
+        e = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(e and len(section(e, "neighbors")["removed"]) == 1 and not section(e, "policies")["removed"],
+              "E: report: the neighbor removed, nothing else")
+        ping(topo, "host-branch", "192.168.1.10", 2)  # HQ resolves host-hq again by ARP
+        check(static_neighbor(topo, "192.168.1.10") is not True, "E: 192.168.1.10 is no longer a static entry")
 
         result = stream.result()
         stream = None
