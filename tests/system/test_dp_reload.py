@@ -209,9 +209,12 @@ def main():
             ("a new interface with a static neighbor on it (valid file; refused by the data plane)",
              good.replace("interfaces:\n", "interfaces:\n  - name: dmz\n    device: \"net_af_packet2,iface=dmz0\"\n"
                           "    address: 10.9.0.1/24\n", 1)
-             .replace("# neighbors:\n", "neighbors:\n  - { address: 10.9.0.2, mac: \"02:00:00:00:00:99\", interface: dmz }\n", 1)
+             .replace("\nneighbors:\n", "\nneighbors:\n  - { address: 10.9.0.2, mac: \"02:00:00:00:00:99\", interface: dmz }\n", 1)
              .replace(ROUTE + EXTRA_ROUTE, ROUTE, 1), "restart"),
         ]
+        # Each edit must have happened (str.replace says nothing when it finds nothing).
+        assert "key: 0x0011223344 " in bad_files[0][1] and "spi: 0x9999" in bad_files[1][1], "test bug: edit not made"
+        assert "interface: dmz }" in bad_files[2][1] and "name: dmz" in bad_files[2][1], "test bug: edit not made"
         for what, text, needle in bad_files:
             with open(hq, "w") as f:
                 f.write(text)
