@@ -252,8 +252,11 @@ def main():
         check(("inbound", 0x3001) in sas(topo, "gw-hq"), "D: reload leaves the socket-installed SA alone")
 
         # E. HQ: the static neighbor goes again (the stream keeps using it through the reload).
-        edit(hq, f"  - {{ address: 192.168.1.10, mac: \"{host_mac}\", interface: inside }}\n", "")
+        # (back to the comment: a bare `neighbors:` would be null, which the loader refuses)
+        edit(hq, f"neighbors:\n  - {{ address: 192.168.1.10, mac: \"{host_mac}\", interface: inside }}\n",
+             "# neighbors:\n")
         r = reload(topo, "gw-hq", hq)
+        print(r.stdout, r.stderr)
         e = json.loads(r.stdout) if r.returncode == 0 else {}
         check(e and len(section(e, "neighbors")["removed"]) == 1 and not section(e, "policies")["removed"],
               "E: report: the neighbor removed, nothing else")
