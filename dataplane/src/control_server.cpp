@@ -1,7 +1,12 @@
 // Control socket server (control_server.h). Framing and validation here; SA/policy JSON in sa_json.cpp.
 #include "control_server.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <csignal>
+#include <chrono>
 #include <string.h> // explicit_bzero
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -99,6 +104,80 @@ json error_reply(const json& id, std::string message)
     return {{"version", control::protocol_version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
 }
 
+// A reload's file is parsed first by a fresh `espresso-dp --check` process, as the loader's sandbox
+// would (loader.h: yaml-cpp 0.7 can loop forever or exhaust memory on malformed YAML). The sandbox
+// itself fork()s, which is unsafe here with lcores running; posix_spawn (vfork + exec) is not. Only
+// when the check finished does this process parse the file itself, without the sandbox. Blocks the
+// main lcore for the check (a few ms for a real file; at most `deadline`). "" or the check's message.
+std::string check_in_child(const std::string& path, std::chrono::milliseconds deadline)
+{
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) {
+        return std::string("cannot check the file: pipe: ") + std::strerror(errno);
+    }
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
+    std::string self = "/proc/self/exe";
+    std::string flag_check = "--check";
+    std::string flag_config = "--config";
+    std::string file = path;
+    char* argv[] = {self.data(), flag_check.data(), flag_config.data(), file.data(), nullptr};
+    char* envp[] = {nullptr};
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv, envp);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out[1]);
+    if (rc != 0) {
+        ::close(out[0]);
+        return std::string("cannot check the file: posix_spawn: ") + std::strerror(rc);
+    }
+    std::string text;
+    const auto until = std::chrono::steady_clock::now() + deadline;
+    bool timed_out = false;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            timed_out = true;
+            break;
+        }
+        pollfd p{out[0], POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
+            break;
+        }
+        char buf[4096];
+        const ssize_t n = ::read(out[0], buf, sizeof(buf));
+        if (n == 0) {
+            break; // the child closed its output: it is exiting
+        }
+        if (n > 0 && text.size() < 65536) {
+            text.append(buf, static_cast<size_t>(n));
+        }
+    }
+    ::close(out[0]);
+    if (timed_out) {
+        ::kill(pid, SIGKILL);
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (timed_out) {
+        return path + ": checking the file took longer than " + std::to_string(deadline.count()) + " ms";
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        return {};
+    }
+    // "espresso-dp: <the loader's message>\n"
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
+        text.pop_back();
+    }
+    if (text.starts_with("espresso-dp: ")) {
+        text.erase(0, 13);
+    }
+    return text.empty() ? path + ": the configuration check failed" : text;
+}
+
 json ok_reply(const json& id, json result)
 {
     return {{"version", control::protocol_version}, {"id", id}, {"ok", true}, {"result", std::move(result)}};
@@ -129,6 +208,7 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"show-neighbors", {"", ""}},
     {"clear-neighbors", {"family", ""}},
     {"update-sa", {"spi", "peer"}},
+    {"reload", {"path", "dry-run"}},
 }};
 
 void check_arg_names(const std::string& op, const json& args)
@@ -812,6 +892,55 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
     }
     if (op == "ping") {
         return {{"version", control::protocol_version}};
+    }
+    if (op == "reload") {
+        std::string path = gateway_.config_file();
+        bool dry_run = false;
+        if (const auto it = args.find("path"); it != args.end()) {
+            if (!it->is_string() || it->get<std::string>().empty() || it->get<std::string>()[0] != '/') {
+                throw request_error("args.path: expected the configuration file's absolute path as a string");
+            }
+            path = it->get<std::string>();
+        }
+        if (const auto it = args.find("dry-run"); it != args.end()) {
+            if (!it->is_boolean()) {
+                throw request_error("args.dry-run: expected true or false");
+            }
+            dry_run = it->get<bool>();
+        }
+        if (path.empty()) {
+            throw request_error("args.path: this data plane knows no file to re-read; give its path");
+        }
+        if (const std::string error = check_in_child(path, std::chrono::seconds(10)); !error.empty()) {
+            throw request_error(error + " (nothing was changed)");
+        }
+        config::gateway_config next;
+        try {
+            config::load_options options;
+            options.sandbox = false; // check_in_child parsed it in a process of its own first
+            next = config::load_file(path, options);
+        } catch (const std::exception& e) {
+            // The loader's message names file, line, field and fix; nothing was changed.
+            throw request_error(std::string(e.what()) + " (nothing was changed)");
+        }
+        reload_report report;
+        if (const std::string error = gateway_.reload(next, dry_run, report); !error.empty()) {
+            throw request_error(error + (report.apply_started ? " (applied up to this step; list-sas and "
+                                                                "list-policies show the state)"
+                                                              : " (nothing was changed)"));
+        }
+        auto section = [](const reload_section& r) {
+            return json{{"added", r.added}, {"removed", r.removed}, {"changed", r.changed}, {"unchanged", r.unchanged}};
+        };
+        return {{"file", path},
+                {"dry-run", dry_run},
+                {"applied", report.applied},
+                {"sections",
+                 {{"routes", section(report.routes)},
+                  {"neighbors", section(report.neighbors)},
+                  {"policies", section(report.policies)},
+                  {"security-associations", section(report.sas)}}},
+                {"restart-needed", report.restart_needed}};
     }
     // is_operation() and this chain disagree: a programming error, reported rather than crashing.
     throw request_error("op: \"" + op + "\" is known but not implemented");

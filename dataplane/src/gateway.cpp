@@ -1,6 +1,7 @@
 // Gateway set-up (ports, TAP exception interfaces, tables, workers), the management loop on the main
 // lcore (exception path: ARP, TAP, pending resolutions, ICMP; worker events) and the gateway_api.
 #include "gateway.h"
+#include "config_diff.h"
 
 #include <rte_arp.h>
 #include <rte_bus.h>
@@ -374,44 +375,20 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
     }
     setup_ports();
 
-    std::vector<route_table::connected> links;
-    std::vector<std::string> names;
-    std::vector<route_table6::connected> links6;
-    std::vector<std::string> names6;
-    std::vector<std::string> all_names;
     for (const auto& p : shared_.ports) {
-        all_names.push_back(p.name);
         if (p.has_v4) {
-            links.push_back({p.port, p.address_be, p.prefix_length});
-            names.push_back(p.name);
             shared_.local_addresses.emplace_back(p.address_be, p.port);
         }
-        // Every port is in the IPv6 table's list: one without an IPv6 address is still reached
-        // through a link-local next hop (prefix length 0: no connected route).
-        links6.push_back({p.port, p.address6, p.has_v6 ? p.prefix_length6 : uint8_t{0}});
-        names6.push_back(p.name);
         if (p.has_v6) {
             shared_.local_addresses6.emplace_back(p.address6, p.port);
         }
         shared_.local_addresses6.emplace_back(p.link_local6, p.port);
     }
-    shared_.routes = std::make_unique<route_table>(links, config_.routes, names);
-    shared_.routes6 = std::make_unique<route_table6>(links6, config_.routes, names6);
+    std::tie(shared_.routes, shared_.routes6) = build_routes(config_.routes);
     shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh", config_.dataplane.neighbor_table_size,
                                                          config_.dataplane.workers);
     for (const auto& n : config_.neighbors) {
-        auto it = std::find(all_names.begin(), all_names.end(), n.interface);
-        if (it == all_names.end() || (!n.address.is_v4() && !n.address.is_v6())) {
-            throw std::runtime_error(n.origin + ": neighbor needs an address and a known interface");
-        }
-        rte_ether_addr mac;
-        std::memcpy(mac.addr_bytes, n.mac.data(), 6);
-        const uint16_t port = shared_.ports[static_cast<size_t>(it - all_names.begin())].port;
-        if (n.address.is_v4()) {
-            shared_.neighbors->set(port, be32_of(n.address), mac, true);
-        } else {
-            shared_.neighbors->set6(port, n.address.bytes.data(), mac, true);
-        }
+        set_static_neighbor(n);
     }
     shared_.exceptions = rte_ring_create("espresso_exc", 4096, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     shared_.events = rte_ring_create_elem("espresso_events", sizeof(gateway_event), 1024,
@@ -439,6 +416,7 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
         if (!err.empty()) {
             throw std::runtime_error(p.origin + ": " + err);
         }
+        file_policy_ids_.push_back(id);
     }
     defer_spd_ = false;
     if (std::string err = rebuild_spd(); !err.empty()) {
@@ -586,6 +564,97 @@ void gateway::setup_ports()
     }
 }
 
+std::pair<std::unique_ptr<route_table>, std::unique_ptr<route_table6>>
+gateway::build_routes(const std::vector<config::route_config>& routes) const
+{
+    std::vector<route_table::connected> links;
+    std::vector<std::string> names;
+    std::vector<route_table6::connected> links6;
+    std::vector<std::string> names6;
+    for (const auto& p : shared_.ports) {
+        if (p.has_v4) {
+            links.push_back({p.port, p.address_be, p.prefix_length});
+            names.push_back(p.name);
+        }
+        // Every port is in the IPv6 table's list: one without an IPv6 address is still reached
+        // through a link-local next hop (prefix length 0: no connected route).
+        links6.push_back({p.port, p.address6, p.has_v6 ? p.prefix_length6 : uint8_t{0}});
+        names6.push_back(p.name);
+    }
+    auto v4 = std::make_unique<route_table>(links, routes, names);
+    auto v6 = std::make_unique<route_table6>(links6, routes, names6);
+    return {std::move(v4), std::move(v6)};
+}
+
+void gateway::set_static_neighbor(const config::neighbor_config& n)
+{
+    const port_state* ps = nullptr;
+    for (const auto& p : shared_.ports) {
+        if (p.name == n.interface) {
+            ps = &p;
+        }
+    }
+    if (ps == nullptr || (!n.address.is_v4() && !n.address.is_v6())) {
+        throw std::runtime_error(n.origin + ": neighbor needs an address and a known interface");
+    }
+    rte_ether_addr mac;
+    std::memcpy(mac.addr_bytes, n.mac.data(), 6);
+    if (n.address.is_v4()) {
+        shared_.neighbors->set(ps->port, be32_of(n.address), mac, true);
+    } else {
+        shared_.neighbors->set6(ps->port, n.address.bytes.data(), mac, true);
+    }
+}
+
+void gateway::tap_route(const config::route_config& r, bool add)
+{
+    const std::string verb = add ? "route replace " : "route del ";
+    uint16_t port = 0;
+    if (r.via.is_v6()) {
+        ipv6_address nh6{};
+        int16_t pos = -1;
+        if (is_link_local6(r.via.bytes.data())) {
+            for (size_t i = 0; i < shared_.ports.size(); ++i) {
+                if (shared_.ports[i].name == r.interface) {
+                    pos = static_cast<int16_t>(i);
+                }
+            }
+        } else if (shared_.routes6->lookup(r.via.bytes.data(), port, nh6)) {
+            pos = shared_.position(port);
+        }
+        if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+            run_ip("-6 " + verb + config::to_string(r.destination) + " via " + config::to_string(r.via) + " dev " +
+                   shared_.ports[static_cast<size_t>(pos)].tap_name);
+        }
+        return;
+    }
+    uint32_t nh = 0;
+    if (!r.via.is_v4() || !shared_.routes->lookup(be32_of(r.via), port, nh)) {
+        return;
+    }
+    int16_t pos = shared_.position(port);
+    if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
+        run_ip(verb + config::to_string(r.destination) + " via " + config::to_string(r.via) + " dev " +
+               shared_.ports[static_cast<size_t>(pos)].tap_name);
+    }
+}
+
+// Static neighbors are the truth for their link (a host that never answers ARP/NDP, or one that
+// must not be asked): the kernel behind the TAP gets them too, so its own traffic to or through
+// them (the gateway's own traffic, which the SPD may protect) does not wait for an answer that
+// never comes.
+void gateway::tap_neighbor(const config::neighbor_config& n, bool add)
+{
+    for (const auto& ps : shared_.ports) {
+        if (ps.name == n.interface && ps.has_tap) {
+            run_ip(std::string(n.address.is_v6() ? "-6 " : "") + (add ? "neigh replace " : "neigh del ") +
+                   config::to_string(n.address) +
+                   (add ? " lladdr " + config::to_string(n.mac) + " nud permanent" : std::string()) + " dev " +
+                   ps.tap_name);
+        }
+    }
+}
+
 void gateway::setup_taps()
 {
     for (size_t i = 0; i < shared_.ports.size(); ++i) {
@@ -646,47 +715,10 @@ void gateway::setup_taps()
         }
     }
     for (const auto& r : config_.routes) {
-        uint16_t port = 0;
-        if (r.via.is_v6()) {
-            ipv6_address nh6{};
-            int16_t pos = -1;
-            if (is_link_local6(r.via.bytes.data())) {
-                for (size_t i = 0; i < shared_.ports.size(); ++i) {
-                    if (shared_.ports[i].name == r.interface) {
-                        pos = static_cast<int16_t>(i);
-                    }
-                }
-            } else if (shared_.routes6->lookup(r.via.bytes.data(), port, nh6)) {
-                pos = shared_.position(port);
-            }
-            if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
-                run_ip("-6 route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) +
-                       " dev " + shared_.ports[static_cast<size_t>(pos)].tap_name);
-            }
-            continue;
-        }
-        uint32_t nh = 0;
-        if (!r.via.is_v4() || !shared_.routes->lookup(be32_of(r.via), port, nh)) {
-            continue;
-        }
-        int16_t pos = shared_.position(port);
-        if (pos >= 0 && shared_.ports[static_cast<size_t>(pos)].has_tap) {
-            run_ip("route replace " + config::to_string(r.destination) + " via " + config::to_string(r.via) + " dev " +
-                   shared_.ports[static_cast<size_t>(pos)].tap_name);
-        }
+        tap_route(r, true);
     }
-    // Static neighbors are the truth for their link (a host that never answers ARP/NDP, or one that
-    // must not be asked): the kernel behind the TAP gets them too, so its own traffic to or through
-    // them (the gateway's own traffic, which the SPD may protect) does not wait for an answer that
-    // never comes.
     for (const auto& n : config_.neighbors) {
-        for (const auto& ps : shared_.ports) {
-            if (ps.name == n.interface && ps.has_tap) {
-                run_ip(std::string(n.address.is_v6() ? "-6 " : "") + "neigh replace " +
-                       config::to_string(n.address) + " lladdr " + config::to_string(n.mac) + " dev " +
-                       ps.tap_name + " nud permanent");
-            }
-        }
+        tap_neighbor(n, true);
     }
 }
 
@@ -725,6 +757,8 @@ void gateway::setup_workers()
         host_tables_.push_back(
             std::make_unique<host_spd>("esp_hspd" + std::to_string(i), config_.dataplane.max_sas, socket));
         w->hosts = host_tables_.back().get();
+        w->routes = shared_.routes.get();
+        w->routes6 = shared_.routes6.get();
         shared_.workers.push_back(w.get());
         workers_.push_back(std::move(w));
     }
@@ -2714,6 +2748,348 @@ unsigned gateway::main_events(const std::function<void(const gateway_event&)>& e
         event(ev[i]);
     }
     return n;
+}
+
+
+// --- Reload (control op `reload`) -----------------------------------------------------------------
+
+std::string gateway::publish_routes(std::unique_ptr<route_table> v4, std::unique_ptr<route_table6> v6)
+{
+    // RCU style, as set_spd: every worker switches to the new tables between two bursts and says
+    // so (its generation); only then is nothing left that reads the old ones, and they are freed.
+    // Before the workers run there is nobody to ask.
+    if (!running_) {
+        for (auto& w : workers_) {
+            w->routes = v4.get();
+            w->routes6 = v6.get();
+        }
+        shared_.routes = std::move(v4);
+        shared_.routes6 = std::move(v6);
+        return {};
+    }
+    std::vector<unsigned> all;
+    uint64_t gen = 0;
+    for (unsigned w = 0; w < workers_.size(); ++w) {
+        const uint64_t g4 = ++generation_;
+        gen = ++generation_;
+        const update_msg run[2] = {{update_msg::set_routes, 0, 0, v4.get(), g4},
+                                   {update_msg::set_routes6, 0, 0, v6.get(), gen}};
+        if (post_bulk(w, run) != 2) {
+            // A worker that got the first may use it: keep both alive, whatever happens.
+            retired_routes_.push_back(std::move(v4));
+            retired_routes6_.push_back(std::move(v6));
+            return "worker update ring full; routes not replaced on every worker (tables kept)";
+        }
+        all.push_back(w);
+    }
+    // The main lcore (this thread) uses the new tables from now on.
+    std::unique_ptr<route_table> old4 = std::move(shared_.routes);
+    std::unique_ptr<route_table6> old6 = std::move(shared_.routes6);
+    shared_.routes = std::move(v4);
+    shared_.routes6 = std::move(v6);
+    if (!wait_applied(all, gen)) {
+        retired_routes_.push_back(std::move(old4));
+        retired_routes6_.push_back(std::move(old6));
+        return "workers did not acknowledge the new routes within 2 s (old tables kept)";
+    }
+    retired_routes_.clear();
+    retired_routes6_.clear();
+    return {}; // old4 and old6 freed here: no worker reads them any more
+}
+
+config::gateway_config gateway::running_file_state(std::vector<uint32_t>& policy_ids) const
+{
+    config::gateway_config running;
+    running.file = config_.file;
+    running.dataplane = config_.dataplane;
+    running.interfaces = config_.interfaces;
+    running.routes = config_.routes;
+    running.neighbors = config_.neighbors;
+    for (const auto& sa : config_.security_associations) {
+        auto it = sas_.find({static_cast<int>(sa.dir), sa.spi});
+        if (it != sas_.end() && it->second.origin == sa.origin) {
+            running.security_associations.push_back(sa);
+        }
+    }
+    policy_ids.clear();
+    for (size_t i = 0; i < config_.policies.size() && i < file_policy_ids_.size(); ++i) {
+        const uint32_t id = file_policy_ids_[i];
+        if (std::any_of(policies_.begin(), policies_.end(), [&](const policy_entry& p) { return p.id == id; })) {
+            running.policies.push_back(config_.policies[i]);
+            policy_ids.push_back(id);
+        }
+    }
+    return running;
+}
+
+std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_report& report)
+{
+    struct wipe_all {
+        std::vector<config::sa_config>& sas;
+        ~wipe_all()
+        {
+            for (auto& sa : sas) {
+                config::wipe_keys(sa);
+            }
+        }
+    };
+    wipe_all wipe_next{next.security_associations};
+    std::vector<uint32_t> running_policy_ids; // of running.policies[i]
+    config::gateway_config running = running_file_state(running_policy_ids);
+    wipe_all wipe_running{running.security_associations};
+    const config_diff d = diff_config(running, next);
+    report = {};
+    report.file = next.file;
+    report.restart_needed = d.restart_needed;
+
+    // 1. Check everything against the running gateway; nothing changes until all of it passes.
+    std::set<std::pair<int, uint32_t>> static_keys; // the file's SAs as they run now
+    for (const auto& sa : running.security_associations) {
+        static_keys.insert({static_cast<int>(sa.dir), sa.spi});
+    }
+    for (size_t j : d.sas.added) {
+        const auto& c = next.security_associations[j];
+        if (sas_.count({static_cast<int>(c.dir), c.spi}) != 0) {
+            char buf[200];
+            std::snprintf(buf, sizeof(buf),
+                          "%s: %s SA 0x%08x is installed through the control socket (espresso-ike or a "
+                          "client): a static SA cannot take its SPI. Fix: choose another SPI",
+                          c.origin.c_str(), c.dir == config::direction::inbound ? "inbound" : "outbound", c.spi);
+            return buf;
+        }
+    }
+    std::vector<const config::sa_config*> to_add;
+    for (size_t j : d.sas.added) {
+        to_add.push_back(&next.security_associations[j]);
+    }
+    for (const auto& [i, j] : d.sas.changed) {
+        to_add.push_back(&next.security_associations[j]);
+    }
+    for (const auto* c : to_add) {
+        try {
+            sa_ptr trial = make_sa(*c, *main_core_); // expands (and on return wipes) the keys
+        } catch (const std::exception& e) {
+            return c->origin + ": " + e.what();
+        }
+    }
+    // Outbound SAs once the SA changes are made: what protect policies may name.
+    std::set<uint32_t> outbound;
+    for (const auto& [key, entry] : sas_) {
+        if (key.first == static_cast<int>(config::direction::outbound)) {
+            outbound.insert(key.second);
+        }
+    }
+    for (size_t i : d.sas.removed) {
+        if (running.security_associations[i].dir == config::direction::outbound) {
+            outbound.erase(running.security_associations[i].spi);
+        }
+    }
+    for (const auto* c : to_add) {
+        if (c->dir == config::direction::outbound) {
+            outbound.insert(c->spi);
+        }
+    }
+    for (const auto& p : next.policies) {
+        if (p.action == config::policy_action::protect && outbound.count(p.spi) == 0) {
+            char buf[160];
+            std::snprintf(buf, sizeof(buf), "protect policy names SPI 0x%08x, but no outbound SA has it", p.spi);
+            return p.origin + ": " + buf;
+        }
+    }
+    for (const auto& n : next.neighbors) {
+        if (std::none_of(shared_.ports.begin(), shared_.ports.end(),
+                         [&](const port_state& ps) { return ps.name == n.interface; })) {
+            return n.origin + ": interface " + n.interface +
+                   " is not one the data plane runs (interfaces change at restart only)";
+        }
+    }
+    std::unique_ptr<route_table> fib4;
+    std::unique_ptr<route_table6> fib6;
+    if (d.routes.touched()) {
+        try {
+            std::tie(fib4, fib6) = build_routes(next.routes); // off the packet path: workers keep routing
+        } catch (const std::exception& e) {
+            return std::string("routes: ") + e.what();
+        }
+    }
+
+    // The report (the same for a dry run).
+    auto fill = [](reload_section& out, const section_diff& sd, const auto& old_list, const auto& new_list) {
+        for (size_t j : sd.added) {
+            out.added.push_back(describe(new_list[j]));
+        }
+        for (size_t i : sd.removed) {
+            out.removed.push_back(describe(old_list[i]));
+        }
+        for (const auto& [i, j] : sd.changed) {
+            out.changed.push_back(describe(old_list[i]) + " => " + describe(new_list[j]));
+        }
+        for (const auto& [i, j] : sd.unchanged) {
+            out.unchanged.push_back(describe(new_list[j]));
+        }
+    };
+    fill(report.routes, d.routes, running.routes, next.routes);
+    fill(report.neighbors, d.neighbors, running.neighbors, next.neighbors);
+    fill(report.policies, d.policies, running.policies, next.policies);
+    fill(report.sas, d.sas, running.security_associations, next.security_associations);
+    report.sas.changed.clear(); // which settings changed (the SA's line alone is the same on both sides)
+    for (const auto& [i, j] : d.sas.changed) {
+        report.sas.changed.push_back(describe_change(running.security_associations[i], next.security_associations[j]));
+    }
+    if (dry_run) {
+        return {};
+    }
+
+    // 2. Apply: routes, neighbors, policies out, SAs out, SAs in, policies in.
+    report.apply_started = true;
+    std::string error;
+    if (d.routes.touched()) {
+        for (size_t i : d.routes.removed) {
+            tap_route(running.routes[i], false);
+        }
+        for (const auto& [i, j] : d.routes.changed) {
+            tap_route(running.routes[i], false);
+        }
+        error = publish_routes(std::move(fib4), std::move(fib6));
+        if (!error.empty()) {
+            return error; // the workers' state is unknown: nothing else is changed
+        }
+        for (size_t j : d.routes.added) {
+            tap_route(next.routes[j], true);
+        }
+        for (const auto& [i, j] : d.routes.changed) {
+            tap_route(next.routes[j], true);
+        }
+    }
+    for (size_t i : d.neighbors.removed) {
+        const auto& n = running.neighbors[i];
+        for (const auto& ps : shared_.ports) {
+            if (ps.name == n.interface) {
+                shared_.neighbors->remove(ps.port, n.address.family, n.address.bytes.data());
+            }
+        }
+        tap_neighbor(n, false);
+    }
+    for (size_t j : d.neighbors.added) {
+        set_static_neighbor(next.neighbors[j]);
+        tap_neighbor(next.neighbors[j], true);
+    }
+    for (const auto& [i, j] : d.neighbors.changed) {
+        set_static_neighbor(next.neighbors[j]); // static: overwrites the MAC in place
+        tap_neighbor(next.neighbors[j], true);
+    }
+    // Policies out before the SAs they may name.
+    for (size_t i : d.policies.removed) {
+        (void)delete_policy(running_policy_ids[i]); // present: running_file_state checked
+    }
+    // A changed SA is deleted before its new version goes in (same direction and SPI). Meanwhile its
+    // traffic must neither leave nor be admitted in the clear: a discard policy on its selectors,
+    // ranked just after the implied protect policies (so the new SA wins the moment it is in), covers
+    // the gap and goes once the new SAs are installed. Adding policies frees nothing a worker may
+    // hold, so the SPD is compiled once for all of them.
+    std::vector<uint32_t> guards;
+    if (!d.sas.changed.empty()) {
+        defer_spd_ = true;
+        for (const auto& [i, j] : d.sas.changed) {
+            const auto& old = running.security_associations[i];
+            config::policy_config guard;
+            guard.local = old.local;
+            guard.remote = old.remote;
+            guard.action = config::policy_action::discard;
+            guard.priority = implied_priority + 1;
+            guard.origin = "reload: replacing " + describe(old);
+            uint32_t id = 0;
+            if (add_policy(guard, id).empty()) {
+                guards.push_back(id);
+            }
+        }
+        defer_spd_ = false;
+        if (std::string e = rebuild_spd(); !e.empty()) {
+            return "guarding the SAs being replaced: " + e;
+        }
+    }
+    std::vector<sa_id> out_sas;
+    for (size_t i : d.sas.removed) {
+        out_sas.emplace_back(running.security_associations[i].dir, running.security_associations[i].spi);
+    }
+    for (const auto& [i, j] : d.sas.changed) {
+        out_sas.emplace_back(running.security_associations[i].dir, running.security_associations[i].spi);
+    }
+    if (!out_sas.empty()) {
+        if (std::string e = delete_sas(out_sas); !e.empty()) {
+            error = "removing static SAs: " + e;
+        }
+    }
+    std::vector<config::sa_config> in_sas;
+    for (const auto* c : to_add) {
+        in_sas.push_back(*c);
+    }
+    wipe_all wipe_in{in_sas};
+    if (!in_sas.empty() && error.empty()) {
+        if (std::string e = add_sas(in_sas); !e.empty()) {
+            error = "installing static SAs: " + e;
+        }
+    }
+    if (!guards.empty() && error.empty()) {
+        std::erase_if(policies_, [&](const policy_entry& p) {
+            return std::find(guards.begin(), guards.end(), p.id) != guards.end();
+        });
+        if (std::string e = rebuild_spd(); !e.empty()) {
+            error = "removing the guards of the replaced SAs: " + e;
+        }
+    }
+    // The file's policies in their new order, with the ids of those that stay.
+    std::vector<uint32_t> ids(next.policies.size(), 0);
+    for (const auto& [i, j] : d.policies.unchanged) {
+        ids[j] = running_policy_ids[i];
+    }
+    for (size_t j : d.policies.added) {
+        uint32_t id = 0;
+        if (!error.empty()) {
+            break;
+        }
+        if (std::string e = add_policy(next.policies[j], id); !e.empty()) {
+            error = next.policies[j].origin + ": " + e;
+            break;
+        }
+        ids[j] = id;
+    }
+    // The running configuration is now the file's (keys of the old SAs wiped); unchanged SAs keep
+    // their counters and sequence numbers, and take the file's new positions for their origin.
+    for (const auto& [i, j] : d.sas.unchanged) {
+        const auto& c = next.security_associations[j];
+        auto it = sas_.find({static_cast<int>(c.dir), c.spi});
+        if (it != sas_.end()) {
+            it->second.origin = c.origin;
+            it->second.sa->config.origin = c.origin; // read by the main lcore only (snapshots)
+        }
+    }
+    for (const auto& [i, j] : d.policies.unchanged) {
+        for (auto& p : policies_) {
+            if (p.id == running_policy_ids[i]) {
+                p.policy.origin = next.policies[j].origin;
+            }
+        }
+    }
+    for (auto& sa : config_.security_associations) {
+        config::wipe_keys(sa);
+    }
+    config_.security_associations = std::move(next.security_associations);
+    next.security_associations.clear();
+    config_.file = next.file; // a reload with another path makes that the file later reloads read
+    config_.routes = std::move(next.routes);
+    config_.neighbors = std::move(next.neighbors);
+    config_.policies = std::move(next.policies);
+    file_policy_ids_ = std::move(ids);
+    config_.ike = std::move(next.ike);
+    ike_ports_ = {500, 4500};
+    for (const auto& peer : config_.ike.peers) {
+        if (std::find(ike_ports_.begin(), ike_ports_.end(), peer.local_port) == ike_ports_.end()) {
+            ike_ports_.push_back(peer.local_port);
+        }
+    }
+    report.applied = d.routes.touched() || d.neighbors.touched() || d.policies.touched() || d.sas.touched();
+    return error;
 }
 
 } // namespace espresso::dp

@@ -86,10 +86,12 @@ struct exception_meta {
 };
 
 struct update_msg {
-    enum op : uint32_t { add_inbound, remove_inbound, set_spd, set_host, remove_host } what;
+    // set_routes, set_routes6: a reload's new FIB (gateway::publish_routes); the worker uses it from
+    // its next burst on, and the old one is freed once every worker acknowledged.
+    enum op : uint32_t { add_inbound, remove_inbound, set_spd, set_host, remove_host, set_routes, set_routes6 } what;
     uint32_t pad;
     uint64_t key;        // add/remove_inbound: SAD key
-    void* ptr;           // sa_runtime*, const compiled_spd* or const host_bucket*
+    void* ptr;           // sa_runtime*, const compiled_spd*, const host_bucket*, const route_table(6)*
     uint64_t generation;
 };
 
@@ -102,6 +104,10 @@ struct alignas(64) worker_state {
     rte_hash* sad = nullptr;     // key: spi | protocol << 32 -> sa_runtime*
     const compiled_spd* spd = nullptr;
     host_spd* hosts = nullptr;   // level 2 of the SPD (spd.h): SA-implied policies of host selectors
+    // The FIBs this worker routes with: read only between applying updates, so a reload's new
+    // tables (update_msg::set_routes) replace them between bursts, never within one.
+    const route_table* routes = nullptr;
+    const route_table6* routes6 = nullptr;
     alignas(64) std::atomic<uint64_t> applied{0};
     // Idle wake-up (gateway::post, worker_loop::nap): the main lcore bumps wake_seq after queuing an
     // update and, if the worker is napping, wakes it with FUTEX_WAKE on wake_seq.
@@ -157,6 +163,8 @@ public:
     std::string update_sa_peer(uint32_t spi, const config::ip_address& destination,
                                std::optional<uint16_t> udp_port) override;
     unsigned clear_neighbors(uint8_t family) override;
+    std::string config_file() const override { return config_.file; }
+    std::string reload(config::gateway_config& next, bool dry_run, reload_report& report) override;
 
     // Used by the worker loop (worker.cpp).
     struct shared {
@@ -192,6 +200,19 @@ private:
     void setup_ports();
     void setup_taps();
     void setup_workers();
+    // The FIBs of `routes` over the running ports (throws std::runtime_error on an unusable route).
+    std::pair<std::unique_ptr<route_table>, std::unique_ptr<route_table6>>
+    build_routes(const std::vector<config::route_config>& routes) const;
+    // Hands new FIBs to every worker and waits until all use them; then frees the old ones.
+    std::string publish_routes(std::unique_ptr<route_table> v4, std::unique_ptr<route_table6> v6);
+    // The kernel behind the TAPs gets the static routes and neighbors too (its own traffic).
+    void tap_route(const config::route_config& r, bool add);
+    void tap_neighbor(const config::neighbor_config& n, bool add);
+    void set_static_neighbor(const config::neighbor_config& n);
+    // The SAs and explicit policies of config_ (the file) that are still installed as the file had
+    // them (the control socket may have deleted or flushed some since): what a reload diffs against.
+    // policy_ids: the id of each of the returned policies.
+    config::gateway_config running_file_state(std::vector<uint32_t>& policy_ids) const;
     std::string rebuild_spd();
     bool wait_applied(const std::vector<unsigned>& workers, uint64_t generation);
     bool post(unsigned worker, const update_msg& msg);
@@ -249,6 +270,11 @@ private:
     std::unique_ptr<crypto_core> main_core_; // key expansion at install time
     std::map<std::pair<int, uint32_t>, sa_entry> sas_; // (direction, spi)
     std::vector<policy_entry> policies_;
+    // Id of config_.policies[i] in policies_ (the file's explicit policies), for reloads.
+    std::vector<uint32_t> file_policy_ids_;
+    // FIBs a reload replaced whose release a worker never acknowledged: never freed under it.
+    std::vector<std::unique_ptr<route_table>> retired_routes_;
+    std::vector<std::unique_ptr<route_table6>> retired_routes6_;
     uint32_t next_policy_id_ = 1;
     uint64_t generation_ = 0;
     bool running_ = false; // workers launched: updates must be acknowledged

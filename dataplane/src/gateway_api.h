@@ -161,6 +161,21 @@ struct gateway_event {
     uint8_t protocol = 0;
 };
 
+// What a reload (control op `reload`) found and did, per runtime section: one line per item
+// (config_diff.h's describe(); never key material).
+struct reload_section {
+    std::vector<std::string> added, removed, changed, unchanged;
+};
+struct reload_report {
+    std::string file;
+    reload_section routes, neighbors, policies, sas;
+    // Start-only settings that differ ("dataplane.workers: 1 -> 2"): not applied; restart to apply.
+    std::vector<std::string> restart_needed;
+    bool applied = false; // false: dry run, or nothing needed applying
+    // Set once the checks passed and changes began: an error after that may have left part applied.
+    bool apply_started = false;
+};
+
 class gateway_api {
 public:
     virtual ~gateway_api() = default;
@@ -216,6 +231,18 @@ public:
         return "not supported";
     }
     virtual unsigned clear_neighbors(uint8_t family) { (void)family; return 0; } // 4, 6 or 0: both
+    // The file the gateway was started with (absolute), which a reload re-reads by default.
+    virtual std::string config_file() const { return {}; }
+    // Applies `next` (a whole file, already validated by the loader) to the running gateway: routes,
+    // static neighbors, the file's explicit policies and its static SAs; SAs and policies installed
+    // through this socket (espresso-ike's) are not touched. Everything is checked before anything
+    // changes: "" (report filled in) or why nothing was changed. `dry_run`: check and report only.
+    // Consumes `next`'s keys (wiped on return, or kept as the running configuration's).
+    virtual std::string reload(config::gateway_config& next, bool dry_run, reload_report& report)
+    {
+        (void)next, (void)dry_run, (void)report;
+        return "not supported";
+    }
 };
 
 } // namespace espresso::dp

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,12 @@ int main(int argc, char** argv)
     if (config_path.empty()) {
         usage(stderr);
         return 2;
+    }
+    // Absolute: `espresso reload` makes the running process re-read this path (control op reload).
+    if (std::error_code ec; !config_path.empty() && config_path[0] != '/') {
+        if (auto absolute = std::filesystem::absolute(config_path, ec); !ec) {
+            config_path = absolute.lexically_normal().string();
+        }
     }
     espresso::config::gateway_config config;
     try {

@@ -24,6 +24,14 @@ uint32_t be32_of(const config::ip_address& a)
 
 uint32_t mask_of(uint8_t len) { return len == 0 ? 0 : rte_cpu_to_be_32(~uint32_t{0} << (32 - len)); }
 
+// rte_fib names are global in the process: a reload builds the next table while the running one
+// still serves, so every table gets its own name. Main lcore only (tables are built there).
+std::string fib_name(const char* base)
+{
+    static unsigned built = 0;
+    return std::string(base) + "_" + std::to_string(built++);
+}
+
 } // namespace
 
 route_table::route_table(const std::vector<connected>& links, const std::vector<config::route_config>& routes,
@@ -35,7 +43,7 @@ route_table::route_table(const std::vector<connected>& links, const std::vector<
     conf.max_routes = static_cast<int>(links.size() + routes.size() + 16);
     conf.dir24_8.nh_sz = RTE_FIB_DIR24_8_4B;
     conf.dir24_8.num_tbl8 = 256;
-    fib_ = rte_fib_create("espresso_fib4", static_cast<int>(rte_socket_id()), &conf);
+    fib_ = rte_fib_create(fib_name("espresso_fib4").c_str(), static_cast<int>(rte_socket_id()), &conf);
     if (fib_ == nullptr) {
         throw std::runtime_error(std::string("rte_fib_create: ") + rte_strerror(rte_errno));
     }
@@ -119,7 +127,7 @@ route_table6::route_table6(const std::vector<connected>& links,
     conf.max_routes = static_cast<int>(links.size() + routes.size() + 16);
     conf.trie.nh_sz = RTE_FIB6_TRIE_4B;
     conf.trie.num_tbl8 = 1 << 12;
-    fib_ = rte_fib6_create("espresso_fib6", static_cast<int>(rte_socket_id()), &conf);
+    fib_ = rte_fib6_create(fib_name("espresso_fib6").c_str(), static_cast<int>(rte_socket_id()), &conf);
     if (fib_ == nullptr) {
         throw std::runtime_error(std::string("rte_fib6_create: ") + rte_strerror(rte_errno));
     }
@@ -396,6 +404,21 @@ void neighbor_table::erase(const key_type& k, int32_t pos) noexcept
     // hash keeps the slot out of reuse until then (defer queue).
     slots_[pos].mac.store(0, std::memory_order_release);
     rte_hash_del_key(hash_, &k);
+}
+
+bool neighbor_table::remove(uint16_t port, uint8_t family, const uint8_t* ip) noexcept
+{
+    uint32_t ip_be = 0;
+    if (family == 4) {
+        std::memcpy(&ip_be, ip, 4);
+    }
+    const key_type k = family == 4 ? key(port, ip_be) : key6(port, ip);
+    const int32_t pos = rte_hash_lookup(hash_, &k);
+    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+        return false;
+    }
+    erase(k, pos);
+    return true;
 }
 
 bool neighbor_table::set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept

@@ -1,7 +1,9 @@
 // Forwarding state: the IPv4 FIB (rte_fib, DIR-24-8) and the IPv6 FIB (rte_fib6, TRIE), each built
 // from connected subnets and static routes, and the neighbor table (ARP and NDP, both families).
 //
-// Threads: the FIBs are built once at start-up and then only read (workers, main lcore). The neighbor
+// Threads: a FIB is built on the main lcore (at start-up, and by a reload) and then only read
+// (workers, main lcore); a reload publishes a new one to the workers (update_msg::set_routes) and
+// frees the old one after every worker acknowledged (gateway::publish_routes). The neighbor
 // table has one writer, the main lcore (ARP replies, Neighbor Advertisements, static entries), and
 // many lock-free readers (workers): rte_hash with RW_CONCURRENCY_LF finds the slot, and the MAC lives
 // in one 64-bit atomic per slot, so a reader never sees half an address.
@@ -127,6 +129,9 @@ public:
     // overwritten by ARP or NDP. False when the table is full (counted in stats().table_full).
     bool set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept;
     bool set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac, bool is_static) noexcept;
+    // Main lcore only: removes the entry for `ip` (4 or 16 bytes by `family`), static or learned (a
+    // reload dropped a static neighbor: the next packet resolves it by ARP/NDP). False if absent.
+    bool remove(uint16_t port, uint8_t family, const uint8_t* ip) noexcept;
     // Main lcore only: is there a static entry (which NDP must not override)?
     bool is_static6(uint16_t port, const uint8_t* ip) const noexcept;
 

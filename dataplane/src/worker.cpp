@@ -235,6 +235,12 @@ private:
                 case update_msg::remove_host:
                     w_.hosts->remove(static_cast<const host_bucket*>(msg.ptr));
                     break;
+                case update_msg::set_routes:
+                    w_.routes = static_cast<const route_table*>(msg.ptr);
+                    break;
+                case update_msg::set_routes6:
+                    w_.routes6 = static_cast<const route_table6*>(msg.ptr);
+                    break;
                 }
             }
             w_.applied.store(msgs[n - 1].generation, std::memory_order_release);
@@ -842,14 +848,14 @@ private:
         uint16_t port = 0;
         if (v6) {
             ipv6_address nh{};
-            if (!s_.routes6->lookup(dst, port, nh)) {
+            if (!w_.routes6->lookup(dst, port, nh)) {
                 return 0;
             }
         } else {
             uint32_t dst_be = 0;
             uint32_t nh = 0;
             std::memcpy(&dst_be, dst, 4);
-            if (!s_.routes->lookup(dst_be, port, nh)) {
+            if (!w_.routes->lookup(dst_be, port, nh)) {
                 return 0;
             }
         }
@@ -981,10 +987,10 @@ private:
             }
         }
         if (n4 != 0) {
-            s_.routes->lookup_bulk(dst, hops, n4);
+            w_.routes->lookup_bulk(dst, hops, n4);
         }
         if (n6 != 0) {
-            s_.routes6->lookup_bulk(dst6, hops6, n6);
+            w_.routes6->lookup_bulk(dst6, hops6, n6);
         }
         for (uint16_t i = 0; i < n4 + n6; ++i) {
             const bool is6 = i >= n4;
@@ -998,11 +1004,11 @@ private:
             uint32_t nh_be = 0;
             const uint8_t* nh6 = nullptr;
             if (is6) {
-                const next_hop6& h = s_.routes6->hop(hop_index);
+                const next_hop6& h = w_.routes6->hop(hop_index);
                 port = h.port;
                 nh6 = h.connected ? dst6[i - n4] : h.gateway.data();
             } else {
-                const next_hop& h = s_.routes->hop(hop_index);
+                const next_hop& h = w_.routes->hop(hop_index);
                 port = h.port;
                 nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
             }

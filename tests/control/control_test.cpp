@@ -578,6 +578,22 @@ TEST_F(server_fixture, OtherOperations)
     EXPECT_EQ(gateway.clears, 1);
 }
 
+TEST_F(server_fixture, ReloadArgumentsAreValidated)
+{
+    // Only the refusals before any file is read: a real reload spawns `espresso-dp --check`
+    // (tests/system/test_dp_reload.py runs it end to end).
+    auto client = control_client::connect(path);
+    EXPECT_NE(reply_error(client.request("reload", {{"path", "relative.yaml"}})).find("args.path: expected"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("reload", {{"path", 7}})).find("args.path"), std::string::npos);
+    EXPECT_NE(reply_error(client.request("reload", {{"dry-run", "yes"}})).find("args.dry-run: expected true or false"),
+              std::string::npos);
+    EXPECT_NE(reply_error(client.request("reload", {{"file", "/x.yaml"}})).find("args.file: unknown argument"),
+              std::string::npos);
+    // This gateway knows no file (config_file() is empty): it must be named.
+    EXPECT_NE(reply_error(client.request("reload")).find("knows no file"), std::string::npos);
+}
+
 TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField)
 {
     raw_connection c(path);

@@ -117,7 +117,10 @@ def reload_during(topo, hq, stream, check):
         f.write(changed)
     out = espresso(topo, "gw-hq", f"--config {hq} --json reload")
     print(out.stdout.strip())
-    r = json.loads(out.stdout)
+    both = json.loads(out.stdout)
+    check(both.get("dataplane", {}).get("applied") is False and not both["dataplane"].get("restart-needed"),
+          "reload: the data plane's sections are unchanged (nothing applied, no restart needed)")
+    r = both.get("ike") or {}
     check(r.get("updated") == ["branch"] and not r.get("changed"), "reload: peer branch has changed tunnels only")
     tunnels = {t["tunnel"]: t["change"] for t in r.get("tunnels", [])}
     check(tunnels == {"extra": "changed", "lan": "unchanged"}, f"reload: per tunnel {tunnels}")

@@ -32,10 +32,11 @@ inline constexpr size_t length_prefix_bytes = 4;
 
 // Every operation the server knows, in the order docs/control-api.md lists them (the batch
 // operations add-sas and delete-sas were added later, at the end).
-inline constexpr std::array<std::string_view, 18> operations{
+inline constexpr std::array<std::string_view, 19> operations{
     "add-sa", "delete-sa",       "list-sas",       "add-policy",     "delete-policy",  "list-policies",
     "flush",  "show-interfaces", "show-dataplane", "clear-counters", "subscribe",      "unsubscribe",
     "ping",   "add-sas",         "delete-sas",     "show-neighbors", "clear-neighbors", "update-sa",
+    "reload",
 };
 
 // Items an add-sas or delete-sas request may carry (the 1 MiB request limit allows about 2500
