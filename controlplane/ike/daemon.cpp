@@ -154,7 +154,10 @@ size_t ike_thread_count(uint32_t configured)
 }
 
 ike_daemon::ike_daemon(daemon_options options, const config::gateway_config& config)
-    : options_(std::move(options)), installer_(make_installer(0))
+    : options_(std::move(options)),
+      flush_(std::make_shared<startup_flush>(
+          [this](log_level level, const std::string& text) { log(level, "-", text); })),
+      installer_(make_installer(0))
 {
     if (!options_.log_file.empty()) {
         log_file_.open(options_.log_file, std::ios::app);
@@ -229,7 +232,7 @@ std::unique_ptr<sa_installer> ike_daemon::make_installer(size_t)
     if (options_.dataplane_socket.empty()) {
         return std::make_unique<null_installer>();
     }
-    return std::make_unique<dataplane_installer>(options_.dataplane_socket);
+    return std::make_unique<dataplane_installer>(options_.dataplane_socket, flush_);
 }
 
 void ike_daemon::send_keepalive(const endpoint& local, const endpoint& remote)
