@@ -135,10 +135,10 @@ def scenario_keepalive_busy(topo, run, br):
         sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY behind the NAT")
         assert sa["nat"]["local-behind-nat"], sa
         # ESP to the peer every 0.2 s (echo requests out, replies in): no keepalive is due.
-        before = counters(run)["keepalives-sent"]
-        pings = Pinger(topo, "host-hq", "192.168.2.10", 50)
+        pings = Pinger(topo, "host-hq", "192.168.2.10", 75)  # 15 s: outlasts the capture
         time.sleep(1)
         cap = WireCapture(topo, run.dir, "ka-busy", iface="inet-hq").start()
+        before = counters(run)["keepalives-sent"]
         time.sleep(7)
         rows = cap.stop()
         sent, received = pings.result()
@@ -155,8 +155,8 @@ def scenario_keepalive_busy(topo, run, br):
         run.start_ike(ike_yaml(start="immediately", dpd="1s", extra_ike="  nat-keepalive: 2\n"))
         br.wait_for_child("net", timeout=30)
         sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY behind the NAT (DPD 1 s)")
-        before = counters(run)["keepalives-sent"]
         cap = WireCapture(topo, run.dir, "ka-dpd", iface="inet-hq").start()
+        before = counters(run)["keepalives-sent"]
         time.sleep(7)
         rows = cap.stop()
         ours = keepalives(rows, src=HQ)
