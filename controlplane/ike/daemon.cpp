@@ -566,9 +566,16 @@ json ike_daemon::handle_request(const json& request)
         reply["error"] = error;
         return reply;
     };
-    if (request.value("version", 0) != 1) {
-        return fail("version: must be 1");
+    // The CLI talks to this socket with the data plane's client library, which sends the data plane's
+    // protocol version (2 since owners); this socket's requests are the same in every version.
+    const int version = request.contains("version") && request["version"].is_number_integer()
+                            ? request["version"].get<int>()
+                            : 0;
+    if (version < dp::control::min_protocol_version || version > dp::control::protocol_version) {
+        return fail("version: must be " + std::to_string(dp::control::min_protocol_version) + " to " +
+                    std::to_string(dp::control::protocol_version));
     }
+    reply["version"] = version;
     if (!request.contains("op") || !request["op"].is_string()) {
         return fail("op: missing");
     }

@@ -629,8 +629,8 @@ def owned(run):
             [p for p in policies if not p["implied"] and p.get("owner") == "espresso-ike"])
 
 
-OPERATOR_SA = {"spi": "0x7001", "direction": "inbound", "mode": "tunnel", "source": "203.0.113.99",
-               "destination": "198.51.100.1", "encryption": "aes128gcm16",
+OPERATOR_SA = {"spi": "0x7001", "direction": "inbound", "protocol": "esp", "mode": "tunnel",
+               "source": "203.0.113.99", "destination": "198.51.100.1", "encryption": "aes128gcm16",
                "key": "0x00112233445566778899aabbccddeeff01020304", "integrity": "none",
                "selectors": {"local": "10.99.1.0/24", "remote": "10.99.2.0/24"}}
 
