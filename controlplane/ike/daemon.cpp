@@ -154,7 +154,10 @@ size_t ike_thread_count(uint32_t configured)
 }
 
 ike_daemon::ike_daemon(daemon_options options, const config::gateway_config& config)
-    : options_(std::move(options)), installer_(make_installer(0))
+    : options_(std::move(options)),
+      flush_(std::make_shared<startup_flush>(
+          [this](log_level level, const std::string& text) { log(level, "-", text); })),
+      installer_(make_installer(0))
 {
     if (!options_.log_file.empty()) {
         log_file_.open(options_.log_file, std::ios::app);
@@ -229,7 +232,7 @@ std::unique_ptr<sa_installer> ike_daemon::make_installer(size_t)
     if (options_.dataplane_socket.empty()) {
         return std::make_unique<null_installer>();
     }
-    return std::make_unique<dataplane_installer>(options_.dataplane_socket);
+    return std::make_unique<dataplane_installer>(options_.dataplane_socket, flush_);
 }
 
 void ike_daemon::send_keepalive(const endpoint& local, const endpoint& remote)
@@ -563,9 +566,16 @@ json ike_daemon::handle_request(const json& request)
         reply["error"] = error;
         return reply;
     };
-    if (request.value("version", 0) != 1) {
-        return fail("version: must be 1");
+    // The CLI talks to this socket with the data plane's client library, which sends the data plane's
+    // protocol version (2 since owners); this socket's requests are the same in every version.
+    const int version = request.contains("version") && request["version"].is_number_integer()
+                            ? request["version"].get<int>()
+                            : 0;
+    if (version < dp::control::min_protocol_version || version > dp::control::protocol_version) {
+        return fail("version: must be " + std::to_string(dp::control::min_protocol_version) + " to " +
+                    std::to_string(dp::control::protocol_version));
     }
+    reply["version"] = version;
     if (!request.contains("op") || !request["op"].is_string()) {
         return fail("op: missing");
     }

@@ -39,6 +39,8 @@ struct daemon_options {
     size_t threads = 0;                 // IKE shards; 0: ike.threads from the file, else the CPUs (at most 4)
 };
 
+class startup_flush; // installer.h
+
 // The shard count for `ike.threads` (0 = not set: the online CPUs, at most 4).
 size_t ike_thread_count(uint32_t configured);
 
@@ -91,6 +93,9 @@ private:
     static std::chrono::steady_clock::time_point now() { return std::chrono::steady_clock::now(); }
 
     daemon_options options_;
+    // flush-owner "espresso-ike" before this process installs anything (installer.h); every installer
+    // shares it. Declared before installer_, which is made with it.
+    std::shared_ptr<startup_flush> flush_;
     // The main thread's own connection to the data plane: trap policies (each shard has its own for SAs).
     std::unique_ptr<sa_installer> installer_;
     std::unique_ptr<ike_shards> shards_;

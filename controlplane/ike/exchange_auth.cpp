@@ -194,13 +194,41 @@ std::vector<payload> ike_sa::own_certificates() const
     return p;
 }
 
-bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string& why)
+std::string peer_auth_fix(const config::ike_peer_config& peer, peer_auth_failure failure, const std::string& peer_identity)
 {
+    const bool pubkey = peer.auth.method == config::ike_auth_method::pubkey;
+    const std::string name = "peer " + peer.name;
+    switch (failure) {
+    case peer_auth_failure::identity:
+        // The secret or the certificate was not even looked at: only the identities matter here.
+        return "set remote-id of " + name + " to '" + peer_identity + "' (the identity the peer sends), or make the peer send '" +
+               peer.remote_id.text + "'" +
+               (pubkey ? " (its local id, which its certificate must contain as subject or subjectAltName)."
+                       : " (its local id).");
+    case peer_auth_failure::wrong_method:
+        return pubkey ? "use certificates on both sides, or set auth.method: psk with a secret for " + name + "."
+                      : "use a pre-shared key on both sides, or set auth.method: pubkey with a certificate for " + name + ".";
+    case peer_auth_failure::missing_payloads:
+        return "check the peer's log: its IKE_AUTH lacks the identity or AUTH payload (is it an IKEv2 peer with " +
+               std::string(pubkey ? "a certificate" : "a pre-shared key") + " configured?).";
+    case peer_auth_failure::credentials:
+        break;
+    }
+    return pubkey ? "check that auth.ca of " + name +
+                        " holds the CA that issued the peer's certificate, that the certificate is valid now and "
+                        "contains remote-id, and that the peer signs with its own private key."
+                  : "compare auth.secret of " + name + " with the peer's pre-shared key.";
+}
+
+bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string& why, peer_auth_failure& failure)
+{
+    failure = peer_auth_failure::credentials;
     bool initiator = role_ == role::initiator;
     const auto* idp = find_payload(payloads, initiator ? payload_type::idr : payload_type::idi);
     const auto* authp = find_payload(payloads, payload_type::auth);
     if (idp == nullptr || authp == nullptr) {
         why = "the peer's IKE_AUTH has no identity or AUTH payload";
+        failure = peer_auth_failure::missing_payloads;
         return false;
     }
     const auto& id = std::get<id_payload>(idp->body);
@@ -215,6 +243,7 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
         if (!same) {
             why = "the peer identifies as '" + remote_id_text_ + "' but peer " + peer_ptr_->name + " expects remote-id '" +
                   peer_ptr_->remote_id.text + "' (identity mismatch)";
+            failure = peer_auth_failure::identity;
             return false;
         }
     }
@@ -233,6 +262,8 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
         if (certs.empty()) {
             why = "the peer sent no X.509 certificate (CERT payload) but peer " + peer_ptr_->name +
                   " is configured for certificate authentication";
+            failure = auth.method == static_cast<uint8_t>(auth_method::shared_key_mic) ? peer_auth_failure::wrong_method
+                                                                                        : peer_auth_failure::credentials;
             return false;
         }
         bytes octets = signed_octets(static_cast<prf_id>(ike_transforms_.prf), initiator ? init_response_ : init_request_,
@@ -242,6 +273,7 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
     if (auth.method != static_cast<uint8_t>(auth_method::shared_key_mic)) {
         why = "the peer authenticates with method " + std::to_string(auth.method) + " but peer " + peer_ptr_->name +
               " is configured for a pre-shared key";
+        failure = peer_auth_failure::wrong_method;
         return false;
     }
     auto prf = static_cast<prf_id>(ike_transforms_.prf);
@@ -352,9 +384,10 @@ void ike_sa::send_auth_request()
             }
         }
         std::string why;
-        if (!verify_peer_auth(reply, why)) {
+        peer_auth_failure failure{};
+        if (!verify_peer_auth(reply, why, failure)) {
             fail("IKE_AUTH with " + peer_ptr_->name + " failed: " + why + ".",
-                 "compare auth.secret and remote-id of peer " + peer_ptr_->name + " with the peer's configuration.");
+                 peer_auth_fix(*peer_ptr_, failure, remote_id_text_));
             return;
         }
         set_established();
@@ -389,10 +422,11 @@ void ike_sa::send_auth_request()
 void ike_sa::process_auth_request(const message&, uint32_t message_id, const std::vector<payload>& payloads)
 {
     std::string why;
-    if (!verify_peer_auth(payloads, why)) {
+    peer_auth_failure failure{};
+    if (!verify_peer_auth(payloads, why, failure)) {
         send_response(exchange_type::ike_auth, message_id, {make_notify(notify_type::authentication_failed)});
         fail("IKE_AUTH from " + to_string(remote_) + " failed: " + why + ".",
-             "compare auth.secret and remote-id of peer " + peer_ptr_->name + " with the peer's configuration.");
+             peer_auth_fix(*peer_ptr_, failure, remote_id_text_));
         return;
     }
     id_payload id = own_id();

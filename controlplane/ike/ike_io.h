@@ -68,6 +68,9 @@ public:
         return std::nullopt;
     }
     virtual std::string remove_trap(uint32_t /*id*/) { return ""; }
+    // Packets the data plane sent on outbound SA `spi` so far (its `packets` counter), for NAT-keepalives
+    // only when idle (RFC 3948 §4); nullopt when unknown (no data plane, SA gone, not reachable).
+    virtual std::optional<uint64_t> outbound_packets(uint32_t /*spi*/) { return std::nullopt; }
 };
 
 enum class log_level : uint8_t { error, warning, info, debug };

@@ -87,6 +87,18 @@ struct child_sa {
     bool outbound_pending() const noexcept { return pending_out != nullptr; }
 };
 
+// Why the peer's IKE_AUTH did not verify (ike_sa::verify_peer_auth), for the Fix of `show crypto ike
+// failures`: the fix names what to compare for the peer's auth method (a PSK's secret, a certificate's
+// CA and identity), never the other method's settings.
+enum class peer_auth_failure : uint8_t {
+    missing_payloads, // no ID or AUTH payload
+    identity,         // the ID the peer sent is not remote-id
+    wrong_method,     // the peer signs with another method than ours expects
+    credentials,      // PSK: the AUTH did not verify; pubkey: chain, identity in the certificate, signature
+};
+std::string peer_auth_fix(const config::ike_peer_config& peer, peer_auth_failure failure,
+                          const std::string& peer_identity);
+
 class ike_sa {
 public:
     enum class role : uint8_t { initiator, responder };
@@ -294,7 +306,7 @@ private:
     void process_auth_response(const std::vector<payload>& payloads);
     id_payload own_id() const;
     bytes own_auth(const id_payload& id) const;
-    bool verify_peer_auth(const std::vector<payload>& payloads, std::string& why);
+    bool verify_peer_auth(const std::vector<payload>& payloads, std::string& why, peer_auth_failure& failure);
 
     // ---- Child SAs (exchange_auth.cpp / exchange_child.cpp) ----
     struct child_offer {

@@ -1,4 +1,5 @@
 #include "ike_shards.h"
+#include "nat_keepalive.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 namespace espresso::cp {
@@ -84,6 +86,7 @@ public:
     void send(const endpoint& local, const endpoint& remote, std::span<const uint8_t> message) override
     {
         host_.send(local, remote, message);
+        keepalives.sent(local, remote, std::chrono::steady_clock::now()); // RFC 3948 §4: not idle
     }
     std::chrono::steady_clock::time_point now() override { return std::chrono::steady_clock::now(); }
     rng& random() override { return system_rng(); }
@@ -97,6 +100,7 @@ public:
     uint64_t new_ike_spi() override { return spi_in_shard(ike_io::new_ike_spi(), index_, count_); }
 
     ike_manager* manager = nullptr;
+    nat_keepalive keepalives; // this shard's NAT'd peers (nat_keepalive.h)
 
 private:
     shard_host& host_;
@@ -210,16 +214,21 @@ void ike_shards::post(size_t shard, std::function<void(ike_manager&)> task)
 void ike_shards::run(shard& s)
 {
     ike_manager& m = *s.manager;
-    // RFC 3948 §4 NAT-keepalives, one round per ike.nat-keepalive for every established IKE SA of this
-    // shard whose local end is behind a NAT. The interval is read on every pass, so a reload that
-    // shortens it (or turns it on) takes effect from the last round, not after the old interval.
-    auto last_keepalive = std::chrono::steady_clock::now();
-    auto next_keepalive_at = [&] {
+    // RFC 3948 §4 NAT-keepalives for every established IKE SA of this shard whose local end is behind a
+    // NAT, each only when nothing else went to that peer for ike.nat-keepalive (nat_keepalive.h). A pass
+    // looks at them every quarter interval (at most every second), so a keepalive goes out at most that
+    // much after it is due. The interval is read on every pass, so a reload that shortens it (or turns
+    // it on) takes effect at once.
+    auto last_pass = std::chrono::steady_clock::now();
+    auto last_sweep = last_pass;
+    auto pass_step = [&]() -> std::chrono::steady_clock::duration {
         const uint32_t seconds = nat_keepalive_.load(std::memory_order_relaxed);
         // Off: look again in a second, for a reload that turns it on.
-        return seconds == 0 ? std::chrono::steady_clock::now() + std::chrono::seconds(1)
-                            : last_keepalive + std::chrono::seconds(seconds);
+        return seconds == 0 ? std::chrono::seconds(1)
+                            : std::min<std::chrono::steady_clock::duration>(std::chrono::seconds(seconds) / 4,
+                                                                           std::chrono::seconds(1));
     };
+    auto next_keepalive_at = [&] { return last_pass + pass_step(); };
     std::vector<item> batch;
     while (!s.stopping.load()) {
         auto now = std::chrono::steady_clock::now();
@@ -252,14 +261,39 @@ void ike_shards::run(shard& s)
         if (m.next_deadline() <= std::chrono::steady_clock::now()) {
             m.tick();
         }
-        if (nat_keepalive_.load(std::memory_order_relaxed) != 0 &&
-            std::chrono::steady_clock::now() >= next_keepalive_at()) {
-            for (const auto& [spi, sa] : m.sas()) {
-                if (sa->sa_state() == ike_sa::state::established && sa->nat_local()) {
-                    host_.send_keepalive(sa->local(), sa->remote());
+        if (const auto now_ = std::chrono::steady_clock::now(); now_ >= next_keepalive_at()) {
+            last_pass = now_;
+            const uint32_t seconds = nat_keepalive_.load(std::memory_order_relaxed);
+            if (seconds != 0) {
+                const std::chrono::steady_clock::duration interval = std::chrono::seconds(seconds);
+                nat_keepalive& schedule = s.io->keepalives;
+                for (const auto& [spi, sa] : m.sas()) {
+                    if (sa->sa_state() != ike_sa::state::established || !sa->nat_local()) {
+                        continue;
+                    }
+                    // ESP on the same UDP 5-tuple refreshes the NAT's mapping as well: the data plane's
+                    // packet counters of the installed outbound Child SAs, read only when a keepalive is due.
+                    auto esp_packets = [&]() -> std::optional<uint64_t> {
+                        std::optional<uint64_t> total;
+                        for (const auto& c : sa->children()) {
+                            if (c.pending_out) {
+                                continue; // not in the data plane (yet)
+                            }
+                            if (auto n = s.io->installer().outbound_packets(c.spi_out)) {
+                                total = total.value_or(0) + *n;
+                            }
+                        }
+                        return total;
+                    };
+                    if (schedule.due(sa->local(), sa->remote(), now_, interval, esp_packets)) {
+                        host_.send_keepalive(sa->local(), sa->remote());
+                    }
+                }
+                if (now_ - last_sweep >= 2 * interval) {
+                    schedule.sweep(now_ - 2 * interval); // peers no pass asked about for two intervals
+                    last_sweep = now_;
                 }
             }
-            last_keepalive = std::chrono::steady_clock::now();
         }
     }
     // Tasks still queued hold latches others wait on; stop() and ~ike_shards are only called from the

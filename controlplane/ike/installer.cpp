@@ -59,7 +59,45 @@ nlohmann::json sa_to_json(const config::sa_config& sa)
     return j;
 }
 
-dataplane_installer::dataplane_installer(std::string socket_path) : path_(std::move(socket_path)) {}
+bool startup_flush::done() const
+{
+    std::lock_guard lock(mutex_);
+    return done_;
+}
+
+std::string startup_flush::run(dp::control_client& client)
+{
+    std::lock_guard lock(mutex_);
+    if (done_) {
+        return "";
+    }
+    nlohmann::json reply;
+    try {
+        // Generous: removing many SAs waits for every worker's acknowledgement.
+        reply = client.request("flush-owner", {{"owner", std::string(ike_owner)}}, std::chrono::seconds(30));
+    } catch (const dp::control_client_error& e) {
+        return std::string("flush-owner ") + std::string(ike_owner) + ": " + e.what();
+    }
+    done_ = true;
+    if (const std::string error = dp::reply_error(reply); !error.empty()) {
+        log_(log_level::error, "could not remove the SAs and policies an earlier espresso-ike left in the data plane "
+                               "(flush-owner): " + error + "; they stay (list-sas shows them with owner " +
+                                   std::string(ike_owner) + ")");
+        return "";
+    }
+    const auto& result = reply["result"];
+    const auto sas = result.value("sas", uint64_t{0});
+    const auto policies = result.value("policies", uint64_t{0});
+    log_(sas + policies > 0 ? log_level::warning : log_level::info,
+         "removed " + std::to_string(sas) + " SA(s) and " + std::to_string(policies) +
+             " policy(ies) an earlier espresso-ike left in the data plane (flush-owner " + std::string(ike_owner) + ")");
+    return "";
+}
+
+dataplane_installer::dataplane_installer(std::string socket_path, std::shared_ptr<startup_flush> flush)
+    : path_(std::move(socket_path)), flush_(std::move(flush))
+{
+}
 
 std::string dataplane_installer::connect()
 {
@@ -71,7 +109,37 @@ std::string dataplane_installer::connect()
     } catch (const dp::control_client_error& e) {
         return e.what();
     }
+    if (flush_) {
+        // Before anything of ours goes in: what a killed predecessor left (startup_flush).
+        if (std::string error = flush_->run(*client_); !error.empty()) {
+            client_.reset();
+            return error;
+        }
+    }
     return "";
+}
+
+std::optional<uint64_t> dataplane_installer::outbound_packets(uint32_t spi)
+{
+    if (!connect().empty()) {
+        return std::nullopt;
+    }
+    try {
+        auto reply = client_->request("list-sas", {{"direction", "outbound"}, {"spi", spi}});
+        if (!reply.value("ok", false)) {
+            return std::nullopt;
+        }
+        const auto& sas = reply["result"]["sas"];
+        if (!sas.is_array() || sas.size() != 1 || !sas[0].contains("counters")) {
+            return std::nullopt;
+        }
+        const auto& packets = sas[0]["counters"]["packets"];
+        return packets.is_number_unsigned() ? std::optional<uint64_t>(packets.get<uint64_t>()) : std::nullopt;
+    } catch (const dp::control_client_error&) {
+        client_.reset();
+    } catch (const nlohmann::json::exception&) {
+    }
+    return std::nullopt;
 }
 
 std::string dataplane_installer::install(const config::sa_config& sa)
@@ -79,7 +147,7 @@ std::string dataplane_installer::install(const config::sa_config& sa)
     if (auto err = connect(); !err.empty()) {
         return err;
     }
-    nlohmann::json args = {{"sa", sa_to_json(sa)}};
+    nlohmann::json args = {{"sa", sa_to_json(sa)}, {"owner", std::string(ike_owner)}};
     std::string error;
     try {
         auto reply = client_->request("add-sa", args);
@@ -105,7 +173,8 @@ sa_installer::pair_result dataplane_installer::install_pair(const config::sa_con
     if (auto err = connect(); !err.empty()) {
         return {err, config::direction::inbound};
     }
-    nlohmann::json args = {{"sas", nlohmann::json::array({sa_to_json(in), sa_to_json(out)})}};
+    nlohmann::json args = {{"sas", nlohmann::json::array({sa_to_json(in), sa_to_json(out)})},
+                           {"owner", std::string(ike_owner)}};
     pair_result result;
     bool unknown_op = false;
     bool maybe_installed = false; // failed after the data plane may have applied part of the batch
@@ -181,7 +250,7 @@ std::optional<uint32_t> dataplane_installer::add_policy(const nlohmann::json& po
         return std::nullopt;
     }
     try {
-        auto reply = client_->request("add-policy", {{"policy", policy}});
+        auto reply = client_->request("add-policy", {{"policy", policy}, {"owner", std::string(ike_owner)}});
         if (!reply.value("ok", false)) {
             error = reply.value("error", std::string("refused"));
             return std::nullopt;

@@ -2,9 +2,12 @@
 // null installer that only logs, so espresso-ike runs (and is testable) without espresso-dp.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -16,9 +19,35 @@ namespace espresso::cp {
 // The add-sa arguments for an SA (keys as "0x..." strings; the caller wipes the JSON afterwards).
 nlohmann::json sa_to_json(const config::sa_config& sa);
 
+// The owner tag on every SA and policy espresso-ike installs (docs/control-api.md, "Owners").
+inline constexpr std::string_view ike_owner = "espresso-ike";
+
+// What a killed espresso-ike left in the data plane (its Child SAs and trap policies: nobody deleted
+// them) is removed once per process, before the first thing this process installs: flush-owner
+// "espresso-ike". Every installer of the daemon (the main thread's and one per shard) shares one
+// startup_flush and runs it on its first connection, under its mutex, so no install can come first
+// whichever thread connects first. SAs and policies without that owner (static ones from the file,
+// ones an operator added) are not touched.
+class startup_flush {
+public:
+    using logger = std::function<void(log_level, const std::string&)>;
+    explicit startup_flush(logger log) : log_(std::move(log)) {}
+    // "" once the flush was done (now or before). An error means the request did not get through
+    // (connection lost, timeout): the caller must not install anything and retries later. A refusal
+    // by the data plane is logged and not retried (the daemon then runs as it did without owners).
+    std::string run(dp::control_client& client);
+    bool done() const;
+
+private:
+    mutable std::mutex mutex_;
+    bool done_ = false;
+    logger log_;
+};
+
 class dataplane_installer final : public sa_installer {
 public:
-    explicit dataplane_installer(std::string socket_path);
+    // `flush`: shared by every installer of the process (null: no start-up flush, e.g. in tools).
+    explicit dataplane_installer(std::string socket_path, std::shared_ptr<startup_flush> flush = nullptr);
     std::string install(const config::sa_config& sa) override;
     // One add-sas request with both SAs, inbound first (espresso-dp applies a batch in order on each
     // worker, and answers only when every worker has both). Falls back to two add-sa requests when the
@@ -34,9 +63,12 @@ public:
     // add-policy / delete-policy. Returns the policy's id, or nullopt with `error` set.
     std::optional<uint32_t> add_policy(const nlohmann::json& policy, std::string& error);
     std::string remove_policy(uint32_t id);
+    // list-sas for one outbound SA (a cheap lookup in the data plane): its packet counter.
+    std::optional<uint64_t> outbound_packets(uint32_t spi) override;
 
 private:
     std::string path_;
+    std::shared_ptr<startup_flush> flush_;
     std::optional<dp::control_client> client_;
 };
 

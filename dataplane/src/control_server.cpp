@@ -99,9 +99,11 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& address)
     ::unlink(path.c_str());
 }
 
-json error_reply(const json& id, std::string message)
+// Replies carry the version of their request (a version 1 client sees version 1 replies), or the
+// server's when the request had none it speaks.
+json error_reply(const json& id, std::string message, int version = control::protocol_version)
 {
-    return {{"version", control::protocol_version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
+    return {{"version", version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
 }
 
 // A reload's file is parsed first by a fresh `espresso-dp --check` process, as the loader's sandbox
@@ -178,9 +180,9 @@ std::string check_in_child(const std::string& path, std::chrono::milliseconds de
     return text.empty() ? path + ": the configuration check failed" : text;
 }
 
-json ok_reply(const json& id, json result)
+json ok_reply(const json& id, json result, int version)
 {
-    return {{"version", control::protocol_version}, {"id", id}, {"ok", true}, {"result", std::move(result)}};
+    return {{"version", version}, {"id", id}, {"ok", true}, {"result", std::move(result)}};
 }
 
 // Which keys each operation's "args" may carry. Anything else is refused by name, so a typo never
@@ -190,10 +192,10 @@ struct op_args {
     std::array<std::string_view, 2> keys;
 };
 constexpr std::array<op_args, control::operations.size()> allowed_args{{
-    {"add-sa", {"sa", ""}},
+    {"add-sa", {"sa", "owner"}},
     {"delete-sa", {"direction", "spi"}},
     {"list-sas", {"direction", "spi"}},
-    {"add-policy", {"policy", ""}},
+    {"add-policy", {"policy", "owner"}},
     {"delete-policy", {"id", ""}},
     {"list-policies", {"", ""}},
     {"flush", {"", ""}},
@@ -203,12 +205,13 @@ constexpr std::array<op_args, control::operations.size()> allowed_args{{
     {"subscribe", {"", ""}},
     {"unsubscribe", {"", ""}},
     {"ping", {"", ""}},
-    {"add-sas", {"sas", ""}},
+    {"add-sas", {"sas", "owner"}},
     {"delete-sas", {"sas", ""}},
     {"show-neighbors", {"", ""}},
     {"clear-neighbors", {"family", ""}},
     {"update-sa", {"spi", "peer"}},
     {"reload", {"path", "dry-run"}},
+    {"flush-owner", {"owner", ""}},
 }};
 
 void check_arg_names(const std::string& op, const json& args)
@@ -231,6 +234,28 @@ void check_arg_names(const std::string& op, const json& args)
         }
         return;
     }
+}
+
+// args.owner of add-sa, add-sas and add-policy (optional; "" when absent) and flush-owner (required).
+std::string parse_owner(const json& args, int version, bool required)
+{
+    const auto it = args.find("owner");
+    if (it == args.end()) {
+        if (required) {
+            throw request_error("args.owner: missing; expected the owner whose SAs and policies to remove");
+        }
+        return {};
+    }
+    if (version < control::owner_protocol_version) {
+        throw request_error("args.owner: owners need protocol version " +
+                            std::to_string(control::owner_protocol_version) + "; the request says version " +
+                            std::to_string(version));
+    }
+    if (!it->is_string() || !control::valid_owner(it->get_ref<const std::string&>())) {
+        throw request_error("args.owner: expected 1 to " + std::to_string(control::max_owner_bytes) +
+                            " characters of A-Z, a-z, 0-9, '.', '_' or '-' (a program's name, e.g. \"espresso-ike\")");
+    }
+    return it->get<std::string>();
 }
 
 const json& require(const json& args, std::string_view name, std::string_view expected)
@@ -607,6 +632,7 @@ void control_server::publish(const gateway_event& event) noexcept
 json control_server::handle(std::string_view body, effects& effect) noexcept
 {
     json id = nullptr;
+    int version = control::protocol_version;
     json request;
     // The captured SA text holds keys: overwritten whatever happens to the request.
     struct wipe_reader {
@@ -629,18 +655,21 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
             return error_reply(nullptr, "id: expected an integer, got " + std::string(id_it->type_name()));
         }
         id = *id_it;
-        const auto version = request.find("version");
-        if (version == request.end()) {
+        const auto version_it = request.find("version");
+        if (version_it == request.end()) {
             return error_reply(id, "version: missing; this server speaks version " +
                                        std::to_string(control::protocol_version));
         }
-        if (!version->is_number_integer() || version->get<int64_t>() != control::protocol_version) {
-            return error_reply(id, "version: unsupported version " + version->dump() +
-                                       "; this server speaks " + std::to_string(control::protocol_version));
+        if (!version_it->is_number_integer() || version_it->get<int64_t>() < control::min_protocol_version ||
+            version_it->get<int64_t>() > control::protocol_version) {
+            return error_reply(id, "version: unsupported version " + version_it->dump() + "; this server speaks " +
+                                       std::to_string(control::min_protocol_version) + " to " +
+                                       std::to_string(control::protocol_version));
         }
+        version = static_cast<int>(version_it->get<int64_t>());
         const auto op = request.find("op");
         if (op == request.end() || !op->is_string()) {
-            return error_reply(id, op == request.end() ? "op: missing" : "op: expected a string");
+            return error_reply(id, op == request.end() ? "op: missing" : "op: expected a string", version);
         }
         const std::string& name = op->get_ref<const std::string&>();
         if (!control::is_operation(name)) {
@@ -648,17 +677,17 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
             for (auto o : control::operations) {
                 known += (known.empty() ? "" : ", ") + std::string(o);
             }
-            return error_reply(id, "op: unknown operation \"" + name + "\"; expected one of " + known);
+            return error_reply(id, "op: unknown operation \"" + name + "\"; expected one of " + known, version);
         }
         for (const auto& [key, value] : request.items()) {
             if (key != "version" && key != "id" && key != "op" && key != "args") {
-                return error_reply(id, key + ": unknown key; a request has version, id, op and args");
+                return error_reply(id, key + ": unknown key; a request has version, id, op and args", version);
             }
         }
         json args = json::object();
         if (const auto it = request.find("args"); it != request.end()) {
             if (!it->is_object() && !it->is_null()) {
-                return error_reply(id, "args: expected an object");
+                return error_reply(id, "args: expected an object", version);
             }
             if (it->is_object()) {
                 args = std::move(*it);
@@ -667,9 +696,9 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         json reply;
         try {
             check_arg_names(name, args);
-            reply = ok_reply(id, dispatch(name, args, effect));
+            reply = ok_reply(id, dispatch(name, args, version, effect), version);
         } catch (const request_error& e) {
-            reply = error_reply(id, e.what());
+            reply = error_reply(id, e.what(), version);
         }
         if (auto sa = args.find("sa"); sa != args.end()) {
             wipe_json_secrets(*sa);
@@ -681,13 +710,13 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         }
         return reply;
     } catch (const std::exception& e) {
-        return error_reply(id, std::string("internal error: ") + e.what());
+        return error_reply(id, std::string("internal error: ") + e.what(), version);
     } catch (...) {
-        return error_reply(id, "internal error");
+        return error_reply(id, "internal error", version);
     }
 }
 
-json control_server::dispatch(const std::string& op, json& args, effects& effect)
+json control_server::dispatch(const std::string& op, json& args, int version, effects& effect)
 {
     if (op == "add-sa") {
         const json& sa_json = require(args, "sa", "an object with the keys of a security-associations item");
@@ -696,6 +725,12 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             throw request_error(parsed_sa.error);
         }
         config::sa_config& sa = *parsed_sa.value;
+        try {
+            sa.owner = parse_owner(args, version, false);
+        } catch (...) {
+            config::wipe_keys(sa);
+            throw;
+        }
         const std::string error = gateway_.add_sa(sa);
         const json result = {{"spi", sa.spi}, {"direction", direction_name(sa.dir)}};
         config::wipe_keys(sa);
@@ -717,6 +752,18 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             throw request_error(parsed_sas.error);
         }
         std::vector<config::sa_config>& sas = *parsed_sas.value;
+        std::string owner;
+        try {
+            owner = parse_owner(args, version, false);
+        } catch (...) {
+            for (auto& sa : sas) {
+                config::wipe_keys(sa);
+            }
+            throw;
+        }
+        for (auto& sa : sas) {
+            sa.owner = owner;
+        }
         const std::string error = gateway_.add_sas(sas);
         for (auto& sa : sas) {
             config::wipe_keys(sa);
@@ -809,6 +856,13 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
             spi = parse_spi(*it);
         }
         json list = json::array();
+        if (dir && spi) {
+            // One SA by its key, without copying every SA (espresso-ike polls an SA's counters this way).
+            if (const auto sa = gateway_.sa(*dir, *spi)) {
+                list.push_back(to_json(*sa));
+            }
+            return {{"sas", std::move(list)}};
+        }
         for (const auto& sa : gateway_.sas()) {
             if ((!dir || sa.config.dir == *dir) && (!spi || sa.config.spi == *spi)) {
                 list.push_back(to_json(sa));
@@ -818,10 +872,11 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
     }
     if (op == "add-policy") {
         const json& policy_json = require(args, "policy", "an object {local, remote, action, ...}");
-        const auto policy = policy_from_json(policy_json);
+        auto policy = policy_from_json(policy_json);
         if (!policy.value) {
             throw request_error(policy.error);
         }
+        policy.value->owner = parse_owner(args, version, false);
         uint32_t id = 0;
         if (const std::string error = gateway_.add_policy(*policy.value, id); !error.empty()) {
             throw request_error(error);
@@ -849,6 +904,20 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
     if (op == "flush") {
         gateway_.flush();
         return json::object();
+    }
+    if (op == "flush-owner") {
+        if (version < control::owner_protocol_version) {
+            throw request_error("op: flush-owner needs protocol version " +
+                                std::to_string(control::owner_protocol_version) + "; the request says version " +
+                                std::to_string(version));
+        }
+        const std::string owner = parse_owner(args, version, true);
+        gateway_api::flushed removed;
+        if (const std::string error = gateway_.flush_owner(owner, removed); !error.empty()) {
+            throw request_error(error + " (removed so far: " + std::to_string(removed.sas) + " SAs, " +
+                                std::to_string(removed.policies) + " policies)");
+        }
+        return {{"owner", owner}, {"sas", removed.sas}, {"policies", removed.policies}};
     }
     if (op == "show-interfaces") {
         json list = json::array();
@@ -891,7 +960,8 @@ json control_server::dispatch(const std::string& op, json& args, effects& effect
         return {{"subscribed", false}};
     }
     if (op == "ping") {
-        return {{"version", control::protocol_version}};
+        // The newest version this server speaks (a client may send any from min-version on).
+        return {{"version", control::protocol_version}, {"min-version", control::min_protocol_version}};
     }
     if (op == "reload") {
         std::string path = gateway_.config_file();

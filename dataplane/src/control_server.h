@@ -85,7 +85,7 @@ private:
     void queue_body(client& c, std::string_view body) noexcept; // one frame, or drop the client
     void close_client(client& c) noexcept;
 
-    nlohmann::json dispatch(const std::string& op, nlohmann::json& args, effects& effect);
+    nlohmann::json dispatch(const std::string& op, nlohmann::json& args, int version, effects& effect);
 
     gateway_api& gateway_;
     std::string path_;

@@ -1440,34 +1440,48 @@ void gateway::flush()
 std::vector<sa_snapshot> gateway::sas() const
 {
     std::vector<sa_snapshot> out;
+    out.reserve(sas_.size());
     for (const auto& [key, entry] : sas_) {
-        const sa_runtime& sa = *entry.sa;
-        sa_snapshot s;
-        s.config = sa.config;
-        for (size_t i = 0; i < s.counters.size(); ++i) {
-            s.counters[i] = sa.stats.get(static_cast<sa_counter>(i));
-        }
-        for (size_t i = 0; i < s.drops.size(); ++i) {
-            s.drops[i] = sa.stats.drops[i].load(std::memory_order_relaxed);
-        }
-        s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
-        s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
-        s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
-        // The interface whose address is this SA's local tunnel endpoint (transport mode without
-        // endpoints: the local selector's address, the gateway's own).
-        config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;
-        if (!local.is_v4() && !local.is_v6()) {
-            local = sa.config.local.address;
-        }
-        for (const auto& p : shared_.ports) {
-            if ((local.is_v4() && p.has_v4 && be32_of(local) == p.address_be) ||
-                (local.is_v6() && p.has_v6 && std::memcmp(local.bytes.data(), p.address6.data(), 16) == 0)) {
-                s.interface = p.name;
-            }
-        }
-        out.push_back(std::move(s));
+        out.push_back(snapshot(*entry.sa));
     }
     return out;
+}
+
+std::optional<sa_snapshot> gateway::sa(config::direction dir, uint32_t spi) const
+{
+    const auto it = sas_.find({static_cast<int>(dir), spi});
+    if (it == sas_.end()) {
+        return std::nullopt;
+    }
+    return snapshot(*it->second.sa);
+}
+
+sa_snapshot gateway::snapshot(const sa_runtime& sa) const
+{
+    sa_snapshot s;
+    s.config = sa.config;
+    for (size_t i = 0; i < s.counters.size(); ++i) {
+        s.counters[i] = sa.stats.get(static_cast<sa_counter>(i));
+    }
+    for (size_t i = 0; i < s.drops.size(); ++i) {
+        s.drops[i] = sa.stats.drops[i].load(std::memory_order_relaxed);
+    }
+    s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
+    s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
+    s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
+    // The interface whose address is this SA's local tunnel endpoint (transport mode without
+    // endpoints: the local selector's address, the gateway's own).
+    config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;
+    if (!local.is_v4() && !local.is_v6()) {
+        local = sa.config.local.address;
+    }
+    for (const auto& p : shared_.ports) {
+        if ((local.is_v4() && p.has_v4 && be32_of(local) == p.address_be) ||
+            (local.is_v6() && p.has_v6 && std::memcmp(local.bytes.data(), p.address6.data(), 16) == 0)) {
+            s.interface = p.name;
+        }
+    }
+    return s;
 }
 
 std::vector<policy_snapshot> gateway::policies() const
@@ -1484,6 +1498,7 @@ std::vector<policy_snapshot> gateway::policies() const
         s.config.action = config::policy_action::protect;
         s.config.priority = implied_priority;
         s.config.spi = c.spi;
+        s.config.owner = c.owner;
         s.implied = true;
         if (c.dir == config::direction::outbound) {
             out.push_back(s);

@@ -155,6 +155,7 @@ public:
     std::string add_sas(std::span<const config::sa_config> batch) override;
     std::string delete_sas(std::span<const sa_id> which) override;
     std::vector<sa_snapshot> sas() const override;
+    std::optional<sa_snapshot> sa(config::direction dir, uint32_t spi) const override;
     std::vector<policy_snapshot> policies() const override;
     std::vector<interface_snapshot> interfaces() const override;
     std::vector<worker_snapshot> workers() const override;
@@ -197,6 +198,7 @@ private:
         uint32_t id;
     };
 
+    sa_snapshot snapshot(const sa_runtime& sa) const;
     void setup_ports();
     void setup_taps();
     void setup_workers();

@@ -187,6 +187,39 @@ public:
     virtual std::string delete_policy(uint32_t id) = 0;
     virtual void flush() = 0; // all SAs and explicit policies
 
+    // flush-owner: removes every SA and explicit policy whose owner is `owner` (what a crashed
+    // espresso-ike left behind), nothing else. Policies first, then the SAs in one delete_sas batch.
+    // "" or the error; `sas` and `policies` count what was removed (also on a partial failure).
+    struct flushed {
+        size_t sas = 0;
+        size_t policies = 0;
+    };
+    virtual std::string flush_owner(const std::string& owner, flushed& removed)
+    {
+        for (const auto& p : policies()) {
+            if (!p.implied && p.config.owner == owner) {
+                if (std::string error = delete_policy(p.id); !error.empty()) {
+                    return error;
+                }
+                ++removed.policies;
+            }
+        }
+        std::vector<sa_id> which;
+        for (const auto& sa : sas()) {
+            if (sa.config.owner == owner) {
+                which.emplace_back(sa.config.dir, sa.config.spi);
+            }
+        }
+        if (which.empty()) {
+            return {};
+        }
+        if (std::string error = delete_sas(which); !error.empty()) {
+            return error;
+        }
+        removed.sas = which.size();
+        return {};
+    }
+
     // Batches (control ops add-sas / delete-sas), all or nothing: every item is checked first (an
     // error names it as "sas[i]: ..."), and only then is anything changed. The gateway installs a
     // batch with one acknowledgement round per worker and at most one SPD compilation. These
@@ -216,6 +249,17 @@ public:
     }
 
     virtual std::vector<sa_snapshot> sas() const = 0;
+    // One SA (list-sas with both filters): the gateway looks it up instead of copying every SA, so that
+    // espresso-ike can poll one SA's counters cheaply (NAT-keepalives only when idle).
+    virtual std::optional<sa_snapshot> sa(config::direction dir, uint32_t spi) const
+    {
+        for (auto& s : sas()) {
+            if (s.config.dir == dir && s.config.spi == spi) {
+                return s;
+            }
+        }
+        return std::nullopt;
+    }
     virtual std::vector<policy_snapshot> policies() const = 0;
     virtual std::vector<interface_snapshot> interfaces() const = 0;
     virtual std::vector<worker_snapshot> workers() const = 0;

@@ -626,6 +626,8 @@ json to_json(const sa_snapshot& s)
         {"ttl", c.ttl},
         {"tfc-pad", c.tfc_pad_to},
         {"origin", c.origin},
+        // Who installed it over the control socket (add-sa/add-sas "owner"); null: static or untagged.
+        {"owner", c.owner.empty() ? json(nullptr) : json(c.owner)},
         {"interface", s.interface},
         {"sequence", s.sequence},
         {"consumed", {{"bytes", s.life_bytes}, {"packets", s.life_packets}}},
@@ -660,6 +662,7 @@ json to_json(const policy_snapshot& p)
         {"matches", p.matches},
         {"implied", p.implied},
         {"origin", c.origin},
+        {"owner", c.owner.empty() ? json(nullptr) : json(c.owner)}, // implied: its SA's owner
     };
     if (c.action == config::policy_action::protect) {
         policy["spi"] = c.spi;

@@ -285,7 +285,7 @@ TEST_F(server_fixture, AddSaReachesTheGatewayWithTheRightConfig)
     auto client = control_client::connect(path);
     const json reply = client.request("add-sa", {{"sa", good_sa_json()}});
     ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
-    EXPECT_EQ(reply["version"], 1);
+    EXPECT_EQ(reply["version"], control::protocol_version); // the request's
     EXPECT_EQ(reply["result"]["spi"], 0x1001);
     EXPECT_EQ(reply["result"]["direction"], "outbound");
     EXPECT_EQ(reply.dump().find("0011223344"), std::string::npos);
@@ -571,7 +571,8 @@ TEST_F(server_fixture, OtherOperations)
     EXPECT_TRUE(client.request("show-interfaces")["result"]["interfaces"].is_array());
     EXPECT_TRUE(client.request("show-dataplane")["result"]["workers"].is_array());
     EXPECT_TRUE(client.request("list-policies")["result"]["policies"].is_array());
-    EXPECT_EQ(client.request("ping")["result"]["version"], 1);
+    EXPECT_EQ(client.request("ping")["result"]["version"], control::protocol_version);
+    EXPECT_EQ(client.request("ping")["result"]["min-version"], 1);
     EXPECT_NE(reply_error(client.request("flush", {{"all", true}})).find("args.all"), std::string::npos);
     const std::lock_guard guard(gateway.lock);
     EXPECT_EQ(gateway.flushes, 1);
@@ -594,6 +595,95 @@ TEST_F(server_fixture, ReloadArgumentsAreValidated)
     EXPECT_NE(reply_error(client.request("reload")).find("knows no file"), std::string::npos);
 }
 
+// Owners (protocol version 2): add-sa, add-sas and add-policy tag what they install; list-sas and
+// list-policies show the tag; flush-owner removes exactly one owner's SAs and policies.
+TEST_F(server_fixture, OwnerTagsReachTheGateway)
+{
+    auto client = control_client::connect(path);
+    ASSERT_TRUE(client.request("add-sa", {{"sa", good_sa_json()}, {"owner", "espresso-ike"}})["ok"].get<bool>());
+    json second = good_sa_json();
+    second["spi"] = "0x1002";
+    ASSERT_TRUE(client.request("add-sas", {{"owner", "espresso-ike"}, {"sas", json::array({second})}})["ok"].get<bool>());
+    json third = good_sa_json();
+    third["spi"] = "0x1003";
+    ASSERT_TRUE(client.request("add-sa", {{"sa", third}})["ok"].get<bool>()); // no owner: an operator's
+    const json policy = {{"local", "192.168.1.0/24"}, {"remote", "192.168.2.0/24"}, {"action", "trap"}};
+    ASSERT_TRUE(client.request("add-policy", {{"policy", policy}, {"owner", "espresso-ike"}})["ok"].get<bool>());
+    for (const json& bad : {json(""), json(7), json("two words"), json(std::string(65, 'a'))}) {
+        const std::string error = reply_error(client.request("add-sa", {{"sa", good_sa_json()}, {"owner", bad}}));
+        EXPECT_NE(error.find("args.owner: expected 1 to 64 characters"), std::string::npos) << bad << " -> " << error;
+    }
+    EXPECT_NE(reply_error(client.request("flush-owner")).find("args.owner: missing"), std::string::npos);
+    {
+        const std::lock_guard guard(gateway.lock);
+        ASSERT_EQ(gateway.added.size(), 3u);
+        EXPECT_EQ(gateway.added[0].owner, "espresso-ike");
+        EXPECT_EQ(gateway.added[1].owner, "espresso-ike");
+        EXPECT_EQ(gateway.added[2].owner, "");
+        ASSERT_EQ(gateway.added_policies.size(), 1u);
+        EXPECT_EQ(gateway.added_policies[0].owner, "espresso-ike");
+        gateway.snapshots = {make_sa(0x1001, config::direction::outbound, "198.51.100.1", "203.0.113.1"),
+                             make_sa(0x2001, config::direction::inbound, "203.0.113.1", "198.51.100.1"),
+                             make_sa(0x1003, config::direction::outbound, "198.51.100.1", "203.0.113.1"),
+                             make_sa(0x3001, config::direction::inbound, "203.0.113.1", "198.51.100.1")};
+        gateway.snapshots[0].config.owner = "espresso-ike";
+        gateway.snapshots[1].config.owner = "espresso-ike";
+        gateway.snapshots[3].config.owner = "someone-else";
+        gateway.snapshots[2].config.origin = "sas.yaml:3:5"; // static: no owner
+    }
+    const json list = client.request("list-sas")["result"]["sas"];
+    ASSERT_EQ(list.size(), 4u);
+    EXPECT_EQ(list[0]["owner"], "espresso-ike");
+    EXPECT_TRUE(list[2]["owner"].is_null());
+    EXPECT_EQ(list[3]["owner"], "someone-else");
+    const json one = client.request("list-sas", {{"direction", "inbound"}, {"spi", "0x2001"}})["result"]["sas"];
+    ASSERT_EQ(one.size(), 1u);
+    EXPECT_EQ(one[0]["spi"], 0x2001);
+
+    const json flushed = client.request("flush-owner", {{"owner", "espresso-ike"}});
+    ASSERT_TRUE(flushed["ok"].get<bool>()) << flushed.dump();
+    EXPECT_EQ(flushed["result"]["sas"], 2);
+    EXPECT_EQ(flushed["result"]["owner"], "espresso-ike");
+    const std::lock_guard guard(gateway.lock);
+    using id = std::pair<config::direction, uint32_t>;
+    EXPECT_EQ(gateway.deleted, (std::vector<id>{{config::direction::outbound, 0x1001}, {config::direction::inbound, 0x2001}}));
+}
+
+// Version 1 clients (before owners) work as before: their replies say version 1, and what version 2
+// added is refused to them by name.
+TEST_F(server_fixture, Version1ClientsKeepWorking)
+{
+    raw_connection c(path);
+    c.send_frame(json({{"version", 1}, {"id", 1}, {"op", "add-sa"}, {"args", {{"sa", good_sa_json()}}}}).dump());
+    auto reply = c.read();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_TRUE((*reply)["ok"].get<bool>()) << reply->dump();
+    EXPECT_EQ((*reply)["version"], 1);
+    c.send_frame(R"({"version":1,"id":2,"op":"ping"})");
+    reply = c.read();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ((*reply)["version"], 1);
+    EXPECT_EQ((*reply)["result"]["version"], control::protocol_version);
+    json owned = good_sa_json();
+    owned["spi"] = "0x1005";
+    c.send_frame(
+        json({{"version", 1}, {"id", 3}, {"op", "add-sa"}, {"args", {{"sa", owned}, {"owner", "espresso-ike"}}}}).dump());
+    reply = c.read();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_NE((*reply)["error"].get<std::string>().find("args.owner: owners need protocol version 2"), std::string::npos)
+        << reply->dump();
+    EXPECT_EQ((*reply)["version"], 1);
+    c.send_frame(R"({"version":1,"id":4,"op":"flush-owner","args":{"owner":"espresso-ike"}})");
+    reply = c.read();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_NE((*reply)["error"].get<std::string>().find("flush-owner needs protocol version 2"), std::string::npos)
+        << reply->dump();
+    const std::lock_guard guard(gateway.lock);
+    ASSERT_EQ(gateway.added.size(), 1u);
+    EXPECT_EQ(gateway.added[0].owner, "");
+    EXPECT_TRUE(gateway.deleted.empty());
+}
+
 TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField)
 {
     raw_connection c(path);
@@ -603,7 +693,8 @@ TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField)
         json id;
     };
     const std::vector<expectation> cases{
-        {R"({"version":2,"id":5,"op":"ping"})", "version: unsupported", 5},
+        {R"({"version":3,"id":5,"op":"ping"})", "version: unsupported", 5},
+        {R"({"version":0,"id":5,"op":"ping"})", "version: unsupported", 5},
         {R"({"id":5,"op":"ping"})", "version: missing", 5},
         {R"({"version":1,"id":6,"op":"reboot"})", "op: unknown operation \"reboot\"", 6},
         {R"({"version":1,"id":6})", "op: missing", 6},
@@ -913,7 +1004,7 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
     json sa = to_json(snapshot);
     // list-sas output plus a key is a valid add-sa argument once the runtime fields are removed.
     for (const char* runtime :
-         {"spi-hex", "origin", "interface", "sequence", "consumed", "counters", "drops"}) {
+         {"spi-hex", "origin", "owner", "interface", "sequence", "consumed", "counters", "drops"}) {
         sa.erase(runtime);
     }
     sa["key"] = "0x00112233445566778899aabbccddeeff01020304";

@@ -459,6 +459,45 @@ TEST(ExchangeTest, UnreachablePeerIsReported)
     EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
 }
 
+// `show crypto ike failures`: an identity mismatch is about remote-id only; its Fix must not send the
+// operator to a pre-shared key (or to certificates) that was never looked at, and any Fix names only the
+// settings of the peer's own auth method.
+TEST(ExchangeTest, IdentityMismatchFixFitsTheAuthMethod)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      remote-id: branch.example\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_FALSE(f.io_b.failures.empty());
+    const auto& failure = f.io_b.failures.back();
+    EXPECT_NE(failure.cause.find("identity mismatch"), std::string::npos) << failure.cause;
+    EXPECT_NE(failure.fix.find("set remote-id of peer p to '198.51.100.1'"), std::string::npos) << failure.fix;
+    EXPECT_NE(failure.fix.find("'branch.example'"), std::string::npos) << failure.fix;
+    EXPECT_EQ(failure.fix.find("secret"), std::string::npos) << failure.fix;
+    EXPECT_EQ(failure.fix.find("certificate"), std::string::npos) << failure.fix;
+
+    config::ike_peer_config cert_peer;
+    cert_peer.name = "hq";
+    cert_peer.auth.method = config::ike_auth_method::pubkey;
+    cert_peer.remote_id = config::parse_identity("CN=hq.example");
+    const std::string cert_fix = peer_auth_fix(cert_peer, peer_auth_failure::identity, "CN=other.example");
+    EXPECT_NE(cert_fix.find("set remote-id of peer hq to 'CN=other.example'"), std::string::npos) << cert_fix;
+    EXPECT_NE(cert_fix.find("certificate"), std::string::npos) << cert_fix;
+    EXPECT_EQ(cert_fix.find("secret"), std::string::npos) << cert_fix;
+    EXPECT_EQ(cert_fix.find("pre-shared"), std::string::npos) << cert_fix;
+
+    // Other failures: each method's own settings.
+    const std::string cert_bad = peer_auth_fix(cert_peer, peer_auth_failure::credentials, "CN=hq.example");
+    EXPECT_NE(cert_bad.find("auth.ca of peer hq"), std::string::npos) << cert_bad;
+    EXPECT_EQ(cert_bad.find("secret"), std::string::npos) << cert_bad;
+    config::ike_peer_config psk_peer = cert_peer;
+    psk_peer.auth.method = config::ike_auth_method::psk;
+    const std::string psk_bad = peer_auth_fix(psk_peer, peer_auth_failure::credentials, "CN=hq.example");
+    EXPECT_NE(psk_bad.find("auth.secret of peer hq"), std::string::npos) << psk_bad;
+    EXPECT_EQ(psk_bad.find("certificate"), std::string::npos) << psk_bad;
+    EXPECT_EQ(peer_auth_fix(psk_peer, peer_auth_failure::identity, "x").find("secret"), std::string::npos);
+}
+
 TEST(ExchangeTest, NatIsDetectedAndEspIsUdpEncapsulated)
 {
     pair_fixture f(peer_yaml("10.0.0.1", "203.0.113.1", psk, default_tunnel_a),

@@ -32,12 +32,19 @@ Scenarios (each a fresh IKE SA on one topology):
                router, which also drops every UDP datagram above 1000 bytes towards the branch without
                ICMP: espresso must lower its fragment size to 1000 and keep it
   dpd_killed_peer  strongSwan killed with SIGKILL: DPD clears the SAs (charon restarted afterwards)
+  ike_killed  espresso-ike killed with SIGKILL with the tunnel up (its Child SAs and trap policy stay in
+              espresso-dp, tagged owner espresso-ike), then restarted: it flushes what it owned before
+              installing (flush-owner, logged with the counts), so espresso-dp ends with exactly one
+              Child SA pair (the new IKE SA's) and one trap policy; an SA an operator added over the
+              control socket (a version 1 client, no owner) stays; pings cross both ways
 Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_ike_strongswan.py [scenario ...]
 """
 import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,7 +52,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ike_topology import IkeTopology, site_conf, trimmed_hq_config  # noqa: E402
+from ike_topology import IkeTopology, control_socket_of, site_conf, trimmed_hq_config  # noqa: E402
 from strongswan import make_pki  # noqa: E402
 from topology import sh  # noqa: E402
 from udp_stream import UdpStream, assert_lossless  # noqa: E402
@@ -596,6 +603,89 @@ def scenario_dpd_killed_peer(topo, run, br):
     return topo.start_charon("gw-branch")
 
 
+def dp_request(run, op, args=None, version=2):
+    """One request on espresso-dp's control socket (docs/control-api.md: 4-byte big-endian length + JSON)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(control_socket_of(run.topo.hq_config))
+        body = json.dumps({"version": version, "id": 1, "op": op, "args": args or {}}).encode()
+        s.sendall(struct.pack("!I", len(body)) + body)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+            chunk = s.recv(65536)
+            assert chunk, f"espresso-dp closed the control connection during {op}"
+            data += chunk
+        return json.loads(data[4:])
+    finally:
+        s.close()
+
+
+def owned(run):
+    """(SAs, explicit policies) espresso-dp holds with owner espresso-ike."""
+    sas = dp_request(run, "list-sas")["result"]["sas"]
+    policies = dp_request(run, "list-policies")["result"]["policies"]
+    return ([sa for sa in sas if sa.get("owner") == "espresso-ike"],
+            [p for p in policies if not p["implied"] and p.get("owner") == "espresso-ike"])
+
+
+OPERATOR_SA = {"spi": "0x7001", "direction": "inbound", "protocol": "esp", "mode": "tunnel",
+               "source": "203.0.113.99", "destination": "198.51.100.1", "encryption": "aes128gcm16",
+               "key": "0x00112233445566778899aabbccddeeff01020304", "integrity": "none",
+               "selectors": {"local": "10.99.1.0/24", "remote": "10.99.2.0/24"}}
+
+
+def scenario_ike_killed(topo, run, br):
+    """espresso-ike SIGKILLed with an established tunnel, then restarted (issue 4): what it had installed
+    is flushed by owner before it installs anything, and nothing else is touched."""
+    # An SA an operator (or an older tool) added: a version 1 client, so no owner.
+    r = dp_request(run, "add-sa", {"sa": OPERATOR_SA}, version=1)
+    assert r["ok"] and r["version"] == 1, r
+    yaml_text = ike_yaml(start="immediately")
+    try:
+        br.load(site_conf("gw-branch", start_action="none"))
+        run.start_ike(yaml_text)
+        br.wait_for_child("net", timeout=30)
+        first = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY")
+        sas, traps = wait(lambda: (lambda o: o if len(o[0]) == 2 and len(o[1]) == 1 else None)(owned(run)), 10,
+                          "espresso-ike's Child SA pair and trap policy, tagged, in espresso-dp")
+        old_spis = {sa["spi"] for sa in sas}
+        assert old_spis == {int(first["children"][0]["spi-in"], 16), int(first["children"][0]["spi-out"], 16)}, \
+            (old_spis, first["children"])
+        topo.stop_process(run.ike, sig=signal.SIGKILL)
+        # Nobody deleted them: the stale state the restart must clean up.
+        sas, traps = owned(run)
+        assert len(sas) == 2 and len(traps) == 1, (sas, traps)
+        killed = run.ike
+        run.start_ike(yaml_text)
+        log = topo.process_log(run.ike)
+        assert "removed 2 SA(s) and 1 policy(ies) an earlier espresso-ike left in the data plane" in log, \
+            log[-3000:]
+        assert killed != run.ike
+        br.wait_for_child("net", timeout=30)
+        second = wait(lambda: (lambda sa: sa if sa and sa["spi-i"] != first["spi-i"] else None)(ready_sa(run)), 20,
+                      "the restarted espresso-ike's IKE SA READY")
+        # strongSwan drops its IKE SA with the killed daemon on INITIAL_CONTACT: one IKE SA on each side.
+        wait(lambda: len(br.list_sas()) == 1, 15, "strongSwan to keep only the new IKE SA")
+        sas, traps = wait(lambda: (lambda o: o if len(o[0]) == 2 and len(o[1]) == 1 else None)(owned(run)), 10,
+                          "exactly one Child SA pair and one trap policy owned by espresso-ike")
+        child = second["children"][0]
+        assert {sa["spi"] for sa in sas} == {int(child["spi-in"], 16), int(child["spi-out"], 16)}, (sas, child)
+        assert not old_spis & {sa["spi"] for sa in sas}, "an SA of the killed espresso-ike survived"
+        every = dp_request(run, "list-sas")["result"]["sas"]
+        operator = [sa for sa in every if sa["spi"] == 0x7001]
+        assert operator and operator[0]["owner"] is None, f"the operator's SA was touched: {operator}"
+        assert len(every) == 3, f"expected 2 IKE SAs and the operator's in espresso-dp: {every}"
+        assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4, "ping host-hq -> host-branch after the restart"
+        assert ping(topo, "host-branch", "192.168.1.10", count=5) >= 4, "ping host-branch -> host-hq after the restart"
+        print(run.cli("show crypto ipsec sa"), flush=True)
+        run.cli("clear crypto sa")
+        wait(lambda: not br.list_sas(), 15, "strongSwan to drop the IKE SA after espresso's delete")
+        run.stop_ike()
+    finally:
+        dp_request(run, "delete-sa", {"direction": "inbound", "spi": "0x7001"})
+
+
 def scenario_reauth(topo, run, br):
     """strongSwan reauthenticates (reauth_time: a whole new IKE SA by IKE_SA_INIT + IKE_AUTH, then the
     old one deleted; charon.make_before_break = yes) under continuous ping: espresso ends with only the
@@ -845,6 +935,7 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
              "on_traffic": scenario_on_traffic, "fragmentation": scenario_fragmentation,
              "fragmentation_initiator": scenario_fragmentation_initiator,
              "fragmentation_pmtud": scenario_fragmentation_pmtud,
+             "ike_killed": scenario_ike_killed,
              "mismatch": scenario_mismatch, "dpd_killed_peer": scenario_dpd_killed_peer,
              "peer_restart": scenario_peer_restart, "reauth": scenario_reauth}
 

@@ -97,6 +97,9 @@ struct sa_config {
 
     // Where in the file this SA was defined, for messages ("sas.yaml:12:5").
     std::string origin;
+    // Who installed it over espresso-dp's control socket ("espresso-ike"), so that a restarted owner can
+    // remove what it left behind (flush-owner, docs/control-api.md). Empty: static, or installed without.
+    std::string owner;
 };
 
 // Key material must not outlive its use: wipes both key arrays (explicit_bzero cannot be elided).
@@ -175,6 +178,7 @@ struct policy_config {
     uint32_t priority = 0; // lower wins; equal priority: order in the file
     uint32_t spi = 0;      // protect: the outbound SA to use
     std::string origin;
+    std::string owner; // as sa_config::owner
 };
 
 } // namespace espresso::config

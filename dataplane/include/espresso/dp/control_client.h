@@ -46,7 +46,7 @@ public:
     control_client& operator=(const control_client&) = delete;
     ~control_client();
 
-    // Sends {"version":1,"id":<next>,"op":op,"args":args} (args omitted when null) and waits for the
+    // Sends {"version":2,"id":<next>,"op":op,"args":args} (args omitted when null) and waits for the
     // reply with the same id. Events that arrive meanwhile are queued for next_event(). Returns the
     // whole reply object; check reply["ok"].
     json request(std::string_view op, const json& args = nullptr,

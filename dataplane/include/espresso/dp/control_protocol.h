@@ -2,9 +2,9 @@
 // the client library (CLI, IKE daemon) and the tests. docs/control-api.md is the reference.
 //
 // Framing: every message is a 4-byte big-endian length followed by that many bytes of one JSON
-// object (UTF-8). Requests carry {"version":1,"id":<integer>,"op":"<name>","args":{...}}; replies
-// echo the id: {"version":1,"id":N,"ok":true,"result":...} or {"version":1,"id":N,"ok":false,
-// "error":"..."}. After `subscribe`, the server also sends unsolicited events
+// object (UTF-8). Requests carry {"version":2,"id":<integer>,"op":"<name>","args":{...}} (or version 1);
+// replies echo the id and the request's version: {"version":2,"id":N,"ok":true,"result":...} or
+// {"version":2,"id":N,"ok":false,"error":"..."}. After `subscribe`, the server also sends unsolicited events
 // {"version":1,"event":"soft-expire", ...}, which carry no "id".
 //
 // Header-only and free of DPDK: the client side links nothing but the standard library.
@@ -20,7 +20,30 @@
 
 namespace espresso::dp::control {
 
-inline constexpr int protocol_version = 1;
+// Version 2 added SA and policy owners (the `owner` argument of add-sa, add-sas and add-policy) and
+// the flush-owner operation. The server answers version 1 requests as before (their replies carry
+// version 1); a version 1 request may not use what version 2 added.
+inline constexpr int protocol_version = 2;
+inline constexpr int min_protocol_version = 1;
+// The first version with owners and flush-owner.
+inline constexpr int owner_protocol_version = 2;
+// An owner tag: 1 to max_owner_bytes of [A-Za-z0-9._-] (a program's name, "espresso-ike").
+inline constexpr size_t max_owner_bytes = 64;
+
+inline bool valid_owner(std::string_view owner) noexcept
+{
+    if (owner.empty() || owner.size() > max_owner_bytes) {
+        return false;
+    }
+    for (char c : owner) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                        c == '_' || c == '-';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
 
 // A request larger than this is refused and its connection closed: the server never buffers more
 // than one such request per client.
@@ -31,12 +54,12 @@ inline constexpr uint32_t max_reply_bytes = 64u << 20; // 64 MiB
 inline constexpr size_t length_prefix_bytes = 4;
 
 // Every operation the server knows, in the order docs/control-api.md lists them (the batch
-// operations add-sas and delete-sas were added later, at the end).
-inline constexpr std::array<std::string_view, 19> operations{
+// operations add-sas and delete-sas were added later, at the end, then reload, then flush-owner with version 2).
+inline constexpr std::array<std::string_view, 20> operations{
     "add-sa", "delete-sa",       "list-sas",       "add-policy",     "delete-policy",  "list-policies",
     "flush",  "show-interfaces", "show-dataplane", "clear-counters", "subscribe",      "unsubscribe",
     "ping",   "add-sas",         "delete-sas",     "show-neighbors", "clear-neighbors", "update-sa",
-    "reload",
+    "reload", "flush-owner",
 };
 
 // Items an add-sas or delete-sas request may carry (the 1 MiB request limit allows about 2500
