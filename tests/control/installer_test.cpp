@@ -232,7 +232,7 @@ TEST(control_client, RequestEnvelopeHasOpBeforeArgs)
     ::close(listener);
     std::filesystem::remove_all(dir_template);
     EXPECT_TRUE(reply.value("ok", false));
-    EXPECT_EQ(received, R"({"version":1,"id":1,"op":"add-sas","args":{"sas":[{"spi":4097}]}})");
+    EXPECT_EQ(received, R"({"version":2,"id":1,"op":"add-sas","args":{"sas":[{"spi":4097}]}})");
 }
 
 } // namespace
