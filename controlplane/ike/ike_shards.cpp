@@ -2,6 +2,8 @@
 #include "nat_keepalive.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -133,10 +135,18 @@ ike_shards::ike_shards(shard_host& host, const config::ike_config& config, retra
         shards_.push_back(std::move(s));
     }
     startup_errors_ = shards_.front()->manager->startup_errors(); // the same files in every shard
+    // The shard threads start with every signal blocked (they inherit this thread's mask): SIGTERM,
+    // SIGINT and SIGHUP are the daemon's, read from its signalfd in the main thread. A shard thread
+    // with them unblocked would take a SIGTERM now and then and die of it, leaving the Child SAs in
+    // the data plane.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     for (auto& s : shards_) {
         shard* p = s.get();
         s->thread = std::thread([this, p] { run(*p); });
     }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 ike_shards::~ike_shards()
