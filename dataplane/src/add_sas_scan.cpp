@@ -7,7 +7,8 @@
 // (returns false) on anything outside it, so that the nlohmann path reads the request instead and the
 // result, or the error, is exactly what it was without this file. Accepted:
 //   - the root object with the keys version, id, op and args, each at most once, op = "add-sas"
-//     before args, args = {"sas": [ objects ]} (one key, once); version and id unsigned integers;
+//     before args, args = {"sas": [ objects ]} and optionally "owner": a string (each key once, in
+//     either order); version and id unsigned integers;
 //   - inside the SA objects: strings of printable ASCII (0x20-0x7e) without escapes, unsigned integers
 //     of at most 19 digits without a leading zero (they fit uint64_t, so their text is what nlohmann
 //     would print for them), true, false, null, objects, arrays, nested at most max_depth deep;
@@ -248,6 +249,8 @@ bool request_reader::scan_add_sas(std::string_view body, nlohmann::json& request
     bool have_id = false;
     bool have_op = false;
     bool have_args = false;
+    bool have_owner = false;
+    std::string_view owner;
     uint64_t version = 0;
     uint64_t id = 0;
     if (s.peek() == '}') {
@@ -275,29 +278,53 @@ bool request_reader::scan_add_sas(std::string_view body, nlohmann::json& request
             }
             have_op = true;
         } else if (key == "args") {
-            // {"sas": [ {...}, ... ]}, and nothing else.
-            std::string_view name;
-            if (!have_op || have_args || !s.take('{') || !s.string(name) || name != "sas" || !s.take(':') ||
-                !s.take('[')) {
+            // {"sas": [ {...}, ... ]} with an optional "owner": "..." before or after, nothing else.
+            if (!have_op || have_args || !s.take('{')) {
                 return false;
             }
             have_args = true;
-            captured_ = true;
-            count_ = 0;
-            if (!s.take(']')) {
-                for (;;) {
-                    if (s.peek() != '{' || !s.object(&next_item(), 0)) {
-                        return false; // an item that is not an object: nlohmann's path names it
+            bool have_sas = false;
+            for (;;) {
+                std::string_view name;
+                if (!s.string(name) || !s.take(':')) {
+                    return false;
+                }
+                if (name == "owner") {
+                    if (have_owner || !s.string(owner)) {
+                        return false; // not a plain string: nlohmann's path names the error
                     }
-                    if (s.take(']')) {
-                        break;
-                    }
-                    if (!s.take(',')) {
+                    have_owner = true;
+                } else if (name == "sas") {
+                    if (have_sas || !s.take('[')) {
                         return false;
                     }
+                    have_sas = true;
+                    captured_ = true;
+                    count_ = 0;
+                    if (!s.take(']')) {
+                        for (;;) {
+                            if (s.peek() != '{' || !s.object(&next_item(), 0)) {
+                                return false; // an item that is not an object: nlohmann's path names it
+                            }
+                            if (s.take(']')) {
+                                break;
+                            }
+                            if (!s.take(',')) {
+                                return false;
+                            }
+                        }
+                    }
+                } else {
+                    return false;
+                }
+                if (s.take('}')) {
+                    break;
+                }
+                if (!s.take(',')) {
+                    return false;
                 }
             }
-            if (!s.take('}')) {
+            if (!have_sas) {
                 return false;
             }
         } else {
@@ -323,6 +350,9 @@ bool request_reader::scan_add_sas(std::string_view body, nlohmann::json& request
     }
     request["op"] = "add-sas";
     request["args"] = {{"sas", nlohmann::json::array()}};
+    if (have_owner) {
+        request["args"]["owner"] = std::string(owner); // checked by the request's handler, as on the other path
+    }
     return true;
 }
 

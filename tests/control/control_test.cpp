@@ -1199,6 +1199,10 @@ TEST(sa_json, AddSasScannerAgreesWithTheNlohmannPath)
              head + R"({"spi": 4097, "spi": "0x1001", "x": [1, [2, {"a": null}], true], "y": {"z": {"w": false}}}]}})",
              head + R"({"replay-window": 0, "lifetime": {"bytes": 9999999999999999999}}]}})",
              std::string(R"({"op": "add-sas", "args": {"sas": [{"key": "0xfeedface"}]}})"),
+             // espresso-ike's pairs carry their owner, before or after the list (protocol 2).
+             std::string(R"({"version": 2, "id": 7, "op": "add-sas", "args": {"owner": "espresso-ike", "sas": [{}]}})"),
+             std::string(R"({"version": 2, "id": 7, "op": "add-sas", "args": {"sas": [{}], "owner": "x y"}})"),
+             std::string(R"({"version": 2, "op": "add-sas", "args": {"sas": [], "owner": ""}})"), // refused later, alike
          }) {
         EXPECT_TRUE(scanner_agrees(ok)) << ok;
     }
@@ -1216,6 +1220,10 @@ TEST(sa_json, AddSasScannerAgreesWithTheNlohmannPath)
              head + R"({}]}, "extra": 1})",                            // unknown root key
              head + R"({}]}, "id": 5})",                               // repeated root key
              head + R"({}], "other": 1}})",                            // a second argument
+             head + R"({}], "owner": 1}})", head + R"({}], "owner": null}})", // an owner that is not a string
+             head + R"({}], "owner": "a", "owner": "b"}})",            // repeated owner
+             std::string(R"({"op": "add-sas", "args": {"owner": "a"}})"), // no list
+             std::string(R"({"op": "add-sas", "args": {"owner": "caf\u00e9", "sas": []}})"), // escape in the owner
              std::string(R"({"version": 1, "id": 1, "args": {"sas": [{}]}, "op": "add-sas"})"), // op after args
              std::string(R"({"version": 1, "id": 1, "op": "delete-sas", "args": {"sas": []}})"),
              std::string(R"({"version": -1, "id": 1, "op": "add-sas", "args": {"sas": []}})"),
