@@ -151,6 +151,20 @@ std::optional<mac_address> parse_mac(std::string_view text) {
     return mac;
 }
 
+const char* to_string(policy_action action) noexcept {
+    switch (action) {
+    case policy_action::protect:
+        return "protect";
+    case policy_action::bypass:
+        return "bypass";
+    case policy_action::discard:
+        return "discard";
+    case policy_action::trap:
+        return "trap";
+    }
+    return "?";
+}
+
 std::string to_string(const mac_address& mac) {
     char buffer[18];
     std::snprintf(buffer, sizeof(buffer), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4],

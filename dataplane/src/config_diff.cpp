@@ -25,21 +25,6 @@ std::string spi_text(uint32_t spi)
     return buf;
 }
 
-const char* action_name(config::policy_action a)
-{
-    switch (a) {
-    case config::policy_action::protect:
-        return "protect";
-    case config::policy_action::bypass:
-        return "bypass";
-    case config::policy_action::discard:
-        return "discard";
-    case config::policy_action::trap:
-        return "trap";
-    }
-    return "?";
-}
-
 std::string ports_text(uint16_t lo, uint16_t hi)
 {
     return lo == hi ? std::to_string(lo) : std::to_string(lo) + "-" + std::to_string(hi);
@@ -178,7 +163,7 @@ std::string describe(const config::policy_config& p)
     if (p.remote_port_min != 0 || p.remote_port_max != 65535) {
         s += " remote-ports " + ports_text(p.remote_port_min, p.remote_port_max);
     }
-    s += std::string(" ") + action_name(p.action);
+    s += std::string(" ") + config::to_string(p.action);
     if (p.action == config::policy_action::protect) {
         s += " spi " + spi_text(p.spi);
     }

@@ -584,21 +584,6 @@ std::string mac_text(const config::mac_address& mac)
     return text;
 }
 
-std::string action_name(config::policy_action action)
-{
-    switch (action) {
-    case config::policy_action::protect:
-        return "protect";
-    case config::policy_action::bypass:
-        return "bypass";
-    case config::policy_action::discard:
-        return "discard";
-    case config::policy_action::trap:
-        return "trap";
-    }
-    return "bypass";
-}
-
 json to_json(const sa_snapshot& s)
 {
     const auto& c = s.config;
@@ -657,7 +642,7 @@ json to_json(const policy_snapshot& p)
         {"protocol", c.protocol},
         {"local-ports", ports(c.local_port_min, c.local_port_max)},
         {"remote-ports", ports(c.remote_port_min, c.remote_port_max)},
-        {"action", action_name(c.action)},
+        {"action", config::to_string(c.action)},
         {"priority", c.priority},
         {"matches", p.matches},
         {"implied", p.implied},

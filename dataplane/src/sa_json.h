@@ -108,7 +108,6 @@ std::string direction_name(config::direction dir);
 std::string cipher_name(const config::sa_config& sa); // "aes128gcm16"
 std::string integ_name(const config::sa_config& sa);  // "sha256", "none"
 std::string mac_text(const config::mac_address& mac); // "02:00:00:00:00:01"
-std::string action_name(config::policy_action action);
 
 nlohmann::json to_json(const sa_snapshot& sa); // never any key
 nlohmann::json to_json(const policy_snapshot& policy);

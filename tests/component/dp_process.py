@@ -5,6 +5,8 @@ name; nothing here touches a process or namespace it did not create.
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 
@@ -155,3 +157,58 @@ def remove_runtime_dir(control_socket=None, file_prefix=None):
         file_prefix = "espresso" + control_socket.replace("/", "_")
     if file_prefix and "/" not in file_prefix and file_prefix not in (".", ".."):
         shutil.rmtree(os.path.join("/var/run/dpdk", file_prefix), ignore_errors=True)
+
+
+# A gateway on two net_null ports (no traffic), for control-socket tests; {sock} is the socket path and
+# {dataplane_extra} more lines of the dataplane: section (two spaces of indent).
+NULL_PORTS_CONFIG = """dataplane:
+  workers: 2
+  idle: adaptive
+  hugepages: false
+  control-socket: {sock}
+{dataplane_extra}interfaces:
+  - {{ name: inside, device: "net_null0,no-rx=1", address: 192.168.1.1/24, mac: "02:00:00:00:01:01" }}
+  - {{ name: outside, device: "net_null1,no-rx=1", address: 198.51.100.1/24, mac: "02:00:00:00:02:01" }}
+routes:
+  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
+"""
+
+
+def null_ports_config(sock, dataplane_extra=""):
+    return NULL_PORTS_CONFIG.format(sock=sock, dataplane_extra=dataplane_extra)
+
+
+class Control:
+    """A raw client of espresso-dp's control socket (docs/control-api.md): call(op, args) sends one
+    request (protocol version 1) and returns its reply, skipping events."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.buf = bytearray()
+        self.next_id = 1
+
+    def call(self, op, args):
+        body = json.dumps({"version": 1, "id": self.next_id, "op": op, "args": args}).encode()
+        self.next_id += 1
+        self.s.sendall(struct.pack(">I", len(body)) + body)
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack(">I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + n:
+                    msg = json.loads(bytes(self.buf[4:4 + n]))
+                    del self.buf[:4 + n]
+                    if "id" in msg:
+                        return msg
+                    continue
+            chunk = self.s.recv(1 << 20)
+            if not chunk:
+                raise RuntimeError("control socket closed")
+            self.buf += chunk
+
+
+def check(cond, what):
+    """Raises AssertionError(what) unless cond; prints `ok: what` otherwise."""
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what, flush=True)

@@ -6,10 +6,7 @@ already exists, is refused whole with a message naming the item and changes noth
 runtime slots are reused by the next batch. Run as root (network namespace for the TAPs), under the
 shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/test_dp_add_sas.py
 """
-import json
 import os
-import socket
-import struct
 import sys
 import tempfile
 
@@ -19,43 +16,7 @@ import dp_process as dp  # noqa: E402
 NETNS = "esp-addsas"
 KEY = "0x00112233445566778899aabbccddeeff01020304"
 
-CONFIG = """dataplane:
-  workers: 2
-  idle: adaptive
-  hugepages: false
-  control-socket: {sock}
-interfaces:
-  - {{ name: inside, device: "net_null0,no-rx=1", address: 192.168.1.1/24, mac: "02:00:00:00:01:01" }}
-  - {{ name: outside, device: "net_null1,no-rx=1", address: 198.51.100.1/24, mac: "02:00:00:00:02:01" }}
-routes:
-  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
-"""
 
-
-class Control:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
-        self.buf = bytearray()
-        self.next_id = 1
-
-    def call(self, op, args):
-        body = json.dumps({"version": 1, "id": self.next_id, "op": op, "args": args}).encode()
-        self.next_id += 1
-        self.s.sendall(struct.pack(">I", len(body)) + body)
-        while True:
-            if len(self.buf) >= 4:
-                n = struct.unpack(">I", self.buf[:4])[0]
-                if len(self.buf) >= 4 + n:
-                    msg = json.loads(bytes(self.buf[4:4 + n]))
-                    del self.buf[:4 + n]
-                    if "id" in msg:
-                        return msg
-                    continue
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise RuntimeError("control socket closed")
-            self.buf += chunk
 
 
 def inbound(spi):
@@ -80,11 +41,6 @@ def listed(c):
             for s in r["result"]["sas"]}
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("ok:", what, flush=True)
-
 
 def main():
     if os.geteuid() != 0:
@@ -94,56 +50,56 @@ def main():
     sock = os.path.join(work, "dp.sock")
     cfg = os.path.join(work, "gw.yaml")
     with open(cfg, "w") as f:
-        f.write(CONFIG.format(sock=sock))
+        f.write(dp.null_ports_config(sock))
     dp.netns_add(NETNS)
     proc = dp.Process([dp.dataplane_binary(), "--config", cfg], os.path.join(work, "espresso-dp.log"), ns=NETNS)
     try:
         proc.wait_for("running with", 60)
-        c = Control(sock)
+        c = dp.Control(sock)
         want = set()
         # Three batches of 1000 inbound SAs (odd and even SPIs: both workers) and one of outbound /32s.
         for b in range(3):
             spis = range(0x10000 + b * 1000, 0x10000 + (b + 1) * 1000)
             r = c.call("add-sas", {"sas": [inbound(s) for s in spis]})
-            check(r.get("ok") and r["result"]["installed"] == 1000, f"inbound batch {b} installed: {r.get('error')}")
+            dp.check(r.get("ok") and r["result"]["installed"] == 1000, f"inbound batch {b} installed: {r.get('error')}")
             want |= {("inbound", s) for s in spis}
         spis = range(0x20000, 0x20000 + 1000)
         r = c.call("add-sas", {"sas": [outbound(s) for s in spis]})
-        check(r.get("ok") and r["result"]["installed"] == 1000, f"outbound batch installed: {r.get('error')}")
+        dp.check(r.get("ok") and r["result"]["installed"] == 1000, f"outbound batch installed: {r.get('error')}")
         want |= {("outbound", s) for s in spis}
-        check(listed(c) == want, "list-sas shows exactly the 4000 SAs added")
+        dp.check(listed(c) == want, "list-sas shows exactly the 4000 SAs added")
 
         # One bad SA in the middle of a batch: refused whole, named, nothing installed.
         bad = [inbound(s) for s in range(0x30000, 0x30000 + 100)]
         bad[57]["key"] = "0x0011"
         r = c.call("add-sas", {"sas": bad})
-        check(not r.get("ok") and "sas[57]" in r.get("error", ""), f"bad key refused, named: {r.get('error')}")
-        check(listed(c) == want, "nothing of the refused batch installed")
+        dp.check(not r.get("ok") and "sas[57]" in r.get("error", ""), f"bad key refused, named: {r.get('error')}")
+        dp.check(listed(c) == want, "nothing of the refused batch installed")
 
         # An SA that already exists, late in a batch: refused whole.
         dup = [inbound(s) for s in range(0x30000, 0x30000 + 10)] + [inbound(0x10005)]
         r = c.call("add-sas", {"sas": dup})
-        check(not r.get("ok") and "sas[10]" in r.get("error", "") and "already exists" in r.get("error", ""),
+        dp.check(not r.get("ok") and "sas[10]" in r.get("error", "") and "already exists" in r.get("error", ""),
               f"existing SA refused, named: {r.get('error')}")
-        check(listed(c) == want, "nothing of the batch with an existing SA installed")
+        dp.check(listed(c) == want, "nothing of the batch with an existing SA installed")
 
         # Delete a batch, add it again (the freed runtime slots are reused), delete everything.
         gone = [{"direction": "inbound", "spi": s} for s in range(0x10000, 0x10000 + 1000)]
         r = c.call("delete-sas", {"sas": gone})
-        check(r.get("ok") and r["result"]["deleted"] == 1000, f"delete-sas of 1000: {r.get('error')}")
+        dp.check(r.get("ok") and r["result"]["deleted"] == 1000, f"delete-sas of 1000: {r.get('error')}")
         want -= {("inbound", s) for s in range(0x10000, 0x10000 + 1000)}
-        check(listed(c) == want, "list-sas after delete-sas")
+        dp.check(listed(c) == want, "list-sas after delete-sas")
         r = c.call("add-sas", {"sas": [inbound(s) for s in range(0x10000, 0x10000 + 1000)]})
-        check(r.get("ok"), f"the deleted SAs added again: {r.get('error')}")
+        dp.check(r.get("ok"), f"the deleted SAs added again: {r.get('error')}")
         want |= {("inbound", s) for s in range(0x10000, 0x10000 + 1000)}
-        check(listed(c) == want, "list-sas after adding them again")
+        dp.check(listed(c) == want, "list-sas after adding them again")
         for direction in ("inbound", "outbound"):
             items = sorted(s for d, s in want if d == direction)
             for i in range(0, len(items), 1000):
                 r = c.call("delete-sas", {"sas": [{"direction": direction, "spi": s} for s in items[i:i + 1000]]})
-                check(r.get("ok"), f"delete-sas {direction} {i}: {r.get('error')}")
-        check(listed(c) == set(), "every SA deleted")
-        check(proc.proc.poll() is None, "espresso-dp still running")
+                dp.check(r.get("ok"), f"delete-sas {direction} {i}: {r.get('error')}")
+        dp.check(listed(c) == set(), "every SA deleted")
+        dp.check(proc.proc.poll() is None, "espresso-dp still running")
     finally:
         rc = proc.stop()
         dp.netns_del(NETNS)

@@ -8,8 +8,6 @@ under the shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/c
 """
 import json
 import os
-import socket
-import struct
 import sys
 import tempfile
 
@@ -19,44 +17,7 @@ import dp_process as dp  # noqa: E402
 NETNS = "esp-maxsas"
 KEY = "0x00112233445566778899aabbccddeeff01020304"
 
-CONFIG = """dataplane:
-  workers: 2
-  idle: adaptive
-  hugepages: false
-  control-socket: {sock}
-  max-sas: 1024
-interfaces:
-  - {{ name: inside, device: "net_null0,no-rx=1", address: 192.168.1.1/24, mac: "02:00:00:00:01:01" }}
-  - {{ name: outside, device: "net_null1,no-rx=1", address: 198.51.100.1/24, mac: "02:00:00:00:02:01" }}
-routes:
-  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
-"""
 
-
-class Control:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
-        self.buf = bytearray()
-        self.next_id = 1
-
-    def call(self, op, args):
-        body = json.dumps({"version": 1, "id": self.next_id, "op": op, "args": args}).encode()
-        self.next_id += 1
-        self.s.sendall(struct.pack(">I", len(body)) + body)
-        while True:
-            if len(self.buf) >= 4:
-                n = struct.unpack(">I", self.buf[:4])[0]
-                if len(self.buf) >= 4 + n:
-                    msg = json.loads(bytes(self.buf[4:4 + n]))
-                    del self.buf[:4 + n]
-                    if "id" in msg:
-                        return msg
-                    continue
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise RuntimeError("control socket closed")
-            self.buf += chunk
 
 
 def inbound(spi):
@@ -79,11 +40,6 @@ def count(c):
     return len(r["result"]["sas"])
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("ok:", what, flush=True)
-
 
 def main():
     if os.geteuid() != 0:
@@ -93,31 +49,31 @@ def main():
     sock = os.path.join(work, "dp.sock")
     cfg = os.path.join(work, "gw.yaml")
     with open(cfg, "w") as f:
-        f.write(CONFIG.format(sock=sock))
+        f.write(dp.null_ports_config(sock, "  max-sas: 1024\n"))
     dp.netns_add(NETNS)
     proc = dp.Process([dp.dataplane_binary(), "--config", cfg], os.path.join(work, "espresso-dp.log"), ns=NETNS)
     try:
         proc.wait_for("running with", 60)
-        c = Control(sock)
+        c = dp.Control(sock)
         r = c.call("add-sas", {"sas": [inbound(s) for s in range(0x10000, 0x10000 + 600)]})
-        check(r.get("ok") and r["result"]["installed"] == 600, f"600 inbound SAs installed: {r.get('error')}")
+        dp.check(r.get("ok") and r["result"]["installed"] == 600, f"600 inbound SAs installed: {r.get('error')}")
         r = c.call("add-sas", {"sas": [outbound(s) for s in range(0x20000, 0x20000 + 425)]})
-        check(not r.get("ok") and "max-sas is 1024" in r.get("error", "") and "425 more" in r.get("error", ""),
+        dp.check(not r.get("ok") and "max-sas is 1024" in r.get("error", "") and "425 more" in r.get("error", ""),
               f"a batch crossing max-sas refused whole, naming the limit: {r.get('error')}")
-        check(count(c) == 600, "nothing of the refused batch installed")
+        dp.check(count(c) == 600, "nothing of the refused batch installed")
         r = c.call("add-sas", {"sas": [outbound(s) for s in range(0x20000, 0x20000 + 423)]})
-        check(r.get("ok") and r["result"]["installed"] == 423, f"423 outbound SAs installed: {r.get('error')}")
+        dp.check(r.get("ok") and r["result"]["installed"] == 423, f"423 outbound SAs installed: {r.get('error')}")
         r = c.call("add-sa", {"sa": inbound(0x30000)})
-        check(r.get("ok"), f"add-sa of SA 1024 (the limit): {r.get('error')}")
+        dp.check(r.get("ok"), f"add-sa of SA 1024 (the limit): {r.get('error')}")
         r = c.call("add-sa", {"sa": outbound(0x30001)})
-        check(not r.get("ok") and "max-sas" in r.get("error", ""), f"add-sa of SA 1025 refused: {r.get('error')}")
-        check(count(c) == 1024, "1024 SAs installed")
+        dp.check(not r.get("ok") and "max-sas" in r.get("error", ""), f"add-sa of SA 1025 refused: {r.get('error')}")
+        dp.check(count(c) == 1024, "1024 SAs installed")
         r = c.call("delete-sas", {"sas": [{"direction": "inbound", "spi": 0x10000}]})
-        check(r.get("ok"), f"one SA deleted: {r.get('error')}")
+        dp.check(r.get("ok"), f"one SA deleted: {r.get('error')}")
         r = c.call("add-sa", {"sa": outbound(0x30001)})
-        check(r.get("ok"), f"room for one again after the delete: {r.get('error')}")
-        check(count(c) == 1024, "1024 SAs installed again")
-        check(proc.proc.poll() is None, "espresso-dp still running")
+        dp.check(r.get("ok"), f"room for one again after the delete: {r.get('error')}")
+        dp.check(count(c) == 1024, "1024 SAs installed again")
+        dp.check(proc.proc.poll() is None, "espresso-dp still running")
     finally:
         rc = proc.stop()
         dp.netns_del(NETNS)
@@ -125,7 +81,7 @@ def main():
     print("espresso-dp exit status", rc)
 
     # 5000 static inbound SAs (one more than a worker's 4096-message update ring).
-    static = CONFIG.replace("max-sas: 1024", "max-sas: 8192").format(sock=sock) + "security-associations:\n" + "".join(
+    static = dp.null_ports_config(sock, "  max-sas: 8192\n") + "security-associations:\n" + "".join(
         "  - " + json.dumps(inbound(s)) + "\n" for s in range(0x40000, 0x40000 + 5000))
     with open(cfg, "w") as f:
         f.write(static)
@@ -133,7 +89,7 @@ def main():
     proc = dp.Process([dp.dataplane_binary(), "--config", cfg], os.path.join(work, "espresso-dp-static.log"), ns=NETNS)
     try:
         proc.wait_for("running with", 120)
-        check(count(Control(sock)) == 5000, "5000 static inbound SAs installed at start-up")
+        dp.check(count(dp.Control(sock)) == 5000, "5000 static inbound SAs installed at start-up")
     finally:
         rc = proc.stop()
         dp.netns_del(NETNS)

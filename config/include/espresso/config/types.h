@@ -168,6 +168,7 @@ struct neighbor_config {
 // trap: protect with an SA that IKE negotiates on demand. Until an SA's implied (higher-priority)
 // policy covers the traffic, matching packets raise an acquire event and are dropped (RFC 4301 §5.1).
 enum class policy_action : uint8_t { protect, bypass, discard, trap };
+const char* to_string(policy_action action) noexcept; // the file's word: "protect", "bypass", ...
 struct policy_config {
     ip_prefix local;
     ip_prefix remote;
