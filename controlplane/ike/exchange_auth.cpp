@@ -815,9 +815,10 @@ void ike_sa::schedule_rekey(child_sa& child, const config::ike_tunnel_config& tu
     }
     // Jitter (up to 10 %) so both ends rarely rekey at once; the responder waits a little longer
     // than the initiator for the same reason (§2.8.1 collisions stay rare).
-    uint32_t base_ms = tunnel.rekey_time * 1000u;
-    uint32_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
-    uint32_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
+    // 64-bit: rekey-time may be up to ~4.3e9 s, whose milliseconds do not fit 32 bits.
+    const uint64_t base_ms = uint64_t{tunnel.rekey_time} * 1000u;
+    const uint64_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
+    const uint64_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
     child.rekey_at = io_.now() + std::chrono::milliseconds(at);
 }
 

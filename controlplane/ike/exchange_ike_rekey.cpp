@@ -23,10 +23,10 @@ void ike_sa::schedule_ike_rekey()
         ike_rekey_at_ = steady_time{};
         return;
     }
-    uint32_t base_ms = peer_ptr_->rekey_time * 1000u;
-    uint32_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
+    const uint64_t base_ms = uint64_t{peer_ptr_->rekey_time} * 1000u; // 64-bit: see schedule_rekey
+    const uint64_t jitter = base_ms / 10 ? random_u32() % (base_ms / 10) : 0;
     // The original responder waits a little longer so both ends rarely rekey at once (§2.8.2).
-    uint32_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
+    const uint64_t at = role_ == role::initiator ? base_ms - jitter : base_ms - jitter / 2;
     ike_rekey_at_ = io_.now() + std::chrono::milliseconds(at);
 }
 

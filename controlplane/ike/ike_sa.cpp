@@ -668,6 +668,10 @@ steady_time ike_sa::next_deadline() const
             if (c.pending_out && c.st != child_sa::state::deleting) {
                 next = std::min(next, c.pending_out->deadline);
             }
+            if (const auto* t = find_tunnel(c.tunnel); t != nullptr && t->rekey_time != 0 &&
+                                                       c.st != child_sa::state::deleting) {
+                next = std::min(next, c.established + std::chrono::milliseconds(uint64_t{t->rekey_time} * 1100u));
+            }
         }
         if (ike_rekey_at_ != steady_time{}) {
             next = std::min(next, ike_rekey_at_);
@@ -741,6 +745,26 @@ void ike_sa::tick()
             c.rekey_at = steady_time{};
             rekey_child(c.spi_in);
         }
+    }
+    // Hard lifetime (docs/configuration.md, tunnel rekey-time): a Child SA whose rekeys kept failing
+    // goes at 110 % of rekey-time, so keys are never used longer than the operator allowed; the
+    // tunnel's trap policy then drops its traffic and raises acquires, which negotiate it anew.
+    std::vector<uint32_t> expired;
+    for (const auto& c : children_) {
+        const auto* t = find_tunnel(c.tunnel);
+        if (t == nullptr || t->rekey_time == 0 || c.st == child_sa::state::deleting ||
+            now < c.established + std::chrono::milliseconds(uint64_t{t->rekey_time} * 1100u)) {
+            continue;
+        }
+        expired.push_back(c.spi_in);
+    }
+    for (uint32_t spi : expired) {
+        auto c = std::find_if(children_.begin(), children_.end(), [&](const child_sa& x) { return x.spi_in == spi; });
+        io_.failure({std::chrono::system_clock::now(), peer_ptr_->name, to_string(remote_),
+                     "Child SA " + c->tunnel + " reached its hard lifetime (110 % of rekey-time) without a successful rekey.",
+                     "see the earlier failures of this peer for why the rekey failed; traffic renegotiates it."});
+        log(log_level::warning, "Child SA " + c->tunnel + " reached its hard lifetime without a successful rekey: deleting it");
+        delete_child(spi, true);
     }
     if (ike_rekey_at_ != steady_time{} && now >= ike_rekey_at_) {
         if (retire_at_rekey_time_) {

@@ -1500,6 +1500,56 @@ TEST(ExchangeTest, PfsMismatchIsNamed)
     EXPECT_NE(f.io_b.failures.back().cause.find("PFS mismatch"), std::string::npos) << f.io_b.failures.back().cause;
 }
 
+// Hard lifetime (docs/configuration.md: 110 % of rekey-time): B wants PFS, so A's rekeys (without)
+// are refused with NO_PROPOSAL_CHOSEN and retried every 30 s; at 110 % of rekey-time A deletes the
+// Child SA (both ends remove it), records why, and the IKE SA stays.
+TEST(ExchangeTest, ChildSaGoesAtItsHardLifetimeWhenRekeysFail)
+{
+    std::string t_a = default_tunnel_a + "          rekey-time: 300s\n", t_b = default_tunnel_b;
+    t_b.replace(t_b.find("aes256gcm16"), 11, "aes256gcm16-ecp256");
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", t_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", t_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    const uint32_t spi_in = f.only_sa(*f.a)->children()[0].spi_in;
+    // Up to 100 % of rekey-time plus retries: still there (the refused rekeys changed nothing).
+    for (int s = 0; s < 320; s += 10) {
+        f.advance(std::chrono::seconds(10));
+    }
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].spi_in, spi_in);
+    ASSERT_FALSE(f.io_b.failures.empty());
+    EXPECT_NE(f.io_b.failures.back().cause.find("PFS mismatch"), std::string::npos) << f.io_b.failures.back().cause;
+    // Past 110 % (330 s): gone on both ends, from both data planes; the IKE SA stays.
+    for (int s = 320; s < 340; s += 5) {
+        f.advance(std::chrono::seconds(5));
+    }
+    EXPECT_TRUE(f.only_sa(*f.a)->children().empty());
+    EXPECT_TRUE(f.only_sa(*f.b)->children().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    ASSERT_FALSE(f.io_a.failures.empty());
+    EXPECT_NE(f.io_a.failures.back().cause.find("hard lifetime"), std::string::npos) << f.io_a.failures.back().cause;
+}
+
+// A rekey-time near the loader's limit for tunnels (~3.9e8 s, so that 110 % fits 32 bits): the rekey
+// is that far away, not a wrapped 32-bit millisecond count (due within 49.7 days).
+TEST(ExchangeTest, LongRekeyTimesDoNotWrap)
+{
+    std::string t_a = default_tunnel_a + "          rekey-time: 390000000s\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", t_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    const auto& c = f.only_sa(*f.a)->children()[0];
+    const auto in = std::chrono::duration_cast<std::chrono::seconds>(c.rekey_at - c.established).count();
+    EXPECT_GE(in, 351000000LL); // the initiator's jitter takes up to 10 %
+    EXPECT_LE(in, 390000000LL);
+}
+
 TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s, action: clear }\n", default_tunnel_a),
