@@ -288,7 +288,46 @@ bool ike_sa::verify_peer_auth(const std::vector<payload>& payloads, std::string&
     return true;
 }
 
-std::optional<ike_sa::child_offer> ike_sa::make_child_offer(const std::string& tunnel_name, bool with_nonce_and_pfs)
+std::vector<ike_sa::ts_pair> ike_sa::pairs_of(const config::ike_tunnel_config& t)
+{
+    std::vector<ts_pair> pairs;
+    for (const auto& local : t.local_ts) {
+        for (const auto& remote : t.remote_ts) {
+            if (local.address.is_v4() == remote.address.is_v4()) {
+                pairs.push_back({local, remote});
+            }
+        }
+    }
+    return pairs;
+}
+
+std::vector<ike_sa::ts_pair> ike_sa::missing_pairs(const config::ike_tunnel_config& t) const
+{
+    std::vector<ts_pair> missing;
+    for (const auto& p : pairs_of(t)) {
+        const bool covered = std::any_of(children_.begin(), children_.end(), [&](const child_sa& c) {
+            // Being deleted, or being replaced by a rekey whose answer deletes both (reconfigure): gone soon.
+            const bool going = c.st == child_sa::state::deleting ||
+                               std::find(retired_rekeys_.begin(), retired_rekeys_.end(), c.spi_in) != retired_rekeys_.end();
+            return c.tunnel == t.name && !going && config::prefix_contains(p.local, c.local) &&
+                   config::prefix_contains(p.remote, c.remote);
+        });
+        const bool starting = std::any_of(starting_.begin(), starting_.end(), [&](const starting_child& s) {
+            return s.tunnel == t.name && s.pair.local == p.local && s.pair.remote == p.remote;
+        });
+        const auto now = io_.now();
+        const bool refused = std::any_of(refused_pairs_.begin(), refused_pairs_.end(), [&](const refused_pair& r) {
+            return r.tunnel == t.name && r.pair.local == p.local && r.pair.remote == p.remote && now < r.until;
+        });
+        if (!covered && !starting && !refused) {
+            missing.push_back(p);
+        }
+    }
+    return missing;
+}
+
+std::optional<ike_sa::child_offer> ike_sa::make_child_offer(const std::string& tunnel_name, bool with_nonce_and_pfs,
+                                                            const ts_pair* only)
 {
     const auto* t = find_tunnel(tunnel_name);
     if (t == nullptr) {
@@ -317,8 +356,10 @@ std::optional<ike_sa::child_offer> ike_sa::make_child_offer(const std::string& t
             }
         }
     }
-    offer.payloads.push_back(payload{payload_type::tsi, false, ts_payload{to_selectors(t->local_ts)}});
-    offer.payloads.push_back(payload{payload_type::tsr, false, ts_payload{to_selectors(t->remote_ts)}});
+    offer.payloads.push_back(
+        payload{payload_type::tsi, false, ts_payload{only ? std::vector{to_selector(only->local)} : to_selectors(t->local_ts)}});
+    offer.payloads.push_back(
+        payload{payload_type::tsr, false, ts_payload{only ? std::vector{to_selector(only->remote)} : to_selectors(t->remote_ts)}});
     return offer;
 }
 
@@ -333,7 +374,12 @@ void ike_sa::send_auth_request()
     }
     auth_tunnel_ = tunnel;
     auto offer = std::make_shared<child_offer>();
-    if (auto o = make_child_offer(tunnel, false)) {
+    // IKE_AUTH carries the tunnel's first selector pair; its other pairs follow with CREATE_CHILD_SA.
+    std::optional<ts_pair> first;
+    if (const auto* t = find_tunnel(tunnel); t != nullptr && !pairs_of(*t).empty()) {
+        first = pairs_of(*t).front();
+    }
+    if (auto o = make_child_offer(tunnel, false, first ? &*first : nullptr)) {
         *offer = std::move(*o);
     } else {
         fail("peer " + peer_ptr_->name + " has no tunnel to negotiate.", "add a tunnel under the peer.");
@@ -406,6 +452,8 @@ void ike_sa::send_auth_request()
                 start_child(auth_tunnel_);
             }
             auth_redo_ = auth_redo::none;
+        } else if (installed) {
+            start_child(auth_tunnel_); // its other selector pairs, if it has more than one
         }
         for (const auto& t : pending_tunnels_) {
             start_child(t);

@@ -13,15 +13,33 @@
 namespace espresso::cp {
 void ike_sa::start_child(const std::string& tunnel)
 {
-    auto offer_opt = make_child_offer(tunnel, true);
+    const auto* t = find_tunnel(tunnel);
+    if (t == nullptr) {
+        log(log_level::error, "no tunnel '" + tunnel + "' under peer " + peer_ptr_->name);
+        return;
+    }
+    for (const auto& pair : missing_pairs(*t)) {
+        start_child_pair(tunnel, pair);
+    }
+}
+
+void ike_sa::start_child_pair(const std::string& tunnel, const ts_pair& pair)
+{
+    auto offer_opt = make_child_offer(tunnel, true, &pair);
     if (!offer_opt) {
         return;
     }
+    offer_opt->pair = pair;
     auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
+    starting_.push_back({tunnel, pair, offer->spi_in});
+    auto started = [this, spi_in = offer->spi_in] {
+        std::erase_if(starting_, [&](const starting_child& s) { return s.spi_in == spi_in; });
+    };
     pending_request r;
     r.exchange = exchange_type::create_child_sa;
     r.build = [offer] { return offer->payloads; };
-    r.on_reply = [this, offer](const std::vector<payload>& reply) {
+    r.on_reply = [this, offer, started](const std::vector<payload>& reply) {
+        started();
         const auto* np = find_payload(reply, payload_type::nonce);
         bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
         if (np == nullptr && find_payload(reply, payload_type::sa) != nullptr) {
@@ -29,6 +47,11 @@ void ike_sa::start_child(const std::string& tunnel)
             return;
         }
         bool ok = complete_child(*offer, reply, nullptr, offer->nonce, nr);
+        if (!ok && !offer->rekeys && offer->pair) {
+            // Refused: not asked again for 30 s, however much traffic raises acquires for it.
+            std::erase_if(refused_pairs_, [now = io_.now()](const refused_pair& x) { return now >= x.until; });
+            refused_pairs_.push_back({offer->tunnel, *offer->pair, io_.now() + std::chrono::seconds(30)});
+        }
         if (offer->rekeys) {
             uint32_t old = *offer->rekeys;
             if (ok) {
@@ -43,7 +66,8 @@ void ike_sa::start_child(const std::string& tunnel)
             }
         }
     };
-    r.on_timeout = [this] {
+    r.on_timeout = [this, started] {
+        started();
         fail("peer " + peer_ptr_->name + " did not answer CREATE_CHILD_SA.", "check the path to the peer and its log.");
     };
     queue_request(std::move(r));
@@ -60,7 +84,9 @@ void ike_sa::rekey_child(uint32_t spi_in)
         it->rekey_at = it->pending_out->deadline + std::chrono::seconds(1);
         return;
     }
-    auto offer_opt = make_child_offer(it->tunnel, true);
+    // The rekey asks for the selectors the Child SA has (RFC 7296 §2.9.2), not the tunnel's lists.
+    const ts_pair own{it->local, it->remote};
+    auto offer_opt = make_child_offer(it->tunnel, true, &own);
     if (!offer_opt) {
         return;
     }

@@ -806,11 +806,7 @@ std::string ike_manager::initiate_existing(const std::string& name, bool& found,
         }
         if (sa->sa_state() == ike_sa::state::established) {
             for (const auto& t : tunnels) {
-                bool up = std::any_of(sa->children().begin(), sa->children().end(),
-                                      [&](const child_sa& c) { return c.tunnel == t; });
-                if (!up) {
-                    sa->start_child(t);
-                }
+                sa->start_child(t); // the selector pairs that have no Child SA yet, if any
             }
             after(spi);
         }

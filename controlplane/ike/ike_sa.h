@@ -127,7 +127,9 @@ public:
     steady_time next_deadline() const;
 
     // Operator/daemon requests.
-    void start_child(const std::string& tunnel); // CREATE_CHILD_SA (queued behind other requests)
+    // CREATE_CHILD_SA for each selector pair of the tunnel that has no Child SA yet (queued behind
+    // other requests); nothing when every pair has one or is being negotiated.
+    void start_child(const std::string& tunnel);
     void rekey_child(uint32_t spi_in);
     void rekey_ike();                            // CREATE_CHILD_SA for the IKE SA (§1.3.2)
     void delete_sa();                           // INFORMATIONAL with Delete(IKE), then dead
@@ -309,6 +311,29 @@ private:
     bool verify_peer_auth(const std::vector<payload>& payloads, std::string& why, peer_auth_failure& failure);
 
     // ---- Child SAs (exchange_auth.cpp / exchange_child.cpp) ----
+    // One Child SA per selector pair of a tunnel (each local-ts prefix with each remote-ts prefix of
+    // its address family), as a Cisco crypto ACL gives one SA pair per line: an espresso-dp SA carries
+    // one local and one remote prefix (traffic_selectors.h).
+    struct ts_pair {
+        config::ip_prefix local, remote;
+    };
+    static std::vector<ts_pair> pairs_of(const config::ike_tunnel_config& t);
+    // The pairs of `t` that no Child SA (other than one being deleted) covers and no CREATE_CHILD_SA
+    // of ours is negotiating.
+    std::vector<ts_pair> missing_pairs(const config::ike_tunnel_config& t) const;
+    void start_child_pair(const std::string& tunnel, const ts_pair& pair);
+    struct starting_child {
+        std::string tunnel;
+        ts_pair pair;
+        uint32_t spi_in = 0;
+    };
+    std::vector<starting_child> starting_; // our CREATE_CHILD_SA requests for new Child SAs, in flight
+    struct refused_pair {
+        std::string tunnel;
+        ts_pair pair;
+        steady_time until;
+    };
+    std::vector<refused_pair> refused_pairs_; // the peer refused them: not asked again before `until`
     struct child_offer {
         std::string tunnel;
         uint32_t spi_in = 0;
@@ -316,12 +341,16 @@ private:
         std::unique_ptr<key_exchange> kex;
         bytes nonce;
         std::optional<uint32_t> rekeys; // spi_in of the Child SA this one replaces
+        std::optional<ts_pair> pair;    // a new Child SA for this selector pair of the tunnel
         // The settings the offer was made with: a reload may change or remove the tunnel before the
         // answer comes (reconfigure), and the answer is checked against what we offered.
         std::shared_ptr<const config::ike_peer_config> made_with;
     };
     const config::ike_tunnel_config* find_tunnel(const std::string& name) const;
-    std::optional<child_offer> make_child_offer(const std::string& tunnel, bool with_nonce_and_pfs);
+    // Offers `only` (a rekey: the Child SA's own selectors; a new Child SA: one pair of the tunnel), or
+    // the tunnel's whole lists when null.
+    std::optional<child_offer> make_child_offer(const std::string& tunnel, bool with_nonce_and_pfs,
+                                                const ts_pair* only = nullptr);
     // Responder side of a Child SA request (IKE_AUTH or CREATE_CHILD_SA). Returns the reply payloads,
     // or an error notify; installs on success.
     // `create_child_sa`: the request carries Ni (and KE for PFS) and the reply Nr (and KE); in IKE_AUTH

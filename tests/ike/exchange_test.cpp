@@ -1484,6 +1484,91 @@ TEST(ExchangeTest, Ipv6EndpointsAndSelectors)
     }
 }
 
+std::vector<std::string> child_selectors(const ike_sa& sa)
+{
+    std::vector<std::string> out;
+    for (const auto& c : sa.children()) {
+        out.push_back(config::to_string(c.local) + " === " + config::to_string(c.remote));
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+// A tunnel with several prefixes per side gets one Child SA per selector pair of the same address
+// family (IKE_AUTH carries the first, CREATE_CHILD_SA the others), each rekeyed with its own
+// selectors; traffic of every pair has an SA (before, only the first pair was negotiated and the
+// others' traffic hit the trap for ever).
+TEST(ExchangeTest, EverySelectorPairOfATunnelGetsAChildSa)
+{
+    const std::string dpd_off = psk + "      dpd: { interval: 0 }\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off,
+                             "      tunnels:\n" +
+                                 tunnel_yaml("t", "192.168.1.0/24, 192.168.11.0/24, \"2001:db8:1::/48\"",
+                                             "192.168.2.0/24, \"2001:db8:2::/48\"",
+                                             "          start: immediately\n          rekey-time: 60s\n")),
+                   peer_yaml("203.0.113.1", "198.51.100.1", dpd_off,
+                             "      tunnels:\n" + tunnel_yaml("t", "192.168.2.0/24, \"2001:db8:2::/48\"",
+                                                               "192.168.1.0/24, 192.168.11.0/24, \"2001:db8:1::/48\"")));
+    f.a->start();
+    f.pump();
+    const std::vector<std::string> want_a = {"192.168.1.0/24 === 192.168.2.0/24", "192.168.11.0/24 === 192.168.2.0/24",
+                                             "2001:db8:1::/48 === 2001:db8:2::/48"};
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(child_selectors(*f.only_sa(*f.a)), want_a);
+    EXPECT_EQ(child_selectors(*f.only_sa(*f.b)),
+              (std::vector<std::string>{"192.168.2.0/24 === 192.168.1.0/24", "192.168.2.0/24 === 192.168.11.0/24",
+                                        "2001:db8:2::/48 === 2001:db8:1::/48"}));
+    EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 3u);
+    EXPECT_EQ(f.io_b.inst.count(config::direction::inbound), 3u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    // Asking again (the operator, or an acquire) starts nothing: every pair is up.
+    f.a->initiate("p/t");
+    f.pump();
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 3u);
+    // Each rekey keeps its pair.
+    std::vector<uint32_t> old;
+    for (const auto& c : f.only_sa(*f.a)->children()) {
+        old.push_back(c.spi_in);
+    }
+    f.advance(std::chrono::seconds(61));
+    EXPECT_EQ(child_selectors(*f.only_sa(*f.a)), want_a);
+    for (const auto& c : f.only_sa(*f.a)->children()) {
+        EXPECT_EQ(std::count(old.begin(), old.end(), c.spi_in), 0) << "not rekeyed: " << c.spi_in;
+    }
+    EXPECT_EQ(f.io_a.inst.count(config::direction::outbound), 3u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+}
+
+// A pair the peer refuses (TS_UNACCEPTABLE) is not asked for again within 30 s however often traffic
+// raises acquires (initiate), and is asked for again after that; the other pairs stay up throughout.
+TEST(ExchangeTest, ARefusedSelectorPairIsRetriedOnlyAfterAPause)
+{
+    const std::string dpd_off = psk + "      dpd: { interval: 0 }\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off,
+                             "      tunnels:\n" + tunnel_yaml("t", "192.168.1.0/24, 192.168.11.0/24", "192.168.2.0/24",
+                                                               "          start: immediately\n")),
+                   peer_yaml("203.0.113.1", "198.51.100.1", dpd_off,
+                             "      tunnels:\n" + tunnel_yaml("t", "192.168.2.0/24", "192.168.1.0/24")));
+    f.a->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(child_selectors(*f.only_sa(*f.a)), std::vector<std::string>{"192.168.1.0/24 === 192.168.2.0/24"});
+    const size_t refusals = f.io_a.failures.size();
+    ASSERT_GE(refusals, 1u);
+    EXPECT_NE(f.io_a.failures.back().cause.find("TS_UNACCEPTABLE"), std::string::npos) << f.io_a.failures.back().cause;
+    for (int i = 0; i < 5; ++i) {
+        f.a->initiate("p/t");
+        f.pump();
+    }
+    EXPECT_EQ(f.io_a.failures.size(), refusals);
+    f.advance(std::chrono::seconds(31));
+    f.a->initiate("p/t");
+    f.pump();
+    EXPECT_EQ(f.io_a.failures.size(), refusals + 1);
+    EXPECT_EQ(child_selectors(*f.only_sa(*f.a)), std::vector<std::string>{"192.168.1.0/24 === 192.168.2.0/24"});
+}
+
 TEST(ExchangeTest, PfsMismatchIsNamed)
 {
     std::string t_a = default_tunnel_a, t_b = default_tunnel_b;
@@ -1492,9 +1577,9 @@ TEST(ExchangeTest, PfsMismatchIsNamed)
     f.a->start();
     f.pump();
     ASSERT_NE(f.only_sa(*f.a), nullptr);
-    // IKE_AUTH carries no PFS (§1.2): the first Child SA comes up; the second one would need it.
+    // IKE_AUTH carries no PFS (§1.2): the first Child SA comes up; its rekey would need it.
     ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    f.a->sas().begin()->second->start_child("lan");
+    f.a->sas().begin()->second->rekey_child(f.only_sa(*f.a)->children()[0].spi_in);
     f.pump();
     ASSERT_FALSE(f.io_b.failures.empty());
     EXPECT_NE(f.io_b.failures.back().cause.find("PFS mismatch"), std::string::npos) << f.io_b.failures.back().cause;
