@@ -75,6 +75,9 @@ std::string format_isakmp_sa(const json& result)
             std::snprintf(line, sizeof(line), " %7lld ", static_cast<long long>(sa.value("conn-id", 0)));
             out += pad(host(str(sa, "remote")), width) + " " + pad(host(str(sa, "local")), width) + " " +
                    pad(str(sa, "isakmp-state"), 14) + line + status + "\n";
+            // Below each SA what IOS shows with `detail`: version, proposal and lifetime.
+            out += "    IKEv2, " + str(sa, "proposal", "-") + ", life " +
+                   std::to_string(sa.value("lifetime-seconds", 0LL)) + " s, peer " + str(sa, "peer") + "\n";
         }
     }
     return out;
@@ -95,7 +98,8 @@ std::string format_ikev2_sa(const json& result)
             out += "Tunnel-id " + pad("Local", width) + " " + pad("Remote", width) + " fvrf/ivrf            Status\n";
             out += pad(std::to_string(id), 9) + " " + pad(show_endpoint(str(sa, "local")), width) + " " +
                    pad(show_endpoint(str(sa, "remote")), width) + " none/none            " + str(sa, "state") + "\n";
-            out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") + "\n";
+            out += "      Peer: " + str(sa, "peer") + " (" + str(sa, "remote-id", "-") + "), role " + str(sa, "role") +
+                   ", version IKEv2\n";
             const std::string method = str(sa, "auth") == "pubkey" ? "Certificate" : "PSK";
             out += "      Proposal: " + str(sa, "proposal", "-") + ", Auth sign: " + method + ", Auth verify: " + method + "\n";
             long long life = sa.value("lifetime-seconds", 0LL);

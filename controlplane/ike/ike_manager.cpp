@@ -202,14 +202,14 @@ bool ike_manager::admit_from(const std::string& address)
     return true;
 }
 
-void ike_manager::log_refusal(size_t reason, const std::string& text)
+bool ike_manager::log_refusal(size_t reason, const std::string& text)
 {
     // A flood must not become a flood of log lines: one per reason and 10 s, the rest only counted.
     auto& l = refusal_logs_[reason];
     auto now = io_.now();
     if (l.last != steady_time{} && now - l.last < std::chrono::seconds(10)) {
         ++l.suppressed;
-        return;
+        return false;
     }
     std::string more = l.suppressed == 0 ? ""
                                          : "; " + std::to_string(l.suppressed) +
@@ -217,6 +217,7 @@ void ike_manager::log_refusal(size_t reason, const std::string& text)
     l.last = now;
     l.suppressed = 0;
     io_.log(log_level::warning, "-", text + more);
+    return true;
 }
 
 size_t ike_manager::half_open_total() const noexcept
@@ -926,12 +927,15 @@ void ike_manager::receive(const endpoint& local, const endpoint& remote, std::sp
         auto peer = find_peer_for(local, remote);
         if (!peer) {
             ++counters_.no_peer;
-            record_failure({std::chrono::system_clock::now(), config::to_string(remote.address), to_string(remote),
-                            "IKE_SA_INIT from " + to_string(remote) + " to " + to_string(local) +
-                                ": no peer is configured for this address.",
-                            "add a peer with local-address " + config::to_string(local.address) + " and remote-address " +
-                                config::to_string(remote.address) + " (or any)."});
-            io_.log(log_level::warning, "-", failures_.back().cause);
+            // Anyone can send these (spoofed, too): one log line and failure record per 10 s, so a
+            // flood neither floods the log nor pushes the real failures out of `show crypto ike failures`.
+            const std::string cause = "IKE_SA_INIT from " + to_string(remote) + " to " + to_string(local) +
+                                      ": no peer is configured for this address.";
+            if (log_refusal(2, cause)) {
+                record_failure({std::chrono::system_clock::now(), config::to_string(remote.address), to_string(remote), cause,
+                                "add a peer with local-address " + config::to_string(local.address) +
+                                    " and remote-address " + config::to_string(remote.address) + " (or any)."});
+            }
             return;
         }
         size_t half_open = half_open_total();

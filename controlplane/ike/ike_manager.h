@@ -221,7 +221,7 @@ private:
     // The per-address limits on a new IKE_SA_INIT request: true = go on (its half-open SA is counted
     // from here on); false = refused, counted and (rate-limited) logged.
     bool admit_from(const std::string& address);
-    void log_refusal(size_t reason, const std::string& text);
+    bool log_refusal(size_t reason, const std::string& text); // false: suppressed (counted only)
 
     ike_io& io_;
     shard_directory* directory_ = nullptr;
@@ -242,7 +242,7 @@ private:
         steady_time last{};
         uint64_t suppressed = 0;
     };
-    refusal_log refusal_logs_[2];
+    refusal_log refusal_logs_[3]; // per-address half-open limit, established limit, no such peer
     std::set<std::pair<steady_time, uint64_t>> deadlines_;  // (when, SPI): the timer queue
     std::unordered_map<uint64_t, steady_time> deadline_of_;
     // Peers to keep up (start: immediately, or DPD restart): a failed attempt is retried with backoff.

@@ -1768,6 +1768,7 @@ TEST(cli_format, IkeSasListedByAddressFamily)
     EXPECT_LT(isakmp.find("203.0.113.1     198.51.100.1    QM_IDLE           4660 ACTIVE"), six) << isakmp;
     EXPECT_GT(isakmp.find("2001:db8:ff2::1"), six) << isakmp;
     EXPECT_NE(isakmp.find(std::string("2001:db8:ff2::1") + std::string(24, ' ') + " 2001:db8:ff1::1"), std::string::npos) << isakmp;
+    EXPECT_NE(isakmp.find("    IKEv2, -, life 0 s, peer branch\n"), std::string::npos) << isakmp;
 
     const std::string v2 = cli::format_ikev2_sa(result);
     const auto v2six = v2.find(" IPv6 Crypto IKEv2  SA");
@@ -1777,6 +1778,7 @@ TEST(cli_format, IkeSasListedByAddressFamily)
     // IPv6 endpoints as [address]:port (RFC 5952 §6), numbered after the IPv4 ones.
     EXPECT_GT(v2.find("2         [2001:db8:ff1::1]:4500"), v2six) << v2;
     EXPECT_NE(v2.find("[2001:db8:ff2::1]:4500"), std::string::npos) << v2;
+    EXPECT_NE(v2.find("      Peer: branch (-), role initiator, version IKEv2\n"), std::string::npos) << v2;
     EXPECT_NE(cli::format_crypto_session(result).find("local [2001:db8:ff1::1]:4500 remote [2001:db8:ff2::1]:4500"),
               std::string::npos);
 }

@@ -398,6 +398,11 @@ TEST(ExchangeTest, SelectorsNotMirroredKeepTheIkeSa)
     EXPECT_TRUE(f.only_sa(*f.a)->children().empty());
     ASSERT_FALSE(f.io_b.failures.empty());
     EXPECT_NE(f.io_b.failures.back().cause.find("selectors not mirrored"), std::string::npos) << f.io_b.failures.back().cause;
+    // Both sides' selectors, so the operator sees what to mirror.
+    EXPECT_NE(f.io_b.failures.back().cause.find("TSi 192.168.1.0/24 TSr 192.168.2.0/24"), std::string::npos)
+        << f.io_b.failures.back().cause;
+    EXPECT_NE(f.io_b.failures.back().cause.find("local-ts 192.168.2.0/24 remote-ts 10.1.0.0/16"), std::string::npos)
+        << f.io_b.failures.back().cause;
     ASSERT_FALSE(f.io_a.failures.empty());
     EXPECT_NE(f.io_a.failures.back().cause.find("TS_UNACCEPTABLE"), std::string::npos) << f.io_a.failures.back().cause;
 }
@@ -2013,6 +2018,12 @@ TEST(ExchangeTest, UnknownPeerAddressIsRecorded)
     EXPECT_TRUE(f.b->sas().empty());
     ASSERT_FALSE(f.b->failures().empty());
     EXPECT_NE(f.b->failures().back().cause.find("no peer is configured"), std::string::npos);
+    // A's retransmissions (or a flood) within 10 s: counted, not recorded again.
+    const size_t recorded = f.b->failures().size();
+    const auto seen = f.b->counters().no_peer;
+    f.advance(std::chrono::seconds(7));
+    EXPECT_GT(f.b->counters().no_peer, seen);
+    EXPECT_EQ(f.b->failures().size(), recorded);
 }
 
 TEST(ExchangeTest, GarbageIsCountedNotFatal)

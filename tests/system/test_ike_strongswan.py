@@ -18,7 +18,8 @@ Scenarios (each a fresh IKE SA on one topology):
   rekey_responder  strongSwan initiates the Child SA rekeys (espresso only responds), same streams: no loss
   rekey_packets  rekey-packets: a soft packet lifetime in espresso-dp triggers the rekeys; no loss, no
               packet reaches the hard limit, SPIs change
-  delete      strongSwan deletes the IKE SA: espresso removes its SAs; espresso deletes: strongSwan does
+  (deletes both ways: strongSwan deletes in `responder`, espresso in `initiator`)
+  operator    `espresso initiate`, `espresso debug ike` (text and --json), `espresso clear crypto sa PEER`
   certs       ECDSA certificates (RFC 7427 signatures, CERT/CERTREQ), both roles; an untrusted CA refused
   certs_rsa   RSA certificates, espresso initiates
   real_nat    an nftables masquerading NAT in front of HQ: NAT-D, float, encapsulation, keepalives
@@ -213,6 +214,47 @@ def scenario_initiator(topo, run, br):
     # espresso deletes: strongSwan must drop its SAs.
     out = run.cli("clear crypto sa")
     wait(lambda: not br.list_sas(), 15, "strongSwan to drop the IKE SA after espresso's delete")
+    run.stop_ike()
+
+
+def scenario_operator(topo, run, br):
+    """The operator's commands through the CLI: `espresso initiate PEER/TUNNEL` brings up a start: none
+    tunnel, `espresso debug ike` (text and --json) follows the negotiation as it happens, and
+    `espresso clear crypto sa PEER-ADDRESS` deletes that peer's IKE SA (strongSwan drops it too)."""
+    br.load(site_conf("gw-branch", start_action="none"))
+    run.start_ike(ike_yaml(start="none"))
+    followers = []
+    for extra in ([], ["--json"]):
+        followers.append(subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns["gw-hq"], CLI, "--config", topo.hq_config] + extra + ["debug", "ike"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
+    try:
+        time.sleep(1)  # both followers connected before anything happens
+        out = run.cli("initiate branch/lan")
+        assert "initiating branch/lan" in out, out
+        br.wait_for_child("net", timeout=30)
+        sa = wait(lambda: ready_sa(run), 15, "espresso IKE SA READY after `espresso initiate`")
+        assert sa["role"] == "initiator" and len(sa["children"]) == 1, sa
+        assert ping(topo, "host-hq", "192.168.2.10", count=5) >= 4
+        time.sleep(1)  # the followers poll every 0.3 s
+    finally:
+        outputs = []
+        for p in followers:
+            os.killpg(p.pid, signal.SIGTERM)
+            outputs.append(p.communicate(timeout=10)[0])
+    text, as_json = outputs
+    print(f"--- espresso debug ike ---\n{text[-1500:]}", flush=True)
+    assert "initiating IKE_SA_INIT to 203.0.113.1:500" in text and "IKE SA established with 203.0.113.1" in text, text
+    assert re.search(r"Child SA lan installed: 192\.168\.1\.0/24 === 192\.168\.2\.0/24", text), text
+    lines = [json.loads(line) for line in as_json.splitlines() if line.strip()]
+    assert lines and all({"time", "level", "text"} <= set(line) for line in lines), as_json[-2000:]
+    assert any("IKE SA established" in line["text"] for line in lines), as_json[-2000:]
+    # clear crypto sa with a peer: by its address (another address clears nothing).
+    assert "deleting 0 IKE SA(s)" in run.cli("clear crypto sa 203.0.113.99")
+    assert ready_sa(run), "clear crypto sa of another address took this IKE SA down"
+    assert "deleting 1 IKE SA(s)" in run.cli("clear crypto sa 203.0.113.1")
+    wait(lambda: not br.list_sas(), 15, "strongSwan to drop the IKE SA after `clear crypto sa 203.0.113.1`")
+    wait(lambda: not ike_sas(run), 15, "espresso to drop the IKE SA")
     run.stop_ike()
 
 
@@ -936,7 +978,7 @@ SCENARIOS = {"responder": scenario_responder, "initiator": scenario_initiator, "
              "rekey": scenario_rekey, "ike_rekey": scenario_ike_rekey,
              "rekey_responder": scenario_rekey_responder, "rekey_packets": scenario_rekey_packets,
              "certs": scenario_certs,
-             "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat,
+             "certs_rsa": scenario_certs_rsa, "real_nat": scenario_real_nat, "operator": scenario_operator,
              "on_traffic": scenario_on_traffic, "fragmentation": scenario_fragmentation,
              "fragmentation_initiator": scenario_fragmentation_initiator,
              "fragmentation_pmtud": scenario_fragmentation_pmtud,
