@@ -443,6 +443,36 @@ TEST(ExchangeTest, LostMessagesAreRetransmittedAndDuplicatesAnsweredFromCache)
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u); // installed once, not twice
 }
 
+// §2.1: retransmissions back off exponentially: the gaps between A's copies of its unanswered
+// IKE_SA_INIT double (measured on the fake clock in 50 ms steps).
+TEST(ExchangeTest, RetransmissionsBackOffExponentially)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    std::vector<steady_time> sent;
+    f.net.drop = [&](const datagram& d) {
+        if (d.from.address == f.addr_a) {
+            sent.push_back(f.clock);
+        }
+        return true;
+    };
+    f.a->start();
+    f.pump();
+    for (int i = 0; i < 400; ++i) {
+        f.advance(std::chrono::milliseconds(50));
+    }
+    ASSERT_GE(sent.size(), 4u);
+    std::vector<long long> gaps;
+    for (size_t i = 1; i < sent.size() && i < 5; ++i) {
+        gaps.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(sent[i] - sent[i - 1]).count());
+    }
+    for (size_t i = 1; i < gaps.size(); ++i) {
+        EXPECT_NEAR(static_cast<double>(gaps[i]), 2.0 * static_cast<double>(gaps[i - 1]), 100.0)
+            << "gap " << i << " of " << ::testing::PrintToString(gaps);
+    }
+    EXPECT_GE(gaps.front(), 400); // not a busy loop
+}
+
 TEST(ExchangeTest, UnreachablePeerIsReported)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
