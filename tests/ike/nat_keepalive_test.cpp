@@ -19,10 +19,15 @@ const endpoint local = ep("198.51.100.1", 4500);
 const endpoint peer = ep("203.0.113.1", 4500);
 constexpr auto interval = std::chrono::seconds(20);
 
+// One outbound Child SA (SPI 0x1001) whose counter reads `packets`; nullopt: the read fails.
 struct esp_reader {
     std::optional<uint64_t> packets;
     int reads = 0;
-    std::optional<uint64_t> operator()() { ++reads; return packets; }
+    nat_keepalive::esp_counts operator()()
+    {
+        ++reads;
+        return packets ? nat_keepalive::esp_counts{{0x1001, *packets}} : nat_keepalive::esp_counts{};
+    }
 };
 
 TEST(NatKeepalive, IdlePeerGetsOneKeepalivePerInterval)
@@ -75,13 +80,75 @@ TEST(NatKeepalive, OutboundEspWithinTheIntervalSuppressesIt)
     EXPECT_EQ(esp.reads, 5);
     // Counters unknown (no data plane): keepalives as if idle.
     esp.packets.reset();
-    EXPECT_TRUE(k.due(local, peer, t0 + 70s, interval, std::ref(esp)));
+    EXPECT_EQ(k.due(local, peer, t0 + 70s, interval, std::ref(esp)).what, nat_keepalive::verdict::unknown);
     EXPECT_TRUE(k.due(local, peer, t0 + 90s, interval, std::ref(esp)));
-    // A rekey: the new Child SA counts from 0, the sum shrinks: no ESP seen, the keepalive goes.
+    // Readable again, and grown since the last good reading (150): ESP went out, looked at again later.
     esp.packets = 200;
-    EXPECT_TRUE(k.due(local, peer, t0 + 110s, interval, std::ref(esp)));
-    esp.packets = 3;
-    EXPECT_TRUE(k.due(local, peer, t0 + 130s, interval, std::ref(esp)));
+    EXPECT_EQ(k.due(local, peer, t0 + 110s, interval, std::ref(esp)).what, nat_keepalive::verdict::esp_seen);
+    EXPECT_TRUE(k.due(local, peer, t0 + 115s, interval, std::ref(esp)));
+}
+
+// The busy scenario of tests/system/test_ike_nat.py (keepalive_busy) in small: pings every 0.2 s,
+// nat-keepalive 2 s, a pass every 0.5 s. One counter read that fails in the middle must not produce a
+// keepalive after it: before the fix the failed read replaced the baseline by "unknown", so the next
+// good reading could not be compared and looked idle.
+TEST(NatKeepalive, AFailedReadAmidTrafficSendsNoSpuriousKeepalive)
+{
+    nat_keepalive k;
+    const auto step = std::chrono::milliseconds(500);
+    const auto short_interval = std::chrono::seconds(2);
+    const time_point t0 = time_point{} + 1h;
+    uint64_t packets = 1000;
+    int sent = 0, unknown = 0;
+    for (int i = 0; i < 40; ++i) {
+        const time_point now = t0 + i * step;
+        packets += 2; // 2.5 pings' ESP per pass
+        const bool fail = i == 9 || i == 10 || i == 23;
+        auto read = [&] { return fail ? nat_keepalive::esp_counts{} : nat_keepalive::esp_counts{{0x1001, packets}}; };
+        const auto d = k.due(local, peer, now, short_interval, read);
+        sent += d.send() ? 1 : 0;
+        unknown += d.what == nat_keepalive::verdict::unknown ? 1 : 0;
+    }
+    // Only the passes whose read failed (and that were due) may send one; none after them.
+    EXPECT_EQ(sent, unknown);
+    EXPECT_LE(sent, 2);
+}
+
+TEST(NatKeepalive, CountersAreComparedPerSpi)
+{
+    nat_keepalive k;
+    const time_point t0 = time_point{} + 1h;
+    nat_keepalive::esp_counts reading{{0x1001, 500}, {0x1002, 70}};
+    auto read = [&] { return reading; };
+    EXPECT_FALSE(k.due(local, peer, t0, interval, read));
+    // A rekey: 0x1001 replaced by 0x1003, which sent 5 packets since it was installed. The sum
+    // shrank (575 -> 75), yet ESP went out.
+    reading = {{0x1002, 70}, {0x1003, 5}};
+    EXPECT_EQ(k.due(local, peer, t0 + 20s, interval, read).what, nat_keepalive::verdict::esp_seen);
+    // New SA that sent nothing yet, and the other unchanged: idle.
+    reading = {{0x1002, 70}, {0x1003, 5}, {0x1004, 0}};
+    EXPECT_EQ(k.due(local, peer, t0 + 25s, interval, read).what, nat_keepalive::verdict::idle);
+    // One SA's counter cannot be read this time, the other grew: ESP went out.
+    reading = {{0x1003, 9}};
+    EXPECT_EQ(k.due(local, peer, t0 + 45s, interval, read).what, nat_keepalive::verdict::esp_seen);
+    // One SA's counter cannot be read, the other did not grow: idle (the missing one is not traffic).
+    reading = {{0x1003, 9}};
+    EXPECT_EQ(k.due(local, peer, t0 + 50s, interval, read).what, nat_keepalive::verdict::idle);
+    // 0x1002 readable again with more packets than at its last reading (70): it sent since.
+    reading = {{0x1002, 71}, {0x1003, 9}};
+    EXPECT_EQ(k.due(local, peer, t0 + 70s, interval, read).what, nat_keepalive::verdict::esp_seen);
+}
+
+TEST(NatKeepalive, GrewComparesEachSpiWithItsOwnLastReading)
+{
+    using c = nat_keepalive::esp_counts;
+    EXPECT_FALSE(nat_keepalive::grew({}, {}));
+    EXPECT_FALSE(nat_keepalive::grew(c{{1, 10}}, c{{1, 10}}));
+    EXPECT_TRUE(nat_keepalive::grew(c{{1, 10}}, c{{1, 11}}));
+    EXPECT_FALSE(nat_keepalive::grew(c{{1, 10}}, c{{1, 9}})); // never goes back; not traffic if it did
+    EXPECT_FALSE(nat_keepalive::grew(c{{1, 10}}, c{{2, 0}}));
+    EXPECT_TRUE(nat_keepalive::grew(c{{1, 10}}, c{{2, 1}}));
+    EXPECT_FALSE(nat_keepalive::grew(c{{1, 10}, {2, 3}}, c{{2, 3}}));
 }
 
 TEST(NatKeepalive, SweepForgetsPeersNoPassAskedAbout)
