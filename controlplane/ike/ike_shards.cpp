@@ -420,9 +420,12 @@ size_t ike_shards::clear(const std::string& peer)
     return total;
 }
 
-ike_manager::reload_result ike_shards::reload(const config::ike_config& next)
+ike_manager::reload_result ike_shards::reload(const config::ike_config& next, bool dry_run)
 {
-    auto results = on_each([&](ike_manager& m) { return m.reload(next); });
+    auto results = on_each([&](ike_manager& m) { return m.reload(next, dry_run); });
+    if (dry_run) {
+        return results.front();
+    }
     config_ = next;
     nat_keepalive_.store(next.nat_keepalive, std::memory_order_relaxed);
     return results.front(); // every shard compared the same two configurations
