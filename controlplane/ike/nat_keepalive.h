@@ -5,10 +5,16 @@
 //
 // What counts as "sent": every IKE message to the peer (the shard's ike_io::send reports it exactly)
 // and the keepalives themselves; ESP from the data plane is only known by sampling the outbound SAs'
-// packet counters (list-sas of one SA, a map lookup in espresso-dp), so it is read only when a
-// keepalive is due: if a counter grew since the last reading, ESP went out within that interval and the
-// keepalive is skipped; the SAs are looked at again a quarter interval later (the ESP may have been
-// early in the interval, so a mapping sees at most 1.25 intervals without a packet).
+// packet counters (list-sas of one SA, a map lookup in espresso-dp). A counter that grew between two
+// readings says ESP went out after the first of them, no more: so the first reading's time is what
+// counts as "ESP sent" (the earliest the packet can have gone). A keepalive goes when the interval has
+// passed since the later of that and the last IKE message or keepalive, so a mapping never sees more
+// than one interval (plus one pass of the shard, at most 1 s) without a packet, and a peer that gets
+// ESP continuously gets no keepalives. The counters are read from `interval / 2` after the last
+// packet known, at most every half interval, and always when a keepalive would be due: about two
+// readings per interval whether ESP flows or not, none while IKE messages keep the mapping fresh.
+// Under steady ESP a keepalive needs at least half an interval without any outbound ESP, so jitter
+// of the traffic or of this process's scheduling (a few hundred ms) does not send one.
 //
 // Counters are compared per outbound SPI, never as a sum: a counter that could not be read this time
 // (a control socket hiccup, an SA being replaced) must neither look like traffic nor hide it. A SPI
@@ -21,6 +27,7 @@
 // Threads: one shard thread only.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -40,8 +47,8 @@ public:
     using esp_counts = std::map<uint32_t, uint64_t>;
 
     enum class verdict : uint8_t {
-        not_due,  // something went to the peer within the interval (or the pair was seen first now)
-        esp_seen, // due, but ESP went out since the last reading: looked at again in a quarter interval
+        not_due,  // something went to the peer recently enough (or the pair was seen first now)
+        esp_seen, // read, and ESP went out since the last reading: no keepalive (yet)
         idle,     // due, and the counters were read: none grew; send a keepalive
         unknown,  // due, and no counter could be read (no installed outbound SA, no data plane): send one
     };
@@ -72,26 +79,32 @@ public:
         if (fresh) {
             s.last_sent = now;
             s.esp = read_esp(); // the baseline the first due check compares with
+            s.read_at = now;
             return d;
         }
-        if (now - s.last_sent < interval) {
+        // Read from half an interval after the last packet known, at most every half interval, and
+        // always when the keepalive would be due.
+        const duration quiet = now - std::max(s.last_sent, s.esp_after);
+        if (quiet < interval && (quiet < interval / 2 || now - s.read_at < interval / 2)) {
             return d;
         }
         d.before = s.esp;
         d.now = read_esp();
-        if (d.now.empty()) {
-            // Nothing could be read: keep the last good baseline (an empty one would make the next
-            // good reading look like all-new traffic or hide it), and do not risk the mapping.
-            d.what = verdict::unknown;
-            s.last_sent = now;
+        const bool esp = !d.now.empty() && grew(d.before, d.now);
+        if (!d.now.empty()) {
+            if (esp) {
+                s.esp_after = std::max(s.esp_after, s.read_at); // ESP went out after the last reading
+            }
+            s.esp = d.now;
+            s.read_at = now;
+        }
+        // Nothing readable keeps the last good baseline: an empty one would make the next good
+        // reading look like all-new traffic or hide it.
+        if (now - std::max(s.last_sent, s.esp_after) < interval) {
+            d.what = esp ? verdict::esp_seen : verdict::not_due;
             return d;
         }
-        d.what = grew(d.before, d.now) ? verdict::esp_seen : verdict::idle;
-        s.esp = d.now;
-        if (d.what == verdict::esp_seen) {
-            s.last_sent = now - interval + interval / 4; // look again in a quarter interval
-            return d;
-        }
+        d.what = d.now.empty() ? verdict::unknown : verdict::idle;
         s.last_sent = now;
         return d;
     }
@@ -105,9 +118,11 @@ public:
 
 private:
     struct state {
-        time_point last_sent{};
+        time_point last_sent{}; // the last IKE message or keepalive
         time_point visited{};
-        esp_counts esp; // at the last good reading
+        time_point esp_after{}; // ESP went out at or after this (the reading before the one that saw it)
+        time_point read_at{};   // the last good reading
+        esp_counts esp;         // at the last good reading
     };
     using key_type = std::tuple<uint8_t, std::array<uint8_t, 16>, uint16_t, uint8_t, std::array<uint8_t, 16>, uint16_t>;
     static key_type key(const endpoint& local, const endpoint& remote)
