@@ -3,6 +3,7 @@
 //
 // Exit codes: 0 ok, 1 the data plane refused or failed the request, 2 usage (or unreadable --config),
 // 3 cannot connect to the control socket.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -204,6 +205,17 @@ int reload_gateway(const std::string& socket_path, const std::string& ike_socket
     const std::string ike_path = !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path);
     try {
         auto client = espresso::dp::control_client::connect(ike_path);
+        if (dry_run) {
+            // An espresso-ike older than dry runs ignores the argument and would apply the reload.
+            const json ping = client.request("ping");
+            const json features = ping.value("result", json::object()).value("features", json::array());
+            if (std::find(features.begin(), features.end(), "reload-dry-run") == features.end()) {
+                std::cout << (as_json ? combined.dump(2) + "\n" : text);
+                std::cerr << "espresso: ike: this espresso-ike cannot do a dry run (it is older than "
+                             "`reload --dry-run`); it was not asked\n";
+                return exit_refused;
+            }
+        }
         const json reply = client.request("reload", args, std::chrono::seconds(60));
         if (const std::string error = espresso::dp::reply_error(reply); !error.empty()) {
             combined["ike"] = nullptr;

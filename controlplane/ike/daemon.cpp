@@ -589,7 +589,9 @@ json ike_daemon::handle_request(const json& request)
     json args = request.contains("args") && request["args"].is_object() ? request["args"] : json::object();
     json result;
     if (op == "ping") {
-        result = {{"version", 1}, {"daemon", "espresso-ike"}};
+        // "features": what a client may rely on beyond the operations of the first version (this
+        // daemon ignores unknown args, so `espresso reload --dry-run` asks before it sends one).
+        result = {{"version", 1}, {"daemon", "espresso-ike"}, {"features", {"reload-dry-run"}}};
     } else if (op == "list-ike-sas") {
         result = {{"ike-sas", status_json()}};
     } else if (op == "failures") {
