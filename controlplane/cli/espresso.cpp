@@ -3,6 +3,7 @@
 //
 // Exit codes: 0 ok, 1 the data plane refused or failed the request, 2 usage (or unreadable --config),
 // 3 cannot connect to the control socket.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -64,6 +65,8 @@ constexpr const char* usage_text =
     "  reload                      re-read the file: espresso-dp applies routes, neighbors, policies and\n"
     "                              static SAs, espresso-ike its ike: section; unchanged items are not touched;\n"
     "                              prints what changed and what needs a restart\n"
+    "  reload --dry-run            the same report (per section, and what needs a restart) without\n"
+    "                              applying anything in either daemon\n"
     "\n"
     "options:\n"
     "  --socket PATH      control socket of espresso-dp (default /run/espresso/espresso.sock)\n"
@@ -118,8 +121,13 @@ std::string format_dataplane_reload(const json& r)
 {
     // A stream, not `+` chains: GCC 12 reports those with a false -Wrestrict here.
     std::ostringstream out;
-    out << "dataplane (" << r.value("file", std::string()) << ")"
-        << (r.value("applied", false) ? "\n" : ": nothing to apply\n");
+    const bool dry_run = r.value("dry-run", false);
+    out << "dataplane (" << r.value("file", std::string()) << ")";
+    if (dry_run) {
+        out << ": dry run, nothing applied\n";
+    } else {
+        out << (r.value("applied", false) ? "\n" : ": nothing to apply\n");
+    }
     const json sections = r.value("sections", json::object());
     for (const char* name : {"routes", "neighbors", "policies", "security-associations"}) {
         const json sec = sections.value(name, json::object());
@@ -141,7 +149,8 @@ std::string format_dataplane_reload(const json& r)
     if (restart.empty()) {
         out << "  restart needed: none\n";
     } else {
-        out << "  restart needed (not applied; `espresso down FILE` and `espresso up FILE` apply them):\n";
+        out << "  restart needed (" << (dry_run ? "" : "not applied; ")
+            << "`espresso down FILE` and `espresso up FILE` apply them):\n";
         for (const auto& item : restart) {
             out << "    " << item.get<std::string>() << "\n";
         }
@@ -152,7 +161,7 @@ std::string format_dataplane_reload(const json& r)
 std::string format_ike_reload(const json& result)
 {
     std::ostringstream out;
-    out << "ike\npeers\n";
+    out << (result.value("dry-run", false) ? "ike: dry run, nothing applied\npeers\n" : "ike\npeers\n");
     for (const char* k : {"added", "changed", "updated", "removed", "unchanged"}) {
         out << "  " << k << ":";
         for (const auto& name : result.value(k, json::array())) {
@@ -164,19 +173,27 @@ std::string format_ike_reload(const json& result)
     for (const auto& t : result.value("tunnels", json::array())) {
         out << "  " << t.value("peer", "") << "/" << t.value("tunnel", "") << ": " << t.value("change", "") << "\n";
     }
+    // An older espresso-ike sends no restart-needed.
+    if (const json restart = result.value("restart-needed", json::array()); !restart.empty()) {
+        out << "restart needed (espresso-ike reads these at start only):\n";
+        for (const auto& item : restart) {
+            out << "  " << item.get<std::string>() << "\n";
+        }
+    }
     return out.str();
 }
 
 // `espresso reload`: the data plane first (it checks the whole file before it changes anything; a
 // refusal stops here, so the IKE daemon does not run on a file its data plane refused), then
-// espresso-ike when it runs (a gateway with static SAs only has none).
-int reload_gateway(const std::string& socket_path, const std::string& ike_socket_path, bool as_json)
+// espresso-ike when it runs (a gateway with static SAs only has none). `dry_run`: both only report.
+int reload_gateway(const std::string& socket_path, const std::string& ike_socket_path, bool as_json, bool dry_run)
 {
     json combined = json::object();
     std::string text;
+    const json args = dry_run ? json{{"dry-run", true}} : json(nullptr);
     {
         auto client = espresso::dp::control_client::connect(socket_path);
-        const json reply = client.request("reload", nullptr, std::chrono::seconds(60));
+        const json reply = client.request("reload", args, std::chrono::seconds(60));
         if (const std::string error = espresso::dp::reply_error(reply); !error.empty()) {
             std::cerr << "espresso: data plane: " << error << "\n";
             return exit_refused;
@@ -188,7 +205,18 @@ int reload_gateway(const std::string& socket_path, const std::string& ike_socket
     const std::string ike_path = !ike_socket_path.empty() ? ike_socket_path : espresso::cp::ike_socket_path(socket_path);
     try {
         auto client = espresso::dp::control_client::connect(ike_path);
-        const json reply = client.request("reload", nullptr, std::chrono::seconds(60));
+        if (dry_run) {
+            // An espresso-ike older than dry runs ignores the argument and would apply the reload.
+            const json ping = client.request("ping");
+            const json features = ping.value("result", json::object()).value("features", json::array());
+            if (std::find(features.begin(), features.end(), "reload-dry-run") == features.end()) {
+                std::cout << (as_json ? combined.dump(2) + "\n" : text);
+                std::cerr << "espresso: ike: this espresso-ike cannot do a dry run (it is older than "
+                             "`reload --dry-run`); it was not asked\n";
+                return exit_refused;
+            }
+        }
+        const json reply = client.request("reload", args, std::chrono::seconds(60));
         if (const std::string error = espresso::dp::reply_error(reply); !error.empty()) {
             combined["ike"] = nullptr;
             combined["ike-error"] = error;
@@ -228,6 +256,7 @@ int main(int argc, char** argv)
     std::string ike_socket_path;
     std::string log_dir = "/var/log/espresso";
     bool as_json = false;
+    bool dry_run = false; // reload --dry-run
     bool log_stderr = false, no_log_files = false, foreground = false, up_flags = false;
     std::vector<std::string> words;
     for (int i = 1; i < argc; ++i) {
@@ -238,6 +267,8 @@ int main(int argc, char** argv)
         }
         if (arg == "--json") {
             as_json = true;
+        } else if (arg == "--dry-run") {
+            dry_run = true;
         } else if (arg == "--log-stderr" || arg == "--no-log-files" || arg == "--foreground") {
             (arg == "--log-stderr" ? log_stderr : arg == "--no-log-files" ? no_log_files : foreground) = true;
             up_flags = true;
@@ -268,6 +299,9 @@ int main(int argc, char** argv)
     }
     if (!socket_path.empty() && !config_path.empty()) {
         return usage_error("give either --socket or --config, not both");
+    }
+    if (dry_run && (words.size() != 1 || words[0] != "reload")) {
+        return usage_error("--dry-run is an option of `espresso reload`");
     }
     if (up_flags && (words.empty() || words[0] != "up")) {
         return usage_error("--log-stderr, --no-log-files and --foreground are options of `espresso up`");
@@ -335,7 +369,7 @@ int main(int argc, char** argv)
 
     try {
         if (chosen->op == "reload") {
-            return reload_gateway(socket_path, ike_socket_path, as_json);
+            return reload_gateway(socket_path, ike_socket_path, as_json, dry_run);
         }
         auto client = espresso::dp::control_client::connect(socket_path);
         if (chosen->op == "log") {

@@ -527,7 +527,7 @@ json ike_daemon::status_json() const
     return sas;
 }
 
-json ike_daemon::reload(std::string& error)
+json ike_daemon::reload(std::string& error, bool dry_run)
 {
     config::gateway_config cfg;
     try {
@@ -540,13 +540,18 @@ json ike_daemon::reload(std::string& error)
     for (auto& sa : cfg.security_associations) {
         config::wipe_keys(sa);
     }
+    json restart = json::array();
     if (options_.threads == 0 && ike_thread_count(cfg.ike.threads) != shards_->size()) {
-        log(log_level::warning, "-",
-            "ike.threads: " + std::to_string(ike_thread_count(cfg.ike.threads)) +
-                " takes effect when espresso-ike restarts; running with " + std::to_string(shards_->size()));
+        restart.push_back("ike.threads: " + std::to_string(shards_->size()) + " -> " +
+                          std::to_string(ike_thread_count(cfg.ike.threads)));
+        if (!dry_run) {
+            log(log_level::warning, "-",
+                "ike.threads: " + std::to_string(ike_thread_count(cfg.ike.threads)) +
+                    " takes effect when espresso-ike restarts; running with " + std::to_string(shards_->size()));
+        }
     }
-    auto r = shards_->reload(cfg.ike);
-    log(log_level::info, "-", "reloaded " + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
+    auto r = shards_->reload(cfg.ike, dry_run);
+    log(log_level::info, "-", std::string(dry_run ? "dry run of a reload of " : "reloaded ") + options_.config_path + ": " + std::to_string(r.added.size()) + " added, " +
                                   std::to_string(r.changed.size()) + " changed, " + std::to_string(r.updated.size()) +
                                   " with changed tunnels only, " + std::to_string(r.removed.size()) + " removed, " +
                                   std::to_string(r.unchanged.size()) + " unchanged peer(s)");
@@ -554,8 +559,9 @@ json ike_daemon::reload(std::string& error)
     for (const auto& t : r.tunnels) {
         tunnels.push_back({{"peer", t.peer}, {"tunnel", t.tunnel}, {"change", t.change}});
     }
-    return {{"added", r.added},     {"changed", r.changed},     {"removed", r.removed},
-            {"unchanged", r.unchanged}, {"updated", r.updated}, {"tunnels", std::move(tunnels)}};
+    return {{"file", options_.config_path}, {"dry-run", dry_run},        {"added", r.added},
+            {"changed", r.changed},          {"removed", r.removed},        {"unchanged", r.unchanged},
+            {"updated", r.updated},          {"tunnels", std::move(tunnels)}, {"restart-needed", std::move(restart)}};
 }
 
 json ike_daemon::handle_request(const json& request)
@@ -583,7 +589,9 @@ json ike_daemon::handle_request(const json& request)
     json args = request.contains("args") && request["args"].is_object() ? request["args"] : json::object();
     json result;
     if (op == "ping") {
-        result = {{"version", 1}, {"daemon", "espresso-ike"}};
+        // "features": what a client may rely on beyond the operations of the first version (this
+        // daemon ignores unknown args, so `espresso reload --dry-run` asks before it sends one).
+        result = {{"version", 1}, {"daemon", "espresso-ike"}, {"features", {"reload-dry-run"}}};
     } else if (op == "list-ike-sas") {
         result = {{"ike-sas", status_json()}};
     } else if (op == "failures") {
@@ -618,8 +626,15 @@ json ike_daemon::handle_request(const json& request)
         }
         result = {{"lines", lines}, {"next", log_seq_}};
     } else if (op == "reload") {
+        bool dry_run = false;
+        if (args.contains("dry-run")) {
+            if (!args["dry-run"].is_boolean()) {
+                return fail("args.dry-run: expected true or false");
+            }
+            dry_run = args["dry-run"].get<bool>();
+        }
         std::string error;
-        result = reload(error);
+        result = reload(error, dry_run);
         if (!error.empty()) {
             return fail(error);
         }

@@ -87,7 +87,9 @@ private:
     void flush_client(client& c);
     nlohmann::json handle_request(const nlohmann::json& request);
     nlohmann::json status_json() const;
-    nlohmann::json reload(std::string& error);
+    // `espresso reload` (and SIGHUP): re-reads the file's ike: section and applies it; `dry_run`
+    // (`espresso reload --dry-run`) only reports what it would change.
+    nlohmann::json reload(std::string& error, bool dry_run = false);
     void connect_events();
     void read_events();
     static std::chrono::steady_clock::time_point now() { return std::chrono::steady_clock::now(); }

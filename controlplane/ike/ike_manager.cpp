@@ -391,7 +391,7 @@ bool contains(const std::vector<std::string>& v, const std::string& x)
 
 } // namespace
 
-ike_manager::reload_result ike_manager::reload(config::ike_config next)
+ike_manager::reload_result ike_manager::reload(config::ike_config next, bool dry_run)
 {
     reload_result r;
     std::vector<peer_ptr> fresh;
@@ -446,6 +446,9 @@ ike_manager::reload_result ike_manager::reload(config::ike_config next)
                 r.tunnels.push_back({old->name, t.name, "removed"});
             }
         }
+    }
+    if (dry_run) {
+        return r;
     }
     // Tear down what is removed or changed (with the old settings), then switch.
     for (const auto* list : {&r.removed, &r.changed}) {

@@ -164,7 +164,9 @@ public:
         std::vector<std::string> added, removed, changed, unchanged, updated;
         std::vector<tunnel_change> tunnels;
     };
-    reload_result reload(config::ike_config next);
+    // `dry_run`: only compares (`espresso reload --dry-run`): the result says what a reload would do,
+    // and nothing changes.
+    reload_result reload(config::ike_config next, bool dry_run = false);
     // Deletes every SA locally (data plane) and tells peers, best effort: daemon shutdown.
     void shutdown();
     // Data plane events: acquire for a protect policy without SA; soft/hard expiry of an SA.

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
@@ -34,6 +35,37 @@ uint64_t read64(std::span<const uint8_t> d, size_t at) noexcept
         v = (v << 8) | d[at + i];
     }
     return v;
+}
+
+// The debug log's line for a keepalive decision (RFC 3948 §4): what was read and why it went or not.
+std::string keepalive_log_line(const nat_keepalive::decision& d, const endpoint& remote)
+{
+    auto counts = [](const nat_keepalive::esp_counts& c) {
+        std::string s;
+        char spi[16];
+        for (const auto& [k, v] : c) {
+            std::snprintf(spi, sizeof(spi), "0x%08x", k);
+            s += (s.empty() ? "" : " ") + std::string(spi) + "=" + std::to_string(v);
+        }
+        return s.empty() ? std::string("none") : s;
+    };
+    std::string what;
+    switch (d.what) {
+    case nat_keepalive::verdict::esp_seen:
+        what = "NAT-keepalive not needed: ESP went out";
+        break;
+    case nat_keepalive::verdict::idle:
+        what = "NAT-keepalive sent: idle";
+        break;
+    case nat_keepalive::verdict::unknown:
+        what = "NAT-keepalive sent: no outbound SA counter could be read";
+        break;
+    case nat_keepalive::verdict::not_due:
+        what = "NAT-keepalive not due";
+        break;
+    }
+    return what + " (to " + to_string(remote) + "; outbound packets " + counts(d.before) + " -> " + counts(d.now) +
+           ")";
 }
 
 } // namespace
@@ -283,20 +315,24 @@ void ike_shards::run(shard& s)
                     }
                     // ESP on the same UDP 5-tuple refreshes the NAT's mapping as well: the data plane's
                     // packet counters of the installed outbound Child SAs, read only when a keepalive is due.
-                    auto esp_packets = [&]() -> std::optional<uint64_t> {
-                        std::optional<uint64_t> total;
+                    auto esp_packets = [&] {
+                        nat_keepalive::esp_counts counts;
                         for (const auto& c : sa->children()) {
                             if (c.pending_out) {
                                 continue; // not in the data plane (yet)
                             }
                             if (auto n = s.io->installer().outbound_packets(c.spi_out)) {
-                                total = total.value_or(0) + *n;
+                                counts[c.spi_out] = *n;
                             }
                         }
-                        return total;
+                        return counts;
                     };
-                    if (schedule.due(sa->local(), sa->remote(), now_, interval, esp_packets)) {
+                    const auto d = schedule.due(sa->local(), sa->remote(), now_, interval, esp_packets);
+                    if (d.send()) {
                         host_.send_keepalive(sa->local(), sa->remote());
+                    }
+                    if (d.what != nat_keepalive::verdict::not_due && host_.debug_enabled()) {
+                        host_.log(log_level::debug, sa->name(), keepalive_log_line(d, sa->remote()));
                     }
                 }
                 if (now_ - last_sweep >= 2 * interval) {
@@ -384,9 +420,12 @@ size_t ike_shards::clear(const std::string& peer)
     return total;
 }
 
-ike_manager::reload_result ike_shards::reload(const config::ike_config& next)
+ike_manager::reload_result ike_shards::reload(const config::ike_config& next, bool dry_run)
 {
-    auto results = on_each([&](ike_manager& m) { return m.reload(next); });
+    auto results = on_each([&](ike_manager& m) { return m.reload(next, dry_run); });
+    if (dry_run) {
+        return results.front();
+    }
     config_ = next;
     nat_keepalive_.store(next.nat_keepalive, std::memory_order_relaxed);
     return results.front(); // every shard compared the same two configurations

@@ -170,7 +170,7 @@ public:
     // Operator and data plane requests, over every shard (ike_manager has the single-table meaning).
     std::string initiate(const std::string& name);
     size_t clear(const std::string& peer);
-    ike_manager::reload_result reload(const config::ike_config& next);
+    ike_manager::reload_result reload(const config::ike_config& next, bool dry_run = false);
     // To the home shard of the peer whose tunnel covers the addresses (shard 0 when none: it counts
     // the acquire as unmatched); that shard's manager decides (start action, DPD state).
     void on_acquire(const config::ip_prefix& local, const config::ip_prefix& remote);

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <chrono>
 #include <string.h> // explicit_bzero
+#include <sys/mman.h> // memfd_create
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -106,26 +107,109 @@ json error_reply(const json& id, std::string message, int version = control::pro
     return {{"version", version}, {"id", id}, {"ok", false}, {"error", std::move(message)}};
 }
 
-// A reload's file is parsed first by a fresh `espresso-dp --check` process, as the loader's sandbox
-// would (loader.h: yaml-cpp 0.7 can loop forever or exhaust memory on malformed YAML). The sandbox
-// itself fork()s, which is unsafe here with lcores running; posix_spawn (vfork + exec) is not. Only
-// when the check finished does this process parse the file itself, without the sandbox. Blocks the
-// main lcore for the check (a few ms for a real file; at most `deadline`). "" or the check's message.
-std::string check_in_child(const std::string& path, std::chrono::milliseconds deadline)
+// Reads a reload's file once. The check (check_in_child) and the apply both parse these bytes, so a
+// file replaced between the two (an editor's rename, a config management run) can never get applied
+// without having been checked. "" or why not; the caller wipes `contents` (it holds keys).
+std::string read_config_file(const std::string& path, std::string& contents)
 {
+    // Far above any real gateway file (100k SAs are ~30 MB of YAML); a bound so a wrong path
+    // (/dev/zero, a disk image) cannot exhaust the main lcore's memory.
+    constexpr off_t max_size = off_t{256} << 20;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        return path + ": cannot open the file: " + std::strerror(errno) + "; check the path and its permissions";
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return path + ": not a regular file";
+    }
+    if (st.st_size > max_size) {
+        ::close(fd);
+        return path + ": " + std::to_string(st.st_size) + " bytes; a configuration file may have at most " +
+               std::to_string(max_size) + " bytes";
+    }
+    contents.assign(static_cast<size_t>(st.st_size), '\0');
+    size_t got = 0;
+    // Read to the end, not just st_size bytes: a file still being written may have grown.
+    for (;;) {
+        if (got == contents.size()) {
+            if (contents.size() >= static_cast<size_t>(max_size)) {
+                ::close(fd);
+                return path + ": the file grew beyond " + std::to_string(max_size) + " bytes while being read";
+            }
+            contents.resize(std::max<size_t>(contents.size() * 2, 4096), '\0');
+        }
+        const ssize_t n = ::read(fd, contents.data() + got, contents.size() - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            const int error = errno;
+            ::close(fd);
+            return path + ": cannot read the file: " + std::strerror(error);
+        }
+        if (n == 0) {
+            break;
+        }
+        got += static_cast<size_t>(n);
+    }
+    ::close(fd);
+    explicit_bzero(contents.data() + got, contents.size() - got);
+    contents.resize(got);
+    return {};
+}
+
+// A reload's text is parsed first by a fresh `espresso-dp --check --stdin` process, as the loader's
+// sandbox would (loader.h: yaml-cpp 0.7 can loop forever or exhaust memory on malformed YAML). The
+// sandbox itself fork()s, which is unsafe here with lcores running; posix_spawn (vfork + exec) is not.
+// Only when the check finished does this process parse the same text itself, without the sandbox.
+// The child gets `text` (read once by read_config_file) on its standard input from a memfd, never the
+// path to open again; `path` only names the file in its messages. Blocks the main lcore for the
+// check (a few ms for a real file; at most `deadline`). "" or the check's message.
+std::string check_in_child(const std::string& path, std::string_view text_in, std::chrono::milliseconds deadline)
+{
+    const int input = ::memfd_create("espresso-dp-reload", MFD_CLOEXEC);
+    if (input < 0) {
+        return std::string("cannot check the file: memfd_create: ") + std::strerror(errno);
+    }
+    // Empties the memfd (the text holds keys) and closes it, on every way out.
+    struct input_guard {
+        int fd;
+        ~input_guard()
+        {
+            (void)!::ftruncate(fd, 0);
+            ::close(fd);
+        }
+    } input_closer{input};
+    for (size_t done = 0; done < text_in.size();) {
+        const ssize_t n = ::write(input, text_in.data() + done, text_in.size() - done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return std::string("cannot check the file: memfd write: ") + std::strerror(errno);
+        }
+        done += static_cast<size_t>(n);
+    }
+    if (::lseek(input, 0, SEEK_SET) != 0) {
+        return std::string("cannot check the file: lseek: ") + std::strerror(errno);
+    }
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) {
         return std::string("cannot check the file: pipe: ") + std::strerror(errno);
     }
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, input, STDIN_FILENO);
     posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
     std::string self = "/proc/self/exe";
     std::string flag_check = "--check";
+    std::string flag_stdin = "--stdin";
     std::string flag_config = "--config";
     std::string file = path;
-    char* argv[] = {self.data(), flag_check.data(), flag_config.data(), file.data(), nullptr};
+    char* argv[] = {self.data(), flag_check.data(), flag_stdin.data(), flag_config.data(), file.data(), nullptr};
     char* envp[] = {nullptr};
     pid_t pid = -1;
     const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv, envp);
@@ -981,14 +1065,23 @@ json control_server::dispatch(const std::string& op, json& args, int version, ef
         if (path.empty()) {
             throw request_error("args.path: this data plane knows no file to re-read; give its path");
         }
-        if (const std::string error = check_in_child(path, std::chrono::seconds(10)); !error.empty()) {
+        // One read: the child checks and this process applies the same bytes (read_config_file).
+        std::string text;
+        struct text_wiper {
+            std::string& t;
+            ~text_wiper() { explicit_bzero(t.data(), t.size()); }
+        } wipe_text{text};
+        if (const std::string error = read_config_file(path, text); !error.empty()) {
+            throw request_error(error + " (nothing was changed)");
+        }
+        if (const std::string error = check_in_child(path, text, std::chrono::seconds(10)); !error.empty()) {
             throw request_error(error + " (nothing was changed)");
         }
         config::gateway_config next;
         try {
             config::load_options options;
-            options.sandbox = false; // check_in_child parsed it in a process of its own first
-            next = config::load_file(path, options);
+            options.sandbox = false; // check_in_child parsed this text in a process of its own first
+            next = config::load_string(text, path, options);
         } catch (const std::exception& e) {
             // The loader's message names file, line, field and fix; nothing was changed.
             throw request_error(std::string(e.what()) + " (nothing was changed)");

@@ -5,6 +5,7 @@
 #include <rte_eal.h>
 
 #include <malloc.h>
+#include <string.h> // explicit_bzero
 
 #include <algorithm>
 #include <chrono>
@@ -13,6 +14,8 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -30,11 +33,13 @@ void on_signal(int /*sig*/) { g_stop = 1; }
 void usage(FILE* out)
 {
     std::fprintf(out,
-                 "usage: espresso-dp --config FILE.yaml [--check]\n"
+                 "usage: espresso-dp --config FILE.yaml [--check [--stdin]]\n"
                  "\n"
                  "Runs the Espresso IPsec data plane described by FILE.yaml (docs/configuration.md).\n"
                  "  --config FILE  gateway configuration (dataplane, interfaces, routes, SAs, policies)\n"
                  "  --check        validate the configuration and print the EAL command line, then exit\n"
+                 "  --stdin        with --check: read the configuration text from standard input; FILE only\n"
+                 "                 names it in messages (control op reload checks the bytes it read this way)\n"
                  "  --help         this text\n"
                  "Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage or configuration error.\n");
 }
@@ -51,6 +56,7 @@ int main(int argc, char** argv)
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
     std::string config_path;
     bool check_only = false;
+    bool from_stdin = false;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--help" || a == "-h") {
@@ -59,6 +65,8 @@ int main(int argc, char** argv)
         }
         if (a == "--check") {
             check_only = true;
+        } else if (a == "--stdin") {
+            from_stdin = true;
         } else if (a == "--config" && i + 1 < argc) {
             config_path = argv[++i];
         } else if (a.rfind("--config=", 0) == 0) {
@@ -69,7 +77,7 @@ int main(int argc, char** argv)
             return 2;
         }
     }
-    if (config_path.empty()) {
+    if (config_path.empty() || (from_stdin && !check_only)) {
         usage(stderr);
         return 2;
     }
@@ -81,7 +89,17 @@ int main(int argc, char** argv)
     }
     espresso::config::gateway_config config;
     try {
-        config = espresso::config::load_file(config_path);
+        if (from_stdin) {
+            // The text a reload read (control_server.cpp, check_in_child): checked exactly as given.
+            std::string text{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+            struct wipe {
+                std::string& t;
+                ~wipe() { explicit_bzero(t.data(), t.size()); }
+            } wiper{text};
+            config = espresso::config::load_string(text, config_path);
+        } else {
+            config = espresso::config::load_file(config_path);
+        }
     } catch (const espresso::config::config_error& e) {
         std::fprintf(stderr, "espresso-dp: %s\n", e.what());
         return 2;

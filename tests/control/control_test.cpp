@@ -593,6 +593,15 @@ TEST_F(server_fixture, ReloadArgumentsAreValidated)
               std::string::npos);
     // This gateway knows no file (config_file() is empty): it must be named.
     EXPECT_NE(reply_error(client.request("reload")).find("knows no file"), std::string::npos);
+    // The file is read once, here, before the check (the check and the apply use those bytes): what
+    // cannot be read is refused before anything is spawned.
+    const std::string missing = reply_error(client.request("reload", {{"path", "/nonexistent/espresso.yaml"}}));
+    EXPECT_NE(missing.find("/nonexistent/espresso.yaml: cannot open the file"), std::string::npos) << missing;
+    EXPECT_NE(missing.find("(nothing was changed)"), std::string::npos) << missing;
+    const std::string directory = reply_error(client.request("reload", {{"path", "/tmp"}}));
+    EXPECT_NE(directory.find("/tmp: not a regular file"), std::string::npos) << directory;
+    const std::string device = reply_error(client.request("reload", {{"path", "/dev/zero"}}));
+    EXPECT_NE(device.find("/dev/zero: not a regular file"), std::string::npos) << device;
 }
 
 // Owners (protocol version 2): add-sa, add-sas and add-policy tag what they install; list-sas and

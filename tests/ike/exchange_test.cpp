@@ -1020,6 +1020,38 @@ TEST(ExchangeTest, ReloadKeepsUnchangedPeersAndRedoesChangedOnes)
     EXPECT_TRUE(f.io_a.inst.sas.empty());
 }
 
+// `espresso reload --dry-run`: the same report as the reload would give, and nothing changes.
+TEST(ExchangeTest, ReloadDryRunReportsAndChangesNothing)
+{
+    std::string yaml_a = peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a);
+    pair_fixture f(yaml_a, peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b));
+    f.a->start();
+    f.pump();
+    const uint64_t spi = f.only_sa(*f.a)->spi_i();
+    const auto events = f.io_a.inst.events.size();
+    const auto sent = f.net.delivered;
+    std::string changed = peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 20s }\n", default_tunnel_a);
+    auto dry = f.a->reload(config::load_string(changed, "a.yaml").ike, true);
+    f.pump();
+    EXPECT_EQ(dry.changed, std::vector<std::string>{"p"});
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), spi);
+    EXPECT_EQ(f.io_a.inst.events.size(), events);
+    EXPECT_EQ(f.net.delivered, sent); // not one IKE message
+    auto gone = f.a->reload(config::ike_config{}, true);
+    f.pump();
+    EXPECT_EQ(gone.removed, std::vector<std::string>{"p"});
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), spi);
+    // The dry runs left the running configuration: the same file again is all unchanged, and the real
+    // reload reports what the dry run did.
+    EXPECT_EQ(f.a->reload(config::load_string(yaml_a, "a.yaml").ike, true).unchanged, std::vector<std::string>{"p"});
+    auto real = f.a->reload(config::load_string(changed, "a.yaml").ike);
+    f.pump();
+    EXPECT_EQ(real.changed, dry.changed);
+    EXPECT_EQ(real.tunnels, dry.tunnels);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), spi);
+}
+
 // A tunnel of a peer as YAML (the peer_yaml `tunnel` argument takes "      tunnels:\n" + these).
 std::string tunnel_yaml(const std::string& name, const std::string& local, const std::string& remote,
                         const std::string& extra = "")

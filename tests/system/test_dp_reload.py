@@ -20,7 +20,15 @@ Throughout: the stream through 0x1001 loses and duplicates nothing, and 0x1001's
 sequence numbers continue (same SA, never reinstalled). Oracles: ping and the Linux stack in the
 namespaces, the stream's receiver, the data plane's own counters.
 
+  F. `espresso reload --dry-run` of a file with a route removed and a key changed: the report lists
+     both (and the restart-needed difference), nothing is applied (the route still works, the SA keeps
+     its counters), and the real reload afterwards reports the same; the check child reads the text
+     the reload read (`espresso-dp --check --stdin`), never the path again.
+The whole test runs twice: with `workers: 1` (A changes it to 2) and with `workers: 2` (A changes it
+to 1), so every reload is also applied on two worker lcores at once.
+
 Run as root (under the system test lock): ESPRESSO_BUILD=build /usr/bin/python3 tests/system/test_dp_reload.py
+[--workers N] (default: both variants)
 """
 import json
 import os
@@ -49,13 +57,13 @@ def edit(path, old, new):
         f.write(text.replace(old, new, 1))
 
 
-def reload(topo, gw, cfg, as_json=True):
+def reload(topo, gw, cfg, as_json=True, dry_run=False):
     """`espresso reload` by socket: with --config the CLI would refuse a broken file itself, before
     the data plane sees it (the data plane's own checks are what this test is about)."""
     cli = os.path.join(topo.build, "controlplane", "espresso")
     sock = "/run/espresso/hq.sock" if gw == "gw-hq" else "/run/espresso/branch.sock"
-    r = subprocess.run(f"{cli} --socket {sock} {'--json ' if as_json else ''}reload", shell=True, text=True,
-                       capture_output=True, timeout=120)
+    r = subprocess.run(f"{cli} --socket {sock} {'--json ' if as_json else ''}reload{' --dry-run' if dry_run else ''}",
+                       shell=True, text=True, capture_output=True, timeout=120)
     return r
 
 
@@ -96,17 +104,56 @@ def section(report, name):
     return report["dataplane"]["sections"][name]
 
 
+def dry_run_usage(topo):
+    cli = os.path.join(topo.build, "controlplane", "espresso")
+    r = subprocess.run([cli, "--dry-run", "show", "arp"], capture_output=True, text=True, timeout=30)
+    return r.returncode == 2 and "--dry-run is an option of `espresso reload`" in r.stderr
+
+
+def check_stdin_check(hq):
+    """`espresso-dp --check --stdin --config NAME` (what a reload spawns) checks the text on its
+    standard input, names it NAME in messages, and never opens NAME."""
+    dp = os.path.join(BUILD, "dataplane", "espresso-dp")
+    name = "/nonexistent/reload-check.yaml"
+    good = open(hq).read()
+    ok = subprocess.run([dp, "--check", "--stdin", "--config", name], input=good, text=True,
+                        capture_output=True, timeout=60)
+    bad = subprocess.run([dp, "--check", "--stdin", "--config", name], text=True, capture_output=True, timeout=60,
+                         input=good.replace("key: 0x00112233445566778899aabbccddeeff01020304", "key: 0x0011223344", 1))
+    return (ok.returncode == 0 and "configuration OK" in ok.stdout and bad.returncode == 2
+            and bad.stderr.startswith(f"espresso-dp: {name}:") and "key" in bad.stderr), (ok, bad)
+
+
 def main():
     if not os.path.exists(os.path.join(BUILD, "dataplane", "espresso-dp")):
         print("SKIP: espresso-dp not built")
         return 77
-    topo = Topology(BUILD, prefix=f"esrl{os.getpid() % 10000}")
+    wanted = [1, 2]
+    if len(sys.argv) == 3 and sys.argv[1] == "--workers":
+        wanted = [int(sys.argv[2])]
+    failed = []
+    for workers in wanted:
+        print(f"===== workers: {workers} =====", flush=True)
+        if run(workers):
+            failed.append(workers)
+    if failed:
+        print(f"FAILED with workers: {failed}")
+    return 1 if failed else 0
+
+
+def run(workers):
+    """The scenarios A-F with `workers` worker lcores on both gateways; returns the failed check count."""
+    other = 2 if workers == 1 else 1
+    topo = Topology(BUILD, prefix=f"esrl{workers}{os.getpid() % 1000}")
     hq = os.path.join(topo.dir, "hq.yaml")
     branch = os.path.join(topo.dir, "branch.yaml")
     shutil.copy(os.path.join(ROOT, "config/examples/site-to-site-hq.yaml"), hq)
     shutil.copy(os.path.join(ROOT, "config/examples/site-to-site-branch.yaml"), branch)
     os.chmod(hq, 0o600)
     os.chmod(branch, 0o600)
+    if workers != 1:
+        edit(hq, "workers: 1 ", f"workers: {workers} ")
+        edit(branch, "workers: 1 ", f"workers: {workers} ")
     topo.hq_config, topo.branch_config = hq, branch
     checks = []
 
@@ -121,6 +168,10 @@ def main():
         sh("ip addr add 100.64.0.1/32 dev lo", ns=topo.ns["inet"])
         sh("ip route add 192.168.1.0/24 via 198.51.100.1", ns=topo.ns["inet"])
         topo.start_gateways()
+        check(len(dataplane(topo, "gw-hq")["workers"]) == workers + 1, f"HQ runs {workers} worker(s) (+ main)")
+        stdin_ok, detail = check_stdin_check(hq)
+        check(stdin_ok, f"espresso-dp --check --stdin checks the text it is given, never the path ({detail})"
+              if not stdin_ok else "espresso-dp --check --stdin checks the text it is given, never the path")
         check(ping(topo, "host-hq", "192.168.2.10") >= 2, "tunnel up before any reload (HQ -> Branch)")
         check(ping(topo, "host-branch", "192.168.1.10") >= 2, "tunnel up before any reload (Branch -> HQ)")
         no_route_before = drops(topo, "gw-hq", "no_route")
@@ -141,10 +192,10 @@ def main():
         stream = UdpStream(topo, "host-hq", "host-branch", "192.168.2.10", port=41000, rate=400, seconds=24).start()
         time.sleep(2)
 
-        # A. HQ: route added, inbound SA rekeyed by hand, workers 1 -> 2 (restart needed).
+        # A. HQ: route added, inbound SA rekeyed by hand, workers changed (restart needed).
         edit(hq, ROUTE, ROUTE + EXTRA_ROUTE)
         edit(hq, OLD_KEY, NEW_KEY)
-        edit(hq, "workers: 1 ", "workers: 2 ")
+        edit(hq, f"workers: {workers} ", f"workers: {other} ")
         r = reload(topo, "gw-hq", hq)
         print(r.stdout, r.stderr)
         a = json.loads(r.stdout) if r.returncode == 0 else {}
@@ -158,12 +209,14 @@ def main():
                   and len(sa_sec["unchanged"]) == 1 and sa_sec["unchanged"][0].startswith("outbound 0x00001001")
                   and sa_sec["added"] == [] and sa_sec["removed"] == [],
                   "A: report: SA 0x2001 changed, 0x1001 unchanged")
-            check(a["dataplane"]["restart-needed"] == ["dataplane.workers: 1 -> 2"] and a["dataplane"]["applied"],
-                  "A: report: workers 1 -> 2 needs a restart (applied: the rest)")
+            check(a["dataplane"]["restart-needed"] == [f"dataplane.workers: {workers} -> {other}"]
+                  and a["dataplane"]["applied"],
+                  f"A: report: workers {workers} -> {other} needs a restart (applied: the rest)")
             check("0102030405" not in r.stdout and "ffeedd" not in r.stdout, "A: the report shows no key")
             check(a.get("ike") is None and "not running" in a.get("ike-error", ""),
                   "A: no espresso-ike here: reported, not an error")
-        check(len(dataplane(topo, "gw-hq")["workers"]) == 2, "A: still one worker (+ main): workers not applied live")
+        check(len(dataplane(topo, "gw-hq")["workers"]) == workers + 1,
+              f"A: still {workers} worker(s) (+ main): workers not applied live")
         check(ping(topo, "host-hq", "100.64.0.1") >= 2, "A: the added route takes effect (100.64.0.1 answers)")
         icv_before = sas(topo, "gw-hq")[("inbound", 0x2001)]["drops"].get("icv", 0)
         check(ping(topo, "host-branch", "192.168.1.10", 2) == 0, "A: Branch -> HQ fails while only HQ has the new key")
@@ -247,7 +300,8 @@ def main():
         check(ping(topo, "host-hq", "100.64.0.1", 2) == 0, "D: the discard policy is still there")
         r = reload(topo, "gw-hq", hq)
         d = json.loads(r.stdout) if r.returncode == 0 else {}
-        check(d and d["dataplane"]["applied"] is False and d["dataplane"]["restart-needed"] == ["dataplane.workers: 1 -> 2"],
+        check(d and d["dataplane"]["applied"] is False
+              and d["dataplane"]["restart-needed"] == [f"dataplane.workers: {workers} -> {other}"],
               "D: the good file again: nothing to apply (the refused files left no trace), workers still reported")
         check(("inbound", 0x3001) in sas(topo, "gw-hq"), "D: reload leaves the socket-installed SA alone")
 
@@ -262,6 +316,37 @@ def main():
               "E: report: the neighbor removed, nothing else")
         ping(topo, "host-branch", "192.168.1.10", 2)  # HQ resolves host-hq again by ARP
         check(static_neighbor(topo, "192.168.1.10") is not True, "E: 192.168.1.10 is no longer a static entry")
+
+        # F. A dry run: a route removed and 0x2001's key changed back, reported and not applied.
+        current = open(hq).read()
+        edit(hq, EXTRA_ROUTE, "")
+        edit(hq, NEW_KEY, OLD_KEY)
+        in_before = sas(topo, "gw-hq")[("inbound", 0x2001)]
+        r = reload(topo, "gw-hq", hq, dry_run=True)
+        print(r.stdout, r.stderr)
+        f = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(f and f["dataplane"]["dry-run"] is True and f["dataplane"]["applied"] is False
+              and section(f, "routes")["removed"] == ["100.64.0.0/24 via 198.51.100.254"]
+              and section(f, "security-associations")["changed"] == ["inbound 0x00002001 192.168.1.0/24 <-> 192.168.2.0/24 (key)"]
+              and f["dataplane"]["restart-needed"] == [f"dataplane.workers: {workers} -> {other}"],
+              "F: dry run reports the route removed, SA 0x2001 changed and the restart-needed difference")
+        check("ffeedd" not in r.stdout and "0102030405" not in r.stdout, "F: the dry run's report shows no key")
+        t = reload(topo, "gw-hq", hq, as_json=False, dry_run=True)
+        check(t.returncode == 0 and "dataplane (" in t.stdout and "dry run, nothing applied" in t.stdout
+              and "removed: 100.64.0.0/24 via 198.51.100.254" in t.stdout,
+              f"F: dry run as text ({t.stdout.splitlines()[:1]})")
+        check(ping(topo, "host-branch", "192.168.1.10") >= 2, "F: Branch -> HQ still works: the key was not changed")
+        in_after = sas(topo, "gw-hq")[("inbound", 0x2001)]
+        check(in_after["counters"]["decaps"] >= in_before["counters"]["decaps"] + 2,
+              "F: 0x2001 is the same SA after the dry run (its counters continued)")
+        with open(hq, "w") as fh:
+            fh.write(current)
+        r = reload(topo, "gw-hq", hq)
+        g = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(g and g["dataplane"]["applied"] is False and not section(g, "routes")["added"]
+              and not section(g, "security-associations")["changed"],
+              "F: the file as it was: nothing to apply (the dry run changed nothing)")
+        check(dry_run_usage(topo), "F: --dry-run outside reload is a usage error")
 
         result = stream.result()
         stream = None
@@ -283,8 +368,8 @@ def main():
             print(f"--- {gw} log (tail)\n" + "\n".join(topo.log(gw).splitlines()[-15:]))
         topo.teardown()
     failed = sum(1 for _, ok in checks if not ok)
-    print(f"{len(checks) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"workers {workers}: {len(checks) - failed} passed, {failed} failed")
+    return failed
 
 
 if __name__ == "__main__":

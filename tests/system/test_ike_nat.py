@@ -145,6 +145,7 @@ def scenario_keepalive_busy(topo, run, br):
         ours = keepalives(rows, src=HQ)
         esp_out = esp_rows(rows, spi_int(sa["children"][0]["spi-out"]), src=HQ)
         print(f"busy: {len(esp_out)} ESP packets from {HQ}, keepalives {ours}, pings {received}/{sent}", flush=True)
+        print("\n".join(l for l in topo.process_log(run.ike).splitlines() if "NAT-keepalive" in l)[-3000:], flush=True)
         assert received >= sent - 2 and len(esp_out) >= 20, (sent, received, len(esp_out))
         assert not ours, f"keepalives although ESP went to the peer every 0.2 s: {ours}"
         assert counters(run)["keepalives-sent"] == before, counters(run)

@@ -3,7 +3,8 @@
 espresso-ike, config/examples/ike-{hq,branch}.yaml with a short DPD; the branch with --log-stderr: its
 logs in the files and on up's stderr), HQ initiates, hosts ping across, `espresso status` reports both
 daemons, `show crypto ipsec sa` shows the Child SAs' remaining time lifetime from espresso-ike,
-`espresso reload` of HQ's file with one tunnel changed (a second tunnel, `extra`) re-negotiates only that
+`espresso reload --dry-run` of HQ's file with one tunnel changed reports it and touches no SA, then
+`espresso reload` of that file (a second tunnel, `extra`) re-negotiates only that
 tunnel while a sequence-numbered UDP stream through the unchanged one (`lan`) loses nothing and keeps its
 SPIs and IKE SA, a killed branch IKE daemon is detected by DPD and the tunnel
 comes back (dpd action restart) once it runs again (the branch now `up --foreground --no-log-files`:
@@ -115,6 +116,18 @@ def reload_during(topo, hq, stream, check):
     assert changed != text
     with open(hq, "w") as f:
         f.write(changed)
+    # A dry run first: both daemons report what the reload below does, and nothing changes.
+    ike_sas_before = children_by_tunnel(topo, "gw-hq", hq)
+    dry = espresso(topo, "gw-hq", f"--config {hq} --json reload --dry-run")
+    print(dry.stdout.strip())
+    dry_both = json.loads(dry.stdout) if dry.returncode == 0 else {}
+    dry_ike = dry_both.get("ike") or {}
+    check(dry_both.get("dataplane", {}).get("dry-run") is True and dry_ike.get("dry-run") is True
+          and dry_ike.get("updated") == ["branch"]
+          and {t["tunnel"]: t["change"] for t in dry_ike.get("tunnels", [])} == {"extra": "changed", "lan": "unchanged"},
+          "reload --dry-run: espresso-ike reports tunnel extra changed, lan unchanged")
+    time.sleep(1)
+    check(children_by_tunnel(topo, "gw-hq", hq) == ike_sas_before, "reload --dry-run: no SA was touched")
     out = espresso(topo, "gw-hq", f"--config {hq} --json reload")
     print(out.stdout.strip())
     both = json.loads(out.stdout)
