@@ -2783,10 +2783,12 @@ std::string gateway::publish_routes(std::unique_ptr<route_table> v4, std::unique
         return {};
     }
     std::vector<unsigned> all;
-    uint64_t gen = 0;
+    // One generation pair for every worker (as set_spd): wait_applied waits for each worker to reach
+    // `gen`; per-worker generations made it wait for the last worker's on every worker, which with
+    // more than one worker never came (the reload failed after 2 s).
+    const uint64_t g4 = ++generation_;
+    const uint64_t gen = ++generation_;
     for (unsigned w = 0; w < workers_.size(); ++w) {
-        const uint64_t g4 = ++generation_;
-        gen = ++generation_;
         const update_msg run[2] = {{update_msg::set_routes, 0, 0, v4.get(), g4},
                                    {update_msg::set_routes6, 0, 0, v6.get(), gen}};
         if (post_bulk(w, run) != 2) {
