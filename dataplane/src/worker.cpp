@@ -644,30 +644,35 @@ private:
     void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         groups.finish();
+        // Every SA of the pass in one engine call (it prefetches their state first): with traffic of
+        // many tunnels, one call per SA would cost its fixed overhead per packet.
+        drop_reason reasons[sa_groups::max_packets];
+        inbound_group ig[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
-            prefetch_sa_state(groups.sa[g]);
+            ig[g].sa = groups.sa[g];
+            ig[g].pkts = groups.sorted + groups.first[g];
+            ig[g].reasons = reasons + groups.first[g];
+            ig[g].n = groups.count[g];
         }
+        inbound_process_groups(core_, ig, groups.n);
         for (unsigned g = 0; g < groups.n; ++g) {
-            drop_reason reasons[sa_groups::max_packets];
-            rte_mbuf** pkts = groups.sorted + groups.first[g];
-            uint16_t good = inbound_process(core_, *groups.sa[g], pkts, groups.count[g], reasons);
             // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
             // selectors do not cover the gateway costs no address comparison here.
-            const bool maybe_ours = (groups.sa[g]->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
-            for (uint16_t k = 0; k < groups.count[g]; ++k) {
-                if (k < good) {
-                    rte_mbuf* m = pkts[k];
-                    if (maybe_ours && for_us(m)) [[unlikely]] {
-                        // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
-                        // (transport mode between gateways) goes to the kernel through the TAP.
-                        rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
-                        to_exception(m, exception_meta::decrypted_to_us);
-                        continue;
-                    }
-                    forward[n_forward++] = m;
-                } else {
-                    rte_pktmbuf_free(pkts[k]); // counted on the SA by the engine
+            const bool maybe_ours = (ig[g].sa->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
+            for (uint16_t k = 0; k < ig[g].n; ++k) {
+                rte_mbuf* m = ig[g].pkts[k];
+                if (k >= ig[g].good) {
+                    rte_pktmbuf_free(m); // counted on the SA by the engine
+                    continue;
                 }
+                if (maybe_ours && for_us(m)) [[unlikely]] {
+                    // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
+                    // (transport mode between gateways) goes to the kernel through the TAP.
+                    rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                    to_exception(m, exception_meta::decrypted_to_us);
+                    continue;
+                }
+                forward[n_forward++] = m;
             }
         }
     }
