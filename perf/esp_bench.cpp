@@ -134,7 +134,8 @@ struct options {
     bool hugepages = false;
     bool raw_only = false;
     bool table = true;
-    uint32_t spread = 1; // encrypt: packets go to this many SAs in turn, one engine call each (many tunnels)
+    uint32_t spread = 1; // packets go to this many SAs in turn, one engine call per burst (many tunnels)
+    bool per_sa_calls = false; // with --spread: one engine call per packet's SA instead (for comparison)
 };
 
 std::vector<std::string> split(std::string_view s) {
@@ -158,9 +159,11 @@ std::vector<std::string> split(std::string_view s) {
                  "usage: esp-bench [--quick] [--alg a,b,...|all] [--size 64,128,512,1420,imix]\n"
                  "                 [--op encrypt,decrypt] [--seconds S] [--chunk-ms MS] [--burst N]\n"
                  "                 [--working-set N] [--lcore N] [--hugepages] [--raw-only] [--no-table]\n"
-                 "                 [--spread N]  (encrypt: the packets of a burst go to N SAs in turn,\n"
-                 "                               one outbound_process_groups call per burst, as a worker\n"
-                 "                               does with traffic of many tunnels)\n"
+                 "                 [--spread N]  (the packets of a burst go to N SAs in turn,\n"
+                 "                               one outbound/inbound_process_groups call per burst, as a\n"
+                 "                               worker does with traffic of many tunnels)\n"
+                 "                 [--per-sa-calls]  (with --spread: one outbound_process or\n"
+                 "                               inbound_process call per packet's SA instead)\n"
                  "algorithms:");
     for (const auto& a : algorithms) {
         std::fprintf(code == 0 ? stdout : stderr, " %.*s", static_cast<int>(a.name.size()), a.name.data());
@@ -236,6 +239,8 @@ options parse_options(int argc, char** argv) {
             o.table = false;
         } else if (arg == "--spread") {
             o.spread = static_cast<uint32_t>(std::clamp(std::atoi(std::string(value()).c_str()), 1, 1 << 20));
+        } else if (arg == "--per-sa-calls") {
+            o.per_sa_calls = true;
         } else if (arg == "-h" || arg == "--help") {
             usage(0);
         } else {
@@ -598,6 +603,19 @@ public:
         dp::drop_reason first_reason = dp::drop_reason::none;
         auto esp = [&](rte_mbuf** pkts, const uint16_t*, uint16_t n) {
             dp::drop_reason reasons[dp::max_burst];
+            if (!spread_sas_.empty() && opt_.per_sa_calls) {
+                // One engine call per SA (here: per packet), for comparison with the grouped calls.
+                for (uint16_t i = 0; i < n; ++i) {
+                    dp::sa_runtime& s = *spread_sas_[next_sa_];
+                    next_sa_ = next_sa_ + 1 == spread_sas_.size() ? 0 : next_sa_ + 1;
+                    if ((encrypt ? dp::outbound_process(core_, s, &pkts[i], 1, &reasons[i])
+                                 : dp::inbound_process(core_, s, &pkts[i], 1, &reasons[i])) != 1) [[unlikely]] {
+                        ++esp_errors;
+                        first_reason = reasons[i];
+                    }
+                }
+                return;
+            }
             if (encrypt && !spread_sas_.empty()) {
                 // One group per packet, all in one engine call (what the worker does).
                 dp::outbound_group groups[dp::max_burst];
@@ -609,6 +627,24 @@ public:
                     groups[i].n = 1;
                 }
                 dp::outbound_process_groups(core_, groups, n);
+                for (uint16_t i = 0; i < n; ++i) {
+                    if (groups[i].good != 1) [[unlikely]] {
+                        ++esp_errors;
+                        first_reason = reasons[i];
+                    }
+                }
+                return;
+            }
+            if (!spread_sas_.empty()) {
+                dp::inbound_group groups[dp::max_burst];
+                for (uint16_t i = 0; i < n; ++i) {
+                    groups[i].sa = spread_sas_[next_sa_].get();
+                    next_sa_ = next_sa_ + 1 == spread_sas_.size() ? 0 : next_sa_ + 1;
+                    groups[i].pkts = &pkts[i];
+                    groups[i].reasons = &reasons[i];
+                    groups[i].n = 1;
+                }
+                dp::inbound_process_groups(core_, groups, n);
                 for (uint16_t i = 0; i < n; ++i) {
                     if (groups[i].good != 1) [[unlikely]] {
                         ++esp_errors;
@@ -691,11 +727,19 @@ private:
         }
         spread_sas_.clear();
         next_sa_ = 0;
-        if (!opt_.raw_only && encrypt && opt_.spread > 1) {
+        if (!opt_.raw_only && opt_.spread > 1) {
             for (uint32_t k = 0; k < opt_.spread; ++k) {
-                sa_config c = make_config(a, espresso::config::direction::outbound);
-                c.spi = 0x10000 + k;
-                spread_sas_.push_back(dp::make_sa(c, core_));
+                if (encrypt) {
+                    sa_config c = make_config(a, espresso::config::direction::outbound);
+                    c.spi = 0x10000 + k;
+                    spread_sas_.push_back(dp::make_sa(c, core_));
+                } else {
+                    // Decrypt: N runtimes of the inbound SA (same SPI and keys, so the one pool of
+                    // ciphertexts verifies under each; anti-replay is off): the engine switches SA
+                    // state between packets as with N tunnels.
+                    spread_sas_.push_back(
+                        dp::make_sa(make_config(a, espresso::config::direction::inbound), core_));
+                }
             }
         }
         if (!encrypt) {

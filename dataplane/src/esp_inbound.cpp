@@ -21,6 +21,9 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
 namespace {
 
 struct in_packet {
+    sa_runtime* sa;
+    uint16_t group;   // which inbound_group of the call
+    uint16_t index;   // packet index within the group
     uint8_t* esp;
     uint32_t payload; // ciphertext bytes between IV and ICV
     uint64_t seq;     // full sequence number (ESN inferred)
@@ -30,6 +33,12 @@ struct in_packet {
     uint8_t icv[32];             // received ICV when its slot is borrowed (ESN)
     uint8_t aad[12];
     uint8_t saved[4];
+};
+
+// Packets of one or more SAs on their way to the crypto (one IPsec-MB burst, or AES-GCM one by one).
+struct in_batch {
+    in_packet info[max_burst];
+    uint16_t n_jobs = 0;
 };
 
 // Checks the outer headers in front of the ESP header. `offset` gets the ESP header's offset.
@@ -118,13 +127,13 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     return drop_reason::none;
 }
 
-void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons) noexcept
+// Length, SPI and anti-replay pre-checks of packets pkts[0..n) of one SA (at most
+// max_burst - batch.n_jobs of them); the packets that go on to the crypto are appended to `batch`,
+// the verdicts of the others are set in `reasons`.
+void inbound_prepare(sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* reasons, uint16_t group,
+                     uint16_t off, in_batch& batch) noexcept
 {
-    in_packet info[max_burst];
-    uint16_t index[max_burst];
-    uint16_t n_jobs = 0;
     const uint16_t allowed = lifetime_allowance(sa, n);
-    const bool esn = (sa.flags & sa_esn) != 0;
     const uint32_t iv = sa.iv_bytes;
     const uint32_t icv = sa.icv_bytes;
     const uint32_t min_payload = std::max<uint32_t>(sa.block_bytes, 4);
@@ -136,7 +145,7 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
             continue;
         }
         rte_mbuf* m = pkts[i];
-        in_packet& in = info[i];
+        in_packet& in = batch.info[batch.n_jobs];
         uint32_t offset = 0;
         drop_reason r = parse_outer(sa, m, in.outer, offset);
         if (r != drop_reason::none) [[unlikely]] {
@@ -166,37 +175,87 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
             continue;
         }
         in.seq = v.seq;
-        index[n_jobs++] = i;
+        in.sa = &sa;
+        in.group = group;
+        in.index = static_cast<uint16_t>(off + i);
+        ++batch.n_jobs;
     }
-    if (n_jobs == 0) {
+}
+
+// The crypto of every packet in `batch` (AES-GCM one packet at a time through the direct API,
+// gcm_one; the rest as one IPsec-MB burst whatever SA each belongs to, a job carries its own keys),
+// then the ICV comparison, the window update and decapsulation, and the per-SA counters and
+// lifetimes. Empties the batch.
+void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) noexcept
+{
+    if (batch.n_jobs == 0) {
         return;
     }
-
-    IMB_JOB* jobs[max_burst];
-    const bool aead = (sa.flags & sa_aead) != 0;
-    if (aead) {
-        // AES-GCM through the direct API, one packet at a time (imb_burst.h, gcm_one: cheaper per
-        // packet than a burst job); the computed ICV goes to in.tag and is compared below.
-        for (uint16_t j = 0; j < n_jobs; ++j) {
-            in_packet& in = info[index[j]];
-            uint8_t* esp = in.esp;
-            std::memcpy(in.nonce, &sa.salt, 4);
-            std::memcpy(in.nonce + 4, esp + 8, 8);
-            const uint8_t* aad = esp;
-            uint64_t aad_len = 8;
-            if (esn) {
-                std::memcpy(in.aad, esp, 4);
-                store_be32(in.aad + 4, static_cast<uint32_t>(in.seq >> 32));
-                std::memcpy(in.aad + 8, esp + 4, 4);
-                aad = in.aad;
-                aad_len = 12;
-            }
-            gcm_one(core.mgr(), false, &sa.gcm_key, sa.key_size, esp + 16, esp + 16, in.payload, in.nonce,
-                    aad, aad_len, in.tag, icv);
+    // A packet whose crypto completed: ICV, then finish_packet; counted on its group.
+    auto completed = [&](in_packet& in) {
+        const sa_runtime& sa = *in.sa;
+        inbound_group& g = groups[in.group];
+        const uint32_t icv = sa.icv_bytes;
+        const bool esn = (sa.flags & sa_esn) != 0;
+        const uint8_t* received = in.esp + 8 + sa.iv_bytes + in.payload;
+        if ((sa.flags & sa_gmac) != 0 && esn) {
+            std::memcpy(in.esp, in.esp - 4, 4);
+            std::memcpy(in.esp - 4, in.saved, 4);
+        } else if (esn && (sa.flags & sa_aead) == 0 && sa.hash_alg != IMB_AUTH_NULL) {
+            received = in.icv;
         }
+        if (icv != 0 && !icv_equal(in.tag, received, icv)) {
+            g.reasons[in.index] = drop_reason::icv;
+            return;
+        }
+        if (icv != 0) {
+            ++g.pending_verified;
+        }
+        uint32_t inner_bytes = 0;
+        drop_reason r = finish_packet(*in.sa, g.pkts[in.index], in, inner_bytes);
+        if (r != drop_reason::none) {
+            g.reasons[in.index] = r;
+            return;
+        }
+        ++g.pending_good;
+        g.pending_bytes += inner_bytes;
+    };
+    // AES-GCM directly; the computed ICV goes to in.tag and is compared in completed(). Packets of
+    // one SA stay in arrival order (the window update in finish_packet depends on it only for
+    // duplicates, which the second accept() rejects whatever the order).
+    uint16_t burst[max_burst];
+    uint16_t n_burst = 0;
+    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
+        in_packet& in = batch.info[j];
+        const sa_runtime& sa = *in.sa;
+        if ((sa.flags & sa_aead) == 0) {
+            burst[n_burst++] = j;
+            continue;
+        }
+        uint8_t* esp = in.esp;
+        std::memcpy(in.nonce, &sa.salt, 4);
+        std::memcpy(in.nonce + 4, esp + 8, 8);
+        const uint8_t* aad = esp;
+        uint64_t aad_len = 8;
+        if ((sa.flags & sa_esn) != 0) {
+            std::memcpy(in.aad, esp, 4);
+            store_be32(in.aad + 4, static_cast<uint32_t>(in.seq >> 32));
+            std::memcpy(in.aad + 8, esp + 4, 4);
+            aad = in.aad;
+            aad_len = 12;
+        }
+        gcm_one(core.mgr(), false, &sa.gcm_key, sa.key_size, esp + 16, esp + 16, in.payload, in.nonce, aad,
+                aad_len, in.tag, sa.icv_bytes);
+        completed(in);
     }
-    const int done = aead ? n_jobs : run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
-        in_packet& in = info[index[j]];
+    IMB_JOB* jobs[max_burst];
+    const int done = n_burst == 0 ? 0 : run_burst(core.mgr(), jobs, n_burst, [&](uint16_t jb, IMB_JOB* job) {
+        const uint16_t j = burst[jb];
+        in_packet& in = batch.info[j];
+        const sa_runtime& sa = *in.sa;
+        const bool esn = (sa.flags & sa_esn) != 0;
+        const uint32_t iv = sa.iv_bytes;
+        const uint32_t icv = sa.icv_bytes;
         uint8_t* esp = in.esp;
         const uint32_t seq_hi = static_cast<uint32_t>(in.seq >> 32);
         job->cipher_direction = IMB_DIR_DECRYPT;
@@ -204,16 +263,14 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
         job->key_len_in_bytes = sa.key_size;
         job->src = esp;
         job->dst = esp;
-        job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(index[j]));
+        job->user_data = reinterpret_cast<void*>(static_cast<uintptr_t>(j));
         job->cipher_mode = sa.cipher_mode;
         job->hash_alg = sa.hash_alg;
         job->auth_tag_output = in.tag;
         job->auth_tag_output_len_in_bytes = icv;
-        if ((sa.flags & (sa_aead | sa_gmac)) != 0) {
+        if ((sa.flags & sa_gmac) != 0) {
             std::memcpy(in.nonce, &sa.salt, 4);
             std::memcpy(in.nonce + 4, esp + 8, 8);
-        }
-        if ((sa.flags & sa_gmac) != 0) {
             const uint8_t* aad = esp;
             uint32_t aad_len = 16 + in.payload;
             if (esn) {
@@ -262,74 +319,99 @@ void inbound_chunk(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t 
         }
     });
     if (done < 0) [[unlikely]] {
-        for (uint16_t j = 0; j < n_jobs; ++j) {
-            reasons[index[j]] = drop_reason::crypto_error;
+        for (uint16_t jb = 0; jb < n_burst; ++jb) {
+            const in_packet& in = batch.info[burst[jb]];
+            groups[in.group].reasons[in.index] = drop_reason::crypto_error;
         }
-        return;
+        // The AES-GCM packets of the batch completed: they are still counted below.
     }
-
-    uint64_t good = 0;
-    uint64_t bytes = 0;
-    uint64_t verified = 0;
     for (int j = 0; j < done; ++j) {
-        auto i = aead ? index[j] : static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
-        in_packet& in = info[i];
-        const uint8_t* received = in.esp + 8 + iv + in.payload;
-        if ((sa.flags & sa_gmac) != 0 && esn) {
-            std::memcpy(in.esp, in.esp - 4, 4);
-            std::memcpy(in.esp - 4, in.saved, 4);
-        } else if (esn && (sa.flags & sa_aead) == 0 && sa.hash_alg != IMB_AUTH_NULL) {
-            received = in.icv;
-        }
-        if (!aead && jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
-            reasons[i] = drop_reason::crypto_error;
+        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
+        in_packet& in = batch.info[k];
+        if (jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
+            if ((in.sa->flags & sa_gmac) != 0 && (in.sa->flags & sa_esn) != 0) {
+                std::memcpy(in.esp, in.esp - 4, 4);
+                std::memcpy(in.esp - 4, in.saved, 4);
+            }
+            groups[in.group].reasons[in.index] = drop_reason::crypto_error;
             continue;
         }
-        if (icv != 0 && !icv_equal(in.tag, received, icv)) {
-            reasons[i] = drop_reason::icv;
-            continue;
-        }
-        if (icv != 0) {
-            ++verified;
-        }
-        uint32_t inner_bytes = 0;
-        drop_reason r = finish_packet(sa, pkts[i], in, inner_bytes);
-        if (r != drop_reason::none) {
-            reasons[i] = r;
-            continue;
-        }
-        ++good;
-        bytes += inner_bytes;
+        completed(in);
     }
-    sa.stats.add(sa_counter::verify, verified);
-    sa.stats.add(sa_counter::decaps, good);
-    if (sa.cipher_mode != IMB_CIPHER_NULL) {
-        sa.stats.add(sa_counter::decrypt, good);
+    // Counters and lifetimes once per SA of the batch (packets of one group are contiguous).
+    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
+        if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {
+            continue;
+        }
+        inbound_group& g = groups[batch.info[j].group];
+        sa_runtime& sa = *g.sa;
+        const uint64_t good = g.pending_good;
+        const uint64_t bytes = g.pending_bytes;
+        sa.stats.add(sa_counter::verify, g.pending_verified);
+        g.pending_good = 0;
+        g.pending_bytes = 0;
+        g.pending_verified = 0;
+        // decaps and decrypt mirror `packets` (sa_stats::mirrors, set by make_sa).
+        sa.stats.add(sa_counter::packets, good);
+        sa.stats.add(sa_counter::bytes, bytes);
+        lifetime_account(core, sa, good, bytes);
     }
-    sa.stats.add(sa_counter::packets, good);
-    sa.stats.add(sa_counter::bytes, bytes);
-    lifetime_account(core, sa, good, bytes);
+    batch.n_jobs = 0;
 }
 
 } // namespace
 
+void inbound_process_groups(crypto_core& core, inbound_group* groups, unsigned count) noexcept
+{
+    if (count > 1) {
+        // Many SAs: start every SA's lines loading before the first one is used.
+        for (unsigned gi = 0; gi < count; ++gi) {
+            prefetch_sa_head(groups[gi].sa);
+        }
+        for (unsigned gi = 0; gi < count; ++gi) {
+            prefetch_sa_state(groups[gi].sa);
+        }
+    }
+    in_batch batch;
+    for (unsigned gi = 0; gi < count; ++gi) {
+        inbound_group& g = groups[gi];
+        g.pending_good = 0;
+        g.pending_bytes = 0;
+        g.pending_verified = 0;
+        if ((g.sa->flags & sa_ah) != 0) {
+            for (uint16_t off = 0; off < g.n; off += max_burst) {
+                auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst, g.n - off));
+                ah_inbound(core, *g.sa, g.pkts + off, len, g.reasons + off);
+            }
+            continue;
+        }
+        for (uint16_t off = 0; off < g.n;) {
+            if (batch.n_jobs == max_burst) {
+                inbound_submit(core, groups, batch);
+            }
+            auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst - batch.n_jobs, g.n - off));
+            inbound_prepare(*g.sa, g.pkts + off, len, g.reasons + off, static_cast<uint16_t>(gi), off, batch);
+            off = static_cast<uint16_t>(off + len);
+        }
+    }
+    inbound_submit(core, groups, batch);
+    for (unsigned gi = 0; gi < count; ++gi) {
+        inbound_group& g = groups[gi];
+        for (uint16_t i = 0; i < g.n; ++i) {
+            if (g.reasons[i] != drop_reason::none) {
+                g.sa->stats.drop(g.reasons[i]);
+            }
+        }
+        g.good = partition_by_verdict(g.pkts, g.reasons, g.n);
+    }
+}
+
 uint16_t inbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
                          drop_reason* reasons) noexcept
 {
-    for (uint16_t off = 0; off < n; off += max_burst) {
-        auto len = static_cast<uint16_t>(std::min<uint32_t>(max_burst, n - off));
-        if ((sa.flags & sa_ah) != 0) {
-            ah_inbound(core, sa, pkts + off, len, reasons + off);
-        } else {
-            inbound_chunk(core, sa, pkts + off, len, reasons + off);
-        }
-    }
-    for (uint16_t i = 0; i < n; ++i) {
-        if (reasons[i] != drop_reason::none) {
-            sa.stats.drop(reasons[i]);
-        }
-    }
-    return partition_by_verdict(pkts, reasons, n);
+    inbound_group g{&sa, pkts, reasons, n};
+    inbound_process_groups(core, &g, 1);
+    return g.good;
 }
 
 } // namespace espresso::dp

@@ -395,6 +395,7 @@ bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is
     s.probes_sent = 0;
     s.used.store(0, std::memory_order_relaxed);
     s.mac.store(v, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
     return true;
 }
 
@@ -404,6 +405,7 @@ void neighbor_table::erase(const key_type& k, int32_t pos) noexcept
     // hash keeps the slot out of reuse until then (defer queue).
     slots_[pos].mac.store(0, std::memory_order_release);
     rte_hash_del_key(hash_, &k);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 bool neighbor_table::remove(uint16_t port, uint8_t family, const uint8_t* ip) noexcept

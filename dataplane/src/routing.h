@@ -135,6 +135,12 @@ public:
     // Main lcore only: is there a static entry (which NDP must not override)?
     bool is_static6(uint16_t port, const uint8_t* ip) const noexcept;
 
+    // Changes whenever any entry's answer may have changed (learned, confirmed, removed): a reader
+    // that keeps copies of answers (the workers' neighbor caches) may use a copy taken under
+    // generation G while generation() is still G. Also changes at each confirmation, which clears
+    // the entry's used mark, so a cached entry gets looked up (and marked used) again.
+    uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+
     // Worker threads, with their reader id (the worker index).
     void reader_online(unsigned id) noexcept;
     void reader_quiescent(unsigned id) noexcept;
@@ -206,6 +212,7 @@ private:
     };
     rte_hash* hash_ = nullptr;
     rte_rcu_qsbr* rcu_ = nullptr;
+    alignas(64) std::atomic<uint64_t> generation_{1}; // main lcore writes, workers read; 0 = never
     std::unique_ptr<slot[]> slots_;
     uint32_t capacity_;
     statistics stats_;

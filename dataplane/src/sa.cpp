@@ -275,6 +275,10 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
         sa->stats.mirrors = sa_stats::bit(sa_counter::encaps) |
                             (sa->cipher_mode != IMB_CIPHER_NULL ? sa_stats::bit(sa_counter::encrypt) : 0U) |
                             (sa->icv_bytes != 0 ? sa_stats::bit(sa_counter::digest) : 0U);
+    } else if ((sa->flags & sa_ah) == 0) {
+        // Inbound ESP counts every packet it accepts in decaps and decrypt too (esp_inbound.cpp).
+        sa->stats.mirrors = sa_stats::bit(sa_counter::decaps) |
+                            (sa->cipher_mode != IMB_CIPHER_NULL ? sa_stats::bit(sa_counter::decrypt) : 0U);
     }
     return sa;
 }

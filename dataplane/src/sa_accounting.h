@@ -44,8 +44,21 @@ inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets
     if (packets == 0) {
         return;
     }
-    uint64_t p = sa.life_packets.fetch_add(packets, std::memory_order_relaxed) + packets;
-    uint64_t b = sa.life_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    uint64_t p = 0;
+    uint64_t b = 0;
+    if (sa.outbound()) {
+        // Outbound SAs are used by several workers at once.
+        p = sa.life_packets.fetch_add(packets, std::memory_order_relaxed) + packets;
+        b = sa.life_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    } else {
+        // An inbound SA's lifetime has one writer, the worker that owns its SPI (the NAT rebinding
+        // carry-over in gateway.cpp is for outbound SAs only): a plain load and store instead of a
+        // locked read-modify-write, which with a different SA on every packet costs per packet.
+        p = sa.life_packets.load(std::memory_order_relaxed) + packets;
+        b = sa.life_bytes.load(std::memory_order_relaxed) + bytes;
+        sa.life_packets.store(p, std::memory_order_relaxed);
+        sa.life_bytes.store(b, std::memory_order_relaxed);
+    }
     if ((sa.soft_packets != 0 && p >= sa.soft_packets) || (sa.soft_bytes != 0 && b >= sa.soft_bytes)) {
         post_once(core, sa, expired_soft, sa_event_kind::soft_expire);
     }

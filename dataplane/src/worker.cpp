@@ -221,9 +221,11 @@ private:
                 const update_msg& msg = msgs[i];
                 switch (msg.what) {
                 case update_msg::add_inbound:
+                    forget_sad(msg.key);
                     rte_hash_add_key_data(w_.sad, &msg.key, msg.ptr);
                     break;
                 case update_msg::remove_inbound:
+                    forget_sad(msg.key); // before the acknowledgement lets the main lcore free the SA
                     rte_hash_del_key(w_.sad, &msg.key);
                     break;
                 case update_msg::set_spd:
@@ -598,15 +600,61 @@ private:
         }
     }
 
+    // The SAD memo: a direct-mapped copy of recent SAD answers (key -> SA) in front of the rte_hash,
+    // which costs a hash of the key and a bucket search per packet even when a burst carries one SA.
+    // Only this worker writes its SAD (apply_updates), and it forgets a key's memo entry whenever it
+    // adds or removes that key, so the memo never answers what the SAD would not.
+    static constexpr unsigned sad_memo_bits = 10;
+    struct sad_memo_entry {
+        uint64_t key = 0;
+        sa_runtime* sa = nullptr; // nullptr = empty
+    };
+
+    static unsigned sad_memo_index(uint64_t key) noexcept
+    {
+        return static_cast<unsigned>((key * 0x9E3779B97F4A7C15ULL) >> (64 - sad_memo_bits));
+    }
+
+    void forget_sad(uint64_t key) noexcept
+    {
+        sad_memo_entry& e = sad_memo_[sad_memo_index(key)];
+        if (e.key == key) {
+            e.sa = nullptr;
+        }
+    }
+
     void decapsulate(rte_mbuf** pkts, const uint64_t* keys, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         const void* key_ptrs[max_vector];
         void* data[max_vector];
-        for (uint16_t i = 0; i < n; ++i) {
-            key_ptrs[i] = &keys[i];
-        }
+        uint16_t missed[max_vector];
+        uint16_t n_missed = 0;
         uint64_t hits = 0;
-        rte_hash_lookup_bulk_data(w_.sad, key_ptrs, n, &hits, data);
+        for (uint16_t i = 0; i < n; ++i) {
+            const sad_memo_entry& e = sad_memo_[sad_memo_index(keys[i])];
+            if (e.sa != nullptr && e.key == keys[i]) {
+                data[i] = e.sa;
+                hits |= uint64_t{1} << i;
+                continue;
+            }
+            key_ptrs[n_missed] = &keys[i];
+            missed[n_missed++] = i;
+        }
+        if (n_missed != 0) {
+            void* found[max_vector];
+            uint64_t found_hits = 0;
+            rte_hash_lookup_bulk_data(w_.sad, key_ptrs, n_missed, &found_hits, found);
+            for (uint16_t j = 0; j < n_missed; ++j) {
+                if ((found_hits & (uint64_t{1} << j)) != 0) {
+                    const uint16_t i = missed[j];
+                    data[i] = found[j];
+                    hits |= uint64_t{1} << i;
+                    sad_memo_entry& e = sad_memo_[sad_memo_index(keys[i])];
+                    e.key = keys[i];
+                    e.sa = static_cast<sa_runtime*>(found[j]);
+                }
+            }
+        }
         for (uint16_t i = 0; i < n; ++i) {
             if ((hits & (uint64_t{1} << i)) != 0) {
                 prefetch_sa_head(static_cast<const sa_runtime*>(data[i]));
@@ -644,30 +692,35 @@ private:
     void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         groups.finish();
+        // Every SA of the pass in one engine call (it prefetches their state first): with traffic of
+        // many tunnels, one call per SA would cost its fixed overhead per packet.
+        drop_reason reasons[sa_groups::max_packets];
+        inbound_group ig[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
-            prefetch_sa_state(groups.sa[g]);
+            ig[g].sa = groups.sa[g];
+            ig[g].pkts = groups.sorted + groups.first[g];
+            ig[g].reasons = reasons + groups.first[g];
+            ig[g].n = groups.count[g];
         }
+        inbound_process_groups(core_, ig, groups.n);
         for (unsigned g = 0; g < groups.n; ++g) {
-            drop_reason reasons[sa_groups::max_packets];
-            rte_mbuf** pkts = groups.sorted + groups.first[g];
-            uint16_t good = inbound_process(core_, *groups.sa[g], pkts, groups.count[g], reasons);
             // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
             // selectors do not cover the gateway costs no address comparison here.
-            const bool maybe_ours = (groups.sa[g]->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
-            for (uint16_t k = 0; k < groups.count[g]; ++k) {
-                if (k < good) {
-                    rte_mbuf* m = pkts[k];
-                    if (maybe_ours && for_us(m)) [[unlikely]] {
-                        // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
-                        // (transport mode between gateways) goes to the kernel through the TAP.
-                        rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
-                        to_exception(m, exception_meta::decrypted_to_us);
-                        continue;
-                    }
-                    forward[n_forward++] = m;
-                } else {
-                    rte_pktmbuf_free(pkts[k]); // counted on the SA by the engine
+            const bool maybe_ours = (ig[g].sa->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
+            for (uint16_t k = 0; k < ig[g].n; ++k) {
+                rte_mbuf* m = ig[g].pkts[k];
+                if (k >= ig[g].good) {
+                    rte_pktmbuf_free(m); // counted on the SA by the engine
+                    continue;
                 }
+                if (maybe_ours && for_us(m)) [[unlikely]] {
+                    // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
+                    // (transport mode between gateways) goes to the kernel through the TAP.
+                    rte_pktmbuf_prepend(m, sizeof(rte_ether_hdr));
+                    to_exception(m, exception_meta::decrypted_to_us);
+                    continue;
+                }
+                forward[n_forward++] = m;
             }
         }
     }
@@ -976,6 +1029,7 @@ private:
             uint8_t address[16] = {};
             rte_ether_addr mac{};
         } last4, last6;
+        const uint64_t generation = s_.neighbors->generation(); // before any look-up (neighbor_lookup)
         for (uint16_t i = 0; i < n; ++i) {
             const auto* ip = rte_pktmbuf_mtod(pkts[i], const uint8_t*);
             if ((ip[0] >> 4) == 6) {
@@ -1049,8 +1103,8 @@ private:
                 memo.valid = true;
                 memo.port = port;
                 std::memcpy(memo.address, is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be), is6 ? 16 : 4);
-                memo.known = is6 ? s_.neighbors->lookup6(port, nh6, memo.mac)
-                                 : s_.neighbors->lookup(port, nh_be, memo.mac);
+                memo.known = neighbor_lookup(generation, port, is6,
+                                             is6 ? nh6 : reinterpret_cast<const uint8_t*>(&nh_be), memo.mac);
             }
             const bool known = memo.known;
             const rte_ether_addr& mac = memo.mac;
@@ -1088,9 +1142,64 @@ private:
         }
     }
 
+    // The neighbor table's answer for a next hop, through the worker's cache of recent answers.
+    // Decrypted traffic of a tunnel goes to many hosts on a connected LAN, a different next hop on
+    // nearly every packet: the table is an rte_hash keyed by 20 bytes, whose lookup costs several
+    // times this direct-mapped cache's. A cached answer is used only while the table's generation is
+    // the one it was copied under (any learn, confirmation or removal changes it), so the cache never
+    // answers what the table would not; unknown next hops are not cached (they go to the main lcore).
+    bool neighbor_lookup(uint64_t generation, uint16_t port, bool is6, const uint8_t* address,
+                         rte_ether_addr& mac) noexcept
+    {
+        uint64_t h = 0;
+        if (is6) {
+            uint64_t a = 0;
+            uint64_t b = 0;
+            std::memcpy(&a, address, 8);
+            std::memcpy(&b, address + 8, 8);
+            h = a ^ b;
+        } else {
+            uint32_t a = 0;
+            std::memcpy(&a, address, 4);
+            h = a;
+        }
+        h = ((h ^ port) * 0x9E3779B97F4A7C15ULL) >> (64 - neighbor_cache_bits);
+        neighbor_cache_entry& c = neighbor_cache_[h];
+        const uint8_t family = is6 ? 6 : 4;
+        if (c.generation == generation && c.port == port && c.family == family &&
+            (is6 ? std::memcmp(c.address, address, 16) == 0 : std::memcmp(c.address, address, 4) == 0)) {
+            mac = c.mac;
+            return true;
+        }
+        const bool known = is6 ? s_.neighbors->lookup6(port, address, mac) : [&] {
+            uint32_t ip_be = 0;
+            std::memcpy(&ip_be, address, 4);
+            return s_.neighbors->lookup(port, ip_be, mac);
+        }();
+        if (known) {
+            c.generation = generation;
+            c.port = port;
+            c.family = family;
+            std::memcpy(c.address, address, is6 ? 16 : 4);
+            c.mac = mac;
+        }
+        return known;
+    }
+
+    static constexpr unsigned neighbor_cache_bits = 8;
+    struct neighbor_cache_entry {
+        uint64_t generation = 0; // the table's generation when copied; 0 = empty (the table starts at 1)
+        uint16_t port = 0;
+        uint8_t family = 0;
+        uint8_t address[16] = {};
+        rte_ether_addr mac{};
+    };
+
     worker_state& w_;
     gateway::shared& s_;
     crypto_core core_;
+    neighbor_cache_entry neighbor_cache_[1U << neighbor_cache_bits];
+    sad_memo_entry sad_memo_[1U << sad_memo_bits];
     uint64_t last_acquire_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
 };

@@ -360,6 +360,84 @@ TEST_F(Esp, DuplicateInsideOneBurstIsDroppedOnce)
     }
 }
 
+// inbound_process_groups (the worker's call for a burst of many tunnels): SAs of every transform
+// interleaved, several groups sharing one pass through the crypto and more packets than one batch,
+// with a duplicate, a tampered ICV and an ESN SA among them; every verdict and counter as one
+// inbound_process call per SA would give.
+TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
+{
+    struct tunnel {
+        sa_ptr out;
+        sa_ptr in;
+        std::vector<std::vector<uint8_t>> plain;
+        std::vector<std::vector<uint8_t>> wire;
+    };
+    std::vector<tunnel> tunnels;
+    uint32_t spi = 0x2000;
+    for (const auto& t : transforms) {
+        for (bool esn : {false, true}) {
+            auto oc = make_config(t, config::direction::outbound, false, true, esn, false);
+            auto ic = make_config(t, config::direction::inbound, false, true, esn, false);
+            oc.spi = ic.spi = spi++;
+            tunnel tn{make_sa(oc, core), make_sa(ic, core), {}, {}};
+            for (size_t k = 0; k < 7; ++k) {
+                tn.plain.push_back(inner_packet(false, 10 + 3 * k));
+                tn.wire.push_back(encrypt(*tn.out, tn.plain.back()));
+                ASSERT_FALSE(tn.wire.back().empty());
+            }
+            tunnels.push_back(std::move(tn));
+        }
+    }
+    // Per tunnel: its 7 packets, then a copy of packet 2 (replay), and packet 4 again with its last
+    // byte (ICV) flipped (a second copy of 4 would be a replay; this one must fail the ICV first).
+    const size_t per = 9;
+    std::vector<rte_mbuf*> mbufs(tunnels.size() * per);
+    std::vector<drop_reason> reasons(mbufs.size());
+    std::vector<inbound_group> groups(tunnels.size());
+    for (size_t g = 0; g < tunnels.size(); ++g) {
+        tunnel& tn = tunnels[g];
+        for (size_t k = 0; k < 7; ++k) {
+            mbufs[g * per + k] = make_mbuf(tn.wire[k]);
+        }
+        mbufs[g * per + 7] = make_mbuf(tn.wire[2]);
+        auto bad = tn.wire[4];
+        bad.back() ^= 1;
+        mbufs[g * per + 8] = make_mbuf(bad);
+        groups[g].sa = tn.in.get();
+        groups[g].pkts = &mbufs[g * per];
+        groups[g].reasons = &reasons[g * per];
+        groups[g].n = static_cast<uint16_t>(per);
+    }
+    ASSERT_GT(mbufs.size(), size_t{max_burst}); // more than one batch
+    inbound_process_groups(core, groups.data(), static_cast<unsigned>(groups.size()));
+    for (size_t g = 0; g < tunnels.size(); ++g) {
+        SCOPED_TRACE(std::string(transforms[g / 2].name) + (g % 2 != 0 ? " esn" : ""));
+        tunnel& tn = tunnels[g];
+        ASSERT_EQ(groups[g].good, 7);
+        for (size_t k = 0; k < 7; ++k) {
+            EXPECT_EQ(mbuf_bytes(groups[g].pkts[k]), tn.plain[k]); // in arrival order
+        }
+        // The bad ones after the good, in any order.
+        std::vector<drop_reason> bad{groups[g].reasons[7], groups[g].reasons[8]};
+        std::sort(bad.begin(), bad.end());
+        std::vector<drop_reason> want{drop_reason::replay, drop_reason::icv};
+        std::sort(want.begin(), want.end());
+        EXPECT_EQ(bad, want);
+        EXPECT_EQ(tn.in->stats.get(sa_counter::packets), 7U);
+        EXPECT_EQ(tn.in->stats.get(sa_counter::decaps), 7U);
+        EXPECT_EQ(tn.in->stats.get(sa_counter::decrypt), tn.in->cipher_mode != IMB_CIPHER_NULL ? 7U : 0U);
+        // The duplicate passes the ICV and fails the window after it; the tampered one does not.
+        EXPECT_EQ(tn.in->stats.get(sa_counter::verify), 8U);
+        EXPECT_EQ(tn.in->stats.get(drop_reason::replay), 1U);
+        EXPECT_EQ(tn.in->stats.get(drop_reason::icv), 1U);
+        EXPECT_EQ(tn.in->replay.highest(), 7U);
+        EXPECT_EQ(tn.in->life_packets.load(), 7U);
+    }
+    for (auto* m : mbufs) {
+        rte_pktmbuf_free(m);
+    }
+}
+
 TEST_F(Esp, WrongSpiAndWrongProtocolAreDropped)
 {
     auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);

@@ -160,6 +160,46 @@ TEST(neighbor_table, keeps_families_and_static_entries_apart)
     }
 }
 
+// The workers cache answers while generation() stays the same: every change a cached answer could
+// miss must move it (learn, confirmation, which clears the used mark NUD reads, removal, expiry).
+TEST(neighbor_table, generation_moves_with_every_change_a_cached_answer_could_miss)
+{
+    neighbor_table t("test_neigh_gen", 256, 1);
+    const neighbor_table::timers timers{1000000, 1000, 3};
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    const rte_ether_addr b{{0x02, 0, 0, 0, 0, 0xbb}};
+    const uint32_t ip = rte_cpu_to_be_32(0xc0a80102);
+    const uint32_t other = rte_cpu_to_be_32(0xc0a80103);
+    uint64_t g = t.generation();
+    EXPECT_NE(g, 0U); // 0 marks an empty cache entry
+    rte_ether_addr got{};
+    EXPECT_FALSE(t.lookup(1, ip, got));
+    EXPECT_EQ(t.generation(), g); // look-ups change nothing
+    ASSERT_TRUE(t.set(1, ip, a, false));
+    EXPECT_NE(t.generation(), g);
+    g = t.generation();
+    ASSERT_TRUE(t.lookup(1, ip, got));
+    EXPECT_EQ(t.generation(), g);
+    ASSERT_TRUE(t.set(1, ip, a, false)); // confirmation, same MAC
+    EXPECT_NE(t.generation(), g);
+    g = t.generation();
+    ASSERT_TRUE(t.set(1, ip, b, false)); // moved
+    EXPECT_NE(t.generation(), g);
+    g = t.generation();
+    ASSERT_TRUE(t.remove(1, 4, reinterpret_cast<const uint8_t*>(&ip)));
+    EXPECT_NE(t.generation(), g);
+    ASSERT_TRUE(t.set(1, other, a, false));
+    g = t.generation();
+    std::vector<neighbor_table::probe> probes;
+    t.maintain(rte_get_tsc_cycles() + timers.reachable + 1, timers, probes); // collects the unused entry
+    EXPECT_FALSE(t.known(1, other));
+    EXPECT_NE(t.generation(), g);
+    g = t.generation();
+    ASSERT_TRUE(t.set(1, other, a, false));
+    EXPECT_EQ(t.clear_dynamic(), 1U);
+    EXPECT_NE(t.generation(), g);
+}
+
 // Neighbor unreachability detection (RFC 4861 §7.3) with explicit times: entries were confirmed at
 // about rte_get_tsc_cycles() when set, so `base` + offsets are "later".
 TEST(neighbor_table, nud_collects_unused_and_probes_used_entries)

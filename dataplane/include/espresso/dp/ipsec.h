@@ -48,6 +48,24 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
 uint16_t inbound_process(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
                          drop_reason* reasons) noexcept;
 
+// Inbound for packets of several SAs at once (traffic of many tunnels puts a different SA on nearly
+// every packet of a burst): packets pkts[0..n) of each group are processed with its `sa` as
+// inbound_process would, but the ESP packets of all groups share one pass through the crypto (up to
+// max_burst packets each) instead of one engine call per SA. On return each group's packets are
+// partitioned like inbound_process's (the `good` first), their verdicts in `reasons`. The pending_*
+// fields are the engine's scratch space.
+struct inbound_group {
+    sa_runtime* sa;
+    rte_mbuf** pkts;
+    drop_reason* reasons;
+    uint16_t n;
+    uint16_t good = 0;
+    uint64_t pending_good = 0;
+    uint64_t pending_bytes = 0;
+    uint64_t pending_verified = 0;
+};
+void inbound_process_groups(crypto_core& core, inbound_group* groups, unsigned count) noexcept;
+
 // What an IP packet addressed to the gateway is, before any SA lookup.
 enum class inbound_kind : uint8_t {
     esp,             // ESP (protocol 50) or ESP-in-UDP with a non-zero SPI: look up `spi`
