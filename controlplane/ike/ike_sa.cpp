@@ -777,10 +777,14 @@ void ike_sa::tick()
     }
     if (peer_ptr_->dpd_interval != 0 && next_dpd_ != steady_time{} && now >= next_dpd_) {
         auto interval = std::chrono::seconds(peer_ptr_->dpd_interval);
-        if (!outstanding_ && queue_.empty() && now - last_heard_ >= interval) {
+        const bool quiet = now - last_heard_ >= interval;
+        if (quiet && !outstanding_ && queue_.empty()) {
             send_dpd();
         }
-        next_dpd_ = now + interval;
+        // The next look is an interval after the last message heard (as strongSwan schedules it), not
+        // an interval after this look: that made a peer answering every DPD get one only every second
+        // interval, and the gap let a NAT-keepalive of the same interval slip out (RFC 3948 §4).
+        next_dpd_ = quiet ? now + interval : last_heard_ + interval;
     }
     pump_requests();
 }

@@ -1719,6 +1719,30 @@ TEST(ExchangeTest, DeadPeerDetectionClearsTheSa)
     EXPECT_TRUE(f.io_a.inst.sas.empty());
 }
 
+// RFC 7296 §2.4 liveness: a DPD goes when nothing was heard for an interval, so a peer that answers
+// after a round trip gets one every interval (plus that round trip), not every second interval (the
+// next look used to be an interval after the last look, which the answer had just made "recent").
+TEST(ExchangeTest, DeadPeerDetectionRunsEveryIntervalWhenThePeerAnswers)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 10s }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+    const size_t before = f.net.delivered;
+    for (int i = 0; i < 600; ++i) { // 60 s in 100 ms steps; what a tick sends arrives a step later
+        f.clock += std::chrono::milliseconds(100);
+        f.pump();
+        f.a->tick();
+        f.b->tick();
+    }
+    f.pump();
+    const size_t exchanges = (f.net.delivered - before) / 2; // a DPD request and its response each
+    EXPECT_GE(exchanges, 5u);
+    EXPECT_LE(exchanges, 6u);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established);
+}
+
 // Crypto-map semantics (docs/ike.md, "Traffic while a tunnel is down"): every configured tunnel has a
 // trap policy for each selector pair, whatever its start action, from start() until it leaves the
 // configuration; a reload swaps them make-before-break and shutdown removes them.
