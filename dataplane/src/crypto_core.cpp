@@ -1,4 +1,5 @@
 #include "espresso/dp/crypto_core.h"
+#include "espresso/dp/ipsec.h"
 
 #include <intel-ipsec-mb.h>
 
@@ -66,10 +67,12 @@ crypto_core::crypto_core()
         throw std::runtime_error(std::string("IPsec-MB: init_mb_mgr_auto failed: ") + imb_get_strerror(err));
     }
     description_ = describe(arch, mgr_->features);
+    jobs_ = new IMB_JOB[max_burst]();
 }
 
 crypto_core::~crypto_core()
 {
+    delete[] jobs_;
     if (mgr_ != nullptr) {
         free_mb_mgr(mgr_);
     }

@@ -248,9 +248,8 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
                 aad_len, in.tag, sa.icv_bytes);
         completed(in);
     }
-    IMB_JOB* jobs[max_burst];
-    const int done = n_burst == 0 ? 0 : run_burst(core.mgr(), jobs, n_burst, [&](uint16_t jb, IMB_JOB* job) {
-        const uint16_t j = burst[jb];
+    // The job of batch.info[j], every field of the chained job (the split passes read their own).
+    auto fill = [&](uint16_t j, IMB_JOB* job) {
         in_packet& in = batch.info[j];
         const sa_runtime& sa = *in.sa;
         const bool esn = (sa.flags & sa_esn) != 0;
@@ -317,27 +316,28 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
             job->msg_len_to_hash_in_bytes = 0;
             job->auth_tag_output = nullptr;
         }
-    });
-    if (done < 0) [[unlikely]] {
-        for (uint16_t jb = 0; jb < n_burst; ++jb) {
-            const in_packet& in = batch.info[burst[jb]];
-            groups[in.group].reasons[in.index] = drop_reason::crypto_error;
-        }
-        // The AES-GCM packets of the batch completed: they are still counted below.
-    }
-    for (int j = 0; j < done; ++j) {
-        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
+    };
+    // A job back from IPsec-MB.
+    auto finish = [&](const IMB_JOB* job) {
+        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(job->user_data));
         in_packet& in = batch.info[k];
-        if (jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
+        if (job->status != IMB_STATUS_COMPLETED) [[unlikely]] {
             if ((in.sa->flags & sa_gmac) != 0 && (in.sa->flags & sa_esn) != 0) {
                 std::memcpy(in.esp, in.esp - 4, 4);
                 std::memcpy(in.esp - 4, in.saved, 4);
             }
             groups[in.group].reasons[in.index] = drop_reason::crypto_error;
-            continue;
+            return;
         }
         completed(in);
-    }
+    };
+    // IPsec-MB refused a whole burst: none of its packets is delivered. (The AES-GCM packets of the
+    // batch completed: they are still counted below.)
+    auto refused = [&](uint16_t j) {
+        groups[batch.info[j].group].reasons[batch.info[j].index] = drop_reason::crypto_error;
+    };
+    run_jobs(core, burst, n_burst, IMB_DIR_DECRYPT, [&](uint16_t j) -> const sa_runtime& { return *batch.info[j].sa; },
+             [&](uint16_t j) { return batch.info[j].payload; }, fill, finish, refused);
     // Counters and lifetimes once per SA of the batch (packets of one group are contiguous).
     for (uint16_t j = 0; j < batch.n_jobs; ++j) {
         if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {

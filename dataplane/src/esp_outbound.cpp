@@ -243,9 +243,8 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
                 aad_len, esp + 16 + o.payload, 16);
         completed(o);
     }
-    IMB_JOB* jobs[max_burst];
-    const int done = n_burst == 0 ? 0 : run_burst(core.mgr(), jobs, n_burst, [&](uint16_t jb, IMB_JOB* job) {
-        const uint16_t j = burst[jb];
+    // The job of batch.info[j], every field of the chained job (the split passes read their own).
+    auto fill = [&](uint16_t j, IMB_JOB* job) {
         out_packet& o = batch.info[j];
         const sa_runtime& sa = *o.sa;
         const bool esn = (sa.flags & sa_esn) != 0;
@@ -316,30 +315,29 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
             job->auth_tag_output = nullptr;
             job->auth_tag_output_len_in_bytes = 0;
         }
-    });
-    if (done < 0) [[unlikely]] {
-        for (uint16_t jb = 0; jb < n_burst; ++jb) {
-            const out_packet& o = batch.info[burst[jb]];
-            groups[o.group].reasons[o.index] = drop_reason::crypto_error;
-        }
-        // The AES-GCM packets of the batch completed: they are still counted below.
-    }
-
-    for (int j = 0; j < done; ++j) {
-        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(jobs[j]->user_data));
+    };
+    // A job back from IPsec-MB.
+    auto finish = [&](const IMB_JOB* job) {
+        const auto k = static_cast<uint16_t>(reinterpret_cast<uintptr_t>(job->user_data));
         out_packet& o = batch.info[k];
         const sa_runtime& sa = *o.sa;
-        outbound_group& g = groups[o.group];
         if ((sa.flags & sa_gmac) != 0 && (sa.flags & sa_esn) != 0) {
             std::memcpy(o.esp, o.esp - 4, 4);
             std::memcpy(o.esp - 4, o.saved, 4);
         }
-        if (jobs[j]->status != IMB_STATUS_COMPLETED) [[unlikely]] {
-            g.reasons[o.index] = drop_reason::crypto_error;
-            continue;
+        if (job->status != IMB_STATUS_COMPLETED) [[unlikely]] {
+            groups[o.group].reasons[o.index] = drop_reason::crypto_error;
+            return;
         }
         completed(o);
-    }
+    };
+    // IPsec-MB refused a whole burst: none of its packets goes out. (The AES-GCM packets of the batch
+    // completed: they are still counted below.)
+    auto refused = [&](uint16_t j) {
+        groups[batch.info[j].group].reasons[batch.info[j].index] = drop_reason::crypto_error;
+    };
+    run_jobs(core, burst, n_burst, IMB_DIR_ENCRYPT, [&](uint16_t j) -> const sa_runtime& { return *batch.info[j].sa; },
+             [&](uint16_t j) { return batch.info[j].payload; }, fill, finish, refused);
     // Counters and lifetimes once per SA of the batch (jobs of one group are contiguous).
     for (uint16_t j = 0; j < batch.n_jobs; ++j) {
         if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "espresso/dp/ipsec.h"
+
 namespace espresso::dp {
 
 // Gets n jobs, lets `fill` prepare them, submits and flushes. Returns the number of completed jobs in
@@ -30,6 +32,122 @@ inline int run_burst(IMB_MGR* mgr, IMB_JOB** jobs, uint16_t n, Fill&& fill) noex
         done += IMB_FLUSH_BURST(mgr, n - done, jobs + done);
     }
     return static_cast<int>(done);
+}
+
+// True for the jobs run_split_burst takes: AES-CBC with an HMAC that IPsec-MB's hash-only burst knows.
+inline bool split_burst_kind(IMB_CIPHER_MODE cipher, IMB_HASH_ALG hash) noexcept
+{
+    return cipher == IMB_CIPHER_CBC &&
+           (hash == IMB_AUTH_HMAC_SHA_1 || hash == IMB_AUTH_HMAC_SHA_224 || hash == IMB_AUTH_HMAC_SHA_256 ||
+            hash == IMB_AUTH_HMAC_SHA_384 || hash == IMB_AUTH_HMAC_SHA_512);
+}
+
+// AES-CBC + HMAC jobs of one key size and one hash algorithm (split_burst_kind), as two passes over
+// the caller's job array (crypto_core::job_array()): IPsec-MB's cipher-only burst
+// (IMB_SUBMIT_CIPHER_BURST) and hash-only burst (IMB_SUBMIT_HASH_BURST); cipher first when
+// encrypting, hash first when decrypting. `fill(j, job)` prepares job j (n <= max_burst) once, with
+// the fields of both passes. Returns n, or -1 when IPsec-MB refused a pass (then no job is done).
+//
+// Why not chained jobs through run_burst: there a job's hash starts when its cipher completes, and
+// the multi-buffer cipher completes the shortest job first, so in a burst of mixed sizes the long
+// packets reach the hash lanes last and are hashed nearly alone at the flush, whatever the submit
+// order. Two passes let longest_first order both. Measured with perf/esp-bench on AES-128-CBC +
+// HMAC-SHA-256, encrypt, against the raw chained burst in the same run: IMIX 0.91-0.95 -> 1.14-1.18,
+// and the one-call-per-pass dispatch helps uniform sizes too (64 B 0.85-0.91 -> 0.93-0.95, 512 B
+// 0.93-0.96 -> 0.98-0.99).
+template <typename Fill>
+inline int run_split_burst(IMB_MGR* mgr, IMB_JOB* jobs, uint16_t n, IMB_CIPHER_DIRECTION dir,
+                           IMB_KEY_SIZE_BYTES key_size, IMB_HASH_ALG hash, Fill&& fill) noexcept
+{
+    for (uint16_t j = 0; j < n; ++j) {
+        fill(j, &jobs[j]);
+    }
+    const bool encrypt = dir == IMB_DIR_ENCRYPT;
+    for (int pass = 0; pass < 2; ++pass) {
+        const bool cipher = (pass == 0) == encrypt;
+        const uint32_t done = cipher ? IMB_SUBMIT_CIPHER_BURST(mgr, jobs, n, IMB_CIPHER_CBC, dir, key_size)
+                                     : IMB_SUBMIT_HASH_BURST(mgr, jobs, n, hash);
+        if (done != n) [[unlikely]] {
+            return -1;
+        }
+    }
+    return n;
+}
+
+// Orders a burst's packets longest first: `idx` holds n packet indexes, `len(index)` the bytes a
+// packet's job runs over. Why: IPsec-MB's multi-buffer code (AES-CBC encrypt, HMAC-SHA) advances all
+// lanes by the shortest job in them, and run_burst flushes every burst, so the last jobs in run with
+// the other lanes empty. Submitted in arrival order, a 1500-byte packet behind a row of 64-byte ones
+// ran mostly alone at the flush: IMIX cost 1.7x the mean of its sizes' costs. Longest first keeps the
+// long jobs in full lanes and leaves only short ones for the flush (longest-processing-time-first
+// scheduling). For chained cipher+hash jobs that orders only the first stage (see run_split_burst,
+// which is why AES-CBC+HMAC runs as two passes). Insertion sort: n <= max_burst, and a burst of one size (the common case) is one pass
+// with no moves. Hand-written because it runs per burst on the packet path.
+template <typename Len>
+inline void longest_first(uint16_t* idx, uint16_t n, Len&& len) noexcept
+{
+    uint32_t key[max_burst];
+    for (uint16_t i = 0; i < n; ++i) {
+        const uint16_t v = idx[i];
+        const uint32_t l = len(v);
+        uint16_t k = i;
+        while (k > 0 && key[k - 1] < l) {
+            key[k] = key[k - 1];
+            idx[k] = idx[k - 1];
+            --k;
+        }
+        key[k] = l;
+        idx[k] = v;
+    }
+}
+
+// The IPsec-MB jobs of one batch (ESP in or out, AES-GCM excluded): `list` holds n packet indexes;
+// `sa_of(i)` is packet i's SA, `len_of(i)` the bytes its job runs over, `fill(i, job)` prepares its
+// job, `finish(job)` takes a job back (status set; user_data as fill left it), `refused(i)` gets
+// each packet whose burst IPsec-MB refused as a whole. AES-CBC+HMAC packets of one key size and hash
+// (the first such packet's) go as two passes (run_split_burst), the rest (other CBC+HMAC kinds, GMAC,
+// NULL cipher) as chained jobs (run_burst); each set longest first. Reorders `list`.
+template <typename SaOf, typename LenOf, typename Fill, typename Finish, typename Refused>
+inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_DIRECTION dir, SaOf&& sa_of,
+                     LenOf&& len_of, Fill&& fill, Finish&& finish, Refused&& refused) noexcept
+{
+    uint16_t split[max_burst];
+    uint16_t n_split = 0;
+    uint16_t n_chained = 0;
+    const sa_runtime* kind = nullptr;
+    for (uint16_t k = 0; k < n; ++k) {
+        const sa_runtime& sa = sa_of(list[k]);
+        if ((sa.flags & sa_gmac) == 0 && split_burst_kind(sa.cipher_mode, sa.hash_alg) &&
+            (kind == nullptr || (sa.key_size == kind->key_size && sa.hash_alg == kind->hash_alg))) {
+            kind = &sa;
+            split[n_split++] = list[k];
+        } else {
+            list[n_chained++] = list[k];
+        }
+    }
+    longest_first(split, n_split, len_of);
+    longest_first(list, n_chained, len_of);
+    if (n_split != 0) {
+        IMB_JOB* jobs = core.job_array();
+        const int done = run_split_burst(core.mgr(), jobs, n_split, dir, kind->key_size, kind->hash_alg,
+                                         [&](uint16_t k, IMB_JOB* job) { fill(split[k], job); });
+        for (int k = 0; done < 0 && k < n_split; ++k) {
+            refused(split[k]);
+        }
+        for (int j = 0; j < done; ++j) {
+            finish(&jobs[j]);
+        }
+    }
+    if (n_chained != 0) {
+        IMB_JOB* jobs[max_burst];
+        const int done = run_burst(core.mgr(), jobs, n_chained, [&](uint16_t k, IMB_JOB* job) { fill(list[k], job); });
+        for (int k = 0; done < 0 && k < n_chained; ++k) {
+            refused(list[k]);
+        }
+        for (int j = 0; j < done; ++j) {
+            finish(jobs[j]);
+        }
+    }
 }
 
 // AES-GCM of one packet through IPsec-MB's direct GCM API (init, update and finalize in one call).

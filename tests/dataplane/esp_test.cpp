@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "espresso/dp/ipsec.h"
+#include "imb_burst.h"
 #include "test_util.h"
 
 namespace espresso::dp {
@@ -436,6 +437,79 @@ TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
     for (auto* m : mbufs) {
         rte_pktmbuf_free(m);
     }
+}
+
+// outbound_process_groups with SAs of every transform interleaved and packet sizes from 64 to 1500
+// bytes in one burst: the AES-CBC+HMAC packets of one kind go through IPsec-MB's cipher-only and
+// hash-only bursts, longest first, the other kinds as chained jobs (imb_burst.h run_jobs). Every packet
+// must come out as the one-packet path would make it decryptable, with its own sequence number.
+TEST_F(Esp, MixedSizesAndKindsInOneOutboundBurst)
+{
+    struct tunnel {
+        sa_ptr out;
+        sa_ptr in;
+        std::vector<std::vector<uint8_t>> plain;
+    };
+    std::vector<tunnel> tunnels;
+    uint32_t spi = 0x3000;
+    const size_t sizes[] = {1472, 36, 548, 36, 36, 1200, 36, 548};
+    for (const auto& t : transforms) {
+        for (bool esn : {false, true}) {
+            auto oc = make_config(t, config::direction::outbound, false, true, esn, false);
+            auto ic = make_config(t, config::direction::inbound, false, true, esn, false);
+            oc.spi = ic.spi = spi++;
+            tunnel tn{make_sa(oc, core), make_sa(ic, core), {}};
+            for (size_t k = 0; k < std::size(sizes); ++k) {
+                tn.plain.push_back(inner_packet(false, sizes[(k + tunnels.size()) % std::size(sizes)]));
+            }
+            tunnels.push_back(std::move(tn));
+        }
+    }
+    const size_t per = std::size(sizes);
+    std::vector<rte_mbuf*> mbufs(tunnels.size() * per);
+    std::vector<drop_reason> reasons(mbufs.size());
+    std::vector<outbound_group> groups(tunnels.size());
+    for (size_t g = 0; g < tunnels.size(); ++g) {
+        for (size_t k = 0; k < per; ++k) {
+            mbufs[g * per + k] = make_mbuf(tunnels[g].plain[k]);
+        }
+        groups[g].sa = tunnels[g].out.get();
+        groups[g].pkts = &mbufs[g * per];
+        groups[g].reasons = &reasons[g * per];
+        groups[g].n = static_cast<uint16_t>(per);
+    }
+    ASSERT_GT(mbufs.size(), size_t{max_burst}); // more than one batch
+    outbound_process_groups(core, groups.data(), static_cast<unsigned>(groups.size()));
+    for (size_t g = 0; g < tunnels.size(); ++g) {
+        SCOPED_TRACE(std::string(transforms[g / 2].name) + (g % 2 != 0 ? " esn" : ""));
+        tunnel& tn = tunnels[g];
+        ASSERT_EQ(groups[g].good, per);
+        for (size_t k = 0; k < per; ++k) {
+            const auto wire = mbuf_bytes(groups[g].pkts[k]);
+            std::vector<uint8_t> plain;
+            ASSERT_EQ(decrypt(*tn.in, wire, plain), drop_reason::none) << "packet " << k;
+            EXPECT_EQ(plain, tn.plain[k]) << "packet " << k;
+        }
+        EXPECT_EQ(tn.in->replay.highest(), per); // sequence numbers 1..per, in order
+        EXPECT_EQ(tn.out->stats.get(sa_counter::packets), per);
+    }
+    for (auto* m : mbufs) {
+        rte_pktmbuf_free(m);
+    }
+}
+
+TEST(ImbBurst, LongestFirstOrdersByLengthAndKeepsTiesInOrder)
+{
+    const uint32_t len[] = {64, 1500, 576, 64, 1500, 576, 64};
+    uint16_t idx[] = {0, 1, 2, 3, 4, 5, 6};
+    longest_first(idx, 7, [&](uint16_t i) { return len[i]; });
+    const uint16_t want[] = {1, 4, 2, 5, 0, 3, 6};
+    EXPECT_TRUE(std::equal(std::begin(idx), std::end(idx), std::begin(want)));
+    uint16_t same[] = {3, 1, 2};
+    longest_first(same, 3, [](uint16_t) { return 100U; });
+    EXPECT_EQ(same[0], 3);
+    EXPECT_EQ(same[1], 1);
+    EXPECT_EQ(same[2], 2);
 }
 
 TEST_F(Esp, WrongSpiAndWrongProtocolAreDropped)

@@ -12,6 +12,7 @@
 #include "espresso/config/types.h"
 
 struct IMB_MGR;
+struct IMB_JOB;
 
 namespace espresso::dp {
 
@@ -33,6 +34,9 @@ public:
     crypto_core& operator=(const crypto_core&) = delete;
 
     IMB_MGR* mgr() const noexcept { return mgr_; }
+    // max_burst jobs owned by this core, for IPsec-MB's cipher-only and hash-only burst calls, which
+    // take the caller's array instead of the manager's queue (run_split_burst, imb_burst.h).
+    IMB_JOB* job_array() const noexcept { return jobs_; }
     // "AVX512 (AESNI VAES VPCLMULQDQ SHANI GFNI)", for the start-up log.
     const std::string& description() const noexcept { return description_; }
 
@@ -45,6 +49,7 @@ public:
 
 private:
     IMB_MGR* mgr_ = nullptr;
+    IMB_JOB* jobs_ = nullptr; // max_burst of them
     std::string description_;
     std::array<sa_event, 64> events_{};
     size_t head_ = 0;
