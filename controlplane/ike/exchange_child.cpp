@@ -153,12 +153,23 @@ void ike_sa::rekey_child(uint32_t spi_in)
             return;
         }
         std::erase_if(collisions_, [&](const rekey_collision& c) { return c.old_spi_in == old; });
+        std::string why = "no acceptable answer";
+        for (const auto* n : find_notifies(reply)) {
+            if (n->type < 16384) { // an error notify (RFC 7296 §3.10.1), e.g. TEMPORARY_FAILURE (§2.25)
+                why = notify_name(n->type);
+                break;
+            }
+        }
+        bool retry = false;
         for (auto& c : children_) {
             if (c.spi_in == old) {
                 c.st = child_sa::state::installed;
                 c.rekey_at = io_.now() + std::chrono::seconds(30);
+                retry = true;
             }
         }
+        log(log_level::warning, "Child SA rekey failed (" + why + ")" +
+                                    (retry ? "; retrying in 30 s" : "; the Child SA it rekeyed is gone"));
     };
     r.on_timeout = [this] {
         fail("peer " + peer_ptr_->name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");

@@ -2081,6 +2081,61 @@ TEST(TrapPolicies, StartNoneDropsButDoesNotInitiate)
     EXPECT_EQ(f.a->counters().acquires_unmatched, 1u);
 }
 
+// RFC 7296 §2.25.1: A's rekey of a Child SA crosses B's Delete of it (B's reload removed the tunnel).
+// B answers the rekey TEMPORARY_FAILURE (it is deleting that Child SA), A answers the Delete and drops
+// the Child SA and the new SA it had prepared for the rekey; the other tunnel's Child SA and the IKE SA
+// stay, and nothing is left in either data plane for the deleted one, then or later.
+TEST(ExchangeTest, ChildRekeyCrossingADeleteOfTheSameChildSaLeavesNothingBehind)
+{
+    const std::string dpd_off = psk + "      dpd: { interval: 0 }\n";
+    const std::string now = "          start: immediately\n";
+    const std::string a_tunnels = "      tunnels:\n" + tunnel_yaml("lan", "192.168.1.0/24", "192.168.2.0/24") +
+                                  tunnel_yaml("keep", "192.168.3.0/24", "192.168.4.0/24");
+    const std::string b_before = "      tunnels:\n" + tunnel_yaml("lan", "192.168.2.0/24", "192.168.1.0/24", now) +
+                                 tunnel_yaml("keep", "192.168.4.0/24", "192.168.3.0/24", now);
+    const std::string b_after = "      tunnels:\n" + tunnel_yaml("keep", "192.168.4.0/24", "192.168.3.0/24", now);
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", dpd_off, a_tunnels),
+                   peer_yaml("203.0.113.1", "198.51.100.1", dpd_off, b_before));
+    f.a->start();
+    f.b->start();
+    f.pump();
+    ASSERT_NE(f.only_sa(*f.a), nullptr);
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 2u);
+    const uint64_t spi_i = f.only_sa(*f.a)->spi_i();
+    const child_sa keep = *child_of(*f.only_sa(*f.a), "keep");
+    const uint32_t lan_in = child_of(*f.only_sa(*f.a), "lan")->spi_in;
+
+    // Both requests are on the wire before either arrives.
+    f.a->sas().begin()->second->rekey_child(lan_in);
+    auto r = f.b->reload(config::load_string(peer_yaml("203.0.113.1", "198.51.100.1", dpd_off, b_after), "b.yaml").ike);
+    EXPECT_EQ(r.tunnels.front().tunnel, "lan");
+    EXPECT_EQ(r.tunnels.front().change, "removed");
+    f.pump();
+
+    for (auto* m : {f.a.get(), f.b.get()}) {
+        const ike_sa* sa = f.only_sa(*m);
+        ASSERT_NE(sa, nullptr);
+        EXPECT_EQ(sa->spi_i(), spi_i); // the same IKE SA
+        EXPECT_EQ(sa->sa_state(), ike_sa::state::established);
+        ASSERT_EQ(sa->children().size(), 1u);
+        EXPECT_EQ(sa->children()[0].tunnel, "keep");
+    }
+    EXPECT_EQ(child_of(*f.only_sa(*f.a), "keep")->spi_in, keep.spi_in);
+    EXPECT_TRUE(logged(f.io_a, "TEMPORARY_FAILURE")) << ::testing::PrintToString(f.io_a.logs);
+    // Only "keep"'s pair in each data plane, mirrored; the same a minute later (no retry of the rekey).
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u) << ::testing::PrintToString(f.io_a.inst.events);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u) << ::testing::PrintToString(f.io_b.inst.events);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    for (int i = 0; i < 60; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+}
+
 TEST(ExchangeTest, DeleteFromEitherSideRemovesEverything)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk, default_tunnel_a),
