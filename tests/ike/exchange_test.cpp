@@ -443,6 +443,58 @@ TEST(ExchangeTest, LostMessagesAreRetransmittedAndDuplicatesAnsweredFromCache)
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u); // installed once, not twice
 }
 
+// RFC 7296 §2.2 and §2.3 with a window of one: once B has answered A's requests 2 (CREATE_CHILD_SA,
+// a Child SA rekey) and 3 (the Delete of the old Child SA), a copy of request 2 is dropped without an
+// answer or any processing (no second new Child SA), and a copy of request 3 gets the cached answer,
+// the same bytes, without being processed again.
+TEST(ExchangeTest, OldRequestsAreDroppedAndOnlyTheLastIsAnsweredFromCache)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    std::vector<datagram> to_b, to_a;
+    f.net.drop = [&](const datagram& d) {
+        (d.to.address == f.addr_b ? to_b : to_a).push_back(d);
+        return false;
+    };
+    f.a->sas().begin()->second->rekey_child(f.only_sa(*f.a)->children()[0].spi_in);
+    f.pump();
+    auto with_id = [](const std::vector<datagram>& v, uint32_t id) -> const datagram* {
+        for (const auto& d : v) {
+            if (auto h = parse_header(d.data); h && h->message_id == id) {
+                return &d;
+            }
+        }
+        return nullptr;
+    };
+    const datagram* rekey = with_id(to_b, 2);
+    const datagram* del = with_id(to_b, 3);
+    const datagram* del_answer = with_id(to_a, 3);
+    ASSERT_TRUE(rekey != nullptr && del != nullptr && del_answer != nullptr);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    const auto events_b = f.io_b.inst.events;
+    const auto sas_b = f.io_b.inst.sas.size();
+    const datagram old_request = *rekey, last_request = *del, cached = *del_answer;
+    const size_t answers = to_a.size();
+
+    f.b->receive(old_request.to, old_request.from, old_request.data);
+    f.pump();
+    EXPECT_EQ(to_a.size(), answers); // no answer
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_b.inst.events, events_b);
+
+    f.b->receive(last_request.to, last_request.from, last_request.data);
+    f.pump();
+    ASSERT_EQ(to_a.size(), answers + 1);
+    EXPECT_EQ(to_a.back().data, cached.data); // the cached answer, byte for byte
+    EXPECT_EQ(f.io_b.inst.events, events_b);
+    EXPECT_EQ(f.io_b.inst.sas.size(), sas_b);
+    EXPECT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::established); // A ignores the stray answer
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+}
+
 // §2.1: retransmissions back off exponentially: the gaps between A's copies of its unanswered
 // IKE_SA_INIT double (measured on the fake clock in 50 ms steps).
 TEST(ExchangeTest, RetransmissionsBackOffExponentially)
