@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "control_server.h"
 #include "espresso/dp/control_client.h"
@@ -189,6 +190,100 @@ TEST(installer, NoDataPlaneRefusesTheInboundHalf)
                                                child_half(config::direction::outbound, 0x0d000005, 2));
     EXPECT_NE(result.error, "");
     EXPECT_EQ(result.refused, config::direction::inbound);
+}
+
+// espresso-ike writes add-sas requests as text (append_sa_json, append_add_sas_args): the bytes must be
+// what the json DOM of sa_to_json dumps, for every shape of SA the daemon makes.
+TEST(installer, SaTextIsTheDomDump)
+{
+    std::vector<config::sa_config> sas;
+    for (const auto dir : {config::direction::inbound, config::direction::outbound}) {
+        for (int shape = 0; shape < 8; ++shape) {
+            auto sa = child_half(dir, shape == 0 ? 1U : 0xffffffffU - static_cast<uint32_t>(shape),
+                                 static_cast<uint8_t>(0xa0 + shape));
+            switch (shape) {
+            case 1: // AES-256-CBC + HMAC-SHA-512, ESN, the largest lifetimes, NAT-T
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_bytes = 32;
+                sa.cipher_key_length = 32;
+                sa.integ = config::integ_alg::hmac_sha512_256;
+                sa.integ_key_length = 64;
+                std::fill_n(sa.integ_key.begin(), 64, uint8_t{0xfe});
+                sa.esn = true;
+                sa.lifetime = {UINT64_MAX, UINT64_MAX, UINT64_MAX - 1, 10};
+                sa.udp = config::udp_encapsulation{4500, 65535};
+                sa.replay_window = config::max_replay_window;
+                break;
+            case 2: // IPv6 everywhere, transport mode, AES-128-CBC + SHA-1
+                sa.source = *config::parse_address("2001:db8::1");
+                sa.destination = *config::parse_address("2001:db8:ffff:ffff:ffff:ffff:ffff:fffe");
+                sa.local = *config::parse_prefix("2001:db8:1::/48");
+                sa.remote = *config::parse_prefix("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128");
+                sa.mode = config::ipsec_mode::transport;
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_length = 16;
+                sa.integ = config::integ_alg::hmac_sha1_96;
+                sa.integ_key_length = 20;
+                break;
+            case 3: // AH, SHA-256, anti-replay off
+                sa.protocol = config::ipsec_protocol::ah;
+                sa.cipher = config::cipher_alg::null;
+                sa.cipher_key_bytes = 0;
+                sa.cipher_key_length = 0;
+                sa.integ = config::integ_alg::hmac_sha256_128;
+                sa.integ_key_length = 32;
+                sa.replay_window = 0;
+                break;
+            case 4: // GMAC, SHA-384 lifetimes of packets only
+                sa.cipher = config::cipher_alg::aes_gmac;
+                sa.cipher_key_bytes = 24;
+                sa.cipher_key_length = 28;
+                sa.lifetime.packets = 1100;
+                sa.lifetime.soft_packets = 1000;
+                break;
+            case 5:
+                sa.integ = config::integ_alg::hmac_sha384_192;
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.integ_key_length = 48;
+                sa.local = *config::parse_prefix("0.0.0.0/0");
+                sa.remote = *config::parse_prefix("10.1.2.3/32");
+                break;
+            case 6:
+                sa.udp = config::udp_encapsulation{0, 0};
+                break;
+            default:
+                break;
+            }
+            sas.push_back(sa);
+        }
+    }
+    for (const auto& sa : sas) {
+        std::string text;
+        append_sa_json(text, sa);
+        EXPECT_EQ(text, sa_to_json(sa).dump());
+        // Appends: what was in the buffer stays.
+        std::string prefixed = "x";
+        append_sa_json(prefixed, sa);
+        EXPECT_EQ(prefixed, "x" + text);
+    }
+    std::vector<const config::sa_config*> items;
+    nlohmann::json array = nlohmann::json::array();
+    for (const auto& sa : sas) {
+        items.push_back(&sa);
+        array.push_back(sa_to_json(sa));
+    }
+    std::string args;
+    append_add_sas_args(args, items, ike_owner);
+    EXPECT_EQ(args, (nlohmann::json{{"sas", array}, {"owner", std::string(ike_owner)}}.dump()));
+    // The whole text fits the room reserved up front (1024 bytes per SA), so no reallocation left a
+    // copy of a key behind; the largest shapes above stay far below it.
+    const size_t reserved = args.capacity();
+    EXPECT_LE(args.size(), reserved);
+    for (const auto& sa : sas) {
+        std::string text;
+        append_sa_json(text, sa);
+        EXPECT_LT(text.size(), 700U) << text;
+    }
 }
 
 // The client writes "op" before "args" (espresso-dp's fast add-sas path wants that order).
