@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <utility>
 
 namespace espresso::cp {
 namespace {
@@ -79,25 +80,34 @@ void append_sa_json(std::string& out, const config::sa_config& sa)
     append_string(out, "direction", sa.dir == config::direction::inbound ? "inbound" : "outbound");
     out += ',';
     append_string(out, "encryption", config::info(sa.cipher, sa.cipher_key_bytes).name);
-    out += R"(,"esn":)";
-    out += sa.esn ? "true" : "false";
-    out += ',';
-    append_string(out, "integrity", config::info(sa.integ).name);
+    if (sa.esn) {
+        out += R"(,"esn":true)";
+    }
     if (sa.integ != config::integ_alg::none) {
+        out += ',';
+        append_string(out, "integrity", config::info(sa.integ).name);
         out += R"(,"integrity-key":)";
         append_hex(out, sa.integ_key.data(), sa.integ_key_length);
     }
     out += R"(,"key":)";
     append_hex(out, sa.cipher_key.data(), sa.cipher_key_length);
-    out += R"(,"lifetime":{)";
-    append_number(out, "bytes", sa.lifetime.bytes);
+    // The lifetime limits that are set (0 = none, the default), as sa_to_json leaves the others out.
+    const std::pair<std::string_view, uint64_t> limits[] = {{"bytes", sa.lifetime.bytes},
+                                                           {"packets", sa.lifetime.packets},
+                                                           {"soft-bytes", sa.lifetime.soft_bytes},
+                                                           {"soft-packets", sa.lifetime.soft_packets}};
+    bool first_limit = true;
+    for (const auto& [name, value] : limits) {
+        if (value != 0) {
+            out += first_limit ? R"(,"lifetime":{)" : ",";
+            append_number(out, name, value);
+            first_limit = false;
+        }
+    }
+    if (!first_limit) {
+        out += '}';
+    }
     out += ',';
-    append_number(out, "packets", sa.lifetime.packets);
-    out += ',';
-    append_number(out, "soft-bytes", sa.lifetime.soft_bytes);
-    out += ',';
-    append_number(out, "soft-packets", sa.lifetime.soft_packets);
-    out += "},";
     append_string(out, "mode", sa.mode == config::ipsec_mode::transport ? "transport" : "tunnel");
     out += ',';
     append_string(out, "protocol", sa.protocol == config::ipsec_protocol::ah ? "ah" : "esp");
@@ -151,17 +161,29 @@ nlohmann::json sa_to_json(const config::sa_config& sa)
         {"destination", config::to_string(sa.destination)},
         {"encryption", std::string(config::info(sa.cipher, sa.cipher_key_bytes).name)},
         {"key", hex(sa.cipher_key.data(), sa.cipher_key_length)},
-        {"integrity", std::string(config::info(sa.integ).name)},
-        {"esn", sa.esn},
         {"selectors", {{"local", config::to_string(sa.local)}, {"remote", config::to_string(sa.remote)}}},
-        {"lifetime",
-         {{"bytes", sa.lifetime.bytes},
-          {"packets", sa.lifetime.packets},
-          {"soft-bytes", sa.lifetime.soft_bytes},
-          {"soft-packets", sa.lifetime.soft_packets}}},
     };
+    // What equals the data plane's default is left out (docs/control-api.md: no integrity, esn false,
+    // a lifetime limit of 0 = none): the data plane's validation costs per field present, and for an
+    // AES-GCM Child SA without lifetime limits these were 7 of 19 fields (perf/RESULTS.md, session 6).
     if (sa.integ != config::integ_alg::none) {
+        j["integrity"] = std::string(config::info(sa.integ).name);
         j["integrity-key"] = hex(sa.integ_key.data(), sa.integ_key_length);
+    }
+    if (sa.esn) {
+        j["esn"] = true;
+    }
+    nlohmann::json lifetime = nlohmann::json::object();
+    for (const auto& [name, value] : {std::pair<const char*, uint64_t>{"bytes", sa.lifetime.bytes},
+                                      {"packets", sa.lifetime.packets},
+                                      {"soft-bytes", sa.lifetime.soft_bytes},
+                                      {"soft-packets", sa.lifetime.soft_packets}}) {
+        if (value != 0) {
+            lifetime[name] = value;
+        }
+    }
+    if (!lifetime.empty()) {
+        j["lifetime"] = std::move(lifetime);
     }
     if (sa.dir == config::direction::inbound) {
         j["replay-window"] = sa.replay_window;

@@ -20,6 +20,7 @@
 #include "espresso/dp/control_client.h"
 #include "espresso/dp/control_protocol.h"
 #include "installer.h"
+#include "sa_json.h"
 
 namespace espresso::cp {
 namespace {
@@ -199,7 +200,10 @@ TEST(installer, SaTextIsTheDomDump)
     std::vector<config::sa_config> sas;
     for (const auto dir : {config::direction::inbound, config::direction::outbound}) {
         for (int shape = 0; shape < 8; ++shape) {
-            auto sa = child_half(dir, shape == 0 ? 1U : 0xffffffffU - static_cast<uint32_t>(shape),
+            const bool in = dir == config::direction::inbound;
+            auto sa = child_half(dir,
+                                 shape == 0 ? (in ? 0x100U : 0x101U)
+                                            : 0xffffffffU - static_cast<uint32_t>(2 * shape + in),
                                  static_cast<uint8_t>(0xa0 + shape));
             switch (shape) {
             case 1: // AES-256-CBC + HMAC-SHA-512, ESN, the largest lifetimes, NAT-T
@@ -244,12 +248,13 @@ TEST(installer, SaTextIsTheDomDump)
             case 5:
                 sa.integ = config::integ_alg::hmac_sha384_192;
                 sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_length = 16;
                 sa.integ_key_length = 48;
                 sa.local = *config::parse_prefix("0.0.0.0/0");
                 sa.remote = *config::parse_prefix("10.1.2.3/32");
                 break;
             case 6:
-                sa.udp = config::udp_encapsulation{0, 0};
+                sa.udp = config::udp_encapsulation{1, 4500};
                 break;
             default:
                 break;
@@ -265,6 +270,56 @@ TEST(installer, SaTextIsTheDomDump)
         std::string prefixed = "x";
         append_sa_json(prefixed, sa);
         EXPECT_EQ(prefixed, "x" + text);
+    }
+    // Fields equal to the data plane's defaults are left out (no integrity, esn false, zero lifetime
+    // limits): the data plane reads back the same SA either way.
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("lifetime"), std::string::npos);
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("esn"), std::string::npos);
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("integrity"), std::string::npos);
+    // AH is left out here: espresso-ike negotiates ESP only, and sa_to_json writes the null cipher's
+    // empty key, which the data plane refuses.
+    std::vector<config::sa_config> esp;
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& sa : sas) {
+        if (sa.protocol == config::ipsec_protocol::esp) {
+            esp.push_back(sa);
+            list.push_back(sa_to_json(sa));
+        }
+    }
+    const auto back = dp::sas_from_json(list);
+    ASSERT_TRUE(back.value) << back.error;
+    ASSERT_EQ(back.value->size(), esp.size());
+    for (size_t i = 0; i < esp.size(); ++i) {
+        const auto& a = esp[i];
+        const auto& b = (*back.value)[i];
+        SCOPED_TRACE(list[i].dump());
+        EXPECT_EQ(b.spi, a.spi);
+        EXPECT_EQ(b.dir, a.dir);
+        EXPECT_EQ(b.protocol, a.protocol);
+        EXPECT_EQ(b.mode, a.mode);
+        EXPECT_EQ(b.cipher, a.cipher);
+        EXPECT_EQ(b.cipher_key_length, a.cipher_key_length);
+        EXPECT_TRUE(std::equal(a.cipher_key.begin(), a.cipher_key.begin() + a.cipher_key_length,
+                               b.cipher_key.begin()));
+        EXPECT_EQ(b.integ, a.integ);
+        EXPECT_EQ(b.integ_key_length, a.integ_key_length);
+        EXPECT_TRUE(
+            std::equal(a.integ_key.begin(), a.integ_key.begin() + a.integ_key_length, b.integ_key.begin()));
+        EXPECT_EQ(b.esn, a.esn);
+        EXPECT_EQ(b.lifetime.bytes, a.lifetime.bytes);
+        EXPECT_EQ(b.lifetime.packets, a.lifetime.packets);
+        EXPECT_EQ(b.lifetime.soft_bytes, a.lifetime.soft_bytes);
+        EXPECT_EQ(b.lifetime.soft_packets, a.lifetime.soft_packets);
+        EXPECT_EQ(b.local, a.local);
+        EXPECT_EQ(b.remote, a.remote);
+        EXPECT_EQ(b.udp.has_value(), a.udp.has_value());
+        if (a.dir == config::direction::inbound) {
+            EXPECT_EQ(b.replay_window, a.replay_window);
+        }
+        if (a.mode == config::ipsec_mode::tunnel) {
+            EXPECT_EQ(b.source, a.source);
+            EXPECT_EQ(b.destination, a.destination);
+        }
     }
     std::vector<const config::sa_config*> items;
     nlohmann::json array = nlohmann::json::array();
