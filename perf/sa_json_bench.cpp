@@ -8,7 +8,7 @@
 // from its plain trees (sas_from_plain), and the SA runtime set-up (make_sa: key expansion, outer
 // header), the runtimes kept until all are made (as installed SAs are), then freed (keys wiped).
 //
-// Usage: build/perf/sa-json-bench [batches (100)] [SAs per batch (1000)] [--outbound] [--server]
+// Usage: build/perf/sa-json-bench [batches (100)] [SAs per batch (1000)] [--outbound] [--server] [--ike | --ike-full]
 #include <time.h>
 
 #include <cstdio>
@@ -30,6 +30,30 @@ double thread_cpu()
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// --ike: inbound SA objects as espresso-ike writes them (cp::append_sa_json: keys sorted, owner,
+// protocol version 2), for comparing the server's cost per shape.
+// --ike-full: the same with the default-valued fields espresso-ike wrote before it left them out
+// (esn false, integrity "none", a lifetime of zeros).
+std::string ike_batch(unsigned first_spi, unsigned n, bool full)
+{
+    std::string body = R"({"version":2,"id":7,"op":"add-sas","args":{"owner":"espresso-ike","sas":[)";
+    char item[640];
+    for (unsigned i = 0; i < n; ++i) {
+        std::snprintf(item, sizeof(item),
+                      R"(%s{"destination":"198.51.100.1","direction":"inbound","encryption":"aes128gcm16",)"
+                      R"(%s"key":"0x00112233445566778899aabbccddeeff01020304",)"
+                      R"(%s"mode":"tunnel",)"
+                      R"("protocol":"esp","replay-window":128,"selectors":{"local":"192.168.1.0/24",)"
+                      R"("remote":"192.168.2.0/24"},"source":"203.0.113.1","spi":"0x%08x"})",
+                      i == 0 ? "" : ",", full ? R"("esn":false,"integrity":"none",)" : "",
+                      full ? R"("lifetime":{"bytes":0,"packets":0,"soft-bytes":0,"soft-packets":0},)" : "",
+                      first_spi + i);
+        body += item;
+    }
+    body += "]}}";
+    return body;
 }
 
 std::string batch(unsigned first_spi, unsigned n, bool outbound)
@@ -68,10 +92,16 @@ int main(int argc, char** argv)
     unsigned per_batch = 1000;
     bool outbound = false;
     bool server_only = false; // --server: only the server's path (for perf record)
+    bool ike = false;         // --ike: espresso-ike's shape of inbound SA object
+    bool ike_full = false;    // --ike-full: as espresso-ike wrote it before (every default written)
     int positional = 0;
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--outbound") == 0) {
             outbound = true;
+        } else if (std::strcmp(argv[i], "--ike") == 0) {
+            ike = true;
+        } else if (std::strcmp(argv[i], "--ike-full") == 0) {
+            ike = ike_full = true;
         } else if (std::strcmp(argv[i], "--server") == 0) {
             server_only = true;
         } else if (positional++ == 0) {
@@ -82,7 +112,8 @@ int main(int argc, char** argv)
     }
     std::vector<std::string> bodies;
     for (unsigned b = 0; b < batches; ++b) {
-        bodies.push_back(batch(0x100000 + b * per_batch, per_batch, outbound));
+        bodies.push_back(ike ? ike_batch(0x100000 + b * per_batch, per_batch, ike_full)
+                             : batch(0x100000 + b * per_batch, per_batch, outbound));
     }
     double parse = 0;
     double validate = 0;

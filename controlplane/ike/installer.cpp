@@ -2,7 +2,9 @@
 
 #include <openssl/crypto.h>
 
+#include <charconv>
 #include <cstdio>
+#include <utility>
 
 namespace espresso::cp {
 namespace {
@@ -23,7 +25,128 @@ void wipe_string(std::string& s)
     OPENSSL_cleanse(s.data(), s.size());
 }
 
+void append_hex(std::string& out, const uint8_t* data, size_t size)
+{
+    static const char digits[] = "0123456789abcdef";
+    out += "\"0x";
+    for (size_t i = 0; i < size; ++i) {
+        out += digits[data[i] >> 4];
+        out += digits[data[i] & 15];
+    }
+    out += '"';
+}
+
+// Every string written here is an algorithm name, a direction/mode word, or an address from
+// inet_ntop: printable ASCII without '"' or '\\', so it needs no escaping.
+void append_string(std::string& out, std::string_view key, std::string_view value)
+{
+    out += '"';
+    out += key;
+    out += "\":\"";
+    out += value;
+    out += '"';
+}
+
+void append_number(std::string& out, std::string_view key, uint64_t value)
+{
+    out += '"';
+    out += key;
+    out += "\":";
+    // std::to_chars, not snprintf: printf's format parsing was a third of this writer's time.
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof(digits), value).ptr;
+    out.append(digits, static_cast<size_t>(end - digits));
+}
+
+// An upper bound of one SA object's text, so that the caller reserves once and no reallocation leaves
+// a copy of a key behind: ~260 bytes of names and punctuation, 2 IPv6 addresses (39 each), 2 IPv6
+// prefixes (43 each), the keys in hex (2 + 72 and 2 + 128), 4 lifetimes and 2 ports of up to 20 digits.
+constexpr size_t max_sa_text = 1024;
+
 } // namespace
+
+void append_sa_json(std::string& out, const config::sa_config& sa)
+{
+    // Keys in sorted order: byte for byte what sa_to_json(sa).dump() gives (a json object is a
+    // std::map); tests/control/installer_test.cpp compares the two.
+    char spi[11] = {'0', 'x'}; // "0x%08x", as sa_to_json writes it
+    for (int i = 0; i < 8; ++i) {
+        spi[2 + i] = "0123456789abcdef"[(sa.spi >> (28 - 4 * i)) & 15];
+    }
+    spi[10] = '\0';
+    out += '{';
+    append_string(out, "destination", config::to_string(sa.destination));
+    out += ',';
+    append_string(out, "direction", sa.dir == config::direction::inbound ? "inbound" : "outbound");
+    out += ',';
+    append_string(out, "encryption", config::info(sa.cipher, sa.cipher_key_bytes).name);
+    if (sa.esn) {
+        out += R"(,"esn":true)";
+    }
+    if (sa.integ != config::integ_alg::none) {
+        out += ',';
+        append_string(out, "integrity", config::info(sa.integ).name);
+        out += R"(,"integrity-key":)";
+        append_hex(out, sa.integ_key.data(), sa.integ_key_length);
+    }
+    out += R"(,"key":)";
+    append_hex(out, sa.cipher_key.data(), sa.cipher_key_length);
+    // The lifetime limits that are set (0 = none, the default), as sa_to_json leaves the others out.
+    const std::pair<std::string_view, uint64_t> limits[] = {{"bytes", sa.lifetime.bytes},
+                                                           {"packets", sa.lifetime.packets},
+                                                           {"soft-bytes", sa.lifetime.soft_bytes},
+                                                           {"soft-packets", sa.lifetime.soft_packets}};
+    bool first_limit = true;
+    for (const auto& [name, value] : limits) {
+        if (value != 0) {
+            out += first_limit ? R"(,"lifetime":{)" : ",";
+            append_number(out, name, value);
+            first_limit = false;
+        }
+    }
+    if (!first_limit) {
+        out += '}';
+    }
+    out += ',';
+    append_string(out, "mode", sa.mode == config::ipsec_mode::transport ? "transport" : "tunnel");
+    out += ',';
+    append_string(out, "protocol", sa.protocol == config::ipsec_protocol::ah ? "ah" : "esp");
+    if (sa.dir == config::direction::inbound) {
+        out += ',';
+        append_number(out, "replay-window", sa.replay_window);
+    }
+    out += R"(,"selectors":{)";
+    append_string(out, "local", config::to_string(sa.local));
+    out += ',';
+    append_string(out, "remote", config::to_string(sa.remote));
+    out += "},";
+    append_string(out, "source", config::to_string(sa.source));
+    out += ',';
+    append_string(out, "spi", spi);
+    if (sa.udp) {
+        out += R"(,"udp-encapsulation":{)";
+        append_number(out, "destination-port", sa.udp->destination_port);
+        out += ',';
+        append_number(out, "source-port", sa.udp->source_port);
+        out += '}';
+    }
+    out += '}';
+}
+
+void append_add_sas_args(std::string& out, std::span<const config::sa_config* const> sas, std::string_view owner)
+{
+    out.reserve(out.size() + 64 + owner.size() + sas.size() * max_sa_text);
+    out += R"({"owner":")";
+    out += owner;
+    out += R"(","sas":[)";
+    for (size_t i = 0; i < sas.size(); ++i) {
+        if (i != 0) {
+            out += ',';
+        }
+        append_sa_json(out, *sas[i]);
+    }
+    out += "]}";
+}
 
 nlohmann::json sa_to_json(const config::sa_config& sa)
 {
@@ -38,17 +161,29 @@ nlohmann::json sa_to_json(const config::sa_config& sa)
         {"destination", config::to_string(sa.destination)},
         {"encryption", std::string(config::info(sa.cipher, sa.cipher_key_bytes).name)},
         {"key", hex(sa.cipher_key.data(), sa.cipher_key_length)},
-        {"integrity", std::string(config::info(sa.integ).name)},
-        {"esn", sa.esn},
         {"selectors", {{"local", config::to_string(sa.local)}, {"remote", config::to_string(sa.remote)}}},
-        {"lifetime",
-         {{"bytes", sa.lifetime.bytes},
-          {"packets", sa.lifetime.packets},
-          {"soft-bytes", sa.lifetime.soft_bytes},
-          {"soft-packets", sa.lifetime.soft_packets}}},
     };
+    // What equals the data plane's default is left out (docs/control-api.md: no integrity, esn false,
+    // a lifetime limit of 0 = none): the data plane's validation costs per field present, and for an
+    // AES-GCM Child SA without lifetime limits these were 7 of 19 fields (perf/RESULTS.md, session 6).
     if (sa.integ != config::integ_alg::none) {
+        j["integrity"] = std::string(config::info(sa.integ).name);
         j["integrity-key"] = hex(sa.integ_key.data(), sa.integ_key_length);
+    }
+    if (sa.esn) {
+        j["esn"] = true;
+    }
+    nlohmann::json lifetime = nlohmann::json::object();
+    for (const auto& [name, value] : {std::pair<const char*, uint64_t>{"bytes", sa.lifetime.bytes},
+                                      {"packets", sa.lifetime.packets},
+                                      {"soft-bytes", sa.lifetime.soft_bytes},
+                                      {"soft-packets", sa.lifetime.soft_packets}}) {
+        if (value != 0) {
+            lifetime[name] = value;
+        }
+    }
+    if (!lifetime.empty()) {
+        j["lifetime"] = std::move(lifetime);
     }
     if (sa.dir == config::direction::inbound) {
         j["replay-window"] = sa.replay_window;
@@ -173,13 +308,19 @@ sa_installer::pair_result dataplane_installer::install_pair(const config::sa_con
     if (auto err = connect(); !err.empty()) {
         return {err, config::direction::inbound};
     }
-    nlohmann::json args = {{"sas", nlohmann::json::array({sa_to_json(in), sa_to_json(out)})},
-                           {"owner", std::string(ike_owner)}};
+    // Written as text (append_add_sas_args), not built as a json DOM and dumped: the DOM cost ~20 us
+    // of CPU per SA (perf/RESULTS.md, "Session 6"), more than the data plane spends installing it.
+    struct wiped_text {
+        std::string text;
+        ~wiped_text() { wipe_string(text); }
+    } args;
+    const config::sa_config* pair[] = {&in, &out};
+    append_add_sas_args(args.text, pair, ike_owner);
     pair_result result;
     bool unknown_op = false;
     bool maybe_installed = false; // failed after the data plane may have applied part of the batch
     try {
-        auto reply = client_->request("add-sas", args);
+        auto reply = client_->request_encoded("add-sas", args.text);
         if (!reply.value("ok", false)) {
             std::string error = reply.value("error", std::string("refused"));
             // "sas[i]: why" or "sas[i].field: why": item i was refused and nothing was installed
@@ -202,14 +343,6 @@ sa_installer::pair_result dataplane_installer::install_pair(const config::sa_con
         client_.reset();
         result = {e.what(), config::direction::outbound}; // the request may or may not have been applied
         maybe_installed = true;
-    }
-    // Best effort: the JSON library holds the key strings; overwrite them before they are freed.
-    for (auto& sa : args["sas"]) {
-        for (const char* k : {"key", "integrity-key"}) {
-            if (sa.contains(k)) {
-                wipe_string(sa[k].get_ref<std::string&>());
-            }
-        }
     }
     if (unknown_op) {
         return sa_installer::install_pair(in, out);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -18,6 +19,13 @@ namespace espresso::cp {
 
 // The add-sa arguments for an SA (keys as "0x..." strings; the caller wipes the JSON afterwards).
 nlohmann::json sa_to_json(const config::sa_config& sa);
+
+// The same SA object written straight as JSON text, byte for byte sa_to_json(sa).dump(), about ten
+// times cheaper (no DOM to build, dump and free). Appends to `out`; the caller wipes it (it holds keys).
+void append_sa_json(std::string& out, const config::sa_config& sa);
+// add-sas arguments, {"owner":<owner>,"sas":[<append_sa_json of each>]}, as the json DOM would dump
+// them. Reserves room for the whole text first, so no reallocation leaves a copy of a key behind.
+void append_add_sas_args(std::string& out, std::span<const config::sa_config* const> sas, std::string_view owner);
 
 // The owner tag on every SA and policy espresso-ike installs (docs/control-api.md, "Owners").
 inline constexpr std::string_view ike_owner = "espresso-ike";

@@ -17,6 +17,12 @@ namespace {
 
 std::string errno_text(int error) { return std::strerror(error); }
 
+// Request texts may hold SA keys (add-sa, add-sas): overwritten when they go out of scope.
+struct wiped_text {
+    std::string text;
+    ~wiped_text() { explicit_bzero(text.data(), text.size()); }
+};
+
 } // namespace
 
 control_client control_client::connect(const std::string& path)
@@ -151,27 +157,29 @@ std::optional<nlohmann::json> control_client::read_message(std::chrono::steady_c
 nlohmann::json control_client::request(std::string_view op, const json& args,
                                        std::chrono::milliseconds timeout)
 {
+    wiped_text args_text;
+    if (!args.is_null()) {
+        args_text.text = args.dump();
+    }
+    return request_encoded(op, args_text.text, timeout);
+}
+
+nlohmann::json control_client::request_encoded(std::string_view op, std::string_view args_json,
+                                               std::chrono::milliseconds timeout)
+{
     const int64_t id = next_id_++;
     // The envelope is written by hand, keys in the protocol's order: a JSON object (std::map) would
     // put "args" before "op", and espresso-dp reads an add-sas fastest when "op" comes first
     // (docs/control-api.md). The texts may hold SA keys (add-sa, add-sas): each is built in one
     // buffer reserved up front (no reallocation leaves a copy behind) and overwritten once sent.
-    struct wiped_text {
-        std::string text;
-        ~wiped_text() { explicit_bzero(text.data(), text.size()); }
-    };
-    wiped_text args_text;
-    if (!args.is_null()) {
-        args_text.text = args.dump();
-    }
     const std::string op_text = json(op).dump();
     wiped_text body;
-    body.text.reserve(64 + op_text.size() + args_text.text.size());
+    body.text.reserve(64 + op_text.size() + args_json.size());
     body.text.append(R"({"version":)").append(std::to_string(control::protocol_version));
     body.text.append(R"(,"id":)").append(std::to_string(id));
     body.text.append(R"(,"op":)").append(op_text);
-    if (!args.is_null()) {
-        body.text.append(R"(,"args":)").append(args_text.text);
+    if (!args_json.empty()) {
+        body.text.append(R"(,"args":)").append(args_json);
     }
     body.text.push_back('}');
     if (body.text.size() > control::max_request_bytes) {

@@ -14,11 +14,13 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "control_server.h"
 #include "espresso/dp/control_client.h"
 #include "espresso/dp/control_protocol.h"
 #include "installer.h"
+#include "sa_json.h"
 
 namespace espresso::cp {
 namespace {
@@ -189,6 +191,154 @@ TEST(installer, NoDataPlaneRefusesTheInboundHalf)
                                                child_half(config::direction::outbound, 0x0d000005, 2));
     EXPECT_NE(result.error, "");
     EXPECT_EQ(result.refused, config::direction::inbound);
+}
+
+// espresso-ike writes add-sas requests as text (append_sa_json, append_add_sas_args): the bytes must be
+// what the json DOM of sa_to_json dumps, for every shape of SA the daemon makes.
+TEST(installer, SaTextIsTheDomDump)
+{
+    std::vector<config::sa_config> sas;
+    for (const auto dir : {config::direction::inbound, config::direction::outbound}) {
+        for (int shape = 0; shape < 8; ++shape) {
+            const bool in = dir == config::direction::inbound;
+            auto sa = child_half(dir,
+                                 shape == 0 ? (in ? 0x100U : 0x101U)
+                                            : 0xffffffffU - static_cast<uint32_t>(2 * shape + in),
+                                 static_cast<uint8_t>(0xa0 + shape));
+            switch (shape) {
+            case 1: // AES-256-CBC + HMAC-SHA-512, ESN, the largest lifetimes, NAT-T
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_bytes = 32;
+                sa.cipher_key_length = 32;
+                sa.integ = config::integ_alg::hmac_sha512_256;
+                sa.integ_key_length = 64;
+                std::fill_n(sa.integ_key.begin(), 64, uint8_t{0xfe});
+                sa.esn = true;
+                sa.lifetime = {UINT64_MAX, UINT64_MAX, UINT64_MAX - 1, 10};
+                sa.udp = config::udp_encapsulation{4500, 65535};
+                sa.replay_window = config::max_replay_window;
+                break;
+            case 2: // IPv6 everywhere, transport mode, AES-128-CBC + SHA-1
+                sa.source = *config::parse_address("2001:db8::1");
+                sa.destination = *config::parse_address("2001:db8:ffff:ffff:ffff:ffff:ffff:fffe");
+                sa.local = *config::parse_prefix("2001:db8:1::/48");
+                sa.remote = *config::parse_prefix("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128");
+                sa.mode = config::ipsec_mode::transport;
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_length = 16;
+                sa.integ = config::integ_alg::hmac_sha1_96;
+                sa.integ_key_length = 20;
+                break;
+            case 3: // AH, SHA-256, anti-replay off
+                sa.protocol = config::ipsec_protocol::ah;
+                sa.cipher = config::cipher_alg::null;
+                sa.cipher_key_bytes = 0;
+                sa.cipher_key_length = 0;
+                sa.integ = config::integ_alg::hmac_sha256_128;
+                sa.integ_key_length = 32;
+                sa.replay_window = 0;
+                break;
+            case 4: // GMAC, SHA-384 lifetimes of packets only
+                sa.cipher = config::cipher_alg::aes_gmac;
+                sa.cipher_key_bytes = 24;
+                sa.cipher_key_length = 28;
+                sa.lifetime.packets = 1100;
+                sa.lifetime.soft_packets = 1000;
+                break;
+            case 5:
+                sa.integ = config::integ_alg::hmac_sha384_192;
+                sa.cipher = config::cipher_alg::aes_cbc;
+                sa.cipher_key_length = 16;
+                sa.integ_key_length = 48;
+                sa.local = *config::parse_prefix("0.0.0.0/0");
+                sa.remote = *config::parse_prefix("10.1.2.3/32");
+                break;
+            case 6:
+                sa.udp = config::udp_encapsulation{1, 4500};
+                break;
+            default:
+                break;
+            }
+            sas.push_back(sa);
+        }
+    }
+    for (const auto& sa : sas) {
+        std::string text;
+        append_sa_json(text, sa);
+        EXPECT_EQ(text, sa_to_json(sa).dump());
+        // Appends: what was in the buffer stays.
+        std::string prefixed = "x";
+        append_sa_json(prefixed, sa);
+        EXPECT_EQ(prefixed, "x" + text);
+    }
+    // Fields equal to the data plane's defaults are left out (no integrity, esn false, zero lifetime
+    // limits): the data plane reads back the same SA either way.
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("lifetime"), std::string::npos);
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("esn"), std::string::npos);
+    EXPECT_EQ(sa_to_json(sas[0]).dump().find("integrity"), std::string::npos);
+    // AH is left out here: espresso-ike negotiates ESP only, and sa_to_json writes the null cipher's
+    // empty key, which the data plane refuses.
+    std::vector<config::sa_config> esp;
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& sa : sas) {
+        if (sa.protocol == config::ipsec_protocol::esp) {
+            esp.push_back(sa);
+            list.push_back(sa_to_json(sa));
+        }
+    }
+    const auto back = dp::sas_from_json(list);
+    ASSERT_TRUE(back.value) << back.error;
+    ASSERT_EQ(back.value->size(), esp.size());
+    for (size_t i = 0; i < esp.size(); ++i) {
+        const auto& a = esp[i];
+        const auto& b = (*back.value)[i];
+        SCOPED_TRACE(list[i].dump());
+        EXPECT_EQ(b.spi, a.spi);
+        EXPECT_EQ(b.dir, a.dir);
+        EXPECT_EQ(b.protocol, a.protocol);
+        EXPECT_EQ(b.mode, a.mode);
+        EXPECT_EQ(b.cipher, a.cipher);
+        EXPECT_EQ(b.cipher_key_length, a.cipher_key_length);
+        EXPECT_TRUE(std::equal(a.cipher_key.begin(), a.cipher_key.begin() + a.cipher_key_length,
+                               b.cipher_key.begin()));
+        EXPECT_EQ(b.integ, a.integ);
+        EXPECT_EQ(b.integ_key_length, a.integ_key_length);
+        EXPECT_TRUE(
+            std::equal(a.integ_key.begin(), a.integ_key.begin() + a.integ_key_length, b.integ_key.begin()));
+        EXPECT_EQ(b.esn, a.esn);
+        EXPECT_EQ(b.lifetime.bytes, a.lifetime.bytes);
+        EXPECT_EQ(b.lifetime.packets, a.lifetime.packets);
+        EXPECT_EQ(b.lifetime.soft_bytes, a.lifetime.soft_bytes);
+        EXPECT_EQ(b.lifetime.soft_packets, a.lifetime.soft_packets);
+        EXPECT_EQ(b.local, a.local);
+        EXPECT_EQ(b.remote, a.remote);
+        EXPECT_EQ(b.udp.has_value(), a.udp.has_value());
+        if (a.dir == config::direction::inbound) {
+            EXPECT_EQ(b.replay_window, a.replay_window);
+        }
+        if (a.mode == config::ipsec_mode::tunnel) {
+            EXPECT_EQ(b.source, a.source);
+            EXPECT_EQ(b.destination, a.destination);
+        }
+    }
+    std::vector<const config::sa_config*> items;
+    nlohmann::json array = nlohmann::json::array();
+    for (const auto& sa : sas) {
+        items.push_back(&sa);
+        array.push_back(sa_to_json(sa));
+    }
+    std::string args;
+    append_add_sas_args(args, items, ike_owner);
+    EXPECT_EQ(args, (nlohmann::json{{"sas", array}, {"owner", std::string(ike_owner)}}.dump()));
+    // The whole text fits the room reserved up front (1024 bytes per SA), so no reallocation left a
+    // copy of a key behind; the largest shapes above stay far below it.
+    const size_t reserved = args.capacity();
+    EXPECT_LE(args.size(), reserved);
+    for (const auto& sa : sas) {
+        std::string text;
+        append_sa_json(text, sa);
+        EXPECT_LT(text.size(), 700U) << text;
+    }
 }
 
 // The client writes "op" before "args" (espresso-dp's fast add-sas path wants that order).

@@ -52,6 +52,14 @@ public:
     json request(std::string_view op, const json& args = nullptr,
                  std::chrono::milliseconds timeout = default_timeout);
 
+    // request() with the arguments already encoded: `args_json` is one JSON object's text, or empty
+    // for none. For callers that write a large request faster than a json DOM builds and dumps it
+    // (espresso-ike's add-sas, controlplane/ike/installer.h); the text is not checked here (the data
+    // plane refuses malformed JSON). The envelope this builds is wiped after sending; `args_json`
+    // is the caller's to wipe.
+    json request_encoded(std::string_view op, std::string_view args_json,
+                         std::chrono::milliseconds timeout = default_timeout);
+
     // add-sas / delete-sas (docs/control-api.md): many SAs in one request, all or nothing, one
     // acknowledgement round in the data plane. `sas` is an array of SA objects (add-sas) or of
     // {"direction", "spi"} objects (delete-sas). Returns the reply as request() does.
