@@ -351,8 +351,8 @@ drop_reason finish_inbound(sa_runtime& sa, rte_mbuf* m, ah_packet& a, uint32_t& 
     if ((sa.flags & sa_tunnel) != 0) {
         return decapsulate_tunnel(sa, m, a.outer.tos, next_header, payload, payload_len, head, inner_bytes);
     }
-    if (!prefix_contains(sa.config.remote, a.outer.version, ip_src(data)) ||
-        !prefix_contains(sa.config.local, a.outer.version, ip_dst(data))) {
+    if (!prefix_contains(sa.remote_selector, a.outer.version, ip_src(data)) ||
+        !prefix_contains(sa.local_selector, a.outer.version, ip_dst(data))) {
         return drop_reason::selector_mismatch;
     }
     // Transport: slide the IP header (options included) over AH and restore protocol and lengths.
@@ -508,10 +508,11 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
             reasons[index[j]] = drop_reason::crypto_error;
         }
     }
-    sa.stats.add(sa_counter::verify, verified);
-    sa.stats.add(sa_counter::decaps, good);
-    sa.stats.add(sa_counter::packets, good);
-    sa.stats.add(sa_counter::bytes, bytes);
+    // One writer, the SPI's owner: plain adds (sa_stats::add_owned).
+    sa.stats.add_owned(sa_counter::verify, verified);
+    sa.stats.add_owned(sa_counter::decaps, good);
+    sa.stats.add_owned(sa_counter::packets, good);
+    sa.stats.add_owned(sa_counter::bytes, bytes);
     lifetime_account(core, sa, good, bytes);
 }
 

@@ -106,8 +106,8 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     }
     // Transport: slide the IP header up to the payload and restore its protocol and length.
     const uint16_t ip_header = in.outer.header;
-    if (!prefix_contains(sa.config.remote, in.outer.version, ip_src(data)) ||
-        !prefix_contains(sa.config.local, in.outer.version, ip_dst(data))) {
+    if (!prefix_contains(sa.remote_selector, in.outer.version, ip_src(data)) ||
+        !prefix_contains(sa.local_selector, in.outer.version, ip_dst(data))) {
         return drop_reason::selector_mismatch;
     }
     uint8_t* start = payload - ip_header;
@@ -347,13 +347,14 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
         sa_runtime& sa = *g.sa;
         const uint64_t good = g.pending_good;
         const uint64_t bytes = g.pending_bytes;
-        sa.stats.add(sa_counter::verify, g.pending_verified);
+        // One writer, this worker (the SPI's owner): plain adds (sa_stats::add_owned).
+        sa.stats.add_owned(sa_counter::verify, g.pending_verified);
         g.pending_good = 0;
         g.pending_bytes = 0;
         g.pending_verified = 0;
         // decaps and decrypt mirror `packets` (sa_stats::mirrors, set by make_sa).
-        sa.stats.add(sa_counter::packets, good);
-        sa.stats.add(sa_counter::bytes, bytes);
+        sa.stats.add_owned(sa_counter::packets, good);
+        sa.stats.add_owned(sa_counter::bytes, bytes);
         lifetime_account(core, sa, good, bytes);
     }
     batch.n_jobs = 0;

@@ -1350,13 +1350,7 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     }
     // No worker can reach `previous` now: carry its counters and consumed lifetime over.
     sa_runtime& now = *it->second.sa;
-    for (size_t c = 0; c < previous->stats.counters.size(); ++c) {
-        now.stats.counters[c].fetch_add(previous->stats.counters[c].load(std::memory_order_relaxed),
-                                        std::memory_order_relaxed);
-    }
-    for (size_t d = 0; d < previous->stats.drops.size(); ++d) {
-        now.stats.drops[d].fetch_add(previous->stats.drops[d].load(std::memory_order_relaxed), std::memory_order_relaxed);
-    }
+    now.stats.carry_over(previous->stats);
     now.life_bytes.fetch_add(previous->life_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
     now.life_packets.fetch_add(previous->life_packets.load(std::memory_order_relaxed), std::memory_order_relaxed);
     now.expired.fetch_or(previous->expired.load(std::memory_order_relaxed), std::memory_order_relaxed);

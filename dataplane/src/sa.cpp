@@ -22,7 +22,7 @@ using config::cipher_alg;
 using config::integ_alg;
 
 sa_runtime::sa_runtime(const config::sa_config& c) noexcept
-    : replay(c.replay_window, c.esn), config(c)
+    : local_selector(c.local), remote_selector(c.remote), replay(c.replay_window, c.esn), config(c)
 {
 }
 

@@ -76,8 +76,8 @@ inline drop_reason decapsulate_tunnel(const sa_runtime& sa, rte_mbuf* m, uint8_t
         return drop_reason::bad_next_header;
     }
     // RFC 4301 §5.2: the decapsulated packet must match the SA's selectors.
-    if (!prefix_contains(sa.config.remote, inner.version, ip_src(payload)) ||
-        !prefix_contains(sa.config.local, inner.version, ip_dst(payload))) {
+    if (!prefix_contains(sa.remote_selector, inner.version, ip_src(payload)) ||
+        !prefix_contains(sa.local_selector, inner.version, ip_dst(payload))) {
         return drop_reason::selector_mismatch;
     }
     r = ecn_decapsulate(outer_tos, payload);

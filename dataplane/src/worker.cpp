@@ -655,9 +655,12 @@ private:
                 }
             }
         }
+        const void* last = nullptr; // a run of packets of one SA prefetches it once
         for (uint16_t i = 0; i < n; ++i) {
-            if ((hits & (uint64_t{1} << i)) != 0) {
+            if ((hits & (uint64_t{1} << i)) != 0 && data[i] != last) {
+                last = data[i];
                 prefetch_sa_head(static_cast<const sa_runtime*>(data[i]));
+                prefetch_sa_inbound_state(static_cast<const sa_runtime*>(data[i]));
             }
         }
         sa_groups groups;

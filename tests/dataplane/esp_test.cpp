@@ -344,6 +344,78 @@ TEST_F(Esp, ReplayedAndOldPacketsAreDropped)
     EXPECT_EQ(in->stats.get(drop_reason::too_old), 1U);
 }
 
+// `clear counters` (gateway::clear_counters -> sa_stats::clear): the counters read zero, then count
+// exactly what came after; drops too. The lifetime is not reset (RFC 4301 §4.4.2.1).
+TEST_F(Esp, ClearedCountersCountWhatComesAfter)
+{
+    auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);
+    auto ic = make_config(transforms[0], config::direction::inbound, false, true, false, false);
+    auto out = make_sa(oc, core);
+    auto in = make_sa(ic, core);
+    std::vector<std::vector<uint8_t>> wires;
+    for (int i = 0; i < 5; ++i) {
+        wires.push_back(encrypt(*out, inner_packet(false, 10)));
+    }
+    std::vector<uint8_t> back;
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(decrypt(*in, wires[i], back), drop_reason::none);
+    }
+    EXPECT_EQ(decrypt(*in, wires[0], back), drop_reason::replay);
+    EXPECT_EQ(in->stats.get(sa_counter::packets), 3U);
+    in->stats.clear();
+    out->stats.clear();
+    for (size_t c = 0; c < size_t{sa_counter_names.size()}; ++c) {
+        EXPECT_EQ(in->stats.get(static_cast<sa_counter>(c)), 0U) << sa_counter_names[c];
+        EXPECT_EQ(out->stats.get(static_cast<sa_counter>(c)), 0U) << sa_counter_names[c];
+    }
+    EXPECT_EQ(in->stats.get(drop_reason::replay), 0U);
+    for (int i = 3; i < 5; ++i) {
+        ASSERT_EQ(decrypt(*in, wires[i], back), drop_reason::none);
+    }
+    EXPECT_EQ(decrypt(*in, wires[1], back), drop_reason::replay);
+    EXPECT_EQ(in->stats.get(sa_counter::packets), 2U);
+    EXPECT_EQ(in->stats.get(sa_counter::decaps), 2U);
+    EXPECT_EQ(in->stats.get(sa_counter::verify), 2U); // the replay fails the window before the ICV
+    EXPECT_EQ(in->stats.get(sa_counter::bytes), 2 * inner_packet(false, 10).size());
+    EXPECT_EQ(in->stats.get(drop_reason::replay), 1U);
+    EXPECT_EQ(in->life_packets.load(), 5U);
+    EXPECT_EQ(out->stats.get(sa_counter::encaps), 0U);
+}
+
+// An inbound SA's counters are added by their one writer with a plain load and store
+// (sa_stats::add_owned); a clear from another thread must not be undone by a store of a value loaded
+// before it (what zeroing the counter would allow).
+TEST(SaStats, ClearFromAnotherThreadIsNeverUndoneByTheWriter)
+{
+    for (int round = 0; round < 20; ++round) {
+        sa_stats st;
+        std::atomic<uint64_t> progress{0};
+        std::atomic<bool> cleared{false};
+        constexpr uint64_t total = 400000;
+        constexpr uint64_t before_clear = 100000;
+        uint64_t seen_cleared_at = 0;
+        std::thread writer([&] {
+            for (uint64_t i = 0; i < total; ++i) {
+                if (seen_cleared_at == 0 && cleared.load(std::memory_order_acquire)) {
+                    seen_cleared_at = i;
+                }
+                st.add_owned(sa_counter::packets, 1);
+                progress.store(i + 1, std::memory_order_release);
+            }
+        });
+        while (progress.load(std::memory_order_acquire) < before_clear) {
+        }
+        st.clear();
+        cleared.store(true, std::memory_order_release);
+        writer.join();
+        const uint64_t got = st.get(sa_counter::packets);
+        EXPECT_LE(got, total - before_clear); // the clear took
+        if (seen_cleared_at != 0) {
+            EXPECT_GE(got, total - seen_cleared_at); // and everything after it counted
+        }
+    }
+}
+
 TEST_F(Esp, DuplicateInsideOneBurstIsDroppedOnce)
 {
     auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);

@@ -77,25 +77,42 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(sa_counter::co
 #undef X
 };
 
-// Counters of one SA. Several workers may use one SA, so they are relaxed atomics, added once per run
-// of packets on the same SA (not once per packet). Readers (CLI, telemetry) may read at any time.
+// Counters of one SA. Several workers may use one outbound SA, so its counters are relaxed atomics
+// added with a read-modify-write once per run of packets on the same SA (not once per packet). An
+// inbound SA has one writer, the worker that owns its SPI (gateway.h): add_owned() adds with a plain
+// load and store, no locked instruction (with traffic of many tunnels each SA gets a packet or two per
+// burst, so a locked add per counter is paid per packet; perf/RESULTS.md, issue 3). Readers (CLI,
+// telemetry) may read at any time.
+//
+// `clear counters` must not store zeros into a counter a worker adds to with a load and a store (the
+// worker could store back the value it loaded before the clear, undoing it). Instead the management
+// thread records the counters' values at the clear in `base`, and get() answers the difference; the
+// workers never touch `base`. (Making the clear a message each worker applies between bursts would
+// have the worker walk every SA it owns, up to a million, in one go while its packets wait.) Drops
+// are rare and always added with a read-modify-write, so the clear sets them to zero.
 //
 // Counters that always equal `packets` for an SA (outbound ESP: encaps, and encrypt/digest when the SA
 // has a cipher/ICV) are not stored: `mirrors` has their bits, get() answers `packets` for them, and
-// the engine skips their atomic adds. With traffic of many tunnels each SA gets a packet or two per
-// burst, so every atomic read-modify-write saved is saved per packet (perf/RESULTS.md, issue 3).
-// Read counters with get(), never from `counters` directly.
+// the engine skips their adds. Read counters with get(), never from `counters` directly.
 struct sa_stats {
     std::array<std::atomic<uint64_t>, static_cast<size_t>(sa_counter::count)> counters{};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(drop_reason::count)> drops{};
     uint32_t mirrors = 0; // bit (1 << sa_counter): the counter equals `packets`; set at SA creation
+    // counters[] at the last clear (management thread only; atomic because telemetry reads too).
+    std::array<std::atomic<uint64_t>, static_cast<size_t>(sa_counter::count)> base{};
 
     static constexpr uint32_t bit(sa_counter c) noexcept { return 1U << static_cast<unsigned>(c); }
 
+    // Several writers (outbound SAs).
     void add(sa_counter c, uint64_t n) noexcept {
         if (n != 0) {
             counters[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed);
         }
+    }
+    // The single writer of this SA's counters (inbound SAs: the owning worker).
+    void add_owned(sa_counter c, uint64_t n) noexcept {
+        auto& v = counters[static_cast<size_t>(c)];
+        v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
     void drop(drop_reason r, uint64_t n = 1) noexcept {
         drops[static_cast<size_t>(r)].fetch_add(n, std::memory_order_relaxed);
@@ -104,17 +121,30 @@ struct sa_stats {
         if ((mirrors & bit(c)) != 0) {
             c = sa_counter::packets;
         }
-        return counters[static_cast<size_t>(c)].load(std::memory_order_relaxed);
+        const auto i = static_cast<size_t>(c);
+        return counters[i].load(std::memory_order_relaxed) - base[i].load(std::memory_order_relaxed);
     }
     uint64_t get(drop_reason r) const noexcept {
         return drops[static_cast<size_t>(r)].load(std::memory_order_relaxed);
     }
+    // Management thread only.
     void clear() noexcept {
-        for (auto& c : counters) {
-            c.store(0, std::memory_order_relaxed);
+        for (size_t i = 0; i < counters.size(); ++i) {
+            base[i].store(counters[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
         }
         for (auto& d : drops) {
             d.store(0, std::memory_order_relaxed);
+        }
+    }
+    // Management thread only, once no worker can reach `from` any more (an SA replaced by another):
+    // adds its counters and drops to this SA's, as they read now.
+    void carry_over(const sa_stats& from) noexcept {
+        for (size_t i = 0; i < counters.size(); ++i) {
+            counters[i].fetch_add(from.counters[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+            base[i].fetch_add(from.base[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+        }
+        for (size_t i = 0; i < drops.size(); ++i) {
+            drops[i].fetch_add(from.drops[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
         }
     }
 };

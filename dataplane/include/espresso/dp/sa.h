@@ -59,6 +59,11 @@ struct alignas(64) sa_runtime {
     uint8_t hash_full_bytes = 0; // untruncated HMAC output (for the job's output buffer)
     uint32_t salt = 0;           // RFC 4106 §4 nonce salt (network byte order as bytes)
     uint32_t outer_sum = 0;      // IPv4 outer template's one's-complement sum without per-packet fields
+    // Inbound: the selectors every decrypted packet is checked against (RFC 4301 §5.2), copies of
+    // config.local/remote kept here because the control record is two cache lines nobody prefetches,
+    // far from everything else a packet reads (issue 3: a miss per packet with many SAs active).
+    config::ip_prefix local_selector;
+    config::ip_prefix remote_selector;
     // Outer IPv4/IPv6 header (+ UDP header) with addresses, protocol and TTL filled in; lengths,
     // checksum, DSCP/ECN/DF are set per packet.
     alignas(16) uint8_t outer_header[48]{};
@@ -96,6 +101,9 @@ struct alignas(64) sa_runtime {
 static_assert(offsetof(sa_runtime, expired) / 64 == offsetof(sa_runtime, seq) / 64,
               "sequence and lifetime state must share one cache line");
 static_assert(offsetof(sa_runtime, outer_sum) < 64, "per-packet parameters must be in the first cache line");
+static_assert(offsetof(sa_runtime, outer_header) + sizeof(sa_runtime::outer_header) <= 128 &&
+                  offsetof(sa_runtime, remote_selector) + sizeof(config::ip_prefix) <= 128,
+              "selectors and outer header template must be in the two lines prefetch_sa_head loads");
 
 // Starts loading what an engine call on `sa` reads and writes (parameters, outer header template,
 // sequence/lifetime line, counters, and the key schedule of its algorithm), so that a burst spread
@@ -105,6 +113,17 @@ inline void prefetch_sa_head(const sa_runtime* sa) noexcept
 {
     __builtin_prefetch(sa, 0, 3);
     __builtin_prefetch(reinterpret_cast<const char*>(sa) + 64, 0, 3);
+}
+
+// The lines an inbound SA's packets write whatever its algorithm (lifetime and expiry, the replay
+// window's head, the counters): their addresses need nothing from the SA, so the worker starts
+// them with prefetch_sa_head right after the SAD look-up, a whole classification pass before the
+// engine reads them (the engine's own prefetch_sa_state came too late for the lifetime line).
+inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
+{
+    __builtin_prefetch(&sa->seq, 1, 3);
+    __builtin_prefetch(&sa->replay, 1, 3);
+    __builtin_prefetch(&sa->stats, 1, 3);
 }
 
 inline void prefetch_sa_state(const sa_runtime* sa) noexcept
