@@ -385,6 +385,26 @@ TEST_F(Esp, ClearedCountersCountWhatComesAfter)
 // An inbound SA's counters are added by their one writer with a plain load and store
 // (sa_stats::add_owned); a clear from another thread must not be undone by a store of a value loaded
 // before it (what zeroing the counter would allow).
+// An SA replaced by another (update-sa) hands its counters to the live one; the live SA's worker may
+// have loaded a counter just before and store it back just after (add_owned): the carried packets must
+// survive that store, and a later clear must drop them like any others.
+TEST(SaStats, CarriedOverCountersSurviveAWriterInTheMiddleOfAnAdd)
+{
+    sa_stats previous, live;
+    previous.add_owned(sa_counter::packets, 10);
+    previous.clear(); // counted before a clear: not carried
+    previous.add_owned(sa_counter::packets, 7);
+    live.add_owned(sa_counter::packets, 5);
+    const uint64_t loaded = live.counters[static_cast<size_t>(sa_counter::packets)].load(); // the worker's load
+    live.carry_over(previous);
+    live.counters[static_cast<size_t>(sa_counter::packets)].store(loaded + 1); // ... and its store
+    EXPECT_EQ(live.get(sa_counter::packets), 5u + 1u + 7u);
+    live.clear();
+    EXPECT_EQ(live.get(sa_counter::packets), 0u);
+    live.add_owned(sa_counter::packets, 2);
+    EXPECT_EQ(live.get(sa_counter::packets), 2u);
+}
+
 TEST(SaStats, ClearFromAnotherThreadIsNeverUndoneByTheWriter)
 {
     for (int round = 0; round < 20; ++round) {

@@ -137,11 +137,15 @@ struct sa_stats {
         }
     }
     // Management thread only, once no worker can reach `from` any more (an SA replaced by another):
-    // adds its counters and drops to this SA's, as they read now.
+    // adds its counters and drops to this SA's, as they read now. This SA is live: its owning worker
+    // may be in the middle of an add_owned() (load, then store), which would overwrite an add to
+    // `counters` made meanwhile; so the counters are carried over through `base`, which only this
+    // thread writes (get() = counters - base, modulo 2^64).
     void carry_over(const sa_stats& from) noexcept {
         for (size_t i = 0; i < counters.size(); ++i) {
-            counters[i].fetch_add(from.counters[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
-            base[i].fetch_add(from.base[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+            const uint64_t carried =
+                from.counters[i].load(std::memory_order_relaxed) - from.base[i].load(std::memory_order_relaxed);
+            base[i].store(base[i].load(std::memory_order_relaxed) - carried, std::memory_order_relaxed);
         }
         for (size_t i = 0; i < drops.size(); ++i) {
             drops[i].fetch_add(from.drops[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
