@@ -349,9 +349,8 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
         const uint64_t bytes = g.pending_bytes;
         g.pending_good = 0;
         g.pending_bytes = 0;
-        // encaps, encrypt and digest mirror `packets` (sa_stats::mirrors, set by make_sa).
-        sa.stats.add(sa_counter::packets, good);
-        sa.stats.add(sa_counter::bytes, bytes);
+        // `packets` and `bytes` (encaps, encrypt and digest mirror `packets`: sa_stats::mirrors,
+        // set by make_sa), and the lifetime they are.
         lifetime_account(core, sa, good, bytes);
     }
     batch.n_jobs = 0;
@@ -362,17 +361,22 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
 void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned count) noexcept
 {
     if (count > 1) {
-        // Many SAs: start every SA's lines loading before the first one is used.
+        // Many SAs: start the lines the preparation of every SA writes (sequence and lifetime,
+        // counters) before the first one is used; their heads the worker started with the SPD.
+        // The key schedules (8 lines each) start as each SA is prepared, a whole preparation pass
+        // before the crypto reads them: all of them at once would exceed the core's outstanding
+        // misses and stall on the prefetches themselves.
         for (unsigned gi = 0; gi < count; ++gi) {
-            prefetch_sa_head(groups[gi].sa);
-        }
-        for (unsigned gi = 0; gi < count; ++gi) {
-            prefetch_sa_state(groups[gi].sa);
+            __builtin_prefetch(&groups[gi].sa->seq, 1, 3);
+            __builtin_prefetch(&groups[gi].sa->stats, 1, 3);
         }
     }
     out_batch batch;
     for (unsigned gi = 0; gi < count; ++gi) {
         outbound_group& g = groups[gi];
+        if (count > 1) {
+            prefetch_sa_keys(g.sa);
+        }
         g.pending_good = 0;
         g.pending_bytes = 0;
         if ((g.sa->flags & sa_ah) != 0) {

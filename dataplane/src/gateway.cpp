@@ -1351,8 +1351,8 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     // No worker can reach `previous` now: carry its counters and consumed lifetime over.
     sa_runtime& now = *it->second.sa;
     now.stats.carry_over(previous->stats);
-    now.life_bytes.fetch_add(previous->life_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    now.life_packets.fetch_add(previous->life_packets.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    now.life_bytes.fetch_add(previous->consumed_bytes(), std::memory_order_relaxed);
+    now.life_packets.fetch_add(previous->consumed_packets(), std::memory_order_relaxed);
     now.expired.fetch_or(previous->expired.load(std::memory_order_relaxed), std::memory_order_relaxed);
     return {}; // previous's deleter wipes its keys
 }
@@ -1461,8 +1461,8 @@ sa_snapshot gateway::snapshot(const sa_runtime& sa) const
         s.drops[i] = sa.stats.drops[i].load(std::memory_order_relaxed);
     }
     s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
-    s.life_bytes = sa.life_bytes.load(std::memory_order_relaxed);
-    s.life_packets = sa.life_packets.load(std::memory_order_relaxed);
+    s.life_bytes = sa.consumed_bytes();
+    s.life_packets = sa.consumed_packets();
     // The interface whose address is this SA's local tunnel endpoint (transport mode without
     // endpoints: the local selector's address, the gateway's own).
     config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;

@@ -25,11 +25,11 @@ inline uint16_t lifetime_allowance(const sa_runtime& sa, uint16_t n) noexcept
     if ((sa.expired.load(std::memory_order_relaxed) & expired_hard) != 0) {
         return 0;
     }
-    if (sa.hard_bytes != 0 && sa.life_bytes.load(std::memory_order_relaxed) >= sa.hard_bytes) {
+    if (sa.hard_bytes != 0 && sa.consumed_bytes() >= sa.hard_bytes) {
         return 0;
     }
     if (sa.hard_packets != 0) {
-        uint64_t used = sa.life_packets.load(std::memory_order_relaxed);
+        uint64_t used = sa.consumed_packets();
         if (used >= sa.hard_packets) {
             return 0;
         }
@@ -38,7 +38,9 @@ inline uint16_t lifetime_allowance(const sa_runtime& sa, uint16_t n) noexcept
     return n;
 }
 
-// Adds a run of packets to the lifetime counters and raises soft/hard events once each.
+// Adds a run of packets to the lifetime counters and raises soft/hard events once each. Outbound
+// SAs: also counts them as `packets` and `bytes` (those counters are their consumed lifetime, see
+// sa_runtime::life_bytes); inbound callers add their display counters themselves.
 inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets, uint64_t bytes) noexcept
 {
     if (packets == 0) {
@@ -47,9 +49,9 @@ inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets
     uint64_t p = 0;
     uint64_t b = 0;
     if (sa.outbound()) {
-        // Outbound SAs are used by several workers at once.
-        p = sa.life_packets.fetch_add(packets, std::memory_order_relaxed) + packets;
-        b = sa.life_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+        // Outbound SAs are used by several workers at once: one locked add per counter.
+        p = sa.stats.add_fetch(sa_counter::packets, packets) + sa.life_packets.load(std::memory_order_relaxed);
+        b = sa.stats.add_fetch(sa_counter::bytes, bytes) + sa.life_bytes.load(std::memory_order_relaxed);
     } else {
         // An inbound SA's lifetime has one writer, the worker that owns its SPI (the NAT rebinding
         // carry-over in gateway.cpp is for outbound SAs only): a plain load and store instead of a

@@ -123,15 +123,18 @@ enum class host_category : uint8_t {
 };
 
 // Key of the exact-match table: category, address family and the remote host (network order; IPv4 in
-// the first 4 bytes, the rest zero).
+// the first 4 bytes, the rest zero). Padded (zeros) to 32 bytes: rte_hash compares keys whose length
+// is a multiple of 16 with inline vector compares, any other length with a call to memcmp (issue 3:
+// 3 % of a packet's time with every packet of a burst for a different host).
 struct host_key {
     uint8_t category;
     uint8_t family;
     uint8_t pad[2];
     uint8_t address[16];
+    uint8_t pad2[12];
     bool operator==(const host_key&) const = default;
 };
-static_assert(sizeof(host_key) == 20);
+static_assert(sizeof(host_key) == 32);
 
 // One implied policy under a host key: its local selector and its rule.
 struct host_candidate {

@@ -666,7 +666,7 @@ TEST(AhOutbound, HardPacketLifetime)
     EXPECT_EQ(r[0], drop_reason::none);
     EXPECT_EQ(r[1], drop_reason::none);
     EXPECT_EQ(r[2], drop_reason::lifetime_expired);
-    EXPECT_EQ(sa.out->life_packets.load(), 2U);
+    EXPECT_EQ(sa.out->consumed_packets(), 2U);
     free_all(pkts);
 }
 

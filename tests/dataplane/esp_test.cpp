@@ -716,6 +716,35 @@ TEST_F(Esp, LifetimesRaiseSoftThenStopAtHard)
     EXPECT_EQ(events[1].kind, sa_event_kind::hard_expire);
 }
 
+// An outbound SA's consumed lifetime is its `packets`/`bytes` counters (one locked add each per
+// burst, sa_runtime::life_bytes): `clear counters` must not give it a new life, and what a replaced SA
+// carried over (life_packets, gateway.cpp) counts against the limit too.
+TEST_F(Esp, OutboundLifetimeSurvivesClearedCountersAndCountsCarriedOver)
+{
+    auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);
+    oc.lifetime.packets = 6;
+    auto out = make_sa(oc, core);
+    const size_t size = inner_packet(false, 10).size();
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_FALSE(encrypt(*out, inner_packet(false, 10)).empty());
+    }
+    EXPECT_EQ(out->consumed_packets(), 3U);
+    EXPECT_EQ(out->consumed_bytes(), 3 * size);
+    out->stats.clear();
+    EXPECT_EQ(out->stats.get(sa_counter::packets), 0U);
+    EXPECT_EQ(out->consumed_packets(), 3U);
+    out->life_packets.fetch_add(2); // carried over from a replaced SA
+    int sent = 0;
+    for (int i = 0; i < 4; ++i) {
+        sent += encrypt(*out, inner_packet(false, 10)).empty() ? 0 : 1;
+    }
+    EXPECT_EQ(sent, 1);
+    EXPECT_EQ(out->consumed_packets(), 6U);
+    EXPECT_EQ(out->stats.get(sa_counter::packets), 1U);
+    EXPECT_EQ(out->stats.get(sa_counter::encaps), 1U);
+    EXPECT_EQ(out->stats.get(drop_reason::lifetime_expired), 3U);
+}
+
 TEST_F(Esp, SequenceNumbersAreUniqueAcrossWorkers)
 {
     auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);

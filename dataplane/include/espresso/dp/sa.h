@@ -80,8 +80,12 @@ struct alignas(64) sa_runtime {
     // lifetimes (both directions): with many SAs active, each one's state is a cache miss per burst,
     // so this line is one miss instead of three (see static_asserts below the struct).
     alignas(64) std::atomic<uint64_t> seq{0}; // outbound: last sequence number used
-    // Lifetime accounting (RFC 4301 §4.4.2.1), apart from the display counters so that
-    // `clear counters` cannot extend an SA's life.
+    // Lifetime accounting (RFC 4301 §4.4.2.1). `clear counters` cannot extend an SA's life: it
+    // moves stats.base and never resets a counter. Inbound SAs count here (one writer, plain
+    // stores). Outbound SAs, which several workers share, consume their display counters
+    // `packets`/`bytes` instead, so a packet costs one locked add per counter and not two; for them
+    // these two hold only what a replaced SA carried over (gateway.cpp). Read both through
+    // consumed_bytes()/consumed_packets().
     std::atomic<uint64_t> life_bytes{0};
     std::atomic<uint64_t> life_packets{0};
     uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0; // 0 = none
@@ -95,6 +99,16 @@ struct alignas(64) sa_runtime {
     explicit sa_runtime(const config::sa_config& c) noexcept;
 
     bool outbound() const noexcept { return (flags & sa_outbound) != 0; }
+    uint64_t consumed_bytes() const noexcept
+    {
+        const uint64_t own = outbound() ? stats.raw(sa_counter::bytes) : 0;
+        return own + life_bytes.load(std::memory_order_relaxed);
+    }
+    uint64_t consumed_packets() const noexcept
+    {
+        const uint64_t own = outbound() ? stats.raw(sa_counter::packets) : 0;
+        return own + life_packets.load(std::memory_order_relaxed);
+    }
     uint64_t seq_limit() const noexcept { return (flags & sa_esn) ? UINT64_MAX : UINT32_MAX; }
 };
 
@@ -126,10 +140,9 @@ inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
     __builtin_prefetch(&sa->stats, 1, 3);
 }
 
-inline void prefetch_sa_state(const sa_runtime* sa) noexcept
+// The key schedule of the SA's algorithm (GCM: round keys and hash key powers, 8 lines).
+inline void prefetch_sa_keys(const sa_runtime* sa) noexcept
 {
-    __builtin_prefetch(&sa->seq, 1, 3);
-    __builtin_prefetch(&sa->stats, 1, 3);
     const char* keys = nullptr;
     if ((sa->flags & (sa_aead | sa_gmac)) != 0) {
         keys = reinterpret_cast<const char*>(&sa->gcm_key);
@@ -141,6 +154,13 @@ inline void prefetch_sa_state(const sa_runtime* sa) noexcept
             __builtin_prefetch(keys + line * 64, 0, 3);
         }
     }
+}
+
+inline void prefetch_sa_state(const sa_runtime* sa) noexcept
+{
+    __builtin_prefetch(&sa->seq, 1, 3);
+    __builtin_prefetch(&sa->stats, 1, 3);
+    prefetch_sa_keys(sa);
     if ((sa->flags & sa_outbound) == 0) {
         __builtin_prefetch(&sa->replay, 1, 3);
     }
