@@ -155,6 +155,45 @@ protected:
         rte_pktmbuf_free(m);
         return good == 1 ? drop_reason::none : reason;
     }
+
+    // A tunnel of the many-SA tests: an outbound and inbound SA of one transform, tunnel mode, IPv4.
+    struct tunnel {
+        sa_ptr out;
+        sa_ptr in;
+        std::vector<std::vector<uint8_t>> plain;
+        std::vector<std::vector<uint8_t>> wire;
+    };
+
+    // One tunnel per transform, without and with ESN (in that order), SPIs from `first_spi` up.
+    std::vector<tunnel> tunnels_of_every_transform(uint32_t first_spi)
+    {
+        std::vector<tunnel> tunnels;
+        for (const auto& t : transforms) {
+            for (bool esn : {false, true}) {
+                auto oc = make_config(t, config::direction::outbound, false, true, esn, false);
+                auto ic = make_config(t, config::direction::inbound, false, true, esn, false);
+                oc.spi = ic.spi = first_spi++;
+                tunnels.push_back({make_sa(oc, core), make_sa(ic, core), {}, {}});
+            }
+        }
+        return tunnels;
+    }
+
+    // The groups of an outbound/inbound_process_groups call: group g is SA sas[g] with mbufs
+    // [g * per, (g + 1) * per) and their reasons.
+    template <typename Group>
+    static std::vector<Group> groups_of(const std::vector<sa_runtime*>& sas, std::vector<rte_mbuf*>& mbufs,
+                                        std::vector<drop_reason>& reasons, size_t per)
+    {
+        std::vector<Group> groups(sas.size());
+        for (size_t g = 0; g < sas.size(); ++g) {
+            groups[g].sa = sas[g];
+            groups[g].pkts = &mbufs[g * per];
+            groups[g].reasons = &reasons[g * per];
+            groups[g].n = static_cast<uint16_t>(per);
+        }
+        return groups;
+    }
 };
 
 TEST_F(Esp, RoundTripEveryCombination)
@@ -459,26 +498,12 @@ TEST_F(Esp, DuplicateInsideOneBurstIsDroppedOnce)
 // inbound_process call per SA would give.
 TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
 {
-    struct tunnel {
-        sa_ptr out;
-        sa_ptr in;
-        std::vector<std::vector<uint8_t>> plain;
-        std::vector<std::vector<uint8_t>> wire;
-    };
-    std::vector<tunnel> tunnels;
-    uint32_t spi = 0x2000;
-    for (const auto& t : transforms) {
-        for (bool esn : {false, true}) {
-            auto oc = make_config(t, config::direction::outbound, false, true, esn, false);
-            auto ic = make_config(t, config::direction::inbound, false, true, esn, false);
-            oc.spi = ic.spi = spi++;
-            tunnel tn{make_sa(oc, core), make_sa(ic, core), {}, {}};
-            for (size_t k = 0; k < 7; ++k) {
-                tn.plain.push_back(inner_packet(false, 10 + 3 * k));
-                tn.wire.push_back(encrypt(*tn.out, tn.plain.back()));
-                ASSERT_FALSE(tn.wire.back().empty());
-            }
-            tunnels.push_back(std::move(tn));
+    std::vector<tunnel> tunnels = tunnels_of_every_transform(0x2000);
+    for (tunnel& tn : tunnels) {
+        for (size_t k = 0; k < 7; ++k) {
+            tn.plain.push_back(inner_packet(false, 10 + 3 * k));
+            tn.wire.push_back(encrypt(*tn.out, tn.plain.back()));
+            ASSERT_FALSE(tn.wire.back().empty());
         }
     }
     // Per tunnel: its 7 packets, then a copy of packet 2 (replay), and packet 4 again with its last
@@ -486,7 +511,7 @@ TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
     const size_t per = 9;
     std::vector<rte_mbuf*> mbufs(tunnels.size() * per);
     std::vector<drop_reason> reasons(mbufs.size());
-    std::vector<inbound_group> groups(tunnels.size());
+    std::vector<sa_runtime*> sas;
     for (size_t g = 0; g < tunnels.size(); ++g) {
         tunnel& tn = tunnels[g];
         for (size_t k = 0; k < 7; ++k) {
@@ -496,11 +521,9 @@ TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
         auto bad = tn.wire[4];
         bad.back() ^= 1;
         mbufs[g * per + 8] = make_mbuf(bad);
-        groups[g].sa = tn.in.get();
-        groups[g].pkts = &mbufs[g * per];
-        groups[g].reasons = &reasons[g * per];
-        groups[g].n = static_cast<uint16_t>(per);
+        sas.push_back(tn.in.get());
     }
+    auto groups = groups_of<inbound_group>(sas, mbufs, reasons, per);
     ASSERT_GT(mbufs.size(), size_t{max_burst}); // more than one batch
     inbound_process_groups(core, groups.data(), static_cast<unsigned>(groups.size()));
     for (size_t g = 0; g < tunnels.size(); ++g) {
@@ -537,39 +560,20 @@ TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
 // must come out as the one-packet path would make it decryptable, with its own sequence number.
 TEST_F(Esp, MixedSizesAndKindsInOneOutboundBurst)
 {
-    struct tunnel {
-        sa_ptr out;
-        sa_ptr in;
-        std::vector<std::vector<uint8_t>> plain;
-    };
-    std::vector<tunnel> tunnels;
-    uint32_t spi = 0x3000;
+    std::vector<tunnel> tunnels = tunnels_of_every_transform(0x3000);
     const size_t sizes[] = {1472, 36, 548, 36, 36, 1200, 36, 548};
-    for (const auto& t : transforms) {
-        for (bool esn : {false, true}) {
-            auto oc = make_config(t, config::direction::outbound, false, true, esn, false);
-            auto ic = make_config(t, config::direction::inbound, false, true, esn, false);
-            oc.spi = ic.spi = spi++;
-            tunnel tn{make_sa(oc, core), make_sa(ic, core), {}};
-            for (size_t k = 0; k < std::size(sizes); ++k) {
-                tn.plain.push_back(inner_packet(false, sizes[(k + tunnels.size()) % std::size(sizes)]));
-            }
-            tunnels.push_back(std::move(tn));
-        }
-    }
     const size_t per = std::size(sizes);
     std::vector<rte_mbuf*> mbufs(tunnels.size() * per);
     std::vector<drop_reason> reasons(mbufs.size());
-    std::vector<outbound_group> groups(tunnels.size());
+    std::vector<sa_runtime*> sas;
     for (size_t g = 0; g < tunnels.size(); ++g) {
         for (size_t k = 0; k < per; ++k) {
+            tunnels[g].plain.push_back(inner_packet(false, sizes[(k + g) % per]));
             mbufs[g * per + k] = make_mbuf(tunnels[g].plain[k]);
         }
-        groups[g].sa = tunnels[g].out.get();
-        groups[g].pkts = &mbufs[g * per];
-        groups[g].reasons = &reasons[g * per];
-        groups[g].n = static_cast<uint16_t>(per);
+        sas.push_back(tunnels[g].out.get());
     }
+    auto groups = groups_of<outbound_group>(sas, mbufs, reasons, per);
     ASSERT_GT(mbufs.size(), size_t{max_burst}); // more than one batch
     outbound_process_groups(core, groups.data(), static_cast<unsigned>(groups.size()));
     for (size_t g = 0; g < tunnels.size(); ++g) {
