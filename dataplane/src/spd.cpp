@@ -11,6 +11,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "packet.h"
+
 namespace espresso::dp {
 
 namespace {
@@ -313,16 +315,7 @@ namespace {
 // Is `address` (network order, 4 or 16 bytes) inside the candidate's local prefix?
 bool local_contains(const host_candidate& c, const uint8_t* address, unsigned bytes) noexcept
 {
-    const unsigned whole = std::min<unsigned>(c.length / 8U, bytes);
-    if (std::memcmp(c.network, address, whole) != 0) {
-        return false;
-    }
-    const unsigned bits = c.length % 8U;
-    if (bits == 0 || whole >= bytes) {
-        return true;
-    }
-    const auto mask = static_cast<uint8_t>(0xff00U >> bits);
-    return (address[whole] & mask) == c.network[whole];
+    return leading_bits_equal(c.network, address, c.length, bytes == 4);
 }
 
 } // namespace

@@ -3,10 +3,13 @@
 // here wrote; each comment gives the scapy expression).
 #include "selectors.h"
 
+#include "packet.h"
+
 #include <gtest/gtest.h>
 
 #include <rte_byteorder.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -111,6 +114,52 @@ TEST(Selectors, TruncatedIpv6ExtensionLeavesTheLastHeaderSeen)
     EXPECT_EQ(spd6_key_of(p.data(), 52, k), 0U);
     EXPECT_EQ(k.protocol, 44);
     EXPECT_EQ(k.source_port, 0);
+}
+
+// leading_bits_equal (packet.h), under prefix_contains and the host SPD's local check: for every
+// prefix length and every single flipped bit, equal exactly when the flip is beyond the prefix;
+// checked against a bit-by-bit reference, IPv4 and IPv6.
+TEST(PrefixCompare, LeadingBitsEqualMatchesABitByBitCompare)
+{
+    auto bit = [](const uint8_t* p, unsigned i) { return (p[i / 8] >> (7 - i % 8)) & 1; };
+    uint8_t a[16];
+    for (unsigned i = 0; i < 16; ++i) {
+        a[i] = static_cast<uint8_t>(0x9e * (i + 1) + 0x37);
+    }
+    for (bool v4 : {true, false}) {
+        const unsigned width = v4 ? 32 : 128;
+        for (unsigned bits = 0; bits <= width; ++bits) {
+            for (unsigned flip = 0; flip < width; ++flip) {
+                uint8_t b[16];
+                std::memcpy(b, a, 16);
+                b[flip / 8] ^= static_cast<uint8_t>(0x80 >> (flip % 8));
+                bool want = true;
+                for (unsigned i = 0; i < bits; ++i) {
+                    want = want && bit(a, i) == bit(b, i);
+                }
+                ASSERT_EQ(leading_bits_equal(a, b, bits, v4), want) << (v4 ? "v4 /" : "v6 /") << bits << " flip " << flip;
+            }
+            ASSERT_TRUE(leading_bits_equal(a, a, bits, v4));
+        }
+    }
+    // Bytes beyond an IPv4 address never count.
+    uint8_t c[16];
+    std::memcpy(c, a, 16);
+    c[4] ^= 0xff;
+    EXPECT_TRUE(leading_bits_equal(a, c, 32, true));
+
+    config::ip_prefix p{};
+    p.address.family = 4;
+    p.address.bytes = {192, 168, 0, 0};
+    p.length = 23;
+    const uint8_t in[4] = {192, 168, 1, 77};
+    const uint8_t also_in[4] = {192, 168, 0, 1};
+    const uint8_t out[4] = {192, 168, 2, 1};
+    EXPECT_TRUE(prefix_contains(p, 4, in));
+    EXPECT_TRUE(prefix_contains(p, 4, also_in));
+    EXPECT_FALSE(prefix_contains(p, 4, out));
+    EXPECT_FALSE(prefix_contains(p, 6, in)); // another family never matches
+    EXPECT_TRUE(prefix_contains(config::ip_prefix{}, 6, in)); // an unset prefix matches all
 }
 
 } // namespace
