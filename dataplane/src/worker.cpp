@@ -47,6 +47,7 @@ struct sa_groups {
     uint8_t slot[slots]; // group + 1, 0 = empty
     unsigned n = 0;
     unsigned total = 0;
+    unsigned last = 0; // the group of the previous add (valid when n != 0)
 
     sa_groups() noexcept { std::memset(slot, 0, sizeof(slot)); }
 
@@ -62,6 +63,12 @@ struct sa_groups {
     {
         if (total == max_packets) {
             return false;
+        }
+        if (n != 0 && sa[last] == s) { // a run of one SA's packets: no hash, no probe
+            ++count[last];
+            pkts[total] = m;
+            group_of[total++] = static_cast<uint8_t>(last);
+            return true;
         }
         unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> 25;
         unsigned g = 0;
@@ -81,6 +88,7 @@ struct sa_groups {
                 break;
             }
         }
+        last = g;
         ++count[g];
         pkts[total] = m;
         group_of[total++] = static_cast<uint8_t>(g);
@@ -90,6 +98,11 @@ struct sa_groups {
     // Orders the packets by group: group g is sorted[first[g]] .. + count[g].
     void finish() noexcept
     {
+        if (n == 1) { // one SA: already in order (the counting sort would chain its stores)
+            first[0] = 0;
+            std::memcpy(sorted, pkts, total * sizeof(pkts[0]));
+            return;
+        }
         uint16_t next[max_groups];
         uint16_t at = 0;
         for (unsigned g = 0; g < n; ++g) {
@@ -995,15 +1008,21 @@ private:
             og[g].n = groups.count[g];
         }
         outbound_process_groups(core_, og, groups.n);
+        // Locals: with `n_forward` a reference and og[] in memory, every store to forward[] would
+        // make the compiler reload both per packet.
+        uint16_t nf = n_forward;
         for (unsigned g = 0; g < groups.n; ++g) {
-            for (uint16_t k = 0; k < og[g].n; ++k) {
-                if (k < og[g].good) {
-                    forward[n_forward++] = og[g].pkts[k];
-                } else {
-                    rte_pktmbuf_free(og[g].pkts[k]);
-                }
+            rte_mbuf** const pk = og[g].pkts;
+            const uint16_t n = og[g].n;
+            const uint16_t good = og[g].good;
+            for (uint16_t k = 0; k < good; ++k) {
+                forward[nf++] = pk[k];
+            }
+            for (uint16_t k = good; k < n; ++k) {
+                rte_pktmbuf_free(pk[k]);
             }
         }
+        n_forward = nf;
     }
 
     // FIB -> neighbor -> Ethernet header -> per-port TX burst. Packets of both families (inner
