@@ -142,11 +142,23 @@ TEST(PrefixCompare, LeadingBitsEqualMatchesABitByBitCompare)
             ASSERT_TRUE(leading_bits_equal(a, a, bits, v4));
         }
     }
-    // Bytes beyond an IPv4 address never count.
+    // Bytes beyond an IPv4 address never count, and lengths beyond the address are its length.
     uint8_t c[16];
     std::memcpy(c, a, 16);
     c[4] ^= 0xff;
     EXPECT_TRUE(leading_bits_equal(a, c, 32, true));
+    for (unsigned bits : {33U, 40U, 64U, 128U, 255U}) {
+        EXPECT_TRUE(leading_bits_equal(a, c, bits, true)) << bits;
+    }
+    c[3] ^= 1;
+    EXPECT_FALSE(leading_bits_equal(a, c, 255, true));
+    uint8_t d[16];
+    std::memcpy(d, a, 16);
+    EXPECT_TRUE(leading_bits_equal(a, d, 129, false));
+    EXPECT_TRUE(leading_bits_equal(a, d, 255, false));
+    d[15] ^= 1;
+    EXPECT_FALSE(leading_bits_equal(a, d, 129, false));
+    EXPECT_FALSE(leading_bits_equal(a, d, 255, false));
 
     config::ip_prefix p{};
     p.address.family = 4;

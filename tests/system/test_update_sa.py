@@ -68,6 +68,10 @@ def main():
             time.sleep(0.2)
         time.sleep(1)
         before = ping(5)
+        # `clear counters` zeroes what `show crypto ipsec sa` counts, never the consumed lifetime,
+        # which must also survive both updates (an outbound SA's lifetime is its counters' raw value
+        # plus what the replaced SA carried over: sa_runtime::consumed_packets).
+        topo.cli("gw-hq", "clear counters")
         moved = request(hq, "update-sa", {"spi": "0x1001", "peer": {"address": "203.0.113.7"}})
         checks.append(("update-sa to 203.0.113.7 accepted", moved.get("ok") is True))
         lost = ping(5)
@@ -93,8 +97,12 @@ def main():
         print(f"     (ESP seen: {list(zip(dsts, seqs))})")
         sa = [s for s in json.loads(topo.cli("gw-hq", "--json show crypto ipsec sa"))["sas"]
               if s["direction"] == "outbound"][0]
-        checks.append((f"counters kept across updates (encaps {sa['counters']['encaps']} >= 18)",
-                       sa["counters"]["encaps"] >= 18 and sa["destination"] == "203.0.113.1"))
+        checks.append((f"counters kept across updates (encaps {sa['counters']['encaps']}: the 10 pings since the clear)",
+                       sa["counters"]["encaps"] == 10 and sa["destination"] == "203.0.113.1"))
+        consumed = sa.get("consumed", {}).get("packets")
+        checks.append((f"consumed lifetime {consumed} packets = every echo request since install (3 + 5 before "
+                       "the clear, 10 after): not reset by the clear, carried across both updates",
+                       consumed == 18))
         bad = [
             request(hq, "update-sa", {"spi": "0x2001", "peer": {"address": "203.0.113.9"}}),  # inbound SPI
             request(hq, "update-sa", {"spi": "0x1001", "peer": {"port": 4501}}),  # not UDP-encapsulated
