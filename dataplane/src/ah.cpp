@@ -509,9 +509,7 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
     // One writer, the SPI's owner: plain adds (sa_stats::add_owned).
     sa.stats.add_owned(sa_counter::verify, verified);
     sa.stats.add_owned(sa_counter::decaps, good);
-    sa.stats.add_owned(sa_counter::packets, good);
-    sa.stats.add_owned(sa_counter::bytes, bytes);
-    lifetime_account(core, sa, good, bytes);
+    lifetime_account(core, sa, good, bytes); // and `packets`, `bytes`
 }
 
 } // namespace espresso::dp

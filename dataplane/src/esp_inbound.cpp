@@ -353,9 +353,7 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
         g.pending_bytes = 0;
         g.pending_verified = 0;
         // decaps and decrypt mirror `packets` (sa_stats::mirrors, set by make_sa).
-        sa.stats.add_owned(sa_counter::packets, good);
-        sa.stats.add_owned(sa_counter::bytes, bytes);
-        lifetime_account(core, sa, good, bytes);
+        lifetime_account(core, sa, good, bytes); // adds `packets` and `bytes`
     }
     batch.n_jobs = 0;
 }

@@ -367,8 +367,7 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
         // before the crypto reads them: all of them at once would exceed the core's outstanding
         // misses and stall on the prefetches themselves.
         for (unsigned gi = 0; gi < count; ++gi) {
-            __builtin_prefetch(&groups[gi].sa->seq, 1, 3);
-            __builtin_prefetch(&groups[gi].sa->stats, 1, 3);
+            prefetch_sa_outbound_state(groups[gi].sa);
         }
     }
     out_batch batch;

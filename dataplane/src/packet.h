@@ -151,30 +151,35 @@ inline void set_tos(uint8_t* ip, uint8_t tos) noexcept
     }
 }
 
+// The mask of the first n (0..64) bits of a big-endian 64-bit word, as a word loaded from memory.
+inline uint64_t leading_mask_be(unsigned n) noexcept
+{
+    return n == 0 ? 0 : rte_cpu_to_be_64(n >= 64 ? ~uint64_t{0} : ~(~uint64_t{0} >> n));
+}
+
 // Are the first `bits` bits of a and b (network order, 4 bytes when v4, else 16) equal? Word
 // compares under a mask, written out because a memcmp of a variable length is a libc call per
 // packet (issue 3: 4 % of an inbound packet's time went to memcmp for the selector checks).
 // `bits` beyond the address are treated as its length.
 inline bool leading_bits_equal(const uint8_t* a, const uint8_t* b, unsigned bits, bool v4) noexcept
 {
-    // The mask of the first n (0..64) bits of a big-endian 64-bit word, in memory order.
-    auto mask64 = [](unsigned n) noexcept -> uint64_t {
-        return n == 0 ? 0 : rte_cpu_to_be_64(n >= 64 ? ~uint64_t{0} : ~(~uint64_t{0} >> n));
-    };
     if (v4) {
         uint32_t x = 0;
         uint32_t y = 0;
         std::memcpy(&x, a, 4);
         std::memcpy(&y, b, 4);
-        const uint32_t mask = bits == 0 ? 0 : rte_cpu_to_be_32(bits >= 32 ? ~uint32_t{0} : ~(~uint32_t{0} >> bits));
+        // The IPv4 mask is the first four bytes of the 64-bit one, in memory order.
+        const uint64_t wide = leading_mask_be(bits < 32 ? bits : 32);
+        uint32_t mask = 0;
+        std::memcpy(&mask, &wide, 4);
         return ((x ^ y) & mask) == 0;
     }
     uint64_t x[2];
     uint64_t y[2];
     std::memcpy(x, a, 16);
     std::memcpy(y, b, 16);
-    const uint64_t m0 = mask64(bits < 64 ? bits : 64);
-    const uint64_t m1 = mask64(bits > 64 ? bits - 64 : 0);
+    const uint64_t m0 = leading_mask_be(bits < 64 ? bits : 64);
+    const uint64_t m1 = leading_mask_be(bits > 64 ? bits - 64 : 0);
     return (((x[0] ^ y[0]) & m0) | ((x[1] ^ y[1]) & m1)) == 0;
 }
 

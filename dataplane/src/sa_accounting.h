@@ -38,29 +38,25 @@ inline uint16_t lifetime_allowance(const sa_runtime& sa, uint16_t n) noexcept
     return n;
 }
 
-// Adds a run of packets to the lifetime counters and raises soft/hard events once each. Outbound
-// SAs: also counts them as `packets` and `bytes` (those counters are their consumed lifetime, see
-// sa_runtime::life_bytes); inbound callers add their display counters themselves.
+// Counts a run of packets as `packets` and `bytes`, which are also the SA's consumed lifetime (see
+// sa_runtime::life_bytes), and raises soft/hard events once each.
 inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets, uint64_t bytes) noexcept
 {
     if (packets == 0) {
         return;
     }
-    uint64_t p = 0;
-    uint64_t b = 0;
     if (sa.outbound()) {
         // Outbound SAs are used by several workers at once: one locked add per counter.
-        p = sa.stats.add_fetch(sa_counter::packets, packets) + sa.life_packets.load(std::memory_order_relaxed);
-        b = sa.stats.add_fetch(sa_counter::bytes, bytes) + sa.life_bytes.load(std::memory_order_relaxed);
+        sa.stats.add(sa_counter::packets, packets);
+        sa.stats.add(sa_counter::bytes, bytes);
     } else {
-        // An inbound SA's lifetime has one writer, the worker that owns its SPI (the NAT rebinding
-        // carry-over in gateway.cpp is for outbound SAs only): a plain load and store instead of a
-        // locked read-modify-write, which with a different SA on every packet costs per packet.
-        p = sa.life_packets.load(std::memory_order_relaxed) + packets;
-        b = sa.life_bytes.load(std::memory_order_relaxed) + bytes;
-        sa.life_packets.store(p, std::memory_order_relaxed);
-        sa.life_bytes.store(b, std::memory_order_relaxed);
+        // An inbound SA has one writer, the worker that owns its SPI: a plain load and store instead
+        // of a locked read-modify-write, which with a different SA on every packet costs per packet.
+        sa.stats.add_owned(sa_counter::packets, packets);
+        sa.stats.add_owned(sa_counter::bytes, bytes);
     }
+    const uint64_t p = sa.consumed_packets();
+    const uint64_t b = sa.consumed_bytes();
     if ((sa.soft_packets != 0 && p >= sa.soft_packets) || (sa.soft_bytes != 0 && b >= sa.soft_bytes)) {
         post_once(core, sa, expired_soft, sa_event_kind::soft_expire);
     }

@@ -417,7 +417,7 @@ TEST_F(Esp, ClearedCountersCountWhatComesAfter)
     EXPECT_EQ(in->stats.get(sa_counter::verify), 2U); // the replay fails the window before the ICV
     EXPECT_EQ(in->stats.get(sa_counter::bytes), 2 * inner_packet(false, 10).size());
     EXPECT_EQ(in->stats.get(drop_reason::replay), 1U);
-    EXPECT_EQ(in->life_packets.load(), 5U);
+    EXPECT_EQ(in->consumed_packets(), 5U);
     EXPECT_EQ(out->stats.get(sa_counter::encaps), 0U);
 }
 
@@ -547,7 +547,7 @@ TEST_F(Esp, GroupsOfManySasShareOneCallWithPerSaVerdictsAndCounters)
         EXPECT_EQ(tn.in->stats.get(drop_reason::replay), 1U);
         EXPECT_EQ(tn.in->stats.get(drop_reason::icv), 1U);
         EXPECT_EQ(tn.in->replay.highest(), 7U);
-        EXPECT_EQ(tn.in->life_packets.load(), 7U);
+        EXPECT_EQ(tn.in->consumed_packets(), 7U);
     }
     for (auto* m : mbufs) {
         rte_pktmbuf_free(m);

@@ -109,11 +109,8 @@ struct sa_stats {
             counters[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed);
         }
     }
-    // Several writers; returns the counter's raw value after the add (never reset: clear() moves
-    // `base`), which outbound SAs use as their consumed lifetime (sa_runtime::consumed_packets).
-    uint64_t add_fetch(sa_counter c, uint64_t n) noexcept {
-        return counters[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed) + n;
-    }
+    // The counter's value since the SA was created (never reset: clear() moves `base`), which is the
+    // SA's consumed lifetime (sa_runtime::consumed_packets).
     uint64_t raw(sa_counter c) const noexcept {
         return counters[static_cast<size_t>(c)].load(std::memory_order_relaxed);
     }

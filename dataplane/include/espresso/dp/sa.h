@@ -80,12 +80,10 @@ struct alignas(64) sa_runtime {
     // lifetimes (both directions): with many SAs active, each one's state is a cache miss per burst,
     // so this line is one miss instead of three (see static_asserts below the struct).
     alignas(64) std::atomic<uint64_t> seq{0}; // outbound: last sequence number used
-    // Lifetime accounting (RFC 4301 §4.4.2.1). `clear counters` cannot extend an SA's life: it
-    // moves stats.base and never resets a counter. Inbound SAs count here (one writer, plain
-    // stores). Outbound SAs, which several workers share, consume their display counters
-    // `packets`/`bytes` instead, so a packet costs one locked add per counter and not two; for them
-    // these two hold only what a replaced SA carried over (gateway.cpp). Read both through
-    // consumed_bytes()/consumed_packets().
+    // Lifetime accounting (RFC 4301 §4.4.2.1): an SA consumes its display counters `packets` and
+    // `bytes` (stats.raw; `clear counters` moves stats.base and never resets a counter, so it cannot
+    // extend an SA's life), and these two hold only what a replaced SA carried over (gateway.cpp), so
+    // a packet costs no store besides its counters. Read through consumed_bytes()/consumed_packets().
     std::atomic<uint64_t> life_bytes{0};
     std::atomic<uint64_t> life_packets{0};
     uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0; // 0 = none
@@ -101,13 +99,11 @@ struct alignas(64) sa_runtime {
     bool outbound() const noexcept { return (flags & sa_outbound) != 0; }
     uint64_t consumed_bytes() const noexcept
     {
-        const uint64_t own = outbound() ? stats.raw(sa_counter::bytes) : 0;
-        return own + life_bytes.load(std::memory_order_relaxed);
+        return stats.raw(sa_counter::bytes) + life_bytes.load(std::memory_order_relaxed);
     }
     uint64_t consumed_packets() const noexcept
     {
-        const uint64_t own = outbound() ? stats.raw(sa_counter::packets) : 0;
-        return own + life_packets.load(std::memory_order_relaxed);
+        return stats.raw(sa_counter::packets) + life_packets.load(std::memory_order_relaxed);
     }
     uint64_t seq_limit() const noexcept { return (flags & sa_esn) ? UINT64_MAX : UINT32_MAX; }
 };
@@ -131,15 +127,21 @@ inline void prefetch_sa_head(const sa_runtime* sa) noexcept
     __builtin_prefetch(reinterpret_cast<const char*>(sa) + 64, 0, 3);
 }
 
-// The lines an inbound SA's packets write whatever its algorithm (lifetime and expiry, the replay
-// window's head, the counters): their addresses need nothing from the SA, so the worker starts
-// them with prefetch_sa_head right after the SAD look-up, a whole classification pass before the
-// engine reads them.
-inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
+// The lines an engine call writes for an SA whatever its algorithm and direction: sequence number
+// and lifetime, counters (outbound_process_groups starts them for all of its SAs at once).
+inline void prefetch_sa_outbound_state(const sa_runtime* sa) noexcept
 {
     __builtin_prefetch(&sa->seq, 1, 3);
-    __builtin_prefetch(&sa->replay, 1, 3);
     __builtin_prefetch(&sa->stats, 1, 3);
+}
+
+// Those and the replay window's head, for an inbound SA: their addresses need nothing from the SA,
+// so the worker starts them with prefetch_sa_head right after the SAD look-up, a whole
+// classification pass before the engine reads them.
+inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
+{
+    prefetch_sa_outbound_state(sa);
+    __builtin_prefetch(&sa->replay, 1, 3);
 }
 
 // The key schedule of the SA's algorithm (GCM: round keys and hash key powers, 8 lines). `flags`
@@ -164,9 +166,7 @@ inline void prefetch_sa_keys(const sa_runtime* sa) noexcept
 // per SA as in outbound was no faster (0.727 vs 0.735 of the raw crypto).
 inline void prefetch_sa_state(const sa_runtime* sa) noexcept
 {
-    __builtin_prefetch(&sa->seq, 1, 3);
-    __builtin_prefetch(&sa->stats, 1, 3);
-    __builtin_prefetch(&sa->replay, 1, 3);
+    prefetch_sa_inbound_state(sa);
     prefetch_sa_keys(sa);
 }
 
