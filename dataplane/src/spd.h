@@ -90,10 +90,35 @@ struct spd_entry {
     uint32_t id = 0;
 };
 
+// One rule of a family's small rule set, walked in rank order instead of through rte_acl (see
+// compiled_spd). Addresses as the key holds them (network order, 16 bytes; IPv4 in the first 4) with
+// their prefix masks, the value already masked; ports in host order, inclusive ranges.
+struct linear_rule {
+    uint64_t source[2];
+    uint64_t source_mask[2];
+    uint64_t destination[2];
+    uint64_t destination_mask[2];
+    uint16_t source_port_min, source_port_max;
+    uint16_t destination_port_min, destination_port_max;
+    uint8_t protocol;      // 0 with protocol_mask 0: any
+    uint8_t protocol_mask;
+    uint8_t category;      // 0 outbound, 1 inbound check
+    uint32_t result;       // rule index + 1
+};
+
 class compiled_spd {
 public:
-    // Throws std::runtime_error if rte_acl cannot build the context.
-    compiled_spd(const std::vector<spd_entry>& entries, uint64_t generation);
+    // A family with at most this many rules is classified by walking them in rank order instead of
+    // through rte_acl. rte_acl's cost per packet is about fixed (one trie transition per key byte:
+    // ~75 cycles for an IPv4 key measured in a 64 B outbound packet, perf/RESULTS.md); a walk over a
+    // site-to-site gateway's handful of rules costs a few compares each. perf/spd-bench measures the
+    // crossover.
+    static constexpr size_t default_linear_max = 8;
+
+    // Throws std::runtime_error if rte_acl cannot build the context. `linear_max` = 0: always
+    // rte_acl (tests use it as the oracle of the linear walk).
+    compiled_spd(const std::vector<spd_entry>& entries, uint64_t generation,
+                 size_t linear_max = default_linear_max);
     ~compiled_spd();
     compiled_spd(const compiled_spd&) = delete;
     compiled_spd& operator=(const compiled_spd&) = delete;
@@ -107,9 +132,15 @@ public:
     // the worker need not classify it (unless level 2 holds host policies).
     bool forwards_all() const noexcept { return forwards_all_; }
 
+    bool linear4() const noexcept { return linear4_; }
+    bool linear6() const noexcept { return linear6_; }
+
 private:
     rte_acl_ctx* ctx_ = nullptr;
     rte_acl_ctx* ctx6_ = nullptr;
+    std::vector<linear_rule> linear_[2]; // IPv4, IPv6 rules in rank order
+    bool linear4_ = false;
+    bool linear6_ = false;
     std::vector<spd_rule> rules_;
     bool forwards_all_ = true;
 };

@@ -2,7 +2,8 @@
 // exact-match host table (SA-implied policies whose remote selector is one host). The two levels must
 // give the answer one rte_acl over every entry gives: checked on fixed cases (priorities between
 // operator and implied policies, trap, deletes, both families, the inbound check) and on random sets
-// against a single compiled_spd as the oracle.
+// against a single compiled_spd as the oracle. Small rule sets are walked linearly instead of through
+// rte_acl: that walk is checked against rte_acl on random rule sets and keys of both families.
 #include "spd.h"
 
 #include <gtest/gtest.h>
@@ -336,7 +337,7 @@ TEST(spd_levels, two_levels_agree_with_one_rte_acl_on_random_sets)
             }
             all = rest;
         }
-        compiled_spd oracle2(all, next_generation());
+        compiled_spd oracle2(all, next_generation(), 0); // rte_acl only
         const char* sources[] = {"192.168.1.5", "192.168.1.200", "192.168.7.1", "10.0.0.1", "10.0.0.2", "10.0.1.1",
                                  "172.16.0.1"};
         const char* destinations[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "10.0.0.9", "192.168.1.5",
@@ -366,6 +367,113 @@ TEST(spd_levels, two_levels_agree_with_one_rte_acl_on_random_sets)
             }
         }
     }
+}
+
+// The linear walk of small rule sets must answer exactly what rte_acl answers (the same rule index
+// for each category): random sets of up to default_linear_max rules of both families, with protocols,
+// port ranges, priorities, mirrored inbound checks and any-address sides, against random keys near
+// their boundaries.
+TEST(spd_linear, small_rule_sets_answer_what_rte_acl_answers)
+{
+    std::mt19937 rng(4303);
+    auto pick = [&](unsigned n) { return static_cast<unsigned>(rng() % n); };
+    const char* v4[] = {"192.168.0.0/16", "192.168.1.0/24", "192.168.1.128/25", "192.168.1.5/32", "10.0.0.0/8",
+                        "10.1.0.0/16", "10.1.2.3/32", "0.0.0.0/0"};
+    const char* v6[] = {"2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::5/128", "2001:db8:1:0:8000::/65",
+                        "fd00::/8", "fd00:1::/64", "::/0", "2001:db8:1::/127"};
+    const uint8_t protocols[] = {0, 6, 17, 50};
+    const uint32_t priorities[] = {0, 10, 500, 1000};
+    const policy_action actions[] = {policy_action::bypass, policy_action::discard, policy_action::protect};
+    size_t linear_sets = 0;
+    for (int round = 0; round < 300; ++round) {
+        const bool six = (round & 1) != 0;
+        const char* const* prefixes = six ? v6 : v4;
+        std::vector<spd_entry> entries;
+        const unsigned count = 1 + pick(compiled_spd::default_linear_max);
+        for (unsigned i = 0; i < count; ++i) {
+            spd_entry e = operator_policy(prefixes[pick(8)], prefixes[pick(8)], actions[pick(3)], priorities[pick(4)],
+                                          i + 1);
+            e.policy.protocol = protocols[pick(4)];
+            e.policy.local_port_min = static_cast<uint16_t>(pick(2) == 0 ? 0 : 1000 + pick(100));
+            e.policy.local_port_max = static_cast<uint16_t>(pick(2) == 0 ? 65535 : e.policy.local_port_min + pick(50));
+            e.policy.remote_port_min = static_cast<uint16_t>(pick(2) == 0 ? 0 : 400 + pick(100));
+            e.policy.remote_port_max = static_cast<uint16_t>(pick(2) == 0 ? 65535 : e.policy.remote_port_min + pick(50));
+            e.inbound_check = pick(2) == 0;
+            if (e.policy.action == policy_action::protect && !e.inbound_check) {
+                e.sa = fake_sa(i + 1);
+            }
+            entries.push_back(e);
+        }
+        compiled_spd linear(entries, next_generation());
+        compiled_spd acl(entries, next_generation(), 0);
+        ASSERT_TRUE(six ? linear.linear6() : linear.linear4());
+        ASSERT_FALSE(six ? acl.linear6() : acl.linear4());
+        ++linear_sets;
+        for (int probe = 0; probe < 200; ++probe) {
+            // Addresses from the rules' prefixes with a random host part, sometimes one bit outside.
+            auto address = [&](uint8_t* out) {
+                const auto p = pfx(prefixes[pick(8)]);
+                std::memcpy(out, p.address.bytes.data(), six ? 16 : 4);
+                const unsigned bytes = six ? 16 : 4;
+                const unsigned flips = pick(3);
+                for (unsigned f = 0; f < flips; ++f) {
+                    const unsigned bit = pick(bytes * 8);
+                    out[bit / 8] = static_cast<uint8_t>(out[bit / 8] ^ (0x80U >> (bit % 8)));
+                }
+            };
+            const uint8_t protocol = protocols[pick(4)] == 0 ? 1 : protocols[pick(4)];
+            const auto sport = static_cast<uint16_t>(pick(4) == 0 ? pick(65536) : 990 + pick(170));
+            const auto dport = static_cast<uint16_t>(pick(4) == 0 ? pick(65536) : 390 + pick(170));
+            uint32_t want[2] = {};
+            uint32_t got[2] = {};
+            if (six) {
+                spd6_key k{};
+                k.protocol = protocol;
+                address(k.source);
+                address(k.destination);
+                k.source_port = rte_cpu_to_be_16(sport);
+                k.destination_port = rte_cpu_to_be_16(dport);
+                const spd6_key* kp = &k;
+                acl.classify6(&kp, &want[0], &want[1], 1);
+                linear.classify6(&kp, &got[0], &got[1], 1);
+            } else {
+                spd_key k{};
+                k.protocol = protocol;
+                address(reinterpret_cast<uint8_t*>(&k.source));
+                address(reinterpret_cast<uint8_t*>(&k.destination));
+                k.source_port = rte_cpu_to_be_16(sport);
+                k.destination_port = rte_cpu_to_be_16(dport);
+                const spd_key* kp = &k;
+                acl.classify(&kp, &want[0], &want[1], 1);
+                linear.classify(&kp, &got[0], &got[1], 1);
+            }
+            ASSERT_EQ(got[0], want[0]) << "round " << round << " probe " << probe << " (outbound)";
+            ASSERT_EQ(got[1], want[1]) << "round " << round << " probe " << probe << " (inbound check)";
+        }
+    }
+    EXPECT_EQ(linear_sets, 300U);
+}
+
+// Past default_linear_max rules a family goes to rte_acl; each family is decided on its own.
+TEST(spd_linear, large_rule_sets_use_rte_acl)
+{
+    std::vector<spd_entry> entries;
+    for (uint32_t i = 0; i <= compiled_spd::default_linear_max; ++i) {
+        entries.push_back(operator_policy("192.168." + std::to_string(i) + ".0/24", "10.0.0.0/8",
+                                          policy_action::bypass, 0, i + 1));
+    }
+    entries.push_back(operator_policy("2001:db8::/32", "fd00::/8", policy_action::discard, 0, 100));
+    compiled_spd spd(entries, next_generation());
+    EXPECT_FALSE(spd.linear4());
+    EXPECT_TRUE(spd.linear6());
+    const spd_key k = key4("192.168.3.7", "10.9.9.9");
+    const spd_key* kp = &k;
+    uint32_t out = 0;
+    uint32_t in = 0;
+    spd.classify(&kp, &out, &in, 1);
+    ASSERT_NE(out, 0U);
+    EXPECT_EQ(spd.rule(out).id, 4U);
+    EXPECT_EQ(in, 0U);
 }
 
 } // namespace
