@@ -158,7 +158,9 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
             esp = start + ip.header + sa.outer_bytes;
         }
         // RFC 4303 §2.4: TFC padding (zeros), then monotonic padding 1, 2, 3, ..., pad length, next header.
-        std::memset(trailer, 0, tfc);
+        if (tfc != 0) [[unlikely]] {
+            std::memset(trailer, 0, tfc);
+        }
         uint8_t* pad_start = trailer + tfc;
         for (uint32_t k = 0; k < pad; ++k) {
             pad_start[k] = static_cast<uint8_t>(k + 1);

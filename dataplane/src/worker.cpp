@@ -40,7 +40,7 @@ struct sa_groups {
     static constexpr unsigned slots = 128; // power of two, > max_groups
     sa_runtime* sa[max_groups];
     uint16_t count[max_groups];
-    uint16_t first[max_groups]; // offset of each group in `sorted` after finish()
+    uint16_t first[max_groups]; // offset of each group in what finish() returns
     rte_mbuf* pkts[max_packets];
     uint8_t group_of[max_packets];
     rte_mbuf* sorted[max_packets];
@@ -95,13 +95,12 @@ struct sa_groups {
         return true;
     }
 
-    // Orders the packets by group: group g is sorted[first[g]] .. + count[g].
-    void finish() noexcept
+    // Orders the packets by group: group g is finish()[first[g]] .. + count[g].
+    rte_mbuf** finish() noexcept
     {
-        if (n == 1) { // one SA: already in order (the counting sort would chain its stores)
+        if (n == 1) { // one SA: already in order (no counting sort, whose stores chain, and no copy)
             first[0] = 0;
-            std::memcpy(sorted, pkts, total * sizeof(pkts[0]));
-            return;
+            return pkts;
         }
         uint16_t next[max_groups];
         uint16_t at = 0;
@@ -112,6 +111,7 @@ struct sa_groups {
         for (unsigned i = 0; i < total; ++i) {
             sorted[next[group_of[i]]++] = pkts[i];
         }
+        return sorted;
     }
 };
 static_assert(sa_groups::slots > sa_groups::max_groups && (sa_groups::slots & (sa_groups::slots - 1)) == 0);
@@ -707,14 +707,14 @@ private:
 
     void run_inbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
-        groups.finish();
+        rte_mbuf** const ordered = groups.finish();
         // Every SA of the pass in one engine call (it prefetches their state first): with traffic of
         // many tunnels, one call per SA would cost its fixed overhead per packet.
         drop_reason reasons[sa_groups::max_packets];
         inbound_group ig[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
             ig[g].sa = groups.sa[g];
-            ig[g].pkts = groups.sorted + groups.first[g];
+            ig[g].pkts = ordered + groups.first[g];
             ig[g].reasons = reasons + groups.first[g];
             ig[g].n = groups.count[g];
         }
@@ -997,13 +997,13 @@ private:
 
     void run_outbound(sa_groups& groups, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
-        groups.finish();
+        rte_mbuf** const ordered = groups.finish();
         // Every SA of the pass in one engine call (it prefetches their state first): the ESP packets share IPsec-MB bursts.
         drop_reason reasons[sa_groups::max_packets];
         outbound_group og[sa_groups::max_groups];
         for (unsigned g = 0; g < groups.n; ++g) {
             og[g].sa = groups.sa[g];
-            og[g].pkts = groups.sorted + groups.first[g];
+            og[g].pkts = ordered + groups.first[g];
             og[g].reasons = reasons + groups.first[g];
             og[g].n = groups.count[g];
         }
