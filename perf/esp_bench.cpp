@@ -47,6 +47,7 @@
 #include "espresso/dp/crypto_core.h"
 #include "espresso/dp/ipsec.h"
 #include "espresso/dp/sa.h"
+#include "imb_burst.h"
 
 namespace {
 
@@ -596,7 +597,10 @@ public:
         }
         raw_keys keys;
         expand_raw_keys(core_.mgr(), a, keys);
-        raw_context rc{core_.mgr(), &a, &keys, encrypt};
+        // The raw limit runs on the manager the engine hashes with (SHA-NI for HMAC-SHA-1/256 where
+        // the core has it, crypto_core::sha_mgr), so the ratio stays the engine's own overhead.
+        raw_context rc{a.imb_hash == IMB_AUTH_NULL ? core_.mgr() : dp::hash_manager(core_, a.imb_hash), &a, &keys,
+                       encrypt};
         auto raw = [&](rte_mbuf** pkts, const uint16_t* inner, uint16_t n) { raw_burst(rc, pkts, inner, n); };
         dp::sa_runtime* sa = encrypt ? out_sa_.get() : in_sa_.get();
         uint64_t esp_errors = 0;

@@ -295,7 +295,7 @@ void ah_outbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n,
     }
 
     IMB_JOB* jobs[max_burst];
-    int done = run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
+    int done = run_burst(hash_manager(core, sa.hash_alg), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
         ah_packet& a = info[index[j]];
         // The tag is written over the (zeroed) ICV field once the whole packet has been hashed.
         prepare_job(sa, job, rte_pktmbuf_mtod(pkts[index[j]], uint8_t*), a, a.ah + ah_fixed + iv, index[j]);
@@ -462,7 +462,7 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
     }
 
     IMB_JOB* jobs[max_burst];
-    int done = run_burst(core.mgr(), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
+    int done = run_burst(hash_manager(core, sa.hash_alg), jobs, n_jobs, [&](uint16_t j, IMB_JOB* job) {
         ah_packet& a = info[index[j]];
         prepare_job(sa, job, rte_pktmbuf_mtod(pkts[index[j]], uint8_t*), a, a.tag, index[j]);
     });

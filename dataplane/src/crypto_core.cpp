@@ -67,12 +67,32 @@ crypto_core::crypto_core()
         throw std::runtime_error(std::string("IPsec-MB: init_mb_mgr_auto failed: ") + imb_get_strerror(err));
     }
     description_ = describe(arch, mgr_->features);
+    if ((mgr_->features & IMB_FEATURE_SHANI) != 0 && (arch == IMB_ARCH_AVX2 || arch == IMB_ARCH_AVX)) {
+        sha_mgr_ = alloc_mb_mgr(0);
+        if (sha_mgr_ == nullptr) {
+            free_mb_mgr(mgr_);
+            mgr_ = nullptr;
+            throw std::runtime_error("IPsec-MB: alloc_mb_mgr failed");
+        }
+        init_mb_mgr_sse(sha_mgr_);
+        if (int e = imb_get_errno(sha_mgr_); e != 0) {
+            const std::string why = imb_get_strerror(e);
+            free_mb_mgr(sha_mgr_);
+            free_mb_mgr(mgr_);
+            sha_mgr_ = mgr_ = nullptr;
+            throw std::runtime_error("IPsec-MB: init_mb_mgr_sse failed: " + why);
+        }
+        description_ += "; HMAC-SHA-1/224/256 on the SSE manager (SHA-NI)";
+    }
     jobs_ = new IMB_JOB[max_burst]();
 }
 
 crypto_core::~crypto_core()
 {
     delete[] jobs_;
+    if (sha_mgr_ != nullptr) {
+        free_mb_mgr(sha_mgr_);
+    }
     if (mgr_ != nullptr) {
         free_mb_mgr(mgr_);
     }

@@ -11,6 +11,7 @@
 
 #include "espresso/dp/crypto_core.h"
 #include "hmac_keys.h"
+#include "imb_burst.h"
 #include "test_util.h"
 #include "vectors/hmac_vectors.h"
 
@@ -127,6 +128,26 @@ TEST_P(HmacKnownAnswer, FullAndTruncatedOutput)
     const size_t icv = truncated_bytes(v.alg);
     const std::vector<uint8_t> truncated(mac.begin(), mac.begin() + static_cast<std::ptrdiff_t>(icv));
     EXPECT_EQ(hex(run_hmac_job(core_.mgr(), v.alg, ipad.data(), opad.data(), data, icv)), hex(truncated));
+    // And on the manager the engine hashes with (crypto_core::sha_mgr: SHA-NI for SHA-1/256 where
+    // the CPU has it and the best manager is AVX2), from the same precomputed states.
+    IMB_MGR* engine = hash_manager(core_, imb_hash_alg(v.alg));
+    EXPECT_EQ(hex(run_hmac_job(engine, v.alg, ipad.data(), opad.data(), data, mac.size())), hex(mac));
+}
+
+// The SHA-NI manager takes exactly the hashes it speeds up; everything else stays on the best one.
+TEST(HmacKeys, HashManagerTakesOnlyShaNiHashes)
+{
+    crypto_core core;
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_HMAC_SHA_384), core.mgr());
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_HMAC_SHA_512), core.mgr());
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_AES_GMAC), core.mgr());
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_NULL), core.mgr());
+    IMB_MGR* sha = core.sha_mgr() != nullptr ? core.sha_mgr() : core.mgr();
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_HMAC_SHA_1), sha);
+    EXPECT_EQ(hash_manager(core, IMB_AUTH_HMAC_SHA_256), sha);
+    if ((core.mgr()->features & IMB_FEATURE_SHANI) == 0) {
+        EXPECT_EQ(core.sha_mgr(), nullptr) << core.description();
+    }
 }
 
 std::string vector_name(const ::testing::TestParamInfo<test::vectors::hmac_vector>& info)
