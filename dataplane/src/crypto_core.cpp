@@ -54,49 +54,56 @@ std::string describe(IMB_ARCH arch, uint64_t features)
 
 crypto_core::crypto_core()
 {
+    // The destructor does not run for a constructor that throws: free what was made on every way out.
+    try {
+        init();
+    } catch (...) {
+        release();
+        throw;
+    }
+}
+
+void crypto_core::init()
+{
+    jobs_ = new IMB_JOB[max_burst]();
     mgr_ = alloc_mb_mgr(0);
     if (mgr_ == nullptr) {
         throw std::runtime_error("IPsec-MB: alloc_mb_mgr failed");
     }
     IMB_ARCH arch = IMB_ARCH_NONE;
     init_mb_mgr_auto(mgr_, &arch);
-    int err = imb_get_errno(mgr_);
-    if (err != 0) {
-        free_mb_mgr(mgr_);
-        mgr_ = nullptr;
+    if (int err = imb_get_errno(mgr_); err != 0) {
         throw std::runtime_error(std::string("IPsec-MB: init_mb_mgr_auto failed: ") + imb_get_strerror(err));
     }
     description_ = describe(arch, mgr_->features);
     if ((mgr_->features & IMB_FEATURE_SHANI) != 0 && (arch == IMB_ARCH_AVX2 || arch == IMB_ARCH_AVX)) {
         sha_mgr_ = alloc_mb_mgr(0);
         if (sha_mgr_ == nullptr) {
-            free_mb_mgr(mgr_);
-            mgr_ = nullptr;
             throw std::runtime_error("IPsec-MB: alloc_mb_mgr failed");
         }
         init_mb_mgr_sse(sha_mgr_);
-        if (int e = imb_get_errno(sha_mgr_); e != 0) {
-            const std::string why = imb_get_strerror(e);
-            free_mb_mgr(sha_mgr_);
-            free_mb_mgr(mgr_);
-            sha_mgr_ = mgr_ = nullptr;
-            throw std::runtime_error("IPsec-MB: init_mb_mgr_sse failed: " + why);
+        if (int err = imb_get_errno(sha_mgr_); err != 0) {
+            throw std::runtime_error(std::string("IPsec-MB: init_mb_mgr_sse failed: ") + imb_get_strerror(err));
         }
         description_ += "; HMAC-SHA-1/224/256 on the SSE manager (SHA-NI)";
     }
-    jobs_ = new IMB_JOB[max_burst]();
 }
 
-crypto_core::~crypto_core()
+void crypto_core::release() noexcept
 {
     delete[] jobs_;
+    jobs_ = nullptr;
     if (sha_mgr_ != nullptr) {
         free_mb_mgr(sha_mgr_);
+        sha_mgr_ = nullptr;
     }
     if (mgr_ != nullptr) {
         free_mb_mgr(mgr_);
+        mgr_ = nullptr;
     }
 }
+
+crypto_core::~crypto_core() { release(); }
 
 void crypto_core::post(const sa_event& e) noexcept
 {

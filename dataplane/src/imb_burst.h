@@ -157,7 +157,8 @@ inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_D
         }
     }
     // Chained jobs, one burst per manager (hash_manager): those whose HMAC the SHA-NI manager does
-    // first, then the rest.
+    // first, then the rest. (An AES-CBC job here, one of a second key size or hash in the batch, has
+    // its cipher on the SSE manager too: rare, and a chained job cannot be split.)
     uint16_t n_sha = 0;
     if (core.sha_mgr() != nullptr) {
         for (uint16_t k = 0; k < n_chained; ++k) {

@@ -720,6 +720,41 @@ TEST_F(Esp, LifetimesRaiseSoftThenStopAtHard)
     EXPECT_EQ(events[1].kind, sa_event_kind::hard_expire);
 }
 
+// An inbound SA consumes its counters as lifetime too (one writer, plain adds): soft then hard
+// events once each, packets past the hard limit dropped as lifetime_expired, and `clear counters`
+// in between gives it no new life.
+TEST_F(Esp, InboundLifetimeCountsAcrossAClearAndStopsAtHard)
+{
+    auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);
+    auto ic = make_config(transforms[0], config::direction::inbound, false, true, false, false);
+    ic.lifetime.packets = 4;
+    ic.lifetime.soft_packets = 2;
+    auto out = make_sa(oc, core);
+    auto in = make_sa(ic, core);
+    std::vector<std::vector<uint8_t>> wires;
+    for (int i = 0; i < 6; ++i) {
+        wires.push_back(encrypt(*out, inner_packet(false, 10)));
+    }
+    std::vector<uint8_t> back;
+    ASSERT_EQ(decrypt(*in, wires[0], back), drop_reason::none);
+    ASSERT_EQ(decrypt(*in, wires[1], back), drop_reason::none);
+    in->stats.clear();
+    EXPECT_EQ(in->consumed_packets(), 2U);
+    EXPECT_EQ(in->consumed_bytes(), 2 * inner_packet(false, 10).size());
+    ASSERT_EQ(decrypt(*in, wires[2], back), drop_reason::none);
+    ASSERT_EQ(decrypt(*in, wires[3], back), drop_reason::none);
+    EXPECT_EQ(decrypt(*in, wires[4], back), drop_reason::lifetime_expired);
+    EXPECT_EQ(decrypt(*in, wires[5], back), drop_reason::lifetime_expired);
+    EXPECT_EQ(in->stats.get(sa_counter::packets), 2U); // since the clear
+    EXPECT_EQ(in->consumed_packets(), 4U);
+    EXPECT_EQ(in->stats.get(drop_reason::lifetime_expired), 2U);
+    sa_event events[4];
+    ASSERT_EQ(core.drain(events), 2U);
+    EXPECT_EQ(events[0].kind, sa_event_kind::soft_expire);
+    EXPECT_EQ(events[0].dir, config::direction::inbound);
+    EXPECT_EQ(events[1].kind, sa_event_kind::hard_expire);
+}
+
 // An outbound SA's consumed lifetime is its `packets`/`bytes` counters (one locked add each per
 // burst, sa_runtime::life_bytes): `clear counters` must not give it a new life, and what a replaced SA
 // carried over (life_packets, gateway.cpp) counts against the limit too.

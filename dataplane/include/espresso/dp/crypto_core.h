@@ -38,7 +38,7 @@ public:
     // AVX or AVX2 (nullptr otherwise): in IPsec-MB 1.3 only the SSE manager hashes SHA-1/SHA-224/
     // SHA-256 with them; the AVX2 one runs 8-lane vector code instead. Measured with perf/esp-bench
     // on this project's machine (AMD EPYC, AVX2 + SHA-NI), AES-128-CBC + HMAC-SHA-256 encrypt:
-    // 64 B 2.2 -> 5.4 Mpps, 1420 B 0.42 -> 0.72 Mpps; decrypt 64 B 2.6 -> 3.7 Mpps. HMAC jobs of
+    // 64 B 2.2 -> 3.5-5.4 Mpps, 1420 B 0.42 -> 0.64-0.88 Mpps (perf/RESULTS.md). HMAC jobs of
     // those hashes go to it (hash_manager, imb_burst.h); everything else, AES-GCM first of all,
     // stays on mgr(). Not made for AVX-512 managers: not measured there.
     IMB_MGR* sha_mgr() const noexcept { return sha_mgr_; }
@@ -56,6 +56,9 @@ public:
     uint64_t events_lost() const noexcept { return lost_; }
 
 private:
+    void init();
+    void release() noexcept;
+
     IMB_MGR* mgr_ = nullptr;
     IMB_MGR* sha_mgr_ = nullptr;
     IMB_JOB* jobs_ = nullptr; // max_burst of them
