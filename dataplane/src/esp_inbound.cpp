@@ -161,7 +161,7 @@ void inbound_prepare(sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* r
         in.esp = data + offset;
         in.payload = esp_len - 8 - iv - icv;
         // RFC 4303 §2.4: the ciphertext ends on a 4-byte boundary (16 for CBC, RFC 3602 §3).
-        if (in.payload % sa.block_bytes != 0) {
+        if ((in.payload & (sa.block_bytes - 1U)) != 0) { // block_bytes: 4 or 16 (sa.h)
             reasons[i] = drop_reason::bad_length;
             continue;
         }

@@ -157,6 +157,22 @@ inline uint64_t leading_mask_be(unsigned n) noexcept
     return n == 0 ? 0 : rte_cpu_to_be_64(n >= 64 ? ~uint64_t{0} : ~(~uint64_t{0} >> n));
 }
 
+// x % d for a divisor fixed at start-up (the worker count), without a division instruction per
+// packet (a 32-bit div is one of the slowest instructions; the SPI owner is computed for every ESP
+// packet). Lemire, Kaser, Kurz, "Faster Remainder by Direct Computation" (2019): m = ceil(2^64 / d);
+// x % d = ((m * x mod 2^64) * d) >> 64, exact for every 32-bit x and d >= 1 (d = 1: m wraps to 0).
+struct fixed_divisor {
+    uint32_t d = 1;
+    uint64_t m = 0;
+    fixed_divisor() = default;
+    explicit fixed_divisor(uint32_t divisor) noexcept : d(divisor), m(UINT64_MAX / divisor + 1) {}
+    uint32_t mod(uint32_t x) const noexcept
+    {
+        const uint64_t low = m * x;
+        return static_cast<uint32_t>((static_cast<unsigned __int128>(low) * d) >> 64);
+    }
+};
+
 // Are the first `bits` bits of a and b (network order, 4 bytes when v4, else 16) equal? Word
 // compares under a mask, written out because a memcmp of a variable length is a libc call per
 // packet (issue 3: 4 % of an inbound packet's time went to memcmp for the selector checks).

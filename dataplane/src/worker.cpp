@@ -126,6 +126,8 @@ public:
         for (const port_state& p : s_.ports) {
             min_mtu_ = std::min<uint32_t>(min_mtu_, p.mtu);
         }
+        // So are the workers.
+        spi_owner_ = fixed_divisor(std::max<uint32_t>(1, static_cast<uint32_t>(s_.workers.size())));
     }
 
     int run() noexcept
@@ -407,8 +409,6 @@ private:
         rte_mbuf* inbound[max_vector];
         uint64_t inbound_keys[max_vector];
         uint16_t n_inbound = 0;
-        const unsigned workers = static_cast<unsigned>(s_.workers.size());
-
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             if (i + 3 < n) {
@@ -510,7 +510,7 @@ private:
                 strip_ipv6_extensions(m, c); // ESP behind IPv6 extension headers
             }
             if (c.kind == inbound_kind::esp || c.kind == inbound_kind::ah) {
-                unsigned owner = c.spi % workers;
+                const unsigned owner = spi_owner_.mod(c.spi); // SPI % workers
                 if (owner != w_.index) {
                     if (rte_ring_mp_enqueue(s_.workers[owner]->handoff, m) != 0) {
                         drop(m, gateway_drop::ring_full);
@@ -1224,6 +1224,7 @@ private:
     sad_memo_entry sad_memo_[1U << sad_memo_bits];
     uint64_t last_acquire_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
+    fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
 };
 
 } // namespace

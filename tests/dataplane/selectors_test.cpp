@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <rte_byteorder.h>
 
 #include <cstring>
@@ -172,6 +174,23 @@ TEST(PrefixCompare, LeadingBitsEqualMatchesABitByBitCompare)
     EXPECT_FALSE(prefix_contains(p, 4, out));
     EXPECT_FALSE(prefix_contains(p, 6, in)); // another family never matches
     EXPECT_TRUE(prefix_contains(config::ip_prefix{}, 6, in)); // an unset prefix matches all
+}
+
+// fixed_divisor (the SPI owner per packet) must be x % d for every 32-bit x, d from 1 (one worker)
+// up to many, including the largest values.
+TEST(FixedDivisor, EqualsTheRemainder)
+{
+    std::mt19937 rng(7);
+    for (uint32_t d : {1U, 2U, 3U, 4U, 5U, 6U, 7U, 8U, 12U, 16U, 31U, 63U, 64U, 127U, 1000U, 65537U, 0x7fffffffU, 0xffffffffU}) {
+        const fixed_divisor f(d);
+        for (uint32_t x : {0U, 1U, d - 1, d, d + 1, 0x7fffffffU, 0x80000000U, 0xfffffffeU, 0xffffffffU}) {
+            ASSERT_EQ(f.mod(x), x % d) << x << " % " << d;
+        }
+        for (int i = 0; i < 20000; ++i) {
+            const uint32_t x = rng();
+            ASSERT_EQ(f.mod(x), x % d) << x << " % " << d;
+        }
+    }
 }
 
 } // namespace

@@ -45,7 +45,7 @@ struct alignas(64) sa_runtime {
     uint32_t spi_be = 0; // network order, as written on the wire
     uint16_t flags = 0;
     uint8_t iv_bytes = 0;    // explicit IV in the packet
-    uint8_t block_bytes = 4; // padding alignment
+    uint8_t block_bytes = 4; // padding alignment: a power of two (4, or 16 for CBC), used as a mask
     uint8_t icv_bytes = 0;
     uint8_t outer_bytes = 0; // bytes of outer_header (IP [+ UDP])
     uint8_t ttl = 64;
