@@ -144,6 +144,16 @@ protected:
         return wire;
     }
 
+    // `count` packets of the same small inner packet through `out`, in order (sequence numbers follow).
+    std::vector<std::vector<uint8_t>> encrypt_many(sa_runtime& out, int count)
+    {
+        std::vector<std::vector<uint8_t>> wires;
+        for (int i = 0; i < count; ++i) {
+            wires.push_back(encrypt(out, inner_packet(false, 10)));
+        }
+        return wires;
+    }
+
     drop_reason decrypt(sa_runtime& in, const std::vector<uint8_t>& wire, std::vector<uint8_t>& plain)
     {
         rte_mbuf* m = make_mbuf(wire);
@@ -370,10 +380,7 @@ TEST_F(Esp, ReplayedAndOldPacketsAreDropped)
     ic.replay_window = 64;
     auto out = make_sa(oc, core);
     auto in = make_sa(ic, core);
-    std::vector<std::vector<uint8_t>> wires;
-    for (int i = 0; i < 100; ++i) {
-        wires.push_back(encrypt(*out, inner_packet(false, 10)));
-    }
+    const auto wires = encrypt_many(*out, 100);
     std::vector<uint8_t> back;
     EXPECT_EQ(decrypt(*in, wires[90], back), drop_reason::none);
     EXPECT_EQ(decrypt(*in, wires[90], back), drop_reason::replay);
@@ -391,10 +398,7 @@ TEST_F(Esp, ClearedCountersCountWhatComesAfter)
     auto ic = make_config(transforms[0], config::direction::inbound, false, true, false, false);
     auto out = make_sa(oc, core);
     auto in = make_sa(ic, core);
-    std::vector<std::vector<uint8_t>> wires;
-    for (int i = 0; i < 5; ++i) {
-        wires.push_back(encrypt(*out, inner_packet(false, 10)));
-    }
+    const auto wires = encrypt_many(*out, 5);
     std::vector<uint8_t> back;
     for (int i = 0; i < 3; ++i) {
         ASSERT_EQ(decrypt(*in, wires[i], back), drop_reason::none);
@@ -685,10 +689,7 @@ TEST_F(Esp, EsnCarriesTheHighBitsAcrossTwoToThe32)
         // low epoch before the sender crosses 2^32: one packet at 2^31 + 1, then a run across.
         ASSERT_EQ(decrypt(*in, encrypt(*out, inner_packet(false, 10)), back), drop_reason::none);
         out->seq.store(UINT32_MAX - 3);
-        std::vector<std::vector<uint8_t>> wires;
-        for (int i = 0; i < 7; ++i) {
-            wires.push_back(encrypt(*out, inner_packet(false, 10)));
-        }
+        const auto wires = encrypt_many(*out, 7);
         ASSERT_EQ(decrypt(*in, wires[0], back), drop_reason::none);
         ASSERT_EQ(decrypt(*in, wires[6], back), drop_reason::none); // 2^32 + 3: next epoch
         for (int i = 1; i < 6; ++i) {
@@ -731,10 +732,7 @@ TEST_F(Esp, InboundLifetimeCountsAcrossAClearAndStopsAtHard)
     ic.lifetime.soft_packets = 2;
     auto out = make_sa(oc, core);
     auto in = make_sa(ic, core);
-    std::vector<std::vector<uint8_t>> wires;
-    for (int i = 0; i < 6; ++i) {
-        wires.push_back(encrypt(*out, inner_packet(false, 10)));
-    }
+    const auto wires = encrypt_many(*out, 6);
     std::vector<uint8_t> back;
     ASSERT_EQ(decrypt(*in, wires[0], back), drop_reason::none);
     ASSERT_EQ(decrypt(*in, wires[1], back), drop_reason::none);
