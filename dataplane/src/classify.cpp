@@ -113,13 +113,17 @@ void strip_ipv6_extensions(rte_mbuf* m, const inbound_class& c) noexcept
 
 inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port) noexcept
 {
-    const auto* p = rte_pktmbuf_mtod(m, const uint8_t*);
-    const uint32_t avail = rte_pktmbuf_data_len(m);
     ip_view ip;
-    drop_reason r = parse_ip(p, avail, ip);
+    drop_reason r = parse_ip(rte_pktmbuf_mtod(m, const uint8_t*), rte_pktmbuf_data_len(m), ip);
     if (r != drop_reason::none) {
         return {inbound_kind::malformed, r, 0};
     }
+    return classify_inbound(m, ip, udp_encap_port);
+}
+
+inbound_class classify_inbound(const rte_mbuf* m, const ip_view& ip, uint16_t udp_encap_port) noexcept
+{
+    const auto* p = rte_pktmbuf_mtod(m, const uint8_t*);
     uint32_t off = ip.header;
     uint8_t protocol = ip.protocol;
     bool fragment = ip.fragment;

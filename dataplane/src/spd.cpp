@@ -6,6 +6,7 @@
 #include <rte_prefetch.h>
 
 #include <algorithm>
+#include <bit>
 #include <functional>
 #include <string_view>
 #include <cstring>
@@ -389,10 +390,12 @@ void host_spd::set(const host_bucket* bucket) noexcept
     }
     // Cannot fail: host_policies never holds more keys than the table's capacity.
     rte_hash_add_key_data(hash_, &bucket->key, const_cast<host_bucket*>(bucket));
+    memo_.forget(memo_key_of(bucket->key)); // before the acknowledgement lets the main lcore free the old bucket
 }
 
 void host_spd::remove(const host_bucket* bucket) noexcept
 {
+    memo_.forget(memo_key_of(bucket->key));
     if (rte_hash_del_key(hash_, &bucket->key) >= 0) {
         --count_[bucket->key.category & 1];
     }
@@ -408,6 +411,15 @@ bool local_contains(const host_candidate& c, const uint8_t* address, unsigned by
 
 } // namespace
 
+host_spd::memo_key host_spd::memo_key_of(const host_key& k) noexcept
+{
+    memo_key m;
+    std::memcpy(&m.lo, k.address, 8);
+    std::memcpy(&m.hi, k.address + 8, 8);
+    m.tag = k.category | uint32_t{k.family} << 8;
+    return m;
+}
+
 void host_spd::lookup(host_category category, uint8_t family, const uint8_t* const* address,
                       const uint8_t* const* local, const spd_rule** result, uint32_t n) const noexcept
 {
@@ -415,32 +427,61 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
     for (uint32_t off = 0; off < n; off += RTE_HASH_LOOKUP_BULK_MAX) {
         const uint32_t len = std::min<uint32_t>(RTE_HASH_LOOKUP_BULK_MAX, n - off);
         host_key keys[RTE_HASH_LOOKUP_BULK_MAX];
+        const host_bucket* found[RTE_HASH_LOOKUP_BULK_MAX];
+        // The memo first; the rte_hash for the keys it does not know, which it then learns.
         const void* key_ptrs[RTE_HASH_LOOKUP_BULK_MAX];
+        uint32_t missed[RTE_HASH_LOOKUP_BULK_MAX];
+        uint32_t n_missed = 0;
+        memo_key mk[RTE_HASH_LOOKUP_BULK_MAX];
+        const uint32_t tag = static_cast<uint32_t>(category) | uint32_t{family} << 8;
         for (uint32_t i = 0; i < len; ++i) {
-            host_key& k = keys[i];
+            memo_key& m = mk[i];
+            m.tag = tag;
+            if (bytes == 4) {
+                uint32_t a = 0;
+                std::memcpy(&a, address[off + i], 4);
+                m.lo = a;
+                m.hi = 0;
+            } else {
+                std::memcpy(&m.lo, address[off + i], 8);
+                std::memcpy(&m.hi, address[off + i] + 8, 8);
+            }
+            if (const host_bucket* const* known = memo_.find(m)) {
+                found[i] = *known;
+                continue;
+            }
+            host_key& k = keys[n_missed];
             k = {};
             k.category = static_cast<uint8_t>(category);
             k.family = family;
             std::memcpy(k.address, address[off + i], bytes);
-            key_ptrs[i] = &k;
+            key_ptrs[n_missed] = &k;
+            missed[n_missed++] = i;
         }
-        uint64_t hits = 0;
-        void* data[RTE_HASH_LOOKUP_BULK_MAX];
-        rte_hash_lookup_bulk_data(hash_, key_ptrs, len, &hits, data);
+        if (n_missed != 0) {
+            uint64_t hits = 0;
+            void* data[RTE_HASH_LOOKUP_BULK_MAX];
+            rte_hash_lookup_bulk_data(hash_, key_ptrs, n_missed, &hits, data);
+            for (uint32_t j = 0; j < n_missed; ++j) {
+                const uint32_t i = missed[j];
+                found[i] = (hits & (uint64_t{1} << j)) != 0 ? static_cast<const host_bucket*>(data[j]) : nullptr;
+                memo_.store(mk[i], found[i]);
+            }
+        }
         // With many hosts every bucket is a cache miss: start them for the whole burst before
         // reading any. The best-ranked candidate is in the bucket's first line (host_bucket::first);
         // the vector is read only when it does not match (several SAs for one host).
         for (uint32_t i = 0; i < len; ++i) {
-            if ((hits & (uint64_t{1} << i)) != 0) {
-                rte_prefetch0(data[i]);
+            if (found[i] != nullptr) {
+                rte_prefetch0(found[i]);
             }
         }
         for (uint32_t i = 0; i < len; ++i) {
             result[off + i] = nullptr;
-            if ((hits & (uint64_t{1} << i)) == 0) {
+            const host_bucket* b = found[i];
+            if (b == nullptr) {
                 continue;
             }
-            const auto* b = static_cast<const host_bucket*>(data[i]);
             if (local_contains(b->first, local[off + i], bytes)) {
                 result[off + i] = &b->first.rule;
                 continue;

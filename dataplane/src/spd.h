@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "espresso/config/types.h"
+#include "answer_memo.h"
 
 namespace espresso::dp {
 
@@ -211,8 +212,28 @@ public:
     bool empty(host_category category) const noexcept { return count_[static_cast<int>(category)] == 0; }
 
 private:
+    // A host_key as the memo holds it: the address as two words and (category, family), built
+    // from registers (answer_memo.h).
+    struct memo_key {
+        uint64_t lo = 0;
+        uint64_t hi = 0;
+        uint32_t tag = 0; // category | family << 8
+        bool operator==(const memo_key&) const = default;
+    };
+    struct memo_mix {
+        uint64_t operator()(const memo_key& k) const noexcept
+        {
+            return fibonacci_mix(k.lo ^ ((k.hi << 21) | (k.hi >> 43)) ^ (uint64_t{k.tag} << 48));
+        }
+    };
+    static memo_key memo_key_of(const host_key& k) noexcept;
+
     rte_hash* hash_ = nullptr;
     uint32_t count_[2]{};
+    // Recent answers (a bucket or nullptr) per key: with one or a few hundred hosts active the
+    // rte_hash look-up was 80-110 cycles per packet (perf/RESULTS.md, issue 3). Only the owning
+    // thread reads and writes this table; set() and remove() forget the key's answer.
+    mutable answer_memo<memo_key, const host_bucket*, 11, memo_mix> memo_;
 };
 
 // Main lcore: the authoritative set of host-keyed implied policies, and the buckets to send.

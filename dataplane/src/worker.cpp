@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "answer_memo.h"
 #include "espresso/dp/ipsec.h"
 #include "gateway.h"
 #include "icmpv6.h"
@@ -494,7 +495,7 @@ private:
                     continue;
                 }
             }
-            inbound_class c = classify_inbound(m);
+            inbound_class c = classify_inbound(m, v); // parsed above: not again
             if (c.kind == inbound_kind::fragment) {
                 m = reassemble(m);
                 if (m == nullptr) {
@@ -613,28 +614,16 @@ private:
         }
     }
 
-    // The SAD memo: a direct-mapped copy of recent SAD answers (key -> SA) in front of the rte_hash,
-    // which costs a hash of the key and a bucket search per packet even when a burst carries one SA.
-    // Only this worker writes its SAD (apply_updates), and it forgets a key's memo entry whenever it
-    // adds or removes that key, so the memo never answers what the SAD would not.
-    static constexpr unsigned sad_memo_bits = 10;
-    struct sad_memo_entry {
-        uint64_t key = 0;
-        sa_runtime* sa = nullptr; // nullptr = empty
+    // The SAD memo (answer_memo.h): recent SAD answers (key -> SA) in front of the rte_hash, which
+    // costs a hash of the key and a bucket search per packet even when a burst carries one SA. Only
+    // this worker writes its SAD (apply_updates), and it forgets a key whenever it adds or removes
+    // it. Only SAs found are memoised (unknown SPIs, e.g. a flood of forged ones, are not).
+    struct sad_mix {
+        uint64_t operator()(uint64_t key) const noexcept { return fibonacci_mix(key); }
     };
+    using sad_memo = answer_memo<uint64_t, sa_runtime*, 10, sad_mix>;
 
-    static unsigned sad_memo_index(uint64_t key) noexcept
-    {
-        return static_cast<unsigned>((key * 0x9E3779B97F4A7C15ULL) >> (64 - sad_memo_bits));
-    }
-
-    void forget_sad(uint64_t key) noexcept
-    {
-        sad_memo_entry& e = sad_memo_[sad_memo_index(key)];
-        if (e.key == key) {
-            e.sa = nullptr;
-        }
-    }
+    void forget_sad(uint64_t key) noexcept { sad_memo_.forget(key); }
 
     void decapsulate(rte_mbuf** pkts, const uint64_t* keys, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
@@ -644,9 +633,8 @@ private:
         uint16_t n_missed = 0;
         uint64_t hits = 0;
         for (uint16_t i = 0; i < n; ++i) {
-            const sad_memo_entry& e = sad_memo_[sad_memo_index(keys[i])];
-            if (e.sa != nullptr && e.key == keys[i]) {
-                data[i] = e.sa;
+            if (sa_runtime* const* known = sad_memo_.find(keys[i])) {
+                data[i] = *known;
                 hits |= uint64_t{1} << i;
                 continue;
             }
@@ -662,9 +650,7 @@ private:
                     const uint16_t i = missed[j];
                     data[i] = found[j];
                     hits |= uint64_t{1} << i;
-                    sad_memo_entry& e = sad_memo_[sad_memo_index(keys[i])];
-                    e.key = keys[i];
-                    e.sa = static_cast<sa_runtime*>(found[j]);
+                    sad_memo_.store(keys[i], static_cast<sa_runtime*>(found[j]));
                 }
             }
         }
@@ -1221,7 +1207,7 @@ private:
     gateway::shared& s_;
     crypto_core core_;
     neighbor_cache_entry neighbor_cache_[1U << neighbor_cache_bits];
-    sad_memo_entry sad_memo_[1U << sad_memo_bits];
+    sad_memo sad_memo_;
     uint64_t last_acquire_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)

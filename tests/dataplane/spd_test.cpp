@@ -256,6 +256,17 @@ TEST(spd_levels, ipv6_host_policies)
     EXPECT_NE(classify_one6(t, key6("2001:db8:ff::8", "2001:db8:1:9::1")).in, nullptr);
     // An IPv4 packet whose destination bytes equal the start of the IPv6 host is another key.
     EXPECT_EQ(classify_one(t, key4("32.1.13.184", "32.1.13.184")).out, nullptr);
+    // After lookups warmed the table's memo: a remove, then another SA for the host.
+    const auto victim = implied("2001:db8:1::/48", "2001:db8:ff::7/128", 0x5001, false);
+    ASSERT_TRUE(t.remove(victim));
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::7")).out, nullptr);
+    ASSERT_TRUE(t.add(implied("2001:db8:1::/48", "2001:db8:ff::7/128", 0x5002, false)));
+    v = classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::7"));
+    ASSERT_NE(v.out, nullptr);
+    EXPECT_EQ(v.out->sa, fake_sa(0x5002));
+    // Hosts that differ only in the last byte, or only in the first half, are other keys.
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::6")).out, nullptr);
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db9:ff::7")).out, nullptr);
 }
 
 TEST(spd_levels, full_table_refuses_new_hosts_but_extends_known_ones)
@@ -367,6 +378,76 @@ TEST(spd_levels, two_levels_agree_with_one_rte_acl_on_random_sets)
             }
         }
     }
+}
+
+// The worker table memoises its answers (answer_memo.h), including "no such host": after every
+// add, replace (a second candidate for a known host) and remove, made while lookups have warmed the
+// memo, the two levels must still answer what one rte_acl over the live entries answers.
+TEST(spd_levels, answers_follow_every_change_between_lookups)
+{
+    std::mt19937 rng(4303);
+    auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
+    const char* locals[] = {"192.168.0.0/16", "192.168.1.0/24", "192.168.1.5/32", "0.0.0.0/0"};
+    const char* hosts[] = {"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "10.0.1.1/32", "192.168.1.5/32"};
+    const char* sources[] = {"192.168.1.5", "192.168.1.200", "172.16.0.1", "10.0.0.1", "10.0.0.2", "10.0.1.1"};
+    const char* destinations[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "10.0.0.9", "192.168.1.5",
+                                  "192.168.1.200"};
+    std::vector<spd_entry> acl_part;
+    acl_part.push_back(operator_policy("192.168.1.200/32", "10.0.0.0/24", policy_action::discard, 0, 1));
+    spd_entry mirror = acl_part.back();
+    mirror.inbound_check = true;
+    acl_part.push_back(mirror);
+    two_levels t;
+    t.set_acl(acl_part);
+    std::vector<spd_entry> live;
+    uint32_t spi = 0x2000;
+    unsigned adds = 0;
+    unsigned removes = 0;
+    for (int step = 0; step < 300; ++step) {
+        if (live.empty() || pick(5) < 3) {
+            const bool inbound = pick(3) == 0;
+            spd_entry e = implied(locals[pick(4)], hosts[pick(5)], inbound ? 0 : ++spi, inbound);
+            bool duplicate = false;
+            for (const auto& x : live) {
+                duplicate = duplicate || (inbound && x.inbound_check && x.policy.local == e.policy.local &&
+                                          x.policy.remote == e.policy.remote);
+            }
+            if (duplicate) {
+                continue;
+            }
+            ASSERT_TRUE(t.add(e));
+            live.push_back(e);
+            ++adds;
+        } else {
+            const auto victim = static_cast<size_t>(pick(static_cast<int>(live.size())));
+            ASSERT_TRUE(t.remove(live[victim]));
+            live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+            ++removes;
+        }
+        std::vector<spd_entry> all = acl_part;
+        all.insert(all.end(), live.begin(), live.end());
+        compiled_spd oracle(all, next_generation(), 0); // rte_acl only
+        for (const char* src : sources) {
+            for (const char* dst : destinations) {
+                const spd_key k = key4(src, dst);
+                const spd_key* p = &k;
+                uint32_t out = 0;
+                uint32_t in = 0;
+                oracle.classify(&p, &out, &in, 1);
+                const verdict v = classify_one(t, k);
+                const std::string where = "step " + std::to_string(step) + " " + src + " -> " + dst;
+                ASSERT_EQ(out == 0, v.out == nullptr) << where;
+                if (out != 0) {
+                    EXPECT_EQ(oracle.rule(out).sa, v.out->sa) << where;
+                    EXPECT_EQ(oracle.rule(out).id, v.out->id) << where;
+                } else {
+                    ASSERT_EQ(in == 0, v.in == nullptr) << where;
+                }
+            }
+        }
+    }
+    EXPECT_GT(adds, 100U);
+    EXPECT_GT(removes, 50U);
 }
 
 // The linear walk of small rule sets must answer exactly what rte_acl answers (the same rule index
