@@ -1,5 +1,6 @@
 #include "espresso/dp/crypto_core.h"
 #include "espresso/dp/ipsec.h"
+#include "espresso/dp/sa.h"
 
 #include <intel-ipsec-mb.h>
 
@@ -113,6 +114,33 @@ void crypto_core::post(const sa_event& e) noexcept
     }
     events_[(head_ + count_) % events_.size()] = e;
     ++count_;
+}
+
+void crypto_core::defer_outbound_counters()
+{
+    if (deferred_ == nullptr) {
+        deferred_ = std::make_unique<deferred_count[]>(size_t{1} << deferred_bits);
+        used_ = std::make_unique<uint16_t[]>(size_t{1} << deferred_bits);
+        n_used_ = 0;
+    }
+}
+
+void crypto_core::write_back(deferred_count& slot) noexcept
+{
+    slot.sa->stats.add(sa_counter::packets, slot.packets);
+    slot.sa->stats.add(sa_counter::bytes, slot.bytes);
+    slot = {};
+}
+
+void crypto_core::flush_counters() noexcept
+{
+    for (unsigned i = 0; i < n_used_; ++i) {
+        deferred_count& slot = deferred_[used_[i]];
+        if (slot.sa != nullptr) {
+            write_back(slot);
+        }
+    }
+    n_used_ = 0;
 }
 
 size_t crypto_core::drain(std::span<sa_event> out) noexcept

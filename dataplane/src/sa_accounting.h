@@ -38,6 +38,12 @@ inline uint16_t lifetime_allowance(const sa_runtime& sa, uint16_t n) noexcept
     return n;
 }
 
+// Does the SA stop (or warn) after a number of bytes or packets (RFC 4301 §4.4.2.1)?
+inline bool has_volume_limits(const sa_runtime& sa) noexcept
+{
+    return (sa.soft_bytes | sa.hard_bytes | sa.soft_packets | sa.hard_packets) != 0;
+}
+
 // Counts a run of packets as `packets` and `bytes`, which are also the SA's consumed lifetime (see
 // sa_runtime::life_bytes), and raises soft/hard events once each.
 inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets, uint64_t bytes) noexcept
@@ -46,6 +52,21 @@ inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets
         return;
     }
     if (sa.outbound()) {
+        if (core.defers_outbound_counters() && !has_volume_limits(sa)) {
+            // A worker: into its table, written to the SA later (crypto_core.h). Nothing to check.
+            crypto_core::deferred_count& slot = core.deferred_slot(&sa);
+            if (slot.sa != &sa) {
+                if (slot.sa != nullptr) {
+                    crypto_core::write_back(slot); // another SA's counts: evicted
+                } else {
+                    core.deferred_taken(slot);
+                }
+                slot.sa = &sa;
+            }
+            slot.packets += packets;
+            slot.bytes += bytes;
+            return;
+        }
         // Outbound SAs are used by several workers at once: one locked add per counter.
         sa.stats.add(sa_counter::packets, packets);
         sa.stats.add(sa_counter::bytes, bytes);

@@ -129,6 +129,10 @@ public:
         }
         // So are the workers.
         spi_owner_ = fixed_divisor(std::max<uint32_t>(1, static_cast<uint32_t>(s_.workers.size())));
+        // Outbound counters written back in batches (crypto_core.h): flushed before every
+        // acknowledgement (apply_updates), when a poll finds nothing, and at least every 100 us.
+        core_.defer_outbound_counters();
+        flush_interval_ = std::max<uint64_t>(1, rte_get_tsc_hz() / 10000);
     }
 
     int run() noexcept
@@ -139,9 +143,10 @@ public:
         s_.neighbors->reader_online(w_.index);
         while (!s_.stop.load(std::memory_order_relaxed)) {
             apply_updates();
+            const uint64_t now = rte_get_tsc_cycles();
             {
                 reassembly_counts expired;
-                w_.reassembly->expire(rte_get_tsc_cycles(), expired);
+                w_.reassembly->expire(now, expired);
                 count(expired);
             }
             unsigned got = 0;
@@ -167,6 +172,10 @@ public:
                 got += h;
             }
             drain_events();
+            if (core_.counters_pending() && (got == 0 || now >= next_flush_)) {
+                core_.flush_counters();
+                next_flush_ = now + flush_interval_;
+            }
             // Holds no neighbor-table slot past this point (lets the main lcore reuse removed ones).
             s_.neighbors->reader_quiescent(w_.index);
             // The poll counters (busy share) are published every 64 polls and before a nap: two
@@ -193,6 +202,7 @@ public:
             }
         }
         publish_polls(polls, busy_polls);
+        core_.flush_counters(); // before the main lcore, which waits for this worker, wipes the SAs
         s_.neighbors->reader_offline(w_.index);
         return 0;
     }
@@ -233,6 +243,9 @@ private:
         update_msg msgs[32];
         unsigned n;
         while ((n = rte_ring_sc_dequeue_burst_elem(w_.updates, msgs, sizeof(update_msg), 32, nullptr)) > 0) {
+            // Every deferred count reaches its SA before the acknowledgement below: the main lcore
+            // may carry a replaced SA's counters over, or free a removed one, once it has it.
+            core_.flush_counters();
             for (unsigned i = 0; i < n; ++i) {
                 const update_msg& msg = msgs[i];
                 switch (msg.what) {
@@ -1209,6 +1222,8 @@ private:
     neighbor_cache_entry neighbor_cache_[1U << neighbor_cache_bits];
     sad_memo sad_memo_;
     uint64_t last_acquire_ = 0;
+    uint64_t flush_interval_ = 0; // TSC cycles between flushes of deferred counters while busy
+    uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
 };

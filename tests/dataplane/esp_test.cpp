@@ -721,6 +721,65 @@ TEST_F(Esp, LifetimesRaiseSoftThenStopAtHard)
     EXPECT_EQ(events[1].kind, sa_event_kind::hard_expire);
 }
 
+// A worker's core defers outbound `packets`/`bytes` (crypto_core::defer_outbound_counters): nothing
+// reaches the SA until a flush, then exactly what was sent, whatever evictions happened on the way
+// (more SAs than the table has slots); SAs with volume lifetimes are never deferred, so their
+// limits stay exact (soft, then hard at exactly the limit).
+TEST_F(Esp, DeferredOutboundCountersReachTheSaOnFlush)
+{
+    core.defer_outbound_counters();
+    const size_t inner = inner_packet(false, 10).size();
+    auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);
+    auto out = make_sa(oc, core);
+    ASSERT_EQ(encrypt_many(*out, 5).size(), 5U);
+    EXPECT_TRUE(core.counters_pending());
+    EXPECT_EQ(out->stats.get(sa_counter::packets), 0U);
+    core.flush_counters();
+    EXPECT_FALSE(core.counters_pending());
+    EXPECT_EQ(out->stats.get(sa_counter::packets), 5U);
+    EXPECT_EQ(out->stats.get(sa_counter::encaps), 5U);
+    EXPECT_EQ(out->stats.get(sa_counter::bytes), 5 * inner);
+    core.flush_counters(); // nothing twice
+    EXPECT_EQ(out->stats.get(sa_counter::packets), 5U);
+
+    // More SAs than slots, each used twice, interleaved: evictions write back on the way.
+    const unsigned many = (1U << crypto_core::deferred_bits) + 300;
+    std::vector<sa_ptr> sas;
+    for (unsigned i = 0; i < many; ++i) {
+        auto c = make_config(transforms[0], config::direction::outbound, false, true, false, false);
+        c.spi = 0x10000 + i;
+        sas.push_back(make_sa(c, core));
+    }
+    for (int round = 0; round < 2; ++round) {
+        for (auto& sa : sas) {
+            ASSERT_FALSE(encrypt(*sa, inner_packet(false, 10)).empty());
+        }
+    }
+    core.flush_counters();
+    for (auto& sa : sas) {
+        ASSERT_EQ(sa->stats.get(sa_counter::packets), 2U) << sa->spi;
+        ASSERT_EQ(sa->stats.get(sa_counter::bytes), 2 * inner) << sa->spi;
+    }
+
+    // Volume lifetimes: counted at once, stopped at exactly the hard limit.
+    oc.spi += 1;
+    oc.lifetime.packets = 10;
+    oc.lifetime.soft_packets = 5;
+    auto limited = make_sa(oc, core);
+    int sent = 0;
+    for (int i = 0; i < 12; ++i) {
+        sent += encrypt(*limited, inner_packet(false, 10)).empty() ? 0 : 1;
+    }
+    EXPECT_EQ(sent, 10);
+    EXPECT_FALSE(core.counters_pending());
+    EXPECT_EQ(limited->stats.get(sa_counter::packets), 10U);
+    EXPECT_EQ(limited->stats.get(drop_reason::lifetime_expired), 2U);
+    sa_event events[4];
+    ASSERT_EQ(core.drain(events), 2U);
+    EXPECT_EQ(events[0].kind, sa_event_kind::soft_expire);
+    EXPECT_EQ(events[1].kind, sa_event_kind::hard_expire);
+}
+
 // An inbound SA consumes its counters as lifetime too (one writer, plain adds): soft then hard
 // events once each, packets past the hard limit dropped as lifetime_expired, and `clear counters`
 // in between gives it no new life.

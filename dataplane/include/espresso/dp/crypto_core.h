@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -15,6 +16,8 @@ struct IMB_MGR;
 struct IMB_JOB;
 
 namespace espresso::dp {
+
+struct sa_runtime;
 
 enum class sa_event_kind : uint8_t { soft_expire, hard_expire, seq_exhausted };
 
@@ -55,6 +58,39 @@ public:
     size_t drain(std::span<sa_event> out) noexcept;
     uint64_t events_lost() const noexcept { return lost_; }
 
+    // Deferred outbound counters (workers only). An outbound SA may be used by several workers and
+    // the main lcore at once, so its `packets` and `bytes` take a locked add each; with traffic of
+    // many tunnels that is two locked instructions per packet (each drains the store buffer;
+    // perf/RESULTS.md, issue 3: 23 of ~550 cycles per packet at 240 active SAs). With deferral on,
+    // the engine adds them to this core's small table instead and writes them to the SA when the
+    // entry is evicted or flushed. Only SAs without volume lifetimes are deferred: byte and packet
+    // limits need the counters current. The owner must flush_counters() before it acknowledges any
+    // update (a removed or replaced SA must have all its counts before the main lcore reads or frees
+    // it) and whenever it is idle or a short time has passed (what `show` reads lags by that much).
+    void defer_outbound_counters();
+    bool defers_outbound_counters() const noexcept { return deferred_ != nullptr; }
+    struct deferred_count {
+        sa_runtime* sa = nullptr; // nullptr = free slot
+        uint64_t packets = 0;
+        uint64_t bytes = 0;
+    };
+    static constexpr unsigned deferred_bits = 10;
+    deferred_count& deferred_slot(const sa_runtime* sa) noexcept
+    {
+        const auto h = (reinterpret_cast<uintptr_t>(sa) >> 6) * 0x9E3779B97F4A7C15ULL;
+        return deferred_[h >> (64 - deferred_bits)];
+    }
+    // A slot just taken (sa was nullptr): remembered for flush_counters.
+    void deferred_taken(deferred_count& slot) noexcept
+    {
+        used_[n_used_++] = static_cast<uint16_t>(&slot - deferred_.get());
+    }
+    // Writes one slot's counts to its SA (locked adds) and frees the slot.
+    static void write_back(deferred_count& slot) noexcept;
+    // Writes every deferred count to its SA.
+    void flush_counters() noexcept;
+    bool counters_pending() const noexcept { return n_used_ != 0; }
+
 private:
     void init();
     void release() noexcept;
@@ -67,6 +103,9 @@ private:
     size_t head_ = 0;
     size_t count_ = 0;
     uint64_t lost_ = 0;
+    std::unique_ptr<deferred_count[]> deferred_;  // 1 << deferred_bits slots, or none
+    std::unique_ptr<uint16_t[]> used_;            // indexes of the taken slots
+    unsigned n_used_ = 0;
 };
 
 } // namespace espresso::dp
