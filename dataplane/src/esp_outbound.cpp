@@ -370,6 +370,7 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
         // misses and stall on the prefetches themselves.
         for (unsigned gi = 0; gi < count; ++gi) {
             prefetch_sa_outbound_state(groups[gi].sa);
+            core.prefetch_deferred(groups[gi].sa);
         }
     }
     out_batch batch;
