@@ -1010,6 +1010,18 @@ bool gateway::implied_in_hosts(const config::sa_config& c) const
     });
 }
 
+// Does an explicit `protect` policy name this outbound SA by SPI? Its compiled rte_acl entry holds
+// the SA's address (rebuild_spd), so adding, replacing or removing the SA must rebuild that level
+// even when the SA's own implied policy lives in the host table (a /32 remote selector): otherwise
+// the policy would keep steering packets to a freed SA, or miss a re-added one.
+bool gateway::policy_names(const config::sa_config& c) const
+{
+    return c.dir == config::direction::outbound &&
+           std::any_of(policies_.begin(), policies_.end(), [&](const policy_entry& p) {
+               return p.policy.action == config::policy_action::protect && p.policy.spi == c.spi;
+           });
+}
+
 // Adds (+1) or removes (-1) the policy an SA's selectors imply (RFC 4301 §4.4.1): outbound SAs
 // protect their selectors' traffic; inbound SAs make cleartext matching them an error (one entry per
 // selector pair, count_inbound_selectors). A host remote selector goes to level 2 (hosts_; the
@@ -1137,7 +1149,7 @@ std::string gateway::add_sa(const config::sa_config& c)
             return "worker did not acknowledge the SA install";
         }
     }
-    if (imply_policy(*raw, +1)) {
+    if (imply_policy(*raw, +1) || policy_names(c)) {
         std::string hosts_error = publish_hosts();
         std::string error = rebuild_spd();
         return hosts_error.empty() ? error : hosts_error;
@@ -1214,7 +1226,7 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
         sa_runtime* raw = made[i].get();
         sas_.emplace_hint(sas_.end(), std::make_pair(static_cast<int>(c.dir), c.spi),
                           sa_entry{std::move(made[i]), c.origin});
-        spd_changes = imply_policy(*raw, +1) || spd_changes;
+        spd_changes = imply_policy(*raw, +1) || policy_names(c) || spd_changes;
     }
     for (unsigned w = 0; w < last.size(); ++w) {
         if (last[w] != 0 && !wait_applied({w}, last[w]) && error.empty()) {
@@ -1246,7 +1258,7 @@ std::string gateway::delete_sas(std::span<const sa_id> which)
     bool spd_changes = false;
     for (const auto& [dir, spi] : which) {
         auto it = sas_.find({static_cast<int>(dir), spi});
-        spd_changes = imply_policy(*it->second.sa, -1) || spd_changes;
+        spd_changes = imply_policy(*it->second.sa, -1) || policy_names(it->second.sa->config) || spd_changes;
         victims.push_back(std::move(it->second.sa));
         sas_.erase(it);
     }
@@ -1332,6 +1344,7 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     // prefix selectors: one rte_acl rebuild from sas_).
     bool rebuild = imply_policy(*it->second.sa, +1);
     rebuild = imply_policy(*previous, -1) || rebuild;
+    rebuild = rebuild || policy_names(previous->config); // an explicit policy names it by SPI
     const config::sa_config& c = it->second.sa->config;
     if (host_policies::is_host(c.remote)) {
         const host_bucket* b = hosts_.find(make_host_key(host_category::outbound, c.remote));
@@ -1367,7 +1380,7 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
     }
     sa_ptr victim = std::move(it->second.sa);
     sas_.erase(it);
-    const bool spd_changes = imply_policy(*victim, -1);
+    const bool spd_changes = imply_policy(*victim, -1) || policy_names(victim->config);
     std::string err = publish_hosts();
     if (spd_changes) {
         if (std::string spd_error = rebuild_spd(); err.empty()) {

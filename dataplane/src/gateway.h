@@ -227,6 +227,7 @@ private:
     std::string check_room(size_t adding) const;
     bool count_inbound_selectors(const config::sa_config& c, int delta);
     bool imply_policy(const sa_runtime& sa, int delta);
+    bool policy_names(const config::sa_config& c) const;
     bool implied_in_hosts(const config::sa_config& c) const;
     std::string publish_hosts();
     unsigned main_exceptions();

@@ -6,7 +6,6 @@
 #include <rte_prefetch.h>
 
 #include <algorithm>
-#include <bit>
 #include <functional>
 #include <string_view>
 #include <cstring>
