@@ -437,9 +437,8 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
             memo_key& m = mk[i];
             m.tag = tag;
             if (bytes == 4) {
-                uint32_t a = 0;
-                std::memcpy(&a, address[off + i], 4);
-                m.lo = a;
+                m.lo = 0; // as memo_key_of reads a stored key: 4 address bytes, then 4 zero bytes
+                std::memcpy(&m.lo, address[off + i], 4);
                 m.hi = 0;
             } else {
                 std::memcpy(&m.lo, address[off + i], 8);

@@ -264,6 +264,12 @@ TEST(spd_levels, ipv6_host_policies)
     v = classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::7"));
     ASSERT_NE(v.out, nullptr);
     EXPECT_EQ(v.out->sa, fake_sa(0x5002));
+    // An IPv6 host whose bytes start as an IPv4 address's, the rest zero: keys of other families.
+    ASSERT_TRUE(t.add(implied("2001:db8:1::/48", "2001:db8::/128", 0x5003, false)));
+    ASSERT_TRUE(t.add(implied("32.1.0.0/16", "32.1.13.185/32", 0x5004, false)));
+    EXPECT_EQ(classify_one(t, key4("32.1.13.184", "32.1.13.184")).out, nullptr);
+    EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:0:0:0:0:0:0")).out->sa, fake_sa(0x5003));
+    EXPECT_EQ(classify_one(t, key4("32.1.13.184", "32.1.13.185")).out->sa, fake_sa(0x5004));
     // Hosts that differ only in the last byte, or only in the first half, are other keys.
     EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db8:ff::6")).out, nullptr);
     EXPECT_EQ(classify_one6(t, key6("2001:db8:1:9::1", "2001:db9:ff::7")).out, nullptr);

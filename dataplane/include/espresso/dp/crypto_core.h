@@ -75,6 +75,7 @@ public:
         uint64_t bytes = 0;
     };
     static constexpr unsigned deferred_bits = 12; // 4096 slots: ~6 % of 240 active SAs share one
+    static_assert(deferred_bits <= 16, "used_ holds slot indexes as uint16_t");
     deferred_count& deferred_slot(const sa_runtime* sa) noexcept
     {
         const auto h = (reinterpret_cast<uintptr_t>(sa) >> 6) * 0x9E3779B97F4A7C15ULL;
