@@ -6,6 +6,7 @@
 #include <rte_prefetch.h>
 
 #include <algorithm>
+#include <bit>
 #include <functional>
 #include <string_view>
 #include <cstring>
@@ -437,8 +438,11 @@ void host_spd::lookup(host_category category, uint8_t family, const uint8_t* con
             memo_key& m = mk[i];
             m.tag = tag;
             if (bytes == 4) {
-                m.lo = 0; // as memo_key_of reads a stored key: 4 address bytes, then 4 zero bytes
-                std::memcpy(&m.lo, address[off + i], 4);
+                // As memo_key_of reads a stored key (4 address bytes, then 4 zero bytes), computed in
+                // a register: storing 4 bytes into the word and reading it whole would stall.
+                uint32_t a = 0;
+                std::memcpy(&a, address[off + i], 4);
+                m.lo = std::endian::native == std::endian::little ? uint64_t{a} : uint64_t{a} << 32;
                 m.hi = 0;
             } else {
                 std::memcpy(&m.lo, address[off + i], 8);
