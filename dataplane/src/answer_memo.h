@@ -52,8 +52,6 @@ public:
         }
     }
 
-    static constexpr size_t entries() noexcept { return size_t{1} << Bits; }
-
 private:
     struct entry {
         Key key{};

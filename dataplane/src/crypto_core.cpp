@@ -121,7 +121,6 @@ void crypto_core::defer_outbound_counters()
     if (deferred_ == nullptr) {
         deferred_ = std::make_unique<deferred_count[]>(size_t{1} << deferred_bits);
         used_ = std::make_unique<uint16_t[]>(size_t{1} << deferred_bits);
-        n_used_ = 0;
     }
 }
 
@@ -134,11 +133,9 @@ void crypto_core::write_back(deferred_count& slot) noexcept
 
 void crypto_core::flush_counters() noexcept
 {
+    // Every listed slot is taken: slots are freed only here (an eviction takes its slot again).
     for (unsigned i = 0; i < n_used_; ++i) {
-        deferred_count& slot = deferred_[used_[i]];
-        if (slot.sa != nullptr) {
-            write_back(slot);
-        }
+        write_back(deferred_[used_[i]]);
     }
     n_used_ = 0;
 }

@@ -53,18 +53,7 @@ inline void lifetime_account(crypto_core& core, sa_runtime& sa, uint64_t packets
     }
     if (sa.outbound()) {
         if (core.defers_outbound_counters() && !has_volume_limits(sa)) {
-            // A worker: into its table, written to the SA later (crypto_core.h). Nothing to check.
-            crypto_core::deferred_count& slot = core.deferred_slot(&sa);
-            if (slot.sa != &sa) {
-                if (slot.sa != nullptr) {
-                    crypto_core::write_back(slot); // another SA's counts: evicted
-                } else {
-                    core.deferred_taken(slot);
-                }
-                slot.sa = &sa;
-            }
-            slot.packets += packets;
-            slot.bytes += bytes;
+            core.defer_counts(&sa, packets, bytes); // a worker: written to the SA later (crypto_core.h)
             return;
         }
         // Outbound SAs are used by several workers at once: one locked add per counter.

@@ -69,17 +69,21 @@ public:
     // it) and whenever it is idle or a short time has passed (what `show` reads lags by that much).
     void defer_outbound_counters();
     bool defers_outbound_counters() const noexcept { return deferred_ != nullptr; }
-    struct deferred_count {
-        sa_runtime* sa = nullptr; // nullptr = free slot
-        uint64_t packets = 0;
-        uint64_t bytes = 0;
-    };
-    static constexpr unsigned deferred_bits = 12; // 4096 slots: ~6 % of 240 active SAs share one
-    static_assert(deferred_bits <= 16, "used_ holds slot indexes as uint16_t");
-    deferred_count& deferred_slot(const sa_runtime* sa) noexcept
+    // Adds a run of `sa`'s packets to its slot (defers_outbound_counters() must be true); another
+    // SA's counts in that slot are written back first.
+    void defer_counts(sa_runtime* sa, uint64_t packets, uint64_t bytes) noexcept
     {
-        const auto h = (reinterpret_cast<uintptr_t>(sa) >> 6) * 0x9E3779B97F4A7C15ULL;
-        return deferred_[h >> (64 - deferred_bits)];
+        deferred_count& slot = deferred_slot(sa);
+        if (slot.sa != sa) {
+            if (slot.sa != nullptr) {
+                write_back(slot); // evicted
+            } else {
+                used_[n_used_++] = static_cast<uint16_t>(&slot - deferred_.get());
+            }
+            slot.sa = sa;
+        }
+        slot.packets += packets;
+        slot.bytes += bytes;
     }
     // Starts loading the SA's slot (with many SAs per burst it is an L1 miss like the SA's lines).
     void prefetch_deferred(const sa_runtime* sa) noexcept
@@ -88,18 +92,26 @@ public:
             __builtin_prefetch(&deferred_slot(sa), 1, 3);
         }
     }
-    // A slot just taken (sa was nullptr): remembered for flush_counters.
-    void deferred_taken(deferred_count& slot) noexcept
-    {
-        used_[n_used_++] = static_cast<uint16_t>(&slot - deferred_.get());
-    }
-    // Writes one slot's counts to its SA (locked adds) and frees the slot.
-    static void write_back(deferred_count& slot) noexcept;
     // Writes every deferred count to its SA.
     void flush_counters() noexcept;
     bool counters_pending() const noexcept { return n_used_ != 0; }
+    static constexpr unsigned deferred_bits = 12; // 4096 slots: ~6 % of 240 active SAs share one
+    static_assert(deferred_bits <= 16, "used_ holds slot indexes as uint16_t");
 
 private:
+    struct deferred_count {
+        sa_runtime* sa = nullptr; // nullptr = free slot
+        uint64_t packets = 0;
+        uint64_t bytes = 0;
+    };
+    deferred_count& deferred_slot(const sa_runtime* sa) noexcept
+    {
+        const auto h = (reinterpret_cast<uintptr_t>(sa) >> 6) * 0x9E3779B97F4A7C15ULL; // Fibonacci hashing
+        return deferred_[h >> (64 - deferred_bits)];
+    }
+    // Writes one slot's counts to its SA (locked adds) and frees the slot.
+    static void write_back(deferred_count& slot) noexcept;
+
     void init();
     void release() noexcept;
 
