@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -150,6 +151,37 @@ verdict classify_one6(const two_levels& t, const spd6_key& k)
     verdict v;
     classify6(t.acl.get(), t.table, &p, &v.out, &v.in, 1);
     return v;
+}
+
+// The two levels' verdict for every (source, destination) pair against `oracle`, one rte_acl over
+// every entry: the same outbound rule (action, SA, id) and, where no outbound rule decides, the same
+// inbound check. Call with ASSERT_NO_FATAL_FAILURE.
+void expect_oracle_verdicts(const compiled_spd& oracle, const two_levels& t, std::span<const char* const> sources,
+                            std::span<const char* const> destinations, const std::string& label)
+{
+    for (const char* src : sources) {
+        for (const char* dst : destinations) {
+            const spd_key k = key4(src, dst);
+            const spd_key* p = &k;
+            uint32_t out = 0;
+            uint32_t in = 0;
+            oracle.classify(&p, &out, &in, 1);
+            const verdict v = classify_one(t, k);
+            const std::string where = label + " " + src + " -> " + dst;
+            ASSERT_EQ(out == 0, v.out == nullptr) << where;
+            if (out != 0) {
+                const spd_rule& want = oracle.rule(out);
+                EXPECT_EQ(want.action, v.out->action) << where;
+                EXPECT_EQ(want.sa, v.out->sa) << where;
+                EXPECT_EQ(want.id, v.out->id) << where;
+            } else {
+                ASSERT_EQ(in == 0, v.in == nullptr) << where;
+                if (in != 0) {
+                    EXPECT_EQ(oracle.rule(in).action, v.in->action) << where;
+                }
+            }
+        }
+    }
 }
 
 TEST(spd_levels, host_policy_protects_without_rte_acl)
@@ -359,30 +391,8 @@ TEST(spd_levels, two_levels_agree_with_one_rte_acl_on_random_sets)
                                  "172.16.0.1"};
         const char* destinations[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "10.0.0.9", "192.168.1.5",
                                       "192.168.1.200", "172.16.0.1"};
-        for (const char* src : sources) {
-            for (const char* dst : destinations) {
-                const spd_key k = key4(src, dst);
-                const spd_key* p = &k;
-                uint32_t out = 0;
-                uint32_t in = 0;
-                oracle2.classify(&p, &out, &in, 1);
-                const verdict v = classify_one(t, k);
-                const std::string where = "round " + std::to_string(round) + " " + src + " -> " + dst;
-                ASSERT_EQ(out == 0, v.out == nullptr) << where;
-                if (out != 0) {
-                    const spd_rule& want = oracle2.rule(out);
-                    EXPECT_EQ(want.action, v.out->action) << where;
-                    EXPECT_EQ(want.sa, v.out->sa) << where;
-                    EXPECT_EQ(want.id, v.out->id) << where;
-                } else {
-                    // Where no outbound rule decides, the inbound check must agree too.
-                    ASSERT_EQ(in == 0, v.in == nullptr) << where;
-                    if (in != 0) {
-                        EXPECT_EQ(oracle2.rule(in).action, v.in->action) << where;
-                    }
-                }
-            }
-        }
+        ASSERT_NO_FATAL_FAILURE(
+            expect_oracle_verdicts(oracle2, t, sources, destinations, "round " + std::to_string(round)));
     }
 }
 
@@ -433,24 +443,7 @@ TEST(spd_levels, answers_follow_every_change_between_lookups)
         std::vector<spd_entry> all = acl_part;
         all.insert(all.end(), live.begin(), live.end());
         compiled_spd oracle(all, next_generation(), 0); // rte_acl only
-        for (const char* src : sources) {
-            for (const char* dst : destinations) {
-                const spd_key k = key4(src, dst);
-                const spd_key* p = &k;
-                uint32_t out = 0;
-                uint32_t in = 0;
-                oracle.classify(&p, &out, &in, 1);
-                const verdict v = classify_one(t, k);
-                const std::string where = "step " + std::to_string(step) + " " + src + " -> " + dst;
-                ASSERT_EQ(out == 0, v.out == nullptr) << where;
-                if (out != 0) {
-                    EXPECT_EQ(oracle.rule(out).sa, v.out->sa) << where;
-                    EXPECT_EQ(oracle.rule(out).id, v.out->id) << where;
-                } else {
-                    ASSERT_EQ(in == 0, v.in == nullptr) << where;
-                }
-            }
-        }
+        ASSERT_NO_FATAL_FAILURE(expect_oracle_verdicts(oracle, t, sources, destinations, "step " + std::to_string(step)));
     }
     EXPECT_GT(adds, 100U);
     EXPECT_GT(removes, 50U);
