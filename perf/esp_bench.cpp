@@ -578,8 +578,14 @@ public:
         plain_.resize(template_slots);
         cipher_.resize(template_slots);
         hz_ = rte_get_tsc_hz();
+        // As a worker does (worker.cpp): outbound counters in a per-core table, written back on a
+        // flush (here after every chunk of ESP bursts, and before the SAs are replaced).
+        core_.defer_outbound_counters();
     }
-    ~bench() { rte_pktmbuf_free_bulk(ws_.mbufs.data(), static_cast<unsigned>(ws_.mbufs.size())); }
+    ~bench() {
+        core_.flush_counters(); // while the SAs are still there
+        rte_pktmbuf_free_bulk(ws_.mbufs.data(), static_cast<unsigned>(ws_.mbufs.size()));
+    }
 
     const dp::crypto_core& core() const { return core_; }
 
@@ -679,6 +685,7 @@ public:
             run_for(ws_, opt_.burst, chunk, raw);
             if (!opt_.raw_only) {
                 run_for(ws_, opt_.burst, chunk, esp);
+                core_.flush_counters();
             }
         }
         burst_times t_raw, t_esp, t_copy;
@@ -690,6 +697,7 @@ public:
             spent_raw += run_for(ws_, opt_.burst, chunk, raw, &t_raw);
             if (!opt_.raw_only) {
                 run_for(ws_, opt_.burst, chunk, esp, &t_esp);
+                core_.flush_counters();
             }
         }
         p.raw_cycles_per_pkt = t_raw.cycles_per_pkt(opt_.burst);
@@ -724,6 +732,7 @@ private:
             plain_[t].length = plain_[t].inner_length;
             build_inner(plain_[t].bytes.data(), plain_[t].length, static_cast<uint32_t>(t));
         }
+        core_.flush_counters(); // before the SAs it counts for go
         out_sa_.reset();
         in_sa_.reset();
         if (!opt_.raw_only) {
