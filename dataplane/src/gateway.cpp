@@ -37,6 +37,7 @@
 #include "espresso/dp/ipsec.h"
 #include "icmpv6.h"
 #include "packet.h"
+#include "sa_pool.h"
 #include "selectors.h"
 
 namespace espresso::dp {
@@ -309,6 +310,10 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
     if (rte_lcore_count() < config_.dataplane.workers + 1) {
         throw std::runtime_error("need " + std::to_string(config_.dataplane.workers + 1) +
                                  " lcores (main + workers), EAL gave " + std::to_string(rte_lcore_count()));
+    }
+    if (config_.dataplane.hugepages) {
+        // SA runtimes on huge pages too while 128 of them (256 MiB) stay free for DPDK (sa_pool.h).
+        sa_runtime_pool().use_huge_pages(128);
     }
     shared_.port_index.fill(-1);
     shared_.adaptive_idle = config_.dataplane.idle == config::idle_mode::adaptive;

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <new>
 
 #include "espresso/dp/sa.h"
@@ -80,27 +81,12 @@ void* slot_pool::allocate()
         return s;
     }
     if (fresh_ == fresh_end_) {
-        // A slab aligned to its size (map twice the size, trim both ends), so that it could be
-        // backed by one huge page; see sa_pool.h for why it is not advised as one.
-        const size_t span = slab_bytes_ * 2;
-        void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) {
-            throw std::bad_alloc();
+        void* slab = map_huge_slab();
+        if (slab != nullptr) {
+            ++huge_slabs_;
+        } else {
+            slab = map_slab();
         }
-        const auto base = reinterpret_cast<uintptr_t>(m);
-        const uintptr_t aligned = (base + slab_bytes_ - 1) / slab_bytes_ * slab_bytes_;
-        if (aligned > base) {
-            ::munmap(m, aligned - base);
-        }
-        if (const uintptr_t end = aligned + slab_bytes_; end < base + span) {
-            ::munmap(reinterpret_cast<void*>(end), base + span - end);
-        }
-        void* slab = reinterpret_cast<void*>(aligned);
-        // Fault the whole slab in with one call (Linux 5.14; elsewhere EINVAL and the slots fault in
-        // one page at a time as they are used): measured 0.4-0.5 us less per SA installed.
-#ifdef MADV_POPULATE_WRITE
-        ::madvise(slab, slab_bytes_, MADV_POPULATE_WRITE);
-#endif
         try {
             slabs_.push_back(slab);
         } catch (...) {
@@ -121,6 +107,73 @@ void* slot_pool::allocate()
     return p;
 }
 
+void slot_pool::use_huge_pages(size_t keep_free) noexcept
+{
+    std::lock_guard lock(mutex_);
+    huge_ = true;
+    keep_free_ = keep_free;
+}
+
+void* slot_pool::map_huge_slab() noexcept
+{
+    constexpr size_t huge_page = size_t{2} << 20;
+    if (!huge_ || slab_bytes_ % huge_page != 0) {
+        return nullptr;
+    }
+    // Pages of the pool that nobody has yet: free_hugepages counts those promised to mappings not
+    // yet faulted in (resv_hugepages) as free.
+    auto read_count = [](const char* path) -> long {
+        long v = -1;
+        if (FILE* f = std::fopen(path, "r")) {
+            if (std::fscanf(f, "%ld", &v) != 1) {
+                v = -1;
+            }
+            std::fclose(f);
+        }
+        return v;
+    };
+    const long free_pages = read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+    const long reserved = read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages");
+    if (free_pages < 0 || reserved < 0 || free_pages <= reserved) {
+        return nullptr;
+    }
+    const auto available = static_cast<size_t>(free_pages - reserved);
+    if (available <= keep_free_ || available - keep_free_ < slab_bytes_ / huge_page) {
+        return nullptr;
+    }
+    // MAP_HUGETLB reserves the pages at mmap time (ENOMEM if another process took them since the
+    // count above), so the population below cannot fail later with SIGBUS.
+    void* m = ::mmap(nullptr, slab_bytes_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) | MAP_POPULATE, -1, 0);
+    return m == MAP_FAILED ? nullptr : m;
+}
+
+void* slot_pool::map_slab()
+{
+    // A slab aligned to its size (map twice the size, trim both ends), so that it could be backed by
+    // one transparent huge page; see sa_pool.h for why it is not advised as one.
+    const size_t span = slab_bytes_ * 2;
+    void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        throw std::bad_alloc();
+    }
+    const auto base = reinterpret_cast<uintptr_t>(m);
+    const uintptr_t aligned = (base + slab_bytes_ - 1) / slab_bytes_ * slab_bytes_;
+    if (aligned > base) {
+        ::munmap(m, aligned - base);
+    }
+    if (const uintptr_t end = aligned + slab_bytes_; end < base + span) {
+        ::munmap(reinterpret_cast<void*>(end), base + span - end);
+    }
+    void* slab = reinterpret_cast<void*>(aligned);
+    // Fault the whole slab in with one call (Linux 5.14; elsewhere EINVAL and the slots fault in
+    // one page at a time as they are used): measured 0.4-0.5 us less per SA installed.
+#ifdef MADV_POPULATE_WRITE
+    ::madvise(slab, slab_bytes_, MADV_POPULATE_WRITE);
+#endif
+    return slab;
+}
+
 void slot_pool::release(void* p) noexcept
 {
     if (p == nullptr) {
@@ -138,6 +191,12 @@ size_t slot_pool::slabs() const
 {
     std::lock_guard lock(mutex_);
     return slabs_.size();
+}
+
+size_t slot_pool::huge_slabs() const
+{
+    std::lock_guard lock(mutex_);
+    return huge_slabs_;
 }
 
 size_t slot_pool::in_use() const

@@ -7,7 +7,8 @@
 // as the heap filled with kept SAs, malloc_consolidate), and each new SA faulted in its pages one at
 // a time. A slab is faulted in with one madvise(MADV_POPULATE_WRITE); slots are handed out in order.
 // Transparent huge pages (MADV_HUGEPAGE) were tried and were slower on the VM measured here (zeroing
-// a fresh 2 MiB page cost 10x more per byte than 4 KiB pages), so they are not advised.
+// a fresh 2 MiB page cost 10x more per byte than 4 KiB pages), so they are not advised; pages of
+// the kernel's reserved huge page pool (use_huge_pages, what DPDK runs on) are faster than both.
 // rte_mempool was considered: it must be sized up front (the SAD holds 2^20 SAs: 3 GB) and with
 // `hugepages: false` DPDK's memory is a small fixed pool.
 //
@@ -36,20 +37,34 @@ public:
     // Gives a slot back (the caller destroyed and wiped what it held). p must come from allocate().
     void release(void* p) noexcept;
 
+    // Back new slabs with 2 MiB huge pages from the kernel's pool (MAP_HUGETLB) while more than
+    // `keep_free` of its pages stay free for DPDK's own later allocations (rte_acl rebuilds, ...);
+    // ordinary pages otherwise (no huge pages of that size, the pool short, a slab size that is not
+    // a multiple of 2 MiB). Measured (perf/RESULTS.md, issue 3): one fault per slab instead of 512
+    // took ~2 us of the main lcore off each SA installed into a new slab, and the SAs' lines are
+    // reached through one TLB entry per slab. espresso-dp turns it on with `dataplane.hugepages`.
+    void use_huge_pages(size_t keep_free) noexcept;
+
     size_t slot_bytes() const noexcept { return slot_; }
     size_t slots_per_slab() const noexcept { return per_slab_; }
     size_t slabs() const;
+    size_t huge_slabs() const; // of slabs(), those on huge pages
     size_t in_use() const;
 
 private:
     struct free_slot {
         free_slot* next;
     };
+    void* map_huge_slab() noexcept;
+    void* map_slab();
     size_t slot_;
     size_t slab_bytes_;
     size_t per_slab_;
     mutable std::mutex mutex_;
     std::vector<void*> slabs_;
+    bool huge_ = false;
+    size_t keep_free_ = 0;
+    size_t huge_slabs_ = 0;
     free_slot* free_ = nullptr;
     char* fresh_ = nullptr; // next never-used slot of the newest slab
     char* fresh_end_ = nullptr;

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "espresso/dp/crypto_core.h"
@@ -80,6 +83,94 @@ TEST(slot_pool, RefusesSlotsLargerThanASlabOrABadAlignment)
 {
     EXPECT_THROW(slot_pool(8192, 64, 4096), std::bad_alloc);
     EXPECT_THROW(slot_pool(64, 48, 4096), std::bad_alloc);
+}
+
+namespace {
+
+long huge_pages_available()
+{
+    auto read_count = [](const char* path) {
+        long v = -1;
+        if (FILE* f = std::fopen(path, "r")) {
+            if (std::fscanf(f, "%ld", &v) != 1) {
+                v = -1;
+            }
+            std::fclose(f);
+        }
+        return v;
+    };
+    return read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") -
+           std::max(0L, read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages"));
+}
+
+// The kernel's page size of the mapping that holds p, from /proc/self/smaps (an oracle independent of
+// the pool's own count).
+size_t kernel_page_size(const void* p)
+{
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool inside = false;
+    const auto at = reinterpret_cast<uintptr_t>(p);
+    while (std::getline(smaps, line)) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < line.find(' ')) {
+            inside = at >= lo && at < hi;
+            continue;
+        }
+        size_t kb = 0;
+        if (inside && std::sscanf(line.c_str(), "KernelPageSize: %zu kB", &kb) == 1) {
+            return kb * 1024;
+        }
+    }
+    return 0;
+}
+
+} // namespace
+
+TEST(slot_pool, SlabsOnHugePagesOnlyWhileThePoolKeepsItsReserve)
+{
+    {
+        slot_pool pool(3072, 64); // 2 MiB slabs
+        pool.use_huge_pages(size_t{1} << 40); // a reserve no pool has: ordinary pages
+        void* p = pool.allocate();
+        EXPECT_EQ(pool.slabs(), 1U);
+        EXPECT_EQ(pool.huge_slabs(), 0U);
+        EXPECT_EQ(kernel_page_size(p), 4096U);
+    }
+    {
+        slot_pool pool(1024, 64, 64 * 1024); // slabs smaller than a huge page: ordinary pages
+        pool.use_huge_pages(0);
+        EXPECT_NE(pool.allocate(), nullptr);
+        EXPECT_EQ(pool.huge_slabs(), 0U);
+    }
+    const long before = huge_pages_available();
+    if (before < 2) {
+        GTEST_SKIP() << "no free 2 MiB huge pages (scripts/setup reserves them)";
+    }
+    {
+        slot_pool pool(3072, 64);
+        pool.use_huge_pages(static_cast<size_t>(before) - 2); // room for two slabs, not three
+        std::vector<void*> slots;
+        for (size_t i = 0; i < 3 * pool.slots_per_slab(); ++i) {
+            slots.push_back(pool.allocate());
+        }
+        EXPECT_EQ(pool.slabs(), 3U);
+        EXPECT_EQ(pool.huge_slabs(), 2U);
+        EXPECT_EQ(kernel_page_size(slots.front()), size_t{2} << 20);
+        EXPECT_EQ(kernel_page_size(slots.back()), 4096U);
+        // Fresh huge pages come zeroed and every slot is writable.
+        const auto* first = static_cast<const uint8_t*>(slots[1]);
+        EXPECT_EQ(std::count(first, first + 3072, 0), 3072);
+        for (void* s : slots) {
+            std::memset(s, 0xab, 3072);
+        }
+        EXPECT_EQ(huge_pages_available(), before - 2);
+        for (void* s : slots) {
+            pool.release(s);
+        }
+    }
+    EXPECT_EQ(huge_pages_available(), before); // unmapped with the pool
 }
 
 namespace {
