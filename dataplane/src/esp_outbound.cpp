@@ -367,10 +367,18 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
         // counters) before the first one is used; their heads the worker started with the SPD.
         // The key schedules (8 lines each) start as each SA is prepared, a whole preparation pass
         // before the crypto reads them: all of them at once would exceed the core's outstanding
-        // misses and stall on the prefetches themselves.
-        for (unsigned gi = 0; gi < count; ++gi) {
-            prefetch_sa_outbound_state(groups[gi].sa);
-            core.prefetch_deferred(groups[gi].sa);
+        // misses and stall on the prefetches themselves. With deferred counters the SA's counters
+        // line is not written here (an SA with volume limits, never deferred, misses on it later):
+        // the core's slot instead.
+        if (core.defers_outbound_counters()) {
+            for (unsigned gi = 0; gi < count; ++gi) {
+                __builtin_prefetch(&groups[gi].sa->seq, 1, 3);
+                core.prefetch_deferred(groups[gi].sa);
+            }
+        } else {
+            for (unsigned gi = 0; gi < count; ++gi) {
+                prefetch_sa_outbound_state(groups[gi].sa);
+            }
         }
     }
     out_batch batch;
