@@ -505,8 +505,16 @@ size_t host_policies::key_hash::operator()(const host_key& k) const noexcept
 
 void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next)
 {
-    updates_.reserve(updates_.size() + 1);
-    retired_.reserve(retired_.size() + 1);
+    // Room for both before anything changes (the push_backs below cannot throw then), grown
+    // geometrically: reserving size() + 1 reallocated and copied the whole list on every call, ~1 us
+    // per SA over a batch of 1000 outbound /32 SAs (perf/RESULTS.md, issue 3).
+    auto room_for_one = [](auto& v) {
+        if (v.size() == v.capacity()) {
+            v.reserve(std::max<size_t>(16, v.size() * 2));
+        }
+    };
+    room_for_one(updates_);
+    room_for_one(retired_);
     updates_.push_back({next.get(), false});
     if (slot) {
         retired_.push_back(std::move(slot));
