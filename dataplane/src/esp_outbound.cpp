@@ -367,9 +367,9 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
         // counters) before the first one is used; their heads the worker started with the SPD.
         // The key schedules (8 lines each) start as each SA is prepared, a whole preparation pass
         // before the crypto reads them: all of them at once would exceed the core's outstanding
-        // misses and stall on the prefetches themselves. With deferred counters the SA's counters
-        // line is not written here (an SA with volume limits, never deferred, misses on it later):
-        // the core's slot instead.
+        // misses and stall on the prefetches themselves. With deferred counters ESP packets add to
+        // the core's slot, which is started instead of the SA's counters line; the SAs that still
+        // write that line (volume limits, AH, drops) take its miss when they do.
         if (core.defers_outbound_counters()) {
             for (unsigned gi = 0; gi < count; ++gi) {
                 __builtin_prefetch(&groups[gi].sa->seq, 1, 3);

@@ -1,11 +1,14 @@
 // SA runtime slabs (sa_pool.h).
 #include "sa_pool.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <new>
+#include <string>
 
 #include "espresso/dp/sa.h"
 
@@ -81,18 +84,14 @@ void* slot_pool::allocate()
         return s;
     }
     if (fresh_ == fresh_end_) {
+        slabs_.reserve(slabs_.size() + 1); // before mapping: the push_back below cannot throw
         void* slab = map_huge_slab();
         if (slab != nullptr) {
             ++huge_slabs_;
         } else {
             slab = map_slab();
         }
-        try {
-            slabs_.push_back(slab);
-        } catch (...) {
-            ::munmap(slab, slab_bytes_);
-            throw;
-        }
+        slabs_.push_back(slab);
 #ifdef ESPRESSO_POOL_ASAN
         __lsan_register_root_region(slab, slab_bytes_);
         ASAN_POISON_MEMORY_REGION(slab, slab_bytes_);
@@ -121,10 +120,13 @@ void* slot_pool::map_huge_slab() noexcept
         return nullptr;
     }
     // Pages of the pool that nobody has yet: free_hugepages counts those promised to mappings not
-    // yet faulted in (resv_hugepages) as free.
-    auto read_count = [](const char* path) -> long {
+    // yet faulted in (resv_hugepages) as free. The fault takes pages of this thread's NUMA node first
+    // and DPDK wants pages of its own socket, so the node's free pages count too (they have no
+    // reserved count of their own: the machine's is taken off them as well). A snapshot: another
+    // process may take pages in between, so the reserve is kept on a best-effort basis.
+    auto read_count = [](const std::string& path) -> long {
         long v = -1;
-        if (FILE* f = std::fopen(path, "r")) {
+        if (FILE* f = std::fopen(path.c_str(), "r")) {
             if (std::fscanf(f, "%ld", &v) != 1) {
                 v = -1;
             }
@@ -132,20 +134,41 @@ void* slot_pool::map_huge_slab() noexcept
         }
         return v;
     };
-    const long free_pages = read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
-    const long reserved = read_count("/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages");
+    const std::string pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/";
+    long free_pages = read_count(pool + "free_hugepages");
+    const long reserved = read_count(pool + "resv_hugepages");
+    unsigned cpu = 0;
+    unsigned node = 0;
+    if (::getcpu(&cpu, &node) == 0) {
+        const long node_free = read_count("/sys/devices/system/node/node" + std::to_string(node) +
+                                          "/hugepages/hugepages-2048kB/free_hugepages");
+        if (node_free >= 0) {
+            free_pages = std::min(free_pages, node_free);
+        }
+    }
     if (free_pages < 0 || reserved < 0 || free_pages <= reserved) {
         return nullptr;
     }
     const auto available = static_cast<size_t>(free_pages - reserved);
     if (available <= keep_free_ || available - keep_free_ < slab_bytes_ / huge_page) {
-        return nullptr;
+        return nullptr; // mapping it would leave fewer than keep_free_
     }
-    // MAP_HUGETLB reserves the pages at mmap time (ENOMEM if another process took them since the
-    // count above), so the population below cannot fail later with SIGBUS.
     void* m = ::mmap(nullptr, slab_bytes_, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) | MAP_POPULATE, -1, 0);
-    return m == MAP_FAILED ? nullptr : m;
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (21 << MAP_HUGE_SHIFT), -1, 0);
+    if (m == MAP_FAILED) {
+        return nullptr; // the pool emptied since the count above
+    }
+    // Fault the pages in now, where a failure is an error code: the mmap reserved them in the
+    // machine's pool, but a hugetlb cgroup limit (containers) is only checked at fault time, and a
+    // fault it refuses is a SIGBUS on the first write into a slot. Without MADV_POPULATE_WRITE
+    // (Linux < 5.14: EINVAL) that cannot be checked: no huge pages then.
+#ifdef MADV_POPULATE_WRITE
+    if (::madvise(m, slab_bytes_, MADV_POPULATE_WRITE) == 0) {
+        return m;
+    }
+#endif
+    ::munmap(m, slab_bytes_);
+    return nullptr;
 }
 
 void* slot_pool::map_slab()

@@ -37,12 +37,14 @@ public:
     // Gives a slot back (the caller destroyed and wiped what it held). p must come from allocate().
     void release(void* p) noexcept;
 
-    // Back new slabs with 2 MiB huge pages from the kernel's pool (MAP_HUGETLB) while more than
-    // `keep_free` of its pages stay free for DPDK's own later allocations (rte_acl rebuilds, ...);
-    // ordinary pages otherwise (no huge pages of that size, the pool short, a slab size that is not
-    // a multiple of 2 MiB). Measured (perf/RESULTS.md, issue 3): one fault per slab instead of 512
-    // took ~2 us of the main lcore off each SA installed into a new slab, and the SAs' lines are
-    // reached through one TLB entry per slab. espresso-dp turns it on with `dataplane.hugepages`.
+    // Back new slabs with 2 MiB huge pages from the kernel's pool (MAP_HUGETLB) while at least
+    // `keep_free` of its pages (machine-wide and on this thread's NUMA node) stay free for DPDK's own
+    // later allocations (rte_acl rebuilds, ...); ordinary pages otherwise (no 2 MiB pool, the pool
+    // short, a cgroup limit that refuses the fault, a slab size that is not a multiple of 2 MiB).
+    // Measured (perf/RESULTS.md, "SA runtimes on huge pages"): one fault per slab instead of 512 took
+    // about 1.5 us of the main lcore off each SA installed (on average, the slab's population
+    // shared by its 682 slots), and the SAs' lines are reached through one TLB entry per slab.
+    // espresso-dp turns it on with `dataplane.hugepages`.
     void use_huge_pages(size_t keep_free) noexcept;
 
     size_t slot_bytes() const noexcept { return slot_; }

@@ -503,11 +503,11 @@ size_t host_policies::key_hash::operator()(const host_key& k) const noexcept
     return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(&k), sizeof(k)));
 }
 
-void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next)
+void host_policies::make_room()
 {
-    // Room for both before anything changes (the push_backs below cannot throw then), grown
-    // geometrically: reserving size() + 1 reallocated and copied the whole list on every call, ~1 us
-    // per SA over a batch of 1000 outbound /32 SAs (perf/RESULTS.md, issue 3).
+    // Grown geometrically: reserving size() + 1 reallocated and copied the whole list on every call,
+    // ~1 us per SA over a batch of 1000 outbound /32 SAs (perf/RESULTS.md, "SA runtimes on huge
+    // pages"). If the second reserve throws, only the first list's capacity changed.
     auto room_for_one = [](auto& v) {
         if (v.size() == v.capacity()) {
             v.reserve(std::max<size_t>(16, v.size() * 2));
@@ -515,7 +515,11 @@ void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<
     };
     room_for_one(updates_);
     room_for_one(retired_);
-    updates_.push_back({next.get(), false});
+}
+
+void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next) noexcept
+{
+    updates_.push_back({next.get(), false}); // make_room() made room for both
     if (slot) {
         retired_.push_back(std::move(slot));
     }
@@ -525,6 +529,7 @@ void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<
 bool host_policies::add(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
                         const spd_rule& rule)
 {
+    make_room(); // first: nothing below changes the table and then throws
     const host_key key = make_host_key(category, remote);
     auto it = buckets_.find(key);
     if (it == buckets_.end() && buckets_.size() >= capacity_) {
@@ -555,6 +560,7 @@ bool host_policies::add(host_category category, const config::ip_prefix& local, 
 bool host_policies::remove(host_category category, const config::ip_prefix& local, const config::ip_prefix& remote,
                            uint64_t order)
 {
+    make_room();
     const host_key key = make_host_key(category, remote);
     auto it = buckets_.find(key);
     if (it == buckets_.end()) {

@@ -275,7 +275,10 @@ private:
     struct key_hash {
         size_t operator()(const host_key& k) const noexcept;
     };
-    void replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next);
+    // Room for one more entry in each of updates_ and retired_, so that replace() and remove()
+    // cannot throw once they change anything: add() and remove() call it first.
+    void make_room();
+    void replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next) noexcept;
 
     size_t capacity_;
     std::unordered_map<host_key, std::unique_ptr<host_bucket>, key_hash> buckets_;
