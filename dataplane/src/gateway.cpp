@@ -312,8 +312,10 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
                                  " lcores (main + workers), EAL gave " + std::to_string(rte_lcore_count()));
     }
     if (config_.dataplane.hugepages) {
-        // SA runtimes on huge pages too while at least 128 of them (256 MiB) stay free for DPDK (sa_pool.h).
+        // SA runtimes and host-policy buckets on huge pages too while at least 128 of them (256 MiB)
+        // stay free for DPDK (sa_pool.h).
         sa_runtime_pool().use_huge_pages(128);
+        host_bucket_pool().use_huge_pages(128);
     }
     shared_.port_index.fill(-1);
     shared_.adaptive_idle = config_.dataplane.idle == config::idle_mode::adaptive;

@@ -8,11 +8,14 @@
 #include <algorithm>
 #include <bit>
 #include <functional>
+#include <new>
+#include <type_traits>
 #include <string_view>
 #include <cstring>
 #include <stdexcept>
 
 #include "packet.h"
+#include "sa_pool.h"
 
 namespace espresso::dp {
 
@@ -503,6 +506,29 @@ size_t host_policies::key_hash::operator()(const host_key& k) const noexcept
     return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(&k), sizeof(k)));
 }
 
+slot_pool& host_bucket_pool()
+{
+    // Never destroyed: buckets held by static objects may be freed during exit.
+    static slot_pool* pool = new slot_pool(sizeof(host_bucket), alignof(host_bucket));
+    return *pool;
+}
+
+host_bucket_ptr make_host_bucket()
+{
+    slot_pool& pool = host_bucket_pool();
+    void* slot = pool.allocate();
+    static_assert(std::is_nothrow_default_constructible_v<host_bucket>);
+    return host_bucket_ptr(new (slot) host_bucket());
+}
+
+void host_bucket_deleter::operator()(host_bucket* b) const noexcept
+{
+    if (b != nullptr) {
+        b->~host_bucket();
+        host_bucket_pool().release(b);
+    }
+}
+
 void host_policies::make_room()
 {
     // Grown geometrically: reserving size() + 1 reallocated and copied the whole list on every call,
@@ -517,7 +543,7 @@ void host_policies::make_room()
     room_for_one(retired_);
 }
 
-void host_policies::replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next) noexcept
+void host_policies::replace(host_bucket_ptr& slot, host_bucket_ptr next) noexcept
 {
     updates_.push_back({next.get(), false}); // make_room() made room for both
     if (slot) {
@@ -539,7 +565,7 @@ bool host_policies::add(host_category category, const config::ip_prefix& local, 
     c.length = local.length;
     std::memcpy(c.network, local.address.bytes.data(), local.address.family == 4 ? 4 : 16);
     c.rule = rule;
-    auto next = std::make_unique<host_bucket>();
+    host_bucket_ptr next = make_host_bucket();
     next->key = key;
     if (it != buckets_.end()) {
         next->candidates = it->second->candidates;
@@ -581,7 +607,7 @@ bool host_policies::remove(host_category category, const config::ip_prefix& loca
         buckets_.erase(it);
         return true;
     }
-    auto next = std::make_unique<host_bucket>();
+    host_bucket_ptr next = make_host_bucket();
     next->key = key;
     next->candidates.reserve(old.size() - 1);
     for (auto c = old.begin(); c != old.end(); ++c) {

@@ -191,6 +191,19 @@ struct alignas(64) host_bucket {
 };
 static_assert(sizeof(host_candidate) <= 64, "the first candidate fits the bucket's first cache line");
 
+// Buckets come from a slot pool (sa_pool.h) rather than the heap: one per outbound /32 SA, made and
+// freed on every install, rekey and delete, and glibc's aligned allocation of a 64-byte-aligned
+// object (memalign: split chunks, later consolidation) was ~5 % of an outbound SA's install
+// (perf/RESULTS.md, issue 3). The pool also keeps them together (and on huge pages with
+// `dataplane.hugepages`), where the workers read them per packet.
+struct host_bucket_deleter {
+    void operator()(host_bucket* b) const noexcept;
+};
+using host_bucket_ptr = std::unique_ptr<host_bucket, host_bucket_deleter>;
+host_bucket_ptr make_host_bucket();
+class slot_pool;
+slot_pool& host_bucket_pool();
+
 // A worker's exact-match table (one per worker: only its worker reads it, and only its worker writes
 // it, applying the main lcore's messages between bursts). rte_hash with the extendable bucket table,
 // so `capacity` keys always fit: an add never fails on the worker.
@@ -278,11 +291,11 @@ private:
     // Room for one more entry in each of updates_ and retired_, so that replace() and remove()
     // cannot throw once they change anything: add() and remove() call it first.
     void make_room();
-    void replace(std::unique_ptr<host_bucket>& slot, std::unique_ptr<host_bucket> next) noexcept;
+    void replace(host_bucket_ptr& slot, host_bucket_ptr next) noexcept;
 
     size_t capacity_;
-    std::unordered_map<host_key, std::unique_ptr<host_bucket>, key_hash> buckets_;
-    std::vector<std::unique_ptr<host_bucket>> retired_;
+    std::unordered_map<host_key, host_bucket_ptr, key_hash> buckets_;
+    std::vector<host_bucket_ptr> retired_;
     std::vector<update> updates_;
 };
 

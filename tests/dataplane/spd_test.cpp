@@ -5,6 +5,7 @@
 // against a single compiled_spd as the oracle. Small rule sets are walked linearly instead of through
 // rte_acl: that walk is checked against rte_acl on random rule sets and keys of both families.
 #include "spd.h"
+#include "sa_pool.h"
 
 #include <gtest/gtest.h>
 #include <rte_byteorder.h>
@@ -319,6 +320,32 @@ TEST(spd_levels, full_table_refuses_new_hosts_but_extends_known_ones)
     EXPECT_TRUE(host_policies::is_host(pfx("10.0.0.1/32")));
     EXPECT_TRUE(host_policies::is_host(pfx("2001:db8::1/128")));
     EXPECT_FALSE(host_policies::is_host(pfx("10.0.0.0/31")));
+}
+
+// Buckets come from their slot pool, aligned for their first cache line, and go back to it when the
+// last reference (table or retired list) lets go.
+TEST(spd_levels, buckets_come_from_their_pool_and_go_back)
+{
+    slot_pool& pool = host_bucket_pool();
+    const size_t before = pool.in_use();
+    {
+        host_policies main(8);
+        const auto rule = implied_rule(0x100, false);
+        ASSERT_TRUE(main.add(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), rule));
+        EXPECT_EQ(pool.in_use(), before + 1);
+        const host_bucket* b = main.find(make_host_key(host_category::outbound, pfx("10.0.0.1/32")));
+        ASSERT_NE(b, nullptr);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(b) % 64, 0U);
+        // A second candidate replaces the bucket: the old one is retired until released.
+        ASSERT_TRUE(main.add(host_category::outbound, pfx("192.168.0.0/16"), pfx("10.0.0.1/32"), implied_rule(0x101, false)));
+        EXPECT_EQ(pool.in_use(), before + 2);
+        main.release_retired();
+        EXPECT_EQ(pool.in_use(), before + 1);
+        ASSERT_TRUE(main.remove(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), implied_order(0x100)));
+        main.release_retired();
+        EXPECT_EQ(pool.in_use(), before + 1); // the bucket with the other candidate
+    }
+    EXPECT_EQ(pool.in_use(), before);
 }
 
 // Random sets of operator and implied policies: the two levels agree with one rte_acl over all of them.
