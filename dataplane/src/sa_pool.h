@@ -41,7 +41,7 @@ public:
     // `keep_free` of its pages (machine-wide and on this thread's NUMA node) stay free for DPDK's own
     // later allocations (rte_acl rebuilds, ...); ordinary pages otherwise (no 2 MiB pool, the pool
     // short, a cgroup limit that refuses the fault, a slab size that is not a multiple of 2 MiB).
-    // Measured (perf/RESULTS.md, "SA runtimes on huge pages"): one fault per slab instead of 512 took
+    // Measured (perf/RESULTS.md, "SA runtimes and host-policy buckets on huge pages"): one fault per slab instead of 512 took
     // about 1.5 us of the main lcore off each SA installed (on average, the slab's population
     // shared by its 682 slots), and the SAs' lines are reached through one TLB entry per slab.
     // espresso-dp turns it on with `dataplane.hugepages`.
