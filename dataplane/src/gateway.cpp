@@ -1101,10 +1101,14 @@ std::string gateway::publish_hosts()
     }
     for (unsigned w = 0; w < workers_.size(); ++w) {
         if (post_bulk(w, run) != run.size()) {
+            // This worker got part of the round and the ones after it none: their tables may
+            // point at buckets this round retires for as long as they run.
+            hosts_.abandon_retired();
             return "worker update ring full; policy update incomplete (old policy buckets kept)";
         }
     }
     if (!wait_applied(all, gen)) {
+        hosts_.abandon_retired(); // a worker may still point at them (or never apply the round)
         return "workers did not acknowledge the policy update within 2 s (old policy buckets kept)";
     }
     hosts_.release_retired();
@@ -1651,6 +1655,17 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
     }
     std::printf("espresso-dp: running with %zu worker(s)\n", workers_.size());
     std::fflush(stdout);
+    // However the loop ends (a stop request, or an exception out of tick() or the main lcore's
+    // work), the workers stop and are joined before anything they use can be freed.
+    struct join_workers {
+        gateway& g;
+        ~join_workers()
+        {
+            g.shared_.stop = true;
+            rte_eal_mp_wait_lcore();
+            g.running_ = false;
+        }
+    } joined{*this};
     unsigned quiet = 0;
     while (stop == 0) {
         tick();
@@ -1667,9 +1682,6 @@ void gateway::run(const volatile std::sig_atomic_t& stop, const std::function<vo
             usleep(usec);
         }
     }
-    shared_.stop = true;
-    rte_eal_mp_wait_lcore();
-    running_ = false;
 }
 
 void gateway::transmit_main(uint16_t port_pos, rte_mbuf* m)

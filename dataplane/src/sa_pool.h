@@ -1,6 +1,7 @@
-// Storage for SA runtimes (sa_runtime, ~3 KB each): slabs of 2 MiB carved into fixed slots, with a
-// free list of slots given back. make_sa/rebind_sa take a slot, the sa_ptr deleter gives it back
-// after wiping the keys.
+// Storage for SA runtimes (sa_runtime, ~3 KB each) and host-policy buckets (spd.h, 128 bytes): slabs
+// of 2 MiB carved into fixed slots, with a free list of slots given back. make_sa/rebind_sa take a
+// slot, the sa_ptr deleter gives it back after wiping the keys; make_host_bucket and its deleter
+// likewise for buckets (one pool each).
 //
 // Why not malloc (measured with perf/sa-json-bench, perf/RESULTS.md "Session 4"): the runtimes were
 // interleaved in the malloc heap with the request's short-lived allocations (validation got slower
@@ -41,9 +42,10 @@ public:
     // `keep_free` of its pages (machine-wide and on this thread's NUMA node) stay free for DPDK's own
     // later allocations (rte_acl rebuilds, ...); ordinary pages otherwise (no 2 MiB pool, the pool
     // short, a cgroup limit that refuses the fault, a slab size that is not a multiple of 2 MiB).
-    // Measured (perf/RESULTS.md, "SA runtimes and host-policy buckets on huge pages"): one fault per slab instead of 512 took
-    // about 1.5 us of the main lcore off each SA installed (on average, the slab's population
-    // shared by its 682 slots), and the SAs' lines are reached through one TLB entry per slab.
+    // Measured (perf/RESULTS.md, "SA runtimes and host-policy buckets on huge pages"): one fault
+    // per slab instead of 512 took about 1.5 us of the main lcore off each SA installed (on
+    // average, the slab's population shared by its 682 slots), and the SAs' lines are reached
+    // through one TLB entry per slab.
     // espresso-dp turns it on with `dataplane.hugepages`.
     void use_huge_pages(size_t keep_free) noexcept;
 

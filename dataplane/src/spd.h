@@ -191,12 +191,15 @@ struct alignas(64) host_bucket {
     void seal() noexcept { first = candidates.front(); }
 };
 static_assert(sizeof(host_candidate) <= 64, "the first candidate fits the bucket's first cache line");
+static_assert(sizeof(host_bucket) == 128, "two cache lines per bucket (docs/configuration.md counts on it)");
 
 // Buckets come from a slot pool (sa_pool.h) rather than the heap: one per outbound /32 SA, made and
 // freed on every install, rekey and delete, and glibc's aligned allocation of a 64-byte-aligned
 // object (memalign: split chunks, later consolidation) was ~5 % of an outbound SA's install
 // (perf/RESULTS.md, issue 3). The pool also keeps them together (and on huge pages with
-// `dataplane.hugepages`), where the workers read them per packet.
+// `dataplane.hugepages`), where the workers read them per packet; a bucket's further candidates
+// (its vector's array) stay in the heap. Under ASan a freed slot is poisoned but reused soon (no
+// quarantine): a stale read is caught only until then.
 struct host_bucket_deleter {
     void operator()(host_bucket* b) const noexcept;
 };
@@ -286,6 +289,16 @@ public:
     bool has_updates() const noexcept { return !updates_.empty(); }
     // Every worker applied the updates taken so far: free the buckets they replaced.
     void release_retired() noexcept { retired_.clear(); }
+    // After a round some worker may not have applied: the retired buckets are never freed (a
+    // deliberate leak; freed, their slots would be reused for other hosts' buckets while a worker
+    // still points at them).
+    void abandon_retired() noexcept
+    {
+        for (auto& b : retired_) {
+            (void)b.release();
+        }
+        retired_.clear();
+    }
     size_t keys() const noexcept { return buckets_.size(); }
 
     // For tests and telemetry: the bucket of a key, nullptr if none.

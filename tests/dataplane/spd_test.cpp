@@ -337,15 +337,41 @@ TEST(spd_levels, buckets_come_from_their_pool_and_go_back)
         ASSERT_NE(b, nullptr);
         EXPECT_EQ(reinterpret_cast<uintptr_t>(b) % 64, 0U);
         // A second candidate replaces the bucket: the old one is retired until released.
-        ASSERT_TRUE(main.add(host_category::outbound, pfx("192.168.0.0/16"), pfx("10.0.0.1/32"), implied_rule(0x101, false)));
+        ASSERT_TRUE(main.add(host_category::outbound, pfx("192.168.0.0/16"), pfx("10.0.0.1/32"),
+                             implied_rule(0x101, false)));
         EXPECT_EQ(pool.in_use(), before + 2);
         main.release_retired();
         EXPECT_EQ(pool.in_use(), before + 1);
-        ASSERT_TRUE(main.remove(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), implied_order(0x100)));
+        ASSERT_TRUE(
+            main.remove(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), implied_order(0x100)));
         main.release_retired();
         EXPECT_EQ(pool.in_use(), before + 1); // the bucket with the other candidate
     }
     EXPECT_EQ(pool.in_use(), before);
+}
+
+// After a round some worker may not have applied (gateway::publish_hosts' failures), the retired
+// buckets are never freed: a worker may point at them for as long as it runs.
+TEST(spd_levels, abandoned_buckets_are_never_freed)
+{
+    slot_pool& pool = host_bucket_pool();
+    const size_t before = pool.in_use();
+    const host_key key = make_host_key(host_category::outbound, pfx("10.0.0.1/32"));
+    const host_bucket* old = nullptr;
+    {
+        host_policies main(8);
+        ASSERT_TRUE(main.add(host_category::outbound, pfx("0.0.0.0/0"), pfx("10.0.0.1/32"), implied_rule(0x100, false)));
+        old = main.find(key);
+        ASSERT_TRUE(main.add(host_category::outbound, pfx("192.168.0.0/16"), pfx("10.0.0.1/32"),
+                             implied_rule(0x101, false)));
+        EXPECT_NE(main.find(key), old);
+        main.abandon_retired();
+        main.release_retired();
+        EXPECT_EQ(pool.in_use(), before + 2);
+    }
+    EXPECT_EQ(pool.in_use(), before + 1); // the abandoned bucket's slot is never given back
+    EXPECT_EQ(old->key, key);
+    EXPECT_EQ(old->first.rule.sa, fake_sa(0x100));
 }
 
 // Random sets of operator and implied policies: the two levels agree with one rte_acl over all of them.
