@@ -370,13 +370,12 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
         // misses and stall on the prefetches themselves. With deferred counters ESP packets add to
         // the core's slot, which is started instead of the SA's counters line; the SAs that still
         // write that line (volume limits, AH, drops) take its miss when they do.
-        if (core.defers_outbound_counters()) {
-            for (unsigned gi = 0; gi < count; ++gi) {
-                __builtin_prefetch(&groups[gi].sa->seq, 1, 3);
+        const bool deferred = core.defers_outbound_counters();
+        for (unsigned gi = 0; gi < count; ++gi) {
+            if (deferred) {
+                prefetch_sa_sequence(groups[gi].sa);
                 core.prefetch_deferred(groups[gi].sa);
-            }
-        } else {
-            for (unsigned gi = 0; gi < count; ++gi) {
+            } else {
                 prefetch_sa_outbound_state(groups[gi].sa);
             }
         }

@@ -45,8 +45,7 @@ public:
     // Measured (perf/RESULTS.md, "SA runtimes and host-policy buckets on huge pages"): one fault
     // per slab instead of 512 took about 1.5 us of the main lcore off each SA installed (on
     // average, the slab's population shared by its 682 slots), and the SAs' lines are reached
-    // through one TLB entry per slab.
-    // espresso-dp turns it on with `dataplane.hugepages`.
+    // through one TLB entry per slab. espresso-dp turns it on with `dataplane.hugepages`.
     void use_huge_pages(size_t keep_free) noexcept;
 
     size_t slot_bytes() const noexcept { return slot_; }

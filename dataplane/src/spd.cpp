@@ -533,7 +533,8 @@ void host_policies::make_room()
 {
     // Grown geometrically: reserving size() + 1 reallocated and copied the whole list on every call,
     // ~1 us per SA over a batch of 1000 outbound /32 SAs (perf/RESULTS.md, "SA runtimes and
-    // host-policy buckets on huge pages"). If the second reserve throws, only the first list's capacity changed.
+    // host-policy buckets on huge pages"). If the second reserve throws, only the first list's
+    // capacity changed.
     auto room_for_one = [](auto& v) {
         if (v.size() == v.capacity()) {
             v.reserve(std::max<size_t>(16, v.size() * 2));

@@ -127,11 +127,14 @@ inline void prefetch_sa_head(const sa_runtime* sa) noexcept
     __builtin_prefetch(reinterpret_cast<const char*>(sa) + 64, 0, 3);
 }
 
+// The SA's sequence number and lifetime line, which every outbound engine call writes.
+inline void prefetch_sa_sequence(const sa_runtime* sa) noexcept { __builtin_prefetch(&sa->seq, 1, 3); }
+
 // The lines an engine call writes for an SA whatever its algorithm and direction: sequence number
 // and lifetime, counters (outbound_process_groups starts them for all of its SAs at once).
 inline void prefetch_sa_outbound_state(const sa_runtime* sa) noexcept
 {
-    __builtin_prefetch(&sa->seq, 1, 3);
+    prefetch_sa_sequence(sa);
     __builtin_prefetch(&sa->stats, 1, 3);
 }
 
