@@ -344,6 +344,18 @@ sendp(bad, iface="inet-branch", verbose=False)
                 # flow whatever its SPI, so scapy sends 10 ESP packets for each SPI 0x7000.. (one per owner
                 # worker, SPI % workers): whichever worker polls them, exactly 10 * (workers - 1) go through
                 # the handoff rings, and every one ends as no_sa at its owner.
+                # The traffic so far is a handful of flows with random ephemeral ports, which the fanout hash
+                # may have put all on one queue. 64 more UDP flows (distinct source ports) to the gateway's
+                # outside address make every queue see traffic unless the hash ignores ports.
+                neigh = sh("ip neigh show 203.0.113.1", ns=topo.ns["inet"], capture=True).stdout.split()
+                flows = write_script(topo, "spread_flows.py", """
+import sys
+from scapy.all import sendp, Ether, IP, UDP, Raw
+sendp([Ether(dst=sys.argv[1]) / IP(src="198.51.100.1", dst="203.0.113.1") / UDP(sport=20000 + i, dport=9) / Raw(b"x" * 16)
+       for i in range(64)], iface="inet-branch", verbose=False)
+""")
+                sh(f"/usr/bin/python3 {flows} {neigh[neigh.index('lladdr') + 1]}", ns=topo.ns["inet"])
+                time.sleep(0.5)
                 rows = [r for r in json.loads(topo.cli("gw-branch", "--json show dataplane"))["workers"] if "local-traffic" not in r]
                 assert len(rows) == workers, rows
                 assert all(r["rx-packets"] > 0 for r in rows), f"a worker received nothing: {rows}"
