@@ -151,6 +151,48 @@ void sa_deleter::operator()(sa_runtime* sa) const noexcept
     sa_runtime_pool().release(sa);
 }
 
+namespace {
+
+// Records bytes [from, from + bytes) of `sa` as key run `run` for prefetch_sa_keys.
+void key_run(sa_runtime& sa, unsigned run, const void* from, size_t bytes) noexcept
+{
+    const size_t offset = static_cast<size_t>(static_cast<const char*>(from) - reinterpret_cast<const char*>(&sa));
+    const size_t lines = (offset % 64 + bytes + 63) / 64;
+    sa.key_line[run] = static_cast<uint8_t>(offset / 64);
+    sa.key_runs = static_cast<uint8_t>((sa.key_runs & ~(0xfU << (run * 4))) | (std::min<size_t>(lines, 15) << (run * 4)));
+}
+
+// Which key lines a packet reads, for prefetch_sa_keys. Where the GHASH key powers sit depends on the
+// manager's GCM code (IPsec-MB 1.3's gcm_keys_*.asm): the VAES AVX-512 code keeps H^48..H^1 with H^1
+// last, and a packet of up to 8 blocks (64-byte payloads; larger ones stream through the cache
+// anyway) reads H^8..H^1; the AVX2 and plain AVX-512 code keep H^8..H^1 right after the round keys;
+// SSE and AVX H^1..H^8 and then their Karatsuba halves.
+void set_key_lines(sa_runtime& sa, const config::sa_config& c, const IMB_MGR& mgr) noexcept
+{
+    const size_t round_key_bytes = (c.cipher_key_bytes == 16 ? 11U : c.cipher_key_bytes == 24 ? 13U : 15U) * 16U;
+    if ((sa.flags & (sa_aead | sa_gmac)) != 0) {
+        const auto* gcm = reinterpret_cast<const uint8_t*>(&sa.gcm_key);
+        key_run(sa, 0, gcm, round_key_bytes);
+        constexpr size_t hkeys = offsetof(gcm_key_data, ghash_keys);
+        const bool vaes = mgr.used_arch == IMB_ARCH_AVX512 && (mgr.features & IMB_FEATURE_VAES) != 0 &&
+                          (mgr.features & IMB_FEATURE_VPCLMULQDQ) != 0;
+        if (vaes) {
+            key_run(sa, 1, gcm + hkeys + 40 * 16, 8 * 16);
+        } else if (mgr.used_arch == IMB_ARCH_AVX2 || mgr.used_arch == IMB_ARCH_AVX512) {
+            key_run(sa, 1, gcm + hkeys, 8 * 16);
+        } else {
+            key_run(sa, 1, gcm + hkeys, 16 * 16);
+        }
+    } else if ((sa.flags & sa_cbc) != 0) {
+        key_run(sa, 0, (sa.flags & sa_outbound) != 0 ? sa.enc_keys : sa.dec_keys, round_key_bytes);
+    }
+    if (c.integ != config::integ_alg::none) {
+        key_run(sa, 1, sa.ipad, sizeof(sa.ipad) + sizeof(sa.opad));
+    }
+}
+
+} // namespace
+
 sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
 {
     validate(c);
@@ -245,6 +287,7 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
         sa->hash_full_bytes = hash_output_bytes(c.integ);
         hmac_precompute(mgr, c.integ, c.integ_key.data(), c.integ_key_length, sa->ipad, sa->opad);
     }
+    set_key_lines(*sa, c, *mgr);
     if ((sa->flags & sa_ah) != 0) {
         // AH carries no cipher; GMAC's IV travels in the AH ICV field per RFC 4543 §3.
         sa->block_bytes = 4;
@@ -318,6 +361,8 @@ sa_ptr rebind_sa(const sa_runtime& old, const config::sa_config& updated)
     sa->hash_alg = old.hash_alg;
     sa->key_size = old.key_size;
     sa->hash_full_bytes = old.hash_full_bytes;
+    std::memcpy(sa->key_line, old.key_line, sizeof(sa->key_line)); // same offsets: same struct
+    sa->key_runs = old.key_runs;
     sa->salt = old.salt;
     std::memcpy(sa->enc_keys, old.enc_keys, sizeof(sa->enc_keys));
     std::memcpy(sa->dec_keys, old.dec_keys, sizeof(sa->dec_keys));

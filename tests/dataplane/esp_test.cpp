@@ -291,6 +291,67 @@ TEST_F(Esp, CbcIvsDifferPerPacket)
     EXPECT_EQ(ivs.size(), 100U);
 }
 
+// prefetch_sa_keys starts the key lines a packet reads (sa.h key_line/key_runs): they must cover the
+// round keys of the SA's direction, the HMAC states, and the GHASH key powers where the manager's own
+// GCM_PRE wrote them (the oracle: its non-zero 16-byte entries; the VAES AVX-512 code writes 48
+// powers and a short packet reads the last 8), in at most the 8 lines prefetched before.
+TEST_F(Esp, KeyPrefetchCoversTheKeyMaterialAPacketReads)
+{
+    const IMB_MGR& mgr = *core.mgr();
+    const bool vaes = mgr.used_arch == IMB_ARCH_AVX512 && (mgr.features & IMB_FEATURE_VAES) != 0 &&
+                      (mgr.features & IMB_FEATURE_VPCLMULQDQ) != 0;
+    for (const auto& t : transforms) {
+        for (auto dir : {config::direction::outbound, config::direction::inbound}) {
+            SCOPED_TRACE(std::string(t.name) + (dir == config::direction::outbound ? " outbound" : " inbound"));
+            auto sa = make_sa(make_config(t, dir, false, true, false, false), core);
+            const auto* base = reinterpret_cast<const uint8_t*>(sa.get());
+            std::vector<bool> covered(sizeof(sa_runtime) + 64, false);
+            unsigned lines = 0;
+            for (unsigned run = 0; run < 2; ++run) {
+                const unsigned n = (sa->key_runs >> (run * 4)) & 0xfU;
+                lines += n;
+                for (size_t b = sa->key_line[run] * 64U; b < (sa->key_line[run] + n) * 64U; ++b) {
+                    covered[b] = true;
+                }
+            }
+            EXPECT_LE(lines, 8U);
+            auto all_covered = [&](const void* p, size_t bytes) {
+                const size_t at = static_cast<const uint8_t*>(p) - base;
+                for (size_t b = at; b < at + bytes; ++b) {
+                    if (!covered[b]) {
+                        return false;
+                    }
+                }
+                return true;
+            };
+            const size_t round_keys = (t.key_bytes == 16 ? 11U : t.key_bytes == 24 ? 13U : 15U) * 16U;
+            if (t.cipher == cipher_alg::aes_gcm16 || t.cipher == cipher_alg::aes_gmac) {
+                EXPECT_TRUE(all_covered(&sa->gcm_key, round_keys));
+                const uint8_t* powers = reinterpret_cast<const uint8_t*>(&sa->gcm_key.ghash_keys);
+                std::vector<size_t> written;
+                for (size_t e = 0; e < sizeof(sa->gcm_key.ghash_keys) / 16; ++e) {
+                    if (std::any_of(powers + e * 16, powers + e * 16 + 16, [](uint8_t x) { return x != 0; })) {
+                        written.push_back(e);
+                    }
+                }
+                ASSERT_GE(written.size(), 8U);
+                if (vaes) {
+                    written.erase(written.begin(), written.end() - 8);
+                }
+                for (size_t e : written) {
+                    EXPECT_TRUE(all_covered(powers + e * 16, 16)) << "GHASH key entry " << e;
+                }
+            } else if (t.cipher == cipher_alg::aes_cbc) {
+                EXPECT_TRUE(all_covered(dir == config::direction::outbound ? sa->enc_keys : sa->dec_keys, round_keys));
+            }
+            if (t.integ != integ_alg::none) {
+                EXPECT_TRUE(all_covered(sa->ipad, sizeof(sa->ipad)));
+                EXPECT_TRUE(all_covered(sa->opad, sizeof(sa->opad)));
+            }
+        }
+    }
+}
+
 TEST_F(Esp, EcnAndDscpCopiedToOuterHeader)
 {
     auto oc = make_config(transforms[0], config::direction::outbound, false, true, false, false);

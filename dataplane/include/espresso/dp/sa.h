@@ -57,6 +57,13 @@ struct alignas(64) sa_runtime {
     IMB_HASH_ALG hash_alg = IMB_AUTH_NULL;
     IMB_KEY_SIZE_BYTES key_size = IMB_KEY_128_BYTES;
     uint8_t hash_full_bytes = 0; // untruncated HMAC output (for the job's output buffer)
+    // The lines of key material a packet of this SA reads, two runs: the cipher's round keys, then the
+    // hash state (GHASH key powers, or HMAC ipad/opad). key_line[i] is the run's first line counted
+    // from the SA's start, key_runs holds their lengths (run 0 in the low nibble; 3 bytes so that they
+    // fit in the padding before `salt`). Set by make_sa, which knows where the manager's GCM code
+    // keeps the key powers.
+    uint8_t key_line[2]{};
+    uint8_t key_runs = 0;
     uint32_t salt = 0;           // RFC 4106 §4 nonce salt (network byte order as bytes)
     uint32_t outer_sum = 0;      // IPv4 outer template's one's-complement sum without per-packet fields
     // Inbound: the selectors every decrypted packet is checked against (RFC 4301 §5.2), copies of
@@ -72,7 +79,7 @@ struct alignas(64) sa_runtime {
     alignas(16) uint32_t enc_keys[60]{}; // AES expanded encryption keys (CBC)
     alignas(16) uint32_t dec_keys[60]{}; // AES expanded decryption keys (CBC)
     alignas(64) gcm_key_data gcm_key{};
-    alignas(16) uint8_t ipad[64]{}; // HMAC H(K ^ ipad) state, as IPsec-MB wants it
+    alignas(64) uint8_t ipad[64]{}; // HMAC H(K ^ ipad) state, as IPsec-MB wants it (with opad: 2 lines)
     alignas(16) uint8_t opad[64]{}; // HMAC H(K ^ opad) state
 
     // --- mutable state ---------------------------------------------------------------------------
@@ -110,7 +117,9 @@ struct alignas(64) sa_runtime {
 
 static_assert(offsetof(sa_runtime, expired) / 64 == offsetof(sa_runtime, seq) / 64,
               "sequence and lifetime state must share one cache line");
-static_assert(offsetof(sa_runtime, outer_sum) < 64, "per-packet parameters must be in the first cache line");
+static_assert(offsetof(sa_runtime, outer_sum) < 64 && offsetof(sa_runtime, key_runs) < 64,
+              "per-packet parameters must be in the first cache line");
+static_assert(sizeof(sa_runtime) / 64 < 256, "key_line counts lines in a uint8_t");
 static_assert(offsetof(sa_runtime, outer_header) + sizeof(sa_runtime::outer_header) <= 128 &&
                   offsetof(sa_runtime, remote_selector) + sizeof(config::ip_prefix) <= 128,
               "selectors and outer header template must be in the two lines prefetch_sa_head loads");
@@ -147,19 +156,17 @@ inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
     __builtin_prefetch(&sa->replay, 1, 3);
 }
 
-// The key schedule of the SA's algorithm (GCM: round keys and hash key powers, 8 lines). `flags`
-// must already be in cache.
+// The key material of the SA's algorithm (key_line/key_runs: AES-128-GCM on the AVX2 manager reads 6
+// lines, round keys and the 8 hash key powers; CBC+HMAC the round keys of its direction and
+// ipad/opad). They must already be in cache (the SA's first line).
 inline void prefetch_sa_keys(const sa_runtime* sa) noexcept
 {
-    const char* keys = nullptr;
-    if ((sa->flags & (sa_aead | sa_gmac)) != 0) {
-        keys = reinterpret_cast<const char*>(&sa->gcm_key);
-    } else if ((sa->flags & sa_cbc) != 0) {
-        keys = reinterpret_cast<const char*>((sa->flags & sa_outbound) != 0 ? sa->enc_keys : sa->dec_keys);
-    }
-    if (keys != nullptr) {
-        for (unsigned line = 0; line < 8; ++line) { // GCM: round keys and the hash key powers
-            __builtin_prefetch(keys + line * 64, 0, 3);
+    const char* base = reinterpret_cast<const char*>(sa);
+    for (unsigned run = 0; run < 2; ++run) {
+        const unsigned first = sa->key_line[run];
+        const unsigned lines = (sa->key_runs >> (run * 4)) & 0xfU;
+        for (unsigned line = 0; line < lines; ++line) {
+            __builtin_prefetch(base + (first + line) * 64U, 0, 3);
         }
     }
 }
