@@ -6,6 +6,7 @@
 #include <string.h> // explicit_bzero (glibc, not in <cstring>'s std namespace)
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 
@@ -86,15 +87,37 @@ std::optional<ip_prefix> parse_prefix(std::string_view text) {
     return ip_prefix{*address, static_cast<uint8_t>(length)};
 }
 
-std::string to_string(const ip_address& address) {
-    char buffer[INET6_ADDRSTRLEN] = {};
-    if (address.is_v4()) {
-        in_addr v4{};
-        std::memcpy(&v4, address.bytes.data(), sizeof(v4));
-        if (inet_ntop(AF_INET, &v4, buffer, sizeof(buffer)) != nullptr) {
-            return buffer;
+namespace {
+
+// Dotted quad by hand: glibc's inet_ntop formats IPv4 with sprintf, whose format parsing was a
+// fifth of espresso-ike's add-sas writer (perf/RESULTS.md, issue 3: SA installs per second).
+void append_v4(std::string& out, const ip_address& address) {
+    char text[16];
+    size_t n = 0;
+    for (size_t i = 0; i < 4; ++i) {
+        const unsigned octet = address.bytes[i];
+        if (octet >= 100) {
+            text[n++] = static_cast<char>('0' + octet / 100);
         }
-    } else if (address.is_v6()) {
+        if (octet >= 10) {
+            text[n++] = static_cast<char>('0' + octet / 10 % 10);
+        }
+        text[n++] = static_cast<char>('0' + octet % 10);
+        text[n++] = '.';
+    }
+    out.append(text, n - 1); // without the last '.'
+}
+
+} // namespace
+
+std::string to_string(const ip_address& address) {
+    if (address.is_v4()) {
+        std::string out;
+        append_v4(out, address);
+        return out;
+    }
+    if (address.is_v6()) {
+        char buffer[INET6_ADDRSTRLEN] = {};
         in6_addr v6{};
         std::memcpy(&v6, address.bytes.data(), sizeof(v6));
         if (inet_ntop(AF_INET6, &v6, buffer, sizeof(buffer)) != nullptr) {
@@ -105,7 +128,11 @@ std::string to_string(const ip_address& address) {
 }
 
 std::string to_string(const ip_prefix& prefix) {
-    return to_string(prefix.address) + "/" + std::to_string(prefix.length);
+    std::string out = to_string(prefix.address);
+    char length[4];
+    out += '/';
+    out.append(length, static_cast<size_t>(std::to_chars(length, length + sizeof(length), prefix.length).ptr - length));
+    return out;
 }
 
 void wipe_keys(sa_config& sa) noexcept {

@@ -1,9 +1,12 @@
 // Tests for config/src/types.cpp: address and prefix parsing, printing, key wiping.
 #include "espresso/config/types.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 
 namespace espresso::config {
 namespace {
@@ -66,6 +69,24 @@ TEST(types, rejects_bad_prefixes) {
     EXPECT_TRUE(parse_prefix("10.0.0.0/9").has_value());
     EXPECT_TRUE(parse_prefix("10.128.0.0/9").has_value());
     EXPECT_FALSE(parse_prefix("10.64.0.0/9").has_value());
+}
+
+// The oracle is libc's inet_ntop (to_string formats IPv4 itself, without sprintf).
+TEST(types, ipv4_addresses_and_prefixes_print_as_inet_ntop_does) {
+    const uint8_t samples[][4] = {{0, 0, 0, 0}, {255, 255, 255, 255}, {10, 0, 0, 1}, {192, 168, 100, 9},
+                                  {1, 22, 133, 200}, {100, 10, 1, 99}, {203, 0, 113, 254}};
+    for (const auto& b : samples) {
+        ip_address a;
+        a.family = 4;
+        std::memcpy(a.bytes.data(), b, 4);
+        char expected[INET_ADDRSTRLEN];
+        ASSERT_NE(inet_ntop(AF_INET, b, expected, sizeof(expected)), nullptr);
+        EXPECT_EQ(to_string(a), expected);
+        for (uint8_t length : {0, 8, 24, 32}) {
+            EXPECT_EQ(to_string(ip_prefix{a, length}), std::string(expected) + "/" + std::to_string(length));
+        }
+    }
+    EXPECT_EQ(to_string(*parse_prefix("2001:db8::/32")), "2001:db8::/32");
 }
 
 TEST(types, unset_address_prints_as_unset) {
