@@ -4,6 +4,7 @@
 #include <string.h> // explicit_bzero
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cstring>
 #include <cstdio>
@@ -268,24 +269,34 @@ request_reader::~request_reader() { wipe(); }
 
 std::string_view request_reader::keep(std::string_view text)
 {
-    if (chunks_.empty() || used_ + text.size() > chunk_sizes_[chunk_]) {
-        // Next chunk (kept from earlier requests when it is large enough), or a new one.
+    if (chunks_.empty() || chunk_used_[chunk_] + text.size() > chunk_sizes_[chunk_]) {
+        // Next chunk (kept from earlier requests when it is large enough; chunks are filled in order,
+        // so the ones after chunk_ hold nothing of this request), or a new one.
         size_t next = chunks_.empty() ? 0 : chunk_ + 1;
         while (next < chunks_.size() && chunk_sizes_[next] < text.size()) {
             ++next;
         }
         if (next >= chunks_.size()) {
-            const size_t size = std::max(chunk_size, text.size());
-            chunks_.push_back(std::make_unique<char[]>(size));
+            // A power of two: add-sas bodies larger than chunk_size are copied whole and grow a few
+            // bytes from one request to the next (longer addresses, more digits); chunks of exactly
+            // their size made a new one (fresh pages, zeroed) for nearly every request and left the
+            // old ones to be wiped whole each time: 10 % of the main lcore per installed SA
+            // (perf/RESULTS.md, issue 3: SA installs per second). Not zeroed: only written bytes
+            // are ever read, and wipe() overwrites them.
+            const size_t size = std::bit_ceil(std::max(chunk_size, text.size()));
+            chunks_.reserve(chunks_.size() + 1);
+            chunk_sizes_.reserve(chunks_.size() + 1);
+            chunk_used_.reserve(chunks_.size() + 1);
+            chunks_.push_back(std::make_unique_for_overwrite<char[]>(size));
             chunk_sizes_.push_back(size);
+            chunk_used_.push_back(0);
             next = chunks_.size() - 1;
         }
         chunk_ = next;
-        used_ = 0;
     }
-    char* at = chunks_[chunk_].get() + used_;
+    char* at = chunks_[chunk_].get() + chunk_used_[chunk_];
     std::memcpy(at, text.data(), text.size());
-    used_ += text.size();
+    chunk_used_[chunk_] += text.size();
     return {at, text.size()};
 }
 
@@ -303,12 +314,14 @@ config::plain_value& request_reader::next_item()
 
 void request_reader::wipe() noexcept
 {
-    // Every chunk up to the one in use may hold key text (chunks are filled in order).
-    for (size_t c = 0; c < chunks_.size() && c <= chunk_; ++c) {
-        explicit_bzero(chunks_[c].get(), c == chunk_ ? used_ : chunk_sizes_[c]);
+    // Exactly the bytes written since the last wipe (they may hold key text).
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+        if (chunk_used_[c] != 0) {
+            explicit_bzero(chunks_[c].get(), chunk_used_[c]);
+            chunk_used_[c] = 0;
+        }
     }
     chunk_ = 0;
-    used_ = 0;
     count_ = 0;
     captured_ = false;
     scanned_ = false;

@@ -75,6 +75,15 @@ public:
     std::span<const config::plain_value> sas() const noexcept { return {items_.data(), count_}; }
     // Overwrites the captured text (it holds the keys) and forgets the items. Call after every request.
     void wipe() noexcept;
+    // Bytes of the arena the text is kept in (it is reused from request to request).
+    size_t arena_bytes() const noexcept
+    {
+        size_t total = 0;
+        for (size_t size : chunk_sizes_) {
+            total += size;
+        }
+        return total;
+    }
 
 private:
     class handler;
@@ -87,8 +96,8 @@ private:
 
     std::vector<std::unique_ptr<char[]>> chunks_; // the arena: chunks of chunk_size (or larger) bytes
     std::vector<size_t> chunk_sizes_;
-    size_t chunk_ = 0; // chunk being filled
-    size_t used_ = 0;  // bytes used in it
+    std::vector<size_t> chunk_used_; // bytes written into each since the last wipe()
+    size_t chunk_ = 0;               // chunk being filled
     std::vector<config::plain_value> items_;
     size_t count_ = 0;
     bool captured_ = false;

@@ -1154,6 +1154,30 @@ TEST(sa_json, RequestReaderGivesWhatTheDomPathGives)
     EXPECT_EQ(std::string(key.data(), key.size()), std::string(key.size(), '\0'));
 }
 
+// add-sas bodies larger than one arena chunk, each a little longer than the one before (as outbound
+// SAs' addresses grow in digits): the reader reuses its arena (before, every such request made a new
+// chunk of exactly its size and wipe() cleared all the older ones again, quadratic in the requests),
+// and wipe() still overwrites the key text of every one.
+TEST(sa_json, RequestReaderReusesItsArenaForGrowingBodies)
+{
+    request_reader reader;
+    json request;
+    ASSERT_TRUE(reader.parse(R"({"op": "add-sas", "args": {"sas": [{"key": "0x01"}]}})", request));
+    reader.wipe();
+    for (size_t i = 0; i < 40; ++i) {
+        const std::string body = R"({"op": "add-sas", "args": {"sas": [{"pad": ")" + std::string(300000 + i * 7, 'p') +
+                                 R"(", "key": "0xfeedface"}]}})";
+        ASSERT_TRUE(reader.parse(body, request));
+        ASSERT_TRUE(reader.captured());
+        ASSERT_EQ(reader.sas().size(), 1U);
+        const std::string_view key = reader.sas()[0].items.at(1).value.text;
+        ASSERT_EQ(key, "0xfeedface");
+        reader.wipe();
+        EXPECT_EQ(std::string(key.data(), key.size()), std::string(key.size(), '\0')) << "request " << i;
+    }
+    EXPECT_LE(reader.arena_bytes(), size_t{1} << 20) << "one 512 KiB chunk for the bodies, one for the small request";
+}
+
 // Two plain value trees alike (kinds, text, keys in order).
 bool same_tree(const espresso::config::plain_value& a, const espresso::config::plain_value& b)
 {
