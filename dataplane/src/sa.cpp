@@ -5,6 +5,7 @@
 #include <rte_ip.h>
 #include <rte_udp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -163,31 +164,44 @@ void key_run(sa_runtime& sa, unsigned run, const void* from, size_t bytes) noexc
 }
 
 // Which key lines a packet reads, for prefetch_sa_keys. Where the GHASH key powers sit depends on the
-// manager's GCM code (IPsec-MB 1.3's gcm_keys_*.asm): the VAES AVX-512 code keeps H^48..H^1 with H^1
-// last, and a packet of up to 8 blocks (64-byte payloads; larger ones stream through the cache
-// anyway) reads H^8..H^1; the AVX2 and plain AVX-512 code keep H^8..H^1 right after the round keys;
-// SSE and AVX H^1..H^8 and then their Karatsuba halves.
-void set_key_lines(sa_runtime& sa, const config::sa_config& c, const IMB_MGR& mgr) noexcept
+// GCM code the manager picked (IPsec-MB 1.3's gcm_keys_*.asm), so it is read off what GCM_PRE wrote
+// (a real key's power is never a zero 16-byte entry but with probability 2^-128): 8 entries, H^8..H^1
+// (AVX2 and plain AVX-512 code); 16, H^1..H^8 and their Karatsuba halves (SSE, AVX); 48, H^48..H^1
+// with H^1 last (VAES AVX-512), of which a packet of up to 8 blocks (128-byte payloads; larger ones
+// stream through the cache anyway) reads the last 8. Runs that touch are merged into one.
+void set_key_lines(sa_runtime& sa, const config::sa_config& c) noexcept
 {
     const size_t round_key_bytes = (c.cipher_key_bytes == 16 ? 11U : c.cipher_key_bytes == 24 ? 13U : 15U) * 16U;
     if ((sa.flags & (sa_aead | sa_gmac)) != 0) {
         const auto* gcm = reinterpret_cast<const uint8_t*>(&sa.gcm_key);
         key_run(sa, 0, gcm, round_key_bytes);
-        constexpr size_t hkeys = offsetof(gcm_key_data, ghash_keys);
-        const bool vaes = mgr.used_arch == IMB_ARCH_AVX512 && (mgr.features & IMB_FEATURE_VAES) != 0 &&
-                          (mgr.features & IMB_FEATURE_VPCLMULQDQ) != 0;
-        if (vaes) {
-            key_run(sa, 1, gcm + hkeys + 40 * 16, 8 * 16);
-        } else if (mgr.used_arch == IMB_ARCH_AVX2 || mgr.used_arch == IMB_ARCH_AVX512) {
-            key_run(sa, 1, gcm + hkeys, 8 * 16);
+        const uint8_t* powers = gcm + offsetof(gcm_key_data, ghash_keys);
+        size_t written = sizeof(sa.gcm_key.ghash_keys) / 16;
+        while (written > 0 && std::all_of(powers + (written - 1) * 16, powers + written * 16, [](uint8_t b) { return b == 0; })) {
+            --written;
+        }
+        if (written > 16) {
+            key_run(sa, 1, powers + (written - 8) * 16, 8 * 16);
         } else {
-            key_run(sa, 1, gcm + hkeys, 16 * 16);
+            key_run(sa, 1, powers, written * 16);
         }
     } else if ((sa.flags & sa_cbc) != 0) {
         key_run(sa, 0, (sa.flags & sa_outbound) != 0 ? sa.enc_keys : sa.dec_keys, round_key_bytes);
     }
     if (c.integ != config::integ_alg::none) {
         key_run(sa, 1, sa.ipad, sizeof(sa.ipad) + sizeof(sa.opad));
+    }
+    // AES-192/256 round keys end in the line the AVX2 code's first powers start in.
+    const unsigned lines0 = sa.key_runs & 0xfU;
+    const unsigned lines1 = sa.key_runs >> 4;
+    const unsigned first0 = sa.key_line[0];
+    const unsigned first1 = sa.key_line[1];
+    if (lines0 != 0 && lines1 != 0 && first1 >= first0 && first1 <= first0 + lines0) {
+        const unsigned end = std::max(first0 + lines0, first1 + lines1);
+        if (end - first0 <= 15) {
+            sa.key_runs = static_cast<uint8_t>(end - first0);
+            sa.key_line[1] = 0;
+        }
     }
 }
 
@@ -287,7 +301,7 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
         sa->hash_full_bytes = hash_output_bytes(c.integ);
         hmac_precompute(mgr, c.integ, c.integ_key.data(), c.integ_key_length, sa->ipad, sa->opad);
     }
-    set_key_lines(*sa, c, *mgr);
+    set_key_lines(*sa, c);
     if ((sa->flags & sa_ah) != 0) {
         // AH carries no cipher; GMAC's IV travels in the AH ICV field per RFC 4543 §3.
         sa->block_bytes = 4;
