@@ -87,6 +87,7 @@ TEST(types, ipv4_addresses_and_prefixes_print_as_inet_ntop_does) {
         }
     }
     EXPECT_EQ(to_string(*parse_prefix("2001:db8::/32")), "2001:db8::/32");
+    EXPECT_EQ(to_string(*parse_prefix("2001:db8::1/128")), "2001:db8::1/128");
 }
 
 TEST(types, unset_address_prints_as_unset) {

@@ -348,6 +348,7 @@ sendp(bad, iface="inet-branch", verbose=False)
                 # may have put all on one queue. 64 more UDP flows (distinct source ports) to the gateway's
                 # outside address make every queue see traffic unless the hash ignores ports.
                 neigh = sh("ip neigh show 203.0.113.1", ns=topo.ns["inet"], capture=True).stdout.split()
+                assert "lladdr" in neigh, f"inet has no ARP entry for the branch gateway: {neigh}"
                 flows = write_script(topo, "spread_flows.py", """
 import sys
 from scapy.all import sendp, Ether, IP, UDP, Raw
