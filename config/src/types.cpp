@@ -89,8 +89,8 @@ std::optional<ip_prefix> parse_prefix(std::string_view text) {
 
 namespace {
 
-// Dotted quad by hand: glibc's inet_ntop formats IPv4 with sprintf, whose format parsing was a
-// fifth of espresso-ike's add-sas writer (perf/RESULTS.md, issue 3: SA installs per second).
+// Dotted quad by hand: glibc's inet_ntop formats IPv4 with sprintf, whose machinery was ~45 % of
+// espresso-ike's add-sas writer (perf/RESULTS.md, issue 3: SA installs per second).
 void append_v4(std::string& out, const ip_address& address) {
     char text[16];
     size_t n = 0;

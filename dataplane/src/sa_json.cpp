@@ -285,12 +285,6 @@ void arena_unpoison(const char* p, size_t n) noexcept { ASAN_UNPOISON_MEMORY_REG
 void arena_poison(const char*, size_t) noexcept {}
 void arena_unpoison(const char*, size_t) noexcept {}
 #endif
-void arena_poison_all(const std::vector<std::unique_ptr<char[]>>& chunks, const std::vector<size_t>& sizes) noexcept
-{
-    for (size_t c = 0; c < chunks.size(); ++c) {
-        arena_poison(chunks[c].get(), sizes[c]);
-    }
-}
 } // namespace
 
 request_reader::request_reader() = default;
@@ -298,18 +292,26 @@ request_reader::request_reader() = default;
 request_reader::~request_reader()
 {
     wipe();
-    for (size_t c = 0; c < chunks_.size(); ++c) {
-        arena_unpoison(chunks_[c].get(), chunk_sizes_[c]);
+    for (const auto& c : chunks_) {
+        arena_unpoison(c.bytes.get(), c.size);
+    }
+}
+
+void request_reader::reset() noexcept
+{
+    wipe();
+    for (const auto& c : chunks_) {
+        arena_poison(c.bytes.get(), c.size); // wipe() leaves them readable: tests look at wiped text
     }
 }
 
 std::string_view request_reader::keep(std::string_view text)
 {
-    if (chunks_.empty() || chunk_used_[chunk_] + text.size() > chunk_sizes_[chunk_]) {
+    if (chunks_.empty() || chunks_[chunk_].used + text.size() > chunks_[chunk_].size) {
         // Next chunk (kept from earlier requests when it is large enough; chunks are filled in order,
         // so the ones after chunk_ hold nothing of this request), or a new one.
         size_t next = chunks_.empty() ? 0 : chunk_ + 1;
-        while (next < chunks_.size() && chunk_sizes_[next] < text.size()) {
+        while (next < chunks_.size() && chunks_[next].size < text.size()) {
             ++next;
         }
         if (next >= chunks_.size()) {
@@ -320,21 +322,17 @@ std::string_view request_reader::keep(std::string_view text)
             // (perf/RESULTS.md, issue 3: SA installs per second). Not zeroed: only written bytes
             // are ever read, and wipe() overwrites them.
             const size_t size = std::bit_ceil(std::max(chunk_size, text.size()));
-            chunks_.reserve(chunks_.size() + 1);
-            chunk_sizes_.reserve(chunks_.size() + 1);
-            chunk_used_.reserve(chunks_.size() + 1);
-            chunks_.push_back(std::make_unique_for_overwrite<char[]>(size));
-            chunk_sizes_.push_back(size);
-            chunk_used_.push_back(0);
+            chunks_.push_back({std::make_unique_for_overwrite<char[]>(size), size, 0});
             next = chunks_.size() - 1;
-            arena_poison(chunks_[next].get(), size);
+            arena_poison(chunks_[next].bytes.get(), size);
         }
         chunk_ = next;
     }
-    char* at = chunks_[chunk_].get() + chunk_used_[chunk_];
+    chunk& c = chunks_[chunk_];
+    char* at = c.bytes.get() + c.used;
     arena_unpoison(at, text.size());
     std::memcpy(at, text.data(), text.size());
-    chunk_used_[chunk_] += text.size();
+    c.used += text.size();
     return {at, text.size()};
 }
 
@@ -353,10 +351,10 @@ config::plain_value& request_reader::next_item()
 void request_reader::wipe() noexcept
 {
     // Exactly the bytes written since the last wipe (they may hold key text).
-    for (size_t c = 0; c < chunks_.size(); ++c) {
-        if (chunk_used_[c] != 0) {
-            explicit_bzero(chunks_[c].get(), chunk_used_[c]); // left readable (tests look): parse() poisons
-            chunk_used_[c] = 0;
+    for (auto& c : chunks_) {
+        if (c.used != 0) {
+            explicit_bzero(c.bytes.get(), c.used);
+            c.used = 0;
         }
     }
     chunk_ = 0;
@@ -554,8 +552,7 @@ private:
 
 bool request_reader::parse(std::string_view body, json& request)
 {
-    wipe();
-    arena_poison_all(chunks_, chunk_sizes_);
+    reset();
     request = json();
     if (scan_add_sas(body, request)) {
         scanned_ = true;
@@ -566,8 +563,7 @@ bool request_reader::parse(std::string_view body, json& request)
 
 bool request_reader::parse_with_nlohmann(std::string_view body, json& request)
 {
-    wipe(); // what a declined scan captured, and its copy of the body
-    arena_poison_all(chunks_, chunk_sizes_);
+    reset(); // what a declined scan captured, and its copy of the body
     request = json();
     handler h(*this, request);
     const bool ok = json::sax_parse(body, &h);

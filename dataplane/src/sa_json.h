@@ -79,8 +79,8 @@ public:
     size_t arena_bytes() const noexcept
     {
         size_t total = 0;
-        for (size_t size : chunk_sizes_) {
-            total += size;
+        for (const auto& c : chunks_) {
+            total += c.size;
         }
         return total;
     }
@@ -92,12 +92,17 @@ private:
     // reader's state is then to be reset (wipe()) before the nlohmann path.
     bool scan_add_sas(std::string_view body, nlohmann::json& request);
     std::string_view keep(std::string_view text);
+    // wipe(), and under AddressSanitizer poisons the whole arena (keep() unpoisons what it hands out).
+    void reset() noexcept;
     config::plain_value& next_item();
 
-    std::vector<std::unique_ptr<char[]>> chunks_; // the arena: chunks of chunk_size (or larger) bytes
-    std::vector<size_t> chunk_sizes_;
-    std::vector<size_t> chunk_used_; // bytes written into each since the last wipe()
-    size_t chunk_ = 0;               // chunk being filled
+    struct chunk {
+        std::unique_ptr<char[]> bytes;
+        size_t size = 0;
+        size_t used = 0; // bytes written since the last wipe()
+    };
+    std::vector<chunk> chunks_; // the arena: chunks of chunk_size (or larger) bytes
+    size_t chunk_ = 0;          // chunk being filled
     std::vector<config::plain_value> items_;
     size_t count_ = 0;
     bool captured_ = false;
