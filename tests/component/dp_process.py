@@ -80,7 +80,14 @@ class Process:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                try:
+                    # A process SIGKILL does not end within a minute is stuck in the kernel (state D):
+                    # say so instead of hanging the test until the harness's timeout.
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.log_file.close()
+                    raise RuntimeError(f"pid {self.proc.pid} survived SIGKILL for 60 s: "
+                                       + open(f"/proc/{self.proc.pid}/stat").read()) from None
         self.log_file.close()
         return self.proc.returncode
 
