@@ -84,6 +84,12 @@ void ike_sa::rekey_child(uint32_t spi_in)
         it->rekey_at = it->pending_out->deadline + std::chrono::seconds(1);
         return;
     }
+    if (rekeying_ike_) {
+        // Not queued behind our IKE SA rekey: the Child SA moves to the new IKE SA when that
+        // completes, and this one is deleted with its queue. The new IKE SA rekeys it a second later.
+        it->rekey_at = io_.now() + std::chrono::seconds(1);
+        return;
+    }
     // The rekey asks for the selectors the Child SA has (RFC 7296 §2.9.2), not the tunnel's lists.
     const ts_pair own{it->local, it->remote};
     auto offer_opt = make_child_offer(it->tunnel, true, &own);
@@ -100,6 +106,7 @@ void ike_sa::rekey_child(uint32_t spi_in)
     auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
     pending_request r;
     r.exchange = exchange_type::create_child_sa;
+    r.rekeys_child = spi_in;
     r.build = [offer] { return offer->payloads; };
     r.on_reply = [this, offer](const std::vector<payload>& reply) {
         const auto* np = find_payload(reply, payload_type::nonce);

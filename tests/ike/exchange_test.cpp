@@ -921,6 +921,67 @@ TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
     EXPECT_TRUE(f.io_b.inst.sas.empty());
 }
 
+// A Child SA rekey that comes due while our IKE SA rekey is in flight waits for the new IKE SA: it
+// used to be queued on the old one, whose Delete dropped the queue and left the Child SA "being
+// rekeyed" until its hard lifetime deleted it (seen in tests/system/test_ike_strongswan.py ike_rekey).
+TEST(ExchangeTest, ChildRekeyDueDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    const uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
+    ike_sa& sa = *f.a->sas().begin()->second;
+    sa.rekey_ike();
+    sa.rekey_child(old_in); // before the IKE SA rekey's answer
+    f.pump();
+    f.advance(std::chrono::milliseconds(1100));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* a = f.only_sa(*f.a);
+    EXPECT_NE(a->spi_i(), old_ike);
+    ASSERT_EQ(a->children().size(), 1u);
+    EXPECT_NE(a->children()[0].spi_in, old_in);
+    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// The same when the peer rekeys the IKE SA while our Child SA rekey waits in the queue (behind a DPD
+// check): the queued rekey is started again on the new IKE SA, not sent over the replaced one.
+TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 2s }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    const uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
+    f.clock += std::chrono::seconds(3);
+    f.a->tick(); // A's DPD INFORMATIONAL goes out and stays unanswered for now
+    ASSERT_FALSE(f.net.wire.empty());
+    f.a->sas().begin()->second->rekey_child(old_in); // queued behind it
+    f.b->sas().begin()->second->rekey_ike();
+    f.pump();
+    f.advance(std::chrono::milliseconds(100));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* a = f.only_sa(*f.a);
+    EXPECT_NE(a->spi_i(), old_ike);
+    ASSERT_EQ(a->children().size(), 1u);
+    EXPECT_NE(a->children()[0].spi_in, old_in);
+    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
 TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
 {
     std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
