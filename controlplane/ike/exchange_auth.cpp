@@ -639,11 +639,8 @@ std::vector<payload> ike_sa::accept_child(const std::vector<payload>& request, b
 }
 
 bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,
-                            std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r, const ike_sa* exchanged_on)
+                            std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r)
 {
-    // KEYMAT comes from SK_d of the IKE SA the exchange ran on (§2.17), which may be the one this SA
-    // replaced (finish_child_rekey).
-    const ike_sa& keyed = exchanged_on != nullptr ? *exchanged_on : *this;
     const config::ike_tunnel_config* t = nullptr;
     for (const auto& x : (offer.made_with ? *offer.made_with : *peer_ptr_).tunnels) {
         if (x.name == offer.tunnel) {
@@ -731,7 +728,7 @@ bool ike_sa::complete_child(child_offer& offer, const std::vector<payload>& repl
     child.mode = t->mode;
     size_t each = encr_keymat_size(static_cast<encr_id>(chosen->encr), chosen->key_bits) +
                   integ_key_size(static_cast<integ_id>(chosen->integ));
-    auto keymat = derive_child_keymat(static_cast<prf_id>(keyed.ike_transforms_.prf), keyed.sk_d_.view(),
+    auto keymat = derive_child_keymat(static_cast<prf_id>(ike_transforms_.prf), sk_d_.view(),
                                       pfs ? pfs->view() : (g_ir ? g_ir->view() : std::span<const uint8_t>{}), nonce_i,
                                       nonce_r, 2 * each);
     if (!install_child(child, keymat, true)) {

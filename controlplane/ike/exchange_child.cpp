@@ -46,21 +46,18 @@ void ike_sa::start_child_pair(const std::string& tunnel, const ts_pair& pair)
             log(log_level::error, "CREATE_CHILD_SA answer without a nonce");
             return;
         }
-        // The Child SAs may have moved to a new IKE SA while the request was out (the peer rekeyed
-        // this one): the new Child SA joins them there, keyed from this SA's SK_d.
-        ike_sa& owner = *children_owner();
-        bool ok = owner.complete_child(*offer, reply, nullptr, offer->nonce, nr, this);
+        bool ok = complete_child(*offer, reply, nullptr, offer->nonce, nr);
         if (!ok && !offer->rekeys && offer->pair) {
             // Refused: not asked again for 30 s, however much traffic raises acquires for it.
-            std::erase_if(owner.refused_pairs_, [now = io_.now()](const refused_pair& x) { return now >= x.until; });
-            owner.refused_pairs_.push_back({offer->tunnel, *offer->pair, io_.now() + std::chrono::seconds(30)});
+            std::erase_if(refused_pairs_, [now = io_.now()](const refused_pair& x) { return now >= x.until; });
+            refused_pairs_.push_back({offer->tunnel, *offer->pair, io_.now() + std::chrono::seconds(30)});
         }
         if (offer->rekeys) {
             uint32_t old = *offer->rekeys;
             if (ok) {
-                owner.delete_child(old, true);
+                delete_child(old, true);
             } else {
-                for (auto& c : owner.children_) {
+                for (auto& c : children_) {
                     if (c.spi_in == old) {
                         c.st = child_sa::state::installed; // try again at the next deadline
                         c.rekey_at = io_.now() + std::chrono::seconds(30);
@@ -112,113 +109,79 @@ void ike_sa::rekey_child(uint32_t spi_in)
     r.rekeys_child = spi_in;
     r.build = [offer] { return offer->payloads; };
     r.on_reply = [this, offer](const std::vector<payload>& reply) {
-        // The Child SA may have moved to a new IKE SA (the peer rekeyed this one while our request
-        // was on the wire): the rekey completes where the Child SA is now.
-        std::erase(rekeying_children_, *offer->rekeys);
-        children_owner()->finish_child_rekey(*offer, reply, *this);
-    };
-    r.on_timeout = [this, spi_in] {
-        if (ike_sa* owner = children_owner(); owner != this) {
-            // This IKE SA is being replaced; the new one retries the rekey.
-            std::erase(rekeying_children_, spi_in);
-            std::erase(owner->rekeying_children_, spi_in);
-            for (auto& c : owner->children_) {
-                if (c.spi_in == spi_in && c.st == child_sa::state::rekeyed) {
-                    c.st = child_sa::state::installed;
-                    c.rekey_at = io_.now() + std::chrono::seconds(1);
-                }
+        const auto* np = find_payload(reply, payload_type::nonce);
+        bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
+        bool ok = np != nullptr && complete_child(*offer, reply, nullptr, offer->nonce, nr);
+        uint32_t old = *offer->rekeys;
+        std::erase(rekeying_children_, old);
+        if (auto retired = std::find(retired_rekeys_.begin(), retired_rekeys_.end(), old); retired != retired_rekeys_.end()) {
+            // A reload removed or changed the tunnel during the rekey (reconfigure): neither the old
+            // Child SA nor the one with the old settings just created stays.
+            retired_rekeys_.erase(retired);
+            if (ok) {
+                delete_child(offer->spi_in, true);
+            } else {
+                delete_child(old, true);
+                return;
             }
-            return;
         }
-        fail("peer " + peer_ptr_->name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
-    };
-    queue_request(std::move(r));
-}
-
-ike_sa* ike_sa::children_owner() noexcept
-{
-    ike_sa* owner = this;
-    for (int hops = 0; hops < 16 && owner->ike_rekeyed_; ++hops) {
-        const auto next = owner->children_went_to_.lock();
-        if (!next) {
-            break;
-        }
-        owner = *next;
-    }
-    return owner;
-}
-
-void ike_sa::finish_child_rekey(child_offer& offer_ref, const std::vector<payload>& reply, const ike_sa& exchanged_on)
-{
-    child_offer* offer = &offer_ref;
-    const auto* np = find_payload(reply, payload_type::nonce);
-    bytes nr = np != nullptr ? std::get<nonce_payload>(np->body).data : bytes{};
-    bool ok = np != nullptr && complete_child(*offer, reply, nullptr, offer->nonce, nr, &exchanged_on);
-    uint32_t old = *offer->rekeys;
-    std::erase(rekeying_children_, old);
-    if (auto retired = std::find(retired_rekeys_.begin(), retired_rekeys_.end(), old); retired != retired_rekeys_.end()) {
-        // A reload removed or changed the tunnel during the rekey (reconfigure): neither the old
-        // Child SA nor the one with the old settings just created stays.
-        retired_rekeys_.erase(retired);
         if (ok) {
-            delete_child(offer->spi_in, true);
-        } else {
+            auto col = std::find_if(collisions_.begin(), collisions_.end(),
+                                    [&](const rekey_collision& c) { return c.old_spi_in == old; });
+            if (col != collisions_.end()) {
+                // §2.8.1: both ends rekeyed the same Child SA. The SA created by the exchange with the
+                // lowest of the four nonces is redundant; the node that initiated that exchange
+                // deletes it. Both ends then delete the old SA.
+                std::array<const bytes*, 4> nonces{&offer->nonce, &nr, &col->nonce_i, &col->nonce_r};
+                auto lowest = std::min_element(nonces.begin(), nonces.end(), [](const bytes* a, const bytes* b) {
+                    return std::lexicographical_compare(a->begin(), a->end(), b->begin(), b->end());
+                });
+                bool ours_redundant = lowest == nonces.begin() || lowest == nonces.begin() + 1;
+                log(log_level::info, std::string("Child SA rekey collision (RFC 7296 §2.8.1): ") +
+                                         (ours_redundant ? "our" : "the peer's") + " new Child SA is redundant");
+                if (ours_redundant && std::any_of(children_.begin(), children_.end(), [&](const child_sa& c) {
+                        return c.spi_in == offer->spi_in && c.st != child_sa::state::deleting;
+                    })) {
+                    // The peer's survives: its held outbound SA is installed when the old Child SA
+                    // goes (install_successors_of), or at its deadline.
+                    delete_child(offer->spi_in, true);
+                } else {
+                    // The peer deletes its redundant Child SA: its outbound SA is never used.
+                    for (auto& c : children_) {
+                        if (c.spi_in == col->their_new_spi_in && c.pending_out) {
+                            c.pending_out->abandon();
+                            c.pending_out->deadline = io_.now() + std::chrono::seconds(30);
+                        }
+                    }
+                }
+                collisions_.erase(col);
+            }
             delete_child(old, true);
             return;
         }
-    }
-    if (ok) {
-        auto col = std::find_if(collisions_.begin(), collisions_.end(),
-                                [&](const rekey_collision& c) { return c.old_spi_in == old; });
-        if (col != collisions_.end()) {
-            // §2.8.1: both ends rekeyed the same Child SA. The SA created by the exchange with the
-            // lowest of the four nonces is redundant; the node that initiated that exchange
-            // deletes it. Both ends then delete the old SA.
-            std::array<const bytes*, 4> nonces{&offer->nonce, &nr, &col->nonce_i, &col->nonce_r};
-            auto lowest = std::min_element(nonces.begin(), nonces.end(), [](const bytes* a, const bytes* b) {
-                return std::lexicographical_compare(a->begin(), a->end(), b->begin(), b->end());
-            });
-            bool ours_redundant = lowest == nonces.begin() || lowest == nonces.begin() + 1;
-            log(log_level::info, std::string("Child SA rekey collision (RFC 7296 §2.8.1): ") +
-                                     (ours_redundant ? "our" : "the peer's") + " new Child SA is redundant");
-            if (ours_redundant && std::any_of(children_.begin(), children_.end(), [&](const child_sa& c) {
-                    return c.spi_in == offer->spi_in && c.st != child_sa::state::deleting;
-                })) {
-                // The peer's survives: its held outbound SA is installed when the old Child SA
-                // goes (install_successors_of), or at its deadline.
-                delete_child(offer->spi_in, true);
-            } else {
-                // The peer deletes its redundant Child SA: its outbound SA is never used.
-                for (auto& c : children_) {
-                    if (c.spi_in == col->their_new_spi_in && c.pending_out) {
-                        c.pending_out->abandon();
-                        c.pending_out->deadline = io_.now() + std::chrono::seconds(30);
-                    }
-                }
+        std::erase_if(collisions_, [&](const rekey_collision& c) { return c.old_spi_in == old; });
+        std::string why = "no acceptable answer";
+        for (const auto* n : find_notifies(reply)) {
+            if (n->type < 16384) { // an error notify (RFC 7296 §3.10.1), e.g. TEMPORARY_FAILURE (§2.25)
+                why = notify_name(n->type);
+                break;
             }
-            collisions_.erase(col);
         }
-        delete_child(old, true);
-        return;
-    }
-    std::erase_if(collisions_, [&](const rekey_collision& c) { return c.old_spi_in == old; });
-    std::string why = "no acceptable answer";
-    for (const auto* n : find_notifies(reply)) {
-        if (n->type < 16384) { // an error notify (RFC 7296 §3.10.1), e.g. TEMPORARY_FAILURE (§2.25)
-            why = notify_name(n->type);
-            break;
+        bool retry = false;
+        for (auto& c : children_) {
+            if (c.spi_in == old) {
+                c.st = child_sa::state::installed;
+                c.rekey_at = io_.now() + std::chrono::seconds(30);
+                retry = true;
+            }
         }
-    }
-    bool retry = false;
-    for (auto& c : children_) {
-        if (c.spi_in == old) {
-            c.st = child_sa::state::installed;
-            c.rekey_at = io_.now() + std::chrono::seconds(30);
-            retry = true;
-        }
-    }
-    log(log_level::warning, "Child SA rekey failed (" + why + ")" +
-                                (retry ? "; retrying in 30 s" : "; the Child SA it rekeyed is gone"));
+        log(log_level::warning, "Child SA rekey failed (" + why + ")" +
+                                    (retry ? "; retrying in 30 s" : "; the Child SA it rekeyed is gone"));
+    };
+    r.on_timeout = [this] {
+        fail("peer " + peer_ptr_->name + " did not answer a Child SA rekey.", "check the path to the peer and its log.");
+    };
+    queue_request(std::move(r));
 }
 
 void ike_sa::install_pending_outbound(child_sa& child, const std::string& why)

@@ -86,10 +86,6 @@ void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
             }
         }
     }
-    // Rekeys of moved Child SAs still on the wire complete on `next` (children_owner); it must
-    // know them as being rekeyed (a crossing rekey or Delete from the peer).
-    next->rekeying_children_.insert(next->rekeying_children_.end(), rekeying_children_.begin(), rekeying_children_.end());
-    children_went_to_ = next->alive_;
     next->children_ = std::move(children_);
     for (auto& c : next->children_) {
         if (c.pending_out) {

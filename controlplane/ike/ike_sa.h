@@ -359,8 +359,7 @@ private:
     std::vector<payload> accept_child(const std::vector<payload>& request, bool create_child_sa,
                                       std::optional<uint32_t> rekeys);
     bool complete_child(child_offer& offer, const std::vector<payload>& reply, const secret_bytes* g_ir,
-                        std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r,
-                        const ike_sa* exchanged_on = nullptr);
+                        std::span<const uint8_t> nonce_i, std::span<const uint8_t> nonce_r);
     // `hold_outbound`: responder of a Child SA rekey; the outbound SA waits in child.pending_out.
     bool install_child(child_sa& child, const secret_bytes& keymat, bool we_initiated, bool hold_outbound = false);
     // Installs a held outbound SA (see pending_outbound); `why` for the log.
@@ -452,16 +451,6 @@ private:
     std::vector<payload> own_certificates() const;
     // IKE SA rekeying (exchange_ike_rekey.cpp).
     std::vector<std::unique_ptr<ike_sa>> successors_;
-    // Where hand_over moved the Child SAs (the successor is owned by the manager once it took it; the
-    // weak pointer expires when that SA is destroyed). An answer to a Child SA rekey sent on this SA
-    // before the move completes it there (children_owner). Every SA of a peer lives in one shard
-    // thread, so no lock.
-    std::shared_ptr<ike_sa*> alive_{std::make_shared<ike_sa*>(this)};
-    std::weak_ptr<ike_sa*> children_went_to_;
-    ike_sa* children_owner() noexcept;
-    // The answer to a Child SA rekey exchanged on `exchanged_on` (this SA, or the IKE SA it replaced:
-    // the new keys come from that one's SK_d, RFC 7296 §2.17).
-    void finish_child_rekey(child_offer& offer, const std::vector<payload>& reply, const ike_sa& exchanged_on);
     bool rekeying_ike_ = false;  // our rekey request is in flight
     bool ike_rekeyed_ = false;   // our Child SAs moved to a successor; this SA only waits to be deleted
     // The SA is replaced or redundant: when ike_rekey_at_ comes and the peer has not deleted it, we do.

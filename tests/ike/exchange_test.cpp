@@ -982,69 +982,6 @@ TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
-// Our Child SA rekey is on the wire when the peer's IKE SA rekey request crosses it: the Child SAs
-// move to the new IKE SA when we answer, and the answer to our rekey (on the old IKE SA) must still
-// complete it there.
-TEST(ExchangeTest, ChildRekeyInFlightWhenThePeerRekeysTheIkeSaCompletes)
-{
-    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
-                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
-    f.a->start();
-    f.pump();
-    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
-    const uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
-    f.a->sas().begin()->second->rekey_child(old_in);
-    f.b->sas().begin()->second->rekey_ike();
-    f.pump();
-    f.advance(std::chrono::milliseconds(2100));
-    f.advance(std::chrono::seconds(61));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    const auto* a = f.only_sa(*f.a);
-    EXPECT_NE(a->spi_i(), old_ike);
-    ASSERT_EQ(a->children().size(), 1u);
-    EXPECT_NE(a->children()[0].spi_in, old_in);
-    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
-    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
-}
-
-// A new Child SA's CREATE_CHILD_SA on the wire when the peer's IKE SA rekey crosses it: the new
-// Child SA joins the others on the new IKE SA (keyed from the old one's SK_d, where it was made).
-TEST(ExchangeTest, NewChildSaInFlightWhenThePeerRekeysTheIkeSaJoinsTheNewIkeSa)
-{
-    const std::string second_a = "        - name: dmz\n"
-                                 "          local-ts: [10.1.0.0/24]\n"
-                                 "          remote-ts: [10.2.0.0/24]\n"
-                                 "          esp-proposals: [aes256gcm16]\n";
-    const std::string second_b = "        - name: dmz\n"
-                                 "          local-ts: [10.2.0.0/24]\n"
-                                 "          remote-ts: [10.1.0.0/24]\n"
-                                 "          esp-proposals: [aes256gcm16]\n";
-    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a + second_a),
-                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b + second_b));
-    f.a->start();
-    f.pump();
-    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
-    f.a->sas().begin()->second->start_child("dmz");
-    f.b->sas().begin()->second->rekey_ike();
-    f.pump();
-    f.advance(std::chrono::milliseconds(2100));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
-}
-
 TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
 {
     std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
