@@ -117,9 +117,22 @@ void ike_sa::take_over_candidate(const std::string& why)
     retire_after(std::chrono::seconds(60));
 }
 
+bool ike_sa::child_exchange_pending() const noexcept
+{
+    return !rekeying_children_.empty() || !starting_.empty() ||
+           std::any_of(children_.begin(), children_.end(), [](const child_sa& c) { return c.st == child_sa::state::deleting; });
+}
+
 void ike_sa::rekey_ike()
 {
     if (state_ != state::established || rekeying_ike_ || ike_rekeyed_ || retire_at_rekey_time_) {
+        return;
+    }
+    if (outstanding_ || !queue_.empty() || child_exchange_pending()) {
+        // Only with nothing else in flight or queued: what was queued behind the rekey would be
+        // dropped with this SA's queue when it is deleted (§1.3.2), and a Child SA exchange must not
+        // run across the move of the Child SAs (§2.25.2). Tried again in a second.
+        ike_rekey_at_ = io_.now() + std::chrono::seconds(1);
         return;
     }
     rekeying_ike_ = true;
@@ -229,6 +242,15 @@ void ike_sa::process_ike_rekey_request(uint32_t message_id, const std::vector<pa
 {
     if (state_ != state::established || ike_rekeyed_ || ike_candidate_) {
         // §2.25.2: this IKE SA is going away (deleted, or replaced by a rekey already).
+        send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
+        return;
+    }
+    if (!rekeying_ike_ && child_exchange_pending()) {
+        // §2.25: a peer asked to rekey the IKE SA while it is creating, rekeying or closing a Child
+        // SA of it answers TEMPORARY_FAILURE; the answer to our Child SA request must find its Child
+        // SAs on this IKE SA. The peer tries again later.
+        log(log_level::info, "the peer's IKE SA rekey must wait: a Child SA exchange of ours is under way "
+                             "(TEMPORARY_FAILURE, RFC 7296 §2.25)");
         send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
         return;
     }

@@ -373,6 +373,10 @@ private:
     // ---- CREATE_CHILD_SA (exchange_child.cpp) ----
     void process_create_child_request(uint32_t message_id, const std::vector<payload>& payloads);
     void process_ike_rekey_request(uint32_t message_id, const std::vector<payload>& payloads); // exchange_ike_rekey.cpp
+    // Creating, rekeying or deleting a Child SA of ours is under way (requested, not answered yet):
+    // the IKE SA is not rekeyed meanwhile (RFC 7296 §2.25), so the Child SAs never move to a new
+    // IKE SA while an exchange about them runs on this one.
+    bool child_exchange_pending() const noexcept;
 
     // ---- INFORMATIONAL (exchange_info.cpp) ----
     void process_informational_request(uint32_t message_id, const std::vector<payload>& payloads);

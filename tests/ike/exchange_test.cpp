@@ -865,7 +865,11 @@ TEST(ExchangeTest, ChildRekeyResponderDropsAHeldOutboundSaWithTheIkeSa)
 
 // An IKE SA rekey while the outbound SA is held: the held SA moves with the Child SAs to the new IKE
 // SA and still goes in (here at the deadline: A's Delete travels on the old IKE SA, already replaced).
-TEST(ExchangeTest, ChildRekeyResponderHeldOutboundSaSurvivesAnIkeSaRekey)
+// B holds the outbound SA of the Child SA it made for A's rekey until A's Delete of the old one
+// comes; B's IKE SA rekey meanwhile is answered TEMPORARY_FAILURE by A, whose Delete is under way
+// (RFC 7296 §2.25): no Child SA moves while an exchange about it runs, and B's held SA goes in at
+// its deadline on the same IKE SA.
+TEST(ExchangeTest, IkeSaRekeyWaitsWhileThePeerDeletesAChildSa)
 {
     responder_rekey f;
     f.advance(std::chrono::seconds(61));
@@ -874,16 +878,12 @@ TEST(ExchangeTest, ChildRekeyResponderHeldOutboundSaSurvivesAnIkeSaRekey)
     const uint64_t old_ike = f.only_sa(*f.b)->spi_i();
     f.b->sas().begin()->second->rekey_ike();
     f.pump();
-    const ike_sa* next = nullptr;
-    for (const auto& [spi, sa] : f.b->sas()) {
-        if (sa->spi_i() != old_ike && !sa->children().empty()) {
-            next = sa.get();
-        }
-    }
-    ASSERT_NE(next, nullptr);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.b)->spi_i(), old_ike);
     EXPECT_FALSE(has_sa(f.io_b.inst, out_dir, new_out));
     f.advance(std::chrono::milliseconds(2100));
     EXPECT_TRUE(has_sa(f.io_b.inst, out_dir, new_out));
+    EXPECT_EQ(f.only_sa(*f.b)->spi_i(), old_ike);
 }
 
 TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
@@ -952,7 +952,7 @@ TEST(ExchangeTest, ChildRekeyDueDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
 }
 
 // The same when the peer rekeys the IKE SA while our Child SA rekey waits in the queue (behind a DPD
-// check): the queued rekey is started again on the new IKE SA, not sent over the replaced one.
+// check): the peer's IKE SA rekey waits (TEMPORARY_FAILURE, §2.25) until ours is done.
 TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
 {
     pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 2s }\n", default_tunnel_a),
@@ -962,12 +962,14 @@ TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
     const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
     const uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
     f.clock += std::chrono::seconds(3);
-    f.a->tick(); // A's DPD INFORMATIONAL goes out and stays unanswered for now
+    f.a->tick(); // A's DPD INFORMATIONAL goes out (answered in the pump below, after B's request left)
     ASSERT_FALSE(f.net.wire.empty());
     f.a->sas().begin()->second->rekey_child(old_in); // queued behind it
-    f.b->sas().begin()->second->rekey_ike();
+    f.b->sas().begin()->second->rekey_ike();             // answered TEMPORARY_FAILURE (§2.25)
     f.pump();
     f.advance(std::chrono::milliseconds(100));
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike);
+    f.advance(std::chrono::seconds(31)); // the peer's retry
     ASSERT_EQ(f.a->sas().size(), 1u);
     ASSERT_EQ(f.b->sas().size(), 1u);
     const auto* a = f.only_sa(*f.a);
@@ -978,6 +980,74 @@ TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
     ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
     EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// Our Child SA rekey is on the wire when the peer's IKE SA rekey request crosses it: we answer the
+// IKE SA rekey TEMPORARY_FAILURE (RFC 7296 §2.25), our rekey completes, and the peer's retry 30 s
+// later moves the new Child SA to the new IKE SA. (Answered, the Child SAs moved away and the answer
+// to our rekey found none: the old one stayed "being rekeyed", the peer had two.)
+TEST(ExchangeTest, ChildRekeyInFlightWhenThePeerRekeysTheIkeSaCompletes)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    const uint32_t old_in = f.only_sa(*f.a)->children()[0].spi_in;
+    f.a->sas().begin()->second->rekey_child(old_in);
+    f.b->sas().begin()->second->rekey_ike();
+    f.pump();
+    f.advance(std::chrono::milliseconds(2100));
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike); // refused for now
+    f.advance(std::chrono::seconds(31));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* a = f.only_sa(*f.a);
+    EXPECT_NE(a->spi_i(), old_ike);
+    ASSERT_EQ(a->children().size(), 1u);
+    EXPECT_NE(a->children()[0].spi_in, old_in);
+    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// A new Child SA's CREATE_CHILD_SA on the wire when the peer's IKE SA rekey crosses it: the IKE SA
+// rekey waits (TEMPORARY_FAILURE) and the new Child SA ends up with the others on the new IKE SA.
+// (Answered, the new Child SA was made in the old IKE SA and went with it.)
+TEST(ExchangeTest, NewChildSaInFlightWhenThePeerRekeysTheIkeSaJoinsTheNewIkeSa)
+{
+    const std::string second_a = "        - name: dmz\n"
+                                 "          local-ts: [10.1.0.0/24]\n"
+                                 "          remote-ts: [10.2.0.0/24]\n"
+                                 "          esp-proposals: [aes256gcm16]\n";
+    const std::string second_b = "        - name: dmz\n"
+                                 "          local-ts: [10.2.0.0/24]\n"
+                                 "          remote-ts: [10.1.0.0/24]\n"
+                                 "          esp-proposals: [aes256gcm16]\n";
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a + second_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b + second_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    f.a->sas().begin()->second->start_child("dmz");
+    f.b->sas().begin()->second->rekey_ike();
+    f.pump();
+    f.advance(std::chrono::milliseconds(2100));
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike); // refused for now
+    f.advance(std::chrono::seconds(31));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
