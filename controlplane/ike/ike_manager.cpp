@@ -803,9 +803,11 @@ std::string ike_manager::initiate_existing(const std::string& name, bool& found,
         *peer_name = peer->name;
     }
     dpd_cleared_.erase(peer->name); // the operator (or traffic, see on_acquire) wants it back
-    // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA.
+    // An established IKE SA to this peer carries new Child SAs with CREATE_CHILD_SA. Not one being
+    // replaced (retiring: its Child SAs moved to the new IKE SA, which is in sas_ too): on it every
+    // selector pair would look missing, and what it made would go with it.
     for (auto& [spi, sa] : sas_) {
-        if (sa->peer().name != peer->name || sa->dead()) {
+        if (sa->peer().name != peer->name || sa->dead() || sa->retiring()) {
             continue;
         }
         if (sa->sa_state() == ike_sa::state::established) {

@@ -1052,6 +1052,49 @@ TEST(ExchangeTest, NewChildSaInFlightWhenThePeerRekeysTheIkeSaJoinsTheNewIkeSa)
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
+// After the peer rekeyed the IKE SA, the replaced one waits (retiring) for the peer's Delete with no
+// Child SAs: asking for the tunnel meanwhile must use the new IKE SA, not start every selector pair
+// again on the retiring one (those Child SAs would go with it).
+TEST(ExchangeTest, InitiateIgnoresARetiringIkeSa)
+{
+    pair_fixture f(peer_yaml("198.51.100.1", "203.0.113.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_a),
+                   peer_yaml("203.0.113.1", "198.51.100.1", psk + "      dpd: { interval: 0 }\n", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    // B's Deletes of replaced IKE SAs are lost: A keeps them, retiring, beside the new one. B rekeys
+    // until a retiring SA comes first in A's table (by SPI), where the manager looks first.
+    f.net.drop = [&](const datagram& d) {
+        return d.from.address == addr("203.0.113.1") && is_request(d, exchange_type::informational);
+    };
+    auto current = [](ike_manager& m) -> ike_sa* {
+        for (const auto& [spi, sa] : m.sas()) {
+            if (sa->sa_state() == ike_sa::state::established && !sa->retiring()) {
+                return sa.get();
+            }
+        }
+        return nullptr;
+    };
+    for (int i = 0; i < 6 && !(f.a->sas().size() > 1 && f.a->sas().begin()->second->retiring()); ++i) {
+        ASSERT_NE(current(*f.b), nullptr);
+        current(*f.b)->rekey_ike();
+        f.pump();
+    }
+    ASSERT_TRUE(f.a->sas().begin()->second->retiring()) << "no ordering that puts a retiring IKE SA first";
+    f.net.wire.clear();
+    f.a->initiate("p/lan");
+    // Every pair has its Child SA on the current IKE SA: nothing to ask for.
+    EXPECT_EQ(std::count_if(f.net.wire.begin(), f.net.wire.end(),
+                            [](const datagram& d) { return is_request(d, exchange_type::create_child_sa); }),
+              0);
+    f.pump();
+    size_t children = 0;
+    for (const auto& [spi, sa] : f.a->sas()) {
+        children += sa->children().size();
+    }
+    EXPECT_EQ(children, 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+}
+
 TEST(ExchangeTest, CookiesAboveTheHalfOpenThreshold)
 {
     std::string b_yaml = peer_yaml("203.0.113.1", "198.51.100.1", psk, default_tunnel_b);
