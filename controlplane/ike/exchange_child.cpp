@@ -106,7 +106,6 @@ void ike_sa::rekey_child(uint32_t spi_in)
     auto offer = std::make_shared<child_offer>(std::move(*offer_opt));
     pending_request r;
     r.exchange = exchange_type::create_child_sa;
-    r.rekeys_child = spi_in;
     r.build = [offer] { return offer->payloads; };
     r.on_reply = [this, offer](const std::vector<payload>& reply) {
         const auto* np = find_payload(reply, payload_type::nonce);

@@ -65,27 +65,6 @@ std::unique_ptr<ike_sa> ike_sa::new_ike_sa(role r, uint64_t spi_i, uint64_t spi_
 
 void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
 {
-    // Child SA rekeys still waiting in this SA's queue would be sent here (or dropped with the
-    // queue by delete_sa) after their Child SAs moved: the new IKE SA starts them again instead.
-    // Without this a Child SA whose rekey was queued behind the peer's IKE SA rekey stayed "being
-    // rekeyed" until its hard lifetime deleted it.
-    std::vector<uint32_t> requeue;
-    std::erase_if(queue_, [&](const pending_request& r) {
-        if (r.rekeys_child == 0) {
-            return false;
-        }
-        requeue.push_back(r.rekeys_child);
-        return true;
-    });
-    for (uint32_t spi : requeue) {
-        std::erase(rekeying_children_, spi);
-        for (auto& c : children_) {
-            if (c.spi_in == spi && c.st == child_sa::state::rekeyed) {
-                c.st = child_sa::state::installed;
-                c.rekey_at = io_.now();
-            }
-        }
-    }
     next->children_ = std::move(children_);
     for (auto& c : next->children_) {
         if (c.pending_out) {

@@ -230,7 +230,6 @@ private:
         std::function<std::vector<payload>()> build;              // runs when the window opens
         std::function<void(const std::vector<payload>&)> on_reply; // decrypted reply payloads
         std::function<void()> on_timeout;
-        uint32_t rekeys_child = 0; // a Child SA rekey: the inbound SPI of the SA it replaces
     };
     // A protected message before sealing, kept only while it may have to be fragmented again at a
     // smaller size (path MTU discovery, RFC 7383 §2.5.2): fragmentation negotiated and the message

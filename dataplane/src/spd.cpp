@@ -11,7 +11,6 @@
 #include <new>
 #include <type_traits>
 #include <string_view>
-#include <tuple>
 #include <cstring>
 #include <stdexcept>
 
@@ -559,42 +558,28 @@ bool host_policies::add(host_category category, const config::ip_prefix& local, 
 {
     make_room(); // first: nothing below changes the table and then throws
     const host_key key = make_host_key(category, remote);
-    // One hash and probe for a new key (find, then emplace, was two: 5 % of the main lcore during
-    // outbound /32 installs, perf/RESULTS.md, issue 3). A new key's entry holds nullptr until its
-    // bucket is built; it is erased again if building it throws.
-    decltype(buckets_)::iterator it;
-    bool inserted = false;
-    if (buckets_.size() >= capacity_) {
-        it = buckets_.find(key);
-        if (it == buckets_.end()) {
-            return false;
-        }
-    } else {
-        std::tie(it, inserted) = buckets_.try_emplace(key);
+    auto it = buckets_.find(key);
+    if (it == buckets_.end() && buckets_.size() >= capacity_) {
+        return false;
     }
-    host_bucket_ptr next;
-    try {
-        host_candidate c;
-        c.length = local.length;
-        std::memcpy(c.network, local.address.bytes.data(), local.address.family == 4 ? 4 : 16);
-        c.rule = rule;
-        next = make_host_bucket();
-        next->key = key;
-        if (!inserted) {
-            next->candidates = it->second->candidates;
-        }
-        const auto at = std::upper_bound(next->candidates.begin(), next->candidates.end(), c,
-                                         [](const host_candidate& a, const host_candidate& b) {
-                                             return ranked_before(a.rule, b.rule);
-                                         });
-        next->candidates.insert(at, c);
-    } catch (...) {
-        if (inserted) {
-            buckets_.erase(it);
-        }
-        throw;
+    host_candidate c;
+    c.length = local.length;
+    std::memcpy(c.network, local.address.bytes.data(), local.address.family == 4 ? 4 : 16);
+    c.rule = rule;
+    host_bucket_ptr next = make_host_bucket();
+    next->key = key;
+    if (it != buckets_.end()) {
+        next->candidates = it->second->candidates;
     }
+    const auto at = std::upper_bound(next->candidates.begin(), next->candidates.end(), c,
+                                     [](const host_candidate& a, const host_candidate& b) {
+                                         return ranked_before(a.rule, b.rule);
+                                     });
+    next->candidates.insert(at, c);
     next->seal();
+    if (it == buckets_.end()) {
+        it = buckets_.emplace(key, nullptr).first;
+    }
     replace(it->second, std::move(next));
     return true;
 }

@@ -921,6 +921,24 @@ TEST(ExchangeTest, IkeSaRekeyMovesChildSasToTheNewIkeSa)
     EXPECT_TRUE(f.io_b.inst.sas.empty());
 }
 
+// After an IKE SA rekey and a rekey of A's only Child SA (whatever their order): one IKE SA at each
+// end, not the old one; one Child SA, not the old one, installed, with mirrored keys.
+void expect_one_rekeyed_child_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike, uint32_t old_in)
+{
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    const auto* a = f.only_sa(*f.a);
+    EXPECT_NE(a->spi_i(), old_ike);
+    ASSERT_EQ(a->children().size(), 1u);
+    EXPECT_NE(a->children()[0].spi_in, old_in);
+    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
 // A Child SA rekey that comes due while our IKE SA rekey is in flight waits for the new IKE SA: it
 // used to be queued on the old one, whose Delete dropped the queue and left the Child SA "being
 // rekeyed" until its hard lifetime deleted it (seen in tests/system/test_ike_strongswan.py ike_rekey).
@@ -937,18 +955,7 @@ TEST(ExchangeTest, ChildRekeyDueDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
     sa.rekey_child(old_in); // before the IKE SA rekey's answer
     f.pump();
     f.advance(std::chrono::milliseconds(1100));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    const auto* a = f.only_sa(*f.a);
-    EXPECT_NE(a->spi_i(), old_ike);
-    ASSERT_EQ(a->children().size(), 1u);
-    EXPECT_NE(a->children()[0].spi_in, old_in);
-    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
-    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_one_rekeyed_child_on_a_new_ike_sa(f, old_ike, old_in);
 }
 
 // The same when the peer rekeys the IKE SA while our Child SA rekey waits in the queue (behind a DPD
@@ -970,18 +977,7 @@ TEST(ExchangeTest, ChildRekeyQueuedWhenThePeerRekeysTheIkeSaRunsOnTheNewIkeSa)
     f.advance(std::chrono::milliseconds(100));
     EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike);
     f.advance(std::chrono::seconds(31)); // the peer's retry
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    const auto* a = f.only_sa(*f.a);
-    EXPECT_NE(a->spi_i(), old_ike);
-    ASSERT_EQ(a->children().size(), 1u);
-    EXPECT_NE(a->children()[0].spi_in, old_in);
-    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
-    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_one_rekeyed_child_on_a_new_ike_sa(f, old_ike, old_in);
 }
 
 // Our Child SA rekey is on the wire when the peer's IKE SA rekey request crosses it: we answer the
@@ -1002,18 +998,7 @@ TEST(ExchangeTest, ChildRekeyInFlightWhenThePeerRekeysTheIkeSaCompletes)
     f.advance(std::chrono::milliseconds(2100));
     EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike); // refused for now
     f.advance(std::chrono::seconds(31));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    const auto* a = f.only_sa(*f.a);
-    EXPECT_NE(a->spi_i(), old_ike);
-    ASSERT_EQ(a->children().size(), 1u);
-    EXPECT_NE(a->children()[0].spi_in, old_in);
-    EXPECT_EQ(a->children()[0].st, child_sa::state::installed);
-    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_one_rekeyed_child_on_a_new_ike_sa(f, old_ike, old_in);
 }
 
 // A new Child SA's CREATE_CHILD_SA on the wire when the peer's IKE SA rekey crosses it: the IKE SA
