@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "answer_memo.h"
+#include "classify.h"
 #include "espresso/dp/ipsec.h"
 #include "gateway.h"
 #include "icmpv6.h"

@@ -92,10 +92,7 @@ struct inbound_class {
 // segments left 0, atomic fragment) are walked, bounded and checked; AH behind extension headers is
 // `other` (its ICV covers them, RFC 4302 §3.3.3.1, and the engine does not).
 inbound_class classify_inbound(const rte_mbuf* m, uint16_t udp_encap_port = 4500) noexcept;
-// The same for a packet whose IP header the caller already parsed into `ip` (parse_ip, packet.h,
-// returned none for these bytes): the worker's receive path, which parses every packet once.
-struct ip_view;
-inbound_class classify_inbound(const rte_mbuf* m, const ip_view& ip, uint16_t udp_encap_port = 4500) noexcept;
+// (dataplane/src/classify.h has an inline overload for a packet whose IP header is already parsed.)
 
 // Removes the IPv6 extension headers between the fixed header and `c.offset` (a classify_inbound
 // result for an IPv6 packet with c.offset > 40): the fixed header moves up over them and names
