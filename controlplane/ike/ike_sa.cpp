@@ -628,7 +628,7 @@ void ike_sa::handle(const message& msg, std::span<const uint8_t> raw, const endp
         }
         break;
     case exchange_type::create_child_sa:
-        if (state_ == state::established) {
+        if (state_ == state::established || state_ == state::deleting) {
             process_create_child_request(h.message_id, *payloads);
         }
         break;

@@ -1697,6 +1697,51 @@ TEST(ExchangeTest, IkeSaRekeyCollisionSeenByOneEndOnly)
     }
 }
 
+// The peer's CREATE_CHILD_SA requests reach an IKE SA we are deleting (our Delete is held back): each
+// is answered TEMPORARY_FAILURE (RFC 7296 §2.25.1, §2.25.2), not dropped until the peer gives up on it.
+const std::string dmz_a = "        - name: dmz\n"
+                          "          local-ts: [10.1.0.0/24]\n"
+                          "          remote-ts: [10.2.0.0/24]\n"
+                          "          esp-proposals: [aes256gcm16]\n";
+const std::string dmz_b = "        - name: dmz\n"
+                          "          local-ts: [10.2.0.0/24]\n"
+                          "          remote-ts: [10.1.0.0/24]\n"
+                          "          esp-proposals: [aes256gcm16]\n";
+
+TEST(ExchangeTest, RequestsOnAnIkeSaBeingDeletedAreAnsweredTemporaryFailure)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    size_t answers = 0;
+    f.net.drop = [&](const datagram& d) {
+        answers += d.from.address == f.addr_a && is_response(d, exchange_type::create_child_sa);
+        return d.from.address == f.addr_a && is_request(d, exchange_type::informational);
+    };
+    EXPECT_EQ(f.a->clear(""), 1u); // A's Delete of the IKE SA never arrives
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->sa_state(), ike_sa::state::deleting);
+    ike_sa& b = *f.b->sas().begin()->second;
+
+    b.rekey_child(b.children()[0].spi_in); // a Child SA rekey
+    f.pump();
+    EXPECT_EQ(answers, 1u);
+    EXPECT_TRUE(logged(f.io_b, "Child SA rekey failed (TEMPORARY_FAILURE); retrying in 30 s"));
+
+    b.start_child("dmz"); // a new Child SA
+    f.pump();
+    EXPECT_EQ(answers, 2u);
+    EXPECT_TRUE(logged(f.io_b, "refused the Child SA for tunnel dmz with TEMPORARY_FAILURE"));
+
+    b.rekey_ike(); // an IKE SA rekey
+    f.pump();
+    EXPECT_EQ(answers, 3u);
+    EXPECT_TRUE(logged(f.io_b, "IKE SA rekey failed (TEMPORARY_FAILURE); retrying in 30 s"));
+    EXPECT_EQ(count_lines(f.io_a.logs, "being deleted: TEMPORARY_FAILURE"), 3u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+}
+
 TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
 {
     const auto yaml_a = ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a);
