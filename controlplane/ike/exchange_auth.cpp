@@ -312,9 +312,11 @@ std::vector<ike_sa::ts_pair> ike_sa::missing_pairs(const config::ike_tunnel_conf
             return c.tunnel == t.name && !going && config::prefix_contains(p.local, c.local) &&
                    config::prefix_contains(p.remote, c.remote);
         });
-        const bool starting = std::any_of(starting_.begin(), starting_.end(), [&](const starting_child& s) {
+        auto same_pair = [&](const starting_child& s) {
             return s.tunnel == t.name && s.pair.local == p.local && s.pair.remote == p.remote;
-        });
+        };
+        const bool starting = std::any_of(starting_.begin(), starting_.end(), same_pair) ||
+                              std::any_of(deferred_starts_.begin(), deferred_starts_.end(), same_pair);
         const auto now = io_.now();
         const bool refused = std::any_of(refused_pairs_.begin(), refused_pairs_.end(), [&](const refused_pair& r) {
             return r.tunnel == t.name && r.pair.local == p.local && r.pair.remote == p.remote && now < r.until;

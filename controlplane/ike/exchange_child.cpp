@@ -25,6 +25,13 @@ void ike_sa::start_child(const std::string& tunnel)
 
 void ike_sa::start_child_pair(const std::string& tunnel, const ts_pair& pair)
 {
+    if (rekeying_ike_) {
+        // Not queued behind our IKE SA rekey (its Delete of this SA would drop it): asked for on the
+        // IKE SA the Child SAs move to, or here if the rekey fails (run_deferred).
+        log(log_level::info, "new Child SA for tunnel " + tunnel + " waits for our IKE SA rekey to finish");
+        deferred_starts_.push_back({tunnel, pair, 0});
+        return;
+    }
     auto offer_opt = make_child_offer(tunnel, true, &pair);
     if (!offer_opt) {
         return;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <memory>
+#include <utility>
 
 #include "ike_sa.h"
 #include "wire_helpers.h"
@@ -76,7 +77,47 @@ void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
     ike_rekeyed_ = true;
     log(log_level::info, "IKE SA rekeyed: the new IKE SA is " + next->name() + " (" +
                              describe(next->ike_transforms_, protocol_id::ike) + ")");
+    run_deferred(*next);
     successors_.push_back(std::move(next));
+}
+
+void ike_sa::run_deferred(ike_sa& on)
+{
+    auto starts = std::exchange(deferred_starts_, {});
+    auto deletes = std::exchange(deferred_deletes_, {});
+    if (on.state_ != state::established) {
+        deferred_starts_ = std::move(starts);
+        drop_deferred("the IKE SA is being deleted");
+        return;
+    }
+    // Deletes first: a reload's changed tunnel is deleted, then negotiated with its new settings.
+    for (uint32_t spi : deletes) {
+        on.delete_child(spi, true); // gone meanwhile (the peer deleted it): nothing to do
+    }
+    for (const auto& s : starts) {
+        // Only what is still missing there: the peer may have made the pair meanwhile, a reload may
+        // have removed the tunnel.
+        const auto* t = on.find_tunnel(s.tunnel);
+        if (t == nullptr) {
+            continue;
+        }
+        const auto missing = on.missing_pairs(*t);
+        if (std::any_of(missing.begin(), missing.end(), [&](const ts_pair& p) {
+                return p.local == s.pair.local && p.remote == s.pair.remote;
+            })) {
+            on.start_child_pair(s.tunnel, s.pair);
+        }
+    }
+}
+
+void ike_sa::drop_deferred(const std::string& why)
+{
+    // The deferred deletes need nothing: their Child SAs go with this IKE SA.
+    deferred_deletes_.clear();
+    for (const auto& s : std::exchange(deferred_starts_, {})) {
+        log(log_level::warning, "new Child SA for tunnel " + s.tunnel + " (" + config::to_string(s.pair.local) + " === " +
+                                    config::to_string(s.pair.remote) + ") not negotiated: " + why);
+    }
 }
 
 void ike_sa::retire_after(std::chrono::seconds wait)
@@ -149,6 +190,7 @@ void ike_sa::rekey_ike()
             }
             log(log_level::warning, "IKE SA rekey failed (" + why + "); retrying in 30 s");
             ike_rekey_at_ = io_.now() + std::chrono::seconds(30);
+            run_deferred(*this); // what waited for the rekey goes out on this IKE SA after all
         };
         for (const auto* n : find_notifies(reply)) {
             if (n->type < 16384) {

@@ -101,6 +101,14 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
         return;
     }
     it->st = child_sa::state::deleting;
+    if (rekeying_ike_) {
+        // As start_child_pair: the Delete goes out on the IKE SA the Child SA moves to (run_deferred).
+        if (std::find(deferred_deletes_.begin(), deferred_deletes_.end(), spi_in) == deferred_deletes_.end()) {
+            log(log_level::info, "Delete of Child SA " + it->tunnel + " waits for our IKE SA rekey to finish");
+            deferred_deletes_.push_back(spi_in);
+        }
+        return;
+    }
     pending_request r;
     r.exchange = exchange_type::informational;
     r.build = [spi_in] {

@@ -128,7 +128,8 @@ public:
 
     // Operator/daemon requests.
     // CREATE_CHILD_SA for each selector pair of the tunnel that has no Child SA yet (queued behind
-    // other requests); nothing when every pair has one or is being negotiated.
+    // other requests; during our IKE SA rekey, sent on the new IKE SA once it is done); nothing when
+    // every pair has one or is being negotiated.
     void start_child(const std::string& tunnel);
     void rekey_child(uint32_t spi_in);
     void rekey_ike();                            // CREATE_CHILD_SA for the IKE SA (§1.3.2)
@@ -328,6 +329,14 @@ private:
         uint32_t spi_in = 0;
     };
     std::vector<starting_child> starting_; // our CREATE_CHILD_SA requests for new Child SAs, in flight
+    // New Child SAs (spi_in unused) and Child SA deletes (our spi_in; the Child SA is marked deleting)
+    // asked for while our IKE SA rekey is in flight. Not queued behind it: the old IKE SA's Delete
+    // drops its queue. They run where the Child SAs go (hand_over), or here if the rekey fails; an IKE
+    // SA that dies with no successor logs the new Child SAs it could not ask for (drop_deferred).
+    std::vector<starting_child> deferred_starts_;
+    std::vector<uint32_t> deferred_deletes_;
+    void run_deferred(ike_sa& on);
+    void drop_deferred(const std::string& why);
     struct refused_pair {
         std::string tunnel;
         ts_pair pair;

@@ -1742,6 +1742,123 @@ TEST(ExchangeTest, RequestsOnAnIkeSaBeingDeletedAreAnsweredTemporaryFailure)
     EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
 }
 
+// Asked for while our IKE SA rekey is in flight, a new Child SA and a Child SA Delete wait for it and
+// go out on the new IKE SA. (Queued behind the rekey, they were dropped with the old IKE SA's queue
+// when it was deleted: the tunnel stayed down, the Child SA stayed "deleting" on the new IKE SA.)
+TEST(ExchangeTest, NewChildSaAskedForDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    ike_sa& sa = *f.a->sas().begin()->second;
+    sa.rekey_ike();
+    EXPECT_EQ(f.a->initiate("p/dmz"), "");
+    sa.start_child("dmz"); // asked again (traffic): still one request
+    f.pump();
+    f.advance(std::chrono::seconds(1));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// A reload during our IKE SA rekey: the removed tunnel's Child SA is deleted and the changed one is
+// deleted and negotiated again with its new settings, all on the new IKE SA.
+TEST(ExchangeTest, ReloadDuringOurIkeSaRekeyDeletesAndRenegotiatesOnTheNewIkeSa)
+{
+    const std::string now = "          start: immediately\n";
+    auto yaml_a = [&](const std::string& lan_extra, bool with_dmz) {
+        return ike_yaml("198.51.100.1", "203.0.113.1",
+                        "      tunnels:\n" + tunnel_yaml("lan", "192.168.1.0/24", "192.168.2.0/24", now + lan_extra) +
+                            (with_dmz ? tunnel_yaml("dmz", "10.1.0.0/24", "10.2.0.0/24", now) : ""));
+    };
+    pair_fixture f(yaml_a("", true), ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    f.a->sas().begin()->second->rekey_ike();
+    auto r = f.a->reload(config::load_string(yaml_a("          replay-window: 256\n", false), "a.yaml").ike);
+    EXPECT_EQ(r.tunnels, (std::vector<ike_manager::tunnel_change>{{"p", "dmz", "removed"}, {"p", "lan", "changed"}}));
+    f.pump();
+    f.advance(std::chrono::seconds(1));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    ASSERT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].tunnel, "lan");
+    EXPECT_EQ(f.only_sa(*f.a)->children()[0].st, child_sa::state::installed);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    const uint32_t in = f.only_sa(*f.a)->children()[0].spi_in;
+    EXPECT_EQ(f.io_a.inst.sas.at({static_cast<int>(config::direction::inbound), in}).replay_window, 256u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    // The new IKE SA is not stuck behind a Child SA left "deleting": it rekeys again.
+    const uint64_t second_ike = f.only_sa(*f.a)->spi_i();
+    f.a->sas().begin()->second->rekey_ike();
+    f.pump();
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), second_ike);
+}
+
+// Our IKE SA rekey fails (the peer's Child SA rekey crossed it: TEMPORARY_FAILURE, §2.25): the new
+// Child SA that waited for it goes out on the old IKE SA, which is still the one.
+TEST(ExchangeTest, NewChildSaWaitingForAFailedIkeSaRekeyRunsOnTheOldIkeSa)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    f.a->sas().begin()->second->rekey_ike();
+    f.a->sas().begin()->second->start_child("dmz");
+    ike_sa& b = *f.b->sas().begin()->second;
+    b.rekey_child(b.children()[0].spi_in);
+    f.pump();
+    EXPECT_TRUE(logged(f.io_a, "IKE SA rekey failed (TEMPORARY_FAILURE)"));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    f.advance(std::chrono::seconds(31)); // the rekey's retry
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
+}
+
+// Our IKE SA rekey is never answered and the IKE SA dies with no successor: the new Child SA that
+// waited for it is logged as not negotiated, beside the IKE SA's failure, not silently forgotten.
+TEST(ExchangeTest, NewChildSaWaitingForAnIkeSaRekeyThatDiesIsLogged)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    f.net.drop = [&](const datagram& d) { return d.from.address == f.addr_b; };
+    f.a->sas().begin()->second->rekey_ike();
+    EXPECT_EQ(f.a->initiate("p/dmz"), ""); // the manager then keeps the SA's retransmission times
+    for (int i = 0; i < 70; ++i) {
+        f.advance(std::chrono::seconds(1));
+    }
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(logged(f.io_a, "did not answer an IKE SA rekey"));
+    EXPECT_TRUE(logged(f.io_a, "new Child SA for tunnel dmz (10.1.0.0/24 === 10.2.0.0/24) not negotiated"));
+}
+
 TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
 {
     const auto yaml_a = ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a);
