@@ -129,9 +129,17 @@ void ike_sa::retire_after(std::chrono::seconds wait)
 // The peer rekeyed this IKE SA (we answered) and ours will not complete: its new SA is the one.
 void ike_sa::take_over_candidate(const std::string& why)
 {
-    log(log_level::info, "the peer's IKE SA rekey takes over (" + why + ")");
     auto candidate = std::move(ike_candidate_->sa);
     ike_candidate_.reset();
+    if (state_ == state::deleting) {
+        // We are deleting this IKE SA (operator, shutdown): its replacement goes too. The Child SAs
+        // stay here and go with this SA.
+        log(log_level::info, "the peer's new IKE SA is deleted with this one (" + why + ")");
+        candidate->delete_sa();
+        successors_.push_back(std::move(candidate));
+        return;
+    }
+    log(log_level::info, "the peer's IKE SA rekey takes over (" + why + ")");
     hand_over(std::move(candidate));
     // The peer initiated the survivor, so it deletes this SA (§2.8.2).
     retire_after(std::chrono::seconds(60));
@@ -221,6 +229,18 @@ void ike_sa::rekey_ike()
         }
         const auto& nr = std::get<nonce_payload>(np->body).data;
         auto ours = new_ike_sa(role::initiator, offer->spi_i, read_be64(spi), *chosen, *g_ir, offer->nonce, nr);
+        if (state_ == state::deleting) {
+            // Deleted (operator, shutdown) while the rekey was in flight: the IKE SA it made, and the
+            // peer's from a simultaneous rekey, are deleted too. The Child SAs stay here and go with
+            // this SA's Delete, queued behind the rekey.
+            log(log_level::info, "IKE SA rekeyed while being deleted: the new IKE SA " + ours->name() + " is deleted too");
+            if (ike_candidate_) {
+                take_over_candidate("this IKE SA is being deleted");
+            }
+            ours->delete_sa();
+            successors_.push_back(std::move(ours));
+            return;
+        }
         if (ike_candidate_) {
             // §2.8.2: the exchange with the lowest of the four nonces created the redundant SA.
             std::array<const bytes*, 4> nonces{&offer->nonce, &nr, &ike_candidate_->nonce_i, &ike_candidate_->nonce_r};

@@ -77,7 +77,7 @@ void ike_sa::shutdown_local()
     children_.clear();
     outstanding_.reset();
     queue_.clear();
-    drop_deferred("the IKE SA went before its rekey completed");
+    drop_deferred("the IKE SA is gone");
 }
 
 // ---- sending -----------------------------------------------------------------------------------

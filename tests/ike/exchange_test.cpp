@@ -1859,6 +1859,27 @@ TEST(ExchangeTest, NewChildSaWaitingForAnIkeSaRekeyThatDiesIsLogged)
     EXPECT_TRUE(logged(f.io_a, "new Child SA for tunnel dmz (10.1.0.0/24 === 10.2.0.0/24) not negotiated"));
 }
 
+// The operator deletes the IKE SA while our rekey of it is in flight: the new IKE SA the rekey makes
+// is deleted too. (It used to take the Child SAs and stay up, and the old IKE SA's Delete, queued
+// behind the rekey, was never sent.)
+TEST(ExchangeTest, ClearDuringOurIkeSaRekeyDeletesTheNewIkeSaToo)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    f.a->sas().begin()->second->rekey_ike();
+    EXPECT_EQ(f.a->clear(""), 1u);
+    f.pump();
+    f.advance(std::chrono::seconds(1));
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+    EXPECT_TRUE(f.a->failures().empty());
+    EXPECT_TRUE(f.b->failures().empty());
+}
+
 TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
 {
     const auto yaml_a = ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a);
