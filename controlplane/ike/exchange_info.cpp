@@ -136,6 +136,11 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
 
 void ike_sa::delete_sa()
 {
+    if (state_ == state::deleting) {
+        // Our Delete is out or queued already; its answer or its timeout ends the SA. Ending it here
+        // dropped a Delete still queued behind another request: the peer was never told.
+        return;
+    }
     if (state_ != state::established) {
         shutdown_local();
         state_ = state::dead;

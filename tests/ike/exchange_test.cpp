@@ -1880,6 +1880,26 @@ TEST(ExchangeTest, ClearDuringOurIkeSaRekeyDeletesTheNewIkeSaToo)
     EXPECT_TRUE(f.b->failures().empty());
 }
 
+// Deleting an IKE SA twice (two `espresso clear`) while a request is outstanding: the Delete queued
+// behind it still goes out. (The second call ended the SA at once and dropped the queued Delete: the
+// peer kept its IKE and Child SAs.)
+TEST(ExchangeTest, SecondClearKeepsTheQueuedDelete)
+{
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b));
+    f.a->start();
+    f.pump();
+    f.a->sas().begin()->second->rekey_child(f.only_sa(*f.a)->children()[0].spi_in); // outstanding
+    EXPECT_EQ(f.a->clear(""), 1u);
+    EXPECT_EQ(f.a->clear(""), 1u);
+    f.pump();
+    f.advance(std::chrono::seconds(1));
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+    EXPECT_TRUE(f.io_a.inst.sas.empty());
+    EXPECT_TRUE(f.io_b.inst.sas.empty());
+}
+
 TEST(ExchangeTest, InitialContactReplacesTheSasOfARestartedPeer)
 {
     const auto yaml_a = ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a);
