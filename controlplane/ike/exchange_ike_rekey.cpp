@@ -83,13 +83,12 @@ void ike_sa::hand_over(std::unique_ptr<ike_sa> next)
 
 void ike_sa::run_deferred(ike_sa& on)
 {
-    auto starts = std::exchange(deferred_starts_, {});
-    auto deletes = std::exchange(deferred_deletes_, {});
     if (on.state_ != state::established) {
-        deferred_starts_ = std::move(starts);
         drop_deferred("the IKE SA is being deleted");
         return;
     }
+    auto starts = std::exchange(deferred_starts_, {});
+    auto deletes = std::exchange(deferred_deletes_, {});
     // Deletes first: a reload's changed tunnel is deleted, then negotiated with its new settings.
     for (uint32_t spi : deletes) {
         on.delete_child(spi, true); // gone meanwhile (the peer deleted it): nothing to do
