@@ -231,11 +231,10 @@ void ike_sa::process_create_child_request(uint32_t message_id, const std::vector
 {
     if (state_ == state::deleting) {
         // Our Delete of this IKE SA (and so of all its Child SAs, §1.4.1) is under way: the request is
-        // answered, never left to time out. RFC 7296 §2.25.2: "If a peer receives a request to rekey an
-        // IKE SA that it is currently trying to close, it SHOULD reply with TEMPORARY_FAILURE"; §2.25.1:
-        // the same for a rekey of a Child SA it is closing; a new Child SA is a request "that cannot be
-        // completed due to a temporary condition" (§2.25). The peer retries later, on the IKE SA that
-        // replaced this one if a rekey did (strongSwan answers the same while deleting an IKE SA).
+        // answered, never left to time out. RFC 7296 §2.25 answers a request that cannot be completed
+        // for a temporary reason with TEMPORARY_FAILURE, and §2.25.1/§2.25.2 apply it to rekeys of
+        // a Child SA or the IKE SA the responder is closing; a new Child SA is in the same position.
+        // The peer retries later, on the IKE SA that replaced this one if a rekey did.
         log(log_level::info, "the peer's CREATE_CHILD_SA request arrived while this IKE SA is being deleted: "
                              "TEMPORARY_FAILURE (RFC 7296 §2.25)");
         send_response(exchange_type::create_child_sa, message_id, {make_notify(notify_type::temporary_failure)});
