@@ -939,6 +939,21 @@ void expect_one_rekeyed_child_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike,
     expect_mirrored(f.io_b.inst, f.io_a.inst);
 }
 
+// The end state of the tests where two Child SAs end up on an IKE SA that replaced `old_ike`: one IKE
+// SA at each end, two Child SAs each, four SAs in each data plane, mirrored.
+void expect_two_children_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike)
+{
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
 // A Child SA rekey that comes due while our IKE SA rekey is in flight waits for the new IKE SA: it
 // used to be queued on the old one, whose Delete dropped the queue and left the Child SA "being
 // rekeyed" until its hard lifetime deleted it (seen in tests/system/test_ike_strongswan.py ike_rekey).
@@ -1026,15 +1041,7 @@ TEST(ExchangeTest, NewChildSaInFlightWhenThePeerRekeysTheIkeSaJoinsTheNewIkeSa)
     f.advance(std::chrono::milliseconds(2100));
     EXPECT_EQ(f.only_sa(*f.a)->spi_i(), old_ike); // refused for now
     f.advance(std::chrono::seconds(31));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_two_children_on_a_new_ike_sa(f, old_ike);
 }
 
 // After the peer rekeyed the IKE SA, the replaced one waits (retiring) for the peer's Delete with no
@@ -1759,15 +1766,7 @@ TEST(ExchangeTest, NewChildSaAskedForDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
     sa.start_child("dmz"); // asked again (traffic): still one request
     f.pump();
     f.advance(std::chrono::seconds(1));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_two_children_on_a_new_ike_sa(f, old_ike);
 }
 
 // A reload during our IKE SA rekey: the removed tunnel's Child SA is deleted and the changed one is
