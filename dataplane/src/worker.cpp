@@ -31,6 +31,7 @@ namespace {
 
 constexpr uint16_t max_vector = 64; // rx burst + handoff packets processed in one pass
 constexpr unsigned forward_capacity = max_vector * 2; // packets routed at the end of one pass
+static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is one pass");
 
 // Packets grouped by the SA that processes them, within one pass. Traffic of many tunnels puts a
 // different SA on nearly every packet of a burst, so a group per packet must be cheap: the SA is
