@@ -43,7 +43,9 @@ public:
     // on this project's machine (AMD EPYC, AVX2 + SHA-NI), AES-128-CBC + HMAC-SHA-256 encrypt:
     // 64 B 2.2 -> 3.5-5.4 Mpps, 1420 B 0.42 -> 0.64-0.88 Mpps (perf/RESULTS.md). HMAC jobs of
     // those hashes go to it (hash_manager, imb_burst.h); everything else, AES-GCM first of all,
-    // stays on mgr(). Not made for AVX-512 managers: not measured there.
+    // stays on mgr(). Not made for AVX-512 managers: on an AMD EPYC with AVX-512 and SHA-NI the
+    // AVX512 manager's 16-lane HMAC-SHA-256 was faster at 1420 B (1.84 against 1.21 Mpps through
+    // espresso-dp) and SHA-NI no better at 64 B and IMIX (perf/RESULTS.md, 2026-12-01).
     IMB_MGR* sha_mgr() const noexcept { return sha_mgr_; }
     // max_burst jobs owned by this core, for IPsec-MB's cipher-only and hash-only burst calls, which
     // take the caller's array instead of the manager's queue (run_split_burst, imb_burst.h).
