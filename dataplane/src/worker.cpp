@@ -739,9 +739,21 @@ private:
                     to_exception(m, exception_meta::decrypted_to_us);
                     continue;
                 }
-                forward[n_forward++] = m;
+                forward_packet(forward, n_forward, m);
             }
         }
+    }
+
+    // Appends `m` to the pass's `forward` vector, first sending what it holds when it is full: the
+    // packets of one RX poll fit it, but apply_policies' pre-fragmented packets can fill it before
+    // the pass's last packets (IPv6 after IPv4, say) are added.
+    void forward_packet(rte_mbuf** forward, uint16_t& n_forward, rte_mbuf* m) noexcept
+    {
+        if (n_forward == forward_capacity) [[unlikely]] {
+            route_and_send(forward, n_forward);
+            n_forward = 0;
+        }
+        forward[n_forward++] = m;
     }
 
     // Does the SPD decide anything for transit traffic? Not when it holds only bypass rules (or none)
@@ -777,7 +789,7 @@ private:
             sum = (sum & 0xffff) + (sum >> 16);
             store_be16(ip + 10, static_cast<uint16_t>(sum));
             if (!classify_needed) {
-                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                forward_packet(forward, n_forward, m); // as apply_policies does with bypass, no policy
                 continue;
             }
             spd_key& k = keys[kept];
@@ -821,7 +833,7 @@ private:
             }
             --ip[7]; // no header checksum in IPv6
             if (!classify_needed) {
-                forward[n_forward++] = m; // as apply_policies does with bypass and no-policy packets
+                forward_packet(forward, n_forward, m); // as apply_policies does with bypass, no policy
                 continue;
             }
             spd6_key& k = keys[kept];
@@ -853,6 +865,19 @@ private:
             }
         }
         sa_groups groups;
+        // Room in `forward` for `more` packets besides those grouped for encapsulation, which
+        // run_outbound adds to it: pre-fragmented packets (up to max_fragments each) can make a pass
+        // outgrow it, so what is ready is sent first. Every write to `forward` below goes through
+        // this, bypassed packets too (they once did not: a burst of 3-part fragments and then a few
+        // bypassed packets wrote past the array).
+        auto make_room = [&](unsigned more) {
+            if (n_forward + groups.total + more > forward_capacity) [[unlikely]] {
+                run_outbound(groups, forward, n_forward);
+                groups.clear();
+                route_and_send(forward, n_forward);
+                n_forward = 0;
+            }
+        };
         for (uint16_t i = 0; i < kept; ++i) {
             rte_mbuf* m = pkts[i];
             if (out_rule[i] == nullptr) {
@@ -868,11 +893,13 @@ private:
                         continue;
                     }
                 }
+                make_room(1);
                 forward[n_forward++] = m; // bypass, or no policy: forwarded like a router
                 continue;
             }
             const spd_rule& rule = *out_rule[i];
             if (rule.action == config::policy_action::bypass) {
+                make_room(1);
                 forward[n_forward++] = m;
                 continue;
             }
@@ -889,14 +916,7 @@ private:
             }
             rte_mbuf* frags[max_fragments];
             const int parts = fit_for_encapsulation(m, *rule.sa, frags);
-            if (n_forward + groups.total + static_cast<unsigned>(parts) > forward_capacity) [[unlikely]] {
-                // Pre-fragmented packets (up to max_fragments each) could outgrow `forward`: send
-                // what is ready first.
-                run_outbound(groups, forward, n_forward);
-                groups.clear();
-                route_and_send(forward, n_forward);
-                n_forward = 0;
-            }
+            make_room(static_cast<unsigned>(parts));
             for (int f = 0; f < parts; ++f) {
                 if (!groups.add(rule.sa, frags[f])) {
                     run_outbound(groups, forward, n_forward);
