@@ -329,6 +329,21 @@ TEST(IkeMessageDelete, IkeSaDeleteCountWithoutSpis)
     EXPECT_EQ(std::get<delete_payload>(m.payloads[0].body), (delete_payload{1, {}}));
 }
 
+TEST(IkeMessageDelete, EspDeleteWithoutSpisRoundTrips)
+{
+    // An ESP Delete with SPI size 4 and no SPIs parses; serializing it must keep SPI size 4 (it wrote 0,
+    // which the parser refuses: found by fuzz-ike-message).
+    for (uint8_t protocol : {uint8_t{2}, uint8_t{3}}) {
+        const bytes body = raw(0, 0, {protocol, 4, 0, 0});
+        const auto p = ok(parse_payloads(payload_type::del, body));
+        ASSERT_EQ(p.size(), 1u);
+        EXPECT_EQ(std::get<delete_payload>(p[0].body), (delete_payload{protocol, {}}));
+        payload_type first{};
+        EXPECT_EQ(serialize_payloads(p, first), body);
+        EXPECT_EQ(first, payload_type::del);
+    }
+}
+
 // ---- critical bit (RFC 7296 §2.5) -----------------------------------------------------------------
 
 TEST(IkeMessageCritical, UnknownCriticalPayloadRefused)

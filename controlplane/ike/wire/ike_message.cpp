@@ -676,7 +676,10 @@ void write_body(byte_writer& w, const notify_payload& n)
 
 void write_body(byte_writer& w, const delete_payload& d)
 {
-    size_t spi_size = d.spis.empty() ? 0 : d.spis.front().size();
+    // The SPI Size field follows the protocol (§3.11: 0 for IKE, 4 for AH/ESP) even when the payload
+    // lists no SPIs: a Delete of ESP with none parses, so it must serialize to something that parses.
+    size_t spi_size = d.spis.empty() ? (d.protocol == static_cast<uint8_t>(protocol_id::ike) ? 0 : 4)
+                                     : d.spis.front().size();
     for (const auto& spi : d.spis) {
         if (spi.size() != spi_size) {
             unrepresentable("Delete payload with SPIs of different sizes");
