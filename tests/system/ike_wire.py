@@ -14,13 +14,19 @@ from topology import sh
 
 
 class WireCapture:
+    """tshark on one interface of `ns`, or on several (iface a list): one process, so every interface is
+    captured over the same window (two processes started one after the other cover different windows:
+    tshark's start-up takes seconds on a slow machine)."""
+
     def __init__(self, topo, workdir, name, iface="inet-hq", ns="inet", bpf="udp"):
-        self.topo, self.name, self.iface, self.ns, self.bpf = topo, name, iface, ns, bpf
+        self.topo, self.name, self.ns, self.bpf = topo, name, ns, bpf
+        self.ifaces = [iface] if isinstance(iface, str) else list(iface)
         self.path = os.path.join(workdir, f"{name}.pcap")
 
     def start(self):
-        self.topo.start_process(self.name, self.ns, ["tshark", "-n", "-i", self.iface, "-f", self.bpf, "-w", self.path],
-                                wait_for="Capturing on", timeout=20)
+        # -f before the first -i is the filter of every interface.
+        cmd = ["tshark", "-n", "-f", self.bpf] + [a for i in self.ifaces for a in ("-i", i)] + ["-w", self.path]
+        self.topo.start_process(self.name, self.ns, cmd, wait_for="Capturing on", timeout=20)
         # tshark prints "Capturing on" a moment before packets are really captured: without this pause
         # the first ping of a run was missing from the capture now and then.
         time.sleep(1.0)
