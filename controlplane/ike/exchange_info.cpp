@@ -38,8 +38,14 @@ void ike_sa::process_informational_request(uint32_t message_id, const std::vecto
                 continue;
             }
             // §1.4.1: answer with the SPIs of our half of each pair; unless we are deleting it ourselves
-            // already (a simultaneous delete), in which case the answer omits it.
-            if (it->st != child_sa::state::deleting) {
+            // already (a simultaneous delete), in which case the answer omits it. A Delete of ours
+            // that still waits for our IKE SA rekey (deferred_deletes_) has not crossed the peer's:
+            // the peer hears of our half only from this answer, and our Delete is not sent.
+            const auto deferred = std::find(deferred_deletes_.begin(), deferred_deletes_.end(), it->spi_in);
+            if (deferred != deferred_deletes_.end()) {
+                deferred_deletes_.erase(deferred);
+                our_spis.push_back(be32(it->spi_in));
+            } else if (it->st != child_sa::state::deleting) {
                 our_spis.push_back(be32(it->spi_in));
             }
             log(log_level::info, "peer deleted Child SA " + it->tunnel);

@@ -1810,6 +1810,78 @@ TEST(ExchangeTest, ReloadDuringOurIkeSaRekeyDeletesAndRenegotiatesOnTheNewIkeSa)
     EXPECT_NE(f.only_sa(*f.a)->spi_i(), second_ike);
 }
 
+// The lengths of the INFORMATIONAL responses `from` put on the wire while `run` ran (the SK payload's
+// plaintext length follows the payloads inside: a Delete payload with one SPI adds 12 bytes).
+std::vector<size_t> informational_answers_from(pair_fixture& f, const config::ip_address& from,
+                                               const std::function<void()>& run)
+{
+    std::vector<size_t> sizes;
+    f.net.tamper = [&](datagram& d) {
+        const auto h = parse_header(d.data);
+        if (d.from.address == from && h && h->exchange == static_cast<uint8_t>(exchange_type::informational) &&
+            h->is_response()) {
+            sizes.push_back(d.data.size());
+        }
+    };
+    run();
+    f.net.tamper = nullptr;
+    return sizes;
+}
+
+// The peer deletes a Child SA whose Delete of ours waits for our IKE SA rekey: the Deletes did not
+// cross (ours was never sent), so our answer carries our SPI (RFC 7296 §1.4.1) and our Delete is
+// dropped. (It was answered as a simultaneous delete, without our SPI.)
+TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnsweredWithOurSpi)
+{
+    // Reference: the answer to the same Delete when A is not deleting the Child SA itself.
+    size_t with_spi = 0;
+    {
+        pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                       ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+        f.a->start();
+        f.pump();
+        EXPECT_EQ(f.a->initiate("p/dmz"), "");
+        f.pump();
+        ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+        auto sizes = informational_answers_from(f, f.addr_a, [&] {
+            f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
+            f.pump();
+        });
+        ASSERT_EQ(sizes.size(), 1u);
+        with_spi = sizes[0];
+        ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    }
+    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
+    f.a->start();
+    f.pump();
+    EXPECT_EQ(f.a->initiate("p/dmz"), "");
+    f.pump();
+    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
+    f.a->sas().begin()->second->rekey_ike();
+    f.a->reload(config::load_string(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a), "a.yaml").ike);
+    EXPECT_TRUE(logged(f.io_a, "Delete of Child SA dmz waits for our IKE SA rekey to finish"));
+    auto sizes = informational_answers_from(f, f.addr_a, [&] {
+        f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
+        f.pump();
+        f.advance(std::chrono::seconds(1));
+    });
+    ASSERT_EQ(sizes.size(), 1u);
+    EXPECT_EQ(sizes[0], with_spi) << "the answer to the peer's Delete must carry our SPI";
+    // The peer's Delete was in flight when our rekey reached it: TEMPORARY_FAILURE (§2.25); the
+    // rekey's retry then moves the one Child SA left, and no Delete of ours follows it.
+    EXPECT_TRUE(logged(f.io_a, "IKE SA rekey failed (TEMPORARY_FAILURE)"));
+    f.advance(std::chrono::seconds(31));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
+    EXPECT_FALSE(logged(f.io_a, "Child SA dmz deleted"));
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+}
+
 // Our IKE SA rekey fails (the peer's Child SA rekey crossed it: TEMPORARY_FAILURE, §2.25): the new
 // Child SA that waited for it goes out on the old IKE SA, which is still the one.
 TEST(ExchangeTest, NewChildSaWaitingForAFailedIkeSaRekeyRunsOnTheOldIkeSa)
