@@ -1715,12 +1715,28 @@ const std::string dmz_b = "        - name: dmz\n"
                           "          remote-ts: [10.1.0.0/24]\n"
                           "          esp-proposals: [aes256gcm16]\n";
 
+// A and B with tunnels lan (up at start) and dmz (on request), A's IKE SA established.
+struct two_tunnel_pair : pair_fixture {
+    two_tunnel_pair()
+        : pair_fixture(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
+                       ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b))
+    {
+        a->start();
+        pump();
+    }
+
+    // Brings dmz up too (A asks for it); returns how many Child SAs A then has.
+    size_t up_dmz()
+    {
+        EXPECT_EQ(a->initiate("p/dmz"), "");
+        pump();
+        return only_sa(*a)->children().size();
+    }
+};
+
 TEST(ExchangeTest, RequestsOnAnIkeSaBeingDeletedAreAnsweredTemporaryFailure)
 {
-    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-    f.a->start();
-    f.pump();
+    two_tunnel_pair f;
     size_t answers = 0;
     f.net.drop = [&](const datagram& d) {
         answers += d.from.address == f.addr_a && is_response(d, exchange_type::create_child_sa);
@@ -1754,10 +1770,7 @@ TEST(ExchangeTest, RequestsOnAnIkeSaBeingDeletedAreAnsweredTemporaryFailure)
 // when it was deleted: the tunnel stayed down, the Child SA stayed "deleting" on the new IKE SA.)
 TEST(ExchangeTest, NewChildSaAskedForDuringOurIkeSaRekeyRunsOnTheNewIkeSa)
 {
-    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-    f.a->start();
-    f.pump();
+    two_tunnel_pair f;
     ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
     const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
     ike_sa& sa = *f.a->sas().begin()->second;
@@ -1836,13 +1849,8 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
     // Reference: the answer to the same Delete when A is not deleting the Child SA itself.
     size_t with_spi = 0;
     {
-        pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                       ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-        f.a->start();
-        f.pump();
-        EXPECT_EQ(f.a->initiate("p/dmz"), "");
-        f.pump();
-        ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+        two_tunnel_pair f;
+        ASSERT_EQ(f.up_dmz(), 2u);
         auto sizes = informational_answers_from(f, f.addr_a, [&] {
             f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
             f.pump();
@@ -1851,13 +1859,8 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
         with_spi = sizes[0];
         ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
     }
-    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-    f.a->start();
-    f.pump();
-    EXPECT_EQ(f.a->initiate("p/dmz"), "");
-    f.pump();
-    ASSERT_EQ(f.only_sa(*f.a)->children().size(), 2u);
+    two_tunnel_pair f;
+    ASSERT_EQ(f.up_dmz(), 2u);
     const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
     f.a->sas().begin()->second->rekey_ike();
     f.a->reload(config::load_string(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a), "a.yaml").ike);
@@ -1886,10 +1889,7 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
 // Child SA that waited for it goes out on the old IKE SA, which is still the one.
 TEST(ExchangeTest, NewChildSaWaitingForAFailedIkeSaRekeyRunsOnTheOldIkeSa)
 {
-    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-    f.a->start();
-    f.pump();
+    two_tunnel_pair f;
     const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
     f.a->sas().begin()->second->rekey_ike();
     f.a->sas().begin()->second->start_child("dmz");
@@ -1915,10 +1915,7 @@ TEST(ExchangeTest, NewChildSaWaitingForAFailedIkeSaRekeyRunsOnTheOldIkeSa)
 // waited for it is logged as not negotiated, beside the IKE SA's failure, not silently forgotten.
 TEST(ExchangeTest, NewChildSaWaitingForAnIkeSaRekeyThatDiesIsLogged)
 {
-    pair_fixture f(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a + dmz_a),
-                   ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b + dmz_b));
-    f.a->start();
-    f.pump();
+    two_tunnel_pair f;
     f.net.drop = [&](const datagram& d) { return d.from.address == f.addr_b; };
     f.a->sas().begin()->second->rekey_ike();
     EXPECT_EQ(f.a->initiate("p/dmz"), ""); // the manager then keeps the SA's retransmission times
