@@ -8,6 +8,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 
 BUILD = os.environ.get("ESPRESSO_BUILD",
@@ -96,6 +97,16 @@ def dataplane_binary():
     return os.path.join(BUILD, "dataplane", "espresso-dp")
 
 
+def dataplane_missing():
+    """True when espresso-dp is not built, after printing the lines of a skipped test (which then
+    exits 77)."""
+    if os.path.exists(dataplane_binary()):
+        return False
+    print(f"SKIP: {dataplane_binary()} not built")
+    print("0 passed, 0 failed")
+    return True
+
+
 def cli(socket_path, args, check=True):
     binary = os.path.join(BUILD, "controlplane", "espresso")
     r = subprocess.run([binary, "--socket", socket_path, *args.split()], capture_output=True, text=True, timeout=20)
@@ -164,6 +175,47 @@ def remove_runtime_dir(control_socket=None, file_prefix=None):
         file_prefix = "espresso" + control_socket.replace("/", "_")
     if file_prefix and "/" not in file_prefix and file_prefix not in (".", ".."):
         shutil.rmtree(os.path.join("/var/run/dpdk", file_prefix), ignore_errors=True)
+
+
+class PcapGateway:
+    """espresso-dp on net_pcap ports for one test: a work directory (workdir) for its pcaps, config,
+    log and control socket, which the config names {dir}/dp.sock with dir = workdir, and a network
+    namespace (ns) for the TAPs it makes, which the test creates with netns_add(gw.ns) so that it can
+    set it up first. close() removes all of it, by PID and name."""
+
+    def __init__(self, workdir_prefix, ns_prefix):
+        self.workdir = tempfile.mkdtemp(prefix=workdir_prefix)
+        self.ns = f"{ns_prefix}{os.getpid() % 100000}"
+        self.sock = self.path("dp.sock")
+        self.proc = None
+
+    def path(self, name):
+        return os.path.join(self.workdir, name)
+
+    def start(self, config):
+        """Writes the config and starts espresso-dp in the namespace; returns its Process once it runs."""
+        cfg = self.path("gw.yaml")
+        with open(cfg, "w") as f:
+            f.write(config)
+        # Kept before it is up, so that close() stops one that never comes up.
+        self.proc = Process([dataplane_binary(), "--config", cfg], self.path("dp.log"), ns=self.ns)
+        self.proc.wait_for("running with", 60)
+        return self.proc
+
+    def close(self, failed):
+        """Stops espresso-dp (SIGKILL after 5 s: a test that got to its checks has stopped it and read
+        its exit status), deletes the namespace and the DPDK runtime directory, prints the end of the
+        log if the test `failed` and removes the work directory unless ESPRESSO_KEEP_TMP=1."""
+        if self.proc is not None:
+            self.proc.stop(timeout=5)
+        netns_del(self.ns)
+        remove_runtime_dir(control_socket=self.sock)
+        if failed and self.proc is not None:
+            print("--- espresso-dp log ---\n" + self.proc.log()[-3000:])
+        if os.environ.get("ESPRESSO_KEEP_TMP") == "1":
+            print(f"kept {self.workdir}")
+        else:
+            shutil_rmtree(self.workdir)
 
 
 # A gateway on two net_null ports (no traffic), for control-socket tests; {sock} is the socket path and

@@ -11,7 +11,6 @@ Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/component/test_dp_fragm
 """
 import os
 import sys
-import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,32 +63,22 @@ def frame(dst, ident, size):
 
 def main():
     report = Report("espresso-dp: a pass of pre-fragmented and bypassed packets")
-    binary = dp.dataplane_binary()
-    if not os.path.exists(binary):
-        print(f"SKIP: {binary} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
-    workdir = tempfile.mkdtemp(prefix="espresso-dpfrag-")
-    ns = f"espdpf{os.getpid() % 100000}"
-    sock = os.path.join(workdir, "dp.sock")
-    proc = None
+    gw = dp.PcapGateway("espresso-dpfrag-", "espdpf")
     try:
-        dp.netns_add(ns)
+        dp.netns_add(gw.ns)
         inside = [frame("192.168.2.10", k, 1372) for k in range(PROTECTED)]
         inside += [frame("192.168.2.99", 1000 + k, 100) for k in range(BYPASSED)]
-        wrpcap(os.path.join(workdir, "inside-in.pcap"), inside)
-        wrpcap(os.path.join(workdir, "outside-in.pcap"), [])
-        cfg = os.path.join(workdir, "gw.yaml")
-        with open(cfg, "w") as f:
-            f.write(CONFIG.format(dir=workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                  host_mac=HOST_MAC, key=KEY.hex()))
-        proc = dp.Process([binary, "--config", cfg], os.path.join(workdir, "dp.log"), ns=ns)
-        proc.wait_for("running with", 60)
-        dp.wait_stable(lambda: (dp.dataplane_rx(sock), dp.dataplane_drops(sock)), timeout=30, quiet=1.5)
-        rx = dp.dataplane_rx(sock)
-        drops = dp.dataplane_drops(sock)
+        wrpcap(gw.path("inside-in.pcap"), inside)
+        wrpcap(gw.path("outside-in.pcap"), [])
+        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
+                                      host_mac=HOST_MAC, key=KEY.hex()))
+        dp.wait_stable(lambda: (dp.dataplane_rx(gw.sock), dp.dataplane_drops(gw.sock)), timeout=30, quiet=1.5)
+        rx = dp.dataplane_rx(gw.sock)
+        drops = dp.dataplane_drops(gw.sock)
         status = proc.stop()
-        out = [f for f in rdpcap(os.path.join(workdir, "outside-out.pcap")) if IP in f]
+        out = [f for f in rdpcap(gw.path("outside-out.pcap")) if IP in f]
 
         def received_and_clean():
             problems = []
@@ -140,16 +129,7 @@ def main():
     except Exception as e:  # noqa: BLE001
         report.case("set-up", [f"{type(e).__name__}: {e}"] + traceback.format_exc().splitlines()[-6:])
     finally:
-        if proc is not None:
-            proc.stop(timeout=5)
-        dp.netns_del(ns)
-        dp.remove_runtime_dir(control_socket=sock)
-        if report.failed and proc is not None:
-            print("--- espresso-dp log ---\n" + proc.log()[-3000:])
-        if os.environ.get("ESPRESSO_KEEP_TMP") == "1":
-            print(f"kept {workdir}")
-        else:
-            dp.shutil_rmtree(workdir)
+        gw.close(report.failed)
     return report.finish()
 
 

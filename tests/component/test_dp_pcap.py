@@ -21,8 +21,6 @@ Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/component/test_dp_pcap.
 """
 import os
 import sys
-import tempfile
-import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -211,41 +209,31 @@ def ipv4_frames(path):
 
 def main():
     report = Report("espresso-dp on net_pcap ports")
-    binary = dp.dataplane_binary()
-    if not os.path.exists(binary):
-        print(f"SKIP: {binary} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
-    workdir = tempfile.mkdtemp(prefix="espresso-dppcap-")
-    ns = f"espdpp{os.getpid() % 100000}"
-    sock = os.path.join(workdir, "dp.sock")
-    proc = None
+    gw = dp.PcapGateway("espresso-dppcap-", "espdpp")
     sc = Scenario()
     counters = {}
     exit_status = None
     try:
-        dp.netns_add(ns)
-        wrpcap(os.path.join(workdir, "inside-in.pcap"), sc.inside_in)
-        wrpcap(os.path.join(workdir, "outside-in.pcap"), sc.outside_in)
-        cfg = os.path.join(workdir, "gw.yaml")
-        with open(cfg, "w") as f:
-            f.write(CONFIG.format(dir=workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                  host_mac=HOST_MAC, gcm_out=GCM_OUT.hex(), gcm_in=GCM_IN.hex(),
-                                  cbc_out=CBC_OUT.hex(), cbc_out_auth=CBC_OUT_AUTH.hex(), cbc_in=CBC_IN.hex(),
-                                  cbc_in_auth=CBC_IN_AUTH.hex()))
-        proc = dp.Process([binary, "--config", cfg], os.path.join(workdir, "dp.log"), ns=ns)
-        proc.wait_for("running with", 60)
+        dp.netns_add(gw.ns)
+        wrpcap(gw.path("inside-in.pcap"), sc.inside_in)
+        wrpcap(gw.path("outside-in.pcap"), sc.outside_in)
+        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
+                                      host_mac=HOST_MAC, gcm_out=GCM_OUT.hex(), gcm_in=GCM_IN.hex(),
+                                      cbc_out=CBC_OUT.hex(), cbc_out_auth=CBC_OUT_AUTH.hex(), cbc_in=CBC_IN.hex(),
+                                      cbc_in_auth=CBC_IN_AUTH.hex()))
         total_in = len(sc.inside_in) + len(sc.outside_in)
         # The pcaps are consumed at once; wait until the counters stop moving, then read them all
         # before SIGTERM (the control socket goes away with the process).
-        dp.wait_stable(lambda: (dp.dataplane_rx(sock), dp.dataplane_drops(sock)), timeout=30, quiet=1.5)
-        counters["rx"] = dp.dataplane_rx(sock)
-        counters["drops"] = dp.dataplane_drops(sock)
-        counters["sas"] = dp.sa_table(sock)
-        counters["interfaces"] = dp.cli_json(sock, "show interfaces")
+        dp.wait_stable(lambda: (dp.dataplane_rx(gw.sock), dp.dataplane_drops(gw.sock)), timeout=30, quiet=1.5)
+        counters["rx"] = dp.dataplane_rx(gw.sock)
+        counters["drops"] = dp.dataplane_drops(gw.sock)
+        counters["sas"] = dp.sa_table(gw.sock)
+        counters["interfaces"] = dp.cli_json(gw.sock, "show interfaces")
         exit_status = proc.stop()
-        out = ipv4_frames(os.path.join(workdir, "outside-out.pcap"))
-        lan_all = ipv4_frames(os.path.join(workdir, "inside-out.pcap"))
+        out = ipv4_frames(gw.path("outside-out.pcap"))
+        lan_all = ipv4_frames(gw.path("inside-out.pcap"))
         time_exceeded = [f for f in lan_all if ICMP in f and f[ICMP].type == 11]
         lan = [f for f in lan_all if not (ICMP in f and f[ICMP].type == 11)]
 
@@ -292,7 +280,7 @@ def main():
                    "original with TTL-1 and a fixed checksum", outbound_scapy)
 
         def outbound_tshark():
-            path = os.path.join(workdir, "outside-out.pcap")
+            path = gw.path("outside-out.pcap")
             uat = [
                 '"IPv4","198.51.100.1","203.0.113.1","0x00001001","AES-GCM with 16 octet ICV [RFC4106]",'
                 f'"0x{GCM_OUT.hex()}","NULL",""',
@@ -403,19 +391,8 @@ def main():
         report.run("TTL 1: ICMP Time Exceeded to the source, quoting the packet", ttl_exceeded_icmp)
     except Exception as e:  # noqa: BLE001
         report.case("set-up", [f"{type(e).__name__}: {e}"] + traceback.format_exc().splitlines()[-6:])
-        if proc is not None:
-            print(proc.log()[-4000:])
     finally:
-        if proc is not None:
-            proc.stop(timeout=5)
-        dp.netns_del(ns)
-        dp.remove_runtime_dir(control_socket=sock)
-        if report.failed and proc is not None:
-            print("--- espresso-dp log ---\n" + proc.log()[-3000:])
-        if os.environ.get("ESPRESSO_KEEP_TMP") == "1":
-            print(f"kept {workdir}")
-        else:
-            dp.shutil_rmtree(workdir)
+        gw.close(report.failed)
     return report.finish()
 
 

@@ -20,7 +20,6 @@ Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/component/test_dp_reass
 """
 import os
 import sys
-import tempfile
 import time
 import traceback
 
@@ -231,60 +230,50 @@ def frames(paths):
 
 def main():
     report = Report("espresso-dp: reassembly of fragments to the gateway, ESP behind IPv6 extension headers")
-    binary = dp.dataplane_binary()
-    if not os.path.exists(binary):
-        print(f"SKIP: {binary} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
-    workdir = tempfile.mkdtemp(prefix="espresso-dpreasm-")
-    ns = f"espdpr{os.getpid() % 100000}"
-    sock = os.path.join(workdir, "dp.sock")
-    proc = None
+    gw = dp.PcapGateway("espresso-dpreasm-", "espdpr")
     listener = None
     sc = Scenario()
     counters = {}
     try:
-        dp.netns_add(ns)
+        dp.netns_add(gw.ns)
         # The kernel must take IPv6 on the TAP for the IPv6 datagram to its socket (the data plane
         # keeps the TAP from router solicitations and DAD; outputs are filtered to what is checked).
-        dp.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0", ns=ns)
-        dp.sh("sysctl -qw net.ipv6.conf.default.disable_ipv6=0", ns=ns)
-        received = os.path.join(workdir, "kernel.txt")
-        script = os.path.join(workdir, "listener.py")
+        dp.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0", ns=gw.ns)
+        dp.sh("sysctl -qw net.ipv6.conf.default.disable_ipv6=0", ns=gw.ns)
+        received = gw.path("kernel.txt")
+        script = gw.path("listener.py")
         with open(script, "w") as f:
             f.write(LISTENER)
-        listener = dp.Process(["/usr/bin/python3", script, received], os.path.join(workdir, "listener.log"), ns=ns)
+        listener = dp.Process(["/usr/bin/python3", script, received], gw.path("listener.log"), ns=gw.ns)
         deadline = time.time() + 10
         while not (os.path.exists(received) and "listening" in open(received).read()):
             if time.time() > deadline:
                 raise RuntimeError("UDP listener did not start: " + listener.log())
             time.sleep(0.1)
-        wrpcap(os.path.join(workdir, "outside-in.pcap"), sc.wan)
-        wrpcap(os.path.join(workdir, "inside-in.pcap"), [Ether(src=HOST_MAC, dst=GW_IN_MAC) / IP(src="192.168.1.10", dst="192.168.1.1") / UDP(sport=9, dport=9)])
-        cfg = os.path.join(workdir, "gw.yaml")
-        with open(cfg, "w") as f:
-            f.write(CONFIG.format(dir=workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                  host_mac=HOST_MAC, gw4=GW4, gw6=GW6, peer4=PEER4, natt4=NATT4, peer6=PEER6,
-                                  spi_v4=SPI_V4, spi_natt=SPI_NATT, spi_v6=SPI_V6, key_v4=KEY_V4.hex(),
-                                  key_natt=KEY_NATT.hex(), key_v6=KEY_V6.hex()))
-        proc = dp.Process([binary, "--config", cfg], os.path.join(workdir, "dp.log"), ns=ns)
-        proc.wait_for("running with", 60)
+        wrpcap(gw.path("outside-in.pcap"), sc.wan)
+        wrpcap(gw.path("inside-in.pcap"), [Ether(src=HOST_MAC, dst=GW_IN_MAC) / IP(src="192.168.1.10", dst="192.168.1.1") / UDP(sport=9, dport=9)])
+        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
+                                      host_mac=HOST_MAC, gw4=GW4, gw6=GW6, peer4=PEER4, natt4=NATT4, peer6=PEER6,
+                                      spi_v4=SPI_V4, spi_natt=SPI_NATT, spi_v6=SPI_V6, key_v4=KEY_V4.hex(),
+                                      key_natt=KEY_NATT.hex(), key_v6=KEY_V6.hex()))
 
         def snapshot():
-            out = dp.cli_json(sock, "show dataplane")
+            out = dp.cli_json(gw.sock, "show dataplane")
             return (sum(w.get("fragments", 0) for w in out["workers"]),
                     sum(w.get("reassembled", 0) for w in out["workers"]),
-                    dp.dataplane_drops(sock))
+                    dp.dataplane_drops(gw.sock))
         # The timeout must pass (0.5 s) before the counters settle: wait for 2 s of quiet.
         dp.wait_stable(snapshot, timeout=40, quiet=2.0)
         counters["fragments"], counters["reassembled"], counters["drops"] = snapshot()
-        counters["text"] = dp.cli(sock, "show dataplane")
-        counters["sas"] = dp.sa_table(sock)
-        counters["workers"] = dp.cli_json(sock, "show dataplane")["workers"]
+        counters["text"] = dp.cli(gw.sock, "show dataplane")
+        counters["sas"] = dp.sa_table(gw.sock)
+        counters["workers"] = dp.cli_json(gw.sock, "show dataplane")["workers"]
         time.sleep(0.5)
         kernel_lines = open(received).read().split("\n")[1:]
         exit_status = proc.stop()
-        lan = [f for f in frames([os.path.join(workdir, f"inside-out{i}.pcap") for i in (0, 1)]) if IP in f]
+        lan = [f for f in frames([gw.path(f"inside-out{i}.pcap") for i in (0, 1)]) if IP in f]
 
         def clean_exit():
             return [] if exit_status == 0 else [f"espresso-dp exit status {exit_status}"]
@@ -357,21 +346,10 @@ def main():
                    "socket whole", kernel_received)
     except Exception as e:  # noqa: BLE001
         report.case("set-up", [f"{type(e).__name__}: {e}"] + traceback.format_exc().splitlines()[-6:])
-        if proc is not None:
-            print(proc.log()[-4000:])
     finally:
-        if proc is not None:
-            proc.stop(timeout=5)
         if listener is not None:
             listener.stop(timeout=5)
-        dp.netns_del(ns)
-        dp.remove_runtime_dir(control_socket=sock)
-        if report.failed and proc is not None:
-            print("--- espresso-dp log ---\n" + proc.log()[-3000:])
-        if os.environ.get("ESPRESSO_KEEP_TMP") == "1":
-            print(f"kept {workdir}")
-        else:
-            dp.shutil_rmtree(workdir)
+        gw.close(report.failed)
     return report.finish()
 
 

@@ -20,7 +20,6 @@ Run as root: ESPRESSO_BUILD=build /usr/bin/python3 tests/component/test_dp_trans
 """
 import os
 import sys
-import tempfile
 import time
 import traceback
 
@@ -76,17 +75,11 @@ def local_traffic(sock):
 
 def main():
     report = Report("espresso-dp: the gateway's own traffic over a transport SA (net_pcap + TAP)")
-    binary = dp.dataplane_binary()
-    if not os.path.exists(binary):
-        print(f"SKIP: {binary} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
-    workdir = tempfile.mkdtemp(prefix="espresso-dptm-")
-    ns = f"espdtm{os.getpid() % 100000}"
-    sock = os.path.join(workdir, "dp.sock")
-    proc = None
+    gw = dp.PcapGateway("espresso-dptm-", "espdtm")
     try:
-        dp.netns_add(ns)
+        dp.netns_add(gw.ns)
         wan = Ether(src=ROUTER_MAC, dst=GW_MAC)
         sa_in = scapy_sa(0x3001, KEY_IN)
         frames = []
@@ -95,27 +88,23 @@ def main():
             frames.append(wan / sa_in.encrypt(echo, seq_num=seq))
         frames.append(wan / IP(src=PEER, dst=GW, id=200) / ICMP(type=8, id=0x4343, seq=1) / Raw(b"clear"))
         frames.append(wan / IP(src=PEER, dst=GW, id=300) / UDP(sport=500, dport=500) / Raw(b"\0" * 28))
-        wrpcap(os.path.join(workdir, "outside-in.pcap"), frames)
-        cfg = os.path.join(workdir, "gw.yaml")
-        with open(cfg, "w") as f:
-            f.write(CONFIG.format(dir=workdir, gw=GW, peer=PEER, gw_mac=GW_MAC, router_mac=ROUTER_MAC,
-                                  key_in=KEY_IN.hex(), key_out=KEY_OUT.hex()))
-        proc = dp.Process([binary, "--config", cfg], os.path.join(workdir, "dp.log"), ns=ns)
-        proc.wait_for("running with", 60)
+        wrpcap(gw.path("outside-in.pcap"), frames)
+        proc = gw.start(CONFIG.format(dir=gw.workdir, gw=GW, peer=PEER, gw_mac=GW_MAC, router_mac=ROUTER_MAC,
+                                      key_in=KEY_IN.hex(), key_out=KEY_OUT.hex()))
         # The pcap is consumed at once; the kernel answers within milliseconds. Wait for the replies
         # to be counted, then read every counter before SIGTERM.
         deadline = time.time() + 20
         while time.time() < deadline:
-            local = local_traffic(sock)
+            local = local_traffic(gw.sock)
             if local.get("out_protected", 0) >= 3 and local.get("out_implicit_bypass", 0) >= 1:
                 break
             time.sleep(0.2)
         time.sleep(0.5)
-        local = local_traffic(sock)
-        drops = dp.dataplane_drops(sock)
-        sas = dp.sa_table(sock)
+        local = local_traffic(gw.sock)
+        drops = dp.dataplane_drops(gw.sock)
+        sas = dp.sa_table(gw.sock)
         exit_status = proc.stop()
-        out = [f for f in rdpcap(os.path.join(workdir, "outside-out.pcap")) if IP in f]
+        out = [f for f in rdpcap(gw.path("outside-out.pcap")) if IP in f]
 
         def clean():
             return [] if exit_status == 0 else [f"espresso-dp exit status {exit_status}"]
@@ -189,14 +178,8 @@ def main():
     except Exception:  # noqa: BLE001
         traceback.print_exc()
         report.failed += 1
-        if proc is not None:
-            print(proc.log()[-3000:])
     finally:
-        if proc is not None:
-            proc.stop()
-        dp.netns_del(ns)
-        dp.remove_runtime_dir(control_socket=sock)
-        dp.shutil_rmtree(workdir)
+        gw.close(report.failed)
     return report.finish()
 
 
