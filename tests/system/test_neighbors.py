@@ -186,9 +186,7 @@ def ipv6_part():
 
 
 def main():
-    if not os.path.exists(dp.dataplane_binary()):
-        print(f"SKIP: {dp.dataplane_binary()} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
     tag = f"espn{os.getpid() % 10000}"
     topo = Topology(dp.BUILD, prefix=tag)

@@ -146,9 +146,7 @@ class Capture:
 
 
 def main():
-    if not os.path.exists(dp.dataplane_binary()):
-        print(f"SKIP: {dp.dataplane_binary()} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
     tag = f"espp{os.getpid() % 10000}"
     topo = Topology(dp.BUILD, prefix=tag)

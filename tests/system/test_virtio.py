@@ -129,9 +129,7 @@ def main():
               "(librte-net-vhost23, librte-net-virtio23): apt-get install dpdk-dev")
         print("0 passed, 0 failed")
         return 77
-    if not os.path.exists(dp.dataplane_binary()):
-        print(f"SKIP: {dp.dataplane_binary()} not built")
-        print("0 passed, 0 failed")
+    if dp.dataplane_missing():
         return 77
     tag = f"espv{os.getpid() % 100000}"
     ns = {k: f"{tag}-{k}" for k in ("host", "sw", "gw", "peer")}
