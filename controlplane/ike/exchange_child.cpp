@@ -23,6 +23,12 @@ void ike_sa::start_child(const std::string& tunnel)
     }
 }
 
+std::string ike_sa::child_not_negotiated(const std::string& tunnel, const ts_pair& pair)
+{
+    return "new Child SA for tunnel " + tunnel + " (" + config::to_string(pair.local) + " === " +
+           config::to_string(pair.remote) + ") not negotiated";
+}
+
 void ike_sa::start_child_pair(const std::string& tunnel, const ts_pair& pair)
 {
     if (rekeying_ike_) {
@@ -45,6 +51,7 @@ void ike_sa::start_child_pair(const std::string& tunnel, const ts_pair& pair)
     pending_request r;
     r.exchange = exchange_type::create_child_sa;
     r.build = [offer] { return offer->payloads; };
+    r.unsent = child_not_negotiated(tunnel, pair);
     r.on_reply = [this, offer, started](const std::vector<payload>& reply) {
         started();
         const auto* np = find_payload(reply, payload_type::nonce);

@@ -114,8 +114,7 @@ void ike_sa::drop_deferred(const std::string& why)
     // The deferred deletes need nothing: their Child SAs go with this IKE SA.
     deferred_deletes_.clear();
     for (const auto& s : std::exchange(deferred_starts_, {})) {
-        log(log_level::warning, "new Child SA for tunnel " + s.tunnel + " (" + config::to_string(s.pair.local) + " === " +
-                                    config::to_string(s.pair.remote) + ") not negotiated: " + why);
+        log(log_level::warning, child_not_negotiated(s.tunnel, s.pair) + ": " + why);
     }
 }
 

@@ -153,6 +153,13 @@ void ike_sa::delete_sa()
         return;
     }
     state_ = state::deleting;
+    // Requests not sent yet go with the IKE SA; the new Child SAs among them are logged (the
+    // operator, an acquire or a reload asked for them), the rest is about Child SAs going anyway.
+    for (const auto& q : queue_) {
+        if (!q.unsent.empty()) {
+            log(log_level::warning, q.unsent + ": the IKE SA is being deleted");
+        }
+    }
     queue_.clear();
     pending_request r;
     r.exchange = exchange_type::informational;

@@ -231,6 +231,7 @@ private:
         std::function<std::vector<payload>()> build;              // runs when the window opens
         std::function<void(const std::vector<payload>&)> on_reply; // decrypted reply payloads
         std::function<void()> on_timeout;
+        std::string unsent; // logged as "<unsent>: <why>" if the request is dropped before it is sent
     };
     // A protected message before sealing, kept only while it may have to be fragmented again at a
     // smaller size (path MTU discovery, RFC 7383 §2.5.2): fragmentation negotiated and the message
@@ -337,6 +338,8 @@ private:
     std::vector<uint32_t> deferred_deletes_;
     void run_deferred(ike_sa& on);
     void drop_deferred(const std::string& why);
+    // "new Child SA for tunnel T (local === remote) not negotiated", for the logs of dropped requests.
+    static std::string child_not_negotiated(const std::string& tunnel, const ts_pair& pair);
     struct refused_pair {
         std::string tunnel;
         ts_pair pair;

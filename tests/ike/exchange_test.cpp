@@ -1885,6 +1885,24 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
 }
 
+// A new Child SA queued behind another exchange when the operator clears the IKE SA is logged as not
+// negotiated, not dropped without a word.
+TEST(ExchangeTest, NewChildSaQueuedWhenTheIkeSaIsClearedIsLogged)
+{
+    two_tunnel_pair f;
+    ike_sa& sa = *f.a->sas().begin()->second;
+    sa.rekey_child(sa.children()[0].spi_in); // in flight: what follows waits behind it
+    EXPECT_EQ(f.a->initiate("p/dmz"), "");
+    EXPECT_FALSE(logged(f.io_a, "not negotiated"));
+    EXPECT_EQ(f.a->clear(""), 1u);
+    EXPECT_TRUE(logged(f.io_a, "new Child SA for tunnel dmz (10.1.0.0/24 === 10.2.0.0/24) not negotiated: the IKE SA "
+                               "is being deleted"));
+    f.pump();
+    f.advance(std::chrono::seconds(1));
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(f.b->sas().empty());
+}
+
 // Our IKE SA rekey fails (the peer's Child SA rekey crossed it: TEMPORARY_FAILURE, §2.25): the new
 // Child SA that waited for it goes out on the old IKE SA, which is still the one.
 TEST(ExchangeTest, NewChildSaWaitingForAFailedIkeSaRekeyRunsOnTheOldIkeSa)
