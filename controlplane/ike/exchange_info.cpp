@@ -37,15 +37,13 @@ void ike_sa::process_informational_request(uint32_t message_id, const std::vecto
             if (it == children_.end()) {
                 continue;
             }
-            // §1.4.1: answer with the SPIs of our half of each pair; unless we are deleting it ourselves
-            // already (a simultaneous delete), in which case the answer omits it. A Delete of ours
-            // that still waits for our IKE SA rekey (deferred_deletes_) has not crossed the peer's:
-            // the peer hears of our half only from this answer, and our Delete is not sent.
-            const auto deferred = std::find(deferred_deletes_.begin(), deferred_deletes_.end(), it->spi_in);
-            if (deferred != deferred_deletes_.end()) {
-                deferred_deletes_.erase(deferred);
-                our_spis.push_back(be32(it->spi_in));
-            } else if (it->st != child_sa::state::deleting) {
+            // §1.4.1: answer with the SPIs of our half of each pair; unless our Delete of it is out
+            // already (the Deletes crossed), in which case the answer omits it. A Delete of ours not
+            // sent yet (queued behind another request, or waiting for our IKE SA rekey in
+            // deferred_deletes_) has not crossed the peer's: the peer hears of our half only from
+            // this answer. (A queued one still goes out and finds nothing; a deferred one is dropped.)
+            std::erase(deferred_deletes_, it->spi_in);
+            if (it->st != child_sa::state::deleting || !it->delete_sent) {
                 our_spis.push_back(be32(it->spi_in));
             }
             log(log_level::info, "peer deleted Child SA " + it->tunnel);
@@ -117,7 +115,12 @@ void ike_sa::delete_child(uint32_t spi_in, bool send_delete)
     }
     pending_request r;
     r.exchange = exchange_type::informational;
-    r.build = [spi_in] {
+    r.build = [this, spi_in] {
+        for (auto& c : children_) {
+            if (c.spi_in == spi_in) {
+                c.delete_sent = true;
+            }
+        }
         delete_payload d;
         d.protocol = static_cast<uint8_t>(protocol_id::esp);
         d.spis.push_back(be32(spi_in));
@@ -153,14 +156,7 @@ void ike_sa::delete_sa()
         return;
     }
     state_ = state::deleting;
-    // Requests not sent yet go with the IKE SA; the new Child SAs among them are logged (the
-    // operator, an acquire or a reload asked for them), the rest is about Child SAs going anyway.
-    for (const auto& q : queue_) {
-        if (!q.unsent.empty()) {
-            log(log_level::warning, q.unsent + ": the IKE SA is being deleted");
-        }
-    }
-    queue_.clear();
+    drop_queue("the IKE SA is being deleted");
     pending_request r;
     r.exchange = exchange_type::informational;
     r.build = [] {

@@ -76,8 +76,20 @@ void ike_sa::shutdown_local()
     }
     children_.clear();
     outstanding_.reset();
-    queue_.clear();
+    drop_queue("the IKE SA is gone");
     drop_deferred("the IKE SA is gone");
+}
+
+void ike_sa::drop_queue(const std::string& why)
+{
+    // Requests not sent yet go with the IKE SA; the new Child SAs among them are logged (the operator,
+    // an acquire or a reload asked for them), the rest is about Child SAs going anyway.
+    for (const auto& q : queue_) {
+        if (!q.unsent.empty()) {
+            log(log_level::warning, q.unsent + ": " + why);
+        }
+    }
+    queue_.clear();
 }
 
 // ---- sending -----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ struct child_sa {
     config::ipsec_mode mode = config::ipsec_mode::tunnel;
     bool udp = false;
     state st = state::installed;
+    bool delete_sent = false; // deleting: our Delete went out (not just queued or deferred)
     steady_time established{};
     steady_time rekey_at{};  // steady_time{} = never
     std::chrono::system_clock::time_point established_wall{};
@@ -338,6 +339,8 @@ private:
     std::vector<uint32_t> deferred_deletes_;
     void run_deferred(ike_sa& on);
     void drop_deferred(const std::string& why);
+    // Empties the request queue, logging each request that says what is lost unsent (`unsent`).
+    void drop_queue(const std::string& why);
     // "new Child SA for tunnel T (local === remote) not negotiated", for the logs of dropped requests.
     static std::string child_not_negotiated(const std::string& tunnel, const ts_pair& pair);
     struct refused_pair {

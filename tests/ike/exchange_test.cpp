@@ -1841,24 +1841,33 @@ std::vector<size_t> informational_answers_from(pair_fixture& f, const config::ip
     return sizes;
 }
 
+// B removes tunnel dmz (reload): its Delete goes to A.
+void b_drops_dmz(pair_fixture& f)
+{
+    f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
+}
+
+// The length of A's answer to B's Delete of dmz when A is not deleting that Child SA itself: an
+// answer with one SPI.
+size_t answer_with_our_spi()
+{
+    two_tunnel_pair f;
+    EXPECT_EQ(f.up_dmz(), 2u);
+    auto sizes = informational_answers_from(f, f.addr_a, [&] {
+        b_drops_dmz(f);
+        f.pump();
+    });
+    EXPECT_EQ(sizes.size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    return sizes.empty() ? 0 : sizes[0];
+}
+
 // The peer deletes a Child SA whose Delete of ours waits for our IKE SA rekey: the Deletes did not
 // cross (ours was never sent), so our answer carries our SPI (RFC 7296 §1.4.1) and our Delete is
 // dropped. (It was answered as a simultaneous delete, without our SPI.)
 TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnsweredWithOurSpi)
 {
-    // Reference: the answer to the same Delete when A is not deleting the Child SA itself.
-    size_t with_spi = 0;
-    {
-        two_tunnel_pair f;
-        ASSERT_EQ(f.up_dmz(), 2u);
-        auto sizes = informational_answers_from(f, f.addr_a, [&] {
-            f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
-            f.pump();
-        });
-        ASSERT_EQ(sizes.size(), 1u);
-        with_spi = sizes[0];
-        ASSERT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    }
+    const size_t with_spi = answer_with_our_spi();
     two_tunnel_pair f;
     ASSERT_EQ(f.up_dmz(), 2u);
     const uint64_t old_ike = f.only_sa(*f.a)->spi_i();
@@ -1866,7 +1875,7 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
     f.a->reload(config::load_string(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a), "a.yaml").ike);
     EXPECT_TRUE(logged(f.io_a, "Delete of Child SA dmz waits for our IKE SA rekey to finish"));
     auto sizes = informational_answers_from(f, f.addr_a, [&] {
-        f.b->reload(config::load_string(ike_yaml("203.0.113.1", "198.51.100.1", default_tunnel_b), "b.yaml").ike);
+        b_drops_dmz(f);
         f.pump();
         f.advance(std::chrono::seconds(1));
     });
@@ -1883,6 +1892,51 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
     EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
     EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
     EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+}
+
+// The same with our Delete queued behind another request of ours (a Child SA rekey in flight): not
+// sent, so not crossed either; the answer carries our SPI, and our Delete, sent afterwards, finds
+// nothing at the peer.
+TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteIsQueuedIsAnsweredWithOurSpi)
+{
+    const size_t with_spi = answer_with_our_spi();
+    two_tunnel_pair f;
+    ASSERT_EQ(f.up_dmz(), 2u);
+    ike_sa& sa = *f.a->sas().begin()->second;
+    const auto lan = std::find_if(sa.children().begin(), sa.children().end(), [](const child_sa& c) { return c.tunnel == "lan"; });
+    ASSERT_NE(lan, sa.children().end());
+    sa.rekey_child(lan->spi_in);
+    f.a->reload(config::load_string(ike_yaml("198.51.100.1", "203.0.113.1", default_tunnel_a), "a.yaml").ike);
+    auto sizes = informational_answers_from(f, f.addr_a, [&] {
+        b_drops_dmz(f);
+        f.pump();
+    });
+    ASSERT_GE(sizes.size(), 1u);
+    EXPECT_EQ(sizes[0], with_spi) << "the answer to the peer's Delete must carry our SPI";
+    f.advance(std::chrono::seconds(1));
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    ASSERT_EQ(f.b->sas().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_mirrored(f.io_a.inst, f.io_b.inst);
+    expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+// The peer deletes the IKE SA while a new Child SA of ours waits in the queue: logged as not
+// negotiated, as when we delete it.
+TEST(ExchangeTest, NewChildSaQueuedWhenThePeerDeletesTheIkeSaIsLogged)
+{
+    two_tunnel_pair f;
+    ike_sa& sa = *f.a->sas().begin()->second;
+    sa.rekey_child(sa.children()[0].spi_in);
+    EXPECT_EQ(f.a->initiate("p/dmz"), "");
+    EXPECT_EQ(f.b->clear(""), 1u);
+    f.pump();
+    EXPECT_TRUE(f.a->sas().empty());
+    EXPECT_TRUE(logged(f.io_a, "new Child SA for tunnel dmz (10.1.0.0/24 === 10.2.0.0/24) not negotiated: the IKE SA "
+                               "is gone"));
 }
 
 // A new Child SA queued behind another exchange when the operator clears the IKE SA is logged as not
