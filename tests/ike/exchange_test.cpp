@@ -941,17 +941,25 @@ void expect_one_rekeyed_child_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike,
 
 // The end state of the tests where two Child SAs end up on an IKE SA that replaced `old_ike`: one IKE
 // SA at each end, two Child SAs each, four SAs in each data plane, mirrored.
-void expect_two_children_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike)
+// One IKE SA at each end with `children` Child SAs each, their SAs (two per Child SA) in both data
+// planes with mirrored keys.
+void expect_children_each(pair_fixture& f, size_t children)
 {
     ASSERT_EQ(f.a->sas().size(), 1u);
     ASSERT_EQ(f.b->sas().size(), 1u);
-    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 2u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 2u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 4u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 4u);
+    EXPECT_EQ(f.only_sa(*f.a)->children().size(), children);
+    EXPECT_EQ(f.only_sa(*f.b)->children().size(), children);
+    EXPECT_EQ(f.io_a.inst.sas.size(), 2 * children);
+    EXPECT_EQ(f.io_b.inst.sas.size(), 2 * children);
     expect_mirrored(f.io_a.inst, f.io_b.inst);
     expect_mirrored(f.io_b.inst, f.io_a.inst);
+}
+
+void expect_two_children_on_a_new_ike_sa(pair_fixture& f, uint64_t old_ike)
+{
+    expect_children_each(f, 2);
+    ASSERT_EQ(f.a->sas().size(), 1u);
+    EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
 }
 
 // A Child SA rekey that comes due while our IKE SA rekey is in flight waits for the new IKE SA: it
@@ -1888,10 +1896,7 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteWaitsForOurIkeSaRekeyIsAnswere
     ASSERT_EQ(f.a->sas().size(), 1u);
     EXPECT_NE(f.only_sa(*f.a)->spi_i(), old_ike);
     EXPECT_FALSE(logged(f.io_a, "Child SA dmz deleted"));
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
+    expect_children_each(f, 1);
 }
 
 // The same with our Delete queued behind another request of ours (a Child SA rekey in flight): not
@@ -1914,14 +1919,7 @@ TEST(ExchangeTest, PeerDeleteOfAChildSaWhoseDeleteIsQueuedIsAnsweredWithOurSpi)
     ASSERT_GE(sizes.size(), 1u);
     EXPECT_EQ(sizes[0], with_spi) << "the answer to the peer's Delete must carry our SPI";
     f.advance(std::chrono::seconds(1));
-    ASSERT_EQ(f.a->sas().size(), 1u);
-    ASSERT_EQ(f.b->sas().size(), 1u);
-    EXPECT_EQ(f.only_sa(*f.a)->children().size(), 1u);
-    EXPECT_EQ(f.only_sa(*f.b)->children().size(), 1u);
-    EXPECT_EQ(f.io_a.inst.sas.size(), 2u);
-    EXPECT_EQ(f.io_b.inst.sas.size(), 2u);
-    expect_mirrored(f.io_a.inst, f.io_b.inst);
-    expect_mirrored(f.io_b.inst, f.io_a.inst);
+    expect_children_each(f, 1);
 }
 
 // The peer deletes the IKE SA while a new Child SA of ours waits in the queue: logged as not
