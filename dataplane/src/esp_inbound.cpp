@@ -91,10 +91,8 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     }
     // RFC 4303 §2.4: padding bytes are 1, 2, 3, ...
     const uint8_t* pad = payload + in.payload - 2 - pad_len;
-    for (uint32_t k = 0; k < pad_len; ++k) {
-        if (pad[k] != static_cast<uint8_t>(k + 1)) {
-            return drop_reason::bad_padding;
-        }
+    if (!monotonic_padding(pad, pad_len, static_cast<const uint8_t*>(m->buf_addr) + m->buf_len)) {
+        return drop_reason::bad_padding;
     }
     const uint32_t inner_len = in.payload - 2 - pad_len;
     if (next_header == proto_none) {

@@ -148,6 +148,7 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
         const bool inner_df = ip.dont_fragment;
         const uint8_t next_header = tunnel ? (ip.version == 4 ? proto_ipv4 : proto_ipv6) : ip.protocol;
 
+        const bool wide_pad = rte_pktmbuf_tailroom(m) >= tfc + 16;
         uint8_t* start = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, static_cast<uint16_t>(head)));
         uint8_t* trailer = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, static_cast<uint16_t>(tail)));
         uint8_t* esp = nullptr;
@@ -162,8 +163,14 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
             std::memset(trailer, 0, tfc);
         }
         uint8_t* pad_start = trailer + tfc;
-        for (uint32_t k = 0; k < pad; ++k) {
-            pad_start[k] = static_cast<uint8_t>(k + 1);
+        if (wide_pad) {
+            // pad < block <= 16: one 16-byte copy writes it; the bytes past it are overwritten below
+            // (pad length, next header, ICV) or lie in the tailroom.
+            std::memcpy(pad_start, monotonic_pad, 16);
+        } else {
+            for (uint32_t k = 0; k < pad; ++k) {
+                pad_start[k] = static_cast<uint8_t>(k + 1);
+            }
         }
         pad_start[pad] = static_cast<uint8_t>(pad);
         pad_start[pad + 1] = next_header;

@@ -23,6 +23,35 @@ inline constexpr uint8_t proto_esp = 50;
 inline constexpr uint8_t proto_ah = 51;
 inline constexpr uint8_t proto_none = 59; // RFC 4303 §2.6: dummy packet (TFC)
 
+// RFC 4303 §2.4 ESP padding bytes 1, 2, 3, ...: the padding to a cipher block or to 4-byte alignment
+// (at most 15 bytes when we send) is a prefix of these.
+alignas(16) inline constexpr uint8_t monotonic_pad[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+// 16 bytes of 0xff then 16 zeros: from offset 16 - n, a mask of n leading bytes (memory order).
+alignas(16) inline constexpr uint8_t pad_mask[32] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                                     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+// RFC 4303 §2.4: are the `len` bytes at `pad` 1, 2, 3, ...? A block cipher's padding (at most 15
+// bytes from us, and from most senders) is checked as 16 bytes at once, masked to `len`, when those 16
+// bytes lie inside the buffer (`end`); longer padding (up to 255 is legal) byte by byte.
+inline bool monotonic_padding(const uint8_t* pad, uint32_t len, const uint8_t* end) noexcept
+{
+    if (len <= 16 && pad + 16 <= end) {
+        uint64_t got[2];
+        uint64_t want[2];
+        uint64_t mask[2];
+        std::memcpy(got, pad, 16);
+        std::memcpy(want, monotonic_pad, 16);
+        std::memcpy(mask, pad_mask + 16 - len, 16);
+        return (((got[0] ^ want[0]) & mask[0]) | ((got[1] ^ want[1]) & mask[1])) == 0;
+    }
+    for (uint32_t k = 0; k < len; ++k) {
+        if (pad[k] != static_cast<uint8_t>(k + 1)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 inline uint32_t load_be32(const uint8_t* p) noexcept
 {
     uint32_t v;

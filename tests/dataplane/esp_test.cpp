@@ -15,6 +15,7 @@
 
 #include "espresso/dp/ipsec.h"
 #include "imb_burst.h"
+#include "packet.h"
 #include "test_util.h"
 
 namespace espresso::dp {
@@ -276,6 +277,30 @@ TEST_F(Esp, PaddingAndLengthsFollowRfc4303)
         EXPECT_EQ(rte_ipv4_cksum(&h), sent);
         EXPECT_EQ(wire[6] & 0x40, 0x40);
         EXPECT_EQ(wire[8], 64);
+    }
+}
+
+// The receiver's padding check (RFC 4303 §2.4), on both of its paths: 16 bytes at once when they lie
+// inside the buffer, byte by byte otherwise (and for padding longer than 16, up to 255). Whatever
+// follows the padding does not matter; a wrong byte anywhere inside it does.
+TEST(EspPadding, MonotonicPaddingIsCheckedWholeAndByteByByte)
+{
+    for (uint32_t len = 0; len <= 255; ++len) {
+        SCOPED_TRACE(len);
+        std::vector<uint8_t> buf(len + 32, 0xaa);
+        for (uint32_t k = 0; k < len; ++k) {
+            buf[k] = static_cast<uint8_t>(k + 1);
+        }
+        const uint8_t* roomy = buf.data() + buf.size(); // the 16-byte path when len <= 16
+        const uint8_t* tight = buf.data() + len;        // byte by byte (unless len == 16)
+        EXPECT_TRUE(monotonic_padding(buf.data(), len, roomy));
+        EXPECT_TRUE(monotonic_padding(buf.data(), len, tight));
+        for (uint32_t k = 0; k < len; ++k) {
+            auto bad = buf;
+            bad[k] ^= 0x80;
+            EXPECT_FALSE(monotonic_padding(bad.data(), len, bad.data() + bad.size())) << "byte " << k;
+            EXPECT_FALSE(monotonic_padding(bad.data(), len, bad.data() + len)) << "byte " << k;
+        }
     }
 }
 
