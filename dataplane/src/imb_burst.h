@@ -11,10 +11,22 @@
 
 namespace espresso::dp {
 
+// Whether IPsec-MB validates a burst's jobs before running them (its checked submit calls) or not
+// (the _NOCHECK ones). Outbound (encrypt) jobs are ours by construction: lengths are the padded
+// payload we computed (a whole number of cipher blocks, bounded by the mbuf), pointers and keys come
+// from the SA, validated at install; skipping the check measured +2-4 % at AES-CBC 64 B outbound
+// (cbc-out-64, four alternated pairs). Inbound jobs carry lengths read from a hostile packet: they are
+// checked by us first and validated once more by IPsec-MB.
+inline bool imb_validates(IMB_CIPHER_DIRECTION dir) noexcept
+{
+    return dir != IMB_DIR_ENCRYPT;
+}
+
 // Gets n jobs, lets `fill` prepare them, submits and flushes. Returns the number of completed jobs in
 // `jobs` (any order; user_data holds the packet index), or -1 when the engine refused the burst.
+// `checked`: imb_validates.
 template <typename Fill>
-inline int run_burst(IMB_MGR* mgr, IMB_JOB** jobs, uint16_t n, Fill&& fill) noexcept
+inline int run_burst(IMB_MGR* mgr, IMB_JOB** jobs, uint16_t n, Fill&& fill, bool checked = true) noexcept
 {
     uint32_t got = IMB_GET_NEXT_BURST(mgr, n, jobs);
     if (got < n) [[unlikely]] {
@@ -25,7 +37,7 @@ inline int run_burst(IMB_MGR* mgr, IMB_JOB** jobs, uint16_t n, Fill&& fill) noex
     for (uint16_t j = 0; j < n; ++j) {
         fill(j, jobs[j]);
     }
-    uint32_t done = IMB_SUBMIT_BURST(mgr, n, jobs);
+    uint32_t done = checked ? IMB_SUBMIT_BURST(mgr, n, jobs) : IMB_SUBMIT_BURST_NOCHECK(mgr, n, jobs);
     if (done == 0 && imb_get_errno(mgr) != 0) [[unlikely]] {
         IMB_FLUSH_BURST(mgr, IMB_MAX_JOBS, jobs);
         return -1;
@@ -64,8 +76,7 @@ inline bool split_burst_kind(IMB_CIPHER_MODE cipher, IMB_HASH_ALG hash) noexcept
 // order. Two passes let longest_first order both. Measured with perf/esp-bench on AES-128-CBC +
 // HMAC-SHA-256, encrypt, against the raw chained burst in the same run: IMIX 0.91-0.95 -> 1.14-1.18,
 // and the one-call-per-pass dispatch helps uniform sizes too (64 B 0.85-0.91 -> 0.93-0.95, 512 B
-// 0.93-0.96 -> 0.98-0.99). The _NOCHECK variants of both calls measured 1-3 % faster, within the
-// noise: the checked ones stay (a job built from a hostile packet is validated once more).
+// 0.93-0.96 -> 0.98-0.99). Inbound uses the checked calls, outbound the _NOCHECK ones (imb_validates).
 //
 // The passes may run on different managers (`cipher_mgr`, `hash_mgr`): the job array is the caller's,
 // and each call dispatches on its own manager's code (crypto_core::sha_mgr).
@@ -80,8 +91,14 @@ inline int run_split_burst(IMB_MGR* cipher_mgr, IMB_MGR* hash_mgr, IMB_JOB* jobs
     const bool encrypt = dir == IMB_DIR_ENCRYPT;
     for (int pass = 0; pass < 2; ++pass) {
         const bool cipher = (pass == 0) == encrypt;
-        const uint32_t done = cipher ? IMB_SUBMIT_CIPHER_BURST(cipher_mgr, jobs, n, IMB_CIPHER_CBC, dir, key_size)
-                                     : IMB_SUBMIT_HASH_BURST(hash_mgr, jobs, n, hash);
+        uint32_t done = 0;
+        if (imb_validates(dir)) {
+            done = cipher ? IMB_SUBMIT_CIPHER_BURST(cipher_mgr, jobs, n, IMB_CIPHER_CBC, dir, key_size)
+                          : IMB_SUBMIT_HASH_BURST(hash_mgr, jobs, n, hash);
+        } else {
+            done = cipher ? IMB_SUBMIT_CIPHER_BURST_NOCHECK(cipher_mgr, jobs, n, IMB_CIPHER_CBC, dir, key_size)
+                          : IMB_SUBMIT_HASH_BURST_NOCHECK(hash_mgr, jobs, n, hash);
+        }
         if (done != n) [[unlikely]] {
             return -1;
         }
@@ -176,7 +193,7 @@ inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_D
         longest_first(sub, count, len_of);
         IMB_JOB* jobs[max_burst];
         const int done = run_burst(part == 0 ? core.sha_mgr() : core.mgr(), jobs, count,
-                                   [&](uint16_t k, IMB_JOB* job) { fill(sub[k], job); });
+                                   [&](uint16_t k, IMB_JOB* job) { fill(sub[k], job); }, imb_validates(dir));
         for (int k = 0; done < 0 && k < count; ++k) {
             refused(sub[k]);
         }
