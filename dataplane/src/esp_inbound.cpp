@@ -27,7 +27,9 @@ struct in_packet {
     uint8_t* esp;
     uint32_t payload; // ciphertext bytes between IV and ICV
     uint64_t seq;     // full sequence number (ESN inferred)
-    ip_view outer;
+    uint32_t outer_header; // outer IP header bytes (transport mode keeps the header)
+    uint8_t outer_version;
+    uint8_t outer_tos;
     alignas(16) uint8_t nonce[16];
     alignas(16) uint8_t tag[64]; // computed ICV (untruncated space)
     uint8_t icv[32];             // received ICV when its slot is borrowed (ESN)
@@ -36,6 +38,8 @@ struct in_packet {
 };
 
 // Packets of one or more SAs on their way to the crypto (one IPsec-MB burst, or AES-GCM one by one).
+// No member with a default initializer in in_packet: the batch is a local of every call, and such
+// members would be written for all max_burst entries each time.
 struct in_batch {
     in_packet info[max_burst];
     uint16_t n_jobs = 0;
@@ -100,12 +104,12 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     }
     const auto head = static_cast<uint32_t>(payload - data);
     if ((sa.flags & sa_tunnel) != 0) {
-        return decapsulate_tunnel(sa, m, in.outer.tos, next_header, payload, inner_len, head, inner_bytes);
+        return decapsulate_tunnel(sa, m, in.outer_tos, next_header, payload, inner_len, head, inner_bytes);
     }
     // Transport: slide the IP header up to the payload and restore its protocol and length.
-    const uint16_t ip_header = in.outer.header;
-    if (!prefix_contains(sa.remote_selector, in.outer.version, ip_src(data)) ||
-        !prefix_contains(sa.local_selector, in.outer.version, ip_dst(data))) {
+    const uint16_t ip_header = in.outer_header;
+    if (!prefix_contains(sa.remote_selector, in.outer_version, ip_src(data)) ||
+        !prefix_contains(sa.local_selector, in.outer_version, ip_dst(data))) {
         return drop_reason::selector_mismatch;
     }
     uint8_t* start = payload - ip_header;
@@ -113,7 +117,7 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     rte_pktmbuf_adj(m, static_cast<uint16_t>(head - ip_header));
     rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - ip_header - inner_len));
     const uint32_t total = ip_header + inner_len;
-    if (in.outer.version == 4) {
+    if (in.outer_version == 4) {
         start[9] = next_header;
         store_be16(start + 2, static_cast<uint16_t>(total));
         ipv4_set_checksum(start);
@@ -145,13 +149,17 @@ void inbound_prepare(sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* r
         rte_mbuf* m = pkts[i];
         in_packet& in = batch.info[batch.n_jobs];
         uint32_t offset = 0;
-        drop_reason r = parse_outer(sa, m, in.outer, offset);
+        ip_view outer;
+        drop_reason r = parse_outer(sa, m, outer, offset);
         if (r != drop_reason::none) [[unlikely]] {
             reasons[i] = r;
             continue;
         }
+        in.outer_header = outer.header;
+        in.outer_version = outer.version;
+        in.outer_tos = outer.tos;
         uint8_t* data = rte_pktmbuf_mtod(m, uint8_t*);
-        const uint32_t esp_len = in.outer.total - offset;
+        const uint32_t esp_len = outer.total - offset;
         if (esp_len < 8 + iv + icv + min_payload) {
             reasons[i] = drop_reason::truncated;
             continue;
