@@ -41,12 +41,19 @@
 namespace espresso::dp {
 
 // Packets a worker takes from one RX queue (and from its handoff ring) per poll: the vector a pass
-// processes. 64, not DPDK's customary 32: IPsec-MB's multi-buffer AES-CBC and HMAC-SHA code (16 lanes
-// on an AVX-512 manager) finishes each engine call with a flush in which the longest jobs run with
-// the other lanes empty; with 32 mixed-size packets that tail was a third of the call (AES-CBC +
-// HMAC-SHA-256 IMIX through espresso-dp 2.1 -> 2.9-3.6 Mpps outbound, 2.5 -> 3.1-4.1 inbound, and
-// 3-8 % more at 64 B; perf/RESULTS.md). Fits max_vector (worker.cpp) and max_burst (ipsec.h).
-inline constexpr uint16_t rx_burst_size = 64;
+// processes. 64 by default, not DPDK's customary 32: IPsec-MB's multi-buffer AES-CBC and HMAC-SHA
+// code (16 lanes on an AVX-512 manager) finishes each engine call with a flush in which the longest
+// jobs run with the other lanes empty; with 32 mixed-size packets that tail was a third of the call
+// (AES-CBC + HMAC-SHA-256 IMIX through espresso-dp 2.1 -> 2.9-3.6 Mpps outbound, 2.5 -> 3.1-4.1
+// inbound, and 3-8 % more at 64 B; perf/RESULTS.md).
+inline constexpr uint16_t rx_burst_base = 64;
+// Up to 128 (IPsec-MB's largest burst) while the previous pass gave the multi-buffer code at least
+// rx_burst_base jobs (crypto_core::take_multi_buffer_jobs), i.e. while AES-CBC+HMAC traffic is
+// backlogged: each engine call costs less per job with more of them (perf/esp-bench, AES-128-CBC +
+// HMAC-SHA-256 64 B encrypt: +3-10 % raw at 128 against 64), while AES-GCM (one packet per call)
+// and plain forwarding measured 1-4 % slower with 128-packet polls (a larger footprint per pass).
+// Fits max_vector (worker.cpp) and max_burst (ipsec.h).
+inline constexpr uint16_t rx_burst_size = 128;
 // Largest datagram reassembled from fragments addressed to the gateway (IP header included): as
 // af_packet frames (below), it covers 9000-byte jumbo MTUs and IKE messages with certificates.
 inline constexpr uint32_t reassembly_max_bytes = 16384;

@@ -159,6 +159,7 @@ inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_D
         }
     }
     longest_first(split, n_split, len_of);
+    core.note_multi_buffer_jobs(n_split);
     if (n_split != 0) {
         IMB_JOB* jobs = core.job_array();
         // The cipher pass stays on the core's best manager: AES-CBC on its 8 AVX2 lanes measured
@@ -190,6 +191,7 @@ inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_D
         if (count == 0) {
             continue;
         }
+        core.note_multi_buffer_jobs(count); // GMAC jobs too (single-buffer code): rare beside CBC
         longest_first(sub, count, len_of);
         IMB_JOB* jobs[max_burst];
         const int done = run_burst(part == 0 ? core.sha_mgr() : core.mgr(), jobs, count,

@@ -29,7 +29,7 @@ namespace espresso::dp {
 
 namespace {
 
-constexpr uint16_t max_vector = 64; // rx burst + handoff packets processed in one pass
+constexpr uint16_t max_vector = 128; // rx burst + handoff packets processed in one pass
 constexpr unsigned forward_capacity = max_vector * 2; // packets routed at the end of one pass
 static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is one pass");
 
@@ -40,7 +40,7 @@ static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is
 struct sa_groups {
     static constexpr unsigned max_groups = max_vector;
     static constexpr unsigned max_packets = max_vector * 2;
-    static constexpr unsigned slots = 128; // power of two, > max_groups
+    static constexpr unsigned slots = 256; // power of two, > max_groups
     sa_runtime* sa[max_groups];
     uint16_t count[max_groups];
     uint16_t first[max_groups]; // offset of each group in what finish() returns
@@ -161,7 +161,7 @@ public:
             }
             for (const auto& [port, queue] : w_.rx) {
                 rte_mbuf* pkts[rx_burst_size];
-                uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_burst_size);
+                uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_want_);
                 if (n != 0) {
                     w_.rx_packets.fetch_add(n, std::memory_order_relaxed);
                     process(pkts, n, false);
@@ -175,6 +175,7 @@ public:
                 process(handed, static_cast<uint16_t>(h), true);
                 got += h;
             }
+            rx_want_ = core_.take_multi_buffer_jobs() >= rx_burst_base ? rx_burst_size : rx_burst_base;
             drain_events();
             if (core_.counters_pending() && (got == 0 || now >= next_flush_)) {
                 core_.flush_counters();
@@ -645,35 +646,35 @@ private:
     void decapsulate(rte_mbuf** pkts, const uint64_t* keys, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         const void* key_ptrs[max_vector];
-        void* data[max_vector];
+        void* data[max_vector]; // the packet's SA, nullptr when its SPI is unknown
         uint16_t missed[max_vector];
         uint16_t n_missed = 0;
-        uint64_t hits = 0;
         for (uint16_t i = 0; i < n; ++i) {
             if (sa_runtime* const* known = sad_memo_.find(keys[i])) {
                 data[i] = *known;
-                hits |= uint64_t{1} << i;
                 continue;
             }
+            data[i] = nullptr;
             key_ptrs[n_missed] = &keys[i];
             missed[n_missed++] = i;
         }
-        if (n_missed != 0) {
-            void* found[max_vector];
+        // rte_hash takes at most RTE_HASH_LOOKUP_BULK_MAX keys per call (its hit mask is 64 bits).
+        for (uint16_t off = 0; off < n_missed; off += RTE_HASH_LOOKUP_BULK_MAX) {
+            const auto len = static_cast<uint16_t>(std::min<unsigned>(RTE_HASH_LOOKUP_BULK_MAX, n_missed - off));
+            void* found[RTE_HASH_LOOKUP_BULK_MAX];
             uint64_t found_hits = 0;
-            rte_hash_lookup_bulk_data(w_.sad, key_ptrs, n_missed, &found_hits, found);
-            for (uint16_t j = 0; j < n_missed; ++j) {
+            rte_hash_lookup_bulk_data(w_.sad, key_ptrs + off, len, &found_hits, found);
+            for (uint16_t j = 0; j < len; ++j) {
                 if ((found_hits & (uint64_t{1} << j)) != 0) {
-                    const uint16_t i = missed[j];
+                    const uint16_t i = missed[off + j];
                     data[i] = found[j];
-                    hits |= uint64_t{1} << i;
                     sad_memo_.store(keys[i], static_cast<sa_runtime*>(found[j]));
                 }
             }
         }
         const void* last = nullptr; // a run of packets of one SA prefetches it once
         for (uint16_t i = 0; i < n; ++i) {
-            if ((hits & (uint64_t{1} << i)) != 0 && data[i] != last) {
+            if (data[i] != nullptr && data[i] != last) {
                 last = data[i];
                 prefetch_sa_head(static_cast<const sa_runtime*>(data[i]));
                 prefetch_sa_inbound_state(static_cast<const sa_runtime*>(data[i]));
@@ -681,7 +682,7 @@ private:
         }
         sa_groups groups;
         for (uint16_t i = 0; i < n; ++i) {
-            if ((hits & (uint64_t{1} << i)) == 0) {
+            if (data[i] == nullptr) {
                 drop(pkts[i], gateway_drop::no_sa);
                 continue;
             }
@@ -1245,6 +1246,7 @@ private:
     crypto_core core_;
     neighbor_cache_entry neighbor_cache_[1U << neighbor_cache_bits];
     sad_memo sad_memo_;
+    uint16_t rx_want_ = rx_burst_base; // packets the next poll asks each RX queue for (gateway.h)
     uint64_t last_acquire_ = 0;
     uint64_t flush_interval_ = 0; // TSC cycles between flushes of deferred counters while busy
     uint64_t next_flush_ = 0;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "espresso/config/types.h"
 
@@ -50,6 +51,11 @@ public:
     // max_burst jobs owned by this core, for IPsec-MB's cipher-only and hash-only burst calls, which
     // take the caller's array instead of the manager's queue (run_split_burst, imb_burst.h).
     IMB_JOB* job_array() const noexcept { return jobs_; }
+    // Jobs given to IPsec-MB's multi-buffer code (AES-CBC, HMAC: run_jobs, imb_burst.h) since the
+    // last take_multi_buffer_jobs(): the worker asks for bigger polls while they come in full vectors
+    // (rx_burst_size, gateway.h).
+    void note_multi_buffer_jobs(unsigned n) noexcept { multi_buffer_jobs_ += n; }
+    unsigned take_multi_buffer_jobs() noexcept { return std::exchange(multi_buffer_jobs_, 0U); }
     // "AVX512 (AESNI VAES VPCLMULQDQ SHANI GFNI)", for the start-up log.
     const std::string& description() const noexcept { return description_; }
 
@@ -101,6 +107,7 @@ public:
     static_assert(deferred_bits <= 16, "used_ holds slot indexes as uint16_t");
 
 private:
+    unsigned multi_buffer_jobs_ = 0;
     struct deferred_count {
         sa_runtime* sa = nullptr; // nullptr = free slot
         uint64_t packets = 0;

@@ -20,7 +20,7 @@
 
 namespace espresso::dp {
 
-inline constexpr uint16_t max_burst = 64;
+inline constexpr uint16_t max_burst = 128;
 
 // Outbound ESP or AH, tunnel or transport. Input: the plaintext IP packet. Output: the protected
 // packet starting at its (outer) IP header, with UDP encapsulation when the SA has it.
