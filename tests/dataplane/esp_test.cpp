@@ -304,6 +304,25 @@ TEST(EspPadding, MonotonicPaddingIsCheckedWholeAndByteByByte)
     }
 }
 
+// The worker takes bigger polls while IPsec-MB's multi-buffer code gets full vectors (gateway.h
+// rx_burst_size): the engine counts the jobs it gives that code (AES-CBC+HMAC both ways), not AES-GCM.
+TEST_F(Esp, MultiBufferJobsAreCountedForThePollSize)
+{
+    core.take_multi_buffer_jobs();
+    auto cbc_out = make_sa(make_config(transforms[6], config::direction::outbound, false, true, false, false), core);
+    auto cbc_in = make_sa(make_config(transforms[6], config::direction::inbound, false, true, false, false), core);
+    auto wire = encrypt(*cbc_out, inner_packet(false, 64));
+    ASSERT_FALSE(wire.empty());
+    EXPECT_EQ(core.take_multi_buffer_jobs(), 1U);
+    EXPECT_EQ(core.take_multi_buffer_jobs(), 0U);
+    std::vector<uint8_t> back;
+    ASSERT_EQ(decrypt(*cbc_in, wire, back), drop_reason::none);
+    EXPECT_EQ(core.take_multi_buffer_jobs(), 1U);
+    auto gcm = make_sa(make_config(transforms[0], config::direction::outbound, false, true, false, false), core);
+    ASSERT_FALSE(encrypt(*gcm, inner_packet(false, 64)).empty());
+    EXPECT_EQ(core.take_multi_buffer_jobs(), 0U);
+}
+
 TEST_F(Esp, CbcIvsDifferPerPacket)
 {
     auto oc = make_config(transforms[6], config::direction::outbound, false, true, false, false);
