@@ -59,7 +59,7 @@ drop_reason parse_outer(const sa_runtime& sa, rte_mbuf* m, ip_view& ip, uint32_t
     if (ip.fragment) {
         return drop_reason::bad_ip; // reassembly happens before the engine
     }
-    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - ip.total));
+    keep_span(m, 0, ip.total); // link-layer padding behind the IP packet goes
     offset = ip.header;
     if ((sa.flags & sa_udp) != 0) {
         if (ip.protocol != proto_udp) {
@@ -114,8 +114,7 @@ drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& 
     }
     uint8_t* start = payload - ip_header;
     std::memmove(start, data, ip_header);
-    rte_pktmbuf_adj(m, static_cast<uint16_t>(head - ip_header));
-    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - ip_header - inner_len));
+    keep_span(m, head - ip_header, ip_header + inner_len);
     const uint32_t total = ip_header + inner_len;
     if (in.outer_version == 4) {
         start[9] = next_header;

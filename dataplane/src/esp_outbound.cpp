@@ -130,17 +130,15 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
             reasons[i] = r;
             continue;
         }
-        // Drop link-layer padding behind the IP packet.
-        rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - ip.total));
-
         const uint32_t payload_in = tunnel ? ip.total : ip.total - ip.header;
         const uint32_t tfc = sa.tfc_pad_to > ip.total ? sa.tfc_pad_to - ip.total : 0;
         const uint32_t padded = RTE_ALIGN_CEIL(payload_in + tfc + 2, block);
         const uint32_t pad = padded - payload_in - tfc - 2;
         const uint32_t head = sa.outer_bytes + 8 + iv; // transport: outer_bytes = UDP or 0
         const uint32_t tail = tfc + pad + 2 + icv;
-        if (rte_pktmbuf_headroom(m) < head || rte_pktmbuf_tailroom(m) < tail ||
-            rte_pktmbuf_data_len(m) + head + tail > UINT16_MAX) [[unlikely]] {
+        // Room behind the IP packet (link-layer padding after it is dropped).
+        const uint32_t room = static_cast<uint32_t>(m->buf_len) - m->data_off - ip.total;
+        if (m->data_off < head || room < tail || ip.total + head + tail > UINT16_MAX) [[unlikely]] {
             reasons[i] = drop_reason::no_headroom;
             continue;
         }
@@ -148,9 +146,14 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
         const bool inner_df = ip.dont_fragment;
         const uint8_t next_header = tunnel ? (ip.version == 4 ? proto_ipv4 : proto_ipv6) : ip.protocol;
 
-        const bool wide_pad = rte_pktmbuf_tailroom(m) >= tfc + 16;
-        uint8_t* start = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, static_cast<uint16_t>(head)));
-        uint8_t* trailer = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, static_cast<uint16_t>(tail)));
+        const bool wide_pad = room >= tfc + 16;
+        // One segment (linearised above) with the room checked: the new layout is set directly
+        // (rte_pktmbuf_trim, _prepend and _append would each check again and walk to the last segment).
+        m->data_off = static_cast<uint16_t>(m->data_off - head);
+        m->data_len = static_cast<uint16_t>(ip.total + head + tail);
+        m->pkt_len = ip.total + head + tail;
+        uint8_t* start = rte_pktmbuf_mtod(m, uint8_t*);
+        uint8_t* trailer = start + head + ip.total;
         uint8_t* esp = nullptr;
         if (tunnel) {
             esp = start + sa.outer_bytes;

@@ -52,6 +52,17 @@ inline bool monotonic_padding(const uint8_t* pad, uint32_t len, const uint8_t* e
     return true;
 }
 
+// The packet becomes the `len` bytes found `off` bytes into its data. Single-segment mbufs only, with
+// off + len <= data_len: the callers linearised the mbuf and checked the lengths, so this skips
+// rte_pktmbuf_adj/_trim, which would check again and walk to the last segment (a per-packet cost).
+inline void keep_span(rte_mbuf* m, uint32_t off, uint32_t len) noexcept
+{
+    RTE_ASSERT(m->nb_segs == 1 && off + len <= m->data_len);
+    m->data_off = static_cast<uint16_t>(m->data_off + off);
+    m->data_len = static_cast<uint16_t>(len);
+    m->pkt_len = len;
+}
+
 inline uint32_t load_be32(const uint8_t* p) noexcept
 {
     uint32_t v;

@@ -92,9 +92,8 @@ inline drop_reason decapsulate_tunnel(const sa_runtime& sa, rte_mbuf* m, uint8_t
     if (r != drop_reason::none) {
         return r;
     }
-    rte_pktmbuf_adj(m, static_cast<uint16_t>(head));
-    // Everything behind the inner packet (TFC padding, trailer, ICV) goes.
-    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - inner.total));
+    // The outer headers and everything behind the inner packet (TFC padding, trailer, ICV) go.
+    keep_span(m, head, inner.total);
     inner_bytes = inner.total;
     return drop_reason::none;
 }
