@@ -48,7 +48,7 @@ uint32_t effective_size(uint32_t size) noexcept
 
 replay_window::replay_window(uint32_t size, bool esn) noexcept : size_(effective_size(size)), esn_(esn) {}
 
-replay_window::verdict replay_window::check(uint32_t seq_low) const noexcept
+replay_window::verdict replay_window::check_rest(uint32_t seq_low) const noexcept
 {
     uint64_t seq = seq_low;
     if (esn_) {
@@ -97,7 +97,7 @@ replay_window::verdict replay_window::check(uint32_t seq_low) const noexcept
     return {drop_reason::none, seq};
 }
 
-drop_reason replay_window::accept(uint64_t seq) noexcept
+drop_reason replay_window::accept_rest(uint64_t seq) noexcept
 {
     if (seq == 0 || (!esn_ && seq > UINT32_MAX)) {
         return drop_reason::too_old;

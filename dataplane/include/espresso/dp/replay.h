@@ -29,17 +29,44 @@ public:
     };
 
     // RFC 4303 Appendix A2.2 for ESN; §3.4.3 otherwise. Does not modify the window.
-    verdict check(uint32_t seq_low) const noexcept;
+    verdict check(uint32_t seq_low) const noexcept
+    {
+        // Inline (both run per packet): without ESN, a number right of the window or any number
+        // with anti-replay off; the rest in replay.cpp.
+        if (!esn_ && seq_low != 0 && (size_ == 0 || seq_low > top_)) {
+            return {drop_reason::none, seq_low};
+        }
+        return check_rest(seq_low);
+    }
 
     // Marks `seq` as received after its ICV verified. Returns replay/too_old if it was received in
     // the meantime (or fell out of the window), none otherwise.
-    drop_reason accept(uint64_t seq) noexcept;
+    drop_reason accept(uint64_t seq) noexcept
+    {
+        // Inline: a number right of the window that stays in the top's bucket (in-order traffic,
+        // 63 of 64 packets), and anti-replay off; the rest (sliding into new buckets) in replay.cpp.
+        if (seq > top_ && (esn_ || seq <= UINT32_MAX)) {
+            if (size_ == 0) {
+                top_ = seq;
+                return drop_reason::none;
+            }
+            if (seq / 64 == top_ / 64) {
+                bits_[(seq / 64) % words] |= uint64_t{1} << (seq % 64);
+                top_ = seq;
+                return drop_reason::none;
+            }
+        }
+        return accept_rest(seq);
+    }
 
     uint64_t highest() const noexcept { return top_; }
     uint32_t size() const noexcept { return size_; }
     bool esn() const noexcept { return esn_; }
 
 private:
+    verdict check_rest(uint32_t seq_low) const noexcept;
+    drop_reason accept_rest(uint64_t seq) noexcept;
+
     static constexpr uint32_t words = config::max_replay_window / 64 + 1; // one spare word for sliding
 
     uint64_t top_ = 0;  // highest authenticated sequence number (0 = none yet)
