@@ -40,7 +40,8 @@ static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is
 struct sa_groups {
     static constexpr unsigned max_groups = max_vector;
     static constexpr unsigned max_packets = max_vector * 2;
-    static constexpr unsigned slots = 256; // power of two, > max_groups
+    static constexpr unsigned slot_bits = 8;
+    static constexpr unsigned slots = 1U << slot_bits; // > max_groups
     sa_runtime* sa[max_groups];
     uint16_t count[max_groups];
     uint16_t first[max_groups]; // offset of each group in what finish() returns
@@ -73,7 +74,7 @@ struct sa_groups {
             group_of[total++] = static_cast<uint8_t>(last);
             return true;
         }
-        unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> 25;
+        unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> (32 - slot_bits);
         unsigned g = 0;
         for (;; h = (h + 1) & (slots - 1)) {
             if (slot[h] == 0) {
