@@ -35,7 +35,7 @@ alignas(16) inline constexpr uint8_t pad_mask[32] = {0xff, 0xff, 0xff, 0xff, 0xf
 // bytes lie inside the buffer (`end`); longer padding (up to 255 is legal) byte by byte.
 inline bool monotonic_padding(const uint8_t* pad, uint32_t len, const uint8_t* end) noexcept
 {
-    if (len <= 16 && pad + 16 <= end) {
+    if (len <= 16 && end - pad >= 16) {
         uint64_t got[2];
         uint64_t want[2];
         uint64_t mask[2];
