@@ -54,6 +54,9 @@ inline constexpr uint16_t rx_burst_base = 64;
 // and plain forwarding measured 1-4 % slower with 128-packet polls (a larger footprint per pass).
 // Fits max_vector (worker.cpp) and max_burst (ipsec.h).
 inline constexpr uint16_t rx_burst_size = 128;
+// Packets a worker's handoff ring (4096 slots) may hold before the worker takes them although its
+// own RX queues are still backlogged (worker.cpp: they may be newer than that backlog).
+inline constexpr unsigned handoff_hold = 1024;
 // Largest datagram reassembled from fragments addressed to the gateway (IP header included): as
 // af_packet frames (below), it covers 9000-byte jumbo MTUs and IKE messages with certificates.
 inline constexpr uint32_t reassembly_max_bytes = 16384;

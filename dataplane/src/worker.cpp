@@ -160,6 +160,7 @@ public:
                 // waited for ARP) leave ahead of anything newer.
                 got += send_main_tx();
             }
+            bool backlog = false; // an RX queue had more than this poll took
             for (const auto& [port, queue] : w_.rx) {
                 rte_mbuf* pkts[rx_burst_size];
                 uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_want_);
@@ -167,10 +168,20 @@ public:
                     w_.rx_packets.fetch_add(n, std::memory_order_relaxed);
                     process(pkts, n, false);
                     got += n;
+                    backlog = backlog || n == rx_want_;
                 }
             }
+            // Handed-in packets wait while this worker's own RX queues are backlogged (up to
+            // handoff_hold packets): they can be newer than that backlog. af_packet's fanout rolls a
+            // flow's frames over to another worker's socket once this worker's ring fills up (the
+            // worker was descheduled, say); that worker hands them back, and processed first they
+            // would move the SA's replay window past the older frames still queued here, which it
+            // would then drop as replays (seen: 35-141 packets of one stream under CPU load).
             rte_mbuf* handed[rx_burst_size];
-            unsigned h = rte_ring_dequeue_burst(w_.handoff, reinterpret_cast<void**>(handed), rx_burst_size, nullptr);
+            unsigned h = 0;
+            if (!backlog || rte_ring_count(w_.handoff) >= handoff_hold) {
+                h = rte_ring_dequeue_burst(w_.handoff, reinterpret_cast<void**>(handed), rx_burst_size, nullptr);
+            }
             if (h != 0) {
                 w_.handed_in.fetch_add(h, std::memory_order_relaxed);
                 process(handed, static_cast<uint16_t>(h), true);
