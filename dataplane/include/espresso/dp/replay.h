@@ -9,6 +9,7 @@
 // which checks again (two copies of one packet in one burst both pass `check()`) and moves the window.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -44,13 +45,14 @@ public:
     drop_reason accept(uint64_t seq) noexcept
     {
         // Inline: a number right of the window that stays in the top's bucket (in-order traffic,
-        // 63 of 64 packets), and anti-replay off; the rest (sliding into new buckets) in replay.cpp.
-        if (seq > top_ && (esn_ || seq <= UINT32_MAX)) {
+        // 63 of 64 packets), and anti-replay off (any non-zero number; only the right edge is kept,
+        // for ESN inference); the rest (sliding into new buckets) in replay.cpp.
+        if (seq != 0 && (esn_ || seq <= UINT32_MAX)) {
             if (size_ == 0) {
-                top_ = seq;
+                top_ = std::max(top_, seq);
                 return drop_reason::none;
             }
-            if (seq / 64 == top_ / 64) {
+            if (seq > top_ && seq / 64 == top_ / 64) {
                 bits_[(seq / 64) % words] |= uint64_t{1} << (seq % 64);
                 top_ = seq;
                 return drop_reason::none;
