@@ -63,40 +63,45 @@ struct sa_groups {
     }
 
     // Returns false when the table is full (caller processes and retries).
-    bool add(sa_runtime* s, rte_mbuf* m) noexcept
+    bool add(sa_runtime* s, rte_mbuf* m) noexcept { return add_run(s, &m, 1) == 1; }
+
+    // Adds packets m[0..len) of one SA; returns how many fit (fewer than len when the table filled
+    // up: the caller processes it and adds the rest). A run is one group look-up and block copies:
+    // added one at a time, each packet's count and index updates formed a chain through memory
+    // (group_of is a byte array, whose stores may alias every counter here).
+    unsigned add_run(sa_runtime* s, rte_mbuf* const* m, unsigned len) noexcept
     {
-        if (total == max_packets) {
-            return false;
+        const unsigned room = max_packets - total;
+        if (room == 0) {
+            return 0;
         }
-        if (n != 0 && sa[last] == s) { // a run of one SA's packets: no hash, no probe
-            ++count[last];
-            pkts[total] = m;
-            group_of[total++] = static_cast<uint8_t>(last);
-            return true;
-        }
-        unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> (32 - slot_bits);
-        unsigned g = 0;
-        for (;; h = (h + 1) & (slots - 1)) {
-            if (slot[h] == 0) {
-                if (n == max_groups) {
-                    return false;
+        unsigned g = last;
+        if (n == 0 || sa[last] != s) { // not the previous run's SA: hash and probe
+            unsigned h = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) >> 6) * 0x9E3779B1U) >> (32 - slot_bits);
+            for (;; h = (h + 1) & (slots - 1)) {
+                if (slot[h] == 0) {
+                    if (n == max_groups) {
+                        return 0;
+                    }
+                    g = n++;
+                    sa[g] = s;
+                    count[g] = 0;
+                    slot[h] = static_cast<uint8_t>(g + 1);
+                    break;
                 }
-                g = n++;
-                sa[g] = s;
-                count[g] = 0;
-                slot[h] = static_cast<uint8_t>(g + 1);
-                break;
+                if (sa[slot[h] - 1] == s) {
+                    g = slot[h] - 1U;
+                    break;
+                }
             }
-            if (sa[slot[h] - 1] == s) {
-                g = slot[h] - 1U;
-                break;
-            }
+            last = g;
         }
-        last = g;
-        ++count[g];
-        pkts[total] = m;
-        group_of[total++] = static_cast<uint8_t>(g);
-        return true;
+        len = std::min(len, room);
+        count[g] = static_cast<uint16_t>(count[g] + len);
+        std::memcpy(pkts + total, m, len * sizeof(rte_mbuf*));
+        std::memset(group_of + total, static_cast<int>(g), len);
+        total += len;
+        return len;
     }
 
     // Orders the packets by group: group g is finish()[first[g]] .. + count[g].
@@ -693,16 +698,25 @@ private:
             }
         }
         sa_groups groups;
-        for (uint16_t i = 0; i < n; ++i) {
+        for (uint16_t i = 0; i < n;) {
             if (data[i] == nullptr) {
                 drop(pkts[i], gateway_drop::no_sa);
+                ++i;
                 continue;
             }
             auto* sa = static_cast<sa_runtime*>(data[i]);
-            if (!groups.add(sa, pkts[i])) {
-                run_inbound(groups, forward, n_forward);
-                groups.clear();
-                groups.add(sa, pkts[i]);
+            uint16_t end = static_cast<uint16_t>(i + 1);
+            while (end < n && data[end] == sa) {
+                ++end;
+            }
+            // A run of packets of one SA (with one tunnel, the whole burst).
+            while (i < end) {
+                const unsigned added = groups.add_run(sa, pkts + i, end - i);
+                i = static_cast<uint16_t>(i + added);
+                if (i < end) {
+                    run_inbound(groups, forward, n_forward);
+                    groups.clear();
+                }
             }
         }
         run_inbound(groups, forward, n_forward);
@@ -735,6 +749,9 @@ private:
             ig[g].n = groups.count[g];
         }
         inbound_process_groups(core_, ig, groups.n);
+        // A local count: through the reference, every packet's forward_packet was a load and a
+        // store of n_forward (the calls on its rare paths keep the compiler from holding it).
+        uint16_t nf = n_forward;
         for (unsigned g = 0; g < groups.n; ++g) {
             // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
             // selectors do not cover the gateway costs no address comparison here.
@@ -752,9 +769,10 @@ private:
                     to_exception(m, exception_meta::decrypted_to_us);
                     continue;
                 }
-                forward_packet(forward, n_forward, m);
+                forward_packet(forward, nf, m);
             }
         }
+        n_forward = nf;
     }
 
     // Appends `m` to the pass's `forward` vector, first sending what it holds when it is full: the
