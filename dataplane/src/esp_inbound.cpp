@@ -79,8 +79,10 @@ drop_reason parse_outer(const sa_runtime& sa, rte_mbuf* m, ip_view& ip, uint32_t
     return drop_reason::none;
 }
 
-// After the ICV verified: window update, trailer checks, decapsulation.
-drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& inner_bytes) noexcept
+// After the ICV verified: window update, trailer checks, decapsulation. Inlined into its one
+// caller: out of line it was a call with six saved registers per packet (gcm-in-64 +0.2-1.3 %,
+// cbc-in-64 +1.5 %, gcm-in-imix +2 % with the single-worker owner shortcut in worker.cpp).
+__attribute__((always_inline)) inline drop_reason finish_packet(sa_runtime& sa, rte_mbuf* m, in_packet& in, uint32_t& inner_bytes) noexcept
 {
     drop_reason r = sa.replay.accept(in.seq);
     if (r != drop_reason::none) {
