@@ -73,9 +73,7 @@ struct ah_packet {
     uint16_t ip_header;   // bytes of the IP header in front of AH
     uint64_t seq;
     uint32_t inner_bytes; // outbound: for counters
-    uint32_t outer_total; // inbound: the IP header as received: total length, TOS, version
-    uint8_t outer_tos;
-    uint8_t outer_version;
+    outer_fields outer;   // inbound: the IP header as received
     alignas(16) uint8_t nonce[16];
     alignas(16) uint8_t tag[64]; // inbound: computed ICV
     uint8_t icv[32];             // inbound: received ICV
@@ -349,12 +347,12 @@ drop_reason finish_inbound(sa_runtime& sa, rte_mbuf* m, ah_packet& a, uint32_t& 
     const uint8_t next_header = a.ah[0];
     uint8_t* payload = a.ah + a.ah_len;
     const uint32_t head = a.ip_header + a.ah_len;
-    const uint32_t payload_len = a.outer_total - head;
+    const uint32_t payload_len = a.outer.total - head;
     if ((sa.flags & sa_tunnel) != 0) {
-        return decapsulate_tunnel(sa, m, a.outer_tos, next_header, payload, payload_len, head, inner_bytes);
+        return decapsulate_tunnel(sa, m, a.outer.tos, next_header, payload, payload_len, head, inner_bytes);
     }
-    if (!prefix_contains(sa.remote_selector, a.outer_version, ip_src(data)) ||
-        !prefix_contains(sa.local_selector, a.outer_version, ip_dst(data))) {
+    if (!prefix_contains(sa.remote_selector, a.outer.version, ip_src(data)) ||
+        !prefix_contains(sa.local_selector, a.outer.version, ip_dst(data))) {
         return drop_reason::selector_mismatch;
     }
     // Transport: slide the IP header (options included) over AH and restore protocol and lengths.
@@ -362,7 +360,7 @@ drop_reason finish_inbound(sa_runtime& sa, rte_mbuf* m, ah_packet& a, uint32_t& 
     std::memmove(start, data, a.ip_header);
     rte_pktmbuf_adj(m, static_cast<uint16_t>(a.ah_len));
     const uint32_t total = a.ip_header + payload_len;
-    if (a.outer_version == 4) {
+    if (a.outer.version == 4) {
         start[9] = next_header;
         store_be16(start + 2, static_cast<uint16_t>(total));
         ipv4_set_checksum(start);
@@ -412,9 +410,7 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
             reasons[i] = r;
             continue;
         }
-        a.outer_total = outer.total;
-        a.outer_tos = outer.tos;
-        a.outer_version = outer.version;
+        a.outer = outer_of(outer);
         rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - outer.total));
         a.ip_header = outer.header;
         const uint32_t avail = outer.total - a.ip_header;
@@ -431,7 +427,7 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
         // RFC 4302 §3.3.3.2.1: the length our SA implies, with either 4- or 8-byte alignment after
         // IPv4 (see the top of this file) and 8 after IPv6.
         const uint32_t minimum = ah_fixed + iv + icv;
-        const bool v6 = a.outer_version == 6;
+        const bool v6 = a.outer.version == 6;
         if (ah_len != ah_length(sa, v6) && (v6 || ah_len != align_up(minimum, 8))) {
             reasons[i] = drop_reason::bad_length;
             continue;
@@ -452,9 +448,9 @@ void ah_inbound(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16_t n, 
         a.seq = v.seq;
         a.ah = ah;
         a.ah_len = ah_len;
-        a.hash_len = a.outer_total;
+        a.hash_len = a.outer.total;
         if (esn) {
-            store_be32(data + a.outer_total, static_cast<uint32_t>(v.seq >> 32));
+            store_be32(data + a.outer.total, static_cast<uint32_t>(v.seq >> 32));
             a.hash_len += 4;
         }
         // RFC 4302 §3.3.3.1: the ICV field is zero for the computation; its padding is hashed as sent.

@@ -27,9 +27,7 @@ struct in_packet {
     uint8_t* esp;
     uint32_t payload; // ciphertext bytes between IV and ICV
     uint64_t seq;     // full sequence number (ESN inferred)
-    uint32_t outer_header; // outer IP header bytes (transport mode keeps the header)
-    uint8_t outer_version;
-    uint8_t outer_tos;
+    outer_fields outer;   // the outer IP header as received (transport mode keeps the header)
     alignas(16) uint8_t nonce[16];
     alignas(16) uint8_t tag[64]; // computed ICV (untruncated space)
     uint8_t icv[32];             // received ICV when its slot is borrowed (ESN)
@@ -106,19 +104,19 @@ __attribute__((always_inline)) inline drop_reason finish_packet(sa_runtime& sa, 
     }
     const auto head = static_cast<uint32_t>(payload - data);
     if ((sa.flags & sa_tunnel) != 0) {
-        return decapsulate_tunnel(sa, m, in.outer_tos, next_header, payload, inner_len, head, inner_bytes);
+        return decapsulate_tunnel(sa, m, in.outer.tos, next_header, payload, inner_len, head, inner_bytes);
     }
     // Transport: slide the IP header up to the payload and restore its protocol and length.
-    const uint16_t ip_header = in.outer_header;
-    if (!prefix_contains(sa.remote_selector, in.outer_version, ip_src(data)) ||
-        !prefix_contains(sa.local_selector, in.outer_version, ip_dst(data))) {
+    const uint16_t ip_header = in.outer.header;
+    if (!prefix_contains(sa.remote_selector, in.outer.version, ip_src(data)) ||
+        !prefix_contains(sa.local_selector, in.outer.version, ip_dst(data))) {
         return drop_reason::selector_mismatch;
     }
     uint8_t* start = payload - ip_header;
     std::memmove(start, data, ip_header);
     keep_span(m, head - ip_header, ip_header + inner_len);
     const uint32_t total = ip_header + inner_len;
-    if (in.outer_version == 4) {
+    if (in.outer.version == 4) {
         start[9] = next_header;
         store_be16(start + 2, static_cast<uint16_t>(total));
         ipv4_set_checksum(start);
@@ -156,9 +154,7 @@ void inbound_prepare(sa_runtime& sa, rte_mbuf** pkts, uint16_t n, drop_reason* r
             reasons[i] = r;
             continue;
         }
-        in.outer_header = outer.header;
-        in.outer_version = outer.version;
-        in.outer_tos = outer.tos;
+        in.outer = outer_of(outer);
         uint8_t* data = rte_pktmbuf_mtod(m, uint8_t*);
         const uint32_t esp_len = outer.total - offset;
         if (esp_len < 8 + iv + icv + min_payload) {

@@ -146,12 +146,9 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
         const bool inner_df = ip.dont_fragment;
         const uint8_t next_header = tunnel ? (ip.version == 4 ? proto_ipv4 : proto_ipv6) : ip.protocol;
 
-        const bool wide_pad = room >= tfc + 16;
         // One segment (linearised above) with the room checked: the new layout is set directly
         // (rte_pktmbuf_trim, _prepend and _append would each check again and walk to the last segment).
-        m->data_off = static_cast<uint16_t>(m->data_off - head);
-        m->data_len = static_cast<uint16_t>(ip.total + head + tail);
-        m->pkt_len = ip.total + head + tail;
+        grow_span(m, ip.total, head, tail);
         uint8_t* start = rte_pktmbuf_mtod(m, uint8_t*);
         uint8_t* trailer = start + head + ip.total;
         uint8_t* esp = nullptr;
@@ -166,15 +163,9 @@ void outbound_prepare(crypto_core& core, sa_runtime& sa, rte_mbuf** pkts, uint16
             std::memset(trailer, 0, tfc);
         }
         uint8_t* pad_start = trailer + tfc;
-        if (wide_pad) {
-            // pad < block <= 16: one 16-byte copy writes it; the bytes past it are overwritten below
-            // (pad length, next header, ICV) or lie in the tailroom.
-            std::memcpy(pad_start, monotonic_pad, 16);
-        } else {
-            for (uint32_t k = 0; k < pad; ++k) {
-                pad_start[k] = static_cast<uint8_t>(k + 1);
-            }
-        }
+        // pad < block <= 16; bytes a 16-byte copy writes past it are overwritten below (pad length,
+        // next header, ICV) or lie in the tailroom.
+        write_monotonic_padding(pad_start, pad, room - tfc);
         pad_start[pad] = static_cast<uint8_t>(pad);
         pad_start[pad + 1] = next_header;
 

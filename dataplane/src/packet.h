@@ -52,6 +52,21 @@ inline bool monotonic_padding(const uint8_t* pad, uint32_t len, const uint8_t* e
     return true;
 }
 
+// Writes the `len` bytes of padding 1, 2, 3, ... that monotonic_padding checks. With 16 bytes of
+// room at `pad` (`room`), as one 16-byte copy of which the bytes past `len` are the caller's to
+// overwrite (padding of a block cipher or to 4-byte alignment is at most 15 bytes); else byte by
+// byte.
+inline void write_monotonic_padding(uint8_t* pad, uint32_t len, uint32_t room) noexcept
+{
+    if (room >= 16 && len <= 16) {
+        std::memcpy(pad, monotonic_pad, 16);
+        return;
+    }
+    for (uint32_t k = 0; k < len; ++k) {
+        pad[k] = static_cast<uint8_t>(k + 1);
+    }
+}
+
 // The packet becomes the `len` bytes found `off` bytes into its data. Single-segment mbufs only, with
 // off + len <= data_len: the callers linearised the mbuf and checked the lengths, so this skips
 // rte_pktmbuf_adj/_trim, which would check again and walk to the last segment (a per-packet cost).
@@ -61,6 +76,18 @@ inline void keep_span(rte_mbuf* m, uint32_t off, uint32_t len) noexcept
     m->data_off = static_cast<uint16_t>(m->data_off + off);
     m->data_len = static_cast<uint16_t>(len);
     m->pkt_len = len;
+}
+
+// The packet becomes its first `len` bytes with `head` bytes in front and `tail` bytes behind: the
+// opposite of keep_span, on the same terms (single segment; the caller checked head <= data_off, the
+// tailroom behind those `len` bytes, and that the total fits 16 bits).
+inline void grow_span(rte_mbuf* m, uint32_t len, uint32_t head, uint32_t tail) noexcept
+{
+    RTE_ASSERT(m->nb_segs == 1 && head <= m->data_off && len + head + tail <= UINT16_MAX &&
+               m->data_off + len + tail <= m->buf_len);
+    m->data_off = static_cast<uint16_t>(m->data_off - head);
+    m->data_len = static_cast<uint16_t>(len + head + tail);
+    m->pkt_len = len + head + tail;
 }
 
 inline uint32_t load_be32(const uint8_t* p) noexcept
@@ -101,6 +128,22 @@ struct ip_view {
     bool fragment = false; // IPv4 MF set or offset != 0
     bool dont_fragment = false;
 };
+
+// The fields of a received outer IP header the inbound paths (ESP and AH) still need after the crypto:
+// decapsulation (TOS), transport mode's selector check and header rebuild. No default member
+// initialisers: it lives in per-call batch entries, max_burst of them, which would otherwise all be
+// written on every call.
+struct outer_fields {
+    uint32_t total;  // IP total length
+    uint16_t header; // IP header bytes
+    uint8_t tos;
+    uint8_t version;
+};
+
+inline outer_fields outer_of(const ip_view& ip) noexcept
+{
+    return {ip.total, ip.header, ip.tos, ip.version};
+}
 
 // Parses and checks the IP header at `p` with `avail` bytes available. Fails (bad_ip / truncated /
 // bad_length) when the header or its length fields do not fit.

@@ -304,6 +304,28 @@ TEST(EspPadding, MonotonicPaddingIsCheckedWholeAndByteByByte)
     }
 }
 
+// The writer's two paths (one 16-byte copy with room, byte by byte without) write exactly what the
+// checker accepts, and the byte path writes nothing past `len`.
+TEST(EspPadding, MonotonicPaddingIsWrittenAsChecked)
+{
+    for (uint32_t len = 0; len <= 255; ++len) {
+        SCOPED_TRACE(len);
+        for (const uint32_t room : {len, len + 1, 15U, 16U, len + 32}) {
+            if (room < len) {
+                continue;
+            }
+            std::vector<uint8_t> buf(room, 0xaa);
+            write_monotonic_padding(buf.data(), len, room);
+            EXPECT_TRUE(monotonic_padding(buf.data(), len, buf.data() + buf.size())) << "room " << room;
+            if (room < 16 || len > 16) {
+                for (uint32_t k = len; k < room; ++k) {
+                    EXPECT_EQ(buf[k], 0xaa) << "room " << room << " byte " << k;
+                }
+            }
+        }
+    }
+}
+
 // The worker takes bigger polls while IPsec-MB's multi-buffer code gets full vectors (gateway.h
 // rx_burst_size): the engine counts the jobs it gives that code (AES-CBC+HMAC both ways), not AES-GCM.
 TEST_F(Esp, MultiBufferJobsAreCountedForThePollSize)
