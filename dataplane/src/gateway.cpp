@@ -743,7 +743,7 @@ void gateway::setup_workers()
         w->updates = rte_ring_create_elem(name.c_str(), sizeof(update_msg), ring_size, socket,
                                           RING_F_SP_ENQ | RING_F_SC_DEQ);
         name = "esp_hand" + std::to_string(i);
-        w->handoff = rte_ring_create(name.c_str(), 4096, socket, RING_F_SC_DEQ);
+        w->handoff = rte_ring_create(name.c_str(), handoff_ring_size, socket, RING_F_SC_DEQ);
         name = "esp_sad" + std::to_string(i);
         rte_hash_parameters hp{};
         hp.name = name.c_str();

@@ -54,9 +54,12 @@ inline constexpr uint16_t rx_burst_base = 64;
 // and plain forwarding measured 1-4 % slower with 128-packet polls (a larger footprint per pass).
 // Fits max_vector (worker.cpp) and max_burst (ipsec.h).
 inline constexpr uint16_t rx_burst_size = 128;
-// Packets a worker's handoff ring (4096 slots) may hold before the worker takes them although its
-// own RX queues are still backlogged (worker.cpp: they may be newer than that backlog).
-inline constexpr unsigned handoff_hold = 1024;
+// Slots of each worker's handoff ring (inbound IPsec for SAs it owns, fragments it reassembles).
+inline constexpr unsigned handoff_ring_size = 4096;
+// Packets of its own a worker takes while handed-in ones wait, at most, per spell of backlogged RX
+// polls (worker.cpp: they may be newer than that backlog): an af_packet ring's worth
+// (af_packet_frame_count below), the backlog that can predate frames the kernel rolled over.
+inline constexpr unsigned handoff_hold_packets = 256;
 // Largest datagram reassembled from fragments addressed to the gateway (IP header included): as
 // af_packet frames (below), it covers 9000-byte jumbo MTUs and IKE messages with certificates.
 inline constexpr uint32_t reassembly_max_bytes = 16384;
@@ -345,6 +348,8 @@ private:
 // 256 frames: 4 MiB per ring, RX and TX ring per queue pair.
 inline constexpr unsigned af_packet_frame_size = 16384;
 inline constexpr unsigned af_packet_frame_count = 256;
+static_assert(handoff_hold_packets >= af_packet_frame_count, "the handoff hold covers an af_packet ring's backlog");
+static_assert(handoff_hold_packets + 2 * rx_burst_size < handoff_ring_size, "room to hand packets in while others wait");
 // The PMD's own default frame size (when a device string sets blocksz/framecnt but not framesz).
 inline constexpr unsigned af_packet_default_frame_size = 2048;
 

@@ -167,25 +167,34 @@ public:
                 got += send_main_tx();
             }
             bool backlog = false; // an RX queue had more than this poll took
+            unsigned own = 0;
             for (const auto& [port, queue] : w_.rx) {
                 rte_mbuf* pkts[rx_burst_size];
                 uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_want_);
                 if (n != 0) {
                     w_.rx_packets.fetch_add(n, std::memory_order_relaxed);
                     process(pkts, n, false);
-                    got += n;
+                    own += n;
                     backlog = backlog || n == rx_want_;
                 }
             }
-            // Handed-in packets wait while this worker's own RX queues are backlogged (up to
-            // handoff_hold packets): they can be newer than that backlog. af_packet's fanout rolls a
-            // flow's frames over to another worker's socket once this worker's ring fills up (the
-            // worker was descheduled, say); that worker hands them back, and processed first they
-            // would move the SA's replay window past the older frames still queued here, which it
-            // would then drop as replays (seen: 35-141 packets of one stream under CPU load).
+            got += own;
+            // Handed-in packets wait while this worker's own RX queues are backlogged, for at most
+            // handoff_hold_packets of its own per busy spell: they can be newer than that backlog.
+            // af_packet's fanout rolls a flow's frames over to another worker's socket once this
+            // worker's ring fills up (the worker was descheduled, say); that worker hands them back,
+            // and processed first they would move the SA's replay window past the older frames still
+            // queued here, which it would then drop as too old (seen: 35-141 packets of one stream
+            // under CPU load). The bound keeps a busy worker from holding them (and the mbufs of
+            // reassembled datagrams among them) for as long as the load lasts.
             rte_mbuf* handed[rx_burst_size];
             unsigned h = 0;
-            if (!backlog || rte_ring_count(w_.handoff) >= handoff_hold) {
+            if (backlog && held_for_ < handoff_hold_packets) {
+                held_for_ += own;
+            } else {
+                if (!backlog) {
+                    held_for_ = 0;
+                }
                 h = rte_ring_dequeue_burst(w_.handoff, reinterpret_cast<void**>(handed), rx_burst_size, nullptr);
             }
             if (h != 0) {
@@ -1247,9 +1256,9 @@ private:
     {
         const uint64_t key = uint64_t{ip_be} | uint64_t{cache_epoch_} << 32;
         // Fibonacci hashing of the address in host order: the hosts of a LAN are consecutive
-        // numbers, which it spreads evenly (a /24's 254 hosts into 512 slots without a collision).
-        // In network order the varying byte is the top one, and on some ports 30 of 100 consecutive
-        // hosts shared slots, evicting each other on every pass.
+        // numbers, which it spreads evenly (a /24's 254 hosts into 512 slots: at most two of them
+        // share one). In network order the varying byte is the top one, and on some ports 30 of
+        // 100 consecutive hosts shared slots, evicting each other on every pass.
         const uint64_t h = ((uint64_t{rte_be_to_cpu_32(ip_be)} ^ uint64_t{port} << 32) * 0x9E3779B97F4A7C15ULL) >>
                            (64 - neighbor_cache4_bits);
         neighbor_cache4_entry& c = neighbor_cache4_[h];
@@ -1320,6 +1329,7 @@ private:
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
     bool single_worker_ = true; // every SPI is this worker's (no division per packet)
+    unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };
 
 } // namespace
