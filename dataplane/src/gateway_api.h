@@ -48,7 +48,8 @@ namespace espresso::dp {
     X(frag_table_full, "fragment of a new datagram while dataplane.reassembly-datagrams are in use") \
     X(frag_invalid, "bad fragment: overlap, duplicate, hole, too many, bad length (RFC 5722)")       \
     X(frag_too_big, "fragment of a datagram larger than the gateway reassembles")                   \
-    X(frag_no_buffer, "fragment dropped: no buffer to reassemble into")
+    X(frag_no_buffer, "fragment dropped: no buffer to reassemble into")                              \
+    X(bad_checksum, "IPv4 header checksum wrong (RFC 1812 §5.2.2)")
 
 enum class gateway_drop : uint8_t {
 #define X(id, text) id,

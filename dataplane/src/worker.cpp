@@ -445,6 +445,21 @@ private:
         return false;
     }
 
+    // RFC 1812 §5.2.2: a router verifies the IPv4 header checksum of every packet it receives. The
+    // port's verdict when it has one (NICs with RX checksum offload), else computed (af_packet, pcap,
+    // virtio without offload).
+    static bool ipv4_header_checksum_ok(const rte_mbuf* m, const uint8_t* ip, uint32_t header) noexcept
+    {
+        const uint64_t verdict = m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK;
+        if (verdict == RTE_MBUF_F_RX_IP_CKSUM_GOOD) {
+            return true;
+        }
+        if (verdict == RTE_MBUF_F_RX_IP_CKSUM_BAD) {
+            return false;
+        }
+        return ipv4_checksum_ok(ip, header);
+    }
+
     // One pass over a burst. `handed` = packets another worker passed to us (already L3, owned SAs).
     void process(rte_mbuf** pkts, uint16_t n, bool handed) noexcept
     {
@@ -491,6 +506,10 @@ private:
                 const bool cut = r == drop_reason::truncated &&
                                  avail >= (v.version == 4 ? sizeof(rte_ipv4_hdr) : sizeof(rte_ipv6_hdr));
                 drop(m, cut ? gateway_drop::truncated : gateway_drop::malformed);
+                continue;
+            }
+            if (v.version == 4 && !handed && !ipv4_header_checksum_ok(m, ip, v.header)) [[unlikely]] {
+                drop(m, gateway_drop::bad_checksum); // RFC 1812 §5.2.2 (handed packets were checked)
                 continue;
             }
             if (v.version == 6) {

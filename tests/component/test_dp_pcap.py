@@ -160,6 +160,14 @@ class Scenario:
         for size in (11, 22):
             ident += 1
             self.inside_in.append(lan / udp("192.168.1.10", "192.168.4.7", 40000, 40009, size, ident))
+        # A wrong IPv4 header checksum (RFC 1812 §5.2.2): dropped and counted, never forwarded, also
+        # when it would otherwise be bypassed or protected.
+        self.bad_checksum = 2
+        for dst in ("192.168.2.99", "192.168.2.10"):
+            ident += 1
+            p = IP(raw(udp("192.168.1.10", dst, 40000, 40010, 10, ident)))
+            p.chksum ^= 0x0100
+            self.inside_in.append(lan / p)
         # TTL 1 cannot be forwarded: ICMP Time Exceeded back to the host (RFC 1812 §5.3.1).
         ident += 1
         self.ttl_one = udp("192.168.1.10", "192.168.2.10", 40000, 40001, 10, ident, ttl=1)
@@ -355,7 +363,7 @@ def main():
             sas = counters["sas"]
             problems = []
             want_gw = {"spd_discard": sc.discard, "no_sa": sc.no_sa, "unprotected": sc.unprotected,
-                       "ttl_exceeded": 1}
+                       "ttl_exceeded": 1, "bad_checksum": sc.bad_checksum}
             for k, v in want_gw.items():
                 if d.get(k) != v:
                     problems.append(f"show dataplane drops.{k} = {d.get(k)}, want {v}")
