@@ -254,6 +254,8 @@ struct fixed_divisor {
         const uint64_t low = m * x;
         return static_cast<uint32_t>((static_cast<unsigned __int128>(low) * d) >> 64);
     }
+    // Every x % 1 is 0: callers skip the multiplications (one worker owns every SPI).
+    bool is_one() const noexcept { return d == 1; }
 };
 
 // Are the first `bits` bits of a and b (network order, 4 bytes when v4, else 16) equal? Word
@@ -327,8 +329,14 @@ inline uint32_t ones_sum(const uint8_t* p, unsigned len) noexcept
 }
 
 // RFC 1071: is the IPv4 header's checksum right, i.e. its one's-complement sum, checksum field
-// included, all ones? `header` bytes, a multiple of 4 (parse_ip: 20-60). Summed as 32-bit words in a
-// 64-bit accumulator, folded (RFC 1071 §2: the sum does not depend on the word size or byte order).
+// included, all ones? `header` bytes, a multiple of 4 (parse_ip: 20-60). Not folded to 16 bits:
+// 2^16, 2^32 and 2^64 are all 1 modulo 65535, so a sum of 64- and 32-bit words with end-around
+// carries is congruent modulo 65535 to the 16-bit one's-complement sum, and reading the words
+// little-endian multiplies that by 256, which is invertible modulo 65535. The one's-complement sum
+// of anything but all zeros lies in 1..0xffff, so it is 0xffff exactly when the wide sum is a
+// non-zero multiple of 65535: one multiply (the compiler's divisibility test) instead of four folds.
+// Measured in a loop over 4096 headers: 2.0 TSC cycles per header against 4.7 for the folds (same
+// verdicts); at gateway level the ~3 cycles per packet are below this VM's noise.
 inline bool ipv4_checksum_ok(const uint8_t* p, uint32_t header) noexcept
 {
     // The 20 bytes every header has as two 8-byte and one 4-byte load (a loop over a variable
@@ -339,17 +347,17 @@ inline bool ipv4_checksum_ok(const uint8_t* p, uint32_t header) noexcept
     std::memcpy(&a, p, 8);
     std::memcpy(&b, p + 8, 8);
     std::memcpy(&c, p + 16, 4);
-    uint64_t sum = (a & 0xffffffff) + (a >> 32) + (b & 0xffffffff) + (b >> 32) + c;
+    uint64_t sum = a + b;
+    sum += sum < a ? 1 : 0; // end-around carry (cannot carry again: sum <= 2^64 - 2 here)
+    uint64_t next = sum + c;
+    sum = next + (next < sum ? 1 : 0);
     for (uint32_t i = 20; i < header; i += 4) [[unlikely]] {
         uint32_t w = 0;
         std::memcpy(&w, p + i, 4);
-        sum += w;
+        next = sum + w;
+        sum = next + (next < sum ? 1 : 0);
     }
-    sum = (sum & 0xffffffff) + (sum >> 32);
-    sum = (sum & 0xffffffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    return sum == 0xffff;
+    return sum != 0 && sum % 0xffff == 0;
 }
 
 inline uint16_t fold_checksum(uint32_t sum) noexcept

@@ -137,7 +137,6 @@ public:
         }
         // So are the workers.
         spi_owner_ = fixed_divisor(std::max<uint32_t>(1, static_cast<uint32_t>(s_.workers.size())));
-        single_worker_ = s_.workers.size() <= 1;
         // Outbound counters written back in batches (crypto_core.h): flushed before every
         // acknowledgement (apply_updates), when a poll finds nothing, and at least every 1 ms (what
         // `show` reads lags by that much under load). A flush costs two locked adds per SA used
@@ -575,7 +574,7 @@ private:
                 strip_ipv6_extensions(m, c); // ESP behind IPv6 extension headers
             }
             if (c.kind == inbound_kind::esp || c.kind == inbound_kind::ah) {
-                const unsigned owner = single_worker_ ? 0U : spi_owner_.mod(c.spi); // SPI % workers
+                const unsigned owner = spi_owner_.is_one() ? 0U : spi_owner_.mod(c.spi); // SPI % workers
                 if (owner != w_.index) {
                     if (rte_ring_mp_enqueue(s_.workers[owner]->handoff, m) != 0) {
                         drop(m, gateway_drop::ring_full);
@@ -1347,7 +1346,6 @@ private:
     uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
-    bool single_worker_ = true; // every SPI is this worker's (no division per packet)
     unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };
 

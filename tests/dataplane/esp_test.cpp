@@ -355,6 +355,44 @@ TEST(Ipv4Checksum, ReceiveCheckAgreesWithDpdk)
     }
 }
 
+// The unfolded check against DPDK's folded sum (rte_raw_cksum, the oracle) on headers whose
+// checksum field is right, off by a small amount, or the other zero (0xffff for 0x0000, RFC 1624),
+// and the all-zero header (a one's-complement sum of zeros is 0, not all ones).
+TEST(Ipv4Checksum, UnfoldedCheckAgreesWithFoldedSum)
+{
+    const uint8_t zeros[60] = {};
+    EXPECT_FALSE(ipv4_checksum_ok(zeros, 20));
+    EXPECT_FALSE(ipv4_checksum_ok(zeros, 60));
+    uint32_t seed = 777;
+    auto next = [&seed] {
+        seed = seed * 1103515245U + 12345U;
+        return seed >> 16;
+    };
+    unsigned valid = 0;
+    for (int round = 0; round < 20000; ++round) {
+        alignas(4) uint8_t h[60];
+        const uint32_t header = 20 + 4 * (next() % 11);
+        for (auto& b : h) {
+            b = static_cast<uint8_t>(next());
+        }
+        if (round % 5 == 0) {
+            std::fill(h, h + 20, 0xff); // sums that carry on every word
+        }
+        h[0] = static_cast<uint8_t>(0x40 | header / 4);
+        ipv4_set_checksum(h);
+        const uint16_t delta = static_cast<uint16_t>(next() % 4);
+        store_be16(h + 10, static_cast<uint16_t>(load_be16(h + 10) + delta));
+        if (round % 7 == 0 && load_be16(h + 10) == 0) {
+            store_be16(h + 10, 0xffff);
+        }
+        const bool oracle = rte_raw_cksum(h, header) == 0xffff;
+        valid += oracle ? 1 : 0;
+        ASSERT_EQ(ipv4_checksum_ok(h, header), oracle) << "round " << round << " header " << header;
+    }
+    EXPECT_GT(valid, 2000U); // both verdicts were exercised
+    EXPECT_LT(valid, 18000U);
+}
+
 // The worker takes bigger polls while IPsec-MB's multi-buffer code gets full vectors (gateway.h
 // rx_burst_size): the engine counts the jobs it gives that code (AES-CBC+HMAC both ways), not AES-GCM.
 TEST_F(Esp, MultiBufferJobsAreCountedForThePollSize)
