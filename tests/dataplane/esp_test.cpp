@@ -356,8 +356,9 @@ TEST(Ipv4Checksum, ReceiveCheckAgreesWithDpdk)
 }
 
 // The unfolded check against DPDK's folded sum (rte_raw_cksum, the oracle) on headers whose
-// checksum field is right, off by a small amount, or the other zero (0xffff for 0x0000, RFC 1624),
-// and the all-zero header (a one's-complement sum of zeros is 0, not all ones).
+// checksum field is right or off by a small amount, headers whose checksum is zero in both of its
+// forms (0x0000 and 0xffff, RFC 1624), and the all-zero header (a one's-complement sum of zeros is
+// 0, not all ones).
 TEST(Ipv4Checksum, UnfoldedCheckAgreesWithFoldedSum)
 {
     const uint8_t zeros[60] = {};
@@ -382,8 +383,18 @@ TEST(Ipv4Checksum, UnfoldedCheckAgreesWithFoldedSum)
         ipv4_set_checksum(h);
         const uint16_t delta = static_cast<uint16_t>(next() % 4);
         store_be16(h + 10, static_cast<uint16_t>(load_be16(h + 10) + delta));
-        if (round % 7 == 0 && load_be16(h + 10) == 0) {
+        if (round % 7 == 0) {
+            // A header whose other fields sum to 0xffff: its checksum is zero, written as 0x0000
+            // or as 0xffff (RFC 1624 §3), and both are right. The identification field makes it so.
+            store_be16(h + 4, 0);
+            store_be16(h + 10, 0);
+            const auto id = static_cast<uint16_t>(~rte_raw_cksum(h, header)); // a sum of host-order words
+            std::memcpy(h + 4, &id, 2);
+            ASSERT_EQ(rte_raw_cksum(h, header), 0xffff);
+            EXPECT_TRUE(ipv4_checksum_ok(h, header));
             store_be16(h + 10, 0xffff);
+            EXPECT_TRUE(ipv4_checksum_ok(h, header));
+            store_be16(h + 10, static_cast<uint16_t>(delta == 0 ? 0xffff : delta)); // off by delta
         }
         const bool oracle = rte_raw_cksum(h, header) == 0xffff;
         valid += oracle ? 1 : 0;
