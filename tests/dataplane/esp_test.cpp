@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -814,6 +817,34 @@ TEST(ImbBurst, LongestFirstOrdersByLengthAndKeepsTiesInOrder)
     EXPECT_EQ(same[0], 3);
     EXPECT_EQ(same[1], 1);
     EXPECT_EQ(same[2], 2);
+}
+
+// Against std::stable_sort on the same 64-byte steps: random bursts of every size up to max_burst,
+// lengths from 0 to past longest_first_cap (which share the top step), bursts of two to four sizes (the
+// per-step passes), and bursts already in order.
+TEST(ImbBurst, LongestFirstMatchesAStableSortBy64ByteSteps)
+{
+    std::mt19937 rng(7);
+    auto step = [](uint32_t l) { return std::min(l, longest_first_cap) / 64; };
+    for (int round = 0; round < 2000; ++round) {
+        const auto n = static_cast<uint16_t>(round % 7 == 0 ? max_burst : 1 + rng() % max_burst);
+        std::vector<uint32_t> len(n);
+        const uint32_t span = round % 3 == 0 ? 9000 : 1600;
+        const uint32_t few[] = {64, 576, 1500, 9000};
+        const unsigned sizes = 2 + round % 3;
+        for (auto& l : len) {
+            l = round % 2 == 1 ? few[rng() % sizes] : rng() % span; // odd rounds: two to four sizes
+        }
+        if (round % 5 == 0) {
+            std::sort(len.begin(), len.end(), std::greater<>());
+        }
+        std::vector<uint16_t> idx(n);
+        std::iota(idx.begin(), idx.end(), 0);
+        std::vector<uint16_t> want = idx;
+        std::stable_sort(want.begin(), want.end(), [&](uint16_t a, uint16_t b) { return step(len[a]) > step(len[b]); });
+        longest_first(idx.data(), n, [&](uint16_t i) { return len[i]; });
+        ASSERT_EQ(idx, want) << "round " << round;
+    }
 }
 
 TEST_F(Esp, WrongSpiAndWrongProtocolAreDropped)
