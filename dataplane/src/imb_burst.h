@@ -107,50 +107,63 @@ inline int run_split_burst(IMB_MGR* cipher_mgr, IMB_MGR* hash_mgr, IMB_JOB* jobs
     return n;
 }
 
-// Orders a burst's packets longest first: `idx` holds n packet indexes, `len(index)` the bytes a
-// packet's job runs over. Why: IPsec-MB's multi-buffer code (AES-CBC encrypt, HMAC-SHA) advances all
-// lanes by the shortest job in them, and run_burst flushes every burst, so the last jobs in run with
-// the other lanes empty. Submitted in arrival order, a 1500-byte packet behind a row of 64-byte ones
-// ran mostly alone at the flush: IMIX cost 1.7x the mean of its sizes' costs. Longest first keeps the
-// long jobs in full lanes and leaves only short ones for the flush (longest-processing-time-first
-// scheduling). For chained cipher+hash jobs that orders only the first stage (see run_split_burst,
-// which is why AES-CBC+HMAC runs as two passes).
+// Orders a burst's packets longest first: `idx` holds n <= max_burst packet indexes, `len(index)` a
+// packet's ESP payload length (what its jobs' lengths grow with). Why: IPsec-MB's multi-buffer code
+// (AES-CBC encrypt, HMAC-SHA) advances all lanes by the shortest job in them, and run_burst flushes
+// every burst, so the last jobs in run with the other lanes empty. Submitted in arrival order, a
+// 1500-byte packet behind a row of 64-byte ones ran mostly alone at the flush: IMIX cost 1.7x the mean
+// of its sizes' costs. Longest first keeps the long jobs in full lanes and leaves only short ones for
+// the flush (longest-processing-time-first scheduling). For chained cipher+hash jobs that orders only
+// the first stage (see run_split_burst, which is why AES-CBC+HMAC runs as two passes).
 //
-// By 64-byte steps (one SHA-2 block; the lanes advance by whole blocks), stable within a step, lengths
-// from longest_first_cap up sharing the top step. Linear in n: a burst already in order (one size, the
-// common case) is one pass with no moves; a burst of a few steps (IMIX has three) one branch-free pass
-// per step; more steps a counting sort (whose per-step counters chain through memory when few steps
-// repeat, hence not for the few-step case). The insertion sort this replaced moved each IMIX packet past
-// ~18 shorter ones in a 128-packet poll, about half of outbound_submit's time at cbc-out-imix
-// (perf/RESULTS.md, stop 24). Hand-written: it runs per burst on the packet path.
-inline constexpr unsigned longest_first_steps = 64;
-inline constexpr uint32_t longest_first_cap = (longest_first_steps - 1) * 64;
+// By steps (longest_first_step), stable within a step: jobs of one step differ by less than 64 bytes
+// (256 above 4 KiB), about one SHA-256 block or four AES blocks, which shows only in the last lanes at
+// the flush. Linear in n: a burst already in order (one size, the common case) is one pass with no
+// moves; a burst of a few steps (IMIX has three) one branch-free pass per step; more steps a counting
+// sort (not for few steps: when the same few counters take every increment, each waits for the
+// previous store to the same counter, ~12 cycles per packet measured). The insertion sort this
+// replaced moved each IMIX packet past ~17 shorter ones in a 128-packet poll, about half of
+// outbound_submit's time at cbc-out-imix (perf/RESULTS.md, stop 24). Hand-written: it runs per burst
+// on the packet path.
+inline constexpr unsigned longest_first_steps = 128;
+
+// A length's step, larger = longer: 64-byte steps up to 4 KiB, then 256-byte steps (jumbo frames up
+// to 9000 bytes and beyond keep their order) up to 20 KiB, which longer lengths share.
+constexpr unsigned longest_first_step(uint32_t len) noexcept
+{
+    if (len < 4096) {
+        return len / 64;
+    }
+    const uint32_t coarse = (len - 4096) / 256;
+    return 64 + (coarse < 63 ? coarse : 63);
+}
 
 template <typename Len>
 inline void longest_first(uint16_t* idx, uint16_t n, Len&& len) noexcept
 {
     uint8_t step[max_burst];
     bool in_order = true;
-    uint64_t present = 0;
+    uint64_t present[2] = {};
     for (uint16_t i = 0; i < n; ++i) {
-        const uint32_t l = len(idx[i]);
         // Reversed: step 0 holds the longest.
-        const unsigned s = longest_first_steps - 1 - (l < longest_first_cap ? l / 64 : longest_first_steps - 1);
+        const unsigned s = longest_first_steps - 1 - longest_first_step(len(idx[i]));
         step[i] = static_cast<uint8_t>(s);
-        present |= uint64_t{1} << s;
+        present[s / 64] |= uint64_t{1} << (s % 64);
         in_order &= i == 0 || step[i] >= step[i - 1];
     }
     if (in_order) {
         return;
     }
     uint16_t sorted[max_burst + 1]; // + 1: the few-step passes write one past the last packet placed
-    if (__builtin_popcountll(present) <= 4) {
+    if (__builtin_popcountll(present[0]) + __builtin_popcountll(present[1]) <= 4) {
         uint16_t k = 0;
-        for (uint64_t left = present; left != 0; left &= left - 1) {
-            const auto s = static_cast<uint8_t>(__builtin_ctzll(left));
-            for (uint16_t i = 0; i < n; ++i) {
-                sorted[k] = idx[i];
-                k = static_cast<uint16_t>(k + (step[i] == s));
+        for (unsigned word = 0; word < 2; ++word) {
+            for (uint64_t left = present[word]; left != 0; left &= left - 1) {
+                const auto s = static_cast<uint8_t>(word * 64 + static_cast<unsigned>(__builtin_ctzll(left)));
+                for (uint16_t i = 0; i < n; ++i) {
+                    sorted[k] = idx[i];
+                    k = static_cast<uint16_t>(k + (step[i] == s));
+                }
             }
         }
     } else {
@@ -170,9 +183,9 @@ inline void longest_first(uint16_t* idx, uint16_t n, Len&& len) noexcept
 }
 
 // The IPsec-MB jobs of one batch (ESP in or out, AES-GCM excluded): `list` holds n packet indexes;
-// `sa_of(i)` is packet i's SA, `len_of(i)` the bytes its job runs over, `fill(i, job)` prepares its
-// job, `finish(job)` takes a job back (status set; user_data as fill left it), `refused(i)` gets
-// each packet whose burst IPsec-MB refused as a whole. AES-CBC+HMAC packets of one key size and hash
+// `sa_of(i)` is packet i's SA, `len_of(i)` its ESP payload length (longest_first), `fill(i, job)`
+// prepares its job, `finish(job)` takes a job back (status set; user_data as fill left it),
+// `refused(i)` gets each packet whose burst IPsec-MB refused as a whole. AES-CBC+HMAC packets of one key size and hash
 // (the first such packet's) go as two passes (run_split_burst), the rest (other CBC+HMAC kinds, GMAC,
 // NULL cipher) as chained jobs (run_burst), a burst per manager (hash_manager); each set longest
 // first. Reorders `list`.

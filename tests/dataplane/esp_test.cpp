@@ -805,7 +805,7 @@ TEST_F(Esp, MixedSizesAndKindsInOneOutboundBurst)
     }
 }
 
-TEST(ImbBurst, LongestFirstOrdersByLengthAndKeepsTiesInOrder)
+TEST(ImbBurst, LongestFirstOrdersByStepAndKeepsArrivalOrderWithinAStep)
 {
     const uint32_t len[] = {64, 1500, 576, 64, 1500, 576, 64};
     uint16_t idx[] = {0, 1, 2, 3, 4, 5, 6};
@@ -817,32 +817,73 @@ TEST(ImbBurst, LongestFirstOrdersByLengthAndKeepsTiesInOrder)
     EXPECT_EQ(same[0], 3);
     EXPECT_EQ(same[1], 1);
     EXPECT_EQ(same[2], 2);
+    // 100 and 120 share a 64-byte step: arrival order, not exact length order.
+    const uint32_t near[] = {100, 120, 30};
+    uint16_t by_step[] = {0, 1, 2};
+    longest_first(by_step, 3, [&](uint16_t i) { return near[i]; });
+    EXPECT_EQ(by_step[0], 0);
+    EXPECT_EQ(by_step[1], 1);
+    EXPECT_EQ(by_step[2], 2);
+    // Jumbo lengths keep their order (256-byte steps above 4 KiB).
+    const uint32_t jumbo[] = {4200, 9000, 4100, 8000};
+    uint16_t big[] = {0, 1, 2, 3};
+    longest_first(big, 4, [&](uint16_t i) { return jumbo[i]; });
+    const uint16_t want_big[] = {1, 3, 0, 2};
+    EXPECT_TRUE(std::equal(std::begin(big), std::end(big), std::begin(want_big)));
+    // No packets (run_jobs' call for every batch without AES-CBC+HMAC): nothing touched.
+    uint16_t none[] = {7};
+    longest_first(none, 0, [](uint16_t) -> uint32_t { ADD_FAILURE() << "len called for n == 0"; return 0; });
+    EXPECT_EQ(none[0], 7);
 }
 
-// Against std::stable_sort on the same 64-byte steps: random bursts of every size up to max_burst,
-// lengths from 0 to past longest_first_cap (which share the top step), bursts of two to four sizes (the
-// per-step passes), and bursts already in order.
-TEST(ImbBurst, LongestFirstMatchesAStableSortBy64ByteSteps)
+TEST(ImbBurst, LongestFirstStepBoundaries)
+{
+    EXPECT_EQ(longest_first_step(0), 0U);
+    EXPECT_EQ(longest_first_step(63), 0U);
+    EXPECT_EQ(longest_first_step(64), 1U);
+    EXPECT_EQ(longest_first_step(4095), 63U);
+    EXPECT_EQ(longest_first_step(4096), 64U);
+    EXPECT_EQ(longest_first_step(4351), 64U);
+    EXPECT_EQ(longest_first_step(4352), 65U);
+    EXPECT_EQ(longest_first_step(9000), 83U);
+    EXPECT_EQ(longest_first_step(20479), 127U);
+    EXPECT_EQ(longest_first_step(20480), 127U);
+    EXPECT_EQ(longest_first_step(UINT32_MAX), 127U);
+    EXPECT_EQ(longest_first_steps, 128U);
+}
+
+// Against std::stable_sort on the same steps: random bursts of every size up to max_burst, lengths
+// up to 9000 and across the whole 32-bit range (past 20 KiB all share the top step), bursts of two to
+// four sizes (the per-step passes), and bursts already in order. The copy has one slot past the burst
+// that must stay untouched.
+TEST(ImbBurst, LongestFirstMatchesAStableSortBySteps)
 {
     std::mt19937 rng(7);
-    auto step = [](uint32_t l) { return std::min(l, longest_first_cap) / 64; };
-    for (int round = 0; round < 2000; ++round) {
+    for (int round = 0; round < 3000; ++round) {
         const auto n = static_cast<uint16_t>(round % 7 == 0 ? max_burst : 1 + rng() % max_burst);
         std::vector<uint32_t> len(n);
-        const uint32_t span = round % 3 == 0 ? 9000 : 1600;
         const uint32_t few[] = {64, 576, 1500, 9000};
         const unsigned sizes = 2 + round % 3;
         for (auto& l : len) {
-            l = round % 2 == 1 ? few[rng() % sizes] : rng() % span; // odd rounds: two to four sizes
+            if (round % 2 == 1) { // two to four sizes
+                l = few[rng() % sizes];
+            } else {
+                l = round % 6 == 0 ? static_cast<uint32_t>(rng()) : round % 6 == 2 ? rng() % 9001 : rng() % 1601;
+            }
         }
         if (round % 5 == 0) {
             std::sort(len.begin(), len.end(), std::greater<>());
         }
-        std::vector<uint16_t> idx(n);
+        std::vector<uint16_t> idx(n + 1);
         std::iota(idx.begin(), idx.end(), 0);
-        std::vector<uint16_t> want = idx;
-        std::stable_sort(want.begin(), want.end(), [&](uint16_t a, uint16_t b) { return step(len[a]) > step(len[b]); });
+        idx[n] = 0xbeef;
+        std::vector<uint16_t> want(idx.begin(), idx.begin() + n);
+        std::stable_sort(want.begin(), want.end(), [&](uint16_t a, uint16_t b) {
+            return longest_first_step(len[a]) > longest_first_step(len[b]);
+        });
         longest_first(idx.data(), n, [&](uint16_t i) { return len[i]; });
+        ASSERT_EQ(idx[n], 0xbeef) << "round " << round;
+        idx.pop_back();
         ASSERT_EQ(idx, want) << "round " << round;
     }
 }
