@@ -185,10 +185,10 @@ inline void longest_first(uint16_t* idx, uint16_t n, Len&& len) noexcept
 // The IPsec-MB jobs of one batch (ESP in or out, AES-GCM excluded): `list` holds n packet indexes;
 // `sa_of(i)` is packet i's SA, `len_of(i)` its ESP payload length (longest_first), `fill(i, job)`
 // prepares its job, `finish(job)` takes a job back (status set; user_data as fill left it),
-// `refused(i)` gets each packet whose burst IPsec-MB refused as a whole. AES-CBC+HMAC packets of one key size and hash
-// (the first such packet's) go as two passes (run_split_burst), the rest (other CBC+HMAC kinds, GMAC,
-// NULL cipher) as chained jobs (run_burst), a burst per manager (hash_manager); each set longest
-// first. Reorders `list`.
+// `refused(i)` gets each packet whose burst IPsec-MB refused as a whole. AES-CBC+HMAC packets of one
+// key size and hash (the first such packet's) go as two passes (run_split_burst), the rest (other
+// CBC+HMAC kinds, GMAC, NULL cipher) as chained jobs (run_burst), a burst per manager (hash_manager);
+// each set longest first. Reorders `list`.
 template <typename SaOf, typename LenOf, typename Fill, typename Finish, typename Refused>
 inline void run_jobs(crypto_core& core, uint16_t* list, uint16_t n, IMB_CIPHER_DIRECTION dir, SaOf&& sa_of,
                      LenOf&& len_of, Fill&& fill, Finish&& finish, Refused&& refused) noexcept

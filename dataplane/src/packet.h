@@ -348,15 +348,16 @@ inline bool ipv4_checksum_ok(const uint8_t* p, uint32_t header) noexcept
     std::memcpy(&a, p, 8);
     std::memcpy(&b, p + 8, 8);
     std::memcpy(&c, p + 16, 4);
-    uint64_t sum = a + b;
-    sum += sum < a ? 1 : 0; // end-around carry (cannot carry again: sum <= 2^64 - 2 here)
-    uint64_t next = sum + c;
-    sum = next + (next < sum ? 1 : 0);
+    // x + y with the end-around carry (it cannot carry again: a wrapped sum is <= 2^64 - 2).
+    auto add = [](uint64_t x, uint64_t y) {
+        const uint64_t s = x + y;
+        return s + (s < x ? 1 : 0);
+    };
+    uint64_t sum = add(add(a, b), c);
     for (uint32_t i = 20; i < header; i += 4) [[unlikely]] {
         uint32_t w = 0;
         std::memcpy(&w, p + i, 4);
-        next = sum + w;
-        sum = next + (next < sum ? 1 : 0);
+        sum = add(sum, w);
     }
     return sum != 0 && sum % 0xffff == 0;
 }
