@@ -24,6 +24,7 @@
 #include "icmpv6.h"
 #include "packet.h"
 #include "selectors.h"
+#include "stage_cycles.h"
 
 namespace espresso::dp {
 
@@ -169,8 +170,11 @@ public:
             unsigned own = 0;
             for (const auto& [port, queue] : w_.rx) {
                 rte_mbuf* pkts[rx_burst_size];
+                const uint64_t rx_start = stage_clock::now();
                 uint16_t n = rte_eth_rx_burst(port, queue, pkts, rx_want_);
                 if (n != 0) {
+                    clock_.add(stage::rx, rx_start);
+                    clock_.packets(n, w_.index);
                     w_.rx_packets.fetch_add(n, std::memory_order_relaxed);
                     process(pkts, n, false);
                     own += n;
@@ -198,6 +202,7 @@ public:
             }
             if (h != 0) {
                 w_.handed_in.fetch_add(h, std::memory_order_relaxed);
+                clock_.packets(h, w_.index);
                 process(handed, static_cast<uint16_t>(h), true);
                 got += h;
             }
@@ -462,6 +467,13 @@ private:
     // One pass over a burst. `handed` = packets another worker passed to us (already L3, owned SAs).
     void process(rte_mbuf** pkts, uint16_t n, bool handed) noexcept
     {
+        const uint64_t start = stage_clock::now();
+        process_pass(pkts, n, handed);
+        clock_.add(stage::pass, start);
+    }
+
+    void process_pass(rte_mbuf** pkts, uint16_t n, bool handed) noexcept
+    {
         rte_mbuf* transit[max_vector];
         uint16_t n_transit = 0;
         rte_mbuf* transit6[max_vector];
@@ -599,16 +611,24 @@ private:
         rte_mbuf* forward[forward_capacity];
         uint16_t n_forward = 0;
         if (n_inbound != 0) {
+            const uint64_t start = stage_clock::now();
             decapsulate(inbound, inbound_keys, n_inbound, forward, n_forward);
+            clock_.add(stage::inbound, start);
         }
-        if (n_transit != 0) {
-            protect(transit, n_transit, forward, n_forward);
-        }
-        if (n_transit6 != 0) {
-            protect6(transit6, n_transit6, forward, n_forward);
+        if (n_transit != 0 || n_transit6 != 0) {
+            const uint64_t start = stage_clock::now();
+            if (n_transit != 0) {
+                protect(transit, n_transit, forward, n_forward);
+            }
+            if (n_transit6 != 0) {
+                protect6(transit6, n_transit6, forward, n_forward);
+            }
+            clock_.add(stage::spd, start);
         }
         if (n_forward != 0) {
+            const uint64_t start = stage_clock::now();
             route_and_send(forward, n_forward);
+            clock_.add(stage::route_tx, start);
         }
     }
 
@@ -776,7 +796,9 @@ private:
             ig[g].reasons = reasons + groups.first[g];
             ig[g].n = groups.count[g];
         }
+        const uint64_t start = stage_clock::now();
         inbound_process_groups(core_, ig, groups.n);
+        clock_.add(stage::esp_in, start);
         // A local count: through the reference, every packet's forward_packet was a load and a
         // store of n_forward (the calls on its rare paths keep the compiler from holding it).
         uint16_t nf = n_forward;
@@ -863,7 +885,9 @@ private:
         const spd_rule* out_rule[max_vector];
         const spd_rule* in_match[max_vector];
         classify(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        const uint64_t start = stage_clock::now();
         apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
+        clock_.add(stage::policies, start);
     }
 
     // Cleartext IPv6 transit: hop limit, link-local scope, SPD, then encapsulation.
@@ -907,7 +931,9 @@ private:
         const spd_rule* out_rule[max_vector];
         const spd_rule* in_match[max_vector];
         classify6(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        const uint64_t start = stage_clock::now();
         apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
+        clock_.add(stage::policies, start);
     }
 
     // The SPD verdicts of a burst (either family): bypass and no-policy packets are forwarded,
@@ -1089,7 +1115,9 @@ private:
             og[g].reasons = reasons + groups.first[g];
             og[g].n = groups.count[g];
         }
+        const uint64_t start = stage_clock::now();
         outbound_process_groups(core_, og, groups.n);
+        clock_.add(stage::esp_out, start);
         // Locals: with `n_forward` a reference and og[] in memory, every store to forward[] would
         // make the compiler reload both per packet.
         uint16_t nf = n_forward;
@@ -1346,6 +1374,7 @@ private:
     uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
+    stage_clock clock_; // -Dstage_cycles=true builds only (stage_cycles.h); empty calls otherwise
     unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };
 
