@@ -90,31 +90,42 @@ inline void grow_span(rte_mbuf* m, uint32_t len, uint32_t head, uint32_t tail) n
     m->pkt_len = len + head + tail;
 }
 
+// Network byte order through the compiler's byte swap, not rte_bswap16/32/64: for a value not known
+// at compile time DPDK 22.11 (x86) swaps with `asm volatile` (`xchgb %b,%h` for 16 bits, a
+// partial-register write; `bswap` for 32 and 64), which the compiler may neither fold into the load
+// or store (MOVBE) nor move, and a packet's path does a dozen of them.
+static_assert(RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN, "the helpers below swap unconditionally");
+constexpr uint16_t host_to_be16(uint16_t v) noexcept { return __builtin_bswap16(v); }
+constexpr uint32_t host_to_be32(uint32_t v) noexcept { return __builtin_bswap32(v); }
+constexpr uint64_t host_to_be64(uint64_t v) noexcept { return __builtin_bswap64(v); }
+constexpr uint16_t be16_to_host(uint16_t v) noexcept { return __builtin_bswap16(v); }
+constexpr uint32_t be32_to_host(uint32_t v) noexcept { return __builtin_bswap32(v); }
+
 inline uint32_t load_be32(const uint8_t* p) noexcept
 {
     uint32_t v;
     std::memcpy(&v, p, 4);
-    return rte_be_to_cpu_32(v);
+    return be32_to_host(v);
 }
 inline uint16_t load_be16(const uint8_t* p) noexcept
 {
     uint16_t v;
     std::memcpy(&v, p, 2);
-    return rte_be_to_cpu_16(v);
+    return be16_to_host(v);
 }
 inline void store_be32(uint8_t* p, uint32_t v) noexcept
 {
-    v = rte_cpu_to_be_32(v);
+    v = host_to_be32(v);
     std::memcpy(p, &v, 4);
 }
 inline void store_be16(uint8_t* p, uint16_t v) noexcept
 {
-    v = rte_cpu_to_be_16(v);
+    v = host_to_be16(v);
     std::memcpy(p, &v, 2);
 }
 inline void store_be64(uint8_t* p, uint64_t v) noexcept
 {
-    v = rte_cpu_to_be_64(v);
+    v = host_to_be64(v);
     std::memcpy(p, &v, 8);
 }
 

@@ -311,8 +311,8 @@ void classify_linear(const std::vector<linear_rule>& rules, const Key* const* ke
         uint64_t dst[2] = {0, 0};
         std::memcpy(src, &k.source, sizeof(k.source));
         std::memcpy(dst, &k.destination, sizeof(k.destination));
-        const uint16_t sport = rte_be_to_cpu_16(k.source_port);
-        const uint16_t dport = rte_be_to_cpu_16(k.destination_port);
+        const uint16_t sport = be16_to_host(k.source_port);
+        const uint16_t dport = be16_to_host(k.destination_port);
         uint32_t found[2] = {0, 0};
         for (const linear_rule& r : rules) {
             if (found[r.category] != 0) {

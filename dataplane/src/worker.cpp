@@ -492,7 +492,7 @@ private:
                     continue;
                 }
                 const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
-                const uint16_t type = rte_be_to_cpu_16(eth->ether_type);
+                const uint16_t type = be16_to_host(eth->ether_type);
                 if (type == RTE_ETHER_TYPE_ARP) {
                     to_exception(m, exception_meta::arp);
                     continue;
@@ -1209,7 +1209,7 @@ private:
             } else {
                 const next_hop& h = w_.routes->hop(hop_index);
                 port = h.port;
-                nh_be = h.gateway_be != 0 ? h.gateway_be : rte_cpu_to_be_32(dst[i]);
+                nh_be = h.gateway_be != 0 ? h.gateway_be : host_to_be32(dst[i]);
             }
             const int16_t pos = s_.position(port);
             if (pos < 0 || static_cast<unsigned>(pos) >= max_ports) {
@@ -1260,7 +1260,7 @@ private:
                 drop(m, gateway_drop::malformed);
                 continue;
             }
-            eth->ether_type = rte_cpu_to_be_16(ether_type);
+            eth->ether_type = host_to_be16(ether_type);
             if (!known) {
                 // Main lcore queues it, sends ARP or a Neighbor Solicitation, and transmits once
                 // resolved (IPv6: it looks the next hop up again, the metadata holds 32 bits).
@@ -1305,7 +1305,7 @@ private:
         // numbers, which it spreads evenly (a /24's 254 hosts into 512 slots: at most two of them
         // share one). In network order the varying byte is the top one, and on some ports 30 of
         // 100 consecutive hosts shared slots, evicting each other on every pass.
-        const uint64_t h = ((uint64_t{rte_be_to_cpu_32(ip_be)} ^ uint64_t{port} << 32) * 0x9E3779B97F4A7C15ULL) >>
+        const uint64_t h = ((uint64_t{be32_to_host(ip_be)} ^ uint64_t{port} << 32) * 0x9E3779B97F4A7C15ULL) >>
                            (64 - neighbor_cache4_bits);
         neighbor_cache4_entry& c = neighbor_cache4_[h];
         if (c.key == key && c.port == port) {
