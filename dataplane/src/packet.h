@@ -248,7 +248,7 @@ inline void set_tos(uint8_t* ip, uint8_t tos) noexcept
 // The mask of the first n (0..64) bits of a big-endian 64-bit word, as a word loaded from memory.
 inline uint64_t leading_mask_be(unsigned n) noexcept
 {
-    return n == 0 ? 0 : rte_cpu_to_be_64(n >= 64 ? ~uint64_t{0} : ~(~uint64_t{0} >> n));
+    return n == 0 ? 0 : host_to_be64(n >= 64 ? ~uint64_t{0} : ~(~uint64_t{0} >> n));
 }
 
 // x % d for a divisor fixed at start-up (the worker count), without a division instruction per

@@ -1,17 +1,19 @@
-// Where a worker's time goes, in TSC cycles per received packet and stage: a developer build
-// (`meson configure -Dstage_cycles=true`, perf/stage-cycles) for performance work. Off by default, and
-// then every call here is empty and the worker's code is what it is without it.
+// Where a worker's time goes, in TSC cycles per received packet and stage: a developer build in its
+// own directory (`meson setup build-stage -Dstage_cycles=true`; perf/stage-cycles does it) for
+// performance work. Off by default, and then there is no timing code: every call here is empty.
 //
-// Why not `perf record` alone: on a VM without a PMU its samples come from a timer, and they land on
-// the instructions that retire after a stall, not on the stall's cause. On gcm-out-512 they put 48 %
-// of the worker in AES-GCM, which timed with the TSC costs inside the pass what it costs alone (~100
-// cycles of ~300); the other third of the samples there belonged to the ESP work around it
-// (perf/RESULTS.md, stop 25). Timing the stages themselves, a few `rdtsc` per burst (~23 cycles each
-// here, ~1-2 % at 64 B), gives each its own share.
+// Why not `perf record` alone: on a VM without a PMU its samples come from a timer and land on the
+// instructions that retire after a stall, not on the stall's cause. Stop 24 read 12-42 cycles of
+// "AES-GCM slower inside the pass" off them; timed, the excess is 5-10 (62 / 114 cycles at 64 / 512 B
+// against 57 / 104 alone, perf/RESULTS.md, stop 25): the rest was the ESP work around the cipher.
+// Timing the stages themselves, a few `rdtsc` per burst (~23 cycles each here, ~1-2 % at 64 B),
+// gives each its own share.
 #pragma once
 
 #include <rte_cycles.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 
@@ -25,7 +27,9 @@ inline constexpr bool stage_cycles_enabled = ESPRESSO_STAGE_CYCLES != 0;
 
 // The stages of one pass, as timed (the report subtracts nested ones: `policies` excludes `esp_out`,
 // `inbound` excludes `esp_in`, `spd` excludes `policies` and `esp_out`, `pass` (classification of
-// received packets, what is left of process()) excludes every other stage but `rx`).
+// received packets, what is left of process()) excludes every other stage but `rx`). A TX that
+// happens inside another stage, when the pass's forward vector fills up (pre-fragmented packets),
+// counts there, not in `route_tx`.
 enum class stage : uint8_t {
     rx,       // rte_eth_rx_burst (the port's driver; pcap replay copies the packet here)
     pass,     // the whole pass over a burst, `rx` excluded
@@ -92,29 +96,46 @@ public:
         auto at = [&](stage t) { return static_cast<double>(cycles_[static_cast<unsigned>(t)]); };
         double c = at(s);
         switch (s) {
-        case stage::pass: c -= at(stage::inbound) + at(stage::spd) + at(stage::route_tx); break;
-        case stage::inbound: c -= at(stage::esp_in); break;
-        case stage::spd: c -= at(stage::policies); break;
-        case stage::policies: c -= at(stage::esp_out); break;
-        default: break;
+        case stage::pass:
+            c -= at(stage::inbound) + at(stage::spd) + at(stage::route_tx);
+            break;
+        case stage::inbound:
+            c -= at(stage::esp_in);
+            break;
+        case stage::spd:
+            c -= at(stage::policies);
+            break;
+        case stage::policies:
+            c -= at(stage::esp_out);
+            break;
+        default:
+            break;
         }
         return c / static_cast<double>(packets_);
     }
 
+    // One line, written with one call: the log is shared with the main lcore and other workers.
     void report(unsigned worker, FILE* out) const noexcept
     {
-        static constexpr const char* names[] = {"rx",     "pass",     "inbound", "esp_in",
-                                                "spd",    "policies", "esp_out", "route_tx"};
+        static constexpr const char* names[] = {"rx",  "pass",     "inbound", "esp_in",
+                                                "spd", "policies", "esp_out", "route_tx"};
         static_assert(sizeof(names) / sizeof(names[0]) == static_cast<unsigned>(stage::count));
+        char line[512];
+        size_t used = 0;
+        auto append = [&](int n) {
+            used = n < 0 ? used : std::min(sizeof(line) - 1, used + static_cast<size_t>(n));
+        };
+        append(std::snprintf(line, sizeof(line), "stage-cycles worker %u tsc-hz %llu packets %llu:", worker,
+                             static_cast<unsigned long long>(rte_get_tsc_hz()),
+                             static_cast<unsigned long long>(packets_)));
         double total = 0;
-        std::fprintf(out, "stage-cycles worker %u tsc-hz %llu packets %llu:", worker,
-                     static_cast<unsigned long long>(rte_get_tsc_hz()), static_cast<unsigned long long>(packets_));
         for (unsigned s = 0; s < static_cast<unsigned>(stage::count); ++s) {
             const double c = per_packet(static_cast<stage>(s));
             total += c;
-            std::fprintf(out, " %s %.1f", names[s], c);
+            append(std::snprintf(line + used, sizeof(line) - used, " %s %.1f", names[s], c));
         }
-        std::fprintf(out, " total %.1f\n", total);
+        append(std::snprintf(line + used, sizeof(line) - used, " total %.1f\n", total));
+        std::fputs(line, out);
         std::fflush(out);
     }
 

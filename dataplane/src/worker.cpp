@@ -1374,7 +1374,7 @@ private:
     uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
-    stage_clock clock_; // -Dstage_cycles=true builds only (stage_cycles.h); empty calls otherwise
+    stage_clock clock_;       // -Dstage_cycles=true builds only (stage_cycles.h); unused otherwise
     unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };
 

@@ -16,10 +16,10 @@ stage_clock nested_example()
 {
     stage_clock c;
     c.add_cycles(stage::rx, 50);
-    c.add_cycles(stage::pass, 1000); // holds inbound, spd and route_tx
+    c.add_cycles(stage::pass, 1000);   // holds inbound, spd and route_tx
     c.add_cycles(stage::inbound, 300); // holds esp_in
     c.add_cycles(stage::esp_in, 200);
-    c.add_cycles(stage::spd, 400); // holds policies
+    c.add_cycles(stage::spd, 400);      // holds policies
     c.add_cycles(stage::policies, 250); // holds esp_out
     c.add_cycles(stage::esp_out, 150);
     c.add_cycles(stage::route_tx, 100);
