@@ -366,11 +366,13 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
     if (count > 1) {
         // Many SAs: start the lines the preparation of every SA writes (sequence and lifetime,
         // counters) before the first one is used; their heads the worker started with the SPD.
-        // The key schedules (8 lines each) start as each SA is prepared, a whole preparation pass
-        // before the crypto reads them: all of them at once would exceed the core's outstanding
-        // misses and stall on the prefetches themselves. With deferred counters ESP packets add to
-        // the core's slot, which is started instead of the SA's counters line; the SAs that still
-        // write that line (volume limits, AH, drops) take its miss when they do.
+        // With deferred counters ESP packets add to the core's slot, which is started instead of
+        // the SA's counters line; the SAs that still write that line (volume limits, AH, drops) take
+        // its miss when they do. The key schedules are not prefetched: started as each SA was
+        // prepared (8 lines each) they helped on the earlier AVX2 machine (perf/RESULTS.md,
+        // 2026-11-30), but on this AVX-512 one the AES-GCM code's own loads of them overlap as well
+        // and the prefetches cost the preparation pass more (perf/stage-cycles, scale-1000 / 100000 /
+        // 1000000: `esp_out` 2-5 % fewer cycles without them in nine alternated pairs of nine).
         const bool deferred = core.defers_outbound_counters();
         for (unsigned gi = 0; gi < count; ++gi) {
             if (deferred) {
@@ -384,9 +386,6 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
     out_batch batch;
     for (unsigned gi = 0; gi < count; ++gi) {
         outbound_group& g = groups[gi];
-        if (count > 1) {
-            prefetch_sa_keys(g.sa);
-        }
         g.pending_good = 0;
         g.pending_bytes = 0;
         if ((g.sa->flags & sa_ah) != 0) {
