@@ -12,10 +12,9 @@
 
 #include <rte_cycles.h>
 
-#include <algorithm>
-#include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 
 #ifndef ESPRESSO_STAGE_CYCLES
 #define ESPRESSO_STAGE_CYCLES 0
@@ -66,16 +65,15 @@ public:
     }
     void add_cycles(stage s, uint64_t cycles) noexcept { cycles_[static_cast<unsigned>(s)] += cycles; }
 
-    // Counts received packets; every `report_every` of them, writes a line to `out` (stderr when null)
-    // with each stage's exclusive cycles per packet, and starts over.
-    void packets(unsigned n, unsigned worker, FILE* out = nullptr) noexcept
+    // Counts received packets; every `report_every` of them, writes a line to stderr with each
+    // stage's exclusive cycles per packet, and starts over.
+    void packets(unsigned n, unsigned worker) noexcept
     {
         if constexpr (stage_cycles_enabled) {
-            count_packets(n, worker, out != nullptr ? out : stderr);
+            count_packets(n, worker, stderr);
         } else {
             (void)n;
             (void)worker;
-            (void)out;
         }
     }
     void count_packets(uint64_t n, unsigned worker, FILE* out) noexcept
@@ -120,22 +118,19 @@ public:
         static constexpr const char* names[] = {"rx",  "pass",     "inbound", "esp_in",
                                                 "spd", "policies", "esp_out", "route_tx"};
         static_assert(sizeof(names) / sizeof(names[0]) == static_cast<unsigned>(stage::count));
-        char line[512];
-        size_t used = 0;
-        auto append = [&](int n) {
-            used = n < 0 ? used : std::min(sizeof(line) - 1, used + static_cast<size_t>(n));
-        };
-        append(std::snprintf(line, sizeof(line), "stage-cycles worker %u tsc-hz %llu packets %llu:", worker,
-                             static_cast<unsigned long long>(rte_get_tsc_hz()),
-                             static_cast<unsigned long long>(packets_)));
+        std::string line = "stage-cycles worker " + std::to_string(worker) + " tsc-hz " +
+                           std::to_string(rte_get_tsc_hz()) + " packets " + std::to_string(packets_) + ":";
         double total = 0;
+        char field[64];
         for (unsigned s = 0; s < static_cast<unsigned>(stage::count); ++s) {
             const double c = per_packet(static_cast<stage>(s));
             total += c;
-            append(std::snprintf(line + used, sizeof(line) - used, " %s %.1f", names[s], c));
+            std::snprintf(field, sizeof(field), " %s %.1f", names[s], c);
+            line += field;
         }
-        append(std::snprintf(line + used, sizeof(line) - used, " total %.1f\n", total));
-        std::fputs(line, out);
+        std::snprintf(field, sizeof(field), " total %.1f\n", total);
+        line += field;
+        std::fputs(line.c_str(), out);
         std::fflush(out);
     }
 
