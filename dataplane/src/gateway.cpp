@@ -2481,10 +2481,10 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
     const spd_rule* in_match = nullptr;
     if (sel.v6) {
         const spd6_key* k = &sel.k6;
-        classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1);
+        classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
     } else {
         const spd_key* k = &sel.k4;
-        classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1);
+        classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
     }
     if (rule == nullptr || rule->action == config::policy_action::bypass) {
         // No outbound policy: as for transit, cleartext the peer's inbound check would refuse (an
@@ -2718,10 +2718,10 @@ bool gateway::to_kernel_allowed(rte_mbuf* m)
     const spd_rule* in_match = nullptr;
     if (sel.v6) {
         const spd6_key* k = &sel.k6;
-        classify6(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1);
+        classify6(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1, inbound_scope::every_packet);
     } else {
         const spd_key* k = &sel.k4;
-        classify(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1);
+        classify(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1, inbound_scope::every_packet);
     }
     if (in_match != nullptr) {
         const spd_rule& in = *in_match;

@@ -109,6 +109,34 @@ struct linear_rule {
     uint32_t result;       // rule index + 1
 };
 
+// The IPv4 rules of a small rule set in the form the walk reads (compiled_spd::classify): both
+// addresses as one 64-bit word the way spd_key holds them (source then destination, network order;
+// value already masked), ports as a minimum and a span (host order; a port p matches when
+// p - min <= span, unsigned 16-bit), so a rule is one mask-and-compare, two range checks and the
+// protocol's. 32 bytes: two rules per cache line.
+struct linear4_rule {
+    uint64_t addresses;
+    uint64_t address_mask;
+    uint16_t source_port_min, source_port_span;
+    uint16_t destination_port_min, destination_port_span;
+    uint8_t protocol;      // 0 with protocol_mask 0: any
+    uint8_t protocol_mask;
+    uint8_t category;      // 0 outbound, 1 inbound check
+    uint32_t result;       // rule index + 1
+};
+static_assert(sizeof(linear4_rule) == 32);
+
+// What a classification answers for the inbound check (category 1).
+enum class inbound_scope : uint8_t {
+    // Every packet's inbound-check winner: cleartext addressed to the gateway itself is checked
+    // whatever outbound rule its mirrored selectors match (gateway.cpp).
+    every_packet,
+    // Only where no outbound rule matched: transit traffic (the worker's apply_policies, and the
+    // gateway's own outgoing packets) reads the inbound check only then, so the walk stops at the
+    // outbound winner and the host level looks up only the packets without one.
+    without_outbound,
+};
+
 class compiled_spd {
 public:
     // A family with at most this many rules is classified by walking them in rank order instead of
@@ -126,9 +154,12 @@ public:
     compiled_spd(const compiled_spd&) = delete;
     compiled_spd& operator=(const compiled_spd&) = delete;
 
-    // results[i]: outbound rule index + 1 and inbound-check rule index + 1 (0 = no policy).
-    void classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
-    void classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n) const noexcept;
+    // results[i]: outbound rule index + 1 and inbound-check rule index + 1 (0 = no policy). With
+    // inbound_scope::without_outbound, inbound_match[i] is only meaningful where outbound[i] is 0.
+    void classify(const spd_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n,
+                  inbound_scope scope = inbound_scope::every_packet) const noexcept;
+    void classify6(const spd6_key* const* keys, uint32_t* outbound, uint32_t* inbound_match, uint32_t n,
+                   inbound_scope scope = inbound_scope::every_packet) const noexcept;
     const spd_rule& rule(uint32_t index_plus_one) const noexcept { return rules_[index_plus_one - 1]; }
     bool empty() const noexcept { return ctx_ == nullptr && ctx6_ == nullptr; }
     // Every rule is a bypass rule (or there is none): a packet is forwarded whatever it matches, so
@@ -142,6 +173,7 @@ private:
     rte_acl_ctx* ctx_ = nullptr;
     rte_acl_ctx* ctx6_ = nullptr;
     std::vector<linear_rule> linear_[2]; // IPv4, IPv6 rules in rank order
+    std::vector<linear4_rule> linear4_rules_; // linear_[0] as the IPv4 walk reads it
     bool linear4_ = false;
     bool linear6_ = false;
     std::vector<spd_rule> rules_;
@@ -323,9 +355,12 @@ host_key make_host_key(host_category category, const config::ip_prefix& remote) 
 
 // The two levels together for a burst of one family's keys: the winning rule per packet for the
 // outbound category and the inbound check, nullptr = no policy. `spd` may be null (no rte_acl rules).
+// `scope`: see inbound_scope (without_outbound: inbound_match[i] only where outbound[i] is null).
 void classify(const compiled_spd* spd, const host_spd& hosts, const spd_key* const* keys,
-              const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept;
+              const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n,
+              inbound_scope scope) noexcept;
 void classify6(const compiled_spd* spd, const host_spd& hosts, const spd6_key* const* keys,
-               const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n) noexcept;
+               const spd_rule** outbound, const spd_rule** inbound_match, uint32_t n,
+               inbound_scope scope) noexcept;
 
 } // namespace espresso::dp

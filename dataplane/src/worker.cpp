@@ -884,7 +884,7 @@ private:
         }
         const spd_rule* out_rule[max_vector];
         const spd_rule* in_match[max_vector];
-        classify(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        classify(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept, inbound_scope::without_outbound);
         const uint64_t start = stage_clock::now();
         apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
         clock_.add(stage::policies, start);
@@ -930,7 +930,7 @@ private:
         }
         const spd_rule* out_rule[max_vector];
         const spd_rule* in_match[max_vector];
-        classify6(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept);
+        classify6(w_.spd, *w_.hosts, key_ptrs, out_rule, in_match, kept, inbound_scope::without_outbound);
         const uint64_t start = stage_clock::now();
         apply_policies(pkts, kept, out_rule, in_match, protocol, forward, n_forward);
         clock_.add(stage::policies, start);

@@ -138,25 +138,26 @@ struct verdict {
     const spd_rule* in = nullptr;
 };
 
-verdict classify_one(const two_levels& t, const spd_key& k)
+verdict classify_one(const two_levels& t, const spd_key& k, inbound_scope scope = inbound_scope::without_outbound)
 {
     const spd_key* p = &k;
     verdict v;
-    classify(t.acl.get(), t.table, &p, &v.out, &v.in, 1);
+    classify(t.acl.get(), t.table, &p, &v.out, &v.in, 1, scope);
     return v;
 }
 
-verdict classify_one6(const two_levels& t, const spd6_key& k)
+verdict classify_one6(const two_levels& t, const spd6_key& k, inbound_scope scope = inbound_scope::without_outbound)
 {
     const spd6_key* p = &k;
     verdict v;
-    classify6(t.acl.get(), t.table, &p, &v.out, &v.in, 1);
+    classify6(t.acl.get(), t.table, &p, &v.out, &v.in, 1, scope);
     return v;
 }
 
 // The two levels' verdict for every (source, destination) pair against `oracle`, one rte_acl over
 // every entry: the same outbound rule (action, SA, id) and, where no outbound rule decides, the same
-// inbound check. Call with ASSERT_NO_FATAL_FAILURE.
+// inbound check; with inbound_scope::every_packet the same inbound check for every pair. Call with
+// ASSERT_NO_FATAL_FAILURE.
 void expect_oracle_verdicts(const compiled_spd& oracle, const two_levels& t, std::span<const char* const> sources,
                             std::span<const char* const> destinations, const std::string& label)
 {
@@ -180,6 +181,13 @@ void expect_oracle_verdicts(const compiled_spd& oracle, const two_levels& t, std
                 if (in != 0) {
                     EXPECT_EQ(oracle.rule(in).action, v.in->action) << where;
                 }
+            }
+            const verdict every = classify_one(t, k, inbound_scope::every_packet);
+            EXPECT_EQ(every.out, v.out) << where << " (every_packet)";
+            ASSERT_EQ(in == 0, every.in == nullptr) << where << " (every_packet)";
+            if (in != 0) {
+                EXPECT_EQ(oracle.rule(in).action, every.in->action) << where << " (every_packet)";
+                EXPECT_EQ(oracle.rule(in).id, every.in->id) << where << " (every_packet)";
             }
         }
     }
@@ -576,6 +584,7 @@ TEST(spd_linear, small_rule_sets_answer_what_rte_acl_answers)
             const auto dport = static_cast<uint16_t>(pick(4) == 0 ? pick(65536) : 390 + pick(170));
             uint32_t want[2] = {};
             uint32_t got[2] = {};
+            uint32_t transit[2] = {};
             if (six) {
                 spd6_key k{};
                 k.protocol = protocol;
@@ -586,6 +595,7 @@ TEST(spd_linear, small_rule_sets_answer_what_rte_acl_answers)
                 const spd6_key* kp = &k;
                 acl.classify6(&kp, &want[0], &want[1], 1);
                 linear.classify6(&kp, &got[0], &got[1], 1);
+                linear.classify6(&kp, &transit[0], &transit[1], 1, inbound_scope::without_outbound);
             } else {
                 spd_key k{};
                 k.protocol = protocol;
@@ -596,9 +606,16 @@ TEST(spd_linear, small_rule_sets_answer_what_rte_acl_answers)
                 const spd_key* kp = &k;
                 acl.classify(&kp, &want[0], &want[1], 1);
                 linear.classify(&kp, &got[0], &got[1], 1);
+                linear.classify(&kp, &transit[0], &transit[1], 1, inbound_scope::without_outbound);
             }
             ASSERT_EQ(got[0], want[0]) << "round " << round << " probe " << probe << " (outbound)";
             ASSERT_EQ(got[1], want[1]) << "round " << round << " probe " << probe << " (inbound check)";
+            // The transit walk stops at the outbound winner: the same outbound answer, and the inbound
+            // check wherever no outbound rule matched.
+            ASSERT_EQ(transit[0], want[0]) << "round " << round << " probe " << probe << " (transit outbound)";
+            if (want[0] == 0) {
+                ASSERT_EQ(transit[1], want[1]) << "round " << round << " probe " << probe << " (transit inbound)";
+            }
         }
     }
 }
