@@ -320,6 +320,12 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
         sa->soft_packets = c.lifetime.soft_packets;
     }
     build_outer_header(*sa, c);
+    if (esp_overhead(*sa) > max_esp_overhead) {
+        // Not reachable with the algorithms config/ knows; the worker's MTU check relies on it.
+        throw std::invalid_argument("SA " + std::to_string(c.spi) + ": encapsulation overhead " +
+                                    std::to_string(esp_overhead(*sa)) + " bytes is above the " +
+                                    std::to_string(max_esp_overhead) + " the data plane allows for");
+    }
     if ((sa->flags & sa_tunnel) != 0 && (sa->flags & sa_outer_v6) == 0) {
         // Length, id, TOS and flags are zero in the template: per packet only they are added
         // (RFC 1624 style), instead of summing the whole header again.

@@ -1059,10 +1059,15 @@ private:
     {
         const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
         out[0] = m;
-        // Transport mode: outer_bytes is just the UDP header (the IP header is the packet's own).
-        const uint32_t esp_overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
         const bool v6 = (ip[0] >> 4) == 6;
         const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
+        if (total + max_esp_overhead <= min_mtu_) {
+            // Fits whichever port it leaves by with any SA: neither the route's MTU nor the SA's
+            // figures are read (with a burst over many SAs, the SA's first line is then first
+            // needed in the engine, a whole grouping pass after apply_policies prefetched it).
+            return 1;
+        }
+        const uint32_t esp_overhead = espresso::dp::esp_overhead(sa);
         if (total + esp_overhead <= min_mtu_) {
             return 1; // fits whichever port it leaves by: no route lookup for the egress MTU
         }

@@ -120,9 +120,25 @@ static_assert(offsetof(sa_runtime, expired) / 64 == offsetof(sa_runtime, seq) / 
 static_assert(offsetof(sa_runtime, outer_sum) < 64 && offsetof(sa_runtime, key_runs) < 64,
               "per-packet parameters must be in the first cache line");
 static_assert(sizeof(sa_runtime) / 64 < 256, "key_line counts lines in a uint8_t");
+static_assert(sizeof(sa_runtime::outer_header) <= 48, "max_esp_overhead counts 48 bytes of outer headers");
 static_assert(offsetof(sa_runtime, outer_header) + sizeof(sa_runtime::outer_header) <= 128 &&
                   offsetof(sa_runtime, remote_selector) + sizeof(config::ip_prefix) <= 128,
               "selectors and outer header template must be in the two lines prefetch_sa_head loads");
+
+// What encapsulation with `sa` adds to a packet at most, padding included (TFC padding aside): outer
+// headers, SPI and sequence number, IV, ICV, pad length and next header, up to block - 1 bytes of
+// padding. Transport mode: outer_bytes is just the UDP header.
+inline uint32_t esp_overhead(const sa_runtime& sa) noexcept
+{
+    return sa.outer_bytes + 8U + sa.iv_bytes + sa.icv_bytes + 2U + (sa.block_bytes - 1U);
+}
+
+// esp_overhead's bound over every SA make_sa builds (it refuses one above it): an IPv6 outer header
+// with UDP (48), 8, a 16-byte IV (AES-CBC), a 32-byte ICV (HMAC-SHA-512-256), 2, 15. The worker's MTU
+// check compares a packet against it first and reads the SA's own figures only for packets that
+// long: for most packets the SA's first line is not needed before the engine's (perf/RESULTS.md,
+// stop 26).
+inline constexpr uint32_t max_esp_overhead = 48 + 8 + 16 + 32 + 2 + 15;
 
 // Prefetches for a burst spread over many SAs, so that it takes the cache misses of all of them at
 // once instead of one SA after the other. In order: the worker starts every SA's head (parameters,
