@@ -120,6 +120,14 @@ struct sa_groups {
             first[0] = 0;
             return pkts;
         }
+        if (n == total) {
+            // A group per packet (a burst spread over as many SAs): each add made the next group, so
+            // group g is packet g; in order too.
+            for (unsigned g = 0; g < n; ++g) {
+                first[g] = static_cast<uint16_t>(g);
+            }
+            return pkts;
+        }
         uint16_t next[max_groups];
         uint16_t at = 0;
         for (unsigned g = 0; g < n; ++g) {
