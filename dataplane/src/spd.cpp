@@ -240,6 +240,7 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
             l.shrink_to_fit();
         }
     }
+    static_assert(std::endian::native == std::endian::little, "linear4_rule packs addresses little-endian");
     for (const linear_rule& r : linear_[0]) {
         // IPv4 addresses sit in the first 4 bytes of each word (memory order, little-endian host):
         // the source in the low half, the destination in the high half, as spd_key holds them.
@@ -254,6 +255,12 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
         q.protocol_mask = r.protocol_mask;
         q.category = r.category;
         q.result = r.result;
+        if (r.source_port_min > r.source_port_max || r.destination_port_min > r.destination_port_max) {
+            // An empty range matches nothing (as in rte_acl); as a span it would wrap to nearly all.
+            // The loader refuses such ranges; this keeps the walk right whoever builds the entry.
+            q.address_mask = 0;
+            q.addresses = 1;
+        }
         linear4_rules_.push_back(q);
     }
     linear_[0].clear(); // read as linear4_rules_ from here on

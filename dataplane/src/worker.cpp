@@ -73,8 +73,8 @@ struct sa_groups {
     unsigned add_run(sa_runtime* s, rte_mbuf* const* m, unsigned len) noexcept
     {
         const unsigned room = max_packets - total;
-        if (room == 0) {
-            return 0;
+        if (room == 0 || len == 0) {
+            return 0; // (no group without packets: finish() relies on it)
         }
         unsigned g = last;
         if (n == 0 || sa[last] != s) { // not the previous run's SA: hash and probe
@@ -1075,7 +1075,9 @@ private:
             // needed in the engine, a whole grouping pass after apply_policies prefetched it).
             return 1;
         }
-        const uint32_t esp_overhead = espresso::dp::esp_overhead(sa);
+        // The family the ESP/AH header follows: the outer header's in tunnel mode, else the packet's.
+        const bool after_v6 = (sa.flags & sa_tunnel) != 0 ? (sa.flags & sa_outer_v6) != 0 : v6;
+        const uint32_t esp_overhead = espresso::dp::esp_overhead(sa, after_v6);
         if (total + esp_overhead <= min_mtu_) {
             return 1; // fits whichever port it leaves by: no route lookup for the egress MTU
         }

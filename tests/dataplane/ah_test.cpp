@@ -256,6 +256,9 @@ TEST_P(AhRoundTrip, ProtectsAndRecovers)
     for (size_t k = 0; k < pkts.size(); ++k) {
         std::vector<uint8_t> wire = mbuf_bytes(pkts[k]);
         ASSERT_EQ(wire.size(), plain.size() + ah_len + (c.tunnel ? ip_header : 0));
+        // What the worker's MTU check counts on (sa.h): exact for AH, and within the bound.
+        EXPECT_EQ(wire.size() - plain.size(), esp_overhead(*sa.out, c.v6));
+        EXPECT_LE(esp_overhead(*sa.out, c.v6), max_esp_overhead);
         EXPECT_EQ(wire[c.v6 ? 6 : 9], 51); // protocol / next header: AH
         const uint8_t* ah = wire.data() + ip_header;
         EXPECT_EQ(ah[0], c.tunnel ? (c.v6 ? 41 : 4) : 17);

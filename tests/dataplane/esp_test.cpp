@@ -227,6 +227,10 @@ TEST_F(Esp, RoundTripEveryCombination)
                             auto plain = inner_packet(v6, len);
                             auto wire = encrypt(*out, plain);
                             ASSERT_FALSE(wire.empty());
+                            // What the worker's MTU check counts on (sa.h): at most esp_overhead,
+                            // itself within the bound.
+                            ASSERT_LE(wire.size() - plain.size(), esp_overhead(*out, v6));
+                            ASSERT_LE(esp_overhead(*out, v6), max_esp_overhead);
                             // Outer protocol and ESP header.
                             ASSERT_EQ(wire[0] >> 4, v6 ? 6 : 4);
                             ASSERT_EQ(wire[v6 ? 6 : 9], udp ? 17 : 50);

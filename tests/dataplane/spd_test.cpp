@@ -283,6 +283,51 @@ TEST(spd_levels, inbound_check_from_a_host_only_where_no_outbound_rule_decides)
     EXPECT_EQ(classify_one(t, key4("10.0.0.7", "192.168.5.5")).in, nullptr);
 }
 
+// Cleartext addressed to the gateway itself gets its inbound check whatever outbound rule its
+// mirrored selectors match (inbound_scope::every_packet); transit traffic only where none does.
+TEST(spd_levels, every_packet_scope_answers_the_host_inbound_check_behind_an_outbound_match)
+{
+    two_levels t;
+    t.set_acl({operator_policy("0.0.0.0/0", "0.0.0.0/0", policy_action::bypass, 0, 3),
+               operator_policy("::/0", "::/0", policy_action::bypass, 0, 4)});
+    t.add(implied("192.168.0.0/16", "10.0.0.7/32", 0, true));
+    t.add(implied("2001:db8:1::/48", "2001:db8:ff::8/128", 0, true));
+    const verdict transit = classify_one(t, key4("10.0.0.7", "192.168.5.5"), inbound_scope::without_outbound);
+    ASSERT_NE(transit.out, nullptr);
+    EXPECT_EQ(transit.out->action, policy_action::bypass);
+    const verdict to_us = classify_one(t, key4("10.0.0.7", "192.168.5.5"), inbound_scope::every_packet);
+    ASSERT_NE(to_us.out, nullptr);
+    EXPECT_EQ(to_us.out->id, 3U);
+    ASSERT_NE(to_us.in, nullptr);
+    EXPECT_EQ(to_us.in->action, policy_action::protect);
+    const verdict to_us6 =
+        classify_one6(t, key6("2001:db8:ff::8", "2001:db8:1:9::1"), inbound_scope::every_packet);
+    ASSERT_NE(to_us6.out, nullptr);
+    EXPECT_EQ(to_us6.out->id, 4U);
+    ASSERT_NE(to_us6.in, nullptr);
+    EXPECT_EQ(to_us6.in->action, policy_action::protect);
+    EXPECT_EQ(classify_one(t, key4("10.0.0.8", "192.168.5.5"), inbound_scope::every_packet).in, nullptr);
+}
+
+// A rule whose port range is empty (minimum above maximum; the loader refuses them, an entry built
+// otherwise might not) matches nothing in the IPv4 walk, as in rte_acl.
+TEST(spd_linear, an_empty_port_range_matches_nothing)
+{
+    spd_entry e = operator_policy("192.168.1.0/24", "10.0.0.0/8", policy_action::discard, 0, 1);
+    e.policy.remote_port_min = 500;
+    e.policy.remote_port_max = 400;
+    compiled_spd spd({e}, next_generation());
+    ASSERT_TRUE(spd.linear4());
+    for (uint16_t port : {0, 399, 400, 450, 500, 501, 65535}) {
+        spd_key k = key4("192.168.1.5", "10.1.2.3", 6, port);
+        const spd_key* kp = &k;
+        uint32_t out = 0;
+        uint32_t in = 0;
+        spd.classify(&kp, &out, &in, 1);
+        EXPECT_EQ(out, 0U) << port;
+    }
+}
+
 TEST(spd_levels, ipv6_host_policies)
 {
     two_levels t;

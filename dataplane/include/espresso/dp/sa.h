@@ -125,19 +125,26 @@ static_assert(offsetof(sa_runtime, outer_header) + sizeof(sa_runtime::outer_head
                   offsetof(sa_runtime, remote_selector) + sizeof(config::ip_prefix) <= 128,
               "selectors and outer header template must be in the two lines prefetch_sa_head loads");
 
-// What encapsulation with `sa` adds to a packet at most, padding included (TFC padding aside): outer
-// headers, SPI and sequence number, IV, ICV, pad length and next header, up to block - 1 bytes of
-// padding. Transport mode: outer_bytes is just the UDP header.
-inline uint32_t esp_overhead(const sa_runtime& sa) noexcept
+// What encapsulation with `sa` adds to a packet at most (TFC padding aside), `v6`: the IP header the
+// ESP or AH header follows is IPv6 (tunnel mode: the outer header; transport mode: the packet's own).
+// ESP: outer headers, SPI and sequence number, IV, ICV, pad length and next header, up to block - 1
+// bytes of padding. AH (RFC 4302 §2.2, §3.3.3.2.1): outer header, then 12 bytes, IV and ICV, a
+// multiple of 4 bytes after IPv4 and of 8 after IPv6 (as ah.cpp builds it). Transport mode:
+// outer_bytes is just the UDP header, or 0.
+inline uint32_t esp_overhead(const sa_runtime& sa, bool v6) noexcept
 {
+    if ((sa.flags & sa_ah) != 0) {
+        const uint32_t align = v6 ? 8U : 4U;
+        return sa.outer_bytes + (12U + sa.iv_bytes + sa.icv_bytes + align - 1U) / align * align;
+    }
     return sa.outer_bytes + 8U + sa.iv_bytes + sa.icv_bytes + 2U + (sa.block_bytes - 1U);
 }
 
 // esp_overhead's bound over every SA make_sa builds (it refuses one above it): an IPv6 outer header
-// with UDP (48), 8, a 16-byte IV (AES-CBC), a 32-byte ICV (HMAC-SHA-512-256), 2, 15. The worker's MTU
-// check compares a packet against it first and reads the SA's own figures only for packets that
-// long: for most packets the SA's first line is not needed before the engine's (perf/RESULTS.md,
-// stop 26).
+// with UDP (48), 8, a 16-byte IV (AES-CBC), a 32-byte ICV (HMAC-SHA-512-256), 2, 15 (AH adds at most
+// 40 + 48). The worker's MTU check compares a packet against it first and reads the SA's own figures
+// only for packets that long: for most packets the SA's first line is not needed before the
+// engine's (perf/RESULTS.md, stop 26).
 inline constexpr uint32_t max_esp_overhead = 48 + 8 + 16 + 32 + 2 + 15;
 
 // Prefetches for a burst spread over many SAs, so that it takes the cache misses of all of them at
