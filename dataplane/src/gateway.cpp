@@ -1144,6 +1144,7 @@ std::string gateway::add_sa(const config::sa_config& c)
     }
     sa_runtime* raw = sa.get();
     mark_local_delivery(*raw);
+    limit_tfc_padding(*raw);
     sas_[key] = {std::move(sa), c.origin};
     if (c.dir == config::direction::inbound && !running_) {
         // Static SAs at start-up: the workers do not run yet, so their update rings (4096 messages)
@@ -1187,6 +1188,7 @@ std::string gateway::add_sas(std::span<const config::sa_config> batch)
             try {
                 made.push_back(make_sa(c, *main_core_));
                 mark_local_delivery(*made.back());
+                limit_tfc_padding(*made.back());
             } catch (const std::exception& e) {
                 error = e.what();
             }
@@ -1343,6 +1345,7 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     } catch (const std::exception& e) {
         return e.what();
     }
+    limit_tfc_padding(*fresh); // the outer header's family, and so the overhead, may have changed
     const uint64_t seq = old.seq.load(std::memory_order_acquire);
     if (seq > old.seq_limit() - seq_gap) {
         return "the SA's sequence numbers are nearly exhausted: rekey it instead";
@@ -2447,6 +2450,32 @@ void gateway::mark_local_delivery(sa_runtime& sa) const
     }
 }
 
+// RFC 4303 §2.7 leaves the amount of TFC padding to the sender. Padding never makes a packet longer
+// than the smallest port MTU allows once encapsulated (Linux clamps its xfrm `tfcpad` to the path MTU
+// the same way): a packet padded to tfc_pad_to then fits any port, and the MTU checks
+// (worker fit_for_encapsulation, protect_from_kernel) need not count TFC padding. A packet longer
+// than tfc_pad_to gets none and is checked as usual.
+void gateway::limit_tfc_padding(sa_runtime& sa) const
+{
+    const config::sa_config& c = sa.config;
+    if (c.dir != config::direction::outbound || c.mode != config::ipsec_mode::tunnel || c.tfc_pad_to == 0) {
+        return;
+    }
+    uint32_t min_mtu = 1500; // worker_loop's assumption for a port it does not know
+    for (const port_state& p : shared_.ports) {
+        min_mtu = std::min<uint32_t>(min_mtu, p.mtu);
+    }
+    const uint32_t overhead = esp_overhead(sa, (sa.flags & sa_outer_v6) != 0);
+    const uint32_t limit = min_mtu > overhead ? min_mtu - overhead : 0;
+    sa.tfc_pad_to = static_cast<uint16_t>(std::min<uint32_t>(c.tfc_pad_to, limit));
+    if (sa.tfc_pad_to != c.tfc_pad_to) {
+        std::fprintf(stderr,
+                     "espresso-dp: SA 0x%08x: tfc-pad %u lowered to %u (smallest interface MTU %u less %u bytes "
+                     "of encapsulation)\n",
+                     c.spi, c.tfc_pad_to, sa.tfc_pad_to, min_mtu, overhead);
+    }
+}
+
 // A frame the kernel sent through the TAP of `port_pos`: the outbound SPD decides, as for forwarded
 // traffic (RFC 4301 §5.1), after the implicit bypass. Bypass and no policy: the kernel's own frame
 // leaves as it is (the kernel resolved its next hop). Protect: encrypted here on the main lcore (this
@@ -2622,8 +2651,8 @@ void gateway::protect_from_kernel(uint16_t port_pos, sa_runtime& sa, rte_mbuf* m
         return;
     }
     const uint32_t mtu = shared_.ports[static_cast<size_t>(out)].mtu;
-    const uint32_t overhead = sa.outer_bytes + 8 + sa.iv_bytes + sa.icv_bytes + 2 + (sa.block_bytes - 1);
     const bool v6 = (ip[0] >> 4) == 6;
+    const uint32_t overhead = esp_overhead(sa, outer_v6); // AH too; TFC padding fits (limit_tfc_padding)
     const uint32_t total = v6 ? 40U + load_be16(ip + 4) : load_be16(ip + 2);
     constexpr int max_parts = 16;
     rte_mbuf* parts[max_parts] = {m};
