@@ -146,6 +146,32 @@ linear_rule make_linear_rule(const spd_entry& e, uint8_t family, uint32_t result
     return r;
 }
 
+// The IPv4 walk's form of an IPv4 rule.
+linear4_rule to_linear4(const linear_rule& r)
+{
+    static_assert(std::endian::native == std::endian::little, "linear4_rule packs addresses little-endian");
+    // IPv4 addresses sit in the first 4 bytes of each word (memory order, little-endian host): the
+    // source in the low half, the destination in the high half, as spd_key holds them.
+    linear4_rule q{};
+    q.addresses = (r.source[0] & 0xffffffffULL) | (r.destination[0] << 32);
+    q.address_mask = (r.source_mask[0] & 0xffffffffULL) | (r.destination_mask[0] << 32);
+    q.source_port_min = r.source_port_min;
+    q.source_port_span = static_cast<uint16_t>(r.source_port_max - r.source_port_min);
+    q.destination_port_min = r.destination_port_min;
+    q.destination_port_span = static_cast<uint16_t>(r.destination_port_max - r.destination_port_min);
+    q.protocol = r.protocol;
+    q.protocol_mask = r.protocol_mask;
+    q.category = r.category;
+    q.result = r.result;
+    if (r.source_port_min > r.source_port_max || r.destination_port_min > r.destination_port_max) {
+        // An empty range matches nothing (as in rte_acl); as a span it would wrap to nearly all. The
+        // loader refuses such ranges; this keeps the walk right whoever builds the entry.
+        q.address_mask = 0;
+        q.addresses = 1;
+    }
+    return q;
+}
+
 // The rule of an entry with its rank (spd.h): operator policies in list order, implied ones by SPI.
 spd_rule rule_of(const spd_entry& e, size_t position)
 {
@@ -208,7 +234,7 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
             r.field[field6_dport].mask_range.u16 = dp_hi;
             acl6_rules.push_back(r);
             rules_.push_back(rule_of(e, order[rank]));
-            linear_[1].push_back(make_linear_rule(e, 6, r.data.userdata));
+            linear6_rules_.push_back(make_linear_rule(e, 6, r.data.userdata));
             continue;
         }
         spd_acl_rule r{};
@@ -227,44 +253,21 @@ compiled_spd::compiled_spd(const std::vector<spd_entry>& entries, uint64_t gener
         r.field[field_dport].mask_range.u16 = dp_hi;
         acl_rules.push_back(r);
         rules_.push_back(rule_of(e, order[rank]));
-        linear_[0].push_back(make_linear_rule(e, 4, r.data.userdata));
+        linear4_rules_.push_back(to_linear4(make_linear_rule(e, 4, r.data.userdata)));
     }
     // Ranks are unique below RTE_ACL_MAX_PRIORITY - 2, so the first match in rank order is the rule
     // rte_acl would answer. rte_acl is still built (empty() and the tests rely on it; a handful of
     // rules builds in microseconds).
-    linear4_ = !linear_[0].empty() && linear_[0].size() <= linear_max;
-    linear6_ = !linear_[1].empty() && linear_[1].size() <= linear_max;
-    for (auto& l : linear_) {
-        if (l.size() > linear_max) {
-            l.clear();
-            l.shrink_to_fit();
-        }
+    linear4_ = !linear4_rules_.empty() && linear4_rules_.size() <= linear_max;
+    linear6_ = !linear6_rules_.empty() && linear6_rules_.size() <= linear_max;
+    if (!linear4_) {
+        linear4_rules_.clear();
+        linear4_rules_.shrink_to_fit();
     }
-    static_assert(std::endian::native == std::endian::little, "linear4_rule packs addresses little-endian");
-    for (const linear_rule& r : linear_[0]) {
-        // IPv4 addresses sit in the first 4 bytes of each word (memory order, little-endian host):
-        // the source in the low half, the destination in the high half, as spd_key holds them.
-        linear4_rule q{};
-        q.addresses = (r.source[0] & 0xffffffffULL) | (r.destination[0] << 32);
-        q.address_mask = (r.source_mask[0] & 0xffffffffULL) | (r.destination_mask[0] << 32);
-        q.source_port_min = r.source_port_min;
-        q.source_port_span = static_cast<uint16_t>(r.source_port_max - r.source_port_min);
-        q.destination_port_min = r.destination_port_min;
-        q.destination_port_span = static_cast<uint16_t>(r.destination_port_max - r.destination_port_min);
-        q.protocol = r.protocol;
-        q.protocol_mask = r.protocol_mask;
-        q.category = r.category;
-        q.result = r.result;
-        if (r.source_port_min > r.source_port_max || r.destination_port_min > r.destination_port_max) {
-            // An empty range matches nothing (as in rte_acl); as a span it would wrap to nearly all.
-            // The loader refuses such ranges; this keeps the walk right whoever builds the entry.
-            q.address_mask = 0;
-            q.addresses = 1;
-        }
-        linear4_rules_.push_back(q);
+    if (!linear6_) {
+        linear6_rules_.clear();
+        linear6_rules_.shrink_to_fit();
     }
-    linear_[0].clear(); // read as linear4_rules_ from here on
-    linear_[0].shrink_to_fit();
     if (!acl6_rules.empty()) {
         rte_acl_field_def defs6[field6_count];
         field6_defs(defs6);
@@ -416,7 +419,7 @@ void compiled_spd::classify6(const spd6_key* const* keys, uint32_t* outbound, ui
                              uint32_t n, inbound_scope scope) const noexcept
 {
     if (linear6_) {
-        classify_linear(linear_[1], keys, outbound, inbound_match, n, scope);
+        classify_linear(linear6_rules_, keys, outbound, inbound_match, n, scope);
         return;
     }
     classify_with(ctx6_, keys, outbound, inbound_match, n);

@@ -94,7 +94,8 @@ struct spd_entry {
 };
 
 // One rule of a family's small rule set, walked in rank order instead of through rte_acl (see
-// compiled_spd). Addresses as the key holds them (network order, 16 bytes; IPv4 in the first 4) with
+// compiled_spd): the IPv6 walk reads it as is, the IPv4 walk as linear4_rule (spd.cpp to_linear4
+// packs it). Addresses as the key holds them (network order, 16 bytes; IPv4 in the first 4) with
 // their prefix masks, the value already masked; ports in host order, inclusive ranges.
 struct linear_rule {
     uint64_t source[2];
@@ -172,8 +173,8 @@ public:
 private:
     rte_acl_ctx* ctx_ = nullptr;
     rte_acl_ctx* ctx6_ = nullptr;
-    std::vector<linear_rule> linear_[2]; // IPv4, IPv6 rules in rank order
-    std::vector<linear4_rule> linear4_rules_; // linear_[0] as the IPv4 walk reads it
+    std::vector<linear4_rule> linear4_rules_; // IPv4 rules in rank order (empty unless linear4_)
+    std::vector<linear_rule> linear6_rules_;  // IPv6 rules in rank order (empty unless linear6_)
     bool linear4_ = false;
     bool linear6_ = false;
     std::vector<spd_rule> rules_;
