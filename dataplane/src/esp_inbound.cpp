@@ -194,8 +194,10 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
     if (batch.n_jobs == 0) {
         return;
     }
-    // A packet whose crypto completed: ICV, then finish_packet; counted on its group.
-    auto completed = [&](in_packet& in) {
+    // A packet whose crypto completed: ICV, then finish_packet; counted on its group. Inlined into
+    // both callers: out of line (GCC made it one clone) it was a call saving six registers per
+    // packet (perf/stage-cycles gcm-in-64: esp_in ~2.7 cycles lower, three pairs of three).
+    auto completed = [&](in_packet& in) __attribute__((always_inline)) {
         const sa_runtime& sa = *in.sa;
         inbound_group& g = groups[in.group];
         const uint32_t icv = sa.icv_bytes;
