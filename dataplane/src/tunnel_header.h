@@ -67,8 +67,10 @@ inline drop_reason ecn_decapsulate(uint8_t outer_tos, uint8_t* inner) noexcept
 
 // Tunnel mode, after the ICV verified: checks the inner packet at `payload` (`payload_len` bytes
 // available, `head` bytes of outer headers in front of it in the mbuf) against the next header and the
-// SA's selectors, applies RFC 6040, and strips everything but the inner packet.
-inline drop_reason decapsulate_tunnel(const sa_runtime& sa, rte_mbuf* m, uint8_t outer_tos, uint8_t next_header,
+// SA's selectors, applies RFC 6040, and strips everything but the inner packet. Always inlined: with
+// esp_inbound.cpp's check inlined into both its callers GCC made this a call per packet (gcm-in-64
+// esp_in ~0.7 cycles lower inlined, three pairs).
+__attribute__((always_inline)) inline drop_reason decapsulate_tunnel(const sa_runtime& sa, rte_mbuf* m, uint8_t outer_tos, uint8_t next_header,
                                       uint8_t* payload, uint32_t payload_len, uint32_t head,
                                       uint32_t& inner_bytes) noexcept
 {
