@@ -407,12 +407,7 @@ void outbound_process_groups(crypto_core& core, outbound_group* groups, unsigned
     outbound_submit(core, groups, batch);
     for (unsigned gi = 0; gi < count; ++gi) {
         outbound_group& g = groups[gi];
-        for (uint16_t i = 0; i < g.n; ++i) {
-            if (g.reasons[i] != drop_reason::none) {
-                g.sa->stats.drop(g.reasons[i]);
-            }
-        }
-        g.good = partition_by_verdict(g.pkts, g.reasons, g.n);
+        g.good = settle_verdicts(*g.sa, g.pkts, g.reasons, g.n);
     }
 }
 

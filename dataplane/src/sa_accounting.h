@@ -7,6 +7,7 @@
 
 #include "espresso/dp/crypto_core.h"
 #include "espresso/dp/sa.h"
+#include "packet.h"
 
 namespace espresso::dp {
 
@@ -95,6 +96,22 @@ inline uint16_t reserve_sequence(crypto_core& core, sa_runtime& sa, uint16_t n, 
         post_once(core, sa, expired_seq, sa_event_kind::seq_exhausted);
     }
     return static_cast<uint16_t>(take);
+}
+
+// The end of an engine call for one SA's packets (both directions): counts each dropped packet on the
+// SA and moves the good ones to the front, in order; returns how many are good. No partition pass
+// when nothing was dropped (the common case; with a burst spread over many SAs this runs once per
+// packet, though perf/stage-cycles scale-100000 showed no measurable difference from the call).
+inline uint16_t settle_verdicts(sa_runtime& sa, rte_mbuf** pkts, drop_reason* reasons, uint16_t n) noexcept
+{
+    bool dropped = false;
+    for (uint16_t i = 0; i < n; ++i) {
+        if (reasons[i] != drop_reason::none) [[unlikely]] {
+            sa.stats.drop(reasons[i]);
+            dropped = true;
+        }
+    }
+    return dropped ? partition_by_verdict(pkts, reasons, n) : n;
 }
 
 } // namespace espresso::dp
