@@ -147,6 +147,20 @@ def dataplane_rx(socket_path):
     return sum(w.get("rx-packets", 0) for w in out["workers"])
 
 
+def clean_run_problems(status, rx, fed, drops):
+    """What went wrong with a run that should have received every one of `fed` packets, dropped none
+    and exited 0 on SIGTERM: a list of problems (empty: all well). `drops`: dataplane_drops()."""
+    problems = []
+    if status != 0:
+        problems.append(f"espresso-dp exit status {status} after SIGTERM")
+    if rx != fed:
+        problems.append(f"workers received {rx} packets, fed {fed}")
+    dropped = {k: v for k, v in drops.items() if v}
+    if dropped:
+        problems.append(f"drops: {dropped}")
+    return problems
+
+
 def wait_stable(read, timeout=20, quiet=1.0):
     """Polls read() until its value has not changed for `quiet` seconds; returns the last value."""
     deadline = time.time() + timeout

@@ -81,15 +81,7 @@ def main():
         out = [f for f in rdpcap(gw.path("outside-out.pcap")) if IP in f]
 
         def received_and_clean():
-            problems = []
-            if status != 0:
-                problems.append(f"espresso-dp exit status {status} after SIGTERM")
-            if rx != len(inside):
-                problems.append(f"workers received {rx} packets, fed {len(inside)}")
-            dropped = {k: v for k, v in drops.items() if v}
-            if dropped:
-                problems.append(f"drops: {dropped}")
-            return problems
+            return dp.clean_run_problems(status, rx, len(inside), drops)
         report.run("one RX poll of 64 packets received, nothing dropped, clean exit", received_and_clean)
 
         def fragments_as_esp():

@@ -113,15 +113,7 @@ def main():
         report.run("the gateway says it lowered each SA's tfc-pad, and to what", said_so)
 
         def received_and_clean():
-            problems = []
-            if status != 0:
-                problems.append(f"espresso-dp exit status {status} after SIGTERM")
-            if rx != len(inside):
-                problems.append(f"workers received {rx} packets, fed {len(inside)}")
-            dropped = {k: v for k, v in drops.items() if v}
-            if dropped:
-                problems.append(f"drops: {dropped}")
-            return problems
+            return dp.clean_run_problems(status, rx, len(inside), drops)
         report.run("every packet received, nothing dropped (none too big), clean exit", received_and_clean)
 
         def padded_within_mtu():
