@@ -1345,7 +1345,7 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     } catch (const std::exception& e) {
         return e.what();
     }
-    limit_tfc_padding(*fresh); // the outer header's family, and so the overhead, may have changed
+    limit_tfc_padding(*fresh, false); // as for `old` (rebind_sa keeps the family): announced then
     const uint64_t seq = old.seq.load(std::memory_order_acquire);
     if (seq > old.seq_limit() - seq_gap) {
         return "the SA's sequence numbers are nearly exhausted: rekey it instead";
@@ -1490,6 +1490,7 @@ sa_snapshot gateway::snapshot(const sa_runtime& sa) const
     s.sequence = sa.outbound() ? sa.seq.load(std::memory_order_relaxed) : sa.replay.highest();
     s.life_bytes = sa.consumed_bytes();
     s.life_packets = sa.consumed_packets();
+    s.tfc_pad = sa.tfc_pad_to;
     // The interface whose address is this SA's local tunnel endpoint (transport mode without
     // endpoints: the local selector's address, the gateway's own).
     config::ip_address local = sa.outbound() ? sa.config.source : sa.config.destination;
@@ -2455,20 +2456,22 @@ void gateway::mark_local_delivery(sa_runtime& sa) const
 // the same way): a packet padded to tfc_pad_to then fits any port, and the MTU checks
 // (worker fit_for_encapsulation, protect_from_kernel) need not count TFC padding. A packet longer
 // than tfc_pad_to gets none and is checked as usual.
-void gateway::limit_tfc_padding(sa_runtime& sa) const
+void gateway::limit_tfc_padding(sa_runtime& sa, bool announce) const
 {
     const config::sa_config& c = sa.config;
     if (c.dir != config::direction::outbound || c.mode != config::ipsec_mode::tunnel || c.tfc_pad_to == 0) {
         return;
     }
-    uint32_t min_mtu = 1500; // worker_loop's assumption for a port it does not know
+    // The ports are fixed before any SA is installed (interface changes need a restart); a packet
+    // routed to no port is dropped (no_route) whatever its length.
+    uint32_t min_mtu = shared_.ports.empty() ? 1500 : UINT32_MAX;
     for (const port_state& p : shared_.ports) {
         min_mtu = std::min<uint32_t>(min_mtu, p.mtu);
     }
     const uint32_t overhead = esp_overhead(sa, (sa.flags & sa_outer_v6) != 0);
     const uint32_t limit = min_mtu > overhead ? min_mtu - overhead : 0;
     sa.tfc_pad_to = static_cast<uint16_t>(std::min<uint32_t>(c.tfc_pad_to, limit));
-    if (sa.tfc_pad_to != c.tfc_pad_to) {
+    if (announce && sa.tfc_pad_to != c.tfc_pad_to) {
         std::fprintf(stderr,
                      "espresso-dp: SA 0x%08x: tfc-pad %u lowered to %u (smallest interface MTU %u less %u bytes "
                      "of encapsulation)\n",

@@ -278,7 +278,7 @@ private:
     bool to_kernel_allowed(rte_mbuf* m);
     void decrypted_to_kernel(rte_mbuf* m);
     void mark_local_delivery(sa_runtime& sa) const;
-    void limit_tfc_padding(sa_runtime& sa) const;
+    void limit_tfc_padding(sa_runtime& sa, bool announce = true) const;
     void drain_main_core();
     unsigned owner_of(uint32_t spi) const noexcept;
 

@@ -95,6 +95,7 @@ struct sa_snapshot {
     uint64_t sequence = 0;     // outbound: last sequence number sent; inbound: highest received
     uint64_t life_bytes = 0;   // for the remaining-lifetime display
     uint64_t life_packets = 0;
+    uint16_t tfc_pad = 0;      // outbound: the TFC padding applied (tfc-pad, lowered to fit the MTU)
     std::string interface;     // the interface the SA's traffic leaves/arrives on ("" if unknown)
 };
 

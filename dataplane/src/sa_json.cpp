@@ -665,6 +665,7 @@ json to_json(const sa_snapshot& s)
         {"interface", s.interface},
         {"sequence", s.sequence},
         {"consumed", {{"bytes", s.life_bytes}, {"packets", s.life_packets}}},
+        {"tfc-pad-applied", s.tfc_pad},
     };
     sa["udp-encapsulation"] =
         c.udp ? json{{"source-port", c.udp->source_port}, {"destination-port", c.udp->destination_port}}

@@ -99,6 +99,7 @@ def main():
         dp.wait_stable(lambda: (dp.dataplane_rx(gw.sock), dp.dataplane_drops(gw.sock)), timeout=30, quiet=1.5)
         rx = dp.dataplane_rx(gw.sock)
         drops = dp.dataplane_drops(gw.sock)
+        listed = {spi: sa for (_, spi), sa in dp.sa_table(gw.sock).items()}
         status = proc.stop()
         log = proc.log()
         out = [f for f in rdpcap(gw.path("outside-out.pcap")) if IP in f]
@@ -111,6 +112,16 @@ def main():
                     problems.append(f"the log does not say '{want}'")
             return problems
         report.run("the gateway says it lowered each SA's tfc-pad, and to what", said_so)
+
+        def shown():
+            problems = []
+            for spi, (_, _, _, limit) in SAS.items():
+                sa = listed.get(spi, {})
+                if sa.get("tfc-pad") != 1500 or sa.get("tfc-pad-applied") != limit:
+                    problems.append(f"SA 0x{spi:x}: show crypto ipsec sa --json has tfc-pad {sa.get('tfc-pad')} "
+                                    f"and tfc-pad-applied {sa.get('tfc-pad-applied')}, want 1500 and {limit}")
+            return problems
+        report.run("show crypto ipsec sa --json gives the configured and the applied padding", shown)
 
         def received_and_clean():
             return dp.clean_run_problems(status, rx, len(inside), drops)

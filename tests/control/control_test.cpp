@@ -1013,7 +1013,7 @@ TEST(sa_json, SnapshotRoundTripsThroughTheLoaderExceptKeys)
     json sa = to_json(snapshot);
     // list-sas output plus a key is a valid add-sa argument once the runtime fields are removed.
     for (const char* runtime :
-         {"spi-hex", "origin", "owner", "interface", "sequence", "consumed", "counters", "drops"}) {
+         {"spi-hex", "origin", "owner", "interface", "sequence", "consumed", "tfc-pad-applied", "counters", "drops"}) {
         sa.erase(runtime);
     }
     sa["key"] = "0x00112233445566778899aabbccddeeff01020304";
