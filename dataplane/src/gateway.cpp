@@ -1345,7 +1345,6 @@ std::string gateway::update_sa_peer(uint32_t spi, const config::ip_address& dest
     } catch (const std::exception& e) {
         return e.what();
     }
-    limit_tfc_padding(*fresh, false); // as for `old` (rebind_sa keeps the family): announced then
     const uint64_t seq = old.seq.load(std::memory_order_acquire);
     if (seq > old.seq_limit() - seq_gap) {
         return "the SA's sequence numbers are nearly exhausted: rekey it instead";
@@ -2455,8 +2454,9 @@ void gateway::mark_local_delivery(sa_runtime& sa) const
 // than the smallest port MTU allows once encapsulated (Linux clamps its xfrm `tfcpad` to the path MTU
 // the same way): a packet padded to tfc_pad_to then fits any port, and the MTU checks
 // (worker fit_for_encapsulation, protect_from_kernel) need not count TFC padding. A packet longer
-// than tfc_pad_to gets none and is checked as usual.
-void gateway::limit_tfc_padding(sa_runtime& sa, bool announce) const
+// than tfc_pad_to gets none and is checked as usual. (update_sa_peer needs no call: rebind_sa keeps
+// the outer family and copies the limited value.)
+void gateway::limit_tfc_padding(sa_runtime& sa) const
 {
     const config::sa_config& c = sa.config;
     if (c.dir != config::direction::outbound || c.mode != config::ipsec_mode::tunnel || c.tfc_pad_to == 0) {
@@ -2464,14 +2464,11 @@ void gateway::limit_tfc_padding(sa_runtime& sa, bool announce) const
     }
     // The ports are fixed before any SA is installed (interface changes need a restart); a packet
     // routed to no port is dropped (no_route) whatever its length.
-    uint32_t min_mtu = shared_.ports.empty() ? 1500 : UINT32_MAX;
-    for (const port_state& p : shared_.ports) {
-        min_mtu = std::min<uint32_t>(min_mtu, p.mtu);
-    }
+    const uint32_t min_mtu = shared_.min_mtu(UINT32_MAX);
     const uint32_t overhead = esp_overhead(sa, (sa.flags & sa_outer_v6) != 0);
     const uint32_t limit = min_mtu > overhead ? min_mtu - overhead : 0;
     sa.tfc_pad_to = static_cast<uint16_t>(std::min<uint32_t>(c.tfc_pad_to, limit));
-    if (announce && sa.tfc_pad_to != c.tfc_pad_to) {
+    if (sa.tfc_pad_to != c.tfc_pad_to) {
         std::fprintf(stderr,
                      "espresso-dp: SA 0x%08x: tfc-pad %u lowered to %u (smallest interface MTU %u less %u bytes "
                      "of encapsulation)\n",

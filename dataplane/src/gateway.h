@@ -17,6 +17,7 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <csignal>
@@ -193,6 +194,15 @@ public:
         // Position in `ports` of a DPDK port id, -1 for unknown ids (mbufs that came from no port
         // carry RTE_MBUF_PORT_INVALID).
         int16_t position(uint16_t port) const noexcept { return port < port_index.size() ? port_index[port] : -1; }
+        // The smallest MTU of any port, at most `cap` (1500 without ports).
+        uint32_t min_mtu(uint32_t cap) const noexcept
+        {
+            uint32_t m = ports.empty() ? 1500 : cap;
+            for (const port_state& p : ports) {
+                m = std::min<uint32_t>(m, p.mtu);
+            }
+            return m;
+        }
         std::unique_ptr<route_table> routes;
         std::unique_ptr<route_table6> routes6;
         std::unique_ptr<neighbor_table> neighbors;
@@ -278,7 +288,7 @@ private:
     bool to_kernel_allowed(rte_mbuf* m);
     void decrypted_to_kernel(rte_mbuf* m);
     void mark_local_delivery(sa_runtime& sa) const;
-    void limit_tfc_padding(sa_runtime& sa, bool announce = true) const;
+    void limit_tfc_padding(sa_runtime& sa) const;
     void drain_main_core();
     unsigned owner_of(uint32_t spi) const noexcept;
 

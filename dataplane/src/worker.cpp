@@ -147,11 +147,9 @@ class worker_loop {
 public:
     worker_loop(worker_state& w, gateway::shared& s) : w_(w), s_(s)
     {
-        // The ports are fixed before the workers start. 1500: what egress_mtu assumes for a port
-        // it does not know.
-        for (const port_state& p : s_.ports) {
-            min_mtu_ = std::min<uint32_t>(min_mtu_, p.mtu);
-        }
+        // The ports are fixed before the workers start. At most 1500: what egress_mtu assumes for a
+        // port it does not know.
+        min_mtu_ = s_.min_mtu(1500);
         // So are the workers.
         spi_owner_ = fixed_divisor(std::max<uint32_t>(1, static_cast<uint32_t>(s_.workers.size())));
         // Outbound counters written back in batches (crypto_core.h): flushed before every
