@@ -13,7 +13,8 @@ Sizes are inner IPv4 packet sizes (IP header included), as in perf/esp-bench: 64
 
   plain-<size>.pcap            cleartext 192.168.1.x -> 192.168.2.x (outbound traffic)
   esp-<alg>-<size>.pcap        ESP tunnel packets for the inbound SA, sequence numbers 1..240
-  scale-<n>.pcap               cleartext to 10.0.0.0/8 hosts spread over n per-host SAs (SA scale)
+  scale-<n>.pcap               cleartext to 10.0.0.0/8 hosts spread over n per-host SAs (SA scale;
+                               round robin when n < 240, see spread())
   scale-in-<n>.pcap            ESP (AES-128-GCM, 64 B inner) from n per-host inbound SAs, SPI SCALE_SPI + i,
                                inner source the SA's 10.x.y.z host, spread the same way
 """
@@ -37,7 +38,7 @@ SPI_IN = 0x2001
 COUNT = 240
 IMIX = [64, 576, 64, 64, 576, 64, 1500, 64, 576, 64, 64, 576]
 SIZES = {"64": None, "512": None, "1420": None, "imix": None}
-SCALE = (1, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
+SCALE = (1, 64, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
 SCALE_SPI = 0x10000  # SPI of scale SA i: SCALE_SPI + i (both directions)
 GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
 PEER_MAC = "02:00:00:00:02:fe"
@@ -61,6 +62,13 @@ def sa_for(alg):
     return SecurityAssociation(ESP, spi=SPI_IN, crypt_algo="AES-CBC", crypt_key=bytes.fromhex(KEYS["cbc_in"]),
                                auth_algo="SHA2-256-128", auth_key=bytes.fromhex(KEYS["cbc_in_auth"]),
                                tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
+
+
+def spread(i, n):
+    """The scale SA of packet i: round robin over fewer SAs than packets (an RX poll of 64 packets
+    then meets min(n, 64) of them, each once: the per-SA work with all of them in the L2 cache),
+    else spread evenly over the whole table (each packet its own SA); n=1: all on SA 0."""
+    return i % n if n < COUNT else (i * n) // COUNT
 
 
 def main(out):
@@ -89,13 +97,13 @@ def main(out):
     for n in SCALE:
         pkts = []
         for i in range(COUNT):
-            sa = (i * n) // COUNT  # spread over the table; n=1: all on SA 0
+            sa = spread(i, n)
             dst = "10.%d.%d.%d" % ((sa >> 16) & 0xFF, (sa >> 8) & 0xFF, sa & 0xFF)
             pkts.append(Ether(src=PEER_MAC, dst=GW_MAC) / udp_packet("192.168.1.10", dst, 1024 + i, 64))
         wrpcap(os.path.join(out, "scale-%d.pcap" % n), pkts)
         esp = []
         for i in range(COUNT):
-            sa_index = (i * n) // COUNT
+            sa_index = spread(i, n)
             src = "10.%d.%d.%d" % ((sa_index >> 16) & 0xFF, (sa_index >> 8) & 0xFF, sa_index & 0xFF)
             sa = SecurityAssociation(ESP, spi=SCALE_SPI + sa_index, crypt_algo="AES-GCM",
                                      crypt_key=bytes.fromhex(KEYS["gcm_in"]), auth_algo="NULL", auth_key=None,
