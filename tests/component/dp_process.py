@@ -232,6 +232,42 @@ class PcapGateway:
             shutil_rmtree(self.workdir)
 
 
+# The two-port gateway of the net_pcap component tests (PcapGateway): outside 198.51.100.1/24 behind
+# the router 198.51.100.254 and inside 192.168.1.1/24 with the host 192.168.1.10, both static
+# neighbors, each port reading <name>-in.pcap and writing <name>-out.pcap in the work directory.
+GW_OUT_MAC = "02:00:00:00:00:01"
+GW_IN_MAC = "02:00:00:00:01:01"
+ROUTER_MAC = "02:00:00:00:00:fe"  # 198.51.100.254
+HOST_MAC = "02:00:00:00:01:0a"    # 192.168.1.10
+
+
+def two_port_config(workdir, routes=("203.0.113.0/24",), outside_mtu=None, inside_mtu=None):
+    """The start of that gateway's config, one worker polling: its interfaces, `routes` (prefixes
+    via the router) and neighbors. The test appends its policies and security associations."""
+    def mtu(value):
+        return "" if value is None else f", mtu: {value}"
+    lines = [
+        "dataplane:",
+        "  workers: 1",
+        "  hugepages: false",
+        "  idle: poll",
+        f"  control-socket: {workdir}/dp.sock",
+        "interfaces:",
+        f'  - {{ name: outside, device: "net_pcap0,rx_pcap={workdir}/outside-in.pcap,'
+        f'tx_pcap={workdir}/outside-out.pcap", address: 198.51.100.1/24, mac: "{GW_OUT_MAC}"{mtu(outside_mtu)} }}',
+        f'  - {{ name: inside, device: "net_pcap1,rx_pcap={workdir}/inside-in.pcap,'
+        f'tx_pcap={workdir}/inside-out.pcap", address: 192.168.1.1/24, mac: "{GW_IN_MAC}"{mtu(inside_mtu)} }}',
+        "routes:",
+    ]
+    lines += [f"  - {{ destination: {r}, via: 198.51.100.254 }}" for r in routes]
+    lines += [
+        "neighbors:",
+        f'  - {{ address: 198.51.100.254, mac: "{ROUTER_MAC}", interface: outside }}',
+        f'  - {{ address: 192.168.1.10, mac: "{HOST_MAC}", interface: inside }}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # A gateway on two net_null ports (no traffic), for control-socket tests; {sock} is the socket path and
 # {dataplane_extra} more lines of the dataplane: section (two spaces of indent).
 NULL_PORTS_CONFIG = """dataplane:

@@ -23,29 +23,13 @@ from scapy.layers.ipsec import SecurityAssociation, ESP  # noqa: E402
 import dp_process as dp  # noqa: E402
 from oracle import Report  # noqa: E402
 
-GW_OUT_MAC = "02:00:00:00:00:01"
-GW_IN_MAC = "02:00:00:00:01:01"
-ROUTER_MAC = "02:00:00:00:00:fe"
-HOST_MAC = "02:00:00:00:01:0a"
+GW_OUT_MAC, GW_IN_MAC, ROUTER_MAC, HOST_MAC = dp.GW_OUT_MAC, dp.GW_IN_MAC, dp.ROUTER_MAC, dp.HOST_MAC
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff01020304")
 PROTECTED = 40   # 1400-byte packets without DF: 3 fragments each at the outside MTU of 576
 BYPASSED = 24    # after them in the same RX poll (64 packets)
 
+# What this test adds to dp.two_port_config(): its policies and security associations.
 CONFIG = """\
-dataplane:
-  workers: 1
-  hugepages: false
-  idle: poll
-  control-socket: {dir}/dp.sock
-interfaces:
-  - {{ name: outside, device: "net_pcap0,rx_pcap={dir}/outside-in.pcap,tx_pcap={dir}/outside-out.pcap", address: 198.51.100.1/24, mac: "{out_mac}", mtu: 576 }}
-  - {{ name: inside, device: "net_pcap1,rx_pcap={dir}/inside-in.pcap,tx_pcap={dir}/inside-out.pcap", address: 192.168.1.1/24, mac: "{in_mac}" }}
-routes:
-  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
-  - {{ destination: 192.168.2.0/24, via: 198.51.100.254 }}
-neighbors:
-  - {{ address: 198.51.100.254, mac: "{router_mac}", interface: outside }}
-  - {{ address: 192.168.1.10, mac: "{host_mac}", interface: inside }}
 policies:
   - {{ local: 192.168.1.0/24, remote: 192.168.2.99/32, action: bypass, priority: 10 }}
 security-associations:
@@ -72,8 +56,8 @@ def main():
         inside += [frame("192.168.2.99", 1000 + k, 100) for k in range(BYPASSED)]
         wrpcap(gw.path("inside-in.pcap"), inside)
         wrpcap(gw.path("outside-in.pcap"), [])
-        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                      host_mac=HOST_MAC, key=KEY.hex()))
+        proc = gw.start(dp.two_port_config(gw.workdir, routes=("203.0.113.0/24", "192.168.2.0/24"), outside_mtu=576) +
+                        CONFIG.format(key=KEY.hex()))
         dp.wait_stable(lambda: (dp.dataplane_rx(gw.sock), dp.dataplane_drops(gw.sock)), timeout=30, quiet=1.5)
         rx = dp.dataplane_rx(gw.sock)
         drops = dp.dataplane_drops(gw.sock)

@@ -33,10 +33,7 @@ from scapy.layers.ipsec import SecurityAssociation, ESP  # noqa: E402
 import dp_process as dp  # noqa: E402
 from oracle import Report  # noqa: E402
 
-GW_OUT_MAC = "02:00:00:00:00:01"
-GW_IN_MAC = "02:00:00:00:01:01"
-ROUTER_MAC = "02:00:00:00:00:fe"      # 198.51.100.254, static neighbor
-HOST_MAC = "02:00:00:00:01:0a"        # 192.168.1.10, static neighbor
+GW_OUT_MAC, GW_IN_MAC, ROUTER_MAC, HOST_MAC = dp.GW_OUT_MAC, dp.GW_IN_MAC, dp.ROUTER_MAC, dp.HOST_MAC
 GCM_OUT = bytes.fromhex("00112233445566778899aabbccddeeff01020304")
 GCM_IN = bytes.fromhex("ffeeddccbbaa99887766554433221100a0b0c0d0")
 CBC_OUT = bytes(range(32))
@@ -44,21 +41,8 @@ CBC_OUT_AUTH = bytes(range(100, 132))
 CBC_IN = bytes(range(50, 82))
 CBC_IN_AUTH = bytes(range(150, 182))
 
+# What this test adds to dp.two_port_config(): its policies and security associations.
 CONFIG = """\
-dataplane:
-  workers: 1
-  hugepages: false
-  idle: poll
-  control-socket: {dir}/dp.sock
-interfaces:
-  - {{ name: outside, device: "net_pcap0,rx_pcap={dir}/outside-in.pcap,tx_pcap={dir}/outside-out.pcap", address: 198.51.100.1/24, mac: "{out_mac}" }}
-  - {{ name: inside, device: "net_pcap1,rx_pcap={dir}/inside-in.pcap,tx_pcap={dir}/inside-out.pcap", address: 192.168.1.1/24, mac: "{in_mac}" }}
-routes:
-  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
-  - {{ destination: 192.168.2.0/24, via: 198.51.100.254 }}
-neighbors:
-  - {{ address: 198.51.100.254, mac: "{router_mac}", interface: outside }}
-  - {{ address: 192.168.1.10, mac: "{host_mac}", interface: inside }}
 policies:
   - {{ local: 192.168.1.0/24, remote: 192.168.2.99/32, action: bypass, priority: 10 }}
   - {{ local: 192.168.1.0/24, remote: 192.168.2.66/32, protocol: udp, action: discard, priority: 10 }}
@@ -235,8 +219,8 @@ def main():
         dp.netns_add(gw.ns)
         wrpcap(gw.path("inside-in.pcap"), sc.inside_in)
         wrpcap(gw.path("outside-in.pcap"), sc.outside_in)
-        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                      host_mac=HOST_MAC, gcm_out=GCM_OUT.hex(), gcm_in=GCM_IN.hex(),
+        proc = gw.start(dp.two_port_config(gw.workdir, routes=("203.0.113.0/24", "192.168.2.0/24")) +
+                        CONFIG.format(gcm_out=GCM_OUT.hex(), gcm_in=GCM_IN.hex(),
                                       cbc_out=CBC_OUT.hex(), cbc_out_auth=CBC_OUT_AUTH.hex(), cbc_in=CBC_IN.hex(),
                                       cbc_in_auth=CBC_IN_AUTH.hex()))
         total_in = len(sc.inside_in) + len(sc.outside_in)

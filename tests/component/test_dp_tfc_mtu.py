@@ -25,10 +25,7 @@ from scapy.layers.ipsec import SecurityAssociation, ESP  # noqa: E402
 import dp_process as dp  # noqa: E402
 from oracle import Report  # noqa: E402
 
-GW_OUT_MAC = "02:00:00:00:00:01"
-GW_IN_MAC = "02:00:00:00:01:01"
-ROUTER_MAC = "02:00:00:00:00:fe"
-HOST_MAC = "02:00:00:00:01:0a"
+GW_OUT_MAC, GW_IN_MAC, ROUTER_MAC, HOST_MAC = dp.GW_OUT_MAC, dp.GW_IN_MAC, dp.ROUTER_MAC, dp.HOST_MAC
 GCM_KEY = bytes.fromhex("00112233445566778899aabbccddeeff01020304")
 CBC_KEY = bytes.fromhex("0f0e0d0c0b0a09080706050403020100")
 AUTH_KEY = bytes(range(32))
@@ -41,20 +38,8 @@ SAS = {
                                   auth_key=AUTH_KEY), 16, MTU - (20 + 8 + 16 + 16 + 2 + 15)),
 }
 
+# What this test adds to dp.two_port_config(): its policies and security associations.
 CONFIG = """\
-dataplane:
-  workers: 1
-  hugepages: false
-  idle: poll
-  control-socket: {dir}/dp.sock
-interfaces:
-  - {{ name: outside, device: "net_pcap0,rx_pcap={dir}/outside-in.pcap,tx_pcap={dir}/outside-out.pcap", address: 198.51.100.1/24, mac: "{out_mac}", mtu: {mtu} }}
-  - {{ name: inside, device: "net_pcap1,rx_pcap={dir}/inside-in.pcap,tx_pcap={dir}/inside-out.pcap", address: 192.168.1.1/24, mac: "{in_mac}", mtu: {mtu} }}
-routes:
-  - {{ destination: 203.0.113.0/24, via: 198.51.100.254 }}
-neighbors:
-  - {{ address: 198.51.100.254, mac: "{router_mac}", interface: outside }}
-  - {{ address: 192.168.1.10, mac: "{host_mac}", interface: inside }}
 security-associations:
   - {{ spi: 0x2001, direction: outbound, protocol: esp, mode: tunnel, source: 198.51.100.1, destination: 203.0.113.1,
       encryption: aes128gcm16, key: 0x{gcm_key}, integrity: none, tfc-pad: 1500,
@@ -93,9 +78,8 @@ def main():
                 sent[ident] = (spi, raw(forwarded))
         wrpcap(gw.path("inside-in.pcap"), inside)
         wrpcap(gw.path("outside-in.pcap"), [])
-        proc = gw.start(CONFIG.format(dir=gw.workdir, out_mac=GW_OUT_MAC, in_mac=GW_IN_MAC, router_mac=ROUTER_MAC,
-                                      host_mac=HOST_MAC, mtu=MTU, gcm_key=GCM_KEY.hex(), cbc_key=CBC_KEY.hex(),
-                                      auth_key=AUTH_KEY.hex()))
+        proc = gw.start(dp.two_port_config(gw.workdir, outside_mtu=MTU, inside_mtu=MTU) +
+                        CONFIG.format(gcm_key=GCM_KEY.hex(), cbc_key=CBC_KEY.hex(), auth_key=AUTH_KEY.hex()))
         dp.wait_stable(lambda: (dp.dataplane_rx(gw.sock), dp.dataplane_drops(gw.sock)), timeout=30, quiet=1.5)
         rx = dp.dataplane_rx(gw.sock)
         drops = dp.dataplane_drops(gw.sock)
