@@ -78,7 +78,7 @@ struct sa_groups {
         }
         unsigned g = last;
         if (n == 0 || sa[last] != s) { // not the previous run's SA: hash and probe
-            // CRC32-C of the address (one instruction): SAs installed together sit 3072 bytes
+            // CRC32-C of the address (the crc32 instruction): SAs installed together sit 3072 bytes
             // apart in their pool (sa_pool.h), and Fibonacci hashing of that progression put 64 of
             // them into clusters (126 extra probes for 64 consecutive SAs against 0; perf/RESULTS.md
             // stop 28: scale-64 `policies` and scale-in-64 `inbound` ~3 cycles per packet lower).

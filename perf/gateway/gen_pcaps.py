@@ -38,7 +38,7 @@ SPI_IN = 0x2001
 COUNT = 240
 IMIX = [64, 576, 64, 64, 576, 64, 1500, 64, 576, 64, 64, 576]
 SIZES = {"64": None, "512": None, "1420": None, "imix": None}
-SCALE = (1, 64, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
+SCALE = (1, 80, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
 SCALE_SPI = 0x10000  # SPI of scale SA i: SCALE_SPI + i (both directions)
 GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
 PEER_MAC = "02:00:00:00:02:fe"
@@ -65,9 +65,10 @@ def sa_for(alg):
 
 
 def spread(i, n):
-    """The scale SA of packet i: round robin over fewer SAs than packets (an RX poll of 64 packets
-    then meets min(n, 64) of them, each once: the per-SA work with all of them in the L2 cache),
-    else spread evenly over the whole table (each packet its own SA); n=1: all on SA 0."""
+    """The scale SA of packet i: round robin over fewer SAs than packets, else spread evenly over the
+    whole table (each packet its own SA); n=1: all on SA 0. The pcap is replayed in a loop and an RX
+    poll takes 64 packets, so with 80 SAs (a divisor of COUNT) any 64 packets in a row have different
+    SAs, as at 100k, with the SAs' lines all in L2."""
     return i % n if n < COUNT else (i * n) // COUNT
 
 
