@@ -81,7 +81,7 @@ struct sa_groups {
             // CRC32-C of the address (the crc32 instruction): SAs installed together sit 3072 bytes
             // apart in their pool (sa_pool.h), and Fibonacci hashing of that progression put 64 of
             // them into clusters (126 extra probes for 64 consecutive SAs against 0; perf/RESULTS.md
-            // stop 28: scale-64 `policies` and scale-in-64 `inbound` ~3 cycles per packet lower).
+            // stop 28: scale-80 `policies` and scale-in-80 `inbound` 2-3 cycles per packet lower).
             unsigned h = rte_hash_crc_8byte(reinterpret_cast<uintptr_t>(s), 0) & (slots - 1);
             for (;; h = (h + 1) & (slots - 1)) {
                 if (slot[h] == 0) {
