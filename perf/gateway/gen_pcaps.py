@@ -17,6 +17,7 @@ Sizes are inner IPv4 packet sizes (IP header included), as in perf/esp-bench: 64
                                round robin when n < 240, see spread())
   scale-in-<n>.pcap            ESP (AES-128-GCM, 64 B inner) from n per-host inbound SAs, SPI SCALE_SPI + i,
                                inner source the SA's 10.x.y.z host, spread the same way
+  scale-imix-<n>.pcap, scale-in-imix-<n>.pcap   the same with IMIX inner packets (n in SCALE_IMIX)
 """
 import os
 import sys
@@ -38,7 +39,8 @@ SPI_IN = 0x2001
 COUNT = 240
 IMIX = [64, 576, 64, 64, 576, 64, 1500, 64, 576, 64, 64, 576]
 SIZES = {"64": None, "512": None, "1420": None, "imix": None}
-SCALE = (1, 80, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies)
+SCALE = (1, 80, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies), 64 B inner
+SCALE_IMIX = (1, 100000)  # the same with IMIX inner packets (scale-imix-<n>, scale-in-imix-<n>)
 SCALE_SPI = 0x10000  # SPI of scale SA i: SCALE_SPI + i (both directions)
 GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
 PEER_MAC = "02:00:00:00:02:fe"
@@ -96,23 +98,31 @@ def main(out):
                 udp_packet("192.168.2.10", "192.168.1.10", 1024, ip_size(size, 0))[UDP].payload)
             wrpcap(os.path.join(out, "esp-%s-%s.pcap" % (alg, size)), esp)
     for n in SCALE:
-        pkts = []
-        for i in range(COUNT):
-            sa = spread(i, n)
-            dst = "10.%d.%d.%d" % ((sa >> 16) & 0xFF, (sa >> 8) & 0xFF, sa & 0xFF)
-            pkts.append(Ether(src=PEER_MAC, dst=GW_MAC) / udp_packet("192.168.1.10", dst, 1024 + i, 64))
-        wrpcap(os.path.join(out, "scale-%d.pcap" % n), pkts)
-        esp = []
-        for i in range(COUNT):
-            sa_index = spread(i, n)
-            src = "10.%d.%d.%d" % ((sa_index >> 16) & 0xFF, (sa_index >> 8) & 0xFF, sa_index & 0xFF)
-            sa = SecurityAssociation(ESP, spi=SCALE_SPI + sa_index, crypt_algo="AES-GCM",
-                                     crypt_key=bytes.fromhex(KEYS["gcm_in"]), auth_algo="NULL", auth_key=None,
-                                     tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
-            sa.seq_num = 1  # the inbound SAs have replay-window 0: the pcap repeats
-            inner = udp_packet(src, "192.168.1.%d" % (10 + i % 100), 1024 + i, 64)
-            esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / sa.encrypt(IP(bytes(inner))))
-        wrpcap(os.path.join(out, "scale-in-%d.pcap" % n), esp)
+        scale_pcaps(out, n, "64")
+    for n in SCALE_IMIX:
+        scale_pcaps(out, n, "imix")
+
+
+def scale_pcaps(out, n, size):
+    """scale-[imix-]<n>.pcap and scale-in-[imix-]<n>.pcap: inner packets of `size` (64 or imix)."""
+    tag = "" if size == "64" else size + "-"
+    pkts = []
+    for i in range(COUNT):
+        sa = spread(i, n)
+        dst = "10.%d.%d.%d" % ((sa >> 16) & 0xFF, (sa >> 8) & 0xFF, sa & 0xFF)
+        pkts.append(Ether(src=PEER_MAC, dst=GW_MAC) / udp_packet("192.168.1.10", dst, 1024 + i, ip_size(size, i)))
+    wrpcap(os.path.join(out, "scale-%s%d.pcap" % (tag, n)), pkts)
+    esp = []
+    for i in range(COUNT):
+        sa_index = spread(i, n)
+        src = "10.%d.%d.%d" % ((sa_index >> 16) & 0xFF, (sa_index >> 8) & 0xFF, sa_index & 0xFF)
+        sa = SecurityAssociation(ESP, spi=SCALE_SPI + sa_index, crypt_algo="AES-GCM",
+                                 crypt_key=bytes.fromhex(KEYS["gcm_in"]), auth_algo="NULL", auth_key=None,
+                                 tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
+        sa.seq_num = 1  # the inbound SAs have replay-window 0: the pcap repeats
+        inner = udp_packet(src, "192.168.1.%d" % (10 + i % 100), 1024 + i, ip_size(size, i))
+        esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / sa.encrypt(IP(bytes(inner))))
+    wrpcap(os.path.join(out, "scale-in-%s%d.pcap" % (tag, n)), esp)
 
 
 if __name__ == "__main__":
