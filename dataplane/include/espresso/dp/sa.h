@@ -148,11 +148,12 @@ inline uint32_t esp_overhead(const sa_runtime& sa, bool v6) noexcept
 inline constexpr uint32_t max_esp_overhead = 48 + 8 + 16 + 32 + 2 + 15;
 
 // Prefetches for a burst spread over many SAs, so that it takes the cache misses of all of them at
-// once instead of one SA after the other. In order: the worker starts every SA's head (parameters,
-// outer header template, selectors) as soon as the SPD or SAD names the SA; inbound also the state
-// lines; the outbound engine starts the key schedule of each SA as it prepares that SA's packets, a
-// preparation pass before the crypto reads it (esp_outbound.cpp), the inbound one all of its SAs'
-// state and keys at the start of the call (prefetch_sa_state).
+// once instead of one SA after the other. Outbound: the worker starts every SA's head (parameters,
+// outer header template) as soon as the SPD names the SA, the engine the sequence and counter lines
+// at the start of its call (the key schedules are left to the AES code's own loads:
+// esp_outbound.cpp). Inbound: the engine starts all of its SAs' head, state and keys at the start of
+// its call (prefetch_sa_head, prefetch_sa_state); the worker does not start them after the SAD
+// look-up as well (perf/RESULTS.md, stop 29).
 inline void prefetch_sa_head(const sa_runtime* sa) noexcept
 {
     __builtin_prefetch(sa, 0, 3);
@@ -170,9 +171,7 @@ inline void prefetch_sa_outbound_state(const sa_runtime* sa) noexcept
     __builtin_prefetch(&sa->stats, 1, 3);
 }
 
-// Those and the replay window's head, for an inbound SA: their addresses need nothing from the SA,
-// so the worker starts them with prefetch_sa_head right after the SAD look-up, a whole
-// classification pass before the engine reads them.
+// Those and the replay window's head, for an inbound SA.
 inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
 {
     prefetch_sa_outbound_state(sa);
