@@ -755,8 +755,9 @@ private:
                 }
             }
         }
-        // No prefetch of the SAs here: inbound_process_groups starts every SA's head, state and keys
-        // at its start, a few cycles later. Starting the head and state here as well (five lines
+        // No prefetch of the SAs here: with more than one SA in the pass, inbound_process_groups
+        // starts every SA's head, state and keys at its start, after the grouping below (one SA
+        // takes its few misses once per pass). Starting the head and state here as well (five lines
         // per SA) cost ~3 cycles per packet of this stage with 64 SAs per burst and ~1 with one,
         // and the engine was no faster for it (perf/RESULTS.md, stop 29).
         sa_groups groups;

@@ -149,11 +149,12 @@ inline constexpr uint32_t max_esp_overhead = 48 + 8 + 16 + 32 + 2 + 15;
 
 // Prefetches for a burst spread over many SAs, so that it takes the cache misses of all of them at
 // once instead of one SA after the other. Outbound: the worker starts every SA's head (parameters,
-// outer header template) as soon as the SPD names the SA, the engine the sequence and counter lines
-// at the start of its call (the key schedules are left to the AES code's own loads:
-// esp_outbound.cpp). Inbound: the engine starts all of its SAs' head, state and keys at the start of
-// its call (prefetch_sa_head, prefetch_sa_state); the worker does not start them after the SAD
-// look-up as well (perf/RESULTS.md, stop 29).
+// outer header template) as soon as the SPD names the SA, the engine the sequence line and the
+// counters (the SA's line, or with deferred counters the core's slot) at the start of its call (the
+// key schedules are left to the AES code's own loads: esp_outbound.cpp). Inbound: the engine starts
+// all of its SAs' head, state and keys at the start of its call when it has more than one SA
+// (prefetch_sa_head, prefetch_sa_state); the worker does not start them after the SAD look-up as
+// well (perf/RESULTS.md, stop 29).
 inline void prefetch_sa_head(const sa_runtime* sa) noexcept
 {
     __builtin_prefetch(sa, 0, 3);
@@ -180,7 +181,8 @@ inline void prefetch_sa_inbound_state(const sa_runtime* sa) noexcept
 
 // The key material of the SA's algorithm (key_line/key_runs: AES-128-GCM on the AVX2 manager reads 6
 // lines, round keys and the 8 hash key powers; CBC+HMAC the round keys of its direction and
-// ipad/opad). They must already be in cache (the SA's first line).
+// ipad/opad). Reads key_line/key_runs from the SA's first line: a wait for that line when it is not
+// in cache yet.
 inline void prefetch_sa_keys(const sa_runtime* sa) noexcept
 {
     const char* base = reinterpret_cast<const char*>(sa);
