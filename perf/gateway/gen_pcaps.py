@@ -103,26 +103,34 @@ def main(out):
         scale_pcaps(out, n, "imix")
 
 
+def scale_host(i):
+    """The 10.x.y.z host of scale SA i (its /32 remote selector in perf/bench-gateway's SAs)."""
+    return "10.%d.%d.%d" % ((i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF)
+
+
+def scale_pcap(n, size="64", inbound=False):
+    """File name of the scale pcap of n SAs: scale-[in-][imix-]<n>.pcap (size "64" or "imix")."""
+    return "scale-%s%s%d.pcap" % ("in-" if inbound else "", "" if size == "64" else size + "-", n)
+
+
 def scale_pcaps(out, n, size):
-    """scale-[imix-]<n>.pcap and scale-in-[imix-]<n>.pcap: inner packets of `size` (64 or imix)."""
-    tag = "" if size == "64" else size + "-"
+    """scale_pcap(n, size) and scale_pcap(n, size, inbound=True): inner packets of `size` (64 or imix)."""
     pkts = []
     for i in range(COUNT):
-        sa = spread(i, n)
-        dst = "10.%d.%d.%d" % ((sa >> 16) & 0xFF, (sa >> 8) & 0xFF, sa & 0xFF)
+        dst = scale_host(spread(i, n))
         pkts.append(Ether(src=PEER_MAC, dst=GW_MAC) / udp_packet("192.168.1.10", dst, 1024 + i, ip_size(size, i)))
-    wrpcap(os.path.join(out, "scale-%s%d.pcap" % (tag, n)), pkts)
+    wrpcap(os.path.join(out, scale_pcap(n, size)), pkts)
     esp = []
     for i in range(COUNT):
         sa_index = spread(i, n)
-        src = "10.%d.%d.%d" % ((sa_index >> 16) & 0xFF, (sa_index >> 8) & 0xFF, sa_index & 0xFF)
+        src = scale_host(sa_index)
         sa = SecurityAssociation(ESP, spi=SCALE_SPI + sa_index, crypt_algo="AES-GCM",
                                  crypt_key=bytes.fromhex(KEYS["gcm_in"]), auth_algo="NULL", auth_key=None,
                                  tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
         sa.seq_num = 1  # the inbound SAs have replay-window 0: the pcap repeats
         inner = udp_packet(src, "192.168.1.%d" % (10 + i % 100), 1024 + i, ip_size(size, i))
         esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / sa.encrypt(IP(bytes(inner))))
-    wrpcap(os.path.join(out, "scale-in-%s%d.pcap" % (tag, n)), esp)
+    wrpcap(os.path.join(out, scale_pcap(n, size, inbound=True)), esp)
 
 
 if __name__ == "__main__":
