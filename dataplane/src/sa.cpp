@@ -319,6 +319,9 @@ sa_ptr make_sa(const config::sa_config& c, crypto_core& core)
     } else {
         sa->soft_packets = c.lifetime.soft_packets;
     }
+    if ((sa->soft_bytes | sa->hard_bytes | sa->soft_packets | sa->hard_packets) != 0) {
+        sa->flags |= sa_volume_limits;
+    }
     build_outer_header(*sa, c);
     if (esp_overhead(*sa, true) > max_esp_overhead) {
         // Not reachable with the algorithms config/ knows (IPv6 alignment is the larger); the

@@ -37,6 +37,9 @@ enum sa_flag : uint16_t {
     // Inbound tunnel SA whose local selector covers one of the gateway's addresses: a decrypted inner
     // packet may be for the gateway itself (set by the gateway at install, before workers see the SA).
     sa_local_inner = 1U << 9,
+    // A soft or hard byte/packet limit is set (RFC 4301 §4.4.2.1; set by make_sa): without one, the
+    // engine's lifetime accounting is the two counters only, no read of the state line's limits.
+    sa_volume_limits = 1U << 10,
 };
 
 struct alignas(64) sa_runtime {
