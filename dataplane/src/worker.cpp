@@ -23,6 +23,7 @@
 #include "gateway.h"
 #include "icmpv6.h"
 #include "packet.h"
+#include "sa_groups.h"
 #include "selectors.h"
 #include "stage_cycles.h"
 
@@ -34,118 +35,7 @@ constexpr uint16_t max_vector = 128; // rx burst + handoff packets processed in 
 constexpr unsigned forward_capacity = max_vector * 2; // packets routed at the end of one pass
 static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is one pass");
 
-// Packets grouped by the SA that processes them, within one pass. Traffic of many tunnels puts a
-// different SA on nearly every packet of a burst, so a group per packet must be cheap: the SA is
-// found through a small open-addressing table (not a scan of the groups), and packets are stored
-// once and ordered by group with a counting sort at the end (arrival order kept within an SA).
-struct sa_groups {
-    static constexpr unsigned max_groups = max_vector;
-    static constexpr unsigned max_packets = max_vector * 2;
-    static constexpr unsigned slot_bits = 8;
-    static constexpr unsigned slots = 1U << slot_bits; // > max_groups
-    sa_runtime* sa[max_groups];
-    uint16_t count[max_groups];
-    uint16_t first[max_groups]; // offset of each group in what finish() returns
-    rte_mbuf* pkts[max_packets];
-    uint8_t group_of[max_packets];
-    rte_mbuf* sorted[max_packets];
-    uint8_t slot[slots]; // group + 1, 0 = empty
-    unsigned n = 0;
-    unsigned total = 0;
-    unsigned last = 0; // the group of the previous add (valid when n != 0)
-
-    sa_groups() noexcept { std::memset(slot, 0, sizeof(slot)); }
-
-    void clear() noexcept
-    {
-        std::memset(slot, 0, sizeof(slot));
-        n = 0;
-        total = 0;
-    }
-
-    // Returns false when the table is full (caller processes and retries).
-    bool add(sa_runtime* s, rte_mbuf* m) noexcept { return add_run(s, &m, 1) == 1; }
-
-    // Adds packets m[0..len) of one SA; returns how many fit (fewer than len when the table filled
-    // up: the caller processes it and adds the rest). A run is one group look-up and block copies:
-    // added one at a time, each packet's count and index updates formed a chain through memory
-    // (group_of is a byte array, whose stores may alias every counter here).
-    unsigned add_run(sa_runtime* s, rte_mbuf* const* m, unsigned len) noexcept
-    {
-        const unsigned room = max_packets - total;
-        if (room == 0 || len == 0) {
-            return 0; // (no group without packets: finish() relies on it)
-        }
-        unsigned g = last;
-        if (n == 0 || sa[last] != s) { // not the previous run's SA: hash and probe
-            // CRC32-C of the address (the crc32 instruction): SAs installed together sit 3072 bytes
-            // apart in their pool (sa_pool.h), and Fibonacci hashing of that progression put 64 of
-            // them into clusters (126 extra probes for 64 consecutive SAs against 0; perf/RESULTS.md
-            // stop 28: scale-80 `policies` and scale-in-80 `inbound` 2-3 cycles per packet lower).
-            unsigned h = rte_hash_crc_8byte(reinterpret_cast<uintptr_t>(s), 0) & (slots - 1);
-            for (;; h = (h + 1) & (slots - 1)) {
-                if (slot[h] == 0) {
-                    if (n == max_groups) {
-                        return 0;
-                    }
-                    g = n++;
-                    sa[g] = s;
-                    count[g] = 0;
-                    slot[h] = static_cast<uint8_t>(g + 1);
-                    break;
-                }
-                if (sa[slot[h] - 1] == s) {
-                    g = slot[h] - 1U;
-                    break;
-                }
-            }
-            last = g;
-        }
-        len = std::min(len, room);
-        count[g] = static_cast<uint16_t>(count[g] + len);
-        if (len == 1) {
-            // A run of one (every packet of a burst spread over many SAs): two stores, where the
-            // variable-length copies below are a memcpy and a memset call each (perf/RESULTS.md,
-            // stop 26: ~3.5 cycles per packet of the inbound grouping over 240 SAs).
-            pkts[total] = m[0];
-            group_of[total] = static_cast<uint8_t>(g);
-        } else {
-            std::memcpy(pkts + total, m, len * sizeof(rte_mbuf*));
-            std::memset(group_of + total, static_cast<int>(g), len);
-        }
-        total += len;
-        return len;
-    }
-
-    // Orders the packets by group: group g is finish()[first[g]] .. + count[g].
-    rte_mbuf** finish() noexcept
-    {
-        if (n == 1) { // one SA: already in order (no counting sort, whose stores chain, and no copy)
-            first[0] = 0;
-            return pkts;
-        }
-        if (n == total) {
-            // A group per packet (a burst spread over as many SAs): each add made the next group, so
-            // group g is packet g; in order too.
-            for (unsigned g = 0; g < n; ++g) {
-                first[g] = static_cast<uint16_t>(g);
-            }
-            return pkts;
-        }
-        uint16_t next[max_groups];
-        uint16_t at = 0;
-        for (unsigned g = 0; g < n; ++g) {
-            first[g] = next[g] = at;
-            at = static_cast<uint16_t>(at + count[g]);
-        }
-        for (unsigned i = 0; i < total; ++i) {
-            sorted[next[group_of[i]]++] = pkts[i];
-        }
-        return sorted;
-    }
-};
-static_assert(sa_groups::slots > sa_groups::max_groups && (sa_groups::slots & (sa_groups::slots - 1)) == 0);
-static_assert(sa_groups::max_groups < 256, "group_of is one byte");
+static_assert(sa_groups::max_groups == max_vector, "a group per packet of a pass fits");
 
 class worker_loop {
 public:
@@ -729,9 +619,10 @@ private:
     void decapsulate(rte_mbuf** pkts, const uint64_t* keys, uint16_t n, rte_mbuf** forward, uint16_t& n_forward) noexcept
     {
         const void* key_ptrs[max_vector];
-        void* data[max_vector]; // the packet's SA, nullptr when its SPI is unknown
+        sa_runtime* data[max_vector]; // the packet's SA, nullptr when its SPI is unknown
         uint16_t missed[max_vector];
         uint16_t n_missed = 0;
+        uint16_t n_found = 0; // of the missed ones, by rte_hash
         for (uint16_t i = 0; i < n; ++i) {
             if (sa_runtime* const* known = sad_memo_.find(keys[i])) {
                 data[i] = *known;
@@ -747,10 +638,11 @@ private:
             void* found[RTE_HASH_LOOKUP_BULK_MAX];
             uint64_t found_hits = 0;
             rte_hash_lookup_bulk_data(w_.sad, key_ptrs + off, len, &found_hits, found);
+            n_found = static_cast<uint16_t>(n_found + __builtin_popcountll(found_hits));
             for (uint16_t j = 0; j < len; ++j) {
                 if ((found_hits & (uint64_t{1} << j)) != 0) {
                     const uint16_t i = missed[off + j];
-                    data[i] = found[j];
+                    data[i] = static_cast<sa_runtime*>(found[j]);
                     sad_memo_.store(keys[i], static_cast<sa_runtime*>(found[j]));
                 }
             }
@@ -760,26 +652,24 @@ private:
         // takes its few misses once per pass). Starting the head and state here as well (five lines
         // per SA) cost ~3 cycles per packet of this stage with 64 SAs per burst and ~1 with one,
         // and the engine was no faster for it (perf/RESULTS.md, stop 29).
-        sa_groups groups;
-        for (uint16_t i = 0; i < n;) {
-            if (data[i] == nullptr) {
-                drop(pkts[i], gateway_drop::no_sa);
-                ++i;
-                continue;
-            }
-            auto* sa = static_cast<sa_runtime*>(data[i]);
-            uint16_t end = static_cast<uint16_t>(i + 1);
-            while (end < n && data[end] == sa) {
-                ++end;
-            }
-            // A run of packets of one SA (with one tunnel, the whole burst).
-            while (i < end) {
-                const unsigned added = groups.add_run(sa, pkts + i, end - i);
-                i = static_cast<uint16_t>(i + added);
-                if (i < end) {
-                    run_inbound(groups, forward, n_forward);
-                    groups.clear();
+        uint16_t kept = n;
+        if (n_found != n_missed) { // unknown SPIs: dropped, the rest closed up
+            kept = 0;
+            for (uint16_t i = 0; i < n; ++i) {
+                if (data[i] == nullptr) {
+                    drop(pkts[i], gateway_drop::no_sa);
+                    continue;
                 }
+                data[kept] = data[i];
+                pkts[kept++] = pkts[i];
+            }
+        }
+        sa_groups groups;
+        for (unsigned i = 0; i < kept;) {
+            i += groups.add_all(data + i, pkts + i, kept - i);
+            if (i < kept) {
+                run_inbound(groups, forward, n_forward);
+                groups.clear();
             }
         }
         run_inbound(groups, forward, n_forward);
