@@ -75,6 +75,12 @@ void add_pass(const pass& p)
         if (done < p.sas.size()) {
             ASSERT_TRUE(g.n == sa_groups::max_groups || g.total == sa_groups::max_packets)
                 << "add_all stopped early with room left: " << g.n << " groups, " << g.total << " packets";
+            if (g.total < sa_groups::max_packets) {
+                // Stopped for want of a group: the next packet's SA must be a new one.
+                for (unsigned k = 0; k < g.n; ++k) {
+                    ASSERT_NE(g.sa[k], p.sas[done]) << "stopped before a packet of an SA it already had";
+                }
+            }
             expect_groups(g, p, from, done);
             g.clear();
             from = done;
@@ -120,6 +126,35 @@ TEST(SaGroups, FullOfGroupsTakesWhatFits)
     add_pass(p);
 }
 
+TEST(SaGroups, FullOfGroupsStillTakesKnownSas)
+{
+    // max_groups SAs, then packets of SAs the table already has: they fit; the next new SA does not,
+    // and neither add_all nor add() changes anything then.
+    std::vector<unsigned> sas;
+    for (unsigned i = 0; i < sa_groups::max_groups; ++i) {
+        sas.push_back(i);
+    }
+    sas.push_back(0);
+    sas.push_back(5);
+    sas.push_back(sa_groups::max_groups + 1); // new
+    sas.push_back(3);
+    pass p = make_pass(sas);
+    sa_groups g;
+    const unsigned known = sa_groups::max_groups + 2;
+    EXPECT_EQ(g.add_all(p.sas.data(), p.pkts.data(), static_cast<unsigned>(sas.size())), known);
+    EXPECT_EQ(g.add_all(p.sas.data() + known, p.pkts.data() + known, 2), 0U);
+    EXPECT_FALSE(g.add(p.sas[known], p.pkts[known]));
+    EXPECT_TRUE(g.add(p.sas[known + 1], p.pkts[known + 1])); // a known SA after the refusals
+    pass expected = make_pass({});
+    for (unsigned i = 0; i < sas.size(); ++i) {
+        if (i != known) {
+            expected.sas.push_back(p.sas[i]);
+            expected.pkts.push_back(p.pkts[i]);
+        }
+    }
+    expect_groups(g, expected, 0, expected.sas.size());
+}
+
 TEST(SaGroups, FullOfPacketsTakesWhatFits)
 {
     // A run that crosses the packet limit is split; an SA seen before keeps its group.
@@ -131,6 +166,8 @@ TEST(SaGroups, FullOfPacketsTakesWhatFits)
     pass p = make_pass(sas);
     sa_groups g;
     EXPECT_EQ(g.add_all(p.sas.data(), p.pkts.data(), static_cast<unsigned>(sas.size())), sa_groups::max_packets);
+    EXPECT_EQ(g.add_all(p.sas.data(), p.pkts.data(), 1), 0U); // full: nothing taken, nothing changed
+    EXPECT_EQ(g.total, sa_groups::max_packets);
     add_pass(p);
 }
 

@@ -96,7 +96,9 @@ struct alignas(64) sa_runtime {
     // a packet costs no store besides its counters. Read through consumed_bytes()/consumed_packets().
     std::atomic<uint64_t> life_bytes{0};
     std::atomic<uint64_t> life_packets{0};
-    uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0; // 0 = none
+    // 0 = none. Whoever sets one must set sa_volume_limits too (make_sa does; the engine reads the
+    // limits only when that flag is set).
+    uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0;
     std::atomic<uint8_t> expired{0};          // bit 0 soft event sent, bit 1 hard, bit 2 exhausted
     alignas(64) replay_window replay;         // inbound: owned by one worker
     alignas(64) sa_stats stats;
