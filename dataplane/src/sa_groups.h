@@ -56,42 +56,15 @@ struct sa_groups {
             return 0; // (no group without packets: finish() relies on it)
         }
         unsigned g = last;
-        if (n == 0 || sa[last] != s) { // not the previous run's SA: hash and probe
-            // CRC32-C of the address (the crc32 instruction): SAs installed together sit 3072 bytes
-            // apart in their pool (sa_pool.h), and Fibonacci hashing of that progression put 64 of
-            // them into clusters (126 extra probes for 64 consecutive SAs against 0; perf/RESULTS.md
-            // stop 28: scale-80 `policies` and scale-in-80 `inbound` 2-3 cycles per packet lower).
-            unsigned h = rte_hash_crc_8byte(reinterpret_cast<uintptr_t>(s), 0) & (slots - 1);
-            for (;; h = (h + 1) & (slots - 1)) {
-                if (slot[h] == 0) {
-                    if (n == max_groups) {
-                        return 0;
-                    }
-                    g = n++;
-                    sa[g] = s;
-                    count[g] = 0;
-                    slot[h] = static_cast<uint8_t>(g + 1);
-                    break;
-                }
-                if (sa[slot[h] - 1] == s) {
-                    g = slot[h] - 1U;
-                    break;
-                }
+        if (n == 0 || sa[last] != s) { // not the previous run's SA
+            g = group_for(s, n);
+            if (g == max_groups) {
+                return 0;
             }
             last = g;
         }
         len = std::min(len, room);
-        count[g] = static_cast<uint16_t>(count[g] + len);
-        if (len == 1) {
-            // A run of one (every packet of a burst spread over many SAs): two stores, where the
-            // variable-length copies below are a memcpy and a memset call each (perf/RESULTS.md,
-            // stop 26: ~3.5 cycles per packet of the inbound grouping over 240 SAs).
-            pkts[total] = m[0];
-            group_of[total] = static_cast<uint8_t>(g);
-        } else {
-            std::memcpy(pkts + total, m, len * sizeof(rte_mbuf*));
-            std::memset(group_of + total, static_cast<int>(g), len);
-        }
+        place(g, m, len, total);
         total += len;
         return len;
     }
@@ -115,39 +88,16 @@ struct sa_groups {
             while (end < len && s[end] == cur) {
                 ++end;
             }
-            if (cur != last_sa) { // not the previous run's SA: hash and probe (see add_run)
-                unsigned h = rte_hash_crc_8byte(reinterpret_cast<uintptr_t>(cur), 0) & (slots - 1);
-                for (;; h = (h + 1) & (slots - 1)) {
-                    const unsigned e = slot[h];
-                    if (e == 0) {
-                        if (groups_n == max_groups) {
-                            n = groups_n;
-                            total = at;
-                            last = g;
-                            return i;
-                        }
-                        g = groups_n++;
-                        sa[g] = cur;
-                        count[g] = 0;
-                        slot[h] = static_cast<uint8_t>(g + 1);
-                        break;
-                    }
-                    if (sa[e - 1] == cur) {
-                        g = e - 1;
-                        break;
-                    }
+            if (cur != last_sa) { // not the previous run's SA
+                const unsigned found = group_for(cur, groups_n);
+                if (found == max_groups) {
+                    break;
                 }
+                g = found;
                 last_sa = cur;
             }
             const unsigned run = std::min(end - i, max_packets - at);
-            count[g] = static_cast<uint16_t>(count[g] + run);
-            if (run == 1) {
-                pkts[at] = m[i];
-                group_of[at] = static_cast<uint8_t>(g);
-            } else {
-                std::memcpy(pkts + at, m + i, run * sizeof(rte_mbuf*));
-                std::memset(group_of + at, static_cast<int>(g), run);
-            }
+            place(g, m + i, run, at);
             at += run;
             i += run;
         }
@@ -182,6 +132,50 @@ struct sa_groups {
             sorted[next[group_of[i]]++] = pkts[i];
         }
         return sorted;
+    }
+
+private:
+    // The group of SA `s`, a new one if it has none (`groups_n`: the groups so far, the member n or
+    // the caller's copy of it); max_groups when it has none and the table has no room for one.
+    // CRC32-C of the address (the crc32 instruction): SAs installed together sit 3072 bytes apart in
+    // their pool (sa_pool.h), and Fibonacci hashing of that progression put 64 of them into clusters
+    // (126 extra probes for 64 consecutive SAs against 0; perf/RESULTS.md stop 28: scale-80
+    // `policies` and scale-in-80 `inbound` 2-3 cycles per packet lower).
+    __attribute__((always_inline)) unsigned group_for(sa_runtime* s, unsigned& groups_n) noexcept
+    {
+        for (unsigned h = rte_hash_crc_8byte(reinterpret_cast<uintptr_t>(s), 0) & (slots - 1);;
+             h = (h + 1) & (slots - 1)) {
+            const unsigned e = slot[h];
+            if (e == 0) {
+                if (groups_n == max_groups) {
+                    return max_groups;
+                }
+                const unsigned g = groups_n++;
+                sa[g] = s;
+                count[g] = 0;
+                slot[h] = static_cast<uint8_t>(g + 1);
+                return g;
+            }
+            if (sa[e - 1] == s) {
+                return e - 1;
+            }
+        }
+    }
+
+    // Stores packets m[0..run) as group g's, at position `at`.
+    __attribute__((always_inline)) void place(unsigned g, rte_mbuf* const* m, unsigned run, unsigned at) noexcept
+    {
+        count[g] = static_cast<uint16_t>(count[g] + run);
+        if (run == 1) {
+            // A run of one (every packet of a burst spread over many SAs): two stores, where the
+            // variable-length copies below are a memcpy and a memset call each (perf/RESULTS.md,
+            // stop 26: ~3.5 cycles per packet of the inbound grouping over 240 SAs).
+            pkts[at] = m[0];
+            group_of[at] = static_cast<uint8_t>(g);
+        } else {
+            std::memcpy(pkts + at, m, run * sizeof(rte_mbuf*));
+            std::memset(group_of + at, static_cast<int>(g), run);
+        }
     }
 };
 static_assert(sa_groups::slots > sa_groups::max_groups && (sa_groups::slots & (sa_groups::slots - 1)) == 0);

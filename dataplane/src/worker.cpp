@@ -643,7 +643,7 @@ private:
                 if ((found_hits & (uint64_t{1} << j)) != 0) {
                     const uint16_t i = missed[off + j];
                     data[i] = static_cast<sa_runtime*>(found[j]);
-                    sad_memo_.store(keys[i], static_cast<sa_runtime*>(found[j]));
+                    sad_memo_.store(keys[i], data[i]);
                 }
             }
         }
