@@ -352,12 +352,12 @@ void inbound_submit(crypto_core& core, inbound_group* groups, in_batch& batch) n
     };
     run_jobs(core, burst, n_burst, IMB_DIR_DECRYPT, [&](uint16_t j) -> const sa_runtime& { return *batch.info[j].sa; },
              [&](uint16_t j) { return batch.info[j].payload; }, fill, finish, refused);
-    // Counters and lifetimes once per SA of the batch (packets of one group are contiguous).
-    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
-        if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {
-            continue;
-        }
-        inbound_group& g = groups[batch.info[j].group];
+    // Counters and lifetimes once per SA of the batch: its jobs cover a run of consecutive groups (a
+    // group in the run without jobs, AH or every packet dropped before the crypto, adds zeros). Not
+    // a pass over the jobs looking for group changes: that was ~10 instructions per packet.
+    const uint16_t last = batch.info[batch.n_jobs - 1].group;
+    for (uint16_t gi = batch.info[0].group; gi <= last; ++gi) {
+        inbound_group& g = groups[gi];
         sa_runtime& sa = *g.sa;
         const uint64_t good = g.pending_good;
         const uint64_t bytes = g.pending_bytes;

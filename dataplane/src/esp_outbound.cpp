@@ -341,12 +341,12 @@ void outbound_submit(crypto_core& core, outbound_group* groups, out_batch& batch
     };
     run_jobs(core, burst, n_burst, IMB_DIR_ENCRYPT, [&](uint16_t j) -> const sa_runtime& { return *batch.info[j].sa; },
              [&](uint16_t j) { return batch.info[j].payload; }, fill, finish, refused);
-    // Counters and lifetimes once per SA of the batch (jobs of one group are contiguous).
-    for (uint16_t j = 0; j < batch.n_jobs; ++j) {
-        if (j != 0 && batch.info[j].group == batch.info[j - 1].group) {
-            continue;
-        }
-        outbound_group& g = groups[batch.info[j].group];
+    // Counters and lifetimes once per SA of the batch: its jobs cover a run of consecutive groups (a
+    // group in the run without jobs, AH or every packet dropped before the crypto, has nothing to
+    // count). Not a pass over the jobs looking for group changes: ~10 instructions per packet.
+    const uint16_t last = batch.info[batch.n_jobs - 1].group;
+    for (uint16_t gi = batch.info[0].group; gi <= last; ++gi) {
+        outbound_group& g = groups[gi];
         sa_runtime& sa = *g.sa;
         const uint64_t good = g.pending_good;
         const uint64_t bytes = g.pending_bytes;

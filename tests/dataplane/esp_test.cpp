@@ -311,6 +311,29 @@ TEST(EspPadding, MonotonicPaddingIsCheckedWholeAndByteByByte)
     }
 }
 
+// The ICV comparison (packet.h) for every ICV length an SA can have (HMAC-SHA-1-96 12, AES-GCM and
+// HMAC-SHA-256-128 16, SHA-384-192 24, SHA-512-256 32; 16 has a path of its own): equal buffers
+// match, any one flipped bit anywhere in the ICV does not, and bytes past the ICV are not read into it.
+TEST(EspIcv, EveryLengthAndEveryBit)
+{
+    for (unsigned n : {12U, 16U, 24U, 32U}) {
+        SCOPED_TRACE(n);
+        std::vector<uint8_t> a(n + 8);
+        for (size_t k = 0; k < a.size(); ++k) {
+            a[k] = static_cast<uint8_t>(k * 37 + 11);
+        }
+        std::vector<uint8_t> b = a;
+        b[n] ^= 0xff; // past the ICV: ignored
+        EXPECT_TRUE(icv_equal(a.data(), b.data(), n));
+        for (unsigned bit = 0; bit < n * 8; ++bit) {
+            auto c = a;
+            c[bit / 8] ^= static_cast<uint8_t>(1U << (bit % 8));
+            EXPECT_FALSE(icv_equal(a.data(), c.data(), n)) << "bit " << bit;
+            EXPECT_FALSE(icv_equal(c.data(), a.data(), n)) << "bit " << bit;
+        }
+    }
+}
+
 // The writer's two paths (one 16-byte copy with room, byte by byte without) write exactly what the
 // checker accepts, and nothing past the padding (the byte path) or past 16 bytes (the copy).
 TEST(EspPadding, MonotonicPaddingIsWrittenAsChecked)
