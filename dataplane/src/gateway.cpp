@@ -50,6 +50,13 @@ constexpr uint32_t implied_priority = 1000; // explicit policies (default priori
 // the same action, so which inbound SA it came from does not matter.
 constexpr uint32_t inbound_check_spi = 0;
 constexpr size_t max_pending_per_hop = 16;
+// Bounds on everything waiting for ARP/NDP, whoever sends it: without them a stream of packets to
+// distinct unresolved addresses of a connected prefix (an IPv6 /64 has no end of them) made a new
+// entry, a solicitation and up to 16 held mbufs of the shared pool per address, until the RX queues
+// could not be refilled. Linux bounds the same (gc_thresh3, unres_qlen); past these, packets are
+// dropped as no_neighbor without a new entry or solicitation.
+constexpr size_t max_pending_hops = 256;
+constexpr size_t max_pending_packets = 1024;
 
 uint32_t be32_of(const config::ip_address& a)
 {
@@ -1766,8 +1773,9 @@ unsigned gateway::main_exceptions()
 }
 
 // A packet (with its Ethernet header) waiting for its next hop's MAC: sent at once when the neighbor
-// is known, else queued (at most max_pending_per_hop per next hop, the rest dropped and counted) while
-// ARP or a Neighbor Solicitation asks for it, at most every half second.
+// is known, else queued (at most max_pending_per_hop per next hop, max_pending_hops next hops and
+// max_pending_packets in all; the rest dropped and counted) while ARP or a Neighbor Solicitation asks
+// for it, at most every half second.
 void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop)
 {
     const int16_t out = shared_.position(port);
@@ -1789,7 +1797,16 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
     }
     pending_key key{port, family, {}};
     std::memcpy(std::get<2>(key).data(), next_hop, family == 4 ? 4 : 16);
-    pending& p = pending_[key];
+    auto it = pending_.find(key);
+    if (pending_packets_ >= max_pending_packets || (it == pending_.end() && pending_.size() >= max_pending_hops)) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
+    if (it == pending_.end()) {
+        it = pending_.emplace(key, pending{}).first; // an entry always holds a packet (timeouts rely on it)
+    }
+    pending& p = it->second;
     const uint64_t now = rte_get_tsc_cycles();
     if (p.packets.empty()) {
         p.first_tsc = now;
@@ -1799,6 +1816,7 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
         rte_pktmbuf_free(m);
     } else {
         p.packets.push_back(m);
+        ++pending_packets_;
     }
     if (now - p.requested_tsc > rte_get_tsc_hz() / 2) {
         p.requested_tsc = now;
@@ -1909,6 +1927,7 @@ void gateway::main_pending_timeouts()
             for (auto* m : p.packets) {
                 rte_pktmbuf_free(m);
             }
+            pending_packets_ -= p.packets.size();
             it = pending_.erase(it);
             continue;
         }
@@ -1943,6 +1962,7 @@ void gateway::resolved(uint16_t port, uint8_t family, const uint8_t* ip, const r
         eth->src_addr = shared_.ports[static_cast<size_t>(pos)].mac;
         transmit_main(static_cast<uint16_t>(pos), m);
     }
+    pending_packets_ -= it->second.packets.size();
     pending_.erase(it);
 }
 

@@ -339,6 +339,7 @@ private:
     // (port, family, next hop; IPv4 in the first 4 bytes) -> packets waiting for ARP or NDP
     using pending_key = std::tuple<uint16_t, uint8_t, ipv6_address>;
     std::map<pending_key, pending> pending_;
+    size_t pending_packets_ = 0; // mbufs held in pending_ (bounded: queue_for_neighbor)
     uint64_t neighbor_check_tsc_ = 0; // last NUD pass (main_neighbor_maintenance)
     // ICMP errors (both families): a token bucket, as Linux's icmp_ratelimit (RFC 4443 §2.4 (f)).
     double icmp_tokens_ = 0;
