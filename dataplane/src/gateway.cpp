@@ -2341,7 +2341,79 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     uint16_t ck = rte_raw_cksum(icmp, 8 + quote);
     ck = static_cast<uint16_t>(~ck);
     std::memcpy(icmp + 2, &ck, 2);
+    if (came_through_tunnel(oip, avail)) {
+        // Try the gateway's addresses as the error's source (no checksum of ICMPv4 covers it).
+        send_error_protected(m, static_cast<uint16_t>(in_pos), 4, [&](const uint8_t* source) {
+            std::memcpy(ip + 12, source, 4);
+            ipv4_set_checksum(ip);
+        });
+        return;
+    }
     queue_for_neighbor(m, out_port, 4, reinterpret_cast<const uint8_t*>(&nh));
+}
+
+// Did `ip` (a packet the gateway could not forward, `avail` bytes of it) arrive through a tunnel, so
+// that an ICMP error quoting it carries what was protected? Its selectors match an inbound protect
+// policy (cleartext that matches one is dropped as `unprotected` before it gets this far).
+bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail)
+{
+    ip_view v;
+    if (parse_ip(ip, avail, v) != drop_reason::none) {
+        return true; // not parsed, not told in clear
+    }
+    const local_selectors sel = selectors_of(ip, v.total, v);
+    const spd_rule* out = nullptr;
+    const spd_rule* in_match = nullptr;
+    if (sel.v6) {
+        const spd6_key* k = &sel.k6;
+        classify6(spd_.get(), *main_hosts_, &k, &out, &in_match, 1, inbound_scope::every_packet);
+    } else {
+        const spd_key* k = &sel.k4;
+        classify(spd_.get(), *main_hosts_, &k, &out, &in_match, 1, inbound_scope::every_packet);
+    }
+    return in_match != nullptr &&
+           (in_match->action == config::policy_action::protect || in_match->action == config::policy_action::trap);
+}
+
+// An ICMP error (with its Ethernet header) about a packet that came through a tunnel must not leave
+// in the clear with its quote of that packet (RFC 4301 §6.2: what was protected stays protected;
+// ICMP errors otherwise bypass the SPD, implicit_bypass). With each of the gateway's addresses of
+// `family` as its source in turn (set_source rewrites the packet and its checksums), the first that
+// an outbound protect policy with an SA covers sends it through that SA, so it goes back the way the
+// packet came (a peer checks it against that SA's selectors, RFC 4301 §5.2, which the gateway's own
+// address on the protected side matches). None: dropped, counted as `unprotected`.
+template <typename SetSource>
+void gateway::send_error_protected(rte_mbuf* m, uint16_t in_pos, uint8_t family, SetSource set_source)
+{
+    auto* ip = rte_pktmbuf_mtod_offset(m, uint8_t*, sizeof(rte_ether_hdr));
+    const uint32_t len = rte_pktmbuf_data_len(m) - static_cast<uint32_t>(sizeof(rte_ether_hdr));
+    for (const port_state& ps : shared_.ports) {
+        if (family == 4 ? !ps.has_v4 : !ps.has_v6) {
+            continue;
+        }
+        set_source(family == 4 ? reinterpret_cast<const uint8_t*>(&ps.address_be) : ps.address6.data());
+        ip_view v;
+        if (parse_ip(ip, len, v) != drop_reason::none) {
+            break;
+        }
+        const local_selectors sel = selectors_of(ip, v.total, v);
+        const spd_rule* rule = nullptr;
+        const spd_rule* in_match = nullptr;
+        if (sel.v6) {
+            const spd6_key* k = &sel.k6;
+            classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
+        } else {
+            const spd_key* k = &sel.k4;
+            classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
+        }
+        if (rule != nullptr && rule->action == config::policy_action::protect && rule->sa != nullptr) {
+            rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
+            protect_from_kernel(in_pos, *rule->sa, m);
+            return;
+        }
+    }
+    main_drops_[static_cast<size_t>(gateway_drop::unprotected)]++;
+    rte_pktmbuf_free(m);
 }
 
 // RFC 4443: an ICMPv6 error about `orig` (with its Ethernet header) to its source, from the global
@@ -2390,6 +2462,13 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     }
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
     std::memcpy(eth + 1, buf, len);
+    if (came_through_tunnel(oip, olen)) {
+        // The ICMPv6 checksum covers the source address: the error is built again for each one.
+        send_error_protected(m, static_cast<uint16_t>(in_pos), 6, [&](const uint8_t* source) {
+            build_icmpv6_error(reinterpret_cast<uint8_t*>(eth + 1), source, type, code, parameter, oip, olen);
+        });
+        return;
+    }
     queue_for_neighbor(m, out_port, 6, nh.data());
 }
 

@@ -272,6 +272,9 @@ private:
                                     const rte_ether_addr* unicast = nullptr);
     void send_icmp4_error(rte_mbuf* m, uint8_t type, uint8_t code, uint16_t mtu);
     void send_icmp6_error(rte_mbuf* m, uint8_t type, uint8_t code, uint32_t parameter);
+    bool came_through_tunnel(const uint8_t* ip, uint32_t avail);
+    template <typename SetSource>
+    void send_error_protected(rte_mbuf* m, uint16_t in_pos, uint8_t family, SetSource set_source);
     bool icmp_allowed();
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
     void to_tap(const port_state& ps, rte_mbuf* m);
