@@ -2295,6 +2295,9 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     if (oip[12] == 0 || oip[12] >= 224) {
         return; // 0.0.0.0/8, multicast, reserved: no one to tell
     }
+    if (oip[16] >= 224) {
+        return; // RFC 1812 §4.3.2.7: not about a packet to a multicast or broadcast address
+    }
     // RFC 1812 §4.3.2.4: from an address of the interface the packet came in on, or another one of
     // the router's (a decrypted packet that came in over an IPv6-only link).
     const port_state* in = &shared_.ports[static_cast<size_t>(in_pos)];

@@ -39,7 +39,8 @@ namespace espresso::dp {
     X(nd_invalid, "invalid Neighbor Discovery message (RFC 4861 §7.1)")                            \
     X(nd_not_ours, "Neighbor Solicitation for an address not ours")                                \
     X(router_discovery, "Router Solicitation/Advertisement/Redirect (the gateway uses static routes)") \
-    X(multicast, "IPv6 multicast the gateway does not take part in")                               \
+    X(multicast, "multicast the gateway does not take part in (IPv6 groups not joined, IPv4 224/4)") \
+    X(martian, "IPv4 transit from 0/8, 127/8, 224/3 or to 0/8, 127/8, 240/4, 255.255.255.255")     \
     X(link_local, "link-local source or destination in transit (RFC 4291 §2.5.6)")                 \
     X(tap_filtered, "router discovery from the kernel's TAP kept off the wire")                    \
     X(icmp_rate_limited, "ICMP error not sent (rate limit)")                                       \

@@ -474,6 +474,18 @@ private:
                         drop(m, gateway_drop::malformed);
                         continue;
                     }
+                    // RFC 1812 §5.3.7 / §5.3.5: no forwarding from or to martian addresses (this
+                    // network, loopback; multicast, class E or broadcast as a source), nor of IPv4
+                    // multicast (the gateway routes none) or the limited broadcast (DHCP discovery,
+                    // mDNS and the like stay on their link instead of going down a default route or
+                    // into a tunnel that protects 0.0.0.0/0).
+                    const uint8_t s0 = ip[12];
+                    const uint8_t d0 = ip[16];
+                    if (d0 >= 224 || d0 == 0 || d0 == 127 || s0 >= 224 || s0 == 0 || s0 == 127) [[unlikely]] {
+                        drop(m, d0 >= 224 && d0 < 240 && s0 < 224 && s0 != 0 && s0 != 127 ? gateway_drop::multicast
+                                                                                               : gateway_drop::martian);
+                        continue;
+                    }
                     transit[n_transit++] = m;
                     continue;
                 }
