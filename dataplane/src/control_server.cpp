@@ -725,6 +725,10 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
     } wipe_captured{reader_};
     try {
         if (!reader_.parse(body, request) || request.is_discarded()) {
+            if (reader_.too_deep()) {
+                return error_reply(nullptr, "message: nested deeper than " +
+                                                std::to_string(request_reader::max_request_depth) + " levels");
+            }
             return error_reply(nullptr, "message: not valid JSON");
         }
         if (!request.is_object()) {
@@ -746,7 +750,10 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         }
         if (!version_it->is_number_integer() || version_it->get<int64_t>() < control::min_protocol_version ||
             version_it->get<int64_t>() > control::protocol_version) {
-            return error_reply(id, "version: unsupported version " + version_it->dump() + "; this server speaks " +
+            // Not the value itself: it is the client's (any size), only its type or number is told.
+            const std::string got = version_it->is_number_integer() ? std::to_string(version_it->get<int64_t>())
+                                                                     : std::string("a ") + version_it->type_name();
+            return error_reply(id, "version: unsupported version " + got + "; this server speaks " +
                                        std::to_string(control::min_protocol_version) + " to " +
                                        std::to_string(control::protocol_version));
         }

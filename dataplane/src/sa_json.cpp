@@ -421,8 +421,22 @@ public:
         return dom_.string(value);
     }
     bool binary(binary_t& value) { return dom_.binary(value); }
+    // Every later step recurses over the value (nlohmann's dump(), the loader's tree): a request
+    // nested 100k levels deep (200 KB) overflowed the main lcore's stack there. No request of the
+    // protocol nests beyond 5 levels; the parse stops at max_request_depth.
+    bool too_deep()
+    {
+        if (stack_.size() + open_.size() < max_request_depth) {
+            return false;
+        }
+        r_.too_deep_ = true;
+        return true;
+    }
     bool start_object(size_t n)
     {
+        if (too_deep()) {
+            return false;
+        }
         if (capturing()) {
             open(config::plain_value::kind::mapping);
             return true;
@@ -458,6 +472,9 @@ public:
     }
     bool start_array(size_t n)
     {
+        if (too_deep()) {
+            return false;
+        }
         if (capturing()) {
             open(config::plain_value::kind::sequence);
             return true;
@@ -564,6 +581,7 @@ bool request_reader::parse(std::string_view body, json& request)
 bool request_reader::parse_with_nlohmann(std::string_view body, json& request)
 {
     reset(); // what a declined scan captured, and its copy of the body
+    too_deep_ = false;
     request = json();
     handler h(*this, request);
     const bool ok = json::sax_parse(body, &h);

@@ -72,6 +72,9 @@ public:
     // Whether the last parse() was read by the fast scanner.
     bool scanned() const noexcept { return scanned_; }
     bool captured() const noexcept { return captured_; }
+    // Whether the last parse() failed because the request nests deeper than max_request_depth.
+    bool too_deep() const noexcept { return too_deep_; }
+    static constexpr size_t max_request_depth = 32;
     std::span<const config::plain_value> sas() const noexcept { return {items_.data(), count_}; }
     // Overwrites the captured text (it holds the keys) and forgets the items. Call after every request.
     void wipe() noexcept;
@@ -107,6 +110,7 @@ private:
     size_t count_ = 0;
     bool captured_ = false;
     bool scanned_ = false;
+    bool too_deep_ = false;
 };
 
 // The "policy" argument of add-policy: the keys of a `policies:` item ({local, remote, protocol,

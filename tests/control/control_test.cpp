@@ -733,6 +733,47 @@ TEST_F(server_fixture, MalformedRequestsGetErrorsNamingTheField)
     EXPECT_TRUE((*pong)["ok"].get<bool>());
 }
 
+// Requests nested far deeper than the protocol ever nests (a review found three that overflowed the
+// main lcore's stack: a `version` value dumped into the error message, an add-policy body dumped into
+// YAML, an add-sa object walked recursively): each gets an error, and the server keeps serving.
+TEST_F(server_fixture, DeeplyNestedRequestsAreRefused)
+{
+    raw_connection c(path);
+    const size_t levels = 100000;
+    auto nested = [&](const std::string& open, const std::string& close, const std::string& inner) {
+        std::string text;
+        text.reserve(levels * (open.size() + close.size()) + inner.size());
+        for (size_t i = 0; i < levels; ++i) {
+            text += open;
+        }
+        text += inner;
+        for (size_t i = 0; i < levels; ++i) {
+            text += close;
+        }
+        return text;
+    };
+    const std::vector<std::string> bodies{
+        R"({"id":1,"version":)" + nested("[", "]", "1") + R"(,"op":"ping"})",
+        R"({"version":1,"id":2,"op":"add-policy","args":{"policy":{"local":)" + nested("[", "]", "1") + "}}}",
+        R"({"version":1,"id":3,"op":"add-sa","args":{"sa":)" + nested(R"({"a":)", "}", "1") + "}}",
+        R"({"version":1,"id":4,"op":"add-sas","args":{"sas":[)" + nested(R"({"a":)", "}", "1") + "]}}",
+        R"({"args":{"sas":[)" + nested(R"({"a":)", "}", "1") + R"(]},"version":1,"id":5,"op":"add-sas"})",
+    };
+    for (const auto& body : bodies) {
+        c.send_frame(body);
+        const auto reply = c.read();
+        ASSERT_TRUE(reply.has_value()) << body.substr(0, 60);
+        EXPECT_FALSE((*reply)["ok"].get<bool>()) << body.substr(0, 60);
+        EXPECT_NE((*reply)["error"].get<std::string>().find("nested deeper than 32 levels"), std::string::npos)
+            << (*reply)["error"];
+    }
+    // A request at the limit's side of ordinary use still works, and so does the connection.
+    c.send_frame(R"({"version":1,"id":6,"op":"ping"})");
+    const auto pong = c.read();
+    ASSERT_TRUE(pong.has_value());
+    EXPECT_TRUE((*pong)["ok"].get<bool>());
+}
+
 TEST_F(server_fixture, OversizedFrameGetsAnErrorAndTheConnectionCloses)
 {
     raw_connection c(path);
