@@ -115,7 +115,9 @@ std::string read_config_file(const std::string& path, std::string& contents)
     // Far above any real gateway file (100k SAs are ~30 MB of YAML); a bound so a wrong path
     // (/dev/zero, a disk image) cannot exhaust the main lcore's memory.
     constexpr off_t max_size = off_t{256} << 20;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    // O_NONBLOCK: opening a FIFO without a writer (or a device) must not block the main lcore until
+    // one appears; the fstat below refuses anything but a regular file, where the flag does nothing.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         return path + ": cannot open the file: " + std::strerror(errno) + "; check the path and its permissions";
     }
@@ -138,7 +140,11 @@ std::string read_config_file(const std::string& path, std::string& contents)
                 ::close(fd);
                 return path + ": the file grew beyond " + std::to_string(max_size) + " bytes while being read";
             }
-            contents.resize(std::max<size_t>(contents.size() * 2, 4096), '\0');
+            // Grown by hand: resize() would free the old buffer, which holds keys, unwiped.
+            std::string bigger(std::max<size_t>(contents.size() * 2, 4096), '\0');
+            std::memcpy(bigger.data(), contents.data(), got);
+            explicit_bzero(contents.data(), contents.size());
+            contents.swap(bigger);
         }
         const ssize_t n = ::read(fd, contents.data() + got, contents.size() - got);
         if (n < 0 && errno == EINTR) {

@@ -602,6 +602,13 @@ TEST_F(server_fixture, ReloadArgumentsAreValidated)
     EXPECT_NE(directory.find("/tmp: not a regular file"), std::string::npos) << directory;
     const std::string device = reply_error(client.request("reload", {{"path", "/dev/zero"}}));
     EXPECT_NE(device.find("/dev/zero: not a regular file"), std::string::npos) << device;
+    // A FIFO without a writer: open() itself blocked the main lcore until one came (review finding).
+    const std::string fifo = "/tmp/espresso-control-test-fifo-" + std::to_string(::getpid());
+    ::unlink(fifo.c_str());
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string pipe = reply_error(client.request("reload", {{"path", fifo}}));
+    ::unlink(fifo.c_str());
+    EXPECT_NE(pipe.find(fifo + ": not a regular file"), std::string::npos) << pipe;
 }
 
 // Owners (protocol version 2): add-sa, add-sas and add-policy tag what they install; list-sas and
