@@ -397,10 +397,30 @@ uint32_t parse_spi(const json& value)
 }
 
 // Overwrites frame bytes that may have carried keys before they are released.
+// Drops the first `bytes` of `buffer` (requests hold keys): they are wiped, and so are the bytes the
+// move of the rest leaves behind past its new end (erase() left a copy of them in the capacity).
 void wipe_prefix(std::string& buffer, size_t bytes) noexcept
 {
-    explicit_bzero(buffer.data(), std::min(bytes, buffer.size()));
-    buffer.erase(0, bytes);
+    bytes = std::min(bytes, buffer.size());
+    const size_t rest = buffer.size() - bytes;
+    explicit_bzero(buffer.data(), bytes);
+    std::memmove(buffer.data(), buffer.data() + bytes, rest);
+    explicit_bzero(buffer.data() + rest, bytes);
+    buffer.resize(rest);
+}
+
+// buffer += bytes, without leaving a copy of what the buffer held (keys) in freed memory when it
+// has to grow.
+void append_wiped(std::string& buffer, const char* bytes, size_t n)
+{
+    if (buffer.size() + n > buffer.capacity()) {
+        std::string bigger;
+        bigger.reserve(std::max(buffer.capacity() * 2, buffer.size() + n));
+        bigger.append(buffer);
+        explicit_bzero(buffer.data(), buffer.size());
+        buffer.swap(bigger);
+    }
+    buffer.append(bytes, n);
 }
 
 } // namespace
@@ -567,18 +587,19 @@ void control_server::accept_clients() noexcept
 
 void control_server::read_client(client& c) noexcept
 {
-    // Read at most one maximal request per poll: enough to make progress, bounded so that one client
-    // cannot keep the loop here.
+    // Hold at most one maximal request (and a chunk) unprocessed: enough for any request to arrive
+    // whole, bounded so that a client cannot keep the loop here nor make the server buffer what it
+    // sends faster than the requests are handled (a stream of empty frames once grew the buffer to
+    // 190 MB, each handled frame moving all of it). The socket stays readable; reading resumes once
+    // process_frames has caught up.
     const size_t budget = control::max_request_bytes + control::length_prefix_bytes;
-    size_t taken = 0;
     try {
         char chunk[16384];
-        while (taken < budget) {
+        while (c.in.size() < budget) {
             const ssize_t n = ::recv(c.fd, chunk, sizeof(chunk), 0);
             if (n > 0) {
-                c.in.append(chunk, static_cast<size_t>(n));
+                append_wiped(c.in, chunk, static_cast<size_t>(n));
                 explicit_bzero(chunk, static_cast<size_t>(n));
-                taken += static_cast<size_t>(n);
                 continue;
             }
             if (n == 0) {
@@ -603,8 +624,10 @@ void control_server::read_client(client& c) noexcept
 void control_server::process_frames(client& c) noexcept
 {
     size_t handled = 0;
+    size_t consumed = 0; // the frames handled are dropped from c.in once, at the end
     while (!c.dead && handled < max_requests_per_poll) {
-        const auto length = control::decode_length(c.in);
+        const std::string_view in = std::string_view(c.in).substr(consumed);
+        const auto length = control::decode_length(in);
         if (!length) {
             break;
         }
@@ -613,16 +636,16 @@ void control_server::process_frames(client& c) noexcept
                                               " bytes exceeds the limit of " +
                                               std::to_string(control::max_request_bytes) +
                                               " bytes; closing the connection"));
-            wipe_prefix(c.in, c.in.size());
+            consumed = c.in.size();
             c.closing = true;
             break;
         }
-        if (c.in.size() < control::length_prefix_bytes + *length) {
+        if (in.size() < control::length_prefix_bytes + *length) {
             break; // wait for the rest of the frame
         }
         effects effect;
-        json reply = handle(std::string_view(c.in).substr(control::length_prefix_bytes, *length), effect);
-        wipe_prefix(c.in, control::length_prefix_bytes + *length);
+        json reply = handle(in.substr(control::length_prefix_bytes, *length), effect);
+        consumed += control::length_prefix_bytes + *length;
         if (effect.subscribe) {
             c.subscribed = true;
         }
@@ -631,6 +654,9 @@ void control_server::process_frames(client& c) noexcept
         }
         queue(c, reply);
         ++handled;
+    }
+    if (!c.dead) {
+        wipe_prefix(c.in, consumed);
     }
 }
 

@@ -57,6 +57,15 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     size_t client_count() const noexcept { return clients_.size(); }
+    // Request bytes read and not yet handled, over every client (bounded: read_client).
+    size_t buffered_input() const noexcept
+    {
+        size_t total = 0;
+        for (const auto& c : clients_) {
+            total += c.in.size();
+        }
+        return total;
+    }
 
     // What a request asks of its connection besides the reply.
     struct effects {

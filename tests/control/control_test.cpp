@@ -244,6 +244,7 @@ public:
         }
     }
     bool eof() const { return eof_; }
+    int fd() const { return fd_; }
 
 private:
     int fd_ = -1;
@@ -776,6 +777,57 @@ TEST_F(server_fixture, DeeplyNestedRequestsAreRefused)
     }
     // A request at the limit's side of ordinary use still works, and so does the connection.
     c.send_frame(R"({"version":1,"id":6,"op":"ping"})");
+    const auto pong = c.read();
+    ASSERT_TRUE(pong.has_value());
+    EXPECT_TRUE((*pong)["ok"].get<bool>());
+}
+
+// A client that streams requests faster than they are handled (here 8 MiB of 1 KB frames that are not
+// JSON, each answered with an error) is not buffered without bound: the server holds at most one
+// maximal request and a read chunk at a time (a stream once grew its buffer to 190 MB, every handled
+// frame moving all of it: review finding), and the client, which reads its replies, gets every one.
+TEST_F(server_fixture, StreamedRequestsAreNotBufferedWithoutBound)
+{
+    raw_connection c(path);
+    const size_t frame_body = 1020;
+    const size_t frames = (size_t{8} << 20) / (frame_body + control::length_prefix_bytes);
+    std::string batch;
+    for (int i = 0; i < 64; ++i) {
+        control::append_frame(batch, std::string(frame_body, 'x'));
+    }
+    std::atomic<bool> done{false};
+    std::atomic<size_t> most{0};
+    std::thread watcher([&] {
+        while (!done.load()) {
+            const size_t now = on_server([this] { return server->buffered_input(); });
+            if (now > most.load()) {
+                most = now;
+            }
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    std::thread writer([&] {
+        for (size_t sent = 0; sent < frames; sent += 64) {
+            if (::send(c.fd(), batch.data(), batch.size(), MSG_NOSIGNAL) != ssize_t(batch.size())) {
+                return;
+            }
+        }
+    });
+    size_t replies = 0;
+    while (replies < frames) {
+        const auto reply = c.read(10000ms);
+        if (!reply.has_value()) {
+            break;
+        }
+        EXPECT_FALSE((*reply)["ok"].get<bool>());
+        ++replies;
+    }
+    writer.join();
+    done = true;
+    watcher.join();
+    EXPECT_EQ(replies, frames);
+    EXPECT_LE(most.load(), control::max_request_bytes + control::length_prefix_bytes + 16384);
+    c.send_frame(R"({"version":1,"id":1,"op":"ping"})");
     const auto pong = c.read();
     ASSERT_TRUE(pong.has_value());
     EXPECT_TRUE((*pong)["ok"].get<bool>());
