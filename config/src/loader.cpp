@@ -1201,16 +1201,16 @@ sa_config loader::parse_sa_fields(const mapping& m, std::string origin) const {
 void loader::check_unique(const std::vector<sa_config>& sas, const std::vector<YAML::Node>& spi_nodes,
                           const std::function<std::string(size_t)>& path_of) const {
     // RFC 4301 §4.1: an outbound SA is chosen by policy, so its SPI must be unique among outbound SAs;
-    // an inbound SA is found by SPI (and protocol), so (SPI, protocol) must be unique among inbound SAs.
-    std::map<std::tuple<direction, uint32_t, int>, size_t> seen;
+    // an inbound SA is found by SPI. RFC 4301 lets a receiver add the protocol to the look-up, but the
+    // data plane names an SA by direction and SPI (its SA table, the control API's delete-sa and
+    // update-sa): ESP and AH SAs with one inbound SPI passed this check and then failed start-up and
+    // reload half-way, so the SPI is unique among inbound SAs whatever the protocol.
+    std::map<std::tuple<direction, uint32_t>, size_t> seen;
     for (size_t i = 0; i < sas.size(); ++i) {
         const auto& sa = sas[i];
-        const int protocol = sa.dir == direction::inbound ? static_cast<int>(sa.protocol) : -1;
-        const auto [it, inserted] = seen.emplace(std::make_tuple(sa.dir, sa.spi, protocol), i);
+        const auto [it, inserted] = seen.emplace(std::make_tuple(sa.dir, sa.spi), i);
         if (!inserted) {
-            std::string which = sa.dir == direction::inbound
-                                    ? std::string("inbound ") + (sa.protocol == ipsec_protocol::esp ? "ESP" : "AH")
-                                    : std::string("outbound");
+            std::string which = sa.dir == direction::inbound ? "inbound" : "outbound";
             fail(spi_nodes[i], path_of(i) + ".spi",
                  "duplicate SPI " + hex32(sa.spi) + " among " + which + " SAs; first used at " + sas[it->second].origin,
                  "give each " + which + " SA its own SPI");
