@@ -944,18 +944,27 @@ std::string gateway::rebuild_spd()
     if (spd_ && signature == spd_signature_) {
         return {};
     }
-    spd_signature_ = std::move(signature);
     std::unique_ptr<compiled_spd> spd;
     try {
         spd = std::make_unique<compiled_spd>(entries, ++generation_);
     } catch (const std::exception& e) {
-        return e.what();
+        return e.what(); // the signature stays the old SPD's: the same entries are tried again
     }
+    spd_signature_ = std::move(signature);
     const uint64_t gen = ++generation_;
     std::vector<unsigned> all;
     for (unsigned w = 0; w < workers_.size(); ++w) {
         if (!post(w, {update_msg::set_spd, 0, 0, spd.get(), gen})) {
-            return "worker update ring full";
+            // Workers before this one were told to use the new SPD: it must outlive them (freed
+            // here, it was a use after free once they switched), and the old one the others keep.
+            // The signature is forgotten so that the next rebuild posts to every worker again,
+            // even with the same entries.
+            spd_signature_.clear();
+            if (w > 0) {
+                retired_spds_.push_back(std::move(spd_));
+                spd_ = std::move(spd);
+            }
+            return "worker update ring full; policy update incomplete";
         }
         all.push_back(w);
     }
