@@ -750,11 +750,33 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
     json id = nullptr;
     int version = control::protocol_version;
     json request;
-    // The captured SA text holds keys: overwritten whatever happens to the request.
+    json args = json::object();
+    // The captured SA text holds keys: overwritten whatever happens to the request. So is every
+    // string of the request's DOM (keys of add-sa and add-sas, wherever the request stopped: an
+    // unknown key, a bad version or op, an exception; the DOM nests at most max_request_depth levels,
+    // so the walk's recursion is bounded).
     struct wipe_reader {
         request_reader& reader;
-        ~wipe_reader() { reader.wipe(); }
-    } wipe_captured{reader_};
+        json& request;
+        json& args;
+        ~wipe_reader()
+        {
+            reader.wipe();
+            wipe_strings(request);
+            wipe_strings(args);
+        }
+        static void wipe_strings(json& value) noexcept
+        {
+            if (value.is_string()) {
+                auto& text = value.get_ref<std::string&>();
+                explicit_bzero(text.data(), text.size());
+            } else if (value.is_structured()) {
+                for (auto& item : value) {
+                    wipe_strings(item);
+                }
+            }
+        }
+    } wipe_captured{reader_, request, args};
     try {
         if (!reader_.parse(body, request) || request.is_discarded()) {
             if (reader_.too_deep()) {
@@ -807,7 +829,6 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
                 return error_reply(id, key + ": unknown key; a request has version, id, op and args", version);
             }
         }
-        json args = json::object();
         if (const auto it = request.find("args"); it != request.end()) {
             if (!it->is_object() && !it->is_null()) {
                 return error_reply(id, "args: expected an object", version);
@@ -823,15 +844,7 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         } catch (const request_error& e) {
             reply = error_reply(id, e.what(), version);
         }
-        if (auto sa = args.find("sa"); sa != args.end()) {
-            wipe_json_secrets(*sa);
-        }
-        if (auto sas = args.find("sas"); sas != args.end() && sas->is_array()) {
-            for (auto& item : *sas) {
-                wipe_json_secrets(item);
-            }
-        }
-        return reply;
+        return reply; // the request's strings are wiped on the way out (wipe_captured)
     } catch (const std::exception& e) {
         return error_reply(id, std::string("internal error: ") + e.what(), version);
     } catch (...) {

@@ -161,7 +161,8 @@ plain_builder& builder()
 }
 
 // One SA object through the loader, named `path` in errors. The tree holds views only: the key text
-// stays in the JSON value (the server wipes it, wipe_json_secrets) and the loader wipes its own copy.
+// stays in the JSON value (the server wipes every string of the request, control_server::handle)
+// and the loader wipes its own copy.
 config::sa_config load_sa(const json& sa, const std::string& path)
 {
     return config::load_security_association(builder().build(sa), path, "control");
