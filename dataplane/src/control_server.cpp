@@ -1038,7 +1038,9 @@ json control_server::dispatch(const std::string& op, json& args, int version, ef
         return {{"policies", std::move(list)}};
     }
     if (op == "flush") {
-        gateway_.flush();
+        if (std::string error = gateway_.flush(); !error.empty()) {
+            throw request_error(error);
+        }
         return json::object();
     }
     if (op == "flush-owner") {

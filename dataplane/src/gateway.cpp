@@ -1460,17 +1460,21 @@ std::string gateway::delete_policy(uint32_t id)
     return rebuild_spd();
 }
 
-void gateway::flush()
+std::string gateway::flush()
 {
+    // One delete_sas for all of them (one SPD and host-table round), not a delete_sa each: with many
+    // outbound SAs that recompiled the SPD once per SA. Errors are the reply's, not dropped.
     policies_.clear();
-    std::vector<std::pair<int, uint32_t>> keys;
+    std::vector<sa_id> all;
+    all.reserve(sas_.size());
     for (const auto& [k, v] : sas_) {
-        keys.push_back(k);
+        all.emplace_back(static_cast<config::direction>(k.first), k.second);
     }
-    for (const auto& k : keys) {
-        delete_sa(static_cast<config::direction>(k.first), k.second);
+    std::string error = all.empty() ? std::string() : delete_sas(all);
+    if (std::string spd_error = rebuild_spd(); error.empty()) {
+        error = spd_error;
     }
-    rebuild_spd();
+    return error;
 }
 
 std::vector<sa_snapshot> gateway::sas() const

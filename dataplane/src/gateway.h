@@ -171,7 +171,7 @@ public:
     std::string delete_sa(config::direction dir, uint32_t spi) override;
     std::string add_policy(const config::policy_config& policy, uint32_t& id) override;
     std::string delete_policy(uint32_t id) override;
-    void flush() override;
+    std::string flush() override;
     std::string add_sas(std::span<const config::sa_config> batch) override;
     std::string delete_sas(std::span<const sa_id> which) override;
     std::vector<sa_snapshot> sas() const override;

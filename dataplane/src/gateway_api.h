@@ -188,7 +188,7 @@ public:
     virtual std::string delete_sa(config::direction dir, uint32_t spi) = 0;
     virtual std::string add_policy(const config::policy_config& policy, uint32_t& id) = 0;
     virtual std::string delete_policy(uint32_t id) = 0;
-    virtual void flush() = 0; // all SAs and explicit policies
+    virtual std::string flush() = 0; // all SAs and explicit policies; "" or what went wrong
 
     // flush-owner: removes every SA and explicit policy whose owner is `owner` (what a crashed
     // espresso-ike left behind), nothing else. Policies first, then the SAs in one delete_sas batch.

@@ -3,7 +3,7 @@
 of inbound SAs (spread over both workers' SADs, queued to each worker in one run) and outbound SAs with
 /32 selectors (the SPD's host level), checked with list-sas; a batch with one bad SA, or with an SA that
 already exists, is refused whole with a message naming the item and changes nothing; deleted SAs'
-runtime slots are reused by the next batch. Run as root (network namespace for the TAPs), under the
+runtime slots are reused by the next batch; flush removes 1500 SAs at once and says so. Run as root (network namespace for the TAPs), under the
 shared lock: flock /tmp/espresso-systest.lock /usr/bin/python3 tests/component/test_dp_add_sas.py
 """
 import os
@@ -99,6 +99,19 @@ def main():
                 r = c.call("delete-sas", {"sas": [{"direction": direction, "spi": s} for s in items[i:i + 1000]]})
                 dp.check(r.get("ok"), f"delete-sas {direction} {i}: {r.get('error')}")
         dp.check(listed(c) == set(), "every SA deleted")
+        # flush: every SA at once (one delete_sas, one SPD round; it was a delete_sa and an SPD
+        # compile per SA), and its answer says whether it worked. Outbound SAs with /24 remotes are
+        # rte_acl rules, inbound ones spread over both workers.
+        prefix_out = [dict(outbound(s), selectors={"local": "192.168.1.0/24",
+                                                   "remote": "10.%d.%d.0/24" % (i >> 8, i & 255)})
+                      for i, s in enumerate(range(0x30000, 0x30000 + 500))]
+        r = c.call("add-sas", {"sas": prefix_out + [inbound(s) for s in range(0x40000, 0x40000 + 1000)]})
+        dp.check(r.get("ok"), f"add-sas before flush: {r.get('error')}")
+        r = c.call("flush", {})
+        dp.check(r.get("ok"), f"flush: {r.get('error')}")
+        dp.check(listed(c) == set(), "every SA gone after flush")
+        r = c.call("add-sas", {"sas": [inbound(s) for s in range(0x40000, 0x40000 + 10)]})
+        dp.check(r.get("ok"), f"add-sas after flush (the same SPIs): {r.get('error')}")
         dp.check(proc.proc.poll() is None, "espresso-dp still running")
     finally:
         rc = proc.stop()

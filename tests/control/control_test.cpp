@@ -71,10 +71,11 @@ public:
     {
         return id == 7 ? "" : "no policy " + std::to_string(id);
     }
-    void flush() override
+    std::string flush() override
     {
         const std::lock_guard guard(lock);
         ++flushes;
+        return "";
     }
     std::vector<sa_snapshot> sas() const override
     {

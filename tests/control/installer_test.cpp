@@ -53,7 +53,7 @@ public:
         return "";
     }
     std::string delete_policy(uint32_t) override { return ""; }
-    void flush() override {}
+    std::string flush() override { return ""; }
     std::vector<dp::sa_snapshot> sas() const override { return {}; }
     std::vector<dp::policy_snapshot> policies() const override { return {}; }
     std::vector<dp::interface_snapshot> interfaces() const override { return {}; }
