@@ -2263,24 +2263,28 @@ void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& 
 }
 
 // RFC 4443 §2.4 (f) and RFC 1812 §4.3.2.8: ICMP errors are rate-limited (100 a second, bursts of 50,
-// for both families together, like Linux's default icmp_ratelimit of one per 10 ms per host).
-bool gateway::icmp_allowed()
+// for both families together, like Linux's default icmp_ratelimit of one per 10 ms per host), in two
+// buckets: "fragmentation needed" / Packet Too Big, which Path MTU discovery through the tunnels needs,
+// and every other error (a stream of TTL-1 packets used up the one bucket there was, and sources lost
+// the MTU signal: black holes).
+bool gateway::icmp_allowed(bool too_big)
 {
     constexpr double rate = 100;
     constexpr double burst = 50;
+    icmp_bucket& b = too_big ? icmp_too_big_ : icmp_other_;
     const uint64_t now = rte_get_tsc_cycles();
-    if (icmp_refill_tsc_ == 0) {
-        icmp_tokens_ = burst;
+    if (b.refill_tsc == 0) {
+        b.tokens = burst;
     } else {
-        icmp_tokens_ = std::min(burst, icmp_tokens_ + static_cast<double>(now - icmp_refill_tsc_) * rate /
-                                                          static_cast<double>(rte_get_tsc_hz()));
+        b.tokens = std::min(burst, b.tokens + static_cast<double>(now - b.refill_tsc) * rate /
+                                                  static_cast<double>(rte_get_tsc_hz()));
     }
-    icmp_refill_tsc_ = now;
-    if (icmp_tokens_ < 1) {
+    b.refill_tsc = now;
+    if (b.tokens < 1) {
         main_drops_[static_cast<size_t>(gateway_drop::icmp_rate_limited)]++;
         return false;
     }
-    icmp_tokens_ -= 1;
+    b.tokens -= 1;
     return true;
 }
 
@@ -2321,7 +2325,7 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
         main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
         return;
     }
-    if (!icmp_allowed()) {
+    if (!icmp_allowed(type == 3 && code == 4)) {
         return;
     }
     const uint32_t quote = std::min<uint32_t>(ihl + 8, avail);
@@ -2456,7 +2460,7 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
         main_drops_[static_cast<size_t>(gateway_drop::no_source_address)]++;
         return;
     }
-    if (!icmp_allowed()) {
+    if (!icmp_allowed(type == 2)) { // ICMPv6 Packet Too Big
         return;
     }
     uint16_t out_port = 0;

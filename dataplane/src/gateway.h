@@ -275,7 +275,7 @@ private:
     bool came_through_tunnel(const uint8_t* ip, uint32_t avail);
     template <typename SetSource>
     void send_error_protected(rte_mbuf* m, uint16_t in_pos, uint8_t family, SetSource set_source);
-    bool icmp_allowed();
+    bool icmp_allowed(bool too_big);
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
     void to_tap(const port_state& ps, rte_mbuf* m);
     void to_tap6(const port_state& ps, rte_mbuf* m, const rte_ether_hdr& eth);
@@ -345,8 +345,12 @@ private:
     size_t pending_packets_ = 0; // mbufs held in pending_ (bounded: queue_for_neighbor)
     uint64_t neighbor_check_tsc_ = 0; // last NUD pass (main_neighbor_maintenance)
     // ICMP errors (both families): a token bucket, as Linux's icmp_ratelimit (RFC 4443 §2.4 (f)).
-    double icmp_tokens_ = 0;
-    uint64_t icmp_refill_tsc_ = 0;
+    struct icmp_bucket {
+        double tokens = 0;
+        uint64_t refill_tsc = 0;
+    };
+    icmp_bucket icmp_too_big_; // ICMPv4 fragmentation needed, ICMPv6 Packet Too Big
+    icmp_bucket icmp_other_;   // every other error
     std::array<std::atomic<uint64_t>, static_cast<size_t>(gateway_drop::count)> main_drops_{};
     std::array<std::atomic<uint64_t>, static_cast<size_t>(local_counter::count)> local_{};
     std::vector<uint16_t> ike_ports_; // UDP ports of the gateway's IKE sockets (implicit bypass)
