@@ -941,7 +941,7 @@ std::string gateway::rebuild_spd()
     }
     std::sort(signature.begin(), signature.end());
     signature.erase(std::unique(signature.begin(), signature.end()), signature.end());
-    if (spd_ && signature == spd_signature_) {
+    if (spd_ && !spd_incomplete_ && signature == spd_signature_) {
         return {};
     }
     std::unique_ptr<compiled_spd> spd;
@@ -957,9 +957,9 @@ std::string gateway::rebuild_spd()
         if (!post(w, {update_msg::set_spd, 0, 0, spd.get(), gen})) {
             // Workers before this one were told to use the new SPD: it must outlive them (freed
             // here, it was a use after free once they switched), and the old one the others keep.
-            // The signature is forgotten so that the next rebuild posts to every worker again,
-            // even with the same entries.
-            spd_signature_.clear();
+            // Marked incomplete so that the next rebuild posts to every worker again, even with
+            // the same entries (an empty signature could not say so: no entries have one too).
+            spd_incomplete_ = true;
             if (w > 0) {
                 retired_spds_.push_back(std::move(spd_));
                 spd_ = std::move(spd);
@@ -976,6 +976,7 @@ std::string gateway::rebuild_spd()
     }
     retired_spds_.clear();
     spd_ = std::move(spd);
+    spd_incomplete_ = false;
     return {};
 }
 
@@ -1465,12 +1466,19 @@ std::string gateway::flush()
     // One delete_sas for all of them (one SPD and host-table round), not a delete_sa each: with many
     // outbound SAs that recompiled the SPD once per SA. Errors are the reply's, not dropped.
     policies_.clear();
+    // The explicit policies' rules go first: they may name SAs (a protect policy) that delete_sas
+    // frees, and it rebuilds the SPD only for what the SAs imply themselves.
+    std::string error = rebuild_spd();
     std::vector<sa_id> all;
     all.reserve(sas_.size());
     for (const auto& [k, v] : sas_) {
         all.emplace_back(static_cast<config::direction>(k.first), k.second);
     }
-    std::string error = all.empty() ? std::string() : delete_sas(all);
+    if (!all.empty()) {
+        if (std::string sas_error = delete_sas(all); error.empty()) {
+            error = sas_error;
+        }
+    }
     if (std::string spd_error = rebuild_spd(); error.empty()) {
         error = spd_error;
     }
@@ -2111,7 +2119,10 @@ void gateway::handle_arp(rte_mbuf* m)
         if (rte_eth_tx_burst(ps.tap_port, 0, &m, 1) == 1) {
             return;
         }
+        main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
     }
+    // Consumed: a reply was learned from above; a request for another host's address is ordinary
+    // traffic on a shared link, not a drop.
     rte_pktmbuf_free(m);
 }
 
@@ -2333,7 +2344,10 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     std::memcpy(&src_be, oip + 12, 4);
     uint16_t out_port = 0;
     uint32_t nh = 0;
-    if (!shared_.routes->lookup(src_be, out_port, nh)) {
+    // An error that goes back through a tunnel is routed by its outer header (protect_from_kernel):
+    // the protected source's subnet needs no route of its own.
+    const bool tunnelled = came_through_tunnel(oip, avail);
+    if (!tunnelled && !shared_.routes->lookup(src_be, out_port, nh)) {
         main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
         return;
     }
@@ -2361,7 +2375,7 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     uint16_t ck = rte_raw_cksum(icmp, 8 + quote);
     ck = static_cast<uint16_t>(~ck);
     std::memcpy(icmp + 2, &ck, 2);
-    if (came_through_tunnel(oip, avail)) {
+    if (tunnelled) {
         // Try the gateway's addresses as the error's source (no checksum of ICMPv4 covers it).
         send_error_protected(m, static_cast<uint16_t>(in_pos), 4, [&](const uint8_t* source) {
             std::memcpy(ip + 12, source, 4);
@@ -2465,7 +2479,8 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     }
     uint16_t out_port = 0;
     ipv6_address nh{};
-    if (!shared_.routes6->lookup(oip + 8, out_port, nh)) {
+    const bool tunnelled = came_through_tunnel(oip, olen); // routed by its outer header then
+    if (!tunnelled && !shared_.routes6->lookup(oip + 8, out_port, nh)) {
         main_drops_[static_cast<size_t>(gateway_drop::no_route)]++;
         return;
     }
@@ -2473,8 +2488,11 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     if (m == nullptr) {
         return;
     }
+    // Through a tunnel the error must still fit the minimum IPv6 MTU once encapsulated: a shorter
+    // quote (RFC 4443 §2.4 (c) asks for as much as fits, not for all 1232 bytes).
+    const uint32_t quoted = tunnelled ? std::min<uint32_t>(olen, 1280 - 48 - max_esp_overhead) : olen;
     uint8_t buf[icmpv6_error_max_bytes];
-    const uint32_t len = build_icmpv6_error(buf, in->address6.data(), type, code, parameter, oip, olen);
+    const uint32_t len = build_icmpv6_error(buf, in->address6.data(), type, code, parameter, oip, quoted);
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + len)));
     if (eth == nullptr) {
         rte_pktmbuf_free(m);
@@ -2482,10 +2500,10 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     }
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV6);
     std::memcpy(eth + 1, buf, len);
-    if (came_through_tunnel(oip, olen)) {
+    if (tunnelled) {
         // The ICMPv6 checksum covers the source address: the error is built again for each one.
         send_error_protected(m, static_cast<uint16_t>(in_pos), 6, [&](const uint8_t* source) {
-            build_icmpv6_error(reinterpret_cast<uint8_t*>(eth + 1), source, type, code, parameter, oip, olen);
+            build_icmpv6_error(reinterpret_cast<uint8_t*>(eth + 1), source, type, code, parameter, oip, quoted);
         });
         return;
     }

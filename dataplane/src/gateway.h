@@ -316,6 +316,7 @@ private:
     bool running_ = false; // workers launched: updates must be acknowledged
     std::unique_ptr<compiled_spd> spd_;
     std::vector<std::tuple<std::string, int, uint32_t, const void*, bool, uint32_t>> spd_signature_; // of spd_
+    bool spd_incomplete_ = false; // a rebuild reached only some workers: the next one posts to all
     bool defer_spd_ = false; // start-up: compile once after every static SA and policy
     std::vector<std::unique_ptr<compiled_spd>> retired_spds_;
     std::map<uint32_t, uint64_t> policy_matches_;
