@@ -723,7 +723,12 @@ void control_server::flush_client(client& c) noexcept
     c.out.clear();
     c.out_offset = 0;
     if (c.closing) {
-        close_client(c);
+        // The peer closed its side: whole requests it sent before are still answered (more than one
+        // poll handles when it pipelined many; they were dropped unanswered), a partial one is not.
+        const auto length = control::decode_length(c.in);
+        if (!length || c.in.size() < control::length_prefix_bytes + *length) {
+            close_client(c);
+        }
     }
 }
 
@@ -762,19 +767,8 @@ json control_server::handle(std::string_view body, effects& effect) noexcept
         ~wipe_reader()
         {
             reader.wipe();
-            wipe_strings(request);
-            wipe_strings(args);
-        }
-        static void wipe_strings(json& value) noexcept
-        {
-            if (value.is_string()) {
-                auto& text = value.get_ref<std::string&>();
-                explicit_bzero(text.data(), text.size());
-            } else if (value.is_structured()) {
-                for (auto& item : value) {
-                    wipe_strings(item);
-                }
-            }
+            wipe_json_strings(request);
+            wipe_json_strings(args);
         }
     } wipe_captured{reader_, request, args};
     try {

@@ -587,9 +587,22 @@ bool request_reader::parse_with_nlohmann(std::string_view body, json& request)
     handler h(*this, request);
     const bool ok = json::sax_parse(body, &h);
     if (!ok) {
+        wipe_json_strings(request); // what was built before the error may hold keys
         request = json(json::value_t::discarded);
     }
     return ok;
+}
+
+void wipe_json_strings(json& value) noexcept
+{
+    if (value.is_string()) {
+        auto& text = value.get_ref<std::string&>();
+        explicit_bzero(text.data(), text.size());
+    } else if (value.is_structured()) {
+        for (auto& item : value) {
+            wipe_json_strings(item);
+        }
+    }
 }
 
 parsed<config::policy_config> policy_from_json(const json& policy)

@@ -120,6 +120,9 @@ parsed<config::policy_config> policy_from_json(const nlohmann::json& policy);
 // Overwrites the "key" and "integrity-key" strings of an SA object (best effort: the JSON library
 // may have copied them while parsing; the server also wipes its receive buffer).
 void wipe_json_secrets(nlohmann::json& sa) noexcept;
+// Overwrites every string in `value` (a request's DOM: at most request_reader::max_request_depth
+// levels, so the recursion is bounded).
+void wipe_json_strings(nlohmann::json& value) noexcept;
 
 std::string spi_hex(uint32_t spi); // "0x00001001"
 std::string direction_name(config::direction dir);

@@ -884,6 +884,27 @@ TEST_F(server_fixture, FramesSplitAcrossWritesAndPipelinedRequests)
     EXPECT_EQ((*c.read())["id"], 2);
 }
 
+// A client that pipelines more requests than one poll handles and then closes its sending side gets
+// every reply before the server closes (beyond the first poll's 16 they were dropped unanswered).
+TEST_F(server_fixture, PipelinedRequestsBeforeAHalfCloseAreAllAnswered)
+{
+    raw_connection c(path);
+    std::string frames;
+    const int count = 3 * static_cast<int>(control_server::max_requests_per_poll) + 5;
+    for (int i = 1; i <= count; ++i) {
+        control::append_frame(frames, R"({"version":1,"id":)" + std::to_string(i) + R"(,"op":"ping"})");
+    }
+    c.send(frames);
+    ASSERT_EQ(::shutdown(c.fd(), SHUT_WR), 0);
+    for (int i = 1; i <= count; ++i) {
+        const auto reply = c.read();
+        ASSERT_TRUE(reply.has_value()) << "reply " << i << " of " << count;
+        EXPECT_EQ((*reply)["id"], i);
+    }
+    EXPECT_FALSE(c.read().has_value());
+    EXPECT_TRUE(c.eof());
+}
+
 TEST_F(server_fixture, SeveralClientsAtOnce)
 {
     auto a = control_client::connect(path);

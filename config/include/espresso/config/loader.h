@@ -97,8 +97,8 @@ struct plain_item {
 };
 sa_config load_security_association(const plain_value& item, const std::string& path, const std::string& source);
 
-// The file loader's rule for SPIs within one list (outbound SPIs unique, inbound (SPI, protocol)
-// unique; RFC 4301 §4.1), for SAs from load_security_association: the first duplicate is reported as
+// The file loader's rule for SPIs within one list (outbound SPIs unique, inbound SPIs unique whatever
+// the protocol; RFC 4301 §4.1), for SAs from load_security_association: the first duplicate is reported as
 // "<path>[i].spi: duplicate SPI ... first used at <origin of the earlier one>". Throws config_error.
 void check_security_association_spis(const std::vector<sa_config>& sas, const std::string& path,
                                      const std::string& source);
