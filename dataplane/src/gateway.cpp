@@ -130,6 +130,20 @@ local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v
     return s;
 }
 
+// Both SPD levels (rte_acl and the host-selector table) for one packet of the gateway's own or about
+// it, as the workers classify a burst: the outbound winner and the inbound-check match.
+void classify_local(const compiled_spd* spd, const host_spd& hosts, const local_selectors& sel, inbound_scope scope,
+                    const spd_rule*& out, const spd_rule*& in_match)
+{
+    if (sel.v6) {
+        const spd6_key* k = &sel.k6;
+        classify6(spd, hosts, &k, &out, &in_match, 1, scope);
+    } else {
+        const spd_key* k = &sel.k4;
+        classify(spd, hosts, &k, &out, &in_match, 1, scope);
+    }
+}
+
 // The gateway's own traffic that stays in the clear whatever the SPD says, in both directions (the
 // peer gateway applies the same rule, so neither drops what the other sent):
 //  - IKE on the gateway's IKE ports (RFC 4301 §4.4.1 / §5.1: the IKE SA protects itself; strongSwan
@@ -2398,13 +2412,7 @@ bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail)
     const local_selectors sel = selectors_of(ip, v.total, v);
     const spd_rule* out = nullptr;
     const spd_rule* in_match = nullptr;
-    if (sel.v6) {
-        const spd6_key* k = &sel.k6;
-        classify6(spd_.get(), *main_hosts_, &k, &out, &in_match, 1, inbound_scope::every_packet);
-    } else {
-        const spd_key* k = &sel.k4;
-        classify(spd_.get(), *main_hosts_, &k, &out, &in_match, 1, inbound_scope::every_packet);
-    }
+    classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::every_packet, out, in_match);
     return in_match != nullptr &&
            (in_match->action == config::policy_action::protect || in_match->action == config::policy_action::trap);
 }
@@ -2433,13 +2441,7 @@ void gateway::send_error_protected(rte_mbuf* m, uint16_t in_pos, uint8_t family,
         const local_selectors sel = selectors_of(ip, v.total, v);
         const spd_rule* rule = nullptr;
         const spd_rule* in_match = nullptr;
-        if (sel.v6) {
-            const spd6_key* k = &sel.k6;
-            classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
-        } else {
-            const spd_key* k = &sel.k4;
-            classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
-        }
+        classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::without_outbound, rule, in_match);
         if (rule != nullptr && rule->action == config::policy_action::protect && rule->sa != nullptr) {
             rte_pktmbuf_adj(m, sizeof(rte_ether_hdr));
             protect_from_kernel(in_pos, *rule->sa, m);
@@ -2645,13 +2647,7 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
     // Both SPD levels (rte_acl and the host-selector table), as the workers classify.
     const spd_rule* rule = nullptr;
     const spd_rule* in_match = nullptr;
-    if (sel.v6) {
-        const spd6_key* k = &sel.k6;
-        classify6(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
-    } else {
-        const spd_key* k = &sel.k4;
-        classify(spd_.get(), *main_hosts_, &k, &rule, &in_match, 1, inbound_scope::without_outbound);
-    }
+    classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::without_outbound, rule, in_match);
     if (rule == nullptr || rule->action == config::policy_action::bypass) {
         // No outbound policy: as for transit, cleartext the peer's inbound check would refuse (an
         // inbound protect policy covers it) is not sent (apply_policies in worker.cpp).
@@ -2882,13 +2878,7 @@ bool gateway::to_kernel_allowed(rte_mbuf* m)
     }
     const spd_rule* out_rule = nullptr;
     const spd_rule* in_match = nullptr;
-    if (sel.v6) {
-        const spd6_key* k = &sel.k6;
-        classify6(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1, inbound_scope::every_packet);
-    } else {
-        const spd_key* k = &sel.k4;
-        classify(spd_.get(), *main_hosts_, &k, &out_rule, &in_match, 1, inbound_scope::every_packet);
-    }
+    classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::every_packet, out_rule, in_match);
     if (in_match != nullptr) {
         const spd_rule& in = *in_match;
         if (in.action == config::policy_action::discard) {
