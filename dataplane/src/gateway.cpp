@@ -303,8 +303,11 @@ std::vector<std::string> eal_arguments(const config::gateway_config& c, const st
             slots <<= 1;
         }
         const uint64_t table_mb = (slots * (100 * uint64_t{c.dataplane.workers} + 60) + (1 << 20) - 1) >> 20;
+        // Each worker's pool of waiting fragments (setup_workers): 2 mbufs of ~2.5 KB per datagram.
+        const uint64_t fragment_mb = (uint64_t{c.dataplane.workers} * c.dataplane.reassembly_datagrams * 2 * 2560 +
+                                      (1 << 20) - 1) >> 20;
         args.push_back("-m");
-        args.push_back(std::to_string(512 + table_mb));
+        args.push_back(std::to_string(512 + table_mb + fragment_mb));
         args.push_back("--no-shconf");
     }
     bool any_pci = false;
@@ -780,8 +783,18 @@ void gateway::setup_workers()
             throw std::runtime_error("cannot create worker tables: " + std::string(rte_strerror(rte_errno)));
         }
         const uint64_t timeout = rte_get_tsc_hz() * config_.dataplane.reassembly_timeout_ms / 1000;
+        // The fragments this worker holds while their datagrams are incomplete live in a pool of their
+        // own (reassembly.h): two per datagram it reassembles at once (most ESP datagrams that a path
+        // fragments come in two), bounded so that a flood of first fragments cannot pin the RX pool.
+        const unsigned waiting = 2 * config_.dataplane.reassembly_datagrams - 1;
+        name = "esp_frag" + std::to_string(i);
+        rte_mempool* fragments = rte_pktmbuf_pool_create(name.c_str(), waiting, 32, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+        if (fragments == nullptr) {
+            throw std::runtime_error("fragment mbuf pool (" + std::to_string(waiting) + " x " +
+                                     std::to_string(RTE_MBUF_DEFAULT_BUF_SIZE) + " bytes): " + rte_strerror(rte_errno));
+        }
         w->reassembly = std::make_unique<reassembler>(config_.dataplane.reassembly_datagrams, timeout, reassembled_,
-                                                      pool_, socket);
+                                                      fragments, socket);
         host_tables_.push_back(
             std::make_unique<host_spd>("esp_hspd" + std::to_string(i), config_.dataplane.max_sas, socket));
         w->hosts = host_tables_.back().get();

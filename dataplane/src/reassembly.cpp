@@ -25,8 +25,8 @@ uint32_t added(const rte_ip_frag_death_row& dr, uint32_t before) noexcept { retu
 
 } // namespace
 
-reassembler::reassembler(uint32_t datagrams, uint64_t timeout_tsc, rte_mempool* whole, rte_mempool* small, int socket)
-    : whole_(whole), small_(small)
+reassembler::reassembler(uint32_t datagrams, uint64_t timeout_tsc, rte_mempool* whole, rte_mempool* waiting, int socket)
+    : whole_(whole), waiting_(waiting)
 {
     // rte_ip_frag_table_create needs bucket_num * bucket_entries * 2 >= max_entries.
     const uint32_t buckets = std::max<uint32_t>(1, (datagrams + bucket_entries - 1) / bucket_entries);
@@ -86,19 +86,17 @@ rte_mbuf* reassembler::add(rte_mbuf* m, uint64_t now_tsc, reassembly_counts& c) 
         rte_pktmbuf_free(m);
         return nullptr;
     }
-    // Waiting fragments hold their mbufs for up to the timeout: keep them out of scarce pools.
-    if (m->pool != small_ && v.total + RTE_PKTMBUF_HEADROOM <= rte_pktmbuf_data_room_size(small_)) {
-        rte_mbuf* copy = rte_pktmbuf_alloc(small_);
+    // Waiting fragments hold their mbufs for up to the timeout: every fragment is copied into the
+    // reassembler's own pool (in as many segments as it needs), so a flood of first fragments that
+    // never complete empties that pool, not the RX pools every port and the exception path share.
+    if (m->pool != waiting_) {
+        rte_mbuf* copy = rte_pktmbuf_copy(m, waiting_, 0, v.total); // also drops Ethernet padding
+        rte_pktmbuf_free(m);
         if (copy == nullptr) {
             ++c.no_buffer;
-            rte_pktmbuf_free(m);
             return nullptr;
         }
-        std::memcpy(rte_pktmbuf_append(copy, static_cast<uint16_t>(v.total)), ip, v.total);
-        copy->port = m->port;
-        rte_pktmbuf_free(m);
         m = copy;
-        ip = rte_pktmbuf_mtod(m, const uint8_t*);
     } else if (rte_pktmbuf_data_len(m) > v.total) {
         rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - v.total)); // Ethernet padding
     }

@@ -30,11 +30,12 @@ class reassembler {
 public:
     // `datagrams`: entries (datagrams being reassembled at once); `timeout_tsc`: cycles a datagram may
     // take to complete; `whole`: pool of single-segment mbufs the complete datagram is copied into (its
-    // data room, less headroom, bounds the reassembled size); `small`: fragments that arrived in mbufs
-    // of another pool (e.g. 16 KiB af_packet frames, of which the RX pool has few) are copied into it
-    // while they wait, so half-reassembled datagrams cannot starve a port's RX pool.
+    // data room, less headroom, bounds the reassembled size); `waiting`: the reassembler's own pool,
+    // which every fragment is copied into while it waits (chained when it is bigger than one mbuf),
+    // so incomplete datagrams hold at most that pool, never mbufs of the RX pools; a fragment that
+    // finds it empty is dropped (`no_buffer`).
     // Throws std::runtime_error when the table cannot be created.
-    reassembler(uint32_t datagrams, uint64_t timeout_tsc, rte_mempool* whole, rte_mempool* small, int socket);
+    reassembler(uint32_t datagrams, uint64_t timeout_tsc, rte_mempool* whole, rte_mempool* waiting, int socket);
     ~reassembler();
     reassembler(const reassembler&) = delete;
     reassembler& operator=(const reassembler&) = delete;
@@ -59,7 +60,7 @@ private:
     rte_ip_frag_tbl* table_ = nullptr;
     rte_ip_frag_death_row death_row_{};
     rte_mempool* whole_;
-    rte_mempool* small_;
+    rte_mempool* waiting_;
     uint32_t max_bytes_;
 };
 

@@ -177,18 +177,29 @@ protected:
     {
         if (whole_pool == nullptr) {
             whole_pool = rte_pktmbuf_pool_create("test_reasm", 63, 0, 0, RTE_PKTMBUF_HEADROOM + 16384, SOCKET_ID_ANY);
+            // The waiting fragments' pool: 7 mbufs of the gateway's size (2 KiB of data), no cache,
+            // so that the tests can empty it and see chained copies of bigger fragments.
+            waiting_pool = rte_pktmbuf_pool_create("test_reasm_wait", 7, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
         }
         ASSERT_NE(whole_pool, nullptr);
-        r = std::make_unique<reassembler>(4, rte_get_tsc_hz(), whole_pool, test::mbuf_pool(), SOCKET_ID_ANY);
+        ASSERT_NE(waiting_pool, nullptr);
+        r = std::make_unique<reassembler>(4, rte_get_tsc_hz(), whole_pool, waiting_pool, SOCKET_ID_ANY);
+    }
+    void TearDown() override
+    {
+        r.reset(); // frees what still waits
+        EXPECT_EQ(rte_mempool_avail_count(waiting_pool), 7U) << "a waiting fragment leaked";
     }
     rte_mbuf* add(const std::vector<uint8_t>& bytes) { return r->add(make_mbuf(bytes), now, counts); }
 
     static rte_mempool* whole_pool;
+    static rte_mempool* waiting_pool;
     std::unique_ptr<reassembler> r;
     reassembly_counts counts;
     uint64_t now = 1000;
 };
 rte_mempool* Reassembly::whole_pool = nullptr;
+rte_mempool* Reassembly::waiting_pool = nullptr;
 
 // Fragments of `whole` (an IPv4 packet with a 20-byte header) at the given 8-byte-aligned cuts.
 std::vector<std::vector<uint8_t>> split4(const std::vector<uint8_t>& whole, std::vector<size_t> cuts)
@@ -274,6 +285,44 @@ TEST_F(Reassembly, TableFullAndTimeout)
     EXPECT_EQ(counts.timed_out, 0U);
     r->expire(now + 2 * rte_get_tsc_hz(), counts);
     EXPECT_EQ(counts.timed_out, 4U);
+}
+
+// Fragments wait in the reassembler's own pool, never in the pool they were received in: when it is
+// empty a new fragment is dropped (no_buffer) and the RX pool gets its mbuf back at once.
+TEST_F(Reassembly, WaitingFragmentsHoldOnlyTheirOwnPool)
+{
+    rte_mempool* rx = test::mbuf_pool();
+    const unsigned rx_free = rte_mempool_avail_count(rx);
+    for (uint16_t id = 1; id <= 4; ++id) { // 4 datagrams (the table's size), 7 waiting fragments
+        for (uint16_t k = 0; k < (id == 4 ? 1 : 2); ++k) {
+            EXPECT_EQ(add(ipv4(50, esp_body(64), id, static_cast<uint16_t>(0x2000 | (k * 8)))), nullptr);
+        }
+    }
+    EXPECT_EQ(counts.no_buffer, 0U);
+    EXPECT_EQ(rte_mempool_avail_count(waiting_pool), 0U);
+    EXPECT_EQ(rte_mempool_avail_count(rx), rx_free) << "a waiting fragment kept its RX mbuf";
+    EXPECT_EQ(add(ipv4(50, esp_body(64), 4, 0x2000 | 8)), nullptr); // the pool is empty
+    EXPECT_EQ(counts.no_buffer, 1U);
+    EXPECT_EQ(rte_mempool_avail_count(rx), rx_free);
+    r->expire(now + 2 * rte_get_tsc_hz(), counts);
+    EXPECT_EQ(counts.timed_out, 7U);
+    EXPECT_EQ(rte_mempool_avail_count(waiting_pool), 7U);
+}
+
+// A fragment bigger than one mbuf of the waiting pool (jumbo links) is copied into a chain and the
+// datagram still comes out whole, in one segment.
+TEST_F(Reassembly, FragmentsBiggerThanAWaitingMbufAreChained)
+{
+    const auto whole = ipv4(50, esp_body(6000), 46, 0);
+    const auto f = split4(whole, {3000});
+    EXPECT_EQ(add(f[1]), nullptr);
+    EXPECT_EQ(rte_mempool_avail_count(waiting_pool), 5U); // 3020 bytes in two 2 KiB mbufs
+    rte_mbuf* m = add(f[0]);
+    ASSERT_NE(m, nullptr);
+    EXPECT_EQ(m->nb_segs, 1);
+    EXPECT_EQ(mbuf_bytes(m), whole);
+    rte_pktmbuf_free(m);
+    EXPECT_EQ(counts.no_buffer + counts.invalid + counts.table_full + counts.too_big, 0U);
 }
 
 } // namespace
