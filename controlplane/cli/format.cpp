@@ -510,7 +510,8 @@ std::string neighbor_footer(const json& result)
            std::to_string(number(result, "reachable-time")) + " s; " + std::to_string(number(c, "probes-sent")) +
            " probes sent, " + std::to_string(number(c, "unreachable")) + " unreachable, " +
            std::to_string(number(c, "collected")) + " expired unused, " + std::to_string(number(c, "cleared")) +
-           " cleared, " + std::to_string(number(c, "table-full")) + " not learned (table full)\n";
+           " cleared, " + std::to_string(number(c, "evicted")) + " evicted idle, " +
+           std::to_string(number(c, "table-full")) + " not learned (table full)\n";
 }
 
 double age_of(const json& e)

@@ -2082,6 +2082,8 @@ neighbor_summary gateway::neighbors() const
     out.collected = st.collected;
     out.cleared = st.cleared;
     out.table_full = st.table_full;
+    out.evicted = st.evicted;
+    out.waited = st.waited;
     return out;
 }
 
@@ -2089,6 +2091,16 @@ unsigned gateway::clear_neighbors(uint8_t family)
 {
     return shared_.neighbors->clear_dynamic(family);
 }
+
+namespace {
+
+// A link-layer address a neighbor entry may hold: unicast, not zero, not the port's own.
+bool learnable_mac(const rte_ether_addr& mac, const rte_ether_addr& own) noexcept
+{
+    return rte_is_valid_assigned_ether_addr(&mac) && !rte_is_same_ether_addr(&mac, &own);
+}
+
+} // namespace
 
 void gateway::handle_arp(rte_mbuf* m)
 {
@@ -2120,9 +2132,14 @@ void gateway::handle_arp(rte_mbuf* m)
     // RFC 826 "merge": an existing entry is updated by any ARP from that sender; a new one is made
     // only from ARP addressed to us or answering our own request. (Learning every sender on the
     // link would let one host fill the table with spoofed addresses.)
+    // Only a unicast host of the subnet is learned: not our own or the subnet's broadcast address
+    // (RFC 3021 /31s have none), not a multicast, zero or our own MAC (traffic for the neighbor would
+    // flood the link or loop back).
     pending_key waiting{ps.port, 4, {}};
     std::memcpy(std::get<2>(waiting).data(), &sip, 4);
-    if (sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask) &&
+    const bool host_of_subnet = sip != 0 && sip != ps.address_be && (sip & mask) == (ps.address_be & mask) &&
+                                (ps.prefix_length >= 31 || (sip | mask) != ~uint32_t{0});
+    if (host_of_subnet && learnable_mac(sha, ps.mac) &&
         (tip == ps.address_be || pending_.count(waiting) != 0 || shared_.neighbors->known(ps.port, sip))) {
         // Queue the packets that waited for this neighbor before publishing it, so workers cannot
         // send newer packets ahead of them (ESP sequence numbers were assigned in arrival order).
@@ -2216,7 +2233,7 @@ void gateway::handle_nd(rte_mbuf* m)
         const bool dad = is_unspecified6(nd.source.data());
         // RFC 4861 §7.2.3: a solicitation with the sender's link-layer address creates or updates
         // its entry. Packets that waited for it leave first (their ESP sequence numbers are older).
-        if (!dad && nd.has_link_address) {
+        if (!dad && nd.has_link_address && learnable_mac(lladdr, ps.mac)) {
             resolved(ps.port, 6, nd.source.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.source.data(), lladdr, false);
         }
@@ -2249,7 +2266,7 @@ void gateway::handle_nd(rte_mbuf* m)
     // Neighbor Advertisement. §7.2.5: it updates an entry that exists (or a resolution in progress);
     // without the Override flag a known, different address is kept. Advertisements for our own
     // addresses (another node claiming them) are never learned.
-    if (!target_ours && nd.has_link_address) {
+    if (!target_ours && nd.has_link_address && learnable_mac(lladdr, ps.mac)) {
         pending_key key{ps.port, 6, nd.target};
         rte_ether_addr known;
         const bool have = shared_.neighbors->lookup6(ps.port, nd.target.data(), known);

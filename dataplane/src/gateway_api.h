@@ -152,7 +152,7 @@ struct neighbor_summary {
     std::vector<neighbor_snapshot> entries;
     uint32_t capacity = 0;
     uint32_t reachable_time = 0; // seconds
-    uint64_t probes_sent = 0, unreachable = 0, collected = 0, cleared = 0, table_full = 0;
+    uint64_t probes_sent = 0, unreachable = 0, collected = 0, cleared = 0, table_full = 0, evicted = 0, waited = 0;
 };
 
 struct gateway_event {

@@ -130,6 +130,9 @@ nd_error parse_nd(const uint8_t* ip6, uint32_t len, nd_message& out) noexcept
     if (icmp[1] != 0) {
         return nd_error::code;
     }
+    if (is_multicast6(out.source.data())) { // RFC 4291 §2.7: never a source address
+        return nd_error::source_multicast;
+    }
     std::memcpy(out.target.data(), icmp + 8, 16);
     if (is_multicast6(out.target.data())) {
         return nd_error::target_multicast;

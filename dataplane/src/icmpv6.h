@@ -38,6 +38,7 @@ enum class nd_error : uint8_t {
     hop_limit,        // IP hop limit is not 255: the message may come from off-link
     checksum,         // ICMPv6 checksum does not verify
     code,             // ICMP code is not 0
+    source_multicast, // IPv6 source address is multicast (a learned entry for it would be nonsense)
     target_multicast, // target address is multicast
     bad_option,       // an option has length 0 or runs past the message
     dad_source,       // NS from :: (DAD) not to a solicited-node address, or with a source link-layer option

@@ -263,7 +263,8 @@ neighbor_table::key_type neighbor_table::key6(uint16_t port, const uint8_t* ip) 
     return k;
 }
 
-neighbor_table::neighbor_table(const char* name, uint32_t capacity, unsigned readers) : capacity_(capacity)
+neighbor_table::neighbor_table(const char* name, uint32_t capacity, unsigned readers)
+    : capacity_(capacity), slot_count_(capacity + capacity / 2)
 {
     readers = std::max(readers, 1U);
     const size_t rcu_bytes = rte_rcu_qsbr_get_memsize(readers);
@@ -278,7 +279,7 @@ neighbor_table::neighbor_table(const char* name, uint32_t capacity, unsigned rea
     }
     rte_hash_parameters p{};
     p.name = name;
-    p.entries = capacity;
+    p.entries = slot_count_;
     p.key_len = sizeof(key_type);
     p.socket_id = static_cast<int>(rte_socket_id());
     // One writer (main lcore), lock-free readers (workers).
@@ -298,7 +299,7 @@ neighbor_table::neighbor_table(const char* name, uint32_t capacity, unsigned rea
         rte_free(rcu_);
         throw std::runtime_error(std::string("neighbor table: rte_hash_rcu_qsbr_add: ") + rte_strerror(rte_errno));
     }
-    slots_ = std::make_unique<slot[]>(capacity);
+    slots_ = std::make_unique<slot[]>(slot_count_);
 }
 
 neighbor_table::~neighbor_table()
@@ -327,7 +328,7 @@ void neighbor_table::reader_offline(unsigned id) noexcept
 bool neighbor_table::find(const key_type& k, rte_ether_addr& mac, bool mark_used) const noexcept
 {
     int32_t pos = rte_hash_lookup(hash_, &k);
-    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+    if (pos < 0 || static_cast<uint32_t>(pos) >= slot_count_) {
         return false;
     }
     const slot& s = slots_[pos];
@@ -364,16 +365,69 @@ bool neighbor_table::is_static6(uint16_t port, const uint8_t* ip) const noexcept
 {
     const key_type k = key6(port, ip);
     int32_t pos = rte_hash_lookup(hash_, &k);
-    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+    if (pos < 0 || static_cast<uint32_t>(pos) >= slot_count_) {
         return false;
     }
     return ((slots_[pos].mac.load(std::memory_order_relaxed) >> 62) & 1) != 0;
 }
 
+void neighbor_table::make_room() noexcept
+{
+    // Learned entries no worker used since their last confirmation and not being probed: the
+    // oldest go first. Entries learned from a flood of ARP requests or Neighbor Solicitations
+    // (every on-link host may send them, from any address of the subnet) are of this kind; the next
+    // hops traffic goes through are not, nor are static entries. (Linux's forced neighbour garbage
+    // collection above gc_thresh3 likewise drops only unreferenced entries.)
+    std::vector<std::pair<uint64_t, int32_t>> idle; // confirmed_tsc, position
+    const void* key_ptr = nullptr;
+    void* data = nullptr;
+    uint32_t iter = 0;
+    int32_t pos;
+    while ((pos = rte_hash_iterate(hash_, &key_ptr, &data, &iter)) >= 0) {
+        const slot& s = slots_[pos];
+        const uint64_t v = s.mac.load(std::memory_order_relaxed);
+        if ((v >> 63) != 0 && ((v >> 62) & 1) == 0 && s.probes_sent == 0 &&
+            s.used.load(std::memory_order_relaxed) == 0) {
+            idle.emplace_back(s.confirmed_tsc, pos);
+        }
+    }
+    const uint32_t low_water = capacity_ - capacity_ / 4;
+    const size_t want = size_ > low_water ? size_ - low_water : 0;
+    const size_t n = std::min(want, idle.size());
+    std::partial_sort(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(n), idle.end());
+    for (size_t i = 0; i < n; ++i) {
+        const int32_t p = idle[i].second;
+        erase(slots_[p].key, p);
+    }
+    stats_.evicted += n;
+}
+
 bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept
 {
+    // A new learned entry above the high-water mark first evicts idle learned entries down to the
+    // low-water mark (make_room): one scan serves capacity/8 new entries. Slots freed wait for every
+    // reader's quiescent state (RCU) before reuse, so the hash has half the capacity again in slots:
+    // a burst of new entries faster than a busy worker's polls still finds free ones.
+    if (size_ >= capacity_ - capacity_ / 8 && rte_hash_lookup(hash_, &k) < 0) {
+        if (!is_static) {
+            make_room();
+        }
+        if (size_ >= capacity_) {
+            stats_.table_full++;
+            return false;
+        }
+    }
     int32_t pos = rte_hash_add_key(hash_, &k);
-    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+    if (pos == -ENOSPC && size_ < capacity_) {
+        // Every free slot is one removed a moment ago that a reader may still hold (a worker busy
+        // with a long burst, or descheduled, while the main lcore learns a flood of neighbors): wait
+        // for every online worker's next quiescent state (napping ones are offline), then the add
+        // reclaims them. Rare (the hash has capacity/2 slots of margin) and bounded by one poll.
+        rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
+        ++stats_.waited;
+        pos = rte_hash_add_key(hash_, &k);
+    }
+    if (pos < 0 || static_cast<uint32_t>(pos) >= slot_count_) {
         stats_.table_full++;
         return false;
     }
@@ -381,6 +435,9 @@ bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is
     uint64_t old = s.mac.load(std::memory_order_relaxed);
     if (((old >> 62) & 1) != 0 && !is_static) {
         return true; // static entries win over ARP/NDP
+    }
+    if ((old >> 63) == 0) {
+        ++size_; // a new entry (erase clears the valid bit of the slots it frees)
     }
     uint64_t v = 0;
     for (int i = 0; i < 6; ++i) {
@@ -405,6 +462,7 @@ void neighbor_table::erase(const key_type& k, int32_t pos) noexcept
     // hash keeps the slot out of reuse until then (defer queue).
     slots_[pos].mac.store(0, std::memory_order_release);
     rte_hash_del_key(hash_, &k);
+    --size_;
     generation_.fetch_add(1, std::memory_order_acq_rel);
 }
 
@@ -416,7 +474,7 @@ bool neighbor_table::remove(uint16_t port, uint8_t family, const uint8_t* ip) no
     }
     const key_type k = family == 4 ? key(port, ip_be) : key6(port, ip);
     const int32_t pos = rte_hash_lookup(hash_, &k);
-    if (pos < 0 || static_cast<uint32_t>(pos) >= capacity_) {
+    if (pos < 0 || static_cast<uint32_t>(pos) >= slot_count_) {
         return false;
     }
     erase(k, pos);

@@ -126,7 +126,9 @@ public:
     // entries that exist and creates entries only for ARP addressed to us.
     bool known(uint16_t port, uint32_t ip_be) const noexcept;
     // Main lcore only. Learns or confirms an entry (reachable again). Static entries are never
-    // overwritten by ARP or NDP. False when the table is full (counted in stats().table_full).
+    // overwritten by ARP or NDP. A new learned entry in a table 7/8 full first evicts the oldest
+    // idle learned entries (no worker used them since their confirmation) down to 3/4
+    // (stats().evicted). False when the table is full all the same (stats().table_full).
     bool set(uint16_t port, uint32_t ip_be, const rte_ether_addr& mac, bool is_static) noexcept;
     bool set6(uint16_t port, const uint8_t* ip, const rte_ether_addr& mac, bool is_static) noexcept;
     // Main lcore only: removes the entry for `ip` (4 or 16 bytes by `family`), static or learned (a
@@ -183,6 +185,8 @@ public:
         uint64_t collected = 0;     // removed: expired and unused
         uint64_t cleared = 0;       // removed by clear_dynamic
         uint64_t table_full = 0;    // could not learn: no free slot
+        uint64_t evicted = 0;       // removed to make room: learned, idle (make_room)
+        uint64_t waited = 0;        // adds that waited for the workers to release removed slots
     };
     const statistics& stats() const noexcept { return stats_; }
     uint32_t capacity() const noexcept { return capacity_; }
@@ -199,6 +203,7 @@ private:
     bool find(const key_type& k, rte_ether_addr& mac, bool mark_used) const noexcept;
     bool store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept;
     void erase(const key_type& k, int32_t pos) noexcept;
+    void make_room() noexcept;
     struct slot {
         std::atomic<uint64_t> mac{0}; // bit 63 = valid, bit 62 = static, low 48 bits = MAC
         // Set by readers (only when clear, so a busy entry costs no stores), cleared by the main
@@ -214,7 +219,9 @@ private:
     rte_rcu_qsbr* rcu_ = nullptr;
     alignas(64) std::atomic<uint64_t> generation_{1}; // main lcore writes, workers read; 0 = never
     std::unique_ptr<slot[]> slots_;
-    uint32_t capacity_;
+    uint32_t capacity_;   // entries at most (dataplane.neighbor-table-size)
+    uint32_t slot_count_; // hash slots: capacity_ and room for removed slots waiting for readers
+    uint32_t size_ = 0;   // entries in the table (main lcore)
     statistics stats_;
 };
 

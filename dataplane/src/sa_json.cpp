@@ -757,7 +757,9 @@ json to_json(const neighbor_summary& n)
               {"unreachable", n.unreachable},
               {"collected", n.collected},
               {"cleared", n.cleared},
-              {"table-full", n.table_full}}}};
+              {"table-full", n.table_full},
+              {"evicted", n.evicted},
+              {"waited-for-workers", n.waited}}}};
 }
 
 json to_json(const interface_snapshot& i)

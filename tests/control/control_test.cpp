@@ -1892,11 +1892,12 @@ TEST(cli_format, NeighborTablesInTheLayoutOfIos)
     n.reachable_time = 30;
     n.probes_sent = 3;
     n.unreachable = 1;
+    n.evicted = 5;
     const json encoded = to_json(n);
     EXPECT_EQ(encoded["neighbors"][0]["age-seconds"], 125.5);
     EXPECT_EQ(encoded["neighbors"][2]["family"], 6);
     const std::string footer = "Neighbor cache: 3 of 4096 entries, reachable time 30 s; 3 probes sent, 1 unreachable, "
-                               "0 expired unused, 0 cleared, 0 not learned (table full)\n";
+                               "0 expired unused, 0 cleared, 5 evicted idle, 0 not learned (table full)\n";
     EXPECT_EQ(cli::format_arp(encoded),
               "Protocol  Address          Age (min)  Hardware Addr      Type   State      Interface\n"
               "Internet  198.51.100.254   2          02:00:00:00:00:fe  ARPA   reachable  outside\n"

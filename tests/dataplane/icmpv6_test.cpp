@@ -122,6 +122,11 @@ TEST(icmpv6, refuses_what_rfc4861_says_to_discard)
     EXPECT_EQ(parse(p, m), nd_error::target_multicast);
 
     p = hex(scapy_ns);
+    p[8] = 0xff; // source ff01:db8:...: multicast (it would be learned as a neighbor)
+    fix(p);
+    EXPECT_EQ(parse(p, m), nd_error::source_multicast);
+
+    p = hex(scapy_ns);
     p[40 + 25] = 0; // option length 0
     fix(p);
     EXPECT_EQ(parse(p, m), nd_error::bad_option);

@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 #include <rte_cycles.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace espresso::dp {
@@ -307,29 +310,101 @@ TEST(neighbor_table, clear_removes_learned_entries_of_one_family)
 }
 
 // Removed slots are reused only after every reader passed a quiescent state (RCU QSBR): a worker
-// that found a slot just before its removal never reads another neighbor's MAC from it.
+// that found a slot just before its removal never reads another neighbor's MAC from it. When every
+// free slot is such a removed one, an add waits for the readers (a worker thread here).
 TEST(neighbor_table, removed_slots_wait_for_readers_before_reuse)
 {
     neighbor_table t("test_nud_rcu", 64, 1);
     const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
-    t.reader_online(0);
+    std::atomic<int> phase{0};
+    std::atomic<bool> reported{false};
+    std::thread reader([&] {
+        t.reader_online(0);
+        phase.store(1);
+        while (phase.load() != 2) {
+            std::this_thread::yield();
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50)); // a descheduled worker
+        reported.store(true);
+        t.reader_quiescent(0);
+        t.reader_offline(0);
+    });
+    while (phase.load() != 1) {
+        std::this_thread::yield();
+    }
+    // Fill every slot of the hash with static entries (never evicted), with the reader online.
     uint32_t filled = 0;
-    while (filled < 1000 && t.set(1, rte_cpu_to_be_32(0x0a000000 + filled), a, false)) {
+    while (filled < 200 && t.set(1, rte_cpu_to_be_32(0x0a000000 + filled), a, true)) {
         ++filled;
     }
-    ASSERT_GE(filled, 32U);
-    ASSERT_LT(filled, 1000U);
-    const uint64_t full_before = t.stats().table_full;
-    EXPECT_EQ(t.clear_dynamic(), filled);
-    // The reader has not reported since: nothing can be reused yet.
-    EXPECT_FALSE(t.set(1, rte_cpu_to_be_32(0x0b000001), a, false));
-    EXPECT_EQ(t.stats().table_full, full_before + 1);
-    t.reader_quiescent(0);
-    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0b000001), a, false));
-    // An offline reader (a napping worker) holds nothing up.
+    EXPECT_EQ(filled, 64U); // the capacity
+    EXPECT_EQ(t.clear_dynamic(), 0U);
+    for (uint32_t i = 0; i < filled; ++i) {
+        const uint32_t ip = rte_cpu_to_be_32(0x0a000000 + i);
+        ASSERT_TRUE(t.remove(1, 4, reinterpret_cast<const uint8_t*>(&ip)));
+    }
+    // 64 removed slots wait for the reader; the hash's 32 spare slots go first, then the next
+    // add must wait for the reader's quiescent state before it reuses one.
+    for (uint32_t i = 0; i < 32; ++i) {
+        ASSERT_TRUE(t.set(1, rte_cpu_to_be_32(0x0b000000 + i), a, false));
+    }
+    EXPECT_FALSE(reported.load());
+    EXPECT_EQ(t.stats().waited, 0U);
+    phase.store(2);
+    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0c000001), a, false));
+    EXPECT_TRUE(reported.load()) << "a removed slot was reused before the reader let go";
+    EXPECT_EQ(t.stats().waited, 1U);
+    reader.join();
+}
+
+// An on-link host can make the gateway learn an entry per address of its subnet (ARP requests or
+// Neighbor Solicitations for the gateway, from spoofed senders). Past 7/8 of the table, new learned
+// entries evict the oldest idle learned ones, never a static entry or one a worker uses.
+TEST(neighbor_table, a_flood_of_learned_entries_evicts_only_idle_ones)
+{
+    neighbor_table t("test_nud_evict", 64, 1);
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    const uint32_t router = rte_cpu_to_be_32(0xc0a80101);
+    const uint32_t next_hop = rte_cpu_to_be_32(0xc0a80102);
+    ASSERT_TRUE(t.set(1, router, a, true));
+    ASSERT_TRUE(t.set(1, next_hop, a, false));
+    rte_ether_addr got{};
+    ASSERT_TRUE(t.lookup(1, next_hop, got)); // in use
+    // A worker online that reports a quiescent state only every 32 new entries (busy with a big
+    // burst while the main lcore learns): the slots evicted wait for it, and the flood must not
+    // fail meanwhile.
+    t.reader_online(0);
+    for (uint32_t i = 0; i < 1000; ++i) {
+        ASSERT_TRUE(t.set(1, rte_cpu_to_be_32(0x0a000000 + i), a, false)) << "flood entry " << i;
+        if (i % 32 == 31) {
+            t.reader_quiescent(0);
+        }
+    }
+    EXPECT_EQ(t.stats().table_full, 0U);
+    EXPECT_GE(t.stats().evicted, 1000U - 64U);
+    EXPECT_TRUE(t.lookup(1, router, got));
+    EXPECT_TRUE(t.lookup(1, next_hop, got));
+    EXPECT_TRUE(t.known(1, rte_cpu_to_be_32(0x0a000000 + 999))); // the newest stay, the oldest went
+    EXPECT_FALSE(t.known(1, rte_cpu_to_be_32(0x0a000000)));
+    EXPECT_LE(t.entries().size(), 56U);
+    // A legitimate next hop learned after the flood gets in.
+    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0xc0a80103), a, false));
     t.reader_offline(0);
-    EXPECT_EQ(t.clear_dynamic(), 1U);
-    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0b000002), a, false));
+}
+
+// The configured size bounds the entries, whatever room the hash keeps for slots waiting for readers.
+TEST(neighbor_table, never_holds_more_than_its_capacity)
+{
+    neighbor_table t("test_nud_cap", 64, 1);
+    const rte_ether_addr a{{0x02, 0, 0, 0, 0, 0xaa}};
+    uint32_t added = 0;
+    for (uint32_t i = 0; i < 100; ++i) {
+        added += t.set(1, rte_cpu_to_be_32(0x0a000000 + i), a, true) ? 1 : 0; // static: never evicted
+    }
+    EXPECT_EQ(added, 64U);
+    EXPECT_EQ(t.stats().table_full, 36U);
+    EXPECT_FALSE(t.set(1, rte_cpu_to_be_32(0x0b000000), a, false)); // nothing idle to evict
+    EXPECT_TRUE(t.set(1, rte_cpu_to_be_32(0x0a000000), a, true));    // an existing entry is updated
 }
 
 spd_entry policy(const char* local, const char* remote, config::policy_action action, uint32_t priority,
