@@ -570,6 +570,8 @@ void gateway::setup_ports()
         if (rte_eth_dev_start(ps.port) != 0) {
             throw std::runtime_error("interface " + ic.name + ": cannot start port");
         }
+        // Promiscuous whether or not the override took (af_packet keeps the veth's own MAC): the
+        // workers drop unicast frames for any other MAC themselves (`other_mac`).
         rte_eth_promiscuous_enable(ps.port);
         if (ic.mac) {
             std::memcpy(ps.mac.addr_bytes, ic.mac->data(), 6);
@@ -2599,6 +2601,22 @@ void gateway::mark_local_delivery(sa_runtime& sa) const
     const config::sa_config& c = sa.config;
     if (c.dir != config::direction::inbound || c.mode != config::ipsec_mode::tunnel) {
         return;
+    }
+    // Addresses never forwarded (worker.cpp: the cleartext martian check): an SA whose selectors
+    // reach any of them has its decrypted packets checked too.
+    static const std::array<config::ip_prefix, 6> never_forwarded = [] {
+        std::array<config::ip_prefix, 6> p;
+        const char* text[] = {"0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3", "::/128", "::1/128", "ff00::/8"};
+        for (size_t i = 0; i < p.size(); ++i) {
+            p[i] = *config::parse_prefix(text[i]);
+        }
+        return p;
+    }();
+    for (const auto& bad : never_forwarded) {
+        if (config::prefixes_overlap(c.local, bad) || config::prefixes_overlap(c.remote, bad)) {
+            sa.flags |= sa_wide_inner;
+            break;
+        }
     }
     config::ip_address a;
     for (const auto& [addr, port] : shared_.local_addresses) {

@@ -23,6 +23,7 @@ namespace espresso::dp {
 // Drops that happen outside an SA (no SA to charge them to), per worker.
 #define ESPRESSO_GATEWAY_DROPS(X)                                                                   \
     X(not_ip, "not IPv4/IPv6/ARP")                                                                 \
+    X(other_mac, "frame addressed to another host's MAC (promiscuous port)")                       \
     X(malformed, "malformed packet")                                                               \
     X(truncated, "IP length beyond the bytes received (frame larger than the port's buffers)")      \
     X(no_sa, "ESP/AH for an unknown SPI")                                                          \
@@ -40,7 +41,7 @@ namespace espresso::dp {
     X(nd_not_ours, "Neighbor Solicitation for an address not ours")                                \
     X(router_discovery, "Router Solicitation/Advertisement/Redirect (the gateway uses static routes)") \
     X(multicast, "multicast the gateway does not take part in (IPv6 groups not joined, IPv4 224/4)") \
-    X(martian, "IPv4 transit from 0/8, 127/8, 224/3 or to 0/8, 127/8, 240/4, 255.255.255.255")     \
+    X(martian, "transit from/to IPv4 0/8, 127/8, from 224/3, to 240/4, 255.255.255.255; IPv6 ::, ::1, from ff00::/8") \
     X(link_local, "link-local source or destination in transit (RFC 4291 §2.5.6)")                 \
     X(tap_filtered, "router discovery from the kernel's TAP kept off the wire")                    \
     X(icmp_rate_limited, "ICMP error not sent (rate limit)")                                       \

@@ -36,6 +36,49 @@ constexpr unsigned forward_capacity = max_vector * 2; // packets routed at the e
 static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is one pass");
 
 static_assert(sa_groups::max_groups == max_vector, "a group per packet of a pass fits");
+static_assert((RTE_MAX_ETHPORTS & (RTE_MAX_ETHPORTS - 1)) == 0, "own_mac_ is indexed by a masked port id");
+
+// :: or ::1 (RFC 4291 §2.5.2, §2.5.3).
+inline bool zero_or_loopback6(const uint8_t* a) noexcept
+{
+    uint64_t hi;
+    uint64_t lo;
+    std::memcpy(&hi, a, 8);
+    std::memcpy(&lo, a + 8, 8);
+    return hi == 0 && (lo == 0 || lo == rte_cpu_to_be_64(1));
+}
+
+// Martian or multicast IPv4 addresses (RFC 1812 §5.3.7, §5.3.5): from 0/8, 127/8 or 224/3, to 0/8,
+// 127/8, 240/4 or 255.255.255.255 (`martian`), or to a multicast group from a proper source
+// (`multicast`: the gateway routes no multicast); gateway_drop::count when the packet may be forwarded.
+inline gateway_drop never_forwarded4(const uint8_t* ip) noexcept
+{
+    const uint8_t s0 = ip[12];
+    const uint8_t d0 = ip[16];
+    const bool bad_source = s0 >= 224 || s0 == 0 || s0 == 127;
+    if (!bad_source && d0 != 0 && d0 != 127 && d0 < 224) {
+        return gateway_drop::count;
+    }
+    return d0 >= 224 && d0 < 240 && !bad_source ? gateway_drop::multicast : gateway_drop::martian;
+}
+
+// IPv6 (RFC 4291 §2.5.2, §2.5.3, §2.7): from ::, ::1 or a multicast address, or to :: or ::1.
+inline bool never_forwarded6(const uint8_t* ip) noexcept
+{
+    return ip[8] == 0xff || zero_or_loopback6(ip + 8) || zero_or_loopback6(ip + 24);
+}
+
+// Either family, for a decrypted inner packet (which may also be to a multicast group: `multicast`).
+inline gateway_drop never_forwarded(const uint8_t* ip) noexcept
+{
+    if ((ip[0] >> 4) == 4) {
+        return never_forwarded4(ip);
+    }
+    if (ip[24] == 0xff) {
+        return ip[8] == 0xff || zero_or_loopback6(ip + 8) ? gateway_drop::martian : gateway_drop::multicast;
+    }
+    return never_forwarded6(ip) ? gateway_drop::martian : gateway_drop::count;
+}
 
 class worker_loop {
 public:
@@ -52,6 +95,11 @@ public:
         // since the last one: at 100 us with 240 active SAs that was 1.3 per packet, at 1 ms 0.13.
         core_.defer_outbound_counters();
         flush_interval_ = std::max<uint64_t>(1, rte_get_tsc_hz() / 1000);
+        for (const port_state& ps : s_.ports) {
+            if (ps.port < own_mac_.size()) {
+                std::memcpy(&own_mac_[ps.port], ps.mac.addr_bytes, 6);
+            }
+        }
     }
 
     int run() noexcept
@@ -400,6 +448,16 @@ private:
                     continue;
                 }
                 const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+                // Ports run promiscuous (a MAC override some devices refuse, af_packet on a veth
+                // with its own address): a frame for another host's MAC (a switch flooding unknown
+                // unicast, a bridged capture) is not ours to route. Group addresses pass.
+                uint64_t dst_mac = 0;
+                std::memcpy(&dst_mac, eth->dst_addr.addr_bytes, 6);
+                if ((eth->dst_addr.addr_bytes[0] & 1) == 0 && dst_mac != own_mac_[m->port & (RTE_MAX_ETHPORTS - 1)])
+                    [[unlikely]] {
+                    drop(m, gateway_drop::other_mac);
+                    continue;
+                }
                 const uint16_t type = be16_to_host(eth->ether_type);
                 if (type == RTE_ETHER_TYPE_ARP) {
                     to_exception(m, exception_meta::arp);
@@ -418,7 +476,7 @@ private:
             }
             const auto* ip = rte_pktmbuf_mtod(m, const uint8_t*);
             ip_view v;
-            const uint32_t avail = rte_pktmbuf_data_len(m);
+            uint32_t avail = rte_pktmbuf_data_len(m);
             if (const drop_reason r = parse_ip(ip, avail, v); r != drop_reason::none) [[unlikely]] {
                 // A whole IP header whose total length runs past the frame: the packet was cut
                 // (af_packet: a reassembled datagram larger than the ring's frames), not built wrong.
@@ -426,6 +484,14 @@ private:
                                  avail >= (v.version == 4 ? sizeof(rte_ipv4_hdr) : sizeof(rte_ipv6_hdr));
                 drop(m, cut ? gateway_drop::truncated : gateway_drop::malformed);
                 continue;
+            }
+            if (avail > v.total) [[unlikely]] {
+                // Ethernet padding (a frame of 60 bytes for a shorter packet) or trailing junk: not
+                // part of the packet. Cut here, so that no selector is read from it (the SPD key's
+                // ports of a packet too short to have them), and it is neither forwarded,
+                // encrypted nor quoted in an ICMP error (RFC 1812 §5.2.2 / Linux's ip_rcv trim).
+                rte_pktmbuf_trim(m, static_cast<uint16_t>(avail - v.total));
+                avail = v.total;
             }
             if (v.version == 4 && !handed && !ipv4_header_checksum_ok(m, ip, v.header)) [[unlikely]] {
                 drop(m, gateway_drop::bad_checksum); // RFC 1812 §5.2.2 (handed packets were checked)
@@ -460,6 +526,12 @@ private:
                         drop(m, gateway_drop::malformed);
                         continue;
                     }
+                    // RFC 4291 §2.5.2-2.5.3, §2.7: no forwarding from the unspecified, loopback or a
+                    // multicast address, nor to the unspecified or loopback address.
+                    if (never_forwarded6(ip)) [[unlikely]] {
+                        drop(m, gateway_drop::martian);
+                        continue;
+                    }
                     transit6[n_transit6++] = m;
                     continue;
                 }
@@ -479,11 +551,8 @@ private:
                     // multicast (the gateway routes none) or the limited broadcast (DHCP discovery,
                     // mDNS and the like stay on their link instead of going down a default route or
                     // into a tunnel that protects 0.0.0.0/0).
-                    const uint8_t s0 = ip[12];
-                    const uint8_t d0 = ip[16];
-                    if (d0 >= 224 || d0 == 0 || d0 == 127 || s0 >= 224 || s0 == 0 || s0 == 127) [[unlikely]] {
-                        drop(m, d0 >= 224 && d0 < 240 && s0 < 224 && s0 != 0 && s0 != 127 ? gateway_drop::multicast
-                                                                                               : gateway_drop::martian);
+                    if (const gateway_drop d = never_forwarded4(ip); d != gateway_drop::count) [[unlikely]] {
+                        drop(m, d);
                         continue;
                     }
                     transit[n_transit++] = m;
@@ -723,11 +792,18 @@ private:
             // Decided once per SA (flag set at install), so decrypted transit traffic of a tunnel whose
             // selectors do not cover the gateway costs no address comparison here.
             const bool maybe_ours = (ig[g].sa->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
+            const bool wide = (ig[g].sa->flags & sa_wide_inner) != 0;
             for (uint16_t k = 0; k < ig[g].n; ++k) {
                 rte_mbuf* m = ig[g].pkts[k];
                 if (k >= ig[g].good) {
                     rte_pktmbuf_free(m); // counted on the SA by the engine
                     continue;
+                }
+                if (wide) [[unlikely]] {
+                    if (const gateway_drop d = never_forwarded(rte_pktmbuf_mtod(m, const uint8_t*)); d != gateway_drop::count) {
+                        drop(m, d);
+                        continue;
+                    }
                 }
                 if (maybe_ours && for_us(m)) [[unlikely]] {
                     // RFC 4301 §5.2: the engine checked the selectors; the gateway's own traffic
@@ -1298,6 +1374,7 @@ private:
     uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
+    std::array<uint64_t, RTE_MAX_ETHPORTS> own_mac_{}; // each port's MAC in the low 6 bytes, by DPDK port id
     stage_clock clock_;       // -Dstage_cycles=true builds only (stage_cycles.h); unused otherwise
     unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };
