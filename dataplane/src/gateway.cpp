@@ -102,6 +102,7 @@ struct local_selectors {
     uint8_t protocol = 0;
     uint16_t source_port = 0, destination_port = 0; // host order, 0 when not TCP/UDP first fragment
     int icmp_type = -1;                             // ICMP/ICMPv6 type, -1 when none
+    uint32_t icmp_offset = 0;                       // where the ICMP/ICMPv6 header starts (icmp_type >= 0)
     bool non_first_fragment = false;                // no upper-layer header: ports are OPAQUE
 };
 
@@ -116,6 +117,7 @@ local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v
         s.destination_port = rte_be_to_cpu_16(s.k6.destination_port);
         if (s.protocol == proto_icmpv6 && upper != 0) {
             s.icmp_type = ip[upper];
+            s.icmp_offset = upper;
         }
     } else {
         spd_key_of(ip, avail, s.k4);
@@ -125,6 +127,7 @@ local_selectors selectors_of(const uint8_t* ip, uint32_t avail, const ip_view& v
         s.destination_port = rte_be_to_cpu_16(s.k4.destination_port);
         if (s.protocol == 1 && !v.fragment && avail > v.header) {
             s.icmp_type = ip[v.header];
+            s.icmp_offset = v.header;
         }
     }
     return s;
@@ -167,6 +170,16 @@ bool implicit_bypass(const local_selectors& s, uint16_t ours, const std::vector<
         return s.protocol == proto_icmpv6 && (nd_mld || (s.icmp_type >= 1 && s.icmp_type <= 4));
     }
     return s.icmp_type == 3 || s.icmp_type == 11 || s.icmp_type == 12;
+}
+
+// An ICMP error (ICMPv4 3, 11, 12; ICMPv6 1-4), which quotes the packet it is about.
+bool icmp_error(const local_selectors& s) noexcept
+{
+    if (s.icmp_type < 0) {
+        return false;
+    }
+    return s.v6 ? s.protocol == proto_icmpv6 && s.icmp_type >= 1 && s.icmp_type <= 4
+                : s.icmp_type == 3 || s.icmp_type == 11 || s.icmp_type == 12;
 }
 
 // Writes a per-interface IPv6 sysctl of the kernel side of a TAP (/proc/sys is per network namespace).
@@ -2438,10 +2451,14 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
 bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail)
 {
     ip_view v;
-    if (parse_ip(ip, avail, v) != drop_reason::none) {
+    // A quote in an ICMP error is cut short (576 / 1280 bytes in all): its header and ports suffice.
+    const drop_reason r = parse_ip(ip, avail, v);
+    const bool cut = r == drop_reason::truncated && v.version != 0 && avail >= (v.version == 4 ? 20U : 40U) &&
+                     v.header <= avail;
+    if (r != drop_reason::none && !cut) {
         return true; // not parsed, not told in clear
     }
-    const local_selectors sel = selectors_of(ip, v.total, v);
+    const local_selectors sel = selectors_of(ip, std::min(v.total, avail), v);
     const spd_rule* out = nullptr;
     const spd_rule* in_match = nullptr;
     classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::every_packet, out, in_match);
@@ -2687,7 +2704,12 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
         return;
     }
     const local_selectors sel = selectors_of(ip, v.total, v);
-    if (implicit_bypass(sel, sel.source_port, ike_ports_)) {
+    // An ICMP error the kernel sends about a packet that reached it through a tunnel (decrypted_to_us)
+    // quotes what was protected: it must go back through a tunnel like any packet (RFC 4301 §6.2),
+    // not bypass in the clear; no outbound protect policy with an SA for it: dropped (`unprotected`).
+    const bool about_tunnelled = icmp_error(sel) && sel.icmp_offset + 8 < v.total &&
+                                 came_through_tunnel(ip + sel.icmp_offset + 8, v.total - sel.icmp_offset - 8);
+    if (!about_tunnelled && implicit_bypass(sel, sel.source_port, ike_ports_)) {
         local_[static_cast<size_t>(local_counter::out_implicit_bypass)]++;
         transmit_main(pos, m);
         return;
@@ -2696,6 +2718,11 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
     const spd_rule* rule = nullptr;
     const spd_rule* in_match = nullptr;
     classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::without_outbound, rule, in_match);
+    if (about_tunnelled && (rule == nullptr || rule->action != config::policy_action::protect || rule->sa == nullptr)) {
+        main_drops_[static_cast<size_t>(gateway_drop::unprotected)]++;
+        rte_pktmbuf_free(m);
+        return;
+    }
     if (rule == nullptr || rule->action == config::policy_action::bypass) {
         // No outbound policy: as for transit, cleartext the peer's inbound check would refuse (an
         // inbound protect policy covers it) is not sent (apply_policies in worker.cpp).
