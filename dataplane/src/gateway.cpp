@@ -2190,6 +2190,7 @@ void gateway::send_arp_request(uint16_t port_pos, uint32_t target_be, const rte_
     const port_state& ps = shared_.ports[port_pos];
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
     if (m == nullptr) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
         return;
     }
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
@@ -2254,7 +2255,7 @@ void gateway::handle_nd(rte_mbuf* m)
         }
         rte_mbuf* r = rte_pktmbuf_alloc(pool_);
         if (r == nullptr) {
-            main_drops_[static_cast<size_t>(gateway_drop::exception_full)]++;
+            main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
             rte_pktmbuf_free(m);
             return;
         }
@@ -2311,6 +2312,7 @@ void gateway::send_neighbor_solicitation(uint16_t port_pos, const ipv6_address& 
     const port_state& ps = shared_.ports[port_pos];
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
     if (m == nullptr) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
         return;
     }
     auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + nd_message_bytes));
@@ -2412,6 +2414,7 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
     }
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
     if (m == nullptr) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
         return;
     }
     const uint32_t len = 20 + 8 + quote;
@@ -2537,6 +2540,7 @@ void gateway::send_icmp6_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint3
     }
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
     if (m == nullptr) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
         return;
     }
     // Through a tunnel the error must still fit the minimum IPv6 MTU once encapsulated: a shorter
@@ -2785,6 +2789,7 @@ void gateway::too_big_to_kernel(uint16_t port_pos, const uint8_t* ip, uint32_t l
     const port_state& ps = shared_.ports[port_pos];
     rte_mbuf* m = rte_pktmbuf_alloc(pool_);
     if (m == nullptr) {
+        main_drops_[static_cast<size_t>(gateway_drop::no_buffer)]++;
         return;
     }
     const bool v6 = (ip[0] >> 4) == 6;

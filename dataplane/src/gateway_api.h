@@ -37,6 +37,7 @@ namespace espresso::dp {
     X(ring_full, "internal ring full")                                                             \
     X(tx_full, "transmit queue full")                                                              \
     X(exception_full, "exception path queue full")                                                \
+    X(no_buffer, "a packet the gateway builds (ICMP error, ARP/ND) not sent: no mbuf free")      \
     X(nd_invalid, "invalid Neighbor Discovery message (RFC 4861 §7.1)")                            \
     X(nd_not_ours, "Neighbor Solicitation for an address not ours")                                \
     X(router_discovery, "Router Solicitation/Advertisement/Redirect (the gateway uses static routes)") \
