@@ -57,6 +57,8 @@ constexpr size_t max_pending_per_hop = 16;
 // dropped as no_neighbor without a new entry or solicitation.
 constexpr size_t max_pending_hops = 256;
 constexpr size_t max_pending_packets = 1024;
+// Requests a second for next hops with nothing queued because the queue is full (queue_for_neighbor).
+constexpr unsigned max_unqueued_requests = 50;
 
 uint32_t be32_of(const config::ip_address& a)
 {
@@ -429,6 +431,7 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
         shared_.local_addresses6.emplace_back(p.link_local6, p.port);
     }
     std::tie(shared_.routes, shared_.routes6) = build_routes(config_.routes);
+    note_route_gateways();
     shared_.neighbors = std::make_unique<neighbor_table>("espresso_neigh", config_.dataplane.neighbor_table_size,
                                                          config_.dataplane.workers);
     for (const auto& n : config_.neighbors) {
@@ -1864,6 +1867,38 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
     if (pending_packets_ >= max_pending_packets || (it == pending_.end() && pending_.size() >= max_pending_hops)) {
         main_drops_[static_cast<size_t>(gateway_drop::no_neighbor)]++;
         rte_pktmbuf_free(m);
+        // The queue is full (a flood towards unresolvable addresses, say): still ask for a next hop
+        // that has nothing queued, so that one that answers is learned and its later packets go
+        // straight out instead of waiting for the flood to end: always for the gateway of a
+        // configured route (at most every half second each), a few a second for any other.
+        if (it == pending_.end() && route_gateways_.count({family, std::get<2>(key)}) != 0) {
+            uint64_t& last = route_gateway_asked_[key];
+            const uint64_t now = rte_get_tsc_cycles();
+            if (now - last > rte_get_tsc_hz() / 2) {
+                last = now;
+                if (family == 4) {
+                    send_arp_request(static_cast<uint16_t>(out), ip_be);
+                } else {
+                    unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = key;
+                    send_neighbor_solicitation(static_cast<uint16_t>(out), std::get<2>(key));
+                }
+            }
+        } else if (it == pending_.end()) {
+            const uint64_t now = rte_get_tsc_cycles();
+            if (now - unqueued_window_tsc_ > rte_get_tsc_hz()) {
+                unqueued_window_tsc_ = now;
+                unqueued_requests_ = 0;
+            }
+            if (unqueued_requests_ < max_unqueued_requests) {
+                ++unqueued_requests_;
+                unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = key;
+                if (family == 4) {
+                    send_arp_request(static_cast<uint16_t>(out), ip_be);
+                } else {
+                    send_neighbor_solicitation(static_cast<uint16_t>(out), std::get<2>(key));
+                }
+            }
+        }
         return;
     }
     if (it == pending_.end()) {
@@ -1888,6 +1923,21 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
             send_arp_request(static_cast<uint16_t>(out), ip_be);
         } else {
             send_neighbor_solicitation(static_cast<uint16_t>(out), std::get<2>(key));
+        }
+    }
+}
+
+// The next hops of the configured routes, which queue_for_neighbor asks for even while its queue is
+// full. Called whenever config_.routes changes.
+void gateway::note_route_gateways()
+{
+    route_gateways_.clear();
+    route_gateway_asked_.clear();
+    for (const auto& r : config_.routes) {
+        if (r.via.family == 4 || r.via.family == 6) {
+            ipv6_address a{};
+            std::memcpy(a.data(), r.via.bytes.data(), r.via.family == 4 ? 4 : 16);
+            route_gateways_.emplace(r.via.family, a);
         }
     }
 }
@@ -2286,7 +2336,8 @@ void gateway::handle_nd(rte_mbuf* m)
         pending_key key{ps.port, 6, nd.target};
         rte_ether_addr known;
         const bool have = shared_.neighbors->lookup6(ps.port, nd.target.data(), known);
-        const bool waiting = pending_.count(key) != 0;
+        const bool waiting = pending_.count(key) != 0 ||
+                             std::find(unqueued_asked_.begin(), unqueued_asked_.end(), key) != unqueued_asked_.end();
         if (waiting || (have && (nd.override_flag || rte_is_same_ether_addr(&known, &lladdr)))) {
             resolved(ps.port, 6, nd.target.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.target.data(), lladdr, false);
@@ -3357,6 +3408,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     next.security_associations.clear();
     config_.file = next.file; // a reload with another path makes that the file later reloads read
     config_.routes = std::move(next.routes);
+    note_route_gateways();
     config_.neighbors = std::move(next.neighbors);
     config_.policies = std::move(next.policies);
     file_policy_ids_ = std::move(ids);

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <span>
 #include <string>
@@ -279,6 +280,7 @@ private:
     void transmit_main(uint16_t port_pos, rte_mbuf* m);
     void to_tap(const port_state& ps, rte_mbuf* m);
     void to_tap6(const port_state& ps, rte_mbuf* m, const rte_ether_hdr& eth);
+    void note_route_gateways();
     void queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop);
     void resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac);
     bool from_tap_allowed(const rte_mbuf* m) const;
@@ -344,6 +346,15 @@ private:
     using pending_key = std::tuple<uint16_t, uint8_t, ipv6_address>;
     std::map<pending_key, pending> pending_;
     size_t pending_packets_ = 0; // mbufs held in pending_ (bounded: queue_for_neighbor)
+    // Next hops asked for while pending_ was full (queue_for_neighbor): at most
+    // max_unqueued_requests a second, the last 64 remembered so that their Neighbor Advertisements
+    // are learned although no packet waits for them (IPv4: the ARP reply is addressed to us anyway).
+    std::array<pending_key, 64> unqueued_asked_{};
+    std::set<std::pair<uint8_t, ipv6_address>> route_gateways_; // note_route_gateways
+    std::map<pending_key, uint64_t> route_gateway_asked_;        // when each was last asked that way
+    size_t unqueued_next_ = 0;
+    uint64_t unqueued_window_tsc_ = 0;
+    unsigned unqueued_requests_ = 0;
     uint64_t neighbor_check_tsc_ = 0; // last NUD pass (main_neighbor_maintenance)
     // ICMP errors (both families): a token bucket, as Linux's icmp_ratelimit (RFC 4443 §2.4 (f)).
     struct icmp_bucket {
