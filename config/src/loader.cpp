@@ -1922,12 +1922,6 @@ policy_config loader::parse_policy(const YAML::Node& node, const std::string& pa
     return policy;
 }
 
-bool same_traffic(const policy_config& a, const policy_config& b) noexcept {
-    return a.local == b.local && a.remote == b.remote && a.protocol == b.protocol &&
-           a.local_port_min == b.local_port_min && a.local_port_max == b.local_port_max &&
-           a.remote_port_min == b.remote_port_min && a.remote_port_max == b.remote_port_max;
-}
-
 // Tunnel endpoints must be this gateway's own addresses: the outer source of what we send, the outer
 // destination of what we receive.
 void loader::check_sa_endpoints(const field& sas, const gateway_config& config) const {

@@ -226,6 +226,12 @@ bool prefix_contains(const ip_prefix& outer, const ip_prefix& inner) noexcept {
     return outer.length <= inner.length && prefix_contains(outer, inner.address);
 }
 
+bool same_traffic(const policy_config& a, const policy_config& b) noexcept {
+    return a.local == b.local && a.remote == b.remote && a.protocol == b.protocol &&
+           a.local_port_min == b.local_port_min && a.local_port_max == b.local_port_max &&
+           a.remote_port_min == b.remote_port_min && a.remote_port_max == b.remote_port_max;
+}
+
 bool prefixes_overlap(const ip_prefix& a, const ip_prefix& b) noexcept {
     return prefix_contains(a, b) || prefix_contains(b, a);
 }

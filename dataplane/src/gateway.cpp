@@ -57,6 +57,8 @@ constexpr size_t max_pending_per_hop = 16;
 // dropped as no_neighbor without a new entry or solicitation.
 constexpr size_t max_pending_hops = 256;
 constexpr size_t max_pending_packets = 1024;
+// Explicit policies (file and control socket together): each add-policy recompiles rte_acl.
+constexpr size_t max_explicit_policies = 16384;
 // Requests a second for next hops with nothing queued because the queue is full (queue_for_neighbor).
 constexpr unsigned max_unqueued_requests = 50;
 
@@ -1216,19 +1218,31 @@ std::string gateway::add_sa(const config::sa_config& c)
         if (rte_hash_add_key_data(workers_[owner_of(c.spi)]->sad, &sad, raw) < 0) {
             return "cannot add the SA to the worker's SAD";
         }
-    } else if (c.dir == config::direction::inbound) {
+    }
+    std::string ack_error;
+    if (c.dir == config::direction::inbound && running_) {
         const unsigned owner = owner_of(c.spi);
         const uint64_t gen = ++generation_;
-        if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen}) || !wait_applied({owner}, gen)) {
-            return "worker did not acknowledge the SA install";
+        if (!post(owner, {update_msg::add_inbound, 0, sad_key(c), raw, gen})) {
+            sas_.erase(key); // never reached the worker: freed (keys wiped) at once
+            return "worker's update ring stayed full: SA not installed";
+        }
+        if (!wait_applied({owner}, gen)) {
+            // The worker has it queued and installs it when it gets to it: the SA stays, with its
+            // implied policy (a later delete takes both back; without the policy it took another
+            // SA's selector count), and the caller hears it was slow.
+            ack_error = "worker did not acknowledge the SA install within 2 s (installed when it does)";
         }
     }
+    std::string error;
     if (imply_policy(*raw, +1) || policy_names(c)) {
         std::string hosts_error = publish_hosts();
-        std::string error = rebuild_spd();
-        return hosts_error.empty() ? error : hosts_error;
+        std::string spd_error = rebuild_spd();
+        error = hosts_error.empty() ? spd_error : hosts_error;
+    } else {
+        error = publish_hosts();
     }
-    return publish_hosts();
+    return ack_error.empty() ? error : ack_error;
 }
 
 std::string gateway::add_sas(std::span<const config::sa_config> batch)
@@ -1481,11 +1495,37 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
 
 std::string gateway::add_policy(const config::policy_config& policy, uint32_t& id)
 {
-    if (policy.action == config::policy_action::protect &&
-        sas_.count({static_cast<int>(config::direction::outbound), policy.spi}) == 0) {
-        char buf[96];
-        std::snprintf(buf, sizeof(buf), "protect policy names SPI 0x%08x, but no outbound SA has it", policy.spi);
-        return buf;
+    // The checks the config loader makes on the file's policies (config/src/loader.cpp), against what
+    // the data plane holds now, and a bound: every add recompiles the SPD.
+    if (policies_.size() >= max_explicit_policies) {
+        return "the data plane holds " + std::to_string(policies_.size()) +
+               " explicit policies, the most it takes; delete some first";
+    }
+    if (policy.action == config::policy_action::protect) {
+        const auto it = sas_.find({static_cast<int>(config::direction::outbound), policy.spi});
+        char spi[16];
+        std::snprintf(spi, sizeof(spi), "0x%08x", policy.spi);
+        if (it == sas_.end()) {
+            return std::string("protect policy names SPI ") + spi + ", but no outbound SA has it";
+        }
+        // The peer checks decrypted packets against the SA's selectors (RFC 4301 §5.2): a policy wider
+        // than its SA would send traffic the peer drops.
+        const config::sa_config& sa = it->second.sa->config;
+        if (!config::prefix_contains(sa.local, policy.local)) {
+            return "protect policy local " + config::to_string(policy.local) + " is not inside local selector " +
+                   config::to_string(sa.local) + " of SA " + spi + "; narrow the policy or widen the SA's selectors";
+        }
+        if (!config::prefix_contains(sa.remote, policy.remote)) {
+            return "protect policy remote " + config::to_string(policy.remote) + " is not inside remote selector " +
+                   config::to_string(sa.remote) + " of SA " + spi + "; narrow the policy or widen the SA's selectors";
+        }
+    }
+    for (const auto& p : policies_) {
+        if (config::same_traffic(p.policy, policy)) {
+            return "policy " + std::to_string(p.id) + " (" + p.policy.origin +
+                   ") matches exactly the same traffic, so one of them would never apply; delete it first, "
+                   "or make the selectors differ";
+        }
     }
     id = next_policy_id_++;
     policies_.push_back({policy, id});

@@ -112,6 +112,20 @@ def main():
         dp.check(listed(c) == set(), "every SA gone after flush")
         r = c.call("add-sas", {"sas": [inbound(s) for s in range(0x40000, 0x40000 + 10)]})
         dp.check(r.get("ok"), f"add-sas after flush (the same SPIs): {r.get('error')}")
+        # add-policy makes the file's checks: a protect policy inside its SA's selectors, no two
+        # policies for exactly the same traffic.
+        r = c.call("add-sa", {"sa": outbound(0x50001)})  # remote 10.0.0.1/32
+        dp.check(r.get("ok"), f"add-sa for the policies: {r.get('error')}")
+        wide = {"local": "192.168.1.0/24", "remote": "10.0.0.0/29", "action": "protect", "spi": "0x50001"}
+        r = c.call("add-policy", {"policy": wide})
+        dp.check(not r.get("ok") and "not inside remote selector 10.0.0.1/32" in r.get("error", ""),
+                 f"protect policy wider than its SA's selectors refused: {r}")
+        bypass = {"local": "192.168.1.0/24", "remote": "10.9.0.0/16", "action": "bypass"}
+        r = c.call("add-policy", {"policy": bypass})
+        dp.check(r.get("ok"), f"add-policy bypass: {r.get('error')}")
+        r = c.call("add-policy", {"policy": dict(bypass, action="discard", priority=5)})
+        dp.check(not r.get("ok") and "matches exactly the same traffic" in r.get("error", ""),
+                 f"a second policy for exactly the same traffic refused: {r}")
         dp.check(proc.proc.poll() is None, "espresso-dp still running")
     finally:
         rc = proc.stop()

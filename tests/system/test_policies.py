@@ -270,7 +270,8 @@ def main():
 
         def policy_naming_a_host_sa():
             # An explicit protect policy names an outbound SA whose own selectors are one host (its
-            # implied policy lives in the host table): the compiled SPD holds that SA's address, so
+            # implied policy lives in the host table; the explicit one must lie inside the SA's
+            # selectors, as in a file): the compiled SPD holds that SA's address, so
             # deleting the SA must take it out of the policy (no ESP with the deleted SA's SPI,
             # drops counted as no outbound SA) and adding it again must put it back.
             c = dp.Control(hq_sock)
@@ -279,22 +280,22 @@ def main():
                   "key": "0x" + "77" * 20, "selectors": {"local": "192.168.1.0/24", "remote": "192.168.2.77/32"}}
             r = c.call("add-sa", {"sa": sa})
             assert r["ok"], r
-            r = c.call("add-policy", {"policy": {"local": "192.168.1.0/24", "remote": "192.168.2.40/29",
+            r = c.call("add-policy", {"policy": {"local": "192.168.1.0/24", "remote": "192.168.2.77/32",
                                                  "action": "protect", "spi": "0x1077", "priority": 10}})
             assert r["ok"], r
             cap2 = Capture(topo, "inet-hq", os.path.join(topo.dir, "inet-policy.pcap"))
             try:
-                send(topo, "host-hq", "192.168.2.44", 41005, 5, 100, 0.02)
+                send(topo, "host-hq", "192.168.2.77", 41005, 5, 100, 0.02)
                 time.sleep(0.5)
                 r = c.call("delete-sa", {"direction": "outbound", "spi": "0x1077"})
                 assert r["ok"], r
                 before = dp.dataplane_drops(hq_sock).get("no_outbound_sa", 0)
-                send(topo, "host-hq", "192.168.2.44", 41005, 5, 200, 0.02)
+                send(topo, "host-hq", "192.168.2.77", 41005, 5, 200, 0.02)
                 time.sleep(0.5)
                 after = dp.dataplane_drops(hq_sock).get("no_outbound_sa", 0)
                 r = c.call("add-sa", {"sa": sa})
                 assert r["ok"], r
-                send(topo, "host-hq", "192.168.2.44", 41005, 5, 300, 0.02)
+                send(topo, "host-hq", "192.168.2.77", 41005, 5, 300, 0.02)
                 time.sleep(0.5)
             finally:
                 cap2.stop()
@@ -306,11 +307,11 @@ def main():
             phases = {"before delete": sum(v for k, v in by_len.items() if k < 200),
                       "after delete": sum(v for k, v in by_len.items() if 200 <= k < 300),
                       "re-added": sum(v for k, v in by_len.items() if k >= 300)}
-            clear = cap2.rows(["ip.dst"], display="ip.dst == 192.168.2.44")
+            clear = cap2.rows(["ip.dst"], display="ip.dst == 192.168.2.77")
             print(f"     ESP 0x1077 per phase {phases}; no_outbound_sa {before} -> {after}; cleartext {len(clear)}")
             assert phases == {"before delete": 5, "after delete": 0, "re-added": 5}, phases
             assert after - before == 5, f"no_outbound_sa grew by {after - before}, want 5"
-            assert not clear, f"{len(clear)} cleartext packets to 192.168.2.44 on the internet"
+            assert not clear, f"{len(clear)} cleartext packets to 192.168.2.77 on the internet"
         case("a protect policy naming a /32 SA by SPI follows the SA's delete and re-add", policy_naming_a_host_sa)
     except Exception as e:  # noqa: BLE001
         results.append(("set-up", False))

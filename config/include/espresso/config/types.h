@@ -181,6 +181,8 @@ struct policy_config {
     std::string origin;
     std::string owner; // as sa_config::owner
 };
+// Both select exactly the same packets (prefixes, protocol, port ranges): one of them never applies.
+bool same_traffic(const policy_config& a, const policy_config& b) noexcept;
 
 } // namespace espresso::config
 
