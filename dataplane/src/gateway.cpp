@@ -591,10 +591,11 @@ void gateway::setup_ports()
         // Promiscuous whether or not the override took (af_packet keeps the veth's own MAC): the
         // workers drop unicast frames for any other MAC themselves (`other_mac`).
         rte_eth_promiscuous_enable(ps.port);
+        rte_eth_macaddr_get(ps.port, &ps.device_mac);
         if (ic.mac) {
             std::memcpy(ps.mac.addr_bytes, ic.mac->data(), 6);
         } else {
-            rte_eth_macaddr_get(ps.port, &ps.mac);
+            ps.mac = ps.device_mac;
         }
         shared_.port_index[ps.port] = static_cast<int16_t>(shared_.ports.size());
         std::array<uint8_t, 6> mac_bytes;
@@ -808,7 +809,9 @@ void gateway::setup_workers()
         // fragments come in two), bounded so that a flood of first fragments cannot pin the RX pool.
         const unsigned waiting = 2 * config_.dataplane.reassembly_datagrams - 1;
         name = "esp_frag" + std::to_string(i);
-        rte_mempool* fragments = rte_pktmbuf_pool_create(name.c_str(), waiting, 32, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+        // DPDK refuses a per-lcore cache larger than 2/3 of the pool (reassembly-datagrams 16: 31 mbufs).
+        const unsigned cache = std::min(32U, waiting / 2);
+        rte_mempool* fragments = rte_pktmbuf_pool_create(name.c_str(), waiting, cache, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
         if (fragments == nullptr) {
             throw std::runtime_error("fragment mbuf pool (" + std::to_string(waiting) + " x " +
                                      std::to_string(RTE_MBUF_DEFAULT_BUF_SIZE) + " bytes): " + rte_strerror(rte_errno));
@@ -2339,7 +2342,8 @@ void gateway::handle_nd(rte_mbuf* m)
         const bool dad = is_unspecified6(nd.source.data());
         // RFC 4861 §7.2.3: a solicitation with the sender's link-layer address creates or updates
         // its entry. Packets that waited for it leave first (their ESP sequence numbers are older).
-        if (!dad && nd.has_link_address && learnable_mac(lladdr, ps.mac)) {
+        const bool source_ours = (ps.has_v6 && nd.source == ps.address6) || nd.source == ps.link_local6;
+        if (!dad && nd.has_link_address && !source_ours && learnable_mac(lladdr, ps.mac)) {
             resolved(ps.port, 6, nd.source.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.source.data(), lladdr, false);
         }
@@ -2375,18 +2379,20 @@ void gateway::handle_nd(rte_mbuf* m)
     if (!target_ours && nd.has_link_address && learnable_mac(lladdr, ps.mac)) {
         pending_key key{ps.port, 6, nd.target};
         rte_ether_addr known;
-        const bool have = shared_.neighbors->lookup6(ps.port, nd.target.data(), known);
+        // Not lookup6: the main lcore's look-up must not mark the entry used (an NA flood for
+        // spoofed entries would keep them from eviction).
+        const bool have = shared_.neighbors->known6(ps.port, nd.target.data(), known);
         const bool waiting = pending_.count(key) != 0 ||
                              std::find(unqueued_asked_.begin(), unqueued_asked_.end(), key) != unqueued_asked_.end();
         if (waiting || (have && (nd.override_flag || rte_is_same_ether_addr(&known, &lladdr)))) {
             resolved(ps.port, 6, nd.target.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.target.data(), lladdr, false);
         }
-    } else if (!target_ours && nd.solicited) {
+    } else if (!target_ours && nd.solicited && !nd.has_link_address) {
         // The answer to a unicast NUD probe may omit the Target Link-Layer Address (§7.2.4; Linux
         // does): a solicited advertisement confirms the entry with the address it has (§7.2.5).
         rte_ether_addr known;
-        if (shared_.neighbors->lookup6(ps.port, nd.target.data(), known) &&
+        if (shared_.neighbors->known6(ps.port, nd.target.data(), known) &&
             !shared_.neighbors->is_static6(ps.port, nd.target.data())) {
             shared_.neighbors->set6(ps.port, nd.target.data(), known, false);
         }
@@ -2542,7 +2548,7 @@ void gateway::send_icmp4_error(rte_mbuf* orig, uint8_t type, uint8_t code, uint1
 // Did `ip` (a packet the gateway could not forward, `avail` bytes of it) arrive through a tunnel, so
 // that an ICMP error quoting it carries what was protected? Its selectors match an inbound protect
 // policy (cleartext that matches one is dropped as `unprotected` before it gets this far).
-bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail)
+bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail, bool to_us)
 {
     ip_view v;
     // A quote in an ICMP error is cut short (576 / 1280 bytes in all): its header and ports suffice.
@@ -2553,6 +2559,9 @@ bool gateway::came_through_tunnel(const uint8_t* ip, uint32_t avail)
         return true; // not parsed, not told in clear
     }
     const local_selectors sel = selectors_of(ip, std::min(v.total, avail), v);
+    if (to_us && implicit_bypass(sel, sel.destination_port, ike_ports_)) {
+        return false; // IKE to our ports, an ICMP error, ND: let in clear whatever the SPD says
+    }
     const spd_rule* out = nullptr;
     const spd_rule* in_match = nullptr;
     classify_local(spd_.get(), *main_hosts_, sel, inbound_scope::every_packet, out, in_match);
@@ -2716,9 +2725,9 @@ void gateway::mark_local_delivery(sa_runtime& sa) const
     }
     // Addresses never forwarded (worker.cpp: the cleartext martian check): an SA whose selectors
     // reach any of them has its decrypted packets checked too.
-    static const std::array<config::ip_prefix, 6> never_forwarded = [] {
-        std::array<config::ip_prefix, 6> p;
-        const char* text[] = {"0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3", "::/128", "::1/128", "ff00::/8"};
+    static const std::array<config::ip_prefix, 7> never_forwarded = [] {
+        std::array<config::ip_prefix, 7> p;
+        const char* text[] = {"0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3", "::/128", "::1/128", "ff00::/8", "fe80::/10"};
         for (size_t i = 0; i < p.size(); ++i) {
             p[i] = *config::parse_prefix(text[i]);
         }
@@ -2803,7 +2812,7 @@ void gateway::from_kernel(size_t port_pos, rte_mbuf* m)
     // quotes what was protected: it must go back through a tunnel like any packet (RFC 4301 §6.2),
     // not bypass in the clear; no outbound protect policy with an SA for it: dropped (`unprotected`).
     const bool about_tunnelled = icmp_error(sel) && sel.icmp_offset + 8 < v.total &&
-                                 came_through_tunnel(ip + sel.icmp_offset + 8, v.total - sel.icmp_offset - 8);
+                                 came_through_tunnel(ip + sel.icmp_offset + 8, v.total - sel.icmp_offset - 8, true);
     if (!about_tunnelled && implicit_bypass(sel, sel.source_port, ike_ports_)) {
         local_[static_cast<size_t>(local_counter::out_implicit_bypass)]++;
         transmit_main(pos, m);

@@ -73,6 +73,7 @@ struct port_state {
     uint16_t rx_queues = 1;
     uint16_t tx_queues = 1;
     rte_ether_addr mac{};
+    rte_ether_addr device_mac{}; // what the device reports: `mac`, unless it refused the override
     bool has_v4 = false;
     uint32_t address_be = 0; // IPv4 address (has_v4)
     uint8_t prefix_length = 0;
@@ -273,7 +274,9 @@ private:
                                     const rte_ether_addr* unicast = nullptr);
     void send_icmp4_error(rte_mbuf* m, uint8_t type, uint8_t code, uint16_t mtu);
     void send_icmp6_error(rte_mbuf* m, uint8_t type, uint8_t code, uint32_t parameter);
-    bool came_through_tunnel(const uint8_t* ip, uint32_t avail);
+    // `to_us`: `ip` was addressed to the gateway (a quote in the kernel's own ICMP error), so what
+    // the implicit bypass admits in clear (IKE, ICMP errors, ND) did not come through a tunnel.
+    bool came_through_tunnel(const uint8_t* ip, uint32_t avail, bool to_us = false);
     template <typename SetSource>
     void send_error_protected(rte_mbuf* m, uint16_t in_pos, uint8_t family, SetSource set_source);
     bool icmp_allowed(bool too_big);

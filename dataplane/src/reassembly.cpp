@@ -139,10 +139,16 @@ rte_mbuf* reassembler::linearize(rte_mbuf* chain, reassembly_counts& c) noexcept
     const uint32_t len = rte_pktmbuf_pkt_len(chain);
     rte_mbuf* out = len <= max_bytes_ ? rte_pktmbuf_alloc(whole_) : nullptr;
     if (out == nullptr) {
+        // In fragments, not segments: a fragment copied into several mbufs (add) has its length
+        // only in its first one (the library keeps pkt_len = data_len there when it chains it).
+        uint32_t fragments = 0;
+        for (const rte_mbuf* seg = chain; seg != nullptr; seg = seg->next) {
+            fragments += seg->pkt_len != 0 ? 1U : 0U;
+        }
         if (len > max_bytes_) {
-            c.too_big += chain->nb_segs;
+            c.too_big += fragments;
         } else {
-            c.no_buffer += chain->nb_segs;
+            c.no_buffer += fragments;
         }
         rte_pktmbuf_free(chain);
         return nullptr;

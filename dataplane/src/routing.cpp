@@ -5,6 +5,7 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_cycles.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstring>
@@ -361,6 +362,11 @@ bool neighbor_table::known(uint16_t port, uint32_t ip_be) const noexcept
     return find(key(port, ip_be), unused, false);
 }
 
+bool neighbor_table::known6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept
+{
+    return find(key6(port, ip), mac, false);
+}
+
 bool neighbor_table::is_static6(uint16_t port, const uint8_t* ip) const noexcept
 {
     const key_type k = key6(port, ip);
@@ -378,6 +384,12 @@ void neighbor_table::make_room() noexcept
     // (every on-link host may send them, from any address of the subnet) are of this kind; the next
     // hops traffic goes through are not, nor are static entries. (Linux's forced neighbour garbage
     // collection above gc_thresh3 likewise drops only unreferenced entries.)
+    // A scan that could not get down to the low-water mark (every learned entry in use) is not
+    // repeated for 100 ms: each new entry would otherwise cost a walk of the whole table.
+    const uint64_t now = rte_get_tsc_cycles();
+    if (now < next_scan_tsc_) {
+        return;
+    }
     std::vector<std::pair<uint64_t, int32_t>> idle; // confirmed_tsc, position
     const void* key_ptr = nullptr;
     void* data = nullptr;
@@ -400,6 +412,7 @@ void neighbor_table::make_room() noexcept
         erase(slots_[p].key, p);
     }
     stats_.evicted += n;
+    next_scan_tsc_ = n < want ? now + rte_get_tsc_hz() / 10 : 0;
 }
 
 bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is_static) noexcept
@@ -423,7 +436,11 @@ bool neighbor_table::store(const key_type& k, const rte_ether_addr& mac, bool is
         // with a long burst, or descheduled, while the main lcore learns a flood of neighbors): wait
         // for every online worker's next quiescent state (napping ones are offline), then the add
         // reclaims them. Rare (the hash has capacity/2 slots of margin) and bounded by one poll.
-        rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
+        // Yielding, not spinning: with more lcores than CPUs the worker may share this one.
+        const uint64_t token = rte_rcu_qsbr_start(rcu_);
+        while (rte_rcu_qsbr_check(rcu_, token, false) == 0) {
+            sched_yield();
+        }
         ++stats_.waited;
         pos = rte_hash_add_key(hash_, &k);
     }

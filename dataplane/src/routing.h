@@ -125,6 +125,7 @@ public:
     // Main lcore only: is there an entry (without marking it used)? RFC 826's merge rule updates
     // entries that exist and creates entries only for ARP addressed to us.
     bool known(uint16_t port, uint32_t ip_be) const noexcept;
+    bool known6(uint16_t port, const uint8_t* ip, rte_ether_addr& mac) const noexcept; // with its MAC
     // Main lcore only. Learns or confirms an entry (reachable again). Static entries are never
     // overwritten by ARP or NDP. A new learned entry in a table 7/8 full first evicts the oldest
     // idle learned entries (no worker used them since their confirmation) down to 3/4
@@ -222,6 +223,7 @@ private:
     uint32_t capacity_;   // entries at most (dataplane.neighbor-table-size)
     uint32_t slot_count_; // hash slots: capacity_ and room for removed slots waiting for readers
     uint32_t size_ = 0;   // entries in the table (main lcore)
+    uint64_t next_scan_tsc_ = 0; // make_room: no scan before this (the last one found too little idle)
     statistics stats_;
 };
 

@@ -68,7 +68,8 @@ inline bool never_forwarded6(const uint8_t* ip) noexcept
     return ip[8] == 0xff || zero_or_loopback6(ip + 8) || zero_or_loopback6(ip + 24);
 }
 
-// Either family, for a decrypted inner packet (which may also be to a multicast group: `multicast`).
+// Either family, for a decrypted inner packet (which may also be to a multicast group: `multicast`,
+// or from or to a link-local address, which cleartext transit drops as `link_local` in protect6).
 inline gateway_drop never_forwarded(const uint8_t* ip) noexcept
 {
     if ((ip[0] >> 4) == 4) {
@@ -77,7 +78,10 @@ inline gateway_drop never_forwarded(const uint8_t* ip) noexcept
     if (ip[24] == 0xff) {
         return ip[8] == 0xff || zero_or_loopback6(ip + 8) ? gateway_drop::martian : gateway_drop::multicast;
     }
-    return never_forwarded6(ip) ? gateway_drop::martian : gateway_drop::count;
+    if (never_forwarded6(ip)) {
+        return gateway_drop::martian;
+    }
+    return is_link_local6(ip + 8) || is_link_local6(ip + 24) ? gateway_drop::link_local : gateway_drop::count;
 }
 
 class worker_loop {
@@ -98,6 +102,7 @@ public:
         for (const port_state& ps : s_.ports) {
             if (ps.port < own_mac_.size()) {
                 std::memcpy(&own_mac_[ps.port], ps.mac.addr_bytes, 6);
+                std::memcpy(&device_mac_[ps.port], ps.device_mac.addr_bytes, 6);
             }
         }
     }
@@ -450,10 +455,12 @@ private:
                 const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
                 // Ports run promiscuous (a MAC override some devices refuse, af_packet on a veth
                 // with its own address): a frame for another host's MAC (a switch flooding unknown
-                // unicast, a bridged capture) is not ours to route. Group addresses pass.
+                // unicast, a bridged capture) is not ours to route. Group addresses pass, and so
+                // does the device's own MAC where it refused the configured one.
                 uint64_t dst_mac = 0;
                 std::memcpy(&dst_mac, eth->dst_addr.addr_bytes, 6);
-                if ((eth->dst_addr.addr_bytes[0] & 1) == 0 && dst_mac != own_mac_[m->port & (RTE_MAX_ETHPORTS - 1)])
+                const uint16_t p = m->port & (RTE_MAX_ETHPORTS - 1);
+                if ((eth->dst_addr.addr_bytes[0] & 1) == 0 && dst_mac != own_mac_[p] && dst_mac != device_mac_[p])
                     [[unlikely]] {
                     drop(m, gateway_drop::other_mac);
                     continue;
@@ -1374,7 +1381,8 @@ private:
     uint64_t next_flush_ = 0;
     uint32_t min_mtu_ = 1500; // smallest MTU of any port (fit_for_encapsulation's shortcut)
     fixed_divisor spi_owner_; // the worker count: an inbound SPI's owner is SPI % workers (gateway.h)
-    std::array<uint64_t, RTE_MAX_ETHPORTS> own_mac_{}; // each port's MAC in the low 6 bytes, by DPDK port id
+    std::array<uint64_t, RTE_MAX_ETHPORTS> own_mac_{};    // each port's MAC in the low 6 bytes, by DPDK port id
+    std::array<uint64_t, RTE_MAX_ETHPORTS> device_mac_{}; // the device's own (port_state::device_mac)
     stage_clock clock_;       // -Dstage_cycles=true builds only (stage_cycles.h); unused otherwise
     unsigned held_for_ = 0;     // own packets taken while handed-in ones waited (run loop)
 };

@@ -5,7 +5,8 @@ and keep new neighbors out, nor make the gateway learn broadcast or multicast ad
 The inside pcap carries ARP requests for the gateway (192.168.1.1) from 230 different senders of its
 /24 (all from one MAC: what any host on the link can send), with neighbor-table-size 64 (its minimum);
 then requests whose sender must never be learned (the MAC ff:ff:ff:ff:ff:ff, a multicast MAC, the
-gateway's own MAC, the subnet's broadcast address 192.168.1.255); then one ordinary request from a new
+gateway's own MAC, the subnet's broadcast address 192.168.1.255), a request from a host 192.168.1.8
+followed by one that claims its address with the broadcast MAC; then one ordinary request from a new
 host 192.168.1.99. Every request for the gateway is answered. The new host must be in `show arp`
 (the flood's idle entries were evicted to make room; before, it was refused as `table full`), the
 static neighbors stay, and none of the unlearnable senders is in the cache.
@@ -27,6 +28,7 @@ from oracle import Report  # noqa: E402
 
 FLOODER_MAC = "02:00:00:00:01:66"
 NEW_HOST, NEW_MAC = "192.168.1.99", "02:00:00:00:01:99"
+KNOWN_HOST, KNOWN_MAC = "192.168.1.8", "02:00:00:00:01:08"
 
 
 def request(sender_ip, sender_mac, ether_src=None):
@@ -42,13 +44,17 @@ def main():
     try:
         dp.netns_add(gw.ns)
         flood = [request(f"192.168.1.{k}", FLOODER_MAC) for k in range(20, 250) if k != 99]
+        # Outside the flood's range, after it (so that eviction cannot be what removed them).
         unlearnable = {
-            "192.168.1.77": request("192.168.1.77", "ff:ff:ff:ff:ff:ff", ether_src=FLOODER_MAC),
-            "192.168.1.78": request("192.168.1.78", "01:00:5e:00:00:01", ether_src=FLOODER_MAC),
-            "192.168.1.79": request("192.168.1.79", dp.GW_IN_MAC, ether_src=FLOODER_MAC),
+            "192.168.1.5": request("192.168.1.5", "ff:ff:ff:ff:ff:ff", ether_src=FLOODER_MAC),
+            "192.168.1.6": request("192.168.1.6", "01:00:5e:00:00:01", ether_src=FLOODER_MAC),
+            "192.168.1.7": request("192.168.1.7", dp.GW_IN_MAC, ether_src=FLOODER_MAC),
             "192.168.1.255": request("192.168.1.255", FLOODER_MAC),
         }
-        frames = flood + list(unlearnable.values()) + [request(NEW_HOST, NEW_MAC)]
+        # A known host whose entry a spoofed request tries to turn into the broadcast address.
+        known = [request(KNOWN_HOST, KNOWN_MAC),
+                 request(KNOWN_HOST, "ff:ff:ff:ff:ff:ff", ether_src=FLOODER_MAC)]
+        frames = flood + list(unlearnable.values()) + known + [request(NEW_HOST, NEW_MAC)]
         wrpcap(gw.path("inside-in.pcap"), frames)
         wrpcap(gw.path("outside-in.pcap"), [])
         config = dp.two_port_config(gw.workdir).replace("  idle: poll\n", "  idle: poll\n  neighbor-table-size: 64\n")
@@ -81,9 +87,13 @@ def main():
 
         def unlearnable_not_learned():
             bad = [f"{ip} learned as {learned[ip]['mac']}" for ip in unlearnable if ip in learned]
+            if KNOWN_HOST not in learned:
+                bad.append(f"{KNOWN_HOST} not in the cache")
+            elif learned[KNOWN_HOST]["mac"] != KNOWN_MAC:
+                bad.append(f"{KNOWN_HOST} now at {learned[KNOWN_HOST]['mac']}, want {KNOWN_MAC}")
             return bad
         report.run("broadcast, multicast and the gateway's own MAC, and the subnet broadcast address, "
-                   "are never learned", unlearnable_not_learned)
+                   "are never learned, nor overwrite a known entry", unlearnable_not_learned)
 
         def all_answered():
             problems = []

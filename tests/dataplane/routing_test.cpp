@@ -332,7 +332,8 @@ TEST(neighbor_table, removed_slots_wait_for_readers_before_reuse)
     while (phase.load() != 1) {
         std::this_thread::yield();
     }
-    // Fill every slot of the hash with static entries (never evicted), with the reader online.
+    // Fill the table to its capacity (64 of the hash's 96 slots) with static entries (never
+    // evicted), with the reader online.
     uint32_t filled = 0;
     while (filled < 200 && t.set(1, rte_cpu_to_be_32(0x0a000000 + filled), a, true)) {
         ++filled;
@@ -370,13 +371,14 @@ TEST(neighbor_table, a_flood_of_learned_entries_evicts_only_idle_ones)
     ASSERT_TRUE(t.set(1, next_hop, a, false));
     rte_ether_addr got{};
     ASSERT_TRUE(t.lookup(1, next_hop, got)); // in use
-    // A worker online that reports a quiescent state only every 32 new entries (busy with a big
+    // A worker online that reports a quiescent state only every 16 new entries (busy with a big
     // burst while the main lcore learns): the slots evicted wait for it, and the flood must not
-    // fail meanwhile.
+    // fail meanwhile. (This thread is the reader: were the hash's spare slots, 32 here, ever all
+    // waiting for it, set() would wait for itself; 16 stays well inside.)
     t.reader_online(0);
     for (uint32_t i = 0; i < 1000; ++i) {
         ASSERT_TRUE(t.set(1, rte_cpu_to_be_32(0x0a000000 + i), a, false)) << "flood entry " << i;
-        if (i % 32 == 31) {
+        if (i % 16 == 15) {
             t.reader_quiescent(0);
         }
     }

@@ -41,7 +41,7 @@ enum sa_flag : uint16_t {
     // engine's lifetime accounting is the two counters only, no read of the state line's limits.
     sa_volume_limits = 1U << 10,
     // Inbound tunnel SA whose selectors admit inner addresses no packet may be forwarded from or to
-    // (IPv4 0/8, 127/8, 224/3; IPv6 ::, ::1, ff00::/8; set by the gateway at install): the worker
+    // (IPv4 0/8, 127/8, 224/3; IPv6 ::, ::1, ff00::/8, fe80::/10; set by the gateway at install): the worker
     // then checks each decrypted packet's addresses (a 0.0.0.0/0 tunnel must not deliver a peer's
     // packets to 127.0.0.1 or a multicast group on the LAN).
     sa_wide_inner = 1U << 11,
