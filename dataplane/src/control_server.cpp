@@ -696,17 +696,26 @@ void control_server::queue_body(client& c, std::string_view body) noexcept
 
 void control_server::flush_client(client& c) noexcept
 {
+    bool progressed = false;
     while (c.out_offset < c.out.size()) {
         const ssize_t n = ::send(c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset,
                                  MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             c.out_offset += static_cast<size_t>(n);
+            progressed = true;
             continue;
         }
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            const auto now = std::chrono::steady_clock::now();
+            if (progressed || c.stalled_since == std::chrono::steady_clock::time_point{}) {
+                c.stalled_since = now;
+            } else if (now - c.stalled_since > write_timeout_) {
+                close_client(c); // reads nothing: default_write_timeout
+                return;
+            }
             // The rest goes at a later poll. Drop what was sent so that a client that keeps up, but
             // only just, does not make the buffer grow without bound; but only once it is at least
             // half the buffer, so that a large reply (list-sas of 100k SAs: tens of MB, sent in
@@ -722,6 +731,7 @@ void control_server::flush_client(client& c) noexcept
     }
     c.out.clear();
     c.out_offset = 0;
+    c.stalled_since = {};
     if (c.closing) {
         // The peer closed its side: whole requests it sent before are still answered (more than one
         // poll handles when it pipelined many; they were dropped unanswered), a partial one is not.

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,11 @@ public:
     static constexpr size_t max_pending_output = 4u << 20;
     // Requests handled per client per poll(), so that one busy client cannot starve the loop.
     static constexpr size_t max_requests_per_poll = 16;
+    // A client with output queued that takes none of it for this long is dropped: one that stopped
+    // reading (a CLI stuck in a pager, a hung control plane) would otherwise hold its reply, and a
+    // connection slot, for ever.
+    static constexpr std::chrono::milliseconds default_write_timeout{30000};
+    void set_write_timeout(std::chrono::milliseconds t) noexcept { write_timeout_ = t; } // tests
 
     // Creates the socket's directory (mode 0700) when missing, removes a stale socket left by a dead
     // process, binds with mode 0600 and listens. Throws std::runtime_error (start-up only): path too
@@ -82,6 +88,8 @@ private:
         std::string out;       // frames not yet written
         size_t out_offset = 0; // bytes of `out` already written
         bool subscribed = false;
+        // Since when queued output has made no progress (default: none pending or progressing).
+        std::chrono::steady_clock::time_point stalled_since{};
         bool closing = false; // write what is queued, then close
         bool dead = false;    // close at the end of this poll
     };
@@ -102,6 +110,7 @@ private:
     dev_t socket_dev_ = 0;
     ino_t socket_ino_ = 0;
     std::vector<client> clients_;
+    std::chrono::milliseconds write_timeout_ = default_write_timeout;
     request_reader reader_; // SA objects of add-sas without a JSON DOM (sa_json.h)
 };
 

@@ -991,6 +991,35 @@ TEST_F(server_fixture, ASubscriberThatNeverReadsIsDroppedNotBuffered)
     EXPECT_TRUE(fast.request("ping")["ok"].get<bool>());
 }
 
+// A client that stops reading with a reply (here: events) queued that still fits max_pending_output is
+// dropped once nothing of it went out for the write timeout, instead of holding it and a slot for ever.
+TEST_F(server_fixture, AClientThatStopsReadingIsDroppedAfterTheWriteTimeout)
+{
+    on_server([this] {
+        server->set_write_timeout(300ms);
+        return 0;
+    });
+    raw_connection slow(path);
+    slow.send_frame(R"({"version":1,"id":1,"op":"subscribe"})");
+    std::this_thread::sleep_for(20ms);
+    auto fast = control_client::connect(path);
+    EXPECT_TRUE(fast.request("ping")["ok"].get<bool>());
+    ASSERT_EQ(on_server([this] { return server->client_count(); }), 2u);
+    gateway_event e{gateway_event::kind::soft_expire};
+    e.spi = 0x1001;
+    on_server([&] {
+        // ~1 MB of events: past any socket buffer, well under max_pending_output (not that limit).
+        for (int i = 0; i < 15000; ++i) {
+            server->publish(e);
+        }
+        return 0;
+    });
+    EXPECT_EQ(on_server([this] { return server->client_count(); }), 2u);
+    std::this_thread::sleep_for(800ms);
+    EXPECT_EQ(on_server([this] { return server->client_count(); }), 1u);
+    EXPECT_TRUE(fast.request("ping")["ok"].get<bool>()); // an idle reader with nothing queued stays
+}
+
 TEST(control_client, ConnectErrorSaysWhatToCheck)
 {
     try {
