@@ -421,6 +421,7 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
             ike_ports_.push_back(peer.local_port);
         }
     }
+    forget_ike_secrets(config_.ike);
     setup_ports();
 
     for (const auto& p : shared_.ports) {
@@ -771,6 +772,16 @@ void gateway::setup_taps()
     }
     for (const auto& n : config_.neighbors) {
         tap_neighbor(n, true);
+    }
+}
+
+// The data plane reads the ike: section only for the IKE ports; the pre-shared keys the file loader
+// put there are the IKE daemon's, and are not kept in this process (wiped, then dropped).
+void gateway::forget_ike_secrets(config::ike_config& ike) noexcept
+{
+    for (auto& peer : ike.peers) {
+        explicit_bzero(peer.auth.psk.data(), peer.auth.psk.size());
+        peer.auth.psk.clear();
     }
 }
 
@@ -3184,6 +3195,8 @@ config::gateway_config gateway::running_file_state(std::vector<uint32_t>& policy
     running.interfaces = config_.interfaces;
     running.routes = config_.routes;
     running.neighbors = config_.neighbors;
+    // Reserved: growing would leave copies of the keys (inline in sa_config) in freed memory.
+    running.security_associations.reserve(config_.security_associations.size());
     for (const auto& sa : config_.security_associations) {
         auto it = sas_.find({static_cast<int>(sa.dir), sa.spi});
         if (it != sas_.end() && it->second.origin == sa.origin) {
@@ -3400,6 +3413,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
         }
     }
     std::vector<config::sa_config> in_sas;
+    in_sas.reserve(to_add.size()); // no reallocation: it would leave key copies behind unwiped
     for (const auto* c : to_add) {
         in_sas.push_back(*c);
     }
@@ -3461,6 +3475,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     config_.neighbors = std::move(next.neighbors);
     config_.policies = std::move(next.policies);
     file_policy_ids_ = std::move(ids);
+    forget_ike_secrets(next.ike); // before the move: a short secret would be copied, not moved
     config_.ike = std::move(next.ike);
     ike_ports_ = {500, 4500};
     for (const auto& peer : config_.ike.peers) {

@@ -160,6 +160,9 @@ public:
     // std::runtime_error with an operator-readable message on failure.
     explicit gateway(const config::gateway_config& config);
     ~gateway() override;
+    // Wipes and drops the IKE pre-shared keys of a loaded file's ike: section (the data plane reads
+    // only the IKE ports from it; the secrets are the IKE daemon's).
+    static void forget_ike_secrets(config::ike_config& ike) noexcept;
 
     // Launches the workers and runs the management loop on the calling (main) lcore until `stop`.
     // `tick` is called every loop iteration (control socket, telemetry); `event` for each SA event;

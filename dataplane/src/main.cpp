@@ -141,6 +141,7 @@ int main(int argc, char** argv)
             espresso::config::wipe_keys(c);
         }
         config.security_associations = {};
+        espresso::dp::gateway::forget_ike_secrets(config.ike); // the IKE daemon's, not ours
         malloc_trim(0);
         espresso::dp::control_server control(gw, config.dataplane.control_socket);
         espresso::dp::register_telemetry();
@@ -173,6 +174,7 @@ int main(int argc, char** argv)
     for (auto& c : config.security_associations) {
         espresso::config::wipe_keys(c); // when the gateway threw before taking its copy
     }
+    espresso::dp::gateway::forget_ike_secrets(config.ike);
     rte_eal_cleanup();
     return rc;
 }
