@@ -1545,7 +1545,11 @@ std::string gateway::add_policy(const config::policy_config& policy, uint32_t& i
     policies_.push_back({policy, id});
     std::string err = rebuild_spd();
     if (!err.empty()) {
+        // Refused, so not in policies_; but a post that reached some workers before failing left
+        // them with it: rebuild without it now (rebuild_spd reposts to every worker after a
+        // part-way post), rather than at whatever change comes next.
         policies_.pop_back();
+        (void)rebuild_spd();
     }
     return err;
 }
