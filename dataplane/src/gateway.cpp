@@ -1534,11 +1534,15 @@ std::string gateway::add_policy(const config::policy_config& policy, uint32_t& i
                    config::to_string(sa.remote) + " of SA " + spi + "; narrow the policy or widen the SA's selectors";
         }
     }
+    // Another policy for exactly the same traffic with another decision: one of them never applies.
+    // (The same decision twice is only redundant: espresso-ike installs a tunnel's trap policy again
+    // before it deletes the one it had.)
     for (const auto& p : policies_) {
-        if (config::same_traffic(p.policy, policy)) {
-            return "policy " + std::to_string(p.id) + " (" + p.policy.origin +
-                   ") matches exactly the same traffic, so one of them would never apply; delete it first, "
-                   "or make the selectors differ";
+        if (config::same_traffic(p.policy, policy) && (p.policy.action != policy.action || p.policy.spi != policy.spi)) {
+            return "policy " + std::to_string(p.id) + " (" + p.policy.origin + ", " +
+                   config::to_string(p.policy.action) +
+                   ") matches exactly the same traffic with another action, so one of them would never apply; "
+                   "delete it first, or make the selectors differ";
         }
     }
     id = next_policy_id_++;

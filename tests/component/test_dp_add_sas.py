@@ -125,7 +125,9 @@ def main():
         dp.check(r.get("ok"), f"add-policy bypass: {r.get('error')}")
         r = c.call("add-policy", {"policy": dict(bypass, action="discard", priority=5)})
         dp.check(not r.get("ok") and "matches exactly the same traffic" in r.get("error", ""),
-                 f"a second policy for exactly the same traffic refused: {r}")
+                 f"a second policy for exactly the same traffic with another action refused: {r}")
+        r = c.call("add-policy", {"policy": bypass})
+        dp.check(r.get("ok"), f"the same decision twice (espresso-ike reinstalls a trap) accepted: {r.get('error')}")
         dp.check(proc.proc.poll() is None, "espresso-dp still running")
     finally:
         rc = proc.stop()
