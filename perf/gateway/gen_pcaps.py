@@ -42,7 +42,10 @@ SIZES = {"64": None, "512": None, "1420": None, "imix": None}
 SCALE = (1, 80, 1000, 2000, 100000, 1000000)  # SA-scale pcaps (outbound SAs / policies), 64 B inner
 SCALE_IMIX = (1, 100000)  # the same with IMIX inner packets (scale-imix-<n>, scale-in-imix-<n>)
 SCALE_SPI = 0x10000  # SPI of scale SA i: SCALE_SPI + i (both directions)
-GW_MAC = "02:00:00:00:01:01"  # not checked by either gateway (promiscuous), but plausible
+# The gateway's ports (espresso.yaml.in): cleartext arrives on the inside, ESP on the outside.
+# espresso-dp drops unicast frames for another MAC (other_mac); ipsec-secgw does not look.
+GW_MAC = "02:00:00:00:01:01"
+GW_OUT_MAC = "02:00:00:00:02:01"
 PEER_MAC = "02:00:00:00:02:fe"
 
 
@@ -91,7 +94,7 @@ def main(out):
                                    ip_size(size, i))
                 sa.seq_num = i + 1
                 e = sa.encrypt(IP(bytes(inner)))
-                esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / e)
+                esp.append(Ether(src=PEER_MAC, dst=GW_OUT_MAC) / e)
             # Self-check: the first packet decrypts back (scapy checks the ICV).
             back = sa_for(alg).decrypt(IP(bytes(esp[0][IP])))
             assert bytes(back[UDP].payload) == bytes(
@@ -129,7 +132,7 @@ def scale_pcaps(out, n, size):
                                  tunnel_header=IP(src="203.0.113.1", dst="198.51.100.1"))
         sa.seq_num = 1  # the inbound SAs have replay-window 0: the pcap repeats
         inner = udp_packet(src, "192.168.1.%d" % (10 + i % 100), 1024 + i, ip_size(size, i))
-        esp.append(Ether(src=PEER_MAC, dst=GW_MAC) / sa.encrypt(IP(bytes(inner))))
+        esp.append(Ether(src=PEER_MAC, dst=GW_OUT_MAC) / sa.encrypt(IP(bytes(inner))))
     wrpcap(os.path.join(out, scale_pcap(n, size, inbound=True)), esp)
 
 
