@@ -462,7 +462,7 @@ gateway::gateway(const config::gateway_config& config) : config_(config), hosts_
     }
     for (const auto& p : config_.policies) {
         uint32_t id = 0;
-        std::string err = add_policy(p, id);
+        std::string err = insert_policy(p, id); // checked by the loader
         if (!err.empty()) {
             throw std::runtime_error(p.origin + ": " + err);
         }
@@ -1509,8 +1509,17 @@ std::string gateway::delete_sa(config::direction dir, uint32_t spi)
 
 std::string gateway::add_policy(const config::policy_config& policy, uint32_t& id)
 {
-    // The checks the config loader makes on the file's policies (config/src/loader.cpp), against what
-    // the data plane holds now, and a bound: every add recompiles the SPD.
+    if (std::string error = check_new_policy(policy); !error.empty()) {
+        return error;
+    }
+    return insert_policy(policy, id);
+}
+
+// What add-policy (the control socket) checks: what the config loader checks on the file's policies
+// (config/src/loader.cpp), against what the data plane holds now, and a bound (every add recompiles
+// the SPD). The file's own policies (start-up, reload) and reload's guards are inserted without it.
+std::string gateway::check_new_policy(const config::policy_config& policy) const
+{
     if (policies_.size() >= max_explicit_policies) {
         return "the data plane holds " + std::to_string(policies_.size()) +
                " explicit policies, the most it takes; delete some first";
@@ -1545,6 +1554,11 @@ std::string gateway::add_policy(const config::policy_config& policy, uint32_t& i
                    "delete it first, or make the selectors differ";
         }
     }
+    return {};
+}
+
+std::string gateway::insert_policy(const config::policy_config& policy, uint32_t& id)
+{
     id = next_policy_id_++;
     policies_.push_back({policy, id});
     std::string err = rebuild_spd();
@@ -1941,7 +1955,7 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
                 if (family == 4) {
                     send_arp_request(static_cast<uint16_t>(out), ip_be);
                 } else {
-                    unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = key;
+                    unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = {key, now};
                     send_neighbor_solicitation(static_cast<uint16_t>(out), std::get<2>(key));
                 }
             }
@@ -1953,7 +1967,7 @@ void gateway::queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, con
             }
             if (unqueued_requests_ < max_unqueued_requests) {
                 ++unqueued_requests_;
-                unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = key;
+                unqueued_asked_[unqueued_next_++ % unqueued_asked_.size()] = {key, now};
                 if (family == 4) {
                     send_arp_request(static_cast<uint16_t>(out), ip_be);
                 } else {
@@ -2401,8 +2415,12 @@ void gateway::handle_nd(rte_mbuf* m)
         // Not lookup6: the main lcore's look-up must not mark the entry used (an NA flood for
         // spoofed entries would keep them from eviction).
         const bool have = shared_.neighbors->known6(ps.port, nd.target.data(), known);
+        // Or asked for while the queue was full, within the last 3 s (the answer's time).
+        const uint64_t now = rte_get_tsc_cycles();
         const bool waiting = pending_.count(key) != 0 ||
-                             std::find(unqueued_asked_.begin(), unqueued_asked_.end(), key) != unqueued_asked_.end();
+                             std::any_of(unqueued_asked_.begin(), unqueued_asked_.end(), [&](const auto& a) {
+                                 return a.first == key && now - a.second < 3 * rte_get_tsc_hz();
+                             });
         if (waiting || (have && (nd.override_flag || rte_is_same_ether_addr(&known, &lladdr)))) {
             resolved(ps.port, 6, nd.target.data(), lladdr);
             shared_.neighbors->set6(ps.port, nd.target.data(), lladdr, false);
@@ -3234,6 +3252,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
         }
     };
     wipe_all wipe_next{next.security_associations};
+    forget_ike_secrets(next.ike); // on every path (dry runs and refusals too): only its ports are read
     std::vector<uint32_t> running_policy_ids; // of running.policies[i]
     config::gateway_config running = running_file_state(running_policy_ids);
     wipe_all wipe_running{running.security_associations};
@@ -3399,7 +3418,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
             guard.priority = implied_priority + 1;
             guard.origin = "reload: replacing " + describe(old);
             uint32_t id = 0;
-            if (add_policy(guard, id).empty()) {
+            if (insert_policy(guard, id).empty()) {
                 guards.push_back(id);
             }
         }
@@ -3449,7 +3468,7 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
         if (!error.empty()) {
             break;
         }
-        if (std::string e = add_policy(next.policies[j], id); !e.empty()) {
+        if (std::string e = insert_policy(next.policies[j], id); !e.empty()) {
             error = next.policies[j].origin + ": " + e;
             break;
         }
@@ -3483,7 +3502,6 @@ std::string gateway::reload(config::gateway_config& next, bool dry_run, reload_r
     config_.neighbors = std::move(next.neighbors);
     config_.policies = std::move(next.policies);
     file_policy_ids_ = std::move(ids);
-    forget_ike_secrets(next.ike); // before the move: a short secret would be copied, not moved
     config_.ike = std::move(next.ike);
     ike_ports_ = {500, 4500};
     for (const auto& peer : config_.ike.peers) {

@@ -287,6 +287,8 @@ private:
     void to_tap(const port_state& ps, rte_mbuf* m);
     void to_tap6(const port_state& ps, rte_mbuf* m, const rte_ether_hdr& eth);
     void note_route_gateways();
+    std::string check_new_policy(const config::policy_config& policy) const;
+    std::string insert_policy(const config::policy_config& policy, uint32_t& id);
     void queue_for_neighbor(rte_mbuf* m, uint16_t port, uint8_t family, const uint8_t* next_hop);
     void resolved(uint16_t port, uint8_t family, const uint8_t* ip, const rte_ether_addr& mac);
     bool from_tap_allowed(const rte_mbuf* m) const;
@@ -355,7 +357,7 @@ private:
     // Next hops asked for while pending_ was full (queue_for_neighbor): at most
     // max_unqueued_requests a second, the last 64 remembered so that their Neighbor Advertisements
     // are learned although no packet waits for them (IPv4: the ARP reply is addressed to us anyway).
-    std::array<pending_key, 64> unqueued_asked_{};
+    std::array<std::pair<pending_key, uint64_t>, 64> unqueued_asked_{}; // and when (TSC)
     std::set<std::pair<uint8_t, ipv6_address>> route_gateways_; // note_route_gateways
     std::map<pending_key, uint64_t> route_gateway_asked_;        // when each was last asked that way
     size_t unqueued_next_ = 0;
