@@ -37,6 +37,7 @@ static_assert(rx_burst_size <= max_vector, "one RX burst (or handoff dequeue) is
 
 static_assert(sa_groups::max_groups == max_vector, "a group per packet of a pass fits");
 static_assert((RTE_MAX_ETHPORTS & (RTE_MAX_ETHPORTS - 1)) == 0, "own_mac_ is indexed by a masked port id");
+static_assert(RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN, "the MAC filter compares a masked little-endian 8-byte load");
 
 // :: or ::1 (RFC 4291 §2.5.2, §2.5.3).
 inline bool zero_or_loopback6(const uint8_t* a) noexcept
@@ -442,6 +443,11 @@ private:
         rte_mbuf* inbound[max_vector];
         uint64_t inbound_keys[max_vector];
         uint16_t n_inbound = 0;
+        // An RX burst comes from one port: its MACs once per pass (the filter below).
+        constexpr uint64_t mac_mask = 0x0000ffffffffffffULL; // the low 6 bytes (little-endian load)
+        const uint16_t rx_port = n != 0 ? pkts[0]->port & (RTE_MAX_ETHPORTS - 1) : 0;
+        const uint64_t own_mac = own_mac_[rx_port];
+        const uint64_t device_mac = device_mac_[rx_port];
         for (uint16_t i = 0; i < n; ++i) {
             rte_mbuf* m = pkts[i];
             if (i + 3 < n) {
@@ -457,11 +463,12 @@ private:
                 // with its own address): a frame for another host's MAC (a switch flooding unknown
                 // unicast, a bridged capture) is not ours to route. Group addresses pass, and so
                 // does the device's own MAC where it refused the configured one.
-                uint64_t dst_mac = 0;
-                std::memcpy(&dst_mac, eth->dst_addr.addr_bytes, 6);
-                const uint16_t p = m->port & (RTE_MAX_ETHPORTS - 1);
-                if ((eth->dst_addr.addr_bytes[0] & 1) == 0 && dst_mac != own_mac_[p] && dst_mac != device_mac_[p])
-                    [[unlikely]] {
+                // One 8-byte load (destination and the source's first two bytes; every frame here has
+                // its 14-byte header) masked to the destination, against the burst's port (hoisted).
+                uint64_t dst_mac;
+                std::memcpy(&dst_mac, eth, 8);
+                dst_mac &= mac_mask;
+                if (dst_mac != own_mac && (dst_mac & 1) == 0 && dst_mac != device_mac) [[unlikely]] {
                     drop(m, gateway_drop::other_mac);
                     continue;
                 }
