@@ -807,6 +807,17 @@ private:
             // selectors do not cover the gateway costs no address comparison here.
             const bool maybe_ours = (ig[g].sa->flags & (sa_tunnel | sa_local_inner)) != sa_tunnel;
             const bool wide = (ig[g].sa->flags & sa_wide_inner) != 0;
+            if (!maybe_ours && !wide) [[likely]] {
+                // A tunnel to other hosts with selectors that exclude martians: every good packet
+                // is forwarded as it is (the common case, kept free of per-packet flag tests).
+                for (uint16_t k = 0; k < ig[g].good; ++k) {
+                    forward_packet(forward, nf, ig[g].pkts[k]);
+                }
+                for (uint16_t k = ig[g].good; k < ig[g].n; ++k) {
+                    rte_pktmbuf_free(ig[g].pkts[k]); // counted on the SA by the engine
+                }
+                continue;
+            }
             for (uint16_t k = 0; k < ig[g].n; ++k) {
                 rte_mbuf* m = ig[g].pkts[k];
                 if (k >= ig[g].good) {
